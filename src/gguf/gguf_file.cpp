@@ -1,0 +1,359 @@
+#include "gguf/gguf_file.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <limits>
+#include <sstream>
+
+namespace es::gguf {
+namespace {
+
+constexpr uint32_t kMagic = 0x46554747;  // "GGUF" little-endian
+constexpr uint64_t kMaxStringLen = 1ull << 30;
+constexpr uint64_t kMaxArrayLen = 1ull << 32;
+constexpr uint32_t kMaxDims = 4;
+
+// Bounds-checked little-endian cursor over the mapping.
+class Reader {
+ public:
+  Reader(const uint8_t* base, size_t size, const std::string& path)
+      : base_(base), size_(size), path_(path) {}
+
+  [[noreturn]] void Fail(const std::string& what) const {
+    std::ostringstream os;
+    os << path_ << ": " << what << " (at byte offset " << pos_ << " of " << size_ << ")";
+    throw Error(os.str());
+  }
+  void Need(uint64_t n, const char* what) {
+    if (n > size_ - pos_) Fail(std::string("file is truncated while reading ") + what);
+  }
+  template <typename T>
+  T Read(const char* what) {
+    Need(sizeof(T), what);
+    T v;
+    std::memcpy(&v, base_ + pos_, sizeof(T));
+    pos_ += sizeof(T);
+    return v;
+  }
+  uint64_t ReadCount(uint32_t version, const char* what) {
+    return version == 1 ? Read<uint32_t>(what) : Read<uint64_t>(what);
+  }
+  std::string ReadString(uint32_t version, const char* what) {
+    const uint64_t len = ReadCount(version, what);
+    if (len > kMaxStringLen) Fail(std::string(what) + ": string length " + std::to_string(len) + " is implausible");
+    Need(len, what);
+    std::string s(reinterpret_cast<const char*>(base_ + pos_), len);
+    pos_ += len;
+    return s;
+  }
+  const uint8_t* Here() const { return base_ + pos_; }
+  void Skip(uint64_t n, const char* what) {
+    Need(n, what);
+    pos_ += n;
+  }
+  size_t pos() const { return pos_; }
+
+ private:
+  const uint8_t* base_;
+  size_t size_;
+  size_t pos_ = 0;
+  const std::string& path_;
+};
+
+size_t ScalarSize(ValueType t) {
+  switch (t) {
+    case ValueType::kU8: case ValueType::kI8: case ValueType::kBool: return 1;
+    case ValueType::kU16: case ValueType::kI16: return 2;
+    case ValueType::kU32: case ValueType::kI32: case ValueType::kF32: return 4;
+    case ValueType::kU64: case ValueType::kI64: case ValueType::kF64: return 8;
+    default: return 0;
+  }
+}
+
+double ReadNumberAt(const uint8_t* p, ValueType t) {
+  switch (t) {
+    case ValueType::kU8: return *p;
+    case ValueType::kI8: return static_cast<int8_t>(*p);
+    case ValueType::kBool: return *p != 0;
+#define ES_RD(VT, CT) \
+  case ValueType::VT: { CT v; std::memcpy(&v, p, sizeof v); return static_cast<double>(v); }
+    ES_RD(kU16, uint16_t) ES_RD(kI16, int16_t) ES_RD(kU32, uint32_t) ES_RD(kI32, int32_t)
+    ES_RD(kF32, float) ES_RD(kU64, uint64_t) ES_RD(kI64, int64_t) ES_RD(kF64, double)
+#undef ES_RD
+    default: return 0;
+  }
+}
+
+bool ValidValueType(uint32_t t) { return t <= static_cast<uint32_t>(ValueType::kF64); }
+
+}  // namespace
+
+const char* ValueTypeName(ValueType t) {
+  static const char* names[] = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32",
+                                "bool", "string", "array", "uint64", "int64", "float64"};
+  auto i = static_cast<uint32_t>(t);
+  return i < 13 ? names[i] : "unknown";
+}
+
+int64_t TensorInfo::NumElements() const {
+  int64_t n = 1;
+  for (auto d : dims) n *= d;
+  return n;
+}
+
+int64_t TensorInfo::Rows() const {
+  int64_t n = 1;
+  for (size_t i = 1; i < dims.size(); ++i) n *= dims[i];
+  return n;
+}
+
+std::string TensorInfo::ShapeString() const {
+  std::string s = "[";
+  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
+  return s + "]";
+}
+
+std::unique_ptr<File> File::Open(const std::string& path) {
+  std::unique_ptr<File> f(new File());
+  f->path_ = path;
+  f->fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (f->fd_ < 0) throw Error(path + ": cannot open model file: " + std::strerror(errno));
+  struct stat st {};
+  if (fstat(f->fd_, &st) != 0) throw Error(path + ": cannot stat: " + std::strerror(errno));
+  if (S_ISDIR(st.st_mode)) throw Error(path + ": is a directory, expected a .gguf file");
+  f->size_ = static_cast<size_t>(st.st_size);
+  if (f->size_ < 8) throw Error(path + ": file is too small to be GGUF (" + std::to_string(f->size_) + " bytes)");
+  void* m = mmap(nullptr, f->size_, PROT_READ, MAP_SHARED, f->fd_, 0);
+  if (m == MAP_FAILED) throw Error(path + ": cannot mmap: " + std::strerror(errno));
+  f->base_ = static_cast<const uint8_t*>(m);
+  f->Parse();
+  return f;
+}
+
+File::~File() {
+  if (base_) munmap(const_cast<uint8_t*>(base_), size_);
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void File::Parse() {
+  Reader r(base_, size_, path_);
+  const uint32_t magic = r.Read<uint32_t>("magic");
+  if (magic != kMagic) {
+    std::string got(reinterpret_cast<const char*>(base_), 4);
+    for (auto& c : got) if (c < 32 || c > 126) c = '?';
+    r.Fail("bad magic '" + got + "', expected 'GGUF' (is this a GGUF model file?)");
+  }
+  version_ = r.Read<uint32_t>("version");
+  if (version_ < 1 || version_ > 3)
+    r.Fail("unsupported GGUF version " + std::to_string(version_) + ", expected 1, 2 or 3");
+  const uint64_t n_tensors = r.ReadCount(version_, "tensor count");
+  const uint64_t n_kv = r.ReadCount(version_, "metadata count");
+  // Every entry needs several bytes, so counts beyond the file size are corrupt.
+  if (n_tensors > size_ / 8) r.Fail("tensor count " + std::to_string(n_tensors) + " exceeds what the file can hold");
+  if (n_kv > size_ / 8) r.Fail("metadata count " + std::to_string(n_kv) + " exceeds what the file can hold");
+
+  for (uint64_t i = 0; i < n_kv; ++i) {
+    std::string key = r.ReadString(version_, "metadata key");
+    const uint32_t vt = r.Read<uint32_t>("metadata value type");
+    if (!ValidValueType(vt)) r.Fail("metadata '" + key + "' has unknown value type " + std::to_string(vt));
+    Value v;
+    v.type = static_cast<ValueType>(vt);
+    if (v.type == ValueType::kString) {
+      v.scalar = r.ReadString(version_, key.c_str());
+    } else if (v.type == ValueType::kArray) {
+      const uint32_t et = r.Read<uint32_t>("array element type");
+      if (!ValidValueType(et) || et == static_cast<uint32_t>(ValueType::kArray))
+        r.Fail("metadata array '" + key + "' has unsupported element type " + std::to_string(et));
+      v.elem_type = static_cast<ValueType>(et);
+      const uint64_t n = r.ReadCount(version_, "array length");
+      if (n > kMaxArrayLen) r.Fail("metadata array '" + key + "' length " + std::to_string(n) + " is implausible");
+      v.array_len = n;
+      if (v.elem_type == ValueType::kString) {
+        if (n > size_ / 8) r.Fail("metadata array '" + key + "' length exceeds the file size");
+        v.strings.reserve(n);
+        for (uint64_t j = 0; j < n; ++j) v.strings.push_back(r.ReadString(version_, key.c_str()));
+      } else {
+        const size_t es = ScalarSize(v.elem_type);
+        if (n > (size_ - r.pos()) / es) r.Fail("file is truncated inside metadata array '" + key + "'");
+        v.array_data = r.Here();
+        v.numbers.resize(n);
+        for (uint64_t j = 0; j < n; ++j) v.numbers[j] = ReadNumberAt(v.array_data + j * es, v.elem_type);
+        r.Skip(n * es, key.c_str());
+      }
+    } else {
+      const size_t es = ScalarSize(v.type);
+      r.Need(es, key.c_str());
+      const uint8_t* p = r.Here();
+      switch (v.type) {
+        case ValueType::kBool: v.scalar = (*p != 0); break;
+        case ValueType::kF32: case ValueType::kF64: v.scalar = ReadNumberAt(p, v.type); break;
+        case ValueType::kU64: { uint64_t u; std::memcpy(&u, p, 8); v.scalar = u; break; }
+        default: v.scalar = static_cast<int64_t>(ReadNumberAt(p, v.type)); break;
+      }
+      r.Skip(es, key.c_str());
+    }
+    if (kv_.count(key)) r.Fail("duplicate metadata key '" + key + "'");
+    kv_.emplace(std::move(key), std::move(v));
+  }
+
+  if (auto a = Find("general.alignment")) {
+    int64_t al = -1;
+    if (auto* i = std::get_if<int64_t>(&a->scalar)) al = *i;
+    if (auto* u = std::get_if<uint64_t>(&a->scalar)) al = static_cast<int64_t>(*u);
+    if (a->type != ValueType::kU32 && a->type != ValueType::kU64 && a->type != ValueType::kI32)
+      al = -1;
+    if (al <= 0 || (al & (al - 1)) != 0 || al > (1 << 20))
+      throw Error(path_ + ": general.alignment must be a power of two (got " + std::to_string(al) + ")");
+    alignment_ = static_cast<size_t>(al);
+  }
+
+  tensors_.reserve(n_tensors);
+  for (uint64_t i = 0; i < n_tensors; ++i) {
+    TensorInfo t;
+    t.name = r.ReadString(version_, "tensor name");
+    const uint32_t nd = r.Read<uint32_t>("tensor dimension count");
+    if (nd == 0 || nd > kMaxDims)
+      r.Fail("tensor '" + t.name + "' has " + std::to_string(nd) + " dimensions, expected 1 to 4");
+    int64_t n_el = 1;
+    for (uint32_t d = 0; d < nd; ++d) {
+      const uint64_t dim = r.ReadCount(version_, "tensor dimension");
+      if (dim == 0 || dim > (1ull << 40))
+        r.Fail("tensor '" + t.name + "' dimension " + std::to_string(d) + " is " + std::to_string(dim) + ", expected 1 to 2^40");
+      if (n_el > std::numeric_limits<int64_t>::max() / static_cast<int64_t>(dim))
+        r.Fail("tensor '" + t.name + "' element count overflows");
+      n_el *= static_cast<int64_t>(dim);
+      t.dims.push_back(static_cast<int64_t>(dim));
+    }
+    const uint32_t type_id = r.Read<uint32_t>("tensor type");
+    auto traits = GetTypeTraits(type_id);
+    if (!traits) r.Fail("tensor '" + t.name + "' has unknown type id " + std::to_string(type_id));
+    t.type = static_cast<TensorType>(type_id);
+    if (t.dims[0] % traits->block_elems != 0)
+      r.Fail("tensor '" + t.name + "' row length " + std::to_string(t.dims[0]) + " is not a multiple of the " +
+             traits->name + " block size " + std::to_string(traits->block_elems));
+    t.offset = r.Read<uint64_t>("tensor data offset");
+    const int64_t blocks = n_el / traits->block_elems;
+    if (blocks > std::numeric_limits<int64_t>::max() / traits->block_bytes)
+      r.Fail("tensor '" + t.name + "' byte size overflows");
+    t.n_bytes = static_cast<size_t>(blocks) * traits->block_bytes;
+    if (tensor_index_.count(t.name)) r.Fail("duplicate tensor name '" + t.name + "'");
+    tensor_index_.emplace(t.name, tensors_.size());
+    tensors_.push_back(std::move(t));
+  }
+
+  data_offset_ = (r.pos() + alignment_ - 1) / alignment_ * alignment_;
+  if (n_tensors > 0 && data_offset_ > size_)
+    throw Error(path_ + ": file is truncated before the tensor data section (expected at byte " +
+                std::to_string(data_offset_) + ", file has " + std::to_string(size_) + ")");
+  for (auto& t : tensors_) {
+    if (t.offset % alignment_ != 0)
+      throw Error(path_ + ": tensor '" + t.name + "' data offset " + std::to_string(t.offset) +
+                  " is not aligned to " + std::to_string(alignment_));
+    if (t.offset > size_ - data_offset_ || t.n_bytes > size_ - data_offset_ - t.offset)
+      throw Error(path_ + ": tensor '" + t.name + "' " + t.ShapeString() + " of type " + TypeName(t.type) +
+                  " needs bytes " + std::to_string(data_offset_ + t.offset) + ".." +
+                  std::to_string(data_offset_ + t.offset + t.n_bytes) + " but the file ends at " +
+                  std::to_string(size_) + " (truncated or corrupt)");
+    t.data = base_ + data_offset_ + t.offset;
+  }
+}
+
+bool File::Has(std::string_view key) const { return kv_.find(key) != kv_.end(); }
+
+const Value* File::Find(std::string_view key) const {
+  auto it = kv_.find(key);
+  return it == kv_.end() ? nullptr : &it->second;
+}
+
+namespace {
+[[noreturn]] void KeyError(const std::string& path, std::string_view key, const std::string& what) {
+  throw Error(path + ": metadata '" + std::string(key) + "' " + what);
+}
+}  // namespace
+
+std::optional<std::string> File::GetStringOr(std::string_view key) const {
+  const Value* v = Find(key);
+  if (!v) return std::nullopt;
+  if (v->type != ValueType::kString) KeyError(path_, key, std::string("is ") + ValueTypeName(v->type) + ", expected string");
+  return std::get<std::string>(v->scalar);
+}
+
+std::optional<int64_t> File::GetIntOr(std::string_view key) const {
+  const Value* v = Find(key);
+  if (!v) return std::nullopt;
+  if (auto* i = std::get_if<int64_t>(&v->scalar)) return *i;
+  if (auto* u = std::get_if<uint64_t>(&v->scalar)) {
+    if (*u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) KeyError(path_, key, "is out of range");
+    return static_cast<int64_t>(*u);
+  }
+  KeyError(path_, key, std::string("is ") + ValueTypeName(v->type) + ", expected an integer");
+}
+
+std::optional<double> File::GetFloatOr(std::string_view key) const {
+  const Value* v = Find(key);
+  if (!v) return std::nullopt;
+  if (auto* d = std::get_if<double>(&v->scalar)) return *d;
+  if (auto* i = std::get_if<int64_t>(&v->scalar)) return static_cast<double>(*i);
+  if (auto* u = std::get_if<uint64_t>(&v->scalar)) return static_cast<double>(*u);
+  KeyError(path_, key, std::string("is ") + ValueTypeName(v->type) + ", expected a number");
+}
+
+std::optional<bool> File::GetBoolOr(std::string_view key) const {
+  const Value* v = Find(key);
+  if (!v) return std::nullopt;
+  if (auto* b = std::get_if<bool>(&v->scalar)) return *b;
+  KeyError(path_, key, std::string("is ") + ValueTypeName(v->type) + ", expected bool");
+}
+
+std::string File::GetString(std::string_view key) const {
+  auto v = GetStringOr(key);
+  if (!v) KeyError(path_, key, "is missing");
+  return *v;
+}
+int64_t File::GetInt(std::string_view key) const {
+  auto v = GetIntOr(key);
+  if (!v) KeyError(path_, key, "is missing");
+  return *v;
+}
+double File::GetFloat(std::string_view key) const {
+  auto v = GetFloatOr(key);
+  if (!v) KeyError(path_, key, "is missing");
+  return *v;
+}
+bool File::GetBool(std::string_view key) const {
+  auto v = GetBoolOr(key);
+  if (!v) KeyError(path_, key, "is missing");
+  return *v;
+}
+
+const std::vector<std::string>& File::GetStringArray(std::string_view key) const {
+  const Value* v = Find(key);
+  if (!v) KeyError(path_, key, "is missing");
+  if (!v->IsArray() || v->elem_type != ValueType::kString) KeyError(path_, key, "is not an array of strings");
+  return v->strings;
+}
+
+const std::vector<double>& File::GetNumberArray(std::string_view key) const {
+  const Value* v = Find(key);
+  if (!v) KeyError(path_, key, "is missing");
+  if (!v->IsArray() || v->elem_type == ValueType::kString) KeyError(path_, key, "is not a numeric array");
+  return v->numbers;
+}
+
+const TensorInfo* File::FindTensor(std::string_view name) const {
+  auto it = tensor_index_.find(name);
+  return it == tensor_index_.end() ? nullptr : &tensors_[it->second];
+}
+
+const TensorInfo& File::GetTensor(std::string_view name) const {
+  const TensorInfo* t = FindTensor(name);
+  if (!t) throw Error(path_ + ": required tensor '" + std::string(name) + "' is missing");
+  return *t;
+}
+
+}  // namespace es::gguf

@@ -1,0 +1,90 @@
+// CPU compute kernels: SIMD via Highway with run-time dispatch, multi-threaded.
+// Numerics follow llama.cpp's CPU backend (activation conversion to the weight's dot type,
+// f32 accumulation) so that logits agree with its reference outputs.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "tensor/tensor_types.h"
+
+namespace es::kernels {
+
+// Name of the SIMD target chosen on this machine (e.g. "AVX3", "AVX2", "NEON").
+const char* ActiveTarget();
+
+// Fixed pool of worker threads, started once; Run() blocks until all chunks are done.
+// The calling thread takes part. No allocation per call.
+class ThreadPool {
+ public:
+  explicit ThreadPool(int n_threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+  int size() const;
+  // Calls fn(thread_index) once on each of the size() threads (thread 0 is the caller).
+  void Run(const std::function<void(int thread_index)>& fn);
+  // Splits [0, n) into contiguous ranges, one per thread, and calls fn(begin, end, thread).
+  void ParallelFor(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// A weight matrix as stored in GGUF: `rows` rows of `cols` elements of `type`, row-major.
+struct Matrix {
+  const void* data = nullptr;
+  TensorType type = TensorType::kF32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  size_t row_bytes = 0;  // RowBytes(type, cols)
+};
+
+// Reusable scratch memory (grows only; owned by a context, never allocated per token once warm).
+struct Scratch {
+  std::vector<uint8_t> buf;
+  void* Get(size_t bytes) {
+    if (buf.size() < bytes) buf.resize(bytes);
+    return buf.data();
+  }
+};
+
+// y[b * ldy + r] = dot(W row r, x[b * ldx ...]) for b < batch, r < rows.
+// x is f32, converted to VecDotType(W.type) first (into scratch). batch == 1 is decode
+// (matrix-vector); batch > 1 uses a blocked matrix-matrix kernel that reuses each weight
+// block across the batch.
+void MatMul(const Matrix& w, const float* x, int64_t ldx, int64_t batch, float* y, int64_t ldy,
+            ThreadPool& pool, Scratch& scratch);
+
+// Dequantizes `n` elements (multiple of the block size) into f32. SIMD.
+void DequantizeRow(TensorType t, const void* src, float* dst, int64_t n);
+
+// Elementwise and reduction ops (single-threaded, SIMD).
+// y = x / sqrt(mean(x^2) + eps) * w   (sum of squares accumulated in double, as ggml does)
+void RmsNorm(const float* x, const float* w, float* y, int64_t n, float eps);
+// x[i] += y[i]
+void Add(float* x, const float* y, int64_t n);
+// gate[i] = silu(gate[i]) * up[i]
+void SiluMul(float* gate, const float* up, int64_t n);
+// In-place softmax over n values; returns nothing. Max-subtracted, f32 exp, sum in double.
+void Softmax(float* x, int64_t n);
+// Rotary embedding on one head of `head_dim` values at position `pos`, rotating the first
+// `n_rot` dims. neox=false: pairs (2i, 2i+1); neox=true: pairs (i, i + n_rot/2).
+// theta_i = pos * base^(-2i/n_rot), computed as ggml does (theta *= theta_scale).
+void Rope(float* x, int64_t head_dim, int64_t n_rot, int64_t pos, float freq_base, bool neox);
+// Dot product of two f16 vectors, f32 accumulation.
+float DotF16(const f16_t* a, const f16_t* b, int64_t n);
+// Dot product of two f32 vectors.
+float DotF32(const float* a, const float* b, int64_t n);
+// y[i] += a * x[i] with x f16.
+void AxpyF16(float a, const f16_t* x, float* y, int64_t n);
+// y[i] += a * x[i] with x f32.
+void AxpyF32(float a, const float* x, float* y, int64_t n);
+// Converts f32 <-> f16 (round to nearest even).
+void ConvertF32ToF16(const float* x, f16_t* y, int64_t n);
+void ConvertF16ToF32(const f16_t* x, float* y, int64_t n);
+
+}  // namespace es::kernels

@@ -1,0 +1,100 @@
+// Element types of GGUF tensors and their block layouts (bit-exact with the GGUF/ggml format).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <string>
+
+namespace es {
+
+// Numeric ids are the on-disk ggml type ids.
+enum class TensorType : uint32_t {
+  kF32 = 0,
+  kF16 = 1,
+  kQ4_0 = 2,
+  kQ4_1 = 3,
+  kQ5_0 = 6,
+  kQ5_1 = 7,
+  kQ8_0 = 8,
+  kQ8_1 = 9,
+  kQ2_K = 10,
+  kQ3_K = 11,
+  kQ4_K = 12,
+  kQ5_K = 13,
+  kQ6_K = 14,
+  kQ8_K = 15,
+  kBF16 = 30,
+};
+
+struct TypeTraits {
+  const char* name;
+  int block_elems;   // elements per block
+  int block_bytes;   // bytes per block
+  bool supported;    // edgeshard can compute with it
+};
+
+// nullopt for ids that are not ggml types at all.
+std::optional<TypeTraits> GetTypeTraits(uint32_t type_id);
+const TypeTraits& Traits(TensorType t);
+inline const char* TypeName(TensorType t) { return Traits(t).name; }
+// Bytes of one row of `n` elements; n must be a multiple of the block size.
+size_t RowBytes(TensorType t, int64_t n);
+// Parses names such as "q4_0", "Q4_K", "f16" (case-insensitive).
+std::optional<TensorType> ParseTypeName(const std::string& name);
+
+constexpr int kQK4_0 = 32;
+constexpr int kQK8_0 = 32;
+constexpr int kQK_K = 256;
+constexpr int kKScaleBytes = 12;
+
+using f16_t = uint16_t;
+using bf16_t = uint16_t;
+
+#pragma pack(push, 1)
+struct BlockQ4_0 {
+  f16_t d;
+  uint8_t qs[kQK4_0 / 2];  // low nibbles: elements 0..15, high nibbles: 16..31
+};
+struct BlockQ8_0 {
+  f16_t d;
+  int8_t qs[kQK8_0];
+};
+struct BlockQ4_K {
+  f16_t d;
+  f16_t dmin;
+  uint8_t scales[kKScaleBytes];  // 8 six-bit scales and 8 six-bit mins, packed
+  uint8_t qs[kQK_K / 2];
+};
+struct BlockQ6_K {
+  uint8_t ql[kQK_K / 2];
+  uint8_t qh[kQK_K / 4];
+  int8_t scales[kQK_K / 16];
+  f16_t d;
+};
+// Activation blocks for K-quant dot products (never stored in files).
+struct BlockQ8_K {
+  float d;
+  int8_t qs[kQK_K];
+  int16_t bsums[kQK_K / 16];
+};
+#pragma pack(pop)
+static_assert(sizeof(BlockQ4_0) == 18);
+static_assert(sizeof(BlockQ8_0) == 34);
+static_assert(sizeof(BlockQ4_K) == 144);
+static_assert(sizeof(BlockQ6_K) == 210);
+static_assert(sizeof(BlockQ8_K) == 292);
+
+// IEEE half <-> float, round-to-nearest-even (matches F16C hardware conversion).
+float F16ToF32(f16_t h);
+f16_t F32ToF16(float f);
+inline float BF16ToF32(bf16_t h) {
+  uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+// Round-to-nearest-even; NaN stays NaN.
+bf16_t F32ToBF16(float f);
+
+}  // namespace es

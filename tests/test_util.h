@@ -1,0 +1,21 @@
+// Helpers shared by tests: where the shared models are, and running the CLI.
+#pragma once
+#include <string>
+
+namespace es::test {
+// Directory with the shared test models: $EDGESHARD_TEST_MODELS or ../shared/models.
+// Fails the calling test (does not skip) when it is missing.
+std::string ModelsDir();
+// Full path of a file under ModelsDir(); fails the test if it does not exist.
+std::string ModelPath(const std::string& rel);
+// Path of the edgeshard binary built with the tests.
+std::string BinaryPath();
+struct RunResult {
+  int exit_code;
+  std::string out;
+  std::string err;
+};
+// Runs `edgeshard <args>` through /bin/sh; args are passed verbatim (quote them yourself).
+RunResult RunCli(const std::string& args);
+std::string ReadFile(const std::string& path);
+}  // namespace es::test
