@@ -1,0 +1,125 @@
+// edgeshard public API: load a GGUF model, create contexts, generate text.
+//
+//   auto model = es::Model::Load({.path = "model.gguf"});
+//   es::Context ctx(model, {.n_ctx = 2048, .n_threads = 4});
+//   ctx.Generate(model->Tokenize("Once upon a time", true), {.max_tokens = 64},
+//                [](std::string_view piece) { fputs(std::string(piece).c_str(), stdout); return true; });
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "edgeshard/error.h"
+
+namespace es {
+
+struct LoadParams {
+  std::string path;
+  // Called while weights are paged in: (bytes done, bytes total).
+  std::function<void(size_t, size_t)> progress;
+};
+
+struct ModelInfo {
+  std::string arch, name;
+  int n_layer, n_embd, n_head, n_head_kv, n_ff, n_vocab, n_ctx_train;
+  size_t weight_bytes;
+  size_t file_bytes;
+  std::string weight_type;  // most common weight type, e.g. "Q4_0"
+};
+
+struct ChatTurn {
+  std::string role;  // "system", "user", "assistant"
+  std::string content;
+};
+
+class Model {
+ public:
+  static std::shared_ptr<Model> Load(const LoadParams& params);
+  ~Model();
+  ModelInfo Info() const;
+  // Text -> token ids. add_special adds BOS/EOS as the vocabulary asks; special token texts
+  // (e.g. "<|im_start|>") are parsed when parse_special is set.
+  std::vector<int32_t> Tokenize(std::string_view text, bool add_special, bool parse_special = true) const;
+  std::string TokenToPiece(int32_t id) const;
+  std::string Detokenize(const std::vector<int32_t>& ids) const;
+  bool IsEndOfGeneration(int32_t id) const;
+  // Renders a conversation with the model's chat template (or `template_override`, a name
+  // such as "chatml" or a template text), ending with the assistant prompt.
+  std::string ApplyChatTemplate(const std::vector<ChatTurn>& turns, bool add_assistant_prompt,
+                                const std::string& template_override = "") const;
+
+  struct Impl;
+  Impl& impl() const { return *impl_; }
+
+ private:
+  Model() = default;
+  std::unique_ptr<Impl> impl_;
+};
+
+struct ContextParams {
+  int n_ctx = 0;      // 0: min(model context, 4096)
+  int n_threads = 0;  // 0: all cores
+  int n_batch = 256;  // prompt tokens per forward pass
+  bool kv_f32 = false;  // F16 cache by default (half the memory, same as llama.cpp)
+};
+
+struct SamplingParams {
+  float temperature = 0.8f;  // <= 0: greedy
+  int top_k = 40;
+  float top_p = 0.95f;
+  float min_p = 0.05f;
+  float repeat_penalty = 1.0f;
+  float frequency_penalty = 0.0f;
+  float presence_penalty = 0.0f;
+  int penalty_last_n = 64;
+  uint64_t seed = 0xFFFFFFFFull;  // this value means: pick a random seed
+};
+
+struct GenerateParams {
+  int max_tokens = 128;  // < 0: until end of generation or context
+  SamplingParams sampling;
+  std::vector<std::string> stop;  // never printed, also when split across tokens
+  bool ignore_eos = false;
+};
+
+struct GenerateResult {
+  std::vector<int32_t> tokens;  // generated ids
+  std::string text;             // the text delivered (stop strings excluded)
+  std::string stop_reason;      // "eos", "stop", "length", "context", "cancelled"
+  int n_prompt = 0;
+  double prompt_ms = 0, decode_ms = 0;
+  int n_decode = 0;  // single-token forward passes timed in decode_ms
+};
+
+class Context {
+ public:
+  Context(std::shared_ptr<Model> model, const ContextParams& params);
+  ~Context();
+  size_t kv_bytes() const;
+  int n_ctx() const;
+  int n_threads() const;
+  int64_t n_past() const;
+  // Token ids whose keys and values the context holds.
+  const std::vector<int32_t>& tokens() const;
+  // Appends tokens (a prompt) to the sequence; all_logits, if given, receives [n, n_vocab].
+  void Eval(const std::vector<int32_t>& tokens, std::vector<float>* all_logits = nullptr);
+  const std::vector<float>& last_logits() const;
+  // Drops positions >= n so a following Eval continues from a shared prefix.
+  void Truncate(int64_t n);
+  // Evaluates `prompt` (appended to what the context holds) and samples up to max_tokens.
+  // on_text receives printable text as it is produced; returning false cancels.
+  GenerateResult Generate(const std::vector<int32_t>& prompt, const GenerateParams& params,
+                          const std::function<bool(std::string_view)>& on_text);
+
+  struct Impl;
+
+ private:
+  std::shared_ptr<Model> model_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace es

@@ -1,0 +1,90 @@
+// `edgeshard chat`: an interactive conversation using the model's chat template. The KV
+// cache is kept across turns: each turn only evaluates what differs from the cached tokens.
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+
+#include "cli/cli_command.h"
+#include "cli/cli_common.h"
+
+namespace es::cli {
+namespace {
+
+struct ChatOptions {
+  ModelOptions model;
+  GenerateParams gen;
+  std::string system;
+  std::string chat_template;
+  bool verbose = false;
+};
+
+int Chat(ChatOptions o) {
+  auto model = LoadModel(o.model.model);
+  Context ctx(model, MakeContextParams(o.model));
+  const bool tty = isatty(STDIN_FILENO);
+  std::vector<ChatTurn> turns;
+  if (!o.system.empty()) turns.push_back({"system", o.system});
+  // Validate the template before the first prompt, so a bad one fails at once.
+  model->ApplyChatTemplate({{"user", "hi"}}, true, o.chat_template);
+  if (tty) std::fprintf(stderr, "edgeshard chat: type a message; /reset starts over, /exit or Ctrl-D quits\n");
+  std::string line;
+  while (true) {
+    if (tty) std::fprintf(stderr, "> ");
+    if (!std::getline(std::cin, line)) break;
+    if (line == "/exit" || line == "/quit") break;
+    if (line == "/reset") {
+      turns.resize(o.system.empty() ? 0 : 1);
+      ctx.Truncate(0);
+      continue;
+    }
+    if (line.empty()) continue;
+    turns.push_back({"user", line});
+    const std::string text = model->ApplyChatTemplate(turns, true, o.chat_template);
+    // Templates that write the BOS text themselves must not get a second one.
+    auto with_bos = model->Tokenize(text, true, true);
+    auto without = model->Tokenize(text, false, true);
+    auto tokens = (with_bos.size() > 1 && without.size() > 0 && with_bos[0] == without[0] && with_bos[1] == without[0])
+                      ? without
+                      : with_bos;
+    const auto& cached = ctx.tokens();
+    size_t keep = 0;
+    while (keep < cached.size() && keep < tokens.size() && cached[keep] == tokens[keep]) ++keep;
+    if (keep == tokens.size()) --keep;  // at least one token to evaluate, to get fresh logits
+    ctx.Truncate(static_cast<int64_t>(keep));
+    std::vector<int32_t> fresh(tokens.begin() + static_cast<std::ptrdiff_t>(keep), tokens.end());
+    auto r = ctx.Generate(fresh, o.gen, [](std::string_view piece) {
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+      return true;
+    });
+    std::printf("\n");
+    std::fflush(stdout);
+    if (o.verbose)
+      std::fprintf(stderr, "[%zu cached, %zu evaluated, %zu generated, %.1f tokens/s, stop: %s]\n", keep, fresh.size(),
+                   r.tokens.size(), r.decode_ms > 0 ? 1000.0 * r.n_decode / r.decode_ms : 0.0, r.stop_reason.c_str());
+    turns.push_back({"assistant", r.text});
+    if (r.stop_reason == "context") {
+      std::fprintf(stderr, "edgeshard chat: error: the context of %d tokens is full (use a larger -c or /reset)\n",
+                   ctx.n_ctx());
+      return kExitFailure;
+    }
+  }
+  return kExitOk;
+}
+
+const bool registered = RegisterCommand("chat", [](CLI::App& app) {
+  auto o = std::make_shared<ChatOptions>();
+  o->gen.max_tokens = -1;
+  auto* cmd = app.add_subcommand("chat", "interactive chat with the model's chat template");
+  AddModelOptions(cmd, o->model);
+  AddSamplingOptions(cmd, o->gen);
+  cmd->add_option("--system", o->system, "system prompt");
+  cmd->add_option("--chat-template", o->chat_template,
+                  "template name (llama2, llama3, chatml, mistral, zephyr) or template text; default: the model's");
+  cmd->add_flag("-v,--verbose", o->verbose, "print cache use and speed after each reply");
+  return [o]() { return Chat(*o); };
+});
+
+}  // namespace
+}  // namespace es::cli

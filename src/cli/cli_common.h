@@ -1,0 +1,32 @@
+// Options and helpers shared by the subcommands that load a model.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "edgeshard/edgeshard.h"
+
+namespace es::cli {
+
+struct ModelOptions {
+  std::string model;
+  int threads = 0;
+  int ctx = 0;
+  int batch = 256;
+  std::string kv_type = "f16";
+};
+
+// -m, -t, -c, -b, --kv-type.
+void AddModelOptions(CLI::App* app, ModelOptions& o, bool with_ctx = true);
+// Loads with a progress bar on stderr (only if it is a terminal and loading takes > 1 s).
+std::shared_ptr<Model> LoadModel(const std::string& path, double* load_ms = nullptr);
+ContextParams MakeContextParams(const ModelOptions& o);
+
+// -n, --temp, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, --frequency-penalty,
+// --presence-penalty, --seed, --stop, --ignore-eos.
+void AddSamplingOptions(CLI::App* app, GenerateParams& g);
+
+std::string HumanBytes(double bytes);
+
+}  // namespace es::cli

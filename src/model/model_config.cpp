@@ -1,0 +1,58 @@
+#include "model/model_config.h"
+
+namespace es::model {
+namespace {
+
+int PositiveInt(const gguf::File& f, const std::string& key, int64_t max = 1 << 24) {
+  const int64_t v = f.GetInt(key);
+  if (v <= 0 || v > max)
+    throw Error(f.path() + ": metadata '" + key + "' is " + std::to_string(v) + ", expected 1.." +
+                std::to_string(max));
+  return static_cast<int>(v);
+}
+
+}  // namespace
+
+ModelConfig ReadModelConfig(const gguf::File& f) {
+  ModelConfig c;
+  c.arch = f.GetString("general.architecture");
+  if (c.arch != "llama" && c.arch != "qwen2")
+    throw Error(f.path() + ": architecture '" + c.arch +
+                "' is not supported (supported: llama, qwen2)");
+  c.name = f.GetStringOr("general.name").value_or(c.arch);
+  const std::string p = c.arch + ".";
+  c.n_layer = PositiveInt(f, p + "block_count", 4096);
+  c.n_embd = PositiveInt(f, p + "embedding_length");
+  c.n_head = PositiveInt(f, p + "attention.head_count", 4096);
+  c.n_head_kv = f.Has(p + "attention.head_count_kv") ? PositiveInt(f, p + "attention.head_count_kv", 4096)
+                                                      : c.n_head;
+  c.n_ff = PositiveInt(f, p + "feed_forward_length");
+  c.n_ctx_train = PositiveInt(f, p + "context_length", 1 << 26);
+  if (c.n_embd % c.n_head != 0)
+    throw Error(f.path() + ": embedding_length " + std::to_string(c.n_embd) +
+                " is not divisible by attention.head_count " + std::to_string(c.n_head));
+  if (c.n_head % c.n_head_kv != 0)
+    throw Error(f.path() + ": attention.head_count " + std::to_string(c.n_head) +
+                " is not a multiple of attention.head_count_kv " + std::to_string(c.n_head_kv));
+  c.head_dim = f.Has(p + "attention.key_length") ? PositiveInt(f, p + "attention.key_length")
+                                                 : c.n_embd / c.n_head;
+  c.n_rot = f.Has(p + "rope.dimension_count") ? PositiveInt(f, p + "rope.dimension_count") : c.head_dim;
+  if (c.n_rot > c.head_dim || c.n_rot % 2 != 0)
+    throw Error(f.path() + ": rope.dimension_count " + std::to_string(c.n_rot) +
+                " must be even and at most the head size " + std::to_string(c.head_dim));
+  c.rope_base = static_cast<float>(f.GetFloatOr(p + "rope.freq_base").value_or(10000.0));
+  c.rms_eps = static_cast<float>(f.GetFloatOr(p + "attention.layer_norm_rms_epsilon").value_or(1e-5));
+  if (!(c.rope_base > 0)) throw Error(f.path() + ": rope.freq_base must be positive");
+  if (!(c.rms_eps > 0)) throw Error(f.path() + ": attention.layer_norm_rms_epsilon must be positive");
+  c.rope_neox = c.arch == "qwen2";
+  c.qkv_bias = c.arch == "qwen2";
+  const auto& embd = f.GetTensor("token_embd.weight");
+  if (embd.dims.size() != 2 || embd.dims[0] != c.n_embd)
+    throw Error(f.path() + ": tensor 'token_embd.weight' has shape " + embd.ShapeString() +
+                ", expected [" + std::to_string(c.n_embd) + ", n_vocab]");
+  c.n_vocab = static_cast<int>(embd.dims[1]);
+  c.tied_output = f.FindTensor("output.weight") == nullptr;
+  return c;
+}
+
+}  // namespace es::model

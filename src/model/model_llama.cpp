@@ -1,0 +1,213 @@
+#include "model/model_llama.h"
+
+#include <cmath>
+#include <cstring>
+
+namespace es::model {
+namespace {
+
+std::string Dims(int64_t a, int64_t b) {
+  return "[" + std::to_string(a) + ", " + std::to_string(b) + "]";
+}
+
+kernels::Matrix GetMatrix(const gguf::File& f, const std::string& name, int64_t cols, int64_t rows) {
+  const auto& t = f.GetTensor(name);
+  if (t.dims.size() != 2 || t.dims[0] != cols || t.dims[1] != rows)
+    throw Error(f.path() + ": tensor '" + name + "' has shape " + t.ShapeString() + ", expected " +
+                Dims(cols, rows) + " for this architecture");
+  if (!Traits(t.type).supported)
+    throw Error(f.path() + ": tensor '" + name + "' has type " + TypeName(t.type) +
+                ", which edgeshard cannot compute with (supported: F32, F16, BF16, Q8_0, Q4_0, "
+                "Q4_K, Q6_K; re-quantize the model with `edgeshard quantize`)");
+  return kernels::Matrix{t.data, t.type, rows, cols, RowBytes(t.type, cols)};
+}
+
+const float* GetVector(const gguf::File& f, const std::string& name, int64_t n) {
+  const auto& t = f.GetTensor(name);
+  if (t.dims.size() != 1 || t.dims[0] != n)
+    throw Error(f.path() + ": tensor '" + name + "' has shape " + t.ShapeString() + ", expected [" +
+                std::to_string(n) + "]");
+  if (t.type != TensorType::kF32)
+    throw Error(f.path() + ": tensor '" + name + "' has type " + TypeName(t.type) + ", expected F32");
+  return reinterpret_cast<const float*>(t.data);
+}
+
+}  // namespace
+
+Workspace::Workspace(const ModelConfig& c, int max_batch, int max_ctx, int n_threads)
+    : max_batch_(max_batch) {
+  const size_t b = static_cast<size_t>(max_batch);
+  xb.resize(b * c.n_embd);
+  q.resize(b * c.q_dim());
+  k.resize(b * c.kv_dim());
+  v.resize(b * c.kv_dim());
+  attn_out.resize(b * c.q_dim());
+  gate.resize(b * c.n_ff);
+  up.resize(b * c.n_ff);
+  q16.resize(b * c.q_dim());
+  scores.resize(static_cast<size_t>(n_threads) * max_ctx);
+  scores16.resize(static_cast<size_t>(n_threads) * max_ctx);
+}
+
+std::unique_ptr<LlamaModel> LlamaModel::Load(const std::string& path, const LoadOptions& opts) {
+  std::unique_ptr<LlamaModel> m(new LlamaModel());
+  m->file_ = gguf::File::Open(path);
+  const gguf::File& f = *m->file_;
+  m->cfg_ = ReadModelConfig(f);
+  const ModelConfig& c = m->cfg_;
+  m->tok_embd_ = GetMatrix(f, "token_embd.weight", c.n_embd, c.n_vocab);
+  m->output_norm_ = GetVector(f, "output_norm.weight", c.n_embd);
+  m->output_ = c.tied_output ? m->tok_embd_ : GetMatrix(f, "output.weight", c.n_embd, c.n_vocab);
+  for (int l = 0; l < c.n_layer; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    Layer L;
+    L.attn_norm = GetVector(f, p + "attn_norm.weight", c.n_embd);
+    L.wq = GetMatrix(f, p + "attn_q.weight", c.n_embd, c.q_dim());
+    L.wk = GetMatrix(f, p + "attn_k.weight", c.n_embd, c.kv_dim());
+    L.wv = GetMatrix(f, p + "attn_v.weight", c.n_embd, c.kv_dim());
+    L.wo = GetMatrix(f, p + "attn_output.weight", c.q_dim(), c.n_embd);
+    if (c.qkv_bias) {
+      L.bq = GetVector(f, p + "attn_q.bias", c.q_dim());
+      L.bk = GetVector(f, p + "attn_k.bias", c.kv_dim());
+      L.bv = GetVector(f, p + "attn_v.bias", c.kv_dim());
+    }
+    L.ffn_norm = GetVector(f, p + "ffn_norm.weight", c.n_embd);
+    L.w_gate = GetMatrix(f, p + "ffn_gate.weight", c.n_embd, c.n_ff);
+    L.w_up = GetMatrix(f, p + "ffn_up.weight", c.n_embd, c.n_ff);
+    L.w_down = GetMatrix(f, p + "ffn_down.weight", c.n_ff, c.n_embd);
+    m->layers_.push_back(L);
+  }
+  for (const auto& t : f.tensors()) m->weight_bytes_ += t.n_bytes;
+  if (opts.prefault) {
+    // Touch every page once so generation does not stall on page faults; report progress.
+    constexpr size_t kPage = 4096;
+    size_t done = 0;
+    volatile uint8_t sink = 0;
+    for (const auto& t : f.tensors()) {
+      for (size_t off = 0; off < t.n_bytes; off += kPage) sink = sink + t.data[off];
+      done += t.n_bytes;
+      if (opts.progress) opts.progress(done, m->weight_bytes_);
+    }
+  }
+  return m;
+}
+
+void LlamaModel::Embed(const int32_t* tokens, int n, float* hidden) const {
+  for (int i = 0; i < n; ++i) {
+    const int32_t t = tokens[i];
+    if (t < 0 || t >= cfg_.n_vocab)
+      throw Error("token id " + std::to_string(t) + " is outside the vocabulary (0.." +
+                  std::to_string(cfg_.n_vocab - 1) + ")");
+    kernels::DequantizeRow(tok_embd_.type,
+                           static_cast<const uint8_t*>(tok_embd_.data) + t * tok_embd_.row_bytes,
+                           hidden + static_cast<size_t>(i) * cfg_.n_embd, cfg_.n_embd);
+  }
+}
+
+void LlamaModel::Attention(const Layer& L, const KvLayer& kv, int n, int64_t pos0, Workspace& ws,
+                           kernels::ThreadPool& pool) const {
+  (void)L;
+  const ModelConfig& c = cfg_;
+  const int hd = c.head_dim;
+  const int kv_dim = c.kv_dim();
+  const int q_dim = c.q_dim();
+  const int group = c.n_head / c.n_head_kv;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const bool f16 = kv.type == TensorType::kF16;
+  // llama.cpp multiplies F16 keys with queries rounded to F16, and F16 values with F16 weights.
+  if (f16) kernels::ConvertF32ToF16(ws.q.data(), ws.q16.data(), static_cast<int64_t>(n) * q_dim);
+  const int64_t max_ctx = kv.n_ctx;
+  pool.ParallelFor(static_cast<int64_t>(n) * c.n_head, [&](int64_t begin, int64_t end, int th) {
+    float* s = ws.scores.data() + static_cast<size_t>(th) * max_ctx;
+    f16_t* s16 = ws.scores16.data() + static_cast<size_t>(th) * max_ctx;
+    for (int64_t task = begin; task < end; ++task) {
+      const int i = static_cast<int>(task / c.n_head);
+      const int h = static_cast<int>(task % c.n_head);
+      const int kvh = h / group;
+      const int64_t n_kv = pos0 + i + 1;  // causal: keys 0..pos
+      float* out = ws.attn_out.data() + static_cast<size_t>(i) * q_dim + h * hd;
+      std::memset(out, 0, sizeof(float) * hd);
+      if (f16) {
+        const f16_t* q = ws.q16.data() + static_cast<size_t>(i) * q_dim + h * hd;
+        const f16_t* K = static_cast<const f16_t*>(kv.k) + kvh * hd;
+        for (int64_t j = 0; j < n_kv; ++j) s[j] = kernels::DotF16(q, K + j * kv_dim, hd) * scale;
+        kernels::Softmax(s, n_kv);
+        kernels::ConvertF32ToF16(s, s16, n_kv);
+        const f16_t* V = static_cast<const f16_t*>(kv.v) + kvh * hd;
+        for (int64_t j = 0; j < n_kv; ++j) kernels::AxpyF16(F16ToF32(s16[j]), V + j * kv_dim, out, hd);
+      } else {
+        const float* q = ws.q.data() + static_cast<size_t>(i) * q_dim + h * hd;
+        const float* K = static_cast<const float*>(kv.k) + kvh * hd;
+        for (int64_t j = 0; j < n_kv; ++j) s[j] = kernels::DotF32(q, K + j * kv_dim, hd) * scale;
+        kernels::Softmax(s, n_kv);
+        const float* V = static_cast<const float*>(kv.v) + kvh * hd;
+        for (int64_t j = 0; j < n_kv; ++j) kernels::AxpyF32(s[j], V + j * kv_dim, out, hd);
+      }
+    }
+  });
+}
+
+void LlamaModel::ForwardBlocks(int first, int last, float* hidden, int n, int64_t pos0,
+                               const KvLayer* kv, Workspace& ws, kernels::ThreadPool& pool) const {
+  const ModelConfig& c = cfg_;
+  if (first < 0 || last > c.n_layer || first > last) throw Error("invalid layer range");
+  if (n > ws.max_batch()) throw Error("batch larger than the workspace");
+  const int d = c.n_embd, kv_dim = c.kv_dim(), q_dim = c.q_dim();
+  for (int l = first; l < last; ++l) {
+    const Layer& L = layers_[l];
+    const KvLayer& cache = kv[l];
+    if (pos0 + n > cache.n_ctx)
+      throw Error("context is full: " + std::to_string(pos0 + n) + " positions needed, the context holds " +
+                  std::to_string(cache.n_ctx) + " (start with a larger -c)");
+    for (int i = 0; i < n; ++i)
+      kernels::RmsNorm(hidden + static_cast<size_t>(i) * d, L.attn_norm, ws.xb.data() + static_cast<size_t>(i) * d, d,
+                       c.rms_eps);
+    kernels::MatMul(L.wq, ws.xb.data(), d, n, ws.q.data(), q_dim, pool, ws.scratch);
+    kernels::MatMul(L.wk, ws.xb.data(), d, n, ws.k.data(), kv_dim, pool, ws.scratch);
+    kernels::MatMul(L.wv, ws.xb.data(), d, n, ws.v.data(), kv_dim, pool, ws.scratch);
+    for (int i = 0; i < n; ++i) {
+      float* q = ws.q.data() + static_cast<size_t>(i) * q_dim;
+      float* k = ws.k.data() + static_cast<size_t>(i) * kv_dim;
+      float* v = ws.v.data() + static_cast<size_t>(i) * kv_dim;
+      if (L.bq) {
+        kernels::Add(q, L.bq, q_dim);
+        kernels::Add(k, L.bk, kv_dim);
+        kernels::Add(v, L.bv, kv_dim);
+      }
+      const int64_t pos = pos0 + i;
+      for (int h = 0; h < c.n_head; ++h) kernels::Rope(q + h * c.head_dim, c.head_dim, c.n_rot, pos, c.rope_base, c.rope_neox);
+      for (int h = 0; h < c.n_head_kv; ++h)
+        kernels::Rope(k + h * c.head_dim, c.head_dim, c.n_rot, pos, c.rope_base, c.rope_neox);
+      if (cache.type == TensorType::kF16) {
+        kernels::ConvertF32ToF16(k, static_cast<f16_t*>(cache.k) + pos * kv_dim, kv_dim);
+        kernels::ConvertF32ToF16(v, static_cast<f16_t*>(cache.v) + pos * kv_dim, kv_dim);
+      } else {
+        std::memcpy(static_cast<float*>(cache.k) + pos * kv_dim, k, sizeof(float) * kv_dim);
+        std::memcpy(static_cast<float*>(cache.v) + pos * kv_dim, v, sizeof(float) * kv_dim);
+      }
+    }
+    Attention(L, cache, n, pos0, ws, pool);
+    kernels::MatMul(L.wo, ws.attn_out.data(), q_dim, n, ws.xb.data(), d, pool, ws.scratch);
+    kernels::Add(hidden, ws.xb.data(), static_cast<int64_t>(n) * d);
+
+    for (int i = 0; i < n; ++i)
+      kernels::RmsNorm(hidden + static_cast<size_t>(i) * d, L.ffn_norm, ws.xb.data() + static_cast<size_t>(i) * d, d,
+                       c.rms_eps);
+    kernels::MatMul(L.w_gate, ws.xb.data(), d, n, ws.gate.data(), c.n_ff, pool, ws.scratch);
+    kernels::MatMul(L.w_up, ws.xb.data(), d, n, ws.up.data(), c.n_ff, pool, ws.scratch);
+    kernels::SiluMul(ws.gate.data(), ws.up.data(), static_cast<int64_t>(n) * c.n_ff);
+    kernels::MatMul(L.w_down, ws.gate.data(), c.n_ff, n, ws.xb.data(), d, pool, ws.scratch);
+    kernels::Add(hidden, ws.xb.data(), static_cast<int64_t>(n) * d);
+  }
+}
+
+void LlamaModel::Head(float* hidden, int n, float* logits, Workspace& ws, kernels::ThreadPool& pool) const {
+  const int d = cfg_.n_embd;
+  for (int i = 0; i < n; ++i) {
+    float* h = hidden + static_cast<size_t>(i) * d;
+    kernels::RmsNorm(h, output_norm_, h, d, cfg_.rms_eps);
+  }
+  kernels::MatMul(output_, hidden, d, n, logits, cfg_.n_vocab, pool, ws.scratch);
+}
+
+}  // namespace es::model

@@ -1,0 +1,83 @@
+// The llama-family transformer (llama, qwen2): weights mapped from GGUF and the forward pass.
+// Layers can be run in ranges, so a shard holds blocks [first, last) of a model.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gguf/gguf_file.h"
+#include "kernels/kernels.h"
+#include "model/model_config.h"
+
+namespace es::model {
+
+// One layer's KV storage, owned by the runtime: rows of kv_dim values per position.
+struct KvLayer {
+  void* k = nullptr;
+  void* v = nullptr;
+  TensorType type = TensorType::kF16;  // F16 (default, as llama.cpp) or F32
+  int64_t n_ctx = 0;
+};
+
+// Activations of a batch of up to `max_batch` tokens, allocated once per context.
+class Workspace {
+ public:
+  Workspace(const ModelConfig& c, int max_batch, int max_ctx, int n_threads);
+  int max_batch() const { return max_batch_; }
+  std::vector<float> xb, q, k, v, attn_out, gate, up;
+  std::vector<f16_t> q16;          // queries rounded to the KV type (F16 caches)
+  std::vector<float> scores;       // per thread: max_ctx attention weights
+  std::vector<f16_t> scores16;     // per thread
+  kernels::Scratch scratch;
+
+ private:
+  int max_batch_;
+};
+
+struct LoadOptions {
+  // Called with (bytes touched, total bytes) while weights are paged in.
+  std::function<void(size_t, size_t)> progress;
+  bool prefault = true;  // read every weight page at load time, so the first token is not slow
+};
+
+class LlamaModel {
+ public:
+  static std::unique_ptr<LlamaModel> Load(const std::string& path, const LoadOptions& opts = {});
+
+  const ModelConfig& config() const { return cfg_; }
+  const gguf::File& file() const { return *file_; }
+  size_t weight_bytes() const { return weight_bytes_; }
+
+  // hidden[i * n_embd ...] = embedding of tokens[i]. Token ids are checked.
+  void Embed(const int32_t* tokens, int n, float* hidden) const;
+  // Runs blocks [first, last) on `n` rows of hidden state at positions pos0 .. pos0+n-1
+  // (one sequence, causal). kv[l] is layer l's cache; rows pos0..pos0+n-1 are written.
+  void ForwardBlocks(int first, int last, float* hidden, int n, int64_t pos0, const KvLayer* kv,
+                     Workspace& ws, kernels::ThreadPool& pool) const;
+  // Final norm and output head for `n` rows of hidden state; logits [n, n_vocab].
+  // Overwrites hidden with its normalised values.
+  void Head(float* hidden, int n, float* logits, Workspace& ws, kernels::ThreadPool& pool) const;
+
+ private:
+  struct Layer {
+    const float* attn_norm;
+    kernels::Matrix wq, wk, wv, wo;
+    const float *bq = nullptr, *bk = nullptr, *bv = nullptr;
+    const float* ffn_norm;
+    kernels::Matrix w_gate, w_up, w_down;
+  };
+  LlamaModel() = default;
+  void Attention(const Layer& L, const KvLayer& kv, int n, int64_t pos0, Workspace& ws,
+                 kernels::ThreadPool& pool) const;
+
+  std::unique_ptr<gguf::File> file_;
+  ModelConfig cfg_;
+  kernels::Matrix tok_embd_, output_;
+  const float* output_norm_ = nullptr;
+  std::vector<Layer> layers_;
+  size_t weight_bytes_ = 0;
+};
+
+}  // namespace es::model

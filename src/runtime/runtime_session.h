@@ -1,0 +1,54 @@
+// A session runs one sequence through a model: it owns the KV cache, the activations and
+// the thread pool, all allocated when it is created.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "kernels/kernels.h"
+#include "model/model_llama.h"
+#include "runtime/runtime_kv_cache.h"
+
+namespace es::runtime {
+
+struct SessionOptions {
+  int n_ctx = 0;        // 0: min(model's training context, 4096)
+  int n_threads = 0;    // 0: all hardware threads
+  int n_batch = 256;    // prompt tokens per forward pass
+  TensorType kv_type = TensorType::kF16;
+};
+
+class Session {
+ public:
+  Session(const model::LlamaModel& m, const SessionOptions& opts);
+
+  const model::LlamaModel& model() const { return model_; }
+  int64_t n_past() const { return n_past_; }
+  int64_t n_ctx() const { return kv_.n_ctx(); }
+  size_t kv_bytes() const { return kv_.bytes(); }
+  int n_threads() const { return pool_.size(); }
+  int n_batch() const { return n_batch_; }
+
+  // Appends tokens to the sequence. Afterwards last_logits() holds the logits after the last
+  // token; if all_logits is given it receives [tokens.size(), n_vocab] logits (teacher forcing).
+  void Eval(const std::vector<int32_t>& tokens, std::vector<float>* all_logits = nullptr);
+  const std::vector<float>& last_logits() const { return logits_last_; }
+  // Forgets positions >= n (keeps a shared prefix for the next turn).
+  void Truncate(int64_t n);
+  // The tokens whose keys and values the cache holds, in order.
+  const std::vector<int32_t>& tokens() const { return tokens_; }
+
+ private:
+  const model::LlamaModel& model_;
+  int n_batch_;
+  kernels::ThreadPool pool_;
+  KvCache kv_;
+  model::Workspace ws_;
+  std::vector<float> hidden_;
+  std::vector<float> logits_;       // [n_batch, n_vocab] when all positions are wanted
+  std::vector<float> logits_last_;  // [n_vocab]
+  int64_t n_past_ = 0;
+  std::vector<int32_t> tokens_;
+};
+
+}  // namespace es::runtime

@@ -1,0 +1,131 @@
+// Fidelity against llama.cpp: every ../shared/models/ref/*.ref.json whose model is present.
+// f32/f16 files: top-10 logits within 1e-3 (relative above |logit| 1) and identical greedy
+// tokens; quantized files: top-1 agreement >= 98% and top-10 logits within 0.1.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "model/model_llama.h"
+#include "runtime/runtime_session.h"
+#include "test_util.h"
+
+namespace {
+
+using nlohmann::json;
+
+struct RefFile {
+  std::string ref_path;
+  std::string model_path;
+  bool exact;  // f32/f16 weights
+};
+
+std::vector<RefFile> FindRefs() {
+  std::vector<RefFile> out;
+  const std::string dir = es::test::ModelsDir();
+  if (!std::filesystem::is_directory(dir + "/ref")) return out;
+  for (const auto& e : std::filesystem::directory_iterator(dir + "/ref")) {
+    const std::string name = e.path().filename().string();
+    const std::string suffix = ".ref.json";
+    if (name.size() <= suffix.size() || name.substr(name.size() - suffix.size()) != suffix) continue;
+    const std::string stem = name.substr(0, name.size() - suffix.size());
+    const std::string model = dir + "/" + stem + ".gguf";
+    if (!std::filesystem::exists(model)) continue;  // f32 masters are references only
+    const bool quant = stem.find(".q") != std::string::npos;
+    out.push_back({e.path().string(), model, !quant});
+  }
+  std::sort(out.begin(), out.end(), [](const RefFile& a, const RefFile& b) { return a.ref_path < b.ref_path; });
+  return out;
+}
+
+class Fidelity : public ::testing::TestWithParam<RefFile> {};
+
+TEST(FidelitySet, AllSharedModelsAreCovered) {
+  // Every shipped model has a reference, so a missing or renamed file fails here, not silently.
+  auto refs = FindRefs();
+  EXPECT_GE(refs.size(), 10u) << "expected references for the 10 shared models";
+}
+
+TEST_P(Fidelity, MatchesLlamaCpp) {
+  const RefFile& rf = GetParam();
+  json ref = json::parse(es::test::ReadFile(rf.ref_path));
+  auto model = es::model::LlamaModel::Load(rf.model_path);
+  const int n_vocab = model->config().n_vocab;
+  ASSERT_EQ(n_vocab, ref["n_vocab"].get<int>());
+
+  int positions = 0, top1_agree = 0;
+  double max_err = 0;
+  for (const auto& c : ref["cases"]) {
+    const auto tokens = c["tokens"].get<std::vector<int32_t>>();
+    es::runtime::SessionOptions so;
+    so.n_ctx = static_cast<int>(tokens.size()) + 64;
+    so.n_threads = 2;
+    so.n_batch = static_cast<int>(tokens.size());
+    es::runtime::Session s(*model, so);
+    std::vector<float> logits;
+    s.Eval(tokens, &logits);
+    const auto& top = c["top"];
+    ASSERT_EQ(top.size(), tokens.size());
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      const float* row = logits.data() + i * n_vocab;
+      const int ours = static_cast<int>(std::max_element(row, row + n_vocab) - row);
+      ++positions;
+      if (ours == top[i][0][0].get<int>()) ++top1_agree;
+      for (const auto& pair : top[i]) {
+        const int id = pair[0].get<int>();
+        const double want = pair[1].get<double>();
+        const double err = std::fabs(row[id] - want);
+        max_err = std::max(max_err, err);
+        if (rf.exact) {
+          ASSERT_LE(err, 1e-3 * std::max(1.0, std::fabs(want)))
+              << rf.model_path << " prompt " << c["prompt"].get<std::string>().substr(0, 30) << " pos " << i
+              << " token " << id;
+        } else {
+          ASSERT_LE(err, 0.1) << rf.model_path << " pos " << i << " token " << id;
+        }
+      }
+    }
+    if (c.contains("last_logits") && rf.exact) {
+      const auto last = c["last_logits"].get<std::vector<float>>();
+      const float* row = logits.data() + (tokens.size() - 1) * n_vocab;
+      for (int v = 0; v < n_vocab; ++v)
+        ASSERT_LE(std::fabs(row[v] - last[v]), 1e-3 * std::max(1.0f, std::fabs(last[v]))) << "vocab id " << v;
+    }
+    // Greedy continuation, one token at a time as a user's generation runs.
+    const auto want_greedy = c["greedy"].get<std::vector<int32_t>>();
+    std::vector<int32_t> got;
+    const int eos = model->file().GetIntOr("tokenizer.ggml.eos_token_id").value_or(-1);
+    while (got.size() < want_greedy.size()) {
+      const auto& l = s.last_logits();
+      const int32_t next = static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+      got.push_back(next);
+      if (next == eos) break;
+      s.Eval({next});
+    }
+    if (rf.exact) {
+      EXPECT_EQ(got, want_greedy) << rf.model_path << " prompt: " << c["prompt"].get<std::string>().substr(0, 40);
+    } else {
+      size_t same = 0;
+      while (same < got.size() && same < want_greedy.size() && got[same] == want_greedy[same]) ++same;
+      std::printf("  %s greedy: %zu/%zu tokens identical\n", rf.model_path.c_str(), same, want_greedy.size());
+    }
+  }
+  const double agree = static_cast<double>(top1_agree) / positions;
+  std::printf("  %s: %d positions, top-1 agreement %.2f%%, max |dlogit| %.5f\n", rf.model_path.c_str(), positions,
+              100 * agree, max_err);
+  if (!rf.exact) EXPECT_GE(agree, 0.98) << rf.model_path;
+}
+
+std::string ParamName(const ::testing::TestParamInfo<RefFile>& info) {
+  std::string n = std::filesystem::path(info.param.model_path).stem().string();
+  for (auto& ch : n)
+    if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  return n;
+}
+
+INSTANTIATE_TEST_SUITE_P(SharedModels, Fidelity, ::testing::ValuesIn(FindRefs()), ParamName);
+
+}  // namespace
