@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -35,14 +36,21 @@ std::string ReadFile(const std::string& path) {
   return ss.str();
 }
 
-RunResult RunCli(const std::string& args) {
+RunResult RunCli(const std::string& args) { return RunCliWithInput(args, ""); }
+
+RunResult RunCliWithInput(const std::string& args, const std::string& input) {
+  char in_tmpl[] = "/tmp/es_test_inXXXXXX";
+  int fi = mkstemp(in_tmpl);
+  if (!input.empty() && write(fi, input.data(), input.size()) != static_cast<ssize_t>(input.size()))
+    ADD_FAILURE() << "cannot write test input";
+  close(fi);
   char out_tmpl[] = "/tmp/es_test_outXXXXXX";
   char err_tmpl[] = "/tmp/es_test_errXXXXXX";
   int fo = mkstemp(out_tmpl);
   int fe = mkstemp(err_tmpl);
   close(fo);
   close(fe);
-  std::string cmd = BinaryPath() + " " + args + " >" + out_tmpl + " 2>" + err_tmpl + " </dev/null";
+  std::string cmd = BinaryPath() + " " + args + " >" + out_tmpl + " 2>" + err_tmpl + " <" + in_tmpl;
   int st = std::system(cmd.c_str());
   RunResult r;
   r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
@@ -50,6 +58,7 @@ RunResult RunCli(const std::string& args) {
   r.err = ReadFile(err_tmpl);
   std::remove(out_tmpl);
   std::remove(err_tmpl);
+  std::remove(in_tmpl);
   return r;
 }
 

@@ -17,5 +17,7 @@ struct RunResult {
 };
 // Runs `edgeshard <args>` through /bin/sh; args are passed verbatim (quote them yourself).
 RunResult RunCli(const std::string& args);
+// Same, with `input` on standard input.
+RunResult RunCliWithInput(const std::string& args, const std::string& input);
 std::string ReadFile(const std::string& path);
 }  // namespace es::test

@@ -47,6 +47,8 @@ class Model {
   std::string TokenToPiece(int32_t id) const;
   std::string Detokenize(const std::vector<int32_t>& ids) const;
   bool IsEndOfGeneration(int32_t id) const;
+  // The beginning-of-sequence token if the vocabulary adds one to prompts, else -1.
+  int32_t PromptBosToken() const;
   // Renders a conversation with the model's chat template (or `template_override`, a name
   // such as "chatml" or a template text), ending with the assistant prompt.
   std::string ApplyChatTemplate(const std::vector<ChatTurn>& turns, bool add_assistant_prompt,

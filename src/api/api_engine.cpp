@@ -55,6 +55,10 @@ std::string Model::Detokenize(const std::vector<int32_t>& ids) const { return im
 
 bool Model::IsEndOfGeneration(int32_t id) const { return impl_->tokenizer->IsEog(id); }
 
+int32_t Model::PromptBosToken() const {
+  return impl_->tokenizer->add_bos() ? impl_->tokenizer->bos() : -1;
+}
+
 std::string Model::ApplyChatTemplate(const std::vector<ChatTurn>& turns, bool add_assistant_prompt,
                                      const std::string& template_override) const {
   const auto& t = *impl_->tokenizer;
