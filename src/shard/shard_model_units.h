@@ -1,0 +1,35 @@
+// Layer units of a model, the granularity at which the planner cuts it into shards:
+// the token embedding, each transformer block, and the output norm + head.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "gguf/gguf_file.h"
+#include "tensor/tensor_types.h"
+
+namespace es::shard {
+
+struct UnitInfo {
+  std::string name;                  // "token_embd", "blk.<i>", "output"
+  uint64_t weight_bytes = 0;         // every tensor the unit reads
+  uint64_t matrix_bytes = 0;         // the part stored in 2-D weight matrices (re-quantizable)
+  uint64_t matrix_elems = 0;         // elements of those matrices
+  uint64_t kv_bytes_per_token = 0;   // K and V cache per sequence position (blocks only)
+  uint64_t out_bytes_per_token = 0;  // what leaves the unit per token: the hidden state, or a
+                                     // sampled token id after the head (sampling runs there)
+  // Weight bytes if the matrices were stored as `type` (norms and biases stay as they are).
+  uint64_t WeightBytesAs(TensorType type) const;
+};
+
+struct ModelUnits {
+  std::string name, arch, weight_type;  // weight_type: the type holding most matrix bytes
+  int n_layer = 0, n_embd = 0;
+  std::vector<UnitInfo> units;  // n_layer + 2, in data-flow order
+};
+
+std::string BlockUnitName(int block);
+// Units of a llama-family GGUF: bytes from its tensor table, KV from its head counts (F16 cache).
+ModelUnits UnitsFromGguf(const gguf::File& f);
+
+}  // namespace es::shard

@@ -1,0 +1,797 @@
+#include "shard/shard_planner.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <numeric>
+#include <queue>
+#include <unordered_map>
+
+namespace es::shard {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+using Clock = std::chrono::steady_clock;
+double MsSince(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+bool Has(uint64_t set, int d) {
+  return (set >> d) & 1;
+}
+
+// Range sums, memory limits and device symmetry shared by the solvers.
+struct Tables {
+  const Problem& p;
+  int U, D;
+  std::vector<std::vector<double>> comp;  // prefix sums [d][u + 1]
+  std::vector<std::vector<int>>
+      emax;                    // [d][c]: largest e with units [c, e) in d's memory (c: none)
+  std::vector<int> prev_same;  // previous device interchangeable with this one, -1 if none
+
+  explicit Tables(const Problem& pr) : p(pr), U(pr.n_units()), D(pr.n_devices()) {
+    p.Validate();
+    comp.assign(D, std::vector<double>(U + 1, 0));
+    emax.assign(D, std::vector<int>(U, 0));
+    for (int d = 0; d < D; ++d) {
+      for (int u = 0; u < U; ++u) comp[d][u + 1] = comp[d][u] + p.comp_ms[d][u];
+      for (int c = 0; c < U; ++c) {
+        // Summed in unit order with weights and KV apart, exactly as Evaluate does.
+        double w = 0, kv = 0;
+        int e = c;
+        while (e < U && w + p.weight_bytes[d][e] + kv + p.kv_bytes[d][e] <= p.budget_bytes[d])
+          w += p.weight_bytes[d][e], kv += p.kv_bytes[d][e], ++e;
+        emax[d][c] = e;
+      }
+    }
+    // Interchangeable devices (same costs, memory and links) are used in index order only.
+    prev_same.assign(D, -1);
+    for (int b = 0; b < D; ++b) {
+      for (int a = b - 1; a >= 0 && b != p.source; --a) {
+        if (a == p.source) continue;
+        bool same = p.comp_ms[a] == p.comp_ms[b] && p.weight_bytes[a] == p.weight_bytes[b] &&
+                    p.kv_bytes[a] == p.kv_bytes[b] && p.budget_bytes[a] == p.budget_bytes[b];
+        for (int x = 0; same && x < D; ++x)
+          if (x != a && x != b)
+            same = p.bw_mbps[a][x] == p.bw_mbps[b][x] && p.rtt_ms[a][x] == p.rtt_ms[b][x] &&
+                   p.bw_mbps[x][a] == p.bw_mbps[x][b] && p.rtt_ms[x][a] == p.rtt_ms[x][b];
+        if (same && p.bw_mbps[a][b] == p.bw_mbps[b][a] && p.rtt_ms[a][b] == p.rtt_ms[b][a]) {
+          prev_same[b] = a;
+          break;
+        }
+      }
+    }
+  }
+  double Comp(int d, int a, int b) const { return comp[d][b] - comp[d][a]; }
+  double Ret(int d) const { return d == p.source ? 0 : p.HopMs(U - 1, d, p.source); }
+  // May d be the next device after the devices in `used`? (one range each; source only first)
+  bool MayAdd(uint64_t used, int d) const {
+    return d != p.source && !Has(used, d) && (prev_same[d] < 0 || Has(used, prev_same[d]));
+  }
+};
+
+Solution Finish(const Problem& p, Objective obj, std::vector<Stage> stages, Clock::time_point t0,
+                std::string method) {
+  Solution s;
+  s.feasible = true;
+  s.stages = std::move(stages);
+  s.value = ObjectiveValue(obj, Evaluate(p, s.stages));
+  s.lower_bound = s.value;
+  s.method = std::move(method);
+  s.solve_ms = MsSince(t0);
+  return s;
+}
+
+// ---- latency -------------------------------------------------------------------------------
+
+// H[c][d]: cheapest way to run units [c, U) and return the token when d starts at c (its
+// incoming link paid), letting devices repeat. A lower bound on every real completion.
+std::vector<std::vector<double>> RelaxedCostToGo(const Tables& t) {
+  const Problem& p = t.p;
+  std::vector<std::vector<double>> H(t.U, std::vector<double>(t.D, kInf));
+  std::vector<std::vector<double>> next(t.U, std::vector<double>(t.D, kInf));  // [e][d]: hop + H
+  for (int c = t.U - 1; c >= 0; --c) {
+    for (int d = 0; d < t.D; ++d) {
+      if ((c == 0) != (d == p.source)) continue;
+      double best = kInf;
+      for (int e = c + 1; e <= t.emax[d][c]; ++e)
+        best = std::min(best, t.Comp(d, c, e) + (e == t.U ? t.Ret(d) : next[e][d]));
+      H[c][d] = best;
+    }
+    if (c == 0) break;
+    for (int d = 0; d < t.D; ++d)
+      for (int d2 = 0; d2 < t.D; ++d2)
+        if (d2 != d && d2 != p.source && H[c][d2] < kInf)
+          next[c][d] = std::min(next[c][d], p.HopMs(c - 1, d, d2) + H[c][d2]);
+  }
+  return H;
+}
+
+struct LatNode {
+  double g;
+  int c, d;  // device d runs units from c on (c == U: a finished plan)
+  uint64_t used;
+  int parent;
+};
+
+std::vector<Stage> Unwind(const std::vector<LatNode>& nodes, int goal) {
+  std::vector<Stage> st;
+  for (int i = goal; nodes[i].parent >= 0; i = nodes[i].parent) {
+    const LatNode& prev = nodes[nodes[i].parent];
+    st.push_back({prev.d, prev.c, nodes[i].c});
+  }
+  std::reverse(st.begin(), st.end());
+  return st;
+}
+
+// Children of node `i`: every end of its range, then every next device.
+template <typename Emit>
+void Expand(const Tables& t, const std::vector<std::vector<double>>& H, const LatNode& n,
+            Emit emit) {
+  for (int e = n.c + 1; e <= t.emax[n.d][n.c]; ++e) {
+    const double ge = n.g + t.Comp(n.d, n.c, e);
+    if (e == t.U) {
+      emit(LatNode{ge + t.Ret(n.d), e, -1, n.used, -1}, ge + t.Ret(n.d));
+      continue;
+    }
+    for (int d2 = 0; d2 < t.D; ++d2) {
+      if (!t.MayAdd(n.used, d2) || H[e][d2] == kInf) continue;
+      const double g2 = ge + t.p.HopMs(e - 1, n.d, d2);
+      emit(LatNode{g2, e, d2, n.used | (1ull << d2), -1}, g2 + H[e][d2]);
+    }
+  }
+}
+
+struct KeyHash {
+  size_t operator()(const std::pair<uint64_t, int>& k) const {
+    return std::hash<uint64_t>()(k.first * 0x9E3779B97F4A7C15ull ^ uint64_t(k.second));
+  }
+};
+
+// Fallback when the exact search hits its limit: keep the `width` best partial plans by g + H.
+std::vector<Stage> LatencyBeam(const Tables& t, const std::vector<std::vector<double>>& H,
+                               int width, uint64_t* states) {
+  std::vector<LatNode> nodes = {{0, 0, t.p.source, 1ull << t.p.source, -1}};
+  std::vector<int> level = {0};
+  int best_goal = -1;
+  while (!level.empty()) {
+    std::unordered_map<std::pair<uint64_t, int>, std::pair<double, int>, KeyHash>
+        kids;  // -> f, node
+    for (int i : level) {
+      const LatNode n = nodes[i];  // a copy: emitting children grows `nodes`
+      Expand(t, H, n, [&](LatNode k, double f) {
+        k.parent = i;
+        ++*states;
+        if (k.c == t.U) {
+          if (best_goal < 0 || k.g < nodes[best_goal].g)
+            best_goal = int(nodes.size()), nodes.push_back(k);
+          return;
+        }
+        const auto key = std::make_pair(k.used, k.c * 64 + k.d);
+        auto it = kids.find(key);
+        if (it != kids.end() && it->second.first <= f) return;
+        kids[key] = {f, int(nodes.size())};
+        nodes.push_back(k);
+      });
+    }
+    std::vector<std::pair<double, int>> ranked;
+    for (const auto& kv : kids) ranked.push_back(kv.second);
+    std::sort(ranked.begin(), ranked.end());
+    if (int(ranked.size()) > width) ranked.resize(width);
+    level.clear();
+    for (const auto& r : ranked) level.push_back(r.second);
+  }
+  return best_goal < 0 ? std::vector<Stage>{} : Unwind(nodes, best_goal);
+}
+
+// ---- throughput ----------------------------------------------------------------------------
+
+// Cut positions 0..U as bits in `W` 64-bit words.
+struct Bits {
+  static bool Test(const uint64_t* b, int i) { return (b[i >> 6] >> (i & 63)) & 1; }
+  static void Set(uint64_t* b, int i) { b[i >> 6] |= 1ull << (i & 63); }
+  static bool Any(const uint64_t* b, int w) {
+    for (int i = 0; i < w; ++i)
+      if (b[i]) return true;
+    return false;
+  }
+  static int Highest(const uint64_t* b, int w) {
+    for (int i = w - 1; i >= 0; --i)
+      if (b[i]) return i * 64 + 63 - __builtin_clzll(b[i]);
+    return -1;
+  }
+};
+
+// Feasibility of "every stage at most T": device d starting at c may end anywhere in
+// (c, end_max[d][c]], and a cut at e may go from d to d2 if that link takes at most T.
+struct Bottleneck {
+  const Tables& t;
+  int W;
+  double T = 0;
+  std::vector<std::vector<int>> end_max;  // [d][c]
+  std::vector<uint64_t> link_ok;          // [(d * D + d2) * W]: allowed cuts
+  std::vector<char> ret_ok;               // [d]
+
+  explicit Bottleneck(const Tables& tt) : t(tt), W(tt.U / 64 + 1) {}
+
+  void SetThreshold(double thr) {
+    T = thr;
+    end_max.assign(t.D, std::vector<int>(t.U, 0));
+    for (int d = 0; d < t.D; ++d) {
+      int e = 0;
+      for (int c = 0; c < t.U; ++c) {  // end_max is non-decreasing in c
+        e = std::max(e, c);
+        while (e < t.emax[d][c] && t.Comp(d, c, e + 1) <= T) ++e;
+        end_max[d][c] = std::min(e, t.emax[d][c]);
+      }
+    }
+    link_ok.assign(size_t(t.D) * t.D * W, 0);
+    for (int d = 0; d < t.D; ++d)
+      for (int d2 = 0; d2 < t.D; ++d2)
+        for (int e = 1; e < t.U && d2 != d; ++e)
+          if (t.p.HopMs(e - 1, d, d2) <= T) Bits::Set(&link_ok[(size_t(d) * t.D + d2) * W], e);
+    ret_ok.assign(t.D, 0);
+    for (int d = 0; d < t.D; ++d) ret_ok[d] = t.Ret(d) <= T;
+  }
+  // Ends reachable by d from the start cuts in r: the union of (c, end_max[d][c]].
+  void Ends(const uint64_t* r, int d, uint64_t* e) const {
+    std::fill(e, e + W, 0);
+    int filled = 0;
+    for (int w = 0; w < W; ++w)
+      for (uint64_t bits = r[w]; bits; bits &= bits - 1) {
+        const int c = w * 64 + __builtin_ctzll(bits);
+        for (int x = std::max(filled, c) + 1; x <= end_max[d][c]; ++x) Bits::Set(e, x);
+        filled = std::max(filled, end_max[d][c]);
+      }
+  }
+  const uint64_t* Link(int d, int d2) const { return &link_ok[(size_t(d) * t.D + d2) * W]; }
+  bool Done(const uint64_t* ends, int d) const { return Bits::Test(ends, t.U) && ret_ok[d]; }
+
+  // Walks back from a finished (used, d): `lookup(used, d)` gives the start cuts of d.
+  template <typename Lookup>
+  std::vector<Stage> Unwind(uint64_t used, int d, Lookup lookup) const {
+    std::vector<Stage> st;
+    std::vector<uint64_t> ends(W);
+    int end = t.U;
+    while (true) {
+      const uint64_t* r = lookup(used, d);
+      int start = -1;
+      for (int c = 0; c < end && start < 0; ++c)
+        if (Bits::Test(r, c) && end_max[d][c] >= end) start = c;
+      if (start < 0) throw std::logic_error("planner: broken throughput back-track");
+      st.push_back({d, start, end});
+      if (start == 0) break;
+      const uint64_t prev_used = used & ~(1ull << d);
+      int prev = -1;
+      for (int d0 = 0; d0 < t.D && prev < 0; ++d0) {
+        const uint64_t* r0 = Has(prev_used, d0) ? lookup(prev_used, d0) : nullptr;
+        if (!r0 || !Bits::Test(Link(d0, d), start)) continue;
+        Ends(r0, d0, ends.data());
+        if (Bits::Test(ends.data(), start)) prev = d0;
+      }
+      if (prev < 0) throw std::logic_error("planner: broken throughput back-track");
+      used = prev_used, d = prev, end = start;
+    }
+    std::reverse(st.begin(), st.end());
+    return st;
+  }
+
+  // Relaxation (devices may repeat): reach[c][d] = d can start at c. Polynomial; a lower bound.
+  bool RelaxedFeasible() const {
+    std::vector<std::vector<char>> reach(t.U, std::vector<char>(t.D, 0));
+    reach[0][t.p.source] = 1;
+    for (int c = 0; c < t.U; ++c)
+      for (int d = 0; d < t.D; ++d) {
+        if (!reach[c][d]) continue;
+        for (int e = c + 1; e <= end_max[d][c]; ++e) {
+          if (e == t.U) {
+            if (ret_ok[d]) return true;
+            continue;
+          }
+          for (int d2 = 0; d2 < t.D; ++d2)
+            if (d2 != t.p.source && Bits::Test(Link(d, d2), e)) reach[e][d2] = 1;
+        }
+      }
+    return false;
+  }
+};
+
+// Every stage time a plan can have: its bottleneck is one of these.
+std::vector<double> Candidates(const Tables& t) {
+  std::vector<double> v;
+  for (int d = 0; d < t.D; ++d) {
+    for (int c = 0; c < t.U; ++c)
+      for (int e = c + 1; e <= t.emax[d][c]; ++e) v.push_back(t.Comp(d, c, e));
+    v.push_back(t.Ret(d));
+    for (int d2 = 0; d2 < t.D; ++d2)
+      for (int e = 1; e < t.U && d2 != d; ++e) v.push_back(t.p.HopMs(e - 1, d, d2));
+  }
+  std::sort(v.begin(), v.end());
+  v.erase(std::unique(v.begin(), v.end()), v.end());
+  return v;
+}
+
+// Smallest candidate index in [lo, hi] where ok(T) holds, assuming ok(cand[hi]); -1 if !ok(hi).
+template <typename Ok>
+int SmallestFeasible(const std::vector<double>& cand, int lo, int hi, Ok ok) {
+  if (hi < 0 || !ok(cand[hi])) return -1;
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (ok(cand[mid]))
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return hi;
+}
+
+// Common frame of both throughput solvers: `search(T)` returns a plan or {}.
+template <typename Search>
+Solution SolveBottleneck(const Problem& p, const Tables& t, Bottleneck& b,
+                         const std::string& method, bool exact, Search search) {
+  const auto t0 = Clock::now();
+  Solution s;
+  s.method = method;
+  const std::vector<double> cand = Candidates(t);
+  const int n = int(cand.size());
+  const int lb = SmallestFeasible(cand, 0, n - 1, [&](double T) {
+    b.SetThreshold(T);
+    return b.RelaxedFeasible();
+  });
+  if (lb < 0) {
+    s.solve_ms = MsSince(t0);
+    return s;
+  }
+  // The relaxation needs no more than the real problem, so start at its bound. The last
+  // successful probe is the one at the answer, so `best` ends up holding its plan.
+  std::vector<Stage> best;
+  const int k = SmallestFeasible(cand, lb, n - 1, [&](double T) {
+    b.SetThreshold(T);
+    std::vector<Stage> st = search(T, &s.states);
+    if (!st.empty()) best = st;
+    return !st.empty();
+  });
+  if (k < 0) {
+    s.solve_ms = MsSince(t0);
+    return s;
+  }
+  Solution out = Finish(p, Objective::kThroughput, best, t0, method);
+  out.exact = exact;
+  out.lower_bound = exact ? out.value : cand[lb];
+  out.states = s.states;
+  return out;
+}
+
+}  // namespace
+
+// ---- problem and evaluation ----------------------------------------------------------------
+
+double Problem::HopMs(int unit, int a, int b) const {
+  if (a == b) return 0;
+  return out_bytes[unit] * 8.0 / (bw_mbps[a][b] * 1e6) * 1e3 + rtt_ms[a][b] / 2;
+}
+
+void Problem::Validate() const {
+  const size_t U = units.size(), D = devices.size();
+  auto fail = [](const std::string& m) { throw Error("planner input: " + m); };
+  if (U < 1 || D < 1) fail("needs at least one unit and one device");
+  if (D > size_t(kMaxDevices)) fail("more than " + std::to_string(kMaxDevices) + " devices");
+  if (source < 0 || size_t(source) >= D) fail("source index out of range");
+  auto matrix = [&](const std::vector<std::vector<double>>& m, size_t cols, const char* name) {
+    if (m.size() != D) fail(std::string(name) + ": expected one row per device");
+    for (const auto& row : m) {
+      if (row.size() != cols) fail(std::string(name) + ": row of the wrong length");
+      for (double x : row)
+        if (!(x >= 0) || !std::isfinite(x))
+          fail(std::string(name) + ": values must be finite and >= 0");
+    }
+  };
+  matrix(comp_ms, U, "comp_ms");
+  matrix(weight_bytes, U, "weight_bytes");
+  matrix(kv_bytes, U, "kv_bytes");
+  matrix(rtt_ms, D, "rtt_ms");
+  matrix(bw_mbps, D, "bw_mbps");
+  for (size_t a = 0; a < D; ++a)
+    for (size_t b = 0; b < D; ++b)
+      if (a != b && !(bw_mbps[a][b] > 0))
+        fail("bandwidth between '" + devices[a] + "' and '" + devices[b] + "' is 0");
+  if (budget_bytes.size() != D || out_bytes.size() != U) fail("budget_bytes / out_bytes size");
+}
+
+void CheckStages(const Problem& p, const std::vector<Stage>& st) {
+  if (st.empty()) throw Error("plan has no stages");
+  if (st[0].device != p.source || st[0].first != 0)
+    throw Error("plan must start on the source '" + p.devices[p.source] + "' with unit 0 (" +
+                p.units[0] + ")");
+  uint64_t used = 0;
+  for (size_t i = 0; i < st.size(); ++i) {
+    const Stage& s = st[i];
+    if (s.device < 0 || s.device >= p.n_devices()) throw Error("plan names an unknown device");
+    const std::string dev = "'" + p.devices[s.device] + "'";
+    if (s.first >= s.last) throw Error("plan gives device " + dev + " an empty range");
+    if (i > 0 && s.first != st[i - 1].last)
+      throw Error("plan is not contiguous at device " + dev +
+                  ": each stage must start where the previous ends");
+    if (Has(used, s.device))
+      throw Error("device " + dev + " holds two ranges; each device holds one contiguous range");
+    used |= 1ull << s.device;
+  }
+  if (st.back().last != p.n_units())
+    throw Error("plan ends at unit " + std::to_string(st.back().last) + ", expected all " +
+                std::to_string(p.n_units()) + " units");
+}
+
+Evaluation Evaluate(const Problem& p, const std::vector<Stage>& st) {
+  CheckStages(p, st);
+  Evaluation ev;
+  for (size_t i = 0; i < st.size(); ++i) {
+    const Stage& s = st[i];
+    double c = 0, w = 0, kv = 0;
+    for (int u = s.first; u < s.last; ++u)
+      c += p.comp_ms[s.device][u], w += p.weight_bytes[s.device][u], kv += p.kv_bytes[s.device][u];
+    const int next = i + 1 < st.size() ? st[i + 1].device : p.source;
+    const double link = p.HopMs(s.last - 1, s.device, next);
+    const double over = w + kv <= p.budget_bytes[s.device] ? 0 : w + kv - p.budget_bytes[s.device];
+    ev.comp_ms.push_back(c);
+    ev.link_ms.push_back(link);
+    ev.weight_bytes.push_back(w);
+    ev.kv_bytes.push_back(kv);
+    ev.over_bytes.push_back(over);
+    ev.step_ms += c + link;
+    ev.bottleneck_ms = std::max({ev.bottleneck_ms, c, link});
+    ev.missing_bytes += over;
+  }
+  return ev;
+}
+
+double ObjectiveValue(Objective o, const Evaluation& e) {
+  return o == Objective::kLatency ? e.step_ms : e.bottleneck_ms;
+}
+
+// ---- solvers -------------------------------------------------------------------------------
+
+Solution SolveLatency(const Problem& p, const SolveOptions& o) {
+  const auto t0 = Clock::now();
+  const Tables t(p);
+  const auto H = RelaxedCostToGo(t);
+  Solution s;
+  s.method = "A* over (unit, device, used devices), exact";
+  if (H[0][p.source] == kInf) {
+    s.solve_ms = MsSince(t0);
+    return s;
+  }
+  std::vector<LatNode> nodes = {{0, 0, p.source, 1ull << p.source, -1}};
+  using Item = std::tuple<double, double, int>;  // f, -g (deeper first on ties), node
+  std::priority_queue<Item, std::vector<Item>, std::greater<>> open;
+  open.push({H[0][p.source], 0, 0});
+  std::unordered_map<std::pair<uint64_t, int>, double, KeyHash> best_g;
+  double upper = kInf;  // cheapest finished plan pushed so far
+  int goal = -1;
+  while (!open.empty() && nodes.size() < o.max_states) {
+    const auto [f, neg_g, i] = open.top();
+    open.pop();
+    (void)f;
+    if (nodes[i].c == t.U) {
+      goal = i;
+      break;
+    }
+    const LatNode n = nodes[i];
+    if (auto it = best_g.find({n.used, n.c * 64 + n.d}); it != best_g.end() && -neg_g > it->second)
+      continue;  // a cheaper copy of this state came later
+    Expand(t, H, n, [&](LatNode k, double fk) {
+      if (fk >= upper) return;
+      k.parent = i;
+      if (k.c == t.U) {
+        upper = fk;
+      } else {
+        auto [it, fresh] = best_g.try_emplace({k.used, k.c * 64 + k.d}, k.g);
+        if (!fresh && it->second <= k.g) return;
+        it->second = k.g;
+      }
+      open.push({fk, -k.g, int(nodes.size())});
+      nodes.push_back(k);
+    });
+  }
+  s.states = nodes.size();
+  if (goal >= 0) {
+    Solution out = Finish(p, Objective::kLatency, Unwind(nodes, goal), t0, s.method);
+    out.states = s.states;
+    return out;
+  }
+  if (open.empty()) {  // searched everything: no plan fits
+    s.solve_ms = MsSince(t0);
+    return s;
+  }
+  // Out of budget: the open list's least f bounds the optimum; a beam search supplies a plan.
+  const double bound = std::get<0>(open.top());
+  std::vector<Stage> st = LatencyBeam(t, H, o.beam_width, &s.states);
+  if (st.empty()) {
+    s.solve_ms = MsSince(t0);
+    s.exact = false;
+    s.lower_bound = bound;
+    return s;
+  }
+  Solution out =
+      Finish(p, Objective::kLatency, st, t0, "beam search (A* stopped at its state limit)");
+  out.exact = false;
+  out.lower_bound = std::min(bound, out.value);
+  out.states = s.states;
+  return out;
+}
+
+Solution SolveThroughputExact(const Problem& p) {
+  const Tables t(p);
+  if (t.D > 20) throw Error("exact throughput planning is limited to 20 devices");
+  Bottleneck b(t);
+  const int W = b.W, D = t.D;
+  const size_t n_sets = size_t(1) << D;
+  std::vector<uint64_t> reach;
+  std::vector<uint64_t> ends(W), tmp(W);
+  auto at = [&](uint64_t used, int d) { return &reach[(used * D + d) * W]; };
+  // reach(used, d): the cuts where d can start, having used exactly `used` (d included).
+  auto search = [&](double, uint64_t* states) -> std::vector<Stage> {
+    reach.assign(n_sets * D * W, 0);
+    const uint64_t src = 1ull << p.source;
+    Bits::Set(at(src, p.source), 0);
+    for (uint64_t used = 0; used < n_sets; ++used) {
+      if (!(used & src)) continue;
+      for (int d = 0; d < D; ++d) {
+        if (!Has(used, d) || !Bits::Any(at(used, d), W)) continue;
+        ++*states;
+        b.Ends(at(used, d), d, ends.data());
+        if (b.Done(ends.data(), d)) return b.Unwind(used, d, at);
+        for (int d2 = 0; d2 < D; ++d2) {
+          if (!t.MayAdd(used, d2)) continue;
+          const uint64_t* l = b.Link(d, d2);
+          uint64_t* r2 = at(used | (1ull << d2), d2);
+          for (int w = 0; w < W; ++w) r2[w] |= ends[w] & l[w];
+        }
+      }
+    }
+    return {};
+  };
+  return SolveBottleneck(p, t, b, "bottleneck DP over (used devices, last device), exact", true,
+                         search);
+}
+
+Solution SolveThroughputBeam(const Problem& p, int beam_width) {
+  const Tables t(p);
+  Bottleneck b(t);
+  const int W = b.W, D = t.D;
+  struct State {
+    uint64_t used;
+    int d;
+    std::vector<uint64_t> r;
+  };
+  std::vector<std::vector<State>> levels;
+  std::vector<std::map<std::pair<uint64_t, int>, int>> index;
+  auto lookup = [&](uint64_t used, int d) -> const uint64_t* {
+    const size_t k = size_t(__builtin_popcountll(used)) - 1;
+    if (k >= index.size()) return nullptr;
+    auto it = index[k].find({used, d});
+    return it == index[k].end() ? nullptr : levels[k][it->second].r.data();
+  };
+  auto search = [&](double, uint64_t* states) -> std::vector<Stage> {
+    levels.assign(1, {State{1ull << p.source, p.source, std::vector<uint64_t>(W, 0)}});
+    Bits::Set(levels[0][0].r.data(), 0);
+    index.assign(1, {{{1ull << p.source, p.source}, 0}});
+    std::vector<uint64_t> ends(W);
+    while (true) {
+      std::map<std::pair<uint64_t, int>, int> kid_index;
+      std::vector<State> kids;
+      for (const State& s : levels.back()) {
+        ++*states;
+        b.Ends(s.r.data(), s.d, ends.data());
+        if (b.Done(ends.data(), s.d)) return b.Unwind(s.used, s.d, lookup);
+        for (int d2 = 0; d2 < D; ++d2) {
+          if (!t.MayAdd(s.used, d2)) continue;
+          const uint64_t* l = b.Link(s.d, d2);
+          std::vector<uint64_t> r(W);
+          for (int w = 0; w < W; ++w) r[w] = ends[w] & l[w];
+          if (!Bits::Any(r.data(), W)) continue;
+          const auto key = std::make_pair(s.used | (1ull << d2), d2);
+          auto [it, fresh] = kid_index.try_emplace(key, int(kids.size()));
+          if (fresh)
+            kids.push_back({key.first, d2, r});
+          else
+            for (int w = 0; w < W; ++w) kids[it->second].r[w] |= r[w];
+        }
+      }
+      if (kids.empty()) return {};
+      // Keep the states that got furthest; ties: the one whose device was cheapest so far.
+      std::vector<int> order(kids.size());
+      std::iota(order.begin(), order.end(), 0);
+      std::vector<int> far(kids.size());
+      for (size_t i = 0; i < kids.size(); ++i) far[i] = Bits::Highest(kids[i].r.data(), W);
+      std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return far[x] > far[y]; });
+      if (int(order.size()) > beam_width) order.resize(beam_width);
+      std::vector<State> kept;
+      std::map<std::pair<uint64_t, int>, int> kept_index;
+      for (int i : order) {
+        kept_index[{kids[i].used, kids[i].d}] = int(kept.size());
+        kept.push_back(std::move(kids[i]));
+      }
+      levels.push_back(std::move(kept));
+      index.push_back(std::move(kept_index));
+    }
+  };
+  return SolveBottleneck(p, t, b,
+                         fmt::format("bottleneck beam search (width {}), heuristic", beam_width),
+                         false, search);
+}
+
+Solution SolveThroughput(const Problem& p, const SolveOptions& o) {
+  return p.n_devices() <= o.exact_max_devices ? SolveThroughputExact(p)
+                                              : SolveThroughputBeam(p, o.beam_width);
+}
+
+Solution Solve(const Problem& p, Objective obj, const SolveOptions& o) {
+  return obj == Objective::kLatency ? SolveLatency(p, o) : SolveThroughput(p, o);
+}
+
+// ---- baselines -----------------------------------------------------------------------------
+
+namespace {
+
+// Blocks (the units between the embedding and the head) split over `order` in proportion to
+// `weight` (largest remainders first); the embedding joins the first device, the head the last.
+// Devices that get nothing are left out.
+std::vector<Stage> Proportional(const Problem& p, const std::vector<int>& order,
+                                const std::vector<double>& weight) {
+  const int U = p.n_units(), blocks = std::max(0, U - 2), n = int(order.size());
+  const double total = std::accumulate(weight.begin(), weight.end(), 0.0);
+  std::vector<int> count(n, 0);
+  std::vector<std::pair<double, int>> rem;
+  int given = 0;
+  for (int i = 0; i < n; ++i) {
+    const double share = total > 0 ? blocks * weight[i] / total : double(blocks) / n;
+    count[i] = int(std::floor(share));
+    given += count[i];
+    rem.push_back({-(share - count[i]), i});
+  }
+  std::sort(rem.begin(), rem.end());
+  for (int k = 0; given < blocks; ++k, ++given) ++count[rem[k % n].second];
+  std::vector<Stage> st;
+  int u = 0;
+  for (int i = 0; i < n; ++i) {
+    int len = count[i] + (i == 0 ? 1 : 0) + (i == n - 1 ? U - 1 - blocks : 0);
+    if (U == 1) len = i == 0 ? 1 : 0;
+    if (len > 0) st.push_back({order[i], u, u + len}), u += len;
+  }
+  if (u < U) st.back().last = U;  // unreachable unless U < 2; keeps the cover complete
+  return st;
+}
+
+}  // namespace
+
+std::vector<Baseline> Baselines(const Problem& p, Objective obj) {
+  const int U = p.n_units(), D = p.n_devices(), src = p.source;
+  std::vector<Baseline> out;
+  out.push_back({"Edge-Solo", "", {{src, 0, U}}});
+  std::vector<int> all = {src};
+  for (int d = 0; d < D; ++d)
+    if (d != src) all.push_back(d);
+  out.push_back({"Even", "", Proportional(p, all, std::vector<double>(D, 1.0))});
+  // The "cloud": the device that runs every unit fastest, other than the source.
+  int fast = -1;
+  double fast_ms = kInf;
+  for (int d = 0; d < D; ++d) {
+    const double ms = std::accumulate(p.comp_ms[d].begin(), p.comp_ms[d].end(), 0.0);
+    if (d != src && ms < fast_ms) fast = d, fast_ms = ms;
+  }
+  if (fast < 0) {
+    out.push_back({"Cloud-Edge-Even", "needs a second device", {}});
+    out.push_back({"Cloud-Edge-Opt", "needs a second device", {}});
+  } else {
+    out.push_back({"Cloud-Edge-Even", "", Proportional(p, {src, fast}, {1.0, 1.0})});
+    // Every cut between the two; the best that fits, else the one missing least memory.
+    std::vector<Stage> best;
+    double best_key[2] = {kInf, kInf};
+    for (int k = 1; k < U; ++k) {
+      const std::vector<Stage> st = {{src, 0, k}, {fast, k, U}};
+      const Evaluation e = Evaluate(p, st);
+      const double key[2] = {e.missing_bytes, ObjectiveValue(obj, e)};
+      if (std::lexicographical_compare(key, key + 2, best_key, best_key + 2))
+        best = st, best_key[0] = key[0], best_key[1] = key[1];
+    }
+    if (best.empty())
+      out.push_back({"Cloud-Edge-Opt", "the model has a single unit", {}});
+    else
+      out.push_back({"Cloud-Edge-Opt", "", best});
+  }
+  std::vector<double> mem;
+  for (int d : all) mem.push_back(p.budget_bytes[d]);
+  out.push_back({"Memory-proportional", "", Proportional(p, all, mem)});
+  return out;
+}
+
+std::string ExplainInfeasible(const Problem& p) {
+  // What the model needs on the source's encoding, against every budget together.
+  double need = 0, weights = 0, have = 0, largest_unit = 0, largest_budget = 0;
+  int largest_u = 0;
+  for (int u = 0; u < p.n_units(); ++u) {
+    need += p.MemBytes(p.source, u), weights += p.weight_bytes[p.source][u];
+    double smallest = kInf;
+    for (int d = 0; d < p.n_devices(); ++d) smallest = std::min(smallest, p.MemBytes(d, u));
+    if (smallest > largest_unit) largest_unit = smallest, largest_u = u;
+  }
+  for (double b : p.budget_bytes) have += b, largest_budget = std::max(largest_budget, b);
+  auto gib = [](double b) { return fmt::format("{:.2f} GiB", b / (1024.0 * 1024 * 1024)); };
+  std::string msg = fmt::format(
+      "no plan fits in memory: the model needs {} (weights {} + KV cache {}), the {} device(s) "
+      "offer {} together",
+      gib(need), gib(weights), gib(need - weights), p.n_devices(), gib(have));
+  if (need > have) return msg + fmt::format("; {} missing", gib(need - have));
+  if (largest_unit > largest_budget)
+    return msg + fmt::format("; unit '{}' alone needs {} but the largest budget is {}",
+                             p.units[largest_u], gib(largest_unit), gib(largest_budget));
+  return msg +
+         "; the total would suffice, but units cannot be split and each device holds one "
+         "contiguous range, so no assignment fits";
+}
+
+Problem BuildProblem(const Cluster& c, const ModelUnits& m, const PlanSettings& s) {
+  if (s.ctx < 1) throw Error("context length must be at least 1");
+  if (s.batch < 1) throw Error("batch must be at least 1");
+  if (c.profiles.size() != c.devices.size()) throw Error(c.file + ": profiles were not loaded");
+  const int U = int(m.units.size()), D = int(c.devices.size());
+  const bool lat = s.objective == Objective::kLatency;
+  Problem p;
+  p.source = c.source;
+  for (const auto& u : m.units) {
+    p.units.push_back(u.name);
+    // Latency: all sequences step together; throughput: each is its own micro-batch.
+    p.out_bytes.push_back(double(u.out_bytes_per_token) * (lat ? s.batch : 1));
+  }
+  for (int d = 0; d < D; ++d) {
+    const DeviceSpec& dev = c.devices[d];
+    const Profile& prof = c.profiles[d];
+    const std::string where =
+        c.file + ":" + std::to_string(dev.line) + ": device '" + dev.name + "': ";
+    p.devices.push_back(dev.name);
+    if (int(prof.model.units.size()) != U)
+      throw Error(where + "its profile " + dev.profile_path + " was measured on '" +
+                  prof.model.name + "' with " + std::to_string(prof.model.units.size()) +
+                  " layer units, the model '" + m.name + "' has " + std::to_string(U));
+    std::vector<double> comp, wb, kv;
+    for (int u = 0; u < U; ++u) {
+      const UnitInfo& unit = m.units[u];
+      if (prof.model.units[u].name != unit.name)
+        throw Error(where + "profile unit " + std::to_string(u) + " is '" +
+                    prof.model.units[u].name + "', the model's is '" + unit.name + "'");
+      if (dev.quant && unit.matrix_bytes > 0 && unit.matrix_elems == 0)
+        throw Error(where + "quant needs matrix_elems for unit '" + unit.name +
+                    "', which the model description lacks");
+      const double bytes =
+          dev.quant ? double(unit.WeightBytesAs(*dev.quant)) : double(unit.weight_bytes);
+      const UnitTiming& tm = prof.timing[u];
+      double ms = tm.DecodeMs(s.ctx) + (lat ? (s.batch - 1) * tm.prompt_ms_per_token : 0.0);
+      // A decode step reads every weight once: scale by the bytes this device reads instead.
+      const double measured = double(prof.model.units[u].weight_bytes);
+      if (measured > 0) ms *= bytes / measured;
+      comp.push_back(ms * dev.time_scale);
+      wb.push_back(bytes);
+      kv.push_back(double(unit.kv_bytes_per_token) * s.ctx * s.batch);
+    }
+    p.comp_ms.push_back(comp);
+    p.weight_bytes.push_back(wb);
+    p.kv_bytes.push_back(kv);
+    p.budget_bytes.push_back(double(c.MemoryBudget(d)));
+  }
+  p.bw_mbps.assign(D, std::vector<double>(D, 0));
+  p.rtt_ms.assign(D, std::vector<double>(D, 0));
+  for (int a = 0; a < D; ++a)
+    for (int b = 0; b < D; ++b)
+      if (a != b) {
+        const LinkSpec l = c.Link(a, b);
+        p.bw_mbps[a][b] = l.bandwidth_mbps;
+        p.rtt_ms[a][b] = l.rtt_ms;
+      }
+  p.Validate();
+  return p;
+}
+
+}  // namespace es::shard

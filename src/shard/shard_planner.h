@@ -1,0 +1,106 @@
+// The EdgeShard planner: which devices take part and which contiguous range of layer units each
+// holds, chosen for sequential latency or pipelined throughput (formulation in docs/planner.md).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "shard/shard_cluster.h"
+#include "shard/shard_model_units.h"
+
+namespace es::shard {
+
+enum class Objective { kLatency, kThroughput };
+
+// Planner input: costs already evaluated at the context length and batch being planned for.
+struct Problem {
+  std::vector<std::string> units, devices;
+  int source = 0;                                 // holds unit 0 (the embedding)
+  std::vector<std::vector<double>> comp_ms;       // [device][unit]: one step through the unit
+  std::vector<std::vector<double>> weight_bytes;  // [device][unit]
+  std::vector<std::vector<double>> kv_bytes;      // [device][unit]: KV cache for ctx x batch
+  std::vector<double> budget_bytes;               // [device]
+  std::vector<double> out_bytes;  // [unit]: bytes sent after it per step; the last unit's go
+                                  // back to the source (sampled token ids)
+  std::vector<std::vector<double>> bw_mbps, rtt_ms;  // [a][b]
+
+  int n_units() const { return int(units.size()); }
+  int n_devices() const { return int(devices.size()); }
+  // Time to send what leaves `unit` from device a to device b: bits / bandwidth + RTT / 2.
+  double HopMs(int unit, int a, int b) const;
+  double MemBytes(int d, int u) const { return weight_bytes[d][u] + kv_bytes[d][u]; }
+  void Validate() const;  // es::Error on inconsistent sizes or negative values
+};
+
+struct Stage {
+  int device = 0;
+  int first = 0, last = 0;  // units [first, last)
+  bool operator==(const Stage&) const = default;
+};
+
+struct Evaluation {
+  std::vector<double> comp_ms;                 // per stage
+  std::vector<double> link_ms;                 // per stage: to the next stage; after the last
+                                               // stage, token ids back to the source
+  std::vector<double> weight_bytes, kv_bytes;  // per stage
+  std::vector<double> over_bytes;              // per stage: memory beyond the device's budget
+  double step_ms = 0;        // one step through every stage and back: the sequential latency
+  double bottleneck_ms = 0;  // the slowest compute or link stage: the pipeline period
+  double missing_bytes = 0;  // sum of over_bytes
+  bool fits() const { return missing_bytes == 0; }
+};
+
+// Throws es::Error unless the stages cover all units contiguously, start on the source with
+// unit 0, and use each device at most once.
+void CheckStages(const Problem& p, const std::vector<Stage>& stages);
+Evaluation Evaluate(const Problem& p, const std::vector<Stage>& stages);
+double ObjectiveValue(Objective o, const Evaluation& e);
+
+struct SolveOptions {
+  uint64_t max_states = 2'000'000;  // latency search: nodes generated before it stops proving
+  int exact_max_devices = 16;       // throughput: exact subset DP up to this many devices
+  int beam_width = 64;              // heuristics: states kept per number of devices used
+};
+
+struct Solution {
+  bool feasible = false;
+  std::vector<Stage> stages;
+  double value = 0;        // ObjectiveValue of the plan
+  bool exact = true;       // proven optimal
+  double lower_bound = 0;  // proven lower bound on the optimum (== value when exact)
+  uint64_t states = 0;     // search nodes or DP states touched
+  double solve_ms = 0;
+  std::string method;
+};
+
+// Exact: A* over (next unit, device, set of used devices) with the relaxed (unit, device) DP as
+// its bound. Stops proving after max_states and then returns a beam-search plan with the bound.
+Solution SolveLatency(const Problem& p, const SolveOptions& o = {});
+// Exact: bottleneck search with a DP over (set of used devices, last device) -> reachable cuts.
+Solution SolveThroughputExact(const Problem& p);
+// Heuristic for many devices: the same search keeping `beam_width` states per set size.
+Solution SolveThroughputBeam(const Problem& p, int beam_width);
+// Exact up to exact_max_devices, beam search above.
+Solution SolveThroughput(const Problem& p, const SolveOptions& o = {});
+Solution Solve(const Problem& p, Objective obj, const SolveOptions& o = {});
+
+struct Baseline {
+  std::string name;
+  std::string note;           // why it does not apply, when stages is empty
+  std::vector<Stage> stages;  // empty: not applicable
+};
+// Edge-Solo, Even, Cloud-Edge-Even, Cloud-Edge-Opt, Memory-proportional.
+std::vector<Baseline> Baselines(const Problem& p, Objective obj);
+
+// Why no plan fits: memory needed against memory available.
+std::string ExplainInfeasible(const Problem& p);
+
+struct PlanSettings {
+  Objective objective = Objective::kLatency;
+  int ctx = 512;  // tokens in the KV cache when the planned token is generated
+  int batch = 1;  // concurrent sequences: decoded together (latency) or as separate
+                  // micro-batches through the pipeline (throughput)
+};
+Problem BuildProblem(const Cluster& c, const ModelUnits& m, const PlanSettings& s);
+
+}  // namespace es::shard

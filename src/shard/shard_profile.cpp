@@ -1,0 +1,211 @@
+#include "shard/shard_profile.h"
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+namespace es::shard {
+namespace {
+
+using nlohmann::json;
+
+// Reads fields of a JSON object; errors name the file and the path to the bad field.
+class Reader {
+ public:
+  Reader(const json& j, std::string what, std::string path)
+      : j_(j), what_(std::move(what)), path_(std::move(path)) {
+    if (!j_.is_object()) Fail("expected an object");
+  }
+  [[noreturn]] void Fail(const std::string& msg, const std::string& key = "") const {
+    throw Error(what_ + ": " + (key.empty() ? path_ : Sub(key)) + ": " + msg);
+  }
+  std::string Sub(const std::string& key) const { return path_.empty() ? key : path_ + "." + key; }
+  bool Has(const std::string& key) const { return j_.contains(key) && !j_.at(key).is_null(); }
+  const json& At(const std::string& key) const {
+    if (!Has(key)) Fail("missing", key);
+    return j_.at(key);
+  }
+  std::string Str(const std::string& key, bool required = true) const {
+    if (!required && !Has(key)) return "";
+    const json& v = At(key);
+    if (!v.is_string()) Fail("expected a string", key);
+    return v.get<std::string>();
+  }
+  double Num(const std::string& key, double min, bool required = true, double dflt = 0) const {
+    if (!required && !Has(key)) return dflt;
+    const json& v = At(key);
+    if (!v.is_number() || !(v.get<double>() >= min))
+      Fail("expected a number >= " + Fmt(min) + ", got " + v.dump(), key);
+    return v.get<double>();
+  }
+  uint64_t U64(const std::string& key, bool required = true) const {
+    if (!required && !Has(key)) return 0;
+    const json& v = At(key);
+    if (!v.is_number_unsigned()) Fail("expected a non-negative integer, got " + v.dump(), key);
+    return v.get<uint64_t>();
+  }
+  int Int(const std::string& key, int min, bool required = true) const {
+    if (!required && !Has(key)) return 0;
+    const json& v = At(key);
+    if (!v.is_number_integer() || v.get<int64_t>() < min || v.get<int64_t>() > (1 << 30))
+      Fail("expected an integer >= " + std::to_string(min) + ", got " + v.dump(), key);
+    return v.get<int>();
+  }
+  static std::string Fmt(double x) {
+    std::ostringstream s;
+    s << x;
+    return s.str();
+  }
+
+ private:
+  const json& j_;
+  std::string what_, path_;
+};
+
+}  // namespace
+
+double UnitTiming::DecodeMs(int ctx) const {
+  if (decode.empty()) return 0;
+  if (decode.size() == 1) return decode[0].ms;
+  size_t i = 1;
+  while (i + 1 < decode.size() && decode[i].ctx < ctx) ++i;
+  const DecodePoint& a = decode[i - 1];
+  const DecodePoint& b = decode[i];
+  const double t = a.ms + (b.ms - a.ms) * double(ctx - a.ctx) / double(b.ctx - a.ctx);
+  return t > 0 ? t : 0;
+}
+
+Profile ParseProfile(const std::string& text, const std::string& what, bool require_timing) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::parse_error& e) {
+    throw Error(what + ": not valid JSON: " + e.what());
+  }
+  Reader top(j, what, "");
+  const std::string schema = top.Str("schema");
+  if (schema != kProfileSchema)
+    top.Fail("is '" + schema + "', expected '" + kProfileSchema + "'", "schema");
+  Profile p;
+  if (top.Has("device")) {
+    Reader d(top.At("device"), what, "device");
+    p.device = d.Str("name", false);
+    p.cpu = d.Str("cpu", false);
+    p.threads = d.Int("threads", 0, false);
+    p.memory_budget_bytes = d.U64("memory_budget_bytes", false);
+  } else if (require_timing) {
+    top.Fail("missing", "device");
+  }
+  Reader m(top.At("model"), what, "model");
+  p.model.name = m.Str("name");
+  p.model.arch = m.Str("arch", false);
+  p.model.weight_type = m.Str("weight_type", false);
+  p.model.n_layer = m.Int("n_layer", 1);
+  p.model.n_embd = m.Int("n_embd", 0, false);
+  p.prompt_batch = top.Int("prompt_batch", 1, require_timing);
+
+  const json& units = top.At("units");
+  if (!units.is_array()) top.Fail("expected an array", "units");
+  if (units.size() != size_t(p.model.n_layer) + 2)
+    top.Fail("has " + std::to_string(units.size()) + " entries, expected n_layer + 2 = " +
+                 std::to_string(p.model.n_layer + 2) + " (embedding, blocks, head)",
+             "units");
+  bool any_timing = false;
+  for (size_t i = 0; i < units.size(); ++i) {
+    const std::string path = "units[" + std::to_string(i) + "]";
+    Reader r(units[i], what, path);
+    UnitInfo u;
+    u.name = r.Str("name");
+    u.weight_bytes = r.U64("weight_bytes");
+    u.matrix_bytes = r.U64("matrix_bytes", false);
+    u.matrix_elems = r.U64("matrix_elems", false);
+    if (u.matrix_bytes > u.weight_bytes) r.Fail("exceeds weight_bytes", "matrix_bytes");
+    u.kv_bytes_per_token = r.U64("kv_bytes_per_token", false);
+    u.out_bytes_per_token = r.U64("out_bytes_per_token");
+    p.model.units.push_back(u);
+    const bool timed = r.Has("decode_ms");
+    if (i > 0 && timed != any_timing) r.Fail("units must all have timings or none", "decode_ms");
+    any_timing = timed;
+    if (!timed) {
+      if (require_timing)
+        r.Fail("missing (this file has no timings; run `edgeshard profile`)", "decode_ms");
+      continue;
+    }
+    UnitTiming t;
+    t.prompt_ms_per_token = r.Num("prompt_ms_per_token", 0);
+    const json& dec = r.At("decode_ms");
+    if (!dec.is_array() || dec.empty())
+      r.Fail("expected a non-empty array of {ctx, ms}", "decode_ms");
+    for (size_t k = 0; k < dec.size(); ++k) {
+      Reader pt(dec[k], what, r.Sub("decode_ms[" + std::to_string(k) + "]"));
+      DecodePoint dp{pt.Int("ctx", 0), pt.Num("ms", 0)};
+      if (!t.decode.empty() && dp.ctx <= t.decode.back().ctx)
+        pt.Fail("ctx must be ascending", "ctx");
+      t.decode.push_back(dp);
+    }
+    p.timing.push_back(t);
+  }
+  return p;
+}
+
+Profile LoadProfile(const std::string& path, bool require_timing) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error(path + ": cannot open profile");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ParseProfile(ss.str(), path, require_timing);
+}
+
+std::string ProfileToJson(const Profile& p) {
+  json units = json::array();
+  for (size_t i = 0; i < p.model.units.size(); ++i) {
+    const UnitInfo& u = p.model.units[i];
+    json ju = {{"name", u.name},
+               {"weight_bytes", u.weight_bytes},
+               {"matrix_bytes", u.matrix_bytes},
+               {"matrix_elems", u.matrix_elems},
+               {"kv_bytes_per_token", u.kv_bytes_per_token},
+               {"out_bytes_per_token", u.out_bytes_per_token}};
+    if (p.has_timing()) {
+      ju["prompt_ms_per_token"] = p.timing[i].prompt_ms_per_token;
+      json dec = json::array();
+      for (const auto& d : p.timing[i].decode) dec.push_back({{"ctx", d.ctx}, {"ms", d.ms}});
+      ju["decode_ms"] = dec;
+    }
+    units.push_back(ju);
+  }
+  json j = {{"schema", kProfileSchema},
+            {"model",
+             {{"name", p.model.name},
+              {"arch", p.model.arch},
+              {"weight_type", p.model.weight_type},
+              {"n_layer", p.model.n_layer},
+              {"n_embd", p.model.n_embd}}}};
+  if (p.has_timing()) {
+    j["device"] = {{"name", p.device},
+                   {"cpu", p.cpu},
+                   {"threads", p.threads},
+                   {"memory_budget_bytes", p.memory_budget_bytes}};
+    j["prompt_batch"] = p.prompt_batch;
+  }
+  j["units"] = units;
+  return j.dump(2) + "\n";
+}
+
+void SaveProfile(const Profile& p, const std::string& path) {
+  std::ofstream f(path, std::ios::binary);
+  f << ProfileToJson(p);
+  if (!f) throw Error(path + ": cannot write profile");
+}
+
+ModelUnits LoadModelUnits(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error(path + ": cannot open model");
+  char magic[4] = {};
+  f.read(magic, 4);
+  if (f.gcount() == 4 && std::string(magic, 4) == "GGUF")
+    return UnitsFromGguf(*gguf::File::Open(path));
+  return LoadProfile(path, false).model;
+}
+
+}  // namespace es::shard

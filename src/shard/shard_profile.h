@@ -1,0 +1,45 @@
+// Device profiles: what one device measured for one model, per layer unit. Stored as JSON
+// (schema in docs/planner.md); a file without timings describes only a model's units.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "shard/shard_model_units.h"
+
+namespace es::shard {
+
+struct DecodePoint {
+  int ctx = 0;    // tokens already in the KV cache
+  double ms = 0;  // time of one decode step through the unit at that context
+};
+
+struct UnitTiming {
+  double prompt_ms_per_token = 0;   // prompt processing at the profile's prompt_batch
+  std::vector<DecodePoint> decode;  // ascending ctx
+  // Decode time at `ctx`: linear between the measured points, linear beyond them (never < 0).
+  double DecodeMs(int ctx) const;
+};
+
+struct Profile {
+  std::string device;  // device name, informational
+  std::string cpu;
+  int threads = 0;
+  uint64_t memory_budget_bytes = 0;  // 0: unknown (the cluster must give one)
+  int prompt_batch = 0;
+  ModelUnits model;
+  std::vector<UnitTiming> timing;  // one per unit; empty in a units-only file
+  bool has_timing() const { return !timing.empty(); }
+};
+
+constexpr const char* kProfileSchema = "edgeshard-profile/1";
+
+// Parses and validates; `what` (a file name) prefixes every error, with the JSON path at fault.
+Profile ParseProfile(const std::string& text, const std::string& what, bool require_timing);
+Profile LoadProfile(const std::string& path, bool require_timing);
+std::string ProfileToJson(const Profile& p);
+void SaveProfile(const Profile& p, const std::string& path);
+
+// A model's units from a GGUF file or from a JSON profile / units file.
+ModelUnits LoadModelUnits(const std::string& path);
+
+}  // namespace es::shard

@@ -1,0 +1,459 @@
+// The planner's solvers against brute-force enumeration, its baselines, placement rules, the
+// paper's scenario and the `plan` command.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "shard/shard_cluster.h"
+#include "shard/shard_placement.h"
+#include "shard/shard_planner.h"
+#include "shard/shard_profile.h"
+#include "shard/shard_svg.h"
+#include "test_util.h"
+
+namespace es::shard {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+const std::string kFixtures =
+    std::filesystem::path(__FILE__).parent_path().string() + "/fixtures/planner/";
+
+// A random instance: costs, memory (tight enough that some instances are infeasible),
+// asymmetric-free links, and sometimes interchangeable twin devices.
+Problem RandomProblem(std::mt19937& rng, int D, int U) {
+  auto uni = [&](double a, double b) { return std::uniform_real_distribution<double>(a, b)(rng); };
+  auto integer = [&](int a, int b) { return std::uniform_int_distribution<int>(a, b)(rng); };
+  Problem p;
+  for (int u = 0; u < U; ++u)
+    p.units.push_back("u" + std::to_string(u)), p.out_bytes.push_back(integer(1, 2000));
+  p.source = integer(0, D - 1);
+  double total = 0;
+  std::vector<double> w(U), kv(U);
+  for (int u = 0; u < U; ++u) w[u] = integer(1, 100), kv[u] = integer(0, 10), total += w[u] + kv[u];
+  for (int d = 0; d < D; ++d) {
+    p.devices.push_back("d" + std::to_string(d));
+    std::vector<double> c(U);
+    const double speed = uni(0.2, 5);
+    for (int u = 0; u < U; ++u) c[u] = speed * uni(0.5, 1.5);
+    p.comp_ms.push_back(c);
+    p.weight_bytes.push_back(w);
+    p.kv_bytes.push_back(kv);
+    p.budget_bytes.push_back(std::round(total * uni(0.1, 0.9)));
+  }
+  p.bw_mbps.assign(D, std::vector<double>(D, 0));
+  p.rtt_ms.assign(D, std::vector<double>(D, 0));
+  for (int a = 0; a < D; ++a)
+    for (int b = a + 1; b < D; ++b) {
+      p.bw_mbps[a][b] = p.bw_mbps[b][a] = uni(0.5, 50);
+      p.rtt_ms[a][b] = p.rtt_ms[b][a] = uni(0, 4);
+    }
+  // Twins: copy device a onto b (both not the source) so the symmetry pruning is exercised.
+  if (D >= 3 && integer(0, 2) == 0) {
+    int a = integer(0, D - 1), b = integer(0, D - 1);
+    if (a != b && a != p.source && b != p.source) {
+      p.comp_ms[b] = p.comp_ms[a], p.budget_bytes[b] = p.budget_bytes[a];
+      for (int x = 0; x < D; ++x)
+        if (x != a && x != b) {
+          p.bw_mbps[b][x] = p.bw_mbps[x][b] = p.bw_mbps[a][x];
+          p.rtt_ms[b][x] = p.rtt_ms[x][b] = p.rtt_ms[a][x];
+        }
+    }
+  }
+  return p;
+}
+
+// Every plan (distinct devices, source first, contiguous ranges), costed from scratch.
+struct Brute {
+  double latency = kInf, bottleneck = kInf;
+};
+Brute BruteForce(const Problem& p) {
+  Brute best;
+  const int U = p.n_units(), D = p.n_devices();
+  std::function<void(int, int, uint64_t, double, double)> rec = [&](int c, int d, uint64_t used,
+                                                                    double sum, double worst) {
+    double comp = 0, mem = 0;
+    for (int e = c + 1; e <= U; ++e) {
+      comp += p.comp_ms[d][e - 1];
+      mem += p.weight_bytes[d][e - 1] + p.kv_bytes[d][e - 1];
+      if (mem > p.budget_bytes[d]) return;
+      if (e == U) {
+        const double ret = d == p.source ? 0
+                                         : p.out_bytes[U - 1] * 8 / (p.bw_mbps[d][p.source] * 1e3) +
+                                               p.rtt_ms[d][p.source] / 2;
+        best.latency = std::min(best.latency, sum + comp + ret);
+        best.bottleneck = std::min(best.bottleneck, std::max({worst, comp, ret}));
+        continue;
+      }
+      for (int d2 = 0; d2 < D; ++d2) {
+        if ((used >> d2) & 1) continue;
+        const double hop = p.out_bytes[e - 1] * 8 / (p.bw_mbps[d][d2] * 1e3) + p.rtt_ms[d][d2] / 2;
+        rec(e, d2, used | (1ull << d2), sum + comp + hop, std::max({worst, comp, hop}));
+      }
+    }
+  };
+  rec(0, p.source, 1ull << p.source, 0, 0);
+  return best;
+}
+
+bool Near(double a, double b) {
+  return std::abs(a - b) <= 1e-9 * std::max(1.0, std::abs(b));
+}
+
+// The plan is well formed, fits every budget and scores what the solver claims.
+void ExpectValidPlan(const Problem& p, const Solution& s, Objective obj) {
+  ASSERT_TRUE(s.feasible);
+  ASSERT_NO_THROW(CheckStages(p, s.stages));
+  for (const Stage& st : s.stages) {
+    double mem = 0;
+    for (int u = st.first; u < st.last; ++u)
+      mem += p.weight_bytes[st.device][u] + p.kv_bytes[st.device][u];
+    EXPECT_LE(mem, p.budget_bytes[st.device]) << p.devices[st.device];
+  }
+  EXPECT_EQ(s.stages[0].device, p.source);
+  EXPECT_EQ(s.stages[0].first, 0);
+  EXPECT_DOUBLE_EQ(s.value, ObjectiveValue(obj, Evaluate(p, s.stages)));
+}
+
+TEST(Planner, EvaluateByHand) {
+  Problem p;
+  p.units = {"token_embd", "blk.0", "output"};
+  p.devices = {"a", "b"};
+  p.source = 0;
+  p.comp_ms = {{1, 10, 4}, {2, 3, 1}};
+  p.weight_bytes = {{5, 50, 5}, {5, 50, 5}};
+  p.kv_bytes = {{0, 10, 0}, {0, 10, 0}};
+  p.budget_bytes = {20, 100};
+  p.out_bytes = {1000, 1000, 4};
+  p.bw_mbps = {{0, 8}, {8, 0}};
+  p.rtt_ms = {{0, 2}, {2, 0}};
+  const Evaluation e = Evaluate(p, {{0, 0, 1}, {1, 1, 3}});
+  // 1000 B * 8 / 8 Mbps = 1 ms + RTT/2 = 2 ms; the token id back: 32 bits / 8 Mbps + 1 ms.
+  ASSERT_EQ(e.comp_ms.size(), 2u);
+  EXPECT_DOUBLE_EQ(e.comp_ms[0], 1);
+  EXPECT_DOUBLE_EQ(e.comp_ms[1], 4);
+  EXPECT_DOUBLE_EQ(e.link_ms[0], 2);
+  EXPECT_DOUBLE_EQ(e.link_ms[1], 1.004);
+  EXPECT_DOUBLE_EQ(e.step_ms, 1 + 2 + 4 + 1.004);
+  EXPECT_DOUBLE_EQ(e.bottleneck_ms, 4);
+  EXPECT_TRUE(e.fits());
+  const Evaluation solo = Evaluate(p, {{0, 0, 3}});
+  EXPECT_DOUBLE_EQ(solo.missing_bytes, 70 - 20);
+  EXPECT_DOUBLE_EQ(solo.step_ms, 15);
+  // Malformed plans are refused with the reason.
+  EXPECT_THROW(Evaluate(p, {{1, 0, 3}}), Error);                        // not the source first
+  EXPECT_THROW(Evaluate(p, {{0, 0, 1}, {1, 2, 3}}), Error);             // a gap
+  EXPECT_THROW(Evaluate(p, {{0, 0, 1}, {1, 1, 2}, {0, 2, 3}}), Error);  // source twice
+  EXPECT_THROW(Evaluate(p, {{0, 0, 1}, {1, 1, 2}}), Error);             // not all units
+}
+
+TEST(Planner, LatencyEqualsBruteForce) {
+  std::mt19937 rng(1234);
+  int feasible = 0, infeasible = 0;
+  for (int it = 0; it < 400; ++it) {
+    const int D = 1 + it % 6, U = 1 + (it / 6) % 10;
+    const Problem p = RandomProblem(rng, D, U);
+    const Brute b = BruteForce(p);
+    const Solution s = SolveLatency(p);
+    ASSERT_EQ(s.feasible, b.latency < kInf) << "instance " << it;
+    if (!s.feasible) {
+      ++infeasible;
+      continue;
+    }
+    ++feasible;
+    EXPECT_TRUE(s.exact);
+    EXPECT_TRUE(Near(s.value, b.latency))
+        << "instance " << it << ": " << s.value << " vs " << b.latency;
+    ExpectValidPlan(p, s, Objective::kLatency);
+  }
+  EXPECT_GT(feasible, 150);
+  EXPECT_GT(infeasible, 20);
+}
+
+TEST(Planner, LatencyFallbackBoundsTheOptimum) {
+  // With a tiny search budget the solver must still return a valid plan and a true bound.
+  std::mt19937 rng(99);
+  int stopped = 0;
+  for (int it = 0; it < 200; ++it) {
+    const Problem p = RandomProblem(rng, 4 + it % 3, 6 + it % 5);
+    const Brute b = BruteForce(p);
+    SolveOptions o;
+    o.max_states = 20;
+    o.beam_width = 4;
+    const Solution s = SolveLatency(p, o);
+    if (!s.exact) ++stopped;
+    EXPECT_LE(s.lower_bound, b.latency * (1 + 1e-9)) << it;
+    if (s.feasible) {
+      ExpectValidPlan(p, s, Objective::kLatency);
+      EXPECT_GE(s.value, b.latency * (1 - 1e-9));
+    }
+  }
+  EXPECT_GT(stopped, 20);
+}
+
+TEST(Planner, ThroughputExactEqualsBruteForce) {
+  std::mt19937 rng(4321);
+  int feasible = 0;
+  for (int it = 0; it < 400; ++it) {
+    const int D = 1 + it % 6, U = 1 + (it / 6) % 10;
+    const Problem p = RandomProblem(rng, D, U);
+    const Brute b = BruteForce(p);
+    const Solution s = SolveThroughputExact(p);
+    ASSERT_EQ(s.feasible, b.bottleneck < kInf) << "instance " << it;
+    if (!s.feasible) continue;
+    ++feasible;
+    EXPECT_TRUE(Near(s.value, b.bottleneck))
+        << "instance " << it << ": " << s.value << " vs " << b.bottleneck;
+    ExpectValidPlan(p, s, Objective::kThroughput);
+  }
+  EXPECT_GT(feasible, 150);
+}
+
+TEST(Planner, ThroughputBeamIsValidAndNeverBeatsTheOptimum) {
+  std::mt19937 rng(777);
+  double gap_sum = 0, gap_max = 0;
+  int n = 0, misses = 0;
+  for (int it = 0; it < 300; ++it) {
+    const Problem p = RandomProblem(rng, 3 + it % 4, 4 + it % 7);
+    const Solution exact = SolveThroughputExact(p);
+    const Solution beam = SolveThroughputBeam(p, 2);
+    if (!exact.feasible) {
+      EXPECT_FALSE(beam.feasible);
+      continue;
+    }
+    if (!beam.feasible) {
+      ++misses;
+      continue;
+    }
+    ExpectValidPlan(p, beam, Objective::kThroughput);
+    EXPECT_GE(beam.value, exact.value * (1 - 1e-9));
+    EXPECT_LE(beam.lower_bound, exact.value * (1 + 1e-9));
+    const double gap = beam.value / exact.value - 1;
+    gap_sum += gap, gap_max = std::max(gap_max, gap), ++n;
+  }
+  ASSERT_GT(n, 100);
+  std::printf("beam width 2: mean gap %.2f%%, max %.2f%% over %d instances, %d missed\n",
+              100 * gap_sum / n, 100 * gap_max, n, misses);
+}
+
+TEST(Planner, InfeasibleIsExplainedWithTheMissingMemory) {
+  std::mt19937 rng(5);
+  Problem p = RandomProblem(rng, 3, 6);
+  for (auto& b : p.budget_bytes) b = 10;
+  EXPECT_FALSE(SolveLatency(p).feasible);
+  EXPECT_FALSE(SolveThroughput(p).feasible);
+  const std::string msg = ExplainInfeasible(p);
+  EXPECT_NE(msg.find("missing"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("no plan fits"), std::string::npos) << msg;
+}
+
+TEST(Planner, BaselinesAreWellFormed) {
+  std::mt19937 rng(8);
+  for (int it = 0; it < 50; ++it) {
+    const Problem p = RandomProblem(rng, 1 + it % 6, 2 + it % 12);
+    for (Objective obj : {Objective::kLatency, Objective::kThroughput}) {
+      const auto bs = Baselines(p, obj);
+      ASSERT_EQ(bs.size(), 5u);
+      EXPECT_EQ(bs[0].name, "Edge-Solo");
+      for (const auto& b : bs)
+        if (!b.stages.empty()) {
+          EXPECT_NO_THROW(CheckStages(p, b.stages)) << b.name;
+        }
+      // Even uses every device as long as there are blocks enough.
+      if (p.n_units() - 2 >= p.n_devices()) {
+        EXPECT_EQ(int(bs[1].stages.size()), p.n_devices());
+      }
+      // The optimum is never worse than a baseline that fits.
+      const Solution s = Solve(p, obj);
+      for (const auto& b : bs) {
+        if (b.stages.empty()) continue;
+        const Evaluation e = Evaluate(p, b.stages);
+        if (e.fits()) {
+          EXPECT_LE(s.value, ObjectiveValue(obj, e) * (1 + 1e-9)) << b.name;
+        }
+      }
+    }
+  }
+}
+
+Problem PaperProblem(const std::string& yaml, Objective obj) {
+  const Cluster c = LoadCluster(kFixtures + "paper/" + yaml);
+  return BuildProblem(c, LoadModelUnits(kFixtures + "paper/llama2-7b-fp32.json"), {obj, 512, 1});
+}
+
+TEST(Planner, PaperLatencyScenario) {
+  const Problem p = PaperProblem("latency.yaml", Objective::kLatency);
+  ASSERT_EQ(p.n_units(), 34);
+  EXPECT_DOUBLE_EQ(p.weight_bytes[0][1], 809533440.0);  // 0.754 GiB per block
+  const Solution s = SolveLatency(p);
+  ASSERT_TRUE(s.feasible);
+  EXPECT_TRUE(s.exact);
+  const auto bs = Baselines(p, Objective::kLatency);
+  const Evaluation solo = Evaluate(p, bs[0].stages);
+  EXPECT_FALSE(solo.fits()) << "Edge-Solo must not fit on one Orin NX";
+  EXPECT_GT(solo.missing_bytes, 10.0 * (1 << 30));
+  ASSERT_EQ(bs[3].name, "Cloud-Edge-Opt");
+  ASSERT_FALSE(bs[3].stages.empty());
+  EXPECT_EQ(p.devices[bs[3].stages.back().device], "rtx3090");
+  const Evaluation cloud = Evaluate(p, bs[3].stages);
+  EXPECT_TRUE(cloud.fits());
+  EXPECT_LT(s.value, cloud.step_ms) << "the optimum must beat Cloud-Edge-Opt";
+  // The 10 Mbps source-cloud link is avoided for activations.
+  const Evaluation e = Evaluate(p, s.stages);
+  for (size_t i = 0; i + 1 < s.stages.size(); ++i) EXPECT_LT(e.link_ms[i], 10.0) << i;
+}
+
+TEST(Planner, PaperThroughputScenario) {
+  const Problem p = PaperProblem("throughput.yaml", Objective::kThroughput);
+  const Solution s = SolveThroughput(p);
+  ASSERT_TRUE(s.feasible);
+  EXPECT_TRUE(s.exact);
+  for (const auto& b : Baselines(p, Objective::kThroughput)) {
+    if (b.stages.empty()) continue;
+    const Evaluation e = Evaluate(p, b.stages);
+    if (e.fits()) {
+      EXPECT_LE(s.value, e.bottleneck_ms) << b.name;
+    }
+  }
+  // Beam search finds the same here (four interchangeable devices).
+  EXPECT_NEAR(SolveThroughputBeam(p, 8).value, s.value, 1e-9);
+}
+
+TEST(Planner, LargeClusterSolvesExactly) {
+  // 64 devices x 80 blocks, the scale the planner is built for (time in bench/).
+  std::mt19937 rng(64);
+  Problem p = RandomProblem(rng, 64, 82);
+  for (auto& b : p.budget_bytes) b *= 0.4;
+  const Solution s = SolveLatency(p);
+  ASSERT_TRUE(s.feasible);
+  EXPECT_TRUE(s.exact);
+  ExpectValidPlan(p, s, Objective::kLatency);
+  const Solution t = SolveThroughput(p);
+  ASSERT_TRUE(t.feasible);
+  ExpectValidPlan(p, t, Objective::kThroughput);
+}
+
+TEST(Placement, RulesBecomeStages) {
+  const Problem p = PaperProblem("latency.yaml", Objective::kLatency);
+  const std::string rules = R"(rules:
+  - match: "^token_embd$|^blk\\.[0-2]$"
+    device: orin-nx-1
+  - match: "^blk\\.([3-9]|1[0-9]|2[0-9]|3[01])$|^output$"
+    device: agx-orin-1
+)";
+  const auto st = ParsePlacement(rules, "rules.yaml", p);
+  ASSERT_EQ(st.size(), 2u);
+  EXPECT_EQ(st[0], (Stage{0, 0, 4}));
+  EXPECT_EQ(st[1], (Stage{2, 4, 34}));
+}
+
+void ExpectPlacementError(const std::string& rules, const std::string& needle) {
+  const Problem p = PaperProblem("latency.yaml", Objective::kLatency);
+  try {
+    ParsePlacement(rules, "rules.yaml", p);
+    ADD_FAILURE() << "accepted:\n" << rules;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+TEST(Placement, ErrorsNameTheLine) {
+  ExpectPlacementError("rules:\n  - match: '.'\n    device: nobody\n",
+                       "rules.yaml:3: no device named 'nobody'");
+  ExpectPlacementError(
+      "rules:\n  - match: '.'\n    device: orin-nx-1\n  - match: '(['\n    device: rtx3090\n",
+      "rules.yaml:4: match '(['");
+  ExpectPlacementError(
+      "rules:\n  - match: '.'\n    device: orin-nx-1\n  - match: 'blk'\n    device: rtx3090\n",
+      "rules.yaml:4: rule matches no unit");
+  ExpectPlacementError("rules:\n  - match: 'blk'\n    device: rtx3090\n",
+                       "unit 'token_embd' matches no rule");
+  ExpectPlacementError(
+      "rules:\n  - match: 'blk\\.1'\n    device: rtx3090\n  - match: '.'\n    device: orin-nx-1\n",
+      "rules.yaml:4: device 'orin-nx-1' would hold two ranges");
+  ExpectPlacementError("rules:\n  - match: '.'\n    device: rtx3090\n",
+                       "rules.yaml:2: unit 'token_embd' must stay on the source");
+  ExpectPlacementError("rules:\n  - match: '.'\n    devce: rtx3090\n",
+                       "rules.yaml:3: rule: unknown key 'devce'");
+}
+
+TEST(Svg, DrawsEveryStage) {
+  const Problem p = PaperProblem("latency.yaml", Objective::kLatency);
+  const Solution s = SolveLatency(p);
+  const std::string svg = PlanSvg(p, s.stages, "paper <latency>");
+  EXPECT_EQ(svg.rfind("<svg", 0), 0u);
+  EXPECT_NE(svg.find("</svg>"), std::string::npos);
+  EXPECT_NE(svg.find("paper &lt;latency&gt;"), std::string::npos);
+  for (const Stage& st : s.stages) EXPECT_NE(svg.find(p.devices[st.device]), std::string::npos);
+}
+
+// ---- the command ----
+
+TEST(PlanCli, PaperLatencyJson) {
+  const auto r = test::RunCli("plan --cluster " + kFixtures + "paper/latency.yaml -m " + kFixtures +
+                              "paper/llama2-7b-fp32.json --objective latency --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["source"], "orin-nx-1");
+  EXPECT_TRUE(j["solver"]["exact"].get<bool>());
+  const double opt = j["plan"]["ms_per_token"];
+  ASSERT_EQ(j["baselines"].size(), 5u);
+  EXPECT_EQ(j["baselines"][0]["name"], "Edge-Solo");
+  EXPECT_FALSE(j["baselines"][0]["fits"].get<bool>());
+  EXPECT_GT(j["baselines"][0]["missing_bytes"].get<double>(), 0);
+  EXPECT_EQ(j["baselines"][3]["name"], "Cloud-Edge-Opt");
+  EXPECT_LT(opt, j["baselines"][3]["ms_per_token"].get<double>());
+  double mem_ok = true;
+  for (const auto& st : j["plan"]["stages"])
+    mem_ok = mem_ok && st["weight_bytes"].get<double>() + st["kv_bytes"].get<double>() <=
+                           st["budget_bytes"].get<double>();
+  EXPECT_TRUE(mem_ok);
+}
+
+TEST(PlanCli, TableSvgAndPlacement) {
+  const std::string dir = std::filesystem::temp_directory_path() / "es_plan_cli";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/rules.yaml")
+      << "rules:\n  - match: '^token_embd$'\n    device: agx-orin-1\n"
+         "  - match: '.'\n    device: rtx3090\n";
+  const auto r = test::RunCli("plan --cluster " + kFixtures +
+                              "paper/throughput.yaml --objective throughput --svg " + dir +
+                              "/plan.svg --placement " + dir + "/rules.yaml");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const char* s : {"Optimum:", "tokens/s", "Edge-Solo", "Even", "Cloud-Edge-Even",
+                        "Cloud-Edge-Opt", "Memory-proportional", "Placement rules"})
+    EXPECT_NE(r.out.find(s), std::string::npos) << s << "\n" << r.out;
+  EXPECT_NE(test::ReadFile(dir + "/plan.svg").find("</svg>"), std::string::npos);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(PlanCli, InfeasibleSaysHowMuchIsMissing) {
+  const std::string dir = std::filesystem::temp_directory_path() / "es_plan_infeasible";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/c.yaml")
+      << "source: a\ndefault_link: {bandwidth_mbps: 100, rtt_ms: 1}\ndevices:\n"
+         "  - {name: a, profile: " +
+             kFixtures +
+             "paper/orin-nx.json, memory: 4 GiB}\n"
+             "  - {name: b, like: a, memory: 4 GiB}\n";
+  const auto r = test::RunCli("plan --cluster " + dir + "/c.yaml");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("missing"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("GiB"), std::string::npos) << r.err;
+  std::filesystem::remove_all(dir);
+}
+
+TEST(PlanCli, ModelMismatchIsReported) {
+  const auto r = test::RunCli("plan --cluster " + kFixtures + "paper/latency.yaml -m " +
+                              test::ModelPath("stories260K.gguf"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("layer units"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace es::shard
