@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "tensor/tensor_types.h"
@@ -86,5 +87,11 @@ void AxpyF32(float a, const float* x, float* y, int64_t n);
 // Converts f32 <-> f16 (round to nearest even).
 void ConvertF32ToF16(const float* x, f16_t* y, int64_t n);
 void ConvertF16ToF32(const f16_t* x, float* y, int64_t n);
+
+// Testing hooks: the SIMD targets compiled in that this CPU supports (best first), and limiting
+// run-time dispatch to one of them by name ("" restores the default choice). Throws es::Error
+// for an unknown or unsupported name.
+std::vector<std::string> SupportedTargets();
+void SetTargetForTesting(const std::string& name);
 
 }  // namespace es::kernels

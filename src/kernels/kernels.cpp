@@ -1,0 +1,197 @@
+// Kernel front end: the thread pool and the MatMul driver (argument checks, activation
+// conversion, splitting weight rows across threads). SIMD work lives in kernels_*.cpp.
+#include "kernels/kernels.h"
+
+#include <atomic>
+#include <chrono>
+#include <exception>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "edgeshard/error.h"
+#include "kernels/kernels_internal.h"
+#include "tensor/tensor_quant.h"
+
+namespace es::kernels {
+namespace {
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Spin this long before sleeping: long enough to bridge the short single-threaded ops between
+// two MatMuls in a forward pass, short enough not to burn a core while idle.
+constexpr auto kSpinFor = std::chrono::microseconds(200);
+
+// Waits until `a` differs from `old`: spin first, then block in the kernel. `sleepers` counts
+// blocked waiters so that the notifier can skip the wake-up syscall when nobody sleeps.
+template <class T>
+T WaitChange(const std::atomic<T>& a, T old, std::atomic<int>& sleepers) {
+  T v;
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0;; ++i) {
+    if ((v = a.load(std::memory_order_acquire)) != old) return v;
+    CpuRelax();
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() - start > kSpinFor) break;
+  }
+  sleepers.fetch_add(1, std::memory_order_seq_cst);
+  while ((v = a.load(std::memory_order_seq_cst)) == old) a.wait(old, std::memory_order_seq_cst);
+  sleepers.fetch_sub(1, std::memory_order_relaxed);
+  return v;
+}
+
+}  // namespace
+
+struct ThreadPool::Impl {
+  int n = 1;
+  std::vector<std::thread> workers;
+  const std::function<void(int)>* fn = nullptr;
+  std::atomic<uint64_t> generation{0};
+  std::atomic<int> pending{0};
+  std::atomic<int> worker_sleepers{0};
+  std::atomic<int> caller_sleepers{0};
+  std::atomic<bool> stop{false};
+  std::mutex error_mu;
+  std::exception_ptr error;
+
+  void RecordError() {
+    std::lock_guard<std::mutex> lock(error_mu);
+    if (!error) error = std::current_exception();
+  }
+
+  void WorkerLoop(int index) {
+    uint64_t seen = 0;
+    for (;;) {
+      seen = WaitChange(generation, seen, worker_sleepers);
+      if (stop.load(std::memory_order_acquire)) return;
+      try {
+        (*fn)(index);
+      } catch (...) {
+        RecordError();
+      }
+      if (pending.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+          caller_sleepers.load(std::memory_order_seq_cst) > 0)
+        pending.notify_all();
+    }
+  }
+
+  void Wake() {
+    generation.fetch_add(1, std::memory_order_seq_cst);
+    if (worker_sleepers.load(std::memory_order_seq_cst) > 0) generation.notify_all();
+  }
+};
+
+ThreadPool::ThreadPool(int n_threads) : impl_(std::make_unique<Impl>()) {
+  if (n_threads < 1 || n_threads > 1024)
+    throw Error("ThreadPool: thread count " + std::to_string(n_threads) +
+                " must be between 1 and 1024");
+  impl_->n = n_threads;
+  impl_->workers.reserve(static_cast<size_t>(n_threads - 1));
+  for (int i = 1; i < n_threads; ++i)
+    impl_->workers.emplace_back([this, i] { impl_->WorkerLoop(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  impl_->stop.store(true, std::memory_order_release);
+  impl_->Wake();
+  for (auto& t : impl_->workers) t.join();
+}
+
+int ThreadPool::size() const {
+  return impl_->n;
+}
+
+void ThreadPool::Run(const std::function<void(int)>& fn) {
+  Impl& p = *impl_;
+  if (p.n == 1) {
+    fn(0);
+    return;
+  }
+  p.fn = &fn;
+  p.pending.store(p.n - 1, std::memory_order_relaxed);
+  p.Wake();
+  try {
+    fn(0);
+  } catch (...) {
+    p.RecordError();
+  }
+  for (int left = p.pending.load(std::memory_order_acquire); left != 0;
+       left = p.pending.load(std::memory_order_acquire))
+    WaitChange(p.pending, left, p.caller_sleepers);
+  p.fn = nullptr;
+  if (p.error) {
+    std::exception_ptr e;
+    {
+      std::lock_guard<std::mutex> lock(p.error_mu);
+      std::swap(e, p.error);
+    }
+    std::rethrow_exception(e);
+  }
+}
+
+void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) {
+  if (n <= 0) return;
+  const int64_t t = size();
+  const int64_t chunk = (n + t - 1) / t;
+  Run([&](int i) {
+    const int64_t b = std::min(n, chunk * i), e = std::min(n, b + chunk);
+    if (b < e) fn(b, e, i);
+  });
+}
+
+void MatMul(const Matrix& w, const float* x, int64_t ldx, int64_t batch, float* y, int64_t ldy,
+            ThreadPool& pool, Scratch& scratch) {
+  const TensorType vt = VecDotType(w.type);  // throws for types without a kernel
+  (void)vt;
+  const int be = Traits(w.type).block_elems;
+  if (w.rows < 0 || w.cols <= 0 || w.cols % be != 0)
+    throw Error(std::string("MatMul: ") + TypeName(w.type) + " matrix of " +
+                std::to_string(w.rows) + "x" + std::to_string(w.cols) +
+                " needs a positive column count that is a multiple of " + std::to_string(be));
+  if (w.row_bytes != RowBytes(w.type, w.cols))
+    throw Error("MatMul: row_bytes " + std::to_string(w.row_bytes) + " does not match " +
+                std::to_string(w.cols) + " " + TypeName(w.type) + " elements");
+  if (batch < 0 || (batch > 1 && ldx < w.cols) || (batch > 1 && ldy < w.rows))
+    throw Error("MatMul: batch " + std::to_string(batch) + " with strides ldx " +
+                std::to_string(ldx) + ", ldy " + std::to_string(ldy) + " is inconsistent with a " +
+                std::to_string(w.rows) + "x" + std::to_string(w.cols) + " matrix");
+  if (batch == 0 || w.rows == 0) return;
+  if (!w.data || !x || !y) throw Error("MatMul: null weight, input or output pointer");
+
+  const size_t stride = detail::ActRowBytes(w.type, w.cols);
+  auto* raw = static_cast<uint8_t*>(scratch.Get(stride * static_cast<size_t>(batch) + 64));
+  auto* base = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(raw) + 63) & ~uintptr_t{63});
+  const detail::Acts acts{base, stride};
+
+  // Small problems are not worth waking the pool.
+  const double work =
+      static_cast<double>(w.rows) * static_cast<double>(w.cols) * static_cast<double>(batch);
+  const int threads = work < 65536.0 ? 1 : pool.size();
+
+  if (threads > 1 && batch >= 2 * threads) {
+    pool.ParallelFor(batch, [&](int64_t b0, int64_t b1, int) {
+      detail::ConvertActs(w.type, x, ldx, w.cols, b0, b1, base, stride);
+    });
+  } else {
+    detail::ConvertActs(w.type, x, ldx, w.cols, 0, batch, base, stride);
+  }
+
+  if (threads == 1) {
+    detail::MatMulRows(w, acts, batch, 0, w.rows, y, ldy);
+    return;
+  }
+  // Contiguous row ranges in units of 4 rows (the widest row tile), balanced across threads.
+  const int64_t units = (w.rows + 3) / 4;
+  pool.Run([&](int t) {
+    const int64_t u0 = units * t / threads, u1 = units * (t + 1) / threads;
+    const int64_t r0 = std::min(w.rows, u0 * 4), r1 = std::min(w.rows, u1 * 4);
+    if (r0 < r1) detail::MatMulRows(w, acts, batch, r0, r1, y, ldy);
+  });
+}
+
+}  // namespace es::kernels
