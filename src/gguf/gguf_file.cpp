@@ -17,20 +17,35 @@ constexpr uint32_t kMagic = 0x46554747;  // "GGUF" little-endian
 constexpr uint64_t kMaxStringLen = 1ull << 30;
 constexpr uint64_t kMaxArrayLen = 1ull << 32;
 constexpr uint32_t kMaxDims = 4;
+// Smallest possible tensor info (v1: u32 name length, u32 n_dims, one u32 dim, u32 type,
+// u64 offset): bounds the tensor count before anything is reserved for it.
+constexpr uint64_t kMinTensorInfoBytes = 24;
 
-// Bounds-checked little-endian cursor over the mapping.
+// Bounds-checked little-endian cursor over the mapping. `context` names the entry being read
+// (a metadata key or a tensor) so every message says where the file is broken.
 class Reader {
  public:
   Reader(const uint8_t* base, size_t size, const std::string& path)
       : base_(base), size_(size), path_(path) {}
 
+  void SetContext(std::string c) {
+    context_ = std::move(c);
+    element_ = -1;
+  }
+  // Index of the array element being read, reported in messages (-1: none).
+  void SetElement(int64_t i) { element_ = i; }
+
   [[noreturn]] void Fail(const std::string& what) const {
     std::ostringstream os;
-    os << path_ << ": " << what << " (at byte offset " << pos_ << " of " << size_ << ")";
+    os << path_ << ": ";
+    if (!context_.empty()) os << context_;
+    if (element_ >= 0) os << " element #" << element_;
+    if (!context_.empty()) os << ": ";
+    os << what << " (at byte offset " << pos_ << " of " << size_ << ")";
     throw Error(os.str());
   }
   void Need(uint64_t n, const char* what) {
-    if (n > size_ - pos_) Fail(std::string("file is truncated while reading ") + what);
+    if (n > size_ - pos_) Fail(std::string("file is truncated while reading the ") + what);
   }
   template <typename T>
   T Read(const char* what) {
@@ -45,7 +60,8 @@ class Reader {
   }
   std::string ReadString(uint32_t version, const char* what) {
     const uint64_t len = ReadCount(version, what);
-    if (len > kMaxStringLen) Fail(std::string(what) + ": string length " + std::to_string(len) + " is implausible");
+    if (len > kMaxStringLen)
+      Fail(std::string(what) + " has implausible string length " + std::to_string(len));
     Need(len, what);
     std::string s(reinterpret_cast<const char*>(base_ + pos_), len);
     pos_ += len;
@@ -57,45 +73,85 @@ class Reader {
     pos_ += n;
   }
   size_t pos() const { return pos_; }
+  size_t remaining() const { return size_ - pos_; }
 
  private:
   const uint8_t* base_;
   size_t size_;
   size_t pos_ = 0;
   const std::string& path_;
+  std::string context_;
+  int64_t element_ = -1;
 };
 
 size_t ScalarSize(ValueType t) {
   switch (t) {
-    case ValueType::kU8: case ValueType::kI8: case ValueType::kBool: return 1;
-    case ValueType::kU16: case ValueType::kI16: return 2;
-    case ValueType::kU32: case ValueType::kI32: case ValueType::kF32: return 4;
-    case ValueType::kU64: case ValueType::kI64: case ValueType::kF64: return 8;
-    default: return 0;
+    case ValueType::kU8:
+    case ValueType::kI8:
+    case ValueType::kBool:
+      return 1;
+    case ValueType::kU16:
+    case ValueType::kI16:
+      return 2;
+    case ValueType::kU32:
+    case ValueType::kI32:
+    case ValueType::kF32:
+      return 4;
+    case ValueType::kU64:
+    case ValueType::kI64:
+    case ValueType::kF64:
+      return 8;
+    default:
+      return 0;
   }
+}
+
+template <typename T>
+double Load(const uint8_t* p) {
+  T v;
+  std::memcpy(&v, p, sizeof v);
+  return static_cast<double>(v);
 }
 
 double ReadNumberAt(const uint8_t* p, ValueType t) {
   switch (t) {
-    case ValueType::kU8: return *p;
-    case ValueType::kI8: return static_cast<int8_t>(*p);
-    case ValueType::kBool: return *p != 0;
-#define ES_RD(VT, CT) \
-  case ValueType::VT: { CT v; std::memcpy(&v, p, sizeof v); return static_cast<double>(v); }
-    ES_RD(kU16, uint16_t) ES_RD(kI16, int16_t) ES_RD(kU32, uint32_t) ES_RD(kI32, int32_t)
-    ES_RD(kF32, float) ES_RD(kU64, uint64_t) ES_RD(kI64, int64_t) ES_RD(kF64, double)
-#undef ES_RD
-    default: return 0;
+    case ValueType::kU8:
+      return *p;
+    case ValueType::kI8:
+      return static_cast<int8_t>(*p);
+    case ValueType::kBool:
+      return *p != 0;
+    case ValueType::kU16:
+      return Load<uint16_t>(p);
+    case ValueType::kI16:
+      return Load<int16_t>(p);
+    case ValueType::kU32:
+      return Load<uint32_t>(p);
+    case ValueType::kI32:
+      return Load<int32_t>(p);
+    case ValueType::kF32:
+      return Load<float>(p);
+    case ValueType::kU64:
+      return Load<uint64_t>(p);
+    case ValueType::kI64:
+      return Load<int64_t>(p);
+    case ValueType::kF64:
+      return Load<double>(p);
+    default:
+      return 0;
   }
 }
 
-bool ValidValueType(uint32_t t) { return t <= static_cast<uint32_t>(ValueType::kF64); }
+bool ValidValueType(uint32_t t) {
+  return t <= static_cast<uint32_t>(ValueType::kF64);
+}
 
 }  // namespace
 
 const char* ValueTypeName(ValueType t) {
-  static const char* names[] = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32",
-                                "bool", "string", "array", "uint64", "int64", "float64"};
+  static const char* names[] = {"uint8",  "int8",    "uint16", "int16",  "uint32",
+                                "int32",  "float32", "bool",   "string", "array",
+                                "uint64", "int64",   "float64"};
   auto i = static_cast<uint32_t>(t);
   return i < 13 ? names[i] : "unknown";
 }
@@ -127,7 +183,8 @@ std::unique_ptr<File> File::Open(const std::string& path) {
   if (fstat(f->fd_, &st) != 0) throw Error(path + ": cannot stat: " + std::strerror(errno));
   if (S_ISDIR(st.st_mode)) throw Error(path + ": is a directory, expected a .gguf file");
   f->size_ = static_cast<size_t>(st.st_size);
-  if (f->size_ < 8) throw Error(path + ": file is too small to be GGUF (" + std::to_string(f->size_) + " bytes)");
+  if (f->size_ < 8)
+    throw Error(path + ": file is too small to be GGUF (" + std::to_string(f->size_) + " bytes)");
   void* m = mmap(nullptr, f->size_, PROT_READ, MAP_SHARED, f->fd_, 0);
   if (m == MAP_FAILED) throw Error(path + ": cannot mmap: " + std::strerror(errno));
   f->base_ = static_cast<const uint8_t*>(m);
@@ -142,10 +199,12 @@ File::~File() {
 
 void File::Parse() {
   Reader r(base_, size_, path_);
+  r.SetContext("header");
   const uint32_t magic = r.Read<uint32_t>("magic");
   if (magic != kMagic) {
     std::string got(reinterpret_cast<const char*>(base_), 4);
-    for (auto& c : got) if (c < 32 || c > 126) c = '?';
+    for (auto& c : got)
+      if (c < 32 || c > 126) c = '?';
     r.Fail("bad magic '" + got + "', expected 'GGUF' (is this a GGUF model file?)");
   }
   version_ = r.Read<uint32_t>("version");
@@ -153,95 +212,139 @@ void File::Parse() {
     r.Fail("unsupported GGUF version " + std::to_string(version_) + ", expected 1, 2 or 3");
   const uint64_t n_tensors = r.ReadCount(version_, "tensor count");
   const uint64_t n_kv = r.ReadCount(version_, "metadata count");
-  // Every entry needs several bytes, so counts beyond the file size are corrupt.
-  if (n_tensors > size_ / 8) r.Fail("tensor count " + std::to_string(n_tensors) + " exceeds what the file can hold");
-  if (n_kv > size_ / 8) r.Fail("metadata count " + std::to_string(n_kv) + " exceeds what the file can hold");
+  // Every entry needs several bytes, so counts beyond what the rest of the file holds are
+  // corrupt; checking first keeps a corrupt count from reserving gigabytes.
+  if (n_tensors > r.remaining() / kMinTensorInfoBytes)
+    r.Fail("tensor count " + std::to_string(n_tensors) + " exceeds what the file can hold");
+  if (n_kv > r.remaining() / 8)
+    r.Fail("metadata count " + std::to_string(n_kv) + " exceeds what the file can hold");
 
   for (uint64_t i = 0; i < n_kv; ++i) {
-    std::string key = r.ReadString(version_, "metadata key");
-    const uint32_t vt = r.Read<uint32_t>("metadata value type");
-    if (!ValidValueType(vt)) r.Fail("metadata '" + key + "' has unknown value type " + std::to_string(vt));
+    r.SetContext("metadata entry #" + std::to_string(i));
+    std::string key = r.ReadString(version_, "key");
+    r.SetContext("metadata '" + key + "'");
+    const uint32_t vt = r.Read<uint32_t>("value type");
+    if (!ValidValueType(vt)) r.Fail("unknown value type " + std::to_string(vt));
     Value v;
     v.type = static_cast<ValueType>(vt);
     if (v.type == ValueType::kString) {
-      v.scalar = r.ReadString(version_, key.c_str());
+      v.scalar = r.ReadString(version_, "string value");
     } else if (v.type == ValueType::kArray) {
       const uint32_t et = r.Read<uint32_t>("array element type");
       if (!ValidValueType(et) || et == static_cast<uint32_t>(ValueType::kArray))
-        r.Fail("metadata array '" + key + "' has unsupported element type " + std::to_string(et));
+        r.Fail("unsupported array element type " + std::to_string(et));
       v.elem_type = static_cast<ValueType>(et);
       const uint64_t n = r.ReadCount(version_, "array length");
-      if (n > kMaxArrayLen) r.Fail("metadata array '" + key + "' length " + std::to_string(n) + " is implausible");
+      if (n > kMaxArrayLen) r.Fail("array length " + std::to_string(n) + " is implausible");
       v.array_len = n;
       if (v.elem_type == ValueType::kString) {
-        if (n > size_ / 8) r.Fail("metadata array '" + key + "' length exceeds the file size");
+        // Each string needs at least its length field.
+        if (n > r.remaining() / (version_ == 1 ? 4 : 8))
+          r.Fail("array length " + std::to_string(n) + " exceeds what the file can hold");
         v.strings.reserve(n);
-        for (uint64_t j = 0; j < n; ++j) v.strings.push_back(r.ReadString(version_, key.c_str()));
+        for (uint64_t j = 0; j < n; ++j) {
+          r.SetElement(static_cast<int64_t>(j));
+          v.strings.push_back(r.ReadString(version_, "string"));
+        }
+        r.SetElement(-1);
       } else {
         const size_t es = ScalarSize(v.elem_type);
-        if (n > (size_ - r.pos()) / es) r.Fail("file is truncated inside metadata array '" + key + "'");
+        if (n > r.remaining() / es)
+          r.Fail("array length " + std::to_string(n) + " of " + ValueTypeName(v.elem_type) +
+                 " exceeds what the file can hold (truncated?)");
         v.array_data = r.Here();
         v.numbers.resize(n);
-        for (uint64_t j = 0; j < n; ++j) v.numbers[j] = ReadNumberAt(v.array_data + j * es, v.elem_type);
-        r.Skip(n * es, key.c_str());
+        for (uint64_t j = 0; j < n; ++j)
+          v.numbers[j] = ReadNumberAt(v.array_data + j * es, v.elem_type);
+        r.Skip(n * es, "array data");
       }
     } else {
       const size_t es = ScalarSize(v.type);
-      r.Need(es, key.c_str());
+      r.Need(es, "value");
       const uint8_t* p = r.Here();
       switch (v.type) {
-        case ValueType::kBool: v.scalar = (*p != 0); break;
-        case ValueType::kF32: case ValueType::kF64: v.scalar = ReadNumberAt(p, v.type); break;
-        case ValueType::kU64: { uint64_t u; std::memcpy(&u, p, 8); v.scalar = u; break; }
-        default: v.scalar = static_cast<int64_t>(ReadNumberAt(p, v.type)); break;
+        case ValueType::kBool:
+          v.scalar = (*p != 0);
+          break;
+        case ValueType::kF32:
+        case ValueType::kF64:
+          v.scalar = ReadNumberAt(p, v.type);
+          break;
+        case ValueType::kU64: {
+          uint64_t u;
+          std::memcpy(&u, p, 8);
+          v.scalar = u;
+          break;
+        }
+        case ValueType::kI64: {  // not through double: that loses bits above 2^53
+          int64_t x;
+          std::memcpy(&x, p, 8);
+          v.scalar = x;
+          break;
+        }
+        default:  // 8- to 32-bit integers are exact in a double
+          v.scalar = static_cast<int64_t>(ReadNumberAt(p, v.type));
+          break;
       }
-      r.Skip(es, key.c_str());
+      r.Skip(es, "value");
     }
-    if (kv_.count(key)) r.Fail("duplicate metadata key '" + key + "'");
+    if (kv_.count(key)) r.Fail("duplicate metadata key");
+    key_order_.push_back(key);
     kv_.emplace(std::move(key), std::move(v));
   }
 
   if (auto a = Find("general.alignment")) {
     int64_t al = -1;
-    if (auto* i = std::get_if<int64_t>(&a->scalar)) al = *i;
-    if (auto* u = std::get_if<uint64_t>(&a->scalar)) al = static_cast<int64_t>(*u);
-    if (a->type != ValueType::kU32 && a->type != ValueType::kU64 && a->type != ValueType::kI32)
-      al = -1;
+    std::string got = std::string("a ") + ValueTypeName(a->type);
+    if (a->type == ValueType::kU32 || a->type == ValueType::kI32) {
+      al = std::get<int64_t>(a->scalar);
+      got = std::to_string(al);
+    } else if (a->type == ValueType::kU64) {
+      const uint64_t u = std::get<uint64_t>(a->scalar);
+      al = u > (1u << 30) ? -1 : static_cast<int64_t>(u);
+      got = std::to_string(u);
+    }
     if (al <= 0 || (al & (al - 1)) != 0 || al > (1 << 20))
-      throw Error(path_ + ": general.alignment must be a power of two (got " + std::to_string(al) + ")");
+      throw Error(path_ + ": metadata 'general.alignment' must be an integer power of two up to " +
+                  "2^20, got " + got);
     alignment_ = static_cast<size_t>(al);
   }
 
   tensors_.reserve(n_tensors);
   for (uint64_t i = 0; i < n_tensors; ++i) {
     TensorInfo t;
-    t.name = r.ReadString(version_, "tensor name");
-    const uint32_t nd = r.Read<uint32_t>("tensor dimension count");
+    r.SetContext("tensor #" + std::to_string(i));
+    t.name = r.ReadString(version_, "name");
+    r.SetContext("tensor '" + t.name + "'");
+    const uint32_t nd = r.Read<uint32_t>("dimension count");
     if (nd == 0 || nd > kMaxDims)
-      r.Fail("tensor '" + t.name + "' has " + std::to_string(nd) + " dimensions, expected 1 to 4");
+      r.Fail("has " + std::to_string(nd) + " dimensions, expected 1 to " +
+             std::to_string(kMaxDims));
     int64_t n_el = 1;
     for (uint32_t d = 0; d < nd; ++d) {
-      const uint64_t dim = r.ReadCount(version_, "tensor dimension");
+      const uint64_t dim = r.ReadCount(version_, "dimensions");
       if (dim == 0 || dim > (1ull << 40))
-        r.Fail("tensor '" + t.name + "' dimension " + std::to_string(d) + " is " + std::to_string(dim) + ", expected 1 to 2^40");
+        r.Fail("dimension " + std::to_string(d) + " is " + std::to_string(dim) +
+               ", expected 1 to 2^40");
       if (n_el > std::numeric_limits<int64_t>::max() / static_cast<int64_t>(dim))
-        r.Fail("tensor '" + t.name + "' element count overflows");
+        r.Fail("element count overflows (dimension " + std::to_string(d) + " is " +
+               std::to_string(dim) + ")");
       n_el *= static_cast<int64_t>(dim);
       t.dims.push_back(static_cast<int64_t>(dim));
     }
-    const uint32_t type_id = r.Read<uint32_t>("tensor type");
+    const uint32_t type_id = r.Read<uint32_t>("type");
     auto traits = GetTypeTraits(type_id);
-    if (!traits) r.Fail("tensor '" + t.name + "' has unknown type id " + std::to_string(type_id));
+    if (!traits) r.Fail("unknown tensor type id " + std::to_string(type_id));
     t.type = static_cast<TensorType>(type_id);
     if (t.dims[0] % traits->block_elems != 0)
-      r.Fail("tensor '" + t.name + "' row length " + std::to_string(t.dims[0]) + " is not a multiple of the " +
+      r.Fail("row length " + std::to_string(t.dims[0]) + " is not a multiple of the " +
              traits->name + " block size " + std::to_string(traits->block_elems));
-    t.offset = r.Read<uint64_t>("tensor data offset");
+    t.offset = r.Read<uint64_t>("data offset");
     const int64_t blocks = n_el / traits->block_elems;
     if (blocks > std::numeric_limits<int64_t>::max() / traits->block_bytes)
-      r.Fail("tensor '" + t.name + "' byte size overflows");
+      r.Fail("byte size overflows");
     t.n_bytes = static_cast<size_t>(blocks) * traits->block_bytes;
-    if (tensor_index_.count(t.name)) r.Fail("duplicate tensor name '" + t.name + "'");
+    if (tensor_index_.count(t.name)) r.Fail("duplicate tensor name");
     tensor_index_.emplace(t.name, tensors_.size());
     tensors_.push_back(std::move(t));
   }
@@ -255,15 +358,19 @@ void File::Parse() {
       throw Error(path_ + ": tensor '" + t.name + "' data offset " + std::to_string(t.offset) +
                   " is not aligned to " + std::to_string(alignment_));
     if (t.offset > size_ - data_offset_ || t.n_bytes > size_ - data_offset_ - t.offset)
-      throw Error(path_ + ": tensor '" + t.name + "' " + t.ShapeString() + " of type " + TypeName(t.type) +
-                  " needs bytes " + std::to_string(data_offset_ + t.offset) + ".." +
-                  std::to_string(data_offset_ + t.offset + t.n_bytes) + " but the file ends at " +
-                  std::to_string(size_) + " (truncated or corrupt)");
+      throw Error(path_ + ": tensor '" + t.name + "' " + t.ShapeString() + " of type " +
+                  TypeName(t.type) + " needs " + std::to_string(t.n_bytes) +
+                  " bytes at data offset " + std::to_string(t.offset) +
+                  " (data section starts at byte " + std::to_string(data_offset_) +
+                  ") but the file ends at byte " + std::to_string(size_) +
+                  " (truncated, or a corrupt data offset)");
     t.data = base_ + data_offset_ + t.offset;
   }
 }
 
-bool File::Has(std::string_view key) const { return kv_.find(key) != kv_.end(); }
+bool File::Has(std::string_view key) const {
+  return kv_.find(key) != kv_.end();
+}
 
 const Value* File::Find(std::string_view key) const {
   auto it = kv_.find(key);
@@ -279,7 +386,8 @@ namespace {
 std::optional<std::string> File::GetStringOr(std::string_view key) const {
   const Value* v = Find(key);
   if (!v) return std::nullopt;
-  if (v->type != ValueType::kString) KeyError(path_, key, std::string("is ") + ValueTypeName(v->type) + ", expected string");
+  if (v->type != ValueType::kString)
+    KeyError(path_, key, std::string("is ") + ValueTypeName(v->type) + ", expected string");
   return std::get<std::string>(v->scalar);
 }
 
@@ -288,7 +396,8 @@ std::optional<int64_t> File::GetIntOr(std::string_view key) const {
   if (!v) return std::nullopt;
   if (auto* i = std::get_if<int64_t>(&v->scalar)) return *i;
   if (auto* u = std::get_if<uint64_t>(&v->scalar)) {
-    if (*u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) KeyError(path_, key, "is out of range");
+    if (*u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+      KeyError(path_, key, "is out of range");
     return static_cast<int64_t>(*u);
   }
   KeyError(path_, key, std::string("is ") + ValueTypeName(v->type) + ", expected an integer");
@@ -334,14 +443,16 @@ bool File::GetBool(std::string_view key) const {
 const std::vector<std::string>& File::GetStringArray(std::string_view key) const {
   const Value* v = Find(key);
   if (!v) KeyError(path_, key, "is missing");
-  if (!v->IsArray() || v->elem_type != ValueType::kString) KeyError(path_, key, "is not an array of strings");
+  if (!v->IsArray() || v->elem_type != ValueType::kString)
+    KeyError(path_, key, "is not an array of strings");
   return v->strings;
 }
 
 const std::vector<double>& File::GetNumberArray(std::string_view key) const {
   const Value* v = Find(key);
   if (!v) KeyError(path_, key, "is missing");
-  if (!v->IsArray() || v->elem_type == ValueType::kString) KeyError(path_, key, "is not a numeric array");
+  if (!v->IsArray() || v->elem_type == ValueType::kString)
+    KeyError(path_, key, "is not a numeric array");
   return v->numbers;
 }
 

@@ -17,8 +17,19 @@
 namespace es::gguf {
 
 enum class ValueType : uint32_t {
-  kU8 = 0, kI8 = 1, kU16 = 2, kI16 = 3, kU32 = 4, kI32 = 5, kF32 = 6, kBool = 7,
-  kString = 8, kArray = 9, kU64 = 10, kI64 = 11, kF64 = 12,
+  kU8 = 0,
+  kI8 = 1,
+  kU16 = 2,
+  kI16 = 3,
+  kU32 = 4,
+  kI32 = 5,
+  kF32 = 6,
+  kBool = 7,
+  kString = 8,
+  kArray = 9,
+  kU64 = 10,
+  kI64 = 11,
+  kF64 = 12,
 };
 const char* ValueTypeName(ValueType t);
 
@@ -41,7 +52,7 @@ struct TensorInfo {
   std::string name;
   std::vector<int64_t> dims;  // ggml order: dims[0] is the contiguous (row) dimension
   TensorType type = TensorType::kF32;
-  uint64_t offset = 0;        // relative to the data section
+  uint64_t offset = 0;  // relative to the data section
   size_t n_bytes = 0;
   const uint8_t* data = nullptr;  // into the mapping
 
@@ -68,6 +79,8 @@ class File {
   bool Has(std::string_view key) const;
   const Value* Find(std::string_view key) const;
   const std::map<std::string, Value, std::less<>>& metadata() const { return kv_; }
+  // Metadata keys in the order the file stores them.
+  const std::vector<std::string>& metadata_keys() const { return key_order_; }
   // Typed getters: throw es::Error naming the key if missing or of the wrong kind.
   std::string GetString(std::string_view key) const;
   int64_t GetInt(std::string_view key) const;
@@ -101,6 +114,7 @@ class File {
   size_t alignment_ = 32;
   size_t data_offset_ = 0;
   std::map<std::string, Value, std::less<>> kv_;
+  std::vector<std::string> key_order_;
   std::vector<TensorInfo> tensors_;
   std::map<std::string, size_t, std::less<>> tensor_index_;
 };
