@@ -461,10 +461,8 @@ std::vector<std::string> SupportedTargets() {
 }
 
 void SetTargetForTesting(const std::string& name) {
-  if (name.empty()) {
-    hwy::SetSupportedTargetsForTest(0);
-    return;
-  }
+  hwy::SetSupportedTargetsForTest(0);  // the list below must not be limited by an earlier call
+  if (name.empty()) return;
   for (int64_t t : hwy::SupportedAndGeneratedTargets()) {
     if (name == hwy::TargetName(t)) {
       hwy::SetSupportedTargetsForTest(t);
