@@ -1,0 +1,77 @@
+// Synthetic models: random weights at the real shapes of known models, with a real vocabulary
+// copied from a vocabulary GGUF, written tensor by tensor (a 13B model never sits in memory).
+// For tests and benchmarks of models we cannot ship.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "model/model_quantize.h"
+
+namespace es::model {
+
+struct SynthPreset {
+  const char* name;
+  const char* arch;  // "llama" or "qwen2"
+  int n_embd;
+  int n_layer;
+  int n_head;
+  int n_head_kv;
+  int n_ff;
+  int n_ctx;  // training context (<arch>.context_length)
+  float rope_base;
+  float rms_eps;
+  bool tied_output;  // no output.weight: the head reuses token_embd
+  bool qkv_bias;     // Q/K/V biases (qwen2)
+  int ref_vocab;     // the real model's vocabulary size, for sizes listed without a vocab file
+  bool hidden;       // small presets for tests, not listed
+  const char* description;
+
+  int head_dim() const { return n_embd / n_head; }
+};
+
+// All presets, listed ones first.
+const std::vector<SynthPreset>& SynthPresets();
+std::optional<SynthPreset> FindSynthPreset(std::string_view name);
+// Names of the listed presets, "a, b, c".
+std::string SynthPresetNames();
+
+// The preset's tensors (all F32, as generated) in llama.cpp's write order.
+std::vector<TensorDesc> SynthTensors(const SynthPreset& p, int n_vocab);
+uint64_t SynthParamCount(const SynthPreset& p, int n_vocab);
+// Bytes of the tensor data section of the preset written as `format` (alignment padding included).
+uint64_t SynthDataBytes(const SynthPreset& p, int n_vocab, const QuantFormat& format);
+
+// One row of random weights: deterministic in (seed, tensor name, row), independent of threads.
+// Values are near-normal (sum of four uniforms: mean 0, standard deviation `stddev`, bounded by
+// 3.5 stddev) so that activations stay in a sane range through every layer.
+void SynthRow(uint64_t seed, std::string_view tensor, int64_t row, float* out, int64_t n,
+              float stddev);
+
+struct SynthOptions {
+  uint64_t seed = 42;
+  int threads = 0;  // 0: all cores
+  float stddev = 0.02f;
+  std::string name;  // general.name; default: the preset name
+  // (bytes of tensor data written, total tensor data bytes, tensor being written)
+  std::function<void(uint64_t, uint64_t, const std::string&)> progress;
+  std::function<void(const std::string&)> warn;  // one call per fallback tensor
+};
+
+struct SynthResult {
+  std::vector<TensorPlan> plan;
+  int n_vocab = 0;
+  uint64_t n_params = 0;
+  uint64_t file_bytes = 0;
+};
+
+// Writes a model for preset `p` to `out` in `format`, with every tokenizer.* entry of the
+// vocabulary GGUF `vocab` (n_vocab = its token count). Norm weights are 1, everything else is
+// SynthRow noise. es::Error names the vocabulary file or output at fault.
+SynthResult SynthesizeModel(const SynthPreset& p, const std::string& vocab, const std::string& out,
+                            const QuantFormat& format, const SynthOptions& options = {});
+
+}  // namespace es::model
