@@ -28,7 +28,7 @@ TEST(Cli, NoSubcommandIsUsageError) {
 }
 
 TEST(Cli, UnknownOptionIsUsageError) {
-  auto r = RunCli("run --no-such-flag");
+  auto r = RunCli("run -m " + ModelPath("stories260K.gguf") + " -p hi --no-such-flag");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("no-such-flag"), std::string::npos) << r.err;
 }

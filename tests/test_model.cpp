@@ -1,6 +1,7 @@
 // Model loading: hyperparameters from metadata, and clear errors for models we cannot run.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -14,15 +15,16 @@ namespace {
 
 using es::test::ModelPath;
 
-// Copies a shared model to a temp file, replacing the first occurrence of `from` by `to`
-// (same length), and returns the copy's path.
+// Copies a shared model to a temp file, replacing every occurrence of `from` by `to` (same
+// length), and returns the copy's path.
 std::string PatchedCopy(const std::string& model, const std::string& from, const std::string& to,
                         const std::string& name) {
   std::string bytes = es::test::ReadFile(ModelPath(model));
-  auto at = bytes.find(from);
-  EXPECT_NE(at, std::string::npos) << from;
   EXPECT_EQ(from.size(), to.size());
-  if (at != std::string::npos) bytes.replace(at, from.size(), to);
+  size_t n = 0;
+  for (auto at = bytes.find(from); at != std::string::npos; at = bytes.find(from, at + 1), ++n)
+    bytes.replace(at, from.size(), to);
+  EXPECT_GT(n, 0u) << from;
   const std::string out = (std::filesystem::temp_directory_path() / name).string();
   std::ofstream(out, std::ios::binary) << bytes;
   return out;
