@@ -47,6 +47,8 @@ Workspace::Workspace(const ModelConfig& c, int max_batch, int max_ctx, int n_thr
   q16.resize(b * c.q_dim());
   scores.resize(static_cast<size_t>(n_threads) * max_ctx);
   scores16.resize(static_cast<size_t>(n_threads) * max_ctx);
+  rows.resize(b);
+  max_ctx_ = max_ctx;
 }
 
 std::unique_ptr<LlamaModel> LlamaModel::Load(const std::string& path, const LoadOptions& opts) {
@@ -104,19 +106,17 @@ void LlamaModel::Embed(const int32_t* tokens, int n, float* hidden) const {
   }
 }
 
-void LlamaModel::Attention(const Layer& L, const KvLayer& kv, int n, int64_t pos0, Workspace& ws,
+void LlamaModel::Attention(int layer, int n, const BatchRow* rows, Workspace& ws,
                            kernels::ThreadPool& pool) const {
-  (void)L;
   const ModelConfig& c = cfg_;
   const int hd = c.head_dim;
   const int kv_dim = c.kv_dim();
   const int q_dim = c.q_dim();
   const int group = c.n_head / c.n_head_kv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const bool f16 = kv.type == TensorType::kF16;
   // llama.cpp multiplies F16 keys with queries rounded to F16, and F16 values with F16 weights.
-  if (f16) kernels::ConvertF32ToF16(ws.q.data(), ws.q16.data(), static_cast<int64_t>(n) * q_dim);
-  const int64_t max_ctx = kv.n_ctx;
+  kernels::ConvertF32ToF16(ws.q.data(), ws.q16.data(), static_cast<int64_t>(n) * q_dim);
+  const int64_t max_ctx = ws.max_ctx();
   pool.ParallelFor(static_cast<int64_t>(n) * c.n_head, [&](int64_t begin, int64_t end, int th) {
     float* s = ws.scores.data() + static_cast<size_t>(th) * max_ctx;
     f16_t* s16 = ws.scores16.data() + static_cast<size_t>(th) * max_ctx;
@@ -124,10 +124,11 @@ void LlamaModel::Attention(const Layer& L, const KvLayer& kv, int n, int64_t pos
       const int i = static_cast<int>(task / c.n_head);
       const int h = static_cast<int>(task % c.n_head);
       const int kvh = h / group;
-      const int64_t n_kv = pos0 + i + 1;  // causal: keys 0..pos
+      const KvLayer& kv = rows[i].kv[layer];
+      const int64_t n_kv = rows[i].pos + 1;  // causal: keys 0..pos of this row's sequence
       float* out = ws.attn_out.data() + static_cast<size_t>(i) * q_dim + h * hd;
       std::memset(out, 0, sizeof(float) * hd);
-      if (f16) {
+      if (kv.type == TensorType::kF16) {
         const f16_t* q = ws.q16.data() + static_cast<size_t>(i) * q_dim + h * hd;
         const f16_t* K = static_cast<const f16_t*>(kv.k) + kvh * hd;
         for (int64_t j = 0; j < n_kv; ++j) s[j] = kernels::DotF16(q, K + j * kv_dim, hd) * scale;
@@ -149,16 +150,28 @@ void LlamaModel::Attention(const Layer& L, const KvLayer& kv, int n, int64_t pos
 
 void LlamaModel::ForwardBlocks(int first, int last, float* hidden, int n, int64_t pos0,
                                const KvLayer* kv, Workspace& ws, kernels::ThreadPool& pool) const {
+  if (n > ws.max_batch()) throw Error("batch larger than the workspace");
+  for (int i = 0; i < n; ++i) ws.rows[i] = BatchRow{kv, pos0 + i};
+  ForwardBlocks(first, last, hidden, n, ws.rows.data(), ws, pool);
+}
+
+void LlamaModel::ForwardBlocks(int first, int last, float* hidden, int n, const BatchRow* rows,
+                               Workspace& ws, kernels::ThreadPool& pool) const {
   const ModelConfig& c = cfg_;
   if (first < 0 || last > c.n_layer || first > last) throw Error("invalid layer range");
   if (n > ws.max_batch()) throw Error("batch larger than the workspace");
   const int d = c.n_embd, kv_dim = c.kv_dim(), q_dim = c.q_dim();
+  for (int i = 0; i < n; ++i) {
+    for (int l = first; l < last; ++l) {
+      const KvLayer& cache = rows[i].kv[l];
+      if (!cache.k || rows[i].pos < 0 || rows[i].pos >= cache.n_ctx)
+        throw Error("context is full: position " + std::to_string(rows[i].pos) + " is past the context of " +
+                    std::to_string(cache.n_ctx) + " tokens (start with a larger -c)");
+      if (cache.n_ctx > ws.max_ctx()) throw Error("KV cache longer than the workspace was sized for");
+    }
+  }
   for (int l = first; l < last; ++l) {
     const Layer& L = layers_[l];
-    const KvLayer& cache = kv[l];
-    if (pos0 + n > cache.n_ctx)
-      throw Error("context is full: " + std::to_string(pos0 + n) + " positions needed, the context holds " +
-                  std::to_string(cache.n_ctx) + " (start with a larger -c)");
     for (int i = 0; i < n; ++i)
       kernels::RmsNorm(hidden + static_cast<size_t>(i) * d, L.attn_norm, ws.xb.data() + static_cast<size_t>(i) * d, d,
                        c.rms_eps);
@@ -174,7 +187,8 @@ void LlamaModel::ForwardBlocks(int first, int last, float* hidden, int n, int64_
         kernels::Add(k, L.bk, kv_dim);
         kernels::Add(v, L.bv, kv_dim);
       }
-      const int64_t pos = pos0 + i;
+      const int64_t pos = rows[i].pos;
+      const KvLayer& cache = rows[i].kv[l];
       for (int h = 0; h < c.n_head; ++h) kernels::Rope(q + h * c.head_dim, c.head_dim, c.n_rot, pos, c.rope_base, c.rope_neox);
       for (int h = 0; h < c.n_head_kv; ++h)
         kernels::Rope(k + h * c.head_dim, c.head_dim, c.n_rot, pos, c.rope_base, c.rope_neox);
@@ -186,7 +200,7 @@ void LlamaModel::ForwardBlocks(int first, int last, float* hidden, int n, int64_
         std::memcpy(static_cast<float*>(cache.v) + pos * kv_dim, v, sizeof(float) * kv_dim);
       }
     }
-    Attention(L, cache, n, pos0, ws, pool);
+    Attention(l, n, rows, ws, pool);
     kernels::MatMul(L.wo, ws.attn_out.data(), q_dim, n, ws.xb.data(), d, pool, ws.scratch);
     kernels::Add(hidden, ws.xb.data(), static_cast<int64_t>(n) * d);
 

@@ -21,19 +21,29 @@ struct KvLayer {
   int64_t n_ctx = 0;
 };
 
+// One row of a batch: the cache of the sequence it belongs to (indexed by layer) and its
+// position. Rows of several sequences can share one forward pass (continuous batching).
+struct BatchRow {
+  const KvLayer* kv = nullptr;
+  int64_t pos = 0;
+};
+
 // Activations of a batch of up to `max_batch` tokens, allocated once per context.
 class Workspace {
  public:
   Workspace(const ModelConfig& c, int max_batch, int max_ctx, int n_threads);
   int max_batch() const { return max_batch_; }
+  int64_t max_ctx() const { return max_ctx_; }
   std::vector<float> xb, q, k, v, attn_out, gate, up;
   std::vector<f16_t> q16;          // queries rounded to the KV type (F16 caches)
   std::vector<float> scores;       // per thread: max_ctx attention weights
   std::vector<f16_t> scores16;     // per thread
+  std::vector<BatchRow> rows;      // max_batch
   kernels::Scratch scratch;
 
  private:
   int max_batch_;
+  int64_t max_ctx_ = 0;
 };
 
 struct LoadOptions {
@@ -56,6 +66,10 @@ class LlamaModel {
   // (one sequence, causal). kv[l] is layer l's cache; rows pos0..pos0+n-1 are written.
   void ForwardBlocks(int first, int last, float* hidden, int n, int64_t pos0, const KvLayer* kv,
                      Workspace& ws, kernels::ThreadPool& pool) const;
+  // The same for rows that may belong to different sequences: row i is at rows[i].pos of the
+  // sequence whose caches are rows[i].kv. Rows of one sequence must be in position order.
+  void ForwardBlocks(int first, int last, float* hidden, int n, const BatchRow* rows, Workspace& ws,
+                     kernels::ThreadPool& pool) const;
   // Final norm and output head for `n` rows of hidden state; logits [n, n_vocab].
   // Overwrites hidden with its normalised values.
   void Head(float* hidden, int n, float* logits, Workspace& ws, kernels::ThreadPool& pool) const;
@@ -69,8 +83,7 @@ class LlamaModel {
     kernels::Matrix w_gate, w_up, w_down;
   };
   LlamaModel() = default;
-  void Attention(const Layer& L, const KvLayer& kv, int n, int64_t pos0, Workspace& ws,
-                 kernels::ThreadPool& pool) const;
+  void Attention(int layer, int n, const BatchRow* rows, Workspace& ws, kernels::ThreadPool& pool) const;
 
   std::unique_ptr<gguf::File> file_;
   ModelConfig cfg_;
