@@ -37,11 +37,22 @@ ModelInfo Model::Info() const {
   const auto& c = impl_->model->config();
   ModelInfo i{c.arch, c.name, c.n_layer, c.n_embd, c.n_head, c.n_head_kv, c.n_ff, c.n_vocab, c.n_ctx_train,
               impl_->model->weight_bytes(), impl_->model->file().file_size(), ""};
-  std::map<std::string, size_t> by_type;
-  for (const auto& t : impl_->model->file().tensors()) by_type[TypeName(t.type)] += t.n_bytes;
-  size_t best = 0;
-  for (const auto& [name, bytes] : by_type)
-    if (bytes > best) best = bytes, i.weight_type = name;
+  // llama.cpp's file type names, as users know them from file names; else the dominant type.
+  static const std::map<int64_t, const char*> kFileTypes = {
+      {0, "F32"},     {1, "F16"},     {2, "Q4_0"},    {3, "Q4_1"},    {7, "Q8_0"},    {8, "Q5_0"},
+      {9, "Q5_1"},    {10, "Q2_K"},   {11, "Q3_K_S"}, {12, "Q3_K_M"}, {13, "Q3_K_L"}, {14, "Q4_K_S"},
+      {15, "Q4_K_M"}, {16, "Q5_K_S"}, {17, "Q5_K_M"}, {18, "Q6_K"},   {32, "BF16"}};
+  const auto ft = impl_->model->file().GetIntOr("general.file_type");
+  if (ft && kFileTypes.count(*ft)) {
+    i.weight_type = kFileTypes.at(*ft);
+  } else {
+    std::map<std::string, size_t> by_type;
+    for (const auto& t : impl_->model->file().tensors())
+      if (t.dims.size() > 1) by_type[TypeName(t.type)] += t.n_bytes;
+    size_t best = 0;
+    for (const auto& [name, bytes] : by_type)
+      if (bytes > best) best = bytes, i.weight_type = name;
+  }
   return i;
 }
 
