@@ -27,6 +27,7 @@ struct ModelInfo {
   std::string arch, name;
   int n_layer, n_embd, n_head, n_head_kv, n_ff, n_vocab, n_ctx_train;
   size_t weight_bytes;
+  size_t weight_bytes_per_token;  // weights read to generate one token (one embedding row)
   size_t file_bytes;
   std::string weight_type;  // most common weight type, e.g. "Q4_0"
 };

@@ -35,8 +35,11 @@ Model::~Model() = default;
 
 ModelInfo Model::Info() const {
   const auto& c = impl_->model->config();
-  ModelInfo i{c.arch, c.name, c.n_layer, c.n_embd, c.n_head, c.n_head_kv, c.n_ff, c.n_vocab, c.n_ctx_train,
-              impl_->model->weight_bytes(), impl_->model->file().file_size(), ""};
+  const size_t embd = impl_->model->file().GetTensor("token_embd.weight").n_bytes;
+  const size_t per_token = impl_->model->weight_bytes() - (c.tied_output ? 0 : embd - embd / c.n_vocab);
+  ModelInfo i{c.arch,    c.name,      c.n_layer,     c.n_embd,
+              c.n_head,  c.n_head_kv, c.n_ff,        c.n_vocab,
+              c.n_ctx_train, impl_->model->weight_bytes(), per_token, impl_->model->file().file_size(), ""};
   // llama.cpp's file type names, as users know them from file names; else the dominant type.
   static const std::map<int64_t, const char*> kFileTypes = {
       {0, "F32"},     {1, "F16"},     {2, "Q4_0"},    {3, "Q4_1"},    {7, "Q8_0"},    {8, "Q5_0"},

@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <sys/resource.h>
+#include <thread>
 
 #include "cli/cli_command.h"
 #include "cli/cli_common.h"
@@ -20,7 +22,40 @@ struct BenchOptions {
   int reps = 5;
   int batch = 512;
   bool json = false;
+  bool membw = false;
 };
+
+// Read bandwidth of this machine: threads sum disjoint slices of a buffer far larger than the
+// caches; the best of several passes, in bytes per second. Decode speed is judged against it.
+double MeasureReadBandwidth(int threads) {
+  const size_t bytes = size_t{1} << 30;
+  std::vector<uint64_t> buf(bytes / 8);
+  for (size_t i = 0; i < buf.size(); ++i) buf[i] = i;
+  double best = 0;
+  for (int pass = 0; pass < 5; ++pass) {
+    std::vector<uint64_t> sums(threads);
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::thread> ts;
+    for (int t = 0; t < threads; ++t)
+      ts.emplace_back([&, t] {
+        const size_t b = buf.size() * t / threads, e = buf.size() * (t + 1) / threads;
+        uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+        for (size_t i = b; i + 4 <= e; i += 4) a0 += buf[i], a1 += buf[i + 1], a2 += buf[i + 2], a3 += buf[i + 3];
+        sums[t] = a0 + a1 + a2 + a3;
+      });
+    for (auto& th : ts) th.join();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, bytes / s);
+    if (sums[0] == 42) std::fprintf(stderr, " ");  // keeps the sums alive
+  }
+  return best;
+}
+
+size_t PeakRssBytes() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<size_t>(ru.ru_maxrss) * 1024;
+}
 
 struct Stats {
   double median, min, max, stddev;
@@ -39,6 +74,21 @@ Stats Summarize(std::vector<double> v) {
 }
 
 int Bench(const BenchOptions& o) {
+  if (o.membw) {
+    nlohmann::json rows = nlohmann::json::array();
+    for (int t : o.threads) {
+      const int n = t > 0 ? t : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+      const double bw = MeasureReadBandwidth(n);
+      if (o.json) {
+        rows.push_back({{"threads", n}, {"read_bytes_per_s", bw}});
+      } else {
+        std::printf("memory read bandwidth, %d threads: %.2f GB/s\n", n, bw / 1e9);
+      }
+    }
+    if (o.json) std::printf("%s\n", rows.dump(2).c_str());
+    return kExitOk;
+  }
+  if (o.model.empty()) throw UsageError("-m MODEL is required (or --memory-bandwidth)");
   auto model = LoadModel(o.model);
   const auto info = model->Info();
   std::mt19937 rng(42);
@@ -77,7 +127,8 @@ int Bench(const BenchOptions& o) {
         results.push_back({{"model", o.model}, {"type", info.weight_type}, {"size_bytes", info.file_bytes},
                            {"threads", ctx.n_threads()}, {"test", test}, {"n_tokens", n}, {"reps", o.reps},
                            {"tokens_per_s", tps}, {"median", st.median}, {"min", st.min}, {"max", st.max},
-                           {"stddev", st.stddev}});
+                           {"stddev", st.stddev}, {"weight_bytes", info.weight_bytes}, {"weight_bytes_per_token", info.weight_bytes_per_token},
+                           {"kv_bytes", ctx.kv_bytes()}, {"peak_rss_bytes", PeakRssBytes()}});
       } else {
         std::printf("| %s | %s | %s | %d | %s | %.2f | %.2f | %.2f | %.2f |\n", info.name.c_str(),
                     info.weight_type.c_str(), HumanBytes(static_cast<double>(info.file_bytes)).c_str(),
@@ -95,7 +146,8 @@ int Bench(const BenchOptions& o) {
 const bool registered = RegisterCommand("bench", [](CLI::App& app) {
   auto o = std::make_shared<BenchOptions>();
   auto* cmd = app.add_subcommand("bench", "measure prompt processing and generation speed");
-  cmd->add_option("-m,--model", o->model, "GGUF model file")->required()->check(CLI::ExistingFile);
+  cmd->add_option("-m,--model", o->model, "GGUF model file")->check(CLI::ExistingFile);
+  cmd->add_flag("--memory-bandwidth", o->membw, "measure this machine's memory read bandwidth instead");
   cmd->add_option("-p,--n-prompt", o->n_prompt, "prompt tokens (pp test; 0 skips)")->check(CLI::Range(0, 1 << 20));
   cmd->add_option("-n,--n-gen", o->n_gen, "generated tokens (tg test; 0 skips)")->check(CLI::Range(0, 1 << 20));
   cmd->add_option("-t,--threads", o->threads, "thread counts, comma separated")

@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Side-by-side speed of edgeshard and llama.cpp on the same files, in one run.
+
+Writes docs/benchmarks.md: machine, commit, memory bandwidth, and for every model x type x
+thread count the median tokens/s of prompt processing (pp512) and generation (tg128) of both
+engines, their ratio, generation as a fraction of the bandwidth roofline, and peak RSS.
+
+llama.cpp is not built by this script (nothing from it enters this repo): point LLAMA_BENCH at
+a llama-bench binary you built yourself outside the repo (see docs/benchmarks.md), e.g.
+    LLAMA_BENCH=~/llama.cpp/build/bin/llama-bench bench/compare_llamacpp.py
+Models are synthesised with `edgeshard synth` into --models-dir (default ../bench-models).
+"""
+import argparse, datetime, json, os, platform, statistics, subprocess, sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_json(cmd):
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out[out.index("["):])
+
+
+def ensure_model(es, models_dir, vocab, preset, typ):
+    path = os.path.join(models_dir, f"synth-{preset}.{typ}.gguf")
+    if not os.path.exists(path):
+        print(f"synthesising {path}", file=sys.stderr)
+        subprocess.run([es, "synth", "--preset", preset, "--type", typ, "--vocab", vocab, "-o", path], check=True)
+    return path
+
+
+def peer_version(llama_bench):
+    out = subprocess.run([llama_bench, "--version"], capture_output=True, text=True)
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return text[0] if text else "unknown version"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--edgeshard", default=os.path.join(ROOT, "build/release/edgeshard"))
+    ap.add_argument("--llama-bench", default=os.environ.get("LLAMA_BENCH", ""))
+    ap.add_argument("--models-dir", default=os.path.join(ROOT, "..", "bench-models"))
+    ap.add_argument("--vocab", default=os.path.join(ROOT, "..", "shared/models/vocab/ggml-vocab-llama-spm.gguf"))
+    ap.add_argument("--presets", default="stories110m,tinyllama-1.1b")
+    ap.add_argument("--types", default="f16,q8_0,q4_0,q4_k_m")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("-r", "--repetitions", type=int, default=5)
+    ap.add_argument("-p", type=int, default=512)
+    ap.add_argument("-n", type=int, default=128)
+    ap.add_argument("-o", "--output", default=os.path.join(ROOT, "docs/benchmarks.md"))
+    a = ap.parse_args()
+    if not a.llama_bench or not os.access(a.llama_bench, os.X_OK):
+        sys.exit("set LLAMA_BENCH (or --llama-bench) to a llama-bench binary built outside this repo")
+    if not os.access(a.edgeshard, os.X_OK):
+        sys.exit(f"{a.edgeshard} not found: build first (scripts/build release)")
+    os.makedirs(a.models_dir, exist_ok=True)
+    threads = [int(t) for t in a.threads.split(",")]
+
+    bw = {row["threads"]: row["read_bytes_per_s"] for row in
+          run_json([a.edgeshard, "bench", "--memory-bandwidth", "-t", a.threads, "--json"])}
+    rows = []
+    for preset in a.presets.split(","):
+        for typ in a.types.split(","):
+            path = ensure_model(a.edgeshard, a.models_dir, a.vocab, preset, typ)
+            for t in threads:
+                # Alternate the engines per configuration so drift on a shared machine hits both.
+                es = run_json([a.edgeshard, "bench", "-m", path, "-p", str(a.p), "-n", str(a.n), "-t", str(t),
+                               "-r", str(a.repetitions), "--json"])
+                lc = run_json([a.llama_bench, "-m", path, "-p", str(a.p), "-n", str(a.n), "-t", str(t),
+                               "-r", str(a.repetitions), "-o", "json"])
+                for test in ("pp", "tg"):
+                    e = next(r for r in es if r["test"].startswith(test))
+                    l = next(r for r in lc if (r["n_prompt"] > 0) == (test == "pp"))
+                    l_med = statistics.median(l["samples_ts"])
+                    row = {"preset": preset, "type": typ, "threads": t, "test": e["test"], "edgeshard": e["median"],
+                           "llama_cpp": l_med, "ratio": e["median"] / l_med, "peak_rss": e["peak_rss_bytes"],
+                           "file_bytes": e["size_bytes"], "kv_bytes": e["kv_bytes"]}
+                    if test == "tg":
+                        # Bytes read per generated token: every weight once (the embedding only one row).
+                        row["roofline_fraction"] = e["median"] * e["weight_bytes_per_token"] / bw[t]
+                    rows.append(row)
+                    print(json.dumps(row), file=sys.stderr)
+
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    lines = [
+        "# Benchmarks: edgeshard vs llama.cpp (same files, same machine, one run)", "",
+        f"- Machine: {cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
+        f"- edgeshard commit: {commit}; peer: llama.cpp {peer_version(a.llama_bench)}",
+        f"- Date: {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC; {a.repetitions} repetitions, medians; ratio = edgeshard / llama.cpp",
+        "- Memory read bandwidth (edgeshard bench --memory-bandwidth): " +
+        ", ".join(f"{t} thread(s) {bw[t] / 1e9:.1f} GB/s" for t in threads),
+        "- Roofline fraction: generation tokens/s x bytes read per token / read bandwidth at that thread count",
+        f"- Command: `LLAMA_BENCH=... bench/compare_llamacpp.py --threads {a.threads} -r {a.repetitions}`", "",
+        "| model | type | threads | test | edgeshard t/s | llama.cpp t/s | ratio | roofline | peak RSS | file + KV + 64 MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        budget = r["file_bytes"] + r["kv_bytes"] + 64 * 2**20
+        roof = f"{100 * r['roofline_fraction']:.0f}%" if "roofline_fraction" in r else ""
+        lines.append(f"| {r['preset']} | {r['type']} | {r['threads']} | {r['test']} | {r['edgeshard']:.1f} | "
+                     f"{r['llama_cpp']:.1f} | {r['ratio']:.2f} | {roof} | {r['peak_rss'] / 2**20:.0f} MiB | "
+                     f"{budget / 2**20:.0f} MiB |")
+    os.makedirs(os.path.dirname(a.output), exist_ok=True)
+    with open(a.output, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
