@@ -1,0 +1,158 @@
+// Kernel micro-benchmarks. Decode (matrix-vector) is reported as GB/s of weights read, with
+// matrices larger than the last-level cache; prompt processing (batch 512) as GFLOP/s.
+//   ./bench_kernels --benchmark_filter=MatVec
+#include <benchmark/benchmark.h>
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/kernels.h"
+#include "tensor/tensor_quant.h"
+#include "tensor/tensor_types.h"
+
+namespace {
+
+using es::TensorType;
+namespace k = es::kernels;
+
+constexpr TensorType kTypes[] = {TensorType::kF32,  TensorType::kF16,  TensorType::kBF16,
+                                 TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_K,
+                                 TensorType::kQ6_K};
+
+// A weight matrix of `rows` x `cols`: 64 distinct quantized rows, repeated (contents do not
+// change the speed, and quantizing hundreds of MB would dominate start-up).
+struct Weights {
+  std::vector<uint8_t> bytes;
+  k::Matrix m;
+};
+
+Weights MakeWeights(TensorType t, int64_t rows, int64_t cols) {
+  std::mt19937 rng(1);
+  std::normal_distribution<float> dist(0.0f, 0.02f);
+  const size_t rb = es::RowBytes(t, cols);
+  std::vector<uint8_t> distinct(rb * 64);
+  std::vector<float> row(cols);
+  for (int r = 0; r < 64; ++r) {
+    for (auto& v : row) v = dist(rng);
+    es::QuantizeRowRef(t, row.data(), distinct.data() + r * rb, cols);
+  }
+  Weights w;
+  w.bytes.resize(rb * rows);
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(w.bytes.data() + r * rb, distinct.data() + (r % 64) * rb, rb);
+  w.m = k::Matrix{w.bytes.data(), t, rows, cols, rb};
+  return w;
+}
+
+std::vector<float> Activations(int64_t n) {
+  std::mt19937 rng(2);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> x(n);
+  for (auto& v : x) v = dist(rng);
+  return x;
+}
+
+// Decode: y = W x for one token. 4096 columns; rows chosen so the matrix is ~4x the L3 size.
+void BM_MatVec(benchmark::State& state) {
+  const TensorType t = kTypes[state.range(0)];
+  const int threads = static_cast<int>(state.range(1));
+  const int64_t cols = 4096;
+  const int64_t target_bytes = int64_t{128} << 20;
+  const int64_t rows =
+      std::max<int64_t>(64, target_bytes / static_cast<int64_t>(es::RowBytes(t, cols)) / 64 * 64);
+  const Weights w = MakeWeights(t, rows, cols);
+  const auto x = Activations(cols);
+  std::vector<float> y(rows);
+  k::ThreadPool pool(threads);
+  k::Scratch scratch;
+  for (auto _ : state) {
+    k::MatMul(w.m, x.data(), cols, 1, y.data(), rows, pool, scratch);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetLabel(std::string(es::TypeName(t)) + " " + std::to_string(rows) + "x4096 " +
+                 k::ActiveTarget());
+  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(w.bytes.size()) / 1e9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Prompt processing: 512 tokens through a 4096 x 4096 matrix.
+void BM_MatMul512(benchmark::State& state) {
+  const TensorType t = kTypes[state.range(0)];
+  const int threads = static_cast<int>(state.range(1));
+  const int64_t rows = 4096, cols = 4096, batch = 512;
+  const Weights w = MakeWeights(t, rows, cols);
+  const auto x = Activations(cols * batch);
+  std::vector<float> y(rows * batch);
+  k::ThreadPool pool(threads);
+  k::Scratch scratch;
+  for (auto _ : state) {
+    k::MatMul(w.m, x.data(), cols, batch, y.data(), rows, pool, scratch);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetLabel(std::string(es::TypeName(t)) + " " + k::ActiveTarget());
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * rows * cols * batch / 1e9,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void TypeThreadArgs(benchmark::internal::Benchmark* b) {
+  for (int threads : {1, 2})
+    for (int t = 0; t < static_cast<int>(std::size(kTypes)); ++t) b->Args({t, threads});
+}
+
+BENCHMARK(BM_MatVec)->Apply(TypeThreadArgs)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_MatMul512)
+    ->Apply(TypeThreadArgs)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(1.0);
+
+void BM_RmsNorm(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const auto x = Activations(n), w = Activations(n);
+  std::vector<float> y(n);
+  for (auto _ : state) {
+    k::RmsNorm(x.data(), w.data(), y.data(), n, 1e-5f);
+    benchmark::DoNotOptimize(y.data());
+  }
+}
+BENCHMARK(BM_RmsNorm)->Arg(4096);
+
+void BM_Softmax(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  const auto x = Activations(n);
+  std::vector<float> y(n);
+  for (auto _ : state) {
+    y = x;
+    k::Softmax(y.data(), n);
+    benchmark::DoNotOptimize(y.data());
+  }
+}
+BENCHMARK(BM_Softmax)->Arg(4096)->Arg(32000);
+
+void BM_RopeHeads(benchmark::State& state) {
+  // 32 heads of 128 at one position: the per-token cost in a 7B model layer.
+  auto x = Activations(32 * 128);
+  int64_t pos = 0;
+  for (auto _ : state) {
+    ++pos;
+    for (int h = 0; h < 32; ++h) k::Rope(x.data() + h * 128, 128, 128, pos, 10000.0f, false);
+    benchmark::DoNotOptimize(x.data());
+  }
+}
+BENCHMARK(BM_RopeHeads);
+
+void BM_SiluMul(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  auto g = Activations(n);
+  const auto u = Activations(n);
+  for (auto _ : state) {
+    k::SiluMul(g.data(), u.data(), n);
+    benchmark::DoNotOptimize(g.data());
+  }
+}
+BENCHMARK(BM_SiluMul)->Arg(11008);
+
+}  // namespace
+
+BENCHMARK_MAIN();
