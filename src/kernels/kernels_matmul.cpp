@@ -3,15 +3,19 @@
 //
 // Activations are converted once per row of x (ConvertActs) into a target-private layout:
 //   F32/F16/BF16 weights: the f32 values as the dot product sees them (rounded through f16/bf16).
-//   Q8_0/Q4_0 weights:    int16 q[n] | float d[n/32] (Q8_0 quantization, d rounded through f16).
-//   Q4_K/Q6_K weights:    int16 q[n] | float d[n/256] | int32 sum32[n/32] (Q8_K quantization).
-// Keeping the quants widened to int16 lets every target use a 16x16->32 multiply-add (pmaddwd on
-// x86) without re-widening per weight row. Integer sums are exact; each block's sum is scaled
-// in f32 and accumulated per lane, as llama.cpp does.
+//   Q8_0/Q4_0 weights:    Q8_0 quantization; Q4_K/Q6_K weights: Q8_K quantization.
+// Two integer designs:
+//   * Portable (every target but AVX3_DL): quants widened to int16 once per activation row, so
+//     each target multiplies with a 16x16->32 pairwise multiply-add (pmaddwd on x86).
+//   * AVX3_DL (AVX-512 VNNI): int8 quants and 8x8->32 dot products of four bytes (vpdpbusd),
+//     two 32-element blocks per 512-bit vector; per-lane scale patterns and exact integer
+//     corrections are precomputed with the activations.
+// Integer sums are exact; each block's sum is scaled in f32 and accumulated per lane, as
+// llama.cpp does.
 //
 // Weight rows are processed in tiles of R rows x C activation rows so that each weight block is
 // loaded and unpacked once and applied to C activation rows (prompt processing), and each
-// activation block is loaded once for R weight rows.
+// activation block is loaded once for R weight rows. Decode streams one weight row at a time.
 #include "kernels/kernels_hwy.h"
 // clang-format off
 #undef HWY_TARGET_INCLUDE
@@ -34,31 +38,16 @@ namespace {
 constexpr size_t RoundUp64(size_t v) {
   return (v + 63) & ~size_t{63};
 }
-// Byte offsets inside one converted activation row.
+// Byte offsets inside one converted activation row (quants start at offset 0).
 struct ActLayout {
-  size_t d_off = 0;    // float scales
-  size_t sum_off = 0;  // int32 sums of 32 quants (Q8_K only)
+  size_t d_off = 0;     // float scale per block
+  size_t sum_off = 0;   // int16 path, Q8_K: int32 sums of 32 quants
+  size_t dxl_off = 0;   // VNNI, Q8_0: float scale per int32 lane (8 per block)
+  size_t corr_off = 0;  // VNNI, Q8_0: int32 -8 * (sum of 4 quants) per lane, for Q4_0
+  size_t bs16_off = 0;  // VNNI, Q8_K: int16 sums of 16 quants
+  size_t bs32_off = 0;  // VNNI, Q8_K: int16 sums of 32 quants
   size_t bytes = 0;
 };
-inline ActLayout LayoutFor(TensorType w, int64_t n) {
-  ActLayout l;
-  const size_t un = static_cast<size_t>(n);
-  switch (VecDotType(w)) {
-    case TensorType::kQ8_0:
-      l.d_off = RoundUp64(un * 2);
-      l.bytes = RoundUp64(l.d_off + un / kQK8_0 * 4);
-      break;
-    case TensorType::kQ8_K:
-      l.d_off = RoundUp64(un * 2);
-      l.sum_off = RoundUp64(l.d_off + un / kQK_K * 4);
-      l.bytes = RoundUp64(l.sum_off + un / 32 * 4);
-      break;
-    default:
-      l.bytes = RoundUp64(un * 4);
-      break;
-  }
-  return l;
-}
 }  // namespace
 }  // namespace es::kernels::detail
 #endif
@@ -67,7 +56,48 @@ HWY_BEFORE_NAMESPACE();
 namespace es::kernels::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 using detail::ActLayout;
-using detail::LayoutFor;
+using detail::RoundUp64;
+
+#undef ES_VNNI
+#if HWY_TARGET == HWY_AVX3_DL
+#define ES_VNNI 1
+#else
+#define ES_VNNI 0
+#endif
+
+ActLayout LayoutFor(TensorType w, int64_t n) {
+  ActLayout l;
+  const size_t un = static_cast<size_t>(n);
+  switch (VecDotType(w)) {
+    case TensorType::kQ8_0:
+#if ES_VNNI
+      l.d_off = RoundUp64(un);
+      l.dxl_off = RoundUp64(l.d_off + un / 32 * 4);
+      l.corr_off = RoundUp64(l.dxl_off + un / 32 * 8 * 4);
+      l.bytes = RoundUp64(l.corr_off + un / 4 * 4);
+#else
+      l.d_off = RoundUp64(un * 2);
+      l.bytes = RoundUp64(l.d_off + un / kQK8_0 * 4);
+#endif
+      break;
+    case TensorType::kQ8_K:
+#if ES_VNNI
+      l.d_off = RoundUp64(un);
+      l.bs16_off = RoundUp64(l.d_off + un / kQK_K * 4);
+      l.bs32_off = RoundUp64(l.bs16_off + un / 16 * 2);
+      l.bytes = RoundUp64(l.bs32_off + un / 32 * 2);
+#else
+      l.d_off = RoundUp64(un * 2);
+      l.sum_off = RoundUp64(l.d_off + un / kQK_K * 4);
+      l.bytes = RoundUp64(l.sum_off + un / 32 * 4);
+#endif
+      break;
+    default:
+      l.bytes = RoundUp64(un * 4);
+      break;
+  }
+  return l;
+}
 
 // Scalar f16 -> f32 through the target's conversion (a single instruction with F16C).
 HWY_INLINE float HalfToFloat(const f16_t* p) {
@@ -138,25 +168,55 @@ void ConvertFloatRow(TensorType w, const float* x, int64_t n, float* out) {
 }
 
 // Q8_0 as llama.cpp's x86 backend: d = amax/127 (stored as f16), q = round_even(x * 127/amax).
-void ConvertRowQ8_0(const float* x, int64_t n, uint8_t* row, const ActLayout& l) {
+// Portable layout: int16 quants. VNNI layout: int8 quants, biased by +128 for Q8_0 weights (the
+// unsigned operand of vpdpbusd), or unbiased with the per-lane -8 * sum correction for Q4_0.
+void ConvertRowQ8_0(TensorType w, const float* x, int64_t n, uint8_t* row, const ActLayout& l) {
   const hn::CappedTag<float, 16> df;
-  const hn::Rebind<int16_t, decltype(df)> d16;
   const size_t N = hn::Lanes(df);
-  auto* q = reinterpret_cast<int16_t*>(row);
   auto* dst_d = reinterpret_cast<float*>(row + l.d_off);
+#if ES_VNNI
+  const hn::Rebind<int8_t, decltype(df)> d8;
+  const hn::Rebind<uint8_t, decltype(df)> du8;
+  const hn::RebindToSigned<decltype(df)> di;
+  const bool biased = w == TensorType::kQ8_0;
+  auto* dxl = reinterpret_cast<float*>(row + l.dxl_off);
+#else
+  (void)w;
+  const hn::Rebind<int16_t, decltype(df)> d16;
+  auto* q = reinterpret_cast<int16_t*>(row);
+#endif
   for (int64_t b = 0; b < n / kQK8_0; ++b) {
     const float* xb = x + b * kQK8_0;
     auto vmax = hn::Zero(df);
     for (size_t k = 0; k < kQK8_0; k += N) vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, xb + k)));
     const float amax = hn::GetLane(hn::MaxOfLanes(df, vmax));
-    const f16_t dh = F32ToF16(amax / 127.0f);
-    dst_d[b] = F16ToF32(dh);
+    const float d = F16ToF32(F32ToF16(amax / 127.0f));
+    dst_d[b] = d;
     const auto vid = hn::Set(df, amax != 0.0f ? 127.0f / amax : 0.0f);
     for (size_t k = 0; k < kQK8_0; k += N) {
       const auto qi = hn::NearestInt(hn::Mul(hn::LoadU(df, xb + k), vid));
+#if ES_VNNI
+      if (biased) {
+        hn::StoreU(hn::DemoteTo(du8, hn::Add(qi, hn::Set(di, 128))), du8, row + b * kQK8_0 + k);
+      } else {
+        hn::StoreU(hn::DemoteTo(d8, qi), d8, reinterpret_cast<int8_t*>(row) + b * kQK8_0 + k);
+      }
+#else
       hn::StoreU(hn::DemoteTo(d16, qi), d16, q + b * kQK8_0 + k);
+#endif
     }
+#if ES_VNNI
+    std::fill(dxl + 8 * b, dxl + 8 * b + 8, d);
+#endif
   }
+#if ES_VNNI
+  if (!biased) {
+    const auto* q8 = reinterpret_cast<const int8_t*>(row);
+    auto* corr = reinterpret_cast<int32_t*>(row + l.corr_off);
+    for (int64_t g = 0; g < n / 4; ++g)
+      corr[g] = -8 * (q8[4 * g] + q8[4 * g + 1] + q8[4 * g + 2] + q8[4 * g + 3]);
+  }
+#endif
 }
 
 // Q8_K as llama.cpp: the signed value of largest magnitude maps to -127; q = min(127,
@@ -164,44 +224,60 @@ void ConvertRowQ8_0(const float* x, int64_t n, uint8_t* row, const ActLayout& l)
 void ConvertRowQ8_K(const float* x, int64_t n, uint8_t* row, const ActLayout& l) {
   const hn::CappedTag<float, 16> df;
   const hn::RebindToSigned<decltype(df)> di;
-  const hn::Rebind<int16_t, decltype(df)> d16;
   const size_t N = hn::Lanes(df);
-  auto* q = reinterpret_cast<int16_t*>(row);
   auto* dst_d = reinterpret_cast<float*>(row + l.d_off);
+#if ES_VNNI
+  const hn::Rebind<int8_t, decltype(df)> dq;
+  auto* q = reinterpret_cast<int8_t*>(row);
+  auto* bs16 = reinterpret_cast<int16_t*>(row + l.bs16_off);
+  auto* bs32 = reinterpret_cast<int16_t*>(row + l.bs32_off);
+#else
+  const hn::Rebind<int16_t, decltype(df)> dq;
+  auto* q = reinterpret_cast<int16_t*>(row);
   auto* sums = reinterpret_cast<int32_t*>(row + l.sum_off);
+#endif
   for (int64_t b = 0; b < n / kQK_K; ++b) {
     const float* xb = x + b * kQK_K;
     auto vmax = hn::Zero(df);
     for (size_t k = 0; k < kQK_K; k += N) vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, xb + k)));
     const float amax = hn::GetLane(hn::MaxOfLanes(df, vmax));
-    int16_t* qb = q + b * kQK_K;
+    auto* qb = q + b * kQK_K;
+    int32_t s16[16] = {};
     if (amax == 0.0f) {
       dst_d[b] = 0.0f;
       std::fill(qb, qb + kQK_K, 0);
-      std::fill(sums + b * 8, sums + b * 8 + 8, 0);
-      continue;
-    }
-    // The first element reaching amax decides the sign, as in the scalar reference.
-    float max = 0.0f;
-    for (int j = 0; j < kQK_K; ++j) {
-      if (std::fabs(xb[j]) == amax) {
-        max = xb[j];
-        break;
+    } else {
+      // The first element reaching amax decides the sign, as in the scalar reference.
+      float max = 0.0f;
+      for (int j = 0; j < kQK_K; ++j) {
+        if (std::fabs(xb[j]) == amax) {
+          max = xb[j];
+          break;
+        }
       }
-    }
-    const float iscale = -127.0f / max;
-    const auto vis = hn::Set(df, iscale);
-    for (int g = 0; g < kQK_K / 32; ++g) {
-      auto acc = hn::Zero(di);
-      for (size_t k = 0; k < 32; k += N) {
-        auto qi = hn::NearestInt(hn::Mul(hn::LoadU(df, xb + 32 * g + k), vis));
-        qi = hn::Min(qi, hn::Set(di, 127));
-        acc = hn::Add(acc, qi);
-        hn::StoreU(hn::DemoteTo(d16, qi), d16, qb + 32 * g + k);
+      const float iscale = -127.0f / max;
+      const auto vis = hn::Set(df, iscale);
+      for (int g = 0; g < kQK_K / 16; ++g) {
+        auto acc = hn::Zero(di);
+        for (size_t k = 0; k < 16; k += N) {
+          auto qi = hn::NearestInt(hn::Mul(hn::LoadU(df, xb + 16 * g + k), vis));
+          qi = hn::Min(qi, hn::Set(di, 127));
+          acc = hn::Add(acc, qi);
+          hn::StoreU(hn::DemoteTo(dq, qi), dq, qb + 16 * g + k);
+        }
+        s16[g] = hn::GetLane(hn::SumOfLanes(di, acc));
       }
-      sums[b * 8 + g] = hn::GetLane(hn::SumOfLanes(di, acc));
+      dst_d[b] = 1.0f / iscale;
     }
-    dst_d[b] = 1.0f / iscale;
+    for (int g = 0; g < 8; ++g) {
+#if ES_VNNI
+      bs16[b * 16 + 2 * g] = static_cast<int16_t>(s16[2 * g]);
+      bs16[b * 16 + 2 * g + 1] = static_cast<int16_t>(s16[2 * g + 1]);
+      bs32[b * 8 + g] = static_cast<int16_t>(s16[2 * g] + s16[2 * g + 1]);
+#else
+      sums[b * 8 + g] = s16[2 * g] + s16[2 * g + 1];
+#endif
+    }
   }
 }
 
@@ -217,7 +293,7 @@ void ConvertActsImpl(TensorType w, const float* x, int64_t ldx, int64_t n, int64
     const float* xr = x + b * ldx;
     uint8_t* row = dst + static_cast<size_t>(b) * stride;
     if (vt == TensorType::kQ8_0) {
-      ConvertRowQ8_0(xr, n, row, l);
+      ConvertRowQ8_0(w, xr, n, row, l);
     } else if (vt == TensorType::kQ8_K) {
       ConvertRowQ8_K(xr, n, row, l);
     } else {
@@ -226,17 +302,28 @@ void ConvertActsImpl(TensorType w, const float* x, int64_t ldx, int64_t n, int64
   }
 }
 
+// Quant j of a converted row.
+HWY_INLINE int ActQuant(TensorType w, const uint8_t* row, int64_t j) {
+#if ES_VNNI
+  if (w == TensorType::kQ8_0) return static_cast<int>(row[j]) - 128;
+  return reinterpret_cast<const int8_t*>(row)[j];
+#else
+  (void)w;
+  return reinterpret_cast<const int16_t*>(row)[j];
+#endif
+}
+
 // Repacks one converted row into the reference block format (tests compare bytes).
 void ActsToBlocksImpl(TensorType w, const uint8_t* row, int64_t n, void* blocks) {
   const ActLayout l = LayoutFor(w, n);
-  const auto* q = reinterpret_cast<const int16_t*>(row);
   const auto* d = reinterpret_cast<const float*>(row + l.d_off);
   switch (VecDotType(w)) {
     case TensorType::kQ8_0: {
       auto* out = static_cast<BlockQ8_0*>(blocks);
       for (int64_t b = 0; b < n / kQK8_0; ++b) {
         out[b].d = F32ToF16(d[b]);
-        for (int j = 0; j < kQK8_0; ++j) out[b].qs[j] = static_cast<int8_t>(q[b * kQK8_0 + j]);
+        for (int j = 0; j < kQK8_0; ++j)
+          out[b].qs[j] = static_cast<int8_t>(ActQuant(w, row, b * kQK8_0 + j));
       }
       break;
     }
@@ -244,11 +331,16 @@ void ActsToBlocksImpl(TensorType w, const uint8_t* row, int64_t n, void* blocks)
       auto* out = static_cast<BlockQ8_K*>(blocks);
       for (int64_t b = 0; b < n / kQK_K; ++b) {
         out[b].d = d[b];
-        for (int j = 0; j < kQK_K; ++j) out[b].qs[j] = static_cast<int8_t>(q[b * kQK_K + j]);
+        for (int j = 0; j < kQK_K; ++j)
+          out[b].qs[j] = static_cast<int8_t>(ActQuant(w, row, b * kQK_K + j));
         for (int g = 0; g < kQK_K / 16; ++g) {
+#if ES_VNNI
+          out[b].bsums[g] = reinterpret_cast<const int16_t*>(row + l.bs16_off)[b * 16 + g];
+#else
           int s = 0;
-          for (int j = 0; j < 16; ++j) s += q[b * kQK_K + 16 * g + j];
+          for (int j = 0; j < 16; ++j) s += out[b].qs[16 * g + j];
           out[b].bsums[g] = static_cast<int16_t>(s);
+#endif
         }
       }
       break;
@@ -267,6 +359,12 @@ void ActsToBlocksImpl(TensorType w, const uint8_t* row, int64_t n, void* blocks)
       std::memcpy(blocks, row, static_cast<size_t>(n) * 4);
   }
 }
+
+#if ES_VNNI
+// Highway's AVX3_DL target string lacks avx512vnni although its CPU check requires it.
+#pragma GCC push_options
+#pragma GCC target("avx512vnni")
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // Tiles: y[c * ldy + r] for R weight rows starting at w (row_bytes apart) and C activation rows
@@ -594,6 +692,327 @@ struct Q6KKernel : QuantKernelBase<BlockQ6_K> {
   }
 };
 
+#if ES_VNNI
+// ---------------------------------------------------------------------------------------------
+// AVX-512 VNNI kernels. Int32 lane i of a dot product covers bytes 4i..4i+3, so with blocks laid
+// out contiguously, lanes map to fixed element groups and per-lane scale patterns apply.
+
+using D8 = hn::ScalableTag<int8_t>;
+using DU8 = hn::ScalableTag<uint8_t>;
+using DU16 = hn::ScalableTag<uint16_t>;
+using D32 = hn::ScalableTag<int32_t>;
+using V8 = hn::Vec<D8>;
+using VU8 = hn::Vec<DU8>;
+using V32 = hn::Vec<D32>;
+
+// acc[i] += sum_k a[4i + k] * b[4i + k], a unsigned bytes, b signed bytes (vpdpbusd).
+HWY_INLINE V32 DotBytes(V32 acc, VU8 a, V8 b) {
+  return V32{_mm512_dpbusd_epi32(acc.raw, a.raw, b.raw)};
+}
+// acc[i] += lo16(a[i]) * lo16(b[i]) + hi16(a[i]) * hi16(b[i]) (vpdpwssd). Used with b holding
+// a scale in its low half and 0 in its high half, and a an int32 that fits in int16.
+HWY_INLINE V32 DotPairs(V32 acc, V32 a, V32 b) {
+  return V32{_mm512_dpwssd_epi32(acc.raw, a.raw, b.raw)};
+}
+
+// Per-lane shift counts for 16-bit lanes: `lo` in the lower 256 bits, `hi` in the upper.
+HWY_NOINLINE hn::Vec<DU16> HalfShifts(int lo, int hi) {
+  const DU16 d;
+  const hn::Half<DU16> dh;
+  return hn::Combine(d, hn::Set(dh, static_cast<uint16_t>(hi)),
+                     hn::Set(dh, static_cast<uint16_t>(lo)));
+}
+
+// Lane patterns for scales: lane i takes source lane (i / group) + base.
+HWY_NOINLINE hn::Indices512<int32_t> GroupIndices(int base, int group) {
+  alignas(64) int32_t idx[16];
+  for (int i = 0; i < 16; ++i) idx[i] = base + i / group;
+  return hn::SetTableIndices(D32(), idx);
+}
+
+struct VnniBase {
+  using Acc = DF;
+  const TileArgs& t;
+  explicit VnniBase(const TileArgs& args) : t(args) {}
+  const uint8_t* XQ(int c) const { return t.a + c * t.as; }
+  float XD(int c, int64_t b) const {
+    return reinterpret_cast<const float*>(t.a + c * t.as + t.l.d_off)[b];
+  }
+  const float* DXL(int c) const {
+    return reinterpret_cast<const float*>(t.a + c * t.as + t.l.dxl_off);
+  }
+  float Finish(int, int, float sum) const { return sum; }
+};
+
+// Q8_0 weights x (q + 128) activations: two blocks per step. sum(w * x) = sum(w * (x + 128)) -
+// 128 * sum(w); the second term is computed per weight row and seeds the accumulator.
+struct Q8_0Vnni : VnniBase {
+  using VnniBase::VnniBase;
+  int64_t nb() const { return t.n / 32; }
+  int64_t Steps() const { return nb() / 2; }
+  const BlockQ8_0* W(int r) const { return reinterpret_cast<const BlockQ8_0*>(t.w + r * t.wrb); }
+  template <int R, int C>
+  HWY_INLINE void Step(int64_t s, VF (&acc)[R][C]) const {
+    const D8 d8;
+    const DU8 du8;
+    const D32 d32;
+    const DF df;
+    const hn::Half<D8> d8h;
+    const hn::Half<DF> dfh;
+    V8 w[R];
+    V32 seed[R];
+    VF dw[R];
+    for (int r = 0; r < R; ++r) {
+      const BlockQ8_0* blk = W(r) + 2 * s;
+      w[r] = hn::Combine(d8, hn::LoadU(d8h, blk[1].qs), hn::LoadU(d8h, blk[0].qs));
+      seed[r] = hn::Neg(DotBytes(hn::Zero(d32), hn::Set(du8, 0x80), w[r]));
+      dw[r] = hn::Combine(df, hn::Set(dfh, HalfToFloat(&blk[1].d)),
+                          hn::Set(dfh, HalfToFloat(&blk[0].d)));
+    }
+    for (int c = 0; c < C; ++c) {
+      const VU8 xu = hn::Load(du8, XQ(c) + 64 * s);
+      const VF dx = hn::Load(df, DXL(c) + 16 * s);
+      for (int r = 0; r < R; ++r)
+        acc[r][c] = hn::MulAdd(hn::ConvertTo(df, DotBytes(seed[r], xu, w[r])), hn::Mul(dw[r], dx),
+                               acc[r][c]);
+    }
+  }
+  float Finish(int r, int c, float sum) const {
+    if (nb() % 2) {  // odd block count: the last block in scalar code
+      const int64_t b = nb() - 1;
+      const BlockQ8_0& blk = W(r)[b];
+      int isum = 0;
+      for (int j = 0; j < 32; ++j) isum += blk.qs[j] * (static_cast<int>(XQ(c)[32 * b + j]) - 128);
+      sum += static_cast<float>(isum) * (HalfToFloat(&blk.d) * XD(c, b));
+    }
+    return sum;
+  }
+};
+
+// Q4_0 weights (unsigned nibbles) x int8 activations: two blocks per step; the -8 offset is the
+// precomputed per-lane correction that seeds the accumulator.
+struct Q4_0Vnni : VnniBase {
+  hn::Vec<DU16> shifts = HalfShifts(0, 0);
+  explicit Q4_0Vnni(const TileArgs& args) : VnniBase(args) {
+    // Each 128-bit block holds one copy of a block's 16 bytes: low nibbles in copies 0 and 2,
+    // high nibbles in copies 1 and 3.
+    alignas(64) uint16_t sh[32];
+    for (int i = 0; i < 32; ++i) sh[i] = ((i / 8) % 2) ? 4 : 0;
+    shifts = hn::Load(DU16(), sh);
+  }
+  int64_t nb() const { return t.n / 32; }
+  int64_t Steps() const { return nb() / 2; }
+  const BlockQ4_0* W(int r) const { return reinterpret_cast<const BlockQ4_0*>(t.w + r * t.wrb); }
+  const int32_t* Corr(int c) const {
+    return reinterpret_cast<const int32_t*>(t.a + c * t.as + t.l.corr_off);
+  }
+  template <int R, int C>
+  HWY_INLINE void Step(int64_t s, VF (&acc)[R][C]) const {
+    const D8 d8;
+    const DU8 du8;
+    const DU16 du16;
+    const D32 d32;
+    const DF df;
+    const hn::Half<DF> dfh;
+    VU8 q[R];
+    VF dw[R];
+    for (int r = 0; r < R; ++r) {
+      const BlockQ4_0* blk = W(r) + 2 * s;
+      const VU8 v =
+          hn::ConcatUpperLower(du8, hn::LoadDup128(du8, blk[1].qs), hn::LoadDup128(du8, blk[0].qs));
+      q[r] = hn::And(hn::BitCast(du8, hn::BitCast(du16, v) >> shifts), hn::Set(du8, 0x0F));
+      dw[r] = hn::Combine(df, hn::Set(dfh, HalfToFloat(&blk[1].d)),
+                          hn::Set(dfh, HalfToFloat(&blk[0].d)));
+    }
+    for (int c = 0; c < C; ++c) {
+      const V8 x = hn::Load(d8, reinterpret_cast<const int8_t*>(XQ(c)) + 64 * s);
+      const V32 seed = hn::Load(d32, Corr(c) + 16 * s);
+      const VF dx = hn::Load(df, DXL(c) + 16 * s);
+      for (int r = 0; r < R; ++r)
+        acc[r][c] =
+            hn::MulAdd(hn::ConvertTo(df, DotBytes(seed, q[r], x)), hn::Mul(dw[r], dx), acc[r][c]);
+    }
+  }
+  float Finish(int r, int c, float sum) const {
+    if (nb() % 2) {
+      const int64_t b = nb() - 1;
+      const BlockQ4_0& blk = W(r)[b];
+      const auto* x = reinterpret_cast<const int8_t*>(XQ(c)) + 32 * b;
+      int isum = 0;
+      for (int j = 0; j < 16; ++j)
+        isum += ((blk.qs[j] & 15) - 8) * x[j] + ((blk.qs[j] >> 4) - 8) * x[j + 16];
+      sum += static_cast<float>(isum) * (HalfToFloat(&blk.d) * XD(c, b));
+    }
+    return sum;
+  }
+};
+
+struct KVnniBase : VnniBase {
+  using VnniBase::VnniBase;
+  int64_t Steps() const { return t.n / kQK_K; }
+  const int8_t* X(int c, int64_t b) const {
+    return reinterpret_cast<const int8_t*>(t.a + c * t.as) + b * kQK_K;
+  }
+  const int16_t* BS16(int c, int64_t b) const {
+    return reinterpret_cast<const int16_t*>(t.a + c * t.as + t.l.bs16_off) + b * 16;
+  }
+  const int16_t* BS32(int c, int64_t b) const {
+    return reinterpret_cast<const int16_t*>(t.a + c * t.as + t.l.bs32_off) + b * 8;
+  }
+};
+
+// Q4_K: 64 elements per vector (the 32 bytes of nibbles for sub-blocks 2p and 2p + 1, low nibbles
+// in the lower half); int32 lanes 0-7 belong to sub-block 2p, 8-15 to 2p + 1. The six-bit scales
+// multiply the lane sums (which fit int16) with vpdpwssd; the mins meet the precomputed sums of
+// 32 activations.
+template <int RMax, int CMax>
+struct Q4KVnni : KVnniBase {
+  using D32x4 = hn::Full128<int32_t>;
+  using DFx4 = hn::Full128<float>;
+  // Min terms per output, 4 lanes each, reduced in Finish.
+  mutable hn::Vec<DFx4> minacc[RMax][CMax];
+  hn::Vec<DU16> shifts = HalfShifts(0, 4);
+  hn::Indices512<int32_t> pat[4] = {GroupIndices(0, 8), GroupIndices(2, 8), GroupIndices(4, 8),
+                                    GroupIndices(6, 8)};
+  explicit Q4KVnni(const TileArgs& args) : KVnniBase(args) {
+    for (int r = 0; r < RMax; ++r)
+      for (int c = 0; c < CMax; ++c) minacc[r][c] = hn::Zero(DFx4());
+  }
+  const BlockQ4_K* W(int r) const { return reinterpret_cast<const BlockQ4_K*>(t.w + r * t.wrb); }
+  // The 8 six-bit scales and mins as bytes of two 64-bit words (no round trip through memory:
+  // a vector load of freshly stored scalars would stall on store forwarding).
+  static HWY_INLINE void ScaleMinBytes(const uint8_t* q, uint64_t* sc, uint64_t* mn) {
+    uint32_t u0, u1, u2;
+    std::memcpy(&u0, q, 4);
+    std::memcpy(&u1, q + 4, 4);
+    std::memcpy(&u2, q + 8, 4);
+    const uint32_t sc_lo = u0 & 0x3f3f3f3fu, mn_lo = u1 & 0x3f3f3f3fu;
+    const uint32_t sc_hi = (u2 & 0x0f0f0f0fu) | (((u0 >> 6) & 0x03030303u) << 4);
+    const uint32_t mn_hi = ((u2 >> 4) & 0x0f0f0f0fu) | (((u1 >> 6) & 0x03030303u) << 4);
+    *sc = sc_lo | (static_cast<uint64_t>(sc_hi) << 32);
+    *mn = mn_lo | (static_cast<uint64_t>(mn_hi) << 32);
+  }
+  template <int R, int C>
+  HWY_INLINE void Step(int64_t b, VF (&acc)[R][C]) const {
+    const D8 d8;
+    const DU8 du8;
+    const hn::Half<DU8> du8h;
+    const DU16 du16;
+    const D32 d32;
+    const DF df;
+    const hn::Full128<uint64_t> d64x2;
+    const hn::Full128<uint8_t> d8x16;
+    const hn::Full64<uint8_t> d8x8;
+    const hn::Full128<int16_t> d16x8;
+    const D32x4 d32x4;
+    const DFx4 dfx4;
+    VU8 q[R][4];
+    V32 sc[R][4];
+    hn::Vec<decltype(d16x8)> mins[R];
+    float d[R], dmin[R];
+    for (int r = 0; r < R; ++r) {
+      const BlockQ4_K& blk = W(r)[b];
+      uint64_t sc64, mn64;
+      ScaleMinBytes(blk.scales, &sc64, &mn64);
+      const V32 all = hn::PromoteTo(d32, hn::BitCast(d8x16, hn::Set(d64x2, sc64)));
+      const auto mbytes = hn::LowerHalf(d8x8, hn::BitCast(d8x16, hn::Set(d64x2, mn64)));
+      mins[r] = hn::BitCast(d16x8, hn::PromoteTo(hn::Full128<uint16_t>(), mbytes));
+      for (int p = 0; p < 4; ++p) {
+        sc[r][p] = hn::TableLookupLanes(all, pat[p]);
+        const auto half = hn::LoadU(du8h, blk.qs + 32 * p);
+        const VU8 v = hn::Combine(du8, half, half);
+        q[r][p] = hn::And(hn::BitCast(du8, hn::BitCast(du16, v) >> shifts), hn::Set(du8, 0x0F));
+      }
+      d[r] = HalfToFloat(&blk.d);
+      dmin[r] = HalfToFloat(&blk.dmin);
+    }
+    for (int c = 0; c < C; ++c) {
+      const int8_t* xb = X(c, b);
+      V8 x[4];
+      for (int p = 0; p < 4; ++p) x[p] = hn::Load(d8, xb + 64 * p);
+      const auto bs = hn::Load(d16x8, BS32(c, b));
+      const float dx = XD(c, b);
+      for (int r = 0; r < R; ++r) {
+        V32 isum = hn::Zero(d32);
+        for (int p = 0; p < 4; ++p)
+          isum = DotPairs(isum, DotBytes(hn::Zero(d32), q[r][p], x[p]), sc[r][p]);
+        acc[r][c] = hn::MulAdd(hn::ConvertTo(df, isum), hn::Set(df, d[r] * dx), acc[r][c]);
+        auto m1 = hn::Zero(d32x4);
+        const auto m0 = hn::ReorderWidenMulAccumulate(d32x4, mins[r], bs, hn::Zero(d32x4), m1);
+        minacc[r][c] = hn::MulAdd(hn::ConvertTo(dfx4, hn::Add(m0, m1)), hn::Set(dfx4, dmin[r] * dx),
+                                  minacc[r][c]);
+      }
+    }
+  }
+  float Finish(int r, int c, float sum) const {
+    return sum - hn::GetLane(hn::SumOfLanes(DFx4(), minacc[r][c]));
+  }
+};
+
+// Q6_K: 64 elements per vector, assembled from 64 bytes of ql and 32 bytes of qh (duplicated in
+// both halves and shifted per half); unsigned values 0..63. Lanes of 16 elements share a scale;
+// the -32 offset is -32 * sum(scale * sums of 16 activations), which seeds the accumulator.
+struct Q6KVnni : KVnniBase {
+  hn::Vec<DU16> shl_a = HalfShifts(4, 2);
+  hn::Vec<DU16> shr_b = HalfShifts(0, 2);
+  hn::Indices512<int32_t> pat[4] = {GroupIndices(0, 4), GroupIndices(4, 4), GroupIndices(8, 4),
+                                    GroupIndices(12, 4)};
+  using KVnniBase::KVnniBase;
+  const BlockQ6_K* W(int r) const { return reinterpret_cast<const BlockQ6_K*>(t.w + r * t.wrb); }
+  template <int R, int C>
+  HWY_INLINE void Step(int64_t b, VF (&acc)[R][C]) const {
+    const D8 d8;
+    const DU8 du8;
+    const hn::Half<DU8> du8h;
+    const DU16 du16;
+    const D32 d32;
+    const DF df;
+    const hn::Full256<int16_t> d16x16;
+    const hn::Full256<int32_t> d32x8;
+    const hn::Rebind<int8_t, D32> d8x16;
+    VU8 q[R][4];
+    V32 sc[R][4];
+    hn::Vec<decltype(d16x16)> csc[R];
+    float d[R];
+    const VU8 m0f = hn::Set(du8, 0x0F), m30 = hn::Set(du8, 0x30);
+    for (int r = 0; r < R; ++r) {
+      const BlockQ6_K& blk = W(r)[b];
+      const V32 all = hn::PromoteTo(d32, hn::LoadU(d8x16, blk.scales));
+      // Keep only the low 16 bits: DotPairs multiplies the high halves too.
+      for (int j = 0; j < 4; ++j)
+        sc[r][j] = hn::And(hn::TableLookupLanes(all, pat[j]), hn::Set(d32, 0xFFFF));
+      csc[r] = hn::Mul(hn::PromoteTo(d16x16, hn::LoadU(hn::Full128<int8_t>(), blk.scales)),
+                       hn::Set(d16x16, -32));
+      for (int h = 0; h < 2; ++h) {
+        const VU8 ql = hn::LoadU(du8, blk.ql + 64 * h);
+        const auto qh_half = hn::LoadU(du8h, blk.qh + 32 * h);
+        const auto qh = hn::BitCast(du16, hn::Combine(du8, qh_half, qh_half));
+        q[r][2 * h] = hn::OrAnd(hn::And(ql, m0f), hn::BitCast(du8, qh << shl_a), m30);
+        q[r][2 * h + 1] =
+            hn::OrAnd(hn::And(hn::BitCast(du8, hn::ShiftRight<4>(hn::BitCast(du16, ql))), m0f),
+                      hn::BitCast(du8, qh >> shr_b), m30);
+      }
+      d[r] = HalfToFloat(&blk.d);
+    }
+    for (int c = 0; c < C; ++c) {
+      const int8_t* xb = X(c, b);
+      V8 x[4];
+      for (int j = 0; j < 4; ++j) x[j] = hn::Load(d8, xb + 64 * j);
+      const auto bs = hn::LoadU(d16x16, BS16(c, b));
+      const float dx = XD(c, b);
+      for (int r = 0; r < R; ++r) {
+        auto c1 = hn::Zero(d32x8);
+        const auto c0 = hn::ReorderWidenMulAccumulate(d32x8, csc[r], bs, hn::Zero(d32x8), c1);
+        V32 isum = hn::ZeroExtendVector(d32, hn::Add(c0, c1));
+        for (int j = 0; j < 4; ++j)
+          isum = DotPairs(isum, DotBytes(hn::Zero(d32), q[r][j], x[j]), sc[r][j]);
+        acc[r][c] = hn::MulAdd(hn::ConvertTo(df, isum), hn::Set(df, d[r] * dx), acc[r][c]);
+      }
+    }
+  }
+};
+#endif  // ES_VNNI
+
 // ---------------------------------------------------------------------------------------------
 // Driver: tiles over [r0, r1) x [0, batch).
 
@@ -628,6 +1047,16 @@ TileSet TilesFor(TensorType t) {
       return MakeTiles<4, 4, FloatKernel<LoadF16>>();
     case TensorType::kBF16:
       return MakeTiles<4, 4, FloatKernel<LoadBF16>>();
+#if ES_VNNI
+    case TensorType::kQ8_0:
+      return MakeTiles<4, 4, Q8_0Vnni>();
+    case TensorType::kQ4_0:
+      return MakeTiles<4, 4, Q4_0Vnni>();
+    case TensorType::kQ4_K:
+      return MakeTiles<2, 4, Q4KVnni>();
+    case TensorType::kQ6_K:
+      return MakeTiles<2, 4, Q6KVnni>();
+#else
     case TensorType::kQ8_0:
       return MakeTiles<4, 4, Q32Kernel<UnpackQ8_0>>();
     case TensorType::kQ4_0:
@@ -636,6 +1065,7 @@ TileSet TilesFor(TensorType t) {
       return MakeTiles<2, 4, Q4KKernel>();
     case TensorType::kQ6_K:
       return MakeTiles<2, 4, Q6KKernel>();
+#endif
     default:
       return {nullptr, nullptr, nullptr, nullptr, 1, 1};
   }
@@ -685,6 +1115,10 @@ void MatMulRowsImpl(const Matrix& w, const detail::Acts& acts, int64_t batch, in
     for (; r < r1; ++r) row_tile(r, cb, ce, ts.one_cols, ts.one_one);
   }
 }
+
+#if ES_VNNI
+#pragma GCC pop_options
+#endif
 
 }  // namespace es::kernels::HWY_NAMESPACE
 HWY_AFTER_NAMESPACE();
