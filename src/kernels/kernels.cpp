@@ -185,11 +185,13 @@ void MatMul(const Matrix& w, const float* x, int64_t ldx, int64_t batch, float* 
     detail::MatMulRows(w, acts, batch, 0, w.rows, y, ldy);
     return;
   }
-  // Contiguous row ranges in units of 4 rows (the widest row tile), balanced across threads.
-  const int64_t units = (w.rows + 3) / 4;
+  // Contiguous row ranges, balanced across threads, in units that every row-tile height
+  // (2, 3, 4, 6) divides so that no thread ends on a partial tile.
+  const int64_t unit = batch == 1 ? 1 : 12;
+  const int64_t units = (w.rows + unit - 1) / unit;
   pool.Run([&](int t) {
     const int64_t u0 = units * t / threads, u1 = units * (t + 1) / threads;
-    const int64_t r0 = std::min(w.rows, u0 * 4), r1 = std::min(w.rows, u1 * 4);
+    const int64_t r0 = std::min(w.rows, u0 * unit), r1 = std::min(w.rows, u1 * unit);
     if (r0 < r1) detail::MatMulRows(w, acts, batch, r0, r1, y, ldy);
   });
 }

@@ -1039,28 +1039,40 @@ TileSet MakeTiles() {
   return {&Tile<R, C, K>, &Tile<R, 1, K>, &Tile<1, C, K>, &Tile<1, 1, K>, R, C};
 }
 
+// Tile shapes measured on Zen 5 (AVX3_DL) and its AVX2 fallback, batch 256-512: the accumulators
+// must fit the register file (32 vector registers on AVX-512, 16 on AVX2).
 TileSet TilesFor(TensorType t) {
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+  constexpr bool kWide = true;
+#else
+  constexpr bool kWide = false;
+#endif
   switch (t) {
     case TensorType::kF32:
-      return MakeTiles<4, 4, FloatKernel<LoadF32>>();
+      return kWide ? MakeTiles<6, 4, FloatKernel<LoadF32>>()
+                   : MakeTiles<2, 4, FloatKernel<LoadF32>>();
     case TensorType::kF16:
-      return MakeTiles<4, 4, FloatKernel<LoadF16>>();
+      return kWide ? MakeTiles<6, 4, FloatKernel<LoadF16>>()
+                   : MakeTiles<4, 2, FloatKernel<LoadF16>>();
     case TensorType::kBF16:
-      return MakeTiles<4, 4, FloatKernel<LoadBF16>>();
+      return kWide ? MakeTiles<6, 4, FloatKernel<LoadBF16>>()
+                   : MakeTiles<4, 2, FloatKernel<LoadBF16>>();
 #if ES_VNNI
     case TensorType::kQ8_0:
       return MakeTiles<4, 4, Q8_0Vnni>();
     case TensorType::kQ4_0:
       return MakeTiles<4, 4, Q4_0Vnni>();
     case TensorType::kQ4_K:
-      return MakeTiles<2, 4, Q4KVnni>();
+      return MakeTiles<3, 8, Q4KVnni>();
     case TensorType::kQ6_K:
-      return MakeTiles<2, 4, Q6KVnni>();
+      return MakeTiles<3, 8, Q6KVnni>();
 #else
     case TensorType::kQ8_0:
-      return MakeTiles<4, 4, Q32Kernel<UnpackQ8_0>>();
+      return kWide ? MakeTiles<4, 4, Q32Kernel<UnpackQ8_0>>()
+                   : MakeTiles<2, 4, Q32Kernel<UnpackQ8_0>>();
     case TensorType::kQ4_0:
-      return MakeTiles<4, 4, Q32Kernel<UnpackQ4_0>>();
+      return kWide ? MakeTiles<4, 4, Q32Kernel<UnpackQ4_0>>()
+                   : MakeTiles<2, 4, Q32Kernel<UnpackQ4_0>>();
     case TensorType::kQ4_K:
       return MakeTiles<2, 4, Q4KKernel>();
     case TensorType::kQ6_K:
