@@ -153,6 +153,38 @@ void BM_SiluMul(benchmark::State& state) {
 }
 BENCHMARK(BM_SiluMul)->Arg(11008);
 
+// Attention for one head over a 4096-token F16 cache (head 128, 8 KV heads interleaved): per-key
+// calls against the row kernels.
+void BM_AttentionHead(benchmark::State& state) {
+  const bool rows_api = state.range(0) != 0;
+  const int64_t n_kv = 4096, dim = 128, stride = 1024;
+  const auto qf = Activations(dim), kvf = Activations(n_kv * stride);
+  std::vector<es::f16_t> q(dim), kv(kvf.size());
+  k::ConvertF32ToF16(qf.data(), q.data(), dim);
+  k::ConvertF32ToF16(kvf.data(), kv.data(), static_cast<int64_t>(kv.size()));
+  std::vector<float> s(n_kv), out(dim);
+  std::vector<es::f16_t> s16(n_kv);
+  for (auto _ : state) {
+    if (rows_api) {
+      k::DotF16Rows(q.data(), kv.data(), stride, n_kv, dim, 0.088f, s.data());
+      k::Softmax(s.data(), n_kv);
+      std::fill(out.begin(), out.end(), 0.0f);
+      k::WeightedSumF16Rows(s.data(), kv.data(), stride, n_kv, dim, out.data());
+    } else {
+      for (int64_t j = 0; j < n_kv; ++j)
+        s[j] = k::DotF16(q.data(), kv.data() + j * stride, dim) * 0.088f;
+      k::Softmax(s.data(), n_kv);
+      k::ConvertF32ToF16(s.data(), s16.data(), n_kv);
+      std::fill(out.begin(), out.end(), 0.0f);
+      for (int64_t j = 0; j < n_kv; ++j)
+        k::AxpyF16(es::F16ToF32(s16[j]), kv.data() + j * stride, out.data(), dim);
+    }
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetLabel(rows_api ? "DotF16Rows+WeightedSumF16Rows" : "per-key DotF16+AxpyF16");
+}
+BENCHMARK(BM_AttentionHead)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
+
 }  // namespace
 
 BENCHMARK_MAIN();

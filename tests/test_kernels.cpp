@@ -475,6 +475,50 @@ TEST(Kernels, DotsAndAxpy) {
   }
 }
 
+TEST(Kernels, AttentionRows) {
+  for (int64_t dim : {8, 64, 100, 128}) {
+    for (int64_t rows : {0, 1, 2, 3, 37}) {
+      const int64_t stride = dim * 3 + 5;  // keys of several heads interleaved, odd offset
+      const auto q = Gaussian(dim, 70), kv = Gaussian(rows * stride + dim, 71),
+                 p = Gaussian(rows, 72);
+      std::vector<es::f16_t> q16(dim), kv16(kv.size());
+      for (int64_t i = 0; i < dim; ++i) q16[i] = es::F32ToF16(q[i]);
+      for (size_t i = 0; i < kv.size(); ++i) kv16[i] = es::F32ToF16(kv[i]);
+      const auto base = Gaussian(dim, 73);
+      ForEachTarget([&] {
+        std::vector<float> s16(rows + 1, -7.0f), s32(rows + 1, -7.0f);
+        k::DotF16Rows(q16.data(), kv16.data(), stride, rows, dim, 0.125f, s16.data());
+        k::DotF32Rows(q.data(), kv.data(), stride, rows, dim, 0.125f, s32.data());
+        for (int64_t j = 0; j < rows; ++j) {
+          double r16 = 0, r32 = 0, mag = 0;
+          for (int64_t i = 0; i < dim; ++i) {
+            r16 += static_cast<double>(es::F16ToF32(q16[i])) * es::F16ToF32(kv16[j * stride + i]);
+            r32 += static_cast<double>(q[i]) * kv[j * stride + i];
+            mag += std::fabs(static_cast<double>(q[i]) * kv[j * stride + i]);
+          }
+          ASSERT_NEAR(s16[j], 0.125 * r16, 1e-6 * mag + 1e-7) << dim << " " << j;
+          ASSERT_NEAR(s32[j], 0.125 * r32, 1e-6 * mag + 1e-7) << dim << " " << j;
+        }
+        EXPECT_EQ(s16[rows], -7.0f);  // nothing written past n_rows
+        std::vector<float> o16 = base, o32 = base;
+        k::WeightedSumF16Rows(p.data(), kv16.data(), stride, rows, dim, o16.data());
+        k::WeightedSumF32Rows(p.data(), kv.data(), stride, rows, dim, o32.data());
+        for (int64_t i = 0; i < dim; ++i) {
+          double r16 = base[i], r32 = base[i], mag = std::fabs(base[i]);
+          for (int64_t j = 0; j < rows; ++j) {
+            r16 += static_cast<double>(es::F16ToF32(es::F32ToF16(p[j]))) *
+                   es::F16ToF32(kv16[j * stride + i]);
+            r32 += static_cast<double>(p[j]) * kv[j * stride + i];
+            mag += std::fabs(static_cast<double>(p[j]) * kv[j * stride + i]);
+          }
+          ASSERT_NEAR(o16[i], r16, 1e-6 * mag + 1e-7) << dim << " " << i;
+          ASSERT_NEAR(o32[i], r32, 1e-6 * mag + 1e-7) << dim << " " << i;
+        }
+      });
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Thread pool.
 

@@ -88,6 +88,20 @@ void AxpyF32(float a, const float* x, float* y, int64_t n);
 void ConvertF32ToF16(const float* x, f16_t* y, int64_t n);
 void ConvertF16ToF32(const f16_t* x, float* y, int64_t n);
 
+// Attention over a KV cache, one call per head instead of one per key (rows of keys/values are
+// `stride` elements apart, e.g. the KV width). Same numerics as the per-key calls above:
+// out[j] = scale * DotF16(q, k + j * stride, dim) for j < n_rows.
+void DotF16Rows(const f16_t* q, const f16_t* k, int64_t stride, int64_t n_rows, int64_t dim,
+                float scale, float* out);
+void DotF32Rows(const float* q, const float* k, int64_t stride, int64_t n_rows, int64_t dim,
+                float scale, float* out);
+// out[i] += sum_j p[j] * v[j * stride + i] for i < dim. The f16 version rounds each p[j] to f16
+// first, as llama.cpp multiplies f16 values by f16 probabilities.
+void WeightedSumF16Rows(const float* p, const f16_t* v, int64_t stride, int64_t n_rows, int64_t dim,
+                        float* out);
+void WeightedSumF32Rows(const float* p, const float* v, int64_t stride, int64_t n_rows, int64_t dim,
+                        float* out);
+
 // Testing hooks: the SIMD targets compiled in that this CPU supports (best first), and limiting
 // run-time dispatch to one of them by name ("" restores the default choice). Throws es::Error
 // for an unknown or unsupported name.

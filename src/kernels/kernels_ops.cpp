@@ -431,6 +431,139 @@ void AxpyF32Impl(float a, const float* x, float* y, int64_t n) {
   for (; i < n; ++i) y[i] += a * x[i];
 }
 
+// ---------------------------------------------------------------------------------------------
+// Attention rows.
+
+template <bool kF16, class T>
+void DotRowsImpl(const T* q, const T* k, int64_t stride, int64_t n_rows, int64_t dim, float scale,
+                 float* out) {
+  const hn::ScalableTag<float> df;
+  const hn::Rebind<hwy::float16_t, decltype(df)> dh;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t full = dim / N * N;
+  auto load = [&](const T* p) HWY_ATTR {
+    if constexpr (kF16) {
+      return hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(p)));
+    } else {
+      return hn::LoadU(df, p);
+    }
+  };
+  auto one = [](T v) -> float {
+    if constexpr (kF16) {
+      return F16ToF32(v);
+    } else {
+      return v;
+    }
+  };
+  int64_t j = 0;
+  // Two keys at a time for independent FMA chains.
+  for (; j + 2 <= n_rows; j += 2) {
+    const T* k0 = k + j * stride;
+    const T* k1 = k0 + stride;
+    auto a0 = hn::Zero(df), a1 = hn::Zero(df);
+    for (int64_t i = 0; i < full; i += N) {
+      const auto qv = load(q + i);
+      a0 = hn::MulAdd(qv, load(k0 + i), a0);
+      a1 = hn::MulAdd(qv, load(k1 + i), a1);
+    }
+    float s0 = hn::GetLane(hn::SumOfLanes(df, a0)), s1 = hn::GetLane(hn::SumOfLanes(df, a1));
+    for (int64_t i = full; i < dim; ++i) {
+      s0 += one(q[i]) * one(k0[i]);
+      s1 += one(q[i]) * one(k1[i]);
+    }
+    out[j] = s0 * scale;
+    out[j + 1] = s1 * scale;
+  }
+  for (; j < n_rows; ++j) {
+    const T* k0 = k + j * stride;
+    auto a0 = hn::Zero(df);
+    for (int64_t i = 0; i < full; i += N) a0 = hn::MulAdd(load(q + i), load(k0 + i), a0);
+    float s0 = hn::GetLane(hn::SumOfLanes(df, a0));
+    for (int64_t i = full; i < dim; ++i) s0 += one(q[i]) * one(k0[i]);
+    out[j] = s0 * scale;
+  }
+}
+
+void DotF16RowsImpl(const f16_t* q, const f16_t* k, int64_t stride, int64_t n_rows, int64_t dim,
+                    float scale, float* out) {
+  DotRowsImpl<true>(q, k, stride, n_rows, dim, scale, out);
+}
+void DotF32RowsImpl(const float* q, const float* k, int64_t stride, int64_t n_rows, int64_t dim,
+                    float scale, float* out) {
+  DotRowsImpl<false>(q, k, stride, n_rows, dim, scale, out);
+}
+
+// out += sum_j p[j] * v_j, four output vectors held in registers while all rows stream by.
+template <bool kF16, class T>
+void WeightedSumImpl(const float* p, const T* v, int64_t stride, int64_t n_rows, int64_t dim,
+                     float* out) {
+  const hn::ScalableTag<float> df;
+  const hn::Rebind<hwy::float16_t, decltype(df)> dh;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  auto load = [&](const T* ptr) HWY_ATTR {
+    if constexpr (kF16) {
+      return hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(ptr)));
+    } else {
+      return hn::LoadU(df, ptr);
+    }
+  };
+  auto weight = [&](int64_t j) -> float {
+    if constexpr (kF16) {
+      return F16ToF32(F32ToF16(p[j]));
+    } else {
+      return p[j];
+    }
+  };
+  auto one = [](T x) -> float {
+    if constexpr (kF16) {
+      return F16ToF32(x);
+    } else {
+      return x;
+    }
+  };
+  // Rounded weights once (the scalar conversion is too slow to repeat per chunk).
+  static thread_local std::vector<float> w;
+  w.resize(static_cast<size_t>(n_rows));
+  for (int64_t j = 0; j < n_rows; ++j) w[j] = weight(j);
+  int64_t i = 0;
+  for (; i + 4 * N <= dim; i += 4 * N) {
+    auto o0 = hn::LoadU(df, out + i), o1 = hn::LoadU(df, out + i + N);
+    auto o2 = hn::LoadU(df, out + i + 2 * N), o3 = hn::LoadU(df, out + i + 3 * N);
+    for (int64_t j = 0; j < n_rows; ++j) {
+      const T* row = v + j * stride + i;
+      const auto pw = hn::Set(df, w[j]);
+      o0 = hn::MulAdd(pw, load(row), o0);
+      o1 = hn::MulAdd(pw, load(row + N), o1);
+      o2 = hn::MulAdd(pw, load(row + 2 * N), o2);
+      o3 = hn::MulAdd(pw, load(row + 3 * N), o3);
+    }
+    hn::StoreU(o0, df, out + i);
+    hn::StoreU(o1, df, out + i + N);
+    hn::StoreU(o2, df, out + i + 2 * N);
+    hn::StoreU(o3, df, out + i + 3 * N);
+  }
+  for (; i + N <= dim; i += N) {
+    auto o0 = hn::LoadU(df, out + i);
+    for (int64_t j = 0; j < n_rows; ++j)
+      o0 = hn::MulAdd(hn::Set(df, w[j]), load(v + j * stride + i), o0);
+    hn::StoreU(o0, df, out + i);
+  }
+  for (; i < dim; ++i) {
+    float o = out[i];
+    for (int64_t j = 0; j < n_rows; ++j) o += w[j] * one(v[j * stride + i]);
+    out[i] = o;
+  }
+}
+
+void WeightedSumF16RowsImpl(const float* p, const f16_t* v, int64_t stride, int64_t n_rows,
+                            int64_t dim, float* out) {
+  WeightedSumImpl<true>(p, v, stride, n_rows, dim, out);
+}
+void WeightedSumF32RowsImpl(const float* p, const float* v, int64_t stride, int64_t n_rows,
+                            int64_t dim, float* out) {
+  WeightedSumImpl<false>(p, v, stride, n_rows, dim, out);
+}
+
 }  // namespace es::kernels::HWY_NAMESPACE
 HWY_AFTER_NAMESPACE();
 
@@ -449,6 +582,28 @@ HWY_EXPORT(DotF16Impl);
 HWY_EXPORT(DotF32Impl);
 HWY_EXPORT(AxpyF16Impl);
 HWY_EXPORT(AxpyF32Impl);
+
+HWY_EXPORT(DotF16RowsImpl);
+HWY_EXPORT(DotF32RowsImpl);
+HWY_EXPORT(WeightedSumF16RowsImpl);
+HWY_EXPORT(WeightedSumF32RowsImpl);
+
+void DotF16Rows(const f16_t* q, const f16_t* k, int64_t stride, int64_t n_rows, int64_t dim,
+                float scale, float* out) {
+  HWY_DYNAMIC_DISPATCH(DotF16RowsImpl)(q, k, stride, n_rows, dim, scale, out);
+}
+void DotF32Rows(const float* q, const float* k, int64_t stride, int64_t n_rows, int64_t dim,
+                float scale, float* out) {
+  HWY_DYNAMIC_DISPATCH(DotF32RowsImpl)(q, k, stride, n_rows, dim, scale, out);
+}
+void WeightedSumF16Rows(const float* p, const f16_t* v, int64_t stride, int64_t n_rows, int64_t dim,
+                        float* out) {
+  HWY_DYNAMIC_DISPATCH(WeightedSumF16RowsImpl)(p, v, stride, n_rows, dim, out);
+}
+void WeightedSumF32Rows(const float* p, const float* v, int64_t stride, int64_t n_rows, int64_t dim,
+                        float* out) {
+  HWY_DYNAMIC_DISPATCH(WeightedSumF32RowsImpl)(p, v, stride, n_rows, dim, out);
+}
 
 const char* ActiveTarget() {
   return HWY_DYNAMIC_DISPATCH(TargetNameImpl)();
