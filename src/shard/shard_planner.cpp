@@ -31,8 +31,10 @@ struct Tables {
   std::vector<std::vector<int>>
       emax;                    // [d][c]: largest e with units [c, e) in d's memory (c: none)
   std::vector<int> prev_same;  // previous device interchangeable with this one, -1 if none
+  double cap;                  // no stage (compute or link) may take longer than this
 
-  explicit Tables(const Problem& pr) : p(pr), U(pr.n_units()), D(pr.n_devices()) {
+  explicit Tables(const Problem& pr, double stage_cap = kInf)
+      : p(pr), U(pr.n_units()), D(pr.n_devices()), cap(stage_cap) {
     p.Validate();
     comp.assign(D, std::vector<double>(U + 1, 0));
     emax.assign(D, std::vector<int>(U, 0));
@@ -42,7 +44,8 @@ struct Tables {
         // Summed in unit order with weights and KV apart, exactly as Evaluate does.
         double w = 0, kv = 0;
         int e = c;
-        while (e < U && w + p.weight_bytes[d][e] + kv + p.kv_bytes[d][e] <= p.budget_bytes[d])
+        while (e < U && w + p.weight_bytes[d][e] + kv + p.kv_bytes[d][e] <= p.budget_bytes[d] &&
+               comp[d][e + 1] - comp[d][c] <= cap)
           w += p.weight_bytes[d][e], kv += p.kv_bytes[d][e], ++e;
         emax[d][c] = e;
       }
@@ -66,7 +69,11 @@ struct Tables {
     }
   }
   double Comp(int d, int a, int b) const { return comp[d][b] - comp[d][a]; }
-  double Ret(int d) const { return d == p.source ? 0 : p.HopMs(U - 1, d, p.source); }
+  double Hop(int unit, int a, int b) const {
+    const double h = p.HopMs(unit, a, b);
+    return h <= cap ? h : kInf;
+  }
+  double Ret(int d) const { return d == p.source ? 0 : Hop(U - 1, d, p.source); }
   // May d be the next device after the devices in `used`? (one range each; source only first)
   bool MayAdd(uint64_t used, int d) const {
     return d != p.source && !Has(used, d) && (prev_same[d] < 0 || Has(used, prev_same[d]));
@@ -105,10 +112,81 @@ std::vector<std::vector<double>> RelaxedCostToGo(const Tables& t) {
     for (int d = 0; d < t.D; ++d)
       for (int d2 = 0; d2 < t.D; ++d2)
         if (d2 != d && d2 != p.source && H[c][d2] < kInf)
-          next[c][d] = std::min(next[c][d], p.HopMs(c - 1, d, d2) + H[c][d2]);
+          next[c][d] = std::min(next[c][d], t.Hop(c - 1, d, d2) + H[c][d2]);
   }
   return H;
 }
+
+// Lower bound on finishing units [e, U) with fresh devices (not in `used`): memory cannot be
+// reused, so the bytes still to place go to the free devices cheapest per byte first (a
+// fractional knapsack), and every further device costs at least the cheapest hop.
+// Lower bound on finishing units [e, U) with fresh devices (not in `used`): memory cannot be
+// reused, so the bytes still to place go to the free devices cheapest per byte first (a
+// fractional knapsack), and every further device costs at least the cheapest hop. A device
+// takes at most its budget, and under a stage cap at most the bytes it runs within the cap.
+struct MemoryBound {
+  std::vector<std::vector<int>> by_rate;  // [e]: devices by ascending ms per byte on units >= e
+  std::vector<std::vector<int>> by_room;  // [e]: devices by descending room
+  std::vector<std::vector<double>> rate;  // [e][d]
+  std::vector<std::vector<double>> room;  // [e][d]: bytes device d can take of units >= e
+  std::vector<double> bytes_left;         // [e]: least bytes units >= e can occupy
+  double min_hop = kInf, min_ret = kInf;
+  const Tables& t;
+
+  explicit MemoryBound(const Tables& tt) : t(tt) {
+    const Problem& p = t.p;
+    rate.assign(t.U + 1, std::vector<double>(t.D, kInf));
+    room.assign(t.U + 1, std::vector<double>(t.D, 0));
+    by_rate.resize(t.U + 1);
+    by_room.resize(t.U + 1);
+    bytes_left.assign(t.U + 1, 0);
+    for (int e = t.U - 1; e >= 0; --e) {
+      double least = kInf;
+      for (int d = 0; d < t.D; ++d) {
+        const double m = p.MemBytes(d, e);
+        least = std::min(least, m);
+        rate[e][d] = std::min(rate[e + 1][d], m > 0 ? p.comp_ms[d][e] / m : kInf);
+      }
+      bytes_left[e] = bytes_left[e + 1] + least;
+    }
+    for (int e = 0; e <= t.U; ++e) {
+      for (int d = 0; d < t.D; ++d) {
+        const double r = rate[e][d];
+        room[e][d] = r > 0 && r < kInf ? std::min(p.budget_bytes[d], t.cap / r) : p.budget_bytes[d];
+      }
+      by_rate[e].resize(t.D);
+      std::iota(by_rate[e].begin(), by_rate[e].end(), 0);
+      by_room[e] = by_rate[e];
+      std::sort(by_rate[e].begin(), by_rate[e].end(),
+                [&](int a, int b) { return rate[e][a] < rate[e][b]; });
+      std::sort(by_room[e].begin(), by_room[e].end(),
+                [&](int a, int b) { return room[e][a] > room[e][b]; });
+    }
+    for (int a = 0; a < t.D; ++a) {
+      if (a == p.source) continue;
+      min_ret = std::min(min_ret, t.Ret(a));
+      for (int b = 0; b < t.D; ++b)
+        for (int u = 0; b != a && b != p.source && u + 1 < t.U; ++u)
+          min_hop = std::min(min_hop, t.Hop(u, a, b));
+    }
+  }
+  // Cost after the hop into the first fresh device at cut e (kInf: the free memory is short).
+  double Tail(int e, uint64_t used) const {
+    double need = bytes_left[e], ms = 0;
+    for (int d : by_rate[e]) {
+      if (Has(used, d) || need <= 0) continue;
+      const double take = std::min(need, room[e][d]);
+      ms += take * (rate[e][d] == kInf ? 0 : rate[e][d]);
+      need -= take;
+    }
+    if (need > 0) return kInf;
+    int devices = 0;  // the fewest fresh devices with room enough
+    need = bytes_left[e];
+    for (int d : by_room[e])
+      if (!Has(used, d) && need > 0) need -= room[e][d], ++devices;
+    return ms + (devices - 1) * min_hop + min_ret;
+  }
+};
 
 struct LatNode {
   double g;
@@ -128,19 +206,24 @@ std::vector<Stage> Unwind(const std::vector<LatNode>& nodes, int goal) {
 }
 
 // Children of node `i`: every end of its range, then every next device.
+// Children of a node: every end of its range, then every next device; emit(child, f = g + h)
+// with h the larger of the two lower bounds.
 template <typename Emit>
-void Expand(const Tables& t, const std::vector<std::vector<double>>& H, const LatNode& n,
-            Emit emit) {
+void Expand(const Tables& t, const std::vector<std::vector<double>>& H, const MemoryBound& mb,
+            const LatNode& n, Emit emit) {
   for (int e = n.c + 1; e <= t.emax[n.d][n.c]; ++e) {
     const double ge = n.g + t.Comp(n.d, n.c, e);
     if (e == t.U) {
-      emit(LatNode{ge + t.Ret(n.d), e, -1, n.used, -1}, ge + t.Ret(n.d));
+      if (t.Ret(n.d) < kInf) emit(LatNode{ge + t.Ret(n.d), e, -1, n.used, -1}, ge + t.Ret(n.d));
       continue;
     }
+    const double tail = mb.Tail(e, n.used);
+    if (tail == kInf) continue;
     for (int d2 = 0; d2 < t.D; ++d2) {
       if (!t.MayAdd(n.used, d2) || H[e][d2] == kInf) continue;
-      const double g2 = ge + t.p.HopMs(e - 1, n.d, d2);
-      emit(LatNode{g2, e, d2, n.used | (1ull << d2), -1}, g2 + H[e][d2]);
+      const double g2 = ge + t.Hop(e - 1, n.d, d2);
+      if (g2 == kInf) continue;
+      emit(LatNode{g2, e, d2, n.used | (1ull << d2), -1}, g2 + std::max(H[e][d2], tail));
     }
   }
 }
@@ -153,7 +236,7 @@ struct KeyHash {
 
 // Fallback when the exact search hits its limit: keep the `width` best partial plans by g + H.
 std::vector<Stage> LatencyBeam(const Tables& t, const std::vector<std::vector<double>>& H,
-                               int width, uint64_t* states) {
+                               const MemoryBound& mb, int width, uint64_t* states) {
   std::vector<LatNode> nodes = {{0, 0, t.p.source, 1ull << t.p.source, -1}};
   std::vector<int> level = {0};
   int best_goal = -1;
@@ -162,7 +245,7 @@ std::vector<Stage> LatencyBeam(const Tables& t, const std::vector<std::vector<do
         kids;  // -> f, node
     for (int i : level) {
       const LatNode n = nodes[i];  // a copy: emitting children grows `nodes`
-      Expand(t, H, n, [&](LatNode k, double f) {
+      Expand(t, H, mb, n, [&](LatNode k, double f) {
         k.parent = i;
         ++*states;
         if (k.c == t.U) {
@@ -453,10 +536,14 @@ double ObjectiveValue(Objective o, const Evaluation& e) {
 
 // ---- solvers -------------------------------------------------------------------------------
 
-Solution SolveLatency(const Problem& p, const SolveOptions& o) {
+namespace {
+
+// The latency search; with a finite cap it looks only at plans whose every stage fits the cap.
+Solution LatencySearch(const Problem& p, const SolveOptions& o, double cap) {
   const auto t0 = Clock::now();
-  const Tables t(p);
+  const Tables t(p, cap);
   const auto H = RelaxedCostToGo(t);
+  const MemoryBound mb(t);
   Solution s;
   s.method = "A* over (unit, device, used devices), exact";
   if (H[0][p.source] == kInf) {
@@ -481,7 +568,7 @@ Solution SolveLatency(const Problem& p, const SolveOptions& o) {
     const LatNode n = nodes[i];
     if (auto it = best_g.find({n.used, n.c * 64 + n.d}); it != best_g.end() && -neg_g > it->second)
       continue;  // a cheaper copy of this state came later
-    Expand(t, H, n, [&](LatNode k, double fk) {
+    Expand(t, H, mb, n, [&](LatNode k, double fk) {
       if (fk >= upper) return;
       k.parent = i;
       if (k.c == t.U) {
@@ -507,7 +594,7 @@ Solution SolveLatency(const Problem& p, const SolveOptions& o) {
   }
   // Out of budget: the open list's least f bounds the optimum; a beam search supplies a plan.
   const double bound = std::get<0>(open.top());
-  std::vector<Stage> st = LatencyBeam(t, H, o.beam_width, &s.states);
+  std::vector<Stage> st = LatencyBeam(t, H, mb, o.beam_width, &s.states);
   if (st.empty()) {
     s.solve_ms = MsSince(t0);
     s.exact = false;
@@ -522,7 +609,36 @@ Solution SolveLatency(const Problem& p, const SolveOptions& o) {
   return out;
 }
 
-Solution SolveThroughputExact(const Problem& p) {
+// Many plans often share the best period (a slow link caps every stage alike): among those,
+// take the one with the lowest latency.
+Solution PreferLowLatency(const Problem& p, Solution thr, const SolveOptions& o) {
+  if (!thr.feasible) return thr;
+  const auto t0 = Clock::now();
+  const double period = thr.value;
+  // A secondary goal, so a smaller search budget; under a tight cap plans get long and the
+  // search hard, and then the beam plan serves.
+  SolveOptions small = o;
+  small.max_states = std::min<uint64_t>(o.max_states, 50000);
+  const Solution lat = LatencySearch(p, small, period * (1 + 1e-12));
+  if (lat.feasible && Evaluate(p, lat.stages).bottleneck_ms <= period * (1 + 1e-9) &&
+      lat.value < Evaluate(p, thr.stages).step_ms) {
+    thr.stages = lat.stages;
+    thr.value = std::min(period, Evaluate(p, lat.stages).bottleneck_ms);
+  }
+  thr.method +=
+      lat.exact ? "; ties broken by least latency (exact)" : "; ties broken by latency (beam)";
+  thr.states += lat.states;
+  thr.solve_ms += MsSince(t0);
+  return thr;
+}
+
+}  // namespace
+
+Solution SolveLatency(const Problem& p, const SolveOptions& o) {
+  return LatencySearch(p, o, kInf);
+}
+
+Solution SolveThroughputExact(const Problem& p, const SolveOptions& o) {
   const Tables t(p);
   if (t.D > 20) throw Error("exact throughput planning is limited to 20 devices");
   Bottleneck b(t);
@@ -553,11 +669,14 @@ Solution SolveThroughputExact(const Problem& p) {
     }
     return {};
   };
-  return SolveBottleneck(p, t, b, "bottleneck DP over (used devices, last device), exact", true,
-                         search);
+  return PreferLowLatency(
+      p,
+      SolveBottleneck(p, t, b, "bottleneck DP over (used devices, last device), exact", true,
+                      search),
+      o);
 }
 
-Solution SolveThroughputBeam(const Problem& p, int beam_width) {
+Solution SolveThroughputBeam(const Problem& p, int beam_width, const SolveOptions& o) {
   const Tables t(p);
   Bottleneck b(t);
   const int W = b.W, D = t.D;
@@ -618,14 +737,17 @@ Solution SolveThroughputBeam(const Problem& p, int beam_width) {
       index.push_back(std::move(kept_index));
     }
   };
-  return SolveBottleneck(p, t, b,
-                         fmt::format("bottleneck beam search (width {}), heuristic", beam_width),
-                         false, search);
+  return PreferLowLatency(
+      p,
+      SolveBottleneck(p, t, b,
+                      fmt::format("bottleneck beam search (width {}), heuristic", beam_width),
+                      false, search),
+      o);
 }
 
 Solution SolveThroughput(const Problem& p, const SolveOptions& o) {
-  return p.n_devices() <= o.exact_max_devices ? SolveThroughputExact(p)
-                                              : SolveThroughputBeam(p, o.beam_width);
+  return p.n_devices() <= o.exact_max_devices ? SolveThroughputExact(p, o)
+                                              : SolveThroughputBeam(p, o.beam_width, o);
 }
 
 Solution Solve(const Problem& p, Objective obj, const SolveOptions& o) {

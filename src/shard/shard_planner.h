@@ -57,9 +57,10 @@ Evaluation Evaluate(const Problem& p, const std::vector<Stage>& stages);
 double ObjectiveValue(Objective o, const Evaluation& e);
 
 struct SolveOptions {
-  uint64_t max_states = 2'000'000;  // latency search: nodes generated before it stops proving
-  int exact_max_devices = 16;       // throughput: exact subset DP up to this many devices
-  int beam_width = 64;              // heuristics: states kept per number of devices used
+  uint64_t max_states =
+      1'000'000;               // latency search: nodes generated before it stops proving (~100 MB)
+  int exact_max_devices = 16;  // throughput: exact subset DP up to this many devices
+  int beam_width = 64;         // heuristics: states kept per number of devices used
 };
 
 struct Solution {
@@ -77,9 +78,10 @@ struct Solution {
 // its bound. Stops proving after max_states and then returns a beam-search plan with the bound.
 Solution SolveLatency(const Problem& p, const SolveOptions& o = {});
 // Exact: bottleneck search with a DP over (set of used devices, last device) -> reachable cuts.
-Solution SolveThroughputExact(const Problem& p);
+// Among plans with the best period it returns one of least latency (the latency search, capped).
+Solution SolveThroughputExact(const Problem& p, const SolveOptions& o = {});
 // Heuristic for many devices: the same search keeping `beam_width` states per set size.
-Solution SolveThroughputBeam(const Problem& p, int beam_width);
+Solution SolveThroughputBeam(const Problem& p, int beam_width, const SolveOptions& o = {});
 // Exact up to exact_max_devices, beam search above.
 Solution SolveThroughput(const Problem& p, const SolveOptions& o = {});
 Solution Solve(const Problem& p, Objective obj, const SolveOptions& o = {});
