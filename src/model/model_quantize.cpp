@@ -232,8 +232,9 @@ void WriteRows(gguf::TensorSink& sink, TensorType type, int64_t row_len, int64_t
                 TypeName(type));
   const size_t row_bytes = RowBytes(type, row_len);
   const int nt = ResolveThreads(threads);
-  const int64_t batch = std::clamp<int64_t>(static_cast<int64_t>(kBatchBytes / row_bytes), nt,
-                                            std::max<int64_t>(rows, 1));
+  // At least one row per thread, at most the whole tensor.
+  const int64_t batch = std::max<int64_t>(
+      1, std::min(rows, std::max<int64_t>(static_cast<int64_t>(kBatchBytes / row_bytes), nt)));
   std::vector<uint8_t> out(static_cast<size_t>(std::min(batch, rows)) * row_bytes);
   for (int64_t first = 0; first < rows; first += batch) {
     const int64_t n = std::min(batch, rows - first);
