@@ -2,6 +2,8 @@
 // paper's scenario and the `plan` command.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -9,7 +11,9 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <thread>
 
+#include "edgeshard/edgeshard.h"
 #include "shard/shard_cluster.h"
 #include "shard/shard_placement.h"
 #include "shard/shard_planner.h"
@@ -517,6 +521,127 @@ TEST(PlanCli, ModelMismatchIsReported) {
                               test::ModelPath("stories260K.gguf"));
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("layer units"), std::string::npos) << r.err;
+}
+
+// ---- profiling on this machine ----
+
+// Median ms of one decode step of the whole model through the public API at positions ctx..
+double MeasuredDecodeMs(const std::string& path, int ctx, int steps) {
+  LoadParams lp;
+  lp.path = path;
+  auto model = Model::Load(lp);
+  ContextParams cp;
+  cp.n_ctx = ctx + steps + 1;
+  cp.n_threads = 1;
+  Context c(model, cp);
+  std::mt19937 rng(3);
+  std::vector<int32_t> prompt(ctx);
+  for (auto& t : prompt) t = int32_t(rng() % uint32_t(model->Info().n_vocab));
+  c.Eval(prompt);
+  std::vector<double> ms;
+  for (int i = 0; i < steps; ++i) {
+    const int32_t tok = int32_t(rng() % uint32_t(model->Info().n_vocab));
+    const auto t0 = std::chrono::steady_clock::now();
+    c.Eval({tok});
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+TEST(Profile, PredictsTheEnginesDecodeTime) {
+  // The profile times every unit alone; the plan adds them up. A whole-model decode step on
+  // this machine must come within 25% of that sum.
+  for (const char* name : {"stories260K.gguf", "synth-llama-spm-256.q8_0.gguf"}) {
+    const std::string path = test::ModelPath(name);
+    MeasureOptions o;
+    o.threads = 1;
+    o.ctx = {64, 256};
+    o.prompt_batch = 64;
+    o.reps = 15;
+    const Profile p = MeasureProfile(path, o);
+    ASSERT_TRUE(p.has_timing());
+    ASSERT_EQ(p.timing.size(), p.model.units.size());
+    EXPECT_GT(p.memory_budget_bytes, 0u);
+    const int ctx = 160, steps = 32;
+    double predicted = 0;
+    for (const auto& t : p.timing) predicted += t.DecodeMs(ctx + steps / 2);
+    const double measured = MeasuredDecodeMs(path, ctx, steps);
+    std::printf("%s: predicted %.4f ms, measured %.4f ms per decode step\n", name, predicted,
+                measured);
+    EXPECT_NEAR(predicted / measured, 1.0, 0.25) << name;
+    // And through a cluster of this one device, as `plan` does it.
+    Profile q = ParseProfile(ProfileToJson(p), "saved", true);
+    Cluster c;
+    c.file = "one.yaml";
+    c.devices.push_back({});
+    c.devices[0].name = "here";
+    c.profiles.push_back(q);
+    const Problem prob = BuildProblem(c, q.model, {Objective::kLatency, ctx + steps / 2, 1});
+    const Solution s = SolveLatency(prob);
+    ASSERT_TRUE(s.feasible) << "a model this small fits this machine";
+    EXPECT_NEAR(s.value, predicted, 1e-6 * predicted);
+  }
+}
+
+TEST(ProfileCli, WritesAProfileThePlannerReads) {
+  const std::string dir = std::filesystem::temp_directory_path() / "es_profile_cli";
+  std::filesystem::create_directories(dir);
+  const auto r = test::RunCli(
+      "profile -m " + test::ModelPath("stories260K.gguf") +
+      " -t 1 --ctx 32,128 --batch 32 --reps 3 --memory 2GiB --name box -o " + dir + "/box.json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Profile p = LoadProfile(dir + "/box.json", true);
+  EXPECT_EQ(p.device, "box");
+  EXPECT_EQ(p.memory_budget_bytes, 2ull << 30);
+  EXPECT_EQ(p.prompt_batch, 32);
+  ASSERT_EQ(p.timing[1].decode.size(), 2u);
+  EXPECT_EQ(p.timing[1].decode[1].ctx, 128);
+  std::ofstream(dir + "/c.yaml")
+      << "source: a\ndefault_link: {bandwidth_mbps: 100, rtt_ms: 1}\ndevices:\n"
+         "  - {name: a, profile: box.json}\n  - {name: b, like: a}\n";
+  const auto plan = test::RunCli("plan --cluster " + dir + "/c.yaml -m " +
+                                 test::ModelPath("stories260K.gguf") + " --json");
+  ASSERT_EQ(plan.exit_code, 0) << plan.err;
+  EXPECT_EQ(nlohmann::json::parse(plan.out)["plan"]["stages"].size(),
+            1u);  // a tiny model stays home
+  EXPECT_EQ(test::RunCli("profile").exit_code, 2);
+  EXPECT_EQ(test::RunCli("profile -m " + test::ModelPath("stories260K.gguf")).exit_code,
+            2);  // no -o
+  std::filesystem::remove_all(dir);
+}
+
+TEST(ProfileCli, MeasuresALinkToAnEchoServer) {
+  const std::string dir = std::filesystem::temp_directory_path() / "es_profile_link";
+  std::filesystem::create_directories(dir);
+  const std::string log = dir + "/server.txt";
+  // The server serves one connection and gives up after 60 s whatever happens.
+  ASSERT_EQ(std::system((test::BinaryPath() +
+                         " profile --echo-server 0 --max-connections 1 --timeout-s 60 > " + log +
+                         " 2>&1 &")
+                            .c_str()),
+            0);
+  int port = 0;
+  for (int i = 0; i < 200 && port == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::sscanf(test::ReadFile(log).c_str(), "echo server listening on port %d", &port);
+  }
+  ASSERT_GT(port, 0) << test::ReadFile(log);
+  const auto r =
+      test::RunCli("profile --link 127.0.0.1:" + std::to_string(port) + " --link-mb 4 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_GT(j["bandwidth_mbps"].get<double>(), 10.0);  // loopback
+  EXPECT_GE(j["rtt_ms"].get<double>(), 0.0);
+  EXPECT_LT(j["rtt_ms"].get<double>(), 50.0);
+  EXPECT_EQ(j["bytes"].get<uint64_t>(), 4u << 20);
+  // Nobody listening: a clear error, not a hang.
+  const auto bad = test::RunCli("profile --link 127.0.0.1:" + std::to_string(port));
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("127.0.0.1:" + std::to_string(port)), std::string::npos) << bad.err;
+  EXPECT_EQ(test::RunCli("profile --link nohostport").exit_code, 2);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -1,8 +1,17 @@
 #include "shard/shard_profile.h"
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <sstream>
+#include <thread>
+
+#include "model/model_llama.h"
+#include "runtime/runtime_kv_cache.h"
 
 namespace es::shard {
 namespace {
@@ -157,30 +166,30 @@ Profile LoadProfile(const std::string& path, bool require_timing) {
 }
 
 std::string ProfileToJson(const Profile& p) {
-  json units = json::array();
+  nlohmann::ordered_json units = nlohmann::ordered_json::array();
   for (size_t i = 0; i < p.model.units.size(); ++i) {
     const UnitInfo& u = p.model.units[i];
-    json ju = {{"name", u.name},
-               {"weight_bytes", u.weight_bytes},
-               {"matrix_bytes", u.matrix_bytes},
-               {"matrix_elems", u.matrix_elems},
-               {"kv_bytes_per_token", u.kv_bytes_per_token},
-               {"out_bytes_per_token", u.out_bytes_per_token}};
+    nlohmann::ordered_json ju = {{"name", u.name},
+                                 {"weight_bytes", u.weight_bytes},
+                                 {"matrix_bytes", u.matrix_bytes},
+                                 {"matrix_elems", u.matrix_elems},
+                                 {"kv_bytes_per_token", u.kv_bytes_per_token},
+                                 {"out_bytes_per_token", u.out_bytes_per_token}};
     if (p.has_timing()) {
       ju["prompt_ms_per_token"] = p.timing[i].prompt_ms_per_token;
-      json dec = json::array();
+      nlohmann::ordered_json dec = nlohmann::ordered_json::array();
       for (const auto& d : p.timing[i].decode) dec.push_back({{"ctx", d.ctx}, {"ms", d.ms}});
       ju["decode_ms"] = dec;
     }
     units.push_back(ju);
   }
-  json j = {{"schema", kProfileSchema},
-            {"model",
-             {{"name", p.model.name},
-              {"arch", p.model.arch},
-              {"weight_type", p.model.weight_type},
-              {"n_layer", p.model.n_layer},
-              {"n_embd", p.model.n_embd}}}};
+  nlohmann::ordered_json j = {{"schema", kProfileSchema},
+                              {"model",
+                               {{"name", p.model.name},
+                                {"arch", p.model.arch},
+                                {"weight_type", p.model.weight_type},
+                                {"n_layer", p.model.n_layer},
+                                {"n_embd", p.model.n_embd}}}};
   if (p.has_timing()) {
     j["device"] = {{"name", p.device},
                    {"cpu", p.cpu},
@@ -188,8 +197,14 @@ std::string ProfileToJson(const Profile& p) {
                    {"memory_budget_bytes", p.memory_budget_bytes}};
     j["prompt_batch"] = p.prompt_batch;
   }
-  j["units"] = units;
-  return j.dump(2) + "\n";
+  // One unit per line, so a profile reads as a table.
+  std::string text = j.dump(2);
+  text.resize(text.rfind('}'));
+  while (!text.empty() && text.back() == '\n') text.pop_back();
+  text += ",\n  \"units\": [\n";
+  for (size_t i = 0; i < units.size(); ++i)
+    text += "    " + units[i].dump() + (i + 1 < units.size() ? ",\n" : "\n");
+  return text + "  ]\n}\n";
 }
 
 void SaveProfile(const Profile& p, const std::string& path) {
@@ -206,6 +221,128 @@ ModelUnits LoadModelUnits(const std::string& path) {
   if (f.gcount() == 4 && std::string(magic, 4) == "GGUF")
     return UnitsFromGguf(*gguf::File::Open(path));
   return LoadProfile(path, false).model;
+}
+
+namespace {
+
+uint64_t MemAvailable() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  uint64_t kib = 0;
+  std::string unit;
+  while (f >> key >> kib >> unit)
+    if (key == "MemAvailable:") return kib * 1024;
+  return 0;
+}
+
+std::string CpuName() {
+  std::ifstream f("/proc/cpuinfo");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos) {
+      std::string v = line.substr(line.find(':') + 1);
+      return v.substr(std::min(v.size(), v.find_first_not_of(' ')));
+    }
+  return "";
+}
+
+// Median wall time of `reps` runs of fn(), in ms; `setup` runs untimed before each.
+template <typename Setup, typename Fn>
+double MedianMs(int reps, Setup setup, Fn fn) {
+  std::vector<double> v;
+  for (int r = -1; r < reps; ++r) {  // r == -1 warms caches up and is not kept
+    setup();
+    const auto t0 = std::chrono::steady_clock::now();
+    fn();
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    if (r >= 0) v.push_back(ms);
+  }
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+Profile MeasureProfile(const std::string& model_path, const MeasureOptions& o) {
+  auto say = [&](const std::string& s) {
+    if (o.progress) o.progress(s);
+  };
+  say("loading " + model_path);
+  const auto model = model::LlamaModel::Load(model_path);
+  const model::ModelConfig& c = model->config();
+  Profile p;
+  p.model = UnitsFromGguf(model->file());
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  p.device = o.device.empty() ? host : o.device;
+  p.cpu = CpuName();
+  p.memory_budget_bytes = o.memory_budget_bytes ? o.memory_budget_bytes : MemAvailable();
+  const int reps = std::max(1, o.reps);
+
+  // Context lengths must leave room for the token being decoded.
+  std::vector<int> ctxs;
+  for (int x : o.ctx)
+    if (x >= 0) ctxs.push_back(std::min(x, c.n_ctx_train - 1));
+  if (ctxs.empty()) throw Error("profile: give at least one context length >= 0");
+  std::sort(ctxs.begin(), ctxs.end());
+  ctxs.erase(std::unique(ctxs.begin(), ctxs.end()), ctxs.end());
+  const int batch = std::max(1, std::min(o.prompt_batch, c.n_ctx_train));
+  p.prompt_batch = batch;
+  const int64_t max_ctx = std::max<int64_t>(batch, ctxs.back() + 1);
+
+  const int threads =
+      o.threads > 0 ? o.threads : int(std::max(1u, std::thread::hardware_concurrency()));
+  p.threads = threads;
+  kernels::ThreadPool pool(threads);
+  runtime::KvCache kv(c, max_ctx, TensorType::kF16);
+  model::Workspace ws(c, batch, int(max_ctx), pool.size());
+  std::mt19937 rng(1);
+  std::vector<int32_t> tokens(batch);
+  for (auto& t : tokens) t = int32_t(rng() % uint32_t(c.n_vocab));
+  const size_t row = size_t(c.n_embd);
+  std::vector<float> base(batch * row), hidden(batch * row);
+  model->Embed(tokens.data(), batch, base.data());
+  const int head_rows =
+      std::min(batch, 64);  // the head's prompt cost per row, without a huge logits buffer
+  std::vector<float> logits(size_t(head_rows) * c.n_vocab);
+  auto reset = [&] { std::copy(base.begin(), base.end(), hidden.begin()); };
+
+  p.timing.resize(p.model.units.size());
+  // Embedding: a lookup per token.
+  p.timing[0].prompt_ms_per_token =
+      MedianMs(
+          reps, [] {}, [&] { model->Embed(tokens.data(), batch, hidden.data()); }) /
+      batch;
+  const double embd_decode = MedianMs(
+      reps, [] {}, [&] { model->Embed(tokens.data(), 1, hidden.data()); });
+  for (int x : ctxs) p.timing[0].decode.push_back({x, embd_decode});
+
+  for (int b = 0; b < c.n_layer; ++b) {
+    say("block " + std::to_string(b + 1) + "/" + std::to_string(c.n_layer));
+    UnitTiming& t = p.timing[b + 1];
+    t.prompt_ms_per_token =
+        MedianMs(reps, reset,
+                 [&] {
+                   model->ForwardBlocks(b, b + 1, hidden.data(), batch, 0, kv.layers(), ws, pool);
+                 }) /
+        batch;
+    // The cache rows below each context length are there (their values do not change the cost).
+    for (int x : ctxs)
+      t.decode.push_back({x, MedianMs(reps, reset, [&] {
+                            model->ForwardBlocks(b, b + 1, hidden.data(), 1, x, kv.layers(), ws,
+                                                 pool);
+                          })});
+  }
+  say("head");
+  UnitTiming& h = p.timing.back();
+  h.prompt_ms_per_token =
+      MedianMs(reps, reset,
+               [&] { model->Head(hidden.data(), head_rows, logits.data(), ws, pool); }) /
+      head_rows;
+  const double head_decode =
+      MedianMs(reps, reset, [&] { model->Head(hidden.data(), 1, logits.data(), ws, pool); });
+  for (int x : ctxs) h.decode.push_back({x, head_decode});
+  return p;
 }
 
 }  // namespace es::shard

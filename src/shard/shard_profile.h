@@ -1,6 +1,8 @@
 // Device profiles: what one device measured for one model, per layer unit. Stored as JSON
 // (schema in docs/planner.md); a file without timings describes only a model's units.
 #pragma once
+#include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -41,5 +43,20 @@ void SaveProfile(const Profile& p, const std::string& path);
 
 // A model's units from a GGUF file or from a JSON profile / units file.
 ModelUnits LoadModelUnits(const std::string& path);
+
+struct MeasureOptions {
+  int threads = 0;                     // 0: all cores
+  std::vector<int> ctx = {512, 2048};  // decode context lengths (capped below the model's)
+  int prompt_batch = 512;              // prompt tokens per forward pass (capped likewise)
+  int reps = 7;                        // samples per figure; the median is kept
+  uint64_t memory_budget_bytes = 0;    // 0: MemAvailable of this machine
+  std::string device;                  // name; default: the host name
+  std::function<void(const std::string&)> progress;  // one line per measured phase
+};
+
+// Runs every layer unit of the model on this machine through the engine (embedding lookup,
+// each block alone, norm + head) and times it: prompt processing per token at prompt_batch and
+// one decode step at each context length, with the KV cache filled to that length.
+Profile MeasureProfile(const std::string& model_path, const MeasureOptions& o);
 
 }  // namespace es::shard
