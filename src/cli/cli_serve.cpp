@@ -1,0 +1,94 @@
+// `edgeshard serve`: an OpenAI-compatible HTTP server with continuous batching.
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <thread>
+
+#include "cli/cli_command.h"
+#include "cli/cli_common.h"
+#include "server/server_http.h"
+
+namespace es::cli {
+namespace {
+
+struct ServeOptions {
+  ModelOptions model;
+  server::ServerOptions server;
+};
+
+int Serve(ServeOptions o) {
+  auto& s = o.server;
+  s.model_path = o.model.model;
+  s.sched.n_ctx = o.model.ctx;
+  s.sched.n_threads = o.model.threads;
+  s.sched.n_batch = o.model.batch;
+  s.sched.kv_type = o.model.kv_type == "f32" ? TensorType::kF32 : TensorType::kF16;
+
+  // SIGINT/SIGTERM go to one thread that stops the server cleanly; block them before any other
+  // thread exists so that none of those receives them.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+
+  server::HttpServer srv(s);
+  const int port = srv.Bind();
+  std::fprintf(stderr, "edgeshard serve: %s\n", srv.Describe().c_str());
+  std::fprintf(stderr, "edgeshard serve: listening on http://%s:%d\n", s.host.c_str(), port);
+  std::fflush(stderr);
+  std::thread waiter([&] {
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    srv.Stop();
+  });
+  srv.Run();
+  srv.Stop();
+  // Wakes the waiter if the server ended on its own.
+  pthread_kill(waiter.native_handle(), SIGTERM);
+  waiter.join();
+  std::fprintf(stderr, "edgeshard serve: stopped\n");
+  return kExitOk;
+}
+
+const bool registered = RegisterCommand("serve", [](CLI::App& app) {
+  auto o = std::make_shared<ServeOptions>();
+  auto* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching");
+  AddModelOptions(cmd, o->model);
+  auto& s = o->server;
+  cmd->add_option("--host", s.host, "address to listen on")->capture_default_str();
+  cmd->add_option("--port", s.port, "port to listen on (0: any free port)")
+      ->check(CLI::Range(0, 65535))
+      ->capture_default_str();
+  cmd->add_option("--parallel,--np", s.sched.n_slots,
+                  "sequences decoded together, each with its own KV cache of -c tokens")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  cmd->add_option("--queue", s.sched.max_queue, "requests that may wait for a slot; more get 503")
+      ->check(CLI::Range(0, 100000))
+      ->capture_default_str();
+  cmd->add_option("--api-key", s.api_key,
+                  "require 'Authorization: Bearer KEY' (also $EDGESHARD_API_KEY)")
+      ->envname("EDGESHARD_API_KEY");
+  cmd->add_option(
+      "--chat-template", s.chat_template,
+      "template name (chatml, llama2, llama3, mistral, zephyr, ...) or text; default: the model's");
+  cmd->add_option("--alias", s.model_id, "model id reported by the API (default: the file name)");
+  cmd->add_option("--max-body", s.max_body, "largest request body in bytes")
+      ->check(CLI::Range(size_t{1024}, size_t{1} << 30))
+      ->capture_default_str();
+  cmd->add_option("--http-threads", s.http_threads,
+                  "HTTP worker threads (default: parallel + queue + 8)")
+      ->check(CLI::Range(1, 4096));
+  cmd->add_flag("-v,--verbose", s.log_requests, "log every request on stderr");
+  // Makes tiny models slow enough for overload and disconnect tests to be deterministic.
+  cmd->add_option("--test-step-delay-ms", s.sched.step_delay_ms,
+                  "sleep after each batched step (testing aid)")
+      ->check(CLI::Range(0, 10000))
+      ->group("");
+  return [o]() { return Serve(*o); };
+});
+
+}  // namespace
+}  // namespace es::cli

@@ -1,0 +1,304 @@
+#include "server/server_http.h"
+
+#include <httplib.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+
+#include "edgeshard/error.h"
+#include "server/server_openai.h"
+#include "tokenizer/tokenizer_chat.h"
+
+namespace es::server {
+namespace {
+
+using json = nlohmann::json;
+constexpr auto kPoll =
+    std::chrono::milliseconds(100);  // how often a waiting stream checks its socket
+constexpr size_t kMaxDiscard = 64u
+                               << 20;  // oversized chunked bodies are drained up to this, then cut
+
+void SendError(httplib::Response& res, const ApiError& e) {
+  res.status = e.status;
+  res.set_content(Dump(ErrorJson(e)), "application/json");
+}
+
+// Comparison time does not depend on where the strings differ.
+bool SameKey(const std::string& a, const std::string& b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+std::string EndpointLabel(const std::string& path) {
+  for (const char* p :
+       {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"})
+    if (path == p) return p;
+  if (path == "/chat/completions") return "/v1/chat/completions";
+  if (path == "/completions") return "/v1/completions";
+  if (path == "/models") return "/v1/models";
+  return "other";
+}
+
+// One generation's state shared by the content provider calls of its response.
+struct GenStream {
+  std::shared_ptr<Job> job;
+  ResponseWriter writer;
+  bool stream;
+};
+
+}  // namespace
+
+struct HttpServer::Impl {
+  ServerOptions opts;
+  std::unique_ptr<model::LlamaModel> model;
+  std::unique_ptr<tok::Tokenizer> tok;
+  std::string chat_template;  // resolved: override, the model's, or "" (chat disabled)
+  std::string template_note;
+  Metrics metrics;
+  std::unique_ptr<Scheduler> sched;
+  httplib::Server http;
+  int port = 0;
+
+  void Routes();
+  void Generate(Endpoint ep, const httplib::Request& req, httplib::Response& res,
+                const httplib::ContentReader& reader);
+};
+
+HttpServer::HttpServer(const ServerOptions& o) : impl_(std::make_unique<Impl>()) {
+  Impl& s = *impl_;
+  s.opts = o;
+  model::LoadOptions lo;
+  s.model = model::LlamaModel::Load(o.model_path, lo);
+  s.tok = tok::Tokenizer::FromGGUF(s.model->file());
+  if (s.tok->n_vocab() != s.model->config().n_vocab)
+    throw Error(o.model_path + ": the vocabulary has " + std::to_string(s.tok->n_vocab()) +
+                " tokens but token_embd.weight has " + std::to_string(s.model->config().n_vocab) +
+                " rows");
+  if (s.opts.model_id.empty())
+    s.opts.model_id = std::filesystem::path(o.model_path).stem().string();
+
+  // Chat template: a bad --chat-template is an error now; a model template this engine does not
+  // know only disables the chat endpoint (completions still work).
+  std::string tmpl = o.chat_template;
+  if (tmpl.empty()) tmpl = s.tok->ChatTemplate().value_or("");
+  if (!tmpl.empty()) {
+    try {
+      tok::ApplyChatTemplate(tmpl, {{"user", "hi"}}, true, "", "");
+      s.chat_template = tmpl;
+      s.template_note = "chat template " + tok::ChatTemplateName(tmpl);
+    } catch (const Error& e) {
+      if (!o.chat_template.empty()) throw;
+      s.template_note = std::string("chat disabled (") + e.what() + ")";
+    }
+  } else {
+    s.template_note = "no chat template (chat disabled; use --chat-template NAME)";
+  }
+
+  s.sched = std::make_unique<Scheduler>(*s.model, *s.tok, o.sched, s.metrics);
+  const int threads =
+      o.http_threads > 0 ? o.http_threads : s.sched->n_slots() + std::max(o.sched.max_queue, 0) + 8;
+  s.http.new_task_queue = [threads] {
+    return new httplib::ThreadPool(static_cast<size_t>(threads));
+  };
+  s.http.set_payload_max_length(o.max_body);
+  s.Routes();
+}
+
+HttpServer::~HttpServer() {
+  Stop();
+}
+
+int HttpServer::Bind() {
+  Impl& s = *impl_;
+  if (s.opts.port == 0) {
+    s.port = s.http.bind_to_any_port(s.opts.host);
+    if (s.port < 0) s.port = 0;
+  } else if (s.http.bind_to_port(s.opts.host, s.opts.port)) {
+    s.port = s.opts.port;
+  }
+  if (s.port <= 0)
+    throw Error("cannot listen on " + s.opts.host + ":" + std::to_string(s.opts.port) +
+                " (address in use, or not an address of this machine)");
+  return s.port;
+}
+
+void HttpServer::Run() {
+  impl_->http.listen_after_bind();
+}
+
+void HttpServer::Stop() {
+  impl_->http.stop();
+  impl_->sched->Stop();
+}
+
+std::string HttpServer::Describe() const {
+  const Impl& s = *impl_;
+  const auto& c = s.model->config();
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "%s (%s, %d layers), %d slots x %d tokens, KV cache %.1f MiB, %d threads, %s",
+                s.opts.model_id.c_str(), c.arch.c_str(), c.n_layer, s.sched->n_slots(),
+                s.sched->n_ctx(), static_cast<double>(s.sched->kv_bytes()) / (1 << 20),
+                s.sched->n_threads(), s.template_note.c_str());
+  return buf;
+}
+
+void HttpServer::Impl::Routes() {
+  using httplib::Request;
+  using httplib::Response;
+  using HR = httplib::Server::HandlerResponse;
+
+  http.set_pre_routing_handler([this](const Request& req, Response& res) {
+    if (opts.api_key.empty() || req.path == "/health") return HR::Unhandled;
+    const std::string auth = req.get_header_value("Authorization");
+    const std::string prefix = "Bearer ";
+    if (auth.compare(0, prefix.size(), prefix) == 0 &&
+        SameKey(auth.substr(prefix.size()), opts.api_key))
+      return HR::Unhandled;
+    SendError(
+        res, ApiError(401,
+                      auth.empty() ? "no API key given: send the header 'Authorization: Bearer KEY'"
+                                   : "the API key is not valid",
+                      "", "invalid_api_key"));
+    return HR::Handled;
+  });
+  // Errors httplib answers itself (unknown path, unreadable request) get the OpenAI shape too.
+  http.set_error_handler(httplib::Server::HandlerWithResponse([](const Request& req,
+                                                                 Response& res) {
+    if (!res.body.empty() || res.content_provider_) return HR::Unhandled;
+    std::string msg = "the request could not be handled (HTTP " + std::to_string(res.status) + ")";
+    if (res.status == 400) msg = "the request is malformed (request line, headers or body)";
+    if (res.status == 404) msg = "no such endpoint: " + req.method + " " + req.path;
+    if (res.status == 413) msg = "the request body is larger than the server accepts";
+    SendError(res, ApiError(res.status, msg, "", res.status == 413 ? "request_too_large" : ""));
+    return HR::Handled;
+  }));
+  http.set_exception_handler([](const Request&, Response& res, std::exception_ptr ep) {
+    std::string msg = "internal error";
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      msg = std::string("internal error: ") + e.what();
+    } catch (...) {
+    }
+    SendError(res, ApiError(500, msg));
+  });
+  http.set_logger([this](const Request& req, const Response& res) {
+    metrics.HttpRequest(EndpointLabel(req.path), res.status);
+    if (opts.log_requests)
+      std::fprintf(stderr, "edgeshard serve: %s %s %d\n", req.method.c_str(), req.path.c_str(),
+                   res.status);
+  });
+
+  http.Get("/health", [](const Request&, Response& res) {
+    res.set_content("{\"status\":\"ok\"}", "application/json");
+  });
+  auto models = [this](const Request&, Response& res) {
+    json m = {
+        {"id", opts.model_id},
+        {"object", "model"},
+        {"created", 0},
+        {"owned_by", "edgeshard"},
+        {"meta",
+         {{"n_ctx", sched->n_ctx()}, {"n_slots", sched->n_slots()}, {"n_vocab", tok->n_vocab()}}}};
+    res.set_content(Dump(json{{"object", "list"}, {"data", json::array({m})}}), "application/json");
+  };
+  http.Get("/v1/models", models);
+  http.Get("/models", models);
+  http.Get("/metrics", [this](const Request&, Response& res) {
+    res.set_content(metrics.Render(), "text/plain; version=0.0.4");
+  });
+  for (const char* path : {"/v1/chat/completions", "/chat/completions"})
+    http.Post(path,
+              [this](const Request& req, Response& res, const httplib::ContentReader& reader) {
+                Generate(Endpoint::kChat, req, res, reader);
+              });
+  for (const char* path : {"/v1/completions", "/completions"})
+    http.Post(path,
+              [this](const Request& req, Response& res, const httplib::ContentReader& reader) {
+                Generate(Endpoint::kCompletion, req, res, reader);
+              });
+}
+
+void HttpServer::Impl::Generate(Endpoint ep, const httplib::Request& req, httplib::Response& res,
+                                const httplib::ContentReader& reader) {
+  std::shared_ptr<GenStream> st;
+  try {
+    if (req.is_multipart_form_data())
+      throw ApiError(415, "multipart bodies are not accepted: send the request as JSON");
+    // The body, bounded: httplib refuses a too large Content-Length itself (413); chunked
+    // bodies are counted here and drained (up to a bound) so the connection stays in step.
+    std::string body;
+    size_t seen = 0;
+    const bool ok = reader([&](const char* d, size_t n) {
+      seen += n;
+      if (seen > opts.max_body) {
+        body.clear();
+        return seen <= kMaxDiscard;
+      }
+      body.append(d, n);
+      return true;
+    });
+    if (res.status == 413 || seen > opts.max_body)
+      throw ApiError(413,
+                     "the request body is larger than the limit of " +
+                         std::to_string(opts.max_body) + " bytes",
+                     "", "request_too_large");
+    if (!ok) throw ApiError(400, "the request body could not be read");
+    json j;
+    try {
+      j = json::parse(body);
+    } catch (const json::parse_error& e) {
+      throw ApiError(400, std::string("the request body is not valid JSON: ") + e.what());
+    }
+    ParsedRequest p = ParseRequest(ep, j, sched->n_ctx());
+    p.gen.prompt = BuildPrompt(p, *tok, chat_template, sched->n_ctx());
+    auto job = std::make_shared<Job>(p.gen);
+    if (!sched->Submit(job)) {
+      res.set_header("Retry-After", "1");
+      throw ApiError(503,
+                     "the server is busy: every slot is in use and the queue is full; retry later",
+                     "", "server_overloaded");
+    }
+    st = std::make_shared<GenStream>(
+        GenStream{job, ResponseWriter(p, *tok, opts.model_id), p.stream});
+  } catch (const ApiError& e) {
+    SendError(res, e);
+    return;
+  }
+
+  res.status = 200;
+  if (st->stream) res.set_header("Cache-Control", "no-cache");
+  // Called again and again until done(): waits briefly for output and checks between waits
+  // that the client is still there; returning false (or a failed write) cancels the job.
+  auto provider = [st](size_t, httplib::DataSink& sink) {
+    if (!sink.is_writable()) {
+      st->job->Cancel();
+      return false;
+    }
+    GenEvent ev;
+    if (!st->job->Wait(ev, kPoll)) return true;
+    std::string out;
+    if (st->stream) {
+      out = st->writer.StreamEvent(ev);
+    } else {
+      st->writer.Accumulate(ev);
+      if (ev.done) out = st->writer.FinalBody();
+    }
+    if (!out.empty() && !sink.write(out.data(), out.size())) {
+      st->job->Cancel();
+      return false;
+    }
+    if (ev.done) sink.done();
+    return true;
+  };
+  res.set_chunked_content_provider(st->stream ? "text/event-stream" : "application/json", provider,
+                                   [st](bool success) {
+                                     if (!success) st->job->Cancel();
+                                   });
+}
+
+}  // namespace es::server

@@ -1,0 +1,48 @@
+// The OpenAI-compatible HTTP server: POST /v1/chat/completions, POST /v1/completions,
+// GET /v1/models, GET /health, GET /metrics. HTTP threads parse and tokenize requests, hand them
+// to the scheduler and stream its output back; the scheduler thread alone touches the model.
+// httplib stays inside the .cpp, so front ends need not be built with its definitions.
+#pragma once
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "server/server_scheduler.h"
+
+namespace es::server {
+
+struct ServerOptions {
+  std::string model_path;
+  std::string model_id;       // reported by /v1/models and in responses; default: file name
+  std::string chat_template;  // name or template text; default: the model's own
+  std::string host = "127.0.0.1";
+  int port = 8080;      // 0: any free port (Bind returns it)
+  std::string api_key;  // when set, every endpoint but /health needs "Bearer KEY"
+  SchedulerOptions sched;
+  int http_threads = 0;        // 0: enough for every slot and queued request, plus a few
+  size_t max_body = 4u << 20;  // larger request bodies get 413
+  bool log_requests = false;   // one line per request on stderr
+};
+
+class HttpServer {
+ public:
+  // Loads the model and allocates every slot's KV cache. Throws es::Error on bad input.
+  explicit HttpServer(const ServerOptions& o);
+  ~HttpServer();
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // Binds the listening socket; returns the port. Throws es::Error if it cannot.
+  int Bind();
+  // Serves until Stop() (from any thread); then ends all generations.
+  void Run();
+  void Stop();
+  // One line about the model, slots and memory, for the start-up message.
+  std::string Describe() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace es::server

@@ -1,0 +1,454 @@
+#include "server/server_openai.h"
+
+#include <chrono>
+#include <cmath>
+#include <random>
+
+#include "edgeshard/error.h"
+
+namespace es::server {
+namespace {
+
+using json = nlohmann::json;
+
+const char* TypeFor(int status) {
+  if (status == 401) return "authentication_error";
+  if (status == 404) return "not_found_error";
+  if (status == 503) return "server_error";
+  if (status >= 500) return "server_error";
+  return "invalid_request_error";
+}
+
+std::string Num(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+std::string Short(const json& v) {
+  std::string s = Dump(v);
+  return s.size() > 60 ? s.substr(0, 57) + "..." : s;
+}
+
+// A field that is present and not null, else nullptr (clients send null for "default").
+const json* Field(const json& body, const char* key) {
+  auto it = body.find(key);
+  return it == body.end() || it->is_null() ? nullptr : &*it;
+}
+
+double Number(const json& body, const char* key, double lo, double hi, double def) {
+  const json* v = Field(body, key);
+  if (!v) return def;
+  if (!v->is_number() || !(v->get<double>() >= lo && v->get<double>() <= hi))
+    throw ApiError(400,
+                   std::string("'") + key + "' must be a number from " + Num(lo) + " to " +
+                       Num(hi) + ", got " + Short(*v),
+                   key);
+  return v->get<double>();
+}
+
+int64_t Integer(const json& body, const char* key, int64_t lo, int64_t hi, int64_t def) {
+  const json* v = Field(body, key);
+  if (!v) return def;
+  bool ok = v->is_number_integer();
+  if (!ok && v->is_number_float()) {  // 16.0 is an integer too
+    const double d = v->get<double>();
+    ok = std::isfinite(d) && std::floor(d) == d && std::fabs(d) < 9e15;
+  }
+  if (ok) {
+    const int64_t i =
+        v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)
+            ? INT64_MAX
+            : (v->is_number_float() ? static_cast<int64_t>(v->get<double>()) : v->get<int64_t>());
+    if (i >= lo && i <= hi) return i;
+  }
+  throw ApiError(400,
+                 std::string("'") + key + "' must be an integer from " + std::to_string(lo) +
+                     " to " + std::to_string(hi) + ", got " + Short(*v),
+                 key);
+}
+
+bool Bool(const json& body, const char* key, bool def) {
+  const json* v = Field(body, key);
+  if (!v) return def;
+  if (!v->is_boolean())
+    throw ApiError(400, std::string("'") + key + "' must be true or false, got " + Short(*v), key);
+  return v->get<bool>();
+}
+
+std::vector<std::string> Stops(const json& body) {
+  const json* v = Field(body, "stop");
+  if (!v) return {};
+  if (v->is_string()) return {v->get<std::string>()};
+  if (v->is_array() && v->size() <= 4) {
+    std::vector<std::string> out;
+    for (const auto& s : *v) {
+      if (!s.is_string()) break;
+      out.push_back(s.get<std::string>());
+    }
+    if (out.size() == v->size()) return out;
+  }
+  throw ApiError(400, "'stop' must be a string or an array of up to 4 strings, got " + Short(*v),
+                 "stop");
+}
+
+std::string MessageContent(const json& m, size_t i) {
+  const std::string where = "messages[" + std::to_string(i) + "].content";
+  auto it = m.find("content");
+  if (it == m.end() || it->is_null()) return "";  // e.g. an assistant turn that only called tools
+  if (it->is_string()) return it->get<std::string>();
+  if (it->is_array()) {
+    std::string text;
+    for (const auto& part : *it) {
+      if (!part.is_object() || !part.contains("type") || part["type"] != "text" ||
+          !part.contains("text") || !part["text"].is_string())
+        throw ApiError(
+            400,
+            where + ": only text parts ({\"type\": \"text\", \"text\": ...}) are supported, got " +
+                Short(part),
+            where);
+      text += part["text"].get<std::string>();
+    }
+    return text;
+  }
+  throw ApiError(400, where + " must be a string or an array of text parts, got " + Short(*it),
+                 where);
+}
+
+std::string RandomId(const char* prefix) {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(rng()));
+  return std::string(prefix) + buf;
+}
+
+json Bytes(const std::string& s) {
+  json a = json::array();
+  for (unsigned char c : s) a.push_back(static_cast<int>(c));
+  return a;
+}
+
+}  // namespace
+
+ApiError::ApiError(int s, const std::string& message, std::string p, std::string c, std::string t)
+    : std::runtime_error(message),
+      status(s),
+      param(std::move(p)),
+      code(std::move(c)),
+      type(std::move(t)) {
+  if (type.empty()) type = TypeFor(status);
+}
+
+json ErrorJson(const ApiError& e) {
+  json err = {{"message", e.what()}, {"type", e.type}, {"param", nullptr}, {"code", nullptr}};
+  if (!e.param.empty()) err["param"] = e.param;
+  if (!e.code.empty()) err["code"] = e.code;
+  return json{{"error", err}};
+}
+
+std::string Dump(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+ParsedRequest ParseRequest(Endpoint ep, const json& body, int n_ctx) {
+  if (!body.is_object())
+    throw ApiError(400, "the request body must be a JSON object, got " + Short(body));
+  ParsedRequest r;
+  r.endpoint = ep;
+  if (const json* m = Field(body, "model")) {
+    if (!m->is_string()) throw ApiError(400, "'model' must be a string, got " + Short(*m), "model");
+    r.model = m->get<std::string>();
+  }
+
+  // Sampling: OpenAI's defaults where OpenAI has the knob, llama.cpp's (top_k 40, min_p 0.05)
+  // for the extensions, so a plain request samples like llama-server does.
+  auto& s = r.gen.sampling;
+  s.temperature = static_cast<float>(Number(body, "temperature", 0, 2, 1.0));
+  s.top_p = static_cast<float>(Number(body, "top_p", 0, 1, 1.0));
+  s.presence_penalty = static_cast<float>(Number(body, "presence_penalty", -2, 2, 0));
+  s.frequency_penalty = static_cast<float>(Number(body, "frequency_penalty", -2, 2, 0));
+  s.top_k = static_cast<int>(Integer(body, "top_k", 0, 1 << 30, 40));
+  s.min_p = static_cast<float>(Number(body, "min_p", 0, 1, 0.05));
+  s.repeat_penalty = static_cast<float>(Number(body, "repeat_penalty", 0, 10, 1.0));
+  s.penalty_last_n = static_cast<int>(Integer(body, "repeat_last_n", 0, n_ctx, 64));
+  const int64_t seed = Integer(body, "seed", -1, INT64_MAX, -1);
+  s.seed = seed < 0 ? runtime::Sampler::kRandomSeed : static_cast<uint64_t>(seed);
+
+  const char* max_key =
+      Field(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+  if (Field(body, max_key)) {
+    r.gen.max_tokens = static_cast<int>(Integer(body, max_key, 1, n_ctx, 0));
+  }
+  r.gen.stop = Stops(body);
+  r.gen.ignore_eos = Bool(body, "ignore_eos", false);
+  if (Integer(body, "n", 1, INT64_MAX, 1) != 1)
+    throw ApiError(400, "'n' must be 1: one choice per request is supported", "n");
+  r.stream = Bool(body, "stream", false);
+  if (const json* so = Field(body, "stream_options")) {
+    if (!so->is_object())
+      throw ApiError(400, "'stream_options' must be an object, got " + Short(*so),
+                     "stream_options");
+    r.include_usage = Bool(*so, "include_usage", false);
+  }
+
+  if (ep == Endpoint::kChat) {
+    const json* msgs = Field(body, "messages");
+    if (!msgs) throw ApiError(400, "'messages' is required", "messages");
+    if (!msgs->is_array() || msgs->empty())
+      throw ApiError(400, "'messages' must be a non-empty array of messages, got " + Short(*msgs),
+                     "messages");
+    for (size_t i = 0; i < msgs->size(); ++i) {
+      const json& m = (*msgs)[i];
+      const std::string where = "messages[" + std::to_string(i) + "]";
+      if (!m.is_object()) throw ApiError(400, where + " must be an object, got " + Short(m), where);
+      const json* role = Field(m, "role");
+      if (!role || !role->is_string())
+        throw ApiError(400, where + ".role must be a string", where + ".role");
+      std::string rs = role->get<std::string>();
+      if (rs == "developer") rs = "system";
+      if (rs != "system" && rs != "user" && rs != "assistant")
+        throw ApiError(
+            400,
+            where + ".role must be \"system\", \"developer\", \"user\" or \"assistant\", got " +
+                Short(*role),
+            where + ".role");
+      r.messages.push_back({rs, MessageContent(m, i)});
+    }
+    r.logprobs = Bool(body, "logprobs", false);
+    r.top_logprobs = static_cast<int>(Integer(body, "top_logprobs", 0, 20, 0));
+    if (r.top_logprobs > 0 && !r.logprobs)
+      throw ApiError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs");
+    if (const json* tools = Field(body, "tools"); tools && !(tools->is_array() && tools->empty()))
+      throw ApiError(400, "'tools' are not supported by this server", "tools");
+    if (const json* rf = Field(body, "response_format");
+        rf && !(rf->is_object() && rf->value("type", "") == "text"))
+      throw ApiError(400, "'response_format' other than {\"type\": \"text\"} is not supported",
+                     "response_format");
+  } else {
+    const json* p = Field(body, "prompt");
+    if (!p) throw ApiError(400, "'prompt' is required", "prompt");
+    auto token_array = [](const json& a) {
+      if (!a.is_array() || a.empty()) return false;
+      for (const auto& x : a)
+        if (!x.is_number_integer()) return false;
+      return true;
+    };
+    if (p->is_string()) {
+      r.prompt_text = p->get<std::string>();
+    } else if (p->is_array() && p->size() == 1 && (*p)[0].is_string()) {
+      r.prompt_text = (*p)[0].get<std::string>();
+    } else if (token_array(*p) || (p->is_array() && p->size() == 1 && token_array((*p)[0]))) {
+      const json& a = token_array(*p) ? *p : (*p)[0];
+      for (const auto& x : a) {
+        const int64_t id = x.get<int64_t>();
+        if (id < 0 || id > INT32_MAX)
+          throw ApiError(400, "'prompt' holds the invalid token id " + Short(x), "prompt");
+        r.prompt_tokens.push_back(static_cast<int32_t>(id));
+      }
+      r.prompt_is_tokens = true;
+    } else {
+      throw ApiError(
+          400,
+          "'prompt' must be a string or an array of token ids (one prompt per request), got " +
+              Short(*p),
+          "prompt");
+    }
+    const int64_t lp = Integer(body, "logprobs", 0, 20, -1);
+    r.logprobs = lp >= 0;
+    r.top_logprobs = static_cast<int>(std::max<int64_t>(lp, 0));
+    if (Bool(body, "echo", false)) throw ApiError(400, "'echo' is not supported", "echo");
+    if (Integer(body, "best_of", 1, INT64_MAX, 1) != 1)
+      throw ApiError(400, "'best_of' must be 1", "best_of");
+    if (const json* sfx = Field(body, "suffix");
+        sfx && !(sfx->is_string() && sfx->get<std::string>().empty()))
+      throw ApiError(400, "'suffix' is not supported", "suffix");
+  }
+  r.gen.n_logprobs = r.logprobs ? r.top_logprobs : -1;
+  return r;
+}
+
+std::vector<int32_t> BuildPrompt(const ParsedRequest& r, const tok::Tokenizer& t,
+                                 const std::string& chat_template, int n_ctx) {
+  std::vector<int32_t> tokens;
+  const char* param = r.endpoint == Endpoint::kChat ? "messages" : "prompt";
+  if (r.endpoint == Endpoint::kChat) {
+    if (chat_template.empty())
+      throw ApiError(400,
+                     "the model has no chat template (tokenizer.chat_template): use "
+                     "/v1/completions, or start the "
+                     "server with --chat-template NAME",
+                     "messages");
+    const std::string bos = t.bos() >= 0 ? t.TokenText(t.bos()) : "";
+    const std::string eos = t.eos() >= 0 ? t.TokenText(t.eos()) : "";
+    std::string text;
+    try {
+      text = tok::ApplyChatTemplate(chat_template, r.messages, true, bos, eos);
+    } catch (const Error& e) {
+      throw ApiError(400, std::string("cannot apply the chat template: ") + e.what(), "messages");
+    }
+    // Templates that write the BOS text themselves must not get a second BOS.
+    auto with = t.Encode(text, true, true);
+    auto without = t.Encode(text, false, true);
+    tokens = with.size() > 1 && !without.empty() && with[0] == without[0] && with[1] == without[0]
+                 ? without
+                 : with;
+  } else if (r.prompt_is_tokens) {
+    for (int32_t id : r.prompt_tokens)
+      if (id >= t.n_vocab())
+        throw ApiError(400,
+                       "'prompt' holds token id " + std::to_string(id) +
+                           ", outside the vocabulary (0.." + std::to_string(t.n_vocab() - 1) + ")",
+                       "prompt");
+    tokens = r.prompt_tokens;
+  } else {
+    tokens = t.Encode(r.prompt_text, true, true);
+  }
+  if (tokens.empty()) throw ApiError(400, "the prompt is empty", param);
+  if (static_cast<int64_t>(tokens.size()) >= n_ctx)
+    throw ApiError(400,
+                   "the prompt has " + std::to_string(tokens.size()) +
+                       " tokens but the context holds " + std::to_string(n_ctx) +
+                       " (at least one position must remain for the reply)",
+                   param, "context_length_exceeded");
+  return tokens;
+}
+
+ResponseWriter::ResponseWriter(const ParsedRequest& r, const tok::Tokenizer& t,
+                               std::string model_id)
+    : endpoint_(r.endpoint),
+      include_usage_(r.include_usage),
+      logprobs_(r.logprobs),
+      tok_(t),
+      model_id_(std::move(model_id)),
+      id_(RandomId(r.endpoint == Endpoint::kChat ? "chatcmpl-" : "cmpl-")),
+      created_(std::chrono::duration_cast<std::chrono::seconds>(
+                   std::chrono::system_clock::now().time_since_epoch())
+                   .count()) {}
+
+json ResponseWriter::Envelope(const char* object) const {
+  return json{{"id", id_}, {"object", object}, {"created", created_}, {"model", model_id_}};
+}
+
+std::string ResponseWriter::FinishReason(const GenEvent& e) {
+  return e.finish_reason == "length" ? "length" : "stop";
+}
+
+json ResponseWriter::Usage(const GenEvent& e) const {
+  return json{{"prompt_tokens", e.n_prompt},
+              {"completion_tokens", e.n_generated},
+              {"total_tokens", e.n_prompt + e.n_generated},
+              {"prompt_tokens_details", {{"cached_tokens", e.n_cached}}}};
+}
+
+json ResponseWriter::LogprobsJson(const std::vector<TokenLogprob>& toks, size_t text_offset) const {
+  if (endpoint_ == Endpoint::kChat) {
+    json content = json::array();
+    for (const auto& t : toks) {
+      const std::string piece = tok_.TokenToPiece(t.id);
+      json top = json::array();
+      for (const auto& [id, lp] : t.top) {
+        const std::string p = tok_.TokenToPiece(id);
+        top.push_back({{"token", p}, {"logprob", lp}, {"bytes", Bytes(p)}});
+      }
+      content.push_back({{"token", piece},
+                         {"logprob", t.logprob},
+                         {"bytes", Bytes(piece)},
+                         {"top_logprobs", top}});
+    }
+    return json{{"content", content}};
+  }
+  json tokens = json::array(), lps = json::array(), tops = json::array(), offsets = json::array();
+  for (const auto& t : toks) {
+    const std::string piece = tok_.TokenToPiece(t.id);
+    tokens.push_back(piece);
+    lps.push_back(t.logprob);
+    json top = json::object();
+    for (const auto& [id, lp] : t.top) {
+      const std::string p = tok_.TokenToPiece(id);
+      if (!top.contains(p)) top[p] = lp;  // pieces of different ids can coincide: keep the likelier
+    }
+    tops.push_back(top);
+    offsets.push_back(text_offset);
+    text_offset += piece.size();
+  }
+  return json{{"tokens", tokens},
+              {"token_logprobs", lps},
+              {"top_logprobs", tops},
+              {"text_offset", offsets}};
+}
+
+std::string ResponseWriter::StreamEvent(const GenEvent& e) {
+  std::string out;
+  auto send = [&](const json& j) { out += "data: " + Dump(j) + "\n\n"; };
+  const bool chat = endpoint_ == Endpoint::kChat;
+  const char* object = chat ? "chat.completion.chunk" : "text_completion";
+  if (chat && !sent_role_) {
+    sent_role_ = true;
+    json c = Envelope(object);
+    c["choices"] = json::array({{{"index", 0},
+                                 {"delta", {{"role", "assistant"}, {"content", ""}}},
+                                 {"logprobs", nullptr},
+                                 {"finish_reason", nullptr}}});
+    send(c);
+  }
+  if (!e.text.empty() || (logprobs_ && !e.tokens.empty())) {
+    json choice = {{"index", 0}, {"finish_reason", nullptr}};
+    choice["logprobs"] = logprobs_ ? LogprobsJson(e.tokens, text_bytes_) : json(nullptr);
+    for (const auto& t : e.tokens) text_bytes_ += tok_.TokenToPiece(t.id).size();
+    if (chat) {
+      choice["delta"] = {{"content", e.text}};
+    } else {
+      choice["text"] = e.text;
+    }
+    json c = Envelope(object);
+    c["choices"] = json::array({choice});
+    send(c);
+  }
+  if (e.done) {
+    if (e.finish_reason == "error") {
+      send(ErrorJson(ApiError(500, e.error)));
+    } else {
+      json choice = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", FinishReason(e)}};
+      if (chat) {
+        choice["delta"] = json::object();
+      } else {
+        choice["text"] = "";
+      }
+      json c = Envelope(object);
+      c["choices"] = json::array({choice});
+      send(c);
+      if (include_usage_) {
+        json u = Envelope(object);
+        u["choices"] = json::array();
+        u["usage"] = Usage(e);
+        send(u);
+      }
+    }
+    out += "data: [DONE]\n\n";
+  }
+  return out;
+}
+
+void ResponseWriter::Accumulate(const GenEvent& e) {
+  text_ += e.text;
+  for (const auto& t : e.tokens) tokens_.push_back(t);
+  if (e.done) last_ = e;
+}
+
+std::string ResponseWriter::FinalBody() const {
+  if (last_.finish_reason == "error") return Dump(ErrorJson(ApiError(500, last_.error)));
+  const bool chat = endpoint_ == Endpoint::kChat;
+  json choice = {{"index", 0}, {"finish_reason", FinishReason(last_)}};
+  choice["logprobs"] = logprobs_ ? LogprobsJson(tokens_, 0) : json(nullptr);
+  if (chat) {
+    choice["message"] = {{"role", "assistant"}, {"content", text_}};
+  } else {
+    choice["text"] = text_;
+  }
+  json r = Envelope(chat ? "chat.completion" : "text_completion");
+  r["choices"] = json::array({choice});
+  r["usage"] = Usage(last_);
+  return Dump(r);
+}
+
+}  // namespace es::server

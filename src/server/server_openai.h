@@ -1,0 +1,81 @@
+// The OpenAI wire format: request bodies of /v1/chat/completions and /v1/completions parsed and
+// checked into a GenRequest, and the JSON / server-sent-event bodies written back. No sockets
+// here, so all of it is testable directly.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "server/server_scheduler.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer_chat.h"
+
+namespace es::server {
+
+// An error answered as {"error": {"message", "type", "param", "code"}} with an HTTP status.
+struct ApiError : std::runtime_error {
+  ApiError(int status, const std::string& message, std::string param = "", std::string code = "",
+           std::string type = "");
+  int status;
+  std::string param, code, type;
+};
+nlohmann::json ErrorJson(const ApiError& e);
+// JSON text; invalid UTF-8 (a token can be half a character) is replaced, never thrown on.
+std::string Dump(const nlohmann::json& j);
+
+enum class Endpoint { kChat, kCompletion };
+
+struct ParsedRequest {
+  Endpoint endpoint = Endpoint::kCompletion;
+  GenRequest gen;                          // everything but the prompt tokens
+  std::vector<tok::ChatMessage> messages;  // chat
+  std::string prompt_text;                 // completions, when given as text
+  std::vector<int32_t> prompt_tokens;      // completions, when given as token ids
+  bool prompt_is_tokens = false;
+  std::string model;
+  bool stream = false, include_usage = false;
+  bool logprobs = false;  // chat: logprobs; completions: logprobs >= 0
+  int top_logprobs = 0;
+};
+
+// Checks every known field's type and range (unknown fields are ignored, as OpenAI's clients
+// send extras); throws ApiError 400 naming the field. max_tokens must lie in [1, n_ctx].
+ParsedRequest ParseRequest(Endpoint ep, const nlohmann::json& body, int n_ctx);
+
+// The prompt's tokens: chat messages through the chat template (`chat_template` is a template
+// name or text; empty when the model has none), completions text with BOS as the vocabulary
+// asks. Throws ApiError 400 when it is empty, holds invalid ids or does not fit the context.
+std::vector<int32_t> BuildPrompt(const ParsedRequest& r, const tok::Tokenizer& t,
+                                 const std::string& chat_template, int n_ctx);
+
+// Writes one request's response: streamed (SSE chunks) or as one JSON object at the end.
+class ResponseWriter {
+ public:
+  ResponseWriter(const ParsedRequest& r, const tok::Tokenizer& t, std::string model_id);
+  // SSE text for an event ("" if nothing to send); the last event ends with "data: [DONE]".
+  std::string StreamEvent(const GenEvent& e);
+  // Non-streamed: gather events, then the whole body once the last one came.
+  void Accumulate(const GenEvent& e);
+  std::string FinalBody() const;
+
+ private:
+  nlohmann::json Envelope(const char* object) const;
+  nlohmann::json LogprobsJson(const std::vector<TokenLogprob>& toks, size_t text_offset) const;
+  nlohmann::json Usage(const GenEvent& e) const;
+  static std::string FinishReason(const GenEvent& e);
+
+  Endpoint endpoint_;
+  bool include_usage_, logprobs_;
+  const tok::Tokenizer& tok_;
+  std::string model_id_, id_;
+  int64_t created_;
+  bool sent_role_ = false;
+  size_t text_bytes_ = 0;  // completions text_offset
+  // Non-streamed.
+  std::string text_;
+  std::vector<TokenLogprob> tokens_;
+  GenEvent last_;
+};
+
+}  // namespace es::server

@@ -1,0 +1,377 @@
+#include "server/server_scheduler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "edgeshard/error.h"
+
+namespace es::server {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int ResolveCtx(const model::ModelConfig& c, int n_ctx) {
+  if (n_ctx < 0) throw Error("context length must be positive (got " + std::to_string(n_ctx) + ")");
+  if (n_ctx == 0) return std::min(c.n_ctx_train, 4096);
+  if (n_ctx > c.n_ctx_train)
+    throw Error("context length " + std::to_string(n_ctx) +
+                " exceeds the model's training context " + std::to_string(c.n_ctx_train));
+  return n_ctx;
+}
+
+int ResolveThreads(int n) {
+  return n > 0 ? n : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+size_t CommonPrefix(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
+  size_t n = 0;
+  while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;
+  return n;
+}
+
+// Log-probability of `tok` and the `k` most likely tokens, from the raw logits.
+TokenLogprob Logprobs(const float* logits, int n_vocab, int32_t tok, int k,
+                      std::vector<int32_t>& idx) {
+  auto val = [&](int32_t i) {
+    const float l = logits[i];
+    return std::isnan(l) ? -std::numeric_limits<float>::infinity() : l;
+  };
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int32_t i = 0; i < n_vocab; ++i) mx = std::max(mx, val(i));
+  double sum = 0;
+  for (int32_t i = 0; i < n_vocab; ++i) sum += std::exp(static_cast<double>(val(i) - mx));
+  const float lse = mx + static_cast<float>(std::log(sum));
+  TokenLogprob r;
+  r.id = tok;
+  r.logprob = val(tok) - lse;
+  if (k > 0) {
+    k = std::min(k, n_vocab);
+    idx.resize(static_cast<size_t>(n_vocab));
+    for (int32_t i = 0; i < n_vocab; ++i) idx[static_cast<size_t>(i)] = i;
+    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
+      return val(a) > val(b) || (val(a) == val(b) && a < b);
+    });
+    for (int i = 0; i < k; ++i)
+      r.top.emplace_back(idx[static_cast<size_t>(i)], val(idx[static_cast<size_t>(i)]) - lse);
+  }
+  return r;
+}
+
+}  // namespace
+
+bool Job::Wait(GenEvent& out, std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mu_);
+  if (!cv_.wait_for(lock, timeout, [&] { return has_pending_; })) return false;
+  out = std::move(pending_);
+  pending_ = GenEvent{};
+  has_pending_ = false;
+  return true;
+}
+
+void Job::Push(GenEvent e) {
+  {
+    std::lock_guard lock(mu_);
+    // Merge: a slow reader gets everything since it last looked in one piece.
+    pending_.text += e.text;
+    for (auto& t : e.tokens) pending_.tokens.push_back(std::move(t));
+    if (e.done) {
+      pending_.done = true;
+      pending_.finish_reason = e.finish_reason;
+      pending_.error = e.error;
+      pending_.n_prompt = e.n_prompt;
+      pending_.n_cached = e.n_cached;
+      pending_.n_generated = e.n_generated;
+    }
+    has_pending_ = true;
+  }
+  cv_.notify_all();
+}
+
+Scheduler::Scheduler(const model::LlamaModel& m, const tok::Tokenizer& t, const SchedulerOptions& o,
+                     Metrics& metrics)
+    : model_(m),
+      tok_(t),
+      metrics_(metrics),
+      n_ctx_(ResolveCtx(m.config(), o.n_ctx)),
+      n_batch_(std::max(o.n_batch, o.n_slots)),
+      max_queue_(o.max_queue),
+      step_delay_ms_(o.step_delay_ms),
+      pool_(ResolveThreads(o.n_threads)),
+      ws_(m.config(), n_batch_, n_ctx_, pool_.size()) {
+  const auto& c = m.config();
+  if (o.n_slots < 1)
+    throw Error("--parallel must be at least 1 (got " + std::to_string(o.n_slots) + ")");
+  if (o.max_queue < 0)
+    throw Error("the queue length must be >= 0 (got " + std::to_string(o.max_queue) + ")");
+  slots_.resize(static_cast<size_t>(o.n_slots));
+  for (auto& s : slots_) s.kv = std::make_unique<runtime::KvCache>(c, n_ctx_, o.kv_type);
+  n_free_ = o.n_slots;
+  hidden_.resize(static_cast<size_t>(n_batch_) * c.n_embd);
+  head_in_.resize(slots_.size() * c.n_embd);
+  logits_.resize(slots_.size() * c.n_vocab);
+  UpdateGauges();
+  thread_ = std::thread([this] { Loop(); });
+}
+
+Scheduler::~Scheduler() {
+  Stop();
+}
+
+size_t Scheduler::kv_bytes() const {
+  size_t b = 0;
+  for (const auto& s : slots_) b += s.kv->bytes();
+  return b;
+}
+
+bool Scheduler::Submit(std::shared_ptr<Job> job) {
+  {
+    std::lock_guard lock(mu_);
+    // Free slots take requests at the next step; beyond them, at most max_queue_ may wait.
+    if (stopping_ || static_cast<int>(queue_.size()) >= max_queue_ + n_free_.load()) return false;
+    queue_.push_back(std::move(job));
+    metrics_.SetQueueDepth(static_cast<int>(queue_.size()));
+  }
+  cv_.notify_all();
+  return true;
+}
+
+void Scheduler::Stop() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Scheduler::Loop() {
+  while (true) {
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] {
+        return stopping_ || !queue_.empty() ||
+               std::any_of(slots_.begin(), slots_.end(),
+                           [](const Slot& s) { return s.job != nullptr; });
+      });
+      if (stopping_) break;
+    }
+    Admit();
+    Step();
+  }
+  for (auto& s : slots_)
+    if (s.job) Finish(s, "error", "the server is shutting down");
+  std::lock_guard lock(mu_);
+  for (auto& job : queue_) {
+    GenEvent e;
+    e.done = true;
+    e.finish_reason = "error";
+    e.error = "the server is shutting down";
+    job->Push(std::move(e));
+  }
+  queue_.clear();
+}
+
+void Scheduler::Admit() {
+  std::vector<std::shared_ptr<Job>> take, dropped;
+  {
+    std::lock_guard lock(mu_);
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      if ((*it)->cancelled()) {
+        dropped.push_back(std::move(*it));
+        it = queue_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    const auto n_free =
+        std::count_if(slots_.begin(), slots_.end(), [](const Slot& s) { return s.job == nullptr; });
+    while (!queue_.empty() && static_cast<int64_t>(take.size()) < n_free) {
+      take.push_back(std::move(queue_.front()));
+      queue_.pop_front();
+    }
+    metrics_.SetQueueDepth(static_cast<int>(queue_.size()));
+  }
+  for (auto& job : dropped) {
+    GenEvent e;
+    e.done = true;
+    e.finish_reason = "cancelled";
+    e.n_prompt = static_cast<int>(job->request().prompt.size());
+    job->Push(std::move(e));
+    metrics_.GenerationFinished("cancelled");
+  }
+  for (auto& job : take) {
+    // Prefer the free slot whose cached tokens cover at least half of this prompt (a
+    // conversation's next turn, a shared system prompt); else the least recently used one, so
+    // a mere shared BOS does not evict a useful cache.
+    const auto& prompt = job->request().prompt;
+    Slot *best = nullptr, *lru = nullptr;
+    size_t best_lcp = 0;
+    for (auto& s : slots_) {
+      if (s.job) continue;
+      const size_t lcp = CommonPrefix(s.cached, prompt);
+      if (lcp > best_lcp) best = &s, best_lcp = lcp;
+      if (!lru || s.last_used < lru->last_used) lru = &s;
+    }
+    Assign(best && 2 * best_lcp >= prompt.size() ? *best : *lru, std::move(job));
+  }
+}
+
+void Scheduler::Assign(Slot& s, std::shared_ptr<Job> job) {
+  const GenRequest& r = job->request();
+  size_t keep = CommonPrefix(s.cached, r.prompt);
+  if (keep >= r.prompt.size()) keep = r.prompt.size() - 1;  // evaluate one token for fresh logits
+  s.cached.resize(keep);
+  s.pending.assign(r.prompt.begin() + static_cast<std::ptrdiff_t>(keep), r.prompt.end());
+  s.pending_pos = 0;
+  s.next = -1;
+  s.sampler = std::make_unique<runtime::Sampler>(r.sampling, model_.config().n_vocab);
+  for (int32_t t : r.prompt) s.sampler->Accept(t);  // penalties see the prompt, as in llama.cpp
+  s.stop = std::make_unique<runtime::StopMatcher>(r.stop);
+  s.n_prompt = static_cast<int>(r.prompt.size());
+  s.n_cached = static_cast<int>(keep);
+  s.n_generated = 0;
+  s.first_token = true;
+  s.last_used = ++clock_;
+  s.job = std::move(job);
+  --n_free_;
+  metrics_.PromptTokens(static_cast<int64_t>(r.prompt.size() - keep), static_cast<int64_t>(keep));
+}
+
+void Scheduler::Step() {
+  for (auto& s : slots_)
+    if (s.job && s.job->cancelled()) Finish(s, "cancelled");
+
+  const auto& c = model_.config();
+  batch_tokens_.clear();
+  batch_rows_.clear();
+  std::vector<std::pair<Slot*, int>> want;  // slots that sample after this step, and their row
+  auto add_row = [&](Slot& s, int32_t token) {
+    batch_tokens_.push_back(token);
+    batch_rows_.push_back(model::BatchRow{s.kv->layers(), static_cast<int64_t>(s.cached.size())});
+    s.cached.push_back(token);
+  };
+  // One decode row per generating sequence first, so they never wait behind long prompts.
+  for (auto& s : slots_) {
+    if (!s.job || s.next < 0) continue;
+    add_row(s, s.next);
+    s.next = -1;
+    want.emplace_back(&s, static_cast<int>(batch_rows_.size()) - 1);
+  }
+  // Then prompt chunks, oldest request first, up to the batch size.
+  std::vector<Slot*> prefill;
+  for (auto& s : slots_)
+    if (s.job && s.pending_pos < s.pending.size()) prefill.push_back(&s);
+  std::sort(prefill.begin(), prefill.end(),
+            [](Slot* a, Slot* b) { return a->last_used < b->last_used; });
+  for (Slot* s : prefill) {
+    const size_t room = static_cast<size_t>(n_batch_) - batch_rows_.size();
+    if (room == 0) break;
+    const size_t n = std::min(room, s->pending.size() - s->pending_pos);
+    for (size_t i = 0; i < n; ++i) add_row(*s, s->pending[s->pending_pos + i]);
+    s->pending_pos += n;
+    if (s->pending_pos == s->pending.size())
+      want.emplace_back(s, static_cast<int>(batch_rows_.size()) - 1);
+  }
+  const int n = static_cast<int>(batch_rows_.size());
+  if (n == 0) {
+    UpdateGauges();
+    return;
+  }
+
+  const auto t0 = Clock::now();
+  try {
+    model_.Embed(batch_tokens_.data(), n, hidden_.data());
+    model_.ForwardBlocks(0, c.n_layer, hidden_.data(), n, batch_rows_.data(), ws_, pool_);
+    // The head only for rows that are sampled: the last prompt row and the decode rows.
+    for (size_t k = 0; k < want.size(); ++k)
+      std::memcpy(head_in_.data() + k * c.n_embd,
+                  hidden_.data() + static_cast<size_t>(want[k].second) * c.n_embd,
+                  sizeof(float) * c.n_embd);
+    if (!want.empty())
+      model_.Head(head_in_.data(), static_cast<int>(want.size()), logits_.data(), ws_, pool_);
+  } catch (const std::exception& e) {
+    // The caches of the sequences in this batch may be half written: forget them.
+    for (auto& s : slots_) {
+      if (!s.job) continue;
+      s.cached.clear();
+      Finish(s, "error", e.what());
+    }
+    UpdateGauges();
+    return;
+  }
+  metrics_.Step(n, std::chrono::duration<double>(Clock::now() - t0).count());
+
+  for (size_t k = 0; k < want.size(); ++k)
+    HandleLogits(*want[k].first, logits_.data() + k * c.n_vocab);
+  UpdateGauges();
+  if (step_delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(step_delay_ms_));
+}
+
+void Scheduler::HandleLogits(Slot& s, const float* logits) {
+  const GenRequest& r = s.job->request();
+  const int32_t tok = s.sampler->Sample(logits);
+  if (s.first_token) {
+    s.first_token = false;
+    metrics_.TimeToFirstToken(
+        std::chrono::duration<double>(Clock::now() - s.job->enqueued()).count());
+  }
+  GenEvent ev;
+  if (!r.ignore_eos && tok_.IsEog(tok)) {
+    ev.text = s.stop->Flush();
+    Finish(s, "stop", "", std::move(ev));
+    return;
+  }
+  s.sampler->Accept(tok);
+  ++s.n_generated;
+  metrics_.GeneratedTokens(1);
+  if (r.n_logprobs >= 0)
+    ev.tokens.push_back(Logprobs(logits, model_.config().n_vocab, tok, r.n_logprobs, top_idx_));
+  auto fed = s.stop->Feed(tok_.TokenToPiece(tok));
+  ev.text = std::move(fed.text);
+  if (fed.stopped) {
+    Finish(s, "stop", "", std::move(ev));
+  } else if ((r.max_tokens >= 0 && s.n_generated >= r.max_tokens) ||
+             s.cached.size() >= static_cast<size_t>(n_ctx_)) {
+    // The last token is never evaluated, so a full context still lets it out.
+    ev.text += s.stop->Flush();
+    Finish(s, "length", "", std::move(ev));
+  } else {
+    s.next = tok;
+    if (!ev.text.empty() || !ev.tokens.empty()) s.job->Push(std::move(ev));
+  }
+}
+
+void Scheduler::Finish(Slot& s, const std::string& reason, const std::string& error, GenEvent ev) {
+  ev.done = true;
+  ev.finish_reason = reason;
+  ev.error = error;
+  ev.n_prompt = s.n_prompt;
+  ev.n_cached = s.n_cached;
+  ev.n_generated = s.n_generated;
+  s.job->Push(std::move(ev));
+  metrics_.GenerationFinished(reason);
+  // The slot is free at once; its cached tokens stay for a later request with the same prefix.
+  s.job.reset();
+  s.sampler.reset();
+  s.stop.reset();
+  s.pending.clear();
+  s.pending_pos = 0;
+  s.next = -1;
+  s.last_used = ++clock_;
+  ++n_free_;
+}
+
+void Scheduler::UpdateGauges() {
+  int active = 0;
+  int64_t used = 0;
+  for (const auto& s : slots_) {
+    active += s.job != nullptr;
+    used += static_cast<int64_t>(s.cached.size());
+  }
+  metrics_.SetSlots(active, static_cast<int>(slots_.size()));
+  metrics_.SetKvCache(used, static_cast<int64_t>(slots_.size()) * n_ctx_);
+}
+
+}  // namespace es::server
