@@ -143,6 +143,7 @@ void Scheduler::Stop() {
     stopping_ = true;
   }
   cv_.notify_all();
+  std::lock_guard lock(join_mu_);  // Stop may be called from several threads at once
   if (thread_.joinable()) thread_.join();
 }
 

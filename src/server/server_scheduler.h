@@ -149,6 +149,7 @@ class Scheduler {
   std::condition_variable cv_;
   std::deque<std::shared_ptr<Job>> queue_;
   bool stopping_ = false;
+  std::mutex join_mu_;
   std::thread thread_;
 };
 

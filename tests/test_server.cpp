@@ -1,0 +1,592 @@
+// `edgeshard serve` end to end: the real binary on a loopback port, driven with raw HTTP for the
+// malformed and edge cases, and with the official OpenAI client (tests/server/*.mjs, node) for
+// chat, streaming, completions, errors and a short 16-client load run.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "test_util.h"
+
+namespace {
+
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+const fs::path kNodeDir = fs::path(__FILE__).parent_path() / "server";
+
+// A server process on a free loopback port; stopped with SIGTERM (which must exit cleanly).
+class ServerProcess {
+ public:
+  explicit ServerProcess(const std::vector<std::string>& args) {
+    char tmpl[] = "/tmp/es_serve_errXXXXXX";
+    const int fd = mkstemp(tmpl);
+    err_path_ = tmpl;
+    std::vector<std::string> argv = {
+        es::test::BinaryPath(), "serve", "--host", "127.0.0.1", "--port", "0"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(fd, STDERR_FILENO);
+      std::vector<char*> cargs;
+      for (auto& a : argv) cargs.push_back(a.data());
+      cargs.push_back(nullptr);
+      execv(cargs[0], cargs.data());
+      _exit(127);
+    }
+    close(fd);
+    // Bounded wait for the "listening on" line, which carries the port.
+    const std::regex re("listening on http://127\\.0\\.0\\.1:(\\d+)");
+    for (int i = 0; i < 600 && port_ == 0; ++i) {
+      std::smatch m;
+      const std::string err = es::test::ReadFile(err_path_);
+      if (std::regex_search(err, m, re)) port_ = std::stoi(m[1]);
+      int st = 0;
+      if (port_ == 0 && waitpid(pid_, &st, WNOHANG) == pid_) {
+        pid_ = -1;
+        break;
+      }
+      if (port_ == 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    if (port_ == 0) ADD_FAILURE() << "the server did not start:\n" << es::test::ReadFile(err_path_);
+  }
+  ~ServerProcess() {
+    if (pid_ > 0) {
+      const int code = Stop();
+      EXPECT_EQ(code, 0) << "the server did not exit cleanly on SIGTERM:\n" << stderr_text();
+    }
+    std::remove(err_path_.c_str());
+  }
+  // SIGTERM, then the exit code (SIGKILL and -1 if it does not exit within 30 s).
+  int Stop() {
+    kill(pid_, SIGTERM);
+    int st = 0;
+    for (int i = 0; i < 300; ++i) {
+      if (waitpid(pid_, &st, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    kill(pid_, SIGKILL);
+    waitpid(pid_, &st, 0);
+    pid_ = -1;
+    return -1;
+  }
+  int port() const { return port_; }
+  pid_t pid() const { return pid_; }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  std::string stderr_text() const { return es::test::ReadFile(err_path_); }
+
+ private:
+  pid_t pid_ = -1;
+  int port_ = 0;
+  std::string err_path_;
+};
+
+struct HttpResponse {
+  int status = 0;
+  std::map<std::string, std::string> headers;  // lower-case names
+  std::string body;                            // de-chunked
+};
+
+int Connect(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  timeval tv{60, 0};  // never hang a test on a silent server
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
+    ADD_FAILURE() << "cannot connect to port " << port;
+  return fd;
+}
+
+void SendAll(int fd, const std::string& s) {
+  size_t off = 0;
+  while (off < s.size()) {
+    const ssize_t n = send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL);
+    if (n <= 0) return;  // the server may close early (e.g. after a 413)
+    off += static_cast<size_t>(n);
+  }
+}
+
+HttpResponse Parse(const std::string& raw) {
+  HttpResponse r;
+  const size_t head_end = raw.find("\r\n\r\n");
+  if (head_end == std::string::npos) {
+    ADD_FAILURE() << "no HTTP response header in: " << raw.substr(0, 200);
+    return r;
+  }
+  std::istringstream head(raw.substr(0, head_end));
+  std::string line;
+  std::getline(head, line);
+  r.status = std::stoi(line.substr(9, 3));
+  while (std::getline(head, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    const size_t colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string name = line.substr(0, colon);
+    for (auto& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    r.headers[name] = line.substr(colon + 2);
+  }
+  std::string body = raw.substr(head_end + 4);
+  if (r.headers["transfer-encoding"] == "chunked") {
+    std::string out;
+    size_t pos = 0;
+    while (pos < body.size()) {
+      const size_t eol = body.find("\r\n", pos);
+      if (eol == std::string::npos) break;
+      const size_t len = std::stoul(body.substr(pos, eol - pos), nullptr, 16);
+      if (len == 0) break;
+      out += body.substr(eol + 2, len);
+      pos = eol + 2 + len + 2;
+    }
+    body = out;
+  } else if (r.headers.count("content-length")) {
+    body = body.substr(0, std::stoul(r.headers["content-length"]));
+  }
+  r.body = body;
+  return r;
+}
+
+// Sends raw bytes on a fresh connection and reads the whole response.
+HttpResponse Raw(int port, const std::string& request) {
+  const int fd = Connect(port);
+  SendAll(fd, request);
+  std::string raw;
+  char buf[65536];
+  ssize_t n;
+  while ((n = recv(fd, buf, sizeof buf, 0)) > 0) raw.append(buf, static_cast<size_t>(n));
+  close(fd);
+  return Parse(raw);
+}
+
+std::string Request(const std::string& method, const std::string& path, const std::string& body,
+                    const std::string& key = "", const std::string& extra_headers = "") {
+  std::string r = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n";
+  if (!key.empty()) r += "Authorization: Bearer " + key + "\r\n";
+  r += extra_headers;
+  if (method == "POST")
+    r +=
+        "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
+  return r + "\r\n" + body;
+}
+
+HttpResponse Post(int port, const std::string& path, const std::string& body,
+                  const std::string& key = "") {
+  return Raw(port, Request("POST", path, body, key));
+}
+
+HttpResponse Get(int port, const std::string& path, const std::string& key = "") {
+  return Raw(port, Request("GET", path, "", key));
+}
+
+// Checks OpenAI's error shape and returns the error object.
+json ExpectError(const HttpResponse& r, int status, const std::string& param = "") {
+  EXPECT_EQ(r.status, status) << r.body;
+  EXPECT_EQ(r.headers.count("content-type") ? r.headers.at("content-type") : "",
+            "application/json");
+  json j = json::parse(r.body, nullptr, false);
+  if (!j.is_object() || !j.contains("error") || !j["error"].is_object()) {
+    ADD_FAILURE() << "not an OpenAI error body: " << r.body;
+    return json::object();
+  }
+  const json& e = j["error"];
+  EXPECT_TRUE(e["message"].is_string() && !e["message"].get<std::string>().empty()) << r.body;
+  EXPECT_TRUE(e["type"].is_string()) << r.body;
+  EXPECT_TRUE(e.contains("param") && e.contains("code")) << r.body;
+  if (!param.empty()) {
+    EXPECT_EQ(e["param"], param) << r.body;
+  }
+  return e;
+}
+
+std::map<std::string, double> Metrics(int port, const std::string& key = "") {
+  std::map<std::string, double> m;
+  auto r = Get(port, "/metrics", key);
+  std::istringstream in(r.body);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    const size_t sp = line.rfind(' ');
+    m[line.substr(0, sp)] = std::stod(line.substr(sp + 1));
+  }
+  return m;
+}
+
+// Polls the metrics until `pred` holds (at most 30 s); returns the last reading.
+template <class Pred>
+std::map<std::string, double> WaitMetrics(int port, const std::string& key, Pred pred) {
+  std::map<std::string, double> m;
+  for (int i = 0; i < 300; ++i) {
+    m = Metrics(port, key);
+    if (pred(m)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return m;
+}
+
+std::string Stories() {
+  return es::test::ModelPath("stories260K.gguf");
+}
+
+// Runs a command, returning its exit code and combined output.
+es::test::RunResult Shell(const std::string& cmd) {
+  std::string out;
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int st = pclose(p);
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : 128, out, ""};
+}
+
+bool NodeModulesReady() {
+  if (fs::exists(kNodeDir / "node_modules" / "openai" / "package.json")) return true;
+  ADD_FAILURE() << "the OpenAI client for the server tests is not installed: run `npm ci --prefix "
+                << kNodeDir.string() << "` (node 20+, uses the committed package-lock.json)";
+  return false;
+}
+
+const std::string kKey = "test-key-123";
+
+class ServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    server_ = new ServerProcess({"-m", Stories(), "--chat-template", "chatml", "--parallel", "4",
+                                 "-c", "512", "--api-key", kKey, "--max-body", "65536", "-t", "2"});
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    server_ = nullptr;
+  }
+  static int port() { return server_->port(); }
+  static ServerProcess* server_;
+};
+ServerProcess* ServerTest::server_ = nullptr;
+
+TEST_F(ServerTest, HealthModelsAndMetrics) {
+  ASSERT_GT(port(), 0);
+  auto h = Get(port(), "/health");  // needs no key
+  EXPECT_EQ(h.status, 200);
+  EXPECT_EQ(json::parse(h.body)["status"], "ok");
+
+  auto m = Get(port(), "/v1/models", kKey);
+  ASSERT_EQ(m.status, 200) << m.body;
+  json mj = json::parse(m.body);
+  EXPECT_EQ(mj["object"], "list");
+  ASSERT_EQ(mj["data"].size(), 1u);
+  EXPECT_EQ(mj["data"][0]["id"], "stories260K");
+
+  auto r = Post(port(), "/v1/completions",
+                R"({"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0})", kKey);
+  ASSERT_EQ(r.status, 200) << r.body;
+  json rj = json::parse(r.body);
+  EXPECT_EQ(rj["usage"]["completion_tokens"], 8);
+  EXPECT_EQ(rj["choices"][0]["finish_reason"], "length");
+
+  auto text = Get(port(), "/metrics", kKey);
+  ASSERT_EQ(text.status, 200);
+  EXPECT_NE(text.headers["content-type"].find("text/plain"), std::string::npos);
+  // Every sample line is "name{labels} value" and every family has HELP and TYPE.
+  const std::regex sample(
+      R"(^[a-z_:][a-z0-9_:]*(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? [-+0-9.eE]+(Inf)?$)");
+  std::istringstream in(text.body);
+  std::string line;
+  int samples = 0;
+  while (std::getline(in, line)) {
+    if (line.rfind("# HELP ", 0) == 0 || line.rfind("# TYPE ", 0) == 0) continue;
+    EXPECT_TRUE(std::regex_match(line, sample)) << line;
+    ++samples;
+  }
+  EXPECT_GT(samples, 20);
+  auto mm = Metrics(port(), kKey);
+  for (const char* name :
+       {"edgeshard_prompt_tokens_total", "edgeshard_generated_tokens_total",
+        "edgeshard_time_to_first_token_seconds_count", "edgeshard_generation_tokens_per_second",
+        "edgeshard_queue_depth", "edgeshard_kv_cache_tokens", "edgeshard_kv_cache_usage_ratio",
+        "edgeshard_slots_total", "edgeshard_slots_active"})
+    EXPECT_TRUE(mm.count(name)) << name;
+  EXPECT_GE(mm["edgeshard_generated_tokens_total"], 8);
+  EXPECT_GE(mm["edgeshard_time_to_first_token_seconds_count"], 1);
+  EXPECT_EQ(mm["edgeshard_slots_total"], 4);
+  EXPECT_EQ(mm["edgeshard_kv_cache_capacity_tokens"], 4 * 512);
+  EXPECT_GE(mm["edgeshard_http_requests_total{endpoint=\"/v1/completions\",code=\"200\"}"], 1);
+}
+
+TEST_F(ServerTest, MalformedBodiesGet400) {
+  // Not JSON, not an object.
+  ExpectError(Post(port(), "/v1/chat/completions", "{\"messages\": [", kKey), 400);
+  ExpectError(Post(port(), "/v1/chat/completions", "", kKey), 400);
+  ExpectError(Post(port(), "/v1/completions", "[1, 2]", kKey), 400);
+  ExpectError(Post(port(), "/v1/completions", "\"prompt\"", kKey), 400);
+  // Missing or malformed messages.
+  ExpectError(Post(port(), "/v1/chat/completions", R"({"model": "x"})", kKey), 400, "messages");
+  ExpectError(Post(port(), "/v1/chat/completions", R"({"messages": []})", kKey), 400, "messages");
+  ExpectError(Post(port(), "/v1/chat/completions", R"({"messages": "hi"})", kKey), 400, "messages");
+  ExpectError(Post(port(), "/v1/chat/completions",
+                   R"({"messages": [{"role": "user", "content": 5}]})", kKey),
+              400, "messages[0].content");
+  ExpectError(Post(port(), "/v1/chat/completions",
+                   R"({"messages": [{"role": "wizard", "content": "x"}]})", kKey),
+              400, "messages[0].role");
+  ExpectError(
+      Post(
+          port(), "/v1/chat/completions",
+          R"({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]})",
+          kKey),
+      400, "messages[0].content");
+  ExpectError(Post(port(), "/v1/completions", R"({"max_tokens": 3})", kKey), 400, "prompt");
+  ExpectError(Post(port(), "/v1/completions", R"({"prompt": {"a": 1}})", kKey), 400, "prompt");
+  ExpectError(Post(port(), "/v1/completions", R"({"prompt": [1, 999999]})", kKey), 400, "prompt");
+  // Known fields of the wrong type or out of range.
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {R"("temperature": "hot")", "temperature"},
+      {R"("temperature": 3)", "temperature"},
+      {R"("top_p": 1.5)", "top_p"},
+      {R"("stream": "yes")", "stream"},
+      {R"("max_tokens": 0)", "max_tokens"},
+      {R"("max_tokens": -1)", "max_tokens"},
+      {R"("max_tokens": 513)", "max_tokens"},
+      {R"("max_tokens": 2.5)", "max_tokens"},
+      {R"("max_tokens": "10")", "max_tokens"},
+      {R"("seed": "abc")", "seed"},
+      {R"("stop": 5)", "stop"},
+      {R"("stop": ["a", "b", "c", "d", "e"])", "stop"},
+      {R"("presence_penalty": 9)", "presence_penalty"},
+      {R"("frequency_penalty": [])", "frequency_penalty"},
+      {R"("n": 2)", "n"},
+      {R"("logprobs": "yes")", "logprobs"},
+      {R"("logprobs": 50)", "logprobs"},
+      {R"("model": 7)", "model"},
+      {R"("stream_options": 1)", "stream_options"},
+      {R"("echo": true)", "echo"},
+  };
+  for (const auto& [field, param] : bad) {
+    SCOPED_TRACE(field);
+    ExpectError(Post(port(), "/v1/completions", R"({"prompt": "Once", )" + field + "}", kKey), 400,
+                param);
+  }
+  ExpectError(Post(port(), "/v1/chat/completions",
+                   R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3})", kKey),
+              400, "top_logprobs");
+  // Unknown fields are ignored, nulls mean "default".
+  auto ok = Post(
+      port(), "/v1/completions",
+      R"({"prompt": "Once", "max_tokens": 2, "user": "me", "logit_bias": {}, "temperature": null})",
+      kKey);
+  EXPECT_EQ(ok.status, 200) << ok.body;
+}
+
+TEST_F(ServerTest, PromptLongerThanContext) {
+  std::string words;
+  for (int i = 0; i < 300; ++i) words += "once upon a time ";
+  auto e = ExpectError(Post(port(), "/v1/completions", json{{"prompt", words}}.dump(), kKey), 400,
+                       "prompt");
+  EXPECT_EQ(e["code"], "context_length_exceeded");
+  auto c =
+      ExpectError(Post(port(), "/v1/chat/completions",
+                       json{{"messages", {{{"role", "user"}, {"content", words}}}}}.dump(), kKey),
+                  400, "messages");
+  EXPECT_EQ(c["code"], "context_length_exceeded");
+}
+
+TEST_F(ServerTest, ApiKeyIsRequired) {
+  const std::string body = R"({"prompt": "Once", "max_tokens": 2})";
+  auto none = ExpectError(Post(port(), "/v1/completions", body), 401);
+  EXPECT_EQ(none["code"], "invalid_api_key");
+  ExpectError(Post(port(), "/v1/completions", body, "wrong"), 401);
+  ExpectError(Post(port(), "/v1/completions", body, kKey + "x"), 401);
+  ExpectError(Get(port(), "/v1/models", "wrong"), 401);
+  ExpectError(Get(port(), "/metrics"), 401);
+  EXPECT_EQ(Get(port(), "/health").status, 200);
+}
+
+TEST_F(ServerTest, OversizedBodiesGet413) {
+  const std::string big = R"({"prompt": ")" + std::string(70000, 'a') + R"("})";
+  auto e = ExpectError(Post(port(), "/v1/completions", big, kKey), 413);
+  EXPECT_EQ(e["code"], "request_too_large");
+  // Chunked transfer has no Content-Length to check up front: counted while reading.
+  std::string req =
+      "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer " +
+      kKey + "\r\nTransfer-Encoding: chunked\r\n\r\n";
+  for (int i = 0; i < 20; ++i) {
+    char hdr[16];
+    std::snprintf(hdr, sizeof hdr, "%x\r\n", 8192);
+    req += hdr + std::string(8192, ' ') + "\r\n";
+  }
+  req += "0\r\n\r\n";
+  ExpectError(Raw(port(), req), 413);
+  // A small chunked body is fine.
+  const std::string small = R"({"prompt": "Once", "max_tokens": 2})";
+  char hdr[16];
+  std::snprintf(hdr, sizeof hdr, "%zx\r\n", small.size());
+  auto ok = Raw(
+      port(),
+      "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer " +
+          kKey + "\r\nTransfer-Encoding: chunked\r\n\r\n" + hdr + small + "\r\n0\r\n\r\n");
+  EXPECT_EQ(ok.status, 200) << ok.body;
+}
+
+TEST_F(ServerTest, UnknownEndpointAndGarbage) {
+  auto e = ExpectError(Get(port(), "/v1/nothing", kKey), 404);
+  EXPECT_NE(e["message"].get<std::string>().find("/v1/nothing"), std::string::npos);
+  // Not HTTP at all: the server answers 400 (or closes) and keeps serving.
+  const int fd = Connect(port());
+  SendAll(fd, "\x01\x02garbage\r\n\r\n");
+  char buf[256];
+  (void)recv(fd, buf, sizeof buf, 0);
+  close(fd);
+  EXPECT_EQ(Get(port(), "/health").status, 200);
+}
+
+TEST_F(ServerTest, OpenAIClient) {
+  if (!NodeModulesReady()) return;
+  auto r = Shell("cd '" + kNodeDir.string() + "' && EDGESHARD_URL=" + server_->url() +
+                 " EDGESHARD_API_KEY=" + kKey + " timeout 300 node --test openai.test.mjs");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("# fail 0"), std::string::npos) << r.out;
+}
+
+// Overload and cancellation, made deterministic by one slot and a slow step.
+TEST(ServerOverload, QueueFullIs503AndDisconnectCancels) {
+  ServerProcess srv({"-m", Stories(), "--parallel", "1", "--queue", "1", "-c", "512",
+                     "--test-step-delay-ms", "20"});
+  ASSERT_GT(srv.port(), 0);
+  const std::string long_req =
+      R"({"prompt": "Once upon a time", "max_tokens": 500, "ignore_eos": true, "stream": true})";
+  // 1: generating in the only slot. Read its first chunk to know it runs.
+  const int a = Connect(srv.port());
+  SendAll(a, Request("POST", "/v1/completions", long_req));
+  char buf[4096];
+  std::string got;
+  while (got.find("data: ") == std::string::npos) {
+    const ssize_t n = recv(a, buf, sizeof buf, 0);
+    ASSERT_GT(n, 0);
+    got.append(buf, static_cast<size_t>(n));
+  }
+  // 2: waits in the queue.
+  const int b = Connect(srv.port());
+  SendAll(b, Request("POST", "/v1/completions", long_req));
+  auto m = WaitMetrics(srv.port(), "", [](auto& m) { return m["edgeshard_queue_depth"] == 1; });
+  ASSERT_EQ(m["edgeshard_queue_depth"], 1);
+  // 3: the queue is full.
+  auto busy = Post(srv.port(), "/v1/completions", R"({"prompt": "Once", "max_tokens": 4})");
+  ExpectError(busy, 503);
+  EXPECT_EQ(busy.headers["retry-after"], "1");
+  // The client of 1 goes away: its slot frees at once and 2 takes it.
+  close(a);
+  m = WaitMetrics(srv.port(), "", [](auto& m) {
+    return m["edgeshard_requests_total{reason=\"cancelled\"}"] == 1 &&
+           m["edgeshard_queue_depth"] == 0;
+  });
+  EXPECT_EQ(m["edgeshard_requests_total{reason=\"cancelled\"}"], 1);
+  EXPECT_EQ(m["edgeshard_queue_depth"], 0);
+  EXPECT_EQ(m["edgeshard_slots_active"], 1);
+  EXPECT_LT(m["edgeshard_generated_tokens_total"], 500);
+  // A request cancelled while still queued never takes a slot.
+  const int c = Connect(srv.port());
+  SendAll(c, Request("POST", "/v1/completions", long_req));
+  m = WaitMetrics(srv.port(), "", [](auto& m) { return m["edgeshard_queue_depth"] == 1; });
+  ASSERT_EQ(m["edgeshard_queue_depth"], 1);
+  close(c);
+  close(b);
+  m = WaitMetrics(srv.port(), "", [](auto& m) {
+    return m["edgeshard_requests_total{reason=\"cancelled\"}"] == 3 &&
+           m["edgeshard_slots_active"] == 0;
+  });
+  EXPECT_EQ(m["edgeshard_requests_total{reason=\"cancelled\"}"], 3);
+  EXPECT_EQ(m["edgeshard_slots_active"], 0);
+  EXPECT_EQ(m["edgeshard_queue_depth"], 0);
+  // Still serving.
+  auto ok = Post(srv.port(), "/v1/completions", R"({"prompt": "Once", "max_tokens": 4})");
+  EXPECT_EQ(ok.status, 200) << ok.body;
+}
+
+TEST(ServerShutdown, SigtermWhileStreamingExitsCleanly) {
+  ServerProcess srv(
+      {"-m", Stories(), "--parallel", "2", "-c", "512", "--test-step-delay-ms", "20"});
+  ASSERT_GT(srv.port(), 0);
+  const int a = Connect(srv.port());
+  SendAll(
+      a,
+      Request(
+          "POST", "/v1/completions",
+          R"({"prompt": "Once upon a time", "max_tokens": 500, "ignore_eos": true, "stream": true})"));
+  char buf[4096];
+  std::string got;
+  while (got.find("data: ") == std::string::npos) {
+    const ssize_t n = recv(a, buf, sizeof buf, 0);
+    ASSERT_GT(n, 0);
+    got.append(buf, static_cast<size_t>(n));
+  }
+  EXPECT_EQ(srv.Stop(), 0) << srv.stderr_text();
+  close(a);
+}
+
+// Chat without a template is refused with a hint, completions still work.
+TEST(ServerNoTemplate, ChatNeedsATemplate) {
+  ServerProcess srv({"-m", Stories(), "--parallel", "1", "-c", "256"});
+  ASSERT_GT(srv.port(), 0);
+  auto e = ExpectError(Post(srv.port(), "/v1/chat/completions",
+                            R"({"messages": [{"role": "user", "content": "hi"}]})"),
+                       400, "messages");
+  EXPECT_NE(e["message"].get<std::string>().find("--chat-template"), std::string::npos);
+  EXPECT_EQ(Post(srv.port(), "/v1/completions", R"({"prompt": "Once", "max_tokens": 2})").status,
+            200);
+}
+
+TEST(ServerCli, BadOptionsFail) {
+  auto r =
+      es::test::RunCli("serve -m " + Stories() + " --chat-template nonsense-template --port 0");
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("chat"), std::string::npos) << r.err;
+  r = es::test::RunCli("serve -m " + Stories() + " --parallel 0");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  r = es::test::RunCli("serve -m " + Stories() + " -c 100000 --port 0");
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("context"), std::string::npos) << r.err;
+}
+
+// 16 clients streaming for 5 s (the minute-long run is bench/bench_server.sh): no errors, every
+// stream complete, resident memory flat after the warm-up.
+TEST(ServerLoad, SixteenClientsStreaming) {
+  if (!NodeModulesReady()) return;
+  ServerProcess srv({"-m", Stories(), "--chat-template", "chatml", "--parallel", "8", "-c", "512"});
+  ASSERT_GT(srv.port(), 0);
+  auto r = Shell("cd '" + kNodeDir.string() + "' && timeout 120 node load.mjs --url " + srv.url() +
+                 " --clients 16 --seconds 5 --warmup 2 --max-tokens 48 --pid " +
+                 std::to_string(srv.pid()));
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  const size_t brace = r.out.rfind('{');
+  ASSERT_NE(brace, std::string::npos) << r.out;
+  json s = json::parse(r.out.substr(brace), nullptr, false);
+  ASSERT_TRUE(s.is_object()) << r.out;
+  EXPECT_EQ(s["errors"], 0) << r.out;
+  EXPECT_EQ(s["incomplete"], 0) << r.out;
+  EXPECT_GE(s["completed"].get<int>(), 16) << r.out;
+  EXPECT_EQ(s["completed"], s["requests"]) << r.out;
+  const double before = s["rss_kib_after_warmup"].get<double>(),
+               after = s["rss_kib_end"].get<double>();
+  EXPECT_LT(after - before, 8 * 1024)
+      << "resident memory grew from " << before << " KiB to " << after << " KiB";
+  auto m = Metrics(srv.port());
+  EXPECT_EQ(m["edgeshard_requests_total{reason=\"error\"}"], 0);
+  EXPECT_EQ(m["edgeshard_slots_active"], 0);
+}
+
+}  // namespace
