@@ -304,15 +304,28 @@ void Scheduler::Step() {
   }
   metrics_.Step(n, std::chrono::duration<double>(Clock::now() - t0).count());
 
+  // Sampling scans the whole vocabulary per sequence: spread it over the pool. Each sampler
+  // belongs to one slot, so the draws are independent; the rest is done in order below.
+  sampled_.assign(want.size(), -1);
+  logprobs_.assign(want.size(), TokenLogprob{});
+  pool_.ParallelFor(static_cast<int64_t>(want.size()), [&](int64_t b, int64_t e, int) {
+    std::vector<int32_t> idx;
+    for (auto k = static_cast<size_t>(b); k < static_cast<size_t>(e); ++k) {
+      Slot& s = *want[k].first;
+      const float* logits = logits_.data() + k * c.n_vocab;
+      sampled_[k] = s.sampler->Sample(logits);
+      const int n_lp = s.job->request().n_logprobs;
+      if (n_lp >= 0) logprobs_[k] = Logprobs(logits, c.n_vocab, sampled_[k], n_lp, idx);
+    }
+  });
   for (size_t k = 0; k < want.size(); ++k)
-    HandleLogits(*want[k].first, logits_.data() + k * c.n_vocab);
+    HandleToken(*want[k].first, sampled_[k], std::move(logprobs_[k]));
   UpdateGauges();
   if (step_delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(step_delay_ms_));
 }
 
-void Scheduler::HandleLogits(Slot& s, const float* logits) {
+void Scheduler::HandleToken(Slot& s, int32_t tok, TokenLogprob lp) {
   const GenRequest& r = s.job->request();
-  const int32_t tok = s.sampler->Sample(logits);
   if (s.first_token) {
     s.first_token = false;
     metrics_.TimeToFirstToken(
@@ -327,8 +340,7 @@ void Scheduler::HandleLogits(Slot& s, const float* logits) {
   s.sampler->Accept(tok);
   ++s.n_generated;
   metrics_.GeneratedTokens(1);
-  if (r.n_logprobs >= 0)
-    ev.tokens.push_back(Logprobs(logits, model_.config().n_vocab, tok, r.n_logprobs, top_idx_));
+  if (r.n_logprobs >= 0) ev.tokens.push_back(std::move(lp));
   auto fed = s.stop->Feed(tok_.TokenToPiece(tok));
   ev.text = std::move(fed.text);
   if (fed.stopped) {

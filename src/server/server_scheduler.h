@@ -126,7 +126,8 @@ class Scheduler {
   void Admit();
   void Step();
   void Assign(Slot& s, std::shared_ptr<Job> job);
-  void HandleLogits(Slot& s, const float* logits);
+  // After sampling `tok` for s: stop checks, output, and the next decode row or the end.
+  void HandleToken(Slot& s, int32_t tok, TokenLogprob lp);
   // Sends the last event and frees the slot (keeping its cached tokens).
   void Finish(Slot& s, const std::string& reason, const std::string& error = "", GenEvent ev = {});
   void UpdateGauges();
@@ -141,9 +142,10 @@ class Scheduler {
   std::vector<int32_t> batch_tokens_;
   std::vector<model::BatchRow> batch_rows_;
   std::vector<float> hidden_, head_in_, logits_;
-  std::vector<int32_t> top_idx_;  // scratch for top logprobs
-  uint64_t clock_ = 0;            // orders admissions and slot use
-  std::atomic<int> n_free_{0};    // free slots, read by Submit
+  std::vector<int32_t> sampled_;        // per sampled row of a step
+  std::vector<TokenLogprob> logprobs_;  // per sampled row, when asked for
+  uint64_t clock_ = 0;                  // orders admissions and slot use
+  std::atomic<int> n_free_{0};          // free slots, read by Submit
 
   std::mutex mu_;
   std::condition_variable cv_;
