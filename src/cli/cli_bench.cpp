@@ -10,6 +10,7 @@
 
 #include "cli/cli_command.h"
 #include "cli/cli_common.h"
+#include "shard/shard_dist_cli.h"
 
 namespace es::cli {
 namespace {
@@ -23,6 +24,7 @@ struct BenchOptions {
   int batch = 512;
   bool json = false;
   bool membw = false;
+  shard::ClusterCliOptions cluster;  // --cluster: sequential and pipelined over workers
 };
 
 // Read bandwidth of this machine: threads sum disjoint slices of a buffer far larger than the
@@ -89,6 +91,9 @@ int Bench(const BenchOptions& o) {
     return kExitOk;
   }
   if (o.model.empty()) throw UsageError("-m MODEL is required (or --memory-bandwidth)");
+  if (!o.cluster.cluster.empty())
+    return shard::ClusterBench(o.cluster, o.model, o.n_prompt, o.n_gen, o.threads[0], o.reps,
+                               o.batch, o.json);
   auto model = LoadModel(o.model);
   const auto info = model->Info();
   std::mt19937 rng(42);
@@ -156,6 +161,7 @@ const bool registered = RegisterCommand("bench", [](CLI::App& app) {
   cmd->add_option("-r,--repetitions", o->reps, "timed repetitions per test")->check(CLI::Range(1, 1000));
   cmd->add_option("-b,--batch", o->batch, "prompt tokens per forward pass")->check(CLI::Range(1, 65536));
   cmd->add_flag("--json", o->json, "print results as JSON");
+  shard::AddClusterOptions(cmd, o->cluster, shard::ClusterCommand::kBench);
   return [o]() { return Bench(*o); };
 });
 

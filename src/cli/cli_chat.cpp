@@ -7,6 +7,7 @@
 
 #include "cli/cli_command.h"
 #include "cli/cli_common.h"
+#include "shard/shard_dist_cli.h"
 
 namespace es::cli {
 namespace {
@@ -17,9 +18,15 @@ struct ChatOptions {
   std::string system;
   std::string chat_template;
   bool verbose = false;
+  shard::ClusterCliOptions cluster;  // --cluster: chat on a cluster's workers
 };
 
 int Chat(ChatOptions o) {
+  if (!o.cluster.cluster.empty())
+    return shard::ClusterChat(o.cluster,
+                              {o.model.model, o.model.threads, o.model.ctx, o.model.batch,
+                               o.model.kv_type == "f32"},
+                              o.gen, o.system, o.chat_template, o.verbose);
   auto model = LoadModel(o.model.model);
   Context ctx(model, MakeContextParams(o.model));
   const bool tty = isatty(STDIN_FILENO);
@@ -83,6 +90,7 @@ const bool registered = RegisterCommand("chat", [](CLI::App& app) {
   cmd->add_option("--chat-template", o->chat_template,
                   "template name (llama2, llama3, chatml, mistral, zephyr) or template text; default: the model's");
   cmd->add_flag("-v,--verbose", o->verbose, "print cache use and speed after each reply");
+  shard::AddClusterOptions(cmd, o->cluster, shard::ClusterCommand::kChat);
   return [o]() { return Chat(*o); };
 });
 

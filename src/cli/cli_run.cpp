@@ -5,6 +5,7 @@
 
 #include "cli/cli_command.h"
 #include "cli/cli_common.h"
+#include "shard/shard_dist_cli.h"
 
 namespace es::cli {
 namespace {
@@ -16,6 +17,7 @@ struct RunOptions {
   std::string prompt_file;
   bool no_bos = false;
   bool verbose = false;
+  shard::ClusterCliOptions cluster;  // --cluster: run on a cluster's workers
 };
 
 int Run(const RunOptions& o) {
@@ -27,6 +29,11 @@ int Run(const RunOptions& o) {
     ss << f.rdbuf();
     prompt = ss.str();
   }
+  if (!o.cluster.cluster.empty())
+    return shard::ClusterRun(o.cluster,
+                             {o.model.model, o.model.threads, o.model.ctx, o.model.batch,
+                              o.model.kv_type == "f32"},
+                             o.gen, prompt, o.no_bos);
   double load_ms = 0;
   auto model = LoadModel(o.model.model, &load_ms);
   Context ctx(model, MakeContextParams(o.model));
@@ -65,6 +72,7 @@ const bool registered = RegisterCommand("run", [](CLI::App& app) {
   auto* f = cmd->add_option("-f,--file", opts->prompt_file, "read the prompt from a file")->check(CLI::ExistingFile);
   p->excludes(f);
   cmd->add_flag("--no-bos", opts->no_bos, "do not add the beginning-of-sequence token");
+  shard::AddClusterOptions(cmd, opts->cluster, shard::ClusterCommand::kRun);
   return [opts, p, f]() {
     if (p->count() == 0 && f->count() == 0) throw UsageError("a prompt is required: -p TEXT or -f FILE");
     return Run(*opts);

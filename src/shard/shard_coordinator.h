@@ -1,0 +1,125 @@
+// The coordinator of distributed inference. It runs on the source device of a cluster.yaml:
+// plans (shard_planner.h) which workers hold which layer ranges, loads those shards, keeps the
+// embedding and its own stage, and generates with the same semantics as es::Context::Generate.
+// Activations flow worker to worker; the last worker samples and returns token ids.
+//
+// Faults: Health is polled on every worker of the plan; a worker that dies or stalls is declared
+// lost after `health_strikes` failed polls. The coordinator then replans on the remaining
+// devices, reloads shards, rebuilds every KV cache by replaying the steps it logged (same
+// chunks, same order, so the caches are bit-identical), and carries on. Tokens already returned
+// are kept; replayed steps only check that they sample the same tokens again.
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "edgeshard/edgeshard.h"
+#include "model/model_llama.h"
+#include "shard/shard_auth.h"
+#include "shard/shard_planner.h"
+#include "tokenizer/tokenizer.h"
+
+namespace es::shard {
+
+struct CoordinatorOptions {
+  std::string cluster_path;
+  Objective objective = Objective::kLatency;
+  Security security;
+  bool wire_f32 = false;  // activations between stages: F16 (default) or F32
+  int n_ctx = 0;          // 0: min(model's context, 4096)
+  int n_batch = 256;      // prompt tokens per step (as the single-device session)
+  int n_threads = 0;      // the source stage's threads (0: all cores)
+  bool kv_f32 = false;
+  int plan_batch = 1;  // sequences the plan is made for (memory for their KV caches)
+  bool verbose = false;
+  bool quiet = false;  // no progress bars
+  // Fault detection: poll every worker's Health this often with this deadline; a worker is lost
+  // after `health_strikes` failures in a row.
+  std::chrono::milliseconds health_interval{250};
+  std::chrono::milliseconds health_deadline{800};
+  int health_strikes = 2;
+  // A step whose result has not come back after base + per_row x rows triggers a health check.
+  std::chrono::milliseconds step_deadline_base{10000};
+  std::chrono::milliseconds step_deadline_per_row{50};
+  // Messages for the user (plan, faults, replans); default: stderr.
+  std::function<void(const std::string&)> log;
+};
+
+// Measured against planned costs, per stage (decode steps: one token per sequence).
+struct StageReport {
+  std::string device;
+  int first_unit = 0, last_unit = 0;  // planner units [first, last)
+  double planned_compute_ms = 0;      // one decode step
+  double planned_link_ms = 0;         // to the next stage (the last: token ids to the source)
+  double compute_ms = 0;              // measured mean per decode step
+  double link_ms = 0;                 // measured mean per decode step, to the next stage
+  double wire_bytes = 0;              // bytes sent to the next stage per decode step
+  int64_t steps = 0;
+};
+
+struct ClusterReport {
+  std::string objective, plan_method;
+  std::vector<StageReport> stages;
+  double planned_step_ms = 0, planned_bottleneck_ms = 0;
+  double step_ms = 0;  // measured mean wall time of a decode step (send to token back)
+  int64_t decode_steps = 0;
+  int replans = 0;
+  std::vector<std::string> events;  // lost devices, replans, rejoins
+};
+
+struct Request {
+  uint64_t sequence = 0;
+  std::vector<int32_t> prompt;
+  GenerateParams params;
+  std::function<bool(std::string_view)> on_text;  // may be empty
+};
+
+class Coordinator {
+ public:
+  // Loads the tokenizer and the source's weights (pages are read only for its own stage),
+  // reads the cluster, checks every worker, plans and loads the shards.
+  Coordinator(const std::string& model_path, const CoordinatorOptions& options);
+  ~Coordinator();
+  Coordinator(const Coordinator&) = delete;
+  Coordinator& operator=(const Coordinator&) = delete;
+
+  const tok::Tokenizer& tokenizer() const;
+  const model::LlamaModel& model() const;
+  int n_ctx() const;
+  // The devices of the current plan, source first.
+  std::vector<std::string> StageDevices() const;
+  // A table of the current plan.
+  std::string PlanSummary() const;
+
+  // A sequence is one conversation: its KV caches live on every stage until released.
+  uint64_t NewSequence();
+  void ReleaseSequence(uint64_t sequence);
+  // Drops positions >= n (keeps a shared prefix for the next turn).
+  void Truncate(uint64_t sequence, int64_t n);
+  const std::vector<int32_t>& Tokens(uint64_t sequence) const;
+
+  // Sequential mode: es::Context::Generate's semantics, one step in flight.
+  GenerateResult Generate(uint64_t sequence, const std::vector<int32_t>& prompt,
+                          const GenerateParams& params,
+                          const std::function<bool(std::string_view)>& on_text);
+  // Pipeline mode: up to `in_flight` steps travel the stages at once, each holding up to
+  // `micro_batch` sequences. With micro_batch 1 every sequence computes exactly as it would
+  // alone.
+  std::vector<GenerateResult> GenerateMany(std::vector<Request> requests, int in_flight,
+                                           int micro_batch = 1);
+
+  ClusterReport Report() const;
+  void ResetStats();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// "1.5 MiB" style sizes for messages.
+std::string FormatBytes(double bytes);
+
+}  // namespace es::shard

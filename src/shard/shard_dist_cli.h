@@ -1,0 +1,46 @@
+// The `--cluster` options of `edgeshard run|chat|bench` (CLI11, included by the front ends only).
+#pragma once
+#include <CLI/CLI.hpp>
+
+#include "shard/shard_dist_frontend.h"
+
+namespace es::shard {
+
+enum class ClusterCommand { kRun, kChat, kBench };
+
+inline void AddClusterOptions(CLI::App* app, ClusterCliOptions& o, ClusterCommand cmd) {
+  const char* g = "Distributed (--cluster)";
+  app->add_option("--cluster", o.cluster, "cluster.yaml: run across these devices' workers")
+      ->check(CLI::ExistingFile)
+      ->group(g);
+  app->add_option("--objective", o.objective, "plan for latency (sequential) or throughput")
+      ->check(CLI::IsMember({"latency", "throughput"}))
+      ->group(g);
+  app->add_option("--token-file", o.token_file, "file with the cluster's shared token")
+      ->check(CLI::ExistingFile)
+      ->group(g);
+  app->add_option("--tls-ca", o.tls_ca, "CA certificate that signed the workers' certificates")
+      ->check(CLI::ExistingFile)
+      ->group(g);
+  app->add_option("--tls-cert", o.tls_cert, "this coordinator's TLS certificate")
+      ->check(CLI::ExistingFile)
+      ->group(g);
+  app->add_option("--tls-key", o.tls_key, "key of --tls-cert")->check(CLI::ExistingFile)->group(g);
+  app->add_option("--wire", o.wire, "activations between stages: f16 or f32 (exact)")
+      ->check(CLI::IsMember({"f16", "f32"}))
+      ->group(g);
+  if (cmd == ClusterCommand::kRun)
+    app->add_flag("-v,--verbose", o.verbose, "print the plan and per-stage costs")->group(g);
+  if (cmd == ClusterCommand::kBench) {
+    app->add_flag("-v,--verbose", o.verbose, "print the plan and faults")->group(g);
+    app->add_option("--sequences", o.sequences,
+                    "pipeline test: sequences in flight (default: 2 per stage)")
+        ->check(CLI::Range(1, 4096))
+        ->group(g);
+    app->add_option("--micro-batch", o.micro_batch, "pipeline test: sequences per step")
+        ->check(CLI::Range(1, 4096))
+        ->group(g);
+  }
+}
+
+}  // namespace es::shard

@@ -1,0 +1,35 @@
+// `edgeshard run|chat|bench --cluster`: the front ends over the coordinator. Output matches the
+// single-device commands (text on stdout, timings on stderr); --verbose adds the plan and the
+// measured against planned cost of every stage.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "edgeshard/edgeshard.h"
+
+namespace es::shard {
+
+struct ClusterCliOptions {
+  std::string cluster;
+  std::string objective = "latency";
+  std::string token_file, tls_ca, tls_cert, tls_key;
+  std::string wire = "f16";
+  bool verbose = false;
+  int sequences = 0;  // bench pipeline test (0: two per stage)
+  int micro_batch = 1;
+};
+
+struct ClusterModelArgs {
+  std::string model;
+  int threads = 0, ctx = 0, batch = 256;
+  bool kv_f32 = false;
+};
+
+int ClusterRun(const ClusterCliOptions& c, const ClusterModelArgs& m, const GenerateParams& gen,
+               const std::string& prompt, bool no_bos);
+int ClusterChat(const ClusterCliOptions& c, const ClusterModelArgs& m, const GenerateParams& gen,
+                const std::string& system, const std::string& chat_template, bool verbose);
+int ClusterBench(const ClusterCliOptions& c, const std::string& model, int n_prompt, int n_gen,
+                 int threads, int reps, int batch, bool json);
+
+}  // namespace es::shard

@@ -1,0 +1,554 @@
+#include "shard/shard_worker.h"
+
+#include <openssl/rand.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "edgeshard.grpc.pb.h"
+#include "kernels/kernels.h"
+#include "model/model_llama.h"
+#include "shard/shard_dist_stage.h"
+#include "shard/shard_profile.h"
+#include "shard/shard_rpc.h"
+
+namespace es::shard {
+
+namespace rpc = edgeshard::rpc;
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+uint64_t MemInfo(const char* key) {
+  std::ifstream f("/proc/meminfo");
+  std::string k;
+  uint64_t v = 0;
+  std::string unit;
+  while (f >> k >> v) {
+    std::getline(f, unit);
+    if (k == key) return v * 1024;
+  }
+  return 0;
+}
+
+double WallMs() {
+  return std::chrono::duration<double, std::milli>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+bool IsLoopback(const std::string& listen) {
+  return listen.rfind("127.", 0) == 0 || listen.rfind("localhost:", 0) == 0 ||
+         listen.rfind("[::1]:", 0) == 0;
+}
+
+}  // namespace
+
+std::string DefaultCacheDir() {
+  if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) return std::string(x) + "/edgeshard";
+  if (const char* h = std::getenv("HOME"); h && *h) return std::string(h) + "/.cache/edgeshard";
+  return "edgeshard-cache";
+}
+
+class WorkerService final : public rpc::Worker::Service {
+ public:
+  explicit WorkerService(const WorkerOptions& o)
+      : opts_(o), auth_(o.security.token, o.name), pool_(Threads(o.threads)) {
+    if (!opts_.profile_path.empty()) {
+      std::ifstream f(opts_.profile_path, std::ios::binary);
+      if (!f) throw Error(opts_.profile_path + ": cannot read the profile");
+      std::stringstream ss;
+      ss << f.rdbuf();
+      ParseProfile(ss.str(), opts_.profile_path, false);  // validates
+      profile_json_ = ss.str();
+    }
+    if (!opts_.model_path.empty()) {
+      // Checked once here, so a load request compares hashes without reading the file again.
+      LogLine(opts_.name, "hashing " + opts_.model_path);
+      Progress bar(opts_.name + ": hashing", opts_.quiet);
+      local_sha_ = Sha256File(opts_.model_path, std::ref(bar));
+      model::LlamaModel::Load(opts_.model_path, {.progress = {}, .prefault = false});  // validates
+      LogLine(opts_.name, opts_.model_path + " sha256 " + local_sha_);
+    }
+  }
+
+  static int Threads(int t) {
+    return t > 0 ? t : std::max(1u, std::thread::hardware_concurrency());
+  }
+
+  void Stop() {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    cv_.notify_all();
+  }
+
+  grpc::Status Health(grpc::ServerContext* ctx, const rpc::HealthRequest*,
+                      rpc::HealthReply* r) override {
+    if (auto st = auth_.Check(ctx, "Health"); !st.ok()) return st;
+    r->set_version("edgeshard 0.1.0");
+    r->set_device(opts_.name);
+    r->set_threads(pool_.size());
+    r->set_memory_total_bytes(MemInfo("MemTotal:"));
+    r->set_memory_available_bytes(MemInfo("MemAvailable:"));
+    r->set_profile_json(profile_json_);
+    r->set_local_model_sha256(local_sha_);
+    std::lock_guard<std::mutex> lock(mu_);
+    r->set_epoch(epoch_);
+    if (exec_) {
+      r->set_model_sha256(model_sha_);
+      r->set_first_layer(shard_.first_layer());
+      r->set_last_layer(shard_.last_layer());
+      r->set_has_head(shard_.has_head());
+      r->set_sequences(n_sequences_);
+      r->set_kv_bytes(kv_bytes_);
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status LoadShard(grpc::ServerContext* ctx, const rpc::LoadShardRequest* req,
+                         rpc::LoadShardReply* reply) override {
+    if (auto st = auth_.Check(ctx, "LoadShard"); !st.ok()) return st;
+    const auto t0 = Clock::now();
+    auto bad = [](const std::string& m) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, m);
+    };
+    if (!IsSha256Hex(req->model_sha256()))
+      return bad("model_sha256 '" + req->model_sha256().substr(0, 80) +
+                 "' is not 64 lower-case hex digits");
+    if (req->n_ctx() < 1 || req->n_ctx() > (1 << 24)) return bad("n_ctx out of range");
+    if (req->max_batch() < 1 || req->max_batch() > 65536) return bad("max_batch out of range");
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (req->epoch() < epoch_)
+        return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                            "epoch " + std::to_string(req->epoch()) +
+                                " is older than the current " + std::to_string(epoch_));
+    }
+    // Which file holds this model: the local copy, or one streamed earlier into the cache.
+    std::string path;
+    if (!local_sha_.empty() && local_sha_ == req->model_sha256()) {
+      path = opts_.model_path;
+    } else {
+      const std::string cached = opts_.cache_dir + "/" + req->model_sha256() + ".gguf";
+      std::error_code ec;
+      if (fs::is_regular_file(cached, ec)) {
+        std::lock_guard<std::mutex> lock(verified_mu_);
+        if (!verified_.count(cached)) {
+          // A cached file is trusted only after its hash is checked again.
+          Progress bar(opts_.name + ": checking cached model", opts_.quiet);
+          if (Sha256File(cached, std::ref(bar)) != req->model_sha256()) {
+            LogLine(opts_.name, "cached " + cached + " does not match its hash; ignoring it");
+          } else {
+            verified_.insert(cached);
+          }
+        }
+        if (verified_.count(cached)) path = cached;
+      }
+    }
+    if (path.empty()) {
+      reply->set_need_model(true);
+      return grpc::Status::OK;
+    }
+    try {
+      std::unique_lock<std::mutex> compute(compute_mu_);
+      if (!model_ || model_sha_ != req->model_sha256()) {
+        exec_.reset();
+        model_.reset();
+        model_ = model::LlamaModel::Load(path, {.progress = {}, .prefault = false});
+        model_sha_ = req->model_sha256();
+      }
+      const auto& c = model_->config();
+      if (req->first_layer() < 0 || req->last_layer() > c.n_layer ||
+          req->first_layer() > req->last_layer())
+        return bad("layers [" + std::to_string(req->first_layer()) + ", " +
+                   std::to_string(req->last_layer()) + ") are outside the model's " +
+                   std::to_string(c.n_layer) + " blocks");
+      if (!req->has_head() && req->next_address().empty())
+        return bad("a stage without the output head needs the next stage's address");
+      StageSpec spec;
+      spec.first_layer = req->first_layer();
+      spec.last_layer = req->last_layer();
+      spec.head = req->has_head();
+      spec.n_ctx = req->n_ctx();
+      spec.kv_type = req->kv_f32() ? TensorType::kF32 : TensorType::kF16;
+      spec.max_batch = req->max_batch();
+      reply->set_weight_bytes(Prefault(*model_, spec));
+      auto exec = std::make_unique<StageExecutor>(*model_, spec, pool_);
+      std::lock_guard<std::mutex> lock(mu_);
+      exec_ = std::move(exec);
+      shard_ = *req;
+      epoch_ = req->epoch();
+      n_sequences_ = 0;
+      kv_bytes_ = 0;
+      cv_.notify_all();  // streams of older epochs end
+    } catch (const Error& e) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, e.what());
+    } catch (const std::bad_alloc&) {
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "not enough memory for the shard's workspace");
+    }
+    reply->set_load_ms(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    LogLine(opts_.name, "epoch " + std::to_string(req->epoch()) + ": blocks [" +
+                            std::to_string(req->first_layer()) + ", " +
+                            std::to_string(req->last_layer()) + ")" +
+                            (req->has_head() ? " + head" : "") + ", next " +
+                            (req->next_address().empty() ? "coordinator" : req->next_address()) +
+                            ", context " + std::to_string(req->n_ctx()));
+    return grpc::Status::OK;
+  }
+
+  grpc::Status PushModel(grpc::ServerContext* ctx, grpc::ServerReader<rpc::ModelChunk>* reader,
+                         rpc::PushModelReply* reply) override {
+    if (auto st = auth_.Check(ctx, "PushModel"); !st.ok()) return st;
+    rpc::ModelChunk chunk;
+    if (!reader->Read(&chunk)) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no data");
+    const std::string sha = chunk.sha256();
+    const uint64_t total = chunk.total_bytes();
+    // The file name is the hash alone, so nothing the caller sends can name another place.
+    if (!IsSha256Hex(sha))
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "the first chunk must carry the model's sha256 (64 hex digits)");
+    std::error_code ec;
+    fs::create_directories(opts_.cache_dir, ec);
+    if (ec)
+      return grpc::Status(
+          grpc::StatusCode::FAILED_PRECONDITION,
+          "cannot create the cache directory " + opts_.cache_dir + ": " + ec.message());
+    struct statvfs vfs {};
+    if (statvfs(opts_.cache_dir.c_str(), &vfs) == 0 &&
+        static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize < total)
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "the cache directory " + opts_.cache_dir + " has room for " +
+                              std::to_string(static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize) +
+                              " bytes, the model needs " + std::to_string(total));
+    unsigned char rnd[8];
+    RAND_bytes(rnd, sizeof rnd);
+    char suffix[32];
+    std::snprintf(suffix, sizeof suffix, ".part-%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3]);
+    const std::string final_path = opts_.cache_dir + "/" + sha + ".gguf";
+    const std::string part = final_path + suffix;
+    std::FILE* f = std::fopen(part.c_str(), "wb");
+    if (!f) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "cannot write " + part);
+    LogLine(opts_.name, "receiving model " + sha.substr(0, 12) + "… (" + std::to_string(total) +
+                            " bytes) from " + ctx->peer());
+    Progress bar(opts_.name + ": receiving model", opts_.quiet);
+    Sha256 h;
+    uint64_t done = 0;
+    bool ok = true;
+    std::string why;
+    do {
+      const std::string& d = chunk.data();
+      if (done + d.size() > total) {
+        ok = false, why = "more data than the announced " + std::to_string(total) + " bytes";
+        break;
+      }
+      if (std::fwrite(d.data(), 1, d.size(), f) != d.size()) {
+        ok = false, why = "write error in " + part;
+        break;
+      }
+      h.Update(d.data(), d.size());
+      done += d.size();
+      bar(done, total);
+    } while (reader->Read(&chunk));
+    if (std::fclose(f) != 0 && ok) ok = false, why = "write error in " + part;
+    if (ok && done != total)
+      ok = false,
+      why = "received " + std::to_string(done) + " of " + std::to_string(total) + " bytes";
+    if (ok && h.HexDigest() != sha) ok = false, why = "the data does not match its sha256";
+    if (!ok) {
+      fs::remove(part, ec);
+      LogLine(opts_.name, "model transfer failed: " + why);
+      return grpc::Status(grpc::StatusCode::DATA_LOSS, why);
+    }
+    fs::rename(part, final_path, ec);
+    if (ec) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, ec.message());
+    {
+      std::lock_guard<std::mutex> lock(verified_mu_);
+      verified_.insert(final_path);
+    }
+    LogLine(opts_.name, "cached " + final_path);
+    reply->set_bytes(done);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Release(grpc::ServerContext* ctx, const rpc::ReleaseRequest* req,
+                       rpc::ReleaseReply*) override {
+    if (auto st = auth_.Check(ctx, "Release"); !st.ok()) return st;
+    std::lock_guard<std::mutex> compute(compute_mu_);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (req->epoch() != epoch_ || !exec_) return grpc::Status::OK;  // nothing of that epoch
+    if (req->sequences_size() == 0) exec_->ReleaseAll();
+    for (uint64_t s : req->sequences()) exec_->Release(s);
+    n_sequences_ = exec_->sequences();
+    kv_bytes_ = exec_->kv_bytes();
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Stream(grpc::ServerContext* ctx,
+                      grpc::ServerReaderWriter<rpc::Frame, rpc::Frame>* rw) override {
+    if (auto st = auth_.Check(ctx, "Stream"); !st.ok()) return st;
+    rw->SendInitialMetadata();
+    rpc::Frame f;
+    if (!rw->Read(&f) || !f.has_open())
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "a stream starts with an Open frame");
+    const uint64_t epoch = f.open().epoch();
+    rpc::LoadShardRequest shard;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (epoch != epoch_ || !exec_)
+        return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                            "epoch " + std::to_string(epoch) + " is not loaded (current " +
+                                std::to_string(epoch_) + ")");
+      shard = shard_;
+    }
+    if (f.open().role() == rpc::Open::RESULTS) return ServeResults(ctx, rw, epoch);
+    return ServeUpstream(ctx, rw, epoch, shard);
+  }
+
+ private:
+  // Reads the shard's weights once, so the first step is not slowed by page faults and memory
+  // use shows at load time. Returns the shard's weight bytes.
+  static uint64_t Prefault(const model::LlamaModel& m, const StageSpec& s) {
+    const auto& c = m.config();
+    uint64_t bytes = 0;
+    volatile uint8_t sink = 0;
+    for (const auto& t : m.file().tensors()) {
+      bool mine = false;
+      if (t.name.rfind("blk.", 0) == 0) {
+        const int b = std::atoi(t.name.c_str() + 4);
+        mine = b >= s.first_layer && b < s.last_layer;
+      } else if (t.name.rfind("output", 0) == 0) {
+        mine = s.head;
+      } else if (t.name == "token_embd.weight") {
+        mine = s.head && c.tied_output;
+      }
+      if (!mine) continue;
+      for (size_t off = 0; off < t.n_bytes; off += 4096) sink = sink + t.data[off];
+      bytes += t.n_bytes;
+    }
+    return bytes;
+  }
+
+  grpc::Status ServeResults(grpc::ServerContext* ctx,
+                            grpc::ServerReaderWriter<rpc::Frame, rpc::Frame>* rw, uint64_t epoch) {
+    std::unique_lock<std::mutex> lock(mu_);
+    {
+      std::lock_guard<std::mutex> w(sink_write_mu_);
+      sink_ = rw;
+      sink_epoch_ = epoch;
+    }
+    cv_.notify_all();
+    while (!stopping_ && epoch_ == epoch && !ctx->IsCancelled() && sink_ == rw)
+      cv_.wait_for(lock, std::chrono::milliseconds(100));
+    std::lock_guard<std::mutex> w(sink_write_mu_);
+    if (sink_ == rw) sink_ = nullptr;
+    return grpc::Status::OK;
+  }
+
+  // Sends a result to the coordinator's RESULTS stream (waits briefly for it to be opened).
+  bool SendResult(uint64_t epoch, const rpc::Frame& frame) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait_for(lock, std::chrono::seconds(5),
+                   [&] { return stopping_ || (sink_ && sink_epoch_ == epoch) || epoch_ != epoch; });
+    }
+    std::lock_guard<std::mutex> w(sink_write_mu_);
+    if (!sink_ || sink_epoch_ != epoch) return false;
+    return sink_->Write(frame);
+  }
+
+  grpc::Status ServeUpstream(grpc::ServerContext* ctx,
+                             grpc::ServerReaderWriter<rpc::Frame, rpc::Frame>* rw, uint64_t epoch,
+                             const rpc::LoadShardRequest& shard) {
+    std::unique_ptr<WorkerClient> next;
+    std::unique_ptr<StreamCall> down;
+    if (!shard.has_head()) {
+      next = std::make_unique<WorkerClient>(
+          shard.next_name().empty() ? shard.next_address() : shard.next_name(),
+          shard.next_address(), opts_.security);
+      try {
+        down = next->OpenStream(rpc::Open::UPSTREAM, epoch, std::chrono::seconds(5));
+      } catch (const RpcError& e) {
+        LogLine(opts_.name, std::string("cannot reach the next stage: ") + e.what());
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                            opts_.name + ": cannot reach the next stage: " + e.what());
+      }
+    }
+    // A cancelled upstream call cancels the downstream one too, so a write blocked on a stalled
+    // next stage returns.
+    std::atomic<bool> serving{true};
+    std::thread watch;
+    if (down)
+      watch = std::thread([&] {
+        while (serving.load() && !ctx->IsCancelled())
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        if (serving.load()) down->ctx.TryCancel();
+      });
+    struct Join {
+      std::atomic<bool>& serving;
+      std::thread& t;
+      ~Join() {
+        serving = false;
+        if (t.joinable()) t.join();
+      }
+    } join{serving, watch};
+    std::vector<float> hidden;
+    rpc::Frame in;
+    while (rw->Read(&in)) {
+      if (!in.has_step())
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "expected a Step frame");
+      rpc::Step& step = *in.mutable_step();
+      const double received = WallMs();
+      rpc::Timing timing;
+      timing.set_stage(opts_.name);
+      timing.set_wire_bytes(step.hidden().size());
+      timing.set_link_ms(step.sent_unix_ms() > 0 ? std::max(0.0, received - step.sent_unix_ms())
+                                                 : 0.0);
+      StageExecutor::Output out;
+      if (step.error().empty()) {
+        try {
+          std::lock_guard<std::mutex> compute(compute_mu_);
+          {
+            std::lock_guard<std::mutex> lock(mu_);
+            if (epoch_ != epoch || !exec_)
+              return grpc::Status(grpc::StatusCode::ABORTED, "a newer plan was loaded");
+          }
+          int64_t rows = 0;
+          for (const auto& s : step.segments()) rows += s.n_tokens();
+          if (rows < 1 || rows > exec_->max_batch())
+            throw Error("step " + std::to_string(step.id()) + " has " + std::to_string(rows) +
+                        " rows, the stage holds at most " + std::to_string(exec_->max_batch()));
+          hidden.resize(static_cast<size_t>(rows) * model_->config().n_embd);
+          DecodeActivations(step.hidden(), step.wire(), hidden.data(), hidden.size());
+          out = exec_->Run(step, {}, hidden);
+          std::lock_guard<std::mutex> lock(mu_);
+          n_sequences_ = exec_->sequences();
+          kv_bytes_ = exec_->kv_bytes();
+        } catch (const Error& e) {
+          step.set_error(opts_.name + ": " + e.what());
+          LogLine(opts_.name, "step " + std::to_string(step.id()) + " failed: " + e.what());
+        } catch (const std::bad_alloc&) {
+          step.set_error(opts_.name + ": out of memory for the KV cache");
+        }
+      }
+      timing.set_compute_ms(out.compute_ms);
+      if (shard.has_head()) {
+        rpc::Frame res;
+        rpc::Result* r = res.mutable_result();
+        r->set_step(step.id());
+        r->set_error(step.error());
+        for (uint64_t s : out.sequences) r->add_sequences(s);
+        for (int32_t t : out.tokens) r->add_tokens(t);
+        *r->mutable_timings() = step.timings();
+        *r->add_timings() = timing;
+        if (!SendResult(epoch, res))
+          return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                              opts_.name + ": the coordinator's results stream is gone");
+      } else {
+        if (step.error().empty())
+          step.set_hidden(EncodeActivations(hidden.data(), hidden.size(), step.wire()));
+        else
+          step.clear_hidden();
+        *step.add_timings() = timing;
+        step.set_sent_unix_ms(WallMs());
+        if (!down->rw->Write(in)) {
+          const std::string who = next->Who();
+          LogLine(opts_.name, "lost the next stage " + who);
+          return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                              opts_.name + ": lost the next stage " + who);
+        }
+      }
+      if (ctx->IsCancelled()) break;
+    }
+    if (down) down->rw->WritesDone();
+    return grpc::Status::OK;
+  }
+
+  WorkerOptions opts_;
+  ServerAuth auth_;
+  kernels::ThreadPool pool_;
+  std::string local_sha_, profile_json_;
+
+  std::mutex verified_mu_;
+  std::set<std::string> verified_;  // cached model files whose hash was checked
+
+  std::mutex compute_mu_;  // one step (or load) at a time; taken before mu_
+  std::unique_ptr<model::LlamaModel> model_;
+  std::string model_sha_;
+
+  std::mutex mu_;  // guards what follows
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  uint64_t epoch_ = 0;
+  rpc::LoadShardRequest shard_;
+  std::unique_ptr<StageExecutor> exec_;
+  int n_sequences_ = 0;
+  size_t kv_bytes_ = 0;
+
+  std::mutex sink_write_mu_;  // serialises writes to the results stream
+  grpc::ServerReaderWriter<rpc::Frame, rpc::Frame>* sink_ = nullptr;
+  uint64_t sink_epoch_ = 0;
+};
+
+struct WorkerServer::Impl {
+  std::unique_ptr<WorkerService> service;
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+  std::string address;
+  bool stopped = false;
+};
+
+WorkerServer::WorkerServer(const WorkerOptions& options) : impl_(std::make_unique<Impl>()) {
+  WorkerOptions o = options;
+  if (o.name.empty()) o.name = o.listen;
+  if (o.cache_dir.empty()) o.cache_dir = DefaultCacheDir();
+  if (o.security.token.empty()) throw Error("a worker needs a token (--token-file)");
+  if (!IsLoopback(o.listen))
+    LogLine(o.name, std::string("listening beyond loopback on ") + o.listen +
+                        (o.security.tls() ? "" : " WITHOUT TLS: activations travel in clear text"));
+  impl_->service = std::make_unique<WorkerService>(o);
+  grpc::ServerBuilder b;
+  b.AddListeningPort(o.listen, ServerCredentials(o.security), &impl_->port);
+  b.RegisterService(impl_->service.get());
+  b.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  b.SetMaxSendMessageSize(kMaxMessageBytes);
+  impl_->server = b.BuildAndStart();
+  if (!impl_->server || impl_->port == 0)
+    throw Error("cannot listen on " + o.listen + " (address in use or not local?)");
+  const size_t colon = o.listen.rfind(':');
+  impl_->address = o.listen.substr(0, colon) + ":" + std::to_string(impl_->port);
+}
+
+WorkerServer::~WorkerServer() {
+  Shutdown();
+}
+int WorkerServer::port() const {
+  return impl_->port;
+}
+std::string WorkerServer::address() const {
+  return impl_->address;
+}
+void WorkerServer::Wait() {
+  if (impl_->server) impl_->server->Wait();
+}
+void WorkerServer::Shutdown() {
+  if (!impl_->server || impl_->stopped) return;
+  impl_->stopped = true;
+  impl_->service->Stop();
+  impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+}
+
+}  // namespace es::shard
