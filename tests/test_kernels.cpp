@@ -5,7 +5,9 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <numeric>
 #include <random>
 #include <stdexcept>
@@ -20,6 +22,24 @@
 #include "tensor/tensor_quant.h"
 #include "tensor/tensor_types.h"
 #include "test_util.h"
+
+// Counts heap allocations, to check that warm kernels do not allocate per call.
+std::atomic<long> g_allocations{0};
+void* operator new(size_t n) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+// GCC cannot tell that these replace the global operators the pointers came from.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+void operator delete(void* p) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, size_t) noexcept {
+  std::free(p);
+}
+#pragma GCC diagnostic pop
 
 namespace {
 
@@ -517,6 +537,39 @@ TEST(Kernels, AttentionRows) {
       });
     }
   }
+}
+
+TEST(Kernels, WarmCallsDoNotAllocate) {
+  const int64_t rows = 96, cols = 1024;
+  k::ThreadPool pool(2);
+  k::Scratch scratch;
+  for (TensorType t : kWeightTypes) {
+    std::vector<uint8_t> w;
+    for (int64_t r = 0; r < rows; ++r) {
+      const auto wr = Gaussian(cols, 800 + static_cast<uint32_t>(r), 0.05f);
+      const auto q = Quantize(t, wr.data(), cols);
+      w.insert(w.end(), q.begin(), q.end());
+    }
+    const k::Matrix m{w.data(), t, rows, cols, es::RowBytes(t, cols)};
+    for (int64_t batch : {7, 1}) {
+      const auto x = Gaussian(batch * cols, 900);
+      std::vector<float> y(batch * rows);
+      k::MatMul(m, x.data(), cols, batch, y.data(), rows, pool, scratch);  // warm up
+      const long before = g_allocations.load();
+      k::MatMul(m, x.data(), cols, batch, y.data(), rows, pool, scratch);
+      EXPECT_EQ(g_allocations.load(), before) << es::TypeName(t) << " batch " << batch;
+    }
+  }
+  std::vector<float> head(128, 0.5f), p(64, 0.1f), out(128);
+  std::vector<es::f16_t> kv(64 * 128);
+  k::Rope(head.data(), 128, 128, 5, 10000.0f, false);
+  k::WeightedSumF16Rows(p.data(), kv.data(), 128, 64, 128, out.data());
+  const long before = g_allocations.load();
+  k::Rope(head.data(), 128, 128, 6, 10000.0f, false);
+  k::WeightedSumF16Rows(p.data(), kv.data(), 128, 64, 128, out.data());
+  k::Softmax(p.data(), 64);
+  k::RmsNorm(head.data(), head.data(), out.data(), 128, 1e-5f);
+  EXPECT_EQ(g_allocations.load(), before);
 }
 
 // ---------------------------------------------------------------------------------------------

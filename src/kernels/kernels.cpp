@@ -136,18 +136,20 @@ void ThreadPool::Run(const std::function<void(int)>& fn) {
 
 void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) {
   if (n <= 0) return;
-  const int64_t t = size();
-  const int64_t chunk = (n + t - 1) / t;
-  Run([&](int i) {
-    const int64_t b = std::min(n, chunk * i), e = std::min(n, b + chunk);
-    if (b < e) fn(b, e, i);
+  // The closure captures one pointer so that std::function keeps it inline (no allocation).
+  struct Job {
+    int64_t n, chunk;
+    const std::function<void(int64_t, int64_t, int)>* fn;
+  } job{n, (n + size() - 1) / size(), &fn};
+  Run([&job](int i) {
+    const int64_t b = std::min(job.n, job.chunk * i), e = std::min(job.n, b + job.chunk);
+    if (b < e) (*job.fn)(b, e, i);
   });
 }
 
 void MatMul(const Matrix& w, const float* x, int64_t ldx, int64_t batch, float* y, int64_t ldy,
             ThreadPool& pool, Scratch& scratch) {
-  const TensorType vt = VecDotType(w.type);  // throws for types without a kernel
-  (void)vt;
+  VecDotType(w.type);  // throws for types without a kernel
   const int be = Traits(w.type).block_elems;
   if (w.rows < 0 || w.cols <= 0 || w.cols % be != 0)
     throw Error(std::string("MatMul: ") + TypeName(w.type) + " matrix of " +
@@ -173,10 +175,26 @@ void MatMul(const Matrix& w, const float* x, int64_t ldx, int64_t batch, float* 
       static_cast<double>(w.rows) * static_cast<double>(w.cols) * static_cast<double>(batch);
   const int threads = work < 65536.0 ? 1 : pool.size();
 
+  // Closures capture a single pointer so that std::function stores them inline: no allocation
+  // per call once the scratch has grown.
+  struct Job {
+    const Matrix* w;
+    const float* x;
+    int64_t ldx, batch;
+    float* y;
+    int64_t ldy;
+    detail::Acts acts;
+    uint8_t* base;
+    int threads;
+    int64_t unit, units;
+  } job{&w, x, ldx, batch, y, ldy, acts, base, threads, 0, 0};
+
   if (threads > 1 && batch >= 2 * threads) {
-    pool.ParallelFor(batch, [&](int64_t b0, int64_t b1, int) {
-      detail::ConvertActs(w.type, x, ldx, w.cols, b0, b1, base, stride);
-    });
+    const std::function<void(int64_t, int64_t, int)> convert = [&job](int64_t b0, int64_t b1, int) {
+      detail::ConvertActs(job.w->type, job.x, job.ldx, job.w->cols, b0, b1, job.base,
+                          job.acts.stride);
+    };
+    pool.ParallelFor(batch, convert);
   } else {
     detail::ConvertActs(w.type, x, ldx, w.cols, 0, batch, base, stride);
   }
@@ -187,12 +205,13 @@ void MatMul(const Matrix& w, const float* x, int64_t ldx, int64_t batch, float* 
   }
   // Contiguous row ranges, balanced across threads, in units that every row-tile height
   // (2, 3, 4, 6) divides so that no thread ends on a partial tile.
-  const int64_t unit = batch == 1 ? 1 : 12;
-  const int64_t units = (w.rows + unit - 1) / unit;
-  pool.Run([&](int t) {
-    const int64_t u0 = units * t / threads, u1 = units * (t + 1) / threads;
-    const int64_t r0 = std::min(w.rows, u0 * unit), r1 = std::min(w.rows, u1 * unit);
-    if (r0 < r1) detail::MatMulRows(w, acts, batch, r0, r1, y, ldy);
+  job.unit = batch == 1 ? 1 : 12;
+  job.units = (w.rows + job.unit - 1) / job.unit;
+  pool.Run([&job](int t) {
+    const int64_t rows = job.w->rows;
+    const int64_t u0 = job.units * t / job.threads, u1 = job.units * (t + 1) / job.threads;
+    const int64_t r0 = std::min(rows, u0 * job.unit), r1 = std::min(rows, u1 * job.unit);
+    if (r0 < r1) detail::MatMulRows(*job.w, job.acts, job.batch, r0, r1, job.y, job.ldy);
   });
 }
 
