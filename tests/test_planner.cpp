@@ -193,7 +193,7 @@ TEST(Planner, LatencyFallbackBoundsTheOptimum) {
     const Problem p = RandomProblem(rng, 4 + it % 3, 6 + it % 5);
     const Brute b = BruteForce(p);
     SolveOptions o;
-    o.max_states = 20;
+    o.max_states = 2;
     o.beam_width = 4;
     const Solution s = SolveLatency(p, o);
     if (!s.exact) ++stopped;
@@ -404,6 +404,40 @@ TEST(Planner, HardInstanceStopsWithAPlanAndABound) {
   EXPECT_GT(s.lower_bound, 0);
   EXPECT_LE(s.lower_bound, s.value);
   ExpectValidPlan(p, s, Objective::kLatency);
+}
+
+TEST(Planner, BuildProblemAppliesScaleQuantContextAndBatch) {
+  Cluster c = LoadCluster(kFixtures + "paper/latency.yaml");
+  const ModelUnits m = LoadModelUnits(kFixtures + "paper/llama2-7b-fp32.json");
+  c.devices[1].time_scale = 2;
+  c.devices[2].quant = TensorType::kQ8_0;
+  const Problem a = BuildProblem(c, m, {Objective::kLatency, 512, 1});
+  const Problem b = BuildProblem(c, m, {Objective::kLatency, 2048, 4});
+  const Problem t = BuildProblem(c, m, {Objective::kThroughput, 2048, 4});
+  const UnitInfo& blk = m.units[1];
+  const UnitTiming& nx = c.profiles[0].timing[1];
+  EXPECT_DOUBLE_EQ(a.comp_ms[0][1], nx.DecodeMs(512));
+  EXPECT_DOUBLE_EQ(a.comp_ms[1][1], 2 * nx.DecodeMs(512));  // time_scale
+  // Q8_0 matrices: 34 bytes per 32 values instead of 4 bytes per value; time follows the bytes.
+  const double q8 = double(blk.weight_bytes - blk.matrix_bytes + blk.matrix_elems / 32 * 34);
+  EXPECT_DOUBLE_EQ(a.weight_bytes[2][1], q8);
+  EXPECT_DOUBLE_EQ(a.comp_ms[2][1],
+                   c.profiles[2].timing[1].DecodeMs(512) * q8 / double(blk.weight_bytes));
+  EXPECT_DOUBLE_EQ(a.kv_bytes[0][1], 512.0 * blk.kv_bytes_per_token);
+  EXPECT_DOUBLE_EQ(a.kv_bytes[0][0], 0);
+  // Latency with a batch: four sequences step together; KV for all four.
+  EXPECT_DOUBLE_EQ(b.kv_bytes[0][1], 4 * 2048.0 * blk.kv_bytes_per_token);
+  EXPECT_DOUBLE_EQ(b.comp_ms[0][1], nx.DecodeMs(2048) + 3 * nx.prompt_ms_per_token);
+  EXPECT_DOUBLE_EQ(b.out_bytes[1], 4.0 * blk.out_bytes_per_token);
+  // Throughput: each sequence is its own micro-batch.
+  EXPECT_DOUBLE_EQ(t.comp_ms[0][1], nx.DecodeMs(2048));
+  EXPECT_DOUBLE_EQ(t.out_bytes[1], double(blk.out_bytes_per_token));
+  EXPECT_DOUBLE_EQ(t.kv_bytes[0][1], 4 * 2048.0 * blk.kv_bytes_per_token);
+  // Links: the explicit 10 Mbps one and the default.
+  EXPECT_DOUBLE_EQ(a.bw_mbps[0][4], 10);
+  EXPECT_DOUBLE_EQ(a.bw_mbps[4][0], 10);
+  EXPECT_DOUBLE_EQ(a.bw_mbps[2][4], 950);
+  EXPECT_DOUBLE_EQ(a.HopMs(1, 2, 4), 65536 * 8 / 950e3 + 2.1);
 }
 
 TEST(Placement, RulesBecomeStages) {

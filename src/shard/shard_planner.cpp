@@ -27,7 +27,7 @@ bool Has(uint64_t set, int d) {
 struct Tables {
   const Problem& p;
   int U, D;
-  std::vector<std::vector<double>> comp;  // prefix sums [d][u + 1]
+  std::vector<std::vector<double>> comp, mem;  // prefix sums [d][u + 1] (mem: weights + KV)
   std::vector<std::vector<int>>
       emax;                    // [d][c]: largest e with units [c, e) in d's memory (c: none)
   std::vector<int> prev_same;  // previous device interchangeable with this one, -1 if none
@@ -37,9 +37,11 @@ struct Tables {
       : p(pr), U(pr.n_units()), D(pr.n_devices()), cap(stage_cap) {
     p.Validate();
     comp.assign(D, std::vector<double>(U + 1, 0));
+    mem = comp;
     emax.assign(D, std::vector<int>(U, 0));
     for (int d = 0; d < D; ++d) {
-      for (int u = 0; u < U; ++u) comp[d][u + 1] = comp[d][u] + p.comp_ms[d][u];
+      for (int u = 0; u < U; ++u)
+        comp[d][u + 1] = comp[d][u] + p.comp_ms[d][u], mem[d][u + 1] = mem[d][u] + p.MemBytes(d, u);
       for (int c = 0; c < U; ++c) {
         // Summed in unit order with weights and KV apart, exactly as Evaluate does.
         double w = 0, kv = 0;
@@ -69,6 +71,7 @@ struct Tables {
     }
   }
   double Comp(int d, int a, int b) const { return comp[d][b] - comp[d][a]; }
+  double Mem(int d, int a, int b) const { return mem[d][b] - mem[d][a]; }
   double Hop(int unit, int a, int b) const {
     const double h = p.HopMs(unit, a, b);
     return h <= cap ? h : kInf;
@@ -94,32 +97,43 @@ Solution Finish(const Problem& p, Objective obj, std::vector<Stage> stages, Cloc
 
 // ---- latency -------------------------------------------------------------------------------
 
-// H[c][d]: cheapest way to run units [c, U) and return the token when d starts at c (its
-// incoming link paid), letting devices repeat. A lower bound on every real completion.
-std::vector<std::vector<double>> RelaxedCostToGo(const Tables& t) {
+// Relaxation of the latency problem: devices may repeat (each range must still fit its device
+// alone). With prices, every byte a range occupies on device d costs price[d] ms more: the
+// Lagrangian relaxation of the memory budgets, which stops the relaxation from reusing a fast
+// device's memory for free. H[c][d]: cheapest run of units [c, U) and the token's return when d
+// starts at c (its incoming link paid).
+struct Relaxed {
+  std::vector<std::vector<double>> H;
+  std::vector<std::vector<int>> end;   // [c][d]: the end of d's range on the cheapest run
+  std::vector<std::vector<int>> succ;  // [e][d]: the next device after a cut at e
+};
+
+Relaxed RelaxedCostToGo(const Tables& t, const std::vector<double>& price) {
   const Problem& p = t.p;
-  std::vector<std::vector<double>> H(t.U, std::vector<double>(t.D, kInf));
+  Relaxed r;
+  r.H.assign(t.U, std::vector<double>(t.D, kInf));
+  r.end.assign(t.U, std::vector<int>(t.D, -1));
+  r.succ.assign(t.U, std::vector<int>(t.D, -1));
   std::vector<std::vector<double>> next(t.U, std::vector<double>(t.D, kInf));  // [e][d]: hop + H
   for (int c = t.U - 1; c >= 0; --c) {
     for (int d = 0; d < t.D; ++d) {
       if ((c == 0) != (d == p.source)) continue;
-      double best = kInf;
-      for (int e = c + 1; e <= t.emax[d][c]; ++e)
-        best = std::min(best, t.Comp(d, c, e) + (e == t.U ? t.Ret(d) : next[e][d]));
-      H[c][d] = best;
+      for (int e = c + 1; e <= t.emax[d][c]; ++e) {
+        const double v =
+            t.Comp(d, c, e) + price[d] * t.Mem(d, c, e) + (e == t.U ? t.Ret(d) : next[e][d]);
+        if (v < r.H[c][d]) r.H[c][d] = v, r.end[c][d] = e;
+      }
     }
     if (c == 0) break;
     for (int d = 0; d < t.D; ++d)
       for (int d2 = 0; d2 < t.D; ++d2)
-        if (d2 != d && d2 != p.source && H[c][d2] < kInf)
-          next[c][d] = std::min(next[c][d], t.Hop(c - 1, d, d2) + H[c][d2]);
+        if (d2 != d && d2 != p.source && r.H[c][d2] < kInf &&
+            t.Hop(c - 1, d, d2) + r.H[c][d2] < next[c][d])
+          next[c][d] = t.Hop(c - 1, d, d2) + r.H[c][d2], r.succ[c][d] = d2;
   }
-  return H;
+  return r;
 }
 
-// Lower bound on finishing units [e, U) with fresh devices (not in `used`): memory cannot be
-// reused, so the bytes still to place go to the free devices cheapest per byte first (a
-// fractional knapsack), and every further device costs at least the cheapest hop.
 // Lower bound on finishing units [e, U) with fresh devices (not in `used`): memory cannot be
 // reused, so the bytes still to place go to the free devices cheapest per byte first (a
 // fractional knapsack), and every further device costs at least the cheapest hop. A device
@@ -188,11 +202,77 @@ struct MemoryBound {
   }
 };
 
+// The three admissible estimates of the cost still to come; A* takes the largest.
+struct Bounds {
+  Relaxed plain;               // prices 0
+  Relaxed priced;              // Lagrangian prices (empty H: none)
+  std::vector<double> charge;  // [d]: price[d] * budget[d]
+  double total_charge = 0;
+  MemoryBound memory;
+
+  explicit Bounds(const Tables& t)
+      : plain(RelaxedCostToGo(t, std::vector<double>(t.D, 0))), memory(t) {}
+  // Device d2 starts at cut e; `charged` sums the charges of the devices used before it. The
+  // priced bound: any real completion uses d2 and fresh devices, each within its budget, so
+  // its cost is at least its priced cost less their charges.
+  double Estimate(int e, int d2, double charged, double tail) const {
+    double h = std::max(plain.H[e][d2], tail);
+    if (!priced.H.empty()) h = std::max(h, priced.H[e][d2] - (total_charge - charged));
+    return h;
+  }
+};
+
+// Maximises the Lagrangian bound over memory prices by subgradient steps (Polyak's rule with
+// `upper`, a known plan's cost). Keeps the best prices in b.
+void PriceMemory(const Tables& t, Bounds& b, double upper, int iters) {
+  const Problem& p = t.p;
+  std::vector<double> price(t.D, 0), g(t.D);
+  double best = b.plain.H[0][p.source], theta = 1;
+  int stale = 0;
+  Relaxed r = b.plain;
+  for (int k = 0; k < iters && theta > 1e-3 && best < upper * (1 - 1e-9); ++k) {
+    // Memory the cheapest relaxed run puts on each device, against its budget.
+    std::fill(g.begin(), g.end(), 0.0);
+    for (int c = 0, d = p.source; c < t.U;) {
+      const int e = r.end[c][d];
+      g[d] += t.Mem(d, c, e);
+      if (e == t.U) break;
+      d = r.succ[e][d], c = e;
+    }
+    double norm = 0;
+    for (int d = 0; d < t.D; ++d) {
+      g[d] -= p.budget_bytes[d];
+      if (price[d] == 0 && g[d] < 0) g[d] = 0;
+      norm += g[d] * g[d];
+    }
+    if (norm == 0) break;  // the relaxed run respects every budget: the bound cannot rise
+    double bound = r.H[0][p.source];
+    for (int d = 0; d < t.D; ++d) bound -= price[d] * p.budget_bytes[d];
+    const double step = theta * ((upper < kInf ? upper : 1.1 * std::abs(bound) + 1) - bound) / norm;
+    for (int d = 0; d < t.D; ++d) price[d] = std::max(0.0, price[d] + step * g[d]);
+    r = RelaxedCostToGo(t, price);
+    if (r.H[0][p.source] == kInf) break;
+    bound = r.H[0][p.source];
+    for (int d = 0; d < t.D; ++d) bound -= price[d] * p.budget_bytes[d];
+    if (bound > best) {
+      best = bound, stale = 0;
+      b.priced = r;
+      b.charge.resize(t.D);
+      b.total_charge = 0;
+      for (int d = 0; d < t.D; ++d)
+        b.charge[d] = price[d] * p.budget_bytes[d], b.total_charge += b.charge[d];
+    } else if (++stale == 4) {
+      theta /= 2, stale = 0;
+    }
+  }
+}
+
 struct LatNode {
   double g;
   int c, d;  // device d runs units from c on (c == U: a finished plan)
   uint64_t used;
   int parent;
+  double charged;  // summed Lagrangian charges of `used`
 };
 
 std::vector<Stage> Unwind(const std::vector<LatNode>& nodes, int goal) {
@@ -205,25 +285,25 @@ std::vector<Stage> Unwind(const std::vector<LatNode>& nodes, int goal) {
   return st;
 }
 
-// Children of node `i`: every end of its range, then every next device.
-// Children of a node: every end of its range, then every next device; emit(child, f = g + h)
-// with h the larger of the two lower bounds.
+// Children of a node: every end of its range, then every next device; emit(child, f = g + h).
 template <typename Emit>
-void Expand(const Tables& t, const std::vector<std::vector<double>>& H, const MemoryBound& mb,
-            const LatNode& n, Emit emit) {
+void Expand(const Tables& t, const Bounds& b, const LatNode& n, Emit emit) {
   for (int e = n.c + 1; e <= t.emax[n.d][n.c]; ++e) {
     const double ge = n.g + t.Comp(n.d, n.c, e);
     if (e == t.U) {
-      if (t.Ret(n.d) < kInf) emit(LatNode{ge + t.Ret(n.d), e, -1, n.used, -1}, ge + t.Ret(n.d));
+      if (t.Ret(n.d) < kInf)
+        emit(LatNode{ge + t.Ret(n.d), e, -1, n.used, -1, n.charged}, ge + t.Ret(n.d));
       continue;
     }
-    const double tail = mb.Tail(e, n.used);
+    const double tail = b.memory.Tail(e, n.used);
     if (tail == kInf) continue;
     for (int d2 = 0; d2 < t.D; ++d2) {
-      if (!t.MayAdd(n.used, d2) || H[e][d2] == kInf) continue;
+      if (!t.MayAdd(n.used, d2) || b.plain.H[e][d2] == kInf) continue;
       const double g2 = ge + t.Hop(e - 1, n.d, d2);
       if (g2 == kInf) continue;
-      emit(LatNode{g2, e, d2, n.used | (1ull << d2), -1}, g2 + std::max(H[e][d2], tail));
+      const double charge = b.charge.empty() ? 0 : b.charge[d2];
+      emit(LatNode{g2, e, d2, n.used | (1ull << d2), -1, n.charged + charge},
+           g2 + b.Estimate(e, d2, n.charged, tail));
     }
   }
 }
@@ -234,10 +314,11 @@ struct KeyHash {
   }
 };
 
-// Fallback when the exact search hits its limit: keep the `width` best partial plans by g + H.
-std::vector<Stage> LatencyBeam(const Tables& t, const std::vector<std::vector<double>>& H,
-                               const MemoryBound& mb, int width, uint64_t* states) {
-  std::vector<LatNode> nodes = {{0, 0, t.p.source, 1ull << t.p.source, -1}};
+// Keeps the `width` best partial plans by g + h at each step: a quick plan for an upper bound,
+// and the fallback when the exact search hits its limit.
+std::vector<Stage> LatencyBeam(const Tables& t, const Bounds& b, int width, uint64_t* states) {
+  const int src = t.p.source;
+  std::vector<LatNode> nodes = {{0, 0, src, 1ull << src, -1, b.charge.empty() ? 0 : b.charge[src]}};
   std::vector<int> level = {0};
   int best_goal = -1;
   while (!level.empty()) {
@@ -245,7 +326,7 @@ std::vector<Stage> LatencyBeam(const Tables& t, const std::vector<std::vector<do
         kids;  // -> f, node
     for (int i : level) {
       const LatNode n = nodes[i];  // a copy: emitting children grows `nodes`
-      Expand(t, H, mb, n, [&](LatNode k, double f) {
+      Expand(t, b, n, [&](LatNode k, double f) {
         k.parent = i;
         ++*states;
         if (k.c == t.U) {
@@ -542,70 +623,70 @@ namespace {
 Solution LatencySearch(const Problem& p, const SolveOptions& o, double cap) {
   const auto t0 = Clock::now();
   const Tables t(p, cap);
-  const auto H = RelaxedCostToGo(t);
-  const MemoryBound mb(t);
+  Bounds b(t);
   Solution s;
   s.method = "A* over (unit, device, used devices), exact";
-  if (H[0][p.source] == kInf) {
+  if (b.plain.H[0][p.source] == kInf) {
     s.solve_ms = MsSince(t0);
     return s;
   }
-  std::vector<LatNode> nodes = {{0, 0, p.source, 1ull << p.source, -1}};
+  // A quick plan first: it prunes the search, and prices memory for the stronger bound.
+  std::vector<Stage> incumbent = LatencyBeam(t, b, 8, &s.states);
+  double upper = incumbent.empty() ? kInf : Evaluate(p, incumbent).step_ms;
+  PriceMemory(t, b, upper, 60);
+  // The priced bound ranks partial plans better: look for a better quick plan with it.
+  if (std::vector<Stage> again = LatencyBeam(t, b, 16, &s.states);
+      !again.empty() && Evaluate(p, again).step_ms < upper)
+    incumbent = again, upper = Evaluate(p, again).step_ms;
+
+  const int src = p.source;
+  std::vector<LatNode> nodes = {{0, 0, src, 1ull << src, -1, b.charge.empty() ? 0 : b.charge[src]}};
   using Item = std::tuple<double, double, int>;  // f, -g (deeper first on ties), node
   std::priority_queue<Item, std::vector<Item>, std::greater<>> open;
-  open.push({H[0][p.source], 0, 0});
+  open.push({b.plain.H[0][src], 0, 0});
   std::unordered_map<std::pair<uint64_t, int>, double, KeyHash> best_g;
-  double upper = kInf;  // cheapest finished plan pushed so far
-  int goal = -1;
+  int goal = -1;  // the best finished plan the search found (it beats the incumbent)
   while (!open.empty() && nodes.size() < o.max_states) {
     const auto [f, neg_g, i] = open.top();
+    if (f >= upper) break;  // nothing left can beat the best plan known: it is optimal
     open.pop();
-    (void)f;
-    if (nodes[i].c == t.U) {
-      goal = i;
-      break;
-    }
     const LatNode n = nodes[i];
     if (auto it = best_g.find({n.used, n.c * 64 + n.d}); it != best_g.end() && -neg_g > it->second)
       continue;  // a cheaper copy of this state came later
-    Expand(t, H, mb, n, [&](LatNode k, double fk) {
+    Expand(t, b, n, [&](LatNode k, double fk) {
       if (fk >= upper) return;
       k.parent = i;
-      if (k.c == t.U) {
-        upper = fk;
-      } else {
-        auto [it, fresh] = best_g.try_emplace({k.used, k.c * 64 + k.d}, k.g);
-        if (!fresh && it->second <= k.g) return;
-        it->second = k.g;
+      if (k.c == t.U) {  // a finished plan, the best so far (fk < upper)
+        upper = fk, goal = int(nodes.size());
+        nodes.push_back(k);
+        return;
       }
+      auto [it, fresh] = best_g.try_emplace({k.used, k.c * 64 + k.d}, k.g);
+      if (!fresh && it->second <= k.g) return;
+      it->second = k.g;
       open.push({fk, -k.g, int(nodes.size())});
       nodes.push_back(k);
     });
   }
-  s.states = nodes.size();
-  if (goal >= 0) {
-    Solution out = Finish(p, Objective::kLatency, Unwind(nodes, goal), t0, s.method);
-    out.states = s.states;
-    return out;
+  s.states += nodes.size();
+  std::vector<Stage> plan = goal >= 0 ? Unwind(nodes, goal) : incumbent;
+  const bool proven = open.empty() || std::get<0>(open.top()) >= upper;
+  if (!proven) {  // out of budget: a wider beam may do better than the quick plan
+    std::vector<Stage> wide = LatencyBeam(t, b, o.beam_width, &s.states);
+    if (!wide.empty() && (plan.empty() || Evaluate(p, wide).step_ms < Evaluate(p, plan).step_ms))
+      plan = wide;
   }
-  if (open.empty()) {  // searched everything: no plan fits
+  if (plan.empty()) {  // proven: nothing fits; or unproven and no plan found
     s.solve_ms = MsSince(t0);
+    s.exact = proven;
+    if (!proven) s.lower_bound = std::get<0>(open.top());
     return s;
   }
-  // Out of budget: the open list's least f bounds the optimum; a beam search supplies a plan.
-  const double bound = std::get<0>(open.top());
-  std::vector<Stage> st = LatencyBeam(t, H, mb, o.beam_width, &s.states);
-  if (st.empty()) {
-    s.solve_ms = MsSince(t0);
-    s.exact = false;
-    s.lower_bound = bound;
-    return s;
-  }
-  Solution out =
-      Finish(p, Objective::kLatency, st, t0, "beam search (A* stopped at its state limit)");
-  out.exact = false;
-  out.lower_bound = std::min(bound, out.value);
+  Solution out = Finish(p, Objective::kLatency, plan, t0,
+                        proven ? s.method : "beam search (A* stopped at its state limit)");
+  out.exact = proven;
   out.states = s.states;
+  if (!proven) out.lower_bound = std::min(std::get<0>(open.top()), out.value);
   return out;
 }
 

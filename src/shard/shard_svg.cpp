@@ -31,7 +31,7 @@ std::string PlanSvg(const Problem& p, const std::vector<Stage>& st, const std::s
   const int n = int(st.size()), U = p.n_units();
   const double left = 170, width = 760, row = 28, gap = 8;
   const double top1 = 60, top2 = top1 + n * (row + gap) + 70;
-  const double height = top2 + n * (row + gap) + 60;
+  const double height = top2 + n * (row + gap) + 70;
   std::string s = fmt::format(
       "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{:.0f}\" height=\"{:.0f}\" "
       "font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" "
@@ -60,7 +60,8 @@ std::string PlanSvg(const Problem& p, const std::vector<Stage>& st, const std::s
     const double y = top1 + i * (row + gap);
     const int d = x.device;
     text(left - 8, y + row / 2 + 4, p.devices[d] + (d == p.source ? " (source)" : ""), "end");
-    const std::string range = p.units[x.first] + " .. " + p.units[x.last - 1];
+    const std::string range =
+        x.last - x.first == 1 ? p.units[x.first] : p.units[x.first] + " .. " + p.units[x.last - 1];
     bar(left + x.first * uw, y, (x.last - x.first) * uw, ev.over_bytes[i] > 0 ? "#e66" : "#6a9fd8",
         fmt::format("{}: {} ({} units), {:.2f} GiB of {:.2f} GiB", p.devices[d], range,
                     x.last - x.first, gib(ev.weight_bytes[i] + ev.kv_bytes[i]),
@@ -84,6 +85,8 @@ std::string PlanSvg(const Problem& p, const std::vector<Stage>& st, const std::s
                slow_l = ev.link_ms[i] == ev.bottleneck_ms;
     bar(left + t * scale, y, ev.comp_ms[i] * scale, slow_c ? "#2f6db5" : "#6a9fd8",
         fmt::format("compute {} units: {:.3f} ms", st[i].last - st[i].first, ev.comp_ms[i]));
+    if (ev.comp_ms[i] * scale > 60)
+      text(left + t * scale + 4, y + row / 2 + 4, fmt::format("{:.2f} ms", ev.comp_ms[i]));
     t += ev.comp_ms[i];
     if (ev.link_ms[i] > 0) {
       const std::string to =
@@ -93,7 +96,17 @@ std::string PlanSvg(const Problem& p, const std::vector<Stage>& st, const std::s
     }
     t += ev.link_ms[i];
   }
-  const double ly = height - 22;
+  // Time axis under the timeline.
+  const double ay = top2 + n * (row + gap);
+  s += fmt::format(
+      "<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{2:.1f}\" y2=\"{1:.1f}\" stroke=\"#333\"/>\n", left,
+      ay, left + width);
+  for (int k = 0; k <= 4; ++k)
+    text(left + width * k / 4, ay + 14, fmt::format("{:.1f} ms", ev.step_ms * k / 4),
+         k == 0   ? "start"
+         : k == 4 ? "end"
+                  : "middle");
+  const double ly = height - 10;
   bar(left, ly - row + 8, 14, "#6a9fd8", "compute");
   text(left + 20, ly, "compute");
   bar(left + 100, ly - row + 8, 14, "#f2b66d", "transfer");
