@@ -384,7 +384,7 @@ TEST(Planner, LargeClusterSolvesExactly) {
     ExpectValidPlan(p, s, Objective::kLatency);
     const Solution t = SolveThroughput(p);  // beam search above 16 devices
     ASSERT_TRUE(t.feasible);
-    EXPECT_FALSE(t.exact);
+    EXPECT_TRUE(t.exact || t.lower_bound < t.value);  // a heuristic says how far it may be
     EXPECT_LE(t.lower_bound, t.value);
     ExpectValidPlan(p, t, Objective::kThroughput);
   }

@@ -501,7 +501,42 @@ Solution SolveBottleneck(const Problem& p, const Tables& t, Bottleneck& b,
   s.method = method;
   const std::vector<double> cand = Candidates(t);
   const int n = int(cand.size());
-  const int lb = SmallestFeasible(cand, 0, n - 1, [&](double T) {
+  // Two bounds. Memory: within period T a device holds at most min(budget, T / its least ms
+  // per byte) of units 1.., and only devices reachable from the source over links of at most
+  // T can take part; together they must hold every unit. Links: the relaxation in which
+  // devices may repeat.
+  std::vector<double> rate(t.D, kInf);
+  double need = 0;
+  for (int u = 1; u < t.U; ++u) {
+    double least = kInf;
+    for (int d = 0; d < t.D; ++d) {
+      const double m = p.MemBytes(d, u);
+      least = std::min(least, m);
+      if (m > 0) rate[d] = std::min(rate[d], p.comp_ms[d][u] / m);
+    }
+    need += least;
+  }
+  std::vector<std::vector<double>> fastest_hop(t.D, std::vector<double>(t.D, kInf));
+  for (int a = 0; a < t.D; ++a)
+    for (int b2 = 0; b2 < t.D; ++b2)
+      for (int u = 0; u + 1 < t.U && a != b2; ++u)
+        fastest_hop[a][b2] = std::min(fastest_hop[a][b2], p.HopMs(u, a, b2));
+  const int lb_mem = SmallestFeasible(cand, 0, n - 1, [&](double T) {
+    std::vector<char> seen(t.D, 0);
+    std::vector<int> todo = {p.source};
+    seen[p.source] = 1;
+    double room = 0;
+    while (!todo.empty()) {
+      const int d = todo.back();
+      todo.pop_back();
+      room += rate[d] > 0 && rate[d] < kInf ? std::min(p.budget_bytes[d], T / rate[d])
+                                            : p.budget_bytes[d];
+      for (int x = 0; x < t.D; ++x)
+        if (!seen[x] && fastest_hop[d][x] <= T) seen[x] = 1, todo.push_back(x);
+    }
+    return room >= need;
+  });
+  const int lb = SmallestFeasible(cand, std::max(lb_mem, 0), n - 1, [&](double T) {
     b.SetThreshold(T);
     return b.RelaxedFeasible();
   });
@@ -523,8 +558,9 @@ Solution SolveBottleneck(const Problem& p, const Tables& t, Bottleneck& b,
     return s;
   }
   Solution out = Finish(p, Objective::kThroughput, best, t0, method);
-  out.exact = exact;
-  out.lower_bound = exact ? out.value : cand[lb];
+  // A heuristic plan that meets the lower bound is optimal too.
+  out.exact = exact || out.value <= cand[lb];
+  out.lower_bound = out.exact ? out.value : cand[lb];
   out.states = s.states;
   return out;
 }
