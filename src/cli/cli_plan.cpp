@@ -193,7 +193,7 @@ int Plan(const PlanOptions& o) {
               static_cast<unsigned long long>(sol.states), sol.solve_ms);
   PrintStages(p, best);
   std::printf(
-      "\nBaselines (same cost model):\n\n| plan | devices | %s | vs optimum | memory "
+      "\nBaselines (same cost model):\n\n| plan | devices | %s | slower than the optimum | memory "
       "|\n|---|---|---|---|---|\n",
       unit);
   std::vector<const Scored*> rows;
