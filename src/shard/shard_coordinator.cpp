@@ -102,6 +102,7 @@ struct Coordinator::Impl {
     bool sample = false;
     std::vector<int32_t> accept;
     std::optional<runtime::SamplerParams> sampling;
+    bool want_logits = false;
     bool completed = false;
     int32_t sampled = -1;
   };
@@ -120,6 +121,7 @@ struct Coordinator::Impl {
     std::function<bool(std::string_view)> on_text;
     std::vector<int32_t> prompt_accept;
     std::deque<int32_t> pending;
+    std::vector<float>* prompt_logits = nullptr;  // filled by the prompt's last step
     bool sampler_sent = false, inflight = false, done = false, sampled_once = false;
     int64_t limit = 0;
     std::unique_ptr<runtime::StopMatcher> stop;
@@ -161,6 +163,12 @@ struct Coordinator::Impl {
   // ---- devices and plans -------------------------------------------------------------------
 
   bool Available(int d) const { return !devs[d]->lost.load(); }
+
+  // Errors start with the worker's name; messages about it name it once.
+  static std::string StripWho(const Device& dev, const std::string& err) {
+    const std::string who = dev.client->Who() + ": ";
+    return err.rfind(who, 0) == 0 ? err.substr(who.size()) : err;
+  }
 
   std::string InfeasibleMessage(const Problem& p) const {
     double need = 0, weights = 0, have = 0;
@@ -372,7 +380,7 @@ struct Coordinator::Impl {
         retry_now = true;  // a second look at once keeps detection within ~2 deadlines
         continue;
       }
-      dev.lost_reason = err;
+      dev.lost_reason = StripWho(dev, err);
       dev.lost = true;
       strikes = 0;
       lock.unlock();
@@ -408,7 +416,7 @@ struct Coordinator::Impl {
       }
       if (err.empty()) continue;
       std::lock_guard<std::mutex> lock(mon_mu);
-      dev.lost_reason = err;
+      dev.lost_reason = StripWho(dev, err);
       dev.lost = true;
       lost.push_back(d);
     }
@@ -446,6 +454,7 @@ struct Coordinator::Impl {
       seg->set_pos(e.pos);
       seg->set_n_tokens(static_cast<int>(e.tokens.size()));
       seg->set_sample(e.sample);
+      seg->set_want_logits(e.want_logits);
       for (int32_t a : e.accept) seg->add_accept(a);
       if (e.sampling) *seg->mutable_sampling() = ToProto(*e.sampling);
       toks.insert(toks.end(), e.tokens.begin(), e.tokens.end());
@@ -464,6 +473,7 @@ struct Coordinator::Impl {
       r.set_step(st.id());
       for (uint64_t s : out.sequences) r.add_sequences(s);
       for (int32_t t : out.tokens) r.add_tokens(t);
+      r.mutable_logits()->Add(out.logits.begin(), out.logits.end());
       *r.add_timings() = tm;
       std::lock_guard<std::mutex> lock(q_mu);
       q.push_back(std::move(r));
@@ -640,6 +650,7 @@ struct Coordinator::Impl {
     for (size_t i = 0; i < n; ++i) e.tokens.push_back(g.pending[i]);
     g.pending.erase(g.pending.begin(), g.pending.begin() + static_cast<std::ptrdiff_t>(n));
     e.sample = g.pending.empty() && g.limit > 0;
+    e.want_logits = g.pending.empty() && g.prompt_logits && !g.sampler_sent;
     if (e.sample) {
       if (!g.sampler_sent) {
         e.sampling = g.sp;
@@ -683,8 +694,17 @@ struct Coordinator::Impl {
       ++st_steps;
     }
     int k = 0;
+    const size_t V = static_cast<size_t>(model->config().n_vocab);
+    size_t logit_off = 0;
     for (const Part& p : fl.parts) {
       Entry& e = GetSeq(p.seq).log[p.entry];
+      const float* logits = nullptr;
+      if (e.want_logits) {
+        if (logit_off + V > static_cast<size_t>(r.logits_size()))
+          throw Error("the last stage returned fewer logits than asked for");
+        logits = r.logits().data() + logit_off;
+        logit_off += V;
+      }
       int32_t tok = -1;
       if (e.sample) {
         if (k >= r.tokens_size() || r.sequences(k) != p.seq)
@@ -702,6 +722,7 @@ struct Coordinator::Impl {
       auto g = gens.find(p.seq);
       if (g == gens.end()) continue;
       g->second->inflight = false;
+      if (logits && g->second->prompt_logits) g->second->prompt_logits->assign(logits, logits + V);
       if (e.sample)
         OnToken(*g->second, tok);
       else if (g->second->pending.empty())
@@ -815,7 +836,7 @@ Coordinator::Coordinator(const std::string& model_path, const CoordinatorOptions
     } catch (const RpcError& e) {
       if (!e.unreachable()) throw;
       dev.lost = true;
-      dev.lost_reason = e.what();
+      dev.lost_reason = Impl::StripWho(dev, e.what());
       m.Event("warning: " + std::string(e.what()) + "; planning without it");
     }
   }
@@ -922,6 +943,17 @@ GenerateResult Coordinator::Generate(uint64_t sequence, const std::vector<int32_
   return GenerateMany(std::move(reqs), 1, 1)[0];
 }
 
+std::vector<float> Coordinator::Eval(uint64_t sequence, const std::vector<int32_t>& tokens) {
+  std::vector<Request> reqs(1);
+  std::vector<float> logits;
+  reqs[0].sequence = sequence;
+  reqs[0].prompt = tokens;
+  reqs[0].params.max_tokens = 0;
+  reqs[0].prompt_logits = &logits;
+  GenerateMany(std::move(reqs), 1, 1);
+  return logits;
+}
+
 std::vector<GenerateResult> Coordinator::GenerateMany(std::vector<Request> requests, int in_flight,
                                                       int micro_batch) {
   Impl& m = *impl_;
@@ -944,6 +976,7 @@ std::vector<GenerateResult> Coordinator::GenerateMany(std::vector<Request> reque
                   " positions but the context holds " + std::to_string(m.n_ctx) +
                   " (use a larger -c)");
     g->prompt_accept = rq.prompt;
+    g->prompt_logits = rq.prompt_logits;
     g->pending.assign(rq.prompt.begin(), rq.prompt.end());
     if (g->pending.empty()) {
       // Logits of the last position are not kept between requests: compute them again.

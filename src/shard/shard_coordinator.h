@@ -39,7 +39,7 @@ struct CoordinatorOptions {
   // Fault detection: poll every worker's Health this often with this deadline; a worker is lost
   // after `health_strikes` failures in a row.
   std::chrono::milliseconds health_interval{250};
-  std::chrono::milliseconds health_deadline{800};
+  std::chrono::milliseconds health_deadline{700};
   int health_strikes = 2;
   // A step whose result has not come back after base + per_row x rows triggers a health check.
   std::chrono::milliseconds step_deadline_base{10000};
@@ -75,6 +75,8 @@ struct Request {
   std::vector<int32_t> prompt;
   GenerateParams params;
   std::function<bool(std::string_view)> on_text;  // may be empty
+  // If set, receives the logits after the prompt's last token (as computed by the last stage).
+  std::vector<float>* prompt_logits = nullptr;
 };
 
 class Coordinator {
@@ -105,6 +107,8 @@ class Coordinator {
   GenerateResult Generate(uint64_t sequence, const std::vector<int32_t>& prompt,
                           const GenerateParams& params,
                           const std::function<bool(std::string_view)>& on_text);
+  // Appends `tokens` and returns the logits after the last one (nothing is sampled).
+  std::vector<float> Eval(uint64_t sequence, const std::vector<int32_t>& tokens);
   // Pipeline mode: up to `in_flight` steps travel the stages at once, each holding up to
   // `micro_batch` sequences. With micro_batch 1 every sequence computes exactly as it would
   // alone.

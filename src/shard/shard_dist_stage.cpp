@@ -164,8 +164,10 @@ StageExecutor::Output StageExecutor::Run(const rpc::Step& step, const std::vecto
       throw Error("sequence " + std::to_string(seg.sequence()) +
                   ": no sampler yet (its first sampling step must carry the sampling settings)");
     for (int32_t t : seg.accept()) s.sampler->Accept(t);
-    if (!seg.sample()) continue;
+    if (!seg.sample() && !seg.want_logits()) continue;
     model_.Head(hidden.data() + static_cast<size_t>(r - 1) * d, 1, logits_.data(), ws_, pool_);
+    if (seg.want_logits()) out.logits.insert(out.logits.end(), logits_.begin(), logits_.end());
+    if (!seg.sample()) continue;
     out.sequences.push_back(seg.sequence());
     out.tokens.push_back(s.sampler->Sample(logits_.data()));
   }

@@ -43,6 +43,7 @@ class StageExecutor {
   struct Output {
     std::vector<uint64_t> sequences;  // segments that sampled, in step order
     std::vector<int32_t> tokens;
+    std::vector<float> logits;  // n_vocab per segment with want_logits, in step order
     double compute_ms = 0;
   };
   // Runs `step` through the stage. `hidden` holds rows x n_embd values on entry (embed stages

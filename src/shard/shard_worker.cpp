@@ -452,6 +452,7 @@ class WorkerService final : public rpc::Worker::Service {
         r->set_error(step.error());
         for (uint64_t s : out.sequences) r->add_sequences(s);
         for (int32_t t : out.tokens) r->add_tokens(t);
+        r->mutable_logits()->Add(out.logits.begin(), out.logits.end());
         *r->mutable_timings() = step.timings();
         *r->add_timings() = timing;
         if (!SendResult(epoch, res))
