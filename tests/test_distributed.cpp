@@ -183,6 +183,39 @@ TEST_F(Distributed, PipelinedSequencesMatchSingleDevice) {
   for (size_t i = 0; i + 1 < rep.stages.size(); ++i) EXPECT_GT(rep.stages[i].wire_bytes, 0);
 }
 
+// Plans that give the source blocks of its own (the Even baseline) or everything (Edge-Solo,
+// no worker at all) compute the same tokens.
+TEST_F(Distributed, SourceStagesWithBlocks) {
+  const std::string model = ModelPath("stories260K.gguf");
+  const int n_ctx = 256;
+  const std::string profile = WriteProfile(*dir_, model);
+  const std::string cluster = dir_->File(
+      "roomy.yaml", ClusterYaml(profile, {{"src", "", 1 << 30},
+                                          {workers_[0]->name(), workers_[0]->address(), 1 << 30},
+                                          {workers_[1]->name(), workers_[1]->address(), 1 << 30}}));
+  auto m = Model::Load({.path = model, .progress = {}});
+  const auto prompt = m->Tokenize("Once upon a time", true);
+  const auto ref = SingleDevice(model, prompt, n_ctx, 32);
+  for (const std::string baseline : {"Even", "Edge-Solo"}) {
+    SCOPED_TRACE(baseline);
+    auto o = Options(cluster, n_ctx, true);
+    o.baseline = baseline;
+    Coordinator co(model, o);
+    EXPECT_EQ(co.StageDevices().size(), baseline == "Even" ? 3u : 1u);
+    const uint64_t s = co.NewSequence();
+    EXPECT_EQ(co.Eval(s, prompt), ref.logits);
+    EXPECT_EQ(co.Generate(co.NewSequence(), prompt, Greedy(32), {}).tokens, ref.tokens);
+  }
+  auto o = Options(cluster, n_ctx, true);
+  o.baseline = "Nonsense";
+  try {
+    Coordinator co(model, o);
+    ADD_FAILURE() << "accepted an unknown baseline";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("Even"));
+  }
+}
+
 // A conversation keeps its cache across turns: the second turn only evaluates what is new.
 TEST_F(Distributed, ContinuedSequenceMatchesSingleDevice) {
   const std::string model = ModelPath("stories260K.gguf");
@@ -370,9 +403,19 @@ TEST_F(Distributed, MutualTls) {
     const uint64_t s = co.NewSequence();
     EXPECT_EQ(co.Generate(s, prompt, Greedy(16), {}).tokens, ref.tokens);
   }
-  EXPECT_THROW(Coordinator(model, options("mallory")), Error);
-  auto plain = Options(cluster, 128, false);
-  EXPECT_THROW(Coordinator(model, plain), Error);
+  for (bool rogue : {true, false}) {
+    try {
+      Coordinator co(model, rogue ? options("mallory") : Options(cluster, 128, false));
+      ADD_FAILURE() << "the worker accepted a coordinator "
+                    << (rogue ? "from another CA" : "without TLS");
+    } catch (const Error& e) {
+      EXPECT_THAT(e.what(), HasSubstr("tlsw"));
+      EXPECT_THAT(e.what(), HasSubstr("certificate"));
+    }
+  }
+  // The worker logs the refused handshakes.
+  EXPECT_THAT(w.Log(), HasSubstr("certificate verify failed"));
+  EXPECT_THAT(w.Log(), HasSubstr("Handshake failed"));
 }
 
 }  // namespace

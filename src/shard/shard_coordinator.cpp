@@ -17,6 +17,7 @@
 #include "runtime/runtime_sampler.h"
 #include "runtime/runtime_stop.h"
 #include "shard/shard_dist_stage.h"
+#include "shard/shard_placement.h"
 #include "shard/shard_profile.h"
 #include "shard/shard_rpc.h"
 
@@ -204,13 +205,35 @@ struct Coordinator::Impl {
     return p;
   }
 
+  bool manual = true;  // placement/baseline still in force (until a fault)
+
   void Plan() {
     const Problem p = MakeProblem(n_ctx);
-    const Solution s = Solve(p, o.objective);
-    if (!s.feasible) throw Error(InfeasibleMessage(p));
-    stages = s.stages;
+    if (manual && !o.placement.empty()) {
+      stages = LoadPlacement(o.placement, p);
+      method = "placement rules " + o.placement;
+    } else if (manual && !o.baseline.empty()) {
+      std::string names;
+      method.clear();
+      for (const Baseline& b : Baselines(p, o.objective)) {
+        names += (names.empty() ? "" : ", ") + b.name;
+        if (b.name != o.baseline) continue;
+        if (b.stages.empty()) throw Error("baseline '" + b.name + "' does not apply: " + b.note);
+        stages = b.stages;
+        method = "baseline " + b.name;
+      }
+      if (method.empty())
+        throw Error("no baseline named '" + o.baseline + "' (the planner has: " + names + ")");
+    } else {
+      const Solution s = Solve(p, o.objective);
+      if (!s.feasible) throw Error(InfeasibleMessage(p));
+      stages = s.stages;
+      method = s.method;
+    }
     planned = Evaluate(p, stages);
-    method = s.method;
+    if (!planned.fits())
+      throw Error(method + " does not fit in memory: " + FormatBytes(planned.missing_bytes) +
+                  " over the budgets");
   }
 
   // Blocks [first, last) of a stage's units: unit 0 is the embedding, the last the head.
@@ -544,6 +567,9 @@ struct Coordinator::Impl {
       std::lock_guard<std::mutex> lock(mon_mu);
       Event(fmt::format("lost {}: {}", devs[d]->client->Who(), devs[d]->lost_reason));
     }
+    if (manual && (!o.placement.empty() || !o.baseline.empty()))
+      Event("the manual plan no longer applies; the planner chooses from here on");
+    manual = false;
     for (int attempt = 0;; ++attempt) {
       try {
         Plan();
@@ -583,6 +609,7 @@ struct Coordinator::Impl {
         Event(d->client->Who() + " is back and may rejoin");
       }
     if (!any) return;
+    manual = false;
     const auto old = stages;
     Plan();
     if (stages == old) return;
@@ -837,7 +864,12 @@ Coordinator::Coordinator(const std::string& model_path, const CoordinatorOptions
       if (!e.unreachable()) throw;
       dev.lost = true;
       dev.lost_reason = Impl::StripWho(dev, e.what());
-      m.Event("warning: " + std::string(e.what()) + "; planning without it");
+      // A refused TLS handshake looks like an unreachable worker; say so.
+      const std::string w = e.what();
+      if (w.find("Socket closed") != std::string::npos || w.find("andshake") != std::string::npos)
+        dev.lost_reason +=
+            " (if the worker runs: TLS on one side only, or a certificate its CA did not sign?)";
+      m.Event("warning: " + dev.client->Who() + ": " + dev.lost_reason + "; planning without it");
     }
   }
   m.Plan();

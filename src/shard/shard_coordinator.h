@@ -34,6 +34,9 @@ struct CoordinatorOptions {
   int n_threads = 0;      // the source stage's threads (0: all cores)
   bool kv_f32 = false;
   int plan_batch = 1;  // sequences the plan is made for (memory for their KV caches)
+  // Instead of the solver's plan (both for comparisons; after a fault the solver takes over):
+  std::string placement;  // rules.yaml (shard_placement.h)
+  std::string baseline;   // a planner baseline by name: Even, Edge-Solo, Memory-proportional, ...
   bool verbose = false;
   bool quiet = false;  // no progress bars
   // Fault detection: poll every worker's Health this often with this deadline; a worker is lost

@@ -29,6 +29,14 @@ inline void AddClusterOptions(CLI::App* app, ClusterCliOptions& o, ClusterComman
   app->add_option("--wire", o.wire, "activations between stages: f16 or f32 (exact)")
       ->check(CLI::IsMember({"f16", "f32"}))
       ->group(g);
+  app->add_option("--placement", o.placement,
+                  "rules.yaml: place layers by these rules instead of the planner")
+      ->check(CLI::ExistingFile)
+      ->group(g);
+  app->add_option("--baseline", o.baseline,
+                  "use a planner baseline instead of the optimum (Even, Edge-Solo, "
+                  "Cloud-Edge-Even, Cloud-Edge-Opt, Memory-proportional)")
+      ->group(g);
   if (cmd == ClusterCommand::kRun)
     app->add_flag("-v,--verbose", o.verbose, "print the plan and per-stage costs")->group(g);
   if (cmd == ClusterCommand::kBench) {

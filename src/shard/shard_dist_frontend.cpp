@@ -30,6 +30,8 @@ CoordinatorOptions MakeOptions(const ClusterCliOptions& c, const ClusterModelArg
     throw Error("--cluster needs the cluster's token: --token-file FILE (or EDGESHARD_TOKEN_FILE)");
   o.security = Security::Load(token_file, c.tls_ca, c.tls_cert, c.tls_key);
   o.wire_f32 = c.wire == "f32";
+  o.placement = c.placement;
+  o.baseline = c.baseline;
   o.n_ctx = m.ctx;
   o.n_batch = m.batch;
   o.n_threads = m.threads;

@@ -14,6 +14,7 @@ struct ClusterCliOptions {
   std::string objective = "latency";
   std::string token_file, tls_ca, tls_cert, tls_key;
   std::string wire = "f16";
+  std::string placement, baseline;  // instead of the planner's choice (comparisons)
   bool verbose = false;
   int sequences = 0;  // bench pipeline test (0: two per stage)
   int micro_batch = 1;
