@@ -863,8 +863,17 @@ Solution SolveThroughputBeam(const Problem& p, int beam_width, const SolveOption
 }
 
 Solution SolveThroughput(const Problem& p, const SolveOptions& o) {
-  return p.n_devices() <= o.exact_max_devices ? SolveThroughputExact(p, o)
-                                              : SolveThroughputBeam(p, o.beam_width, o);
+  if (p.n_devices() <= o.exact_max_devices) return SolveThroughputExact(p, o);
+  Solution s = SolveThroughputBeam(p, o.beam_width, o);
+  if (s.feasible) return s;
+  // The beam may miss every plan where one exists: any plan that fits beats "none fits".
+  Solution any = SolveLatency(p, o);
+  if (!any.feasible) return s;
+  any.value = Evaluate(p, any.stages).bottleneck_ms;
+  any.exact = false;
+  any.lower_bound = 0;
+  any.method = "the latency plan (the throughput beam search found none)";
+  return any;
 }
 
 Solution Solve(const Problem& p, Objective obj, const SolveOptions& o) {
