@@ -321,9 +321,11 @@ TEST_F(Distributed, WorkerWritesOnlyIntoItsCache) {
   const std::string model = ModelPath("stories260K.gguf");
   TempDir root;
   const std::string cache = root.path + "/cache";
-  WorkerProcess w("cachew", {"-t", "1", "--token-file", token_file_, "--cache-dir", cache},
-                  root.path);
   const std::string profile = WriteProfile(root, model);
+  WorkerProcess w(
+      "cachew",
+      {"-t", "1", "--token-file", token_file_, "--cache-dir", cache, "--profile", profile},
+      root.path);
   const std::string cluster = root.File(
       "c.yaml", ClusterYaml(profile, {{"src", "", 200 << 10}, {"cachew", w.address(), 1 << 30}}));
   {
@@ -342,6 +344,15 @@ TEST_F(Distributed, WorkerWritesOnlyIntoItsCache) {
 
   const auto sec = shard::Security::Load(token_file_, "", "", "");
   shard::WorkerClient client("cachew", w.address(), sec);
+  // Health reports what is loaded, the machine's memory and the worker's profile.
+  const auto h = client.Health(std::chrono::seconds(5));
+  EXPECT_EQ(h.model_sha256(), sha);
+  EXPECT_EQ(h.device(), "cachew");
+  EXPECT_EQ(h.threads(), 1);
+  EXPECT_TRUE(h.has_head());
+  EXPECT_GT(h.memory_total_bytes(), 0u);
+  EXPECT_EQ(h.sequences(), 0);  // released when the coordinator went away
+  EXPECT_THAT(h.profile_json(), HasSubstr("edgeshard-profile/1"));
   for (const std::string& bad :
        {std::string("../../escape"), std::string(64, 'Z'), std::string("/tmp/x")}) {
     try {

@@ -224,8 +224,9 @@ int ClusterBench(const ClusterCliOptions& c, const std::string& model, int n_pro
     m.ctx = std::min(train, std::max(n_prompt, n_gen) + 2);
   }
   CoordinatorOptions o = MakeOptions(c, m);
-  const int n_stages_hint = c.sequences;
-  o.plan_batch = std::max(1, n_stages_hint);
+  // Latency plans one sequence; throughput plans each pipelined sequence as a micro-batch (the
+  // batch then only sizes the KV caches).
+  o.plan_batch = o.objective == Objective::kThroughput ? std::max(1, c.sequences) : 1;
   Coordinator co(model, o);
   const int stages = static_cast<int>(co.StageDevices().size());
   const int S = c.sequences > 0 ? c.sequences : 2 * stages;
