@@ -268,6 +268,10 @@ void HttpServer::Impl::Generate(Endpoint ep, const httplib::Request& req, httpli
   } catch (const ApiError& e) {
     SendError(res, e);
     return;
+  } catch (const std::exception& e) {
+    // A field shaped in a way the checks did not foresee, or input the tokenizer refused.
+    SendError(res, ApiError(400, std::string("the request could not be used: ") + e.what()));
+    return;
   }
 
   res.status = 200;

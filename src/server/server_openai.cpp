@@ -221,7 +221,7 @@ ParsedRequest ParseRequest(Endpoint ep, const json& body, int n_ctx) {
     if (const json* tools = Field(body, "tools"); tools && !(tools->is_array() && tools->empty()))
       throw ApiError(400, "'tools' are not supported by this server", "tools");
     if (const json* rf = Field(body, "response_format");
-        rf && !(rf->is_object() && rf->value("type", "") == "text"))
+        rf && !(rf->is_object() && rf->contains("type") && (*rf)["type"] == "text"))
       throw ApiError(400, "'response_format' other than {\"type\": \"text\"} is not supported",
                      "response_format");
   } else {
