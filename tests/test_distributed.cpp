@@ -315,6 +315,40 @@ TEST_F(Distributed, WrongTokenIsRefused) {
   EXPECT_THAT(w.Log(), HasSubstr("no token proof"));
 }
 
+// Mutual authentication: a "worker" that accepts every call but cannot prove it holds the
+// token is refused by the coordinator.
+class ImpostorWorker final : public edgeshard::rpc::Worker::Service {
+  grpc::Status Health(grpc::ServerContext*, const edgeshard::rpc::HealthRequest*,
+                      edgeshard::rpc::HealthReply* r) override {
+    r->set_device("impostor");
+    return grpc::Status::OK;
+  }
+};
+
+TEST_F(Distributed, WorkerWithoutTheTokenIsRefused) {
+  const std::string model = ModelPath("stories260K.gguf");
+  ImpostorWorker service;
+  int port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  auto server = builder.BuildAndStart();
+  ASSERT_GT(port, 0);
+  const std::string profile = WriteProfile(*dir_, model);
+  const std::string cluster = dir_->File(
+      "impostor.yaml",
+      ClusterYaml(profile, {{"src", "", 200 << 10},
+                            {"impostor", "127.0.0.1:" + std::to_string(port), 1 << 30}}));
+  try {
+    Coordinator co(model, Options(cluster, 128, false));
+    ADD_FAILURE() << "the coordinator trusted a worker without the token";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("impostor"));
+    EXPECT_THAT(e.what(), HasSubstr("did not prove it holds the cluster token"));
+  }
+  server->Shutdown();
+}
+
 // Models sent by the coordinator land in the cache directory under their hash, and a name that
 // tries to leave it is refused.
 TEST_F(Distributed, WorkerWritesOnlyIntoItsCache) {
@@ -393,14 +427,18 @@ TEST_F(Distributed, MutualTls) {
   cert("worker", "ca");
   cert("client", "ca");
   cert("mallory", "rogue");
-  WorkerProcess w(
-      "tlsw",
-      {"-t", "1", "--token-file", token_file_, "--cache-dir", d + "/cache", "--tls-cert",
-       d + "/worker.pem", "--tls-key", d + "/worker.key", "--tls-ca", d + "/ca.pem"},
-      d);
+  // Two workers, so the first also reaches the second over TLS with its own certificate.
+  const std::vector<std::string> tls = {
+      "-t",         "1",          "--token-file",    token_file_, "--cache-dir",
+      d + "/cache", "--tls-cert", d + "/worker.pem", "--tls-key", d + "/worker.key",
+      "--tls-ca",   d + "/ca.pem"};
+  WorkerProcess w("tlsw", tls, d), w2("tlsw2", tls, d);
   const std::string profile = WriteProfile(t, model);
+  const auto b = SplitBudgets(shard::LoadProfile(profile, true).model, 128, 2);
   const std::string cluster = t.File(
-      "c.yaml", ClusterYaml(profile, {{"src", "", 200 << 10}, {"tlsw", w.address(), 1 << 30}}));
+      "c.yaml",
+      ClusterYaml(profile,
+                  {{"src", "", b[0]}, {"tlsw", w.address(), b[1]}, {"tlsw2", w2.address(), b[2]}}));
   auto options = [&](const std::string& who) {
     auto o = Options(cluster, 128, false);
     o.security = shard::Security::Load(token_file_, d + "/ca.pem", d + "/" + who + ".pem",
@@ -409,6 +447,7 @@ TEST_F(Distributed, MutualTls) {
   };
   {
     Coordinator co(model, options("client"));
+    EXPECT_EQ(co.StageDevices().size(), 3u);
     const auto prompt = co.tokenizer().Encode("Once upon a time", true, true);
     const auto ref = SingleDevice(model, prompt, 128, 16);
     const uint64_t s = co.NewSequence();

@@ -106,7 +106,7 @@ TEST(DistributedFaults, LastStageKilledMidGeneration) {
   EXPECT_TRUE(s.Logged("lost worker '" + victim + "'")) << ::testing::PrintToString(s.events);
   const auto devs = co.StageDevices();
   EXPECT_EQ(std::count(devs.begin(), devs.end(), victim), 0);
-  EXPECT_EQ(co.Report().replans, 1);
+  EXPECT_GE(co.Report().replans, 1);  // more only if a loaded machine delays a Health reply
 }
 
 // The sampler lives on the last stage: after losing it, a seeded random draw continues exactly.
