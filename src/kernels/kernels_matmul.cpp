@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "hwy/highway.h"
 #include "kernels/kernels_internal.h"
@@ -396,6 +397,38 @@ HWY_INLINE float Sum(D d, hn::Vec<D> v) {
   return hn::GetLane(hn::SumOfLanes(d, v));
 }
 
+// Lane sums of several int32 vectors of consecutive blocks: a level adds adjacent lanes and
+// halves the vector count, so M vectors of M lanes become one vector with lane j = sum of vector
+// j's lanes (the order of the blocks is kept). Integer sums are exact, so the order is free.
+template <class D, size_t M>
+HWY_INLINE hn::Vec<D> ReduceBlocks(D d, hn::Vec<D> (&v)[M]) {
+#if HWY_TARGET != HWY_SCALAR
+  if constexpr (M > 1) {
+    for (size_t m = M; m > 1; m /= 2)
+      for (size_t j = 0; j < m / 2; ++j)
+        v[j] = hn::Add(hn::ConcatEven(d, v[2 * j + 1], v[2 * j]),
+                       hn::ConcatOdd(d, v[2 * j + 1], v[2 * j]));
+  }
+#else
+  (void)d;
+  static_assert(M == 1, "one lane per vector");
+#endif
+  return v[0];
+}
+
+// llama.cpp's x86 reduction of eight lane sums: ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)).
+HWY_INLINE float Hsum8(const float* a) {
+  const float h0 = a[0] + a[4], h1 = a[1] + a[5], h2 = a[2] + a[6], h3 = a[3] + a[7];
+  return (h0 + h2) + (h1 + h3);
+}
+
+// Kernels with kOrdered keep llama.cpp's order of float operations per output; single-output tiles
+// then get no second accumulator set (FMA latency is hidden by other outputs instead).
+template <class K, class = void>
+struct IsOrdered : std::false_type {};
+template <class K>
+struct IsOrdered<K, std::void_t<decltype(K::kOrdered)>> : std::bool_constant<K::kOrdered> {};
+
 template <int R, int C, class K>
 HWY_NOINLINE void Tile(const TileArgs& t) {
   K k(t);
@@ -407,7 +440,7 @@ HWY_NOINLINE void Tile(const TileArgs& t) {
     for (int c = 0; c < C; ++c) acc[r][c] = hn::Zero(da);
   const int64_t steps = k.Steps();
   int64_t s = 0;
-  if constexpr (R * C <= 2) {
+  if constexpr (R * C <= 2 && !IsOrdered<K>::value) {
     VA acc2[R][C];
     for (int r = 0; r < R; ++r)
       for (int c = 0; c < C; ++c) acc2[r][c] = hn::Zero(da);
@@ -420,7 +453,7 @@ HWY_NOINLINE void Tile(const TileArgs& t) {
   }
   for (; s < steps; ++s) k.template Step<R, C>(s, acc);
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) t.y[c * t.ldy + r] = k.Finish(r, c, Sum(da, acc[r][c]));
+    for (int c = 0; c < C; ++c) t.y[c * t.ldy + r] = k.Finish(r, c, acc[r][c]);
 }
 
 // Float weights: one vector of N elements per step; the tail past the last full vector is
@@ -428,6 +461,9 @@ HWY_NOINLINE void Tile(const TileArgs& t) {
 template <class Loader>
 struct FloatKernel {
   using Acc = DF;
+  // One accumulator per output in every tile shape, so that decode and prompt rows give the same
+  // result (with 16 lanes this is also llama.cpp's order for rows of a multiple of 16).
+  static constexpr bool kOrdered = true;
   const TileArgs& t;
   int64_t N;
   explicit FloatKernel(const TileArgs& args) : t(args), N(static_cast<int64_t>(hn::Lanes(DF()))) {}
@@ -444,7 +480,8 @@ struct FloatKernel {
       for (int r = 0; r < R; ++r) acc[r][c] = hn::MulAdd(wv[r], xv, acc[r][c]);
     }
   }
-  float Finish(int r, int c, float sum) const {
+  float Finish(int r, int c, VF acc) const {
+    float sum = Sum(DF(), acc);
     for (int64_t i = Steps() * N; i < t.n; ++i) sum += Loader::One(t.w + r * t.wrb, i) * X(c)[i];
     return sum;
   }
@@ -486,7 +523,7 @@ struct QuantKernelBase {
   float XD(int c, int64_t b) const {
     return reinterpret_cast<const float*>(t.a + c * t.as + t.l.d_off)[b];
   }
-  float Finish(int, int, float sum) const { return sum; }
+  float Finish(int, int, hn::Vec<DFB> acc) const { return Sum(DFB(), acc); }
 };
 
 // Q8_0 weights: elements [off, off + Lanes) of a block as int16.
@@ -518,12 +555,55 @@ struct UnpackQ4_0 {
   }
 };
 
-// Q8_0 / Q4_0 weights against Q8_0 activations: one 32-element block per step.
+// Int32 pair sums of one 32-element group (kNV vectors; lane i of vector v holds elements
+// 2i, 2i+1 of v's part) -> one vector holding, per lane, the sum of four adjacent elements
+// 4l..4l+3 ("partial l", the int32 lane of llama.cpp's x86 kernels). Lane of partial l:
+// PartialLane(l). Targets with more than two vectors per group (128-bit and scalar) mix partials
+// (kExact8 false) and are reduced in any order.
+constexpr bool kExact8 = kNV <= 2;
+constexpr size_t PartialLane(int l) {
+  return kNV == 1 ? 2 * l : (l < 4 ? 2 * l : 2 * (l - 4) + 1);
+}
+HWY_INLINE hn::Vec<D32B> Partials8(const hn::Vec<D32B> (&s)[kNV]) {
+#if HWY_TARGET == HWY_SCALAR
+  if constexpr (false) {
+#else
+  if constexpr (kNV == 1) {
+    return hn::Add(s[0], hn::Shuffle2301(s[0]));
+  } else if constexpr (kNV == 2) {
+    return hn::OddEven(hn::Add(s[1], hn::Shuffle2301(s[1])), hn::Add(s[0], hn::Shuffle2301(s[0])));
+#endif
+  } else {
+    auto sum = s[0];
+    for (size_t v = 1; v < kNV; ++v) sum = hn::Add(sum, s[v]);
+    return sum;
+  }
+}
+// Final reduction of a partial-lane accumulator.
+HWY_INLINE float ReducePartials(hn::Vec<DFB> acc) {
+  if constexpr (kExact8) {
+    alignas(64) float lanes[hn::MaxLanes(DFB())];
+    hn::Store(acc, DFB(), lanes);
+    float a[8];
+    for (int l = 0; l < 8; ++l) a[l] = lanes[PartialLane(l)];
+    return Hsum8(a);
+  } else {
+    return Sum(DFB(), acc);
+  }
+}
+
+// Q8_0 weights against Q8_0 activations: one 32-element block per step; per partial lane
+// acc = fma(dw * dx, float(partial), acc) over blocks in order.
 template <class Unpack>
-struct Q32Kernel : QuantKernelBase<typename Unpack::Block> {
+struct Q8_0Kernel : QuantKernelBase<typename Unpack::Block> {
+  static constexpr bool kOrdered = true;
   using Base = QuantKernelBase<typename Unpack::Block>;
   using Base::Base;
-  int64_t Steps() const { return this->t.n / 32; }
+  using Base::t;
+  using Base::W;
+  using Base::XD;
+  using Base::XQ;
+  int64_t Steps() const { return t.n / 32; }
   template <int R, int C>
   HWY_INLINE void Step(int64_t b, hn::Vec<DFB> (&acc)[R][C]) const {
     const D16B d16;
@@ -534,23 +614,87 @@ struct Q32Kernel : QuantKernelBase<typename Unpack::Block> {
     float dw[R];
     hn::Vec<D16B> wv[R][kNV];
     for (int r = 0; r < R; ++r) {
-      const auto& blk = this->W(r)[b];
+      const auto& blk = W(r)[b];
       dw[r] = HalfToFloat(&blk.d);
       for (size_t v = 0; v < kNV; ++v) wv[r][v] = unpack(d16, blk, v * N);
     }
     for (int c = 0; c < C; ++c) {
       hn::Vec<D16B> xv[kNV];
-      for (size_t v = 0; v < kNV; ++v) xv[v] = hn::LoadU(d16, this->XQ(c) + b * 32 + v * N);
-      const float dx = this->XD(c, b);
+      for (size_t v = 0; v < kNV; ++v) xv[v] = hn::LoadU(d16, XQ(c) + b * 32 + v * N);
+      const float dx = XD(c, b);
       for (int r = 0; r < R; ++r) {
-        auto s0 = hn::Zero(d32), s1 = hn::Zero(d32);
-        for (size_t v = 0; v < kNV; ++v)
-          s0 = hn::ReorderWidenMulAccumulate(d32, wv[r][v], xv[v], s0, s1);
-        acc[r][c] =
-            hn::MulAdd(hn::ConvertTo(df, hn::Add(s0, s1)), hn::Set(df, dw[r] * dx), acc[r][c]);
+        hn::Vec<D32B> s[kNV];
+        for (size_t v = 0; v < kNV; ++v) {
+          auto s1 = hn::Zero(d32);
+          s[v] = hn::ReorderWidenMulAccumulate(d32, wv[r][v], xv[v], hn::Zero(d32), s1);
+          s[v] = hn::Add(s[v], s1);
+        }
+        acc[r][c] = hn::MulAdd(hn::Set(df, dw[r] * dx), hn::ConvertTo(df, Partials8(s)), acc[r][c]);
       }
     }
   }
+  float Finish(int, int, hn::Vec<DFB> acc) const { return ReducePartials(acc); }
+};
+
+// Q4_0 weights against Q8_0 activations: per block one exact integer sum, and one accumulator per
+// output: acc = fma(float(isum), dw * dx, acc) over blocks in order. A step takes G blocks (one
+// per int32 lane) and reduces their lane sums together; the ordered chains of the R x C outputs
+// interleave.
+struct Q4_0Kernel : QuantKernelBase<BlockQ4_0> {
+  using Acc = hn::CappedTag<float, 1>;
+  static constexpr bool kOrdered = true;
+  static constexpr size_t G = hn::MaxLanes(D32B());
+  using QuantKernelBase::QuantKernelBase;
+  int64_t nb() const { return t.n / 32; }
+  // The last step may hold fewer than G blocks (absent blocks count as zeros in the reduction).
+  int64_t Steps() const { return (nb() + static_cast<int64_t>(G) - 1) / static_cast<int64_t>(G); }
+  template <int R, int C>
+  HWY_INLINE void Step(int64_t s, hn::Vec<Acc> (&acc)[R][C]) const {
+    const D16B d16;
+    const D32B d32;
+    const DFB df;
+    const Acc d1;
+    const size_t N = hn::Lanes(d16);
+    const UnpackQ4_0 unpack;
+    const int64_t b0 = s * static_cast<int64_t>(G);
+    const size_t count = static_cast<size_t>(std::min<int64_t>(static_cast<int64_t>(G), nb() - b0));
+    // Unpacked once per step, reused for every activation row.
+    alignas(64) int16_t wq[R][G][32];
+    float dw[R][G];
+    for (int r = 0; r < R; ++r) {
+      for (size_t j = 0; j < count; ++j) {
+        const auto& blk = W(r)[b0 + static_cast<int64_t>(j)];
+        dw[r][j] = HalfToFloat(&blk.d);
+        for (size_t v = 0; v < kNV; ++v) hn::Store(unpack(d16, blk, v * N), d16, wq[r][j] + v * N);
+      }
+    }
+    alignas(64) float fi[R][C][G];
+    for (int c = 0; c < C; ++c) {
+      const int16_t* xq = XQ(c) + b0 * 32;
+      for (int r = 0; r < R; ++r) {
+        hn::Vec<D32B> bs[G];
+        for (size_t j = 0; j < G; ++j) {
+          auto s0 = hn::Zero(d32), s1 = hn::Zero(d32);
+          if (j < count) {
+            for (size_t v = 0; v < kNV; ++v)
+              s0 = hn::ReorderWidenMulAccumulate(d32, hn::Load(d16, wq[r][j] + v * N),
+                                                 hn::LoadU(d16, xq + 32 * j + v * N), s0, s1);
+          }
+          bs[j] = hn::Add(s0, s1);
+        }
+        hn::Store(hn::ConvertTo(df, ReduceBlocks(d32, bs)), df, fi[r][c]);
+      }
+    }
+    // The R x C ordered chains, interleaved.
+    for (size_t j = 0; j < count; ++j) {
+      for (int c = 0; c < C; ++c) {
+        const float dx = XD(c, b0 + static_cast<int64_t>(j));
+        for (int r = 0; r < R; ++r)
+          acc[r][c] = hn::MulAdd(hn::Set(d1, fi[r][c][j]), hn::Set(d1, dw[r][j] * dx), acc[r][c]);
+      }
+    }
+  }
+  float Finish(int, int, hn::Vec<Acc> acc) const { return hn::GetLane(acc); }
 };
 
 // Q4_K: 8 sub-blocks of 32 with 6-bit scale and min. Sub-block j holds nibble plane (j & 1) of
@@ -624,7 +768,7 @@ struct Q4KKernel : Q4KKernelBase {
       }
     }
   }
-  float Finish(int r, int c, float sum) const { return sum - minsum[r][c]; }
+  float Finish(int r, int c, hn::Vec<DFB> acc) const { return Sum(DFB(), acc) - minsum[r][c]; }
 };
 
 // Q6_K: elements 32k .. 32k+31 of a 128-element half h (k = 0..3) take nibble (k >= 2) of
@@ -651,7 +795,10 @@ HWY_INLINE hn::Vec<D16B> ScalesQ6_K(D16B d16, const BlockQ6_K& b, int t, size_t 
   return hn::Set(d16, b.scales[2 * t + (off >= 16 ? 1 : 0)]);
 }
 
+// Per block, each partial lane (four adjacent elements of every 32-element group) sums
+// scale * (q - 32) * x over the eight groups; acc = fma(dw * dx, float(lane), acc) per block.
 struct Q6KKernel : QuantKernelBase<BlockQ6_K> {
+  static constexpr bool kOrdered = true;
   using QuantKernelBase::QuantKernelBase;
   int64_t Steps() const { return t.n / kQK_K; }
   template <int R, int C>
@@ -660,9 +807,10 @@ struct Q6KKernel : QuantKernelBase<BlockQ6_K> {
     const D32B d32;
     const DFB df;
     const size_t N = hn::Lanes(d16);
-    hn::Vec<D32B> s0[R][C], s1[R][C];
+    hn::Vec<D32B> s0[R][C][kNV], s1[R][C][kNV];
     for (int r = 0; r < R; ++r)
-      for (int c = 0; c < C; ++c) s0[r][c] = s1[r][c] = hn::Zero(d32);
+      for (int c = 0; c < C; ++c)
+        for (size_t v = 0; v < kNV; ++v) s0[r][c][v] = s1[r][c][v] = hn::Zero(d32);
     for (int q = 0; q < 8; ++q) {
       hn::Vec<D16B> wv[R][kNV], sv[R][kNV];
       for (int r = 0; r < R; ++r) {
@@ -678,18 +826,22 @@ struct Q6KKernel : QuantKernelBase<BlockQ6_K> {
           for (int r = 0; r < R; ++r) {
             // (q - 32) * x <= 32 * 127 fits int16.
             const auto p = hn::Mul(wv[r][v], xv);
-            s0[r][c] = hn::ReorderWidenMulAccumulate(d32, p, sv[r][v], s0[r][c], s1[r][c]);
+            s0[r][c][v] = hn::ReorderWidenMulAccumulate(d32, p, sv[r][v], s0[r][c][v], s1[r][c][v]);
           }
         }
       }
     }
     for (int r = 0; r < R; ++r) {
       const float d = HalfToFloat(&W(r)[b].d);
-      for (int c = 0; c < C; ++c)
-        acc[r][c] = hn::MulAdd(hn::ConvertTo(df, hn::Add(s0[r][c], s1[r][c])),
-                               hn::Set(df, d * XD(c, b)), acc[r][c]);
+      for (int c = 0; c < C; ++c) {
+        hn::Vec<D32B> sum[kNV];
+        for (size_t v = 0; v < kNV; ++v) sum[v] = hn::Add(s0[r][c][v], s1[r][c][v]);
+        acc[r][c] =
+            hn::MulAdd(hn::Set(df, XD(c, b) * d), hn::ConvertTo(df, Partials8(sum)), acc[r][c]);
+      }
     }
   }
+  float Finish(int, int, hn::Vec<DFB> acc) const { return ReducePartials(acc); }
 };
 
 #if ES_VNNI
@@ -723,11 +875,12 @@ HWY_NOINLINE hn::Vec<DU16> HalfShifts(int lo, int hi) {
                      hn::Set(dh, static_cast<uint16_t>(lo)));
 }
 
-// Lane patterns for scales: lane i takes source lane (i / group) + base.
+// Lane patterns for scales: lane i takes source lane (i / group) + base; group is 4 or 8. Built
+// per kernel object (per weight row in decode), so without divisions or memory round trips.
 HWY_NOINLINE hn::Indices512<int32_t> GroupIndices(int base, int group) {
-  alignas(64) int32_t idx[16];
-  for (int i = 0; i < 16; ++i) idx[i] = base + i / group;
-  return hn::SetTableIndices(D32(), idx);
+  const D32 d;
+  const auto lane = hn::ShiftRightSame(hn::Iota(d, 0), group == 8 ? 3 : 2);
+  return hn::IndicesFromVec(d, hn::Add(lane, hn::Set(d, base)));
 }
 
 struct VnniBase {
@@ -741,18 +894,24 @@ struct VnniBase {
   const float* DXL(int c) const {
     return reinterpret_cast<const float*>(t.a + c * t.as + t.l.dxl_off);
   }
-  float Finish(int, int, float sum) const { return sum; }
 };
+
+// Accumulator of eight partial lanes (four adjacent products each), as llama.cpp's x86 kernels.
+using DF8 = hn::Full256<float>;
 
 // Q8_0 weights x (q + 128) activations: two blocks per step. sum(w * x) = sum(w * (x + 128)) -
 // 128 * sum(w); the second term is computed per weight row and seeds the accumulator.
+// Lanes 0-7 of a step hold the partials of its first block, 8-15 those of the second; both
+// blocks go into the same eight lanes, in order.
 struct Q8_0Vnni : VnniBase {
+  using Acc = DF8;
+  static constexpr bool kOrdered = true;
   using VnniBase::VnniBase;
   int64_t nb() const { return t.n / 32; }
   int64_t Steps() const { return nb() / 2; }
   const BlockQ8_0* W(int r) const { return reinterpret_cast<const BlockQ8_0*>(t.w + r * t.wrb); }
   template <int R, int C>
-  HWY_INLINE void Step(int64_t s, VF (&acc)[R][C]) const {
+  HWY_INLINE void Step(int64_t s, hn::Vec<DF8> (&acc)[R][C]) const {
     const D8 d8;
     const DU8 du8;
     const D32 d32;
@@ -772,26 +931,40 @@ struct Q8_0Vnni : VnniBase {
     for (int c = 0; c < C; ++c) {
       const VU8 xu = hn::Load(du8, XQ(c) + 64 * s);
       const VF dx = hn::Load(df, DXL(c) + 16 * s);
-      for (int r = 0; r < R; ++r)
-        acc[r][c] = hn::MulAdd(hn::ConvertTo(df, DotBytes(seed[r], xu, w[r])), hn::Mul(dw[r], dx),
-                               acc[r][c]);
+      for (int r = 0; r < R; ++r) {
+        const VF p = hn::ConvertTo(df, DotBytes(seed[r], xu, w[r]));
+        const VF d = hn::Mul(dw[r], dx);
+        acc[r][c] = hn::MulAdd(hn::LowerHalf(DF8(), d), hn::LowerHalf(DF8(), p), acc[r][c]);
+        acc[r][c] = hn::MulAdd(hn::UpperHalf(DF8(), d), hn::UpperHalf(DF8(), p), acc[r][c]);
+      }
     }
   }
-  float Finish(int r, int c, float sum) const {
+  float Finish(int r, int c, hn::Vec<DF8> acc) const {
+    alignas(32) float a[8];
+    hn::Store(acc, DF8(), a);
     if (nb() % 2) {  // odd block count: the last block in scalar code
       const int64_t b = nb() - 1;
       const BlockQ8_0& blk = W(r)[b];
-      int isum = 0;
-      for (int j = 0; j < 32; ++j) isum += blk.qs[j] * (static_cast<int>(XQ(c)[32 * b + j]) - 128);
-      sum += static_cast<float>(isum) * (HalfToFloat(&blk.d) * XD(c, b));
+      const float d = HalfToFloat(&blk.d) * XD(c, b);
+      for (int l = 0; l < 8; ++l) {
+        int p = 0;
+        for (int j = 4 * l; j < 4 * l + 4; ++j)
+          p += blk.qs[j] * (static_cast<int>(XQ(c)[32 * b + j]) - 128);
+        a[l] = std::fma(d, static_cast<float>(p), a[l]);
+      }
     }
-    return sum;
+    return Hsum8(a);
   }
 };
 
-// Q4_0 weights (unsigned nibbles) x int8 activations: two blocks per step; the -8 offset is the
-// precomputed per-lane correction that seeds the accumulator.
+// Q4_0 weights (unsigned nibbles) x int8 activations, the -8 offset being the precomputed
+// per-lane correction that seeds each dot product. One accumulator per output, in block order:
+// a step takes 16 blocks (eight dot products of two blocks), reduces them to one integer per block
+// and chains acc = fma(float(isum), dw * dx, acc).
 struct Q4_0Vnni : VnniBase {
+  using Acc = hn::CappedTag<float, 1>;
+  static constexpr bool kOrdered = true;
+  static constexpr int kG = 16;  // blocks per step
   hn::Vec<DU16> shifts = HalfShifts(0, 0);
   explicit Q4_0Vnni(const TileArgs& args) : VnniBase(args) {
     // Each 128-bit block holds one copy of a block's 16 bytes: low nibbles in copies 0 and 2,
@@ -801,50 +974,63 @@ struct Q4_0Vnni : VnniBase {
     shifts = hn::Load(DU16(), sh);
   }
   int64_t nb() const { return t.n / 32; }
-  int64_t Steps() const { return nb() / 2; }
+  // The last step may hold fewer than 16 blocks: absent pairs are zeros, and an odd last block
+  // pairs with zero weights (its partner's lanes are not used).
+  int64_t Steps() const { return (nb() + kG - 1) / kG; }
   const BlockQ4_0* W(int r) const { return reinterpret_cast<const BlockQ4_0*>(t.w + r * t.wrb); }
   const int32_t* Corr(int c) const {
     return reinterpret_cast<const int32_t*>(t.a + c * t.as + t.l.corr_off);
   }
   template <int R, int C>
-  HWY_INLINE void Step(int64_t s, VF (&acc)[R][C]) const {
+  HWY_INLINE void Step(int64_t s, hn::Vec<Acc> (&acc)[R][C]) const {
     const D8 d8;
     const DU8 du8;
     const DU16 du16;
     const D32 d32;
     const DF df;
-    const hn::Half<DF> dfh;
-    VU8 q[R];
-    VF dw[R];
+    const Acc d1;
+    const int64_t b0 = s * kG;
+    const int count = static_cast<int>(std::min<int64_t>(kG, nb() - b0));
+    const int pairs = (count + 1) / 2;
+    // Unpacked once per step, reused for every activation row.
+    alignas(64) uint8_t q[R][kG / 2][64];
+    float dw[R][kG];
     for (int r = 0; r < R; ++r) {
-      const BlockQ4_0* blk = W(r) + 2 * s;
-      const VU8 v =
-          hn::ConcatUpperLower(du8, hn::LoadDup128(du8, blk[1].qs), hn::LoadDup128(du8, blk[0].qs));
-      q[r] = hn::And(hn::BitCast(du8, hn::BitCast(du16, v) >> shifts), hn::Set(du8, 0x0F));
-      dw[r] = hn::Combine(df, hn::Set(dfh, HalfToFloat(&blk[1].d)),
-                          hn::Set(dfh, HalfToFloat(&blk[0].d)));
+      for (int k = 0; k < pairs; ++k) {
+        const BlockQ4_0* blk = W(r) + b0 + 2 * k;
+        const bool two = 2 * k + 1 < count;
+        const VU8 hi = two ? hn::LoadDup128(du8, blk[1].qs) : hn::Zero(du8);
+        const VU8 v = hn::ConcatUpperLower(du8, hi, hn::LoadDup128(du8, blk[0].qs));
+        hn::Store(hn::And(hn::BitCast(du8, hn::BitCast(du16, v) >> shifts), hn::Set(du8, 0x0F)),
+                  du8, q[r][k]);
+        dw[r][2 * k] = HalfToFloat(&blk[0].d);
+        if (two) dw[r][2 * k + 1] = HalfToFloat(&blk[1].d);
+      }
     }
+    alignas(64) float fi[R][C][kG];
     for (int c = 0; c < C; ++c) {
-      const V8 x = hn::Load(d8, reinterpret_cast<const int8_t*>(XQ(c)) + 64 * s);
-      const V32 seed = hn::Load(d32, Corr(c) + 16 * s);
-      const VF dx = hn::Load(df, DXL(c) + 16 * s);
-      for (int r = 0; r < R; ++r)
-        acc[r][c] =
-            hn::MulAdd(hn::ConvertTo(df, DotBytes(seed, q[r], x)), hn::Mul(dw[r], dx), acc[r][c]);
+      // Reads stay inside the converted row: quants and corrections are padded to 64 bytes.
+      const auto* xq = reinterpret_cast<const int8_t*>(XQ(c)) + 32 * b0;
+      const int32_t* corr = Corr(c) + 8 * b0;
+      for (int r = 0; r < R; ++r) {
+        V32 v[kG / 2];
+        for (int k = 0; k < kG / 2; ++k)
+          v[k] = k < pairs ? DotBytes(hn::Load(d32, corr + 16 * k), hn::Load(du8, q[r][k]),
+                                      hn::Load(d8, xq + 64 * k))
+                           : hn::Zero(d32);
+        hn::Store(hn::ConvertTo(df, ReduceBlocks(d32, v)), df, fi[r][c]);
+      }
+    }
+    // The R x C ordered chains, interleaved.
+    for (int j = 0; j < count; ++j) {
+      for (int c = 0; c < C; ++c) {
+        const float dx = XD(c, b0 + j);
+        for (int r = 0; r < R; ++r)
+          acc[r][c] = hn::MulAdd(hn::Set(d1, fi[r][c][j]), hn::Set(d1, dw[r][j] * dx), acc[r][c]);
+      }
     }
   }
-  float Finish(int r, int c, float sum) const {
-    if (nb() % 2) {
-      const int64_t b = nb() - 1;
-      const BlockQ4_0& blk = W(r)[b];
-      const auto* x = reinterpret_cast<const int8_t*>(XQ(c)) + 32 * b;
-      int isum = 0;
-      for (int j = 0; j < 16; ++j)
-        isum += ((blk.qs[j] & 15) - 8) * x[j] + ((blk.qs[j] >> 4) - 8) * x[j + 16];
-      sum += static_cast<float>(isum) * (HalfToFloat(&blk.d) * XD(c, b));
-    }
-    return sum;
-  }
+  float Finish(int, int, hn::Vec<Acc> acc) const { return hn::GetLane(acc); }
 };
 
 struct KVnniBase : VnniBase {
@@ -944,15 +1130,20 @@ struct Q4KVnni : KVnniBase {
       }
     }
   }
-  float Finish(int r, int c, float sum) const {
-    return sum - hn::GetLane(hn::SumOfLanes(DFx4(), minacc[r][c]));
+  float Finish(int r, int c, VF acc) const {
+    return Sum(DF(), acc) - hn::GetLane(hn::SumOfLanes(DFx4(), minacc[r][c]));
   }
 };
 
 // Q6_K: 64 elements per vector, assembled from 64 bytes of ql and 32 bytes of qh (duplicated in
 // both halves and shifted per half); unsigned values 0..63. Lanes of 16 elements share a scale;
-// the -32 offset is -32 * sum(scale * sums of 16 activations), which seeds the accumulator.
+// the -32 offset is subtracted per int32 lane (32 * the sum of its four activations), so that
+// every lane holds sum (q - 32) * x of its four elements. Per block, partial lane l (elements
+// 4l..4l+3 of each 32-element group, scaled) is summed over the eight groups and
+// acc = fma(dw * dx, float(lane), acc), as llama.cpp's x86 kernel.
 struct Q6KVnni : KVnniBase {
+  using Acc = DF8;
+  static constexpr bool kOrdered = true;
   hn::Vec<DU16> shl_a = HalfShifts(4, 2);
   hn::Vec<DU16> shr_b = HalfShifts(0, 2);
   hn::Indices512<int32_t> pat[4] = {GroupIndices(0, 4), GroupIndices(4, 4), GroupIndices(8, 4),
@@ -960,19 +1151,16 @@ struct Q6KVnni : KVnniBase {
   using KVnniBase::KVnniBase;
   const BlockQ6_K* W(int r) const { return reinterpret_cast<const BlockQ6_K*>(t.w + r * t.wrb); }
   template <int R, int C>
-  HWY_INLINE void Step(int64_t b, VF (&acc)[R][C]) const {
+  HWY_INLINE void Step(int64_t b, hn::Vec<DF8> (&acc)[R][C]) const {
     const D8 d8;
     const DU8 du8;
     const hn::Half<DU8> du8h;
     const DU16 du16;
     const D32 d32;
-    const DF df;
-    const hn::Full256<int16_t> d16x16;
     const hn::Full256<int32_t> d32x8;
     const hn::Rebind<int8_t, D32> d8x16;
     VU8 q[R][4];
     V32 sc[R][4];
-    hn::Vec<decltype(d16x16)> csc[R];
     float d[R];
     const VU8 m0f = hn::Set(du8, 0x0F), m30 = hn::Set(du8, 0x30);
     for (int r = 0; r < R; ++r) {
@@ -981,8 +1169,6 @@ struct Q6KVnni : KVnniBase {
       // Keep only the low 16 bits: DotPairs multiplies the high halves too.
       for (int j = 0; j < 4; ++j)
         sc[r][j] = hn::And(hn::TableLookupLanes(all, pat[j]), hn::Set(d32, 0xFFFF));
-      csc[r] = hn::Mul(hn::PromoteTo(d16x16, hn::LoadU(hn::Full128<int8_t>(), blk.scales)),
-                       hn::Set(d16x16, -32));
       for (int h = 0; h < 2; ++h) {
         const VU8 ql = hn::LoadU(du8, blk.ql + 64 * h);
         const auto qh_half = hn::LoadU(du8h, blk.qh + 32 * h);
@@ -997,18 +1183,25 @@ struct Q6KVnni : KVnniBase {
     for (int c = 0; c < C; ++c) {
       const int8_t* xb = X(c, b);
       V8 x[4];
-      for (int j = 0; j < 4; ++j) x[j] = hn::Load(d8, xb + 64 * j);
-      const auto bs = hn::LoadU(d16x16, BS16(c, b));
+      V32 off[4];
+      for (int j = 0; j < 4; ++j) {
+        x[j] = hn::Load(d8, xb + 64 * j);
+        off[j] = DotBytes(hn::Zero(d32), hn::Set(du8, 32), x[j]);
+      }
       const float dx = XD(c, b);
       for (int r = 0; r < R; ++r) {
-        auto c1 = hn::Zero(d32x8);
-        const auto c0 = hn::ReorderWidenMulAccumulate(d32x8, csc[r], bs, hn::Zero(d32x8), c1);
-        V32 isum = hn::ZeroExtendVector(d32, hn::Add(c0, c1));
+        V32 isum = hn::Zero(d32);
         for (int j = 0; j < 4; ++j)
-          isum = DotPairs(isum, DotBytes(hn::Zero(d32), q[r][j], x[j]), sc[r][j]);
-        acc[r][c] = hn::MulAdd(hn::ConvertTo(df, isum), hn::Set(df, d[r] * dx), acc[r][c]);
+          isum = DotPairs(isum, hn::Sub(DotBytes(hn::Zero(d32), q[r][j], x[j]), off[j]), sc[r][j]);
+        const auto lanes = hn::Add(hn::LowerHalf(d32x8, isum), hn::UpperHalf(d32x8, isum));
+        acc[r][c] = hn::MulAdd(hn::Set(DF8(), dx * d[r]), hn::ConvertTo(DF8(), lanes), acc[r][c]);
       }
     }
+  }
+  float Finish(int, int, hn::Vec<DF8> acc) const {
+    alignas(32) float a[8];
+    hn::Store(acc, DF8(), a);
+    return Hsum8(a);
   }
 };
 #endif  // ES_VNNI
@@ -1068,11 +1261,10 @@ TileSet TilesFor(TensorType t) {
       return MakeTiles<3, 8, Q6KVnni>();
 #else
     case TensorType::kQ8_0:
-      return kWide ? MakeTiles<4, 4, Q32Kernel<UnpackQ8_0>>()
-                   : MakeTiles<2, 4, Q32Kernel<UnpackQ8_0>>();
+      return kWide ? MakeTiles<4, 4, Q8_0Kernel<UnpackQ8_0>>()
+                   : MakeTiles<2, 4, Q8_0Kernel<UnpackQ8_0>>();
     case TensorType::kQ4_0:
-      return kWide ? MakeTiles<4, 4, Q32Kernel<UnpackQ4_0>>()
-                   : MakeTiles<2, 4, Q32Kernel<UnpackQ4_0>>();
+      return kWide ? MakeTiles<4, 4, Q4_0Kernel>() : MakeTiles<2, 2, Q4_0Kernel>();
     case TensorType::kQ4_K:
       return MakeTiles<2, 4, Q4KKernel>();
     case TensorType::kQ6_K:

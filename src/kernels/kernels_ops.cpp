@@ -262,6 +262,39 @@ void AddImpl(float* x, const float* y, int64_t n) {
   for (; i < n; ++i) x[i] += y[i];
 }
 
+// exp(x) with the arithmetic of ggml's vectorised expf (the reference build uses it for SiLU and
+// softmax): n = round(x / ln2) by the 1.5 * 2^23 trick, b = x - n * ln2 in two fused steps,
+// degree-5 polynomial in b by fused multiply-adds, result j * 2^n; |n| > 192 gives 0 or inf.
+template <class DF>
+HWY_INLINE hn::Vec<DF> ExpLikeGgml(DF df, hn::Vec<DF> x) {
+  const hn::RebindToSigned<DF> di;
+  const auto r = hn::Set(df, 0x1.8p23f);
+  const auto z = hn::MulAdd(x, hn::Set(df, 0x1.715476p+0f), r);
+  const auto n = hn::Sub(z, r);
+  const auto b = hn::NegMulAdd(n, hn::Set(df, 0x1.7f7d1cp-20f),
+                               hn::NegMulAdd(n, hn::Set(df, 0x1.62e4p-1f), x));
+  const auto u = hn::Mul(b, b);
+  const auto j = hn::MulAdd(
+      hn::MulAdd(hn::MulAdd(hn::Set(df, 0x1.0e4020p-7f), b, hn::Set(df, 0x1.573e2ep-5f)), u,
+                 hn::MulAdd(hn::Set(df, 0x1.555e66p-3f), b, hn::Set(df, 0x1.fffdb6p-2f))),
+      u, hn::MulAdd(hn::Set(df, 0x1.ffffecp-1f), b, hn::Set(df, 1.0f)));
+  // j * 2^n with one rounding: two exact power-of-two factors, each a normal float.
+  const auto big = hn::Gt(hn::Abs(n), hn::Set(df, 192.0f));
+  const auto ni = hn::ConvertTo(di, hn::IfThenZeroElse(big, n));
+  const auto n1 = hn::ShiftRight<1>(ni);
+  const auto n2 = hn::Sub(ni, n1);
+  auto pow2 = [&](hn::Vec<decltype(di)> k) HWY_ATTR {
+    return hn::BitCast(df, hn::ShiftLeft<23>(hn::Add(k, hn::Set(di, 127))));
+  };
+  const auto res = hn::Mul(hn::Mul(j, pow2(n1)), pow2(n2));
+  const auto alt = hn::IfThenElseZero(hn::Gt(n, hn::Zero(df)), hn::Set(df, HUGE_VALF));
+  return hn::IfThenElse(big, alt, res);
+}
+
+// SiLU by ggml's vector exp for every element, the SiLU value rounded before the multiplication
+// by `up` (two separate ops there). ggml uses libm expf for the last n % 16 elements of each row;
+// this flat call does not see rows, and one rule for all elements keeps batched and
+// token-by-token results identical.
 void SiluMulImpl(float* gate, const float* up, int64_t n) {
   const hn::ScalableTag<float> df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
@@ -269,48 +302,59 @@ void SiluMulImpl(float* gate, const float* up, int64_t n) {
   int64_t i = 0;
   for (; i + N <= n; i += N) {
     const auto g = hn::LoadU(df, gate + i);
-    const auto silu = hn::Div(g, hn::Add(one, hn::Exp(df, hn::Neg(g))));
+    const auto silu = hn::Div(g, hn::Add(one, ExpLikeGgml(df, hn::Neg(g))));
     hn::StoreU(hn::Mul(silu, hn::LoadU(df, up + i)), df, gate + i);
   }
-  for (; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+  if (i < n) {
+    alignas(64) float g[hn::MaxLanes(df)] = {}, u[hn::MaxLanes(df)] = {};
+    std::copy(gate + i, gate + n, g);
+    std::copy(up + i, up + n, u);
+    const auto gv = hn::Load(df, g);
+    const auto silu = hn::Div(gv, hn::Add(one, ExpLikeGgml(df, hn::Neg(gv))));
+    hn::Store(hn::Mul(silu, hn::Load(df, u)), df, g);
+    std::copy(g, g + (n - i), gate + i);
+  }
 }
 
+// Like ggml with its key count padded to a multiple of 16 (masked keys give exp = 0): the vector
+// exp on chunks of 16, each chunk summed by pairwise halving (a[i] + a[i + 8], ...) and added in
+// double; then x *= float(1 / sum).
 void SoftmaxImpl(float* x, int64_t n) {
   if (n <= 0) return;
-  const hn::ScalableTag<float> df;
+  const hn::CappedTag<float, 16> df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   float max = -INFINITY;
-  int64_t i = 0;
-  if (n >= N) {
-    auto vmax = hn::Set(df, -INFINITY);
-    for (; i + N <= n; i += N) vmax = hn::Max(vmax, hn::LoadU(df, x + i));
-    max = hn::GetLane(hn::MaxOfLanes(df, vmax));
-  }
-  for (; i < n; ++i) max = std::max(max, x[i]);
+  for (int64_t i = 0; i < n; ++i) max = std::max(max, x[i]);
   if (max == -INFINITY) {  // everything masked: no distribution; report all zeros
     std::memset(x, 0, static_cast<size_t>(n) * sizeof(float));
     return;
   }
   double sum = 0.0;
   const auto vm = hn::Set(df, max);
-  const auto lowest = hn::Set(df, -104.0f);  // exp underflows to 0 below this
-  i = 0;
-  for (; i + N <= n; i += N) {
-    const auto d = hn::Sub(hn::LoadU(df, x + i), vm);
-    const auto e = hn::IfThenZeroElse(hn::Lt(d, lowest), hn::Exp(df, hn::Max(d, lowest)));
-    hn::StoreU(e, df, x + i);
-    // Lanes are summed in f32 per vector, then in f64 across vectors (ggml sums in f64).
-    sum += static_cast<double>(hn::GetLane(hn::SumOfLanes(df, e)));
-  }
-  for (; i < n; ++i) {
-    x[i] = std::exp(x[i] - max);
-    sum += static_cast<double>(x[i]);
+  for (int64_t c = 0; c < n; c += 16) {
+    alignas(64) float e[16];
+    const int64_t len = std::min<int64_t>(16, n - c);
+    if (len == 16) {
+      for (int64_t k = 0; k < 16; k += N)
+        hn::Store(ExpLikeGgml(df, hn::Sub(hn::LoadU(df, x + c + k), vm)), df, e + k);
+    } else {
+      alignas(64) float in[16];
+      for (int k = 0; k < 16; ++k) in[k] = k < len ? x[c + k] - max : -INFINITY;
+      for (int64_t k = 0; k < 16; k += N)
+        hn::Store(ExpLikeGgml(df, hn::Load(df, in + k)), df, e + k);
+    }
+    for (int64_t k = 0; k < len; ++k) x[c + k] = e[k];
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+    // One vector; Highway's lane sum is _mm512_reduce_add_ps, which halves in this order.
+    sum += static_cast<double>(hn::GetLane(hn::SumOfLanes(df, hn::Load(df, e))));
+    continue;
+#endif
+    for (int w = 8; w >= 1; w /= 2)
+      for (int k = 0; k < w; ++k) e[k] = e[k] + e[k + w];
+    sum += static_cast<double>(e[0]);
   }
   const float inv = static_cast<float>(1.0 / sum);
-  const auto vi = hn::Set(df, inv);
-  i = 0;
-  for (; i + N <= n; i += N) hn::StoreU(hn::Mul(hn::LoadU(df, x + i), vi), df, x + i);
-  for (; i < n; ++i) x[i] *= inv;
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
 }
 
 // Per-thread cache of the cos/sin table: every head at one position shares it.
@@ -320,6 +364,8 @@ struct RopeCache {
   std::vector<float> cos, sin;
 };
 
+// x0' = fma(x0, cos, -(x1 * sin)), x1' = fma(x0, sin, x1 * cos): the contraction GCC makes of
+// ggml's scalar rotation in the reference build.
 void RopeImpl(float* x, int64_t head_dim, int64_t n_rot, int64_t pos, float freq_base, bool neox) {
   (void)head_dim;
   static thread_local RopeCache cache;
@@ -347,48 +393,72 @@ void RopeImpl(float* x, int64_t head_dim, int64_t n_rot, int64_t pos, float freq
     for (; i + N <= half; i += N) {
       const auto a = hn::LoadU(df, x + i), b = hn::LoadU(df, x + half + i);
       const auto c = hn::LoadU(df, cs + i), s = hn::LoadU(df, sn + i);
-      hn::StoreU(hn::Sub(hn::Mul(a, c), hn::Mul(b, s)), df, x + i);
-      hn::StoreU(hn::Add(hn::Mul(a, s), hn::Mul(b, c)), df, x + half + i);
+      hn::StoreU(hn::MulAdd(a, c, hn::Neg(hn::Mul(b, s))), df, x + i);
+      hn::StoreU(hn::MulAdd(a, s, hn::Mul(b, c)), df, x + half + i);
     }
     for (; i < half; ++i) {
       const float a = x[i], b = x[i + half];
-      x[i] = a * cs[i] - b * sn[i];
-      x[i + half] = a * sn[i] + b * cs[i];
+      x[i] = std::fma(a, cs[i], -(b * sn[i]));
+      x[i + half] = std::fma(a, sn[i], b * cs[i]);
     }
   } else {
     for (; i + N <= half; i += N) {
       hn::Vec<decltype(df)> a, b;
       hn::LoadInterleaved2(df, x + 2 * i, a, b);
       const auto c = hn::LoadU(df, cs + i), s = hn::LoadU(df, sn + i);
-      hn::StoreInterleaved2(hn::Sub(hn::Mul(a, c), hn::Mul(b, s)),
-                            hn::Add(hn::Mul(a, s), hn::Mul(b, c)), df, x + 2 * i);
+      hn::StoreInterleaved2(hn::MulAdd(a, c, hn::Neg(hn::Mul(b, s))),
+                            hn::MulAdd(a, s, hn::Mul(b, c)), df, x + 2 * i);
     }
     for (; i < half; ++i) {
       const float a = x[2 * i], b = x[2 * i + 1];
-      x[2 * i] = a * cs[i] - b * sn[i];
-      x[2 * i + 1] = a * sn[i] + b * cs[i];
+      x[2 * i] = std::fma(a, cs[i], -(b * sn[i]));
+      x[2 * i + 1] = std::fma(a, sn[i], b * cs[i]);
     }
   }
 }
 
+// F16 dot product in the order of llama.cpp's AVX-512 build: for n % 16 == 0, lane l of 16
+// accumulates elements 16c + l with fma over c in order, then the 16 lanes are halved pairwise
+// (a[i] + a[i + 8], then + 4, + 2, + 1). Short rows of other lengths: float products summed in
+// double. Longer rows of other lengths keep a plain vector order.
 float DotF16Impl(const f16_t* a, const f16_t* b, int64_t n) {
-  const hn::ScalableTag<float> df;
+  const hn::CappedTag<float, 16> df;
   const hn::Rebind<hwy::float16_t, decltype(df)> dh;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   const auto* ha = reinterpret_cast<const hwy::float16_t*>(a);
   const auto* hb = reinterpret_cast<const hwy::float16_t*>(b);
-  auto acc0 = hn::Zero(df), acc1 = hn::Zero(df);
-  int64_t i = 0;
-  for (; i + 2 * N <= n; i += 2 * N) {
-    acc0 = hn::MulAdd(hn::PromoteTo(df, hn::LoadU(dh, ha + i)),
-                      hn::PromoteTo(df, hn::LoadU(dh, hb + i)), acc0);
-    acc1 = hn::MulAdd(hn::PromoteTo(df, hn::LoadU(dh, ha + i + N)),
-                      hn::PromoteTo(df, hn::LoadU(dh, hb + i + N)), acc1);
+  if (n % 16 == 0 && 16 % hn::Lanes(df) == 0) {
+    const size_t N = hn::Lanes(df);
+    const size_t K = 16 / N;
+    hn::Vec<decltype(df)> acc[16];
+    for (size_t k = 0; k < K; ++k) acc[k] = hn::Zero(df);
+    for (int64_t i = 0; i < n; i += 16)
+      for (size_t k = 0; k < K; ++k)
+        acc[k] = hn::MulAdd(hn::PromoteTo(df, hn::LoadU(dh, ha + i + k * N)),
+                            hn::PromoteTo(df, hn::LoadU(dh, hb + i + k * N)), acc[k]);
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+    // One vector; Highway's lane sum is _mm512_reduce_add_ps, which halves in this order.
+    return hn::GetLane(hn::SumOfLanes(df, acc[0]));
+#endif
+    float l[16];
+    for (size_t k = 0; k < K; ++k) hn::StoreU(acc[k], df, l + k * N);
+    for (int w = 8; w >= 1; w /= 2)
+      for (int i = 0; i < w; ++i) l[i] = l[i] + l[i + w];
+    return l[0];
   }
+  if (n < 64) {
+    double s = 0.0;
+    for (int64_t i = 0; i < n; ++i) s += static_cast<double>(F16ToF32(a[i]) * F16ToF32(b[i]));
+    return static_cast<float>(s);
+  }
+  const hn::ScalableTag<float> dv;
+  const hn::Rebind<hwy::float16_t, decltype(dv)> dvh;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(dv));
+  auto acc0 = hn::Zero(dv);
+  int64_t i = 0;
   for (; i + N <= n; i += N)
-    acc0 = hn::MulAdd(hn::PromoteTo(df, hn::LoadU(dh, ha + i)),
-                      hn::PromoteTo(df, hn::LoadU(dh, hb + i)), acc0);
-  float s = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0, acc1)));
+    acc0 = hn::MulAdd(hn::PromoteTo(dv, hn::LoadU(dvh, ha + i)),
+                      hn::PromoteTo(dv, hn::LoadU(dvh, hb + i)), acc0);
+  float s = hn::GetLane(hn::SumOfLanes(dv, acc0));
   for (; i < n; ++i) s += F16ToF32(a[i]) * F16ToF32(b[i]);
   return s;
 }
@@ -456,6 +526,9 @@ void DotRowsImpl(const T* q, const T* k, int64_t stride, int64_t n_rows, int64_t
     }
   };
   int64_t j = 0;
+  if constexpr (kF16) {  // the order of DotF16
+    for (; j < n_rows; ++j) out[j] = DotF16Impl(q, k + j * stride, dim) * scale;
+  }
   // Two keys at a time for independent FMA chains.
   for (; j + 2 <= n_rows; j += 2) {
     const T* k0 = k + j * stride;

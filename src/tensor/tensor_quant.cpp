@@ -221,7 +221,7 @@ float FitScaleMin(int n, int nmax, const float* x, const float* w, uint8_t* L, f
     const int l = std::clamp(RoundEven(iscale * (x[i] - lo)), 0, nmax);
     L[i] = static_cast<uint8_t>(l);
     const float diff = scale * l + lo - x[i];
-    best_err += w[i] * diff * diff;
+    best_err += w[i] * (diff * diff);
   }
   uint8_t trial[32];
   for (int step = 0; step <= nstep; ++step) {
@@ -245,7 +245,7 @@ float FitScaleMin(int n, int nmax, const float* x, const float* w, uint8_t* L, f
     float err = 0;
     for (int i = 0; i < n; ++i) {
       const float diff = s * trial[i] + m - x[i];
-      err += w[i] * diff * diff;
+      err += w[i] * (diff * diff);
     }
     if (err < best_err) {
       std::copy(trial, trial + n, L);
@@ -391,14 +391,25 @@ void QuantQ6_K(const float* x, BlockQ6_K* y, int64_t nb) {
 
 // ---- dot products ----
 
+// The order of float operations follows llama.cpp's x86 kernels (which produced the reference
+// logits): eight lanes of four adjacent products, acc[l] = fma(d, lane, acc[l]) per block, then
+// ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)).
+float Hsum8(const float* a) {
+  const float h0 = a[0] + a[4], h1 = a[1] + a[5], h2 = a[2] + a[6], h3 = a[3] + a[7];
+  return (h0 + h2) + (h1 + h3);
+}
+
 float DotQ8_0(const BlockQ8_0* w, const BlockQ8_0* x, int64_t nb) {
-  float sum = 0.0f;
+  float acc[8] = {};
   for (int64_t i = 0; i < nb; ++i) {
-    int isum = 0;
-    for (int j = 0; j < kQK8_0; ++j) isum += w[i].qs[j] * x[i].qs[j];
-    sum += static_cast<float>(isum) * (Half(w[i].d) * Half(x[i].d));
+    const float d = Half(w[i].d) * Half(x[i].d);
+    for (int l = 0; l < 8; ++l) {
+      int p = 0;
+      for (int j = 4 * l; j < 4 * l + 4; ++j) p += w[i].qs[j] * x[i].qs[j];
+      acc[l] = std::fma(d, static_cast<float>(p), acc[l]);
+    }
   }
-  return sum;
+  return Hsum8(acc);
 }
 
 float DotQ4_0(const BlockQ4_0* w, const BlockQ8_0* x, int64_t nb) {
@@ -409,7 +420,8 @@ float DotQ4_0(const BlockQ4_0* w, const BlockQ8_0* x, int64_t nb) {
       isum += ((w[i].qs[j] & 0x0F) - 8) * x[i].qs[j];
       isum += ((w[i].qs[j] >> 4) - 8) * x[i].qs[j + kQK4_0 / 2];
     }
-    sum += static_cast<float>(isum) * (Half(w[i].d) * Half(x[i].d));
+    // One accumulator, one fused multiply-add per block (llama.cpp's x86 Q4_0 order).
+    sum = std::fma(static_cast<float>(isum), Half(w[i].d) * Half(x[i].d), sum);
   }
   return sum;
 }
@@ -432,18 +444,24 @@ float DotQ4_K(const BlockQ4_K* w, const BlockQ8_K* x, int64_t nb) {
   return sum;
 }
 
+// Lane l sums scale * (q - 32) * x over elements 4l..4l+3 of each 32-element group; lanes are
+// accumulated per block with fma and reduced as in DotQ8_0.
 float DotQ6_K(const BlockQ6_K* w, const BlockQ8_K* x, int64_t nb) {
-  float sum = 0.0f;
+  float acc[8] = {};
   for (int64_t i = 0; i < nb; ++i) {
-    int isum = 0;
-    for (int s = 0; s < 16; ++s) {
-      int t = 0;
-      for (int l = 0; l < 16; ++l) t += (Q6KValue(w[i], 16 * s + l) - 32) * x[i].qs[16 * s + l];
-      isum += w[i].scales[s] * t;
+    int lane[8] = {};
+    for (int g = 0; g < 8; ++g) {
+      for (int l = 0; l < 8; ++l) {
+        const int e = 32 * g + 4 * l;
+        int p = 0;
+        for (int k = 0; k < 4; ++k) p += (Q6KValue(w[i], e + k) - 32) * x[i].qs[e + k];
+        lane[l] += w[i].scales[e / 16] * p;
+      }
     }
-    sum += (Half(w[i].d) * x[i].d) * static_cast<float>(isum);
+    const float d = x[i].d * Half(w[i].d);
+    for (int l = 0; l < 8; ++l) acc[l] = std::fma(d, static_cast<float>(lane[l]), acc[l]);
   }
-  return sum;
+  return Hsum8(acc);
 }
 
 }  // namespace
