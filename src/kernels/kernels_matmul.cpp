@@ -961,10 +961,15 @@ struct Q8_0Vnni : VnniBase {
 // per-lane correction that seeds each dot product. One accumulator per output, in block order:
 // a step takes 16 blocks (eight dot products of two blocks), reduces them to one integer per block
 // and chains acc = fma(float(isum), dw * dx, acc).
+// Full tiles of 16 outputs keep the 16 chains in the lanes of one vector instead: the integer sums
+// of one block for all 16 outputs are reduced together, so each block costs one vector FMA.
+template <int RMax, int CMax>
 struct Q4_0Vnni : VnniBase {
   using Acc = hn::CappedTag<float, 1>;
   static constexpr bool kOrdered = true;
   static constexpr int kG = 16;  // blocks per step
+  static constexpr bool kLanes = RMax * CMax == 16;
+  mutable VF acc16 = hn::Zero(DF());  // kLanes: lane r * CMax + c is output (r, c)
   hn::Vec<DU16> shifts = HalfShifts(0, 0);
   explicit Q4_0Vnni(const TileArgs& args) : VnniBase(args) {
     // Each 128-bit block holds one copy of a block's 16 bytes: low nibbles in copies 0 and 2,
@@ -1007,6 +1012,10 @@ struct Q4_0Vnni : VnniBase {
         if (two) dw[r][2 * k + 1] = HalfToFloat(&blk[1].d);
       }
     }
+    if constexpr (kLanes && R == RMax && C == CMax) {
+      StepLanes<R, C>(b0, count, pairs, q, dw);
+      return;
+    }
     alignas(64) float fi[R][C][kG];
     for (int c = 0; c < C; ++c) {
       // Reads stay inside the converted row: quants and corrections are padded to 64 bytes.
@@ -1030,7 +1039,56 @@ struct Q4_0Vnni : VnniBase {
       }
     }
   }
-  float Finish(int, int, hn::Vec<Acc> acc) const { return hn::GetLane(acc); }
+  // Sums of one pair of blocks for the 16 outputs: three halving levels leave, per output, the two
+  // block sums in adjacent lanes; even lanes are the first block, odd lanes the second.
+  template <int R, int C>
+  HWY_INLINE void StepLanes(int64_t b0, int count, int pairs, const uint8_t (&q)[R][kG / 2][64],
+                            const float (&dw)[R][kG]) const {
+    const D8 d8;
+    const DU8 du8;
+    const D32 d32;
+    const DF df;
+    alignas(64) int32_t ir[16], ic[16];
+    for (int i = 0; i < 16; ++i) {
+      ir[i] = i / C;
+      ic[i] = i % C;
+    }
+    const auto idx_r = hn::SetTableIndices(df, ir);
+    const auto idx_c = hn::SetTableIndices(df, ic);
+    alignas(64) float dwt[kG][16] = {}, dxt[kG][16] = {};
+    for (int j = 0; j < count; ++j) {
+      for (int r = 0; r < R; ++r) dwt[j][r] = dw[r][j];
+      for (int c = 0; c < C; ++c) dxt[j][c] = XD(c, b0 + j);
+    }
+    auto dd = [&](int j) HWY_ATTR {
+      return hn::Mul(hn::TableLookupLanes(hn::Load(df, dwt[j]), idx_r),
+                     hn::TableLookupLanes(hn::Load(df, dxt[j]), idx_c));
+    };
+    for (int k = 0; k < pairs; ++k) {
+      V32 v[16];
+      for (int c = 0; c < C; ++c) {
+        const auto* xq = reinterpret_cast<const int8_t*>(XQ(c)) + 32 * (b0 + 2 * k);
+        const V8 x = hn::Load(d8, xq);
+        const V32 corr = hn::Load(d32, Corr(c) + 8 * (b0 + 2 * k));
+        for (int r = 0; r < R; ++r) v[r * C + c] = DotBytes(corr, hn::Load(du8, q[r][k]), x);
+      }
+      for (int m = 16; m > 2; m /= 2)
+        for (int j = 0; j < m / 2; ++j)
+          v[j] = hn::Add(hn::ConcatEven(d32, v[2 * j + 1], v[2 * j]),
+                         hn::ConcatOdd(d32, v[2 * j + 1], v[2 * j]));
+      acc16 = hn::MulAdd(hn::ConvertTo(df, hn::ConcatEven(d32, v[1], v[0])), dd(2 * k), acc16);
+      if (2 * k + 1 < count)
+        acc16 = hn::MulAdd(hn::ConvertTo(df, hn::ConcatOdd(d32, v[1], v[0])), dd(2 * k + 1), acc16);
+    }
+  }
+  float Finish(int r, int c, hn::Vec<Acc> acc) const {
+    if constexpr (kLanes) {
+      alignas(64) float l[16];
+      hn::Store(acc16, DF(), l);
+      return l[r * CMax + c];
+    }
+    return hn::GetLane(acc);
+  }
 };
 
 struct KVnniBase : VnniBase {
