@@ -53,6 +53,10 @@ cd "$WORK"
 pids=()
 cleanup() {
   for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  # Whatever still runs in the namespaces (workers started through wrappers) goes too.
+  for d in "${DEVICES[@]}"; do
+    for p in $(ip netns pids "es-$d" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+  done
   sleep 0.5
   for d in "${DEVICES[@]}"; do
     ip netns del "es-$d" 2>/dev/null || true
