@@ -5,9 +5,10 @@ Writes docs/benchmarks.md: machine, commit, memory bandwidth, and for every mode
 thread count the median tokens/s of prompt processing (pp512) and generation (tg128) of both
 engines, their ratio, generation as a fraction of the bandwidth roofline, and peak RSS.
 
-llama.cpp is not built by this script (nothing from it enters this repo): point LLAMA_BENCH at
-a llama-bench binary you built yourself outside the repo (see docs/benchmarks.md), e.g.
-    LLAMA_BENCH=~/llama.cpp/build/bin/llama-bench bench/compare_llamacpp.py
+The peer is llama.cpp b4747 (the build that made ../shared/models/ref), built outside the repo
+by bench/peer_llamacpp.sh into ../peer (set LLAMA_CPP_SRC to a local clone or mirror when offline;
+nothing from it enters this repo). LLAMA_BENCH=/path/to/llama-bench uses a binary you built instead.
+    bench/compare_llamacpp.py
 Models are synthesised with `edgeshard synth` into --models-dir (default ../bench-models).
 """
 import argparse, datetime, json, os, platform, statistics, subprocess, sys
@@ -48,8 +49,13 @@ def main():
     ap.add_argument("-n", type=int, default=128)
     ap.add_argument("-o", "--output", default=os.path.join(ROOT, "docs/benchmarks.md"))
     a = ap.parse_args()
-    if not a.llama_bench or not os.access(a.llama_bench, os.X_OK):
-        sys.exit("set LLAMA_BENCH (or --llama-bench) to a llama-bench binary built outside this repo")
+    if not a.llama_bench:
+        print("building the llama.cpp peer with bench/peer_llamacpp.sh", file=sys.stderr)
+        bindir = subprocess.run([os.path.join(ROOT, "bench/peer_llamacpp.sh")], check=True,
+                                stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1]
+        a.llama_bench = os.path.join(bindir, "llama-bench")
+    if not os.access(a.llama_bench, os.X_OK):
+        sys.exit(f"{a.llama_bench} is not an executable llama-bench")
     if not os.access(a.edgeshard, os.X_OK):
         sys.exit(f"{a.edgeshard} not found: build first (scripts/build release)")
     os.makedirs(a.models_dir, exist_ok=True)
@@ -80,6 +86,26 @@ def main():
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr)
 
+    # Accuracy beside memory and speed: each encoding against its preset's F16 on the GPL-3 text.
+    corpus = os.path.join(os.path.dirname(os.path.abspath(a.vocab)), "..", "..", "data", "gpl3-head12k.txt")
+    acc = []
+    if os.path.exists(corpus) and "f16" in a.types.split(","):
+        for preset in a.presets.split(","):
+            base = os.path.join(a.models_dir, f"synth-{preset}.f16.kld")
+            ppl = [a.edgeshard, "perplexity", "-f", corpus, "-c", "128", "--chunks", "4", "-t", str(threads[-1])]
+            subprocess.run(ppl + ["-m", os.path.join(a.models_dir, f"synth-{preset}.f16.gguf"), "--save-kl-base", base],
+                           check=True, capture_output=True)
+            for typ in a.types.split(","):
+                out = subprocess.run(ppl + ["-m", os.path.join(a.models_dir, f"synth-{preset}.{typ}.gguf"),
+                                            "--kl-base", base], check=True, capture_output=True, text=True).stdout
+                fig = {k.strip(): v.split()[0] for k, v in (l.rsplit("  ", 1) for l in out.splitlines()
+                                                            if l.startswith("  ") and "  " in l.strip())}
+                tg = next(r for r in rows if r["preset"] == preset and r["type"] == typ and
+                          r["threads"] == threads[-1] and r["test"].startswith("tg"))
+                acc.append({"preset": preset, "type": typ, "file_bytes": tg["file_bytes"], "tg": tg["edgeshard"],
+                            "ppl": fig["this PPL"], "kl": fig["mean KL divergence"], "top1": fig["same top-1"]})
+            os.remove(base)
+
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     lines = [
@@ -90,7 +116,7 @@ def main():
         "- Memory read bandwidth (edgeshard bench --memory-bandwidth): " +
         ", ".join(f"{t} thread(s) {bw[t] / 1e9:.1f} GB/s" for t in threads),
         "- Roofline fraction: generation tokens/s x bytes read per token / read bandwidth at that thread count",
-        f"- Command: `LLAMA_BENCH=... bench/compare_llamacpp.py --threads {a.threads} -r {a.repetitions}`", "",
+        f"- Command: `bench/compare_llamacpp.py --threads {a.threads} -r {a.repetitions}`", "",
         "| model | type | threads | test | edgeshard t/s | llama.cpp t/s | ratio | roofline | peak RSS | file + KV + 64 MiB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -100,6 +126,15 @@ def main():
         lines.append(f"| {r['preset']} | {r['type']} | {r['threads']} | {r['test']} | {r['edgeshard']:.1f} | "
                      f"{r['llama_cpp']:.1f} | {r['ratio']:.2f} | {roof} | {r['peak_rss'] / 2**20:.0f} MiB | "
                      f"{budget / 2**20:.0f} MiB |")
+    if acc:
+        lines += ["", f"## Memory, speed, accuracy drop (edgeshard, {threads[-1]} threads)", "",
+                  "Each encoding against its preset's F16 file: `edgeshard perplexity -f gpl3-head12k.txt -c 128 "
+                  "--chunks 4 --kl-base` (the F16 base saved with `--save-kl-base`). The weights are random, so "
+                  "perplexity is near the vocabulary size; KL divergence and top-1 agreement are what compare.", "",
+                  "| model | type | file | tg t/s | PPL | mean KL vs F16 | same top-1 |", "|---|---|---|---|---|---|---|"]
+        for r in acc:
+            lines.append(f"| {r['preset']} | {r['type']} | {r['file_bytes'] / 2**20:.0f} MiB | {r['tg']:.1f} | "
+                         f"{r['ppl']} | {r['kl']} | {r['top1']} |")
     os.makedirs(os.path.dirname(a.output), exist_ok=True)
     with open(a.output, "w") as f:
         f.write("\n".join(lines) + "\n")

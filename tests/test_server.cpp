@@ -582,7 +582,13 @@ TEST(ServerLoad, SixteenClientsStreaming) {
   EXPECT_EQ(s["completed"], s["requests"]) << r.out;
   const double before = s["rss_kib_after_warmup"].get<double>(),
                after = s["rss_kib_end"].get<double>();
-  EXPECT_LT(after - before, 8 * 1024)
+  // AddressSanitizer keeps freed memory in a quarantine (256 MiB by default) before reusing it.
+#ifdef __SANITIZE_ADDRESS__
+  const double allowed_kib = (256 + 8) * 1024;
+#else
+  const double allowed_kib = 8 * 1024;
+#endif
+  EXPECT_LT(after - before, allowed_kib)
       << "resident memory grew from " << before << " KiB to " << after << " KiB";
   auto m = Metrics(srv.port());
   EXPECT_EQ(m["edgeshard_requests_total{reason=\"error\"}"], 0);
