@@ -249,6 +249,10 @@ const bool registered = RegisterCommand("plan", [](CLI::App& app) {
       ->check(CLI::ExistingFile);
   cmd->add_option("--max-states", o->solve.max_states,
                   "latency search: nodes before it stops proving optimality");
+  cmd->add_option("--time-limit-ms", o->solve.time_limit_ms,
+                  "latency search: milliseconds before it stops proving optimality and returns its "
+                  "best plan with the lower bound (0: no limit)")
+      ->check(CLI::Range(0.0, 1e9));
   cmd->add_option("--exact-max-devices", o->solve.exact_max_devices,
                   "throughput: exact DP up to this many devices, beam search above")
       ->check(CLI::Range(1, 20));

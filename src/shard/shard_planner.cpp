@@ -682,7 +682,16 @@ Solution LatencySearch(const Problem& p, const SolveOptions& o, double cap) {
   open.push({b.plain.H[0][src], 0, 0});
   std::unordered_map<std::pair<uint64_t, int>, double, KeyHash> best_g;
   int goal = -1;  // the best finished plan the search found (it beats the incumbent)
-  while (!open.empty() && nodes.size() < o.max_states) {
+  // The wider beam after an unproven stop takes a few times the quick beams' time: keep it
+  // inside the limit as well.
+  const double search_ms =
+      o.time_limit_ms > 0 ? std::max(0.0, o.time_limit_ms - 4 * MsSince(t0)) : kInf;
+  bool out_of_time = false;
+  for (uint64_t iter = 0; !open.empty() && nodes.size() < o.max_states; ++iter) {
+    if ((iter & 1023) == 0 && MsSince(t0) > search_ms) {
+      out_of_time = true;
+      break;
+    }
     const auto [f, neg_g, i] = open.top();
     if (f >= upper) break;  // nothing left can beat the best plan known: it is optimal
     open.pop();
@@ -718,8 +727,13 @@ Solution LatencySearch(const Problem& p, const SolveOptions& o, double cap) {
     if (!proven) s.lower_bound = std::get<0>(open.top());
     return s;
   }
-  Solution out = Finish(p, Objective::kLatency, plan, t0,
-                        proven ? s.method : "beam search (A* stopped at its state limit)");
+  Solution out = Finish(
+      p, Objective::kLatency, plan, t0,
+      proven
+          ? s.method
+          : std::string(goal >= 0 && plan == Unwind(nodes, goal) ? "A* best plan" : "beam search") +
+                (out_of_time ? " (A* stopped at its time limit)"
+                             : " (A* stopped at its state limit)"));
   out.exact = proven;
   out.states = s.states;
   if (!proven) out.lower_bound = std::min(std::get<0>(open.top()), out.value);

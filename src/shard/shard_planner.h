@@ -61,6 +61,10 @@ struct SolveOptions {
       1'000'000;               // latency search: nodes generated before it stops proving (~100 MB)
   int exact_max_devices = 16;  // throughput: exact subset DP up to this many devices
   int beam_width = 64;         // heuristics: states kept per number of devices used
+  // Latency search: wall-clock time after which it stops proving and returns its best plan with
+  // the proven lower bound (0: no limit). Interactive planning of 64 devices x 80 layers must
+  // answer within a second even where the proof would take longer.
+  double time_limit_ms = 800;
 };
 
 struct Solution {
@@ -75,7 +79,8 @@ struct Solution {
 };
 
 // Exact: A* over (next unit, device, set of used devices) with the relaxed (unit, device) DP as
-// its bound. Stops proving after max_states and then returns a beam-search plan with the bound.
+// its bound. Stops proving after max_states or time_limit_ms and then returns its best plan
+// (or a wider beam search's) with the bound.
 Solution SolveLatency(const Problem& p, const SolveOptions& o = {});
 // Exact: bottleneck search with a DP over (set of used devices, last device) -> reachable cuts.
 // Among plans with the best period it returns one of least latency (the latency search, capped).
