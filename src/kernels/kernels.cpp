@@ -205,7 +205,7 @@ void MatMul(const Matrix& w, const float* x, int64_t ldx, int64_t batch, float* 
   }
   // Contiguous row ranges, balanced across threads, in units that every row-tile height
   // (2, 3, 4, 6) divides so that no thread ends on a partial tile.
-  job.unit = batch == 1 ? 1 : 12;
+  job.unit = batch == 1 ? 16 : 12;  // 16: the decode tile height
   job.units = (w.rows + job.unit - 1) / job.unit;
   pool.Run([&job](int t) {
     const int64_t rows = job.w->rows;

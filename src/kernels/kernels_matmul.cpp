@@ -26,6 +26,7 @@
 #include <cmath>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "hwy/highway.h"
 #include "kernels/kernels_internal.h"
@@ -1091,6 +1092,63 @@ struct Q4_0Vnni : VnniBase {
   }
 };
 
+// Decode of 16 Q4_0 rows. Phase 1 reads each row start to end (one sequential DRAM stream, as a
+// single-row kernel does; interleaving 16 rows' blocks measured 30% slower than one row at a time)
+// and keeps the exact integer sum of every block as a float with its scale product. Phase 2 then
+// advances the 16 ordered chains together, one FMA per block for all rows: the same float
+// operations per row as Q4_0Vnni's 1x1 tile, without its scalar FMA latency chain.
+HWY_NOINLINE void DecodeQ4_0x16(const TileArgs& t) {
+  const Q4_0Vnni<1, 1> k(t);
+  const D8 d8;
+  const DU8 du8;
+  const DU16 du16;
+  const D32 d32;
+  const DF df;
+  constexpr int kRows = 16;
+  const int64_t nb = k.nb(), steps = k.Steps(), kG = Q4_0Vnni<1, 1>::kG;
+  // Grows once per thread to the widest matrix; decode then allocates nothing.
+  thread_local std::vector<float> buf;
+  const size_t cells = static_cast<size_t>(steps * kG) * kRows;
+  if (buf.size() < 2 * cells + 16) buf.resize(2 * cells + 16);
+  float* fi = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) &
+                                       ~uintptr_t{63});  // [block][row]: block sums
+  float* dd = fi + cells;  // [block][row]: weight scale x activation scale
+  const auto* xq = reinterpret_cast<const int8_t*>(k.XQ(0));
+  const int32_t* corr = k.Corr(0);
+  for (int r = 0; r < kRows; ++r) {
+    const BlockQ4_0* w = k.W(r);
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t b0 = s * kG;
+      const int count = static_cast<int>(std::min<int64_t>(kG, nb - b0));
+      const int pairs = (count + 1) / 2;
+      V32 v[kG / 2];
+      for (int p = 0; p < kG / 2; ++p) {
+        if (p >= pairs) {
+          v[p] = hn::Zero(d32);
+          continue;
+        }
+        const BlockQ4_0* blk = w + b0 + 2 * p;
+        const VU8 hi = 2 * p + 1 < count ? hn::LoadDup128(du8, blk[1].qs) : hn::Zero(du8);
+        const VU8 both = hn::ConcatUpperLower(du8, hi, hn::LoadDup128(du8, blk[0].qs));
+        const VU8 q =
+            hn::And(hn::BitCast(du8, hn::BitCast(du16, both) >> k.shifts), hn::Set(du8, 0x0F));
+        v[p] =
+            DotBytes(hn::Load(d32, corr + 8 * b0 + 16 * p), q, hn::Load(d8, xq + 32 * b0 + 64 * p));
+      }
+      alignas(64) float f[kG];
+      hn::Store(hn::ConvertTo(df, ReduceBlocks(d32, v)), df, f);
+      for (int j = 0; j < count; ++j) {
+        fi[(b0 + j) * kRows + r] = f[j];
+        dd[(b0 + j) * kRows + r] = HalfToFloat(&w[b0 + j].d) * k.XD(0, b0 + j);
+      }
+    }
+  }
+  VF acc = hn::Zero(df);
+  for (int64_t j = 0; j < nb; ++j)
+    acc = hn::MulAdd(hn::Load(df, fi + j * kRows), hn::Load(df, dd + j * kRows), acc);
+  hn::StoreU(acc, df, t.y);
+}
+
 struct KVnniBase : VnniBase {
   using VnniBase::VnniBase;
   int64_t Steps() const { return t.n / kQK_K; }
@@ -1274,6 +1332,8 @@ struct TileSet {
   TileFn one_cols;  // 1 x C
   TileFn one_one;   // 1 x 1 (also the decode kernel: one weight row streams at a time)
   int R, C;
+  TileFn decode = nullptr;  // D x 1 for batch 1 where the kernel keeps D rows' chains in lanes
+  int D = 1;
 };
 
 template <int R, int C, template <int, int> class KT>
@@ -1311,8 +1371,15 @@ TileSet TilesFor(TensorType t) {
 #if ES_VNNI
     case TensorType::kQ8_0:
       return MakeTiles<4, 4, Q8_0Vnni>();
-    case TensorType::kQ4_0:
-      return MakeTiles<4, 4, Q4_0Vnni>();
+    case TensorType::kQ4_0: {
+      // Decode: 16 consecutive rows (one contiguous stream) with their ordered per-block chains in
+      // the 16 lanes of one vector, one FMA per block for all of them, instead of 16 scalar
+      // latency-bound chains one row after another.
+      TileSet ts = MakeTiles<4, 4, Q4_0Vnni>();
+      ts.decode = &DecodeQ4_0x16;
+      ts.D = 16;
+      return ts;
+    }
     case TensorType::kQ4_K:
       return MakeTiles<3, 8, Q4KVnni>();
     case TensorType::kQ6_K:
@@ -1347,7 +1414,15 @@ void MatMulRowsImpl(const Matrix& w, const detail::Acts& acts, int64_t batch, in
     // Decode: one row at a time. Streaming several rows at once interleaves DRAM streams and
     // measured 2-4x slower than a single sequential stream per thread.
     t.a = acts.base;
-    for (int64_t r = r0; r < r1; ++r) {
+    int64_t r = r0;
+    if (ts.decode) {
+      for (; r + ts.D <= r1; r += ts.D) {
+        t.w = wbase + static_cast<size_t>(r) * w.row_bytes;
+        t.y = y + r;
+        ts.decode(t);
+      }
+    }
+    for (; r < r1; ++r) {
       t.w = wbase + static_cast<size_t>(r) * w.row_bytes;
       t.y = y + r;
       ts.one_one(t);
