@@ -284,6 +284,57 @@ TEST(Kernels, MatMulLargeBatchAndOddShapes) {
   }
 }
 
+TEST(Kernels, InterleavedQ4_0IsBitIdenticalToRowMajor) {
+  // 80 rows = 5 groups of 16; 2048 columns = 64 blocks (4 full steps). Batch 1 (decode) and
+  // prompt batches, 1 and 2 threads: every output must be bit-identical to the row-major layout.
+  const int64_t rows = 80, cols = 2048;
+  std::vector<uint8_t> w;
+  for (int64_t r = 0; r < rows; ++r) {
+    const auto wr = Gaussian(cols, 900 + static_cast<uint32_t>(r), 0.02f);
+    const auto q = Quantize(TensorType::kQ4_0, wr.data(), cols);
+    w.insert(w.end(), q.begin(), q.end());
+  }
+  const size_t rb = RowBytes(TensorType::kQ4_0, cols);
+  const k::Matrix plain{w.data(), TensorType::kQ4_0, rows, cols, rb};
+  if (!k::PrefersInterleavedQ4_0()) {
+    std::vector<uint8_t> buf(w.size());
+    const k::Matrix il = k::InterleaveQ4_0(plain, buf.data());
+    std::vector<float> x(cols, 1.0f), y(rows);
+    k::ThreadPool pool(1);
+    k::Scratch scratch;
+    EXPECT_THROW(k::MatMul(il, x.data(), cols, 1, y.data(), rows, pool, scratch), es::Error)
+        << "kernels without the interleaved path must refuse it, not misread it";
+    return;
+  }
+  std::vector<uint8_t> buf(w.size());
+  const k::Matrix il = k::InterleaveQ4_0(plain, buf.data());
+  EXPECT_EQ(il.interleave, 16);
+  // Per block index: the 16 rows' scales, then their nibbles. Row 1's scale of block 0 is the
+  // second f16; row 0's nibbles of block 1 follow the first 288-byte group block.
+  EXPECT_EQ(std::memcmp(buf.data() + 2, w.data() + rb, 2), 0);
+  EXPECT_EQ(std::memcmp(buf.data() + 288 + 32, w.data() + 18 + 2, 16), 0);
+  for (int64_t batch : {1, 2, 5, 17, 70}) {
+    const auto x = Gaussian(batch * cols, 950 + static_cast<uint32_t>(batch), 1.0f);
+    for (int threads : {1, 2}) {
+      k::ThreadPool pool(threads);
+      k::Scratch scratch;
+      std::vector<float> y0(static_cast<size_t>(batch * rows)), y1(y0.size());
+      k::MatMul(plain, x.data(), cols, batch, y0.data(), rows, pool, scratch);
+      k::MatMul(il, x.data(), cols, batch, y1.data(), rows, pool, scratch);
+      for (size_t i = 0; i < y0.size(); ++i)
+        ASSERT_EQ(std::memcmp(&y0[i], &y1[i], 4), 0)
+            << "batch " << batch << ", threads " << threads << ", output " << i << ": " << y0[i]
+            << " vs " << y1[i];
+    }
+  }
+  k::Matrix bad = il;
+  bad.rows = 70;
+  std::vector<float> x(cols, 1.0f), y(rows);
+  k::ThreadPool pool(1);
+  k::Scratch scratch;
+  EXPECT_THROW(k::MatMul(bad, x.data(), cols, 1, y.data(), rows, pool, scratch), es::Error);
+}
+
 TEST(Kernels, MatMulFloatRowsWithTail) {
   // F32/F16 rows whose length is not a multiple of the vector size.
   const int64_t rows = 13, cols = 37, batch = 6;

@@ -164,6 +164,11 @@ void MatMul(const Matrix& w, const float* x, int64_t ldx, int64_t batch, float* 
                 std::to_string(w.rows) + "x" + std::to_string(w.cols) + " matrix");
   if (batch == 0 || w.rows == 0) return;
   if (!w.data || !x || !y) throw Error("MatMul: null weight, input or output pointer");
+  if (w.interleave && (w.type != TensorType::kQ4_0 || w.interleave != 16 || w.rows % 16 != 0 ||
+                       !PrefersInterleavedQ4_0()))
+    throw Error(
+        "MatMul: an interleaved matrix needs Q4_0 rows in groups of 16 and the CPU kernels "
+        "that read that layout (AVX-512 VNNI)");
 
   const size_t stride = detail::ActRowBytes(w.type, w.cols);
   auto* raw = static_cast<uint8_t*>(scratch.Get(stride * static_cast<size_t>(batch) + 64));
@@ -205,7 +210,8 @@ void MatMul(const Matrix& w, const float* x, int64_t ldx, int64_t batch, float* 
   }
   // Contiguous row ranges, balanced across threads, in units that every row-tile height
   // (2, 3, 4, 6) divides so that no thread ends on a partial tile.
-  job.unit = batch == 1 ? 16 : 12;  // 16: the decode tile height
+  // 16: the decode tile height and the interleaved Q4_0 group.
+  job.unit = batch == 1 || w.interleave ? 16 : 12;
   job.units = (w.rows + job.unit - 1) / job.unit;
   pool.Run([&job](int t) {
     const int64_t rows = job.w->rows;

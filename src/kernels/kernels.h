@@ -36,13 +36,22 @@ class ThreadPool {
 };
 
 // A weight matrix as stored in GGUF: `rows` rows of `cols` elements of `type`, row-major.
+// interleave 16 (Q4_0 only, see InterleaveQ4_0): groups of 16 rows with their blocks interleaved,
+// block j of rows 16g..16g+15 adjacent, so that a 16-row kernel reads one sequential stream.
 struct Matrix {
   const void* data = nullptr;
   TensorType type = TensorType::kF32;
   int64_t rows = 0;
   int64_t cols = 0;
   size_t row_bytes = 0;  // RowBytes(type, cols)
+  int interleave = 0;    // 0: row-major as in GGUF; 16: Q4_0 rows interleaved in groups of 16
 };
+
+// Whether the kernels chosen for this CPU compute Q4_0 faster from the interleaved layout.
+bool PrefersInterleavedQ4_0();
+// Copies a row-major Q4_0 matrix (rows a multiple of 16) into `out` (row_bytes * rows bytes) in
+// the interleaved layout and returns the matrix describing it. Per-row results stay bit-identical.
+Matrix InterleaveQ4_0(const Matrix& w, void* out);
 
 // Reusable scratch memory (grows only; owned by a context, never allocated per token once warm).
 struct Scratch {

@@ -28,6 +28,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "edgeshard/error.h"
 #include "hwy/highway.h"
 #include "kernels/kernels_internal.h"
 #include "tensor/tensor_quant.h"
@@ -1149,6 +1150,53 @@ HWY_NOINLINE void DecodeQ4_0x16(const TileArgs& t) {
   hn::StoreU(acc, df, t.y);
 }
 
+// Q4_0 interleaved in groups of 16 rows (InterleaveQ4_0): per block index, the 16 rows' scales
+// (f16, 32 bytes) then their 16-byte nibble arrays (256 bytes). One 64-byte load holds four rows'
+// nibbles, a 128-bit lane per row: low nibbles are elements 0-15, high nibbles 16-31, so one
+// broadcast of each activation half serves all four rows. Per row and block the integer sum is
+// exact and the float steps are those of Q4_0Vnni (convert, scale product, FMA in block order),
+// so results are bit-identical to the row-major kernels. C activation rows share each unpack.
+template <int C>
+HWY_NOINLINE void Q4_0x16Tile(const TileArgs& t) {
+  const DU8 du8;
+  const DU16 du16;
+  const D8 d8;
+  const D32 d32;
+  const DF df;
+  const hn::Rebind<hwy::float16_t, DF> dh;
+  const int64_t nb = t.n / 32;
+  constexpr size_t kGroupBlock = 16 * sizeof(BlockQ4_0);
+  VF acc[C];
+  for (int c = 0; c < C; ++c) acc[c] = hn::Zero(df);
+  const VU8 low = hn::Set(du8, 0x0F);
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* g = t.w + static_cast<size_t>(b) * kGroupBlock;
+    const VF dw = hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(g)));
+    VU8 lo[4], hi[4];
+    for (int v = 0; v < 4; ++v) {
+      const VU8 raw = hn::LoadU(du8, g + 32 + 64 * v);
+      lo[v] = hn::And(raw, low);
+      hi[v] = hn::And(hn::BitCast(du8, hn::ShiftRight<4>(hn::BitCast(du16, raw))), low);
+    }
+    for (int c = 0; c < C; ++c) {
+      const uint8_t* a = t.a + c * t.as;
+      const auto* xq = reinterpret_cast<const int8_t*>(a) + 32 * b;
+      const auto* corr = reinterpret_cast<const int32_t*>(a + t.l.corr_off) + 8 * b;
+      // Lane i of a row's 128 bits pairs elements 4i..4i+3 with 16+4i..16+4i+3: seed it with
+      // both groups' -8 * sum(x) corrections.
+      const V32 seed = hn::Add(hn::LoadDup128(d32, corr), hn::LoadDup128(d32, corr + 4));
+      const V8 xlo = hn::LoadDup128(d8, xq);
+      const V8 xhi = hn::LoadDup128(d8, xq + 16);
+      V32 v[4];
+      for (int k = 0; k < 4; ++k) v[k] = DotBytes(DotBytes(seed, lo[k], xlo), hi[k], xhi);
+      const VF sum = hn::ConvertTo(df, ReduceBlocks(d32, v));  // lane r: row r's block sum
+      const float dx = reinterpret_cast<const float*>(a + t.l.d_off)[b];
+      acc[c] = hn::MulAdd(sum, hn::Mul(dw, hn::Set(df, dx)), acc[c]);
+    }
+  }
+  for (int c = 0; c < C; ++c) hn::StoreU(acc[c], df, t.y + c * t.ldy);
+}
+
 struct KVnniBase : VnniBase {
   using VnniBase::VnniBase;
   int64_t Steps() const { return t.n / kQK_K; }
@@ -1334,6 +1382,8 @@ struct TileSet {
   int R, C;
   TileFn decode = nullptr;  // D x 1 for batch 1 where the kernel keeps D rows' chains in lanes
   int D = 1;
+  TileFn x16_one = nullptr;   // interleaved Q4_0 (Matrix::interleave 16): 16 rows x 1
+  TileFn x16_cols = nullptr;  // ... 16 rows x 4 activation rows
 };
 
 template <int R, int C, template <int, int> class KT>
@@ -1378,6 +1428,8 @@ TileSet TilesFor(TensorType t) {
       TileSet ts = MakeTiles<4, 4, Q4_0Vnni>();
       ts.decode = &DecodeQ4_0x16;
       ts.D = 16;
+      ts.x16_one = &Q4_0x16Tile<1>;
+      ts.x16_cols = &Q4_0x16Tile<4>;
       return ts;
     }
     case TensorType::kQ4_K:
@@ -1410,6 +1462,28 @@ void MatMulRowsImpl(const Matrix& w, const detail::Acts& acts, int64_t batch, in
   t.ldy = ldy;
   t.l = LayoutFor(w.type, w.cols);
   const auto* wbase = static_cast<const uint8_t*>(w.data);
+  if (w.interleave) {
+    // Row ranges are whole groups of 16 (the caller splits work in units of 16 rows).
+    constexpr int64_t kColBlock = 64;
+    for (int64_t cb = 0; cb < batch; cb += kColBlock) {
+      const int64_t ce = std::min(batch, cb + kColBlock);
+      for (int64_t r = r0; r < r1; r += 16) {
+        t.w = wbase + static_cast<size_t>(r) * w.row_bytes;
+        int64_t c = cb;
+        for (; c + 4 <= ce; c += 4) {
+          t.a = acts.base + static_cast<size_t>(c) * acts.stride;
+          t.y = y + c * ldy + r;
+          ts.x16_cols(t);
+        }
+        for (; c < ce; ++c) {
+          t.a = acts.base + static_cast<size_t>(c) * acts.stride;
+          t.y = y + c * ldy + r;
+          ts.x16_one(t);
+        }
+      }
+    }
+    return;
+  }
   if (batch == 1) {
     // Decode: one row at a time. Streaming several rows at once interleaves DRAM streams and
     // measured 2-4x slower than a single sequential stream per thread.
@@ -1453,6 +1527,10 @@ void MatMulRowsImpl(const Matrix& w, const detail::Acts& acts, int64_t batch, in
   }
 }
 
+bool PrefersInterleavedQ4_0Impl() {
+  return ES_VNNI != 0;
+}
+
 #if ES_VNNI
 #pragma GCC pop_options
 #endif
@@ -1466,6 +1544,36 @@ HWY_EXPORT(ActRowBytesImpl);
 HWY_EXPORT(ConvertActsImpl);
 HWY_EXPORT(ActsToBlocksImpl);
 HWY_EXPORT(MatMulRowsImpl);
+HWY_EXPORT(PrefersInterleavedQ4_0Impl);
+
+bool PrefersInterleavedQ4_0() {
+  return HWY_DYNAMIC_DISPATCH(PrefersInterleavedQ4_0Impl)();
+}
+
+Matrix InterleaveQ4_0(const Matrix& w, void* out) {
+  constexpr int kGroup = 16;
+  if (w.type != TensorType::kQ4_0 || w.interleave != 0 || w.rows % kGroup != 0)
+    throw Error("InterleaveQ4_0: needs a row-major Q4_0 matrix with a multiple of 16 rows");
+  const int64_t nb = w.cols / 32;
+  const auto* src = static_cast<const uint8_t*>(w.data);
+  auto* dst = static_cast<uint8_t*>(out);
+  for (int64_t g = 0; g < w.rows / kGroup; ++g) {
+    const uint8_t* rows = src + static_cast<size_t>(g) * kGroup * w.row_bytes;
+    uint8_t* grp = dst + static_cast<size_t>(g) * kGroup * w.row_bytes;
+    for (int64_t b = 0; b < nb; ++b) {
+      uint8_t* o = grp + static_cast<size_t>(b) * kGroup * sizeof(BlockQ4_0);
+      for (int r = 0; r < kGroup; ++r) {
+        const auto* blk = reinterpret_cast<const BlockQ4_0*>(rows + r * w.row_bytes) + b;
+        std::memcpy(o + 2 * r, &blk->d, 2);
+        std::memcpy(o + 2 * kGroup + 16 * r, blk->qs, 16);
+      }
+    }
+  }
+  Matrix m = w;
+  m.data = out;
+  m.interleave = kGroup;
+  return m;
+}
 
 namespace detail {
 size_t ActRowBytes(TensorType w, int64_t n) {

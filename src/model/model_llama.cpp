@@ -1,6 +1,10 @@
 #include "model/model_llama.h"
 
+#include <sys/mman.h>
+
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 namespace es::model {
@@ -10,7 +14,8 @@ std::string Dims(int64_t a, int64_t b) {
   return "[" + std::to_string(a) + ", " + std::to_string(b) + "]";
 }
 
-kernels::Matrix GetMatrix(const gguf::File& f, const std::string& name, int64_t cols, int64_t rows) {
+kernels::Matrix GetMatrix(const gguf::File& f, const std::string& name, int64_t cols,
+                          int64_t rows) {
   const auto& t = f.GetTensor(name);
   if (t.dims.size() != 2 || t.dims[0] != cols || t.dims[1] != rows)
     throw Error(f.path() + ": tensor '" + name + "' has shape " + t.ShapeString() + ", expected " +
@@ -28,7 +33,8 @@ const float* GetVector(const gguf::File& f, const std::string& name, int64_t n) 
     throw Error(f.path() + ": tensor '" + name + "' has shape " + t.ShapeString() + ", expected [" +
                 std::to_string(n) + "]");
   if (t.type != TensorType::kF32)
-    throw Error(f.path() + ": tensor '" + name + "' has type " + TypeName(t.type) + ", expected F32");
+    throw Error(f.path() + ": tensor '" + name + "' has type " + TypeName(t.type) +
+                ", expected F32");
   return reinterpret_cast<const float*>(t.data);
 }
 
@@ -80,18 +86,50 @@ std::unique_ptr<LlamaModel> LlamaModel::Load(const std::string& path, const Load
     m->layers_.push_back(L);
   }
   for (const auto& t : f.tensors()) m->weight_bytes_ += t.n_bytes;
+  if (opts.interleave) m->PrepareLayers(0, c.n_layer, true);
   if (opts.prefault) {
     // Touch every page once so generation does not stall on page faults; report progress.
     constexpr size_t kPage = 4096;
     size_t done = 0;
     volatile uint8_t sink = 0;
     for (const auto& t : f.tensors()) {
-      for (size_t off = 0; off < t.n_bytes; off += kPage) sink = sink + t.data[off];
+      if (std::find(m->copied_.begin(), m->copied_.end(), static_cast<const void*>(t.data)) ==
+          m->copied_.end())
+        for (size_t off = 0; off < t.n_bytes; off += kPage) sink = sink + t.data[off];
       done += t.n_bytes;
       if (opts.progress) opts.progress(done, m->weight_bytes_);
     }
   }
   return m;
+}
+
+void LlamaModel::PrepareLayers(int first, int last, bool head) {
+  if (!kernels::PrefersInterleavedQ4_0()) return;
+  auto interleave = [&](kernels::Matrix& w) {
+    if (w.type != TensorType::kQ4_0 || w.interleave || w.rows % 16 != 0 || w.data == tok_embd_.data)
+      return;
+    const size_t bytes = static_cast<size_t>(w.rows) * w.row_bytes;
+    auto* buf = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+    if (!buf)
+      throw Error(file_->path() + ": out of memory copying " + std::to_string(bytes) +
+                  " bytes of weights");
+    owned_.emplace_back(buf);
+    const void* src = w.data;
+    w = kernels::InterleaveQ4_0(w, buf);
+    // The copy replaces the mapped bytes: drop their pages from this process (they stay in the
+    // page cache), so resident memory holds these weights once.
+    constexpr uintptr_t kPage = 4096;
+    const uintptr_t lo = (reinterpret_cast<uintptr_t>(src) + kPage - 1) & ~(kPage - 1);
+    const uintptr_t hi = (reinterpret_cast<uintptr_t>(src) + bytes) & ~(kPage - 1);
+    if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+    copied_.push_back(src);
+  };
+  for (int l = std::max(0, first); l < std::min(last, cfg_.n_layer); ++l) {
+    Layer& L = layers_[static_cast<size_t>(l)];
+    for (kernels::Matrix* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
+      interleave(*w);
+  }
+  if (head && !cfg_.tied_output) interleave(output_);
 }
 
 void LlamaModel::Embed(const int32_t* tokens, int n, float* hidden) const {
@@ -135,7 +173,8 @@ void LlamaModel::Attention(int layer, int n, const BatchRow* rows, Workspace& ws
         kernels::Softmax(s, n_kv);
         kernels::ConvertF32ToF16(s, s16, n_kv);
         const f16_t* V = static_cast<const f16_t*>(kv.v) + kvh * hd;
-        for (int64_t j = 0; j < n_kv; ++j) kernels::AxpyF16(F16ToF32(s16[j]), V + j * kv_dim, out, hd);
+        for (int64_t j = 0; j < n_kv; ++j)
+          kernels::AxpyF16(F16ToF32(s16[j]), V + j * kv_dim, out, hd);
       } else {
         const float* q = ws.q.data() + static_cast<size_t>(i) * q_dim + h * hd;
         const float* K = static_cast<const float*>(kv.k) + kvh * hd;
@@ -165,16 +204,18 @@ void LlamaModel::ForwardBlocks(int first, int last, float* hidden, int n, const 
     for (int l = first; l < last; ++l) {
       const KvLayer& cache = rows[i].kv[l];
       if (!cache.k || rows[i].pos < 0 || rows[i].pos >= cache.n_ctx)
-        throw Error("context is full: position " + std::to_string(rows[i].pos) + " is past the context of " +
-                    std::to_string(cache.n_ctx) + " tokens (start with a larger -c)");
-      if (cache.n_ctx > ws.max_ctx()) throw Error("KV cache longer than the workspace was sized for");
+        throw Error("context is full: position " + std::to_string(rows[i].pos) +
+                    " is past the context of " + std::to_string(cache.n_ctx) +
+                    " tokens (start with a larger -c)");
+      if (cache.n_ctx > ws.max_ctx())
+        throw Error("KV cache longer than the workspace was sized for");
     }
   }
   for (int l = first; l < last; ++l) {
     const Layer& L = layers_[l];
     for (int i = 0; i < n; ++i)
-      kernels::RmsNorm(hidden + static_cast<size_t>(i) * d, L.attn_norm, ws.xb.data() + static_cast<size_t>(i) * d, d,
-                       c.rms_eps);
+      kernels::RmsNorm(hidden + static_cast<size_t>(i) * d, L.attn_norm,
+                       ws.xb.data() + static_cast<size_t>(i) * d, d, c.rms_eps);
     kernels::MatMul(L.wq, ws.xb.data(), d, n, ws.q.data(), q_dim, pool, ws.scratch);
     kernels::MatMul(L.wk, ws.xb.data(), d, n, ws.k.data(), kv_dim, pool, ws.scratch);
     kernels::MatMul(L.wv, ws.xb.data(), d, n, ws.v.data(), kv_dim, pool, ws.scratch);
@@ -189,7 +230,8 @@ void LlamaModel::ForwardBlocks(int first, int last, float* hidden, int n, const 
       }
       const int64_t pos = rows[i].pos;
       const KvLayer& cache = rows[i].kv[l];
-      for (int h = 0; h < c.n_head; ++h) kernels::Rope(q + h * c.head_dim, c.head_dim, c.n_rot, pos, c.rope_base, c.rope_neox);
+      for (int h = 0; h < c.n_head; ++h)
+        kernels::Rope(q + h * c.head_dim, c.head_dim, c.n_rot, pos, c.rope_base, c.rope_neox);
       for (int h = 0; h < c.n_head_kv; ++h)
         kernels::Rope(k + h * c.head_dim, c.head_dim, c.n_rot, pos, c.rope_base, c.rope_neox);
       if (cache.type == TensorType::kF16) {
@@ -205,8 +247,8 @@ void LlamaModel::ForwardBlocks(int first, int last, float* hidden, int n, const 
     kernels::Add(hidden, ws.xb.data(), static_cast<int64_t>(n) * d);
 
     for (int i = 0; i < n; ++i)
-      kernels::RmsNorm(hidden + static_cast<size_t>(i) * d, L.ffn_norm, ws.xb.data() + static_cast<size_t>(i) * d, d,
-                       c.rms_eps);
+      kernels::RmsNorm(hidden + static_cast<size_t>(i) * d, L.ffn_norm,
+                       ws.xb.data() + static_cast<size_t>(i) * d, d, c.rms_eps);
     kernels::MatMul(L.w_gate, ws.xb.data(), d, n, ws.gate.data(), c.n_ff, pool, ws.scratch);
     kernels::MatMul(L.w_up, ws.xb.data(), d, n, ws.up.data(), c.n_ff, pool, ws.scratch);
     kernels::SiluMul(ws.gate.data(), ws.up.data(), static_cast<int64_t>(n) * c.n_ff);
@@ -215,7 +257,8 @@ void LlamaModel::ForwardBlocks(int first, int last, float* hidden, int n, const 
   }
 }
 
-void LlamaModel::Head(float* hidden, int n, float* logits, Workspace& ws, kernels::ThreadPool& pool) const {
+void LlamaModel::Head(float* hidden, int n, float* logits, Workspace& ws,
+                      kernels::ThreadPool& pool) const {
   const int d = cfg_.n_embd;
   for (int i = 0; i < n; ++i) {
     float* h = hidden + static_cast<size_t>(i) * d;

@@ -2,6 +2,7 @@
 // Layers can be run in ranges, so a shard holds blocks [first, last) of a model.
 #pragma once
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <string>
@@ -35,10 +36,10 @@ class Workspace {
   int max_batch() const { return max_batch_; }
   int64_t max_ctx() const { return max_ctx_; }
   std::vector<float> xb, q, k, v, attn_out, gate, up;
-  std::vector<f16_t> q16;          // queries rounded to the KV type (F16 caches)
-  std::vector<float> scores;       // per thread: max_ctx attention weights
-  std::vector<f16_t> scores16;     // per thread
-  std::vector<BatchRow> rows;      // max_batch
+  std::vector<f16_t> q16;       // queries rounded to the KV type (F16 caches)
+  std::vector<float> scores;    // per thread: max_ctx attention weights
+  std::vector<f16_t> scores16;  // per thread
+  std::vector<BatchRow> rows;   // max_batch
   kernels::Scratch scratch;
 
  private:
@@ -50,6 +51,11 @@ struct LoadOptions {
   // Called with (bytes touched, total bytes) while weights are paged in.
   std::function<void(size_t, size_t)> progress;
   bool prefault = true;  // read every weight page at load time, so the first token is not slow
+  // Copy Q4_0 layer matrices into the layout the CPU's kernels read fastest (kernels::
+  // PrefersInterleavedQ4_0), releasing the mapped pages they came from. Shard processes that use
+  // a few layers of a mapped file leave it off (it would read every layer) and call
+  // LlamaModel::PrepareLayers for their range.
+  bool interleave = true;
 };
 
 class LlamaModel {
@@ -70,6 +76,11 @@ class LlamaModel {
   // sequence whose caches are rows[i].kv. Rows of one sequence must be in position order.
   void ForwardBlocks(int first, int last, float* hidden, int n, const BatchRow* rows, Workspace& ws,
                      kernels::ThreadPool& pool) const;
+  // Copies the Q4_0 matrices of blocks [first, last) (and the output head) into the layout the
+  // CPU's kernels read fastest, if it has one; results are bit-identical either way. Load does
+  // this for every block unless told not to; a shard worker does it for its own range. Not
+  // thread-safe against running forward passes.
+  void PrepareLayers(int first, int last, bool head);
   // Final norm and output head for `n` rows of hidden state; logits [n, n_vocab].
   // Overwrites hidden with its normalised values.
   void Head(float* hidden, int n, float* logits, Workspace& ws, kernels::ThreadPool& pool) const;
@@ -83,7 +94,8 @@ class LlamaModel {
     kernels::Matrix w_gate, w_up, w_down;
   };
   LlamaModel() = default;
-  void Attention(int layer, int n, const BatchRow* rows, Workspace& ws, kernels::ThreadPool& pool) const;
+  void Attention(int layer, int n, const BatchRow* rows, Workspace& ws,
+                 kernels::ThreadPool& pool) const;
 
   std::unique_ptr<gguf::File> file_;
   ModelConfig cfg_;
@@ -91,6 +103,11 @@ class LlamaModel {
   const float* output_norm_ = nullptr;
   std::vector<Layer> layers_;
   size_t weight_bytes_ = 0;
+  struct FreeDeleter {
+    void operator()(void* p) const { std::free(p); }
+  };
+  std::vector<std::unique_ptr<uint8_t, FreeDeleter>> owned_;  // interleaved copies of weights
+  std::vector<const void*> copied_;                           // mapped data they replace
 };
 
 }  // namespace es::model

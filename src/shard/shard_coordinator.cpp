@@ -815,7 +815,8 @@ Coordinator::Coordinator(const std::string& model_path, const CoordinatorOptions
   Impl& m = *impl_;
   m.o = options;
   m.model_path = model_path;
-  m.model = model::LlamaModel::Load(model_path, {.progress = {}, .prefault = false});
+  m.model =
+      model::LlamaModel::Load(model_path, {.progress = {}, .prefault = false, .interleave = false});
   m.tok = tok::Tokenizer::FromGGUF(m.model->file());
   const auto& c = m.model->config();
   if (m.tok->n_vocab() != c.n_vocab)

@@ -80,7 +80,8 @@ class WorkerService final : public rpc::Worker::Service {
       LogLine(opts_.name, "hashing " + opts_.model_path);
       Progress bar(opts_.name + ": hashing", opts_.quiet);
       local_sha_ = Sha256File(opts_.model_path, std::ref(bar));
-      model::LlamaModel::Load(opts_.model_path, {.progress = {}, .prefault = false});  // validates
+      model::LlamaModel::Load(
+          opts_.model_path, {.progress = {}, .prefault = false, .interleave = false});  // validates
       LogLine(opts_.name, opts_.model_path + " sha256 " + local_sha_);
     }
   }
@@ -167,7 +168,8 @@ class WorkerService final : public rpc::Worker::Service {
       if (!model_ || model_sha_ != req->model_sha256()) {
         exec_.reset();
         model_.reset();
-        model_ = model::LlamaModel::Load(path, {.progress = {}, .prefault = false});
+        model_ =
+            model::LlamaModel::Load(path, {.progress = {}, .prefault = false, .interleave = false});
         model_sha_ = req->model_sha256();
       }
       const auto& c = model_->config();
