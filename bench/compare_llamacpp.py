@@ -30,9 +30,16 @@ def ensure_model(es, models_dir, vocab, preset, typ):
 
 
 def peer_version(llama_bench):
-    out = subprocess.run([llama_bench, "--version"], capture_output=True, text=True)
-    text = (out.stdout + out.stderr).strip().splitlines()
-    return text[0] if text else "unknown version"
+    # llama-bench has no --version; llama-cli beside it prints "version: N (commit)".
+    cli = os.path.join(os.path.dirname(llama_bench), "llama-cli")
+    if os.access(cli, os.X_OK):
+        out = subprocess.run([cli, "--version"], capture_output=True, text=True)
+        for line in (out.stdout + out.stderr).splitlines():
+            if line.startswith("version:") and "unknown" not in line:
+                return line.split(":", 1)[1].strip()
+    # A tree exported by bench/peer_llamacpp.sh has no git metadata; its folder names the ref.
+    tree = os.path.basename(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(llama_bench)))))
+    return tree.replace("llama.cpp-", "") if tree.startswith("llama.cpp-") else "unknown version"
 
 
 def main():
@@ -60,6 +67,8 @@ def main():
         sys.exit(f"{a.edgeshard} not found: build first (scripts/build release)")
     os.makedirs(a.models_dir, exist_ok=True)
     threads = [int(t) for t in a.threads.split(",")]
+    # The commit measured is the one checked out when the run starts.
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 
     bw = {row["threads"]: row["read_bytes_per_s"] for row in
           run_json([a.edgeshard, "bench", "--memory-bandwidth", "-t", a.threads, "--json"])}
@@ -106,7 +115,6 @@ def main():
                             "ppl": fig["this PPL"], "kl": fig["mean KL divergence"], "top1": fig["same top-1"]})
             os.remove(base)
 
-    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     lines = [
         "# Benchmarks: edgeshard vs llama.cpp (same files, same machine, one run)", "",
