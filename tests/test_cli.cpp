@@ -15,11 +15,14 @@ using es::test::RunCli;
 
 std::string Unhex(const std::string& h) {
   std::string s;
-  for (size_t i = 0; i + 1 < h.size(); i += 2) s += static_cast<char>(std::stoi(h.substr(i, 2), nullptr, 16));
+  for (size_t i = 0; i + 1 < h.size(); i += 2)
+    s += static_cast<char>(std::stoi(h.substr(i, 2), nullptr, 16));
   return s;
 }
 
-int CountLines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
+int CountLines(const std::string& s) {
+  return static_cast<int>(std::count(s.begin(), s.end(), '\n'));
+}
 
 TEST(Cli, NoSubcommandIsUsageError) {
   auto r = RunCli("");
@@ -88,30 +91,35 @@ TEST(Cli, RunStopStringIsNotPrinted) {
   const std::string stop = "little";
   const size_t at = story.find(stop);
   ASSERT_NE(at, std::string::npos) << story;
-  auto r = RunCli("run -m " + ModelPath("stories260K.gguf") + " -p 'Once upon a time' -n 64 --temp 0 --stop " + stop);
+  auto r = RunCli("run -m " + ModelPath("stories260K.gguf") +
+                  " -p 'Once upon a time' -n 64 --temp 0 --stop " + stop);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "Once upon a time" + story.substr(0, at) + "\n");
   EXPECT_NE(r.err.find("stop: stop"), std::string::npos) << r.err;
 }
 
 TEST(Cli, RunSeedIsReproducible) {
-  const std::string args = "run -m " + ModelPath("stories260K.gguf") + " -p 'Once upon a time' -n 40 --temp 1.0 --seed 1234";
+  const std::string args = "run -m " + ModelPath("stories260K.gguf") +
+                           " -p 'Once upon a time' -n 40 --temp 1.0 --seed 1234";
   auto a = RunCli(args);
   auto b = RunCli(args);
-  auto c = RunCli("run -m " + ModelPath("stories260K.gguf") + " -p 'Once upon a time' -n 40 --temp 1.0 --seed 99");
+  auto c = RunCli("run -m " + ModelPath("stories260K.gguf") +
+                  " -p 'Once upon a time' -n 40 --temp 1.0 --seed 99");
   ASSERT_EQ(a.exit_code, 0) << a.err;
   EXPECT_EQ(a.out, b.out);
   EXPECT_NE(a.out, c.out);
 }
 
 TEST(Cli, ContextOverflowIsClearError) {
-  auto r = RunCli("run -m " + ModelPath("stories260K.gguf") + " -p 'Once upon a time' -n 100 -c 16 --temp 0 --ignore-eos");
+  auto r = RunCli("run -m " + ModelPath("stories260K.gguf") +
+                  " -p 'Once upon a time' -n 100 -c 16 --temp 0 --ignore-eos");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("context"), std::string::npos) << r.err;
 }
 
 TEST(Cli, EvalJsonMatchesReferenceSchema) {
-  auto r = RunCli("eval -m " + ModelPath("stories260K.gguf") + " -p 'Once upon a time' --top 10 --json --greedy 32");
+  auto r = RunCli("eval -m " + ModelPath("stories260K.gguf") +
+                  " -p 'Once upon a time' --top 10 --json --greedy 32");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto out = nlohmann::json::parse(r.out);
   auto ref = nlohmann::json::parse(es::test::ReadFile(ModelPath("ref/stories260K.ref.json")));
@@ -137,7 +145,8 @@ TEST(Cli, ChatKeepsConversationWithTemplate) {
   // The second turn reuses the cached first turn instead of recomputing it.
   std::regex re(R"(\[(\d+) cached, (\d+) evaluated)");
   std::vector<int> cached;
-  for (auto it = std::sregex_iterator(r.err.begin(), r.err.end(), re); it != std::sregex_iterator(); ++it)
+  for (auto it = std::sregex_iterator(r.err.begin(), r.err.end(), re); it != std::sregex_iterator();
+       ++it)
     cached.push_back(std::stoi((*it)[1]));
   ASSERT_EQ(cached.size(), 2u) << r.err;
   EXPECT_EQ(cached[0], 0);

@@ -72,7 +72,8 @@ TEST(Model, UnsupportedArchitectureIsClearError) {
 }
 
 TEST(Model, MissingTensorIsClearError) {
-  auto p = PatchedCopy("stories260K.gguf", "blk.3.ffn_up.weight", "blk.3.ffn_xx.weight", "es_missing.gguf");
+  auto p = PatchedCopy("stories260K.gguf", "blk.3.ffn_up.weight", "blk.3.ffn_xx.weight",
+                       "es_missing.gguf");
   const std::string err = LoadError(p);
   EXPECT_NE(err.find("'blk.3.ffn_up.weight' is missing"), std::string::npos) << err;
   std::filesystem::remove(p);
@@ -85,7 +86,8 @@ TEST(Model, WrongShapeIsClearError) {
   std::string to = name + std::string("\x01\0\0\0\x20\0\0\0\0\0\0\0", 12);
   auto p = PatchedCopy("stories260K.gguf", from, to, "es_shape.gguf");
   const std::string err = LoadError(p);
-  EXPECT_NE(err.find("'output_norm.weight' has shape [32], expected [64]"), std::string::npos) << err;
+  EXPECT_NE(err.find("'output_norm.weight' has shape [32], expected [64]"), std::string::npos)
+      << err;
   std::filesystem::remove(p);
 }
 
@@ -93,7 +95,8 @@ TEST(Model, KvCacheSizeIsKnownUpFrontAndOverflowIsAnError) {
   auto m = es::model::LlamaModel::Load(ModelPath("stories260K.gguf"));
   const auto& c = m->config();
   // 5 layers x (K + V) x 32 positions x 32 KV dims x 2 bytes.
-  EXPECT_EQ(es::runtime::KvCache::BytesNeeded(c, 32, es::TensorType::kF16, c.n_layer), 5u * 2 * 32 * 32 * 2);
+  EXPECT_EQ(es::runtime::KvCache::BytesNeeded(c, 32, es::TensorType::kF16, c.n_layer),
+            5u * 2 * 32 * 32 * 2);
   es::runtime::SessionOptions so;
   so.n_ctx = 8;
   so.n_threads = 1;
@@ -118,7 +121,8 @@ TEST(Model, BadTokenIdIsAnError) {
 
 TEST(Model, BatchedAndTokenByTokenAgree) {
   // The prompt path (matrix-matrix) and the decode path (matrix-vector) compute the same thing.
-  for (const char* name : {"stories260K.gguf", "synth-llama-spm-256.q4_k_m.gguf", "synth-qwen2-gpt2-256.q4_0.gguf"}) {
+  for (const char* name :
+       {"stories260K.gguf", "synth-llama-spm-256.q4_k_m.gguf", "synth-qwen2-gpt2-256.q4_0.gguf"}) {
     auto m = es::model::LlamaModel::Load(ModelPath(name));
     const std::vector<int32_t> toks = {1, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110};
     es::runtime::SessionOptions so;
@@ -129,7 +133,8 @@ TEST(Model, BatchedAndTokenByTokenAgree) {
     for (int32_t t : toks) single.Eval({t});
     const auto& a = batched.last_logits();
     const auto& b = single.last_logits();
-    for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 1e-4 * std::max(1.0f, std::fabs(a[i]))) << name << " " << i;
+    for (size_t i = 0; i < a.size(); ++i)
+      ASSERT_NEAR(a[i], b[i], 1e-4 * std::max(1.0f, std::fabs(a[i]))) << name << " " << i;
   }
 }
 

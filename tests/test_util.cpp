@@ -27,7 +27,9 @@ std::string ModelPath(const std::string& rel) {
   return p;
 }
 
-std::string BinaryPath() { return EDGESHARD_BINARY; }
+std::string BinaryPath() {
+  return EDGESHARD_BINARY;
+}
 
 std::string ReadFile(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -36,7 +38,9 @@ std::string ReadFile(const std::string& path) {
   return ss.str();
 }
 
-RunResult RunCli(const std::string& args) { return RunCliWithInput(args, ""); }
+RunResult RunCli(const std::string& args) {
+  return RunCliWithInput(args, "");
+}
 
 RunResult RunCliWithInput(const std::string& args, const std::string& input) {
   char in_tmpl[] = "/tmp/es_test_inXXXXXX";

@@ -3,7 +3,8 @@
 //   auto model = es::Model::Load({.path = "model.gguf"});
 //   es::Context ctx(model, {.n_ctx = 2048, .n_threads = 4});
 //   ctx.Generate(model->Tokenize("Once upon a time", true), {.max_tokens = 64},
-//                [](std::string_view piece) { fputs(std::string(piece).c_str(), stdout); return true; });
+//                [](std::string_view piece) { fputs(std::string(piece).c_str(), stdout); return
+//                true; });
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -44,7 +45,8 @@ class Model {
   ModelInfo Info() const;
   // Text -> token ids. add_special adds BOS/EOS as the vocabulary asks; special token texts
   // (e.g. "<|im_start|>") are parsed when parse_special is set.
-  std::vector<int32_t> Tokenize(std::string_view text, bool add_special, bool parse_special = true) const;
+  std::vector<int32_t> Tokenize(std::string_view text, bool add_special,
+                                bool parse_special = true) const;
   std::string TokenToPiece(int32_t id) const;
   std::string Detokenize(const std::vector<int32_t>& ids) const;
   bool IsEndOfGeneration(int32_t id) const;
@@ -64,9 +66,9 @@ class Model {
 };
 
 struct ContextParams {
-  int n_ctx = 0;      // 0: min(model context, 4096)
-  int n_threads = 0;  // 0: all cores
-  int n_batch = 256;  // prompt tokens per forward pass
+  int n_ctx = 0;        // 0: min(model context, 4096)
+  int n_threads = 0;    // 0: all cores
+  int n_batch = 256;    // prompt tokens per forward pass
   bool kv_f32 = false;  // F16 cache by default (half the memory, same as llama.cpp)
 };
 

@@ -27,7 +27,8 @@ std::shared_ptr<Model> Model::Load(const LoadParams& p) {
   m->impl_->tokenizer = tok::Tokenizer::FromGGUF(m->impl_->model->file());
   if (m->impl_->tokenizer->n_vocab() != m->impl_->model->config().n_vocab)
     throw Error(p.path + ": the vocabulary has " + std::to_string(m->impl_->tokenizer->n_vocab()) +
-                " tokens but token_embd.weight has " + std::to_string(m->impl_->model->config().n_vocab) + " rows");
+                " tokens but token_embd.weight has " +
+                std::to_string(m->impl_->model->config().n_vocab) + " rows");
   return m;
 }
 
@@ -36,15 +37,27 @@ Model::~Model() = default;
 ModelInfo Model::Info() const {
   const auto& c = impl_->model->config();
   const size_t embd = impl_->model->file().GetTensor("token_embd.weight").n_bytes;
-  const size_t per_token = impl_->model->weight_bytes() - (c.tied_output ? 0 : embd - embd / c.n_vocab);
-  ModelInfo i{c.arch,    c.name,      c.n_layer,     c.n_embd,
-              c.n_head,  c.n_head_kv, c.n_ff,        c.n_vocab,
-              c.n_ctx_train, impl_->model->weight_bytes(), per_token, impl_->model->file().file_size(), ""};
+  const size_t per_token =
+      impl_->model->weight_bytes() - (c.tied_output ? 0 : embd - embd / c.n_vocab);
+  ModelInfo i{c.arch,
+              c.name,
+              c.n_layer,
+              c.n_embd,
+              c.n_head,
+              c.n_head_kv,
+              c.n_ff,
+              c.n_vocab,
+              c.n_ctx_train,
+              impl_->model->weight_bytes(),
+              per_token,
+              impl_->model->file().file_size(),
+              ""};
   // llama.cpp's file type names, as users know them from file names; else the dominant type.
   static const std::map<int64_t, const char*> kFileTypes = {
-      {0, "F32"},     {1, "F16"},     {2, "Q4_0"},    {3, "Q4_1"},    {7, "Q8_0"},    {8, "Q5_0"},
-      {9, "Q5_1"},    {10, "Q2_K"},   {11, "Q3_K_S"}, {12, "Q3_K_M"}, {13, "Q3_K_L"}, {14, "Q4_K_S"},
-      {15, "Q4_K_M"}, {16, "Q5_K_S"}, {17, "Q5_K_M"}, {18, "Q6_K"},   {32, "BF16"}};
+      {0, "F32"},     {1, "F16"},     {2, "Q4_0"},    {3, "Q4_1"},    {7, "Q8_0"},
+      {8, "Q5_0"},    {9, "Q5_1"},    {10, "Q2_K"},   {11, "Q3_K_S"}, {12, "Q3_K_M"},
+      {13, "Q3_K_L"}, {14, "Q4_K_S"}, {15, "Q4_K_M"}, {16, "Q5_K_S"}, {17, "Q5_K_M"},
+      {18, "Q6_K"},   {32, "BF16"}};
   const auto ft = impl_->model->file().GetIntOr("general.file_type");
   if (ft && kFileTypes.count(*ft)) {
     i.weight_type = kFileTypes.at(*ft);
@@ -59,15 +72,22 @@ ModelInfo Model::Info() const {
   return i;
 }
 
-std::vector<int32_t> Model::Tokenize(std::string_view text, bool add_special, bool parse_special) const {
+std::vector<int32_t> Model::Tokenize(std::string_view text, bool add_special,
+                                     bool parse_special) const {
   return impl_->tokenizer->Encode(text, add_special, parse_special);
 }
 
-std::string Model::TokenToPiece(int32_t id) const { return impl_->tokenizer->TokenToPiece(id); }
+std::string Model::TokenToPiece(int32_t id) const {
+  return impl_->tokenizer->TokenToPiece(id);
+}
 
-std::string Model::Detokenize(const std::vector<int32_t>& ids) const { return impl_->tokenizer->Decode(ids); }
+std::string Model::Detokenize(const std::vector<int32_t>& ids) const {
+  return impl_->tokenizer->Decode(ids);
+}
 
-bool Model::IsEndOfGeneration(int32_t id) const { return impl_->tokenizer->IsEog(id); }
+bool Model::IsEndOfGeneration(int32_t id) const {
+  return impl_->tokenizer->IsEog(id);
+}
 
 int32_t Model::PromptBosToken() const {
   return impl_->tokenizer->add_bos() ? impl_->tokenizer->bos() : -1;
@@ -80,9 +100,10 @@ std::string Model::ApplyChatTemplate(const std::vector<ChatTurn>& turns, bool ad
   if (tmpl.empty()) {
     auto from_model = t.ChatTemplate();
     if (!from_model)
-      throw Error(impl_->model->file().path() +
-                  ": the model has no chat template (tokenizer.chat_template); pass --chat-template NAME "
-                  "(llama2, llama3, chatml, mistral, zephyr)");
+      throw Error(
+          impl_->model->file().path() +
+          ": the model has no chat template (tokenizer.chat_template); pass --chat-template NAME "
+          "(llama2, llama3, chatml, mistral, zephyr)");
     tmpl = *from_model;
   }
   std::vector<tok::ChatMessage> msgs;
@@ -103,25 +124,40 @@ Context::Context(std::shared_ptr<Model> model, const ContextParams& p) : model_(
   so.n_batch = p.n_batch;
   so.kv_type = p.kv_f32 ? TensorType::kF32 : TensorType::kF16;
   const auto& c = model_->impl().model->config();
-  if (p.n_ctx < 0) throw Error("context length must be positive (got " + std::to_string(p.n_ctx) + ")");
+  if (p.n_ctx < 0)
+    throw Error("context length must be positive (got " + std::to_string(p.n_ctx) + ")");
   if (p.n_ctx > c.n_ctx_train)
-    throw Error("context length " + std::to_string(p.n_ctx) + " exceeds the model's training context " +
-                std::to_string(c.n_ctx_train));
+    throw Error("context length " + std::to_string(p.n_ctx) +
+                " exceeds the model's training context " + std::to_string(c.n_ctx_train));
   impl_ = std::make_unique<Impl>();
   impl_->session = std::make_unique<runtime::Session>(*model_->impl().model, so);
 }
 
 Context::~Context() = default;
-size_t Context::kv_bytes() const { return impl_->session->kv_bytes(); }
-int Context::n_ctx() const { return static_cast<int>(impl_->session->n_ctx()); }
-int Context::n_threads() const { return impl_->session->n_threads(); }
-int64_t Context::n_past() const { return impl_->session->n_past(); }
-const std::vector<int32_t>& Context::tokens() const { return impl_->session->tokens(); }
+size_t Context::kv_bytes() const {
+  return impl_->session->kv_bytes();
+}
+int Context::n_ctx() const {
+  return static_cast<int>(impl_->session->n_ctx());
+}
+int Context::n_threads() const {
+  return impl_->session->n_threads();
+}
+int64_t Context::n_past() const {
+  return impl_->session->n_past();
+}
+const std::vector<int32_t>& Context::tokens() const {
+  return impl_->session->tokens();
+}
 void Context::Eval(const std::vector<int32_t>& tokens, std::vector<float>* all_logits) {
   impl_->session->Eval(tokens, all_logits);
 }
-const std::vector<float>& Context::last_logits() const { return impl_->session->last_logits(); }
-void Context::Truncate(int64_t n) { impl_->session->Truncate(n); }
+const std::vector<float>& Context::last_logits() const {
+  return impl_->session->last_logits();
+}
+void Context::Truncate(int64_t n) {
+  impl_->session->Truncate(n);
+}
 
 GenerateResult Context::Generate(const std::vector<int32_t>& prompt, const GenerateParams& gp,
                                  const std::function<bool(std::string_view)>& on_text) {
@@ -134,7 +170,8 @@ GenerateResult Context::Generate(const std::vector<int32_t>& prompt, const Gener
   if (prompt.empty() && s.n_past() == 0) throw Error("the prompt is empty");
   if (s.n_past() + static_cast<int64_t>(prompt.size()) >= s.n_ctx())
     throw Error("the prompt needs " + std::to_string(s.n_past() + prompt.size()) +
-                " positions but the context holds " + std::to_string(s.n_ctx()) + " (use a larger -c)");
+                " positions but the context holds " + std::to_string(s.n_ctx()) +
+                " (use a larger -c)");
   auto t0 = Clock::now();
   s.Eval(prompt);
   r.prompt_ms = ms(Clock::now() - t0);

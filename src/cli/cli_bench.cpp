@@ -1,11 +1,12 @@
 // `edgeshard bench`: prompt-processing and generation speed, medians over repetitions.
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <sys/resource.h>
 #include <thread>
 
 #include "cli/cli_command.h"
@@ -42,7 +43,8 @@ double MeasureReadBandwidth(int threads) {
       ts.emplace_back([&, t] {
         const size_t b = buf.size() * t / threads, e = buf.size() * (t + 1) / threads;
         uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-        for (size_t i = b; i + 4 <= e; i += 4) a0 += buf[i], a1 += buf[i + 1], a2 += buf[i + 2], a3 += buf[i + 3];
+        for (size_t i = b; i + 4 <= e; i += 4)
+          a0 += buf[i], a1 += buf[i + 1], a2 += buf[i + 2], a3 += buf[i + 3];
         sums[t] = a0 + a1 + a2 + a3;
       });
     for (auto& th : ts) th.join();
@@ -129,15 +131,27 @@ int Bench(const BenchOptions& o) {
       const Stats st = Summarize(tps);
       const std::string test = std::string(kind) + std::to_string(n);
       if (o.json) {
-        results.push_back({{"model", o.model}, {"type", info.weight_type}, {"size_bytes", info.file_bytes},
-                           {"threads", ctx.n_threads()}, {"test", test}, {"n_tokens", n}, {"reps", o.reps},
-                           {"tokens_per_s", tps}, {"median", st.median}, {"min", st.min}, {"max", st.max},
-                           {"stddev", st.stddev}, {"weight_bytes", info.weight_bytes}, {"weight_bytes_per_token", info.weight_bytes_per_token},
-                           {"kv_bytes", ctx.kv_bytes()}, {"peak_rss_bytes", PeakRssBytes()}});
+        results.push_back({{"model", o.model},
+                           {"type", info.weight_type},
+                           {"size_bytes", info.file_bytes},
+                           {"threads", ctx.n_threads()},
+                           {"test", test},
+                           {"n_tokens", n},
+                           {"reps", o.reps},
+                           {"tokens_per_s", tps},
+                           {"median", st.median},
+                           {"min", st.min},
+                           {"max", st.max},
+                           {"stddev", st.stddev},
+                           {"weight_bytes", info.weight_bytes},
+                           {"weight_bytes_per_token", info.weight_bytes_per_token},
+                           {"kv_bytes", ctx.kv_bytes()},
+                           {"peak_rss_bytes", PeakRssBytes()}});
       } else {
         std::printf("| %s | %s | %s | %d | %s | %.2f | %.2f | %.2f | %.2f |\n", info.name.c_str(),
-                    info.weight_type.c_str(), HumanBytes(static_cast<double>(info.file_bytes)).c_str(),
-                    ctx.n_threads(), test.c_str(), st.median, st.min, st.max, st.stddev);
+                    info.weight_type.c_str(),
+                    HumanBytes(static_cast<double>(info.file_bytes)).c_str(), ctx.n_threads(),
+                    test.c_str(), st.median, st.min, st.max, st.stddev);
         std::fflush(stdout);
       }
     };
@@ -152,14 +166,19 @@ const bool registered = RegisterCommand("bench", [](CLI::App& app) {
   auto o = std::make_shared<BenchOptions>();
   auto* cmd = app.add_subcommand("bench", "measure prompt processing and generation speed");
   cmd->add_option("-m,--model", o->model, "GGUF model file")->check(CLI::ExistingFile);
-  cmd->add_flag("--memory-bandwidth", o->membw, "measure this machine's memory read bandwidth instead");
-  cmd->add_option("-p,--n-prompt", o->n_prompt, "prompt tokens (pp test; 0 skips)")->check(CLI::Range(0, 1 << 20));
-  cmd->add_option("-n,--n-gen", o->n_gen, "generated tokens (tg test; 0 skips)")->check(CLI::Range(0, 1 << 20));
+  cmd->add_flag("--memory-bandwidth", o->membw,
+                "measure this machine's memory read bandwidth instead");
+  cmd->add_option("-p,--n-prompt", o->n_prompt, "prompt tokens (pp test; 0 skips)")
+      ->check(CLI::Range(0, 1 << 20));
+  cmd->add_option("-n,--n-gen", o->n_gen, "generated tokens (tg test; 0 skips)")
+      ->check(CLI::Range(0, 1 << 20));
   cmd->add_option("-t,--threads", o->threads, "thread counts, comma separated")
       ->delimiter(',')
       ->check(CLI::Range(1, 1024));
-  cmd->add_option("-r,--repetitions", o->reps, "timed repetitions per test")->check(CLI::Range(1, 1000));
-  cmd->add_option("-b,--batch", o->batch, "prompt tokens per forward pass")->check(CLI::Range(1, 65536));
+  cmd->add_option("-r,--repetitions", o->reps, "timed repetitions per test")
+      ->check(CLI::Range(1, 1000));
+  cmd->add_option("-b,--batch", o->batch, "prompt tokens per forward pass")
+      ->check(CLI::Range(1, 65536));
   cmd->add_flag("--json", o->json, "print results as JSON");
   shard::AddClusterOptions(cmd, o->cluster, shard::ClusterCommand::kBench);
   return [o]() { return Bench(*o); };

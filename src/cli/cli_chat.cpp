@@ -23,10 +23,10 @@ struct ChatOptions {
 
 int Chat(ChatOptions o) {
   if (!o.cluster.cluster.empty())
-    return shard::ClusterChat(o.cluster,
-                              {o.model.model, o.model.threads, o.model.ctx, o.model.batch,
-                               o.model.kv_type == "f32"},
-                              o.gen, o.system, o.chat_template, o.verbose);
+    return shard::ClusterChat(
+        o.cluster,
+        {o.model.model, o.model.threads, o.model.ctx, o.model.batch, o.model.kv_type == "f32"},
+        o.gen, o.system, o.chat_template, o.verbose);
   auto model = LoadModel(o.model.model);
   Context ctx(model, MakeContextParams(o.model));
   const bool tty = isatty(STDIN_FILENO);
@@ -34,7 +34,9 @@ int Chat(ChatOptions o) {
   if (!o.system.empty()) turns.push_back({"system", o.system});
   // Validate the template before the first prompt, so a bad one fails at once.
   model->ApplyChatTemplate({{"user", "hi"}}, true, o.chat_template);
-  if (tty) std::fprintf(stderr, "edgeshard chat: type a message; /reset starts over, /exit or Ctrl-D quits\n");
+  if (tty)
+    std::fprintf(stderr,
+                 "edgeshard chat: type a message; /reset starts over, /exit or Ctrl-D quits\n");
   std::string line;
   while (true) {
     if (tty) std::fprintf(stderr, "> ");
@@ -51,7 +53,8 @@ int Chat(ChatOptions o) {
     // Templates that write the BOS text themselves must not get a second one.
     auto with_bos = model->Tokenize(text, true, true);
     auto without = model->Tokenize(text, false, true);
-    auto tokens = (with_bos.size() > 1 && without.size() > 0 && with_bos[0] == without[0] && with_bos[1] == without[0])
+    auto tokens = (with_bos.size() > 1 && without.size() > 0 && with_bos[0] == without[0] &&
+                   with_bos[1] == without[0])
                       ? without
                       : with_bos;
     const auto& cached = ctx.tokens();
@@ -68,12 +71,16 @@ int Chat(ChatOptions o) {
     std::printf("\n");
     std::fflush(stdout);
     if (o.verbose)
-      std::fprintf(stderr, "[%zu cached, %zu evaluated, %zu generated, %.1f tokens/s, stop: %s]\n", keep, fresh.size(),
-                   r.tokens.size(), r.decode_ms > 0 ? 1000.0 * r.n_decode / r.decode_ms : 0.0, r.stop_reason.c_str());
+      std::fprintf(stderr, "[%zu cached, %zu evaluated, %zu generated, %.1f tokens/s, stop: %s]\n",
+                   keep, fresh.size(), r.tokens.size(),
+                   r.decode_ms > 0 ? 1000.0 * r.n_decode / r.decode_ms : 0.0,
+                   r.stop_reason.c_str());
     turns.push_back({"assistant", r.text});
     if (r.stop_reason == "context") {
-      std::fprintf(stderr, "edgeshard chat: error: the context of %d tokens is full (use a larger -c or /reset)\n",
-                   ctx.n_ctx());
+      std::fprintf(
+          stderr,
+          "edgeshard chat: error: the context of %d tokens is full (use a larger -c or /reset)\n",
+          ctx.n_ctx());
       return kExitFailure;
     }
   }
@@ -88,7 +95,8 @@ const bool registered = RegisterCommand("chat", [](CLI::App& app) {
   AddSamplingOptions(cmd, o->gen);
   cmd->add_option("--system", o->system, "system prompt");
   cmd->add_option("--chat-template", o->chat_template,
-                  "template name (llama2, llama3, chatml, mistral, zephyr) or template text; default: the model's");
+                  "template name (llama2, llama3, chatml, mistral, zephyr) or template text; "
+                  "default: the model's");
   cmd->add_flag("-v,--verbose", o->verbose, "print cache use and speed after each reply");
   shard::AddClusterOptions(cmd, o->cluster, shard::ClusterCommand::kChat);
   return [o]() { return Chat(*o); };

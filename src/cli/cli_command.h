@@ -11,7 +11,8 @@ constexpr int kExitOk = 0;
 constexpr int kExitFailure = 1;  // the input (model, file, request) was bad or an operation failed
 constexpr int kExitUsage = 2;    // bad arguments
 
-// Adds a subcommand to `app`; the returned callback runs it after parsing and returns the exit code.
+// Adds a subcommand to `app`; the returned callback runs it after parsing and returns the exit
+// code.
 using SetupFn = std::function<std::function<int()>(CLI::App& app)>;
 
 // Registers a subcommand; call from a namespace-scope initializer in the command's file.

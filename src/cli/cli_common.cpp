@@ -9,12 +9,15 @@ namespace es::cli {
 
 void AddModelOptions(CLI::App* app, ModelOptions& o, bool with_ctx) {
   app->add_option("-m,--model", o.model, "GGUF model file")->required()->check(CLI::ExistingFile);
-  app->add_option("-t,--threads", o.threads, "worker threads (default: all cores)")->check(CLI::Range(1, 1024));
+  app->add_option("-t,--threads", o.threads, "worker threads (default: all cores)")
+      ->check(CLI::Range(1, 1024));
   if (with_ctx) {
     app->add_option("-c,--ctx", o.ctx, "context length in tokens (default: min(model, 4096))")
         ->check(CLI::Range(1, 1 << 24));
-    app->add_option("-b,--batch", o.batch, "prompt tokens per forward pass")->check(CLI::Range(1, 65536));
-    app->add_option("--kv-type", o.kv_type, "KV cache element type")->check(CLI::IsMember({"f16", "f32"}));
+    app->add_option("-b,--batch", o.batch, "prompt tokens per forward pass")
+        ->check(CLI::Range(1, 65536));
+    app->add_option("--kv-type", o.kv_type, "KV cache element type")
+        ->check(CLI::IsMember({"f16", "f32"}));
   }
 }
 
@@ -42,8 +45,10 @@ std::shared_ptr<Model> LoadModel(const std::string& path, double* load_ms) {
     drew = true;
     const int width = 40;
     const int fill = static_cast<int>(width * static_cast<double>(done) / total);
-    std::fprintf(stderr, "\rloading [%.*s%*s] %3d%% %s", fill, "========================================",
-                 width - fill, "", static_cast<int>(100.0 * done / total), HumanBytes(static_cast<double>(total)).c_str());
+    std::fprintf(stderr, "\rloading [%.*s%*s] %3d%% %s", fill,
+                 "========================================", width - fill, "",
+                 static_cast<int>(100.0 * done / total),
+                 HumanBytes(static_cast<double>(total)).c_str());
     if (done >= total) std::fprintf(stderr, "\n");
     std::fflush(stderr);
   };
@@ -63,17 +68,22 @@ ContextParams MakeContextParams(const ModelOptions& o) {
 
 void AddSamplingOptions(CLI::App* app, GenerateParams& g) {
   auto& s = g.sampling;
-  app->add_option("-n,--n-predict", g.max_tokens, "tokens to generate (-1: until end of text or context)")
+  app->add_option("-n,--n-predict", g.max_tokens,
+                  "tokens to generate (-1: until end of text or context)")
       ->check(CLI::Range(-1, 1 << 30));
-  app->add_option("--temp", s.temperature, "temperature (0: greedy)")->check(CLI::Range(0.0, 100.0));
+  app->add_option("--temp", s.temperature, "temperature (0: greedy)")
+      ->check(CLI::Range(0.0, 100.0));
   app->add_option("--top-k", s.top_k, "top-k (0: off)")->check(CLI::Range(0, 1 << 30));
   app->add_option("--top-p", s.top_p, "top-p (1: off)")->check(CLI::Range(0.0, 1.0));
   app->add_option("--min-p", s.min_p, "min-p (0: off)")->check(CLI::Range(0.0, 1.0));
-  app->add_option("--repeat-penalty", s.repeat_penalty, "repetition penalty (1: off)")->check(CLI::Range(0.0, 10.0));
+  app->add_option("--repeat-penalty", s.repeat_penalty, "repetition penalty (1: off)")
+      ->check(CLI::Range(0.0, 10.0));
   app->add_option("--repeat-last-n", s.penalty_last_n, "tokens the penalties look back on")
       ->check(CLI::Range(0, 1 << 20));
-  app->add_option("--frequency-penalty", s.frequency_penalty, "frequency penalty")->check(CLI::Range(-2.0, 2.0));
-  app->add_option("--presence-penalty", s.presence_penalty, "presence penalty")->check(CLI::Range(-2.0, 2.0));
+  app->add_option("--frequency-penalty", s.frequency_penalty, "frequency penalty")
+      ->check(CLI::Range(-2.0, 2.0));
+  app->add_option("--presence-penalty", s.presence_penalty, "presence penalty")
+      ->check(CLI::Range(-2.0, 2.0));
   app->add_option("-s,--seed", s.seed, "random seed (default: random)");
   app->add_option("--stop", g.stop, "stop string (repeatable); never printed");
   app->add_flag("--ignore-eos", g.ignore_eos, "keep generating past end-of-text tokens");

@@ -33,7 +33,9 @@ int Eval(EvalOptions o) {
   if (tokens.empty()) throw UsageError("the prompt produced no tokens");
   const int n_vocab = model->Info().n_vocab;
   auto params = MakeContextParams(o.model);
-  if (o.model.ctx == 0) params.n_ctx = std::min<int>(model->Info().n_ctx_train, static_cast<int>(tokens.size()) + o.greedy + 1);
+  if (o.model.ctx == 0)
+    params.n_ctx =
+        std::min<int>(model->Info().n_ctx_train, static_cast<int>(tokens.size()) + o.greedy + 1);
   params.n_batch = static_cast<int>(tokens.size());  // one batched pass
   Context ctx(model, params);
   std::vector<float> logits;
@@ -45,9 +47,8 @@ int Eval(EvalOptions o) {
   for (size_t i = 0; i < tokens.size(); ++i) {
     const float* row = logits.data() + i * n_vocab;
     std::iota(idx.begin(), idx.end(), 0);
-    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int a, int b) {
-      return row[a] > row[b] || (row[a] == row[b] && a < b);
-    });
+    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                      [&](int a, int b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
     nlohmann::json pos = nlohmann::json::array();
     for (int j = 0; j < k; ++j) pos.push_back({idx[j], row[idx[j]]});
     top.push_back(std::move(pos));
@@ -68,12 +69,14 @@ int Eval(EvalOptions o) {
     c["greedy_hex"] = Hex(greedy_text);
   }
   if (o.json) {
-    nlohmann::json out = {{"model", o.model.model}, {"n_vocab", n_vocab}, {"cases", nlohmann::json::array({c})}};
+    nlohmann::json out = {
+        {"model", o.model.model}, {"n_vocab", n_vocab}, {"cases", nlohmann::json::array({c})}};
     std::printf("%s\n", out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     return kExitOk;
   }
   for (size_t i = 0; i < tokens.size(); ++i) {
-    std::printf("%4zu %6d %-16s", i, tokens[i], ("'" + model->TokenToPiece(tokens[i]) + "'").c_str());
+    std::printf("%4zu %6d %-16s", i, tokens[i],
+                ("'" + model->TokenToPiece(tokens[i]) + "'").c_str());
     for (const auto& p : top[i]) std::printf(" %d:%.4f", p[0].get<int>(), p[1].get<float>());
     std::printf("\n");
   }
@@ -87,7 +90,8 @@ const bool registered = RegisterCommand("eval", [](CLI::App& app) {
   AddModelOptions(cmd, o->model);
   cmd->add_option("-p,--prompt", o->prompt, "prompt text")->required();
   cmd->add_option("--top", o->top, "logits to print per position")->check(CLI::Range(1, 1 << 20));
-  cmd->add_option("--greedy", o->greedy, "also decode N greedy tokens")->check(CLI::Range(0, 1 << 20));
+  cmd->add_option("--greedy", o->greedy, "also decode N greedy tokens")
+      ->check(CLI::Range(0, 1 << 20));
   cmd->add_flag("--json", o->json, "JSON in the schema of the llama.cpp reference files");
   cmd->add_flag("--no-bos", o->no_bos, "do not add the beginning-of-sequence token");
   return [o]() { return Eval(*o); };

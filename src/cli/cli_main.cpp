@@ -41,7 +41,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     std::fprintf(stderr, "edgeshard: %s\n", e.what());
     std::string usage = app.get_subcommands().empty() ? app.help("", CLI::AppFormatMode::Normal)
-                                                        : app.get_subcommands()[0]->help();
+                                                      : app.get_subcommands()[0]->help();
     std::fprintf(stderr, "%s", usage.c_str());
     return kExitUsage;
   }
@@ -49,7 +49,8 @@ int main(int argc, char** argv) {
   try {
     return runners.at(sub)();
   } catch (const UsageError& e) {
-    std::fprintf(stderr, "edgeshard %s: %s\n%s", sub->get_name().c_str(), e.what(), sub->help().c_str());
+    std::fprintf(stderr, "edgeshard %s: %s\n%s", sub->get_name().c_str(), e.what(),
+                 sub->help().c_str());
     return kExitUsage;
   } catch (const es::Error& e) {
     std::fprintf(stderr, "edgeshard %s: error: %s\n", sub->get_name().c_str(), e.what());

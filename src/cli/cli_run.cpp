@@ -30,18 +30,21 @@ int Run(const RunOptions& o) {
     prompt = ss.str();
   }
   if (!o.cluster.cluster.empty())
-    return shard::ClusterRun(o.cluster,
-                             {o.model.model, o.model.threads, o.model.ctx, o.model.batch,
-                              o.model.kv_type == "f32"},
-                             o.gen, prompt, o.no_bos);
+    return shard::ClusterRun(
+        o.cluster,
+        {o.model.model, o.model.threads, o.model.ctx, o.model.batch, o.model.kv_type == "f32"},
+        o.gen, prompt, o.no_bos);
   double load_ms = 0;
   auto model = LoadModel(o.model.model, &load_ms);
   Context ctx(model, MakeContextParams(o.model));
   const auto info = model->Info();
   const auto tokens = model->Tokenize(prompt, !o.no_bos, true);
-  std::fprintf(stderr, "edgeshard: %s (%s, %d layers, %s) loaded in %.0f ms; context %d tokens, KV cache %s, %d threads\n",
-               o.model.model.c_str(), info.arch.c_str(), info.n_layer, info.weight_type.c_str(), load_ms, ctx.n_ctx(),
-               HumanBytes(static_cast<double>(ctx.kv_bytes())).c_str(), ctx.n_threads());
+  std::fprintf(stderr,
+               "edgeshard: %s (%s, %d layers, %s) loaded in %.0f ms; context %d tokens, KV cache "
+               "%s, %d threads\n",
+               o.model.model.c_str(), info.arch.c_str(), info.n_layer, info.weight_type.c_str(),
+               load_ms, ctx.n_ctx(), HumanBytes(static_cast<double>(ctx.kv_bytes())).c_str(),
+               ctx.n_threads());
   std::fwrite(prompt.data(), 1, prompt.size(), stdout);
   std::fflush(stdout);
   auto r = ctx.Generate(tokens, o.gen, [](std::string_view text) {
@@ -53,10 +56,14 @@ int Run(const RunOptions& o) {
   std::fflush(stdout);
   const double pp = r.prompt_ms > 0 ? 1000.0 * r.n_prompt / r.prompt_ms : 0;
   const double tg = r.decode_ms > 0 ? 1000.0 * r.n_decode / r.decode_ms : 0;
-  std::fprintf(stderr, "load: %.0f ms | prompt: %d tokens, %.1f ms, %.2f tokens/s | generation: %zu tokens, %.2f tokens/s | stop: %s\n",
+  std::fprintf(stderr,
+               "load: %.0f ms | prompt: %d tokens, %.1f ms, %.2f tokens/s | generation: %zu "
+               "tokens, %.2f tokens/s | stop: %s\n",
                load_ms, r.n_prompt, r.prompt_ms, pp, r.tokens.size(), tg, r.stop_reason.c_str());
   if (r.stop_reason == "context") {
-    std::fprintf(stderr, "edgeshard run: error: the context of %d tokens is full; generation stopped (use a larger -c)\n",
+    std::fprintf(stderr,
+                 "edgeshard run: error: the context of %d tokens is full; generation stopped (use "
+                 "a larger -c)\n",
                  ctx.n_ctx());
     return kExitFailure;
   }
@@ -69,12 +76,14 @@ const bool registered = RegisterCommand("run", [](CLI::App& app) {
   AddModelOptions(cmd, opts->model);
   AddSamplingOptions(cmd, opts->gen);
   auto* p = cmd->add_option("-p,--prompt", opts->prompt, "prompt text");
-  auto* f = cmd->add_option("-f,--file", opts->prompt_file, "read the prompt from a file")->check(CLI::ExistingFile);
+  auto* f = cmd->add_option("-f,--file", opts->prompt_file, "read the prompt from a file")
+                ->check(CLI::ExistingFile);
   p->excludes(f);
   cmd->add_flag("--no-bos", opts->no_bos, "do not add the beginning-of-sequence token");
   shard::AddClusterOptions(cmd, opts->cluster, shard::ClusterCommand::kRun);
   return [opts, p, f]() {
-    if (p->count() == 0 && f->count() == 0) throw UsageError("a prompt is required: -p TEXT or -f FILE");
+    if (p->count() == 0 && f->count() == 0)
+      throw UsageError("a prompt is required: -p TEXT or -f FILE");
     return Run(*opts);
   };
 });

@@ -24,8 +24,9 @@ ModelConfig ReadModelConfig(const gguf::File& f) {
   c.n_layer = PositiveInt(f, p + "block_count", 4096);
   c.n_embd = PositiveInt(f, p + "embedding_length");
   c.n_head = PositiveInt(f, p + "attention.head_count", 4096);
-  c.n_head_kv = f.Has(p + "attention.head_count_kv") ? PositiveInt(f, p + "attention.head_count_kv", 4096)
-                                                      : c.n_head;
+  c.n_head_kv = f.Has(p + "attention.head_count_kv")
+                    ? PositiveInt(f, p + "attention.head_count_kv", 4096)
+                    : c.n_head;
   c.n_ff = PositiveInt(f, p + "feed_forward_length");
   c.n_ctx_train = PositiveInt(f, p + "context_length", 1 << 26);
   if (c.n_embd % c.n_head != 0)
@@ -36,14 +37,17 @@ ModelConfig ReadModelConfig(const gguf::File& f) {
                 " is not a multiple of attention.head_count_kv " + std::to_string(c.n_head_kv));
   c.head_dim = f.Has(p + "attention.key_length") ? PositiveInt(f, p + "attention.key_length")
                                                  : c.n_embd / c.n_head;
-  c.n_rot = f.Has(p + "rope.dimension_count") ? PositiveInt(f, p + "rope.dimension_count") : c.head_dim;
+  c.n_rot =
+      f.Has(p + "rope.dimension_count") ? PositiveInt(f, p + "rope.dimension_count") : c.head_dim;
   if (c.n_rot > c.head_dim || c.n_rot % 2 != 0)
     throw Error(f.path() + ": rope.dimension_count " + std::to_string(c.n_rot) +
                 " must be even and at most the head size " + std::to_string(c.head_dim));
   c.rope_base = static_cast<float>(f.GetFloatOr(p + "rope.freq_base").value_or(10000.0));
-  c.rms_eps = static_cast<float>(f.GetFloatOr(p + "attention.layer_norm_rms_epsilon").value_or(1e-5));
+  c.rms_eps =
+      static_cast<float>(f.GetFloatOr(p + "attention.layer_norm_rms_epsilon").value_or(1e-5));
   if (!(c.rope_base > 0)) throw Error(f.path() + ": rope.freq_base must be positive");
-  if (!(c.rms_eps > 0)) throw Error(f.path() + ": attention.layer_norm_rms_epsilon must be positive");
+  if (!(c.rms_eps > 0))
+    throw Error(f.path() + ": attention.layer_norm_rms_epsilon must be positive");
   c.rope_neox = c.arch == "qwen2";
   c.qkv_bias = c.arch == "qwen2";
   const auto& embd = f.GetTensor("token_embd.weight");

@@ -21,9 +21,9 @@ struct ModelConfig {
   int n_rot = 0;  // rotated dims per head
   float rope_base = 10000.0f;
   float rms_eps = 1e-5f;
-  bool rope_neox = false;     // qwen2 rotates (i, i + n_rot/2) pairs
-  bool qkv_bias = false;      // qwen2 has Q/K/V biases
-  bool tied_output = false;   // no output.weight: the head reuses token_embd
+  bool rope_neox = false;    // qwen2 rotates (i, i + n_rot/2) pairs
+  bool qkv_bias = false;     // qwen2 has Q/K/V biases
+  bool tied_output = false;  // no output.weight: the head reuses token_embd
 
   int kv_dim() const { return n_head_kv * head_dim; }
   int q_dim() const { return n_head * head_dim; }

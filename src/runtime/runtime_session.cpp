@@ -35,9 +35,9 @@ void Session::Eval(const std::vector<int32_t>& tokens, std::vector<float>* all_l
   const int64_t n_total = static_cast<int64_t>(tokens.size());
   if (n_total == 0) return;
   if (n_past_ + n_total > kv_.n_ctx())
-    throw Error("context is full: " + std::to_string(n_past_ + n_total) + " tokens needed but the context holds " +
-                std::to_string(kv_.n_ctx()) + " (use a larger -c, up to the model's " +
-                std::to_string(c.n_ctx_train) + ")");
+    throw Error("context is full: " + std::to_string(n_past_ + n_total) +
+                " tokens needed but the context holds " + std::to_string(kv_.n_ctx()) +
+                " (use a larger -c, up to the model's " + std::to_string(c.n_ctx_train) + ")");
   if (all_logits) all_logits->resize(static_cast<size_t>(n_total) * c.n_vocab);
   for (int64_t off = 0; off < n_total; off += n_batch_) {
     const int n = static_cast<int>(std::min<int64_t>(n_batch_, n_total - off));
@@ -47,12 +47,15 @@ void Session::Eval(const std::vector<int32_t>& tokens, std::vector<float>* all_l
     tokens_.insert(tokens_.end(), tokens.begin() + off, tokens.begin() + off + n);
     const bool last_chunk = off + n == n_total;
     if (all_logits) {
-      model_.Head(hidden_.data(), n, all_logits->data() + static_cast<size_t>(off) * c.n_vocab, ws_, pool_);
+      model_.Head(hidden_.data(), n, all_logits->data() + static_cast<size_t>(off) * c.n_vocab, ws_,
+                  pool_);
       if (last_chunk)
-        std::memcpy(logits_last_.data(), all_logits->data() + static_cast<size_t>(n_total - 1) * c.n_vocab,
+        std::memcpy(logits_last_.data(),
+                    all_logits->data() + static_cast<size_t>(n_total - 1) * c.n_vocab,
                     sizeof(float) * c.n_vocab);
     } else if (last_chunk) {
-      model_.Head(hidden_.data() + static_cast<size_t>(n - 1) * c.n_embd, 1, logits_last_.data(), ws_, pool_);
+      model_.Head(hidden_.data() + static_cast<size_t>(n - 1) * c.n_embd, 1, logits_last_.data(),
+                  ws_, pool_);
     }
   }
 }

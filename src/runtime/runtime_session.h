@@ -12,9 +12,9 @@
 namespace es::runtime {
 
 struct SessionOptions {
-  int n_ctx = 0;        // 0: min(model's training context, 4096)
-  int n_threads = 0;    // 0: all hardware threads
-  int n_batch = 256;    // prompt tokens per forward pass
+  int n_ctx = 0;      // 0: min(model's training context, 4096)
+  int n_threads = 0;  // 0: all hardware threads
+  int n_batch = 256;  // prompt tokens per forward pass
   TensorType kv_type = TensorType::kF16;
 };
 

@@ -29,15 +29,17 @@ enum class TensorType : uint32_t {
 
 struct TypeTraits {
   const char* name;
-  int block_elems;   // elements per block
-  int block_bytes;   // bytes per block
-  bool supported;    // edgeshard can compute with it
+  int block_elems;  // elements per block
+  int block_bytes;  // bytes per block
+  bool supported;   // edgeshard can compute with it
 };
 
 // nullopt for ids that are not ggml types at all.
 std::optional<TypeTraits> GetTypeTraits(uint32_t type_id);
 const TypeTraits& Traits(TensorType t);
-inline const char* TypeName(TensorType t) { return Traits(t).name; }
+inline const char* TypeName(TensorType t) {
+  return Traits(t).name;
+}
 // Bytes of one row of `n` elements; n must be a multiple of the block size.
 size_t RowBytes(TensorType t, int64_t n);
 // Parses names such as "q4_0", "Q4_K", "f16" (case-insensitive).
