@@ -93,8 +93,7 @@ std::unique_ptr<LlamaModel> LlamaModel::Load(const std::string& path, const Load
     size_t done = 0;
     volatile uint8_t sink = 0;
     for (const auto& t : f.tensors()) {
-      if (std::find(m->copied_.begin(), m->copied_.end(), static_cast<const void*>(t.data)) ==
-          m->copied_.end())
+      if (!m->Replaced(t.data))
         for (size_t off = 0; off < t.n_bytes; off += kPage) sink = sink + t.data[off];
       done += t.n_bytes;
       if (opts.progress) opts.progress(done, m->weight_bytes_);
@@ -130,6 +129,10 @@ void LlamaModel::PrepareLayers(int first, int last, bool head) {
       interleave(*w);
   }
   if (head && !cfg_.tied_output) interleave(output_);
+}
+
+bool LlamaModel::Replaced(const void* mapped) const {
+  return std::find(copied_.begin(), copied_.end(), mapped) != copied_.end();
 }
 
 void LlamaModel::Embed(const int32_t* tokens, int n, float* hidden) const {

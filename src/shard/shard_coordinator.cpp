@@ -299,6 +299,7 @@ struct Coordinator::Impl {
     spec.n_ctx = n_ctx;
     spec.kv_type = o.kv_f32 ? TensorType::kF32 : TensorType::kF16;
     spec.max_batch = o.n_batch;
+    model->PrepareLayers(spec.first_layer, spec.last_layer, spec.head);
     local = std::make_unique<StageExecutor>(*model, spec, *pool);
     mon_cv.notify_all();
     OpenStreams();

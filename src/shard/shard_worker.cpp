@@ -187,6 +187,8 @@ class WorkerService final : public rpc::Worker::Service {
       spec.n_ctx = req->n_ctx();
       spec.kv_type = req->kv_f32() ? TensorType::kF32 : TensorType::kF16;
       spec.max_batch = req->max_batch();
+      // This shard's Q4_0 layers in the kernels' fast layout (the rest of the file stays unread).
+      model_->PrepareLayers(spec.first_layer, spec.last_layer, spec.head);
       reply->set_weight_bytes(Prefault(*model_, spec));
       auto exec = std::make_unique<StageExecutor>(*model_, spec, pool_);
       std::lock_guard<std::mutex> lock(mu_);
@@ -338,8 +340,9 @@ class WorkerService final : public rpc::Worker::Service {
         mine = s.head && c.tied_output;
       }
       if (!mine) continue;
-      for (size_t off = 0; off < t.n_bytes; off += 4096) sink = sink + t.data[off];
       bytes += t.n_bytes;
+      if (m.Replaced(t.data)) continue;  // computed from its copy; the mapped pages stay out
+      for (size_t off = 0; off < t.n_bytes; off += 4096) sink = sink + t.data[off];
     }
     return bytes;
   }
