@@ -16,6 +16,8 @@
 // Weight rows are processed in tiles of R rows x C activation rows so that each weight block is
 // loaded and unpacked once and applied to C activation rows (prompt processing), and each
 // activation block is loaded once for R weight rows. Decode streams one weight row at a time.
+// Q4_0 on AVX3_DL is the exception: the model copies it into groups of 16 interleaved rows
+// (InterleaveQ4_0), which one 16-row kernel reads as a single stream for decode and prompt alike.
 #include "kernels/kernels_hwy.h"
 // clang-format off
 #undef HWY_TARGET_INCLUDE
