@@ -48,6 +48,8 @@ def main():
     ap.add_argument("--llama-bench", default=os.environ.get("LLAMA_BENCH", ""))
     ap.add_argument("--models-dir", default=os.path.join(ROOT, "..", "bench-models"))
     ap.add_argument("--vocab", default=os.path.join(ROOT, "..", "shared/models/vocab/ggml-vocab-llama-spm.gguf"))
+    ap.add_argument("--corpus", default=os.path.join(ROOT, "..", "shared/data/gpl3-head12k.txt"),
+                    help="text for the KL-divergence accuracy table")
     ap.add_argument("--presets", default="stories110m,tinyllama-1.1b")
     ap.add_argument("--types", default="f16,q8_0,q4_0,q4_k_m")
     ap.add_argument("--threads", default="1,2")
@@ -96,7 +98,7 @@ def main():
                     print(json.dumps(row), file=sys.stderr)
 
     # Accuracy beside memory and speed: each encoding against its preset's F16 on the GPL-3 text.
-    corpus = os.path.join(os.path.dirname(os.path.abspath(a.vocab)), "..", "..", "data", "gpl3-head12k.txt")
+    corpus = a.corpus
     acc = []
     if os.path.exists(corpus) and "f16" in a.types.split(","):
         for preset in a.presets.split(","):
@@ -136,7 +138,7 @@ def main():
                      f"{budget / 2**20:.0f} MiB |")
     if acc:
         lines += ["", f"## Memory, speed, accuracy drop (edgeshard, {threads[-1]} threads)", "",
-                  "Each encoding against its preset's F16 file: `edgeshard perplexity -f gpl3-head12k.txt -c 128 "
+                  f"Each encoding against its preset's F16 file: `edgeshard perplexity -f {os.path.basename(corpus)} -c 128 "
                   "--chunks 4 --kl-base` (the F16 base saved with `--save-kl-base`). The weights are random, so "
                   "perplexity is near the vocabulary size; KL divergence and top-1 agreement are what compare.", "",
                   "| model | type | file | tg t/s | PPL | mean KL vs F16 | same top-1 |", "|---|---|---|---|---|---|---|"]

@@ -39,10 +39,9 @@ if [ ! -f "$tree/CMakeLists.txt" ]; then
     # (vocab models under models/), which the build does not need, so only present blobs are taken.
     gd="$(git -C "$src" rev-parse --absolute-git-dir)"
     mkdir -p "$tree.tmp"
-    git --git-dir="$gd" ls-tree -r "$ref" | awk '$2 == "blob"' | cut -f2 > "$tree.paths"
-    git --git-dir="$gd" ls-tree -r "$ref" | awk '$2 == "blob" {print $3}' |
-      git --git-dir="$gd" cat-file --batch-check | paste - "$tree.paths" |
-      awk -F'\t' '$1 !~ / missing$/ {print $2}' |
+    git --git-dir="$gd" ls-tree -r "$ref" | awk '$2 == "blob"' > "$tree.paths"
+    cut -d' ' -f3 "$tree.paths" | cut -f1 | git --git-dir="$gd" cat-file --batch-check |
+      paste - <(cut -f2 "$tree.paths") | awk -F'\t' '$1 !~ / missing$/ {print $2}' |
       xargs -d '\n' bash -c 'gd=$1 ref=$2 out=$3; shift 3
         git --git-dir="$gd" archive "$ref" -- "$@" | tar -x -C "$out"' _ "$gd" "$ref" "$tree.tmp"
     rm -f "$tree.paths"

@@ -594,24 +594,18 @@ TEST(Profile, PredictsTheEnginesDecodeTime) {
     o.ctx = {64, 256};
     o.prompt_batch = 64;
     o.reps = 15;
-    const int ctx = 160, steps = 32;
-    // Profile and measurement are taken back to back; on a shared machine a burst of other
-    // work can land in one of them, so a pair is retaken (at most three) before it counts as
-    // a miss. A wrong model of the cost misses every time.
-    Profile p;
-    double predicted = 0, measured = 1;
-    for (int attempt = 0; attempt < 3; ++attempt) {
-      p = MeasureProfile(path, o);
-      ASSERT_TRUE(p.has_timing());
-      predicted = 0;
-      for (const auto& t : p.timing) predicted += t.DecodeMs(ctx + steps / 2);
-      measured = MeasuredDecodeMs(path, ctx, steps);
-      std::printf("%s: predicted %.4f ms, measured %.4f ms per decode step\n", name, predicted,
-                  measured);
-      if (std::abs(predicted / measured - 1.0) <= 0.25) break;
-    }
+    // Runs with the CPU to itself (RUN_SERIAL in tests/CMakeLists.txt): other tests running
+    // beside it would land in the profile or the measurement and not the other.
+    const Profile p = MeasureProfile(path, o);
+    ASSERT_TRUE(p.has_timing());
     ASSERT_EQ(p.timing.size(), p.model.units.size());
     EXPECT_GT(p.memory_budget_bytes, 0u);
+    const int ctx = 160, steps = 32;
+    double predicted = 0;
+    for (const auto& t : p.timing) predicted += t.DecodeMs(ctx + steps / 2);
+    const double measured = MeasuredDecodeMs(path, ctx, steps);
+    std::printf("%s: predicted %.4f ms, measured %.4f ms per decode step\n", name, predicted,
+                measured);
     EXPECT_NEAR(predicted / measured, 1.0, 0.25) << name;
     // And through a cluster of this one device, as `plan` does it.
     Profile q = ParseProfile(ProfileToJson(p), "saved", true);

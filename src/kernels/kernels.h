@@ -36,8 +36,8 @@ class ThreadPool {
 };
 
 // A weight matrix as stored in GGUF: `rows` rows of `cols` elements of `type`, row-major.
-// interleave 16 (Q4_0 only, see InterleaveQ4_0): groups of 16 rows with their blocks interleaved,
-// block j of rows 16g..16g+15 adjacent, so that a 16-row kernel reads one sequential stream.
+// interleave 16 (Q4_0 only): groups of 16 rows stored block index by block index (layout at
+// InterleaveQ4_0), so that a 16-row kernel reads one sequential stream.
 struct Matrix {
   const void* data = nullptr;
   TensorType type = TensorType::kF32;

@@ -990,11 +990,19 @@ struct Q4_0Vnni : VnniBase {
   const int32_t* Corr(int c) const {
     return reinterpret_cast<const int32_t*>(t.a + c * t.as + t.l.corr_off);
   }
+  // Nibbles of blk[0] (and blk[1] when `two`) as unsigned bytes, laid out for DotBytes against
+  // two blocks of activation quants: low nibbles in 128-bit copies 0 and 2, high in 1 and 3.
+  HWY_INLINE VU8 Nibbles(const BlockQ4_0* blk, bool two) const {
+    const DU8 du8;
+    const DU16 du16;
+    const VU8 hi = two ? hn::LoadDup128(du8, blk[1].qs) : hn::Zero(du8);
+    const VU8 v = hn::ConcatUpperLower(du8, hi, hn::LoadDup128(du8, blk[0].qs));
+    return hn::And(hn::BitCast(du8, hn::BitCast(du16, v) >> shifts), hn::Set(du8, 0x0F));
+  }
   template <int R, int C>
   HWY_INLINE void Step(int64_t s, hn::Vec<Acc> (&acc)[R][C]) const {
     const D8 d8;
     const DU8 du8;
-    const DU16 du16;
     const D32 d32;
     const DF df;
     const Acc d1;
@@ -1008,10 +1016,7 @@ struct Q4_0Vnni : VnniBase {
       for (int k = 0; k < pairs; ++k) {
         const BlockQ4_0* blk = W(r) + b0 + 2 * k;
         const bool two = 2 * k + 1 < count;
-        const VU8 hi = two ? hn::LoadDup128(du8, blk[1].qs) : hn::Zero(du8);
-        const VU8 v = hn::ConcatUpperLower(du8, hi, hn::LoadDup128(du8, blk[0].qs));
-        hn::Store(hn::And(hn::BitCast(du8, hn::BitCast(du16, v) >> shifts), hn::Set(du8, 0x0F)),
-                  du8, q[r][k]);
+        hn::Store(Nibbles(blk, two), du8, q[r][k]);
         dw[r][2 * k] = HalfToFloat(&blk[0].d);
         if (two) dw[r][2 * k + 1] = HalfToFloat(&blk[1].d);
       }
@@ -1103,8 +1108,6 @@ struct Q4_0Vnni : VnniBase {
 HWY_NOINLINE void DecodeQ4_0x16(const TileArgs& t) {
   const Q4_0Vnni<1, 1> k(t);
   const D8 d8;
-  const DU8 du8;
-  const DU16 du16;
   const D32 d32;
   const DF df;
   constexpr int kRows = 16;
@@ -1130,13 +1133,9 @@ HWY_NOINLINE void DecodeQ4_0x16(const TileArgs& t) {
           v[p] = hn::Zero(d32);
           continue;
         }
-        const BlockQ4_0* blk = w + b0 + 2 * p;
-        const VU8 hi = 2 * p + 1 < count ? hn::LoadDup128(du8, blk[1].qs) : hn::Zero(du8);
-        const VU8 both = hn::ConcatUpperLower(du8, hi, hn::LoadDup128(du8, blk[0].qs));
-        const VU8 q =
-            hn::And(hn::BitCast(du8, hn::BitCast(du16, both) >> k.shifts), hn::Set(du8, 0x0F));
-        v[p] =
-            DotBytes(hn::Load(d32, corr + 8 * b0 + 16 * p), q, hn::Load(d8, xq + 32 * b0 + 64 * p));
+        v[p] = DotBytes(hn::Load(d32, corr + 8 * b0 + 16 * p),
+                        k.Nibbles(w + b0 + 2 * p, 2 * p + 1 < count),
+                        hn::Load(d8, xq + 32 * b0 + 64 * p));
       }
       alignas(64) float f[kG];
       hn::Store(hn::ConvertTo(df, ReduceBlocks(d32, v)), df, f);

@@ -105,8 +105,7 @@ std::unique_ptr<LlamaModel> LlamaModel::Load(const std::string& path, const Load
 void LlamaModel::PrepareLayers(int first, int last, bool head) {
   if (!kernels::PrefersInterleavedQ4_0()) return;
   auto interleave = [&](kernels::Matrix& w) {
-    if (w.type != TensorType::kQ4_0 || w.interleave || w.rows % 16 != 0 || w.data == tok_embd_.data)
-      return;
+    if (w.type != TensorType::kQ4_0 || w.interleave || w.rows % 16 != 0) return;
     const size_t bytes = static_cast<size_t>(w.rows) * w.row_bytes;
     auto* buf = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
     if (!buf)

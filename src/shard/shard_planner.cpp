@@ -715,11 +715,12 @@ Solution LatencySearch(const Problem& p, const SolveOptions& o, double cap) {
   }
   s.states += nodes.size();
   std::vector<Stage> plan = goal >= 0 ? Unwind(nodes, goal) : incumbent;
+  bool from_search = goal >= 0;  // else a beam's plan
   const bool proven = open.empty() || std::get<0>(open.top()) >= upper;
   if (!proven) {  // out of budget: a wider beam may do better than the quick plan
     std::vector<Stage> wide = LatencyBeam(t, b, o.beam_width, &s.states);
     if (!wide.empty() && (plan.empty() || Evaluate(p, wide).step_ms < Evaluate(p, plan).step_ms))
-      plan = wide;
+      plan = wide, from_search = false;
   }
   if (plan.empty()) {  // proven: nothing fits; or unproven and no plan found
     s.solve_ms = MsSince(t0);
@@ -727,13 +728,11 @@ Solution LatencySearch(const Problem& p, const SolveOptions& o, double cap) {
     if (!proven) s.lower_bound = std::get<0>(open.top());
     return s;
   }
-  Solution out = Finish(
-      p, Objective::kLatency, plan, t0,
-      proven
-          ? s.method
-          : std::string(goal >= 0 && plan == Unwind(nodes, goal) ? "A* best plan" : "beam search") +
-                (out_of_time ? " (A* stopped at its time limit)"
-                             : " (A* stopped at its state limit)"));
+  Solution out = Finish(p, Objective::kLatency, plan, t0,
+                        proven ? s.method
+                               : std::string(from_search ? "A* best plan" : "beam search") +
+                                     (out_of_time ? " (A* stopped at its time limit)"
+                                                  : " (A* stopped at its state limit)"));
   out.exact = proven;
   out.states = s.states;
   if (!proven) out.lower_bound = std::min(std::get<0>(open.top()), out.value);
