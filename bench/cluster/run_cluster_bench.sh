@@ -214,26 +214,56 @@ for obj in latency throughput; do
     extra=()
     [ "$plan" != optimum ] && extra=(--baseline "$plan")
     echo "== bench: $obj objective, plan: $plan"
+    t0=$SECONDS
     in_dev src "$BIN" bench -m "$MODEL" --cluster cluster.yaml --token-file token \
       --objective "$obj" "${extra[@]}" --wire "$WIRE" -p "$N_PROMPT" -n "$N_GEN" -r "$REPS" \
       -t 1 --sequences "$SEQS" --json > "$out" 2> "bench-$obj-$plan.log" || {
       echo "   failed: $(tail -1 "bench-$obj-$plan.log")"; continue; }
+    echo "   $((SECONDS - t0)) s wall, loading the shards included"
     results+=("$obj:$plan:$out")
   done
 done
 
+rpc_results=()
 if [ -n "${LLAMA_RPC_SERVER:-}" ] && [ -n "${LLAMA_BENCH:-}" ]; then
-  echo "== llama.cpp RPC backend (same namespaces and CPU shares)"
+  echo "== llama.cpp RPC backend (same namespaces, CPU shares and splits)"
+  # rpc-server has no thread option (ggml's CPU default, 4 threads); the CPU quota still applies.
   for d in edge cloud; do
     in_dev "$d" "$LLAMA_RPC_SERVER" -H 0.0.0.0 -p 50052 > "rpc-$d.log" 2>&1 &
     pids+=($!)
   done
+  declare -A RPC_ADDR=([edge]="${ADDR[edge]}:50052" [cloud]="${ADDR[cloud]}:50052")
+  if [ "$NETEM" = 0 ]; then
+    # llama.cpp's host talks to each server over the source's direct link, delayed like ours.
+    declare -A RPORT=([edge]=7091 [cloud]=7092)
+    for to in edge cloud; do
+      ip netns exec es-src python3 "$HERE/delay_proxy.py" "${RPORT[$to]}" "${DIRECT[src-$to]}" \
+        50052 "$(awk "BEGIN{print ${RTT[src-$to]}/2}")" &
+      pids+=($!)
+      RPC_ADDR[$to]="127.0.0.1:${RPORT[$to]}"
+    done
+  fi
   sleep 1
-  in_dev src "$LLAMA_BENCH" -m "$MODEL" --rpc "${ADDR[edge]}:50052,${ADDR[cloud]}:50052" \
-    -p "$N_PROMPT" -n "$N_GEN" -r "$REPS" -t 1 -o json > llamacpp-rpc.json 2> llamacpp-rpc.log \
-    || echo "   llama.cpp RPC run failed: $(tail -1 llamacpp-rpc.log)"
+  # The same splits as edgeshard's runs: the latency objective's plan and the Even baseline.
+  "$BIN" plan --cluster cluster.yaml -m "$MODEL" --ctx "$CTX" --objective latency --json \
+    > plan-latency.json
+  for plan in Optimum Even; do
+    split=$(python3 "$HERE/llamacpp_split.py" plan-latency.json "$plan" src \
+      "edge=${RPC_ADDR[edge]} cloud=${RPC_ADDR[cloud]}") || { echo "   no split for $plan"; continue; }
+    out="llamacpp-rpc-$plan.json"
+    t0=$SECONDS
+    # shellcheck disable=SC2086  # $split is a list of arguments
+    in_dev src "$LLAMA_BENCH" -m "$MODEL" $split -p "$N_PROMPT" -n "$N_GEN" -r "$REPS" -t 1 \
+      -o json > "$out" 2> "llamacpp-rpc-$plan.log" || {
+      echo "   llama.cpp RPC run failed: $(tail -1 "llamacpp-rpc-$plan.log")"; continue; }
+    # llama.cpp's host sends each server its weights over the link before the first test.
+    echo "   $((SECONDS - t0)) s wall, loading included"
+    rpc_results+=("$plan:$out")
+  done
 fi
 
 echo
 echo "== results (measured vs the planner's prediction; ms per decode step)"
-python3 "$HERE/summarize.py" "${results[@]}" ${LLAMA_BENCH:+--llamacpp llamacpp-rpc.json}
+llama_args=()
+for r in "${rpc_results[@]:-}"; do [ -n "$r" ] && llama_args+=(--llamacpp "$r"); done
+python3 "$HERE/summarize.py" "${results[@]}" "${llama_args[@]}"

@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
 """Table of `edgeshard bench --cluster --json` results: measured against planned.
 
-Arguments: OBJECTIVE:PLAN:FILE ... [--llamacpp llama-bench.json]
+Arguments: OBJECTIVE:PLAN:FILE ... [--llamacpp PLAN:llama-bench.json ...]
+The llama.cpp RPC runs (llama-bench -o json on the same split) are set beside edgeshard's
+sequential runs of the latency objective's plans.
 """
 import json
 import sys
 
 
 def main(argv):
-    llamacpp = None
-    if "--llamacpp" in argv:
+    llamacpp = []
+    while "--llamacpp" in argv:
         i = argv.index("--llamacpp")
-        llamacpp = argv[i + 1]
+        llamacpp.append(argv[i + 1].split(":", 1))
         argv = argv[:i] + argv[i + 2:]
     rows = []
     stages = []
@@ -39,13 +41,23 @@ def main(argv):
                   f"{s['planned_compute_ms']:.2f} | {s['link_ms']:.2f} | "
                   f"{s['planned_link_ms']:.2f} | {s['wire_bytes_per_step']:.0f} |")
     if llamacpp:
-        try:
-            for r in json.load(open(llamacpp)):
-                test = f"pp{r['n_prompt']}" if r.get("n_prompt") else f"tg{r.get('n_gen')}"
-                print(f"llama.cpp RPC {test}: {r.get('avg_ts', 0):.2f} t/s")
-        except (OSError, ValueError) as e:
-            print(f"llama.cpp RPC: no results ({e})")
-
+        print("\nllama.cpp RPC backend on the same split (latency objective's plans), one "
+              "sequence:")
+        print("| plan | test | edgeshard t/s | llama.cpp RPC t/s | ratio |")
+        print("|---|---|---|---|---|")
+        ours = {(p.lower(), t): med for o, p, m, t, s, med, *_ in rows
+                if o == "latency" and m == "sequential"}
+        for plan, path in llamacpp:
+            try:
+                for r in json.load(open(path)):
+                    test = f"pp{r['n_prompt']}" if r.get("n_prompt") else f"tg{r.get('n_gen')}"
+                    theirs = r.get("avg_ts", 0)
+                    mine = ours.get((plan.lower(), test))
+                    ratio = f"{mine / theirs:.2f}" if mine and theirs else "-"
+                    mine_s = f"{mine:.2f}" if mine else "-"
+                    print(f"| {plan} | {test} | {mine_s} | {theirs:.2f} | {ratio} |")
+            except (OSError, ValueError) as e:
+                print(f"| {plan} | - | - | no results ({e}) | - |")
 
 if __name__ == "__main__":
     main(sys.argv[1:])
