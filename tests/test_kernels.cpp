@@ -309,11 +309,14 @@ TEST(Kernels, InterleavedQ4_0IsBitIdenticalToRowMajor) {
   std::vector<uint8_t> buf(w.size());
   const k::Matrix il = k::InterleaveQ4_0(plain, buf.data());
   EXPECT_EQ(il.interleave, 16);
-  // Per block index: the 16 rows' scales, then their nibbles. Row 1's scale of block 0 is the
-  // second f16; row 0's nibbles of block 1 follow the first 288-byte group block.
+  // Per block index: the 16 rows' scales, then four 64-byte vectors of one dword per row. Row 1's
+  // scale of block 0 is the second f16; block 1 follows the first 288-byte group block, its first
+  // vector holding row 0's nibble bytes 0-3, then row 1's; the second vector bytes 4-7.
   EXPECT_EQ(std::memcmp(buf.data() + 2, w.data() + rb, 2), 0);
-  EXPECT_EQ(std::memcmp(buf.data() + 288 + 32, w.data() + 18 + 2, 16), 0);
-  for (int64_t batch : {1, 2, 5, 17, 70}) {
+  EXPECT_EQ(std::memcmp(buf.data() + 288 + 32, w.data() + 18 + 2, 4), 0);
+  EXPECT_EQ(std::memcmp(buf.data() + 288 + 32 + 4, w.data() + rb + 18 + 2, 4), 0);
+  EXPECT_EQ(std::memcmp(buf.data() + 288 + 32 + 64, w.data() + 18 + 2 + 4, 4), 0);
+  for (int64_t batch : {1, 2, 5, 8, 17, 70}) {
     const auto x = Gaussian(batch * cols, 950 + static_cast<uint32_t>(batch), 1.0f);
     for (int threads : {1, 2}) {
       k::ThreadPool pool(threads);
@@ -327,6 +330,15 @@ TEST(Kernels, InterleavedQ4_0IsBitIdenticalToRowMajor) {
             << " vs " << y1[i];
     }
   }
+  // A tied head's embedding lookup reads rows back out of the interleaved copy.
+  for (int64_t r : {int64_t{0}, int64_t{17}, rows - 1}) {
+    std::vector<float> a(cols), b(cols);
+    k::DequantizeMatrixRow(plain, r, a.data());
+    k::DequantizeMatrixRow(il, r, b.data());
+    ASSERT_EQ(std::memcmp(a.data(), b.data(), sizeof(float) * cols), 0) << "row " << r;
+  }
+  std::vector<float> row(cols);
+  EXPECT_THROW(k::DequantizeMatrixRow(il, rows, row.data()), es::Error);
   k::Matrix bad = il;
   bad.rows = 70;
   std::vector<float> x(cols, 1.0f), y(rows);

@@ -53,6 +53,10 @@ bool PrefersInterleavedQ4_0();
 // the interleaved layout and returns the matrix describing it. Per-row results stay bit-identical.
 Matrix InterleaveQ4_0(const Matrix& w, void* out);
 
+// Row `row` of `w` as f32 (w.cols values), from either layout: the embedding lookup of a tied
+// head that was interleaved.
+void DequantizeMatrixRow(const Matrix& w, int64_t row, float* dst);
+
 // Reusable scratch memory (grows only; owned by a context, never allocated per token once warm).
 struct Scratch {
   std::vector<uint8_t> buf;

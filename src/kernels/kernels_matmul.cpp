@@ -45,12 +45,13 @@ constexpr size_t RoundUp64(size_t v) {
 }
 // Byte offsets inside one converted activation row (quants start at offset 0).
 struct ActLayout {
-  size_t d_off = 0;     // float scale per block
-  size_t sum_off = 0;   // int16 path, Q8_K: int32 sums of 32 quants
-  size_t dxl_off = 0;   // VNNI, Q8_0: float scale per int32 lane (8 per block)
-  size_t corr_off = 0;  // VNNI, Q8_0: int32 -8 * (sum of 4 quants) per lane, for Q4_0
-  size_t bs16_off = 0;  // VNNI, Q8_K: int16 sums of 16 quants
-  size_t bs32_off = 0;  // VNNI, Q8_K: int16 sums of 32 quants
+  size_t d_off = 0;      // float scale per block
+  size_t sum_off = 0;    // int16 path, Q8_K: int32 sums of 32 quants
+  size_t dxl_off = 0;    // VNNI, Q8_0: float scale per int32 lane (8 per block)
+  size_t corr_off = 0;   // VNNI, Q8_0: int32 -8 * (sum of 4 quants) per lane, for Q4_0
+  size_t bcorr_off = 0;  // VNNI, Q8_0: int32 -8 * (sum of the block's 32 quants), for Q4_0
+  size_t bs16_off = 0;   // VNNI, Q8_K: int16 sums of 16 quants
+  size_t bs32_off = 0;   // VNNI, Q8_K: int16 sums of 32 quants
   size_t bytes = 0;
 };
 }  // namespace
@@ -79,7 +80,8 @@ ActLayout LayoutFor(TensorType w, int64_t n) {
       l.d_off = RoundUp64(un);
       l.dxl_off = RoundUp64(l.d_off + un / 32 * 4);
       l.corr_off = RoundUp64(l.dxl_off + un / 32 * 8 * 4);
-      l.bytes = RoundUp64(l.corr_off + un / 4 * 4);
+      l.bcorr_off = RoundUp64(l.corr_off + un / 4 * 4);
+      l.bytes = RoundUp64(l.bcorr_off + un / 32 * 4);
 #else
       l.d_off = RoundUp64(un * 2);
       l.bytes = RoundUp64(l.d_off + un / kQK8_0 * 4);
@@ -220,6 +222,12 @@ void ConvertRowQ8_0(TensorType w, const float* x, int64_t n, uint8_t* row, const
     auto* corr = reinterpret_cast<int32_t*>(row + l.corr_off);
     for (int64_t g = 0; g < n / 4; ++g)
       corr[g] = -8 * (q8[4 * g] + q8[4 * g + 1] + q8[4 * g + 2] + q8[4 * g + 3]);
+    auto* bcorr = reinterpret_cast<int32_t*>(row + l.bcorr_off);
+    for (int64_t b = 0; b < n / 32; ++b) {
+      int32_t sum = 0;
+      for (int k = 0; k < 8; ++k) sum += corr[8 * b + k];
+      bcorr[b] = sum;
+    }
   }
 #endif
 }
@@ -1152,16 +1160,17 @@ HWY_NOINLINE void DecodeQ4_0x16(const TileArgs& t) {
 }
 
 // Q4_0 interleaved in groups of 16 rows (InterleaveQ4_0): per block index, the 16 rows' scales
-// (f16, 32 bytes) then their 16-byte nibble arrays (256 bytes). One 64-byte load holds four rows'
-// nibbles, a 128-bit lane per row: low nibbles are elements 0-15, high nibbles 16-31, so one
-// broadcast of each activation half serves all four rows. Per row and block the integer sum is
-// exact and the float steps are those of Q4_0Vnni (convert, scale product, FMA in block order),
-// so results are bit-identical to the row-major kernels. C activation rows share each unpack.
+// (f16, 32 bytes) then four 64-byte vectors; vector j holds, as its int32 lane r, bytes 4j..4j+3
+// of row r's nibble array. Its low nibbles are elements 4j..4j+3 of every row, its high nibbles
+// elements 16+4j..16+4j+3, so a dot product against one broadcast dword of activations adds
+// four products into each row's own lane: eight of them leave lane r holding row r's exact block
+// sum, with no reduction across lanes. The float steps per row and block are those of Q4_0Vnni
+// (convert, scale product, FMA in block order), so results are bit-identical to the row-major
+// kernels. C activation rows share each unpack.
 template <int C>
 HWY_NOINLINE void Q4_0x16Tile(const TileArgs& t) {
   const DU8 du8;
   const DU16 du16;
-  const D8 d8;
   const D32 d32;
   const DF df;
   const hn::Rebind<hwy::float16_t, DF> dh;
@@ -1181,16 +1190,15 @@ HWY_NOINLINE void Q4_0x16Tile(const TileArgs& t) {
     }
     for (int c = 0; c < C; ++c) {
       const uint8_t* a = t.a + c * t.as;
-      const auto* xq = reinterpret_cast<const int8_t*>(a) + 32 * b;
-      const auto* corr = reinterpret_cast<const int32_t*>(a + t.l.corr_off) + 8 * b;
-      // Lane i of a row's 128 bits pairs elements 4i..4i+3 with 16+4i..16+4i+3: seed it with
-      // both groups' -8 * sum(x) corrections.
-      const V32 seed = hn::Add(hn::LoadDup128(d32, corr), hn::LoadDup128(d32, corr + 4));
-      const V8 xlo = hn::LoadDup128(d8, xq);
-      const V8 xhi = hn::LoadDup128(d8, xq + 16);
-      V32 v[4];
-      for (int k = 0; k < 4; ++k) v[k] = DotBytes(DotBytes(seed, lo[k], xlo), hi[k], xhi);
-      const VF sum = hn::ConvertTo(df, ReduceBlocks(d32, v));  // lane r: row r's block sum
+      const auto* xq = reinterpret_cast<const int32_t*>(a) + 8 * b;
+      const int32_t bcorr = reinterpret_cast<const int32_t*>(a + t.l.bcorr_off)[b];
+      // Two chains (low and high nibbles) so that consecutive dot products overlap.
+      V32 s0 = hn::Set(d32, bcorr), s1 = hn::Zero(d32);
+      for (int k = 0; k < 4; ++k) {
+        s0 = DotBytes(s0, lo[k], hn::BitCast(D8(), hn::Set(d32, xq[k])));
+        s1 = DotBytes(s1, hi[k], hn::BitCast(D8(), hn::Set(d32, xq[4 + k])));
+      }
+      const VF sum = hn::ConvertTo(df, hn::Add(s0, s1));  // lane r: row r's block sum
       const float dx = reinterpret_cast<const float*>(a + t.l.d_off)[b];
       acc[c] = hn::MulAdd(sum, hn::Mul(dw, hn::Set(df, dx)), acc[c]);
     }
@@ -1383,8 +1391,9 @@ struct TileSet {
   int R, C;
   TileFn decode = nullptr;  // D x 1 for batch 1 where the kernel keeps D rows' chains in lanes
   int D = 1;
-  TileFn x16_one = nullptr;   // interleaved Q4_0 (Matrix::interleave 16): 16 rows x 1
-  TileFn x16_cols = nullptr;  // ... 16 rows x 4 activation rows
+  TileFn x16_one = nullptr;    // interleaved Q4_0 (Matrix::interleave 16): 16 rows x 1
+  TileFn x16_cols = nullptr;   // ... 16 rows x 4 activation rows
+  TileFn x16_cols8 = nullptr;  // ... 16 rows x 8 activation rows
 };
 
 template <int R, int C, template <int, int> class KT>
@@ -1431,6 +1440,7 @@ TileSet TilesFor(TensorType t) {
       ts.D = 16;
       ts.x16_one = &Q4_0x16Tile<1>;
       ts.x16_cols = &Q4_0x16Tile<4>;
+      ts.x16_cols8 = &Q4_0x16Tile<8>;
       return ts;
     }
     case TensorType::kQ4_K:
@@ -1471,6 +1481,11 @@ void MatMulRowsImpl(const Matrix& w, const detail::Acts& acts, int64_t batch, in
       for (int64_t r = r0; r < r1; r += 16) {
         t.w = wbase + static_cast<size_t>(r) * w.row_bytes;
         int64_t c = cb;
+        for (; c + 8 <= ce; c += 8) {
+          t.a = acts.base + static_cast<size_t>(c) * acts.stride;
+          t.y = y + c * ldy + r;
+          ts.x16_cols8(t);
+        }
         for (; c + 4 <= ce; c += 4) {
           t.a = acts.base + static_cast<size_t>(c) * acts.stride;
           t.y = y + c * ldy + r;
@@ -1566,7 +1581,8 @@ Matrix InterleaveQ4_0(const Matrix& w, void* out) {
       for (int r = 0; r < kGroup; ++r) {
         const auto* blk = reinterpret_cast<const BlockQ4_0*>(rows + r * w.row_bytes) + b;
         std::memcpy(o + 2 * r, &blk->d, 2);
-        std::memcpy(o + 2 * kGroup + 16 * r, blk->qs, 16);
+        for (int j = 0; j < 4; ++j)
+          std::memcpy(o + 2 * kGroup + 64 * j + 4 * r, blk->qs + 4 * j, 4);
       }
     }
   }
@@ -1574,6 +1590,26 @@ Matrix InterleaveQ4_0(const Matrix& w, void* out) {
   m.data = out;
   m.interleave = kGroup;
   return m;
+}
+
+void DequantizeMatrixRow(const Matrix& w, int64_t row, float* dst) {
+  if (row < 0 || row >= w.rows) throw Error("DequantizeMatrixRow: row out of range");
+  const auto* base = static_cast<const uint8_t*>(w.data);
+  if (!w.interleave) {
+    DequantizeRow(w.type, base + static_cast<size_t>(row) * w.row_bytes, dst, w.cols);
+    return;
+  }
+  // InterleaveQ4_0's layout: gather the row's blocks back from its group.
+  constexpr int kGroup = 16;
+  const int r = static_cast<int>(row % kGroup);
+  const uint8_t* grp = base + static_cast<size_t>(row - r) * w.row_bytes;
+  for (int64_t b = 0; b < w.cols / 32; ++b) {
+    const uint8_t* g = grp + static_cast<size_t>(b) * kGroup * sizeof(BlockQ4_0);
+    BlockQ4_0 blk;
+    std::memcpy(&blk.d, g + 2 * r, 2);
+    for (int j = 0; j < 4; ++j) std::memcpy(blk.qs + 4 * j, g + 2 * kGroup + 64 * j + 4 * r, 4);
+    DequantizeRow(TensorType::kQ4_0, &blk, dst + 32 * b, 32);
+  }
 }
 
 namespace detail {

@@ -52,7 +52,6 @@ Workspace::Workspace(const ModelConfig& c, int max_batch, int max_ctx, int n_thr
   up.resize(b * c.n_ff);
   q16.resize(b * c.q_dim());
   scores.resize(static_cast<size_t>(n_threads) * max_ctx);
-  scores16.resize(static_cast<size_t>(n_threads) * max_ctx);
   rows.resize(b);
   max_ctx_ = max_ctx;
 }
@@ -127,7 +126,12 @@ void LlamaModel::PrepareLayers(int first, int last, bool head) {
     for (kernels::Matrix* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
       interleave(*w);
   }
-  if (head && !cfg_.tied_output) interleave(output_);
+  if (head) {
+    // A tied head is the embedding table too: both read the one interleaved copy (Embed
+    // gathers a token's row back from its group).
+    interleave(output_);
+    if (cfg_.tied_output) tok_embd_ = output_;
+  }
 }
 
 bool LlamaModel::Replaced(const void* mapped) const {
@@ -140,9 +144,7 @@ void LlamaModel::Embed(const int32_t* tokens, int n, float* hidden) const {
     if (t < 0 || t >= cfg_.n_vocab)
       throw Error("token id " + std::to_string(t) + " is outside the vocabulary (0.." +
                   std::to_string(cfg_.n_vocab - 1) + ")");
-    kernels::DequantizeRow(tok_embd_.type,
-                           static_cast<const uint8_t*>(tok_embd_.data) + t * tok_embd_.row_bytes,
-                           hidden + static_cast<size_t>(i) * cfg_.n_embd, cfg_.n_embd);
+    kernels::DequantizeMatrixRow(tok_embd_, t, hidden + static_cast<size_t>(i) * cfg_.n_embd);
   }
 }
 
@@ -159,7 +161,6 @@ void LlamaModel::Attention(int layer, int n, const BatchRow* rows, Workspace& ws
   const int64_t max_ctx = ws.max_ctx();
   pool.ParallelFor(static_cast<int64_t>(n) * c.n_head, [&](int64_t begin, int64_t end, int th) {
     float* s = ws.scores.data() + static_cast<size_t>(th) * max_ctx;
-    f16_t* s16 = ws.scores16.data() + static_cast<size_t>(th) * max_ctx;
     for (int64_t task = begin; task < end; ++task) {
       const int i = static_cast<int>(task / c.n_head);
       const int h = static_cast<int>(task % c.n_head);
@@ -171,12 +172,12 @@ void LlamaModel::Attention(int layer, int n, const BatchRow* rows, Workspace& ws
       if (kv.type == TensorType::kF16) {
         const f16_t* q = ws.q16.data() + static_cast<size_t>(i) * q_dim + h * hd;
         const f16_t* K = static_cast<const f16_t*>(kv.k) + kvh * hd;
-        for (int64_t j = 0; j < n_kv; ++j) s[j] = kernels::DotF16(q, K + j * kv_dim, hd) * scale;
+        // One call per head, with the numerics of per-key DotF16 and AxpyF16 of the
+        // f16-rounded probability.
+        kernels::DotF16Rows(q, K, kv_dim, n_kv, hd, scale, s);
         kernels::Softmax(s, n_kv);
-        kernels::ConvertF32ToF16(s, s16, n_kv);
         const f16_t* V = static_cast<const f16_t*>(kv.v) + kvh * hd;
-        for (int64_t j = 0; j < n_kv; ++j)
-          kernels::AxpyF16(F16ToF32(s16[j]), V + j * kv_dim, out, hd);
+        kernels::WeightedSumF16Rows(s, V, kv_dim, n_kv, hd, out);
       } else {
         const float* q = ws.q.data() + static_cast<size_t>(i) * q_dim + h * hd;
         const float* K = static_cast<const float*>(kv.k) + kvh * hd;

@@ -36,10 +36,9 @@ class Workspace {
   int max_batch() const { return max_batch_; }
   int64_t max_ctx() const { return max_ctx_; }
   std::vector<float> xb, q, k, v, attn_out, gate, up;
-  std::vector<f16_t> q16;       // queries rounded to the KV type (F16 caches)
-  std::vector<float> scores;    // per thread: max_ctx attention weights
-  std::vector<f16_t> scores16;  // per thread
-  std::vector<BatchRow> rows;   // max_batch
+  std::vector<f16_t> q16;      // queries rounded to the KV type (F16 caches)
+  std::vector<float> scores;   // per thread: max_ctx attention weights
+  std::vector<BatchRow> rows;  // max_batch
   kernels::Scratch scratch;
 
  private:
