@@ -284,6 +284,59 @@ TEST(Kernels, MatMulLargeBatchAndOddShapes) {
   }
 }
 
+TEST(Kernels, InterleavedQ8_0IsBitIdenticalToRowMajor) {
+  // 48 rows = 3 groups of 16; 800 columns = 25 blocks (an odd count). Batch 1 (decode), odd and
+  // even prompt batches, 1 and 2 threads: every output bit-identical to the row-major kernels,
+  // and rows gathered back from the layout equal to the original rows.
+  const int64_t rows = 48, cols = 800;
+  std::vector<uint8_t> w;
+  for (int64_t r = 0; r < rows; ++r) {
+    const auto wr = Gaussian(cols, 700 + static_cast<uint32_t>(r), 0.02f);
+    const auto q = Quantize(TensorType::kQ8_0, wr.data(), cols);
+    w.insert(w.end(), q.begin(), q.end());
+  }
+  // One weight of -128 (a valid file value that our quantizer never writes) exercises the bias.
+  w[2] = 0x80;
+  const size_t rb = RowBytes(TensorType::kQ8_0, cols);
+  const k::Matrix plain{w.data(), TensorType::kQ8_0, rows, cols, rb};
+  std::vector<uint8_t> buf(w.size());
+  const k::Matrix il = k::Interleave16(plain, buf.data());
+  // Block 0: 16 scales, then vector 0 = quant bytes 0-3 of rows 0..15, vector 1 = bytes 4-7,
+  // each quant stored as q + 128 (sign bit flipped).
+  EXPECT_EQ(std::memcmp(buf.data() + 2, w.data() + rb, 2), 0);
+  for (int e = 0; e < 4; ++e) {
+    EXPECT_EQ(buf[32 + 4 + e], w[rb + 2 + e] ^ 0x80);
+    EXPECT_EQ(buf[32 + 64 + e], w[2 + 4 + e] ^ 0x80);
+  }
+  for (int64_t r : {int64_t{0}, int64_t{21}, rows - 1}) {
+    std::vector<float> a(cols), b(cols);
+    k::DequantizeMatrixRow(plain, r, a.data());
+    k::DequantizeMatrixRow(il, r, b.data());
+    ASSERT_EQ(std::memcmp(a.data(), b.data(), sizeof(float) * cols), 0) << "row " << r;
+  }
+  if (!k::PrefersInterleaved(TensorType::kQ8_0)) {
+    std::vector<float> x(cols, 1.0f), y(rows);
+    k::ThreadPool pool(1);
+    k::Scratch scratch;
+    EXPECT_THROW(k::MatMul(il, x.data(), cols, 1, y.data(), rows, pool, scratch), es::Error);
+    return;
+  }
+  for (int64_t batch : {1, 2, 3, 8, 33}) {
+    const auto x = Gaussian(batch * cols, 750 + static_cast<uint32_t>(batch), 1.0f);
+    for (int threads : {1, 2}) {
+      k::ThreadPool pool(threads);
+      k::Scratch scratch;
+      std::vector<float> y0(static_cast<size_t>(batch * rows)), y1(y0.size());
+      k::MatMul(plain, x.data(), cols, batch, y0.data(), rows, pool, scratch);
+      k::MatMul(il, x.data(), cols, batch, y1.data(), rows, pool, scratch);
+      for (size_t i = 0; i < y0.size(); ++i)
+        ASSERT_EQ(std::memcmp(&y0[i], &y1[i], 4), 0)
+            << "batch " << batch << ", threads " << threads << ", output " << i << ": " << y0[i]
+            << " vs " << y1[i];
+    }
+  }
+}
+
 TEST(Kernels, InterleavedQ4_0IsBitIdenticalToRowMajor) {
   // 80 rows = 5 groups of 16; 2048 columns = 64 blocks (4 full steps). Batch 1 (decode) and
   // prompt batches, 1 and 2 threads: every output must be bit-identical to the row-major layout.
@@ -296,9 +349,9 @@ TEST(Kernels, InterleavedQ4_0IsBitIdenticalToRowMajor) {
   }
   const size_t rb = RowBytes(TensorType::kQ4_0, cols);
   const k::Matrix plain{w.data(), TensorType::kQ4_0, rows, cols, rb};
-  if (!k::PrefersInterleavedQ4_0()) {
+  if (!k::PrefersInterleaved(TensorType::kQ4_0)) {
     std::vector<uint8_t> buf(w.size());
-    const k::Matrix il = k::InterleaveQ4_0(plain, buf.data());
+    const k::Matrix il = k::Interleave16(plain, buf.data());
     std::vector<float> x(cols, 1.0f), y(rows);
     k::ThreadPool pool(1);
     k::Scratch scratch;
@@ -307,7 +360,7 @@ TEST(Kernels, InterleavedQ4_0IsBitIdenticalToRowMajor) {
     return;
   }
   std::vector<uint8_t> buf(w.size());
-  const k::Matrix il = k::InterleaveQ4_0(plain, buf.data());
+  const k::Matrix il = k::Interleave16(plain, buf.data());
   EXPECT_EQ(il.interleave, 16);
   // Per block index: the 16 rows' scales, then four 64-byte vectors of one dword per row. Row 1's
   // scale of block 0 is the second f16; block 1 follows the first 288-byte group block, its first

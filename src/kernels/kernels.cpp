@@ -164,13 +164,16 @@ void MatMul(const Matrix& w, const float* x, int64_t ldx, int64_t batch, float* 
                 std::to_string(w.rows) + "x" + std::to_string(w.cols) + " matrix");
   if (batch == 0 || w.rows == 0) return;
   if (!w.data || !x || !y) throw Error("MatMul: null weight, input or output pointer");
-  if (w.interleave && (w.type != TensorType::kQ4_0 || w.interleave != 16 || w.rows % 16 != 0 ||
-                       !PrefersInterleavedQ4_0()))
+  if (w.interleave && (w.interleave != 16 || w.rows % 16 != 0 || !PrefersInterleaved(w.type)))
     throw Error(
-        "MatMul: an interleaved matrix needs Q4_0 rows in groups of 16 and the CPU kernels "
-        "that read that layout (AVX-512 VNNI)");
+        "MatMul: an interleaved matrix needs Q4_0 or Q8_0 rows in groups of 16 and the CPU "
+        "kernels that read that layout (AVX-512 VNNI)");
 
-  const size_t stride = detail::ActRowBytes(w.type, w.cols);
+  // Interleaved Q8_0 weights are stored unsigned (q + 128) and take the signed activations with
+  // offset corrections that Q4_0's unsigned nibbles take.
+  const TensorType act_type =
+      w.interleave && w.type == TensorType::kQ8_0 ? TensorType::kQ4_0 : w.type;
+  const size_t stride = detail::ActRowBytes(act_type, w.cols);
   auto* raw = static_cast<uint8_t*>(scratch.Get(stride * static_cast<size_t>(batch) + 64));
   auto* base = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(raw) + 63) & ~uintptr_t{63});
   const detail::Acts acts{base, stride};
@@ -192,16 +195,17 @@ void MatMul(const Matrix& w, const float* x, int64_t ldx, int64_t batch, float* 
     uint8_t* base;
     int threads;
     int64_t unit, units;
-  } job{&w, x, ldx, batch, y, ldy, acts, base, threads, 0, 0};
+    TensorType act_type;
+  } job{&w, x, ldx, batch, y, ldy, acts, base, threads, 0, 0, act_type};
 
   if (threads > 1 && batch >= 2 * threads) {
     const std::function<void(int64_t, int64_t, int)> convert = [&job](int64_t b0, int64_t b1, int) {
-      detail::ConvertActs(job.w->type, job.x, job.ldx, job.w->cols, b0, b1, job.base,
+      detail::ConvertActs(job.act_type, job.x, job.ldx, job.w->cols, b0, b1, job.base,
                           job.acts.stride);
     };
     pool.ParallelFor(batch, convert);
   } else {
-    detail::ConvertActs(w.type, x, ldx, w.cols, 0, batch, base, stride);
+    detail::ConvertActs(act_type, x, ldx, w.cols, 0, batch, base, stride);
   }
 
   if (threads == 1) {
@@ -210,7 +214,7 @@ void MatMul(const Matrix& w, const float* x, int64_t ldx, int64_t batch, float* 
   }
   // Contiguous row ranges, balanced across threads, in units that every row-tile height
   // (2, 3, 4, 6) divides so that no thread ends on a partial tile.
-  // 16: the decode tile height and the interleaved Q4_0 group.
+  // 16: the decode tile height and the interleaved row group.
   job.unit = batch == 1 || w.interleave ? 16 : 12;
   job.units = (w.rows + job.unit - 1) / job.unit;
   pool.Run([&job](int t) {

@@ -36,22 +36,25 @@ class ThreadPool {
 };
 
 // A weight matrix as stored in GGUF: `rows` rows of `cols` elements of `type`, row-major.
-// interleave 16 (Q4_0 only): groups of 16 rows stored block index by block index (layout at
-// InterleaveQ4_0), so that a 16-row kernel reads one sequential stream.
+// interleave 16 (Q4_0 and Q8_0): groups of 16 rows stored block index by block index (layout at
+// Interleave16), so that a 16-row kernel reads one sequential stream.
 struct Matrix {
   const void* data = nullptr;
   TensorType type = TensorType::kF32;
   int64_t rows = 0;
   int64_t cols = 0;
   size_t row_bytes = 0;  // RowBytes(type, cols)
-  int interleave = 0;    // 0: row-major as in GGUF; 16: Q4_0 rows interleaved in groups of 16
+  int interleave = 0;    // 0: row-major as in GGUF; 16: rows interleaved in groups of 16
 };
 
-// Whether the kernels chosen for this CPU compute Q4_0 faster from the interleaved layout.
-bool PrefersInterleavedQ4_0();
-// Copies a row-major Q4_0 matrix (rows a multiple of 16) into `out` (row_bytes * rows bytes) in
-// the interleaved layout and returns the matrix describing it. Per-row results stay bit-identical.
-Matrix InterleaveQ4_0(const Matrix& w, void* out);
+// Whether the kernels chosen for this CPU compute weights of type `t` faster from the
+// interleaved layout (Q4_0 and Q8_0 with AVX-512 VNNI).
+bool PrefersInterleaved(TensorType t);
+// Copies a row-major Q4_0 or Q8_0 matrix (rows a multiple of 16) into `out` (row_bytes * rows
+// bytes) in the interleaved layout and returns the matrix describing it. Per group of 16 rows
+// and block index: the 16 f16 scales, then 64-byte vectors, vector j holding bytes 4j..4j+3 of
+// every row's quants (row r at bytes 4r..4r+3). Per-row results stay bit-identical.
+Matrix Interleave16(const Matrix& w, void* out);
 
 // Row `row` of `w` as f32 (w.cols values), from either layout: the embedding lookup of a tied
 // head that was interleaved.

@@ -16,8 +16,8 @@
 // Weight rows are processed in tiles of R rows x C activation rows so that each weight block is
 // loaded and unpacked once and applied to C activation rows (prompt processing), and each
 // activation block is loaded once for R weight rows. Decode streams one weight row at a time.
-// Q4_0 on AVX3_DL is the exception: the model copies it into groups of 16 interleaved rows
-// (InterleaveQ4_0), which one 16-row kernel reads as a single stream for decode and prompt alike.
+// Q4_0 and Q8_0 on AVX3_DL are the exception: the model copies them into groups of 16 interleaved
+// rows (Interleave16), which 16-row kernels read as a single stream for decode and prompt alike.
 #include "kernels/kernels_hwy.h"
 // clang-format off
 #undef HWY_TARGET_INCLUDE
@@ -45,13 +45,14 @@ constexpr size_t RoundUp64(size_t v) {
 }
 // Byte offsets inside one converted activation row (quants start at offset 0).
 struct ActLayout {
-  size_t d_off = 0;      // float scale per block
-  size_t sum_off = 0;    // int16 path, Q8_K: int32 sums of 32 quants
-  size_t dxl_off = 0;    // VNNI, Q8_0: float scale per int32 lane (8 per block)
-  size_t corr_off = 0;   // VNNI, Q8_0: int32 -8 * (sum of 4 quants) per lane, for Q4_0
-  size_t bcorr_off = 0;  // VNNI, Q8_0: int32 -8 * (sum of the block's 32 quants), for Q4_0
-  size_t bs16_off = 0;   // VNNI, Q8_K: int16 sums of 16 quants
-  size_t bs32_off = 0;   // VNNI, Q8_K: int16 sums of 32 quants
+  size_t d_off = 0;        // float scale per block
+  size_t sum_off = 0;      // int16 path, Q8_K: int32 sums of 32 quants
+  size_t dxl_off = 0;      // VNNI, Q8_0: float scale per int32 lane (8 per block)
+  size_t corr_off = 0;     // VNNI, Q8_0: int32 -8 * (sum of 4 quants) per lane, for Q4_0
+  size_t bcorr_off = 0;    // VNNI, Q8_0: int32 -8 * (sum of the block's 32 quants), for Q4_0
+  size_t corr128_off = 0;  // VNNI, Q8_0: int32 -128 * (sum of 4 quants), for interleaved Q8_0
+  size_t bs16_off = 0;     // VNNI, Q8_K: int16 sums of 16 quants
+  size_t bs32_off = 0;     // VNNI, Q8_K: int16 sums of 32 quants
   size_t bytes = 0;
 };
 }  // namespace
@@ -81,7 +82,8 @@ ActLayout LayoutFor(TensorType w, int64_t n) {
       l.dxl_off = RoundUp64(l.d_off + un / 32 * 4);
       l.corr_off = RoundUp64(l.dxl_off + un / 32 * 8 * 4);
       l.bcorr_off = RoundUp64(l.corr_off + un / 4 * 4);
-      l.bytes = RoundUp64(l.bcorr_off + un / 32 * 4);
+      l.corr128_off = RoundUp64(l.bcorr_off + un / 32 * 4);
+      l.bytes = RoundUp64(l.corr128_off + un / 4 * 4);
 #else
       l.d_off = RoundUp64(un * 2);
       l.bytes = RoundUp64(l.d_off + un / kQK8_0 * 4);
@@ -175,8 +177,10 @@ void ConvertFloatRow(TensorType w, const float* x, int64_t n, float* out) {
 }
 
 // Q8_0 as llama.cpp's x86 backend: d = amax/127 (stored as f16), q = round_even(x * 127/amax).
-// Portable layout: int16 quants. VNNI layout: int8 quants, biased by +128 for Q8_0 weights (the
-// unsigned operand of vpdpbusd), or unbiased with the per-lane -8 * sum correction for Q4_0.
+// Portable layout: int16 quants. VNNI layout: int8 quants, biased by +128 for row-major Q8_0
+// weights (the unsigned operand of vpdpbusd), or unbiased with per-lane corrections of the
+// unsigned weights' offsets for Q4_0 (-8 * sum) and for interleaved Q8_0 (-128 * sum), which
+// MatMul converts as if for Q4_0.
 void ConvertRowQ8_0(TensorType w, const float* x, int64_t n, uint8_t* row, const ActLayout& l) {
   const hn::CappedTag<float, 16> df;
   const size_t N = hn::Lanes(df);
@@ -222,6 +226,8 @@ void ConvertRowQ8_0(TensorType w, const float* x, int64_t n, uint8_t* row, const
     auto* corr = reinterpret_cast<int32_t*>(row + l.corr_off);
     for (int64_t g = 0; g < n / 4; ++g)
       corr[g] = -8 * (q8[4 * g] + q8[4 * g + 1] + q8[4 * g + 2] + q8[4 * g + 3]);
+    auto* corr128 = reinterpret_cast<int32_t*>(row + l.corr128_off);
+    for (int64_t g = 0; g < n / 4; ++g) corr128[g] = 16 * corr[g];
     auto* bcorr = reinterpret_cast<int32_t*>(row + l.bcorr_off);
     for (int64_t b = 0; b < n / 32; ++b) {
       int32_t sum = 0;
@@ -1206,6 +1212,50 @@ HWY_NOINLINE void Q4_0x16Tile(const TileArgs& t) {
   for (int c = 0; c < C; ++c) hn::StoreU(acc[c], df, t.y + c * t.ldy);
 }
 
+// Q8_0 interleaved like Q4_0 above: per block index the 16 rows' scales, then eight 64-byte
+// vectors, vector k holding bytes 4k..4k+3 (partial k) of every row's quants as its int32 lane r,
+// stored with the sign bit flipped (q + 128, the unsigned operand of vpdpbusd). A dot product of
+// vector k with a broadcast dword of activations, seeded with -128 * that dword's sum, is partial k
+// of all 16 rows at once, so llama.cpp's order (per row, eight partial accumulators,
+// acc_k = fma(dw * dx, float(partial_k), acc_k) over blocks, then the hsum8 tree) runs with the
+// eight accumulators as vectors whose lanes are the rows.
+template <int C>
+HWY_NOINLINE void Q8_0x16Tile(const TileArgs& t) {
+  const D8 d8;
+  const DU8 du8;
+  const D32 d32;
+  const DF df;
+  const hn::Rebind<hwy::float16_t, DF> dh;
+  const int64_t nb = t.n / 32;
+  constexpr size_t kGroupBlock = 16 * sizeof(BlockQ8_0);
+  VF acc[C][8];
+  for (int c = 0; c < C; ++c)
+    for (int k = 0; k < 8; ++k) acc[c][k] = hn::Zero(df);
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* g = t.w + static_cast<size_t>(b) * kGroupBlock;
+    const VF dw = hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(g)));
+    VU8 w[8];
+    for (int k = 0; k < 8; ++k) w[k] = hn::LoadU(du8, g + 32 + 64 * k);
+    for (int c = 0; c < C; ++c) {
+      const uint8_t* a = t.a + c * t.as;
+      const auto* xq = reinterpret_cast<const int32_t*>(a) + 8 * b;
+      const auto* corr = reinterpret_cast<const int32_t*>(a + t.l.corr128_off) + 8 * b;
+      const float dx = reinterpret_cast<const float*>(a + t.l.d_off)[b];
+      const VF d = hn::Mul(dw, hn::Set(df, dx));
+      for (int k = 0; k < 8; ++k) {
+        const V32 p = DotBytes(hn::Set(d32, corr[k]), w[k], hn::BitCast(d8, hn::Set(d32, xq[k])));
+        acc[c][k] = hn::MulAdd(d, hn::ConvertTo(df, p), acc[c][k]);
+      }
+    }
+  }
+  for (int c = 0; c < C; ++c) {
+    const VF* a = acc[c];
+    const VF sum = hn::Add(hn::Add(hn::Add(a[0], a[4]), hn::Add(a[2], a[6])),
+                           hn::Add(hn::Add(a[1], a[5]), hn::Add(a[3], a[7])));
+    hn::StoreU(sum, df, t.y + c * t.ldy);
+  }
+}
+
 struct KVnniBase : VnniBase {
   using VnniBase::VnniBase;
   int64_t Steps() const { return t.n / kQK_K; }
@@ -1391,9 +1441,10 @@ struct TileSet {
   int R, C;
   TileFn decode = nullptr;  // D x 1 for batch 1 where the kernel keeps D rows' chains in lanes
   int D = 1;
-  TileFn x16_one = nullptr;    // interleaved Q4_0 (Matrix::interleave 16): 16 rows x 1
-  TileFn x16_cols = nullptr;   // ... 16 rows x 4 activation rows
-  TileFn x16_cols8 = nullptr;  // ... 16 rows x 8 activation rows
+  // Interleaved matrices (Matrix::interleave 16): 16 rows x x16_width[i] activation rows, widest
+  // first, the last of width 1.
+  TileFn x16[3] = {nullptr, nullptr, nullptr};
+  int x16_width[3] = {0, 0, 0};
 };
 
 template <int R, int C, template <int, int> class KT>
@@ -1429,8 +1480,15 @@ TileSet TilesFor(TensorType t) {
       return kWide ? MakeTiles<6, 4, FloatKernel<LoadBF16>>()
                    : MakeTiles<4, 2, FloatKernel<LoadBF16>>();
 #if ES_VNNI
-    case TensorType::kQ8_0:
-      return MakeTiles<4, 4, Q8_0Vnni>();
+    case TensorType::kQ8_0: {
+      TileSet ts = MakeTiles<4, 4, Q8_0Vnni>();
+      // Eight accumulators per activation row: two rows fill the register file.
+      ts.x16[0] = &Q8_0x16Tile<2>;
+      ts.x16[1] = &Q8_0x16Tile<1>;
+      ts.x16_width[0] = 2;
+      ts.x16_width[1] = 1;
+      return ts;
+    }
     case TensorType::kQ4_0: {
       // Decode: 16 consecutive rows (one contiguous stream) with their ordered per-block chains in
       // the 16 lanes of one vector, one FMA per block for all of them, instead of 16 scalar
@@ -1438,9 +1496,12 @@ TileSet TilesFor(TensorType t) {
       TileSet ts = MakeTiles<4, 4, Q4_0Vnni>();
       ts.decode = &DecodeQ4_0x16;
       ts.D = 16;
-      ts.x16_one = &Q4_0x16Tile<1>;
-      ts.x16_cols = &Q4_0x16Tile<4>;
-      ts.x16_cols8 = &Q4_0x16Tile<8>;
+      ts.x16[0] = &Q4_0x16Tile<8>;
+      ts.x16[1] = &Q4_0x16Tile<4>;
+      ts.x16[2] = &Q4_0x16Tile<1>;
+      ts.x16_width[0] = 8;
+      ts.x16_width[1] = 4;
+      ts.x16_width[2] = 1;
       return ts;
     }
     case TensorType::kQ4_K:
@@ -1481,20 +1542,12 @@ void MatMulRowsImpl(const Matrix& w, const detail::Acts& acts, int64_t batch, in
       for (int64_t r = r0; r < r1; r += 16) {
         t.w = wbase + static_cast<size_t>(r) * w.row_bytes;
         int64_t c = cb;
-        for (; c + 8 <= ce; c += 8) {
-          t.a = acts.base + static_cast<size_t>(c) * acts.stride;
-          t.y = y + c * ldy + r;
-          ts.x16_cols8(t);
-        }
-        for (; c + 4 <= ce; c += 4) {
-          t.a = acts.base + static_cast<size_t>(c) * acts.stride;
-          t.y = y + c * ldy + r;
-          ts.x16_cols(t);
-        }
-        for (; c < ce; ++c) {
-          t.a = acts.base + static_cast<size_t>(c) * acts.stride;
-          t.y = y + c * ldy + r;
-          ts.x16_one(t);
+        for (int i = 0; i < 3 && ts.x16[i]; ++i) {
+          for (; c + ts.x16_width[i] <= ce; c += ts.x16_width[i]) {
+            t.a = acts.base + static_cast<size_t>(c) * acts.stride;
+            t.y = y + c * ldy + r;
+            ts.x16[i](t);
+          }
         }
       }
     }
@@ -1543,8 +1596,8 @@ void MatMulRowsImpl(const Matrix& w, const detail::Acts& acts, int64_t batch, in
   }
 }
 
-bool PrefersInterleavedQ4_0Impl() {
-  return ES_VNNI != 0;
+bool PrefersInterleavedImpl(TensorType t) {
+  return ES_VNNI != 0 && (t == TensorType::kQ4_0 || t == TensorType::kQ8_0);
 }
 
 #if ES_VNNI
@@ -1560,16 +1613,34 @@ HWY_EXPORT(ActRowBytesImpl);
 HWY_EXPORT(ConvertActsImpl);
 HWY_EXPORT(ActsToBlocksImpl);
 HWY_EXPORT(MatMulRowsImpl);
-HWY_EXPORT(PrefersInterleavedQ4_0Impl);
+HWY_EXPORT(PrefersInterleavedImpl);
 
-bool PrefersInterleavedQ4_0() {
-  return HWY_DYNAMIC_DISPATCH(PrefersInterleavedQ4_0Impl)();
+bool PrefersInterleaved(TensorType t) {
+  return HWY_DYNAMIC_DISPATCH(PrefersInterleavedImpl)(t);
 }
 
-Matrix InterleaveQ4_0(const Matrix& w, void* out) {
+namespace {
+// Bytes of one block's scale (f16) and of its quants, for the types with an interleaved layout.
+size_t InterleavedQuantBytes(TensorType t) {
+  switch (t) {
+    case TensorType::kQ4_0:
+      return sizeof(BlockQ4_0::qs);
+    case TensorType::kQ8_0:
+      return sizeof(BlockQ8_0::qs);
+    default:
+      return 0;
+  }
+}
+}  // namespace
+
+// Per group of 16 rows and block index: the 16 f16 scales, then the quants as vectors of 16
+// dwords, vector j holding dword j of every row's quants (row r in dword r).
+Matrix Interleave16(const Matrix& w, void* out) {
   constexpr int kGroup = 16;
-  if (w.type != TensorType::kQ4_0 || w.interleave != 0 || w.rows % kGroup != 0)
-    throw Error("InterleaveQ4_0: needs a row-major Q4_0 matrix with a multiple of 16 rows");
+  const size_t qb = InterleavedQuantBytes(w.type);
+  if (qb == 0 || w.interleave != 0 || w.rows % kGroup != 0)
+    throw Error("Interleave16: needs a row-major Q4_0 or Q8_0 matrix with a multiple of 16 rows");
+  const size_t blk_bytes = 2 + qb;
   const int64_t nb = w.cols / 32;
   const auto* src = static_cast<const uint8_t*>(w.data);
   auto* dst = static_cast<uint8_t*>(out);
@@ -1577,12 +1648,16 @@ Matrix InterleaveQ4_0(const Matrix& w, void* out) {
     const uint8_t* rows = src + static_cast<size_t>(g) * kGroup * w.row_bytes;
     uint8_t* grp = dst + static_cast<size_t>(g) * kGroup * w.row_bytes;
     for (int64_t b = 0; b < nb; ++b) {
-      uint8_t* o = grp + static_cast<size_t>(b) * kGroup * sizeof(BlockQ4_0);
+      uint8_t* o = grp + static_cast<size_t>(b) * kGroup * blk_bytes;
       for (int r = 0; r < kGroup; ++r) {
-        const auto* blk = reinterpret_cast<const BlockQ4_0*>(rows + r * w.row_bytes) + b;
-        std::memcpy(o + 2 * r, &blk->d, 2);
-        for (int j = 0; j < 4; ++j)
-          std::memcpy(o + 2 * kGroup + 64 * j + 4 * r, blk->qs + 4 * j, 4);
+        const uint8_t* blk = rows + r * w.row_bytes + static_cast<size_t>(b) * blk_bytes;
+        std::memcpy(o + 2 * r, blk, 2);  // the scale d leads both block types
+        for (size_t j = 0; j < qb / 4; ++j) {
+          uint8_t* q = o + 2 * kGroup + 64 * j + 4 * r;
+          std::memcpy(q, blk + 2 + 4 * j, 4);
+          if (w.type == TensorType::kQ8_0)  // stored as q + 128 (see Q8_0x16Tile)
+            for (int e = 0; e < 4; ++e) q[e] ^= 0x80;
+        }
       }
     }
   }
@@ -1599,16 +1674,21 @@ void DequantizeMatrixRow(const Matrix& w, int64_t row, float* dst) {
     DequantizeRow(w.type, base + static_cast<size_t>(row) * w.row_bytes, dst, w.cols);
     return;
   }
-  // InterleaveQ4_0's layout: gather the row's blocks back from its group.
+  // Interleave16's layout: gather the row's blocks back from its group.
   constexpr int kGroup = 16;
+  const size_t qb = InterleavedQuantBytes(w.type);
+  const size_t blk_bytes = 2 + qb;
   const int r = static_cast<int>(row % kGroup);
   const uint8_t* grp = base + static_cast<size_t>(row - r) * w.row_bytes;
+  uint8_t blk[2 + 32];
   for (int64_t b = 0; b < w.cols / 32; ++b) {
-    const uint8_t* g = grp + static_cast<size_t>(b) * kGroup * sizeof(BlockQ4_0);
-    BlockQ4_0 blk;
-    std::memcpy(&blk.d, g + 2 * r, 2);
-    for (int j = 0; j < 4; ++j) std::memcpy(blk.qs + 4 * j, g + 2 * kGroup + 64 * j + 4 * r, 4);
-    DequantizeRow(TensorType::kQ4_0, &blk, dst + 32 * b, 32);
+    const uint8_t* g = grp + static_cast<size_t>(b) * kGroup * blk_bytes;
+    std::memcpy(blk, g + 2 * r, 2);
+    for (size_t j = 0; j < qb / 4; ++j)
+      std::memcpy(blk + 2 + 4 * j, g + 2 * kGroup + 64 * j + 4 * r, 4);
+    if (w.type == TensorType::kQ8_0)
+      for (size_t e = 2; e < 2 + qb; ++e) blk[e] ^= 0x80;
+    DequantizeRow(w.type, blk, dst + 32 * b, 32);
   }
 }
 

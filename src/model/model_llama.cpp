@@ -102,9 +102,8 @@ std::unique_ptr<LlamaModel> LlamaModel::Load(const std::string& path, const Load
 }
 
 void LlamaModel::PrepareLayers(int first, int last, bool head) {
-  if (!kernels::PrefersInterleavedQ4_0()) return;
   auto interleave = [&](kernels::Matrix& w) {
-    if (w.type != TensorType::kQ4_0 || w.interleave || w.rows % 16 != 0) return;
+    if (!kernels::PrefersInterleaved(w.type) || w.interleave || w.rows % 16 != 0) return;
     const size_t bytes = static_cast<size_t>(w.rows) * w.row_bytes;
     auto* buf = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
     if (!buf)
@@ -112,7 +111,7 @@ void LlamaModel::PrepareLayers(int first, int last, bool head) {
                   " bytes of weights");
     owned_.emplace_back(buf);
     const void* src = w.data;
-    w = kernels::InterleaveQ4_0(w, buf);
+    w = kernels::Interleave16(w, buf);
     // The copy replaces the mapped bytes: drop their pages from this process (they stay in the
     // page cache), so resident memory holds these weights once.
     constexpr uintptr_t kPage = 4096;

@@ -50,8 +50,8 @@ struct LoadOptions {
   // Called with (bytes touched, total bytes) while weights are paged in.
   std::function<void(size_t, size_t)> progress;
   bool prefault = true;  // read every weight page at load time, so the first token is not slow
-  // Copy Q4_0 layer matrices into the layout the CPU's kernels read fastest (kernels::
-  // PrefersInterleavedQ4_0), releasing the mapped pages they came from. Shard processes that use
+  // Copy Q4_0/Q8_0 layer matrices into the layout the CPU's kernels read fastest (kernels::
+  // PrefersInterleaved), releasing the mapped pages they came from. Shard processes that use
   // a few layers of a mapped file leave it off (it would read every layer) and call
   // LlamaModel::PrepareLayers for their range.
   bool interleave = true;
@@ -75,7 +75,7 @@ class LlamaModel {
   // sequence whose caches are rows[i].kv. Rows of one sequence must be in position order.
   void ForwardBlocks(int first, int last, float* hidden, int n, const BatchRow* rows, Workspace& ws,
                      kernels::ThreadPool& pool) const;
-  // Copies the Q4_0 matrices of blocks [first, last) (and the output head) into the layout the
+  // Copies the Q4_0/Q8_0 matrices of blocks [first, last) (and the output head) into the layout the
   // CPU's kernels read fastest, if it has one; results are bit-identical either way. Load does
   // this for every block unless told not to; a shard worker does it for its own range. Not
   // thread-safe against running forward passes.
