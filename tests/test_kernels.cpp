@@ -284,6 +284,27 @@ TEST(Kernels, MatMulLargeBatchAndOddShapes) {
   }
 }
 
+// Every output of an interleaved matrix bit-identical to its row-major original, for each batch
+// and for 1 and 2 threads.
+void ExpectSameAsRowMajor(const k::Matrix& plain, const k::Matrix& il,
+                          std::initializer_list<int64_t> batches, uint32_t seed) {
+  const int64_t rows = plain.rows, cols = plain.cols;
+  for (int64_t batch : batches) {
+    const auto x = Gaussian(batch * cols, seed + static_cast<uint32_t>(batch), 1.0f);
+    for (int threads : {1, 2}) {
+      k::ThreadPool pool(threads);
+      k::Scratch scratch;
+      std::vector<float> y0(static_cast<size_t>(batch * rows)), y1(y0.size());
+      k::MatMul(plain, x.data(), cols, batch, y0.data(), rows, pool, scratch);
+      k::MatMul(il, x.data(), cols, batch, y1.data(), rows, pool, scratch);
+      for (size_t i = 0; i < y0.size(); ++i)
+        ASSERT_EQ(std::memcmp(&y0[i], &y1[i], 4), 0)
+            << "batch " << batch << ", threads " << threads << ", output " << i << ": " << y0[i]
+            << " vs " << y1[i];
+    }
+  }
+}
+
 TEST(Kernels, InterleavedQ8_0IsBitIdenticalToRowMajor) {
   // 48 rows = 3 groups of 16; 800 columns = 25 blocks (an odd count). Batch 1 (decode), odd and
   // even prompt batches, 1 and 2 threads: every output bit-identical to the row-major kernels,
@@ -321,20 +342,7 @@ TEST(Kernels, InterleavedQ8_0IsBitIdenticalToRowMajor) {
     EXPECT_THROW(k::MatMul(il, x.data(), cols, 1, y.data(), rows, pool, scratch), es::Error);
     return;
   }
-  for (int64_t batch : {1, 2, 3, 8, 33}) {
-    const auto x = Gaussian(batch * cols, 750 + static_cast<uint32_t>(batch), 1.0f);
-    for (int threads : {1, 2}) {
-      k::ThreadPool pool(threads);
-      k::Scratch scratch;
-      std::vector<float> y0(static_cast<size_t>(batch * rows)), y1(y0.size());
-      k::MatMul(plain, x.data(), cols, batch, y0.data(), rows, pool, scratch);
-      k::MatMul(il, x.data(), cols, batch, y1.data(), rows, pool, scratch);
-      for (size_t i = 0; i < y0.size(); ++i)
-        ASSERT_EQ(std::memcmp(&y0[i], &y1[i], 4), 0)
-            << "batch " << batch << ", threads " << threads << ", output " << i << ": " << y0[i]
-            << " vs " << y1[i];
-    }
-  }
+  ExpectSameAsRowMajor(plain, il, {1, 2, 3, 8, 33}, 750);
 }
 
 TEST(Kernels, InterleavedQ4_0IsBitIdenticalToRowMajor) {
@@ -369,20 +377,7 @@ TEST(Kernels, InterleavedQ4_0IsBitIdenticalToRowMajor) {
   EXPECT_EQ(std::memcmp(buf.data() + 288 + 32, w.data() + 18 + 2, 4), 0);
   EXPECT_EQ(std::memcmp(buf.data() + 288 + 32 + 4, w.data() + rb + 18 + 2, 4), 0);
   EXPECT_EQ(std::memcmp(buf.data() + 288 + 32 + 64, w.data() + 18 + 2 + 4, 4), 0);
-  for (int64_t batch : {1, 2, 5, 8, 17, 70}) {
-    const auto x = Gaussian(batch * cols, 950 + static_cast<uint32_t>(batch), 1.0f);
-    for (int threads : {1, 2}) {
-      k::ThreadPool pool(threads);
-      k::Scratch scratch;
-      std::vector<float> y0(static_cast<size_t>(batch * rows)), y1(y0.size());
-      k::MatMul(plain, x.data(), cols, batch, y0.data(), rows, pool, scratch);
-      k::MatMul(il, x.data(), cols, batch, y1.data(), rows, pool, scratch);
-      for (size_t i = 0; i < y0.size(); ++i)
-        ASSERT_EQ(std::memcmp(&y0[i], &y1[i], 4), 0)
-            << "batch " << batch << ", threads " << threads << ", output " << i << ": " << y0[i]
-            << " vs " << y1[i];
-    }
-  }
+  ExpectSameAsRowMajor(plain, il, {1, 2, 5, 8, 17, 70}, 950);
   // A tied head's embedding lookup reads rows back out of the interleaved copy.
   for (int64_t r : {int64_t{0}, int64_t{17}, rows - 1}) {
     std::vector<float> a(cols), b(cols);
