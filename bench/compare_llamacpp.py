@@ -11,7 +11,7 @@ nothing from it enters this repo). LLAMA_BENCH=/path/to/llama-bench uses a binar
     bench/compare_llamacpp.py
 Models are synthesised with `edgeshard synth` into --models-dir (default ../bench-models).
 """
-import argparse, datetime, json, os, platform, statistics, subprocess, sys
+import argparse, datetime, json, os, platform, shlex, statistics, subprocess, sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -126,7 +126,7 @@ def main():
         "- Memory read bandwidth (edgeshard bench --memory-bandwidth): " +
         ", ".join(f"{t} thread(s) {bw[t] / 1e9:.1f} GB/s" for t in threads),
         "- Roofline fraction: generation tokens/s x bytes read per token / read bandwidth at that thread count",
-        f"- Command: `bench/compare_llamacpp.py --threads {a.threads} -r {a.repetitions}`", "",
+        f"- Command: `{shlex.join(['bench/compare_llamacpp.py'] + sys.argv[1:])}`", "",
         "| model | type | threads | test | edgeshard t/s | llama.cpp t/s | ratio | roofline | peak RSS | file + KV + 64 MiB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -136,7 +136,10 @@ def main():
         lines.append(f"| {r['preset']} | {r['type']} | {r['threads']} | {r['test']} | {r['edgeshard']:.1f} | "
                      f"{r['llama_cpp']:.1f} | {r['ratio']:.2f} | {roof} | {r['peak_rss'] / 2**20:.0f} MiB | "
                      f"{budget / 2**20:.0f} MiB |")
-    if acc:
+    if not acc:
+        lines += ["", "No accuracy table: it compares each type with F16, so it needs f16 in --types and "
+                  f"the corpus ({corpus})."]
+    else:
         lines += ["", f"## Memory, speed, accuracy drop (edgeshard, {threads[-1]} threads)", "",
                   f"Each encoding against its preset's F16 file: `edgeshard perplexity -f {os.path.basename(corpus)} -c 128 "
                   "--chunks 4 --kl-base` (the F16 base saved with `--save-kl-base`). The weights are random, so "

@@ -284,11 +284,40 @@ TEST(Kernels, MatMulLargeBatchAndOddShapes) {
   }
 }
 
-// Every output of an interleaved matrix bit-identical to its row-major original, for each batch
-// and for 1 and 2 threads.
+// `rows` random rows of `cols` elements quantized to `t`, row after row.
+std::vector<uint8_t> QuantizedRows(TensorType t, int64_t rows, int64_t cols, uint32_t seed) {
+  std::vector<uint8_t> w;
+  for (int64_t r = 0; r < rows; ++r) {
+    const auto wr = Gaussian(cols, seed + static_cast<uint32_t>(r), 0.02f);
+    const auto q = Quantize(t, wr.data(), cols);
+    w.insert(w.end(), q.begin(), q.end());
+  }
+  return w;
+}
+
+// Rows gathered back out of an interleaved copy (a tied head's embedding lookup) equal the
+// original rows; and where the CPU's kernels read the layout, every MatMul output is
+// bit-identical to the row-major original, for each batch and 1 and 2 threads. Elsewhere MatMul
+// must refuse the layout, not misread it.
 void ExpectSameAsRowMajor(const k::Matrix& plain, const k::Matrix& il,
                           std::initializer_list<int64_t> batches, uint32_t seed) {
   const int64_t rows = plain.rows, cols = plain.cols;
+  EXPECT_EQ(il.interleave, 16);
+  for (int64_t r : {int64_t{0}, int64_t{17}, rows - 1}) {
+    std::vector<float> a(cols), b(cols);
+    k::DequantizeMatrixRow(plain, r, a.data());
+    k::DequantizeMatrixRow(il, r, b.data());
+    ASSERT_EQ(std::memcmp(a.data(), b.data(), sizeof(float) * cols), 0) << "row " << r;
+  }
+  std::vector<float> row(cols);
+  EXPECT_THROW(k::DequantizeMatrixRow(il, rows, row.data()), es::Error);
+  if (!k::PrefersInterleaved(plain.type)) {
+    std::vector<float> x(cols, 1.0f), y(rows);
+    k::ThreadPool pool(1);
+    k::Scratch scratch;
+    EXPECT_THROW(k::MatMul(il, x.data(), cols, 1, y.data(), rows, pool, scratch), es::Error);
+    return;
+  }
   for (int64_t batch : batches) {
     const auto x = Gaussian(batch * cols, seed + static_cast<uint32_t>(batch), 1.0f);
     for (int threads : {1, 2}) {
@@ -306,16 +335,10 @@ void ExpectSameAsRowMajor(const k::Matrix& plain, const k::Matrix& il,
 }
 
 TEST(Kernels, InterleavedQ8_0IsBitIdenticalToRowMajor) {
-  // 48 rows = 3 groups of 16; 800 columns = 25 blocks (an odd count). Batch 1 (decode), odd and
-  // even prompt batches, 1 and 2 threads: every output bit-identical to the row-major kernels,
-  // and rows gathered back from the layout equal to the original rows.
+  // 48 rows = 3 groups of 16; 800 columns = 25 blocks (an odd count); batch 1 (decode) and odd
+  // and even prompt batches.
   const int64_t rows = 48, cols = 800;
-  std::vector<uint8_t> w;
-  for (int64_t r = 0; r < rows; ++r) {
-    const auto wr = Gaussian(cols, 700 + static_cast<uint32_t>(r), 0.02f);
-    const auto q = Quantize(TensorType::kQ8_0, wr.data(), cols);
-    w.insert(w.end(), q.begin(), q.end());
-  }
+  std::vector<uint8_t> w = QuantizedRows(TensorType::kQ8_0, rows, cols, 700);
   // One weight of -128 (a valid file value that our quantizer never writes) exercises the bias.
   w[2] = 0x80;
   const size_t rb = RowBytes(TensorType::kQ8_0, cols);
@@ -329,47 +352,18 @@ TEST(Kernels, InterleavedQ8_0IsBitIdenticalToRowMajor) {
     EXPECT_EQ(buf[32 + 4 + e], w[rb + 2 + e] ^ 0x80);
     EXPECT_EQ(buf[32 + 64 + e], w[2 + 4 + e] ^ 0x80);
   }
-  for (int64_t r : {int64_t{0}, int64_t{21}, rows - 1}) {
-    std::vector<float> a(cols), b(cols);
-    k::DequantizeMatrixRow(plain, r, a.data());
-    k::DequantizeMatrixRow(il, r, b.data());
-    ASSERT_EQ(std::memcmp(a.data(), b.data(), sizeof(float) * cols), 0) << "row " << r;
-  }
-  if (!k::PrefersInterleaved(TensorType::kQ8_0)) {
-    std::vector<float> x(cols, 1.0f), y(rows);
-    k::ThreadPool pool(1);
-    k::Scratch scratch;
-    EXPECT_THROW(k::MatMul(il, x.data(), cols, 1, y.data(), rows, pool, scratch), es::Error);
-    return;
-  }
   ExpectSameAsRowMajor(plain, il, {1, 2, 3, 8, 33}, 750);
 }
 
 TEST(Kernels, InterleavedQ4_0IsBitIdenticalToRowMajor) {
-  // 80 rows = 5 groups of 16; 2048 columns = 64 blocks (4 full steps). Batch 1 (decode) and
-  // prompt batches, 1 and 2 threads: every output must be bit-identical to the row-major layout.
+  // 80 rows = 5 groups of 16; 2048 columns = 64 blocks (4 full steps); batch 1 (decode) and
+  // prompt batches.
   const int64_t rows = 80, cols = 2048;
-  std::vector<uint8_t> w;
-  for (int64_t r = 0; r < rows; ++r) {
-    const auto wr = Gaussian(cols, 900 + static_cast<uint32_t>(r), 0.02f);
-    const auto q = Quantize(TensorType::kQ4_0, wr.data(), cols);
-    w.insert(w.end(), q.begin(), q.end());
-  }
+  const std::vector<uint8_t> w = QuantizedRows(TensorType::kQ4_0, rows, cols, 900);
   const size_t rb = RowBytes(TensorType::kQ4_0, cols);
   const k::Matrix plain{w.data(), TensorType::kQ4_0, rows, cols, rb};
-  if (!k::PrefersInterleaved(TensorType::kQ4_0)) {
-    std::vector<uint8_t> buf(w.size());
-    const k::Matrix il = k::Interleave16(plain, buf.data());
-    std::vector<float> x(cols, 1.0f), y(rows);
-    k::ThreadPool pool(1);
-    k::Scratch scratch;
-    EXPECT_THROW(k::MatMul(il, x.data(), cols, 1, y.data(), rows, pool, scratch), es::Error)
-        << "kernels without the interleaved path must refuse it, not misread it";
-    return;
-  }
   std::vector<uint8_t> buf(w.size());
   const k::Matrix il = k::Interleave16(plain, buf.data());
-  EXPECT_EQ(il.interleave, 16);
   // Per block index: the 16 rows' scales, then four 64-byte vectors of one dword per row. Row 1's
   // scale of block 0 is the second f16; block 1 follows the first 288-byte group block, its first
   // vector holding row 0's nibble bytes 0-3, then row 1's; the second vector bytes 4-7.
@@ -378,15 +372,6 @@ TEST(Kernels, InterleavedQ4_0IsBitIdenticalToRowMajor) {
   EXPECT_EQ(std::memcmp(buf.data() + 288 + 32 + 4, w.data() + rb + 18 + 2, 4), 0);
   EXPECT_EQ(std::memcmp(buf.data() + 288 + 32 + 64, w.data() + 18 + 2 + 4, 4), 0);
   ExpectSameAsRowMajor(plain, il, {1, 2, 5, 8, 17, 70}, 950);
-  // A tied head's embedding lookup reads rows back out of the interleaved copy.
-  for (int64_t r : {int64_t{0}, int64_t{17}, rows - 1}) {
-    std::vector<float> a(cols), b(cols);
-    k::DequantizeMatrixRow(plain, r, a.data());
-    k::DequantizeMatrixRow(il, r, b.data());
-    ASSERT_EQ(std::memcmp(a.data(), b.data(), sizeof(float) * cols), 0) << "row " << r;
-  }
-  std::vector<float> row(cols);
-  EXPECT_THROW(k::DequantizeMatrixRow(il, rows, row.data()), es::Error);
   k::Matrix bad = il;
   bad.rows = 70;
   std::vector<float> x(cols, 1.0f), y(rows);

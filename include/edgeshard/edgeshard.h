@@ -3,8 +3,10 @@
 //   auto model = es::Model::Load({.path = "model.gguf"});
 //   es::Context ctx(model, {.n_ctx = 2048, .n_threads = 4});
 //   ctx.Generate(model->Tokenize("Once upon a time", true), {.max_tokens = 64},
-//                [](std::string_view piece) { fputs(std::string(piece).c_str(), stdout); return
-//                true; });
+//                [](std::string_view piece) {
+//                  fputs(std::string(piece).c_str(), stdout);
+//                  return true;
+//                });
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -169,14 +169,11 @@ void MatMul(const Matrix& w, const float* x, int64_t ldx, int64_t batch, float* 
         "MatMul: an interleaved matrix needs Q4_0 or Q8_0 rows in groups of 16 and the CPU "
         "kernels that read that layout (AVX-512 VNNI)");
 
-  // Interleaved Q8_0 weights are stored unsigned (q + 128) and take the signed activations with
-  // offset corrections that Q4_0's unsigned nibbles take.
-  const TensorType act_type =
-      w.interleave && w.type == TensorType::kQ8_0 ? TensorType::kQ4_0 : w.type;
+  const TensorType act_type = detail::ActTypeFor(w);
   const size_t stride = detail::ActRowBytes(act_type, w.cols);
   auto* raw = static_cast<uint8_t*>(scratch.Get(stride * static_cast<size_t>(batch) + 64));
   auto* base = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(raw) + 63) & ~uintptr_t{63});
-  const detail::Acts acts{base, stride};
+  const detail::Acts acts{base, stride, act_type};
 
   // Small problems are not worth waking the pool.
   const double work =
@@ -195,12 +192,11 @@ void MatMul(const Matrix& w, const float* x, int64_t ldx, int64_t batch, float* 
     uint8_t* base;
     int threads;
     int64_t unit, units;
-    TensorType act_type;
-  } job{&w, x, ldx, batch, y, ldy, acts, base, threads, 0, 0, act_type};
+  } job{&w, x, ldx, batch, y, ldy, acts, base, threads, 0, 0};
 
   if (threads > 1 && batch >= 2 * threads) {
     const std::function<void(int64_t, int64_t, int)> convert = [&job](int64_t b0, int64_t b1, int) {
-      detail::ConvertActs(job.act_type, job.x, job.ldx, job.w->cols, b0, b1, job.base,
+      detail::ConvertActs(job.acts.type, job.x, job.ldx, job.w->cols, b0, b1, job.base,
                           job.acts.stride);
     };
     pool.ParallelFor(batch, convert);

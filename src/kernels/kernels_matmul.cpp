@@ -1165,7 +1165,7 @@ HWY_NOINLINE void DecodeQ4_0x16(const TileArgs& t) {
   hn::StoreU(acc, df, t.y);
 }
 
-// Q4_0 interleaved in groups of 16 rows (InterleaveQ4_0): per block index, the 16 rows' scales
+// Q4_0 interleaved in groups of 16 rows (Interleave16): per block index, the 16 rows' scales
 // (f16, 32 bytes) then four 64-byte vectors; vector j holds, as its int32 lane r, bytes 4j..4j+3
 // of row r's nibble array. Its low nibbles are elements 4j..4j+3 of every row, its high nibbles
 // elements 16+4j..16+4j+3, so a dot product against one broadcast dword of activations adds
@@ -1532,7 +1532,7 @@ void MatMulRowsImpl(const Matrix& w, const detail::Acts& acts, int64_t batch, in
   t.as = acts.stride;
   t.n = w.cols;
   t.ldy = ldy;
-  t.l = LayoutFor(w.type, w.cols);
+  t.l = LayoutFor(acts.type, w.cols);
   const auto* wbase = static_cast<const uint8_t*>(w.data);
   if (w.interleave) {
     // Row ranges are whole groups of 16 (the caller splits work in units of 16 rows).
@@ -1620,46 +1620,48 @@ bool PrefersInterleaved(TensorType t) {
 }
 
 namespace {
-// Bytes of one block's scale (f16) and of its quants, for the types with an interleaved layout.
-size_t InterleavedQuantBytes(TensorType t) {
-  switch (t) {
-    case TensorType::kQ4_0:
-      return sizeof(BlockQ4_0::qs);
-    case TensorType::kQ8_0:
-      return sizeof(BlockQ8_0::qs);
-    default:
-      return 0;
+constexpr int kGroup = 16;  // rows per interleaved group
+
+// One block index of a 16-row group in Interleave16's layout: row r's f16 scale at byte 2r, its
+// quant dword j at 2 * 16 + 64j + 4r; Q8_0 quants are stored with the sign bit flipped (q + 128).
+struct GroupBlock {
+  size_t quant_bytes = 0;  // per row and block; 0: the type has no interleaved layout
+  uint8_t flip = 0;
+  explicit GroupBlock(TensorType t) {
+    if (t == TensorType::kQ4_0) quant_bytes = sizeof(BlockQ4_0::qs);
+    if (t == TensorType::kQ8_0) quant_bytes = sizeof(BlockQ8_0::qs), flip = 0x80;
   }
-}
+  size_t row_block_bytes() const { return 2 + quant_bytes; }  // the scale d leads both types
+  size_t bytes() const { return kGroup * row_block_bytes(); }
+  // Copies row r's block between its row-major bytes and the group block, either way.
+  void Copy(int r, bool into_group, const uint8_t* from, uint8_t* to) const {
+    auto move = [&](size_t row_off, size_t group_off, size_t n) {
+      uint8_t* d = to + (into_group ? group_off : row_off);
+      std::memcpy(d, from + (into_group ? row_off : group_off), n);
+      return d;
+    };
+    move(0, 2 * static_cast<size_t>(r), 2);
+    for (size_t j = 0; j < quant_bytes / 4; ++j) {
+      uint8_t* d = move(2 + 4 * j, 2 * kGroup + 64 * j + 4 * static_cast<size_t>(r), 4);
+      for (int e = 0; e < 4; ++e) d[e] ^= flip;
+    }
+  }
+};
 }  // namespace
 
-// Per group of 16 rows and block index: the 16 f16 scales, then the quants as vectors of 16
-// dwords, vector j holding dword j of every row's quants (row r in dword r).
 Matrix Interleave16(const Matrix& w, void* out) {
-  constexpr int kGroup = 16;
-  const size_t qb = InterleavedQuantBytes(w.type);
-  if (qb == 0 || w.interleave != 0 || w.rows % kGroup != 0)
+  const GroupBlock gb(w.type);
+  if (gb.quant_bytes == 0 || w.interleave != 0 || w.rows % kGroup != 0)
     throw Error("Interleave16: needs a row-major Q4_0 or Q8_0 matrix with a multiple of 16 rows");
-  const size_t blk_bytes = 2 + qb;
-  const int64_t nb = w.cols / 32;
   const auto* src = static_cast<const uint8_t*>(w.data);
   auto* dst = static_cast<uint8_t*>(out);
   for (int64_t g = 0; g < w.rows / kGroup; ++g) {
     const uint8_t* rows = src + static_cast<size_t>(g) * kGroup * w.row_bytes;
     uint8_t* grp = dst + static_cast<size_t>(g) * kGroup * w.row_bytes;
-    for (int64_t b = 0; b < nb; ++b) {
-      uint8_t* o = grp + static_cast<size_t>(b) * kGroup * blk_bytes;
-      for (int r = 0; r < kGroup; ++r) {
-        const uint8_t* blk = rows + r * w.row_bytes + static_cast<size_t>(b) * blk_bytes;
-        std::memcpy(o + 2 * r, blk, 2);  // the scale d leads both block types
-        for (size_t j = 0; j < qb / 4; ++j) {
-          uint8_t* q = o + 2 * kGroup + 64 * j + 4 * r;
-          std::memcpy(q, blk + 2 + 4 * j, 4);
-          if (w.type == TensorType::kQ8_0)  // stored as q + 128 (see Q8_0x16Tile)
-            for (int e = 0; e < 4; ++e) q[e] ^= 0x80;
-        }
-      }
-    }
+    for (int64_t b = 0; b < w.cols / 32; ++b)
+      for (int r = 0; r < kGroup; ++r)
+        gb.Copy(r, true, rows + r * w.row_bytes + static_cast<size_t>(b) * gb.row_block_bytes(),
+                grp + static_cast<size_t>(b) * gb.bytes());
   }
   Matrix m = w;
   m.data = out;
@@ -1674,20 +1676,13 @@ void DequantizeMatrixRow(const Matrix& w, int64_t row, float* dst) {
     DequantizeRow(w.type, base + static_cast<size_t>(row) * w.row_bytes, dst, w.cols);
     return;
   }
-  // Interleave16's layout: gather the row's blocks back from its group.
-  constexpr int kGroup = 16;
-  const size_t qb = InterleavedQuantBytes(w.type);
-  const size_t blk_bytes = 2 + qb;
+  // Gather the row's blocks back from its group.
+  const GroupBlock gb(w.type);
   const int r = static_cast<int>(row % kGroup);
   const uint8_t* grp = base + static_cast<size_t>(row - r) * w.row_bytes;
   uint8_t blk[2 + 32];
   for (int64_t b = 0; b < w.cols / 32; ++b) {
-    const uint8_t* g = grp + static_cast<size_t>(b) * kGroup * blk_bytes;
-    std::memcpy(blk, g + 2 * r, 2);
-    for (size_t j = 0; j < qb / 4; ++j)
-      std::memcpy(blk + 2 + 4 * j, g + 2 * kGroup + 64 * j + 4 * r, 4);
-    if (w.type == TensorType::kQ8_0)
-      for (size_t e = 2; e < 2 + qb; ++e) blk[e] ^= 0x80;
+    gb.Copy(r, false, grp + static_cast<size_t>(b) * gb.bytes(), blk);
     DequantizeRow(w.type, blk, dst + 32 * b, 32);
   }
 }

@@ -88,12 +88,9 @@ std::unique_ptr<LlamaModel> LlamaModel::Load(const std::string& path, const Load
   if (opts.interleave) m->PrepareLayers(0, c.n_layer, true);
   if (opts.prefault) {
     // Touch every page once so generation does not stall on page faults; report progress.
-    constexpr size_t kPage = 4096;
     size_t done = 0;
-    volatile uint8_t sink = 0;
     for (const auto& t : f.tensors()) {
-      if (!m->Replaced(t.data))
-        for (size_t off = 0; off < t.n_bytes; off += kPage) sink = sink + t.data[off];
+      m->Prefault(t);
       done += t.n_bytes;
       if (opts.progress) opts.progress(done, m->weight_bytes_);
     }
@@ -133,8 +130,12 @@ void LlamaModel::PrepareLayers(int first, int last, bool head) {
   }
 }
 
-bool LlamaModel::Replaced(const void* mapped) const {
-  return std::find(copied_.begin(), copied_.end(), mapped) != copied_.end();
+void LlamaModel::Prefault(const gguf::TensorInfo& t) const {
+  // A tensor replaced by an interleaved copy is computed from the copy: paging its mapped bytes
+  // back in would only hold the weights twice.
+  if (std::find(copied_.begin(), copied_.end(), t.data) != copied_.end()) return;
+  volatile uint8_t sink = 0;
+  for (size_t off = 0; off < t.n_bytes; off += 4096) sink = sink + t.data[off];
 }
 
 void LlamaModel::Embed(const int32_t* tokens, int n, float* hidden) const {

@@ -80,9 +80,9 @@ class LlamaModel {
   // this for every block unless told not to; a shard worker does it for its own range. Not
   // thread-safe against running forward passes.
   void PrepareLayers(int first, int last, bool head);
-  // Whether a tensor's mapped bytes were replaced by such a copy (touching them would only page
-  // the file back in).
-  bool Replaced(const void* mapped) const;
+  // Reads one page of every 4 KiB of a tensor of the file, so that a first forward pass does not
+  // stall on page faults; tensors replaced by a copy above are skipped.
+  void Prefault(const gguf::TensorInfo& t) const;
   // Final norm and output head for `n` rows of hidden state; logits [n, n_vocab].
   // Overwrites hidden with its normalised values.
   void Head(float* hidden, int n, float* logits, Workspace& ws, kernels::ThreadPool& pool) const;

@@ -187,7 +187,8 @@ class WorkerService final : public rpc::Worker::Service {
       spec.n_ctx = req->n_ctx();
       spec.kv_type = req->kv_f32() ? TensorType::kF32 : TensorType::kF16;
       spec.max_batch = req->max_batch();
-      // This shard's Q4_0 layers in the kernels' fast layout (the rest of the file stays unread).
+      // This shard's Q4_0/Q8_0 layers in the kernels' fast layout (the rest of the file stays
+      // unread).
       model_->PrepareLayers(spec.first_layer, spec.last_layer, spec.head);
       reply->set_weight_bytes(Prefault(*model_, spec));
       auto exec = std::make_unique<StageExecutor>(*model_, spec, pool_);
@@ -328,7 +329,6 @@ class WorkerService final : public rpc::Worker::Service {
   static uint64_t Prefault(const model::LlamaModel& m, const StageSpec& s) {
     const auto& c = m.config();
     uint64_t bytes = 0;
-    volatile uint8_t sink = 0;
     for (const auto& t : m.file().tensors()) {
       bool mine = false;
       if (t.name.rfind("blk.", 0) == 0) {
@@ -341,8 +341,7 @@ class WorkerService final : public rpc::Worker::Service {
       }
       if (!mine) continue;
       bytes += t.n_bytes;
-      if (m.Replaced(t.data)) continue;  // computed from its copy; the mapped pages stay out
-      for (size_t off = 0; off < t.n_bytes; off += 4096) sink = sink + t.data[off];
+      m.Prefault(t);
     }
     return bytes;
   }
