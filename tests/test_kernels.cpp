@@ -334,6 +334,18 @@ void ExpectSameAsRowMajor(const k::Matrix& plain, const k::Matrix& il,
   }
 }
 
+// A row-major matrix over `w` and its interleaved copy (Interleave16).
+struct InterleavedPair {
+  k::Matrix plain, il;
+  size_t rb;
+  std::vector<uint8_t> buf;
+  InterleavedPair(const std::vector<uint8_t>& w, TensorType t, int64_t rows, int64_t cols)
+      : rb(RowBytes(t, cols)), buf(w.size()) {
+    plain = k::Matrix{w.data(), t, rows, cols, rb};
+    il = k::Interleave16(plain, buf.data());
+  }
+};
+
 TEST(Kernels, InterleavedQ8_0IsBitIdenticalToRowMajor) {
   // 48 rows = 3 groups of 16; 800 columns = 25 blocks (an odd count); batch 1 (decode) and odd
   // and even prompt batches.
@@ -341,10 +353,9 @@ TEST(Kernels, InterleavedQ8_0IsBitIdenticalToRowMajor) {
   std::vector<uint8_t> w = QuantizedRows(TensorType::kQ8_0, rows, cols, 700);
   // One weight of -128 (a valid file value that our quantizer never writes) exercises the bias.
   w[2] = 0x80;
-  const size_t rb = RowBytes(TensorType::kQ8_0, cols);
-  const k::Matrix plain{w.data(), TensorType::kQ8_0, rows, cols, rb};
-  std::vector<uint8_t> buf(w.size());
-  const k::Matrix il = k::Interleave16(plain, buf.data());
+  const InterleavedPair p(w, TensorType::kQ8_0, rows, cols);
+  const size_t rb = p.rb;
+  const std::vector<uint8_t>& buf = p.buf;
   // Block 0: 16 scales, then vector 0 = quant bytes 0-3 of rows 0..15, vector 1 = bytes 4-7,
   // each quant stored as q + 128 (sign bit flipped).
   EXPECT_EQ(std::memcmp(buf.data() + 2, w.data() + rb, 2), 0);
@@ -352,7 +363,7 @@ TEST(Kernels, InterleavedQ8_0IsBitIdenticalToRowMajor) {
     EXPECT_EQ(buf[32 + 4 + e], w[rb + 2 + e] ^ 0x80);
     EXPECT_EQ(buf[32 + 64 + e], w[2 + 4 + e] ^ 0x80);
   }
-  ExpectSameAsRowMajor(plain, il, {1, 2, 3, 8, 33}, 750);
+  ExpectSameAsRowMajor(p.plain, p.il, {1, 2, 3, 8, 33}, 750);
 }
 
 TEST(Kernels, InterleavedQ4_0IsBitIdenticalToRowMajor) {
@@ -360,10 +371,9 @@ TEST(Kernels, InterleavedQ4_0IsBitIdenticalToRowMajor) {
   // prompt batches.
   const int64_t rows = 80, cols = 2048;
   const std::vector<uint8_t> w = QuantizedRows(TensorType::kQ4_0, rows, cols, 900);
-  const size_t rb = RowBytes(TensorType::kQ4_0, cols);
-  const k::Matrix plain{w.data(), TensorType::kQ4_0, rows, cols, rb};
-  std::vector<uint8_t> buf(w.size());
-  const k::Matrix il = k::Interleave16(plain, buf.data());
+  const InterleavedPair p(w, TensorType::kQ4_0, rows, cols);
+  const size_t rb = p.rb;
+  const std::vector<uint8_t>& buf = p.buf;
   // Per block index: the 16 rows' scales, then four 64-byte vectors of one dword per row. Row 1's
   // scale of block 0 is the second f16; block 1 follows the first 288-byte group block, its first
   // vector holding row 0's nibble bytes 0-3, then row 1's; the second vector bytes 4-7.
@@ -371,13 +381,34 @@ TEST(Kernels, InterleavedQ4_0IsBitIdenticalToRowMajor) {
   EXPECT_EQ(std::memcmp(buf.data() + 288 + 32, w.data() + 18 + 2, 4), 0);
   EXPECT_EQ(std::memcmp(buf.data() + 288 + 32 + 4, w.data() + rb + 18 + 2, 4), 0);
   EXPECT_EQ(std::memcmp(buf.data() + 288 + 32 + 64, w.data() + 18 + 2 + 4, 4), 0);
-  ExpectSameAsRowMajor(plain, il, {1, 2, 5, 8, 17, 70}, 950);
-  k::Matrix bad = il;
+  ExpectSameAsRowMajor(p.plain, p.il, {1, 2, 5, 8, 17, 70}, 950);
+  k::Matrix bad = p.il;
   bad.rows = 70;
   std::vector<float> x(cols, 1.0f), y(rows);
   k::ThreadPool pool(1);
   k::Scratch scratch;
   EXPECT_THROW(k::MatMul(bad, x.data(), cols, 1, y.data(), rows, pool, scratch), es::Error);
+}
+
+TEST(Kernels, InterleavedF16IsBitIdenticalToRowMajor) {
+  // 48 rows = 3 groups of 16; 800 columns = 25 blocks of 32; batch 1 (decode), the 3-, 2- and
+  // 1-column tiles, and a batch past one 64-column block.
+  const int64_t rows = 48, cols = 800;
+  const std::vector<uint8_t> w = QuantizedRows(TensorType::kF16, rows, cols, 1100);
+  const InterleavedPair p(w, TensorType::kF16, rows, cols);
+  const size_t rb = p.rb;
+  const std::vector<uint8_t>& buf = p.buf;
+  // Block 0: row 0's 64 bytes, then row 1's; block 1 starts after the 1024-byte group block.
+  EXPECT_EQ(std::memcmp(buf.data(), w.data(), 64), 0);
+  EXPECT_EQ(std::memcmp(buf.data() + 64, w.data() + rb, 64), 0);
+  EXPECT_EQ(std::memcmp(buf.data() + 1024 + 64 * 15, w.data() + 15 * rb + 64, 64), 0);
+  ExpectSameAsRowMajor(p.plain, p.il, {1, 2, 3, 4, 7, 70}, 1150);
+  // Columns that are not whole 32-element blocks have no interleaved layout.
+  const std::vector<uint8_t> odd = QuantizedRows(TensorType::kF16, 16, 48, 1200);
+  const k::Matrix odd_plain{odd.data(), TensorType::kF16, 16, 48, RowBytes(TensorType::kF16, 48)};
+  EXPECT_FALSE(k::CanInterleave(odd_plain));
+  std::vector<uint8_t> odd_buf(odd.size());
+  EXPECT_THROW(k::Interleave16(odd_plain, odd_buf.data()), es::Error);
 }
 
 TEST(Kernels, MatMulFloatRowsWithTail) {

@@ -166,8 +166,8 @@ void MatMul(const Matrix& w, const float* x, int64_t ldx, int64_t batch, float* 
   if (!w.data || !x || !y) throw Error("MatMul: null weight, input or output pointer");
   if (w.interleave && (w.interleave != 16 || w.rows % 16 != 0 || !PrefersInterleaved(w.type)))
     throw Error(
-        "MatMul: an interleaved matrix needs Q4_0 or Q8_0 rows in groups of 16 and the CPU "
-        "kernels that read that layout (AVX-512 VNNI)");
+        "MatMul: an interleaved matrix needs rows in groups of 16 and CPU kernels that read "
+        "that layout for its type (Q4_0/Q8_0: AVX-512 VNNI; F16: AVX-512)");
 
   const TensorType act_type = detail::ActTypeFor(w);
   const size_t stride = detail::ActRowBytes(act_type, w.cols);

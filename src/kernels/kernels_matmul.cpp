@@ -16,8 +16,9 @@
 // Weight rows are processed in tiles of R rows x C activation rows so that each weight block is
 // loaded and unpacked once and applied to C activation rows (prompt processing), and each
 // activation block is loaded once for R weight rows. Decode streams one weight row at a time.
-// Q4_0 and Q8_0 on AVX3_DL are the exception: the model copies them into groups of 16 interleaved
-// rows (Interleave16), which 16-row kernels read as a single stream for decode and prompt alike.
+// Q4_0 and Q8_0 on AVX3_DL and F16 on AVX3 are the exception: the model copies them into groups
+// of 16 interleaved rows (Interleave16), which 16-row kernels read as a single stream for decode
+// and prompt alike.
 #include "kernels/kernels_hwy.h"
 // clang-format off
 #undef HWY_TARGET_INCLUDE
@@ -27,7 +28,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "edgeshard/error.h"
@@ -529,6 +532,45 @@ struct LoadBF16 {
     return BF16ToF32(reinterpret_cast<const bf16_t*>(row)[k]);
   }
 };
+
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+#define ES_F16_X16 1
+// F16 interleaved in groups of 16 rows (Interleave16): per 32-element block, the 16 rows' 64-byte
+// pieces one after another, so that 16 rows stream as one sequential read (several row-major
+// rows at once measured slower than one, and one row alone is bound by its FMA chain). Each row
+// keeps FloatKernel's single accumulator over 16-lane vectors in order and its final Sum, so
+// results are bit-identical to the row-major tiles. C activation rows per pass over 16 rows
+// (C == 1, decode) or 8 (the accumulators must fit 32 registers).
+template <int C>
+HWY_NOINLINE void F16x16Tile(const TileArgs& t) {
+  const DF df;
+  static_assert(hn::MaxLanes(DF()) == 16, "the layout's 32-byte pieces are one 16-lane vector");
+  const hn::Rebind<hwy::float16_t, DF> dh;
+  constexpr int kRows = C == 1 ? 16 : 8;
+  const int64_t nb = t.n / 32;
+  for (int h = 0; h < 16; h += kRows) {
+    VF acc[kRows][C];
+    for (int r = 0; r < kRows; ++r)
+      for (int c = 0; c < C; ++c) acc[r][c] = hn::Zero(df);
+    for (int64_t b = 0; b < nb; ++b) {
+      const auto* g = reinterpret_cast<const hwy::float16_t*>(t.w + static_cast<size_t>(b) * 1024);
+      for (int half = 0; half < 2; ++half) {
+        VF x[C];
+        for (int c = 0; c < C; ++c)
+          x[c] = hn::LoadU(df, reinterpret_cast<const float*>(t.a + c * t.as) + 32 * b + 16 * half);
+        for (int r = 0; r < kRows; ++r) {
+          const VF w = hn::PromoteTo(df, hn::LoadU(dh, g + 32 * (h + r) + 16 * half));
+          for (int c = 0; c < C; ++c) acc[r][c] = hn::MulAdd(w, x[c], acc[r][c]);
+        }
+      }
+    }
+    for (int r = 0; r < kRows; ++r)
+      for (int c = 0; c < C; ++c) t.y[c * t.ldy + h + r] = Sum(df, acc[r][c]);
+  }
+}
+#else
+#define ES_F16_X16 0
+#endif
 
 // Base for the integer kernels: int16 activation quants and f32 scales of C activation rows.
 template <class Block>
@@ -1445,6 +1487,11 @@ struct TileSet {
   // first, the last of width 1.
   TileFn x16[3] = {nullptr, nullptr, nullptr};
   int x16_width[3] = {0, 0, 0};
+  // The 16-row tiles, widest first.
+  void SetX16(std::initializer_list<std::pair<TileFn, int>> tiles) {
+    int i = 0;
+    for (const auto& [fn, width] : tiles) x16[i] = fn, x16_width[i++] = width;
+  }
 };
 
 template <int R, int C, template <int, int> class KT>
@@ -1473,9 +1520,14 @@ TileSet TilesFor(TensorType t) {
     case TensorType::kF32:
       return kWide ? MakeTiles<6, 4, FloatKernel<LoadF32>>()
                    : MakeTiles<2, 4, FloatKernel<LoadF32>>();
-    case TensorType::kF16:
-      return kWide ? MakeTiles<6, 4, FloatKernel<LoadF16>>()
-                   : MakeTiles<4, 2, FloatKernel<LoadF16>>();
+    case TensorType::kF16: {
+      TileSet ts =
+          kWide ? MakeTiles<6, 4, FloatKernel<LoadF16>>() : MakeTiles<4, 2, FloatKernel<LoadF16>>();
+#if ES_F16_X16
+      ts.SetX16({{&F16x16Tile<3>, 3}, {&F16x16Tile<2>, 2}, {&F16x16Tile<1>, 1}});
+#endif
+      return ts;
+    }
     case TensorType::kBF16:
       return kWide ? MakeTiles<6, 4, FloatKernel<LoadBF16>>()
                    : MakeTiles<4, 2, FloatKernel<LoadBF16>>();
@@ -1483,10 +1535,7 @@ TileSet TilesFor(TensorType t) {
     case TensorType::kQ8_0: {
       TileSet ts = MakeTiles<4, 4, Q8_0Vnni>();
       // Eight accumulators per activation row: two rows fill the register file.
-      ts.x16[0] = &Q8_0x16Tile<2>;
-      ts.x16[1] = &Q8_0x16Tile<1>;
-      ts.x16_width[0] = 2;
-      ts.x16_width[1] = 1;
+      ts.SetX16({{&Q8_0x16Tile<2>, 2}, {&Q8_0x16Tile<1>, 1}});
       return ts;
     }
     case TensorType::kQ4_0: {
@@ -1496,12 +1545,7 @@ TileSet TilesFor(TensorType t) {
       TileSet ts = MakeTiles<4, 4, Q4_0Vnni>();
       ts.decode = &DecodeQ4_0x16;
       ts.D = 16;
-      ts.x16[0] = &Q4_0x16Tile<8>;
-      ts.x16[1] = &Q4_0x16Tile<4>;
-      ts.x16[2] = &Q4_0x16Tile<1>;
-      ts.x16_width[0] = 8;
-      ts.x16_width[1] = 4;
-      ts.x16_width[2] = 1;
+      ts.SetX16({{&Q4_0x16Tile<8>, 8}, {&Q4_0x16Tile<4>, 4}, {&Q4_0x16Tile<1>, 1}});
       return ts;
     }
     case TensorType::kQ4_K:
@@ -1597,12 +1641,14 @@ void MatMulRowsImpl(const Matrix& w, const detail::Acts& acts, int64_t batch, in
 }
 
 bool PrefersInterleavedImpl(TensorType t) {
-  return ES_VNNI != 0 && (t == TensorType::kQ4_0 || t == TensorType::kQ8_0);
+  return (ES_VNNI != 0 && (t == TensorType::kQ4_0 || t == TensorType::kQ8_0)) ||
+         (ES_F16_X16 != 0 && t == TensorType::kF16);
 }
 
 #if ES_VNNI
 #pragma GCC pop_options
 #endif
+#undef ES_F16_X16
 
 }  // namespace es::kernels::HWY_NAMESPACE
 HWY_AFTER_NAMESPACE();
@@ -1619,19 +1665,28 @@ bool PrefersInterleaved(TensorType t) {
   return HWY_DYNAMIC_DISPATCH(PrefersInterleavedImpl)(t);
 }
 
+bool CanInterleave(const Matrix& w) {
+  return PrefersInterleaved(w.type) && w.interleave == 0 && w.rows % 16 == 0 && w.cols % 32 == 0;
+}
+
 namespace {
 constexpr int kGroup = 16;  // rows per interleaved group
 
-// One block index of a 16-row group in Interleave16's layout: row r's f16 scale at byte 2r, its
-// quant dword j at 2 * 16 + 64j + 4r; Q8_0 quants are stored with the sign bit flipped (q + 128).
+// One 32-element block index of a 16-row group in Interleave16's layout. Q4_0/Q8_0: row r's f16
+// scale at byte 2r, its quant dword j at 2 * 16 + 64j + 4r; Q8_0 quants are stored with the sign
+// bit flipped (q + 128). F16: row r's 64 bytes at 64r.
 struct GroupBlock {
+  size_t scale_bytes = 0;  // per row and block, leading the row's block
   size_t quant_bytes = 0;  // per row and block; 0: the type has no interleaved layout
+  size_t piece = 0;        // bytes of one row kept together (the rows alternate per piece)
   uint8_t flip = 0;
   explicit GroupBlock(TensorType t) {
-    if (t == TensorType::kQ4_0) quant_bytes = sizeof(BlockQ4_0::qs);
-    if (t == TensorType::kQ8_0) quant_bytes = sizeof(BlockQ8_0::qs), flip = 0x80;
+    if (t == TensorType::kQ4_0) scale_bytes = 2, quant_bytes = sizeof(BlockQ4_0::qs), piece = 4;
+    if (t == TensorType::kQ8_0)
+      scale_bytes = 2, quant_bytes = sizeof(BlockQ8_0::qs), piece = 4, flip = 0x80;
+    if (t == TensorType::kF16) quant_bytes = piece = 32 * sizeof(f16_t);
   }
-  size_t row_block_bytes() const { return 2 + quant_bytes; }  // the scale d leads both types
+  size_t row_block_bytes() const { return scale_bytes + quant_bytes; }
   size_t bytes() const { return kGroup * row_block_bytes(); }
   // Copies row r's block between its row-major bytes and the group block, either way.
   void Copy(int r, bool into_group, const uint8_t* from, uint8_t* to) const {
@@ -1640,10 +1695,12 @@ struct GroupBlock {
       std::memcpy(d, from + (into_group ? row_off : group_off), n);
       return d;
     };
-    move(0, 2 * static_cast<size_t>(r), 2);
-    for (size_t j = 0; j < quant_bytes / 4; ++j) {
-      uint8_t* d = move(2 + 4 * j, 2 * kGroup + 64 * j + 4 * static_cast<size_t>(r), 4);
-      for (int e = 0; e < 4; ++e) d[e] ^= flip;
+    const size_t rr = static_cast<size_t>(r);
+    if (scale_bytes) move(0, scale_bytes * rr, scale_bytes);
+    for (size_t j = 0; j < quant_bytes / piece; ++j) {
+      uint8_t* d = move(scale_bytes + piece * j,
+                        scale_bytes * kGroup + kGroup * piece * j + piece * rr, piece);
+      for (size_t e = 0; flip && e < piece; ++e) d[e] ^= flip;
     }
   }
 };
@@ -1651,8 +1708,9 @@ struct GroupBlock {
 
 Matrix Interleave16(const Matrix& w, void* out) {
   const GroupBlock gb(w.type);
-  if (gb.quant_bytes == 0 || w.interleave != 0 || w.rows % kGroup != 0)
-    throw Error("Interleave16: needs a row-major Q4_0 or Q8_0 matrix with a multiple of 16 rows");
+  if (gb.quant_bytes == 0 || w.interleave != 0 || w.rows % kGroup != 0 || w.cols % 32 != 0)
+    throw Error(
+        "Interleave16: needs a row-major Q4_0, Q8_0 or F16 matrix of 16k rows and 32k columns");
   const auto* src = static_cast<const uint8_t*>(w.data);
   auto* dst = static_cast<uint8_t*>(out);
   for (int64_t g = 0; g < w.rows / kGroup; ++g) {
@@ -1680,7 +1738,7 @@ void DequantizeMatrixRow(const Matrix& w, int64_t row, float* dst) {
   const GroupBlock gb(w.type);
   const int r = static_cast<int>(row % kGroup);
   const uint8_t* grp = base + static_cast<size_t>(row - r) * w.row_bytes;
-  uint8_t blk[2 + 32];
+  uint8_t blk[64];
   for (int64_t b = 0; b < w.cols / 32; ++b) {
     gb.Copy(r, false, grp + static_cast<size_t>(b) * gb.bytes(), blk);
     DequantizeRow(w.type, blk, dst + 32 * b, 32);

@@ -47,9 +47,9 @@ Workspace::Workspace(const ModelConfig& c, int max_batch, int max_ctx, int n_thr
   q.resize(b * c.q_dim());
   k.resize(b * c.kv_dim());
   v.resize(b * c.kv_dim());
-  attn_out.resize(b * c.q_dim());
-  gate.resize(b * c.n_ff);
-  up.resize(b * c.n_ff);
+  const size_t ffn_rows = std::min<size_t>(b, kFfnRows);
+  gate.resize(std::max(b * c.q_dim(), ffn_rows * c.n_ff));
+  up.resize(ffn_rows * std::max(c.n_ff, c.n_embd));
   q16.resize(b * c.q_dim());
   scores.resize(static_cast<size_t>(n_threads) * max_ctx);
   rows.resize(b);
@@ -63,22 +63,22 @@ std::unique_ptr<LlamaModel> LlamaModel::Load(const std::string& path, const Load
   m->cfg_ = ReadModelConfig(f);
   const ModelConfig& c = m->cfg_;
   m->tok_embd_ = GetMatrix(f, "token_embd.weight", c.n_embd, c.n_vocab);
-  m->output_norm_ = GetVector(f, "output_norm.weight", c.n_embd);
+  m->output_norm_ = m->KeepVector(GetVector(f, "output_norm.weight", c.n_embd), c.n_embd);
   m->output_ = c.tied_output ? m->tok_embd_ : GetMatrix(f, "output.weight", c.n_embd, c.n_vocab);
   for (int l = 0; l < c.n_layer; ++l) {
     const std::string p = "blk." + std::to_string(l) + ".";
     Layer L;
-    L.attn_norm = GetVector(f, p + "attn_norm.weight", c.n_embd);
+    L.attn_norm = m->KeepVector(GetVector(f, p + "attn_norm.weight", c.n_embd), c.n_embd);
     L.wq = GetMatrix(f, p + "attn_q.weight", c.n_embd, c.q_dim());
     L.wk = GetMatrix(f, p + "attn_k.weight", c.n_embd, c.kv_dim());
     L.wv = GetMatrix(f, p + "attn_v.weight", c.n_embd, c.kv_dim());
     L.wo = GetMatrix(f, p + "attn_output.weight", c.q_dim(), c.n_embd);
     if (c.qkv_bias) {
-      L.bq = GetVector(f, p + "attn_q.bias", c.q_dim());
-      L.bk = GetVector(f, p + "attn_k.bias", c.kv_dim());
-      L.bv = GetVector(f, p + "attn_v.bias", c.kv_dim());
+      L.bq = m->KeepVector(GetVector(f, p + "attn_q.bias", c.q_dim()), c.q_dim());
+      L.bk = m->KeepVector(GetVector(f, p + "attn_k.bias", c.kv_dim()), c.kv_dim());
+      L.bv = m->KeepVector(GetVector(f, p + "attn_v.bias", c.kv_dim()), c.kv_dim());
     }
-    L.ffn_norm = GetVector(f, p + "ffn_norm.weight", c.n_embd);
+    L.ffn_norm = m->KeepVector(GetVector(f, p + "ffn_norm.weight", c.n_embd), c.n_embd);
     L.w_gate = GetMatrix(f, p + "ffn_gate.weight", c.n_embd, c.n_ff);
     L.w_up = GetMatrix(f, p + "ffn_up.weight", c.n_embd, c.n_ff);
     L.w_down = GetMatrix(f, p + "ffn_down.weight", c.n_ff, c.n_embd);
@@ -99,41 +99,90 @@ std::unique_ptr<LlamaModel> LlamaModel::Load(const std::string& path, const Load
 }
 
 void LlamaModel::PrepareLayers(int first, int last, bool head) {
-  auto interleave = [&](kernels::Matrix& w) {
-    if (!kernels::PrefersInterleaved(w.type) || w.interleave || w.rows % 16 != 0) return;
-    const size_t bytes = static_cast<size_t>(w.rows) * w.row_bytes;
-    auto* buf = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
-    if (!buf)
-      throw Error(file_->path() + ": out of memory copying " + std::to_string(bytes) +
-                  " bytes of weights");
-    owned_.emplace_back(buf);
-    const void* src = w.data;
-    w = kernels::Interleave16(w, buf);
-    // The copy replaces the mapped bytes: drop their pages from this process (they stay in the
-    // page cache), so resident memory holds these weights once.
-    constexpr uintptr_t kPage = 4096;
-    const uintptr_t lo = (reinterpret_cast<uintptr_t>(src) + kPage - 1) & ~(kPage - 1);
-    const uintptr_t hi = (reinterpret_cast<uintptr_t>(src) + bytes) & ~(kPage - 1);
-    if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
-    copied_.push_back(src);
-  };
+  std::vector<kernels::Matrix*> todo;
   for (int l = std::max(0, first); l < std::min(last, cfg_.n_layer); ++l) {
     Layer& L = layers_[static_cast<size_t>(l)];
     for (kernels::Matrix* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
-      interleave(*w);
+      if (kernels::CanInterleave(*w)) todo.push_back(w);
   }
-  if (head) {
-    // A tied head is the embedding table too: both read the one interleaved copy (Embed
-    // gathers a token's row back from its group).
-    interleave(output_);
-    if (cfg_.tied_output) tok_embd_ = output_;
+  // A tied head is the embedding table too: both read the one interleaved copy (Embed gathers a
+  // token's row back from its group).
+  if (head && kernels::CanInterleave(output_)) todo.push_back(&output_);
+  if (todo.empty()) return;
+
+  // One arena for all copies, 2 MiB-aligned and marked for transparent huge pages: decode streams
+  // every weight once per token, and 4 KiB pages would cost a TLB miss every 4 KiB of it.
+  constexpr size_t kHuge = size_t{2} << 20;
+  auto span = [](const kernels::Matrix& w) {
+    return (static_cast<size_t>(w.rows) * w.row_bytes + 63) / 64 * 64;
+  };
+  size_t total = 0;
+  for (const kernels::Matrix* w : todo) total += span(*w);
+  total = (total + kHuge - 1) / kHuge * kHuge;
+  auto* arena = static_cast<uint8_t*>(std::aligned_alloc(kHuge, total));
+  if (!arena)
+    throw Error(file_->path() + ": out of memory copying " + std::to_string(total) +
+                " bytes of weights into the CPU kernels' layout");
+  owned_.emplace_back(arena);
+  madvise(arena, total, MADV_HUGEPAGE);
+
+  uint8_t* dst = arena;
+  std::vector<std::pair<uintptr_t, uintptr_t>> dropped;  // page ranges of the copied sources
+  for (kernels::Matrix* w : todo) {
+    const auto* src = static_cast<const uint8_t*>(w->data);
+    // About 1 MiB of whole 16-row groups at a time, then the mapped pages just read are dropped
+    // (they stay in the page cache): resident memory holds the weights once, even while the
+    // largest matrix (the head) is copied.
+    constexpr uintptr_t kPage = 4096;
+    const int64_t chunk_rows = 16 * std::max<size_t>(1, (size_t{1} << 20) / (16 * w->row_bytes));
+    uintptr_t released = (reinterpret_cast<uintptr_t>(src) + kPage - 1) & ~(kPage - 1);
+    for (int64_t r = 0; r < w->rows; r += chunk_rows) {
+      kernels::Matrix part = *w;
+      part.rows = std::min(w->rows - r, chunk_rows);
+      const size_t off = static_cast<size_t>(r) * w->row_bytes;
+      part.data = src + off;
+      kernels::Interleave16(part, dst + off);
+      const uintptr_t hi =
+          reinterpret_cast<uintptr_t>(src + off + part.rows * w->row_bytes) & ~(kPage - 1);
+      if (hi > released) {
+        madvise(reinterpret_cast<void*>(released), hi - released, MADV_DONTNEED);
+        released = hi;
+      }
+    }
+    dropped.emplace_back((reinterpret_cast<uintptr_t>(src) + kPage - 1) & ~(kPage - 1), released);
+    copied_.push_back(w->data);
+    w->data = dst;
+    w->interleave = 16;
+    dst += span(*w);
   }
+  // A read fault maps the page cache's whole folio around it, which can reach back into a matrix
+  // already copied and released: drop those pages once more, now that the reads are done.
+  for (const auto& [lo, hi] : dropped)
+    if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  if (head && cfg_.tied_output) tok_embd_ = output_;
+}
+
+const float* LlamaModel::KeepVector(const float* mapped, int64_t n) {
+  vectors_.emplace_back(new float[static_cast<size_t>(n)]);
+  const size_t bytes = static_cast<size_t>(n) * sizeof(float);
+  std::memcpy(vectors_.back().get(), mapped, bytes);
+  // Unmap the pages just read (the mapping is private and never written, so dropping a
+  // neighbour's page only means it faults in again if used).
+  constexpr uintptr_t kPage = 4096;
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(mapped) & ~(kPage - 1);
+  const uintptr_t hi = (reinterpret_cast<uintptr_t>(mapped) + bytes + kPage - 1) & ~(kPage - 1);
+  madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  copied_.push_back(mapped);
+  return vectors_.back().get();
 }
 
 void LlamaModel::Prefault(const gguf::TensorInfo& t) const {
   // A tensor replaced by an interleaved copy is computed from the copy: paging its mapped bytes
   // back in would only hold the weights twice.
   if (std::find(copied_.begin(), copied_.end(), t.data) != copied_.end()) return;
+  // An embedding table that is not also the head is a lookup: only the rows of tokens seen are
+  // read, and each faults in on first use (a few pages), so the rest need not be resident.
+  if (!cfg_.tied_output && t.name == "token_embd.weight") return;
   volatile uint8_t sink = 0;
   for (size_t off = 0; off < t.n_bytes; off += 4096) sink = sink + t.data[off];
 }
@@ -167,7 +216,7 @@ void LlamaModel::Attention(int layer, int n, const BatchRow* rows, Workspace& ws
       const int kvh = h / group;
       const KvLayer& kv = rows[i].kv[layer];
       const int64_t n_kv = rows[i].pos + 1;  // causal: keys 0..pos of this row's sequence
-      float* out = ws.attn_out.data() + static_cast<size_t>(i) * q_dim + h * hd;
+      float* out = ws.attn_out() + static_cast<size_t>(i) * q_dim + h * hd;
       std::memset(out, 0, sizeof(float) * hd);
       if (kv.type == TensorType::kF16) {
         const f16_t* q = ws.q16.data() + static_cast<size_t>(i) * q_dim + h * hd;
@@ -246,17 +295,22 @@ void LlamaModel::ForwardBlocks(int first, int last, float* hidden, int n, const 
       }
     }
     Attention(l, n, rows, ws, pool);
-    kernels::MatMul(L.wo, ws.attn_out.data(), q_dim, n, ws.xb.data(), d, pool, ws.scratch);
+    kernels::MatMul(L.wo, ws.attn_out(), q_dim, n, ws.xb.data(), d, pool, ws.scratch);
     kernels::Add(hidden, ws.xb.data(), static_cast<int64_t>(n) * d);
 
     for (int i = 0; i < n; ++i)
       kernels::RmsNorm(hidden + static_cast<size_t>(i) * d, L.ffn_norm,
                        ws.xb.data() + static_cast<size_t>(i) * d, d, c.rms_eps);
-    kernels::MatMul(L.w_gate, ws.xb.data(), d, n, ws.gate.data(), c.n_ff, pool, ws.scratch);
-    kernels::MatMul(L.w_up, ws.xb.data(), d, n, ws.up.data(), c.n_ff, pool, ws.scratch);
-    kernels::SiluMul(ws.gate.data(), ws.up.data(), static_cast<int64_t>(n) * c.n_ff);
-    kernels::MatMul(L.w_down, ws.gate.data(), c.n_ff, n, ws.xb.data(), d, pool, ws.scratch);
-    kernels::Add(hidden, ws.xb.data(), static_cast<int64_t>(n) * d);
+    for (int i0 = 0; i0 < n; i0 += Workspace::kFfnRows) {
+      const int m = std::min(n - i0, Workspace::kFfnRows);
+      const float* x = ws.xb.data() + static_cast<size_t>(i0) * d;
+      kernels::MatMul(L.w_gate, x, d, m, ws.gate.data(), c.n_ff, pool, ws.scratch);
+      kernels::MatMul(L.w_up, x, d, m, ws.up.data(), c.n_ff, pool, ws.scratch);
+      kernels::SiluMul(ws.gate.data(), ws.up.data(), static_cast<int64_t>(m) * c.n_ff);
+      // Into up (free after SiluMul): xb still holds the later rows' inputs.
+      kernels::MatMul(L.w_down, ws.gate.data(), c.n_ff, m, ws.up.data(), d, pool, ws.scratch);
+      kernels::Add(hidden + static_cast<size_t>(i0) * d, ws.up.data(), static_cast<int64_t>(m) * d);
+    }
   }
 }
 

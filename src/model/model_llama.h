@@ -35,7 +35,16 @@ class Workspace {
   Workspace(const ModelConfig& c, int max_batch, int max_ctx, int n_threads);
   int max_batch() const { return max_batch_; }
   int64_t max_ctx() const { return max_ctx_; }
-  std::vector<float> xb, q, k, v, attn_out, gate, up;
+  // Rows of the feed-forward network computed at a time: its two n_ff-wide buffers dominate the
+  // workspace, and the matmuls already stream the weights once per 64 rows, so smaller chunks
+  // cost no extra memory traffic.
+  static constexpr int kFfnRows = 128;
+  std::vector<float> xb, q, k, v;
+  // gate holds the attention output (max_batch rows of q_dim) until the feed-forward network
+  // reuses it for its gate projection (kFfnRows rows of n_ff), next to up (which then takes the
+  // down projection's output).
+  std::vector<float> gate, up;
+  float* attn_out() { return gate.data(); }
   std::vector<f16_t> q16;      // queries rounded to the KV type (F16 caches)
   std::vector<float> scores;   // per thread: max_ctx attention weights
   std::vector<BatchRow> rows;  // max_batch
@@ -50,7 +59,7 @@ struct LoadOptions {
   // Called with (bytes touched, total bytes) while weights are paged in.
   std::function<void(size_t, size_t)> progress;
   bool prefault = true;  // read every weight page at load time, so the first token is not slow
-  // Copy Q4_0/Q8_0 layer matrices into the layout the CPU's kernels read fastest (kernels::
+  // Copy Q4_0/Q8_0/F16 layer matrices into the layout the CPU's kernels read fastest (kernels::
   // PrefersInterleaved), releasing the mapped pages they came from. Shard processes that use
   // a few layers of a mapped file leave it off (it would read every layer) and call
   // LlamaModel::PrepareLayers for their range.
@@ -81,7 +90,8 @@ class LlamaModel {
   // thread-safe against running forward passes.
   void PrepareLayers(int first, int last, bool head);
   // Reads one page of every 4 KiB of a tensor of the file, so that a first forward pass does not
-  // stall on page faults; tensors replaced by a copy above are skipped.
+  // stall on page faults; tensors replaced by a copy above and an untied embedding table (read
+  // a row per token) are skipped.
   void Prefault(const gguf::TensorInfo& t) const;
   // Final norm and output head for `n` rows of hidden state; logits [n, n_vocab].
   // Overwrites hidden with its normalised values.
@@ -99,6 +109,9 @@ class LlamaModel {
   void Attention(int layer, int n, const BatchRow* rows, Workspace& ws,
                  kernels::ThreadPool& pool) const;
 
+  // A copy of the mapped vector `mapped` of n floats, owned by the model.
+  const float* KeepVector(const float* mapped, int64_t n);
+
   std::unique_ptr<gguf::File> file_;
   ModelConfig cfg_;
   kernels::Matrix tok_embd_, output_;
@@ -109,7 +122,10 @@ class LlamaModel {
     void operator()(void* p) const { std::free(p); }
   };
   std::vector<std::unique_ptr<uint8_t, FreeDeleter>> owned_;  // interleaved copies of weights
-  std::vector<const void*> copied_;                           // mapped data they replace
+  // Norm weights and biases, copied at load: a few KiB each, but reading them from the mapping
+  // would map the page cache's whole (up to 2 MiB) folio around each one.
+  std::vector<std::unique_ptr<float[]>> vectors_;
+  std::vector<const void*> copied_;  // mapped data replaced by one of the copies above
 };
 
 }  // namespace es::model
