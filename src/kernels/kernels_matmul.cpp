@@ -540,13 +540,14 @@ struct LoadBF16 {
 // rows at once measured slower than one, and one row alone is bound by its FMA chain). Each row
 // keeps FloatKernel's single accumulator over 16-lane vectors in order and its final Sum, so
 // results are bit-identical to the row-major tiles. C activation rows per pass over 16 rows
-// (C == 1, decode) or 8 (the accumulators must fit 32 registers).
+// (C == 1, decode), 8 (C <= 3) or 4: the accumulators must fit 32 registers, and wider tiles
+// convert each weight vector for more columns.
 template <int C>
 HWY_NOINLINE void F16x16Tile(const TileArgs& t) {
   const DF df;
   static_assert(hn::MaxLanes(DF()) == 16, "the layout's 32-byte pieces are one 16-lane vector");
   const hn::Rebind<hwy::float16_t, DF> dh;
-  constexpr int kRows = C == 1 ? 16 : 8;
+  constexpr int kRows = C == 1 ? 16 : C <= 3 ? 8 : 4;
   const int64_t nb = t.n / 32;
   for (int h = 0; h < 16; h += kRows) {
     VF acc[kRows][C];
@@ -1524,7 +1525,7 @@ TileSet TilesFor(TensorType t) {
       TileSet ts =
           kWide ? MakeTiles<6, 4, FloatKernel<LoadF16>>() : MakeTiles<4, 2, FloatKernel<LoadF16>>();
 #if ES_F16_X16
-      ts.SetX16({{&F16x16Tile<3>, 3}, {&F16x16Tile<2>, 2}, {&F16x16Tile<1>, 1}});
+      ts.SetX16({{&F16x16Tile<6>, 6}, {&F16x16Tile<4>, 4}, {&F16x16Tile<1>, 1}});
 #endif
       return ts;
     }
