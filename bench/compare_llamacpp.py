@@ -54,6 +54,10 @@ def main():
     ap.add_argument("--types", default="f16,q8_0,q4_0,q4_k_m")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("-r", "--repetitions", type=int, default=5)
+    ap.add_argument("--alternate", action="store_true",
+                    help="run each repetition as its own pair of invocations, edgeshard then llama.cpp, "
+                         "so that bandwidth swings on a shared machine hit both engines alike (slower: "
+                         "every invocation loads the model and warms up)")
     ap.add_argument("-p", type=int, default=512)
     ap.add_argument("-n", type=int, default=128)
     ap.add_argument("-o", "--output", default=os.path.join(ROOT, "docs/benchmarks.md"))
@@ -79,21 +83,29 @@ def main():
         for typ in a.types.split(","):
             path = ensure_model(a.edgeshard, a.models_dir, a.vocab, preset, typ)
             for t in threads:
-                # Alternate the engines per configuration so drift on a shared machine hits both.
-                es = run_json([a.edgeshard, "bench", "-m", path, "-p", str(a.p), "-n", str(a.n), "-t", str(t),
-                               "-r", str(a.repetitions), "--json"])
-                lc = run_json([a.llama_bench, "-m", path, "-p", str(a.p), "-n", str(a.n), "-t", str(t),
-                               "-r", str(a.repetitions), "-o", "json"])
+                # Alternate the engines per configuration (or per repetition with --alternate) so that
+                # drift on a shared machine hits both.
+                rounds, reps = (a.repetitions, 1) if a.alternate else (1, a.repetitions)
+                es_runs, lc_runs = [], []
+                for _ in range(rounds):
+                    es_runs.append(run_json([a.edgeshard, "bench", "-m", path, "-p", str(a.p), "-n", str(a.n),
+                                             "-t", str(t), "-r", str(reps), "--json"]))
+                    lc_runs.append(run_json([a.llama_bench, "-m", path, "-p", str(a.p), "-n", str(a.n),
+                                             "-t", str(t), "-r", str(reps), "-o", "json"]))
                 for test in ("pp", "tg"):
-                    e = next(r for r in es if r["test"].startswith(test))
-                    l = next(r for r in lc if (r["n_prompt"] > 0) == (test == "pp"))
-                    l_med = statistics.median(l["samples_ts"])
-                    row = {"preset": preset, "type": typ, "threads": t, "test": e["test"], "edgeshard": e["median"],
-                           "llama_cpp": l_med, "ratio": e["median"] / l_med, "peak_rss": e["peak_rss_bytes"],
+                    es = [next(r for r in run if r["test"].startswith(test)) for run in es_runs]
+                    e = es[0]
+                    # One invocation: its median; several of one repetition each: the median of those.
+                    e_med = statistics.median(r["median"] for r in es)
+                    l_med = statistics.median(x for run in lc_runs for r in run
+                                              if (r["n_prompt"] > 0) == (test == "pp") for x in r["samples_ts"])
+                    row = {"preset": preset, "type": typ, "threads": t, "test": e["test"], "edgeshard": e_med,
+                           "llama_cpp": l_med, "ratio": e_med / l_med,
+                           "peak_rss": max(r["peak_rss_bytes"] for r in es),
                            "file_bytes": e["size_bytes"], "kv_bytes": e["kv_bytes"]}
                     if test == "tg":
                         # Bytes read per generated token: every weight once (the embedding only one row).
-                        row["roofline_fraction"] = e["median"] * e["weight_bytes_per_token"] / bw[t]
+                        row["roofline_fraction"] = e_med * e["weight_bytes_per_token"] / bw[t]
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr)
 
@@ -122,7 +134,9 @@ def main():
         "# Benchmarks: edgeshard vs llama.cpp (same files, same machine, one run)", "",
         f"- Machine: {cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
         f"- edgeshard commit: {commit}; peer: llama.cpp {peer_version(a.llama_bench)}",
-        f"- Date: {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC; {a.repetitions} repetitions, medians; ratio = edgeshard / llama.cpp",
+        f"- Date: {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC; {a.repetitions} repetitions"
+        f"{' (each its own invocation, the engines alternating)' if a.alternate else ''}, medians; "
+        "ratio = edgeshard / llama.cpp",
         "- Memory read bandwidth (edgeshard bench --memory-bandwidth): " +
         ", ".join(f"{t} thread(s) {bw[t] / 1e9:.1f} GB/s" for t in threads),
         "- Roofline fraction: generation tokens/s x bytes read per token / read bandwidth at that thread count",
