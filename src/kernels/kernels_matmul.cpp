@@ -48,14 +48,13 @@ constexpr size_t RoundUp64(size_t v) {
 }
 // Byte offsets inside one converted activation row (quants start at offset 0).
 struct ActLayout {
-  size_t d_off = 0;        // float scale per block
-  size_t sum_off = 0;      // int16 path, Q8_K: int32 sums of 32 quants
-  size_t dxl_off = 0;      // VNNI, Q8_0: float scale per int32 lane (8 per block)
-  size_t corr_off = 0;     // VNNI, Q8_0: int32 -8 * (sum of 4 quants) per lane, for Q4_0
-  size_t bcorr_off = 0;    // VNNI, Q8_0: int32 -8 * (sum of the block's 32 quants), for Q4_0
-  size_t corr128_off = 0;  // VNNI, Q8_0: int32 -128 * (sum of 4 quants), for interleaved Q8_0
-  size_t bs16_off = 0;     // VNNI, Q8_K: int16 sums of 16 quants
-  size_t bs32_off = 0;     // VNNI, Q8_K: int16 sums of 32 quants
+  size_t d_off = 0;      // float scale per block
+  size_t sum_off = 0;    // int16 path, Q8_K: int32 sums of 32 quants
+  size_t dxl_off = 0;    // VNNI, Q8_0: float scale per int32 lane (8 per block)
+  size_t corr_off = 0;   // VNNI, Q8_0: int32 -8 * (sum of 4 quants) per lane, for Q4_0
+  size_t bcorr_off = 0;  // VNNI, Q8_0: int32 -8 * (sum of the block's 32 quants), for Q4_0
+  size_t bs16_off = 0;   // VNNI, Q8_K: int16 sums of 16 quants
+  size_t bs32_off = 0;   // VNNI, Q8_K: int16 sums of 32 quants
   size_t bytes = 0;
 };
 }  // namespace
@@ -85,8 +84,7 @@ ActLayout LayoutFor(TensorType w, int64_t n) {
       l.dxl_off = RoundUp64(l.d_off + un / 32 * 4);
       l.corr_off = RoundUp64(l.dxl_off + un / 32 * 8 * 4);
       l.bcorr_off = RoundUp64(l.corr_off + un / 4 * 4);
-      l.corr128_off = RoundUp64(l.bcorr_off + un / 32 * 4);
-      l.bytes = RoundUp64(l.corr128_off + un / 4 * 4);
+      l.bytes = RoundUp64(l.bcorr_off + un / 32 * 4);
 #else
       l.d_off = RoundUp64(un * 2);
       l.bytes = RoundUp64(l.d_off + un / kQK8_0 * 4);
@@ -182,8 +180,8 @@ void ConvertFloatRow(TensorType w, const float* x, int64_t n, float* out) {
 // Q8_0 as llama.cpp's x86 backend: d = amax/127 (stored as f16), q = round_even(x * 127/amax).
 // Portable layout: int16 quants. VNNI layout: int8 quants, biased by +128 for row-major Q8_0
 // weights (the unsigned operand of vpdpbusd), or unbiased with per-lane corrections of the
-// unsigned weights' offsets for Q4_0 (-8 * sum) and for interleaved Q8_0 (-128 * sum), which
-// MatMul converts as if for Q4_0.
+// unsigned weights' offsets for Q4_0 (-8 * sum; interleaved Q8_0, which MatMul converts as if
+// for Q4_0, scales it by 16 to -128 * sum).
 void ConvertRowQ8_0(TensorType w, const float* x, int64_t n, uint8_t* row, const ActLayout& l) {
   const hn::CappedTag<float, 16> df;
   const size_t N = hn::Lanes(df);
@@ -229,8 +227,6 @@ void ConvertRowQ8_0(TensorType w, const float* x, int64_t n, uint8_t* row, const
     auto* corr = reinterpret_cast<int32_t*>(row + l.corr_off);
     for (int64_t g = 0; g < n / 4; ++g)
       corr[g] = -8 * (q8[4 * g] + q8[4 * g + 1] + q8[4 * g + 2] + q8[4 * g + 3]);
-    auto* corr128 = reinterpret_cast<int32_t*>(row + l.corr128_off);
-    for (int64_t g = 0; g < n / 4; ++g) corr128[g] = 16 * corr[g];
     auto* bcorr = reinterpret_cast<int32_t*>(row + l.bcorr_off);
     for (int64_t b = 0; b < n / 32; ++b) {
       int32_t sum = 0;
@@ -554,7 +550,8 @@ HWY_NOINLINE void F16x16Tile(const TileArgs& t) {
     for (int r = 0; r < kRows; ++r)
       for (int c = 0; c < C; ++c) acc[r][c] = hn::Zero(df);
     for (int64_t b = 0; b < nb; ++b) {
-      const auto* g = reinterpret_cast<const hwy::float16_t*>(t.w + static_cast<size_t>(b) * 1024);
+      const auto* g =
+          reinterpret_cast<const hwy::float16_t*>(t.w) + static_cast<size_t>(b) * 16 * 32;
       for (int half = 0; half < 2; ++half) {
         VF x[C];
         for (int c = 0; c < C; ++c)
@@ -1282,11 +1279,13 @@ HWY_NOINLINE void Q8_0x16Tile(const TileArgs& t) {
     for (int c = 0; c < C; ++c) {
       const uint8_t* a = t.a + c * t.as;
       const auto* xq = reinterpret_cast<const int32_t*>(a) + 8 * b;
-      const auto* corr = reinterpret_cast<const int32_t*>(a + t.l.corr128_off) + 8 * b;
+      const auto* corr = reinterpret_cast<const int32_t*>(a + t.l.corr_off) + 8 * b;
       const float dx = reinterpret_cast<const float*>(a + t.l.d_off)[b];
       const VF d = hn::Mul(dw, hn::Set(df, dx));
       for (int k = 0; k < 8; ++k) {
-        const V32 p = DotBytes(hn::Set(d32, corr[k]), w[k], hn::BitCast(d8, hn::Set(d32, xq[k])));
+        // corr holds -8 * sum for Q4_0's nibbles; the q + 128 bytes need -128 * sum.
+        const V32 p =
+            DotBytes(hn::Set(d32, 16 * corr[k]), w[k], hn::BitCast(d8, hn::Set(d32, xq[k])));
         acc[c][k] = hn::MulAdd(d, hn::ConvertTo(df, p), acc[c][k]);
       }
     }
@@ -1488,7 +1487,6 @@ struct TileSet {
   // first, the last of width 1.
   TileFn x16[3] = {nullptr, nullptr, nullptr};
   int x16_width[3] = {0, 0, 0};
-  // The 16-row tiles, widest first.
   void SetX16(std::initializer_list<std::pair<TileFn, int>> tiles) {
     int i = 0;
     for (const auto& [fn, width] : tiles) x16[i] = fn, x16_width[i++] = width;

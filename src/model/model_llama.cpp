@@ -38,6 +38,20 @@ const float* GetVector(const gguf::File& f, const std::string& name, int64_t n) 
   return reinterpret_cast<const float*>(t.data);
 }
 
+// Mapped pages whose data was copied out are dropped from this process (they stay in the page
+// cache). The mapping is private and never written, so a dropped page only faults in again if
+// read.
+constexpr uintptr_t kPage = 4096;
+uintptr_t PageDown(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) & ~(kPage - 1);
+}
+uintptr_t PageUp(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) + kPage - 1) & ~(kPage - 1);
+}
+void DropPages(uintptr_t lo, uintptr_t hi) {
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+}
+
 }  // namespace
 
 Workspace::Workspace(const ModelConfig& c, int max_batch, int max_ctx, int n_threads)
@@ -133,23 +147,20 @@ void LlamaModel::PrepareLayers(int first, int last, bool head) {
     // About 1 MiB of whole 16-row groups at a time, then the mapped pages just read are dropped
     // (they stay in the page cache): resident memory holds the weights once, even while the
     // largest matrix (the head) is copied.
-    constexpr uintptr_t kPage = 4096;
     const int64_t chunk_rows = 16 * std::max<size_t>(1, (size_t{1} << 20) / (16 * w->row_bytes));
-    uintptr_t released = (reinterpret_cast<uintptr_t>(src) + kPage - 1) & ~(kPage - 1);
+    const uintptr_t first = PageUp(src);
+    uintptr_t released = first;
     for (int64_t r = 0; r < w->rows; r += chunk_rows) {
       kernels::Matrix part = *w;
       part.rows = std::min(w->rows - r, chunk_rows);
       const size_t off = static_cast<size_t>(r) * w->row_bytes;
       part.data = src + off;
       kernels::Interleave16(part, dst + off);
-      const uintptr_t hi =
-          reinterpret_cast<uintptr_t>(src + off + part.rows * w->row_bytes) & ~(kPage - 1);
-      if (hi > released) {
-        madvise(reinterpret_cast<void*>(released), hi - released, MADV_DONTNEED);
-        released = hi;
-      }
+      const uintptr_t hi = PageDown(src + off + part.rows * w->row_bytes);
+      DropPages(released, hi);
+      released = std::max(released, hi);
     }
-    dropped.emplace_back((reinterpret_cast<uintptr_t>(src) + kPage - 1) & ~(kPage - 1), released);
+    dropped.emplace_back(first, released);
     copied_.push_back(w->data);
     w->data = dst;
     w->interleave = 16;
@@ -157,8 +168,7 @@ void LlamaModel::PrepareLayers(int first, int last, bool head) {
   }
   // A read fault maps the page cache's whole folio around it, which can reach back into a matrix
   // already copied and released: drop those pages once more, now that the reads are done.
-  for (const auto& [lo, hi] : dropped)
-    if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  for (const auto& [lo, hi] : dropped) DropPages(lo, hi);
   if (head && cfg_.tied_output) tok_embd_ = output_;
 }
 
@@ -166,12 +176,8 @@ const float* LlamaModel::KeepVector(const float* mapped, int64_t n) {
   vectors_.emplace_back(new float[static_cast<size_t>(n)]);
   const size_t bytes = static_cast<size_t>(n) * sizeof(float);
   std::memcpy(vectors_.back().get(), mapped, bytes);
-  // Unmap the pages just read (the mapping is private and never written, so dropping a
-  // neighbour's page only means it faults in again if used).
-  constexpr uintptr_t kPage = 4096;
-  const uintptr_t lo = reinterpret_cast<uintptr_t>(mapped) & ~(kPage - 1);
-  const uintptr_t hi = (reinterpret_cast<uintptr_t>(mapped) + bytes + kPage - 1) & ~(kPage - 1);
-  madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  // The whole pages around it: a neighbour's page is only read again if used.
+  DropPages(PageDown(mapped), PageUp(reinterpret_cast<const uint8_t*>(mapped) + bytes));
   copied_.push_back(mapped);
   return vectors_.back().get();
 }
@@ -184,7 +190,7 @@ void LlamaModel::Prefault(const gguf::TensorInfo& t) const {
   // read, and each faults in on first use (a few pages), so the rest need not be resident.
   if (!cfg_.tied_output && t.name == "token_embd.weight") return;
   volatile uint8_t sink = 0;
-  for (size_t off = 0; off < t.n_bytes; off += 4096) sink = sink + t.data[off];
+  for (size_t off = 0; off < t.n_bytes; off += kPage) sink = sink + t.data[off];
 }
 
 void LlamaModel::Embed(const int32_t* tokens, int n, float* hidden) const {
