@@ -83,24 +83,41 @@ def main():
         for typ in a.types.split(","):
             path = ensure_model(a.edgeshard, a.models_dir, a.vocab, preset, typ)
             for t in threads:
-                # Alternate the engines per configuration (or per repetition with --alternate) so that
-                # drift on a shared machine hits both.
-                rounds, reps = (a.repetitions, 1) if a.alternate else (1, a.repetitions)
+                # Alternate the engines per configuration, or with --alternate per repetition and
+                # test: each its own pair of invocations, the engine that goes first swapping every
+                # repetition, so that drift on a shared machine, and whatever one test leaves behind
+                # for the next in a process, hit both alike.
                 es_runs, lc_runs = [], []
-                for _ in range(rounds):
-                    es_runs.append(run_json([a.edgeshard, "bench", "-m", path, "-p", str(a.p), "-n", str(a.n),
-                                             "-t", str(t), "-r", str(reps), "--json"]))
-                    lc_runs.append(run_json([a.llama_bench, "-m", path, "-p", str(a.p), "-n", str(a.n),
-                                             "-t", str(t), "-r", str(reps), "-o", "json"]))
+
+                def es_cmd(p, n, reps):
+                    return [a.edgeshard, "bench", "-m", path, "-p", str(p), "-n", str(n), "-t", str(t),
+                            "-r", str(reps), "--json"]
+
+                def lc_cmd(p, n, reps):
+                    return [a.llama_bench, "-m", path, "-p", str(p), "-n", str(n), "-t", str(t),
+                            "-r", str(reps), "-o", "json"]
+
+                if a.alternate:
+                    for i in range(a.repetitions):
+                        for p, n in ((a.p, 0), (0, a.n)):
+                            pair = [(es_runs, es_cmd(p, n, 1)), (lc_runs, lc_cmd(p, n, 1))]
+                            for runs, cmd in (pair if i % 2 == 0 else pair[::-1]):
+                                runs.append(run_json(cmd))
+                else:
+                    es_runs.append(run_json(es_cmd(a.p, a.n, a.repetitions)))
+                    lc_runs.append(run_json(lc_cmd(a.p, a.n, a.repetitions)))
                 for test in ("pp", "tg"):
-                    es = [next(r for r in run if r["test"].startswith(test)) for run in es_runs]
+                    es = [r for run in es_runs for r in run if r["test"].startswith(test)]
                     e = es[0]
                     # One invocation: its median; several of one repetition each: the median of those.
                     e_med = statistics.median(r["median"] for r in es)
-                    l_med = statistics.median(x for run in lc_runs for r in run
-                                              if (r["n_prompt"] > 0) == (test == "pp") for x in r["samples_ts"])
+                    e_all = [x for r in es for x in r["tokens_per_s"]]
+                    l_all = [x for run in lc_runs for r in run if (r["n_prompt"] > 0) == (test == "pp")
+                             for x in r["samples_ts"]]
+                    l_med = statistics.median(l_all)
                     row = {"preset": preset, "type": typ, "threads": t, "test": e["test"], "edgeshard": e_med,
                            "llama_cpp": l_med, "ratio": e_med / l_med,
+                           "spread": (min(e_all), max(e_all), min(l_all), max(l_all)),
                            "peak_rss": max(r["peak_rss_bytes"] for r in es),
                            "file_bytes": e["size_bytes"], "kv_bytes": e["kv_bytes"]}
                     if test == "tg":
@@ -135,20 +152,22 @@ def main():
         f"- Machine: {cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
         f"- edgeshard commit: {commit}; peer: llama.cpp {peer_version(a.llama_bench)}",
         f"- Date: {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC; {a.repetitions} repetitions"
-        f"{' (each its own invocation, the engines alternating)' if a.alternate else ''}, medians; "
+        f"{' (each test of each repetition its own invocation, the engines alternating and swapping which goes first)' if a.alternate else ''}, medians; "
         "ratio = edgeshard / llama.cpp",
         "- Memory read bandwidth (edgeshard bench --memory-bandwidth): " +
         ", ".join(f"{t} thread(s) {bw[t] / 1e9:.1f} GB/s" for t in threads),
         "- Roofline fraction: generation tokens/s x bytes read per token / read bandwidth at that thread count",
         f"- Command: `{shlex.join(['bench/compare_llamacpp.py'] + sys.argv[1:])}`", "",
-        "| model | type | threads | test | edgeshard t/s | llama.cpp t/s | ratio | roofline | peak RSS | file + KV + 64 MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "- Spread: the lowest and highest repetition of each engine, edgeshard / llama.cpp", "",
+        "| model | type | threads | test | edgeshard t/s | llama.cpp t/s | ratio | roofline | spread | peak RSS | file + KV + 64 MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         budget = r["file_bytes"] + r["kv_bytes"] + 64 * 2**20
         roof = f"{100 * r['roofline_fraction']:.0f}%" if "roofline_fraction" in r else ""
+        spread = "{:.1f}-{:.1f} / {:.1f}-{:.1f}".format(*r["spread"])
         lines.append(f"| {r['preset']} | {r['type']} | {r['threads']} | {r['test']} | {r['edgeshard']:.1f} | "
-                     f"{r['llama_cpp']:.1f} | {r['ratio']:.2f} | {roof} | {r['peak_rss'] / 2**20:.0f} MiB | "
+                     f"{r['llama_cpp']:.1f} | {r['ratio']:.2f} | {roof} | {spread} | {r['peak_rss'] / 2**20:.0f} MiB | "
                      f"{budget / 2**20:.0f} MiB |")
     if not acc:
         lines += ["", "No accuracy table: it compares each type with F16, so it needs f16 in --types and "
