@@ -727,6 +727,22 @@ TEST(ThreadPool, ParallelForCoversRangeExactlyOnce) {
   }
 }
 
+TEST(ThreadPool, ParallelForLetsOthersTakeASlowThreadsShare) {
+  // Thread 1 stalls in its first chunk (as a core lent to another tenant would); thread 0 takes
+  // every other chunk instead of waiting with half the range left to thread 1.
+  k::ThreadPool pool(2);
+  const int64_t n = 64;
+  std::vector<std::atomic<int>> seen(n);
+  std::atomic<int64_t> by_thread[2] = {0, 0};
+  pool.ParallelFor(n, [&](int64_t b, int64_t e, int t) {
+    if (t == 1) std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    by_thread[t].fetch_add(e - b);
+    for (int64_t i = b; i < e; ++i) seen[i].fetch_add(1);
+  });
+  for (int64_t i = 0; i < n; ++i) EXPECT_EQ(seen[i].load(), 1);
+  EXPECT_GE(by_thread[0].load(), n * 3 / 4) << "thread 1 covered " << by_thread[1].load();
+}
+
 TEST(ThreadPool, PropagatesExceptionsAndStaysUsable) {
   k::ThreadPool pool(3);
   EXPECT_THROW(pool.Run([](int i) {

@@ -136,14 +136,22 @@ void ThreadPool::Run(const std::function<void(int)>& fn) {
 
 void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) {
   if (n <= 0) return;
+  // Chunks of about an eighth of a thread's share, taken in order from a shared counter rather
+  // than one fixed range per thread: a core slowed by another tenant, a host preemption or a
+  // smaller core (big.LITTLE) then takes fewer chunks instead of holding the others at the end.
   // The closure captures one pointer so that std::function keeps it inline (no allocation).
   struct Job {
     int64_t n, chunk;
+    std::atomic<int64_t> next;
     const std::function<void(int64_t, int64_t, int)>* fn;
-  } job{n, (n + size() - 1) / size(), &fn};
+  } job{n, std::max<int64_t>(1, n / (8 * int64_t{size()})), {size()}, &fn};
   Run([&job](int i) {
-    const int64_t b = std::min(job.n, job.chunk * i), e = std::min(job.n, b + job.chunk);
-    if (b < e) (*job.fn)(b, e, i);
+    // Thread i starts at chunk i, so the counter is only contended once the first round is done.
+    for (int64_t c = i;; c = job.next.fetch_add(1, std::memory_order_relaxed)) {
+      const int64_t b = c * job.chunk;
+      if (b >= job.n) break;
+      (*job.fn)(b, std::min(job.n, b + job.chunk), i);
+    }
   });
 }
 
@@ -190,9 +198,8 @@ void MatMul(const Matrix& w, const float* x, int64_t ldx, int64_t batch, float* 
     int64_t ldy;
     detail::Acts acts;
     uint8_t* base;
-    int threads;
     int64_t unit, units;
-  } job{&w, x, ldx, batch, y, ldy, acts, base, threads, 0, 0};
+  } job{&w, x, ldx, batch, y, ldy, acts, base, 0, 0};
 
   if (threads > 1 && batch >= 2 * threads) {
     const std::function<void(int64_t, int64_t, int)> convert = [&job](int64_t b0, int64_t b1, int) {
@@ -208,17 +215,16 @@ void MatMul(const Matrix& w, const float* x, int64_t ldx, int64_t batch, float* 
     detail::MatMulRows(w, acts, batch, 0, w.rows, y, ldy);
     return;
   }
-  // Contiguous row ranges, balanced across threads, in units that every row-tile height
-  // (2, 3, 4, 6) divides so that no thread ends on a partial tile.
-  // 16: the decode tile height and the interleaved row group.
+  // Row ranges in units that every row-tile height (2, 3, 4, 6) divides so that no range ends on
+  // a partial tile; 16: the decode tile height and the interleaved row group.
   job.unit = batch == 1 || w.interleave ? 16 : 12;
   job.units = (w.rows + job.unit - 1) / job.unit;
-  pool.Run([&job](int t) {
-    const int64_t rows = job.w->rows;
-    const int64_t u0 = job.units * t / job.threads, u1 = job.units * (t + 1) / job.threads;
-    const int64_t r0 = std::min(rows, u0 * job.unit), r1 = std::min(rows, u1 * job.unit);
-    if (r0 < r1) detail::MatMulRows(*job.w, job.acts, job.batch, r0, r1, job.y, job.ldy);
-  });
+  const std::function<void(int64_t, int64_t, int)> rows = [&job](int64_t u0, int64_t u1, int) {
+    const int64_t n = job.w->rows;
+    detail::MatMulRows(*job.w, job.acts, job.batch, std::min(n, u0 * job.unit),
+                       std::min(n, u1 * job.unit), job.y, job.ldy);
+  };
+  pool.ParallelFor(job.units, rows);
 }
 
 }  // namespace es::kernels

@@ -27,7 +27,8 @@ class ThreadPool {
   int size() const;
   // Calls fn(thread_index) once on each of the size() threads (thread 0 is the caller).
   void Run(const std::function<void(int thread_index)>& fn);
-  // Splits [0, n) into contiguous ranges, one per thread, and calls fn(begin, end, thread).
+  // Calls fn(begin, end, thread) over contiguous chunks of [0, n) that the threads take in turn
+  // (several per thread, so fn must not assume one call per thread).
   void ParallelFor(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn);
 
  private:
