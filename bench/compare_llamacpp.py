@@ -55,9 +55,10 @@ def main():
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("-r", "--repetitions", type=int, default=5)
     ap.add_argument("--alternate", action="store_true",
-                    help="run each repetition as its own pair of invocations, edgeshard then llama.cpp, "
-                         "so that bandwidth swings on a shared machine hit both engines alike (slower: "
-                         "every invocation loads the model and warms up)")
+                    help="run each test (pp, tg) of each repetition as its own pair of invocations, the "
+                         "engine that goes first swapping every repetition, so that bandwidth swings on a "
+                         "shared machine hit both engines alike (slower: every invocation loads the model "
+                         "and warms up)")
     ap.add_argument("-p", type=int, default=512)
     ap.add_argument("-n", type=int, default=128)
     ap.add_argument("-o", "--output", default=os.path.join(ROOT, "docs/benchmarks.md"))
@@ -109,12 +110,11 @@ def main():
                 for test in ("pp", "tg"):
                     es = [r for run in es_runs for r in run if r["test"].startswith(test)]
                     e = es[0]
-                    # One invocation: its median; several of one repetition each: the median of those.
-                    e_med = statistics.median(r["median"] for r in es)
+                    # Every repetition of either engine, whether from one invocation or several.
                     e_all = [x for r in es for x in r["tokens_per_s"]]
                     l_all = [x for run in lc_runs for r in run if (r["n_prompt"] > 0) == (test == "pp")
                              for x in r["samples_ts"]]
-                    l_med = statistics.median(l_all)
+                    e_med, l_med = statistics.median(e_all), statistics.median(l_all)
                     row = {"preset": preset, "type": typ, "threads": t, "test": e["test"], "edgeshard": e_med,
                            "llama_cpp": l_med, "ratio": e_med / l_med,
                            "spread": (min(e_all), max(e_all), min(l_all), max(l_all)),
