@@ -15,7 +15,12 @@ namespace {
 struct ServeOptions {
   ModelOptions model;
   server::ServerOptions server;
+  double head_timeout_s = 10, body_timeout_s = 60, idle_timeout_s = 5, write_timeout_s = 10;
 };
+
+bool IsLoopbackHost(const std::string& h) {
+  return h == "localhost" || h == "::1" || h == "[::1]" || h.rfind("127.", 0) == 0;
+}
 
 int Serve(ServeOptions o) {
   auto& s = o.server;
@@ -24,6 +29,16 @@ int Serve(ServeOptions o) {
   s.sched.n_threads = o.model.threads;
   s.sched.n_batch = o.model.batch;
   s.sched.kv_type = o.model.kv_type == "f32" ? TensorType::kF32 : TensorType::kF16;
+  auto ms = [](double sec) { return static_cast<int>(sec * 1000 + 0.5); };
+  s.conn.head_timeout_ms = ms(o.head_timeout_s);
+  s.conn.body_timeout_ms = ms(o.body_timeout_s);
+  s.conn.idle_timeout_ms = ms(o.idle_timeout_s);
+  s.conn.write_timeout_ms = ms(o.write_timeout_s);
+  if (!IsLoopbackHost(s.host) && s.api_key.empty())
+    std::fprintf(stderr,
+                 "edgeshard serve: warning: listening on %s without --api-key: anyone who can "
+                 "reach this port can use the model (set --api-key or $EDGESHARD_API_KEY)\n",
+                 s.host.c_str());
 
   // SIGINT/SIGTERM go to one thread that stops the server cleanly; block them before any other
   // thread exists so that none of those receives them.
@@ -78,9 +93,30 @@ const bool registered = RegisterCommand("serve", [](CLI::App& app) {
   cmd->add_option("--max-body", s.max_body, "largest request body in bytes")
       ->check(CLI::Range(size_t{1024}, size_t{1} << 30))
       ->capture_default_str();
-  cmd->add_option("--http-threads", s.http_threads,
-                  "HTTP worker threads (default: parallel + queue + 8)")
-      ->check(CLI::Range(1, 4096));
+  cmd->add_option("--http-threads,--max-connections", s.conn.max_connections,
+                  "connections served at once, a thread each, started as needed; more wait "
+                  "(default: the larger of 256 and parallel + queue + 8)")
+      ->check(CLI::Range(1, 65536));
+  cmd->add_option("--max-conns-per-client", s.conn.max_per_client,
+                  "connections one client address may hold at once; more are answered 429")
+      ->check(CLI::Range(1, 65536))
+      ->capture_default_str();
+  cmd->add_option("--http-head-timeout", o->head_timeout_s,
+                  "seconds a client has to send a request's line and headers")
+      ->check(CLI::Range(0.1, 3600.0))
+      ->capture_default_str();
+  cmd->add_option("--http-body-timeout", o->body_timeout_s,
+                  "seconds a client has to send a request's body, after its headers")
+      ->check(CLI::Range(0.1, 3600.0))
+      ->capture_default_str();
+  cmd->add_option("--http-idle-timeout", o->idle_timeout_s,
+                  "seconds a kept-alive connection may wait for its next request")
+      ->check(CLI::Range(0.1, 3600.0))
+      ->capture_default_str();
+  cmd->add_option("--http-write-timeout", o->write_timeout_s,
+                  "seconds a client may take no response bytes before it is dropped")
+      ->check(CLI::Range(0.1, 3600.0))
+      ->capture_default_str();
   cmd->add_flag("-v,--verbose", s.log_requests, "log every request on stderr");
   // Makes tiny models slow enough for overload and disconnect tests to be deterministic.
   cmd->add_option("--test-step-delay-ms", s.sched.step_delay_ms,

@@ -59,7 +59,7 @@ struct HttpServer::Impl {
   std::string template_note;
   Metrics metrics;
   std::unique_ptr<Scheduler> sched;
-  httplib::Server http;
+  std::unique_ptr<GuardedServer> http;
   int port = 0;
 
   void Routes();
@@ -98,12 +98,11 @@ HttpServer::HttpServer(const ServerOptions& o) : impl_(std::make_unique<Impl>())
   }
 
   s.sched = std::make_unique<Scheduler>(*s.model, *s.tok, o.sched, s.metrics);
-  const int threads =
-      o.http_threads > 0 ? o.http_threads : s.sched->n_slots() + std::max(o.sched.max_queue, 0) + 8;
-  s.http.new_task_queue = [threads] {
-    return new httplib::ThreadPool(static_cast<size_t>(threads));
-  };
-  s.http.set_payload_max_length(o.max_body);
+  ConnLimits conn = o.conn;
+  if (conn.max_connections <= 0)
+    conn.max_connections = std::max(256, s.sched->n_slots() + std::max(o.sched.max_queue, 0) + 8);
+  s.http = std::make_unique<GuardedServer>(conn);
+  s.http->set_payload_max_length(o.max_body);
   s.Routes();
 }
 
@@ -114,11 +113,12 @@ HttpServer::~HttpServer() {
 int HttpServer::Bind() {
   Impl& s = *impl_;
   if (s.opts.port == 0) {
-    s.port = s.http.bind_to_any_port(s.opts.host);
+    s.port = s.http->bind_to_any_port(s.opts.host);
     if (s.port < 0) s.port = 0;
-  } else if (s.http.bind_to_port(s.opts.host, s.opts.port)) {
+  } else if (s.http->bind_to_port(s.opts.host, s.opts.port)) {
     s.port = s.opts.port;
   }
+  if (s.port > 0) s.http->RaiseBacklog();
   if (s.port <= 0)
     throw Error("cannot listen on " + s.opts.host + ":" + std::to_string(s.opts.port) +
                 " (address in use, or not an address of this machine)");
@@ -126,11 +126,11 @@ int HttpServer::Bind() {
 }
 
 void HttpServer::Run() {
-  impl_->http.listen_after_bind();
+  impl_->http->listen_after_bind();
 }
 
 void HttpServer::Stop() {
-  impl_->http.stop();
+  impl_->http->stop();
   impl_->sched->Stop();
 }
 
@@ -151,7 +151,7 @@ void HttpServer::Impl::Routes() {
   using httplib::Response;
   using HR = httplib::Server::HandlerResponse;
 
-  http.set_pre_routing_handler([this](const Request& req, Response& res) {
+  http->set_pre_routing_handler([this](const Request& req, Response& res) {
     if (opts.api_key.empty() || req.path == "/health") return HR::Unhandled;
     const std::string auth = req.get_header_value("Authorization");
     const std::string prefix = "Bearer ";
@@ -166,8 +166,8 @@ void HttpServer::Impl::Routes() {
     return HR::Handled;
   });
   // Errors httplib answers itself (unknown path, unreadable request) get the OpenAI shape too.
-  http.set_error_handler(httplib::Server::HandlerWithResponse([](const Request& req,
-                                                                 Response& res) {
+  http->set_error_handler(httplib::Server::HandlerWithResponse([](const Request& req,
+                                                                  Response& res) {
     if (!res.body.empty() || res.content_provider_) return HR::Unhandled;
     std::string msg = "the request could not be handled (HTTP " + std::to_string(res.status) + ")";
     if (res.status == 400) msg = "the request is malformed (request line, headers or body)";
@@ -176,7 +176,7 @@ void HttpServer::Impl::Routes() {
     SendError(res, ApiError(res.status, msg, "", res.status == 413 ? "request_too_large" : ""));
     return HR::Handled;
   }));
-  http.set_exception_handler([](const Request&, Response& res, std::exception_ptr ep) {
+  http->set_exception_handler([](const Request&, Response& res, std::exception_ptr ep) {
     std::string msg = "internal error";
     try {
       std::rethrow_exception(ep);
@@ -186,14 +186,14 @@ void HttpServer::Impl::Routes() {
     }
     SendError(res, ApiError(500, msg));
   });
-  http.set_logger([this](const Request& req, const Response& res) {
+  http->set_logger([this](const Request& req, const Response& res) {
     metrics.HttpRequest(EndpointLabel(req.path), res.status);
     if (opts.log_requests)
       std::fprintf(stderr, "edgeshard serve: %s %s %d\n", req.method.c_str(), req.path.c_str(),
                    res.status);
   });
 
-  http.Get("/health", [](const Request&, Response& res) {
+  http->Get("/health", [](const Request&, Response& res) {
     res.set_content("{\"status\":\"ok\"}", "application/json");
   });
   auto models = [this](const Request&, Response& res) {
@@ -206,21 +206,21 @@ void HttpServer::Impl::Routes() {
          {{"n_ctx", sched->n_ctx()}, {"n_slots", sched->n_slots()}, {"n_vocab", tok->n_vocab()}}}};
     res.set_content(Dump(json{{"object", "list"}, {"data", json::array({m})}}), "application/json");
   };
-  http.Get("/v1/models", models);
-  http.Get("/models", models);
-  http.Get("/metrics", [this](const Request&, Response& res) {
+  http->Get("/v1/models", models);
+  http->Get("/models", models);
+  http->Get("/metrics", [this](const Request&, Response& res) {
     res.set_content(metrics.Render(), "text/plain; version=0.0.4");
   });
   for (const char* path : {"/v1/chat/completions", "/chat/completions"})
-    http.Post(path,
-              [this](const Request& req, Response& res, const httplib::ContentReader& reader) {
-                Generate(Endpoint::kChat, req, res, reader);
-              });
+    http->Post(path,
+               [this](const Request& req, Response& res, const httplib::ContentReader& reader) {
+                 Generate(Endpoint::kChat, req, res, reader);
+               });
   for (const char* path : {"/v1/completions", "/completions"})
-    http.Post(path,
-              [this](const Request& req, Response& res, const httplib::ContentReader& reader) {
-                Generate(Endpoint::kCompletion, req, res, reader);
-              });
+    http->Post(path,
+               [this](const Request& req, Response& res, const httplib::ContentReader& reader) {
+                 Generate(Endpoint::kCompletion, req, res, reader);
+               });
 }
 
 void HttpServer::Impl::Generate(Endpoint ep, const httplib::Request& req, httplib::Response& res,
@@ -248,13 +248,7 @@ void HttpServer::Impl::Generate(Endpoint ep, const httplib::Request& req, httpli
                          std::to_string(opts.max_body) + " bytes",
                      "", "request_too_large");
     if (!ok) throw ApiError(400, "the request body could not be read");
-    json j;
-    try {
-      j = json::parse(body);
-    } catch (const json::parse_error& e) {
-      throw ApiError(400, std::string("the request body is not valid JSON: ") + e.what());
-    }
-    ParsedRequest p = ParseRequest(ep, j, sched->n_ctx());
+    ParsedRequest p = ParseRequest(ep, ParseBody(body), sched->n_ctx());
     p.gen.prompt = BuildPrompt(p, *tok, chat_template, sched->n_ctx());
     auto job = std::make_shared<Job>(p.gen);
     if (!sched->Submit(job)) {

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "server/server_conn.h"
 #include "server/server_scheduler.h"
 
 namespace es::server {
@@ -19,7 +20,9 @@ struct ServerOptions {
   int port = 8080;      // 0: any free port (Bind returns it)
   std::string api_key;  // when set, every endpoint but /health needs "Bearer KEY"
   SchedulerOptions sched;
-  int http_threads = 0;        // 0: enough for every slot and queued request, plus a few
+  // Connection limits; conn.max_connections 0: enough for every slot and queued request, and at
+  // least 256.
+  ConnLimits conn{.max_connections = 0};
   size_t max_body = 4u << 20;  // larger request bodies get 413
   bool log_requests = false;   // one line per request on stderr
 };

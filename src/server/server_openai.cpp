@@ -25,8 +25,32 @@ std::string Num(double v) {
   return buf;
 }
 
+// Appends a preview of `v` to `out`, stopping once `out` passes `limit` bytes: a value quoted in
+// an error is never serialised whole (it may be megabytes).
+void Preview(const json& v, std::string& out, size_t limit) {
+  if (out.size() > limit) return;
+  if (v.is_array() || v.is_object()) {
+    const bool arr = v.is_array();
+    out += arr ? '[' : '{';
+    bool first = true;
+    for (auto it = v.begin(); it != v.end() && out.size() <= limit; ++it) {
+      if (!first) out += ',';
+      first = false;
+      if (!arr) out += Dump(json(it.key().substr(0, limit))) + ':';
+      Preview(*it, out, limit);
+    }
+    out += arr ? ']' : '}';
+    return;
+  }
+  const std::string s = v.is_string() && v.get_ref<const std::string&>().size() > limit
+                            ? Dump(v.get_ref<const std::string&>().substr(0, limit))
+                            : Dump(v);
+  out += s;
+}
+
 std::string Short(const json& v) {
-  std::string s = Dump(v);
+  std::string s;
+  Preview(v, s, 60);
   return s.size() > 60 ? s.substr(0, 57) + "..." : s;
 }
 
@@ -148,6 +172,35 @@ json ErrorJson(const ApiError& e) {
 
 std::string Dump(const json& j) {
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+json ParseBody(const std::string& body) {
+  // Depth is counted on the text, outside strings, before the parser builds anything.
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (const char c : body) {
+    if (in_string) {
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
+      else if (c == '"')
+        in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxJsonDepth)
+        throw ApiError(400, "the request body nests arrays/objects deeper than " +
+                                std::to_string(kMaxJsonDepth) + " levels");
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  try {
+    return json::parse(body);
+  } catch (const json::parse_error& e) {
+    throw ApiError(400, std::string("the request body is not valid JSON: ") + e.what());
+  }
 }
 
 ParsedRequest ParseRequest(Endpoint ep, const json& body, int n_ctx) {

@@ -26,6 +26,14 @@ std::string Dump(const nlohmann::json& j);
 
 enum class Endpoint { kChat, kCompletion };
 
+// Deepest nesting of arrays/objects a request body may have. Real requests nest a few levels
+// (messages -> content parts; a JSON schema a few dozen); deeper bodies are refused before
+// parsing, since copying or printing a value recurses once per level.
+constexpr int kMaxJsonDepth = 64;
+// The body as JSON; throws ApiError 400 if it is not valid JSON or nests deeper than
+// kMaxJsonDepth.
+nlohmann::json ParseBody(const std::string& body);
+
 struct ParsedRequest {
   Endpoint endpoint = Endpoint::kCompletion;
   GenRequest gen;                          // everything but the prompt tokens
