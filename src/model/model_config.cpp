@@ -1,5 +1,7 @@
 #include "model/model_config.h"
 
+#include "model/model_support.h"
+
 namespace es::model {
 namespace {
 
@@ -49,13 +51,15 @@ ModelConfig ReadModelConfig(const gguf::File& f) {
   if (!(c.rms_eps > 0))
     throw Error(f.path() + ": attention.layer_norm_rms_epsilon must be positive");
   c.rope_neox = c.arch == "qwen2";
-  c.qkv_bias = c.arch == "qwen2";
+  // Llama files may carry Q/K/V biases too (llama.cpp reads them when present).
+  c.qkv_bias = c.arch == "qwen2" || f.FindTensor("blk.0.attn_q.bias") != nullptr;
   const auto& embd = f.GetTensor("token_embd.weight");
   if (embd.dims.size() != 2 || embd.dims[0] != c.n_embd)
     throw Error(f.path() + ": tensor 'token_embd.weight' has shape " + embd.ShapeString() +
                 ", expected [" + std::to_string(c.n_embd) + ", n_vocab]");
   c.n_vocab = static_cast<int>(embd.dims[1]);
   c.tied_output = f.FindTensor("output.weight") == nullptr;
+  RefuseUncomputed(f, c);
   return c;
 }
 

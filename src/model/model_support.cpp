@@ -1,0 +1,230 @@
+#include "model/model_support.h"
+
+#include <cmath>
+#include <functional>
+#include <set>
+#include <string>
+#include <string_view>
+
+namespace es::model {
+namespace {
+
+using gguf::ValueType;
+
+bool IsFloat(ValueType t) {
+  return t == ValueType::kF32 || t == ValueType::kF64;
+}
+bool IsInt(ValueType t) {
+  return t == ValueType::kU8 || t == ValueType::kI8 || t == ValueType::kU16 ||
+         t == ValueType::kI16 || t == ValueType::kU32 || t == ValueType::kI32 ||
+         t == ValueType::kU64 || t == ValueType::kI64;
+}
+
+// The value as the error shows it.
+std::string Shown(const gguf::File& f, const std::string& key) {
+  const gguf::Value* v = f.Find(key);
+  if (!v) return "";
+  if (v->IsArray()) return "an array";
+  if (v->type == ValueType::kString) {
+    std::string s = f.GetString(key);
+    if (s.size() > 40) s = s.substr(0, 40) + "...";
+    for (char& ch : s)
+      if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) ch = '?';
+    return "\"" + s + "\"";
+  }
+  if (v->type == ValueType::kBool) return f.GetBool(key) ? "true" : "false";
+  if (IsFloat(v->type)) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", f.GetFloat(key));
+    return buf;
+  }
+  if (IsInt(v->type)) return std::to_string(f.GetInt(key));
+  return gguf::ValueTypeName(v->type);
+}
+
+// A number the key holds, or NaN when it is not a scalar number.
+double Number(const gguf::File& f, const std::string& key) {
+  const gguf::Value* v = f.Find(key);
+  if (!v || v->IsArray()) return NAN;
+  if (IsFloat(v->type)) return f.GetFloat(key);
+  if (IsInt(v->type)) return static_cast<double>(f.GetInt(key));
+  if (v->type == ValueType::kBool) return f.GetBool(key) ? 1 : 0;
+  return NAN;
+}
+
+struct Ctx {
+  const gguf::File& f;
+  const ModelConfig& c;
+  const std::string& key;
+};
+
+// A key edgeshard knows: `neutral` says whether its value leaves the arithmetic as computed
+// (nullptr: always harmless); `what` names the math it would need otherwise.
+struct KeyRule {
+  std::string_view suffix;  // after "<arch>."; a trailing '*' matches any rest
+  std::function<bool(const Ctx&)> neutral;
+  const char* what;
+};
+
+bool Is(const Ctx& x, std::initializer_list<double> ok) {
+  const double v = Number(x.f, x.key);
+  for (double o : ok)
+    if (v == o) return true;
+  return false;
+}
+
+const std::vector<KeyRule>& Rules() {
+  static const std::vector<KeyRule> rules = {
+      // Hyperparameters edgeshard reads, and keys that only describe the file.
+      {"context_length", nullptr, ""},
+      {"embedding_length", nullptr, ""},
+      {"block_count", nullptr, ""},
+      {"feed_forward_length", nullptr, ""},
+      {"vocab_size", nullptr, ""},
+      {"attention.head_count", nullptr, ""},
+      {"attention.head_count_kv", nullptr, ""},
+      {"attention.layer_norm_rms_epsilon", nullptr, ""},
+      {"attention.key_length", nullptr, ""},
+      {"rope.dimension_count", nullptr, ""},
+      {"rope.freq_base", nullptr, ""},
+      {"tensor_data_layout", nullptr, ""},
+      {"rope.scaling.original_context_length", nullptr, ""},
+      {"rope.scaling.finetuned", nullptr, ""},
+      // Keys whose neutral value is the math edgeshard does.
+      {"attention.value_length", [](const Ctx& x) { return Number(x.f, x.key) == x.c.head_dim; },
+       "a value head size different from the key head size"},
+      {"rope.scaling.type",
+       [](const Ctx& x) {
+         const std::string t = x.f.GetStringOr(x.key).value_or("");
+         const std::string fk = x.c.arch + ".rope.scaling.factor";
+         return t == "none" || (t == "linear" && (!x.f.Has(fk) || Is({x.f, x.c, fk}, {0, 1})));
+       },
+       "RoPE scaling (linear, YaRN or Llama-3 style position interpolation)"},
+      {"rope.scaling.factor",
+       [](const Ctx& x) {
+         return Is(x, {0, 1});
+       },
+       "RoPE scaling (position interpolation by this factor)"},
+      {"rope.scaling.attn_factor",
+       [](const Ctx& x) {
+         return Is(x, {0, 1});
+       },
+       "a RoPE attention factor (YaRN)"},
+      {"rope.scaling.*", [](const Ctx&) { return false; }, "YaRN/LongRoPE scaling parameters"},
+      {"rope.dimension_sections", [](const Ctx&) { return false; }, "multi-section (M-)RoPE"},
+      {"attention.sliding_window",
+       [](const Ctx& x) {
+         const double w = Number(x.f, x.key);
+         return w == 0 || w >= x.c.n_ctx_train;
+       },
+       "sliding-window attention (each position sees only the last window of keys)"},
+      {"attention.sliding_window_pattern", [](const Ctx&) { return false; },
+       "alternating sliding-window and global attention layers"},
+      {"attn_logit_softcapping", [](const Ctx& x) { return Is(x, {0}); },
+       "attention logit soft-capping"},
+      {"final_logit_softcapping", [](const Ctx& x) { return Is(x, {0}); },
+       "final logit soft-capping"},
+      {"attention.scale",
+       [](const Ctx& x) {
+         const double s = Number(x.f, x.key);
+         return s == 0 || std::fabs(s * std::sqrt(x.c.head_dim) - 1) < 1e-6;
+       },
+       "an attention scale other than 1/sqrt(head size)"},
+      {"embedding_scale",
+       [](const Ctx& x) {
+         return Is(x, {0, 1});
+       },
+       "scaled embeddings"},
+      {"residual_scale",
+       [](const Ctx& x) {
+         return Is(x, {0, 1});
+       },
+       "scaled residuals"},
+      {"logit_scale",
+       [](const Ctx& x) {
+         return Is(x, {0, 1});
+       },
+       "scaled output logits"},
+      {"attention.clamp_kqv", [](const Ctx& x) { return Is(x, {0}); }, "clamped Q/K/V"},
+      {"attention.causal", [](const Ctx& x) { return Is(x, {1}); }, "non-causal attention"},
+      {"use_parallel_residual", [](const Ctx& x) { return Is(x, {0}); }, "parallel residuals"},
+      {"attention.layer_norm_epsilon", [](const Ctx&) { return false; },
+       "LayerNorm (mean-centred, with bias) instead of RMSNorm"},
+      {"expert_count", [](const Ctx& x) { return Is(x, {0}); }, "mixture-of-experts layers"},
+      {"expert_used_count", [](const Ctx& x) { return Is(x, {0}); }, "mixture-of-experts layers"},
+      {"expert_*", [](const Ctx&) { return false; }, "mixture-of-experts layers"},
+      {"attention.q_lora_rank", [](const Ctx&) { return false; }, "low-rank (MLA) attention"},
+      {"attention.kv_lora_rank", [](const Ctx&) { return false; }, "low-rank (MLA) attention"},
+      {"ssm.*", [](const Ctx&) { return false; }, "state-space (Mamba) layers"},
+  };
+  return rules;
+}
+
+const KeyRule* FindRule(std::string_view suffix) {
+  for (const KeyRule& r : Rules()) {
+    if (!r.suffix.empty() && r.suffix.back() == '*') {
+      if (suffix.substr(0, r.suffix.size() - 1) == r.suffix.substr(0, r.suffix.size() - 1))
+        return &r;
+    } else if (suffix == r.suffix) {
+      return &r;
+    }
+  }
+  return nullptr;
+}
+
+// What an unused tensor is for, when its name says so.
+std::string TensorPurpose(std::string_view name) {
+  auto has = [&](std::string_view s) { return name.find(s) != std::string_view::npos; };
+  if (has("rope_freqs") || has("rope_factors"))
+    return "RoPE frequency factors (Llama 3 / LongRoPE)";
+  if (has("attn_q_norm") || has("attn_k_norm")) return "QK-norm (RMSNorm of queries and keys)";
+  if (has("_exps") || has("ffn_gate_inp") || has("_shexp")) return "mixture-of-experts layers";
+  if (has("post_attention_norm") || has("post_ffw_norm") || has("post_norm"))
+    return "post-norms after attention/FFN";
+  if (has(".bias")) return "a bias edgeshard does not add in this architecture";
+  if (has("attn_qkv")) return "a fused Q/K/V projection";
+  if (has("attn_sinks")) return "attention sinks";
+  return "";
+}
+
+}  // namespace
+
+void RefuseUncomputed(const gguf::File& f, const ModelConfig& c) {
+  const std::string prefix = c.arch + ".";
+  for (const std::string& key : f.metadata_keys()) {
+    if (key.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string_view suffix = std::string_view(key).substr(prefix.size());
+    const KeyRule* r = FindRule(suffix);
+    if (!r)
+      throw Error(f.path() + ": metadata '" + key + "' (" + Shown(f, key) +
+                  ") is unknown to edgeshard, so it may change the arithmetic; the file is "
+                  "refused rather than run with the wrong math (remove the key if it is only "
+                  "informational)");
+    if (r->neutral && !r->neutral(Ctx{f, c, key}))
+      throw Error(f.path() + ": metadata '" + key + "' = " + Shown(f, key) + " asks for " +
+                  r->what + ", which edgeshard does not implement for architecture '" + c.arch +
+                  "'");
+  }
+
+  std::set<std::string, std::less<>> used = {"token_embd.weight", "output_norm.weight",
+                                             "output.weight"};
+  for (int l = 0; l < c.n_layer; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    for (const char* t : {"attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight",
+                          "attn_output.weight", "ffn_norm.weight", "ffn_gate.weight",
+                          "ffn_up.weight", "ffn_down.weight"})
+      used.insert(p + t);
+    if (c.qkv_bias)
+      for (const char* t : {"attn_q.bias", "attn_k.bias", "attn_v.bias"}) used.insert(p + t);
+  }
+  for (const auto& t : f.tensors()) {
+    if (used.count(t.name)) continue;
+    const std::string purpose = TensorPurpose(t.name);
+    throw Error(f.path() + ": tensor '" + t.name + "' is not used by architecture '" + c.arch +
+                "' as edgeshard computes it" + (purpose.empty() ? "" : " (" + purpose + ")") +
+                "; the file asks for math edgeshard does not implement, so it is refused rather "
+                "than run wrong");
+  }
+}
+
+}  // namespace es::model

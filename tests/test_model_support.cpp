@@ -1,0 +1,200 @@
+// A file that asks for math edgeshard does not implement is refused, naming the tensor or key,
+// instead of running with the wrong arithmetic. Each case is stories260K (llama) rewritten with
+// one tensor or key added.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <functional>
+#include <vector>
+
+#include "edgeshard/error.h"
+#include "gguf/gguf_file.h"
+#include "gguf/gguf_writer.h"
+#include "model/model_llama.h"
+#include "runtime/runtime_session.h"
+#include "test_util.h"
+
+namespace {
+
+using es::gguf::File;
+using es::gguf::Writer;
+
+// stories260K with `edit` applied, written to a temporary file.
+std::string Variant(const std::string& name, const std::function<void(Writer&)>& edit) {
+  auto f = File::Open(es::test::ModelPath("stories260K.gguf"));
+  Writer w;
+  w.CopyMetadataFrom(*f);
+  for (const auto& t : f->tensors()) w.AddTensor(t.name, t.dims, t.type, t.data);
+  edit(w);
+  const std::string out =
+      (std::filesystem::temp_directory_path() / ("es_support_" + name + ".gguf")).string();
+  w.Write(out);
+  return out;
+}
+
+// Loading `path` fails with a message that contains `needle`; returns the message.
+std::string Refused(const std::string& path, const std::string& needle) {
+  std::string msg;
+  try {
+    es::model::LlamaModel::Load(path, {});
+    ADD_FAILURE() << path << " loaded, expected an error naming " << needle;
+  } catch (const es::Error& e) {
+    msg = e.what();
+    EXPECT_NE(msg.find(needle), std::string::npos) << msg;
+  }
+  std::filesystem::remove(path);
+  return msg;
+}
+
+void Loads(const std::string& path) {
+  EXPECT_NO_THROW(es::model::LlamaModel::Load(path, {})) << path;
+  std::filesystem::remove(path);
+}
+
+const std::vector<float> kZeros(64 * 64, 0.0f);
+
+TEST(ModelSupport, UnusedTensorsAreRefused) {
+  // stories260K: n_embd 64, 5 layers.
+  const struct {
+    const char* tensor;
+    std::vector<int64_t> dims;
+    const char* says;
+  } cases[] = {
+      {"rope_freqs.weight", {4}, "RoPE frequency factors"},
+      {"blk.0.attn_q_norm.weight", {8}, "QK-norm"},
+      {"blk.1.attn_k_norm.weight", {8}, "QK-norm"},
+      {"blk.0.attn_output.bias", {64}, "bias"},
+      {"blk.2.ffn_down.bias", {64}, "bias"},
+      {"blk.0.ffn_gate_inp.weight", {64, 4}, "mixture-of-experts"},
+      {"blk.0.post_attention_norm.weight", {64}, "post-norms"},
+      {"blk.0.attn_qkv.weight", {64, 64}, "fused Q/K/V"},
+      {"blk.5.attn_q.weight", {64, 64}, "blk.5.attn_q.weight"},  // a block past block_count
+      {"mystery.weight", {64}, "mystery.weight"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.tensor);
+    const std::string path = Variant("tensor", [&](Writer& w) {
+      w.AddTensor(c.tensor, c.dims, es::TensorType::kF32, kZeros.data());
+    });
+    const std::string msg = Refused(path, c.says);
+    EXPECT_NE(msg.find(std::string("'") + c.tensor + "'"), std::string::npos) << msg;
+  }
+}
+
+TEST(ModelSupport, KeysThatChangeTheArithmeticAreRefused) {
+  const struct {
+    const char* key;
+    std::function<void(Writer&, const std::string&)> set;
+    const char* says;
+  } cases[] = {
+      {"llama.rope.scaling.type", [](Writer& w, const std::string& k) { w.SetString(k, "yarn"); },
+       "RoPE scaling"},
+      {"llama.rope.scaling.type",
+       [](Writer& w, const std::string& k) {
+         w.SetString(k, "linear");
+         w.SetF32("llama.rope.scaling.factor", 4.0f);
+       },
+       "RoPE scaling"},
+      {"llama.rope.scaling.factor", [](Writer& w, const std::string& k) { w.SetF32(k, 8.0f); },
+       "position interpolation"},
+      {"llama.rope.scaling.attn_factor", [](Writer& w, const std::string& k) { w.SetF32(k, 1.2f); },
+       "YaRN"},
+      {"llama.rope.scaling.yarn_log_multiplier",
+       [](Writer& w, const std::string& k) { w.SetF32(k, 0.1f); }, "YaRN"},
+      {"llama.rope.dimension_sections",
+       [](Writer& w, const std::string& k) {
+         const int32_t s[4] = {16, 24, 24, 0};
+         w.SetArray(k, std::span<const int32_t>(s, 4));
+       },
+       "M-)RoPE"},
+      {"llama.attention.sliding_window", [](Writer& w, const std::string& k) { w.SetU32(k, 64); },
+       "sliding-window"},
+      {"llama.attention.sliding_window_pattern",
+       [](Writer& w, const std::string& k) { w.SetU32(k, 4); }, "sliding-window"},
+      {"llama.attn_logit_softcapping", [](Writer& w, const std::string& k) { w.SetF32(k, 50.0f); },
+       "soft-capping"},
+      {"llama.final_logit_softcapping", [](Writer& w, const std::string& k) { w.SetF32(k, 30.0f); },
+       "soft-capping"},
+      {"llama.attention.scale", [](Writer& w, const std::string& k) { w.SetF32(k, 0.5f); },
+       "attention scale"},
+      {"llama.embedding_scale", [](Writer& w, const std::string& k) { w.SetF32(k, 12.0f); },
+       "scaled embeddings"},
+      {"llama.residual_scale", [](Writer& w, const std::string& k) { w.SetF32(k, 0.22f); },
+       "scaled residuals"},
+      {"llama.logit_scale", [](Writer& w, const std::string& k) { w.SetF32(k, 0.1f); },
+       "scaled output logits"},
+      {"llama.attention.value_length", [](Writer& w, const std::string& k) { w.SetU32(k, 16); },
+       "value head size"},
+      {"llama.attention.layer_norm_epsilon",
+       [](Writer& w, const std::string& k) { w.SetF32(k, 1e-5f); }, "LayerNorm"},
+      {"llama.expert_count", [](Writer& w, const std::string& k) { w.SetU32(k, 8); },
+       "mixture-of-experts"},
+      {"llama.expert_used_count", [](Writer& w, const std::string& k) { w.SetU32(k, 2); },
+       "mixture-of-experts"},
+      {"llama.attention.causal", [](Writer& w, const std::string& k) { w.SetBool(k, false); },
+       "non-causal"},
+      {"llama.some_future_key", [](Writer& w, const std::string& k) { w.SetF32(k, 2.0f); },
+       "unknown to edgeshard"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.key);
+    const std::string path = Variant("key", [&](Writer& w) { c.set(w, c.key); });
+    const std::string msg = Refused(path, c.says);
+    EXPECT_NE(msg.find(c.key), std::string::npos) << msg;
+  }
+}
+
+// Keys that only describe the file, or hold the value that is the math edgeshard does, load.
+TEST(ModelSupport, InformationalAndNeutralKeysLoad) {
+  Loads(Variant("neutral", [](Writer& w) {
+    w.SetString("llama.rope.scaling.type", "none");
+    w.SetF32("llama.rope.scaling.factor", 1.0f);
+    w.SetU32("llama.rope.scaling.original_context_length", 2048);
+    w.SetBool("llama.rope.scaling.finetuned", false);
+    w.SetU32("llama.attention.sliding_window", 0);
+    w.SetF32("llama.attn_logit_softcapping", 0.0f);
+    w.SetU32("llama.attention.value_length", 8);  // = key head size (64 / 8 heads)
+    w.SetU32("llama.expert_count", 0);
+    w.SetBool("llama.attention.causal", true);
+    w.SetString("general.some_note", "informational keys outside the architecture are fine");
+    w.SetString("qwen2.rope.scaling.type", "yarn");  // another architecture's namespace
+  }));
+}
+
+// Llama files may carry Q/K/V biases (llama.cpp adds them when present): they load, and they
+// change the result.
+TEST(ModelSupport, LlamaQkvBiasesAreComputed) {
+  std::vector<float> bias(64, 0.5f);
+  const std::string path = Variant("bias", [&](Writer& w) {
+    // q_dim 64, kv_dim 32 (8 heads, 4 KV heads).
+    for (int l = 0; l < 5; ++l)
+      for (const char* t : {"attn_q.bias", "attn_k.bias", "attn_v.bias"})
+        w.AddTensor("blk." + std::to_string(l) + "." + t, {t[5] == 'q' ? 64 : 32},
+                    es::TensorType::kF32, bias.data());
+  });
+  auto plain = es::model::LlamaModel::Load(es::test::ModelPath("stories260K.gguf"), {});
+  auto biased = es::model::LlamaModel::Load(path, {});
+  EXPECT_TRUE(biased->config().qkv_bias);
+  EXPECT_FALSE(plain->config().qkv_bias);
+  es::runtime::SessionOptions so;
+  so.n_ctx = 8;
+  so.n_threads = 1;
+  std::vector<float> a, b;
+  es::runtime::Session(*plain, so).Eval({1, 2, 3}, &a);
+  es::runtime::Session(*biased, so).Eval({1, 2, 3}, &b);
+  ASSERT_EQ(a.size(), b.size());
+  double diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff = std::max(diff, std::fabs(double(a[i]) - b[i]));
+  EXPECT_GT(diff, 1e-3) << "the biases did not reach the attention";
+  std::filesystem::remove(path);
+  // Only some layers with biases is a broken file, not a silent mix.
+  const std::string partial = Variant("partial_bias", [&](Writer& w) {
+    for (const char* t : {"attn_q.bias", "attn_k.bias", "attn_v.bias"})
+      w.AddTensor(std::string("blk.0.") + t, {t[5] == 'q' ? 64 : 32}, es::TensorType::kF32,
+                  bias.data());
+  });
+  Refused(partial, "blk.1.attn_q.bias");
+}
+
+}  // namespace
