@@ -156,11 +156,12 @@ TEST(UnaryAuth, ProofCoversRequestAndReply) {
 }
 
 // A TCP relay between the coordinator and a worker that flips one byte in the middle of the
-// first large HTTP/2 DATA frame the coordinator sends (a Step with a prompt's activations).
+// first large HTTP/2 DATA frame sent towards the worker (a Step with a prompt's activations) or,
+// with `towards_worker` false, back from it (a Result with logits).
 class FlipRelay {
  public:
-  FlipRelay(int target_port, size_t min_data_bytes)
-      : target_port_(target_port), min_data_(min_data_bytes) {
+  FlipRelay(int target_port, size_t min_data_bytes, bool towards_worker)
+      : target_port_(target_port), min_data_(min_data_bytes), towards_worker_(towards_worker) {
     listen_fd_ = socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
@@ -223,19 +224,16 @@ class FlipRelay {
     }
     return true;
   }
-  // Copies `from` to `to`; towards the worker it parses HTTP/2 frames (after the 24-byte
-  // client preface) to find a DATA frame's payload.
+  // Copies `from` to `to`, parsing HTTP/2 frames (after the client's 24-byte preface towards
+  // the worker) to find the DATA frames' payloads.
   void Pump(int from, int to, bool to_worker) {
     std::string buf;
     size_t preface = to_worker ? 24 : 0;
+    const bool flip = to_worker == towards_worker_;
     char tmp[1 << 16];
     while (true) {
       const ssize_t n = read(from, tmp, sizeof tmp);
       if (n <= 0) break;
-      if (!to_worker) {
-        if (!WriteAll(to, tmp, size_t(n))) break;
-        continue;
-      }
       buf.append(tmp, size_t(n));
       size_t off = 0;
       if (preface > 0) {
@@ -246,7 +244,7 @@ class FlipRelay {
         const auto* h = reinterpret_cast<const unsigned char*>(buf.data() + off);
         const size_t len = (size_t(h[0]) << 16) | (size_t(h[1]) << 8) | h[2];
         if (buf.size() - off < 9 + len) break;
-        if (h[3] == 0 /* DATA */ && len >= min_data_ && flipped_.fetch_add(1) == 0)
+        if (flip && h[3] == 0 /* DATA */ && len >= min_data_ && flipped_.fetch_add(1) == 0)
           buf[off + 9 + len / 2] ^= 0x20;
         off += 9 + len;
       }
@@ -259,6 +257,7 @@ class FlipRelay {
 
   int target_port_, port_ = 0, listen_fd_ = -1;
   size_t min_data_;
+  bool towards_worker_;
   std::atomic<bool> stopping_{false};
   std::atomic<int> flipped_{0};
   std::mutex mu_;
@@ -266,26 +265,35 @@ class FlipRelay {
   std::vector<std::thread> threads_;
 };
 
+// A coordinator with one worker, reached through a FlipRelay.
+struct RelayedCluster {
+  static constexpr int kCtx = 128;
+  TempDir dir;
+  std::string token = dir.File("token", kToken);
+  std::string model = ModelPath("stories260K.gguf");
+  WorkerProcess w{"w1", {"-t", "1", "--token-file", token, "-m", model}, dir.path};
+  FlipRelay relay;
+  std::unique_ptr<shard::Coordinator> co;
+  RelayedCluster(size_t min_data_bytes, bool towards_worker)
+      : relay(w.port(), min_data_bytes, towards_worker) {
+    const std::string profile = WriteProfile(dir, model);
+    const auto b = SplitBudgets(shard::LoadProfile(profile, true).model, kCtx, 1);
+    const std::string cluster = dir.File(
+        "cluster.yaml", ClusterYaml(profile, {{"src", "", b[0]}, {"w1", relay.address(), b[1]}}));
+    co = std::make_unique<shard::Coordinator>(model, QuietOptions(cluster, token, kCtx));
+  }
+};
+
 // Without TLS an on-path host flips one byte of a Step's activations: the worker refuses the
 // frame (and logs it), and the coordinator's request fails with that reason instead of
 // continuing with tokens computed from altered data.
 TEST(DistributedAuth, StepAlteredInFlightIsRefused) {
-  TempDir dir;
-  const std::string token = dir.File("token", kToken);
-  const std::string model = ModelPath("stories260K.gguf");
-  WorkerProcess w("w1", {"-t", "1", "--token-file", token, "-m", model}, dir.path);
   // A prompt step carries rows x 64 x 2 bytes of F16 activations; control messages (Health,
   // LoadShard, the Open frame) stay well below 400 bytes.
-  FlipRelay relay(w.port(), 400);
-  const std::string profile = WriteProfile(dir, model);
-  constexpr int kCtx = 128;
-  const auto b = SplitBudgets(shard::LoadProfile(profile, true).model, kCtx, 1);
-  const std::string cluster = dir.File(
-      "cluster.yaml", ClusterYaml(profile, {{"src", "", b[0]}, {"w1", relay.address(), b[1]}}));
-  shard::Coordinator co(model, QuietOptions(cluster, token, kCtx));
-  const auto prompt = co.tokenizer().Encode("Once upon a time there was a", true, true);
+  RelayedCluster c(400, true);
+  const auto prompt = c.co->tokenizer().Encode("Once upon a time there was a", true, true);
   try {
-    const auto r = co.Generate(co.NewSequence(), prompt, Greedy(8), {});
+    const auto r = c.co->Generate(c.co->NewSequence(), prompt, Greedy(8), {});
     ADD_FAILURE() << "generation went on after a Step was altered in flight (" << r.tokens.size()
                   << " tokens)";
   } catch (const Error& e) {
@@ -293,8 +301,24 @@ TEST(DistributedAuth, StepAlteredInFlightIsRefused) {
     EXPECT_THAT(e.what(), HasSubstr("refused a frame"));
     EXPECT_THAT(e.what(), HasSubstr("failed its authentication check"));
   }
-  EXPECT_GE(relay.flipped(), 1) << "the relay saw no Step to alter";
-  EXPECT_THAT(w.Log(), HasSubstr("refused a Stream frame"));
+  EXPECT_GE(c.relay.flipped(), 1) << "the relay saw no Step to alter";
+  EXPECT_THAT(c.w.Log(), HasSubstr("refused a Stream frame"));
+}
+
+// The same for a Result on its way back: the coordinator refuses logits altered in flight.
+TEST(DistributedAuth, ResultAlteredInFlightIsRefused) {
+  // A Result with logits carries 512 x 4 bytes; Health and LoadShard replies are far smaller.
+  RelayedCluster c(1500, false);
+  const auto prompt = c.co->tokenizer().Encode("Once upon a time", true, true);
+  try {
+    const auto logits = c.co->Eval(c.co->NewSequence(), prompt);
+    ADD_FAILURE() << "logits altered in flight were accepted (" << logits.size() << " values)";
+  } catch (const Error& e) {
+    std::printf("[ refused  ] %s\n", e.what());
+    EXPECT_THAT(e.what(), HasSubstr("was refused"));
+    EXPECT_THAT(e.what(), HasSubstr("failed its authentication check"));
+  }
+  EXPECT_GE(c.relay.flipped(), 1) << "the relay saw no Result to alter";
 }
 
 }  // namespace

@@ -93,6 +93,7 @@ class WorkerService final : public rpc::Worker::Service {
   }
 
   void Stop() {
+    hash_stop_ = true;
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
     cv_.notify_all();
@@ -180,7 +181,13 @@ class WorkerService final : public rpc::Worker::Service {
         if (!verified_.count(cached)) {
           // A cached file is trusted only after its hash is checked again.
           Progress bar(opts_.name + ": checking cached model", opts_.quiet);
-          if (Sha256File(cached, std::ref(bar)) != req->model_sha256()) {
+          std::string sha;
+          try {
+            sha = Sha256File(cached, std::ref(bar), &hash_stop_);  // Stop() ends a long check
+          } catch (const Error& e) {
+            return grpc::Status(grpc::StatusCode::UNAVAILABLE, opts_.name + ": " + e.what());
+          }
+          if (sha != req->model_sha256()) {
             LogLine(opts_.name, "cached " + cached + " does not match its hash; ignoring it");
           } else {
             verified_.insert(cached);
@@ -559,6 +566,7 @@ class WorkerService final : public rpc::Worker::Service {
   kernels::ThreadPool pool_;
   std::string local_sha_, profile_json_;
 
+  std::atomic<bool> hash_stop_{false};  // set by Stop(): a cached model's check ends early
   std::mutex verified_mu_;
   std::set<std::string> verified_;  // cached model files whose hash was checked
 
