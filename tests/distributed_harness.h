@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -18,6 +19,7 @@
 
 #include "edgeshard/edgeshard.h"
 #include "gguf/gguf_file.h"
+#include "shard/shard_auth.h"
 #include "shard/shard_coordinator.h"
 #include "shard/shard_model_units.h"
 #include "shard/shard_profile.h"
@@ -44,6 +46,22 @@ struct TempDir {
   }
 };
 
+// Starts `edgeshard worker ARGS` with its stdout on `out_fd` and its stderr appended to `log`.
+inline pid_t ForkWorker(const std::vector<std::string>& args, int out_fd, const std::string& log) {
+  const pid_t pid = fork();
+  if (pid != 0) return pid;
+  dup2(out_fd, STDOUT_FILENO);
+  const int err = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+  dup2(err, STDERR_FILENO);
+  std::vector<std::string> a = {BinaryPath(), "worker"};
+  a.insert(a.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& s : a) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  execv(argv[0], argv.data());
+  _exit(127);
+}
+
 // One `edgeshard worker` process. Its stderr goes to a file the test can read.
 class WorkerProcess {
  public:
@@ -58,22 +76,10 @@ class WorkerProcess {
     args_ = args;
     int out[2];
     if (pipe(out) != 0) throw std::runtime_error("pipe");
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(out[1], STDOUT_FILENO);
-      const int err = open(log_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-      dup2(err, STDERR_FILENO);
-      close(out[0]);
-      std::vector<std::string> a = {
-          BinaryPath(), "worker", "--listen", "127.0.0.1:" + std::to_string(port),
-          "--name",     name_,    "-q"};
-      a.insert(a.end(), args.begin(), args.end());
-      std::vector<char*> argv;
-      for (auto& s : a) argv.push_back(s.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
+    std::vector<std::string> a = {"--listen", "127.0.0.1:" + std::to_string(port), "--name", name_,
+                                  "-q"};
+    a.insert(a.end(), args.begin(), args.end());
+    pid_ = ForkWorker(a, out[1], log_);
     close(out[1]);
     // "edgeshard worker: listening on 127.0.0.1:PORT"
     std::string line;
@@ -198,6 +204,21 @@ inline Reference SingleDevice(const std::string& model, const std::vector<int32_
   r.tokens = res.tokens;
   r.text = res.text;
   return r;
+}
+
+// Options of a coordinator for `cluster` with one compute thread and no output (`log` gets the
+// coordinator's events).
+inline shard::CoordinatorOptions QuietOptions(const std::string& cluster,
+                                              const std::string& token_file, int n_ctx,
+                                              std::function<void(const std::string&)> log = {}) {
+  shard::CoordinatorOptions o;
+  o.cluster_path = cluster;
+  o.security = shard::Security::Load(token_file, "", "", "");
+  o.n_ctx = n_ctx;
+  o.n_threads = 1;
+  o.quiet = true;
+  o.log = log ? std::move(log) : [](const std::string&) {};
+  return o;
 }
 
 inline GenerateParams Greedy(int n) {

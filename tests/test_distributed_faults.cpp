@@ -56,14 +56,8 @@ struct Cluster3 {
     return dir.File("cluster.yaml", y);
   }
   shard::CoordinatorOptions Options(const std::string& cluster) {
-    shard::CoordinatorOptions o;
-    o.cluster_path = cluster;
-    o.security = shard::Security::Load(token, "", "", "");
-    o.n_ctx = kCtx;
-    o.n_threads = 1;
-    o.quiet = true;
-    o.log = [this](const std::string& m) { events.push_back(m); };
-    return o;
+    return QuietOptions(cluster, token, kCtx,
+                        [this](const std::string& m) { events.push_back(m); });
   }
   bool Logged(const std::string& what) const {
     for (const auto& e : events)

@@ -2,7 +2,12 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <atomic>
+#include <condition_variable>
 #include <cstdio>
+#include <memory>
+#include <mutex>
+#include <thread>
 
 #include "cli/cli_command.h"
 #include "shard/shard_worker.h"
@@ -15,23 +20,56 @@ struct WorkerCliOptions {
   std::string token_file, tls_ca, tls_cert, tls_key;
 };
 
+// Set by the signal thread: start-up (hashing a large model) checks it, serving waits for it.
+std::atomic<bool> g_stop{false};
+std::atomic<int> g_signal{0};
+std::mutex g_mu;
+std::condition_variable g_cv;
+
+const char* SignalName(int sig) {
+  return sig == SIGINT ? "SIGINT" : "SIGTERM";
+}
+
 int Worker(WorkerCliOptions& o) {
-  o.w.security = shard::Security::Load(o.token_file, o.tls_ca, o.tls_cert, o.tls_key);
-  // Signals are taken by this thread only (sigwait below), not by gRPC's or the compute threads.
+  // Signals are taken by one thread only (not by gRPC's or the compute threads), and from the
+  // start, so that SIGINT/SIGTERM also stop a worker that is still hashing its model.
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  shard::WorkerServer server(o.w);
+  std::thread([set] {
+    int sig = 0;
+    sigwait(&set, &sig);
+    {
+      std::lock_guard<std::mutex> lock(g_mu);
+      g_signal = sig;
+      g_stop = true;
+    }
+    g_cv.notify_all();
+  }).detach();  // it lives as long as the process
+  const std::string name = o.w.name.empty() ? o.w.listen : o.w.name;
+  o.w.stop = &g_stop;
+  std::unique_ptr<shard::WorkerServer> server;
+  try {
+    o.w.security = shard::Security::Load(o.token_file, o.tls_ca, o.tls_cert, o.tls_key);
+    server = std::make_unique<shard::WorkerServer>(o.w);
+  } catch (const shard::Stopped& e) {
+    // 128 + the signal's number, as a shell reports a process that a signal ended.
+    shard::LogLine(
+        name, std::string("stopping on ") + SignalName(g_signal) + " during start-up: " + e.what());
+    return 128 + g_signal;
+  }
   // Tests and scripts read this line to learn the port (with --listen HOST:0).
-  std::printf("edgeshard worker: listening on %s\n", server.address().c_str());
+  std::printf("edgeshard worker: listening on %s\n", server->address().c_str());
   std::fflush(stdout);
-  int sig = 0;
-  sigwait(&set, &sig);
-  shard::LogLine(o.w.name.empty() ? server.address() : o.w.name,
-                 std::string("stopping on ") + (sig == SIGINT ? "SIGINT" : "SIGTERM"));
-  server.Shutdown();
+  {
+    std::unique_lock<std::mutex> lock(g_mu);
+    g_cv.wait(lock, [] { return g_stop.load(); });
+  }
+  shard::LogLine(o.w.name.empty() ? server->address() : o.w.name,
+                 std::string("stopping on ") + SignalName(g_signal));
+  server->Shutdown();
   return kExitOk;
 }
 
@@ -42,7 +80,8 @@ const bool registered = RegisterCommand("worker", [](CLI::App& app) {
   cmd->add_option("--listen", o->w.listen,
                   "HOST:PORT to listen on (default 127.0.0.1:0, loopback and any free port; "
                   "other machines reach it only at an address you name, e.g. 0.0.0.0:7070)");
-  cmd->add_option("-m,--model", o->w.model_path, "local copy of the model (checked by its hash)")
+  cmd->add_option("-m,--model", o->w.model_path,
+                  "local copy of the model, a regular file (checked by its hash)")
       ->check(CLI::ExistingFile);
   cmd->add_option("-t,--threads", o->w.threads, "compute threads (default: all cores)")
       ->check(CLI::Range(1, 1024));

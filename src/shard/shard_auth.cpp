@@ -1,14 +1,18 @@
 #include "shard/shard_auth.h"
 
+#include <fcntl.h>
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
-#include <fstream>
-#include <sstream>
 #include <vector>
 
 namespace es::shard {
@@ -18,6 +22,7 @@ constexpr const char* kProofKey = "x-es-proof";
 constexpr const char* kNonceKey = "x-es-nonce";
 constexpr const char* kTimeKey = "x-es-time";
 constexpr const char* kServerProofKey = "x-es-server-proof";
+constexpr const char* kReplyProofKey = "x-es-reply-proof";
 // A proof older (or newer) than this is refused; nonces are remembered this long.
 constexpr int64_t kMaxSkewSeconds = 300;
 
@@ -46,11 +51,24 @@ bool SameSecret(const std::string& a, const std::string& b) {
 }
 
 std::string ReadText(const std::string& path, const std::string& what) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw Error(path + ": cannot read the " + what);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
+  return ReadRegularFile(path, "the " + what);
+}
+
+const char* FileKind(mode_t m) {
+  if (S_ISDIR(m)) return "a directory";
+  if (S_ISFIFO(m)) return "a FIFO (named pipe)";
+  if (S_ISSOCK(m)) return "a socket";
+  if (S_ISCHR(m)) return "a character device";
+  if (S_ISBLK(m)) return "a block device";
+  return "not a regular file";
+}
+
+std::string Sha256Raw(const std::string& data) {
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (!EVP_Digest(data.data(), data.size(), out, &len, EVP_sha256(), nullptr))
+    throw Error("SHA-256 failed");
+  return std::string(reinterpret_cast<char*>(out), len);
 }
 
 std::string Meta(const std::multimap<grpc::string_ref, grpc::string_ref>& m, const char* key) {
@@ -134,26 +152,75 @@ std::string Sha256::HexDigest() {
   return Hex(out, len);
 }
 
-std::string Sha256File(const std::string& path,
-                       const std::function<void(uint64_t, uint64_t)>& progress) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) throw Error(path + ": cannot open to compute its hash");
+int OpenRegularFile(const std::string& path, const std::string& what) {
+  auto refuse = [&](const struct stat& st) {
+    return Error(path + ": " + what + " must be a regular file, but this is " +
+                 FileKind(st.st_mode) + "; give the path of a file");
+  };
+  // stat first (it never blocks) for a clear message about sockets, devices and FIFOs; then
+  // O_NONBLOCK and fstat, so a path swapped in between is refused too instead of waited on.
   struct stat st {};
-  fstat(fileno(f), &st);
+  if (stat(path.c_str(), &st) != 0)
+    throw Error(path + ": cannot open " + what + ": " + std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) throw refuse(st);
+  const int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) throw Error(path + ": cannot open " + what + ": " + std::strerror(errno));
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    throw refuse(st);
+  }
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  return fd;
+}
+
+std::string ReadRegularFile(const std::string& path, const std::string& what) {
+  const int fd = OpenRegularFile(path, what);
+  std::string text;
+  char buf[1 << 16];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(n));
+  close(fd);
+  if (n < 0) throw Error(path + ": read error in " + what);
+  return text;
+}
+
+std::string Sha256File(const std::string& path,
+                       const std::function<void(uint64_t, uint64_t)>& progress,
+                       const std::atomic<bool>* stop) {
+  const int fd = OpenRegularFile(path, "a file to hash");
+  struct stat st {};
+  fstat(fd, &st);
   const uint64_t total = static_cast<uint64_t>(st.st_size);
   Sha256 h;
   std::vector<char> buf(1 << 20);
   uint64_t done = 0;
-  size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), f)) > 0) {
-    h.Update(buf.data(), n);
-    done += n;
+  ssize_t n;
+  // A 1 MiB read takes well under a millisecond, so a stop request is seen at once.
+  while ((n = read(fd, buf.data(), buf.size())) > 0) {
+    if (stop && stop->load()) {
+      close(fd);
+      throw Stopped(path + ": hashing stopped after " + std::to_string(done >> 20) + " of " +
+                    std::to_string(total >> 20) + " MiB");
+    }
+    h.Update(buf.data(), static_cast<size_t>(n));
+    done += static_cast<uint64_t>(n);
     if (progress) progress(done, total);
   }
-  const bool err = std::ferror(f);
-  std::fclose(f);
-  if (err) throw Error(path + ": read error while computing its hash");
+  close(fd);
+  if (n < 0) throw Error(path + ": read error while computing its hash");
   return h.HexDigest();
+}
+
+std::string MessageDigest(const google::protobuf::MessageLite& m) {
+  std::string bytes;
+  {
+    google::protobuf::io::StringOutputStream raw(&bytes);
+    google::protobuf::io::CodedOutputStream out(&raw);
+    out.SetSerializationDeterministic(true);
+    if (!m.SerializeToCodedStream(&out)) throw Error("cannot serialize a message");
+  }
+  const std::string d = Sha256Raw(bytes);
+  return Hex(reinterpret_cast<const unsigned char*>(d.data()), d.size());
 }
 
 bool IsSha256Hex(const std::string& s) {
@@ -170,11 +237,20 @@ CallAuth::CallAuth(const std::string& token, std::string method)
   nonce_ = Hex(r, sizeof r);
 }
 
-void CallAuth::Attach(grpc::ClientContext& ctx) {
+void CallAuth::Attach(grpc::ClientContext& ctx, const google::protobuf::MessageLite* request) {
   const std::string t = std::to_string(NowSeconds());
+  const std::string digest = request ? MessageDigest(*request) : std::string();
   ctx.AddMetadata(kNonceKey, nonce_);
   ctx.AddMetadata(kTimeKey, t);
-  ctx.AddMetadata(kProofKey, Hmac(token_, "client|" + method_ + "|" + nonce_ + "|" + t));
+  ctx.AddMetadata(kProofKey,
+                  Hmac(token_, "client|" + method_ + "|" + nonce_ + "|" + t + "|" + digest));
+}
+
+bool CallAuth::VerifyReply(const grpc::ClientContext& ctx,
+                           const google::protobuf::MessageLite& reply) const {
+  const std::string got = Meta(ctx.GetServerTrailingMetadata(), kReplyProofKey);
+  return !got.empty() && SameSecret(got, Hmac(token_, "reply|" + method_ + "|" + nonce_ + "|" +
+                                                          MessageDigest(reply)));
 }
 
 bool CallAuth::Verify(const grpc::ClientContext& ctx) const {
@@ -185,7 +261,8 @@ bool CallAuth::Verify(const grpc::ClientContext& ctx) const {
 ServerAuth::ServerAuth(std::string token, std::string log_name)
     : token_(std::move(token)), log_name_(std::move(log_name)) {}
 
-grpc::Status ServerAuth::Check(grpc::ServerContext* ctx, const std::string& method) {
+grpc::Status ServerAuth::Check(grpc::ServerContext* ctx, const std::string& method,
+                               const google::protobuf::MessageLite* request) {
   const auto& m = ctx->client_metadata();
   const std::string nonce = Meta(m, kNonceKey), t = Meta(m, kTimeKey), proof = Meta(m, kProofKey);
   auto refuse = [&](const std::string& why) {
@@ -201,8 +278,11 @@ grpc::Status ServerAuth::Check(grpc::ServerContext* ctx, const std::string& meth
     return refuse("malformed timestamp");
   }
   const int64_t now = NowSeconds();
-  if (!SameSecret(proof, Hmac(token_, "client|" + method + "|" + nonce + "|" + t)))
-    return refuse("wrong token (the proof does not match this worker's token)");
+  const std::string digest = request ? MessageDigest(*request) : std::string();
+  if (!SameSecret(proof, Hmac(token_, "client|" + method + "|" + nonce + "|" + t + "|" + digest)))
+    return refuse(
+        "wrong token or altered request (the proof does not match this worker's token and the "
+        "request's digest)");
   if (when < now - kMaxSkewSeconds || when > now + kMaxSkewSeconds)
     return refuse("stale proof: its time is " + std::to_string(when - now) +
                   " s from this worker's clock");
@@ -217,6 +297,50 @@ grpc::Status ServerAuth::Check(grpc::ServerContext* ctx, const std::string& meth
   }
   ctx->AddInitialMetadata(kServerProofKey, Hmac(token_, "server|" + method + "|" + nonce));
   return grpc::Status::OK;
+}
+
+void ServerAuth::ProveReply(grpc::ServerContext* ctx, const std::string& method,
+                            const google::protobuf::MessageLite& reply) const {
+  const std::string nonce = Meta(ctx->client_metadata(), kNonceKey);
+  ctx->AddTrailingMetadata(
+      kReplyProofKey, Hmac(token_, "reply|" + method + "|" + nonce + "|" + MessageDigest(reply)));
+}
+
+FrameSeal::FrameSeal(std::string token, std::string nonce, bool caller)
+    : token_(std::move(token)), nonce_(std::move(nonce)), caller_(caller) {}
+
+FrameSeal FrameSeal::ForServer(const std::string& token, const grpc::ServerContext* ctx) {
+  return FrameSeal(token, Meta(ctx->client_metadata(), kNonceKey), false);
+}
+
+std::string FrameSeal::Mac(char direction, uint64_t seq, const std::string& body) const {
+  // The body is hashed first, so the code's input stays small without copying the activations.
+  return Hmac(token_, std::string("frame|") + direction + "|" + nonce_ + "|" + std::to_string(seq) +
+                          "|" + Sha256Raw(body));
+}
+
+edgeshard::rpc::Sealed FrameSeal::Seal(const google::protobuf::MessageLite& m) {
+  edgeshard::rpc::Sealed s;
+  if (!m.SerializeToString(s.mutable_body())) throw Error("cannot serialize a stream message");
+  s.set_mac(Mac(caller_ ? 'c' : 's', sent_++, s.body()));
+  return s;
+}
+
+bool FrameSeal::Open(const edgeshard::rpc::Sealed& s, google::protobuf::MessageLite* m,
+                     std::string* why) {
+  const uint64_t seq = received_;
+  if (!SameSecret(s.mac(), Mac(caller_ ? 's' : 'c', seq, s.body()))) {
+    *why = "message " + std::to_string(seq) +
+           " of the call failed its authentication check (altered, reordered, replayed or from "
+           "another call)";
+    return false;
+  }
+  if (!m->ParseFromString(s.body())) {
+    *why = "message " + std::to_string(seq) + " of the call does not parse";
+    return false;
+  }
+  ++received_;
+  return true;
 }
 
 void LogLine(const std::string& name, const std::string& message) {

@@ -325,23 +325,23 @@ struct Coordinator::Impl {
     results = std::move(res);
     upstream = std::move(up);
     results_reader = std::thread([this, call = results.get(), who = last.client->Who()] {
-      rpc::Frame f;
-      while (call->rw->Read(&f))
+      for (rpc::Frame f; call->Read(&f);)
         if (f.has_result()) {
           std::lock_guard<std::mutex> lock(q_mu);
           q.push_back(std::move(*f.mutable_result()));
           q_cv.notify_all();
         }
+      const std::string why = call->EndReason("the results stream from " + who + " ended");
       std::lock_guard<std::mutex> lock(q_mu);
-      if (broken.empty()) broken = "the results stream from " + who + " ended";
+      if (broken.empty()) broken = why;
       q_cv.notify_all();
     });
     upstream_reader = std::thread([this, call = upstream.get(), who = first.client->Who()] {
-      rpc::Frame f;
-      while (call->rw->Read(&f)) {
+      for (rpc::Frame f; call->Read(&f);) {
       }
+      const std::string why = call->EndReason("the stream to " + who + " ended");
       std::lock_guard<std::mutex> lock(q_mu);
-      if (broken.empty()) broken = "the stream to " + who + " ended";
+      if (broken.empty()) broken = why;
       q_cv.notify_all();
     });
   }
@@ -511,9 +511,9 @@ struct Coordinator::Impl {
     bool ok = false;
     {
       std::unique_lock<std::mutex> lock(stream_mu);
-      FrameStream* rw = upstream ? upstream->rw.get() : nullptr;
+      StreamCall* call = upstream.get();
       lock.unlock();  // Write may block on a stalled worker; the monitor cancels it
-      ok = rw && rw->Write(f);
+      ok = call && call->Write(f);
     }
     if (!ok) {
       std::lock_guard<std::mutex> lock(q_mu);

@@ -96,6 +96,27 @@ grpc::ChannelArguments DefaultChannelArgs() {
   return a;
 }
 
+bool StreamCall::Write(const rpc::Frame& f) {
+  return rw->Write(seal->Seal(f));
+}
+
+bool StreamCall::Read(rpc::Frame* f) {
+  rpc::Sealed s;
+  if (!rw->Read(&s)) return false;
+  if (seal->Open(s, f, &refused_)) return true;
+  LogLine("edgeshard", "refused a frame from " + who + ": " + refused_);
+  ctx.TryCancel();
+  return false;
+}
+
+std::string StreamCall::EndReason(const std::string& otherwise) {
+  if (!refused_.empty()) return "a frame from " + who + " was refused: " + refused_;
+  // Read returned false, so the status has arrived (or the call was cancelled): Finish is prompt.
+  const grpc::Status st = rw->Finish();
+  if (st.ok()) return otherwise;
+  return who + " ended the stream: " + StatusCodeName(st.error_code()) + ": " + st.error_message();
+}
+
 StreamCall::~StreamCall() {
   ctx.TryCancel();
   // Finish would wait for the worker; a cancelled call is released without it.
@@ -123,10 +144,16 @@ void WorkerClient::Fail(const std::string& method, const grpc::Status& st) const
 }
 
 void WorkerClient::CheckProof(const std::string& method, const CallAuth& auth,
-                              const grpc::ClientContext& ctx) const {
+                              const grpc::ClientContext& ctx,
+                              const google::protobuf::MessageLite* reply) const {
   if (!auth.Verify(ctx))
     throw RpcError(Who() + ": " + method +
                        ": the worker did not prove it holds the cluster token; refusing to use it",
+                   grpc::StatusCode::UNAUTHENTICATED);
+  if (reply && !auth.VerifyReply(ctx, *reply))
+    throw RpcError(Who() + ": " + method +
+                       ": the reply's proof does not match its content (altered on the way?); "
+                       "refusing it (use TLS on untrusted links)",
                    grpc::StatusCode::UNAUTHENTICATED);
 }
 
@@ -140,11 +167,12 @@ rpc::HealthReply WorkerClient::Health(std::chrono::milliseconds deadline) {
   grpc::ClientContext ctx;
   ctx.set_deadline(After(deadline));
   CallAuth auth(security_.token, "Health");
-  auth.Attach(ctx);
+  const rpc::HealthRequest req;
+  auth.Attach(ctx, &req);
   rpc::HealthReply reply;
-  const grpc::Status st = stub_->Health(&ctx, rpc::HealthRequest(), &reply);
+  const grpc::Status st = stub_->Health(&ctx, req, &reply);
   if (!st.ok()) Fail("Health", st);
-  CheckProof("Health", auth, ctx);
+  CheckProof("Health", auth, ctx, &reply);
   return reply;
 }
 
@@ -153,18 +181,18 @@ rpc::LoadShardReply WorkerClient::LoadShard(const rpc::LoadShardRequest& req,
   grpc::ClientContext ctx;
   ctx.set_deadline(After(deadline));
   CallAuth auth(security_.token, "LoadShard");
-  auth.Attach(ctx);
+  auth.Attach(ctx, &req);
   rpc::LoadShardReply reply;
   const grpc::Status st = stub_->LoadShard(&ctx, req, &reply);
   if (!st.ok()) Fail("LoadShard", st);
-  CheckProof("LoadShard", auth, ctx);
+  CheckProof("LoadShard", auth, ctx, &reply);
   return reply;
 }
 
 void WorkerClient::PushModel(const std::string& path, const std::string& sha256,
                              const std::function<void(uint64_t, uint64_t)>& progress,
                              std::chrono::milliseconds deadline) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
+  std::FILE* f = fdopen(OpenRegularFile(path, "the model to send to " + Who()), "rb");
   if (!f) throw Error(path + ": cannot open the model to send it to " + Who());
   std::fseek(f, 0, SEEK_END);
   const uint64_t total = static_cast<uint64_t>(std::ftell(f));
@@ -173,6 +201,7 @@ void WorkerClient::PushModel(const std::string& path, const std::string& sha256,
   ctx.set_deadline(After(deadline));
   CallAuth auth(security_.token, "PushModel");
   auth.Attach(ctx);
+  FrameSeal seal(security_.token, auth.nonce(), true);
   rpc::PushModelReply reply;
   auto writer = stub_->PushModel(&ctx, &reply);
   std::vector<char> buf(4 << 20);
@@ -184,7 +213,7 @@ void WorkerClient::PushModel(const std::string& path, const std::string& sha256,
     rpc::ModelChunk chunk;
     if (first) chunk.set_sha256(sha256), chunk.set_total_bytes(total), first = false;
     chunk.set_data(buf.data(), n);
-    write_ok = writer->Write(chunk);
+    write_ok = writer->Write(seal.Seal(chunk));
     done += n;
     if (progress) progress(done, total);
     if (n == 0) break;
@@ -193,7 +222,7 @@ void WorkerClient::PushModel(const std::string& path, const std::string& sha256,
   writer->WritesDone();
   const grpc::Status st = writer->Finish();
   if (!st.ok()) Fail("PushModel", st);
-  CheckProof("PushModel", auth, ctx);
+  CheckProof("PushModel", auth, ctx, &reply);
 }
 
 void WorkerClient::Release(uint64_t epoch, const std::vector<uint64_t>& sequences,
@@ -201,14 +230,14 @@ void WorkerClient::Release(uint64_t epoch, const std::vector<uint64_t>& sequence
   grpc::ClientContext ctx;
   ctx.set_deadline(After(deadline));
   CallAuth auth(security_.token, "Release");
-  auth.Attach(ctx);
   rpc::ReleaseRequest req;
   req.set_epoch(epoch);
   for (uint64_t s : sequences) req.add_sequences(s);
+  auth.Attach(ctx, &req);
   rpc::ReleaseReply reply;
   const grpc::Status st = stub_->Release(&ctx, req, &reply);
   if (!st.ok()) Fail("Release", st);
-  CheckProof("Release", auth, ctx);
+  CheckProof("Release", auth, ctx, &reply);
 }
 
 std::unique_ptr<StreamCall> WorkerClient::OpenStream(rpc::Open::Role role, uint64_t epoch,
@@ -216,13 +245,15 @@ std::unique_ptr<StreamCall> WorkerClient::OpenStream(rpc::Open::Role role, uint6
   auto call = std::make_unique<StreamCall>();
   CallAuth auth(security_.token, "Stream");
   auth.Attach(call->ctx);
+  call->seal = std::make_unique<FrameSeal>(security_.token, auth.nonce(), true);
+  call->who = Who();
   // Streams live as long as the plan; liveness is watched by Health polls and per-step waits.
   call->ctx.set_deadline(After(std::chrono::hours(24 * 365)));
   call->rw = stub_->Stream(&call->ctx);
   rpc::Frame open;
   open.mutable_open()->set_role(role);
   open.mutable_open()->set_epoch(epoch);
-  if (!call->rw->Write(open)) {
+  if (!call->Write(open)) {
     const grpc::Status st = call->rw->Finish();
     Fail("Stream", st.ok() ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "stream closed") : st);
   }

@@ -35,13 +35,27 @@ class RpcError : public Error {
 
 std::string StatusCodeName(grpc::StatusCode c);
 
-using FrameStream = grpc::ClientReaderWriter<edgeshard::rpc::Frame, edgeshard::rpc::Frame>;
+using FrameStream = grpc::ClientReaderWriter<edgeshard::rpc::Sealed, edgeshard::rpc::Sealed>;
 
-// An open data-path stream to a worker. Destroying it cancels the call.
+// An open data-path stream to a worker; its frames are sealed and checked (FrameSeal). Destroying
+// it cancels the call.
 struct StreamCall {
   grpc::ClientContext ctx;
   std::unique_ptr<FrameStream> rw;
+  std::unique_ptr<FrameSeal> seal;
+  std::string who;  // the worker, for messages
+  // Seals and writes a frame (one writer at a time); false once the stream is broken.
+  bool Write(const edgeshard::rpc::Frame& f);
+  // Reads and checks the next frame (one reader at a time); false at the end of the stream or at
+  // a frame that fails its check, which cancels the call.
+  bool Read(edgeshard::rpc::Frame* f);
+  // After Read returned false: why the stream ended (`otherwise` when the worker ended it
+  // normally).
+  std::string EndReason(const std::string& otherwise);
   ~StreamCall();
+
+ private:
+  std::string refused_;  // a frame from the worker that failed its check
 };
 
 class WorkerClient {
@@ -67,8 +81,9 @@ class WorkerClient {
 
  private:
   [[noreturn]] void Fail(const std::string& method, const grpc::Status& st) const;
-  void CheckProof(const std::string& method, const CallAuth& auth,
-                  const grpc::ClientContext& ctx) const;
+  // `reply`: a unary call's reply, whose proof is checked too.
+  void CheckProof(const std::string& method, const CallAuth& auth, const grpc::ClientContext& ctx,
+                  const google::protobuf::MessageLite* reply = nullptr) const;
 
   std::string name_, address_;
   const Security& security_;

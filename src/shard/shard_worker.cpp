@@ -14,7 +14,6 @@
 #include <map>
 #include <mutex>
 #include <set>
-#include <sstream>
 #include <thread>
 
 #include "edgeshard.grpc.pb.h"
@@ -63,23 +62,25 @@ std::string DefaultCacheDir() {
   return "edgeshard-cache";
 }
 
+using SealedStream = grpc::ServerReaderWriter<rpc::Sealed, rpc::Sealed>;
+
 class WorkerService final : public rpc::Worker::Service {
  public:
   explicit WorkerService(const WorkerOptions& o)
       : opts_(o), auth_(o.security.token, o.name), pool_(Threads(o.threads)) {
     if (!opts_.profile_path.empty()) {
-      std::ifstream f(opts_.profile_path, std::ios::binary);
-      if (!f) throw Error(opts_.profile_path + ": cannot read the profile");
-      std::stringstream ss;
-      ss << f.rdbuf();
-      ParseProfile(ss.str(), opts_.profile_path, false);  // validates
-      profile_json_ = ss.str();
+      const std::string text = ReadRegularFile(opts_.profile_path, "the profile (--profile)");
+      ParseProfile(text, opts_.profile_path, false);  // validates
+      profile_json_ = text;
     }
     if (!opts_.model_path.empty()) {
       // Checked once here, so a load request compares hashes without reading the file again.
+      // A stop request (SIGINT/SIGTERM during start-up) ends the hashing of a large file.
+      close(OpenRegularFile(opts_.model_path, "the model (-m)"));  // a FIFO would block the hash
       LogLine(opts_.name, "hashing " + opts_.model_path);
       Progress bar(opts_.name + ": hashing", opts_.quiet);
-      local_sha_ = Sha256File(opts_.model_path, std::ref(bar));
+      local_sha_ = Sha256File(opts_.model_path, std::ref(bar), opts_.stop);
+      if (opts_.stop && opts_.stop->load()) throw Stopped("stopped before loading the model");
       model::LlamaModel::Load(
           opts_.model_path, {.progress = {}, .prefault = false, .interleave = false});  // validates
       LogLine(opts_.name, opts_.model_path + " sha256 " + local_sha_);
@@ -91,14 +92,43 @@ class WorkerService final : public rpc::Worker::Service {
   }
 
   void Stop() {
+    hash_stop_ = true;
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
     cv_.notify_all();
   }
 
-  grpc::Status Health(grpc::ServerContext* ctx, const rpc::HealthRequest*,
+  grpc::Status Health(grpc::ServerContext* ctx, const rpc::HealthRequest* req,
                       rpc::HealthReply* r) override {
-    if (auto st = auth_.Check(ctx, "Health"); !st.ok()) return st;
+    return Proven(ctx, "Health", *r, FillHealth(ctx, req, r));
+  }
+
+  grpc::Status LoadShard(grpc::ServerContext* ctx, const rpc::LoadShardRequest* req,
+                         rpc::LoadShardReply* reply) override {
+    return Proven(ctx, "LoadShard", *reply, DoLoadShard(ctx, req, reply));
+  }
+
+  grpc::Status Release(grpc::ServerContext* ctx, const rpc::ReleaseRequest* req,
+                       rpc::ReleaseReply* reply) override {
+    return Proven(ctx, "Release", *reply, DoRelease(ctx, req));
+  }
+
+  grpc::Status PushModel(grpc::ServerContext* ctx, grpc::ServerReader<rpc::Sealed>* reader,
+                         rpc::PushModelReply* reply) override {
+    return Proven(ctx, "PushModel", *reply, DoPushModel(ctx, reader, reply));
+  }
+
+ private:
+  // A successful unary call's reply carries the worker's proof over its content.
+  grpc::Status Proven(grpc::ServerContext* ctx, const std::string& method,
+                      const google::protobuf::MessageLite& reply, grpc::Status st) {
+    if (st.ok()) auth_.ProveReply(ctx, method, reply);
+    return st;
+  }
+
+  grpc::Status FillHealth(grpc::ServerContext* ctx, const rpc::HealthRequest* req,
+                          rpc::HealthReply* r) {
+    if (auto st = auth_.Check(ctx, "Health", req); !st.ok()) return st;
     r->set_version("edgeshard 0.1.0");
     r->set_device(opts_.name);
     r->set_threads(pool_.size());
@@ -119,9 +149,9 @@ class WorkerService final : public rpc::Worker::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status LoadShard(grpc::ServerContext* ctx, const rpc::LoadShardRequest* req,
-                         rpc::LoadShardReply* reply) override {
-    if (auto st = auth_.Check(ctx, "LoadShard"); !st.ok()) return st;
+  grpc::Status DoLoadShard(grpc::ServerContext* ctx, const rpc::LoadShardRequest* req,
+                           rpc::LoadShardReply* reply) {
+    if (auto st = auth_.Check(ctx, "LoadShard", req); !st.ok()) return st;
     const auto t0 = Clock::now();
     auto bad = [](const std::string& m) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, m);
@@ -150,7 +180,13 @@ class WorkerService final : public rpc::Worker::Service {
         if (!verified_.count(cached)) {
           // A cached file is trusted only after its hash is checked again.
           Progress bar(opts_.name + ": checking cached model", opts_.quiet);
-          if (Sha256File(cached, std::ref(bar)) != req->model_sha256()) {
+          std::string sha;
+          try {
+            sha = Sha256File(cached, std::ref(bar), &hash_stop_);  // Stop() ends a long check
+          } catch (const Error& e) {
+            return grpc::Status(grpc::StatusCode::UNAVAILABLE, opts_.name + ": " + e.what());
+          }
+          if (sha != req->model_sha256()) {
             LogLine(opts_.name, "cached " + cached + " does not match its hash; ignoring it");
           } else {
             verified_.insert(cached);
@@ -215,11 +251,28 @@ class WorkerService final : public rpc::Worker::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status PushModel(grpc::ServerContext* ctx, grpc::ServerReader<rpc::ModelChunk>* reader,
-                         rpc::PushModelReply* reply) override {
+  grpc::Status DoPushModel(grpc::ServerContext* ctx, grpc::ServerReader<rpc::Sealed>* reader,
+                           rpc::PushModelReply* reply) {
     if (auto st = auth_.Check(ctx, "PushModel"); !st.ok()) return st;
+    FrameSeal seal = FrameSeal::ForServer(auth_.token(), ctx);
+    rpc::Sealed sealed;
     rpc::ModelChunk chunk;
-    if (!reader->Read(&chunk)) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no data");
+    std::string refused;
+    // Reads the next chunk; a chunk that fails its check ends the transfer.
+    auto next = [&] {
+      if (!reader->Read(&sealed)) return false;
+      if (seal.Open(sealed, &chunk, &refused)) return true;
+      LogLine(opts_.name, "refused PushModel from " + ctx->peer() + ": " + refused);
+      return false;
+    };
+    auto refusal = [&] {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                          opts_.name + ": refused a model chunk: " + refused +
+                              "; use TLS on links an attacker can reach");
+    };
+    if (!next())
+      return refused.empty() ? grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no data")
+                             : refusal();
     const std::string sha = chunk.sha256();
     const uint64_t total = chunk.total_bytes();
     // The file name is the hash alone, so nothing the caller sends can name another place.
@@ -267,8 +320,12 @@ class WorkerService final : public rpc::Worker::Service {
       h.Update(d.data(), d.size());
       done += d.size();
       bar(done, total);
-    } while (reader->Read(&chunk));
+    } while (next());
     if (std::fclose(f) != 0 && ok) ok = false, why = "write error in " + part;
+    if (!refused.empty()) {
+      fs::remove(part, ec);
+      return refusal();
+    }
     if (ok && done != total)
       ok = false,
       why = "received " + std::to_string(done) + " of " + std::to_string(total) + " bytes";
@@ -289,9 +346,8 @@ class WorkerService final : public rpc::Worker::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status Release(grpc::ServerContext* ctx, const rpc::ReleaseRequest* req,
-                       rpc::ReleaseReply*) override {
-    if (auto st = auth_.Check(ctx, "Release"); !st.ok()) return st;
+  grpc::Status DoRelease(grpc::ServerContext* ctx, const rpc::ReleaseRequest* req) {
+    if (auto st = auth_.Check(ctx, "Release", req); !st.ok()) return st;
     std::lock_guard<std::mutex> compute(compute_mu_);
     std::lock_guard<std::mutex> lock(mu_);
     if (req->epoch() != epoch_ || !exec_) return grpc::Status::OK;  // nothing of that epoch
@@ -302,12 +358,15 @@ class WorkerService final : public rpc::Worker::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status Stream(grpc::ServerContext* ctx,
-                      grpc::ServerReaderWriter<rpc::Frame, rpc::Frame>* rw) override {
+ public:
+  // The data path; every frame is sealed (FrameSeal) and checked before it is used.
+  grpc::Status Stream(grpc::ServerContext* ctx, SealedStream* rw) override {
     if (auto st = auth_.Check(ctx, "Stream"); !st.ok()) return st;
     rw->SendInitialMetadata();
+    FrameSeal seal = FrameSeal::ForServer(auth_.token(), ctx);
     rpc::Frame f;
-    if (!rw->Read(&f) || !f.has_open())
+    if (auto st = ReadFrame(ctx, rw, seal, &f); !st.ok()) return st;
+    if (!f.has_open())
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "a stream starts with an Open frame");
     const uint64_t epoch = f.open().epoch();
     rpc::LoadShardRequest shard;
@@ -319,11 +378,26 @@ class WorkerService final : public rpc::Worker::Service {
                                 std::to_string(epoch_) + ")");
       shard = shard_;
     }
-    if (f.open().role() == rpc::Open::RESULTS) return ServeResults(ctx, rw, epoch);
-    return ServeUpstream(ctx, rw, epoch, shard);
+    if (f.open().role() == rpc::Open::RESULTS) return ServeResults(ctx, rw, seal, epoch);
+    return ServeUpstream(ctx, rw, seal, epoch, shard);
   }
 
  private:
+  // The next frame of a stream: OK with the frame, CANCELLED at its end (the caller closed it or
+  // went away), or UNAUTHENTICATED (logged) for a frame that fails its check.
+  grpc::Status ReadFrame(grpc::ServerContext* ctx, SealedStream* rw, FrameSeal& seal,
+                         rpc::Frame* f) {
+    rpc::Sealed s;
+    if (!rw->Read(&s)) return grpc::Status(grpc::StatusCode::CANCELLED, "the stream ended");
+    std::string why;
+    if (seal.Open(s, f, &why)) return grpc::Status::OK;
+    LogLine(opts_.name, "refused a Stream frame from " + ctx->peer() + ": " + why);
+    return grpc::Status(
+        grpc::StatusCode::UNAUTHENTICATED,
+        opts_.name + ": refused a frame: " + why +
+            "; nothing of it was computed (use TLS on links an attacker can reach)");
+  }
+
   // Reads the shard's weights once, so the first step is not slowed by page faults and memory
   // use shows at load time. Returns the shard's weight bytes.
   static uint64_t Prefault(const model::LlamaModel& m, const StageSpec& s) {
@@ -346,19 +420,20 @@ class WorkerService final : public rpc::Worker::Service {
     return bytes;
   }
 
-  grpc::Status ServeResults(grpc::ServerContext* ctx,
-                            grpc::ServerReaderWriter<rpc::Frame, rpc::Frame>* rw, uint64_t epoch) {
+  grpc::Status ServeResults(grpc::ServerContext* ctx, SealedStream* rw, FrameSeal& seal,
+                            uint64_t epoch) {
     std::unique_lock<std::mutex> lock(mu_);
     {
       std::lock_guard<std::mutex> w(sink_write_mu_);
       sink_ = rw;
+      sink_seal_ = &seal;
       sink_epoch_ = epoch;
     }
     cv_.notify_all();
     while (!stopping_ && epoch_ == epoch && !ctx->IsCancelled() && sink_ == rw)
       cv_.wait_for(lock, std::chrono::milliseconds(100));
     std::lock_guard<std::mutex> w(sink_write_mu_);
-    if (sink_ == rw) sink_ = nullptr;
+    if (sink_ == rw) sink_ = nullptr, sink_seal_ = nullptr;
     return grpc::Status::OK;
   }
 
@@ -371,12 +446,11 @@ class WorkerService final : public rpc::Worker::Service {
     }
     std::lock_guard<std::mutex> w(sink_write_mu_);
     if (!sink_ || sink_epoch_ != epoch) return false;
-    return sink_->Write(frame);
+    return sink_->Write(sink_seal_->Seal(frame));
   }
 
-  grpc::Status ServeUpstream(grpc::ServerContext* ctx,
-                             grpc::ServerReaderWriter<rpc::Frame, rpc::Frame>* rw, uint64_t epoch,
-                             const rpc::LoadShardRequest& shard) {
+  grpc::Status ServeUpstream(grpc::ServerContext* ctx, SealedStream* rw, FrameSeal& seal,
+                             uint64_t epoch, const rpc::LoadShardRequest& shard) {
     std::unique_ptr<WorkerClient> next;
     std::unique_ptr<StreamCall> down;
     if (!shard.has_head()) {
@@ -411,7 +485,11 @@ class WorkerService final : public rpc::Worker::Service {
     } join{serving, watch};
     std::vector<float> hidden;
     rpc::Frame in;
-    while (rw->Read(&in)) {
+    while (true) {
+      if (auto st = ReadFrame(ctx, rw, seal, &in); !st.ok()) {
+        if (st.error_code() == grpc::StatusCode::CANCELLED) break;
+        return st;  // the downstream call is cancelled as this one ends
+      }
       if (!in.has_step())
         return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "expected a Step frame");
       rpc::Step& step = *in.mutable_step();
@@ -469,7 +547,7 @@ class WorkerService final : public rpc::Worker::Service {
           step.clear_hidden();
         *step.add_timings() = timing;
         step.set_sent_unix_ms(WallMs());
-        if (!down->rw->Write(in)) {
+        if (!down->Write(in)) {
           const std::string who = next->Who();
           LogLine(opts_.name, "lost the next stage " + who);
           return grpc::Status(grpc::StatusCode::UNAVAILABLE,
@@ -487,6 +565,7 @@ class WorkerService final : public rpc::Worker::Service {
   kernels::ThreadPool pool_;
   std::string local_sha_, profile_json_;
 
+  std::atomic<bool> hash_stop_{false};  // set by Stop(): a cached model's check ends early
   std::mutex verified_mu_;
   std::set<std::string> verified_;  // cached model files whose hash was checked
 
@@ -503,8 +582,9 @@ class WorkerService final : public rpc::Worker::Service {
   int n_sequences_ = 0;
   size_t kv_bytes_ = 0;
 
-  std::mutex sink_write_mu_;  // serialises writes to the results stream
-  grpc::ServerReaderWriter<rpc::Frame, rpc::Frame>* sink_ = nullptr;
+  std::mutex sink_write_mu_;  // serialises writes to the results stream (and their sealing)
+  SealedStream* sink_ = nullptr;
+  FrameSeal* sink_seal_ = nullptr;
   uint64_t sink_epoch_ = 0;
 };
 

@@ -3,6 +3,7 @@
 // forwards the activations to the next stage, or, as the last stage, samples and returns token
 // ids to the coordinator. Protocol in proto/edgeshard.proto, design in docs/distributed.md.
 #pragma once
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -19,6 +20,9 @@ struct WorkerOptions {
   std::string profile_path;  // reported in Health (a `plan` profile JSON)
   Security security;
   bool quiet = false;  // no progress bars
+  // Set (e.g. by a signal) to abandon start-up: the constructor then throws Stopped promptly,
+  // also while it hashes a large model.
+  const std::atomic<bool>* stop = nullptr;
 };
 
 // The default cache directory: $XDG_CACHE_HOME/edgeshard, else $HOME/.cache/edgeshard.
