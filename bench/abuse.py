@@ -124,7 +124,7 @@ def http_cases():
         ("Content-Length larger than body", request("POST", "/v1/completions", b"{}").replace(
             b"Content-Length: 2", b"Content-Length: 99"), {None, 400}),
         ("negative Content-Length", request("POST", "/v1/completions", b"{}").replace(
-            b"Content-Length: 2", b"Content-Length: -2"), {None, 400}),
+            b"Content-Length: 2", b"Content-Length: -2"), {None, 400, 413}),
         ("huge chunk size", b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
                             b"Connection: close\r\n\r\nffffffffffffffff\r\nabc\r\n0\r\n\r\n", {None, 400, 413}),
         ("garbage request line", b"\x00\x01\x02 GARBAGE\r\n\r\n", {None, 400}),
@@ -286,11 +286,32 @@ def worker_cases(binary, token_file, port, wproc):
             r = subprocess.run([binary, "worker", "--token-file", token_file, "-m", m, "-q"],
                                capture_output=True, text=True, timeout=CASE_TIMEOUT)
             outcome = "clean" if r.returncode not in (0,) and r.returncode < 128 else "crash"
-            what = f"exit {r.returncode}: " + (r.stderr.strip().splitlines() or [""])[-1][:70]
+            lines = r.stderr.strip().splitlines() or [""]
+            said = next((l for l in lines if "error" in l.lower()), lines[-1])
+            what = f"exit {r.returncode}: " + said.strip()[:90]
         except subprocess.TimeoutExpired:
             outcome, what = "hang", f"still running after {CASE_TIMEOUT:.0f} s"
         out.append((name, outcome, what, None, (time.time() - t0) * 1000))
     os.unlink(fifo)
+
+    # SIGTERM while the worker hashes a large -m: it must stop at once, not after the hash.
+    big = tempfile.NamedTemporaryFile(prefix="es_abuse_big_", suffix=".gguf", delete=False)
+    big.truncate(8 << 30)  # sparse: no disk used, reads as zeros at memory speed
+    big.close()
+    p = subprocess.Popen([binary, "worker", "--token-file", token_file, "-m", big.name, "-q"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    t0 = time.time()
+    p.terminate()
+    try:
+        p.wait(CASE_TIMEOUT)
+        ms = (time.time() - t0) * 1000
+        out.append(("worker: SIGTERM while hashing 8 GiB -m", "clean" if ms < 1000 else "hang",
+                    f"exit {p.returncode} after {ms:.0f} ms", None, ms))
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out.append(("worker: SIGTERM while hashing 8 GiB -m", "hang", "still hashing", None, CASE_TIMEOUT * 1000))
+    os.unlink(big.name)
     return out
 
 
