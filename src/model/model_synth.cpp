@@ -36,7 +36,7 @@ const std::vector<SynthPreset> kPresets = {
     {"tiny-test-qwen2", "qwen2", 256, 3, 4, 2, 0, 768, 2048, 10000.0f, 1e-5f, true, true, 50257,
      true, "test: qwen2, 3 layers of dim 256"},
     // The shape of the shared synth-qwen3: q_dim 512 != n_embd 96.
-    {"tiny-test-qwen3", "qwen3", 96, 3, 4, 2, 128, 512, 2048, 1000000.0f, 1e-6f, true, false,
+    {"tiny-test-qwen3", "qwen3", 96, 3, 4, 2, 128, 512, 40960, 1000000.0f, 1e-6f, true, false,
      151936, true, "test: qwen3, 3 layers of dim 96, head 128"},
 };
 
