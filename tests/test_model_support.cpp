@@ -6,11 +6,14 @@
 #include <cmath>
 #include <filesystem>
 #include <functional>
+#include <set>
+#include <string_view>
 #include <vector>
 
 #include "edgeshard/error.h"
 #include "gguf/gguf_file.h"
 #include "gguf/gguf_writer.h"
+#include "model/model_arch.h"
 #include "model/model_llama.h"
 #include "runtime/runtime_session.h"
 #include "test_util.h"
@@ -241,6 +244,22 @@ TEST(ModelSupport, TensorsComeFromTheFamily) {
   // An architecture without a family file is refused, listing the ones there are.
   Refused(Variant("arch", [](Writer& w) { w.SetString("general.architecture", "gemma3"); }),
           "not supported (supported: llama, qwen2, qwen3)");
+}
+
+// Each family's flags agree with its declarations, and the registry finds it by name.
+TEST(ModelSupport, FamiliesAreConsistent) {
+  const auto& all = es::model::Architectures();
+  ASSERT_GE(all.size(), 3u);
+  for (const es::model::ArchSpec* a : all) {
+    SCOPED_TRACE(std::string(a->name));
+    EXPECT_EQ(es::model::FindArch(a->name), a);
+    EXPECT_EQ(a->qk_norm, a->FindBlock("attn_q_norm.weight") != nullptr);
+    EXPECT_EQ(a->qk_norm, a->FindBlock("attn_k_norm.weight") != nullptr);
+    std::set<std::string_view> names;
+    for (const auto& d : a->block) EXPECT_TRUE(names.insert(d.name).second) << d.name;
+    for (const auto& d : a->globals) EXPECT_TRUE(names.insert(d.name).second) << d.name;
+  }
+  EXPECT_EQ(es::model::FindArch("gemma3"), nullptr);
 }
 
 }  // namespace
