@@ -6,11 +6,14 @@
 #include <cmath>
 #include <filesystem>
 #include <functional>
+#include <set>
+#include <string_view>
 #include <vector>
 
 #include "edgeshard/error.h"
 #include "gguf/gguf_file.h"
 #include "gguf/gguf_writer.h"
+#include "model/model_arch.h"
 #include "model/model_llama.h"
 #include "runtime/runtime_session.h"
 #include "test_util.h"
@@ -20,17 +23,25 @@ namespace {
 using es::gguf::File;
 using es::gguf::Writer;
 
-// stories260K with `edit` applied, written to a temporary file.
-std::string Variant(const std::string& name, const std::function<void(Writer&)>& edit) {
-  auto f = File::Open(es::test::ModelPath("stories260K.gguf"));
+// `model` without the tensors `drop` names and with `edit` applied, written to a temporary file.
+std::string VariantOf(const std::string& model, const std::string& name,
+                      const std::function<void(Writer&)>& edit,
+                      const std::function<bool(const std::string&)>& drop = {}) {
+  auto f = File::Open(es::test::ModelPath(model));
   Writer w;
   w.CopyMetadataFrom(*f);
-  for (const auto& t : f->tensors()) w.AddTensor(t.name, t.dims, t.type, t.data);
+  for (const auto& t : f->tensors())
+    if (!drop || !drop(t.name)) w.AddTensor(t.name, t.dims, t.type, t.data);
   edit(w);
   const std::string out =
       (std::filesystem::temp_directory_path() / ("es_support_" + name + ".gguf")).string();
   w.Write(out);
   return out;
+}
+
+// stories260K (llama) with `edit` applied.
+std::string Variant(const std::string& name, const std::function<void(Writer&)>& edit) {
+  return VariantOf("stories260K.gguf", name, edit);
 }
 
 // Loading `path` fails with a message that contains `needle`; returns the message.
@@ -195,6 +206,60 @@ TEST(ModelSupport, LlamaQkvBiasesAreComputed) {
                   bias.data());
   });
   Refused(partial, "blk.1.attn_q.bias");
+}
+
+// What a file may hold comes from its family (model_arch_*.cpp): QK-norm tensors are computed in
+// qwen3 and refused in qwen2; each family's required tensors must be in every block.
+TEST(ModelSupport, TensorsComeFromTheFamily) {
+  const std::vector<float> ones(128, 1.0f);
+  {
+    auto m = es::model::LlamaModel::Load(es::test::ModelPath("synth-qwen3.f16.gguf"), {});
+    EXPECT_TRUE(m->config().qk_norm);
+    EXPECT_EQ(m->config().spec, es::model::FindArch("qwen3"));
+  }
+  // qwen2 (3 layers, head 64) has no QK-norm: refused, naming it.
+  Refused(VariantOf("synth-qwen2-gpt2-256.f16.gguf", "qwen2_qk",
+                    [&](Writer& w) {
+                      w.AddTensor("blk.0.attn_q_norm.weight", {64}, es::TensorType::kF32,
+                                  ones.data());
+                    }),
+          "QK-norm");
+  // qwen3 without one block's QK-norm weight: the loader names the missing tensor.
+  Refused(VariantOf(
+              "synth-qwen3.f16.gguf", "qwen3_no_knorm", [](Writer&) {},
+              [](const std::string& t) { return t == "blk.1.attn_k_norm.weight"; }),
+          "blk.1.attn_k_norm.weight");
+  // qwen3 has no biases.
+  Refused(VariantOf("synth-qwen3.f16.gguf", "qwen3_bias",
+                    [&](Writer& w) {
+                      w.AddTensor("blk.0.attn_q.bias", {512}, es::TensorType::kF32, kZeros.data());
+                    }),
+          "blk.0.attn_q.bias");
+  // llama's optional biases are decided by block 0: a later block's alone is refused.
+  Refused(Variant("late_bias",
+                  [&](Writer& w) {
+                    w.AddTensor("blk.1.attn_q.bias", {64}, es::TensorType::kF32, kZeros.data());
+                  }),
+          "blk.1.attn_q.bias");
+  // An architecture without a family file is refused, listing the ones there are.
+  Refused(Variant("arch", [](Writer& w) { w.SetString("general.architecture", "gemma3"); }),
+          "not supported (supported: llama, qwen2, qwen3)");
+}
+
+// Each family's flags agree with its declarations, and the registry finds it by name.
+TEST(ModelSupport, FamiliesAreConsistent) {
+  const auto& all = es::model::Architectures();
+  ASSERT_GE(all.size(), 3u);
+  for (const es::model::ArchSpec* a : all) {
+    SCOPED_TRACE(std::string(a->name));
+    EXPECT_EQ(es::model::FindArch(a->name), a);
+    EXPECT_EQ(a->qk_norm, a->FindBlock("attn_q_norm.weight") != nullptr);
+    EXPECT_EQ(a->qk_norm, a->FindBlock("attn_k_norm.weight") != nullptr);
+    std::set<std::string_view> names;
+    for (const auto& d : a->block) EXPECT_TRUE(names.insert(d.name).second) << d.name;
+    for (const auto& d : a->globals) EXPECT_TRUE(names.insert(d.name).second) << d.name;
+  }
+  EXPECT_EQ(es::model::FindArch("gemma3"), nullptr);
 }
 
 }  // namespace

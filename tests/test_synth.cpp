@@ -187,6 +187,32 @@ TEST(SynthCli, Qwen2PresetWithGpt2Vocab) {
   EXPECT_LT(ppl, 1.5 * c.n_vocab);
 }
 
+// A small qwen3 (the shared synth-qwen3's shape: head 128, q_dim 512 != n_embd 96, QK-norm), with
+// the Qwen2 BPE vocabulary copied from that file: it loads as qwen3 and gives sane outputs.
+TEST(SynthCli, Qwen3PresetLoads) {
+  TempDir tmp;
+  const std::string out = tmp.Path("q3.gguf");
+  const std::string vocab = ModelPath("synth-qwen3.f16.gguf");
+  Synth("--preset tiny-test-qwen3 --type f16 --vocab '" + vocab + "' -o '" + out + "' --seed 3");
+  auto m = es::model::LlamaModel::Load(out);
+  const auto& c = m->config();
+  EXPECT_EQ(c.arch, "qwen3");
+  EXPECT_EQ(c.n_embd, 96);
+  EXPECT_EQ(c.head_dim, 128);
+  EXPECT_EQ(c.q_dim(), 512);
+  EXPECT_EQ(c.kv_dim(), 256);
+  EXPECT_TRUE(c.qk_norm);
+  EXPECT_TRUE(c.rope_neox);
+  EXPECT_TRUE(c.tied_output);
+  EXPECT_FALSE(c.qkv_bias);
+  EXPECT_EQ(c.n_vocab, 151936);
+  EXPECT_NE(m->file().FindTensor("blk.2.attn_k_norm.weight"), nullptr);
+  ExpectSameTokenizer(m->file(), *es::gguf::File::Open(vocab));
+  const double ppl = Perplexity(out);
+  EXPECT_GT(ppl, 0.9 * c.n_vocab);
+  EXPECT_LT(ppl, 1.5 * c.n_vocab);
+}
+
 // stories110m at its real shapes (written as Q4_0 to stay small); loaded, not run.
 TEST(SynthCli, Stories110mMetadata) {
   TempDir tmp;
@@ -229,6 +255,12 @@ TEST(SynthPresets, RealModelParameterCounts) {
   EXPECT_EQ(count("llama2-13b", 32000), 13015864320ull);
   EXPECT_EQ(count("tinyllama-1.1b", 32000), 1100048384ull);
   EXPECT_EQ(count("qwen2-0.5b", 151936), 494032768ull);
+  // Qwen3: 0.6B (0.44B without the embedding) and 4.0B (3.6B), tied.
+  EXPECT_EQ(count("qwen3-0.6b", 151936), 596049920ull);
+  EXPECT_EQ(count("qwen3-4b", 151936), 4022468096ull);
+  const auto q3 = *es::model::FindSynthPreset("qwen3-0.6b");
+  EXPECT_EQ(q3.head_dim(), 128);
+  EXPECT_EQ(q3.n_head * q3.head_dim(), 2048);
   const auto q = *es::model::FindSynthPreset("qwen2-0.5b");
   EXPECT_EQ(q.n_head_kv, 2);
   EXPECT_TRUE(q.tied_output);

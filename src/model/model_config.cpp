@@ -18,9 +18,10 @@ int PositiveInt(const gguf::File& f, const std::string& key, int64_t max = 1 << 
 ModelConfig ReadModelConfig(const gguf::File& f) {
   ModelConfig c;
   c.arch = f.GetString("general.architecture");
-  if (c.arch != "llama" && c.arch != "qwen2")
+  c.spec = FindArch(c.arch);
+  if (!c.spec)
     throw Error(f.path() + ": architecture '" + c.arch +
-                "' is not supported (supported: llama, qwen2)");
+                "' is not supported (supported: " + ArchNames() + ")");
   c.name = f.GetStringOr("general.name").value_or(c.arch);
   const std::string p = c.arch + ".";
   c.n_layer = PositiveInt(f, p + "block_count", 4096);
@@ -31,14 +32,16 @@ ModelConfig ReadModelConfig(const gguf::File& f) {
                     : c.n_head;
   c.n_ff = PositiveInt(f, p + "feed_forward_length");
   c.n_ctx_train = PositiveInt(f, p + "context_length", 1 << 26);
-  if (c.n_embd % c.n_head != 0)
+  // The head size is n_embd / n_head unless attention.key_length says otherwise (qwen3).
+  const bool explicit_head = f.Has(p + "attention.key_length");
+  if (!explicit_head && c.n_embd % c.n_head != 0)
     throw Error(f.path() + ": embedding_length " + std::to_string(c.n_embd) +
                 " is not divisible by attention.head_count " + std::to_string(c.n_head));
   if (c.n_head % c.n_head_kv != 0)
     throw Error(f.path() + ": attention.head_count " + std::to_string(c.n_head) +
                 " is not a multiple of attention.head_count_kv " + std::to_string(c.n_head_kv));
-  c.head_dim = f.Has(p + "attention.key_length") ? PositiveInt(f, p + "attention.key_length")
-                                                 : c.n_embd / c.n_head;
+  c.head_dim =
+      explicit_head ? PositiveInt(f, p + "attention.key_length", 1 << 16) : c.n_embd / c.n_head;
   c.n_rot =
       f.Has(p + "rope.dimension_count") ? PositiveInt(f, p + "rope.dimension_count") : c.head_dim;
   if (c.n_rot > c.head_dim || c.n_rot % 2 != 0)
@@ -50,9 +53,12 @@ ModelConfig ReadModelConfig(const gguf::File& f) {
   if (!(c.rope_base > 0)) throw Error(f.path() + ": rope.freq_base must be positive");
   if (!(c.rms_eps > 0))
     throw Error(f.path() + ": attention.layer_norm_rms_epsilon must be positive");
-  c.rope_neox = c.arch == "qwen2";
-  // Llama files may carry Q/K/V biases too (llama.cpp reads them when present).
-  c.qkv_bias = c.arch == "qwen2" || f.FindTensor("blk.0.attn_q.bias") != nullptr;
+  c.rope_neox = c.spec->rope == RopeStyle::kNeox;
+  // Biases are on when the family requires them, or allows them and block 0 has them.
+  const TensorDecl* bias = c.spec->FindBlock("attn_q.bias");
+  c.qkv_bias =
+      bias && (bias->need == TensorDecl::kRequired || f.FindTensor("blk.0.attn_q.bias") != nullptr);
+  c.qk_norm = c.spec->qk_norm;
   const auto& embd = f.GetTensor("token_embd.weight");
   if (embd.dims.size() != 2 || embd.dims[0] != c.n_embd)
     throw Error(f.path() + ": tensor 'token_embd.weight' has shape " + embd.ShapeString() +

@@ -92,6 +92,10 @@ std::unique_ptr<LlamaModel> LlamaModel::Load(const std::string& path, const Load
       L.bk = m->KeepVector(GetVector(f, p + "attn_k.bias", c.kv_dim()), c.kv_dim());
       L.bv = m->KeepVector(GetVector(f, p + "attn_v.bias", c.kv_dim()), c.kv_dim());
     }
+    if (c.qk_norm) {
+      L.q_norm = m->KeepVector(GetVector(f, p + "attn_q_norm.weight", c.head_dim), c.head_dim);
+      L.k_norm = m->KeepVector(GetVector(f, p + "attn_k_norm.weight", c.head_dim), c.head_dim);
+    }
     L.ffn_norm = m->KeepVector(GetVector(f, p + "ffn_norm.weight", c.n_embd), c.n_embd);
     L.w_gate = GetMatrix(f, p + "ffn_gate.weight", c.n_embd, c.n_ff);
     L.w_up = GetMatrix(f, p + "ffn_up.weight", c.n_embd, c.n_ff);
@@ -257,7 +261,6 @@ void LlamaModel::ForwardBlocks(int first, int last, float* hidden, int n, const 
   const ModelConfig& c = cfg_;
   if (first < 0 || last > c.n_layer || first > last) throw Error("invalid layer range");
   if (n > ws.max_batch()) throw Error("batch larger than the workspace");
-  const int d = c.n_embd, kv_dim = c.kv_dim(), q_dim = c.q_dim();
   for (int i = 0; i < n; ++i) {
     for (int l = first; l < last; ++l) {
       const KvLayer& cache = rows[i].kv[l];
@@ -270,53 +273,78 @@ void LlamaModel::ForwardBlocks(int first, int last, float* hidden, int n, const 
     }
   }
   for (int l = first; l < last; ++l) {
-    const Layer& L = layers_[l];
-    for (int i = 0; i < n; ++i)
-      kernels::RmsNorm(hidden + static_cast<size_t>(i) * d, L.attn_norm,
-                       ws.xb.data() + static_cast<size_t>(i) * d, d, c.rms_eps);
-    kernels::MatMul(L.wq, ws.xb.data(), d, n, ws.q.data(), q_dim, pool, ws.scratch);
-    kernels::MatMul(L.wk, ws.xb.data(), d, n, ws.k.data(), kv_dim, pool, ws.scratch);
-    kernels::MatMul(L.wv, ws.xb.data(), d, n, ws.v.data(), kv_dim, pool, ws.scratch);
-    for (int i = 0; i < n; ++i) {
-      float* q = ws.q.data() + static_cast<size_t>(i) * q_dim;
-      float* k = ws.k.data() + static_cast<size_t>(i) * kv_dim;
-      float* v = ws.v.data() + static_cast<size_t>(i) * kv_dim;
-      if (L.bq) {
-        kernels::Add(q, L.bq, q_dim);
-        kernels::Add(k, L.bk, kv_dim);
-        kernels::Add(v, L.bv, kv_dim);
-      }
-      const int64_t pos = rows[i].pos;
-      const KvLayer& cache = rows[i].kv[l];
-      for (int h = 0; h < c.n_head; ++h)
-        kernels::Rope(q + h * c.head_dim, c.head_dim, c.n_rot, pos, c.rope_base, c.rope_neox);
-      for (int h = 0; h < c.n_head_kv; ++h)
-        kernels::Rope(k + h * c.head_dim, c.head_dim, c.n_rot, pos, c.rope_base, c.rope_neox);
-      if (cache.type == TensorType::kF16) {
-        kernels::ConvertF32ToF16(k, static_cast<f16_t*>(cache.k) + pos * kv_dim, kv_dim);
-        kernels::ConvertF32ToF16(v, static_cast<f16_t*>(cache.v) + pos * kv_dim, kv_dim);
-      } else {
-        std::memcpy(static_cast<float*>(cache.k) + pos * kv_dim, k, sizeof(float) * kv_dim);
-        std::memcpy(static_cast<float*>(cache.v) + pos * kv_dim, v, sizeof(float) * kv_dim);
-      }
-    }
-    Attention(l, n, rows, ws, pool);
-    kernels::MatMul(L.wo, ws.attn_out(), q_dim, n, ws.xb.data(), d, pool, ws.scratch);
-    kernels::Add(hidden, ws.xb.data(), static_cast<int64_t>(n) * d);
+    AttentionBlock(l, hidden, n, rows, ws, pool);
+    FeedForwardBlock(l, hidden, n, ws, pool);
+  }
+}
 
-    for (int i = 0; i < n; ++i)
-      kernels::RmsNorm(hidden + static_cast<size_t>(i) * d, L.ffn_norm,
-                       ws.xb.data() + static_cast<size_t>(i) * d, d, c.rms_eps);
-    for (int i0 = 0; i0 < n; i0 += Workspace::kFfnRows) {
-      const int m = std::min(n - i0, Workspace::kFfnRows);
-      const float* x = ws.xb.data() + static_cast<size_t>(i0) * d;
-      kernels::MatMul(L.w_gate, x, d, m, ws.gate.data(), c.n_ff, pool, ws.scratch);
-      kernels::MatMul(L.w_up, x, d, m, ws.up.data(), c.n_ff, pool, ws.scratch);
-      kernels::SiluMul(ws.gate.data(), ws.up.data(), static_cast<int64_t>(m) * c.n_ff);
-      // Into up (free after SiluMul): xb still holds the later rows' inputs.
-      kernels::MatMul(L.w_down, ws.gate.data(), c.n_ff, m, ws.up.data(), d, pool, ws.scratch);
-      kernels::Add(hidden + static_cast<size_t>(i0) * d, ws.up.data(), static_cast<int64_t>(m) * d);
+// hidden += wo(attention(rope(norm_qk(q(x))), rope(norm_qk(k(x))), v(x))), x = norm(hidden): the
+// pre-norm attention half of a block; the keys and values of the rows go to their caches.
+void LlamaModel::AttentionBlock(int l, float* hidden, int n, const BatchRow* rows, Workspace& ws,
+                                kernels::ThreadPool& pool) const {
+  const ModelConfig& c = cfg_;
+  const Layer& L = layers_[l];
+  const int d = c.n_embd, kv_dim = c.kv_dim(), q_dim = c.q_dim(), hd = c.head_dim;
+  for (int i = 0; i < n; ++i)
+    kernels::RmsNorm(hidden + static_cast<size_t>(i) * d, L.attn_norm,
+                     ws.xb.data() + static_cast<size_t>(i) * d, d, c.rms_eps);
+  kernels::MatMul(L.wq, ws.xb.data(), d, n, ws.q.data(), q_dim, pool, ws.scratch);
+  kernels::MatMul(L.wk, ws.xb.data(), d, n, ws.k.data(), kv_dim, pool, ws.scratch);
+  kernels::MatMul(L.wv, ws.xb.data(), d, n, ws.v.data(), kv_dim, pool, ws.scratch);
+  for (int i = 0; i < n; ++i) {
+    float* q = ws.q.data() + static_cast<size_t>(i) * q_dim;
+    float* k = ws.k.data() + static_cast<size_t>(i) * kv_dim;
+    float* v = ws.v.data() + static_cast<size_t>(i) * kv_dim;
+    if (L.bq) {
+      kernels::Add(q, L.bq, q_dim);
+      kernels::Add(k, L.bk, kv_dim);
+      kernels::Add(v, L.bv, kv_dim);
     }
+    if (L.q_norm) {
+      // QK-norm: each head of Q and K normalised on its own, with one weight vector for all heads
+      // (and the model's RMS epsilon), before the rotation.
+      for (int h = 0; h < c.n_head; ++h)
+        kernels::RmsNorm(q + h * hd, L.q_norm, q + h * hd, hd, c.rms_eps);
+      for (int h = 0; h < c.n_head_kv; ++h)
+        kernels::RmsNorm(k + h * hd, L.k_norm, k + h * hd, hd, c.rms_eps);
+    }
+    const int64_t pos = rows[i].pos;
+    const KvLayer& cache = rows[i].kv[l];
+    for (int h = 0; h < c.n_head; ++h)
+      kernels::Rope(q + h * hd, hd, c.n_rot, pos, c.rope_base, c.rope_neox);
+    for (int h = 0; h < c.n_head_kv; ++h)
+      kernels::Rope(k + h * hd, hd, c.n_rot, pos, c.rope_base, c.rope_neox);
+    if (cache.type == TensorType::kF16) {
+      kernels::ConvertF32ToF16(k, static_cast<f16_t*>(cache.k) + pos * kv_dim, kv_dim);
+      kernels::ConvertF32ToF16(v, static_cast<f16_t*>(cache.v) + pos * kv_dim, kv_dim);
+    } else {
+      std::memcpy(static_cast<float*>(cache.k) + pos * kv_dim, k, sizeof(float) * kv_dim);
+      std::memcpy(static_cast<float*>(cache.v) + pos * kv_dim, v, sizeof(float) * kv_dim);
+    }
+  }
+  Attention(l, n, rows, ws, pool);
+  kernels::MatMul(L.wo, ws.attn_out(), q_dim, n, ws.xb.data(), d, pool, ws.scratch);
+  kernels::Add(hidden, ws.xb.data(), static_cast<int64_t>(n) * d);
+}
+
+// hidden += down(silu(gate(x)) * up(x)), x = norm(hidden), kFfnRows rows at a time.
+void LlamaModel::FeedForwardBlock(int l, float* hidden, int n, Workspace& ws,
+                                  kernels::ThreadPool& pool) const {
+  const ModelConfig& c = cfg_;
+  const Layer& L = layers_[l];
+  const int d = c.n_embd;
+  for (int i = 0; i < n; ++i)
+    kernels::RmsNorm(hidden + static_cast<size_t>(i) * d, L.ffn_norm,
+                     ws.xb.data() + static_cast<size_t>(i) * d, d, c.rms_eps);
+  for (int i0 = 0; i0 < n; i0 += Workspace::kFfnRows) {
+    const int m = std::min(n - i0, Workspace::kFfnRows);
+    const float* x = ws.xb.data() + static_cast<size_t>(i0) * d;
+    kernels::MatMul(L.w_gate, x, d, m, ws.gate.data(), c.n_ff, pool, ws.scratch);
+    kernels::MatMul(L.w_up, x, d, m, ws.up.data(), c.n_ff, pool, ws.scratch);
+    kernels::SiluMul(ws.gate.data(), ws.up.data(), static_cast<int64_t>(m) * c.n_ff);
+    // Into up (free after SiluMul): xb still holds the later rows' inputs.
+    kernels::MatMul(L.w_down, ws.gate.data(), c.n_ff, m, ws.up.data(), d, pool, ws.scratch);
+    kernels::Add(hidden + static_cast<size_t>(i0) * d, ws.up.data(), static_cast<int64_t>(m) * d);
   }
 }
 

@@ -1,5 +1,6 @@
-// The llama-family transformer (llama, qwen2): weights mapped from GGUF and the forward pass.
-// Layers can be run in ranges, so a shard holds blocks [first, last) of a model.
+// The llama-like transformer (the families of model_arch.h: llama, qwen2, qwen3): weights mapped
+// from GGUF and the forward pass. Layers can be run in ranges, so a shard holds blocks [first,
+// last) of a model.
 #pragma once
 #include <cstdint>
 #include <cstdlib>
@@ -102,10 +103,17 @@ class LlamaModel {
     const float* attn_norm;
     kernels::Matrix wq, wk, wv, wo;
     const float *bq = nullptr, *bk = nullptr, *bv = nullptr;
+    const float *q_norm = nullptr, *k_norm = nullptr;  // QK-norm weights (head_dim each)
     const float* ffn_norm;
     kernels::Matrix w_gate, w_up, w_down;
   };
   LlamaModel() = default;
+  // The two halves of a block, each adding its result to `hidden`.
+  void AttentionBlock(int layer, float* hidden, int n, const BatchRow* rows, Workspace& ws,
+                      kernels::ThreadPool& pool) const;
+  void FeedForwardBlock(int layer, float* hidden, int n, Workspace& ws,
+                        kernels::ThreadPool& pool) const;
+  // Softmax attention of the rows' queries over their caches, into ws.attn_out().
   void Attention(int layer, int n, const BatchRow* rows, Workspace& ws,
                  kernels::ThreadPool& pool) const;
 

@@ -52,19 +52,7 @@ double Number(const gguf::File& f, const std::string& key) {
   return NAN;
 }
 
-struct Ctx {
-  const gguf::File& f;
-  const ModelConfig& c;
-  const std::string& key;
-};
-
-// A key edgeshard knows: `neutral` says whether its value leaves the arithmetic as computed
-// (nullptr: always harmless); `what` names the math it would need otherwise.
-struct KeyRule {
-  std::string_view suffix;  // after "<arch>."; a trailing '*' matches any rest
-  std::function<bool(const Ctx&)> neutral;
-  const char* what;
-};
+using Ctx = KeyContext;
 
 bool Is(const Ctx& x, std::initializer_list<double> ok) {
   const double v = Number(x.f, x.key);
@@ -73,6 +61,7 @@ bool Is(const Ctx& x, std::initializer_list<double> ok) {
   return false;
 }
 
+// The rules every family shares; a family's own (ArchSpec::keys) are looked up first.
 const std::vector<KeyRule>& Rules() {
   static const std::vector<KeyRule> rules = {
       // Hyperparameters edgeshard reads, and keys that only describe the file.
@@ -160,8 +149,8 @@ const std::vector<KeyRule>& Rules() {
   return rules;
 }
 
-const KeyRule* FindRule(std::string_view suffix) {
-  for (const KeyRule& r : Rules()) {
+const KeyRule* FindRule(const std::vector<KeyRule>& rules, std::string_view suffix) {
+  for (const KeyRule& r : rules) {
     if (!r.suffix.empty() && r.suffix.back() == '*') {
       if (suffix.substr(0, r.suffix.size() - 1) == r.suffix.substr(0, r.suffix.size() - 1))
         return &r;
@@ -194,7 +183,8 @@ void RefuseUncomputed(const gguf::File& f, const ModelConfig& c) {
   for (const std::string& key : f.metadata_keys()) {
     if (key.compare(0, prefix.size(), prefix) != 0) continue;
     const std::string_view suffix = std::string_view(key).substr(prefix.size());
-    const KeyRule* r = FindRule(suffix);
+    const KeyRule* r = FindRule(c.spec->keys, suffix);
+    if (!r) r = FindRule(Rules(), suffix);
     if (!r)
       throw Error(f.path() + ": metadata '" + key + "' (" + Shown(f, key) +
                   ") is unknown to edgeshard, so it may change the arithmetic; the file is "
@@ -206,16 +196,22 @@ void RefuseUncomputed(const gguf::File& f, const ModelConfig& c) {
                   "'");
   }
 
-  std::set<std::string, std::less<>> used = {"token_embd.weight", "output_norm.weight",
-                                             "output.weight"};
-  for (int l = 0; l < c.n_layer; ++l) {
-    const std::string p = "blk." + std::to_string(l) + ".";
-    for (const char* t : {"attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight",
-                          "attn_output.weight", "ffn_norm.weight", "ffn_gate.weight",
-                          "ffn_up.weight", "ffn_down.weight"})
-      used.insert(p + t);
-    if (c.qkv_bias)
-      for (const char* t : {"attn_q.bias", "attn_k.bias", "attn_v.bias"}) used.insert(p + t);
+  // The tensors the family declares; an optional block tensor counts when block 0 has it, and is
+  // then required in every block. A missing tensor is named before an extra one is refused: a
+  // renamed tensor is both, and "missing" is the better clue.
+  std::set<std::string, std::less<>> used;
+  for (const TensorDecl& d : c.spec->globals) {
+    used.insert(std::string(d.name));
+    if (d.need == TensorDecl::kRequired) f.GetTensor(d.name);  // throws naming it if absent
+  }
+  for (const TensorDecl& d : c.spec->block) {
+    const std::string name(d.name);
+    if (d.need == TensorDecl::kOptional && !f.FindTensor("blk.0." + name)) continue;
+    for (int l = 0; l < c.n_layer; ++l) {
+      const std::string full = "blk." + std::to_string(l) + "." + name;
+      f.GetTensor(full);
+      used.insert(full);
+    }
   }
   for (const auto& t : f.tensors()) {
     if (used.count(t.name)) continue;

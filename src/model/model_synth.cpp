@@ -4,6 +4,7 @@
 #include <cctype>
 
 #include "edgeshard/error.h"
+#include "model/model_arch.h"
 
 namespace es::model {
 namespace {
@@ -12,23 +13,31 @@ namespace {
 // Karpathy's llama2.c TinyStories model (classifier tied to the embedding); qwen2-0.5b is
 // Qwen2-0.5B (tied embedding, Q/K/V biases, rope theta 1e6).
 const std::vector<SynthPreset> kPresets = {
-    {"stories110m", "llama", 768, 12, 12, 12, 2048, 1024, 10000.0f, 1e-5f, true, false, 32000,
+    {"stories110m", "llama", 768, 12, 12, 12, 0, 2048, 1024, 10000.0f, 1e-5f, true, false, 32000,
      false, "llama2.c TinyStories 110M"},
-    {"tinyllama-1.1b", "llama", 2048, 22, 32, 4, 5632, 2048, 10000.0f, 1e-5f, false, false, 32000,
-     false, "TinyLlama 1.1B (GQA 32/4)"},
-    {"llama2-7b", "llama", 4096, 32, 32, 32, 11008, 4096, 10000.0f, 1e-5f, false, false, 32000,
+    {"tinyllama-1.1b", "llama", 2048, 22, 32, 4, 0, 5632, 2048, 10000.0f, 1e-5f, false, false,
+     32000, false, "TinyLlama 1.1B (GQA 32/4)"},
+    {"llama2-7b", "llama", 4096, 32, 32, 32, 0, 11008, 4096, 10000.0f, 1e-5f, false, false, 32000,
      false, "Llama 2 7B"},
-    {"llama2-13b", "llama", 5120, 40, 40, 40, 13824, 4096, 10000.0f, 1e-5f, false, false, 32000,
+    {"llama2-13b", "llama", 5120, 40, 40, 40, 0, 13824, 4096, 10000.0f, 1e-5f, false, false, 32000,
      false, "Llama 2 13B"},
-    {"qwen2-0.5b", "qwen2", 896, 24, 14, 2, 4864, 32768, 1000000.0f, 1e-6f, true, true, 151936,
+    {"qwen2-0.5b", "qwen2", 896, 24, 14, 2, 0, 4864, 32768, 1000000.0f, 1e-6f, true, true, 151936,
      false, "Qwen2 0.5B (GQA 14/2, tied embedding, QKV biases)"},
-    // Small shapes for fast tests.
+    // Qwen3-0.6B and Qwen3-4B: head size 128 from attention.key_length (q_dim 2048 > n_embd 1024
+    // for 0.6B), QK-norm, no biases, rope theta 1e6, tied embedding.
+    {"qwen3-0.6b", "qwen3", 1024, 28, 16, 8, 128, 3072, 40960, 1000000.0f, 1e-6f, true, false,
+     151936, false, "Qwen3 0.6B (GQA 16/8, head 128, QK-norm, tied embedding)"},
+    {"qwen3-4b", "qwen3", 2560, 36, 32, 8, 128, 9728, 40960, 1000000.0f, 1e-6f, true, false, 151936,
+     false, "Qwen3 4B (GQA 32/8, head 128, QK-norm, tied embedding)"},
     // Small shapes for fast tests: those of the shared synth-llama-spm-256 and
     // synth-qwen2-gpt2-256 test models, so that file layouts can be compared with llama.cpp's.
-    {"tiny-test", "llama", 256, 4, 8, 4, 768, 2048, 10000.0f, 1e-5f, false, false, 32000, true,
+    {"tiny-test", "llama", 256, 4, 8, 4, 0, 768, 2048, 10000.0f, 1e-5f, false, false, 32000, true,
      "test: llama, 4 layers of dim 256"},
-    {"tiny-test-qwen2", "qwen2", 256, 3, 4, 2, 768, 2048, 10000.0f, 1e-5f, true, true, 50257, true,
-     "test: qwen2, 3 layers of dim 256"},
+    {"tiny-test-qwen2", "qwen2", 256, 3, 4, 2, 0, 768, 2048, 10000.0f, 1e-5f, true, true, 50257,
+     true, "test: qwen2, 3 layers of dim 256"},
+    // The shape of the shared synth-qwen3: q_dim 512 != n_embd 96.
+    {"tiny-test-qwen3", "qwen3", 96, 3, 4, 2, 128, 512, 40960, 1000000.0f, 1e-6f, true, false,
+     151936, true, "test: qwen3, 3 layers of dim 96, head 128"},
 };
 
 uint64_t SplitMix64(uint64_t& state) {
@@ -83,6 +92,8 @@ std::string SynthPresetNames() {
 std::vector<TensorDesc> SynthTensors(const SynthPreset& p, int n_vocab) {
   const int64_t e = p.n_embd, hd = p.head_dim(), q = p.n_head * hd, kv = p.n_head_kv * hd;
   const int64_t ff = p.n_ff, v = n_vocab;
+  const ArchSpec* spec = FindArch(p.arch);
+  const bool qk_norm = spec && spec->qk_norm;
   std::vector<TensorDesc> t;
   auto add = [&](std::string name, std::vector<int64_t> dims) {
     t.push_back({std::move(name), std::move(dims), TensorType::kF32});
@@ -100,6 +111,10 @@ std::vector<TensorDesc> SynthTensors(const SynthPreset& p, int n_vocab) {
       add(b + "attn_q.bias", {q});
       add(b + "attn_k.bias", {kv});
       add(b + "attn_v.bias", {kv});
+    }
+    if (qk_norm) {
+      add(b + "attn_q_norm.weight", {hd});
+      add(b + "attn_k_norm.weight", {hd});
     }
     add(b + "attn_output.weight", {q, e});
     add(b + "ffn_norm.weight", {e});
@@ -148,8 +163,12 @@ void SynthRow(uint64_t seed, std::string_view tensor, int64_t row, float* out, i
 
 SynthResult SynthesizeModel(const SynthPreset& p, const std::string& vocab, const std::string& out,
                             const QuantFormat& format, const SynthOptions& options) {
-  if (p.n_embd % p.n_head != 0 || p.n_head % p.n_head_kv != 0 || p.n_layer < 1 || p.n_ff < 1)
+  if ((!p.key_length && p.n_embd % p.n_head != 0) || p.n_head % p.n_head_kv != 0 || p.n_layer < 1 ||
+      p.n_ff < 1)
     throw Error(std::string("synth preset '") + p.name + "' has inconsistent dimensions");
+  if (!FindArch(p.arch))
+    throw Error(std::string("synth preset '") + p.name + "': architecture '" + p.arch +
+                "' is not supported (supported: " + ArchNames() + ")");
   if (!(options.stddev > 0.0f) || options.stddev > 1.0f)
     throw Error("synth: weight standard deviation " + std::to_string(options.stddev) +
                 " is out of range (0, 1]");
@@ -182,6 +201,10 @@ SynthResult SynthesizeModel(const SynthPreset& p, const std::string& vocab, cons
   w.SetF32(a + ".rope.freq_base", p.rope_base);
   w.SetF32(a + ".attention.layer_norm_rms_epsilon", p.rms_eps);
   w.SetU32(a + ".rope.dimension_count", static_cast<uint32_t>(p.head_dim()));
+  if (p.key_length) {
+    w.SetU32(a + ".attention.key_length", static_cast<uint32_t>(p.key_length));
+    w.SetU32(a + ".attention.value_length", static_cast<uint32_t>(p.key_length));
+  }
   for (const auto& key : v->metadata_keys())
     if (StartsWith(key, "tokenizer.")) w.SetValue(key, *v->Find(key));
   SetQuantizationMetadata(w, format);

@@ -15,11 +15,12 @@ namespace es::model {
 
 struct SynthPreset {
   const char* name;
-  const char* arch;  // "llama" or "qwen2"
+  const char* arch;  // a family of model_arch.h: llama, qwen2, qwen3
   int n_embd;
   int n_layer;
   int n_head;
   int n_head_kv;
+  int key_length;  // head size; 0: n_embd / n_head (written as attention.key_length otherwise)
   int n_ff;
   int n_ctx;  // training context (<arch>.context_length)
   float rope_base;
@@ -30,7 +31,7 @@ struct SynthPreset {
   bool hidden;       // small presets for tests, not listed
   const char* description;
 
-  int head_dim() const { return n_embd / n_head; }
+  int head_dim() const { return key_length ? key_length : n_embd / n_head; }
 };
 
 // All presets, listed ones first.

@@ -1,0 +1,80 @@
+// Architecture families as data. Each family (model_arch_<name>.cpp) says which tensors its files
+// hold, which of them are optional, which metadata keys it reads beyond the common ones, and which
+// shared blocks its layers compose (norm kind, RoPE style, Q/K/V biases, QK-norm, FFN kind). The
+// config reader, the refusal of uncomputed math and the forward pass take their answers from here
+// instead of naming architectures, so adding a family does not touch the others.
+#pragma once
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "gguf/gguf_file.h"
+
+namespace es::model {
+
+struct ModelConfig;
+
+enum class NormKind { kRms };             // RMSNorm with weight (later: +1 offset, LayerNorm)
+enum class RopeStyle { kNormal, kNeox };  // rotated pairs (i, i+1) or (i, i + n_rot/2)
+enum class FfnKind { kSwiGlu };           // down(silu(gate(x)) * up(x)) (later: GeGLU)
+
+// A tensor of the file. Names under "blk.N." are given without that prefix.
+struct TensorDecl {
+  enum Need {
+    kRequired,
+    // Computed when present, in every block (or, outside blocks, once); whether a block tensor is
+    // on is decided by block 0, so a later block that has one block 0 lacks is refused.
+    kOptional,
+  };
+  std::string_view name;
+  Need need = kRequired;
+};
+
+// A metadata key under "<arch>.": `neutral` says whether its value leaves the arithmetic as the
+// engine computes it (nullptr: always harmless); `what` names the math it would need otherwise.
+struct KeyContext {
+  const gguf::File& f;
+  const ModelConfig& c;
+  const std::string& key;
+};
+struct KeyRule {
+  std::string_view suffix;  // after "<arch>."; a trailing '*' matches any rest
+  std::function<bool(const KeyContext&)> neutral;
+  const char* what;
+};
+
+struct ArchSpec {
+  std::string_view name;  // general.architecture
+  std::string_view about;
+  NormKind norm = NormKind::kRms;
+  RopeStyle rope = RopeStyle::kNormal;
+  FfnKind ffn = FfnKind::kSwiGlu;
+  // Per-head RMSNorm of queries and keys (attn_q_norm/attn_k_norm, head_dim weights shared by the
+  // heads) after the projection and before RoPE.
+  bool qk_norm = false;
+  std::vector<TensorDecl> globals;  // outside blocks; an absent output.weight ties the head
+  std::vector<TensorDecl> block;    // per block
+  // Keys this family reads or judges itself; looked up before the common rules (model_support),
+  // so a family can accept a key the common rules refuse.
+  std::vector<KeyRule> keys;
+
+  // Whether the family declares `name` (a global or, without "blk.N.", a block tensor).
+  const TensorDecl* FindBlock(std::string_view name) const;
+};
+
+// The supported families, in the order the error messages list them.
+const std::vector<const ArchSpec*>& Architectures();
+// The family for general.architecture `name`, or nullptr.
+const ArchSpec* FindArch(std::string_view name);
+// "llama, qwen2, qwen3"
+std::string ArchNames();
+
+// What every llama-like family shares: token_embd, output_norm, an optional output head, and a
+// pre-norm block of RMSNorm, attention (`rope`) and SwiGLU feed-forward; `extra` block tensors
+// (biases, QK-norm weights) are added with `need`.
+ArchSpec LlamaLike(std::string_view name, std::string_view about, RopeStyle rope,
+                   std::initializer_list<std::string_view> extra = {},
+                   TensorDecl::Need need = TensorDecl::kRequired);
+
+}  // namespace es::model
