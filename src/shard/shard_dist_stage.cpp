@@ -1,6 +1,7 @@
 #include "shard/shard_dist_stage.h"
 
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <set>
 
@@ -40,6 +41,11 @@ void DecodeActivations(const std::string& bytes, rpc::WireType wire, float* out,
       out[i] = F16ToF32(h);
     }
   }
+  // NaN or infinity would only give garbage logits, and the kernels' float-to-int conversions
+  // (exp) are undefined for them: a peer sending such values gets an error instead.
+  for (size_t i = 0; i < n; ++i)
+    if (!std::isfinite(out[i]))
+      throw Error("activations hold a non-finite value at index " + std::to_string(i));
 }
 
 runtime::SamplerParams FromProto(const rpc::SamplingConfig& c) {
