@@ -1,11 +1,14 @@
 // GGUF reader: the input is a whole file. A broken file must give es::Error; one that opens must
 // also survive what loading does with its metadata (tokenizer, model hyperparameters).
 #include <cstdint>
+#include <cstdlib>
+#include <filesystem>
 #include <memory>
 
 #include "edgeshard/error.h"
 #include "fuzz_util.h"
 #include "gguf/gguf_file.h"
+#include "gguf/gguf_writer.h"
 #include "model/model_config.h"
 #include "tokenizer/tokenizer.h"
 
@@ -49,7 +52,40 @@ void UseTokenizer(const es::gguf::File& f) {
   }
 }
 
+// Small valid files (the shared models are megabytes, mostly tensor data): stories260K's
+// metadata with a few tiny tensors of several types, and a bare llama header.
+void WriteSeeds(const std::string& dir) {
+  std::filesystem::create_directories(dir);
+  static const uint8_t zeros[256] = {};
+  auto stories = es::gguf::File::Open(es::fuzz::ModelPath("stories260K.gguf"));
+  es::gguf::Writer w;
+  w.CopyMetadataFrom(*stories);
+  w.AddTensor("a.f32", {4, 2}, es::TensorType::kF32, zeros);
+  w.AddTensor("b.f16", {32}, es::TensorType::kF16, zeros);
+  w.AddTensor("c.q8_0", {32}, es::TensorType::kQ8_0, zeros);
+  w.AddTensor("d.q4_0", {32, 2}, es::TensorType::kQ4_0, zeros);
+  w.Write(dir + "/stories-metadata.gguf");
+  es::gguf::Writer bare;
+  bare.SetString("general.architecture", "llama");
+  bare.SetU32("llama.block_count", 1);
+  bare.SetU32("llama.embedding_length", 8);
+  bare.SetU32("llama.attention.head_count", 2);
+  bare.SetU32("llama.feed_forward_length", 16);
+  bare.SetStringArray("tokenizer.ggml.tokens", {"<unk>", "<s>", "</s>", "a", "b"});
+  bare.SetString("tokenizer.ggml.model", "llama");
+  bare.AddTensor("token_embd.weight", {8, 5}, es::TensorType::kF32, zeros);
+  bare.Write(dir + "/bare-llama.gguf");
+}
+
 }  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  if (const char* dir = std::getenv("EDGESHARD_FUZZ_WRITE_SEEDS")) {
+    WriteSeeds(dir);
+    std::exit(0);
+  }
+  return 0;
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static es::fuzz::MemFile mem;
