@@ -38,6 +38,8 @@ struct Stages {
   std::vector<std::unique_ptr<StageExecutor>> exec;
 };
 
+// Never destroyed: libFuzzer leaves through exit() on many paths, and the pool's threads must
+// not be joined from static destructors there.
 Stages& Get() {
   static Stages* s = [] {
     auto* st = new Stages;
