@@ -1,6 +1,7 @@
 #include "shard/shard_dist_stage.h"
 
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <set>
 
@@ -40,6 +41,11 @@ void DecodeActivations(const std::string& bytes, rpc::WireType wire, float* out,
       out[i] = F16ToF32(h);
     }
   }
+  // NaN or infinity would only give garbage logits, and the kernels' float-to-int conversions
+  // (exp) are undefined for them: a peer sending such values gets an error instead.
+  for (size_t i = 0; i < n; ++i)
+    if (!std::isfinite(out[i]))
+      throw Error("activations hold a non-finite value at index " + std::to_string(i));
 }
 
 runtime::SamplerParams FromProto(const rpc::SamplingConfig& c) {
@@ -97,6 +103,10 @@ StageExecutor::Seq& StageExecutor::Get(uint64_t id) {
   return seqs_.emplace(id, std::move(s)).first->second;
 }
 
+namespace {
+constexpr int32_t kMaxPenaltyLastN = 1 << 20;
+}  // namespace
+
 StageExecutor::Output StageExecutor::Run(const rpc::Step& step, const std::vector<int32_t>& tokens,
                                          std::vector<float>& hidden) {
   using Clock = std::chrono::steady_clock;
@@ -120,6 +130,12 @@ StageExecutor::Output StageExecutor::Run(const rpc::Step& step, const std::vecto
     if (seg.pos() + seg.n_tokens() > spec_.n_ctx)
       throw Error(who + ": positions up to " + std::to_string(seg.pos() + seg.n_tokens()) +
                   " do not fit the context of " + std::to_string(spec_.n_ctx));
+    // The sampler allocates its penalty window up front: a peer's 2^31 would be 8 GiB. The bound
+    // is the one the command line's --repeat-last-n accepts.
+    if (seg.has_sampling() &&
+        (seg.sampling().penalty_last_n() < 0 || seg.sampling().penalty_last_n() > kMaxPenaltyLastN))
+      throw Error(who + ": penalty_last_n " + std::to_string(seg.sampling().penalty_last_n()) +
+                  " is outside [0, " + std::to_string(kMaxPenaltyLastN) + "]");
     n += seg.n_tokens();
   }
   if (n > spec_.max_batch)

@@ -692,7 +692,8 @@ Solution LatencySearch(const Problem& p, const SolveOptions& o, double cap) {
       out_of_time = true;
       break;
     }
-    const auto [f, neg_g, i] = open.top();
+    const auto [f, neg_g, top] = open.top();
+    const auto i = top;     // a plain variable: clang before 16 cannot capture a structured binding
     if (f >= upper) break;  // nothing left can beat the best plan known: it is optimal
     open.pop();
     const LatNode n = nodes[i];
