@@ -34,10 +34,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string tmpl = pick < names.size() ? names[pick] : "";  // "": a model without one
   const int n_ctx = (data[0] & 0x80) ? 16 : 128;
 
-  // The server's path: parse, then ParseRequest and BuildPrompt (server_http.cpp).
-  const nlohmann::json body = nlohmann::json::parse(data + 1, data + size, nullptr, false);
-  if (body.is_discarded()) return 0;
+  // The server's path (server_http.cpp): ParseBody (JSON with its depth limit), then
+  // ParseRequest and BuildPrompt.
   try {
+    const nlohmann::json body =
+        es::server::ParseBody(std::string(reinterpret_cast<const char*>(data + 1), size - 1));
     const es::server::ParsedRequest r = es::server::ParseRequest(ep, body, n_ctx);
     const std::vector<int32_t> prompt = es::server::BuildPrompt(r, Tok(), tmpl, n_ctx);
     if (prompt.empty() || static_cast<int>(prompt.size()) > n_ctx)
