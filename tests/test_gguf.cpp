@@ -396,7 +396,7 @@ TEST(GgufShared, Stories260KDetails) {
   EXPECT_EQ(f->GetInt("tokenizer.ggml.padding_token_id"), 4294967295);
   EXPECT_FLOAT_EQ(static_cast<float>(f->GetFloat("llama.attention.layer_norm_rms_epsilon")), 1e-5f);
   EXPECT_EQ(f->GetString("tokenizer.ggml.model"), "llama");
-  EXPECT_EQ(f->GetStringArray("tokenizer.ggml.tokens")[1], "<s>");
+  EXPECT_EQ(f->GetStringArray("tokenizer.ggml.tokens").String(1), "<s>");
   EXPECT_EQ(f->tensors().front().name, "token_embd.weight");
   const auto& norm = f->GetTensor("blk.4.ffn_norm.weight");
   EXPECT_EQ(norm.offset, 1170944u);
@@ -429,8 +429,10 @@ TEST(GgufCorrupt, BaseSpecIsValid) {
     EXPECT_EQ(f->GetTensor("b").n_bytes, 3u * 34u);
     EXPECT_EQ(f->GetTensor("b").offset, 32u);
     if (version == 3) {
-      EXPECT_EQ(f->GetNumberArray("tokenizer.ggml.scores"), (std::vector<double>{0.5, -1, 2}));
-      EXPECT_EQ(f->GetStringArray("tokenizer.ggml.tokens"), (std::vector<std::string>{"ab", "cd"}));
+      EXPECT_EQ(f->GetNumberArray("tokenizer.ggml.scores").Numbers(),
+                (std::vector<double>{0.5, -1, 2}));
+      EXPECT_EQ(f->GetStringArray("tokenizer.ggml.tokens").Strings(),
+                (std::vector<std::string>{"ab", "cd"}));
     }
   }
 }
@@ -494,7 +496,7 @@ const std::vector<Case>& Cases() {
       {"string_value_past_end",
        [](Spec& s) {
          Bytes p;
-         p.StrLen(1u << 29, "llama");
+         p.StrLen(1u << 25, "llama");
          Mutate(s, "general.architecture", 8, p.b);
        },
        {"metadata 'general.architecture'", "truncated"}},
@@ -548,6 +550,48 @@ const std::vector<Case>& Cases() {
          s.kvs.push_back({"general.alignment", 6, p.b});
        },
        {"general.alignment", "float32"}},
+      // Below 8 the kernels would read tensor elements misaligned (undefined behaviour).
+      {"alignment_1",
+       [](Spec& s) { s.kvs.push_back(KvU32("general.alignment", 1)); },
+       {"general.alignment", "got 1", "from 8"}},
+      {"alignment_2",
+       [](Spec& s) { s.kvs.push_back(KvU32("general.alignment", 2)); },
+       {"general.alignment", "got 2", "from 8"}},
+      {"alignment_4",
+       [](Spec& s) { s.kvs.push_back(KvU32("general.alignment", 4)); },
+       {"general.alignment", "got 4", "from 8"}},
+      {"key_over_limit",
+       [](Spec& s) { s.kvs.push_back(KvU32(std::string(kMaxKeyBytes + 1, 'k'), 1)); },
+       {"metadata entry #4", "key", "string length 65537, over the limit of 65536"}},
+      {"string_value_over_limit",
+       [](Spec& s) {
+         Bytes p;
+         p.StrLen(kMaxStringBytes + 1, "llama");
+         Mutate(s, "general.architecture", 8, p.b);
+       },
+       {"metadata 'general.architecture'", "over the limit of 67108864"}},
+      {"string_element_over_limit",
+       [](Spec& s) {
+         Bytes p;
+         p.U32(8).U64(2).Str("ab").StrLen(kMaxStringBytes + 1, "cd");
+         Mutate(s, "tokenizer.ggml.tokens", 9, p.b);
+       },
+       {"metadata 'tokenizer.ggml.tokens' element #1", "over the limit of 67108864"}},
+      {"tensor_name_over_limit",
+       [](Spec& s) { s.tensors[0].name = std::string(kMaxTensorNameBytes + 1, 't'); },
+       {"tensor #0", "name", "over the limit of 256"}},
+      {"tensor_count_over_limit",  // a file big enough for the count, so the limit is what fails
+       [](Spec& s) {
+         s.n_tensors = kMaxTensors + 1;
+         s.data_bytes = 2 << 20;
+       },
+       {"tensor count 65537", "limit of 65536"}},
+      {"metadata_count_over_limit",
+       [](Spec& s) {
+         s.n_kv = kMaxMetadataEntries + 1;
+         s.data_bytes = 1 << 20;
+       },
+       {"metadata count 65537", "limit of 65536"}},
       {"n_dims_5",
        [](Spec& s) {
          s.tensors[0].dims = {4, 1, 1, 1, 2};
@@ -612,7 +656,7 @@ const std::vector<Case>& Cases() {
        [](Spec& s) { s.tensors[0].name_len = 1ull << 45; },
        {"tensor #0", "name", "string length"}},
       {"tensor_name_past_end",
-       [](Spec& s) { s.tensors[1].name_len = 1u << 20; },
+       [](Spec& s) { s.tensors[1].name_len = 250; },
        {"tensor #1", "name", "truncated"}},
       {"tensor_count_too_high",  // the extra info is read from the zero padding
        [](Spec& s) { s.n_tensors = 3; },
@@ -907,9 +951,9 @@ TEST(GgufWriter, RoundTripsEveryTypeByteExact) {
   EXPECT_EQ(f->GetFloat("t.f64"), 0.1);
   EXPECT_TRUE(f->GetBool("t.bool"));
   EXPECT_EQ(f->GetString("t.empty"), "");
-  EXPECT_EQ(f->GetStringArray("t.strs"),
+  EXPECT_EQ(f->GetStringArray("t.strs").Strings(),
             (std::vector<std::string>{"a", "", "\xE2\x82\xAC", std::string(300, 'x')}));
-  EXPECT_TRUE(f->GetStringArray("t.strs0").empty());
+  EXPECT_EQ(f->GetStringArray("t.strs0").size(), 0u);
   auto raw = [&](const char* key, const void* data, size_t bytes, ValueType et, size_t n) {
     const Value* v = f->Find(key);
     ASSERT_NE(v, nullptr) << key;
@@ -933,7 +977,7 @@ TEST(GgufWriter, RoundTripsEveryTypeByteExact) {
   raw("a.empty", nullptr, 0, ValueType::kF32, 0);
   const uint8_t bools[] = {1, 0, 1};
   raw("a.bool", bools, 3, ValueType::kBool, 3);
-  EXPECT_EQ(f->GetNumberArray("a.i32"), (std::vector<double>{-5, 7, 1 << 30}));
+  EXPECT_EQ(f->GetNumberArray("a.i32").Numbers(), (std::vector<double>{-5, 7, 1 << 30}));
 
   ASSERT_EQ(f->tensors().size(), 4u);
   const char* names[] = {"t0", "t1.f16", "t2.q8", "t3.q4k"};
@@ -1078,7 +1122,7 @@ TEST(GgufWriter, CopyOfSharedModelsIsIdentical) {
       EXPECT_EQ(a.scalar, b.scalar) << key;
       EXPECT_EQ(a.elem_type, b.elem_type) << key;
       EXPECT_EQ(a.array_len, b.array_len) << key;
-      EXPECT_EQ(a.strings, b.strings) << key;
+      EXPECT_EQ(a.Strings(), b.Strings()) << key;
       if (a.IsArray() && a.elem_type != ValueType::kString && a.array_len) {
         EXPECT_EQ(std::memcmp(a.array_data, b.array_data, a.array_len * ElemBytes(a.elem_type)), 0)
             << key;
@@ -1117,6 +1161,179 @@ TEST(GgufWriter, StreamsLargeTensorsInPieces) {
   const float* d = reinterpret_cast<const float*>(t.data);
   for (int64_t r : {0, 1, 777, 4095})
     for (int64_t c : {0, 5, 4095}) EXPECT_EQ(d[r * cols + c], static_cast<float>(r ^ c));
+}
+
+// ---- limits, memory and escaping ----
+
+TEST(GgufLimits, MetadataOverTheLimitIsRefused) {
+  // A sparse file big enough for an array that would take the metadata past kMaxMetadataBytes.
+  TempDir tmp;
+  Spec s;
+  Bytes arr;
+  arr.U32(0).U64(kMaxMetadataBytes);
+  s.kvs.push_back({"big.array", 9, arr.b});
+  const std::string p = tmp.Path("big.gguf");
+  WriteBytes(p, Build(s));
+  ASSERT_EQ(::truncate(p.c_str(), static_cast<off_t>(kMaxMetadataBytes + (1 << 20))), 0);
+  EXPECT_OPEN_ERROR(p, "metadata 'big.array'", "crosses the limit of 256 MiB");
+}
+
+TEST(GgufLimits, TensorDataIsAlignedInMemory) {
+  TempDir tmp;
+  for (size_t al : {size_t{8}, size_t{32}, size_t{4096}}) {
+    Spec s = BaseSpec();
+    s.alignment = al;
+    s.kvs.push_back(KvU32("general.alignment", static_cast<uint32_t>(al)));
+    const std::string p = tmp.Path("al" + std::to_string(al) + ".gguf");
+    WriteBytes(p, Build(s));
+    auto f = File::Open(p);
+    EXPECT_EQ(f->alignment(), al);
+    for (const auto& t : f->tensors())
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(t.data) % al, 0u) << al << " " << t.name;
+  }
+}
+
+// Anonymous (heap) memory of this process, in bytes: what the metadata costs beyond the mapping.
+size_t RssAnonBytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("RssAnon:", 0) == 0) return std::stoull(line.substr(8)) * 1024;
+  return 0;
+}
+
+TEST(GgufLimits, LargeArraysCostLittleMemory) {
+  // 64 MiB of u8 elements and 64 MiB of empty strings: widening every number to a double cost 8x
+  // the file bytes, a std::string per element 4x. Now numbers stay in the mapping and strings
+  // cost a 4-byte position each.
+  TempDir tmp;
+  const std::string p = tmp.Path("arrays.gguf");
+  const uint64_t n_u8 = 64ull << 20, n_str = 8ull << 20;
+  {
+    Bytes h;
+    h.U32(0x46554747).U32(3).U64(0).U64(2);
+    h.Str("big.u8").U32(9).U32(0).U64(n_u8);
+    std::ofstream out(p, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(h.b.data()), static_cast<std::streamsize>(h.b.size()));
+    std::vector<char> chunk(1 << 20);
+    for (uint64_t i = 0; i < n_u8; i += chunk.size()) {
+      for (size_t j = 0; j < chunk.size(); ++j) chunk[j] = static_cast<char>((i + j) * 7);
+      out.write(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+    }
+    Bytes k;
+    k.Str("big.strs").U32(9).U32(8).U64(n_str);
+    out.write(reinterpret_cast<const char*>(k.b.data()), static_cast<std::streamsize>(k.b.size()));
+    std::fill(chunk.begin(), chunk.end(), 0);  // empty strings: a zero length each
+    for (uint64_t i = 0; i < n_str * 8; i += chunk.size())
+      out.write(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+    ASSERT_TRUE(out.good());
+  }
+  const size_t before = RssAnonBytes();
+  auto f = File::Open(p);
+  const Value& u8 = f->GetNumberArray("big.u8");
+  const Value& strs = f->GetStringArray("big.strs");
+  ASSERT_EQ(u8.size(), n_u8);
+  ASSERT_EQ(strs.size(), n_str);
+  for (uint64_t i : {uint64_t{0}, uint64_t{1}, uint64_t{12345}, n_u8 - 1})
+    EXPECT_EQ(u8.Number(i), static_cast<uint8_t>(i * 7)) << i;
+  EXPECT_EQ(strs.String(0), "");
+  EXPECT_EQ(strs.String(n_str - 1), "");
+  const size_t after = RssAnonBytes();
+  const double file_mib = static_cast<double>(n_u8 + n_str * 8) / (1 << 20);
+  const double grew_mib = static_cast<double>(after > before ? after - before : 0) / (1 << 20);
+  std::printf("metadata of %.0f MiB: RssAnon grew by %.1f MiB on open\n", file_mib, grew_mib);
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "memory figures are not meaningful under AddressSanitizer";
+#else
+  EXPECT_LT(grew_mib, file_mib / 2);
+#endif
+}
+
+TEST(GgufArrays, StringArraysOfEveryVersionViewTheMapping) {
+  TempDir tmp;
+  const std::vector<std::string> want = {"", "a", "\xC3\xA9", std::string(300, 'x'), ""};
+  for (uint32_t version : {1u, 2u, 3u}) {
+    Spec s;
+    s.version = version;
+    Bytes arr;
+    arr.version = version;
+    arr.U32(8).Count(want.size());
+    for (const auto& w : want) arr.Str(w);
+    s.kvs.push_back({"t.strs", 9, arr.b});
+    const std::string p = tmp.Path("v" + std::to_string(version) + ".gguf");
+    WriteBytes(p, Build(s));
+    auto f = File::Open(p);
+    const Value& v = f->GetStringArray("t.strs");
+    EXPECT_EQ(v.Strings(), want) << version;
+    for (size_t i = 0; i < v.size(); ++i) {
+      const auto* d = reinterpret_cast<const uint8_t*>(v.String(i).data());
+      EXPECT_TRUE(d >= f->base() && d + v.String(i).size() <= f->base() + f->file_size());
+    }
+  }
+}
+
+TEST(GgufEscaping, PrintableKeepsUtf8AndEscapesTheRest) {
+  EXPECT_EQ(Printable("blk.0.attn_q.weight"), "blk.0.attn_q.weight");
+  EXPECT_EQ(Printable("caf\xC3\xA9 \xE6\x97\xA5 \xF0\x9F\x98\x80"),
+            "caf\xC3\xA9 \xE6\x97\xA5 \xF0\x9F\x98\x80");
+  EXPECT_EQ(Printable(std::string("a\x1b[31m\0b\x7f\n", 10)), "a\\x1b[31m\\x00b\\x7f\\x0a");
+  EXPECT_EQ(Printable("back\\slash"), "back\\\\slash");
+  // Invalid UTF-8: a lone lead byte, a stray continuation, overlong, a surrogate, 0xFF, a C1
+  // control (U+009B, CSI on some terminals), a sequence cut by the end.
+  EXPECT_EQ(Printable("\xC3x\x80\xC0\xAF\xED\xA0\x80\xFF\xC2\x9B\xE6\x97"),
+            "\\xc3x\\x80\\xc0\\xaf\\xed\\xa0\\x80\\xff\\xc2\\x9b\\xe6\\x97");
+  EXPECT_EQ(Printable(std::string(250, 'k')), std::string(200, 'k') + "... (250 bytes)");
+  EXPECT_EQ(Printable(std::string(5, '\x1b'), 2), "\\x1b\\x1b... (5 bytes)");
+}
+
+TEST(GgufEscaping, NamesFromTheFileAreEscapedInMessages) {
+  TempDir tmp;
+  const std::string evil("evil\x1b[31m\0red", 13);
+  const auto check = [&](const std::string& msg, const char* rest) {
+    EXPECT_EQ(msg.find('\x1b'), std::string::npos) << msg;
+    EXPECT_EQ(msg.find('\0'), std::string::npos) << msg;
+    EXPECT_NE(msg.find("evil\\x1b[31m\\x00red"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(rest), std::string::npos) << "cut before '" << rest << "': " << msg;
+  };
+  {  // a key, while parsing
+    Spec s = BaseSpec();
+    s.kvs.push_back({evil, 13, {}});
+    const std::string p = tmp.Path("key.gguf");
+    WriteBytes(p, Build(s));
+    check(OpenError(p), "unknown value type 13");
+  }
+  {  // a tensor name, while parsing and in the checks after it
+    Spec s = BaseSpec();
+    s.tensors[1].name = evil;
+    s.tensors[1].type = 99;
+    const std::string p = tmp.Path("tensor.gguf");
+    WriteBytes(p, Build(s));
+    check(OpenError(p), "type id 99");
+    s = BaseSpec();
+    s.tensors[1].name = evil;
+    s.tensors[1].offset = 40;
+    WriteBytes(p, Build(s));
+    check(OpenError(p), "is not aligned");
+  }
+  {  // getters
+    Spec s = BaseSpec();
+    s.kvs.push_back(KvStr(evil, "x"));
+    const std::string p = tmp.Path("get.gguf");
+    WriteBytes(p, Build(s));
+    auto f = File::Open(p);
+    try {
+      f->GetInt(evil);
+      ADD_FAILURE() << "a string read as an integer";
+    } catch (const Error& e) {
+      check(e.what(), "expected an integer");
+    }
+    try {
+      f->GetTensor(evil);
+      ADD_FAILURE() << "a missing tensor found";
+    } catch (const Error& e) {
+      check(e.what(), "is missing");
+    }
+  }
 }
 
 }  // namespace

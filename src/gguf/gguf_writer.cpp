@@ -237,15 +237,24 @@ void Writer::SetBoolArray(std::string_view k, const std::vector<bool>& v) {
   PutArray(k, ValueType::kBool, std::span<const uint8_t>(bytes));
 }
 
-void Writer::SetStringArray(std::string_view k, const std::vector<std::string>& v) {
+namespace {
+// Payload of a string array whose element i is `at(i)`.
+template <typename At>
+std::vector<uint8_t> StringArrayPayload(size_t n, const At& at) {
   std::vector<uint8_t> p;
   size_t total = 12;
-  for (const auto& s : v) total += 8 + s.size();
+  for (size_t i = 0; i < n; ++i) total += 8 + at(i).size();
   p.reserve(total);
   Append<uint32_t>(p, static_cast<uint32_t>(ValueType::kString));
-  Append<uint64_t>(p, v.size());
-  for (const auto& s : v) AppendString(p, s);
-  Put(k, ValueType::kArray, std::move(p));
+  Append<uint64_t>(p, n);
+  for (size_t i = 0; i < n; ++i) AppendString(p, at(i));
+  return p;
+}
+}  // namespace
+
+void Writer::SetStringArray(std::string_view k, const std::vector<std::string>& v) {
+  Put(k, ValueType::kArray,
+      StringArrayPayload(v.size(), [&](size_t i) -> std::string_view { return v[i]; }));
 }
 
 void Writer::SetValue(std::string_view key, const Value& v) {
@@ -293,7 +302,8 @@ void Writer::SetValue(std::string_view key, const Value& v) {
       break;
   }
   if (v.elem_type == ValueType::kString) {
-    SetStringArray(key, v.strings);
+    Put(key, ValueType::kArray,
+        StringArrayPayload(v.size(), [&](size_t i) { return v.String(i); }));
     return;
   }
   const size_t es = ElemSize(v.elem_type);
@@ -324,9 +334,10 @@ bool Writer::Remove(std::string_view key) {
 }
 
 void Writer::SetAlignment(size_t alignment) {
-  if (alignment == 0 || (alignment & (alignment - 1)) != 0 || alignment > (1u << 20))
+  if (!ValidAlignment(alignment))
     throw Error("gguf writer: alignment " + std::to_string(alignment) +
-                " is invalid, expected a power of two up to 2^20");
+                " is invalid, expected a power of two from " + std::to_string(kMinAlignment) +
+                " to 2^20");
   SetU32(kAlignmentKey, static_cast<uint32_t>(alignment));
 }
 
@@ -338,9 +349,9 @@ size_t Writer::alignment() const {
                   std::string(ValueTypeName(e.type)));
     uint32_t a;
     std::memcpy(&a, e.payload.data(), 4);
-    if (a == 0 || (a & (a - 1)) != 0 || a > (1u << 20))
+    if (!ValidAlignment(a))
       throw Error("gguf writer: metadata 'general.alignment' " + std::to_string(a) +
-                  " is not a power of two up to 2^20");
+                  " is not a power of two from " + std::to_string(kMinAlignment) + " to 2^20");
     return a;
   }
   return kDefaultAlignment;
