@@ -116,8 +116,9 @@ class CountingSink : public TensorSink {
       : out_(out), path_(path), name_(name), expected_(expected) {}
   void Write(const void* data, size_t n) override {
     if (n > expected_ - got_)
-      throw Error(path_ + ": tensor '" + name_ + "': data callback wrote more than the " +
-                  std::to_string(expected_) + " bytes the tensor holds");
+      throw Error(path_ + ": tensor '" + Printable(name_) +
+                  "': data callback wrote more than the " + std::to_string(expected_) +
+                  " bytes the tensor holds");
     out_.Write(data, n);
     got_ += n;
   }
@@ -308,7 +309,7 @@ void Writer::SetValue(std::string_view key, const Value& v) {
   }
   const size_t es = ElemSize(v.elem_type);
   if (es == 0 || (v.array_len > 0 && v.array_data == nullptr))
-    throw Error("gguf writer: metadata '" + k + "' is an array of unsupported type " +
+    throw Error("gguf writer: metadata '" + Printable(k) + "' is an array of unsupported type " +
                 ValueTypeName(v.elem_type));
   std::vector<uint8_t> p;
   p.reserve(12 + v.array_len * es);
@@ -362,27 +363,27 @@ size_t Writer::TensorBytes(std::string_view name, const std::vector<int64_t>& di
   const std::string n(name);
   auto traits = GetTypeTraits(static_cast<uint32_t>(type));
   if (!traits)
-    throw Error("gguf writer: tensor '" + n + "' has unknown type id " +
+    throw Error("gguf writer: tensor '" + Printable(n) + "' has unknown type id " +
                 std::to_string(static_cast<uint32_t>(type)));
   if (dims.empty() || dims.size() > 4)
-    throw Error("gguf writer: tensor '" + n + "' has " + std::to_string(dims.size()) +
+    throw Error("gguf writer: tensor '" + Printable(n) + "' has " + std::to_string(dims.size()) +
                 " dimensions, expected 1 to 4");
   int64_t n_el = 1;
   for (size_t i = 0; i < dims.size(); ++i) {
     if (dims[i] < 1)
-      throw Error("gguf writer: tensor '" + n + "' dimension " + std::to_string(i) + " is " +
-                  std::to_string(dims[i]) + ", expected >= 1");
+      throw Error("gguf writer: tensor '" + Printable(n) + "' dimension " + std::to_string(i) +
+                  " is " + std::to_string(dims[i]) + ", expected >= 1");
     if (n_el > std::numeric_limits<int64_t>::max() / dims[i])
-      throw Error("gguf writer: tensor '" + n + "' element count overflows");
+      throw Error("gguf writer: tensor '" + Printable(n) + "' element count overflows");
     n_el *= dims[i];
   }
   if (dims[0] % traits->block_elems != 0)
-    throw Error("gguf writer: tensor '" + n + "' row length " + std::to_string(dims[0]) +
+    throw Error("gguf writer: tensor '" + Printable(n) + "' row length " + std::to_string(dims[0]) +
                 " is not a multiple of the " + traits->name + " block size " +
                 std::to_string(traits->block_elems));
   const int64_t blocks = n_el / traits->block_elems;
   if (blocks > std::numeric_limits<int64_t>::max() / traits->block_bytes)
-    throw Error("gguf writer: tensor '" + n + "' byte size overflows");
+    throw Error("gguf writer: tensor '" + Printable(n) + "' byte size overflows");
   return static_cast<size_t>(blocks) * static_cast<size_t>(traits->block_bytes);
 }
 
@@ -390,23 +391,23 @@ void Writer::AddTensorImpl(std::string_view name, std::vector<int64_t> dims, Ten
                            const void* data, DataFn fill) {
   const std::string n(name);
   if (n.empty() || n.size() > kMaxNameLen)
-    throw Error("gguf writer: tensor name '" + n + "' must be 1 to " + std::to_string(kMaxNameLen) +
-                " bytes long");
+    throw Error("gguf writer: tensor name '" + Printable(n) + "' must be 1 to " +
+                std::to_string(kMaxNameLen) + " bytes long");
   for (const auto& t : tensors_)
-    if (t.name == n) throw Error("gguf writer: duplicate tensor name '" + n + "'");
+    if (t.name == n) throw Error("gguf writer: duplicate tensor name '" + Printable(n) + "'");
   const size_t bytes = TensorBytes(name, dims, type);
   tensors_.push_back({n, std::move(dims), type, bytes, data, std::move(fill)});
 }
 
 void Writer::AddTensor(std::string_view name, std::vector<int64_t> dims, TensorType type,
                        const void* data) {
-  if (!data) throw Error("gguf writer: tensor '" + std::string(name) + "' has no data");
+  if (!data) throw Error("gguf writer: tensor '" + Printable(name) + "' has no data");
   AddTensorImpl(name, std::move(dims), type, data, nullptr);
 }
 
 void Writer::AddTensor(std::string_view name, std::vector<int64_t> dims, TensorType type,
                        DataFn fill) {
-  if (!fill) throw Error("gguf writer: tensor '" + std::string(name) + "' has no data callback");
+  if (!fill) throw Error("gguf writer: tensor '" + Printable(name) + "' has no data callback");
   AddTensorImpl(name, std::move(dims), type, nullptr, std::move(fill));
 }
 
@@ -447,7 +448,7 @@ uint64_t Writer::Write(const std::string& path) const {
       CountingSink sink(out, path, t.name, t.n_bytes);
       t.fill(sink);
       if (sink.got() != t.n_bytes)
-        throw Error(path + ": tensor '" + t.name + "': data callback wrote " +
+        throw Error(path + ": tensor '" + Printable(t.name) + "': data callback wrote " +
                     std::to_string(sink.got()) + " bytes, expected " + std::to_string(t.n_bytes));
     }
     out.Zeros(PadTo(t.n_bytes, align) - t.n_bytes);
