@@ -100,28 +100,6 @@ class Reader {
   int64_t element_ = -1;
 };
 
-size_t ScalarSize(ValueType t) {
-  switch (t) {
-    case ValueType::kU8:
-    case ValueType::kI8:
-    case ValueType::kBool:
-      return 1;
-    case ValueType::kU16:
-    case ValueType::kI16:
-      return 2;
-    case ValueType::kU32:
-    case ValueType::kI32:
-    case ValueType::kF32:
-      return 4;
-    case ValueType::kU64:
-    case ValueType::kI64:
-    case ValueType::kF64:
-      return 8;
-    default:
-      return 0;
-  }
-}
-
 template <typename T>
 double Load(const uint8_t* p) {
   T v;
@@ -214,7 +192,7 @@ std::string Printable(std::string_view s, size_t max_bytes) {
 }
 
 double Value::Number(size_t i) const {
-  return ReadNumberAt(array_data + i * ScalarSize(elem_type), elem_type);
+  return ReadNumberAt(array_data + i * ValueSize(elem_type), elem_type);
 }
 
 std::string_view Value::String(size_t i) const {
@@ -237,6 +215,28 @@ std::vector<std::string> Value::Strings() const {
   v.reserve(array_len);
   for (size_t i = 0; i < array_len; ++i) v.emplace_back(String(i));
   return v;
+}
+
+size_t ValueSize(ValueType t) {
+  switch (t) {
+    case ValueType::kU8:
+    case ValueType::kI8:
+    case ValueType::kBool:
+      return 1;
+    case ValueType::kU16:
+    case ValueType::kI16:
+      return 2;
+    case ValueType::kU32:
+    case ValueType::kI32:
+    case ValueType::kF32:
+      return 4;
+    case ValueType::kU64:
+    case ValueType::kI64:
+    case ValueType::kF64:
+      return 8;
+    default:
+      return 0;
+  }
 }
 
 const char* ValueTypeName(ValueType t) {
@@ -352,13 +352,13 @@ void File::Parse() {
         r.SetElement(-1);
         v.string_starts.push_back(static_cast<uint32_t>(r.Here() - v.array_data + len_bytes));
       } else {
-        const size_t es = ScalarSize(v.elem_type);
+        const size_t es = ValueSize(v.elem_type);
         r.NeedElements(n, es, what);
         r.Skip(n * es, "array data");
       }
       v.array_len = n;
     } else {
-      const size_t es = ScalarSize(v.type);
+      const size_t es = ValueSize(v.type);
       r.Need(es, "value");
       const uint8_t* p = r.Here();
       switch (v.type) {

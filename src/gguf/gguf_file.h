@@ -32,6 +32,8 @@ enum class ValueType : uint32_t {
   kF64 = 12,
 };
 const char* ValueTypeName(ValueType t);
+// Bytes of one value of scalar type `t` in a file; 0 for strings and arrays.
+size_t ValueSize(ValueType t);
 
 // Limits on what a file may declare, enforced by File::Open with an error naming the entry and
 // the limit. Every real model fits them with room to spare; they bound what a corrupt or hostile

@@ -31,28 +31,6 @@ void AppendString(std::vector<uint8_t>& out, std::string_view s) {
   out.insert(out.end(), s.begin(), s.end());
 }
 
-size_t ElemSize(ValueType t) {
-  switch (t) {
-    case ValueType::kU8:
-    case ValueType::kI8:
-    case ValueType::kBool:
-      return 1;
-    case ValueType::kU16:
-    case ValueType::kI16:
-      return 2;
-    case ValueType::kU32:
-    case ValueType::kI32:
-    case ValueType::kF32:
-      return 4;
-    case ValueType::kU64:
-    case ValueType::kI64:
-    case ValueType::kF64:
-      return 8;
-    default:
-      return 0;
-  }
-}
-
 size_t PadTo(size_t n, size_t align) {
   return (n + align - 1) / align * align;
 }
@@ -295,7 +273,7 @@ void Writer::SetValue(std::string_view key, const Value& v) {
       const int64_t i = std::get<int64_t>(v.scalar);
       std::vector<uint8_t> p;
       Append(p, i);
-      p.resize(ElemSize(v.type));  // little-endian: the low bytes are the narrow value
+      p.resize(ValueSize(v.type));  // little-endian: the low bytes are the narrow value
       Put(key, v.type, std::move(p));
       return;
     }
@@ -307,7 +285,7 @@ void Writer::SetValue(std::string_view key, const Value& v) {
         StringArrayPayload(v.size(), [&](size_t i) { return v.String(i); }));
     return;
   }
-  const size_t es = ElemSize(v.elem_type);
+  const size_t es = ValueSize(v.elem_type);
   if (es == 0 || (v.array_len > 0 && v.array_data == nullptr))
     throw Error("gguf writer: metadata '" + Printable(k) + "' is an array of unsupported type " +
                 ValueTypeName(v.elem_type));

@@ -31,7 +31,8 @@ ModelConfig ReadModelConfig(const gguf::File& f) {
   if (c.arch != "llama" && c.arch != "qwen2")
     throw Error(f.path() + ": architecture '" + gguf::Printable(c.arch) +
                 "' is not supported (supported: llama, qwen2)");
-  c.name = f.GetStringOr("general.name").value_or(c.arch);
+  // Display only (logs, tables, errors, the API): escaped once here for all of them.
+  c.name = gguf::Printable(f.GetStringOr("general.name").value_or(c.arch));
   const std::string p = c.arch + ".";
   c.n_layer = PositiveInt(f, p + "block_count", 4096);
   c.n_embd = PositiveInt(f, p + "embedding_length");
