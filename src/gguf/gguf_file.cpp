@@ -62,7 +62,7 @@ class Reader {
   uint64_t ReadCount(uint32_t version, const char* what) {
     return version == 1 ? Read<uint32_t>(what) : Read<uint64_t>(what);
   }
-  // Skips a string of at most `max_len` bytes; returns its characters in the mapping.
+  // Reads a string of at most `max_len` bytes; returns its characters in the mapping.
   std::string_view ReadStringView(uint32_t version, const char* what, uint64_t max_len) {
     const uint64_t len = ReadCount(version, what);
     if (len > max_len)
