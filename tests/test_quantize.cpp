@@ -246,8 +246,8 @@ TEST(QuantizeFile, MetadataCopiedAndOneDimTensorsUnchanged) {
     ASSERT_NE(b, nullptr) << key;
     EXPECT_EQ(a->type, b->type) << key;
     EXPECT_TRUE(a->scalar == b->scalar) << key;
-    EXPECT_EQ(a->strings, b->strings) << key;
-    EXPECT_EQ(a->numbers, b->numbers) << key;
+    EXPECT_EQ(a->Strings(), b->Strings()) << key;
+    EXPECT_EQ(a->Numbers(), b->Numbers()) << key;
   }
   EXPECT_EQ(q->GetInt("general.file_type"), 14);
   for (const auto& t : q->tensors()) {

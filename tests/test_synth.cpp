@@ -91,8 +91,8 @@ void ExpectSameTokenizer(const es::gguf::File& model, const es::gguf::File& voca
     EXPECT_EQ(x->type, y->type) << k;
     EXPECT_EQ(x->elem_type, y->elem_type) << k;
     EXPECT_TRUE(x->scalar == y->scalar) << k;
-    EXPECT_EQ(x->strings, y->strings) << k;
-    EXPECT_EQ(x->numbers, y->numbers) << k;
+    EXPECT_EQ(x->Strings(), y->Strings()) << k;
+    EXPECT_EQ(x->Numbers(), y->Numbers()) << k;
   }
 }
 

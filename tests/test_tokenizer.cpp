@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -290,11 +291,14 @@ class GgufWriter {
     for (const auto& s : v) S(s);
     ++n_;
   }
-  void F32Arr(const std::string& k, const std::vector<float>& v) {
+  void F32Arr(const std::string& k, const std::vector<float>& v) { NumArr(k, 6, v); }
+  // An array of GGUF element type `type` holding `v`'s raw bytes.
+  template <typename T>
+  void NumArr(const std::string& k, uint32_t type, const std::vector<T>& v) {
     Key(k, 9);
-    U32(6);
+    U32(type);
     U64(v.size());
-    for (float x : v) body_.append(reinterpret_cast<const char*>(&x), 4);
+    for (T x : v) body_.append(reinterpret_cast<const char*>(&x), sizeof x);
     ++n_;
   }
   std::string Write(const std::string& name) const {
@@ -337,6 +341,16 @@ std::string LoadError(const GgufWriter& w, const std::string& name) {
   return msg;
 }
 
+// A byte-level BPE vocabulary naming pre-tokenizer `pre`.
+GgufWriter BpeWithPre(const std::string& pre) {
+  GgufWriter w;
+  w.Str("tokenizer.ggml.model", "gpt2");
+  w.Str("tokenizer.ggml.pre", pre);
+  w.StrArr("tokenizer.ggml.tokens", {"a", "b", "ab"});
+  w.StrArr("tokenizer.ggml.merges", {"a b"});
+  return w;
+}
+
 TEST(TokenizerLoad, BadVocabulariesNameTheKey) {
   GgufWriter none;
   none.Str("general.architecture", "llama");
@@ -355,12 +369,7 @@ TEST(TokenizerLoad, BadVocabulariesNameTheKey) {
   EXPECT_NE(LoadError(no_merges, "es_tok_nomerges.gguf").find("tokenizer.ggml.merges"),
             std::string::npos);
 
-  GgufWriter bad_pre;
-  bad_pre.Str("tokenizer.ggml.model", "gpt2");
-  bad_pre.Str("tokenizer.ggml.pre", "no-such-pre");
-  bad_pre.StrArr("tokenizer.ggml.tokens", {"a", "b", "ab"});
-  bad_pre.StrArr("tokenizer.ggml.merges", {"a b"});
-  const std::string pre_err = LoadError(bad_pre, "es_tok_badpre.gguf");
+  const std::string pre_err = LoadError(BpeWithPre("no-such-pre"), "es_tok_badpre.gguf");
   EXPECT_NE(pre_err.find("no-such-pre"), std::string::npos) << pre_err;
   EXPECT_NE(pre_err.find("tokenizer.ggml.pre"), std::string::npos) << pre_err;
 
@@ -375,6 +384,68 @@ TEST(TokenizerLoad, BadVocabulariesNameTheKey) {
   short_scores.F32Arr("tokenizer.ggml.scores", {0, 0});
   EXPECT_NE(LoadError(short_scores, "es_tok_scores.gguf").find("tokenizer.ggml.scores"),
             std::string::npos);
+}
+
+// Token types and scores from the file are range-checked before conversion: a NaN or 1e30 type
+// cast to an integer, or a 1e300 score cast to float, would be undefined behaviour.
+TEST(TokenizerLoad, NonIntegralTokenTypesAndOutOfRangeScoresAreErrors) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  const char* kType = "tokenizer.ggml.token_type";
+  const char* kScores = "tokenizer.ggml.scores";
+  // Element type 6 (f32) unless `wide` (i64 for types, f64 for scores) is set.
+  const struct {
+    const char* key;
+    std::vector<float> f32;
+    std::vector<double> wide;
+    const char* expect;  // in the message; nullptr: loads
+  } cases[] = {
+      {kType, {1, 3, 3, nan}, {}, "token_type element #3"},
+      {kType, {1e30f, 3, 3, 1}, {}, "token_type element #0"},
+      {kType, {2, -inf, 3, 1}, {}, "token_type element #1"},
+      {kType, {2, 3, 3.5f, 1}, {}, "token_type element #2"},
+      {kType, {}, {2, 3, 3, 1099511627776.0}, "token_type element #3"},  // 2^40 as i64
+      {kType, {2, 3, 3, 1}, {}, nullptr},
+      {kScores, {0, 0, nan, 0}, {}, "scores element #2"},
+      {kScores, {}, {0, 0, 0, -1e300}, "scores element #3"},
+      {kScores, {0, 0, 0, -inf}, {}, nullptr},
+  };
+  int i = 0;
+  for (const auto& c : cases) {
+    SCOPED_TRACE(std::string(c.key) + " case " + std::to_string(i));
+    GgufWriter w;
+    w.Str("tokenizer.ggml.model", "llama");
+    w.StrArr("tokenizer.ggml.tokens", {"<unk>", "<s>", "</s>", "a"});
+    if (!c.f32.empty()) {
+      w.F32Arr(c.key, c.f32);
+    } else if (c.key == kType) {
+      w.NumArr<int64_t>(c.key, 11, {c.wide.begin(), c.wide.end()});
+    } else {
+      w.NumArr<double>(c.key, 12, c.wide);
+    }
+    const std::string err = LoadError(w, "es_tok_range" + std::to_string(i++) + ".gguf");
+    if (!c.expect) {
+      EXPECT_EQ(err, "");
+      continue;
+    }
+    EXPECT_NE(err.find(c.expect), std::string::npos) << err;
+    EXPECT_NE(err.find("corrupt"), std::string::npos) << err;
+  }
+}
+
+// Names from the file are escaped in messages: a terminal escape sequence or NUL must not pass.
+TEST(TokenizerLoad, MessagesEscapeFileStrings) {
+  GgufWriter w;
+  w.Str("tokenizer.ggml.model", std::string("bad\x1b[2J\0tail", 12));
+  w.StrArr("tokenizer.ggml.tokens", {"a"});
+  const std::string err = LoadError(w, "es_tok_escape.gguf");
+  EXPECT_EQ(err.find('\x1b'), std::string::npos) << err;
+  EXPECT_NE(err.find("'bad\\x1b[2J\\x00tail'"), std::string::npos) << err;
+
+  const std::string pre_err = LoadError(BpeWithPre("\x1b]0;title\x07"), "es_tok_escape_pre.gguf");
+  EXPECT_EQ(pre_err.find('\x1b'), std::string::npos) << pre_err;
+  EXPECT_EQ(pre_err.find('\x07'), std::string::npos) << pre_err;
+  EXPECT_NE(pre_err.find("\\x1b]0;title\\x07"), std::string::npos) << pre_err;
 }
 
 // A hand-made SentencePiece vocabulary: merges follow scores, not list order, and characters with

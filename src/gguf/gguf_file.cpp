@@ -14,9 +14,6 @@ namespace es::gguf {
 namespace {
 
 constexpr uint32_t kMagic = 0x46554747;  // "GGUF" little-endian
-constexpr uint64_t kMaxStringLen = 1ull << 30;
-constexpr uint64_t kMaxArrayLen = 1ull << 32;
-constexpr uint32_t kMaxDims = 4;
 // Smallest possible tensor info (v1: u32 name length, u32 n_dims, one u32 dim, u32 type,
 // u64 offset): bounds the tensor count before anything is reserved for it.
 constexpr uint64_t kMinTensorInfoBytes = 24;
@@ -26,7 +23,13 @@ constexpr uint64_t kMinTensorInfoBytes = 24;
 class Reader {
  public:
   Reader(const uint8_t* base, size_t size, const std::string& path)
-      : base_(base), size_(size), path_(path) {}
+      : base_(base), size_(size), limit_(size), path_(path) {}
+
+  // Reads past `limit` (below the file size) fail as over `what_limit` rather than truncated.
+  void SetLimit(size_t limit, std::string what_limit) {
+    limit_ = std::min(limit, size_);
+    what_limit_ = std::move(what_limit);
+  }
 
   void SetContext(std::string c) {
     context_ = std::move(c);
@@ -46,6 +49,7 @@ class Reader {
   }
   void Need(uint64_t n, const char* what) {
     if (n > size_ - pos_) Fail(std::string("file is truncated while reading the ") + what);
+    if (n > limit_ - pos_) Fail(std::string("the ") + what + " crosses " + what_limit_);
   }
   template <typename T>
   T Read(const char* what) {
@@ -58,14 +62,24 @@ class Reader {
   uint64_t ReadCount(uint32_t version, const char* what) {
     return version == 1 ? Read<uint32_t>(what) : Read<uint64_t>(what);
   }
-  std::string ReadString(uint32_t version, const char* what) {
+  // Reads a string of at most `max_len` bytes; returns its characters in the mapping.
+  std::string_view ReadStringView(uint32_t version, const char* what, uint64_t max_len) {
     const uint64_t len = ReadCount(version, what);
-    if (len > kMaxStringLen)
-      Fail(std::string(what) + " has implausible string length " + std::to_string(len));
+    if (len > max_len)
+      Fail(std::string(what) + " has string length " + std::to_string(len) +
+           ", over the limit of " + std::to_string(max_len) + " bytes (corrupt file?)");
     Need(len, what);
-    std::string s(reinterpret_cast<const char*>(base_ + pos_), len);
+    std::string_view s(reinterpret_cast<const char*>(base_ + pos_), len);
     pos_ += len;
     return s;
+  }
+  std::string ReadString(uint32_t version, const char* what, uint64_t max_len) {
+    return std::string(ReadStringView(version, what, max_len));
+  }
+  // `n` elements of at least `each` bytes: checked before anything is reserved for them.
+  void NeedElements(uint64_t n, uint64_t each, const std::string& what) {
+    if (n > (size_ - pos_) / each) Fail(what + " exceeds what the file can hold (truncated?)");
+    if (n > (limit_ - pos_) / each) Fail(what + " crosses " + what_limit_);
   }
   const uint8_t* Here() const { return base_ + pos_; }
   void Skip(uint64_t n, const char* what) {
@@ -73,38 +87,18 @@ class Reader {
     pos_ += n;
   }
   size_t pos() const { return pos_; }
-  size_t remaining() const { return size_ - pos_; }
+  size_t remaining() const { return limit_ - pos_; }
 
  private:
   const uint8_t* base_;
   size_t size_;
+  size_t limit_;
+  std::string what_limit_;
   size_t pos_ = 0;
   const std::string& path_;
   std::string context_;
   int64_t element_ = -1;
 };
-
-size_t ScalarSize(ValueType t) {
-  switch (t) {
-    case ValueType::kU8:
-    case ValueType::kI8:
-    case ValueType::kBool:
-      return 1;
-    case ValueType::kU16:
-    case ValueType::kI16:
-      return 2;
-    case ValueType::kU32:
-    case ValueType::kI32:
-    case ValueType::kF32:
-      return 4;
-    case ValueType::kU64:
-    case ValueType::kI64:
-    case ValueType::kF64:
-      return 8;
-    default:
-      return 0;
-  }
-}
 
 template <typename T>
 double Load(const uint8_t* p) {
@@ -142,11 +136,108 @@ double ReadNumberAt(const uint8_t* p, ValueType t) {
   }
 }
 
+// Length of the valid UTF-8 sequence `s` starts with, other than a C1 control (U+0080..U+009F,
+// which some terminals obey like ESC sequences); 0 if there is none.
+size_t Utf8SequenceLength(std::string_view s) {
+  const auto c = static_cast<unsigned char>(s[0]);
+  const size_t len = c >= 0xc2 && c <= 0xdf   ? 2
+                     : c >= 0xe0 && c <= 0xef ? 3
+                     : c >= 0xf0 && c <= 0xf4 ? 4
+                                              : 0;
+  if (len == 0 || len > s.size()) return 0;
+  for (size_t k = 1; k < len; ++k) {
+    const auto b = static_cast<unsigned char>(s[k]);
+    unsigned char lo = 0x80, hi = 0xbf;
+    if (k == 1 && c == 0xc2) lo = 0xa0;  // C1 controls
+    if (k == 1 && c == 0xe0) lo = 0xa0;  // overlong
+    if (k == 1 && c == 0xed) hi = 0x9f;  // surrogates
+    if (k == 1 && c == 0xf0) lo = 0x90;  // overlong
+    if (k == 1 && c == 0xf4) hi = 0x8f;  // above U+10FFFF
+    if (b < lo || b > hi) return 0;
+  }
+  return len;
+}
+
 bool ValidValueType(uint32_t t) {
   return t <= static_cast<uint32_t>(ValueType::kF64);
 }
 
 }  // namespace
+
+std::string Printable(std::string_view s, size_t max_bytes) {
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  size_t i = 0;
+  while (i < s.size() && i < max_bytes) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c < 0x7f) {
+      if (c == '\\') out += '\\';
+      out += static_cast<char>(c);
+      ++i;
+      continue;
+    }
+    const size_t len = Utf8SequenceLength(s.substr(i));
+    if (len > 0) {
+      out.append(s.substr(i, len));
+      i += len;
+    } else {
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 15];
+      ++i;
+    }
+  }
+  if (i < s.size()) out += "... (" + std::to_string(s.size()) + " bytes)";
+  return out;
+}
+
+double Value::Number(size_t i) const {
+  return ReadNumberAt(array_data + i * ValueSize(elem_type), elem_type);
+}
+
+std::string_view Value::String(size_t i) const {
+  const uint32_t start = string_starts[i];
+  return {reinterpret_cast<const char*>(array_data) + start,
+          string_starts[i + 1] - string_len_bytes - start};
+}
+
+std::vector<double> Value::Numbers() const {
+  std::vector<double> v;
+  if (!IsArray() || elem_type == ValueType::kString) return v;
+  v.reserve(array_len);
+  for (size_t i = 0; i < array_len; ++i) v.push_back(Number(i));
+  return v;
+}
+
+std::vector<std::string> Value::Strings() const {
+  std::vector<std::string> v;
+  if (!IsArray() || elem_type != ValueType::kString) return v;
+  v.reserve(array_len);
+  for (size_t i = 0; i < array_len; ++i) v.emplace_back(String(i));
+  return v;
+}
+
+size_t ValueSize(ValueType t) {
+  switch (t) {
+    case ValueType::kU8:
+    case ValueType::kI8:
+    case ValueType::kBool:
+      return 1;
+    case ValueType::kU16:
+    case ValueType::kI16:
+      return 2;
+    case ValueType::kU32:
+    case ValueType::kI32:
+    case ValueType::kF32:
+      return 4;
+    case ValueType::kU64:
+    case ValueType::kI64:
+    case ValueType::kF64:
+      return 8;
+    default:
+      return 0;
+  }
+}
 
 const char* ValueTypeName(ValueType t) {
   static const char* names[] = {"uint8",  "int8",    "uint16", "int16",  "uint32",
@@ -216,50 +307,58 @@ void File::Parse() {
   // corrupt; checking first keeps a corrupt count from reserving gigabytes.
   if (n_tensors > r.remaining() / kMinTensorInfoBytes)
     r.Fail("tensor count " + std::to_string(n_tensors) + " exceeds what the file can hold");
+  if (n_tensors > kMaxTensors)
+    r.Fail("tensor count " + std::to_string(n_tensors) + " is over the limit of " +
+           std::to_string(kMaxTensors));
   if (n_kv > r.remaining() / 8)
     r.Fail("metadata count " + std::to_string(n_kv) + " exceeds what the file can hold");
+  if (n_kv > kMaxMetadataEntries)
+    r.Fail("metadata count " + std::to_string(n_kv) + " is over the limit of " +
+           std::to_string(kMaxMetadataEntries));
 
+  r.SetLimit(kMaxMetadataBytes, "the limit of " + std::to_string(kMaxMetadataBytes >> 20) +
+                                    " MiB for the header and metadata (corrupt file?)");
+  const uint8_t len_bytes = version_ == 1 ? 4 : 8;
   for (uint64_t i = 0; i < n_kv; ++i) {
     r.SetContext("metadata entry #" + std::to_string(i));
-    std::string key = r.ReadString(version_, "key");
-    r.SetContext("metadata '" + key + "'");
+    std::string key = r.ReadString(version_, "key", kMaxKeyBytes);
+    r.SetContext("metadata '" + Printable(key) + "'");
     const uint32_t vt = r.Read<uint32_t>("value type");
     if (!ValidValueType(vt)) r.Fail("unknown value type " + std::to_string(vt));
     Value v;
     v.type = static_cast<ValueType>(vt);
     if (v.type == ValueType::kString) {
-      v.scalar = r.ReadString(version_, "string value");
+      v.scalar = r.ReadString(version_, "string value", kMaxStringBytes);
     } else if (v.type == ValueType::kArray) {
       const uint32_t et = r.Read<uint32_t>("array element type");
       if (!ValidValueType(et) || et == static_cast<uint32_t>(ValueType::kArray))
         r.Fail("unsupported array element type " + std::to_string(et));
       v.elem_type = static_cast<ValueType>(et);
       const uint64_t n = r.ReadCount(version_, "array length");
-      if (n > kMaxArrayLen) r.Fail("array length " + std::to_string(n) + " is implausible");
-      v.array_len = n;
+      const std::string what =
+          "array length " + std::to_string(n) + " of " + ValueTypeName(v.elem_type);
+      v.array_data = r.Here();
       if (v.elem_type == ValueType::kString) {
         // Each string needs at least its length field.
-        if (n > r.remaining() / (version_ == 1 ? 4 : 8))
-          r.Fail("array length " + std::to_string(n) + " exceeds what the file can hold");
-        v.strings.reserve(n);
+        r.NeedElements(n, len_bytes, what);
+        v.string_len_bytes = len_bytes;
+        v.string_starts.reserve(n + 1);
         for (uint64_t j = 0; j < n; ++j) {
           r.SetElement(static_cast<int64_t>(j));
-          v.strings.push_back(r.ReadString(version_, "string"));
+          const std::string_view e = r.ReadStringView(version_, "string", kMaxStringBytes);
+          v.string_starts.push_back(
+              static_cast<uint32_t>(e.data() - reinterpret_cast<const char*>(v.array_data)));
         }
         r.SetElement(-1);
+        v.string_starts.push_back(static_cast<uint32_t>(r.Here() - v.array_data + len_bytes));
       } else {
-        const size_t es = ScalarSize(v.elem_type);
-        if (n > r.remaining() / es)
-          r.Fail("array length " + std::to_string(n) + " of " + ValueTypeName(v.elem_type) +
-                 " exceeds what the file can hold (truncated?)");
-        v.array_data = r.Here();
-        v.numbers.resize(n);
-        for (uint64_t j = 0; j < n; ++j)
-          v.numbers[j] = ReadNumberAt(v.array_data + j * es, v.elem_type);
+        const size_t es = ValueSize(v.elem_type);
+        r.NeedElements(n, es, what);
         r.Skip(n * es, "array data");
       }
+      v.array_len = n;
     } else {
-      const size_t es = ScalarSize(v.type);
+      const size_t es = ValueSize(v.type);
       r.Need(es, "value");
       const uint8_t* p = r.Here();
       switch (v.type) {
@@ -292,30 +391,15 @@ void File::Parse() {
     key_order_.push_back(key);
     kv_.emplace(std::move(key), std::move(v));
   }
-
-  if (auto a = Find("general.alignment")) {
-    int64_t al = -1;
-    std::string got = std::string("a ") + ValueTypeName(a->type);
-    if (a->type == ValueType::kU32 || a->type == ValueType::kI32) {
-      al = std::get<int64_t>(a->scalar);
-      got = std::to_string(al);
-    } else if (a->type == ValueType::kU64) {
-      const uint64_t u = std::get<uint64_t>(a->scalar);
-      al = u > (1u << 30) ? -1 : static_cast<int64_t>(u);
-      got = std::to_string(u);
-    }
-    if (al <= 0 || (al & (al - 1)) != 0 || al > (1 << 20))
-      throw Error(path_ + ": metadata 'general.alignment' must be an integer power of two up to " +
-                  "2^20, got " + got);
-    alignment_ = static_cast<size_t>(al);
-  }
+  r.SetLimit(size_, "");
+  ReadAlignment();
 
   tensors_.reserve(n_tensors);
   for (uint64_t i = 0; i < n_tensors; ++i) {
     TensorInfo t;
     r.SetContext("tensor #" + std::to_string(i));
-    t.name = r.ReadString(version_, "name");
-    r.SetContext("tensor '" + t.name + "'");
+    t.name = r.ReadString(version_, "name", kMaxTensorNameBytes);
+    r.SetContext("tensor '" + Printable(t.name) + "'");
     const uint32_t nd = r.Read<uint32_t>("dimension count");
     if (nd == 0 || nd > kMaxDims)
       r.Fail("has " + std::to_string(nd) + " dimensions, expected 1 to " +
@@ -323,7 +407,7 @@ void File::Parse() {
     int64_t n_el = 1;
     for (uint32_t d = 0; d < nd; ++d) {
       const uint64_t dim = r.ReadCount(version_, "dimensions");
-      if (dim == 0 || dim > (1ull << 40))
+      if (dim == 0 || dim > kMaxDim)
         r.Fail("dimension " + std::to_string(d) + " is " + std::to_string(dim) +
                ", expected 1 to 2^40");
       if (n_el > std::numeric_limits<int64_t>::max() / static_cast<int64_t>(dim))
@@ -354,18 +438,41 @@ void File::Parse() {
     throw Error(path_ + ": file is truncated before the tensor data section (expected at byte " +
                 std::to_string(data_offset_) + ", file has " + std::to_string(size_) + ")");
   for (auto& t : tensors_) {
+    const std::string name = Printable(t.name);
     if (t.offset % alignment_ != 0)
-      throw Error(path_ + ": tensor '" + t.name + "' data offset " + std::to_string(t.offset) +
+      throw Error(path_ + ": tensor '" + name + "' data offset " + std::to_string(t.offset) +
                   " is not aligned to " + std::to_string(alignment_));
     if (t.offset > size_ - data_offset_ || t.n_bytes > size_ - data_offset_ - t.offset)
-      throw Error(path_ + ": tensor '" + t.name + "' " + t.ShapeString() + " of type " +
+      throw Error(path_ + ": tensor '" + name + "' " + t.ShapeString() + " of type " +
                   TypeName(t.type) + " needs " + std::to_string(t.n_bytes) +
                   " bytes at data offset " + std::to_string(t.offset) +
                   " (data section starts at byte " + std::to_string(data_offset_) +
                   ") but the file ends at byte " + std::to_string(size_) +
                   " (truncated, or a corrupt data offset)");
+    // The mapping is page-aligned, so an aligned file offset is an aligned address.
     t.data = base_ + data_offset_ + t.offset;
   }
+}
+
+void File::ReadAlignment() {
+  const Value* a = Find("general.alignment");
+  if (!a) return;
+  uint64_t al = 0;
+  std::string got = std::string("a ") + ValueTypeName(a->type);
+  if (a->type == ValueType::kU32 || a->type == ValueType::kI32) {
+    const int64_t i = std::get<int64_t>(a->scalar);
+    al = i < 0 ? 0 : static_cast<uint64_t>(i);
+    got = std::to_string(i);
+  } else if (a->type == ValueType::kU64) {
+    al = std::get<uint64_t>(a->scalar);
+    got = std::to_string(al);
+  }
+  if (!ValidAlignment(al))
+    throw Error(path_ + ": metadata 'general.alignment' must be an integer power of two from " +
+                std::to_string(kMinAlignment) + " to 2^20 (tensor data is read in place and " +
+                "needs aligned elements), got " + got +
+                "; rewrite the file with the default alignment 32");
+  alignment_ = static_cast<size_t>(al);
 }
 
 bool File::Has(std::string_view key) const {
@@ -379,7 +486,7 @@ const Value* File::Find(std::string_view key) const {
 
 namespace {
 [[noreturn]] void KeyError(const std::string& path, std::string_view key, const std::string& what) {
-  throw Error(path + ": metadata '" + std::string(key) + "' " + what);
+  throw Error(path + ": metadata '" + Printable(key) + "' " + what);
 }
 }  // namespace
 
@@ -440,20 +547,20 @@ bool File::GetBool(std::string_view key) const {
   return *v;
 }
 
-const std::vector<std::string>& File::GetStringArray(std::string_view key) const {
+const Value& File::GetStringArray(std::string_view key) const {
   const Value* v = Find(key);
   if (!v) KeyError(path_, key, "is missing");
   if (!v->IsArray() || v->elem_type != ValueType::kString)
     KeyError(path_, key, "is not an array of strings");
-  return v->strings;
+  return *v;
 }
 
-const std::vector<double>& File::GetNumberArray(std::string_view key) const {
+const Value& File::GetNumberArray(std::string_view key) const {
   const Value* v = Find(key);
   if (!v) KeyError(path_, key, "is missing");
   if (!v->IsArray() || v->elem_type == ValueType::kString)
     KeyError(path_, key, "is not a numeric array");
-  return v->numbers;
+  return *v;
 }
 
 const TensorInfo* File::FindTensor(std::string_view name) const {
@@ -463,7 +570,7 @@ const TensorInfo* File::FindTensor(std::string_view name) const {
 
 const TensorInfo& File::GetTensor(std::string_view name) const {
   const TensorInfo* t = FindTensor(name);
-  if (!t) throw Error(path_ + ": required tensor '" + std::string(name) + "' is missing");
+  if (!t) throw Error(path_ + ": required tensor '" + Printable(name) + "' is missing");
   return *t;
 }
 

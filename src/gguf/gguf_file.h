@@ -32,20 +32,58 @@ enum class ValueType : uint32_t {
   kF64 = 12,
 };
 const char* ValueTypeName(ValueType t);
+// Bytes of one value of scalar type `t` in a file; 0 for strings and arrays.
+size_t ValueSize(ValueType t);
 
-// One metadata value. Arrays keep their element type and a view of their elements.
+// Limits on what a file may declare, enforced by File::Open with an error naming the entry and
+// the limit. Every real model fits them with room to spare; they bound what a corrupt or hostile
+// file (workers open pushed files with this same reader) can cost in memory and time.
+// Tensor data must be readable in place: the kernels read elements up to 8 bytes wide (f64/i64)
+// with plain loads, which need natural alignment. llama.cpp writes 32 by default.
+constexpr size_t kMinAlignment = 8;
+constexpr size_t kMaxAlignment = size_t{1} << 20;
+inline bool ValidAlignment(uint64_t a) {
+  return a >= kMinAlignment && a <= kMaxAlignment && (a & (a - 1)) == 0;
+}
+constexpr uint64_t kMaxKeyBytes = 64 * 1024;          // a metadata key
+constexpr uint64_t kMaxStringBytes = 64ull << 20;     // a string value or array element
+constexpr uint64_t kMaxMetadataBytes = 256ull << 20;  // header and all metadata entries
+constexpr uint64_t kMaxMetadataEntries = 1 << 16;
+constexpr uint64_t kMaxTensors = 1 << 16;
+constexpr uint64_t kMaxTensorNameBytes = 256;
+constexpr uint32_t kMaxDims = 4;
+constexpr uint64_t kMaxDim = 1ull << 40;
+
+// `s` fit for an error or log message: control characters, DEL, NUL, backslash and bytes that are
+// not valid UTF-8 escaped as \xNN, cut after `max_bytes` of input with "...". File contents must
+// not drive the reader's terminal or cut the message short.
+std::string Printable(std::string_view s, size_t max_bytes = 200);
+
+// One metadata value. Arrays stay in the mapping and are converted on access, so metadata costs
+// about its file size in memory whatever its element type.
 struct Value {
   ValueType type = ValueType::kU8;
   ValueType elem_type = ValueType::kU8;  // for arrays
   // Scalars are widened: integers to int64/uint64, floats to double.
   std::variant<int64_t, uint64_t, double, bool, std::string> scalar;
-  std::vector<std::string> strings;  // string arrays
-  std::vector<double> numbers;       // numeric arrays (float/int values, exact for |x| < 2^53)
   size_t array_len = 0;
-  // Raw little-endian bytes of numeric arrays (for large arrays read without conversion).
+  // First element of an array in the mapping (raw little-endian bytes for numeric arrays).
   const uint8_t* array_data = nullptr;
+  // String arrays: where element i's characters start, relative to array_data, plus one entry
+  // past the end. 4 bytes per element: no more than the length field each element has in the
+  // file, and arrays are far below 4 GiB (kMaxMetadataBytes).
+  std::vector<uint32_t> string_starts;
+  uint8_t string_len_bytes = 8;  // width of each element's length field (4 in GGUF v1)
 
   bool IsArray() const { return type == ValueType::kArray; }
+  size_t size() const { return array_len; }
+  // Element i of a numeric array, widened (exact for |x| < 2^53). i < size().
+  double Number(size_t i) const;
+  // Element i of a string array, viewing the mapping (valid while the File lives). i < size().
+  std::string_view String(size_t i) const;
+  // Copies of the whole array; for small arrays and tests.
+  std::vector<double> Numbers() const;
+  std::vector<std::string> Strings() const;
 };
 
 struct TensorInfo {
@@ -90,8 +128,10 @@ class File {
   std::optional<int64_t> GetIntOr(std::string_view key) const;
   std::optional<double> GetFloatOr(std::string_view key) const;
   std::optional<bool> GetBoolOr(std::string_view key) const;
-  const std::vector<std::string>& GetStringArray(std::string_view key) const;
-  const std::vector<double>& GetNumberArray(std::string_view key) const;
+  // Arrays (read elements with Value::String / Value::Number); throw if missing or of the wrong
+  // element kind.
+  const Value& GetStringArray(std::string_view key) const;
+  const Value& GetNumberArray(std::string_view key) const;
 
   // Tensors, in file order.
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
@@ -105,6 +145,7 @@ class File {
  private:
   File() = default;
   void Parse();
+  void ReadAlignment();
 
   std::string path_;
   int fd_ = -1;

@@ -31,28 +31,6 @@ void AppendString(std::vector<uint8_t>& out, std::string_view s) {
   out.insert(out.end(), s.begin(), s.end());
 }
 
-size_t ElemSize(ValueType t) {
-  switch (t) {
-    case ValueType::kU8:
-    case ValueType::kI8:
-    case ValueType::kBool:
-      return 1;
-    case ValueType::kU16:
-    case ValueType::kI16:
-      return 2;
-    case ValueType::kU32:
-    case ValueType::kI32:
-    case ValueType::kF32:
-      return 4;
-    case ValueType::kU64:
-    case ValueType::kI64:
-    case ValueType::kF64:
-      return 8;
-    default:
-      return 0;
-  }
-}
-
 size_t PadTo(size_t n, size_t align) {
   return (n + align - 1) / align * align;
 }
@@ -116,8 +94,9 @@ class CountingSink : public TensorSink {
       : out_(out), path_(path), name_(name), expected_(expected) {}
   void Write(const void* data, size_t n) override {
     if (n > expected_ - got_)
-      throw Error(path_ + ": tensor '" + name_ + "': data callback wrote more than the " +
-                  std::to_string(expected_) + " bytes the tensor holds");
+      throw Error(path_ + ": tensor '" + Printable(name_) +
+                  "': data callback wrote more than the " + std::to_string(expected_) +
+                  " bytes the tensor holds");
     out_.Write(data, n);
     got_ += n;
   }
@@ -237,15 +216,24 @@ void Writer::SetBoolArray(std::string_view k, const std::vector<bool>& v) {
   PutArray(k, ValueType::kBool, std::span<const uint8_t>(bytes));
 }
 
-void Writer::SetStringArray(std::string_view k, const std::vector<std::string>& v) {
+namespace {
+// Payload of a string array whose element i is `at(i)`.
+template <typename At>
+std::vector<uint8_t> StringArrayPayload(size_t n, const At& at) {
   std::vector<uint8_t> p;
   size_t total = 12;
-  for (const auto& s : v) total += 8 + s.size();
+  for (size_t i = 0; i < n; ++i) total += 8 + at(i).size();
   p.reserve(total);
   Append<uint32_t>(p, static_cast<uint32_t>(ValueType::kString));
-  Append<uint64_t>(p, v.size());
-  for (const auto& s : v) AppendString(p, s);
-  Put(k, ValueType::kArray, std::move(p));
+  Append<uint64_t>(p, n);
+  for (size_t i = 0; i < n; ++i) AppendString(p, at(i));
+  return p;
+}
+}  // namespace
+
+void Writer::SetStringArray(std::string_view k, const std::vector<std::string>& v) {
+  Put(k, ValueType::kArray,
+      StringArrayPayload(v.size(), [&](size_t i) -> std::string_view { return v[i]; }));
 }
 
 void Writer::SetValue(std::string_view key, const Value& v) {
@@ -285,7 +273,7 @@ void Writer::SetValue(std::string_view key, const Value& v) {
       const int64_t i = std::get<int64_t>(v.scalar);
       std::vector<uint8_t> p;
       Append(p, i);
-      p.resize(ElemSize(v.type));  // little-endian: the low bytes are the narrow value
+      p.resize(ValueSize(v.type));  // little-endian: the low bytes are the narrow value
       Put(key, v.type, std::move(p));
       return;
     }
@@ -293,12 +281,13 @@ void Writer::SetValue(std::string_view key, const Value& v) {
       break;
   }
   if (v.elem_type == ValueType::kString) {
-    SetStringArray(key, v.strings);
+    Put(key, ValueType::kArray,
+        StringArrayPayload(v.size(), [&](size_t i) { return v.String(i); }));
     return;
   }
-  const size_t es = ElemSize(v.elem_type);
+  const size_t es = ValueSize(v.elem_type);
   if (es == 0 || (v.array_len > 0 && v.array_data == nullptr))
-    throw Error("gguf writer: metadata '" + k + "' is an array of unsupported type " +
+    throw Error("gguf writer: metadata '" + Printable(k) + "' is an array of unsupported type " +
                 ValueTypeName(v.elem_type));
   std::vector<uint8_t> p;
   p.reserve(12 + v.array_len * es);
@@ -324,9 +313,10 @@ bool Writer::Remove(std::string_view key) {
 }
 
 void Writer::SetAlignment(size_t alignment) {
-  if (alignment == 0 || (alignment & (alignment - 1)) != 0 || alignment > (1u << 20))
+  if (!ValidAlignment(alignment))
     throw Error("gguf writer: alignment " + std::to_string(alignment) +
-                " is invalid, expected a power of two up to 2^20");
+                " is invalid, expected a power of two from " + std::to_string(kMinAlignment) +
+                " to 2^20");
   SetU32(kAlignmentKey, static_cast<uint32_t>(alignment));
 }
 
@@ -338,9 +328,9 @@ size_t Writer::alignment() const {
                   std::string(ValueTypeName(e.type)));
     uint32_t a;
     std::memcpy(&a, e.payload.data(), 4);
-    if (a == 0 || (a & (a - 1)) != 0 || a > (1u << 20))
+    if (!ValidAlignment(a))
       throw Error("gguf writer: metadata 'general.alignment' " + std::to_string(a) +
-                  " is not a power of two up to 2^20");
+                  " is not a power of two from " + std::to_string(kMinAlignment) + " to 2^20");
     return a;
   }
   return kDefaultAlignment;
@@ -351,27 +341,27 @@ size_t Writer::TensorBytes(std::string_view name, const std::vector<int64_t>& di
   const std::string n(name);
   auto traits = GetTypeTraits(static_cast<uint32_t>(type));
   if (!traits)
-    throw Error("gguf writer: tensor '" + n + "' has unknown type id " +
+    throw Error("gguf writer: tensor '" + Printable(n) + "' has unknown type id " +
                 std::to_string(static_cast<uint32_t>(type)));
   if (dims.empty() || dims.size() > 4)
-    throw Error("gguf writer: tensor '" + n + "' has " + std::to_string(dims.size()) +
+    throw Error("gguf writer: tensor '" + Printable(n) + "' has " + std::to_string(dims.size()) +
                 " dimensions, expected 1 to 4");
   int64_t n_el = 1;
   for (size_t i = 0; i < dims.size(); ++i) {
     if (dims[i] < 1)
-      throw Error("gguf writer: tensor '" + n + "' dimension " + std::to_string(i) + " is " +
-                  std::to_string(dims[i]) + ", expected >= 1");
+      throw Error("gguf writer: tensor '" + Printable(n) + "' dimension " + std::to_string(i) +
+                  " is " + std::to_string(dims[i]) + ", expected >= 1");
     if (n_el > std::numeric_limits<int64_t>::max() / dims[i])
-      throw Error("gguf writer: tensor '" + n + "' element count overflows");
+      throw Error("gguf writer: tensor '" + Printable(n) + "' element count overflows");
     n_el *= dims[i];
   }
   if (dims[0] % traits->block_elems != 0)
-    throw Error("gguf writer: tensor '" + n + "' row length " + std::to_string(dims[0]) +
+    throw Error("gguf writer: tensor '" + Printable(n) + "' row length " + std::to_string(dims[0]) +
                 " is not a multiple of the " + traits->name + " block size " +
                 std::to_string(traits->block_elems));
   const int64_t blocks = n_el / traits->block_elems;
   if (blocks > std::numeric_limits<int64_t>::max() / traits->block_bytes)
-    throw Error("gguf writer: tensor '" + n + "' byte size overflows");
+    throw Error("gguf writer: tensor '" + Printable(n) + "' byte size overflows");
   return static_cast<size_t>(blocks) * static_cast<size_t>(traits->block_bytes);
 }
 
@@ -379,23 +369,23 @@ void Writer::AddTensorImpl(std::string_view name, std::vector<int64_t> dims, Ten
                            const void* data, DataFn fill) {
   const std::string n(name);
   if (n.empty() || n.size() > kMaxNameLen)
-    throw Error("gguf writer: tensor name '" + n + "' must be 1 to " + std::to_string(kMaxNameLen) +
-                " bytes long");
+    throw Error("gguf writer: tensor name '" + Printable(n) + "' must be 1 to " +
+                std::to_string(kMaxNameLen) + " bytes long");
   for (const auto& t : tensors_)
-    if (t.name == n) throw Error("gguf writer: duplicate tensor name '" + n + "'");
+    if (t.name == n) throw Error("gguf writer: duplicate tensor name '" + Printable(n) + "'");
   const size_t bytes = TensorBytes(name, dims, type);
   tensors_.push_back({n, std::move(dims), type, bytes, data, std::move(fill)});
 }
 
 void Writer::AddTensor(std::string_view name, std::vector<int64_t> dims, TensorType type,
                        const void* data) {
-  if (!data) throw Error("gguf writer: tensor '" + std::string(name) + "' has no data");
+  if (!data) throw Error("gguf writer: tensor '" + Printable(name) + "' has no data");
   AddTensorImpl(name, std::move(dims), type, data, nullptr);
 }
 
 void Writer::AddTensor(std::string_view name, std::vector<int64_t> dims, TensorType type,
                        DataFn fill) {
-  if (!fill) throw Error("gguf writer: tensor '" + std::string(name) + "' has no data callback");
+  if (!fill) throw Error("gguf writer: tensor '" + Printable(name) + "' has no data callback");
   AddTensorImpl(name, std::move(dims), type, nullptr, std::move(fill));
 }
 
@@ -436,7 +426,7 @@ uint64_t Writer::Write(const std::string& path) const {
       CountingSink sink(out, path, t.name, t.n_bytes);
       t.fill(sink);
       if (sink.got() != t.n_bytes)
-        throw Error(path + ": tensor '" + t.name + "': data callback wrote " +
+        throw Error(path + ": tensor '" + Printable(t.name) + "': data callback wrote " +
                     std::to_string(sink.got()) + " bytes, expected " + std::to_string(t.n_bytes));
     }
     out.Zeros(PadTo(t.n_bytes, align) - t.n_bytes);

@@ -1,5 +1,8 @@
 #include "model/model_config.h"
 
+#include <cmath>
+#include <limits>
+
 #include "model/model_support.h"
 
 namespace es::model {
@@ -13,6 +16,15 @@ int PositiveInt(const gguf::File& f, const std::string& key, int64_t max = 1 << 
   return static_cast<int>(v);
 }
 
+// A float32 setting; an f64 beyond float range has no float (converting it is undefined).
+float FloatOr(const gguf::File& f, const std::string& key, double fallback) {
+  const double v = f.GetFloatOr(key).value_or(fallback);
+  if (std::isfinite(v) && std::fabs(v) > std::numeric_limits<float>::max())
+    throw Error(f.path() + ": metadata '" + key + "' is " + std::to_string(v) +
+                ", out of float32 range");
+  return static_cast<float>(v);
+}
+
 }  // namespace
 
 ModelConfig ReadModelConfig(const gguf::File& f) {
@@ -20,9 +32,10 @@ ModelConfig ReadModelConfig(const gguf::File& f) {
   c.arch = f.GetString("general.architecture");
   c.spec = FindArch(c.arch);
   if (!c.spec)
-    throw Error(f.path() + ": architecture '" + c.arch +
+    throw Error(f.path() + ": architecture '" + gguf::Printable(c.arch) +
                 "' is not supported (supported: " + ArchNames() + ")");
-  c.name = f.GetStringOr("general.name").value_or(c.arch);
+  // Display only (logs, tables, errors, the API): escaped once here for all of them.
+  c.name = gguf::Printable(f.GetStringOr("general.name").value_or(c.arch));
   const std::string p = c.arch + ".";
   c.n_layer = PositiveInt(f, p + "block_count", 4096);
   c.n_embd = PositiveInt(f, p + "embedding_length");
@@ -47,9 +60,8 @@ ModelConfig ReadModelConfig(const gguf::File& f) {
   if (c.n_rot > c.head_dim || c.n_rot % 2 != 0)
     throw Error(f.path() + ": rope.dimension_count " + std::to_string(c.n_rot) +
                 " must be even and at most the head size " + std::to_string(c.head_dim));
-  c.rope_base = static_cast<float>(f.GetFloatOr(p + "rope.freq_base").value_or(10000.0));
-  c.rms_eps =
-      static_cast<float>(f.GetFloatOr(p + "attention.layer_norm_rms_epsilon").value_or(1e-5));
+  c.rope_base = FloatOr(f, p + "rope.freq_base", 10000.0);
+  c.rms_eps = FloatOr(f, p + "attention.layer_norm_rms_epsilon", 1e-5);
   if (!(c.rope_base > 0)) throw Error(f.path() + ": rope.freq_base must be positive");
   if (!(c.rms_eps > 0))
     throw Error(f.path() + ": attention.layer_norm_rms_epsilon must be positive");
@@ -60,7 +72,7 @@ ModelConfig ReadModelConfig(const gguf::File& f) {
       bias && (bias->need == TensorDecl::kRequired || f.FindTensor("blk.0.attn_q.bias") != nullptr);
   c.qk_norm = c.spec->qk_norm;
   const auto& embd = f.GetTensor("token_embd.weight");
-  if (embd.dims.size() != 2 || embd.dims[0] != c.n_embd)
+  if (embd.dims.size() != 2 || embd.dims[0] != c.n_embd || embd.dims[1] > INT32_MAX)
     throw Error(f.path() + ": tensor 'token_embd.weight' has shape " + embd.ShapeString() +
                 ", expected [" + std::to_string(c.n_embd) + ", n_vocab]");
   c.n_vocab = static_cast<int>(embd.dims[1]);

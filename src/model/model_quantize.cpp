@@ -213,7 +213,7 @@ std::vector<TensorPlan> PlanTensorTypes(const std::vector<TensorDesc>& tensors,
         fb = TensorType::kF16;
         llama_choice = "";
       }
-      p.fallback = "tensor '" + t.name + "': row length " + std::to_string(nx) +
+      p.fallback = "tensor '" + gguf::Printable(t.name) + "': row length " + std::to_string(nx) +
                    " is not a multiple of " + std::to_string(BlockElems(want)) + " as " +
                    TypeName(want) + " needs; using " + TypeName(fb) + llama_choice;
       want = fb;
@@ -269,8 +269,8 @@ QuantizeResult QuantizeFile(const std::string& in, const std::string& out,
   descs.reserve(file->tensors().size());
   for (const auto& t : file->tensors()) {
     if (!IsFloatType(t.type))
-      throw Error(in + ": tensor '" + t.name + "' is already quantized (" + TypeName(t.type) +
-                  "); quantize from an F32, F16 or BF16 model instead");
+      throw Error(in + ": tensor '" + gguf::Printable(t.name) + "' is already quantized (" +
+                  TypeName(t.type) + "); quantize from an F32, F16 or BF16 model instead");
     descs.push_back({t.name, t.dims, t.type});
   }
   if (descs.empty()) throw Error(in + ": the file has no tensors, nothing to quantize");

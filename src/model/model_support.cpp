@@ -26,11 +26,7 @@ std::string Shown(const gguf::File& f, const std::string& key) {
   if (!v) return "";
   if (v->IsArray()) return "an array";
   if (v->type == ValueType::kString) {
-    std::string s = f.GetString(key);
-    if (s.size() > 40) s = s.substr(0, 40) + "...";
-    for (char& ch : s)
-      if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) ch = '?';
-    return "\"" + s + "\"";
+    return "\"" + gguf::Printable(f.GetString(key), 40) + "\"";
   }
   if (v->type == ValueType::kBool) return f.GetBool(key) ? "true" : "false";
   if (IsFloat(v->type)) {
@@ -186,14 +182,14 @@ void RefuseUncomputed(const gguf::File& f, const ModelConfig& c) {
     const KeyRule* r = FindRule(c.spec->keys, suffix);
     if (!r) r = FindRule(Rules(), suffix);
     if (!r)
-      throw Error(f.path() + ": metadata '" + key + "' (" + Shown(f, key) +
+      throw Error(f.path() + ": metadata '" + gguf::Printable(key) + "' (" + Shown(f, key) +
                   ") is unknown to edgeshard, so it may change the arithmetic; the file is "
                   "refused rather than run with the wrong math (remove the key if it is only "
                   "informational)");
     if (r->neutral && !r->neutral(Ctx{f, c, key}))
-      throw Error(f.path() + ": metadata '" + key + "' = " + Shown(f, key) + " asks for " +
-                  r->what + ", which edgeshard does not implement for architecture '" + c.arch +
-                  "'");
+      throw Error(f.path() + ": metadata '" + gguf::Printable(key) + "' = " + Shown(f, key) +
+                  " asks for " + r->what +
+                  ", which edgeshard does not implement for architecture '" + c.arch + "'");
   }
 
   // The tensors the family declares; an optional block tensor counts when block 0 has it, and is
@@ -216,8 +212,9 @@ void RefuseUncomputed(const gguf::File& f, const ModelConfig& c) {
   for (const auto& t : f.tensors()) {
     if (used.count(t.name)) continue;
     const std::string purpose = TensorPurpose(t.name);
-    throw Error(f.path() + ": tensor '" + t.name + "' is not used by architecture '" + c.arch +
-                "' as edgeshard computes it" + (purpose.empty() ? "" : " (" + purpose + ")") +
+    throw Error(f.path() + ": tensor '" + gguf::Printable(t.name) +
+                "' is not used by architecture '" + c.arch + "' as edgeshard computes it" +
+                (purpose.empty() ? "" : " (" + purpose + ")") +
                 "; the file asks for math edgeshard does not implement, so it is refused rather "
                 "than run wrong");
   }

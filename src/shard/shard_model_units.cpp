@@ -53,8 +53,8 @@ ModelUnits UnitsFromGguf(const gguf::File& f) {
       } catch (const std::exception&) {
       }
       if (b < 0 || b >= c.n_layer)
-        throw Error(f.path() + ": tensor '" + t.name + "' names a block outside 0.." +
-                    std::to_string(c.n_layer - 1));
+        throw Error(f.path() + ": tensor '" + gguf::Printable(t.name) +
+                    "' names a block outside 0.." + std::to_string(c.n_layer - 1));
       unit = &m.units[b + 1];
     } else if (t.name.rfind("output", 0) == 0) {
       unit = &m.units.back();

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <queue>
 #include <unordered_map>
 
@@ -119,6 +121,29 @@ void CleanSpaces(std::string& t) {
   t.resize(total);
 }
 
+// Scores are float32 in llama.cpp. A NaN would make merge order depend on comparison order and
+// a finite value beyond float range has no float (converting it is undefined): both are refused.
+// Infinities are kept.
+float Score(const gguf::File& f, const gguf::Value& scores, size_t i) {
+  const double d = scores.Number(i);
+  if (std::isnan(d) || (std::isfinite(d) && std::fabs(d) > std::numeric_limits<float>::max()))
+    throw Error(f.path() + ": tokenizer.ggml.scores element #" + std::to_string(i) + " is " +
+                std::to_string(d) + ", expected a float32 number; the vocabulary is corrupt");
+  return static_cast<float>(d);
+}
+
+// llama.cpp reads token types as int32; anything else (NaN, fractions, out of range) is corrupt,
+// and converting it to an integer would be undefined.
+int64_t TokenType(const gguf::File& f, const gguf::Value& types, size_t i) {
+  const double d = types.Number(i);
+  if (!(d >= std::numeric_limits<int32_t>::min() && d <= std::numeric_limits<int32_t>::max()) ||
+      d != std::trunc(d))
+    throw Error(f.path() + ": tokenizer.ggml.token_type element #" + std::to_string(i) + " is " +
+                std::to_string(d) + ", expected an int32 token type (1 normal ... 6 byte); " +
+                "the vocabulary is corrupt");
+  return static_cast<int64_t>(d);
+}
+
 }  // namespace
 
 struct Tokenizer::Impl {
@@ -217,9 +242,9 @@ std::unique_ptr<Tokenizer> Tokenizer::FromGGUF(const gguf::File& f) {
     const gguf::Value* merges = f.Find("tokenizer.ggml.merges");
     if (!merges)
       throw Error(path + ": tokenizer.ggml.merges is missing (a gpt2 vocabulary needs it)");
-    const auto& list = f.GetStringArray("tokenizer.ggml.merges");
+    const gguf::Value& list = f.GetStringArray("tokenizer.ggml.merges");
     m.merge_keys.reserve(list.size());
-    for (const auto& s : list) m.merge_keys.push_back(s);
+    for (size_t i = 0; i < list.size(); ++i) m.merge_keys.emplace_back(list.String(i));
     m.merge_rank.reserve(list.size());
     for (size_t i = 0; i < m.merge_keys.size(); ++i) {
       // The first space after position 0 separates the pair; entries without one never match.
@@ -236,24 +261,24 @@ std::unique_ptr<Tokenizer> Tokenizer::FromGGUF(const gguf::File& f) {
     m.clean_spaces = spec.clean_spaces;
     if (spec.no_bos) m.bos = -1;
   } else {
-    throw Error(path + ": unsupported tokenizer.ggml.model '" + *model +
+    throw Error(path + ": unsupported tokenizer.ggml.model '" + gguf::Printable(*model) +
                 "' (supported: 'llama' for SentencePiece, 'gpt2' for byte-level BPE)");
   }
   if (auto v = f.GetBoolOr("tokenizer.ggml.add_space_prefix")) m.add_space_prefix = *v;
 
-  const auto& tokens = f.GetStringArray("tokenizer.ggml.tokens");
+  const gguf::Value& tokens = f.GetStringArray("tokenizer.ggml.tokens");
   const size_t n = tokens.size();
   if (n == 0) throw Error(path + ": tokenizer.ggml.tokens is empty");
   if (n > static_cast<size_t>(INT32_MAX))
     throw Error(path + ": tokenizer.ggml.tokens has too many entries");
-  const std::vector<double>* scores = nullptr;
+  const gguf::Value* scores = nullptr;
   if (f.Has("tokenizer.ggml.scores")) {
     scores = &f.GetNumberArray("tokenizer.ggml.scores");
     if (scores->size() < n)
       throw Error(path + ": tokenizer.ggml.scores has " + std::to_string(scores->size()) +
                   " entries for " + std::to_string(n) + " tokens");
   }
-  const std::vector<double>* types = nullptr;
+  const gguf::Value* types = nullptr;
   if (f.Has("tokenizer.ggml.token_type")) {
     types = &f.GetNumberArray("tokenizer.ggml.token_type");
     if (types->size() < n)
@@ -264,9 +289,10 @@ std::unique_ptr<Tokenizer> Tokenizer::FromGGUF(const gguf::File& f) {
   m.score.resize(n);
   m.attr.resize(n);
   for (size_t i = 0; i < n; ++i) {
-    m.text[i] = tokens[i].empty() ? "[EMPTY_" + std::to_string(i) + "]" : tokens[i];
-    m.score[i] = scores ? static_cast<float>((*scores)[i]) : 0.0f;
-    m.attr[i] = types ? AttrFromType(static_cast<int64_t>((*types)[i])) : kAttrNormal;
+    const std::string_view t = tokens.String(i);
+    m.text[i] = t.empty() ? "[EMPTY_" + std::to_string(i) + "]" : std::string(t);
+    m.score[i] = scores ? Score(f, *scores, i) : 0.0f;
+    m.attr[i] = types ? AttrFromType(TokenType(f, *types, i)) : kAttrNormal;
   }
   m.token_to_id.reserve(n);
   for (size_t i = 0; i < n; ++i) m.token_to_id[m.text[i]] = static_cast<int32_t>(i);  // last wins

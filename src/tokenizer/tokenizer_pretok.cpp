@@ -7,6 +7,7 @@
 #include <map>
 
 #include "edgeshard/error.h"
+#include "gguf/gguf_file.h"
 #include "tokenizer/tokenizer_unicode.h"
 
 namespace es::tok {
@@ -105,7 +106,7 @@ PreTokenizerSpec PreTokenizerFor(const std::string& pre) {
     s.clean_spaces = false;
   } else {
     throw Error(
-        "unknown pre-tokenizer '" + pre +
+        "unknown pre-tokenizer '" + gguf::Printable(pre) +
         "' in tokenizer.ggml.pre (supported: default, gpt-2, llama-bpe/llama3, qwen2, "
         "deepseek-llm, deepseek-coder, deepseek-v3, falcon, mpt, starcoder, refact, "
         "command-r, stablelm2, olmo, dbrx, smaug-bpe, poro-chat, chatglm-bpe, viking, jais, "
