@@ -34,6 +34,27 @@ struct Expect {
 
 const std::vector<Expect>& Expected() {
   static const std::vector<Expect> e = {
+      // Made by current llama.cpp's gguf-py (see ../shared/README.md).
+      {"synth-qwen3.f16.gguf",
+       24,
+       35,
+       "qwen3",
+       3,
+       96,
+       151936,
+       "token_embd.weight",
+       {96, 151936},
+       TensorType::kF16},
+      {"synth-gemma3.f16.gguf",
+       26,
+       54,
+       "gemma3",
+       4,
+       256,
+       32000,
+       "token_embd.weight",
+       {256, 32000},
+       TensorType::kF16},
       {"stories260K.gguf",
        19,
        48,
