@@ -20,9 +20,14 @@ size_t Touch(const es::gguf::File& f) {
   for (const auto& key : f.metadata_keys()) {
     const es::gguf::Value* v = f.Find(key);
     if (!v) es::fuzz::Fail("metadata key '" + key + "' is listed but not found");
-    for (const auto& s : v->strings) sum += s.size();
-    for (double x : v->numbers) sum += x > 0;
-    if (v->array_data && v->array_len > 0) sum += v->array_data[0];
+    // Every element through the accessors (views into the mapping, numbers converted there).
+    if (v->IsArray() && v->elem_type == es::gguf::ValueType::kString)
+      for (size_t i = 0; i < v->size(); ++i) {
+        const std::string_view s = v->String(i);
+        sum += s.size() + (s.empty() ? 0 : static_cast<unsigned char>(s.back()));
+      }
+    else if (v->IsArray() && v->elem_type != es::gguf::ValueType::kArray)
+      for (size_t i = 0; i < v->size(); ++i) sum += v->Number(i) > 0;
   }
   for (const auto& t : f.tensors()) {
     sum += t.ShapeString().size() + static_cast<size_t>(t.NumElements() & 1);
