@@ -1,6 +1,6 @@
-// The llama-like transformer (the families of model_arch.h: llama, qwen2, qwen3): weights mapped
-// from GGUF and the forward pass. Layers can be run in ranges, so a shard holds blocks [first,
-// last) of a model.
+// The llama-like transformer (the families of model_arch.h: llama, qwen2, qwen3, gemma3): weights
+// mapped from GGUF and the forward pass. Layers can be run in ranges, so a shard holds blocks
+// [first, last) of a model.
 #pragma once
 #include <cstdint>
 #include <cstdlib>
@@ -106,6 +106,7 @@ class LlamaModel {
     const float *q_norm = nullptr, *k_norm = nullptr;  // QK-norm weights (head_dim each)
     const float* ffn_norm;
     kernels::Matrix w_gate, w_up, w_down;
+    const float *attn_post_norm = nullptr, *ffn_post_norm = nullptr;  // sandwich norms
   };
   LlamaModel() = default;
   // The two halves of a block, each adding its result to `hidden`.
