@@ -238,24 +238,35 @@ void LlamaModel::Attention(int layer, int n, const BatchRow* rows, Workspace& ws
       // Causal: keys 0..pos of this row's sequence; a local layer's only the last `window`.
       const int64_t first = window > 0 ? std::max<int64_t>(0, rows[i].pos + 1 - window) : 0;
       const int64_t n_kv = rows[i].pos + 1 - first;
+      // In a ring the keys first..pos may wrap: rows r0.. then 0.., visited in position order
+      // (the kernels accumulate key by key, so two spans give the one span's result).
+      const int64_t r0 = kv.Row(first);
+      const int64_t n0 = std::min(n_kv, (kv.ring ? kv.ring : kv.n_ctx) - r0);
       float* out = ws.attn_out() + static_cast<size_t>(i) * q_dim + h * hd;
       std::memset(out, 0, sizeof(float) * hd);
       if (kv.type == TensorType::kF16) {
         const f16_t* q = ws.q16.data() + static_cast<size_t>(i) * q_dim + h * hd;
-        const f16_t* K = static_cast<const f16_t*>(kv.k) + first * kv_dim + kvh * hd;
-        // One call per head, with the numerics of per-key DotF16 and AxpyF16 of the
+        const f16_t* K = static_cast<const f16_t*>(kv.k) + kvh * hd;
+        // One call per head (and span), with the numerics of per-key DotF16 and AxpyF16 of the
         // f16-rounded probability.
-        kernels::DotF16Rows(q, K, kv_dim, n_kv, hd, scale, s);
+        kernels::DotF16Rows(q, K + r0 * kv_dim, kv_dim, n0, hd, scale, s);
+        if (n0 < n_kv) kernels::DotF16Rows(q, K, kv_dim, n_kv - n0, hd, scale, s + n0);
         kernels::Softmax(s, n_kv);
-        const f16_t* V = static_cast<const f16_t*>(kv.v) + first * kv_dim + kvh * hd;
-        kernels::WeightedSumF16Rows(s, V, kv_dim, n_kv, hd, out);
+        const f16_t* V = static_cast<const f16_t*>(kv.v) + kvh * hd;
+        kernels::WeightedSumF16Rows(s, V + r0 * kv_dim, kv_dim, n0, hd, out);
+        if (n0 < n_kv) kernels::WeightedSumF16Rows(s + n0, V, kv_dim, n_kv - n0, hd, out);
       } else {
         const float* q = ws.q.data() + static_cast<size_t>(i) * q_dim + h * hd;
-        const float* K = static_cast<const float*>(kv.k) + first * kv_dim + kvh * hd;
-        for (int64_t j = 0; j < n_kv; ++j) s[j] = kernels::DotF32(q, K + j * kv_dim, hd) * scale;
+        const float* K = static_cast<const float*>(kv.k) + kvh * hd;
+        const float* V = static_cast<const float*>(kv.v) + kvh * hd;
+        // Row of key j: r0 + j in the first span, j - n0 in the wrapped one.
+        for (int64_t j = 0; j < n0; ++j)
+          s[j] = kernels::DotF32(q, K + (r0 + j) * kv_dim, hd) * scale;
+        for (int64_t j = n0; j < n_kv; ++j)
+          s[j] = kernels::DotF32(q, K + (j - n0) * kv_dim, hd) * scale;
         kernels::Softmax(s, n_kv);
-        const float* V = static_cast<const float*>(kv.v) + first * kv_dim + kvh * hd;
-        for (int64_t j = 0; j < n_kv; ++j) kernels::AxpyF32(s[j], V + j * kv_dim, out, hd);
+        for (int64_t j = 0; j < n0; ++j) kernels::AxpyF32(s[j], V + (r0 + j) * kv_dim, out, hd);
+        for (int64_t j = n0; j < n_kv; ++j) kernels::AxpyF32(s[j], V + (j - n0) * kv_dim, out, hd);
       }
     }
   });
@@ -282,6 +293,11 @@ void LlamaModel::ForwardBlocks(int first, int last, float* hidden, int n, const 
                     " tokens (start with a larger -c)");
       if (cache.n_ctx > ws.max_ctx())
         throw Error("KV cache longer than the workspace was sized for");
+      // A ring holds a window plus one batch: a larger batch would overwrite keys it still needs.
+      if (cache.ring && n > cache.ring - c.Window(l) + 1)
+        throw Error("batch of " + std::to_string(n) +
+                    " rows is larger than the sliding-window "
+                    "KV cache was sized for");
     }
   }
   for (int l = first; l < last; ++l) {
@@ -333,12 +349,13 @@ void LlamaModel::AttentionBlock(int l, float* hidden, int n, const BatchRow* row
       kernels::Rope(k + h * hd, hd, c.n_rot, pos, rope_base, c.rope_neox, rope_scale);
     if (c.q_scale != 0.0f)
       for (int j = 0; j < q_dim; ++j) q[j] *= c.q_scale;
+    const int64_t row = cache.Row(pos);
     if (cache.type == TensorType::kF16) {
-      kernels::ConvertF32ToF16(k, static_cast<f16_t*>(cache.k) + pos * kv_dim, kv_dim);
-      kernels::ConvertF32ToF16(v, static_cast<f16_t*>(cache.v) + pos * kv_dim, kv_dim);
+      kernels::ConvertF32ToF16(k, static_cast<f16_t*>(cache.k) + row * kv_dim, kv_dim);
+      kernels::ConvertF32ToF16(v, static_cast<f16_t*>(cache.v) + row * kv_dim, kv_dim);
     } else {
-      std::memcpy(static_cast<float*>(cache.k) + pos * kv_dim, k, sizeof(float) * kv_dim);
-      std::memcpy(static_cast<float*>(cache.v) + pos * kv_dim, v, sizeof(float) * kv_dim);
+      std::memcpy(static_cast<float*>(cache.k) + row * kv_dim, k, sizeof(float) * kv_dim);
+      std::memcpy(static_cast<float*>(cache.v) + row * kv_dim, v, sizeof(float) * kv_dim);
     }
   }
   Attention(l, n, rows, ws, pool);

@@ -21,6 +21,10 @@ struct KvLayer {
   void* v = nullptr;
   TensorType type = TensorType::kF16;  // F16 (default, as llama.cpp) or F32
   int64_t n_ctx = 0;
+  // 0: n_ctx rows, position p in row p. Otherwise a sliding-window layer's ring of `ring` rows
+  // (its window plus a batch), position p in row p % ring: older keys are never read again.
+  int64_t ring = 0;
+  int64_t Row(int64_t pos) const { return ring ? pos % ring : pos; }
 };
 
 // One row of a batch: the cache of the sequence it belongs to (indexed by layer) and its
