@@ -147,7 +147,7 @@ INSTANTIATE_TEST_SUITE_P(
                       "synth-llama-spm-256.q4_0.gguf", "synth-llama-spm-256.q4_k_m.gguf",
                       "synth-llama-spm-256.q6_k.gguf", "synth-qwen2-gpt2-256.f16.gguf",
                       "synth-qwen2-gpt2-256.q8_0.gguf", "synth-qwen2-gpt2-256.q4_0.gguf",
-                      "synth-qwen3.f16.gguf"),
+                      "synth-qwen3.f16.gguf", "synth-gemma3.f16.gguf"),
     [](const auto& info) {
       std::string n = info.param;
       for (auto& c : n)

@@ -69,7 +69,7 @@ TEST(FidelitySet, AllSharedModelsAreCovered) {
 // References of families edgeshard does not compute yet: their files must be refused by name
 // (not run with the wrong math), and the test says so instead of skipping them silently. Any
 // other family without support fails. Remove a family here when it gains support.
-const std::vector<std::string> kExpectedRefusals = {"gemma3"};
+const std::vector<std::string> kExpectedRefusals = {};
 
 TEST_P(Fidelity, MatchesLlamaCpp) {
   const RefFile& rf = GetParam();

@@ -592,6 +592,23 @@ TEST(Kernels, Rope) {
   EXPECT_THROW(k::Rope(x, 4, 8, 0, 10000.0f, false), es::Error);
 }
 
+// Linear RoPE scaling multiplies each angle by freq_scale after the base's powers are taken (as
+// ggml): halving position 2 gives position 1 exactly (both factors are powers of two), and the
+// scaled table is not reused for the unscaled one at the same position.
+TEST(Kernels, RopeLinearScaling) {
+  for (bool neox : {false, true}) {
+    const auto x = Gaussian(128, 77);
+    ForEachTarget([&] {
+      std::vector<float> scaled = x, plain = x, same_pos = x;
+      k::Rope(scaled.data(), 128, 128, 2, 1e6f, neox, 0.5f);
+      k::Rope(plain.data(), 128, 128, 1, 1e6f, neox);
+      EXPECT_EQ(scaled, plain);
+      k::Rope(same_pos.data(), 128, 128, 2, 1e6f, neox);
+      EXPECT_NE(same_pos, scaled);
+    });
+  }
+}
+
 TEST(Kernels, DotsAndAxpy) {
   for (int64_t n : {1, 8, 63, 64, 128, 1001}) {
     const auto a = Gaussian(n, 60), b = Gaussian(n, 61);

@@ -1,6 +1,7 @@
 // Model loading: hyperparameters from metadata, and clear errors for models we cannot run.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -135,6 +136,50 @@ TEST(Model, BatchedAndTokenByTokenAgree) {
     const auto& b = single.last_logits();
     for (size_t i = 0; i < a.size(); ++i)
       ASSERT_NEAR(a[i], b[i], 1e-4 * std::max(1.0f, std::fabs(a[i]))) << name << " " << i;
+  }
+}
+
+// gemma3's sliding-window layers keep only their window plus a batch of keys (a ring); global
+// layers keep the whole context. Ring or not, the logits are the same bit for bit: a prompt of
+// several batches, decoding past the point where the rings wrap, and a Truncate that rewinds
+// further than the rings can (the prefix is evaluated again).
+TEST(Model, SlidingWindowRingMatchesFullCache) {
+  auto m = es::model::LlamaModel::Load(ModelPath("synth-gemma3.f16.gguf"));
+  ASSERT_EQ(m->config().sliding_window, 64);
+  for (const es::TensorType type : {es::TensorType::kF16, es::TensorType::kF32}) {
+    SCOPED_TRACE(type == es::TensorType::kF16 ? "F16 KV" : "F32 KV");
+    const size_t elem = type == es::TensorType::kF16 ? 2 : 4;
+    es::runtime::SessionOptions so;
+    so.n_ctx = 400;
+    so.n_threads = 2;
+    so.n_batch = 16;
+    so.kv_type = type;
+    es::runtime::Session ring(*m, so);
+    so.window_kv = false;
+    es::runtime::Session full(*m, so);
+    // Layers 0-2 keep 64 + 16 - 1 positions, layer 3 all 400 (K and V of 128 values).
+    EXPECT_EQ(ring.kv_bytes(), (3u * 79 + 400) * 2 * 128 * elem);
+    EXPECT_EQ(full.kv_bytes(), 4u * 400 * 2 * 128 * elem);
+    std::vector<int32_t> prompt = {1};
+    for (int i = 0; i < 150; ++i) prompt.push_back(100 + (i * 37) % 5000);
+    std::vector<float> a, b;
+    ring.Eval(prompt, &a);
+    full.Eval(prompt, &b);
+    ASSERT_EQ(a, b);
+    for (int step = 0; step < 100; ++step) {
+      const auto& l = ring.last_logits();
+      const int32_t next = static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+      ring.Eval({next});
+      full.Eval({next});
+      ASSERT_EQ(ring.last_logits(), full.last_logits()) << "step " << step;
+    }
+    for (int64_t keep : {int64_t{240}, int64_t{100}}) {  // within the rings' slack, then beyond
+      ring.Truncate(keep);
+      full.Truncate(keep);
+      ring.Eval({5, 6, 7});
+      full.Eval({5, 6, 7});
+      ASSERT_EQ(ring.last_logits(), full.last_logits()) << "after Truncate(" << keep << ")";
+    }
   }
 }
 

@@ -242,8 +242,74 @@ TEST(ModelSupport, TensorsComeFromTheFamily) {
                   }),
           "blk.1.attn_q.bias");
   // An architecture without a family file is refused, listing the ones there are.
-  Refused(Variant("arch", [](Writer& w) { w.SetString("general.architecture", "gemma3"); }),
-          "not supported (supported: llama, qwen2, qwen3)");
+  Refused(Variant("arch", [](Writer& w) { w.SetString("general.architecture", "gemma2"); }),
+          "not supported (supported: llama, qwen2, qwen3, gemma3)");
+}
+
+// gemma3 (model_arch_gemma3.cpp): what llama.cpp computes is loaded, the rest is refused by name.
+TEST(ModelSupport, Gemma3Keys) {
+  const std::string g = "synth-gemma3.f16.gguf";
+  {
+    auto m = es::model::LlamaModel::Load(es::test::ModelPath(g), {});
+    const auto& c = m->config();
+    EXPECT_EQ(c.spec, es::model::FindArch("gemma3"));
+    EXPECT_EQ(c.sliding_window, 64);
+    EXPECT_FLOAT_EQ(c.q_scale, 1.0f / std::sqrt(128.0f));
+    EXPECT_EQ(c.embd_scale, 16.0f);
+    EXPECT_EQ(c.rope_base_local, 10000.0f);
+    EXPECT_EQ(c.rope_base, 1e6f);
+    EXPECT_EQ(c.rope_freq_scale, 1.0f);
+    // sliding_window_pattern 4: layers 0-2 local, layer 3 global.
+    EXPECT_EQ(c.swa_pattern, 4);
+    EXPECT_TRUE(c.IsLocal(0) && c.IsLocal(1) && c.IsLocal(2));
+    EXPECT_FALSE(c.IsLocal(3));
+    EXPECT_EQ(c.Window(0), 64);
+    EXPECT_EQ(c.Window(3), 0);
+  }
+  // Linear RoPE scaling (Gemma 3 4B+) is computed on the global layers; the local layers' base
+  // and the period of global layers come from the file when it has them.
+  {
+    const std::string path = VariantOf(g, "g3_linear", [](Writer& w) {
+      w.SetString("gemma3.rope.scaling.type", "linear");
+      w.SetF32("gemma3.rope.scaling.factor", 8.0f);
+      w.SetF32("gemma3.rope.freq_base_swa", 50000.0f);
+      w.SetU32("gemma3.attention.sliding_window_pattern", 6);
+    });
+    auto m = es::model::LlamaModel::Load(path, {});
+    EXPECT_EQ(m->config().rope_freq_scale, 0.125f);
+    EXPECT_EQ(m->config().rope_base_local, 50000.0f);
+    EXPECT_TRUE(m->config().IsLocal(3));
+    EXPECT_FALSE(m->config().IsLocal(5));
+    m.reset();
+    std::filesystem::remove(path);
+  }
+  // Without a window every layer is global.
+  {
+    const std::string path = VariantOf(
+        g, "g3_no_window", [](Writer& w) { w.SetU32("gemma3.attention.sliding_window", 0); });
+    auto m = es::model::LlamaModel::Load(path, {});
+    EXPECT_FALSE(m->config().IsLocal(0));
+    m.reset();
+    std::filesystem::remove(path);
+  }
+  Refused(
+      VariantOf(g, "g3_yarn", [](Writer& w) { w.SetString("gemma3.rope.scaling.type", "yarn"); }),
+      "gemma3.rope.scaling.type");
+  Refused(VariantOf(g, "g3_pattern_array",
+                    [](Writer& w) {
+                      w.SetStringArray("gemma3.attention.sliding_window_pattern", {"a", "b"});
+                    }),
+          "per-layer array");
+  Refused(VariantOf(g, "g3_final_cap",
+                    [](Writer& w) { w.SetF32("gemma3.final_logit_softcapping", 30.0f); }),
+          "final logit soft-capping");
+  Refused(VariantOf(g, "g3_attn_cap",
+                    [](Writer& w) { w.SetF32("gemma3.attn_logit_softcapping", 50.0f); }),
+          "attention logit soft-capping");
+  Refused(VariantOf(
+              g, "g3_no_post_norm", [](Writer&) {},
+              [](const std::string& t) { return t == "blk.2.post_ffw_norm.weight"; }),
+          "blk.2.post_ffw_norm.weight");
 }
 
 // Each family's flags agree with its declarations, and the registry finds it by name.
@@ -258,8 +324,10 @@ TEST(ModelSupport, FamiliesAreConsistent) {
     std::set<std::string_view> names;
     for (const auto& d : a->block) EXPECT_TRUE(names.insert(d.name).second) << d.name;
     for (const auto& d : a->globals) EXPECT_TRUE(names.insert(d.name).second) << d.name;
+    EXPECT_EQ(a->post_norms, a->FindBlock("post_attention_norm.weight") != nullptr);
+    EXPECT_EQ(a->post_norms, a->FindBlock("post_ffw_norm.weight") != nullptr);
   }
-  EXPECT_EQ(es::model::FindArch("gemma3"), nullptr);
+  EXPECT_EQ(es::model::FindArch("gemma2"), nullptr);
 }
 
 }  // namespace

@@ -187,14 +187,29 @@ TEST(SynthCli, Qwen2PresetWithGpt2Vocab) {
   EXPECT_LT(ppl, 1.5 * c.n_vocab);
 }
 
+// A small model of `preset` written as F16 with the vocabulary of the shared `vocab_model`;
+// the caller checks its config, then SaneOutputs checks the tokenizer copy and the perplexity.
+std::unique_ptr<es::model::LlamaModel> TinyPreset(const TempDir& tmp, const std::string& preset,
+                                                  const std::string& vocab_model) {
+  const std::string out = tmp.Path(preset + ".gguf");
+  Synth("--preset " + preset + " --type f16 --vocab '" + ModelPath(vocab_model) + "' -o '" + out +
+        "' --seed 3");
+  return es::model::LlamaModel::Load(out);
+}
+
+void SaneOutputs(const TempDir& tmp, const std::string& preset, const std::string& vocab_model,
+                 const es::model::LlamaModel& m) {
+  ExpectSameTokenizer(m.file(), *es::gguf::File::Open(ModelPath(vocab_model)));
+  const double ppl = Perplexity(tmp.Path(preset + ".gguf"));
+  EXPECT_GT(ppl, 0.9 * m.config().n_vocab);
+  EXPECT_LT(ppl, 1.5 * m.config().n_vocab);
+}
+
 // A small qwen3 (the shared synth-qwen3's shape: head 128, q_dim 512 != n_embd 96, QK-norm), with
 // the Qwen2 BPE vocabulary copied from that file: it loads as qwen3 and gives sane outputs.
 TEST(SynthCli, Qwen3PresetLoads) {
   TempDir tmp;
-  const std::string out = tmp.Path("q3.gguf");
-  const std::string vocab = ModelPath("synth-qwen3.f16.gguf");
-  Synth("--preset tiny-test-qwen3 --type f16 --vocab '" + vocab + "' -o '" + out + "' --seed 3");
-  auto m = es::model::LlamaModel::Load(out);
+  auto m = TinyPreset(tmp, "tiny-test-qwen3", "synth-qwen3.f16.gguf");
   const auto& c = m->config();
   EXPECT_EQ(c.arch, "qwen3");
   EXPECT_EQ(c.n_embd, 96);
@@ -207,10 +222,27 @@ TEST(SynthCli, Qwen3PresetLoads) {
   EXPECT_FALSE(c.qkv_bias);
   EXPECT_EQ(c.n_vocab, 151936);
   EXPECT_NE(m->file().FindTensor("blk.2.attn_k_norm.weight"), nullptr);
-  ExpectSameTokenizer(m->file(), *es::gguf::File::Open(vocab));
-  const double ppl = Perplexity(out);
-  EXPECT_GT(ppl, 0.9 * c.n_vocab);
-  EXPECT_LT(ppl, 1.5 * c.n_vocab);
+  SaneOutputs(tmp, "tiny-test-qwen3", "synth-qwen3.f16.gguf", *m);
+}
+
+// A small gemma3 (the shared synth-gemma3's shape, its Llama-2 vocabulary): it loads as gemma3
+// with the family's sliding window, scales and sandwich norms, and gives sane outputs.
+TEST(SynthCli, Gemma3PresetLoads) {
+  TempDir tmp;
+  auto m = TinyPreset(tmp, "tiny-test-gemma3", "synth-gemma3.f16.gguf");
+  const auto& c = m->config();
+  EXPECT_EQ(c.arch, "gemma3");
+  EXPECT_EQ(c.head_dim, 128);
+  EXPECT_EQ(c.kv_dim(), 128);
+  EXPECT_TRUE(c.qk_norm);
+  EXPECT_TRUE(c.post_norms);
+  EXPECT_TRUE(c.tied_output);
+  EXPECT_EQ(c.sliding_window, 64);
+  EXPECT_TRUE(c.IsLocal(0));
+  EXPECT_FALSE(c.IsLocal(5));
+  EXPECT_EQ(c.embd_scale, 16.0f);
+  EXPECT_NE(m->file().FindTensor("blk.3.post_ffw_norm.weight"), nullptr);
+  SaneOutputs(tmp, "tiny-test-gemma3", "synth-gemma3.f16.gguf", *m);
 }
 
 // stories110m at its real shapes (written as Q4_0 to stay small); loaded, not run.
@@ -258,6 +290,13 @@ TEST(SynthPresets, RealModelParameterCounts) {
   // Qwen3: 0.6B (0.44B without the embedding) and 4.0B (3.6B), tied.
   EXPECT_EQ(count("qwen3-0.6b", 151936), 596049920ull);
   EXPECT_EQ(count("qwen3-4b", 151936), 4022468096ull);
+  // Gemma 3 1B (999,885,952 parameters) and 4B's language model (3,880,263,168), tied; both
+  // carry QK-norm and post-attention/post-FFN norms in every layer.
+  EXPECT_EQ(count("gemma3-1b", 262144), 999885952ull);
+  EXPECT_EQ(count("gemma3-4b", 262208), 3880263168ull);
+  const auto g = *es::model::FindSynthPreset("gemma3-1b");
+  EXPECT_EQ(g.head_dim(), 256);
+  EXPECT_EQ(g.sliding_window, 512);
   const auto q3 = *es::model::FindSynthPreset("qwen3-0.6b");
   EXPECT_EQ(q3.head_dim(), 128);
   EXPECT_EQ(q3.n_head * q3.head_dim(), 2048);

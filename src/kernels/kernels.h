@@ -92,12 +92,16 @@ void RmsNorm(const float* x, const float* w, float* y, int64_t n, float eps);
 void Add(float* x, const float* y, int64_t n);
 // gate[i] = silu(gate[i]) * up[i]
 void SiluMul(float* gate, const float* up, int64_t n);
+// gate[i] = gelu(gate[i]) * up[i], GELU's tanh form through llama.cpp's f16 lookup table (GeGLU).
+void GeluMul(float* gate, const float* up, int64_t n);
 // In-place softmax over n values; returns nothing. Max-subtracted, f32 exp, sum in double.
 void Softmax(float* x, int64_t n);
 // Rotary embedding on one head of `head_dim` values at position `pos`, rotating the first
 // `n_rot` dims. neox=false: pairs (2i, 2i+1); neox=true: pairs (i, i + n_rot/2).
-// theta_i = pos * base^(-2i/n_rot), computed as ggml does (theta *= theta_scale).
-void Rope(float* x, int64_t head_dim, int64_t n_rot, int64_t pos, float freq_base, bool neox);
+// theta_i = freq_scale * pos * base^(-2i/n_rot), computed as ggml does (theta *= theta_scale,
+// then the linear-scaling factor freq_scale, 1 / rope.scaling.factor).
+void Rope(float* x, int64_t head_dim, int64_t n_rot, int64_t pos, float freq_base, bool neox,
+          float freq_scale = 1.0f);
 // Dot product of two f16 vectors, f32 accumulation.
 float DotF16(const f16_t* a, const f16_t* b, int64_t n);
 // Dot product of two f32 vectors.

@@ -360,29 +360,32 @@ void SoftmaxImpl(float* x, int64_t n) {
 // Per-thread cache of the cos/sin table: every head at one position shares it.
 struct RopeCache {
   int64_t pos = -1, n_rot = -1;
-  float base = 0.0f;
+  float base = 0.0f, scale = 1.0f;
   std::vector<float> cos, sin;
 };
 
 // x0' = fma(x0, cos, -(x1 * sin)), x1' = fma(x0, sin, x1 * cos): the contraction GCC makes of
 // ggml's scalar rotation in the reference build.
-void RopeImpl(float* x, int64_t head_dim, int64_t n_rot, int64_t pos, float freq_base, bool neox) {
+void RopeImpl(float* x, int64_t head_dim, int64_t n_rot, int64_t pos, float freq_base, bool neox,
+              float freq_scale) {
   (void)head_dim;
   static thread_local RopeCache cache;
   const int64_t half = n_rot / 2;
-  if (cache.pos != pos || cache.n_rot != n_rot || cache.base != freq_base) {
+  if (cache.pos != pos || cache.n_rot != n_rot || cache.base != freq_base ||
+      cache.scale != freq_scale) {
     cache.cos.resize(static_cast<size_t>(half));
     cache.sin.resize(static_cast<size_t>(half));
     const float theta_scale = std::pow(freq_base, -2.0f / static_cast<float>(n_rot));
     float theta = static_cast<float>(pos);
     for (int64_t i = 0; i < half; ++i) {
-      cache.cos[i] = std::cos(theta);
-      cache.sin[i] = std::sin(theta);
+      cache.cos[i] = std::cos(freq_scale * theta);  // exact when freq_scale is 1
+      cache.sin[i] = std::sin(freq_scale * theta);
       theta *= theta_scale;
     }
     cache.pos = pos;
     cache.n_rot = n_rot;
     cache.base = freq_base;
+    cache.scale = freq_scale;
   }
   const float* cs = cache.cos.data();
   const float* sn = cache.sin.data();
@@ -722,11 +725,12 @@ void SiluMul(float* gate, const float* up, int64_t n) {
 void Softmax(float* x, int64_t n) {
   HWY_DYNAMIC_DISPATCH(SoftmaxImpl)(x, n);
 }
-void Rope(float* x, int64_t head_dim, int64_t n_rot, int64_t pos, float freq_base, bool neox) {
+void Rope(float* x, int64_t head_dim, int64_t n_rot, int64_t pos, float freq_base, bool neox,
+          float freq_scale) {
   if (n_rot <= 0 || n_rot % 2 != 0 || n_rot > head_dim)
     throw Error("Rope: rotated dims " + std::to_string(n_rot) +
                 " must be even and at most the head size " + std::to_string(head_dim));
-  HWY_DYNAMIC_DISPATCH(RopeImpl)(x, head_dim, n_rot, pos, freq_base, neox);
+  HWY_DYNAMIC_DISPATCH(RopeImpl)(x, head_dim, n_rot, pos, freq_base, neox, freq_scale);
 }
 float DotF16(const f16_t* a, const f16_t* b, int64_t n) {
   return HWY_DYNAMIC_DISPATCH(DotF16Impl)(a, b, n);

@@ -6,12 +6,14 @@ namespace es::model {
 const ArchSpec& LlamaArch();
 const ArchSpec& Qwen2Arch();
 const ArchSpec& Qwen3Arch();
+const ArchSpec& Gemma3Arch();
 
 // An explicit table, not self-registration: the families live in a static library, and the linker
 // drops an object file nothing refers to, so a self-registering family could silently vanish
 // from a binary. Adding a family adds one line here.
 const std::vector<const ArchSpec*>& Architectures() {
-  static const std::vector<const ArchSpec*> all = {&LlamaArch(), &Qwen2Arch(), &Qwen3Arch()};
+  static const std::vector<const ArchSpec*> all = {&LlamaArch(), &Qwen2Arch(), &Qwen3Arch(),
+                                                   &Gemma3Arch()};
   return all;
 }
 

@@ -17,7 +17,10 @@ struct ModelConfig;
 
 enum class NormKind { kRms };             // RMSNorm with weight (later: +1 offset, LayerNorm)
 enum class RopeStyle { kNormal, kNeox };  // rotated pairs (i, i+1) or (i, i + n_rot/2)
-enum class FfnKind { kSwiGlu };           // down(silu(gate(x)) * up(x)) (later: GeGLU)
+enum class FfnKind {
+  kSwiGlu,  // down(silu(gate(x)) * up(x))
+  kGeGlu,   // down(gelu(gate(x)) * up(x)), GELU's tanh form as llama.cpp computes it
+};
 
 // A tensor of the file. Names under "blk.N." are given without that prefix.
 struct TensorDecl {
@@ -53,6 +56,14 @@ struct ArchSpec {
   // Per-head RMSNorm of queries and keys (attn_q_norm/attn_k_norm, head_dim weights shared by the
   // heads) after the projection and before RoPE.
   bool qk_norm = false;
+  // RMSNorm of the attention and feed-forward outputs (post_attention_norm, post_ffw_norm)
+  // before each is added to the residual stream ("sandwich" norms, gemma3).
+  bool post_norms = false;
+  // Token embeddings multiplied by sqrt(n_embd) (in f32, after the row is read) (gemma3).
+  bool scale_embeddings = false;
+  // Family-specific hyperparameters (sliding window, per-layer RoPE, attention scale), read
+  // after the common ones; nullptr when the family has none.
+  std::function<void(const gguf::File&, ModelConfig&)> configure;
   std::vector<TensorDecl> globals;  // outside blocks; an absent output.weight ties the head
   std::vector<TensorDecl> block;    // per block
   // Keys this family reads or judges itself; looked up before the common rules (model_support),
@@ -67,7 +78,7 @@ struct ArchSpec {
 const std::vector<const ArchSpec*>& Architectures();
 // The family for general.architecture `name`, or nullptr.
 const ArchSpec* FindArch(std::string_view name);
-// "llama, qwen2, qwen3"
+// "llama, qwen2, qwen3, gemma3"
 std::string ArchNames();
 
 // What every llama-like family shares: token_embd, output_norm, an optional output head, and a

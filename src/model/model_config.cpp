@@ -77,6 +77,9 @@ ModelConfig ReadModelConfig(const gguf::File& f) {
                 ", expected [" + std::to_string(c.n_embd) + ", n_vocab]");
   c.n_vocab = static_cast<int>(embd.dims[1]);
   c.tied_output = f.FindTensor("output.weight") == nullptr;
+  c.post_norms = c.spec->post_norms;
+  if (c.spec->scale_embeddings) c.embd_scale = std::sqrt(static_cast<float>(c.n_embd));
+  if (c.spec->configure) c.spec->configure(f, c);
   RefuseUncomputed(f, c);
   return c;
 }

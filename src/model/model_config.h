@@ -28,9 +28,27 @@ struct ModelConfig {
   bool qkv_bias = false;     // Q/K/V biases (qwen2; llama files that carry them)
   bool qk_norm = false;      // per-head RMSNorm of Q and K before RoPE (qwen3)
   bool tied_output = false;  // no output.weight: the head reuses token_embd
+  bool post_norms = false;   // RMSNorm of attention/FFN outputs before the residual add (gemma3)
+  float embd_scale = 0.0f;   // token embeddings times this, when non-zero (gemma3: sqrt(n_embd))
+  // Non-zero: queries are multiplied by this in f32 before they meet the keys (rounded to the KV
+  // type after the product, as llama.cpp's gemma3 graph does), and the scores are not scaled;
+  // zero: scores are scaled by 1/sqrt(head_dim).
+  float q_scale = 0.0f;
+  float rope_freq_scale = 1.0f;  // linear RoPE scaling (1 / rope.scaling.factor), global layers
+  // Sliding-window attention: a local layer's position p sees keys p - sliding_window + 1 .. p.
+  // Layer l is local when sliding_window > 0 and l % swa_pattern < swa_pattern - 1 (the last layer
+  // of every group of swa_pattern is global); swa_pattern 0 makes every layer local.
+  int sliding_window = 0;
+  int swa_pattern = 0;
+  float rope_base_local = 10000.0f;  // RoPE base of local layers
 
   int kv_dim() const { return n_head_kv * head_dim; }
   int q_dim() const { return n_head * head_dim; }
+  bool IsLocal(int layer) const {
+    return sliding_window > 0 && (swa_pattern == 0 || layer % swa_pattern < swa_pattern - 1);
+  }
+  // Keys a position of `layer` attends to at most (0: all before it).
+  int64_t Window(int layer) const { return IsLocal(layer) ? sliding_window : 0; }
 };
 
 // Reads and validates the hyperparameters; es::Error names the file and key at fault.

@@ -97,6 +97,11 @@ std::unique_ptr<LlamaModel> LlamaModel::Load(const std::string& path, const Load
       L.k_norm = m->KeepVector(GetVector(f, p + "attn_k_norm.weight", c.head_dim), c.head_dim);
     }
     L.ffn_norm = m->KeepVector(GetVector(f, p + "ffn_norm.weight", c.n_embd), c.n_embd);
+    if (c.post_norms) {
+      L.attn_post_norm =
+          m->KeepVector(GetVector(f, p + "post_attention_norm.weight", c.n_embd), c.n_embd);
+      L.ffn_post_norm = m->KeepVector(GetVector(f, p + "post_ffw_norm.weight", c.n_embd), c.n_embd);
+    }
     L.w_gate = GetMatrix(f, p + "ffn_gate.weight", c.n_embd, c.n_ff);
     L.w_up = GetMatrix(f, p + "ffn_up.weight", c.n_embd, c.n_ff);
     L.w_down = GetMatrix(f, p + "ffn_down.weight", c.n_ff, c.n_embd);
@@ -203,7 +208,10 @@ void LlamaModel::Embed(const int32_t* tokens, int n, float* hidden) const {
     if (t < 0 || t >= cfg_.n_vocab)
       throw Error("token id " + std::to_string(t) + " is outside the vocabulary (0.." +
                   std::to_string(cfg_.n_vocab - 1) + ")");
-    kernels::DequantizeMatrixRow(tok_embd_, t, hidden + static_cast<size_t>(i) * cfg_.n_embd);
+    float* row = hidden + static_cast<size_t>(i) * cfg_.n_embd;
+    kernels::DequantizeMatrixRow(tok_embd_, t, row);
+    if (cfg_.embd_scale != 0.0f)
+      for (int j = 0; j < cfg_.n_embd; ++j) row[j] *= cfg_.embd_scale;
   }
 }
 
@@ -214,7 +222,9 @@ void LlamaModel::Attention(int layer, int n, const BatchRow* rows, Workspace& ws
   const int kv_dim = c.kv_dim();
   const int q_dim = c.q_dim();
   const int group = c.n_head / c.n_head_kv;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  // Queries already scaled (q_scale) meet the keys unscaled.
+  const float scale = c.q_scale != 0.0f ? 1.0f : 1.0f / std::sqrt(static_cast<float>(hd));
+  const int64_t window = c.Window(layer);
   // llama.cpp multiplies F16 keys with queries rounded to F16, and F16 values with F16 weights.
   kernels::ConvertF32ToF16(ws.q.data(), ws.q16.data(), static_cast<int64_t>(n) * q_dim);
   const int64_t max_ctx = ws.max_ctx();
@@ -225,25 +235,38 @@ void LlamaModel::Attention(int layer, int n, const BatchRow* rows, Workspace& ws
       const int h = static_cast<int>(task % c.n_head);
       const int kvh = h / group;
       const KvLayer& kv = rows[i].kv[layer];
-      const int64_t n_kv = rows[i].pos + 1;  // causal: keys 0..pos of this row's sequence
+      // Causal: keys 0..pos of this row's sequence; a local layer's only the last `window`.
+      const int64_t first = window > 0 ? std::max<int64_t>(0, rows[i].pos + 1 - window) : 0;
+      const int64_t n_kv = rows[i].pos + 1 - first;
+      // In a ring the keys first..pos may wrap: rows r0.. then 0.., visited in position order
+      // (the kernels accumulate key by key, so two spans give the one span's result).
+      const int64_t r0 = kv.Row(first);
+      const int64_t n0 = std::min(n_kv, (kv.ring ? kv.ring : kv.n_ctx) - r0);
       float* out = ws.attn_out() + static_cast<size_t>(i) * q_dim + h * hd;
       std::memset(out, 0, sizeof(float) * hd);
       if (kv.type == TensorType::kF16) {
         const f16_t* q = ws.q16.data() + static_cast<size_t>(i) * q_dim + h * hd;
         const f16_t* K = static_cast<const f16_t*>(kv.k) + kvh * hd;
-        // One call per head, with the numerics of per-key DotF16 and AxpyF16 of the
+        // One call per head (and span), with the numerics of per-key DotF16 and AxpyF16 of the
         // f16-rounded probability.
-        kernels::DotF16Rows(q, K, kv_dim, n_kv, hd, scale, s);
+        kernels::DotF16Rows(q, K + r0 * kv_dim, kv_dim, n0, hd, scale, s);
+        if (n0 < n_kv) kernels::DotF16Rows(q, K, kv_dim, n_kv - n0, hd, scale, s + n0);
         kernels::Softmax(s, n_kv);
         const f16_t* V = static_cast<const f16_t*>(kv.v) + kvh * hd;
-        kernels::WeightedSumF16Rows(s, V, kv_dim, n_kv, hd, out);
+        kernels::WeightedSumF16Rows(s, V + r0 * kv_dim, kv_dim, n0, hd, out);
+        if (n0 < n_kv) kernels::WeightedSumF16Rows(s + n0, V, kv_dim, n_kv - n0, hd, out);
       } else {
         const float* q = ws.q.data() + static_cast<size_t>(i) * q_dim + h * hd;
         const float* K = static_cast<const float*>(kv.k) + kvh * hd;
-        for (int64_t j = 0; j < n_kv; ++j) s[j] = kernels::DotF32(q, K + j * kv_dim, hd) * scale;
-        kernels::Softmax(s, n_kv);
         const float* V = static_cast<const float*>(kv.v) + kvh * hd;
-        for (int64_t j = 0; j < n_kv; ++j) kernels::AxpyF32(s[j], V + j * kv_dim, out, hd);
+        // Row of key j: r0 + j in the first span, j - n0 in the wrapped one.
+        for (int64_t j = 0; j < n0; ++j)
+          s[j] = kernels::DotF32(q, K + (r0 + j) * kv_dim, hd) * scale;
+        for (int64_t j = n0; j < n_kv; ++j)
+          s[j] = kernels::DotF32(q, K + (j - n0) * kv_dim, hd) * scale;
+        kernels::Softmax(s, n_kv);
+        for (int64_t j = 0; j < n0; ++j) kernels::AxpyF32(s[j], V + (r0 + j) * kv_dim, out, hd);
+        for (int64_t j = n0; j < n_kv; ++j) kernels::AxpyF32(s[j], V + (j - n0) * kv_dim, out, hd);
       }
     }
   });
@@ -270,6 +293,11 @@ void LlamaModel::ForwardBlocks(int first, int last, float* hidden, int n, const 
                     " tokens (start with a larger -c)");
       if (cache.n_ctx > ws.max_ctx())
         throw Error("KV cache longer than the workspace was sized for");
+      // A ring holds a window plus one batch: a larger batch would overwrite keys it still needs.
+      if (cache.ring && n > cache.ring - c.Window(l) + 1)
+        throw Error("batch of " + std::to_string(n) +
+                    " rows is larger than the sliding-window "
+                    "KV cache was sized for");
     }
   }
   for (int l = first; l < last; ++l) {
@@ -278,13 +306,18 @@ void LlamaModel::ForwardBlocks(int first, int last, float* hidden, int n, const 
   }
 }
 
-// hidden += wo(attention(rope(norm_qk(q(x))), rope(norm_qk(k(x))), v(x))), x = norm(hidden): the
-// pre-norm attention half of a block; the keys and values of the rows go to their caches.
+// hidden += post_norm(wo(attention(rope(norm_qk(q(x))), rope(norm_qk(k(x))), v(x)))),
+// x = norm(hidden): the attention half of a block (post_norm only for families with sandwich
+// norms); the keys and values of the rows go to their caches.
 void LlamaModel::AttentionBlock(int l, float* hidden, int n, const BatchRow* rows, Workspace& ws,
                                 kernels::ThreadPool& pool) const {
   const ModelConfig& c = cfg_;
   const Layer& L = layers_[l];
   const int d = c.n_embd, kv_dim = c.kv_dim(), q_dim = c.q_dim(), hd = c.head_dim;
+  // Local (sliding-window) layers rotate with their own base and no position scaling.
+  const bool local = c.IsLocal(l);
+  const float rope_base = local ? c.rope_base_local : c.rope_base;
+  const float rope_scale = local ? 1.0f : c.rope_freq_scale;
   for (int i = 0; i < n; ++i)
     kernels::RmsNorm(hidden + static_cast<size_t>(i) * d, L.attn_norm,
                      ws.xb.data() + static_cast<size_t>(i) * d, d, c.rms_eps);
@@ -311,23 +344,32 @@ void LlamaModel::AttentionBlock(int l, float* hidden, int n, const BatchRow* row
     const int64_t pos = rows[i].pos;
     const KvLayer& cache = rows[i].kv[l];
     for (int h = 0; h < c.n_head; ++h)
-      kernels::Rope(q + h * hd, hd, c.n_rot, pos, c.rope_base, c.rope_neox);
+      kernels::Rope(q + h * hd, hd, c.n_rot, pos, rope_base, c.rope_neox, rope_scale);
     for (int h = 0; h < c.n_head_kv; ++h)
-      kernels::Rope(k + h * hd, hd, c.n_rot, pos, c.rope_base, c.rope_neox);
+      kernels::Rope(k + h * hd, hd, c.n_rot, pos, rope_base, c.rope_neox, rope_scale);
+    if (c.q_scale != 0.0f)
+      for (int j = 0; j < q_dim; ++j) q[j] *= c.q_scale;
+    const int64_t row = cache.Row(pos);
     if (cache.type == TensorType::kF16) {
-      kernels::ConvertF32ToF16(k, static_cast<f16_t*>(cache.k) + pos * kv_dim, kv_dim);
-      kernels::ConvertF32ToF16(v, static_cast<f16_t*>(cache.v) + pos * kv_dim, kv_dim);
+      kernels::ConvertF32ToF16(k, static_cast<f16_t*>(cache.k) + row * kv_dim, kv_dim);
+      kernels::ConvertF32ToF16(v, static_cast<f16_t*>(cache.v) + row * kv_dim, kv_dim);
     } else {
-      std::memcpy(static_cast<float*>(cache.k) + pos * kv_dim, k, sizeof(float) * kv_dim);
-      std::memcpy(static_cast<float*>(cache.v) + pos * kv_dim, v, sizeof(float) * kv_dim);
+      std::memcpy(static_cast<float*>(cache.k) + row * kv_dim, k, sizeof(float) * kv_dim);
+      std::memcpy(static_cast<float*>(cache.v) + row * kv_dim, v, sizeof(float) * kv_dim);
     }
   }
   Attention(l, n, rows, ws, pool);
   kernels::MatMul(L.wo, ws.attn_out(), q_dim, n, ws.xb.data(), d, pool, ws.scratch);
+  if (L.attn_post_norm)
+    for (int i = 0; i < n; ++i) {
+      float* x = ws.xb.data() + static_cast<size_t>(i) * d;
+      kernels::RmsNorm(x, L.attn_post_norm, x, d, c.rms_eps);
+    }
   kernels::Add(hidden, ws.xb.data(), static_cast<int64_t>(n) * d);
 }
 
-// hidden += down(silu(gate(x)) * up(x)), x = norm(hidden), kFfnRows rows at a time.
+// hidden += post_norm(down(act(gate(x)) * up(x))), x = norm(hidden), kFfnRows rows at a time;
+// act is SiLU or GELU by the family, post_norm only for families with sandwich norms.
 void LlamaModel::FeedForwardBlock(int l, float* hidden, int n, Workspace& ws,
                                   kernels::ThreadPool& pool) const {
   const ModelConfig& c = cfg_;
@@ -341,9 +383,17 @@ void LlamaModel::FeedForwardBlock(int l, float* hidden, int n, Workspace& ws,
     const float* x = ws.xb.data() + static_cast<size_t>(i0) * d;
     kernels::MatMul(L.w_gate, x, d, m, ws.gate.data(), c.n_ff, pool, ws.scratch);
     kernels::MatMul(L.w_up, x, d, m, ws.up.data(), c.n_ff, pool, ws.scratch);
-    kernels::SiluMul(ws.gate.data(), ws.up.data(), static_cast<int64_t>(m) * c.n_ff);
-    // Into up (free after SiluMul): xb still holds the later rows' inputs.
+    if (c.spec->ffn == FfnKind::kGeGlu)
+      kernels::GeluMul(ws.gate.data(), ws.up.data(), static_cast<int64_t>(m) * c.n_ff);
+    else
+      kernels::SiluMul(ws.gate.data(), ws.up.data(), static_cast<int64_t>(m) * c.n_ff);
+    // Into up (free after the activation): xb still holds the later rows' inputs.
     kernels::MatMul(L.w_down, ws.gate.data(), c.n_ff, m, ws.up.data(), d, pool, ws.scratch);
+    if (L.ffn_post_norm)
+      for (int i = 0; i < m; ++i) {
+        float* y = ws.up.data() + static_cast<size_t>(i) * d;
+        kernels::RmsNorm(y, L.ffn_post_norm, y, d, c.rms_eps);
+      }
     kernels::Add(hidden + static_cast<size_t>(i0) * d, ws.up.data(), static_cast<int64_t>(m) * d);
   }
 }

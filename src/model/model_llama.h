@@ -1,6 +1,6 @@
-// The llama-like transformer (the families of model_arch.h: llama, qwen2, qwen3): weights mapped
-// from GGUF and the forward pass. Layers can be run in ranges, so a shard holds blocks [first,
-// last) of a model.
+// The llama-like transformer (the families of model_arch.h: llama, qwen2, qwen3, gemma3): weights
+// mapped from GGUF and the forward pass. Layers can be run in ranges, so a shard holds blocks
+// [first, last) of a model.
 #pragma once
 #include <cstdint>
 #include <cstdlib>
@@ -21,6 +21,10 @@ struct KvLayer {
   void* v = nullptr;
   TensorType type = TensorType::kF16;  // F16 (default, as llama.cpp) or F32
   int64_t n_ctx = 0;
+  // 0: n_ctx rows, position p in row p. Otherwise a sliding-window layer's ring of `ring` rows
+  // (its window plus a batch), position p in row p % ring: older keys are never read again.
+  int64_t ring = 0;
+  int64_t Row(int64_t pos) const { return ring ? pos % ring : pos; }
 };
 
 // One row of a batch: the cache of the sequence it belongs to (indexed by layer) and its
@@ -106,6 +110,7 @@ class LlamaModel {
     const float *q_norm = nullptr, *k_norm = nullptr;  // QK-norm weights (head_dim each)
     const float* ffn_norm;
     kernels::Matrix w_gate, w_up, w_down;
+    const float *attn_post_norm = nullptr, *ffn_post_norm = nullptr;  // sandwich norms
   };
   LlamaModel() = default;
   // The two halves of a block, each adding its result to `hidden`.

@@ -14,30 +14,40 @@ namespace {
 // Qwen2-0.5B (tied embedding, Q/K/V biases, rope theta 1e6).
 const std::vector<SynthPreset> kPresets = {
     {"stories110m", "llama", 768, 12, 12, 12, 0, 2048, 1024, 10000.0f, 1e-5f, true, false, 32000,
-     false, "llama2.c TinyStories 110M"},
+     false, "llama2.c TinyStories 110M", 0, 0},
     {"tinyllama-1.1b", "llama", 2048, 22, 32, 4, 0, 5632, 2048, 10000.0f, 1e-5f, false, false,
-     32000, false, "TinyLlama 1.1B (GQA 32/4)"},
+     32000, false, "TinyLlama 1.1B (GQA 32/4)", 0, 0},
     {"llama2-7b", "llama", 4096, 32, 32, 32, 0, 11008, 4096, 10000.0f, 1e-5f, false, false, 32000,
-     false, "Llama 2 7B"},
+     false, "Llama 2 7B", 0, 0},
     {"llama2-13b", "llama", 5120, 40, 40, 40, 0, 13824, 4096, 10000.0f, 1e-5f, false, false, 32000,
-     false, "Llama 2 13B"},
+     false, "Llama 2 13B", 0, 0},
     {"qwen2-0.5b", "qwen2", 896, 24, 14, 2, 0, 4864, 32768, 1000000.0f, 1e-6f, true, true, 151936,
-     false, "Qwen2 0.5B (GQA 14/2, tied embedding, QKV biases)"},
+     false, "Qwen2 0.5B (GQA 14/2, tied embedding, QKV biases)", 0, 0},
     // Qwen3-0.6B and Qwen3-4B: head size 128 from attention.key_length (q_dim 2048 > n_embd 1024
     // for 0.6B), QK-norm, no biases, rope theta 1e6, tied embedding.
     {"qwen3-0.6b", "qwen3", 1024, 28, 16, 8, 128, 3072, 40960, 1000000.0f, 1e-6f, true, false,
-     151936, false, "Qwen3 0.6B (GQA 16/8, head 128, QK-norm, tied embedding)"},
+     151936, false, "Qwen3 0.6B (GQA 16/8, head 128, QK-norm, tied embedding)", 0, 0},
     {"qwen3-4b", "qwen3", 2560, 36, 32, 8, 128, 9728, 40960, 1000000.0f, 1e-6f, true, false, 151936,
-     false, "Qwen3 4B (GQA 32/8, head 128, QK-norm, tied embedding)"},
+     false, "Qwen3 4B (GQA 32/8, head 128, QK-norm, tied embedding)", 0, 0},
     // Small shapes for fast tests: those of the shared synth-llama-spm-256 and
     // synth-qwen2-gpt2-256 test models, so that file layouts can be compared with llama.cpp's.
     {"tiny-test", "llama", 256, 4, 8, 4, 0, 768, 2048, 10000.0f, 1e-5f, false, false, 32000, true,
-     "test: llama, 4 layers of dim 256"},
+     "test: llama, 4 layers of dim 256", 0, 0},
     {"tiny-test-qwen2", "qwen2", 256, 3, 4, 2, 0, 768, 2048, 10000.0f, 1e-5f, true, true, 50257,
-     true, "test: qwen2, 3 layers of dim 256"},
+     true, "test: qwen2, 3 layers of dim 256", 0, 0},
     // The shape of the shared synth-qwen3: q_dim 512 != n_embd 96.
     {"tiny-test-qwen3", "qwen3", 96, 3, 4, 2, 128, 512, 40960, 1000000.0f, 1e-6f, true, false,
-     151936, true, "test: qwen3, 3 layers of dim 96, head 128"},
+     151936, true, "test: qwen3, 3 layers of dim 96, head 128", 0, 0},
+    // Gemma 3 1B and 4B (text): head size 256, QK-norm, sandwich norms, GeGLU, tied embedding;
+    // five sliding-window layers (512 / 1024 positions, RoPE base 10000) to one global layer
+    // (base 1e6; 4B: linear RoPE scaling by 8).
+    {"gemma3-1b", "gemma3", 1152, 26, 4, 1, 256, 6912, 32768, 1000000.0f, 1e-6f, true, false,
+     262144, false, "Gemma 3 1B (MQA 4/1, head 256, sliding window 512)", 512, 0},
+    {"gemma3-4b", "gemma3", 2560, 34, 8, 4, 256, 10240, 131072, 1000000.0f, 1e-6f, true, false,
+     262208, false, "Gemma 3 4B text (GQA 8/4, head 256, sliding window 1024)", 1024, 8},
+    // The shape of the shared synth-gemma3.
+    {"tiny-test-gemma3", "gemma3", 256, 4, 4, 1, 128, 768, 32768, 1000000.0f, 1e-6f, true, false,
+     32000, true, "test: gemma3, 4 layers of dim 256, head 128, window 64", 64, 0},
 };
 
 uint64_t SplitMix64(uint64_t& state) {
@@ -94,6 +104,7 @@ std::vector<TensorDesc> SynthTensors(const SynthPreset& p, int n_vocab) {
   const int64_t ff = p.n_ff, v = n_vocab;
   const ArchSpec* spec = FindArch(p.arch);
   const bool qk_norm = spec && spec->qk_norm;
+  const bool post_norms = spec && spec->post_norms;
   std::vector<TensorDesc> t;
   auto add = [&](std::string name, std::vector<int64_t> dims) {
     t.push_back({std::move(name), std::move(dims), TensorType::kF32});
@@ -117,10 +128,12 @@ std::vector<TensorDesc> SynthTensors(const SynthPreset& p, int n_vocab) {
       add(b + "attn_k_norm.weight", {hd});
     }
     add(b + "attn_output.weight", {q, e});
+    if (post_norms) add(b + "post_attention_norm.weight", {e});
     add(b + "ffn_norm.weight", {e});
     add(b + "ffn_gate.weight", {e, ff});
     add(b + "ffn_up.weight", {e, ff});
     add(b + "ffn_down.weight", {ff, e});
+    if (post_norms) add(b + "post_ffw_norm.weight", {e});
   }
   SortTensorsLikeLlama(t);
   return t;
@@ -204,6 +217,12 @@ SynthResult SynthesizeModel(const SynthPreset& p, const std::string& vocab, cons
   if (p.key_length) {
     w.SetU32(a + ".attention.key_length", static_cast<uint32_t>(p.key_length));
     w.SetU32(a + ".attention.value_length", static_cast<uint32_t>(p.key_length));
+  }
+  if (p.sliding_window)
+    w.SetU32(a + ".attention.sliding_window", static_cast<uint32_t>(p.sliding_window));
+  if (p.rope_scaling) {
+    w.SetString(a + ".rope.scaling.type", "linear");
+    w.SetF32(a + ".rope.scaling.factor", p.rope_scaling);
   }
   for (const auto& key : v->metadata_keys())
     if (StartsWith(key, "tokenizer.")) w.SetValue(key, *v->Find(key));

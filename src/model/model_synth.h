@@ -15,7 +15,7 @@ namespace es::model {
 
 struct SynthPreset {
   const char* name;
-  const char* arch;  // a family of model_arch.h: llama, qwen2, qwen3
+  const char* arch;  // a family of model_arch.h: llama, qwen2, qwen3, gemma3
   int n_embd;
   int n_layer;
   int n_head;
@@ -30,6 +30,8 @@ struct SynthPreset {
   int ref_vocab;     // the real model's vocabulary size, for sizes listed without a vocab file
   bool hidden;       // small presets for tests, not listed
   const char* description;
+  int sliding_window;  // attention.sliding_window; 0: not written
+  float rope_scaling;  // linear rope.scaling.factor; 0: not written
 
   int head_dim() const { return key_length ? key_length : n_embd / n_head; }
 };

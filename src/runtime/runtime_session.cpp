@@ -23,7 +23,8 @@ Session::Session(const model::LlamaModel& m, const SessionOptions& o)
     : model_(m),
       n_batch_(std::max(1, o.n_batch)),
       pool_(DefaultThreads(o.n_threads)),
-      kv_(m.config(), DefaultCtx(m.config(), o.n_ctx), o.kv_type),
+      kv_(m.config(), DefaultCtx(m.config(), o.n_ctx), o.kv_type, 0, -1,
+          o.window_kv ? n_batch_ : 0),
       ws_(m.config(), n_batch_, static_cast<int>(kv_.n_ctx()), pool_.size()) {
   const auto& c = m.config();
   hidden_.resize(static_cast<size_t>(n_batch_) * c.n_embd);
@@ -61,7 +62,16 @@ void Session::Eval(const std::vector<int32_t>& tokens, std::vector<float>* all_l
 }
 
 void Session::Truncate(int64_t n) {
-  n_past_ = std::clamp<int64_t>(n, 0, n_past_);
+  n = std::clamp<int64_t>(n, 0, n_past_);
+  if (n_past_ - n > kv_.rewind_limit()) {
+    // Sliding-window rings no longer hold the keys just before the cut: recompute the prefix.
+    std::vector<int32_t> keep(tokens_.begin(), tokens_.begin() + n);
+    n_past_ = 0;
+    tokens_.clear();
+    Eval(keep);
+    return;
+  }
+  n_past_ = n;
   tokens_.resize(static_cast<size_t>(n_past_));
 }
 

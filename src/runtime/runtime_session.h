@@ -16,6 +16,9 @@ struct SessionOptions {
   int n_threads = 0;  // 0: all hardware threads
   int n_batch = 256;  // prompt tokens per forward pass
   TensorType kv_type = TensorType::kF16;
+  // Sliding-window layers keep only their window plus a batch of keys (off: the whole context,
+  // for tests that compare the two).
+  bool window_kv = true;
 };
 
 class Session {
@@ -33,7 +36,8 @@ class Session {
   // token; if all_logits is given it receives [tokens.size(), n_vocab] logits (teacher forcing).
   void Eval(const std::vector<int32_t>& tokens, std::vector<float>* all_logits = nullptr);
   const std::vector<float>& last_logits() const { return logits_last_; }
-  // Forgets positions >= n (keeps a shared prefix for the next turn).
+  // Forgets positions >= n (keeps a shared prefix for the next turn). When that drops more
+  // positions than the sliding-window rings have spare, the prefix is evaluated again.
   void Truncate(int64_t n);
   // The tokens whose keys and values the cache holds, in order.
   const std::vector<int32_t>& tokens() const { return tokens_; }

@@ -1,0 +1,88 @@
+// gemma3: QK-norm and NEOX RoPE like qwen3, plus "sandwich" norms (the attention and feed-forward
+// outputs are RMS-normalised before their residual add), GeGLU, token embeddings scaled by
+// sqrt(n_embd), queries scaled before they meet the keys, and interleaved sliding-window (local)
+// and global attention layers with their own RoPE bases. The GGUF converter already stores the
+// norm weights as 1 + w, so every norm is a plain RMSNorm. Details follow llama.cpp's gemma3.
+#include <cmath>
+
+#include "model/model_arch.h"
+#include "model/model_config.h"
+
+namespace es::model {
+namespace {
+
+// Gemma 3's defaults when the file does not say (as llama.cpp's): five local layers, then a
+// global one; local layers rotate with base 10000 and no scaling.
+constexpr int kSwaPattern = 6;
+constexpr float kLocalRopeBase = 10000.0f;
+
+void Configure(const gguf::File& f, ModelConfig& c) {
+  const std::string p = c.arch + ".";
+  const int64_t window =
+      f.Has(p + "attention.sliding_window") ? f.GetInt(p + "attention.sliding_window") : 0;
+  if (window < 0 || window > (1 << 26))
+    throw Error(f.path() + ": attention.sliding_window " + std::to_string(window) +
+                " is out of range");
+  c.sliding_window = static_cast<int>(window);
+  // Read only with a window, as llama.cpp does (without one every layer is global).
+  const std::string pattern = p + "attention.sliding_window_pattern";
+  if (window > 0 && f.Has(pattern)) {
+    const gguf::Value* v = f.Find(pattern);
+    if (v->IsArray())
+      throw Error(f.path() + ": metadata '" + pattern +
+                  "' is a per-layer array, which edgeshard does not implement for gemma3 (a "
+                  "period, every n-th layer global, is supported)");
+    const int64_t n = f.GetInt(pattern);
+    if (n < 0 || n > 4096)
+      throw Error(f.path() + ": metadata '" + pattern + "' is " + std::to_string(n) +
+                  ", expected 0..4096");
+    c.swa_pattern = static_cast<int>(n);
+  } else {
+    c.swa_pattern = kSwaPattern;
+  }
+  c.rope_base_local =
+      static_cast<float>(f.GetFloatOr(p + "rope.freq_base_swa").value_or(kLocalRopeBase));
+  if (!(c.rope_base_local > 0)) throw Error(f.path() + ": rope.freq_base_swa must be positive");
+  const double factor = f.GetFloatOr(p + "rope.scaling.factor").value_or(0.0);
+  if (factor < 0) throw Error(f.path() + ": rope.scaling.factor must not be negative");
+  c.rope_freq_scale = factor == 0 ? 1.0f : 1.0f / static_cast<float>(factor);
+  // Gemma 3 27B was trained with queries scaled by 1/sqrt(n_embd / n_head) (168) rather than by
+  // the head size (128); llama.cpp recognises it by its 62 layers.
+  const float d =
+      c.n_layer == 62 ? static_cast<float>(c.n_embd / c.n_head) : static_cast<float>(c.head_dim);
+  c.q_scale = 1.0f / std::sqrt(d);
+}
+
+}  // namespace
+
+const ArchSpec& Gemma3Arch() {
+  static const ArchSpec spec = [] {
+    ArchSpec s = LlamaLike("gemma3", "Gemma 3 (text)", RopeStyle::kNeox,
+                           {"attn_q_norm.weight", "attn_k_norm.weight",
+                            "post_attention_norm.weight", "post_ffw_norm.weight"});
+    s.ffn = FfnKind::kGeGlu;
+    s.qk_norm = true;
+    s.post_norms = true;
+    s.scale_embeddings = true;
+    s.configure = Configure;
+    s.keys = {
+        // Read by Configure: the window, the period of global layers (layer l is global when
+        // l % n == n - 1), the local layers' RoPE base.
+        {"attention.sliding_window", nullptr, ""},
+        {"attention.sliding_window_pattern", nullptr, ""},
+        {"rope.freq_base_swa", nullptr, ""},
+        // Linear position scaling (Gemma 3 4B+: factor 8) applies to the global layers.
+        {"rope.scaling.type",
+         [](const KeyContext& x) {
+           const std::string t = x.f.GetStringOr(x.key).value_or("");
+           return t == "linear" || t == "none";
+         },
+         "RoPE scaling other than linear"},
+        {"rope.scaling.factor", nullptr, ""},
+    };
+    return s;
+  }();
+  return spec;
+}
+
+}  // namespace es::model
