@@ -287,7 +287,7 @@ def worker_cases(binary, token_file, port, wproc):
                                capture_output=True, text=True, timeout=CASE_TIMEOUT)
             outcome = "clean" if r.returncode not in (0,) and r.returncode < 128 else "crash"
             lines = r.stderr.strip().splitlines() or [""]
-            said = next((l for l in lines if "error" in l.lower()), lines[-1])
+            said = next((l for l in lines if l.startswith("edgeshard")), lines[-1])
             what = f"exit {r.returncode}: " + said.strip()[:90]
         except subprocess.TimeoutExpired:
             outcome, what = "hang", f"still running after {CASE_TIMEOUT:.0f} s"
