@@ -1,0 +1,545 @@
+// The coordinator's state and its methods, shared by shard_coordinator.cpp (the public API and
+// the step driver) and shard_coordinator_plan.cpp (devices, plans, streams, monitors). Internal
+// to src/shard.
+#pragma once
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <thread>
+
+#include "runtime/runtime_sampler.h"
+#include "runtime/runtime_stop.h"
+#include "shard/shard_coordinator.h"
+#include "shard/shard_dist_stage.h"
+#include "shard/shard_placement.h"
+#include "shard/shard_profile.h"
+#include "shard/shard_rpc.h"
+
+namespace es::shard {
+
+namespace rpc = edgeshard::rpc;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+namespace coord {
+
+inline double MsSince(Clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+}
+
+inline double WallMs() {
+  return std::chrono::duration<double, std::milli>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// A fault seen by the driver loop: a lost worker, a broken stream or a step past its deadline.
+struct Fault {
+  std::string reason;
+  bool deadline = false;
+};
+
+}  // namespace coord
+
+using coord::Fault;
+using coord::MsSince;
+using coord::WallMs;
+
+struct Coordinator::Impl {
+  CoordinatorOptions o;
+  std::string model_path, model_sha;
+  uint64_t model_bytes = 0;
+  std::unique_ptr<model::LlamaModel> model;
+  std::unique_ptr<tok::Tokenizer> tok;
+  Cluster cluster;
+  ModelUnits units;
+  int n_ctx = 0;
+  std::unique_ptr<kernels::ThreadPool> pool;
+
+  struct Device {
+    std::unique_ptr<WorkerClient> client;  // null for the source
+    std::atomic<bool> lost{false};
+    std::atomic<bool> in_plan{false};
+    std::atomic<bool> rejoined{false};
+    std::string lost_reason;  // guarded by mon_mu
+  };
+  std::vector<std::unique_ptr<Device>> devs;
+
+  // The current plan.
+  uint64_t epoch = 0;
+  std::vector<Stage> stages;
+  Evaluation planned;
+  std::string method;
+  std::unique_ptr<StageExecutor> local;
+
+  // Data-path streams of the current plan and what their readers saw.
+  std::mutex stream_mu;
+  std::unique_ptr<StreamCall> upstream, results;
+  std::thread results_reader, upstream_reader;
+  std::mutex q_mu;
+  std::condition_variable q_cv;
+  std::deque<rpc::Result> q;
+  std::string broken;  // why a stream ended ("" while both are open)
+
+  // Health monitors, one thread per worker.
+  std::vector<std::thread> monitors;
+  mutable std::mutex mon_mu;
+  std::condition_variable mon_cv;
+  bool stop = false;
+
+  // Sequences and the steps they were built from (replayed after a fault).
+  struct Entry {
+    int64_t pos = 0;
+    std::vector<int32_t> tokens;
+    bool sample = false;
+    std::vector<int32_t> accept;
+    std::optional<runtime::SamplerParams> sampling;
+    bool want_logits = false;
+    bool completed = false;
+    int32_t sampled = -1;
+  };
+  struct Seq {
+    std::vector<int32_t> tokens;  // positions issued to the stages
+    std::vector<Entry> log;
+  };
+  std::map<uint64_t, Seq> seqs;
+  uint64_t next_seq = 1, next_step = 1;
+
+  // Generation state of one request.
+  struct Gen {
+    uint64_t seq = 0;
+    GenerateParams gp;
+    runtime::SamplerParams sp;
+    std::function<bool(std::string_view)> on_text;
+    std::vector<int32_t> prompt_accept;
+    std::deque<int32_t> pending;
+    std::vector<float>* prompt_logits = nullptr;  // filled by the prompt's last step
+    bool sampler_sent = false, inflight = false, done = false, sampled_once = false;
+    int64_t limit = 0;
+    std::unique_ptr<runtime::StopMatcher> stop;
+    GenerateResult r;
+    Clock::time_point t_start, t_sent;
+  };
+  struct Part {
+    uint64_t seq;
+    size_t entry;
+  };
+  struct InFlight {
+    std::vector<Part> parts;
+    Clock::time_point sent;
+    int rows = 0;
+    bool decode = false;  // one token per sequence, not a replay: counts in the statistics
+    double pos_sum = 0;
+  };
+  std::map<uint64_t, InFlight> in_flight;
+  std::deque<Part> replay;
+
+  // Statistics (decode steps).
+  std::vector<double> st_compute, st_link, st_bytes;
+  double st_step_ms = 0, st_pos = 0;
+  int64_t st_steps = 0;
+  int replans = 0;
+  std::vector<std::string> events;
+
+  void Log(const std::string& m) {
+    if (o.log)
+      o.log(m);
+    else
+      LogLine("edgeshard", m);
+  }
+  void Event(const std::string& m) {
+    events.push_back(m);
+    Log(m);
+  }
+
+  // ---- devices and plans -------------------------------------------------------------------
+
+  bool Available(int d) const { return !devs[d]->lost.load(); }
+
+  // Errors start with the worker's name; messages about it name it once.
+  static std::string StripWho(const Device& dev, const std::string& err);
+  std::string InfeasibleMessage(const Problem& p) const;
+  Problem MakeProblem(int ctx) const;
+  bool manual = true;  // placement/baseline still in force (until a fault)
+  void Plan();
+  // Blocks [first, last) of a stage's units: unit 0 is the embedding, the last the head.
+  std::pair<int, int> Blocks(const Stage& s) const;
+  std::string StageText(size_t i) const;
+  void LoadPlan();
+  void OpenStreams();
+  void CancelStreams();
+  void Teardown();
+  void StartMonitors();
+  void Monitor(size_t d);
+  // Probes every worker of the plan (after a broken stream or a late step). Workers that do not
+  // answer, or answer with another epoch (restarted), are marked lost. Returns their names.
+  std::vector<int> FindLost();
+  std::vector<int> LostInPlan() const;
+
+  // ---- steps ------------------------------------------------------------------------------
+
+  Seq& GetSeq(uint64_t id) {
+    auto it = seqs.find(id);
+    if (it == seqs.end()) throw Error("unknown sequence " + std::to_string(id));
+    return it->second;
+  }
+
+  // Builds, computes locally and sends one step made of `parts`.
+  void Send(const std::vector<Part>& parts, bool decode) {
+    rpc::Step st;
+    st.set_id(next_step++);
+    st.set_wire(o.wire_f32 ? rpc::WIRE_F32 : rpc::WIRE_F16);
+    std::vector<int32_t> toks;
+    InFlight fl;
+    fl.parts = parts;
+    fl.decode = decode;
+    for (const Part& p : parts) {
+      const Entry& e = GetSeq(p.seq).log[p.entry];
+      rpc::Segment* seg = st.add_segments();
+      seg->set_sequence(p.seq);
+      seg->set_pos(e.pos);
+      seg->set_n_tokens(static_cast<int>(e.tokens.size()));
+      seg->set_sample(e.sample);
+      seg->set_want_logits(e.want_logits);
+      for (int32_t a : e.accept) seg->add_accept(a);
+      if (e.sampling) *seg->mutable_sampling() = ToProto(*e.sampling);
+      toks.insert(toks.end(), e.tokens.begin(), e.tokens.end());
+      fl.rows += static_cast<int>(e.tokens.size());
+      fl.pos_sum += double(e.pos);
+    }
+    fl.sent = Clock::now();
+    std::vector<float> hidden;
+    StageExecutor::Output out = local->Run(st, toks, hidden);
+    rpc::Timing tm;
+    tm.set_stage(cluster.devices[stages[0].device].name);
+    tm.set_compute_ms(out.compute_ms);
+    in_flight[st.id()] = std::move(fl);
+    if (stages.size() == 1) {
+      rpc::Result r;
+      r.set_step(st.id());
+      for (uint64_t s : out.sequences) r.add_sequences(s);
+      for (int32_t t : out.tokens) r.add_tokens(t);
+      r.mutable_logits()->Add(out.logits.begin(), out.logits.end());
+      *r.add_timings() = tm;
+      std::lock_guard<std::mutex> lock(q_mu);
+      q.push_back(std::move(r));
+      return;
+    }
+    st.set_hidden(EncodeActivations(hidden.data(), hidden.size(), st.wire()));
+    *st.add_timings() = tm;
+    st.set_sent_unix_ms(WallMs());
+    rpc::Frame f;
+    *f.mutable_step() = std::move(st);
+    bool ok = false;
+    {
+      std::unique_lock<std::mutex> lock(stream_mu);
+      StreamCall* call = upstream.get();
+      lock.unlock();  // Write may block on a stalled worker; the monitor cancels it
+      ok = call && call->Write(f);
+    }
+    if (!ok) {
+      std::lock_guard<std::mutex> lock(q_mu);
+      if (broken.empty())
+        broken = "sending to " + devs[stages[1].device]->client->Who() + " failed";
+    }
+  }
+
+  // Waits for the next result; throws Fault when a worker is lost or a stream breaks.
+  rpc::Result Wait(Clock::time_point deadline) {
+    std::unique_lock<std::mutex> lock(q_mu);
+    while (true) {
+      if (!q.empty()) {
+        rpc::Result r = std::move(q.front());
+        q.pop_front();
+        return r;
+      }
+      for (int d : LostInPlan()) {
+        std::lock_guard<std::mutex> m(mon_mu);
+        throw Fault{devs[d]->client->Who() + " stopped answering: " + devs[d]->lost_reason};
+      }
+      if (!broken.empty()) throw Fault{broken};
+      if (Clock::now() >= deadline) throw Fault{"a step is past its deadline", true};
+      q_cv.wait_for(lock, milliseconds(20));
+    }
+  }
+
+  Clock::time_point StepDeadline() const {
+    int rows = 0;
+    for (const auto& [id, f] : in_flight) rows = std::max(rows, f.rows);
+    Clock::time_point oldest = Clock::now();
+    for (const auto& [id, f] : in_flight) oldest = std::min(oldest, f.sent);
+    return oldest + o.step_deadline_base + o.step_deadline_per_row * rows;
+  }
+
+  // After a fault: find the lost workers, replan without them, reload, and queue every logged
+  // step again. Throws es::Error when nothing fits any more or the fault was not a lost worker.
+  void Recover(const Fault& f) {
+    std::vector<int> lost = FindLost();
+    if (lost.empty()) {
+      if (f.deadline) {
+        Log("warning: " + f.reason + ", but every worker answers; waiting longer");
+        for (auto& [id, fl] : in_flight) fl.sent = Clock::now();
+        return;
+      }
+      // A stream ended while every worker is alive: a worker refused it (see its log).
+      Teardown();
+      throw Error("distributed generation failed: " + f.reason +
+                  " although every worker answers (see the workers' logs)");
+    }
+    for (int d : lost) {
+      std::lock_guard<std::mutex> lock(mon_mu);
+      Event(fmt::format("lost {}: {}", devs[d]->client->Who(), devs[d]->lost_reason));
+    }
+    if (manual && (!o.placement.empty() || !o.baseline.empty()))
+      Event("the manual plan no longer applies; the planner chooses from here on");
+    manual = false;
+    for (int attempt = 0;; ++attempt) {
+      try {
+        Plan();
+        LoadPlan();
+        break;
+      } catch (const RpcError& e) {
+        if (!e.unreachable() || attempt > int(devs.size())) throw;
+        const auto more = FindLost();
+        if (more.empty()) throw;
+        for (int d : more) Event(fmt::format("lost {} while replanning", devs[d]->client->Who()));
+      }
+    }
+    ++replans;
+    Event(fmt::format("replanned on {} device(s): {}", stages.size(), PlanLine()));
+    QueueReplay();
+  }
+
+  void QueueReplay() {
+    in_flight.clear();
+    replay.clear();
+    for (auto& [id, s] : seqs)
+      for (size_t i = 0; i < s.log.size(); ++i) replay.push_back({id, i});
+  }
+
+  std::string PlanLine() const {
+    std::string t;
+    for (size_t i = 0; i < stages.size(); ++i) t += (i ? " -> " : "") + StageText(i);
+    return t;
+  }
+
+  // A device that came back is taken into the plan at the start of the next request.
+  void MaybeRejoin() {
+    bool any = false;
+    for (auto& d : devs)
+      if (d->rejoined.exchange(false)) {
+        any = true;
+        Event(d->client->Who() + " is back and may rejoin");
+      }
+    if (!any) return;
+    manual = false;
+    const auto old = stages;
+    Plan();
+    if (stages == old) return;
+    LoadPlan();
+    ++replans;
+    Event(fmt::format("replanned on {} device(s): {}", stages.size(), PlanLine()));
+    QueueReplay();
+    DrainReplay();
+  }
+
+  // ---- the driver ---------------------------------------------------------------------------
+
+  void Finish(Gen& g) {
+    g.done = true;
+    if (g.r.stop_reason != "stop" && g.r.stop_reason != "cancelled") {
+      const std::string rest = g.stop->Flush();
+      if (!rest.empty()) {
+        g.r.text += rest;
+        if (g.on_text) g.on_text(rest);
+      }
+    }
+  }
+
+  void OnToken(Gen& g, int32_t id) {
+    const Seq& s = GetSeq(g.seq);
+    if (!g.sampled_once) {
+      g.sampled_once = true;
+      g.r.prompt_ms = MsSince(g.t_start);
+    } else {
+      g.r.decode_ms += MsSince(g.t_sent);
+      ++g.r.n_decode;
+    }
+    if (!g.gp.ignore_eos && tok->IsEog(id)) {
+      g.r.stop_reason = "eos";
+      return Finish(g);
+    }
+    g.r.tokens.push_back(id);
+    auto fed = g.stop->Feed(tok->TokenToPiece(id));
+    if (!fed.text.empty()) {
+      g.r.text += fed.text;
+      if (g.on_text && !g.on_text(fed.text)) {
+        g.r.stop_reason = "cancelled";
+        return Finish(g);
+      }
+    }
+    if (fed.stopped) {
+      g.r.stop_reason = "stop";
+      return Finish(g);
+    }
+    if (static_cast<int64_t>(g.r.tokens.size()) >= g.limit) return Finish(g);
+    if (static_cast<int64_t>(s.tokens.size()) >= n_ctx) {
+      g.r.stop_reason = "context";
+      return Finish(g);
+    }
+    g.pending.push_back(id);
+  }
+
+  // The next chunk of a request as a logged entry.
+  Part NextEntry(Gen& g, int max_rows) {
+    Seq& s = GetSeq(g.seq);
+    Entry e;
+    e.pos = static_cast<int64_t>(s.tokens.size());
+    const size_t n = std::min<size_t>({static_cast<size_t>(o.n_batch), g.pending.size(),
+                                       static_cast<size_t>(std::max(1, max_rows))});
+    for (size_t i = 0; i < n; ++i) e.tokens.push_back(g.pending[i]);
+    g.pending.erase(g.pending.begin(), g.pending.begin() + static_cast<std::ptrdiff_t>(n));
+    e.sample = g.pending.empty() && g.limit > 0;
+    e.want_logits = g.pending.empty() && g.prompt_logits && !g.sampler_sent;
+    if (e.sample) {
+      if (!g.sampler_sent) {
+        e.sampling = g.sp;
+        e.accept = g.prompt_accept;
+        g.sampler_sent = true;
+      } else {
+        e.accept = e.tokens;  // the token sampled last is recorded before the next draw
+      }
+    }
+    s.tokens.insert(s.tokens.end(), e.tokens.begin(), e.tokens.end());
+    s.log.push_back(std::move(e));
+    g.inflight = true;
+    g.t_sent = Clock::now();
+    return {g.seq, s.log.size() - 1};
+  }
+
+  void HandleResult(const rpc::Result& r, std::map<uint64_t, Gen*>& gens) {
+    if (!r.error().empty()) throw Error("distributed generation failed: " + r.error());
+    auto it = in_flight.find(r.step());
+    if (it == in_flight.end()) return;  // from before a replan
+    InFlight fl = std::move(it->second);
+    in_flight.erase(it);
+    if (fl.decode && static_cast<size_t>(r.timings_size()) == stages.size()) {
+      const double wall = MsSince(fl.sent);
+      double inner = 0;
+      for (size_t i = 0; i < stages.size(); ++i) {
+        st_compute[i] += r.timings(i).compute_ms();
+        inner += r.timings(i).compute_ms();
+        if (i + 1 < stages.size()) {
+          st_link[i] += r.timings(i + 1).link_ms();
+          st_bytes[i] += double(r.timings(i + 1).wire_bytes());
+          inner += r.timings(i + 1).link_ms();
+        }
+      }
+      if (stages.size() > 1) {
+        st_link.back() += std::max(0.0, wall - inner);  // token ids back to the source
+        st_bytes.back() += 4.0 * r.tokens_size();
+      }
+      st_step_ms += wall;
+      st_pos += fl.pos_sum / std::max<size_t>(1, fl.parts.size());
+      ++st_steps;
+    }
+    int k = 0;
+    const size_t V = static_cast<size_t>(model->config().n_vocab);
+    size_t logit_off = 0;
+    for (const Part& p : fl.parts) {
+      Entry& e = GetSeq(p.seq).log[p.entry];
+      const float* logits = nullptr;
+      if (e.want_logits) {
+        if (logit_off + V > static_cast<size_t>(r.logits_size()))
+          throw Error("the last stage returned fewer logits than asked for");
+        logits = r.logits().data() + logit_off;
+        logit_off += V;
+      }
+      int32_t tok = -1;
+      if (e.sample) {
+        if (k >= r.tokens_size() || r.sequences(k) != p.seq)
+          throw Error("the last stage returned tokens for other sequences than it was sent");
+        tok = r.tokens(k++);
+      }
+      if (e.completed) {  // a replayed step: its token was already delivered
+        if (e.sample && tok != e.sampled)
+          Event(fmt::format("warning: replay of sequence {} sampled {} where it had {}", p.seq, tok,
+                            e.sampled));
+        continue;
+      }
+      e.completed = true;
+      e.sampled = tok;
+      auto g = gens.find(p.seq);
+      if (g == gens.end()) continue;
+      g->second->inflight = false;
+      if (logits && g->second->prompt_logits) g->second->prompt_logits->assign(logits, logits + V);
+      if (e.sample)
+        OnToken(*g->second, tok);
+      else if (g->second->pending.empty())
+        Finish(*g->second);  // max_tokens 0
+    }
+  }
+
+  // Sends every queued replay step and waits until the caches are rebuilt.
+  void DrainReplay() {
+    std::map<uint64_t, Gen*> none;
+    Run(none, 64, 1);
+  }
+
+  // The scheduling loop: sends replays first, then new steps of ready requests, keeping up to
+  // `depth` steps in flight; handles faults.
+  void Run(std::map<uint64_t, Gen*>& gens, int depth, int micro_batch) {
+    while (true) {
+      try {
+        while (!replay.empty() && static_cast<int>(in_flight.size()) < std::max(depth, 16)) {
+          Part p = replay.front();
+          replay.pop_front();
+          if (!seqs.count(p.seq)) continue;
+          Send({p}, false);
+        }
+        if (replay.empty()) {
+          while (static_cast<int>(in_flight.size()) < depth) {
+            std::vector<Part> parts;
+            int rows = 0;
+            bool decode = true;
+            for (auto& [id, g] : gens) {
+              if (static_cast<int>(parts.size()) >= micro_batch || rows >= o.n_batch) break;
+              if (g->done || g->inflight || g->pending.empty()) continue;
+              parts.push_back(NextEntry(*g, o.n_batch - rows));
+              const auto& e = GetSeq(id).log.back();
+              rows += static_cast<int>(e.tokens.size());
+              decode = decode && e.tokens.size() == 1 && g->sampled_once;
+            }
+            if (parts.empty()) break;
+            Send(parts, decode);
+          }
+        }
+        bool busy = !in_flight.empty() || !replay.empty();
+        if (!busy) {
+          for (auto& [id, g] : gens)
+            if (!g->done) {
+              // Nothing in flight and nothing to send: the request is complete.
+              if (!g->inflight && g->pending.empty()) Finish(*g);
+            }
+          return;
+        }
+        if (in_flight.empty()) continue;
+        const rpc::Result r = Wait(StepDeadline());
+        HandleResult(r, gens);
+      } catch (const Fault& f) {
+        Recover(f);
+      }
+    }
+  }
+};
+
+}  // namespace es::shard
