@@ -155,6 +155,18 @@ def run_http_case(port, name, raw, expected):
     return outcome, what, (time.time() - t0) * 1000
 
 
+def count_429(socks):
+    """How many of the open sockets the server answered with 429 (read without waiting)."""
+    n = 0
+    for s in socks:
+        s.setblocking(False)
+        try:
+            n += s.recv(64).startswith(b"HTTP/1.1 429")
+        except OSError:
+            pass
+    return n
+
+
 def slowloris(port, n=200, source="127.0.0.2"):
     """n half-sent requests from one address; /health from another while they are open."""
     socks, refused = [], 0
@@ -167,13 +179,8 @@ def slowloris(port, n=200, source="127.0.0.2"):
             refused += 1
     time.sleep(0.3)
     worst = max((health_ms(port) or 1e9) for _ in range(5))
+    refused += count_429(socks)
     for s in socks:
-        s.setblocking(False)
-        try:
-            if s.recv(64).startswith(b"HTTP/1.1 429"):
-                refused += 1
-        except OSError:
-            pass
         s.close()
     ok = worst < 1000
     return ("clean" if ok else "hang"), f"{refused} of {n} refused (429 or closed)", worst
@@ -206,20 +213,14 @@ def trickle(port, interval=0.5, limit=30.0):
 
 def flood(port, n=300, source="127.0.0.3"):
     """n idle connections from one address, held open: the ones past the per-client limit get 429."""
-    socks, got429 = [], 0
+    socks = []
     for _ in range(n):
         try:
             socks.append(connect(port, source=source, timeout=2))
         except OSError:
             pass
     time.sleep(0.5)
-    for s in socks:
-        s.setblocking(False)
-        try:
-            if s.recv(64).startswith(b"HTTP/1.1 429"):
-                got429 += 1
-        except OSError:
-            pass
+    got429 = count_429(socks)
     h = health_ms(port)
     for s in socks:
         s.close()

@@ -3,7 +3,9 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <iterator>
 #include <thread>
+#include <utility>
 
 #include "cli/cli_command.h"
 #include "cli/cli_common.h"
@@ -101,22 +103,22 @@ const bool registered = RegisterCommand("serve", [](CLI::App& app) {
                   "connections one client address may hold at once; more are answered 429")
       ->check(CLI::Range(1, 65536))
       ->capture_default_str();
-  cmd->add_option("--http-head-timeout", o->head_timeout_s,
-                  "seconds a client has to send a request's line and headers")
-      ->check(CLI::Range(0.1, 3600.0))
-      ->capture_default_str();
-  cmd->add_option("--http-body-timeout", o->body_timeout_s,
-                  "seconds a client has to send a request's body, after its headers")
-      ->check(CLI::Range(0.1, 3600.0))
-      ->capture_default_str();
-  cmd->add_option("--http-idle-timeout", o->idle_timeout_s,
-                  "seconds a kept-alive connection may wait for its next request")
-      ->check(CLI::Range(0.1, 3600.0))
-      ->capture_default_str();
-  cmd->add_option("--http-write-timeout", o->write_timeout_s,
-                  "seconds a client may take no response bytes before it is dropped")
-      ->check(CLI::Range(0.1, 3600.0))
-      ->capture_default_str();
+  const struct {
+    const char* name;
+    double* seconds;
+    const char* what;
+  } timeouts[] = {{"--http-head-timeout", &o->head_timeout_s,
+                   "seconds a client has to send a request's line and headers"},
+                  {"--http-body-timeout", &o->body_timeout_s,
+                   "seconds a client has to send a request's body, after its headers"},
+                  {"--http-idle-timeout", &o->idle_timeout_s,
+                   "seconds a kept-alive connection may wait for its next request"},
+                  {"--http-write-timeout", &o->write_timeout_s,
+                   "seconds a client may take no response bytes before it is dropped"}};
+  for (const auto& t : timeouts)
+    cmd->add_option(t.name, *t.seconds, t.what)
+        ->check(CLI::Range(0.1, 3600.0))
+        ->capture_default_str();
   cmd->add_flag("-v,--verbose", s.log_requests, "log every request on stderr");
   // Makes tiny models slow enough for overload and disconnect tests to be deterministic.
   cmd->add_option("--test-step-delay-ms", s.sched.step_delay_ms,

@@ -204,19 +204,10 @@ void GuardedServer::RaiseBacklog() {
   if (s != INVALID_SOCKET) ::listen(s, limits_.listen_backlog);
 }
 
-size_t GuardedServer::refused() const {
-  std::lock_guard lock(mu_);
-  return refused_;
-}
-
 bool GuardedServer::Admit(const std::string& client) {
   std::lock_guard lock(mu_);
   int& n = per_client_[client];
-  if (n >= limits_.max_per_client) {
-    ++refused_;
-    if (n == 0) per_client_.erase(client);
-    return false;
-  }
+  if (n >= limits_.max_per_client) return false;
   ++n;
   return true;
 }

@@ -59,8 +59,6 @@ class GuardedServer : public httplib::Server {
   const ConnLimits& limits() const { return limits_; }
   // Raises the listen backlog of the bound socket (httplib binds with 5). Call after binding.
   void RaiseBacklog();
-  // Connections refused so far because their client address held too many.
-  size_t refused() const;
 
  private:
   // Overrides httplib's private virtual: every accepted socket is handed here on a pool thread.
@@ -69,9 +67,8 @@ class GuardedServer : public httplib::Server {
   void Leave(const std::string& client);
 
   ConnLimits limits_;
-  mutable std::mutex mu_;
+  std::mutex mu_;
   std::map<std::string, int> per_client_;
-  size_t refused_ = 0;
 };
 
 }  // namespace es::server
