@@ -72,7 +72,7 @@ TEST(ModelSupport, UnusedTensorsAreRefused) {
     std::vector<int64_t> dims;
     const char* says;
   } cases[] = {
-      {"rope_freqs.weight", {4}, "RoPE frequency factors"},
+      {"rope_factors_long.weight", {4}, "RoPE frequency factors"},  // LongRoPE: phi3 only
       {"blk.0.attn_q_norm.weight", {8}, "QK-norm"},
       {"blk.1.attn_k_norm.weight", {8}, "QK-norm"},
       {"blk.0.attn_output.bias", {64}, "bias"},
@@ -99,20 +99,10 @@ TEST(ModelSupport, KeysThatChangeTheArithmeticAreRefused) {
     std::function<void(Writer&, const std::string&)> set;
     const char* says;
   } cases[] = {
-      {"llama.rope.scaling.type", [](Writer& w, const std::string& k) { w.SetString(k, "yarn"); },
-       "RoPE scaling"},
       {"llama.rope.scaling.type",
-       [](Writer& w, const std::string& k) {
-         w.SetString(k, "linear");
-         w.SetF32("llama.rope.scaling.factor", 4.0f);
-       },
-       "RoPE scaling"},
-      {"llama.rope.scaling.factor", [](Writer& w, const std::string& k) { w.SetF32(k, 8.0f); },
-       "position interpolation"},
-      {"llama.rope.scaling.attn_factor", [](Writer& w, const std::string& k) { w.SetF32(k, 1.2f); },
-       "YaRN"},
-      {"llama.rope.scaling.yarn_log_multiplier",
-       [](Writer& w, const std::string& k) { w.SetF32(k, 0.1f); }, "YaRN"},
+       [](Writer& w, const std::string& k) { w.SetString(k, "dynamic"); }, "not implemented"},
+      {"llama.rope.scaling.yarn_ext_factor",
+       [](Writer& w, const std::string& k) { w.SetF32(k, 0.5f); }, "YaRN"},
       {"llama.rope.dimension_sections",
        [](Writer& w, const std::string& k) {
          const int32_t s[4] = {16, 24, 24, 0};
@@ -208,6 +198,74 @@ TEST(ModelSupport, LlamaQkvBiasesAreComputed) {
   Refused(partial, "blk.1.attn_q.bias");
 }
 
+// The last-position logits of `path` after a 40-token prompt at positions 0..39 (or, with
+// `offset`, a prompt starting there: the cache is filled with the same tokens first).
+std::vector<float> LastLogits(const std::string& path, int n_ctx = 64) {
+  auto m = es::model::LlamaModel::Load(path, {});
+  es::runtime::SessionOptions so;
+  so.n_ctx = n_ctx;
+  so.n_threads = 1;
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 40; ++i) prompt.push_back(1 + (i * 37) % 500);
+  es::runtime::Session s(*m, so);
+  s.Eval(prompt);
+  return s.last_logits();
+}
+
+double MaxDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  double d = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i)
+    d = std::max(d, std::fabs(double(a[i]) - b[i]));
+  return d;
+}
+
+// RoPE scaling is computed for every family: linear and YaRN from their keys, Llama 3's
+// frequency factors from rope_freqs.weight. Each changes the result; the config holds the
+// values llama.cpp derives (fidelity against llama.cpp: test_fidelity's generated families).
+TEST(ModelSupport, RopeScalingIsComputed) {
+  const std::vector<float> plain = LastLogits(es::test::ModelPath("stories260K.gguf"));
+  {
+    const std::string path = Variant("linear", [](Writer& w) {
+      w.SetString("llama.rope.scaling.type", "linear");
+      w.SetF32("llama.rope.scaling.factor", 4.0f);
+    });
+    EXPECT_EQ(es::model::LlamaModel::Load(path, {})->config().rope_freq_scale, 0.25f);
+    EXPECT_GT(MaxDiff(plain, LastLogits(path)), 1e-3);
+    std::filesystem::remove(path);
+  }
+  {
+    const std::string path = Variant("yarn", [](Writer& w) {
+      w.SetString("llama.rope.scaling.type", "yarn");
+      w.SetF32("llama.rope.scaling.factor", 4.0f);
+      w.SetU32("llama.rope.scaling.original_context_length", 32);
+    });
+    const auto c = es::model::LlamaModel::Load(path, {})->config();
+    EXPECT_EQ(c.rope_ext_factor, 1.0f);
+    EXPECT_EQ(c.n_ctx_orig, 32);
+    // mscale(4) / (1 + 0.1 ln 4): the kernel's own magnitude factor cancels out.
+    const float m = 0.1f * std::log(4.0f) + 1.0f;
+    EXPECT_FLOAT_EQ(c.rope_attn_factor, m * (1.0f / m));
+    EXPECT_GT(MaxDiff(plain, LastLogits(path)), 1e-3);
+    std::filesystem::remove(path);
+  }
+  {
+    // stories260K rotates 8 dims: 4 factors.
+    const std::vector<float> factors = {1.0f, 2.0f, 4.0f, 8.0f};
+    const std::string path = Variant("rope_freqs", [&](Writer& w) {
+      w.AddTensor("rope_freqs.weight", {4}, es::TensorType::kF32, factors.data());
+    });
+    EXPECT_TRUE(es::model::LlamaModel::Load(path, {})->config().rope_freqs);
+    EXPECT_GT(MaxDiff(plain, LastLogits(path)), 1e-3);
+    std::filesystem::remove(path);
+    // Factors of the wrong length are named.
+    Refused(Variant("rope_freqs_len",
+                    [&](Writer& w) {
+                      w.AddTensor("rope_freqs.weight", {3}, es::TensorType::kF32, factors.data());
+                    }),
+            "rope_freqs.weight");
+  }
+}
+
 // What a file may hold comes from its family (model_arch_*.cpp): QK-norm tensors are computed in
 // qwen3 and refused in qwen2; each family's required tensors must be in every block.
 TEST(ModelSupport, TensorsComeFromTheFamily) {
@@ -242,8 +300,9 @@ TEST(ModelSupport, TensorsComeFromTheFamily) {
                   }),
           "blk.1.attn_q.bias");
   // An architecture without a family file is refused, listing the ones there are.
-  Refused(Variant("arch", [](Writer& w) { w.SetString("general.architecture", "gemma2"); }),
-          "not supported (supported: llama, qwen2, qwen3, gemma3)");
+  Refused(Variant("arch", [](Writer& w) { w.SetString("general.architecture", "phi2"); }),
+          "not supported (supported: llama, qwen2, qwen3, gemma2, gemma3, phi3, smollm3, "
+          "mistral3)");
 }
 
 // gemma3 (model_arch_gemma3.cpp): what llama.cpp computes is loaded, the rest is refused by name.
@@ -327,7 +386,7 @@ TEST(ModelSupport, FamiliesAreConsistent) {
     EXPECT_EQ(a->post_norms, a->FindBlock("post_attention_norm.weight") != nullptr);
     EXPECT_EQ(a->post_norms, a->FindBlock("post_ffw_norm.weight") != nullptr);
   }
-  EXPECT_EQ(es::model::FindArch("gemma2"), nullptr);
+  EXPECT_EQ(es::model::FindArch("phi2"), nullptr);
 }
 
 }  // namespace

@@ -94,12 +94,32 @@ void Add(float* x, const float* y, int64_t n);
 void SiluMul(float* gate, const float* up, int64_t n);
 // gate[i] = gelu(gate[i]) * up[i], GELU's tanh form through llama.cpp's f16 lookup table (GeGLU).
 void GeluMul(float* gate, const float* up, int64_t n);
+// x[i] = cap * tanh(x[i] * (1 / cap)): logit soft-capping, in ggml's order of float operations.
+void SoftCap(float* x, int64_t n, float cap);
 // In-place softmax over n values; returns nothing. Max-subtracted, f32 exp, sum in double.
 void Softmax(float* x, int64_t n);
-// Rotary embedding on one head of `head_dim` values at position `pos`, rotating the first
-// `n_rot` dims. neox=false: pairs (2i, 2i+1); neox=true: pairs (i, i + n_rot/2).
-// theta_i = freq_scale * pos * base^(-2i/n_rot), computed as ggml does (theta *= theta_scale,
-// then the linear-scaling factor freq_scale, 1 / rope.scaling.factor).
+// How positions become rotation angles, as llama.cpp's rope_ext computes them: pair i of the
+// first n_rot dims turns by theta_i = pos * base^(-2i/n_rot) / factors[i] (factors: Llama 3 /
+// LongRoPE frequency divisors, or none), interpolated by freq_scale (1 / linear or YaRN factor);
+// with ext_factor != 0 (YaRN) the interpolated and plain angles are blended over the dims
+// corr_lo..corr_hi and the magnitude gains 1 + 0.1 ln(1 / freq_scale); cos and sin are multiplied
+// by attn_factor. neox=false: pairs (2i, 2i+1); neox=true: pairs (i, i + n_rot/2).
+struct RopeParams {
+  int64_t n_rot = 0;
+  float base = 10000.0f;
+  float freq_scale = 1.0f;
+  const float* factors = nullptr;  // n_rot/2 values
+  float ext_factor = 0.0f;
+  float attn_factor = 1.0f;
+  float corr_lo = 0.0f, corr_hi = 0.0f;
+  bool neox = false;
+};
+// The dims YaRN blends over, for a model trained on n_ctx_orig positions (ggml's corr dims).
+void RopeYarnCorrDims(int64_t n_rot, int64_t n_ctx_orig, float base, float beta_fast,
+                      float beta_slow, float* lo, float* hi);
+// Rotary embedding on one head of `head_dim` values at position `pos` (dims past n_rot unchanged).
+void Rope(float* x, int64_t head_dim, int64_t pos, const RopeParams& p);
+// Plain or linearly scaled RoPE: theta_i = freq_scale * pos * base^(-2i/n_rot).
 void Rope(float* x, int64_t head_dim, int64_t n_rot, int64_t pos, float freq_base, bool neox,
           float freq_scale = 1.0f);
 // Dot product of two f16 vectors, f32 accumulation.

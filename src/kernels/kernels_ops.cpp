@@ -359,34 +359,48 @@ void SoftmaxImpl(float* x, int64_t n) {
 
 // Per-thread cache of the cos/sin table: every head at one position shares it.
 struct RopeCache {
-  int64_t pos = -1, n_rot = -1;
-  float base = 0.0f, scale = 1.0f;
+  int64_t pos = -1;
+  RopeParams p;
   std::vector<float> cos, sin;
+  bool Matches(int64_t at, const RopeParams& q) const {
+    return pos == at && p.n_rot == q.n_rot && p.base == q.base && p.freq_scale == q.freq_scale &&
+           p.factors == q.factors && p.ext_factor == q.ext_factor &&
+           p.attn_factor == q.attn_factor && p.corr_lo == q.corr_lo && p.corr_hi == q.corr_hi;
+  }
 };
 
 // x0' = fma(x0, cos, -(x1 * sin)), x1' = fma(x0, sin, x1 * cos): the contraction GCC makes of
-// ggml's scalar rotation in the reference build.
-void RopeImpl(float* x, int64_t head_dim, int64_t n_rot, int64_t pos, float freq_base, bool neox,
-              float freq_scale) {
+// ggml's scalar rotation in the reference build. The table follows ggml's cache: theta advances
+// by theta_scale each pair, the factor divides it, and the float operations are ggml's, in order.
+void RopeImpl(float* x, int64_t head_dim, int64_t pos, const RopeParams& p) {
   (void)head_dim;
   static thread_local RopeCache cache;
+  const int64_t n_rot = p.n_rot;
   const int64_t half = n_rot / 2;
-  if (cache.pos != pos || cache.n_rot != n_rot || cache.base != freq_base ||
-      cache.scale != freq_scale) {
+  if (!cache.Matches(pos, p)) {
     cache.cos.resize(static_cast<size_t>(half));
     cache.sin.resize(static_cast<size_t>(half));
-    const float theta_scale = std::pow(freq_base, -2.0f / static_cast<float>(n_rot));
+    const float theta_scale = std::pow(p.base, -2.0f / static_cast<float>(n_rot));
+    float mscale = p.attn_factor;
+    if (p.ext_factor != 0.0f) mscale *= 1.0f + 0.1f * std::log(1.0f / p.freq_scale);
     float theta = static_cast<float>(pos);
     for (int64_t i = 0; i < half; ++i) {
-      cache.cos[i] = std::cos(freq_scale * theta);  // exact when freq_scale is 1
-      cache.sin[i] = std::sin(freq_scale * theta);
+      const float extrap = p.factors ? theta / p.factors[i] : theta;
+      float t = p.freq_scale * extrap;  // exact when freq_scale is 1
+      if (p.ext_factor != 0.0f) {
+        const float y =
+            (static_cast<float>(i) - p.corr_lo) / std::max(0.001f, p.corr_hi - p.corr_lo);
+        const float mix = (1 - std::min(1.0f, std::max(0.0f, y))) * p.ext_factor;
+        t = t * (1 - mix) + extrap * mix;
+      }
+      cache.cos[i] = std::cos(t) * mscale;
+      cache.sin[i] = std::sin(t) * mscale;
       theta *= theta_scale;
     }
     cache.pos = pos;
-    cache.n_rot = n_rot;
-    cache.base = freq_base;
-    cache.scale = freq_scale;
+    cache.p = p;
   }
+  const bool neox = p.neox;
   const float* cs = cache.cos.data();
   const float* sn = cache.sin.data();
   const hn::ScalableTag<float> df;
@@ -725,12 +739,35 @@ void SiluMul(float* gate, const float* up, int64_t n) {
 void Softmax(float* x, int64_t n) {
   HWY_DYNAMIC_DISPATCH(SoftmaxImpl)(x, n);
 }
+void SoftCap(float* x, int64_t n, float cap) {
+  const float inv = 1.0f / cap;
+  for (int64_t i = 0; i < n; ++i) x[i] = std::tanh(x[i] * inv) * cap;
+}
+void Rope(float* x, int64_t head_dim, int64_t pos, const RopeParams& p) {
+  if (p.n_rot <= 0 || p.n_rot % 2 != 0 || p.n_rot > head_dim)
+    throw Error("Rope: rotated dims " + std::to_string(p.n_rot) +
+                " must be even and at most the head size " + std::to_string(head_dim));
+  HWY_DYNAMIC_DISPATCH(RopeImpl)(x, head_dim, pos, p);
+}
 void Rope(float* x, int64_t head_dim, int64_t n_rot, int64_t pos, float freq_base, bool neox,
           float freq_scale) {
-  if (n_rot <= 0 || n_rot % 2 != 0 || n_rot > head_dim)
-    throw Error("Rope: rotated dims " + std::to_string(n_rot) +
-                " must be even and at most the head size " + std::to_string(head_dim));
-  HWY_DYNAMIC_DISPATCH(RopeImpl)(x, head_dim, n_rot, pos, freq_base, neox, freq_scale);
+  RopeParams p;
+  p.n_rot = n_rot;
+  p.base = freq_base;
+  p.freq_scale = freq_scale;
+  p.neox = neox;
+  Rope(x, head_dim, pos, p);
+}
+void RopeYarnCorrDims(int64_t n_rot, int64_t n_ctx_orig, float base, float beta_fast,
+                      float beta_slow, float* lo, float* hi) {
+  // The dim whose wavelength fits `turns` times in the training context.
+  auto dim = [&](float turns) {
+    return static_cast<float>(n_rot) *
+           std::log(static_cast<float>(n_ctx_orig) / (turns * 2 * static_cast<float>(M_PI))) /
+           (2 * std::log(base));
+  };
+  *lo = std::max(0.0f, std::floor(dim(beta_fast)));
+  *hi = std::min(static_cast<float>(n_rot - 1), std::ceil(dim(beta_slow)));
 }
 float DotF16(const f16_t* a, const f16_t* b, int64_t n) {
   return HWY_DYNAMIC_DISPATCH(DotF16Impl)(a, b, n);

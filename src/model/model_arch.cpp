@@ -1,19 +1,26 @@
 #include "model/model_arch.h"
 
+#include "model/model_config.h"
+
 namespace es::model {
 
 // Each family file defines one of these.
 const ArchSpec& LlamaArch();
 const ArchSpec& Qwen2Arch();
 const ArchSpec& Qwen3Arch();
+const ArchSpec& Gemma2Arch();
 const ArchSpec& Gemma3Arch();
+const ArchSpec& Phi3Arch();
+const ArchSpec& SmolLm3Arch();
+const ArchSpec& Mistral3Arch();
 
 // An explicit table, not self-registration: the families live in a static library, and the linker
 // drops an object file nothing refers to, so a self-registering family could silently vanish
 // from a binary. Adding a family adds one line here.
 const std::vector<const ArchSpec*>& Architectures() {
-  static const std::vector<const ArchSpec*> all = {&LlamaArch(), &Qwen2Arch(), &Qwen3Arch(),
-                                                   &Gemma3Arch()};
+  static const std::vector<const ArchSpec*> all = {&LlamaArch(),   &Qwen2Arch(),   &Qwen3Arch(),
+                                                   &Gemma2Arch(),  &Gemma3Arch(),  &Phi3Arch(),
+                                                   &SmolLm3Arch(), &Mistral3Arch()};
   return all;
 }
 
@@ -54,6 +61,34 @@ ArchSpec LlamaLike(std::string_view name, std::string_view about, RopeStyle rope
     s.block.push_back({t});
   for (std::string_view t : extra) s.block.push_back({t, need});
   return s;
+}
+
+void ReadSlidingWindow(const gguf::File& f, ModelConfig& c, int default_window,
+                       int default_pattern) {
+  const std::string p = c.arch + ".";
+  const int64_t window = f.Has(p + "attention.sliding_window")
+                             ? f.GetInt(p + "attention.sliding_window")
+                             : default_window;
+  if (window < 0 || window > (1 << 26))
+    throw Error(f.path() + ": attention.sliding_window " + std::to_string(window) +
+                " is out of range");
+  c.sliding_window = static_cast<int>(window);
+  // Read only with a window, as llama.cpp does (without one every layer is global).
+  const std::string pattern = p + "attention.sliding_window_pattern";
+  if (window > 0 && f.Has(pattern)) {
+    const gguf::Value* v = f.Find(pattern);
+    if (v->IsArray())
+      throw Error(f.path() + ": metadata '" + pattern +
+                  "' is a per-layer array, which edgeshard does not implement for " + c.arch +
+                  " (a period, every n-th layer global, is supported)");
+    const int64_t n = f.GetInt(pattern);
+    if (n < 0 || n > 4096)
+      throw Error(f.path() + ": metadata '" + pattern + "' is " + std::to_string(n) +
+                  ", expected 0..4096");
+    c.swa_pattern = static_cast<int>(n);
+  } else {
+    c.swa_pattern = default_pattern;
+  }
 }
 
 }  // namespace es::model

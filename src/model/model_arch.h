@@ -61,6 +61,9 @@ struct ArchSpec {
   bool post_norms = false;
   // Token embeddings multiplied by sqrt(n_embd) (in f32, after the row is read) (gemma3).
   bool scale_embeddings = false;
+  // The feed-forward's gate and up projections are one ffn_up.weight of 2 * n_ff rows (gate
+  // first), with no ffn_gate.weight (phi3).
+  bool fused_gate_up = false;
   // Family-specific hyperparameters (sliding window, per-layer RoPE, attention scale), read
   // after the common ones; nullptr when the family has none.
   std::function<void(const gguf::File&, ModelConfig&)> configure;
@@ -87,5 +90,12 @@ std::string ArchNames();
 ArchSpec LlamaLike(std::string_view name, std::string_view about, RopeStyle rope,
                    std::initializer_list<std::string_view> extra = {},
                    TensorDecl::Need need = TensorDecl::kRequired);
+
+// Sliding-window attention for families with local and global layers: attention.sliding_window
+// (else `default_window`; 0 means none) and attention.sliding_window_pattern (else
+// `default_pattern`): layer l is global when l % pattern == pattern - 1. A per-layer array is
+// refused.
+void ReadSlidingWindow(const gguf::File& f, ModelConfig& c, int default_window,
+                       int default_pattern);
 
 }  // namespace es::model

@@ -18,34 +18,14 @@ constexpr float kLocalRopeBase = 10000.0f;
 
 void Configure(const gguf::File& f, ModelConfig& c) {
   const std::string p = c.arch + ".";
-  const int64_t window =
-      f.Has(p + "attention.sliding_window") ? f.GetInt(p + "attention.sliding_window") : 0;
-  if (window < 0 || window > (1 << 26))
-    throw Error(f.path() + ": attention.sliding_window " + std::to_string(window) +
-                " is out of range");
-  c.sliding_window = static_cast<int>(window);
-  // Read only with a window, as llama.cpp does (without one every layer is global).
-  const std::string pattern = p + "attention.sliding_window_pattern";
-  if (window > 0 && f.Has(pattern)) {
-    const gguf::Value* v = f.Find(pattern);
-    if (v->IsArray())
-      throw Error(f.path() + ": metadata '" + pattern +
-                  "' is a per-layer array, which edgeshard does not implement for gemma3 (a "
-                  "period, every n-th layer global, is supported)");
-    const int64_t n = f.GetInt(pattern);
-    if (n < 0 || n > 4096)
-      throw Error(f.path() + ": metadata '" + pattern + "' is " + std::to_string(n) +
-                  ", expected 0..4096");
-    c.swa_pattern = static_cast<int>(n);
-  } else {
-    c.swa_pattern = kSwaPattern;
-  }
+  ReadSlidingWindow(f, c, 0, kSwaPattern);
   c.rope_base_local =
       static_cast<float>(f.GetFloatOr(p + "rope.freq_base_swa").value_or(kLocalRopeBase));
   if (!(c.rope_base_local > 0)) throw Error(f.path() + ": rope.freq_base_swa must be positive");
   const double factor = f.GetFloatOr(p + "rope.scaling.factor").value_or(0.0);
   if (factor < 0) throw Error(f.path() + ": rope.scaling.factor must not be negative");
   c.rope_freq_scale = factor == 0 ? 1.0f : 1.0f / static_cast<float>(factor);
+  c.rope_freq_scale_local = 1.0f;  // local layers are not scaled
   // Gemma 3 27B was trained with queries scaled by 1/sqrt(n_embd / n_head) (168) rather than by
   // the head size (128); llama.cpp recognises it by its 62 layers.
   const float d =

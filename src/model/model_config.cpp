@@ -25,6 +25,53 @@ float FloatOr(const gguf::File& f, const std::string& key, double fallback) {
   return static_cast<float>(v);
 }
 
+// RoPE scaling every family computes the same way (llama.cpp's context parameters): the type
+// (absent means linear), the factor, YaRN's band and magnitude, the file's attention factor.
+// Families that scale differently (gemma3's local layers) adjust it in their configure step.
+void ReadRopeScaling(const gguf::File& f, ModelConfig& c) {
+  const std::string p = c.arch + ".";
+  const std::string type = f.GetStringOr(p + "rope.scaling.type").value_or("linear");
+  const float factor = FloatOr(f, p + "rope.scaling.factor", 0.0);
+  if (!(factor >= 0) || !std::isfinite(factor))
+    throw Error(f.path() + ": rope.scaling.factor must be a finite number >= 0");
+  c.rope_freq_scale = factor == 0.0f ? 1.0f : 1.0f / factor;
+  c.n_ctx_orig = f.Has(p + "rope.scaling.original_context_length")
+                     ? PositiveInt(f, p + "rope.scaling.original_context_length", 1 << 26)
+                     : c.n_ctx_train;
+  c.yarn_beta_fast = FloatOr(f, p + "rope.scaling.yarn_beta_fast", 32.0);
+  c.yarn_beta_slow = FloatOr(f, p + "rope.scaling.yarn_beta_slow", 1.0);
+  const float log_mul = FloatOr(f, p + "rope.scaling.yarn_log_multiplier", 0.0);
+  const float file_attn_factor = FloatOr(f, p + "rope.scaling.attn_factor", 1.0);
+  if (!(file_attn_factor > 0) || !std::isfinite(file_attn_factor))
+    throw Error(f.path() + ": rope.scaling.attn_factor must be a positive number");
+  float attn_factor = 1.0f;
+  if (type == "none") {
+    c.rope_freq_scale = 1.0f;
+  } else if (type == "yarn") {
+    c.rope_ext_factor = 1.0f;
+    // The magnitude YaRN's interpolation needs, relative to the one the kernel applies itself.
+    const float s = 1.0f / c.rope_freq_scale;
+    auto mscale = [](float scale, float m) {
+      return scale <= 1.0f ? 1.0f : 0.1f * m * std::log(scale) + 1.0f;
+    };
+    attn_factor = log_mul != 0.0f ? mscale(s, 1.0f) / mscale(s, log_mul) : mscale(s, 1.0f);
+    attn_factor *= 1.0f / (1.0f + 0.1f * std::log(s));
+  } else if (type != "linear" && type != "longrope") {
+    throw Error(f.path() + ": metadata '" + p + "rope.scaling.type' = \"" +
+                gguf::Printable(type, 40) +
+                "\" is not implemented (supported: none, linear, yarn, and LongRoPE and Llama 3 "
+                "frequency factors given as tensors)");
+  }
+  c.rope_attn_factor = attn_factor * file_attn_factor;
+  c.rope_freq_scale_local = c.rope_freq_scale;
+  c.rope_freqs = f.FindTensor("rope_freqs.weight") != nullptr;
+  c.longrope = f.FindTensor("rope_factors_long.weight") != nullptr;
+  if (type == "longrope" && !c.longrope)
+    throw Error(f.path() +
+                ": rope.scaling.type is longrope but the file has no "
+                "rope_factors_long/short.weight tensors");
+}
+
 }  // namespace
 
 ModelConfig ReadModelConfig(const gguf::File& f) {
@@ -66,6 +113,9 @@ ModelConfig ReadModelConfig(const gguf::File& f) {
   if (!(c.rms_eps > 0))
     throw Error(f.path() + ": attention.layer_norm_rms_epsilon must be positive");
   c.rope_neox = c.spec->rope == RopeStyle::kNeox;
+  ReadRopeScaling(f, c);
+  c.fused_qkv = c.spec->FindBlock("attn_qkv.weight") && f.FindTensor("blk.0.attn_qkv.weight");
+  c.fused_gate_up = c.spec->fused_gate_up;
   // Biases are on when the family requires them, or allows them and block 0 has them.
   const TensorDecl* bias = c.spec->FindBlock("attn_q.bias");
   c.qkv_bias =
@@ -80,6 +130,10 @@ ModelConfig ReadModelConfig(const gguf::File& f) {
   c.post_norms = c.spec->post_norms;
   if (c.spec->scale_embeddings) c.embd_scale = std::sqrt(static_cast<float>(c.n_embd));
   if (c.spec->configure) c.spec->configure(f, c);
+  // Soft-capping applies to raw scores; the kernels fold the 1/sqrt(head) scale into them, so
+  // a family with a cap scales its queries instead (as gemma2 does).
+  if (c.attn_softcap != 0.0f && c.q_scale == 0.0f)
+    throw Error(f.path() + ": attention soft-capping without query scaling is not implemented");
   RefuseUncomputed(f, c);
   return c;
 }

@@ -34,7 +34,28 @@ struct ModelConfig {
   // type after the product, as llama.cpp's gemma3 graph does), and the scores are not scaled;
   // zero: scores are scaled by 1/sqrt(head_dim).
   float q_scale = 0.0f;
-  float rope_freq_scale = 1.0f;  // linear RoPE scaling (1 / rope.scaling.factor), global layers
+  float rope_freq_scale = 1.0f;        // 1 / rope.scaling.factor (linear or YaRN), global layers
+  float rope_freq_scale_local = 1.0f;  // the same for local (sliding-window) layers
+  // YaRN (rope.scaling.type yarn): blend factor and the band of dims it blends over.
+  float rope_ext_factor = 0.0f;
+  float yarn_beta_fast = 32.0f, yarn_beta_slow = 1.0f;
+  // cos and sin multiplied by this (rope.scaling.attn_factor; YaRN's magnitude correction).
+  float rope_attn_factor = 1.0f;
+  int n_ctx_orig = 0;  // rope.scaling.original_context_length, else the training context
+  // Frequency divisors from the file: rope_freqs.weight (Llama 3.1+ scaling, every length), or
+  // LongRoPE's rope_factors_short/long.weight (short up to n_ctx_orig, long past it).
+  bool rope_freqs = false;
+  bool longrope = false;
+  int nope_every = 0;  // layer l has no RoPE when (l + 1) % nope_every == 0 (smollm3)
+  // Logit soft-capping, x -> cap * tanh(x / cap): attention scores and final logits (gemma2).
+  float attn_softcap = 0.0f;
+  float final_softcap = 0.0f;
+  // Attention temperature (Llama 4 style, mistral3): queries at position p are multiplied by
+  // 1 + attn_temp_scale * ln(floor(p / n_ctx_orig) + 1).
+  float attn_temp_scale = 0.0f;
+  // Projections stored fused in the file: attn_qkv (Q, K, V rows) and ffn_up (gate, up rows).
+  bool fused_qkv = false;
+  bool fused_gate_up = false;
   // Sliding-window attention: a local layer's position p sees keys p - sliding_window + 1 .. p.
   // Layer l is local when sliding_window > 0 and l % swa_pattern < swa_pattern - 1 (the last layer
   // of every group of swa_pattern is global); swa_pattern 0 makes every layer local.
@@ -49,6 +70,9 @@ struct ModelConfig {
   }
   // Keys a position of `layer` attends to at most (0: all before it).
   int64_t Window(int layer) const { return IsLocal(layer) ? sliding_window : 0; }
+  bool HasRope(int layer) const { return nope_every == 0 || (layer + 1) % nope_every != 0; }
+  // Whether a sequence of n_ctx positions uses LongRoPE's long factors.
+  bool LongFactors(int64_t n_ctx) const { return longrope && n_ctx > n_ctx_orig; }
 };
 
 // Reads and validates the hyperparameters; es::Error names the file and key at fault.

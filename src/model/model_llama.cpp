@@ -27,6 +27,14 @@ kernels::Matrix GetMatrix(const gguf::File& f, const std::string& name, int64_t 
   return kernels::Matrix{t.data, t.type, rows, cols, RowBytes(t.type, cols)};
 }
 
+// Rows [first, first + n) of a matrix, as a matrix of its own (fused projections).
+kernels::Matrix Rows(const kernels::Matrix& m, int64_t first, int64_t n) {
+  kernels::Matrix r = m;
+  r.data = static_cast<const uint8_t*>(m.data) + static_cast<size_t>(first) * m.row_bytes;
+  r.rows = n;
+  return r;
+}
+
 const float* GetVector(const gguf::File& f, const std::string& name, int64_t n) {
   const auto& t = f.GetTensor(name);
   if (t.dims.size() != 1 || t.dims[0] != n)
@@ -83,9 +91,18 @@ std::unique_ptr<LlamaModel> LlamaModel::Load(const std::string& path, const Load
     const std::string p = "blk." + std::to_string(l) + ".";
     Layer L;
     L.attn_norm = m->KeepVector(GetVector(f, p + "attn_norm.weight", c.n_embd), c.n_embd);
-    L.wq = GetMatrix(f, p + "attn_q.weight", c.n_embd, c.q_dim());
-    L.wk = GetMatrix(f, p + "attn_k.weight", c.n_embd, c.kv_dim());
-    L.wv = GetMatrix(f, p + "attn_v.weight", c.n_embd, c.kv_dim());
+    if (c.fused_qkv) {
+      // Q, K and V rows one after another in one tensor: three views of it.
+      const kernels::Matrix qkv =
+          GetMatrix(f, p + "attn_qkv.weight", c.n_embd, c.q_dim() + 2 * c.kv_dim());
+      L.wq = Rows(qkv, 0, c.q_dim());
+      L.wk = Rows(qkv, c.q_dim(), c.kv_dim());
+      L.wv = Rows(qkv, c.q_dim() + c.kv_dim(), c.kv_dim());
+    } else {
+      L.wq = GetMatrix(f, p + "attn_q.weight", c.n_embd, c.q_dim());
+      L.wk = GetMatrix(f, p + "attn_k.weight", c.n_embd, c.kv_dim());
+      L.wv = GetMatrix(f, p + "attn_v.weight", c.n_embd, c.kv_dim());
+    }
     L.wo = GetMatrix(f, p + "attn_output.weight", c.q_dim(), c.n_embd);
     if (c.qkv_bias) {
       L.bq = m->KeepVector(GetVector(f, p + "attn_q.bias", c.q_dim()), c.q_dim());
@@ -102,10 +119,23 @@ std::unique_ptr<LlamaModel> LlamaModel::Load(const std::string& path, const Load
           m->KeepVector(GetVector(f, p + "post_attention_norm.weight", c.n_embd), c.n_embd);
       L.ffn_post_norm = m->KeepVector(GetVector(f, p + "post_ffw_norm.weight", c.n_embd), c.n_embd);
     }
-    L.w_gate = GetMatrix(f, p + "ffn_gate.weight", c.n_embd, c.n_ff);
-    L.w_up = GetMatrix(f, p + "ffn_up.weight", c.n_embd, c.n_ff);
+    if (c.fused_gate_up) {
+      const kernels::Matrix gate_up = GetMatrix(f, p + "ffn_up.weight", c.n_embd, 2 * c.n_ff);
+      L.w_gate = Rows(gate_up, 0, c.n_ff);
+      L.w_up = Rows(gate_up, c.n_ff, c.n_ff);
+    } else {
+      L.w_gate = GetMatrix(f, p + "ffn_gate.weight", c.n_embd, c.n_ff);
+      L.w_up = GetMatrix(f, p + "ffn_up.weight", c.n_embd, c.n_ff);
+    }
     L.w_down = GetMatrix(f, p + "ffn_down.weight", c.n_ff, c.n_embd);
     m->layers_.push_back(L);
+  }
+  const int64_t n_factors = c.n_rot / 2;
+  if (c.rope_freqs)
+    m->rope_freqs_ = m->KeepVector(GetVector(f, "rope_freqs.weight", n_factors), n_factors);
+  if (c.longrope) {
+    m->rope_short_ = m->KeepVector(GetVector(f, "rope_factors_short.weight", n_factors), n_factors);
+    m->rope_long_ = m->KeepVector(GetVector(f, "rope_factors_long.weight", n_factors), n_factors);
   }
   for (const auto& t : f.tensors()) m->weight_bytes_ += t.n_bytes;
   if (opts.interleave) m->PrepareLayers(0, c.n_layer, true);
@@ -251,6 +281,7 @@ void LlamaModel::Attention(int layer, int n, const BatchRow* rows, Workspace& ws
         // f16-rounded probability.
         kernels::DotF16Rows(q, K + r0 * kv_dim, kv_dim, n0, hd, scale, s);
         if (n0 < n_kv) kernels::DotF16Rows(q, K, kv_dim, n_kv - n0, hd, scale, s + n0);
+        if (c.attn_softcap != 0.0f) kernels::SoftCap(s, n_kv, c.attn_softcap);
         kernels::Softmax(s, n_kv);
         const f16_t* V = static_cast<const f16_t*>(kv.v) + kvh * hd;
         kernels::WeightedSumF16Rows(s, V + r0 * kv_dim, kv_dim, n0, hd, out);
@@ -264,6 +295,7 @@ void LlamaModel::Attention(int layer, int n, const BatchRow* rows, Workspace& ws
           s[j] = kernels::DotF32(q, K + (r0 + j) * kv_dim, hd) * scale;
         for (int64_t j = n0; j < n_kv; ++j)
           s[j] = kernels::DotF32(q, K + (j - n0) * kv_dim, hd) * scale;
+        if (c.attn_softcap != 0.0f) kernels::SoftCap(s, n_kv, c.attn_softcap);
         kernels::Softmax(s, n_kv);
         for (int64_t j = 0; j < n0; ++j) kernels::AxpyF32(s[j], V + (r0 + j) * kv_dim, out, hd);
         for (int64_t j = n0; j < n_kv; ++j) kernels::AxpyF32(s[j], V + (j - n0) * kv_dim, out, hd);
@@ -314,10 +346,6 @@ void LlamaModel::AttentionBlock(int l, float* hidden, int n, const BatchRow* row
   const ModelConfig& c = cfg_;
   const Layer& L = layers_[l];
   const int d = c.n_embd, kv_dim = c.kv_dim(), q_dim = c.q_dim(), hd = c.head_dim;
-  // Local (sliding-window) layers rotate with their own base and no position scaling.
-  const bool local = c.IsLocal(l);
-  const float rope_base = local ? c.rope_base_local : c.rope_base;
-  const float rope_scale = local ? 1.0f : c.rope_freq_scale;
   for (int i = 0; i < n; ++i)
     kernels::RmsNorm(hidden + static_cast<size_t>(i) * d, L.attn_norm,
                      ws.xb.data() + static_cast<size_t>(i) * d, d, c.rms_eps);
@@ -343,10 +371,19 @@ void LlamaModel::AttentionBlock(int l, float* hidden, int n, const BatchRow* row
     }
     const int64_t pos = rows[i].pos;
     const KvLayer& cache = rows[i].kv[l];
-    for (int h = 0; h < c.n_head; ++h)
-      kernels::Rope(q + h * hd, hd, c.n_rot, pos, rope_base, c.rope_neox, rope_scale);
-    for (int h = 0; h < c.n_head_kv; ++h)
-      kernels::Rope(k + h * hd, hd, c.n_rot, pos, rope_base, c.rope_neox, rope_scale);
+    const kernels::RopeParams rope = RopeFor(l, cache.n_ctx);
+    if (rope.n_rot > 0) {
+      for (int h = 0; h < c.n_head; ++h) kernels::Rope(q + h * hd, hd, pos, rope);
+      for (int h = 0; h < c.n_head_kv; ++h) kernels::Rope(k + h * hd, hd, pos, rope);
+    }
+    if (c.attn_temp_scale != 0.0f) {
+      // Computed as llama.cpp's input does: in double, rounded to float once.
+      const float t = static_cast<float>(
+          std::log(std::floor(static_cast<float>(pos) / static_cast<float>(c.n_ctx_orig)) + 1.0) *
+              c.attn_temp_scale +
+          1.0);
+      for (int j = 0; j < q_dim; ++j) q[j] *= t;
+    }
     if (c.q_scale != 0.0f)
       for (int j = 0; j < q_dim; ++j) q[j] *= c.q_scale;
     const int64_t row = cache.Row(pos);
@@ -398,6 +435,25 @@ void LlamaModel::FeedForwardBlock(int l, float* hidden, int n, Workspace& ws,
   }
 }
 
+kernels::RopeParams LlamaModel::RopeFor(int layer, int64_t n_ctx) const {
+  const ModelConfig& c = cfg_;
+  kernels::RopeParams p;
+  if (!c.HasRope(layer)) return p;
+  // Local (sliding-window) layers rotate with their own base and scaling.
+  const bool local = c.IsLocal(layer);
+  p.n_rot = c.n_rot;
+  p.base = local ? c.rope_base_local : c.rope_base;
+  p.freq_scale = local ? c.rope_freq_scale_local : c.rope_freq_scale;
+  p.neox = c.rope_neox;
+  p.factors = rope_freqs_ ? rope_freqs_ : c.LongFactors(n_ctx) ? rope_long_ : rope_short_;
+  p.attn_factor = c.rope_attn_factor;
+  p.ext_factor = c.rope_ext_factor;
+  if (p.ext_factor != 0.0f)
+    kernels::RopeYarnCorrDims(c.n_rot, c.n_ctx_orig, p.base, c.yarn_beta_fast, c.yarn_beta_slow,
+                              &p.corr_lo, &p.corr_hi);
+  return p;
+}
+
 void LlamaModel::Head(float* hidden, int n, float* logits, Workspace& ws,
                       kernels::ThreadPool& pool) const {
   const int d = cfg_.n_embd;
@@ -406,6 +462,8 @@ void LlamaModel::Head(float* hidden, int n, float* logits, Workspace& ws,
     kernels::RmsNorm(h, output_norm_, h, d, cfg_.rms_eps);
   }
   kernels::MatMul(output_, hidden, d, n, logits, cfg_.n_vocab, pool, ws.scratch);
+  if (cfg_.final_softcap != 0.0f)
+    kernels::SoftCap(logits, static_cast<int64_t>(n) * cfg_.n_vocab, cfg_.final_softcap);
 }
 
 }  // namespace es::model

@@ -98,6 +98,9 @@ class LlamaModel {
   // stall on page faults; tensors replaced by a copy above and an untied embedding table (read
   // a row per token) are skipped.
   void Prefault(const gguf::TensorInfo& t) const;
+  // How layer `layer` rotates queries and keys for a sequence of n_ctx positions (LongRoPE
+  // picks its factors by the length); n_rot 0 for a layer without RoPE.
+  kernels::RopeParams RopeFor(int layer, int64_t n_ctx) const;
   // Final norm and output head for `n` rows of hidden state; logits [n, n_vocab].
   // Overwrites hidden with its normalised values.
   void Head(float* hidden, int n, float* logits, Workspace& ws, kernels::ThreadPool& pool) const;
@@ -129,6 +132,8 @@ class LlamaModel {
   ModelConfig cfg_;
   kernels::Matrix tok_embd_, output_;
   const float* output_norm_ = nullptr;
+  // RoPE frequency divisors (n_rot / 2 each): Llama 3's, or LongRoPE's short and long sets.
+  const float *rope_freqs_ = nullptr, *rope_short_ = nullptr, *rope_long_ = nullptr;
   std::vector<Layer> layers_;
   size_t weight_bytes_ = 0;
   struct FreeDeleter {

@@ -78,23 +78,15 @@ const std::vector<KeyRule>& Rules() {
       // Keys whose neutral value is the math edgeshard does.
       {"attention.value_length", [](const Ctx& x) { return Number(x.f, x.key) == x.c.head_dim; },
        "a value head size different from the key head size"},
-      {"rope.scaling.type",
-       [](const Ctx& x) {
-         const std::string t = x.f.GetStringOr(x.key).value_or("");
-         const std::string fk = x.c.arch + ".rope.scaling.factor";
-         return t == "none" || (t == "linear" && (!x.f.Has(fk) || Is({x.f, x.c, fk}, {0, 1})));
-       },
-       "RoPE scaling (linear, YaRN or Llama-3 style position interpolation)"},
-      {"rope.scaling.factor",
-       [](const Ctx& x) {
-         return Is(x, {0, 1});
-       },
-       "RoPE scaling (position interpolation by this factor)"},
-      {"rope.scaling.attn_factor",
-       [](const Ctx& x) {
-         return Is(x, {0, 1});
-       },
-       "a RoPE attention factor (YaRN)"},
+      // RoPE scaling computed for every family (model_config.cpp): linear and YaRN by their
+      // factor, band and magnitude; Llama 3 and LongRoPE factors come as tensors. An unknown
+      // type is refused when the config is read.
+      {"rope.scaling.type", nullptr, ""},
+      {"rope.scaling.factor", nullptr, ""},
+      {"rope.scaling.attn_factor", nullptr, ""},
+      {"rope.scaling.yarn_beta_fast", nullptr, ""},
+      {"rope.scaling.yarn_beta_slow", nullptr, ""},
+      {"rope.scaling.yarn_log_multiplier", nullptr, ""},
       {"rope.scaling.*", [](const Ctx&) { return false; }, "YaRN/LongRoPE scaling parameters"},
       {"rope.dimension_sections", [](const Ctx&) { return false; }, "multi-section (M-)RoPE"},
       {"attention.sliding_window",
