@@ -1,18 +1,25 @@
-// Fidelity against llama.cpp: every ../shared/models/ref/*.ref.json whose model is present.
+// Fidelity against llama.cpp: every ../shared/models/ref/*.ref.json whose model is present, and
+// every tests/fixtures/ref/<preset>.<type>[.ctxN].ref.json, whose model is the synth preset
+// generated here (deterministic in the preset and seed 42, with the Llama-2 SPM vocabulary) and
+// whose reference llama.cpp computed on that very file (with --n-ctx N when named).
 // f32/f16 files: top-10 logits within 1e-3 (relative above |logit| 1) and identical greedy
 // tokens; quantized files: top-1 agreement >= 98% and top-10 logits within 0.1.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "edgeshard/error.h"
 #include "gguf/gguf_file.h"
 #include "model/model_arch.h"
 #include "model/model_llama.h"
+#include "model/model_quantize.h"
+#include "model/model_synth.h"
 #include "runtime/runtime_session.h"
 #include "test_util.h"
 
@@ -23,8 +30,71 @@ using nlohmann::json;
 struct RefFile {
   std::string ref_path;
   std::string model_path;
-  bool exact;  // f32/f16 weights
+  bool exact;          // f32/f16 weights
+  std::string preset;  // generated: the synth preset and type the model is made from
+  std::string type;
+  int n_ctx = 0;  // the context llama.cpp ran with, when it matters (LongRoPE); 0: the prompt's
 };
+
+void PrintTo(const RefFile& r, std::ostream* os) {
+  *os << r.ref_path;
+}
+
+const std::string kGeneratedDir =
+    std::filesystem::path(__FILE__).parent_path().string() + "/fixtures/ref";
+
+std::vector<RefFile> FindGenerated() {
+  std::vector<RefFile> out;
+  for (const auto& e : std::filesystem::directory_iterator(kGeneratedDir)) {
+    std::string stem = e.path().filename().string();
+    const std::string suffix = ".ref.json";
+    if (stem.size() <= suffix.size() || stem.substr(stem.size() - suffix.size()) != suffix)
+      continue;
+    stem.resize(stem.size() - suffix.size());
+    RefFile r;
+    r.ref_path = e.path().string();
+    // <preset>.<type>[.<tag>...]: the first part naming a weight type ends the preset (whose
+    // name may hold dots); a tag ctxN gives llama.cpp's context, others only name the case.
+    std::vector<std::string> parts;
+    for (size_t at = 0; at != std::string::npos;) {
+      const size_t dot = stem.find('.', at);
+      parts.push_back(stem.substr(at, dot == std::string::npos ? dot : dot - at));
+      at = dot == std::string::npos ? dot : dot + 1;
+    }
+    size_t t = 0;
+    while (t < parts.size() && !es::model::FindQuantFormat(parts[t])) ++t;
+    if (t == parts.size()) {
+      ADD_FAILURE() << r.ref_path << ": no weight type in the name";
+      continue;
+    }
+    for (size_t i = 0; i < t; ++i) r.preset += (i ? "." : "") + parts[i];
+    r.type = parts[t];
+    for (size_t i = t + 1; i < parts.size(); ++i)
+      if (parts[i].rfind("ctx", 0) == 0) r.n_ctx = std::stoi(parts[i].substr(3));
+    r.exact = r.type == "f16" || r.type == "f32";
+    r.model_path =
+        (std::filesystem::temp_directory_path() /
+         ("es_fidelity_" + std::to_string(getpid()) + "_" + r.preset + "." + r.type + ".gguf"))
+            .string();
+    out.push_back(r);
+  }
+  std::sort(out.begin(), out.end(),
+            [](const RefFile& a, const RefFile& b) { return a.ref_path < b.ref_path; });
+  return out;
+}
+
+// Writes the generated model of `rf` unless this process already did.
+void Generate(const RefFile& rf) {
+  if (std::filesystem::exists(rf.model_path)) return;
+  const auto preset = es::model::FindSynthPreset(rf.preset);
+  ASSERT_TRUE(preset) << "no synth preset " << rf.preset;
+  es::model::SynthOptions so;
+  so.threads = 2;
+  const auto format = es::model::FindQuantFormat(rf.type);
+  ASSERT_TRUE(format) << "no weight type " << rf.type;
+  es::model::SynthesizeModel(*preset, es::test::ModelPath("vocab/ggml-vocab-llama-spm.gguf"),
+                             rf.model_path, *format, so);
+}
 
 std::vector<RefFile> FindRefs() {
   std::vector<RefFile> out;
@@ -39,7 +109,7 @@ std::vector<RefFile> FindRefs() {
     const std::string model = dir + "/" + stem + ".gguf";
     if (!std::filesystem::exists(model)) continue;  // f32 masters are references only
     const bool quant = stem.find(".q") != std::string::npos;
-    out.push_back({e.path().string(), model, !quant});
+    out.push_back({e.path().string(), model, !quant, "", "", 0});
   }
   std::sort(out.begin(), out.end(),
             [](const RefFile& a, const RefFile& b) { return a.ref_path < b.ref_path; });
@@ -47,6 +117,7 @@ std::vector<RefFile> FindRefs() {
 }
 
 class Fidelity : public ::testing::TestWithParam<RefFile> {};
+class GeneratedFidelity : public ::testing::TestWithParam<RefFile> {};
 
 // Relative tolerance for f32/f16 files. One case is documented apart: stories260K on the
 // 849-token GPL prompt (out of its training distribution) has near one-hot attention that
@@ -71,8 +142,7 @@ TEST(FidelitySet, AllSharedModelsAreCovered) {
 // other family without support fails. Remove a family here when it gains support.
 const std::vector<std::string> kExpectedRefusals = {};
 
-TEST_P(Fidelity, MatchesLlamaCpp) {
-  const RefFile& rf = GetParam();
+void CheckAgainstReference(const RefFile& rf) {
   const std::string arch =
       es::gguf::File::Open(rf.model_path)->GetStringOr("general.architecture").value_or("");
   if (std::find(kExpectedRefusals.begin(), kExpectedRefusals.end(), arch) !=
@@ -99,7 +169,7 @@ TEST_P(Fidelity, MatchesLlamaCpp) {
   for (const auto& c : ref["cases"]) {
     const auto tokens = c["tokens"].get<std::vector<int32_t>>();
     es::runtime::SessionOptions so;
-    so.n_ctx = static_cast<int>(tokens.size()) + 64;
+    so.n_ctx = std::max(rf.n_ctx, static_cast<int>(tokens.size()) + 64);
     so.n_threads = 2;
     so.n_batch = static_cast<int>(tokens.size());
     es::runtime::Session s(*model, so);
@@ -107,13 +177,15 @@ TEST_P(Fidelity, MatchesLlamaCpp) {
     s.Eval(tokens, &logits);
     const auto& top = c["top"];
     const double tol = ExactTolerance(rf.model_path, c["prompt"].get<std::string>());
-    ASSERT_EQ(top.size(), tokens.size());
-    for (size_t i = 0; i < tokens.size(); ++i) {
+    // Long prompts' references may keep only the positions from top_first on.
+    const size_t first = c.value("top_first", size_t{0});
+    ASSERT_EQ(first + top.size(), tokens.size());
+    for (size_t i = first; i < tokens.size(); ++i) {
       const float* row = logits.data() + i * n_vocab;
       const int ours = static_cast<int>(std::max_element(row, row + n_vocab) - row);
       ++positions;
-      if (ours == top[i][0][0].get<int>()) ++top1_agree;
-      for (const auto& pair : top[i]) {
+      if (ours == top[i - first][0][0].get<int>()) ++top1_agree;
+      for (const auto& pair : top[i - first]) {
         const int id = pair[0].get<int>();
         const double want = pair[1].get<double>();
         const double err = std::fabs(row[id] - want);
@@ -167,6 +239,31 @@ TEST_P(Fidelity, MatchesLlamaCpp) {
   }
 }
 
+TEST_P(Fidelity, MatchesLlamaCpp) {
+  CheckAgainstReference(GetParam());
+}
+
+TEST_P(GeneratedFidelity, MatchesLlamaCpp) {
+  const RefFile& rf = GetParam();
+  Generate(rf);
+  CheckAgainstReference(rf);
+}
+
+TEST(FidelitySet, EveryFamilyHasAGeneratedReference) {
+  // Each family edgeshard computes has a file llama.cpp checked, shared or generated.
+  std::set<std::string> covered;
+  for (const RefFile& r : FindRefs())
+    covered.insert(
+        es::gguf::File::Open(r.model_path)->GetStringOr("general.architecture").value_or(""));
+  for (const RefFile& r : FindGenerated()) {
+    const auto p = es::model::FindSynthPreset(r.preset);
+    ASSERT_TRUE(p) << r.ref_path;
+    covered.insert(p->arch);
+  }
+  for (const es::model::ArchSpec* a : es::model::Architectures())
+    EXPECT_TRUE(covered.count(std::string(a->name))) << a->name << " has no llama.cpp reference";
+}
+
 std::string ParamName(const ::testing::TestParamInfo<RefFile>& info) {
   std::string n = std::filesystem::path(info.param.model_path).stem().string();
   for (auto& ch : n)
@@ -175,5 +272,22 @@ std::string ParamName(const ::testing::TestParamInfo<RefFile>& info) {
 }
 
 INSTANTIATE_TEST_SUITE_P(SharedModels, Fidelity, ::testing::ValuesIn(FindRefs()), ParamName);
+INSTANTIATE_TEST_SUITE_P(Families, GeneratedFidelity, ::testing::ValuesIn(FindGenerated()),
+                         [](const ::testing::TestParamInfo<RefFile>& info) {
+                           std::string n = std::filesystem::path(info.param.ref_path).filename();
+                           n.resize(n.size() - std::string(".ref.json").size());
+                           for (auto& ch : n)
+                             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+                           return n;
+                         });
+
+// Generated models are removed when the tests end.
+class RemoveGenerated : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    for (const RefFile& r : FindGenerated()) std::filesystem::remove(r.model_path);
+  }
+};
+const auto* const kRemoveGenerated = ::testing::AddGlobalTestEnvironment(new RemoveGenerated);
 
 }  // namespace

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
+#include <map>
 
 #include "edgeshard/error.h"
 #include "model/model_arch.h"
@@ -48,7 +50,82 @@ const std::vector<SynthPreset> kPresets = {
     // The shape of the shared synth-gemma3.
     {"tiny-test-gemma3", "gemma3", 256, 4, 4, 1, 128, 768, 32768, 1000000.0f, 1e-6f, true, false,
      32000, true, "test: gemma3, 4 layers of dim 256, head 128, window 64", 64, 0},
+    // Llama 3.2 1B and 3B: GQA, RoPE base 500000 with Llama 3 frequency factors (factor 32,
+    // original context 8192), tied embedding.
+    {"llama3.2-1b", "llama", 2048, 16, 32, 8, 0, 8192, 131072, 500000.0f, 1e-5f, true, false,
+     128256, false, "Llama 3.2 1B (GQA 32/8, Llama 3 RoPE factors)", 0, 0,
+     SynthExtras{.n_ctx_orig = 8192, .llama3_factor = 32.0f}},
+    {"llama3.2-3b", "llama", 3072, 28, 24, 8, 0, 8192, 131072, 500000.0f, 1e-5f, true, false,
+     128256, false, "Llama 3.2 3B (GQA 24/8, head 128, Llama 3 RoPE factors)", 0, 0,
+     SynthExtras{.n_ctx_orig = 8192, .llama3_factor = 32.0f}},
+    // Phi-4-mini: fused QKV and gate+up, 96 of 128 dims rotated, LongRoPE (original context
+    // 4096), tied embedding.
+    {"phi-4-mini", "phi3", 3072, 32, 24, 8, 0, 8192, 131072, 10000.0f, 1e-5f, true, false, 200064,
+     false, "Phi-4-mini (GQA 24/8, fused QKV, partial RoPE 96/128, LongRoPE)", 0, 0,
+     SynthExtras{.n_rot = 96, .n_ctx_orig = 4096, .longrope = true, .fused = true}},
+    // SmolLM3 3B: GQA 16/4, every fourth layer without RoPE, RoPE base 5e6, tied embedding.
+    {"smollm3-3b", "smollm3", 2048, 36, 16, 4, 0, 11008, 65536, 5000000.0f, 1e-6f, true, false,
+     128256, false, "SmolLM3 3B (GQA 16/4, NoPE every 4th layer)", 0, 0},
+    // Gemma 2 2B: head 256, sandwich norms, GeGLU, window 4096 on every other layer, soft-capped
+    // attention (50) and logits (30).
+    {"gemma2-2b", "gemma2", 2304, 26, 8, 4, 256, 9216, 8192, 10000.0f, 1e-6f, true, false, 256000,
+     false, "Gemma 2 2B (GQA 8/4, head 256, soft-capping, window 4096)", 4096, 0,
+     SynthExtras{.attn_softcap = 50.0f, .final_softcap = 30.0f}},
+    // Small shapes of the newer families for fidelity tests against llama.cpp (references in
+    // tests/data/ref): each turns on what its family adds, at sizes where it shows (windows, the
+    // original context and soft caps far below the real ones), with norm weights that are not 1.
+    {"tiny-test-llama3", "llama", 128, 2, 4, 2, 0, 256, 131072, 500000.0f, 1e-5f, true, false,
+     32000, true, "test: llama with Llama 3 RoPE factors", 0, 0,
+     SynthExtras{.n_ctx_orig = 8192, .llama3_factor = 32.0f, .norm_jitter = 0.2f}},
+    {"tiny-test-phi3", "phi3", 256, 3, 4, 2, 0, 512, 131072, 10000.0f, 1e-5f, true, false, 32000,
+     true, "test: phi3, fused QKV and gate+up, partial RoPE 48/64, LongRoPE", 0, 0,
+     SynthExtras{
+         .n_rot = 48, .n_ctx_orig = 4096, .longrope = true, .fused = true, .norm_jitter = 0.2f}},
+    {"tiny-test-smollm3", "smollm3", 256, 4, 4, 2, 0, 512, 65536, 5000000.0f, 1e-6f, true, false,
+     32000, true, "test: smollm3, layer 3 without RoPE", 0, 0, SynthExtras{.norm_jitter = 0.2f}},
+    {"tiny-test-gemma2", "gemma2", 256, 4, 4, 2, 128, 512, 8192, 10000.0f, 1e-6f, true, false,
+     32000, true, "test: gemma2, window 32 on layers 0 and 2, soft caps", 32, 0,
+     SynthExtras{.attn_softcap = 0.05f, .final_softcap = 0.5f, .norm_jitter = 0.2f}},
+    {"tiny-test-mistral3", "mistral3", 256, 3, 4, 2, 128, 512, 262144, 1000000.0f, 1e-5f, false,
+     false, 32000, true, "test: mistral3, YaRN from 64 positions, attention temperature", 0, 0,
+     SynthExtras{
+         .n_ctx_orig = 64, .yarn_factor = 16.0f, .attn_temp_scale = 0.1f, .norm_jitter = 0.2f}},
 };
+
+// Llama 3's RoPE frequency divisors (its published scaling rule): 1 for wavelengths below
+// n_ctx_orig / 4, `factor` above n_ctx_orig, a smooth blend between.
+std::vector<float> Llama3Factors(const SynthPreset& p) {
+  const int half = p.n_rot() / 2;
+  std::vector<float> f(static_cast<size_t>(half));
+  const double orig = p.x.n_ctx_orig, lo = 1.0, hi = 4.0;
+  for (int i = 0; i < half; ++i) {
+    const double freq = 1.0 / std::pow(p.rope_base, 2.0 * i / p.n_rot());
+    const double wavelen = 2 * M_PI / freq;
+    double v;
+    if (wavelen < orig / hi) {
+      v = 1;
+    } else if (wavelen > orig / lo) {
+      v = p.x.llama3_factor;
+    } else {
+      const double smooth = (orig / wavelen - lo) / (hi - lo);
+      v = 1 / ((1 - smooth) / p.x.llama3_factor + smooth);
+    }
+    f[static_cast<size_t>(i)] = static_cast<float>(v);
+  }
+  return f;
+}
+
+// LongRoPE-like divisors: near 1 for the short set, growing to about 40 for the long one (the
+// shape of Phi's published factors).
+std::vector<float> LongRopeFactors(const SynthPreset& p, bool long_set) {
+  const int half = p.n_rot() / 2;
+  std::vector<float> f(static_cast<size_t>(half));
+  for (int i = 0; i < half; ++i) {
+    const double t = half > 1 ? static_cast<double>(i) / (half - 1) : 0.0;
+    f[static_cast<size_t>(i)] = static_cast<float>(long_set ? 1 + 39 * t * t * t : 1 + 0.1 * t);
+  }
+  return f;
+}
 
 uint64_t SplitMix64(uint64_t& state) {
   uint64_t z = (state += 0x9E3779B97F4A7C15ull);
@@ -112,12 +189,21 @@ std::vector<TensorDesc> SynthTensors(const SynthPreset& p, int n_vocab) {
   add("token_embd.weight", {e, v});
   add("output_norm.weight", {e});
   if (!p.tied_output) add("output.weight", {e, v});
+  if (p.x.llama3_factor) add("rope_freqs.weight", {p.n_rot() / 2});
+  if (p.x.longrope) {
+    add("rope_factors_long.weight", {p.n_rot() / 2});
+    add("rope_factors_short.weight", {p.n_rot() / 2});
+  }
   for (int l = 0; l < p.n_layer; ++l) {
     const std::string b = "blk." + std::to_string(l) + ".";
     add(b + "attn_norm.weight", {e});
-    add(b + "attn_q.weight", {e, q});
-    add(b + "attn_k.weight", {e, kv});
-    add(b + "attn_v.weight", {e, kv});
+    if (p.x.fused) {
+      add(b + "attn_qkv.weight", {e, q + 2 * kv});
+    } else {
+      add(b + "attn_q.weight", {e, q});
+      add(b + "attn_k.weight", {e, kv});
+      add(b + "attn_v.weight", {e, kv});
+    }
     if (p.qkv_bias) {
       add(b + "attn_q.bias", {q});
       add(b + "attn_k.bias", {kv});
@@ -130,8 +216,12 @@ std::vector<TensorDesc> SynthTensors(const SynthPreset& p, int n_vocab) {
     add(b + "attn_output.weight", {q, e});
     if (post_norms) add(b + "post_attention_norm.weight", {e});
     add(b + "ffn_norm.weight", {e});
-    add(b + "ffn_gate.weight", {e, ff});
-    add(b + "ffn_up.weight", {e, ff});
+    if (p.x.fused) {
+      add(b + "ffn_up.weight", {e, 2 * ff});
+    } else {
+      add(b + "ffn_gate.weight", {e, ff});
+      add(b + "ffn_up.weight", {e, ff});
+    }
     add(b + "ffn_down.weight", {ff, e});
     if (post_norms) add(b + "post_ffw_norm.weight", {e});
   }
@@ -213,7 +303,7 @@ SynthResult SynthesizeModel(const SynthPreset& p, const std::string& vocab, cons
   w.SetU32(a + ".attention.head_count_kv", static_cast<uint32_t>(p.n_head_kv));
   w.SetF32(a + ".rope.freq_base", p.rope_base);
   w.SetF32(a + ".attention.layer_norm_rms_epsilon", p.rms_eps);
-  w.SetU32(a + ".rope.dimension_count", static_cast<uint32_t>(p.head_dim()));
+  w.SetU32(a + ".rope.dimension_count", static_cast<uint32_t>(p.n_rot()));
   if (p.key_length) {
     w.SetU32(a + ".attention.key_length", static_cast<uint32_t>(p.key_length));
     w.SetU32(a + ".attention.value_length", static_cast<uint32_t>(p.key_length));
@@ -223,6 +313,34 @@ SynthResult SynthesizeModel(const SynthPreset& p, const std::string& vocab, cons
   if (p.rope_scaling) {
     w.SetString(a + ".rope.scaling.type", "linear");
     w.SetF32(a + ".rope.scaling.factor", p.rope_scaling);
+  }
+  const SynthExtras& x = p.x;
+  if (x.swa_pattern)
+    w.SetU32(a + ".attention.sliding_window_pattern", static_cast<uint32_t>(x.swa_pattern));
+  if (x.n_ctx_orig)
+    w.SetU32(a + ".rope.scaling.original_context_length", static_cast<uint32_t>(x.n_ctx_orig));
+  if (x.longrope) {
+    // The attention factor Phi's converter derives from the context extension.
+    const double scale = static_cast<double>(p.n_ctx) / x.n_ctx_orig;
+    w.SetString(a + ".rope.scaling.type", "longrope");
+    w.SetF32(a + ".rope.scaling.attn_factor",
+             static_cast<float>(std::sqrt(1 + std::log(scale) / std::log(x.n_ctx_orig))));
+  }
+  if (x.yarn_factor) {
+    w.SetString(a + ".rope.scaling.type", "yarn");
+    w.SetF32(a + ".rope.scaling.factor", x.yarn_factor);
+    w.SetF32(a + ".rope.scaling.yarn_beta_fast", 32.0f);
+    w.SetF32(a + ".rope.scaling.yarn_beta_slow", 1.0f);
+    w.SetF32(a + ".rope.scaling.yarn_log_multiplier", 1.0f);
+  }
+  if (x.attn_temp_scale) w.SetF32(a + ".attention.temperature_scale", x.attn_temp_scale);
+  if (x.attn_softcap) w.SetF32(a + ".attn_logit_softcapping", x.attn_softcap);
+  if (x.final_softcap) w.SetF32(a + ".final_logit_softcapping", x.final_softcap);
+  std::map<std::string, std::vector<float>> fixed;  // tensors with computed values
+  if (x.llama3_factor) fixed["rope_freqs.weight"] = Llama3Factors(p);
+  if (x.longrope) {
+    fixed["rope_factors_long.weight"] = LongRopeFactors(p, true);
+    fixed["rope_factors_short.weight"] = LongRopeFactors(p, false);
   }
   for (const auto& key : v->metadata_keys())
     if (StartsWith(key, "tokenizer.")) w.SetValue(key, *v->Find(key));
@@ -238,24 +356,32 @@ SynthResult SynthesizeModel(const SynthPreset& p, const std::string& vocab, cons
     const int64_t row_len = t.dims[0];
     const size_t row_bytes = RowBytes(t.dst, row_len);
     const bool is_norm = t.name.find("norm.weight") != std::string::npos;
-    w.AddTensor(
-        t.name, t.dims, t.dst,
-        [&, name = t.name, dst = t.dst, rows, row_len, row_bytes, is_norm](gguf::TensorSink& sink) {
-          const uint64_t base = done;
-          WriteRows(
-              sink, dst, row_len, rows,
-              [&](int64_t r, float* y) {
-                if (is_norm)
-                  std::fill(y, y + row_len, 1.0f);
-                else
-                  SynthRow(options.seed, name, r, y, row_len, options.stddev);
-              },
-              options.threads,
-              [&](int64_t rows_done) {
-                done = base + static_cast<uint64_t>(rows_done) * row_bytes;
-                if (options.progress) options.progress(done, total, name);
-              });
-        });
+    const auto it = fixed.find(t.name);
+    const float* values = it == fixed.end() ? nullptr : it->second.data();
+    w.AddTensor(t.name, t.dims, t.dst,
+                [&, name = t.name, dst = t.dst, rows, row_len, row_bytes, is_norm,
+                 values](gguf::TensorSink& sink) {
+                  const uint64_t base = done;
+                  WriteRows(
+                      sink, dst, row_len, rows,
+                      [&](int64_t r, float* y) {
+                        if (values) {
+                          std::copy(values, values + row_len, y);
+                        } else if (is_norm && x.norm_jitter > 0) {
+                          SynthRow(options.seed, name, r, y, row_len, x.norm_jitter);
+                          for (int64_t i = 0; i < row_len; ++i) y[i] += 1.0f;
+                        } else if (is_norm) {
+                          std::fill(y, y + row_len, 1.0f);
+                        } else {
+                          SynthRow(options.seed, name, r, y, row_len, options.stddev);
+                        }
+                      },
+                      options.threads,
+                      [&](int64_t rows_done) {
+                        done = base + static_cast<uint64_t>(rows_done) * row_bytes;
+                        if (options.progress) options.progress(done, total, name);
+                      });
+                });
   }
   result.file_bytes = w.Write(out);
   return result;

@@ -13,9 +13,24 @@
 
 namespace es::model {
 
+// What a family's files carry beyond the llama-like core, for presets of the newer families.
+struct SynthExtras {
+  int n_rot = 0;                 // rotated dims (rope.dimension_count); 0: the head size
+  int swa_pattern = 0;           // attention.sliding_window_pattern; 0: not written
+  int n_ctx_orig = 0;            // rope.scaling.original_context_length; 0: not written
+  float llama3_factor = 0.0f;    // rope_freqs.weight from Llama 3's formula with this factor
+  bool longrope = false;         // rope_factors_short/long.weight and their attention factor
+  bool fused = false;            // attn_qkv and a 2 * n_ff ffn_up (gate rows first), no gate
+  float yarn_factor = 0.0f;      // rope.scaling.type yarn with this factor, betas 32/1, log mul 1
+  float attn_temp_scale = 0.0f;  // attention.temperature_scale
+  float attn_softcap = 0.0f;     // attn_logit_softcapping
+  float final_softcap = 0.0f;    // final_logit_softcapping
+  float norm_jitter = 0.0f;      // norm weights 1 + noise of this deviation instead of 1
+};
+
 struct SynthPreset {
   const char* name;
-  const char* arch;  // a family of model_arch.h: llama, qwen2, qwen3, gemma3
+  const char* arch;  // a family of model_arch.h
   int n_embd;
   int n_layer;
   int n_head;
@@ -32,8 +47,10 @@ struct SynthPreset {
   const char* description;
   int sliding_window;  // attention.sliding_window; 0: not written
   float rope_scaling;  // linear rope.scaling.factor; 0: not written
+  SynthExtras x = {};
 
   int head_dim() const { return key_length ? key_length : n_embd / n_head; }
+  int n_rot() const { return x.n_rot ? x.n_rot : head_dim(); }
 };
 
 // All presets, listed ones first.
