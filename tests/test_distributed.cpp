@@ -8,6 +8,8 @@
 #include <numeric>
 
 #include "distributed_harness.h"
+#include "model/model_quantize.h"
+#include "model/model_synth.h"
 #include "shard/shard_auth.h"
 #include "shard/shard_rpc.h"
 
@@ -78,9 +80,38 @@ struct Case {
 
 class Exactness : public Distributed, public ::testing::WithParamInterface<std::string> {};
 
+// A parameter "gen:<preset>" is a family's generated test model (the f16 file test_fidelity
+// checks against llama.cpp), written once into the suite's directory; others are shared files.
+constexpr const char kGen[] = "gen:";
+bool Generated(const std::string& param) {
+  return param.rfind(kGen, 0) == 0;
+}
+
+std::string FixtureRef(const std::string& preset) {
+  return std::filesystem::path(__FILE__).parent_path().string() + "/fixtures/ref/" + preset +
+         ".f16.ref.json";
+}
+
+std::string ModelFor(const std::string& param, TempDir& dir) {
+  if (!Generated(param)) return ModelPath(param);
+  const std::string preset = param.substr(sizeof(kGen) - 1);
+  const std::string out = dir.path + "/" + preset + ".f16.gguf";
+  if (!std::filesystem::exists(out)) {
+    es::model::SynthOptions so;
+    so.threads = 2;
+    so.name = "edgeshard test model";
+    es::model::SynthesizeModel(*es::model::FindSynthPreset(preset),
+                               ModelPath("vocab/ggml-vocab-llama-spm.gguf"), out,
+                               *es::model::FindQuantFormat("f16"), so);
+  }
+  return out;
+}
+
 std::vector<std::vector<int32_t>> RefPrompts(const std::string& model, int n_ctx) {
-  std::string base = model.substr(0, model.size() - 5);  // without .gguf
-  const auto j = nlohmann::json::parse(ReadFile(ModelsDir() + "/ref/" + base + ".ref.json"));
+  const std::string ref =
+      Generated(model) ? FixtureRef(model.substr(sizeof(kGen) - 1))
+                       : ModelsDir() + "/ref/" + model.substr(0, model.size() - 5) + ".ref.json";
+  const auto j = nlohmann::json::parse(ReadFile(ref));
   std::vector<std::vector<int32_t>> out;
   for (int c : {0, 2}) {  // a short prompt and one longer than a 256-token step
     auto t = j["cases"][c]["tokens"].get<std::vector<int32_t>>();
@@ -97,7 +128,7 @@ std::vector<std::vector<int32_t>> RefPrompts(const std::string& model, int n_ctx
 // random quantized files (near-uniform outputs, activations re-quantized to 8 bits inside the
 // kernels) F16 rounding can flip a near-tie, so there identity is only required with F32.
 TEST_P(Exactness, GreedyMatchesSingleDevice) {
-  const std::string model = ModelPath(GetParam());
+  const std::string model = ModelFor(GetParam(), *dir_);
   auto info = Model::Load({.path = model, .progress = {}})->Info();
   const int n_ctx = std::min(info.n_ctx_train, 512);
   const auto prompts = RefPrompts(GetParam(), n_ctx);
@@ -105,7 +136,8 @@ TEST_P(Exactness, GreedyMatchesSingleDevice) {
   std::vector<Reference> refs;
   for (const auto& p : prompts) refs.push_back(SingleDevice(model, p, n_ctx, 32));
   const int max_workers = std::min(3, info.n_layer + 1);  // units after the embedding
-  for (int k = 1; k <= max_workers; ++k) {
+  // The generated families run through 2 workers (the family, not the cluster, is under test).
+  for (int k = Generated(GetParam()) ? 2 : 1; k <= (Generated(GetParam()) ? 2 : max_workers); ++k) {
     const std::string cluster = Cluster(model, n_ctx, k);
     for (bool f32 : {false, true}) {
       SCOPED_TRACE(GetParam() + ": " + std::to_string(k) + " worker(s), wire " +
@@ -147,7 +179,9 @@ INSTANTIATE_TEST_SUITE_P(
                       "synth-llama-spm-256.q4_0.gguf", "synth-llama-spm-256.q4_k_m.gguf",
                       "synth-llama-spm-256.q6_k.gguf", "synth-qwen2-gpt2-256.f16.gguf",
                       "synth-qwen2-gpt2-256.q8_0.gguf", "synth-qwen2-gpt2-256.q4_0.gguf",
-                      "synth-qwen3.f16.gguf", "synth-gemma3.f16.gguf"),
+                      "synth-qwen3.f16.gguf", "synth-gemma3.f16.gguf", "gen:tiny-test-llama3",
+                      "gen:tiny-test-phi3", "gen:tiny-test-smollm3", "gen:tiny-test-gemma2",
+                      "gen:tiny-test-mistral3"),
     [](const auto& info) {
       std::string n = info.param;
       for (auto& c : n)

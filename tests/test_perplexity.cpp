@@ -1,6 +1,7 @@
 // Perplexity of every shared model on the GPL-3 corpus (context 128, 8 chunks) within 0.5%
 // of llama.cpp's figure in ../shared/models/ref/perplexity-gpl3-c128-chunks8.txt.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -51,6 +52,34 @@ TEST(Perplexity, EverySharedModelWithinHalfPercentOfLlamaCpp) {
     ++checked;
   }
   EXPECT_EQ(checked, 9);
+}
+
+// The generated files of the newer families (tests/fixtures/ref): each preset and type, written
+// as the reference file was, within 0.5% of llama.cpp's figure on that file.
+TEST(Perplexity, GeneratedFamiliesWithinHalfPercentOfLlamaCpp) {
+  const std::string dir = std::filesystem::path(__FILE__).parent_path().string() + "/fixtures/ref";
+  std::istringstream in(es::test::ReadFile(dir + "/perplexity-families.txt"));
+  std::string line;
+  std::smatch m;
+  int checked = 0;
+  const auto tmp = std::filesystem::temp_directory_path() /
+                   ("es_ppl_families_" + std::to_string(::getpid()) + ".gguf");
+  while (std::getline(in, line)) {
+    if (!std::regex_search(line, m, std::regex(R"(^(\S+)\.(\w+) PPL = ([0-9.]+))"))) continue;
+    const std::string preset = m[1], type = m[2];
+    const double want = std::stod(m[3]);
+    auto synth = es::test::RunCli("synth --preset " + preset + " --type " + type + " --vocab " +
+                                  es::test::ModelPath("vocab/ggml-vocab-llama-spm.gguf") + " -o " +
+                                  tmp.string() + " -t 2 --name 'edgeshard test model'");
+    ASSERT_EQ(synth.exit_code, 0) << synth.err;
+    const double got = RunPerplexity(tmp.string());
+    std::printf("  %-28s edgeshard %.4f  llama.cpp %.4f  (%+.3f%%)\n",
+                (preset + "." + type).c_str(), got, want, 100 * (got - want) / want);
+    EXPECT_NEAR(got, want, 0.005 * want) << preset << " " << type;
+    ++checked;
+  }
+  std::filesystem::remove(tmp);
+  EXPECT_GE(checked, 15);
 }
 
 std::string Corpus() {

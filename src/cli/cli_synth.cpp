@@ -35,14 +35,14 @@ int ListPresets(const SynthArgs& a) {
     auto v = gguf::File::Open(a.vocab);
     vocab_size = static_cast<int>(v->GetStringArray("tokenizer.ggml.tokens").size());
   }
-  std::printf("%-16s %-6s %6s %5s %9s %6s %6s %7s %8s  %s\n", "preset", "arch", "layers", "dim",
+  std::printf("%-16s %-8s %6s %5s %9s %6s %6s %7s %8s  %s\n", "preset", "arch", "layers", "dim",
               "heads/kv", "ffn", "ctx", "vocab", "params", "about");
   for (const auto& p : model::SynthPresets()) {
     if (p.hidden) continue;
     const int nv = vocab_size.value_or(p.ref_vocab);
     char heads[24];
     std::snprintf(heads, sizeof heads, "%d/%d", p.n_head, p.n_head_kv);
-    std::printf("%-16s %-6s %6d %5d %9s %6d %6d %7d %8s  %s\n", p.name, p.arch, p.n_layer, p.n_embd,
+    std::printf("%-16s %-8s %6d %5d %9s %6d %6d %7d %8s  %s\n", p.name, p.arch, p.n_layer, p.n_embd,
                 heads, p.n_ff, p.n_ctx, nv, Count(model::SynthParamCount(p, nv)).c_str(),
                 p.description);
     std::string sizes = "    sizes:";
