@@ -1,5 +1,7 @@
 #include "model/model_arch.h"
 
+#include <cmath>
+
 #include "model/model_config.h"
 
 namespace es::model {
@@ -61,6 +63,24 @@ ArchSpec LlamaLike(std::string_view name, std::string_view about, RopeStyle rope
     s.block.push_back({t});
   for (std::string_view t : extra) s.block.push_back({t, need});
   return s;
+}
+
+ArchSpec GemmaLike(std::string_view name, std::string_view about,
+                   std::initializer_list<std::string_view> extra) {
+  ArchSpec s = LlamaLike(name, about, RopeStyle::kNeox);
+  for (std::string_view t : extra) s.block.push_back({t});
+  for (std::string_view t : {"post_attention_norm.weight", "post_ffw_norm.weight"})
+    s.block.push_back({t});
+  s.ffn = FfnKind::kGeGlu;
+  s.post_norms = true;
+  s.scale_embeddings = true;
+  return s;
+}
+
+float GemmaQueryScale(const ModelConfig& c, int layers_27b) {
+  const float d = c.n_layer == layers_27b ? static_cast<float>(c.n_embd / c.n_head)
+                                          : static_cast<float>(c.head_dim);
+  return 1.0f / std::sqrt(d);
 }
 
 void ReadSlidingWindow(const gguf::File& f, ModelConfig& c, int default_window,

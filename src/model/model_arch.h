@@ -91,6 +91,14 @@ ArchSpec LlamaLike(std::string_view name, std::string_view about, RopeStyle rope
                    std::initializer_list<std::string_view> extra = {},
                    TensorDecl::Need need = TensorDecl::kRequired);
 
+// What Gemma 2 and 3 share: llama's tensors plus sandwich norms (`extra` adds more block
+// tensors), NEOX RoPE, GeGLU, token embeddings scaled by sqrt(n_embd).
+ArchSpec GemmaLike(std::string_view name, std::string_view about,
+                   std::initializer_list<std::string_view> extra = {});
+// Gemma's query scale: 1/sqrt(head size), except for the 27B model (which llama.cpp recognises by
+// its `layers_27b` layers), trained with 1/sqrt(n_embd / n_head).
+float GemmaQueryScale(const ModelConfig& c, int layers_27b);
+
 // Sliding-window attention for families with local and global layers: attention.sliding_window
 // (else `default_window`; 0 means none) and attention.sliding_window_pattern (else
 // `default_pattern`): layer l is global when l % pattern == pattern - 1. A per-layer array is

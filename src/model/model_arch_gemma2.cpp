@@ -27,23 +27,15 @@ void Configure(const gguf::File& f, ModelConfig& c) {
   if (c.attn_softcap < 0 || c.final_softcap < 0 || !std::isfinite(c.attn_softcap) ||
       !std::isfinite(c.final_softcap))
     throw Error(f.path() + ": logit soft-capping values must be finite and >= 0");
-  // Gemma 2 27B scales queries by 1/sqrt(n_embd / n_head) (144) instead of the head size (128);
-  // llama.cpp recognises it by its 46 layers.
-  const float d =
-      c.n_layer == 46 ? static_cast<float>(c.n_embd / c.n_head) : static_cast<float>(c.head_dim);
-  c.q_scale = 1.0f / std::sqrt(d);
+  c.q_scale = GemmaQueryScale(c, 46);  // 27B: 1/sqrt(144) instead of 1/sqrt(128)
 }
 
 }  // namespace
 
 const ArchSpec& Gemma2Arch() {
   static const ArchSpec spec = [] {
-    ArchSpec s = LlamaLike("gemma2", "Gemma 2", RopeStyle::kNeox,
-                           {"post_attention_norm.weight", "post_ffw_norm.weight"});
+    ArchSpec s = GemmaLike("gemma2", "Gemma 2");
     s.globals = {{"token_embd.weight"}, {"output_norm.weight"}};  // the head is tied
-    s.ffn = FfnKind::kGeGlu;
-    s.post_norms = true;
-    s.scale_embeddings = true;
     s.configure = Configure;
     s.keys = {
         {"attention.sliding_window", nullptr, ""},

@@ -25,25 +25,17 @@ void Configure(const gguf::File& f, ModelConfig& c) {
   const double factor = f.GetFloatOr(p + "rope.scaling.factor").value_or(0.0);
   if (factor < 0) throw Error(f.path() + ": rope.scaling.factor must not be negative");
   c.rope_freq_scale = factor == 0 ? 1.0f : 1.0f / static_cast<float>(factor);
-  c.rope_freq_scale_local = 1.0f;  // local layers are not scaled
-  // Gemma 3 27B was trained with queries scaled by 1/sqrt(n_embd / n_head) (168) rather than by
-  // the head size (128); llama.cpp recognises it by its 62 layers.
-  const float d =
-      c.n_layer == 62 ? static_cast<float>(c.n_embd / c.n_head) : static_cast<float>(c.head_dim);
-  c.q_scale = 1.0f / std::sqrt(d);
+  c.rope_freq_scale_local = 1.0f;      // local layers are not scaled
+  c.q_scale = GemmaQueryScale(c, 62);  // 27B: 1/sqrt(168) instead of 1/sqrt(128)
 }
 
 }  // namespace
 
 const ArchSpec& Gemma3Arch() {
   static const ArchSpec spec = [] {
-    ArchSpec s = LlamaLike("gemma3", "Gemma 3 (text)", RopeStyle::kNeox,
-                           {"attn_q_norm.weight", "attn_k_norm.weight",
-                            "post_attention_norm.weight", "post_ffw_norm.weight"});
-    s.ffn = FfnKind::kGeGlu;
+    ArchSpec s =
+        GemmaLike("gemma3", "Gemma 3 (text)", {"attn_q_norm.weight", "attn_k_norm.weight"});
     s.qk_norm = true;
-    s.post_norms = true;
-    s.scale_embeddings = true;
     s.configure = Configure;
     s.keys = {
         // Read by Configure: the window, the period of global layers (layer l is global when
