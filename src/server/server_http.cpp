@@ -146,6 +146,13 @@ std::string HttpServer::Describe() const {
   return buf;
 }
 
+int HttpServer::n_ctx() const {
+  return impl_->sched->n_ctx();
+}
+int HttpServer::n_ctx_train() const {
+  return impl_->model->config().n_ctx_train;
+}
+
 void HttpServer::Impl::Routes() {
   using httplib::Request;
   using httplib::Response;

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -86,6 +87,10 @@ struct SchedulerOptions {
   int n_threads = 0;   // 0: all hardware threads
   int max_queue = 64;  // requests waiting for a slot before new ones are refused
   TensorType kv_type = TensorType::kF16;
+  // When a slot's context fills: keep its first n_keep tokens (plus a leading BOS; -1: the
+  // prompt), drop half of the rest and go on, as llama.cpp's server does; off: finish "length".
+  bool context_shift = true;
+  int n_keep = 0;
   int step_delay_ms = 0;  // testing aid: sleep after each step, to make tiny models slow
 };
 
@@ -118,6 +123,9 @@ class Scheduler {
     std::unique_ptr<runtime::Sampler> sampler;
     std::unique_ptr<runtime::StopMatcher> stop;
     int n_prompt = 0, n_cached = 0, n_generated = 0;
+    // Cached tokens a later request may reuse: after a context shift only the kept prefix holds
+    // the keys and values a fresh evaluation would give.
+    size_t reusable = SIZE_MAX;
     bool first_token = true;
     uint64_t last_used = 0;
   };
@@ -128,6 +136,8 @@ class Scheduler {
   void Assign(Slot& s, std::shared_ptr<Job> job);
   // After sampling `tok` for s: stop checks, output, and the next decode row or the end.
   void HandleToken(Slot& s, int32_t tok, TokenLogprob lp);
+  // Makes room in a full slot before `tok` is evaluated; false when nothing can be dropped.
+  bool ShiftContext(Slot& s, int32_t tok);
   // Sends the last event and frees the slot (keeping its cached tokens).
   void Finish(Slot& s, const std::string& reason, const std::string& error = "", GenEvent ev = {});
   void UpdateGauges();
@@ -136,6 +146,8 @@ class Scheduler {
   const tok::Tokenizer& tok_;
   Metrics& metrics_;
   int n_ctx_, n_batch_, max_queue_, step_delay_ms_;
+  bool context_shift_;
+  int n_keep_;
   kernels::ThreadPool pool_;
   model::Workspace ws_;
   std::vector<Slot> slots_;
