@@ -20,6 +20,7 @@
 #include "runtime/runtime_session.h"
 #include "server/server_scheduler.h"
 #include "shard/shard_dist_stage.h"
+#include "shard/shard_model_units.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 
@@ -342,6 +343,14 @@ TEST(ContextShift, WorkerStageCachesUseRings) {
   sg->set_pos(50);
   sg->set_n_tokens(1);
   EXPECT_THROW(exec.Run(back, {7}, hidden), Error);
+}
+
+// The planner's per-block figures mark sliding-window blocks, so their KV counts a ring.
+TEST(ContextShift, PlannerUnitsKnowTheWindow) {
+  const auto f = gguf::File::Open(ModelPath("synth-gemma3.f16.gguf"));
+  const auto units = shard::UnitsFromGguf(*f);
+  ASSERT_EQ(units.units.size(), 6u);
+  for (int b = 0; b < 4; ++b) EXPECT_EQ(units.units[b + 1].kv_window, b < 3 ? 64u : 0u) << b;
 }
 
 }  // namespace
