@@ -199,6 +199,23 @@ TEST(ContextShift, CliRunShiftsAndEvalDoesNot) {
   EXPECT_NE(r.err.find("context is full"), std::string::npos) << r.err;
 }
 
+// chat: replies go on past a full context, and the next turn appends to what the shifted cache
+// holds instead of evaluating the whole conversation again (which no longer fits).
+TEST(ContextShift, CliChatShiftsAcrossTurns) {
+  const std::string cmd = "chat -m '" + ModelPath("stories260K.gguf") +
+                          "' -c 64 -n 50 --temp 0 --ignore-eos --chat-template chatml -v -t 2";
+  auto r = RunCliWithInput(cmd, "hello there\nand again\nonce more\n");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  size_t replies = 0;
+  for (size_t at = r.err.find("50 generated"); at != std::string::npos;
+       at = r.err.find("50 generated", at + 1))
+    ++replies;
+  EXPECT_EQ(replies, 3u) << r.err;
+  r = RunCliWithInput(cmd + " --no-context-shift", "hello there\nand again\n");
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("is full"), std::string::npos) << r.err;
+}
+
 TEST(ContextShift, ContextBeyondTrainingWarnsAndRuns) {
   const std::string m = ModelPath("stories260K.gguf");
   auto model = model::LlamaModel::Load(m);

@@ -136,7 +136,7 @@ TEST_F(ServerTest, MalformedBodiesGet400) {
       {R"("stream": "yes")", "stream"},
       {R"("max_tokens": 0)", "max_tokens"},
       {R"("max_tokens": -1)", "max_tokens"},
-      {R"("max_tokens": 513)", "max_tokens"},
+      {R"("max_tokens": 16777217)", "max_tokens"},  // past 2^24 (context shift allows more than -c)
       {R"("max_tokens": 2.5)", "max_tokens"},
       {R"("max_tokens": "10")", "max_tokens"},
       {R"("seed": "abc")", "seed"},
@@ -178,6 +178,32 @@ TEST_F(ServerTest, PromptLongerThanContext) {
                        json{{"messages", {{{"role", "user"}, {"content", words}}}}}.dump(), kKey),
                   400, "messages");
   EXPECT_EQ(c["code"], "context_length_exceeded");
+}
+
+// With context shift (on by default) a generation goes on past a full slot, as in llama.cpp;
+// without it, it ends there.
+TEST(ServerContextShift, GenerationOutrunsTheContext) {
+  for (const bool shift : {true, false}) {
+    std::vector<std::string> args = {"-m", Stories(), "-c", "48", "--parallel", "1", "--keep", "2"};
+    if (!shift) args.push_back("--no-context-shift");
+    ServerProcess srv(args);
+    ASSERT_GT(srv.port(), 0);
+    const std::string body =
+        R"({"prompt": "Once upon a time", "max_tokens": 120, "temperature": 0, "ignore_eos": true})";
+    auto r = Post(srv.port(), "/v1/completions", body);
+    if (!shift) {
+      EXPECT_EQ(r.status, 400) << r.body;  // max_tokens beyond the context
+      continue;
+    }
+    ASSERT_EQ(r.status, 200) << r.body;
+    const auto j = json::parse(r.body);
+    EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
+    EXPECT_EQ(j["usage"]["completion_tokens"], 120) << r.body;
+    r = Post(srv.port(), "/v1/completions",
+             R"({"prompt": "Once upon a time", "max_tokens": 120, "temperature": 0,
+                 "ignore_eos": true, "n_keep": -1})");
+    EXPECT_EQ(r.status, 200) << r.body;
+  }
 }
 
 TEST_F(ServerTest, ApiKeyIsRequired) {

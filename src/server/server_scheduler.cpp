@@ -369,7 +369,9 @@ bool Scheduler::ShiftContext(Slot& s, int32_t tok) {
   const auto n_past = static_cast<int64_t>(s.cached.size());
   const auto n_prompt = static_cast<int64_t>(s.n_prompt);
   const bool bos = tok_.add_bos() && !s.cached.empty() && s.cached[0] == tok_.bos();
-  int64_t keep = n_keep_ < 0 || n_keep_ > n_prompt ? n_prompt : n_keep_ + bos;
+  const int n_keep =
+      s.job->request().n_keep == GenRequest::kServerKeep ? n_keep_ : s.job->request().n_keep;
+  int64_t keep = n_keep < 0 || n_keep > n_prompt ? n_prompt : n_keep + bos;
   keep = std::clamp<int64_t>(keep, 0, std::max(0, n_ctx_ - 4));
   const int64_t discard = runtime::ContextShiftDiscard(n_past, n_ctx_, keep);
   if (discard == 0) return false;

@@ -34,6 +34,8 @@ struct GenRequest {
   std::vector<std::string> stop;
   bool ignore_eos = false;
   int n_logprobs = -1;  // < 0: none; 0: the chosen token's; k: also the k most likely
+  static constexpr int kServerKeep = -2;
+  int n_keep = kServerKeep;  // tokens a context shift keeps (-1: the prompt); kServerKeep: --keep
 };
 
 // One generated token with its log-probability under the model (log-softmax of the raw logits,
@@ -108,6 +110,7 @@ class Scheduler {
   void Stop();
 
   int n_ctx() const { return n_ctx_; }
+  bool context_shift() const { return context_shift_; }
   int n_slots() const { return static_cast<int>(slots_.size()); }
   int n_threads() const { return pool_.size(); }
   size_t kv_bytes() const;
