@@ -56,20 +56,39 @@ bool KvCache::CanTruncate(int64_t n, int64_t n_past) const {
   return true;
 }
 
-bool KvCache::Shift(const model::LlamaModel& m, int64_t keep, int64_t discard, int64_t n_past) {
+bool KvCache::Shift(const model::LlamaModel& m, int64_t keep, int64_t discard, int64_t n_past,
+                    kernels::ThreadPool* pool) {
   if (keep < 0 || discard <= 0 || keep + discard > n_past || n_past > n_ctx_)
     throw Error("context shift of " + std::to_string(discard) + " positions after " +
                 std::to_string(keep) + " does not fit the " + std::to_string(n_past) +
                 " positions held");
-  const size_t row_bytes = static_cast<size_t>(kv_dim_) * (type_ == TensorType::kF16 ? 2 : 4);
   const int64_t n_new = n_past - discard;
+  auto old_pos = [&](int64_t p) { return p < keep ? p : p + discard; };
+  // A ring holds old positions held_from..n_past-1 at rows pos % ring. New position p comes
+  // from old p (kept prefix) or p + discard; a ring keeps the newest run of new positions whose
+  // old keys are still there (at most a ring's worth): lo[l] onwards.
+  std::vector<int64_t> lo(layers_.size(), 0);
   int64_t floor = 0;
-  std::vector<uint8_t> tk, tv;
-  for (int l = 0; l < static_cast<int>(layers_.size()); ++l) {
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const int64_t ring = layers_[l].ring;
+    if (!layers_[l].k || !ring) continue;
+    const int64_t held_from = std::max({ring_floor_, n_past - ring, int64_t{0}});
+    int64_t first = n_new;
+    while (first > std::max<int64_t>(0, n_new - ring) && old_pos(first - 1) >= held_from) --first;
+    // The next position sees the window before it: without those keys the cache is unusable.
+    if (first > std::max<int64_t>(0, n_new - window_[l] + 1)) return false;
+    lo[l] = first;
+    floor = std::max(floor, first);
+  }
+  // Layers are independent: one task each (a 7B model's 32 layers at 4k context move and turn
+  // a quarter of a billion values).
+  auto shift_layer = [&](size_t l) {
     const model::KvLayer& kv = layers_[l];
-    if (!kv.k) continue;
+    if (!kv.k) return;
+    const size_t row_bytes = static_cast<size_t>(kv_dim_) * (type_ == TensorType::kF16 ? 2 : 4);
     auto* k = static_cast<uint8_t*>(kv.k);
     auto* v = static_cast<uint8_t*>(kv.v);
+    const int layer = static_cast<int>(l);
     if (!kv.ring) {
       // Rows are positions: slide the tail down over the discarded rows, then turn its keys.
       const int64_t n_move = n_past - keep - discard;
@@ -77,38 +96,34 @@ bool KvCache::Shift(const model::LlamaModel& m, int64_t keep, int64_t discard, i
       const size_t from = static_cast<size_t>(keep + discard) * row_bytes;
       std::memmove(k + off, k + from, static_cast<size_t>(n_move) * row_bytes);
       std::memmove(v + off, v + from, static_cast<size_t>(n_move) * row_bytes);
-      m.ShiftKeys(l, n_ctx_, k + off, type_, n_move, -discard);
-      continue;
+      m.ShiftKeys(layer, n_ctx_, k + off, type_, n_move, -discard);
+      return;
     }
-    // A ring holds old positions held_from..n_past-1 at rows pos % ring. New position p comes
-    // from old p (kept prefix) or p + discard; keep the newest run of new positions whose old
-    // keys are still there, at most a ring's worth.
+    // Through a copy: new rows may be old rows still to be read.
     const int64_t ring = kv.ring;
-    const int64_t held_from = std::max({ring_floor_, n_past - ring, int64_t{0}});
-    auto old_pos = [&](int64_t p) { return p < keep ? p : p + discard; };
-    int64_t lo = n_new;
-    while (lo > std::max<int64_t>(0, n_new - ring) && old_pos(lo - 1) >= held_from) --lo;
-    // The next position sees the window before it: without those keys the cache is unusable.
-    if (lo > std::max<int64_t>(0, n_new - window_[l] + 1)) return false;
-    floor = std::max(floor, lo);
-    const int64_t n = n_new - lo;
-    tk.resize(static_cast<size_t>(n) * row_bytes);
-    tv.resize(tk.size());
-    for (int64_t p = lo; p < n_new; ++p) {
+    std::vector<uint8_t> tk(static_cast<size_t>(n_new - lo[l]) * row_bytes), tv(tk.size());
+    for (int64_t p = lo[l]; p < n_new; ++p) {
       const size_t src = static_cast<size_t>(old_pos(p) % ring) * row_bytes;
-      const size_t dst = static_cast<size_t>(p - lo) * row_bytes;
+      const size_t dst = static_cast<size_t>(p - lo[l]) * row_bytes;
       std::memcpy(tk.data() + dst, k + src, row_bytes);
       std::memcpy(tv.data() + dst, v + src, row_bytes);
     }
-    const int64_t moved = std::max(lo, keep);  // first new position that moved
-    m.ShiftKeys(l, n_ctx_, tk.data() + static_cast<size_t>(moved - lo) * row_bytes, type_,
+    const int64_t moved = std::max(lo[l], keep);  // first new position that moved
+    m.ShiftKeys(layer, n_ctx_, tk.data() + static_cast<size_t>(moved - lo[l]) * row_bytes, type_,
                 n_new - moved, -discard);
-    for (int64_t p = lo; p < n_new; ++p) {
-      const size_t src = static_cast<size_t>(p - lo) * row_bytes;
+    for (int64_t p = lo[l]; p < n_new; ++p) {
+      const size_t src = static_cast<size_t>(p - lo[l]) * row_bytes;
       const size_t dst = static_cast<size_t>(p % ring) * row_bytes;
       std::memcpy(k + dst, tk.data() + src, row_bytes);
       std::memcpy(v + dst, tv.data() + src, row_bytes);
     }
+  };
+  if (pool) {
+    pool->ParallelFor(static_cast<int64_t>(layers_.size()), [&](int64_t b, int64_t e, int) {
+      for (int64_t l = b; l < e; ++l) shift_layer(static_cast<size_t>(l));
+    });
+  } else {
+    for (size_t l = 0; l < layers_.size(); ++l) shift_layer(l);
   }
   ring_floor_ = floor;
   return true;

@@ -35,8 +35,10 @@ class KvCache {
   // keep+discard-1 and moves the later ones `discard` positions earlier, re-rotating their keys
   // (model.ShiftKeys). Rings copy the positions they still hold to their new rows. Returns false
   // when a ring lacks a key the next position needs (a kept prefix position it overwrote): the
-  // cache is then unusable and the caller evaluates the kept tokens again from position 0.
-  bool Shift(const model::LlamaModel& m, int64_t keep, int64_t discard, int64_t n_past);
+  // cache is then untouched but unusable, and the caller evaluates the kept tokens again from
+  // position 0. Layers are spread over `pool` when given.
+  bool Shift(const model::LlamaModel& m, int64_t keep, int64_t discard, int64_t n_past,
+             kernels::ThreadPool* pool = nullptr);
   // Forget shift history: called when the sequence is evaluated again from position 0.
   void Reset() { ring_floor_ = 0; }
   size_t bytes() const { return bytes_; }

@@ -79,7 +79,7 @@ void Session::Truncate(int64_t n) {
 
 void Session::Shift(int64_t keep, int64_t discard) {
   const auto first = tokens_.begin() + keep;
-  if (!kv_.Shift(model_, keep, discard, n_past_)) {
+  if (!kv_.Shift(model_, keep, discard, n_past_, &pool_)) {
     std::vector<int32_t> kept(tokens_.begin(), first);
     kept.insert(kept.end(), first + discard, tokens_.end());
     const std::vector<float> logits = logits_last_;  // the caller still samples from these

@@ -376,7 +376,7 @@ bool Scheduler::ShiftContext(Slot& s, int32_t tok) {
   const int64_t discard = runtime::ContextShiftDiscard(n_past, n_ctx_, keep);
   if (discard == 0) return false;
   const auto first = s.cached.begin() + keep;
-  if (s.kv->Shift(model_, keep, discard, n_past)) {
+  if (s.kv->Shift(model_, keep, discard, n_past, &pool_)) {
     s.cached.erase(first, first + discard);
   } else {
     // A ring lost keys the next position needs: evaluate the kept tokens and tok as a prompt
