@@ -199,6 +199,10 @@ TEST(ServerContextShift, GenerationOutrunsTheContext) {
     const auto j = json::parse(r.body);
     EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
     EXPECT_EQ(j["usage"]["completion_tokens"], 120) << r.body;
+    const auto metrics = Get(srv.port(), "/metrics");
+    EXPECT_NE(metrics.body.find("edgeshard_context_shifts_total "), std::string::npos);
+    EXPECT_EQ(metrics.body.find("edgeshard_context_shifts_total 0"), std::string::npos)
+        << metrics.body;
     r = Post(srv.port(), "/v1/completions",
              R"({"prompt": "Once upon a time", "max_tokens": 120, "temperature": 0,
                  "ignore_eos": true, "n_keep": -1})");

@@ -389,6 +389,7 @@ bool Scheduler::ShiftContext(Slot& s, int32_t tok) {
     s.kv->Reset();
   }
   s.reusable = static_cast<size_t>(keep);
+  metrics_.ContextShift(discard);
   return true;
 }
 
