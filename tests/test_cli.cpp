@@ -112,7 +112,7 @@ TEST(Cli, RunSeedIsReproducible) {
 
 TEST(Cli, ContextOverflowIsClearError) {
   auto r = RunCli("run -m " + ModelPath("stories260K.gguf") +
-                  " -p 'Once upon a time' -n 100 -c 16 --temp 0 --ignore-eos");
+                  " -p 'Once upon a time' -n 100 -c 16 --temp 0 --ignore-eos --no-context-shift");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("context"), std::string::npos) << r.err;
 }

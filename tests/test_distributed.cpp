@@ -276,6 +276,31 @@ TEST_F(Distributed, ContinuedSequenceMatchesSingleDevice) {
   EXPECT_EQ(co.Tokens(s), ctx.tokens());
 }
 
+// gemma3's workers keep sliding-window rings (window 64 + batch 16 - 1): a rewind deeper than
+// they hold makes the coordinator send the kept tokens again from position 0, and the result
+// still equals one device's.
+TEST_F(Distributed, DeepRewindWithSlidingWindowRings) {
+  const std::string model = ModelPath("synth-gemma3.f16.gguf");
+  const int n_ctx = 256;
+  auto o = Options(Cluster(model, n_ctx, 2), n_ctx, true);
+  o.n_batch = 16;
+  Coordinator co(model, o);
+  auto m = Model::Load({.path = model, .progress = {}});
+  Context ctx(m, {.n_ctx = n_ctx, .n_threads = 1, .n_batch = 16});
+  const uint64_t s = co.NewSequence();
+  std::vector<int32_t> p1 = {2};
+  for (int i = 1; i < 80; ++i) p1.push_back(100 + (i * 37) % 5000);
+  const std::vector<int32_t> p2 = {300, 301, 302, 303};
+  EXPECT_EQ(co.Generate(s, p1, Greedy(60), {}).tokens, ctx.Generate(p1, Greedy(60), {}).tokens);
+  for (const int64_t cut : {int64_t{130}, int64_t{20}}) {  // within the rings, then beyond
+    SCOPED_TRACE(cut);
+    ctx.Truncate(cut);
+    co.Truncate(s, cut);
+    EXPECT_EQ(co.Generate(s, p2, Greedy(12), {}).tokens, ctx.Generate(p2, Greedy(12), {}).tokens);
+    EXPECT_EQ(co.Tokens(s), ctx.tokens());
+  }
+}
+
 // The front ends: `run --cluster` prints what `run` prints; `chat --cluster` answers as `chat`;
 // `bench --cluster --json` reports both modes with per-stage costs.
 TEST_F(Distributed, CommandLine) {

@@ -136,7 +136,7 @@ TEST_F(ServerTest, MalformedBodiesGet400) {
       {R"("stream": "yes")", "stream"},
       {R"("max_tokens": 0)", "max_tokens"},
       {R"("max_tokens": -1)", "max_tokens"},
-      {R"("max_tokens": 513)", "max_tokens"},
+      {R"("max_tokens": 16777217)", "max_tokens"},  // past 2^24 (context shift allows more than -c)
       {R"("max_tokens": 2.5)", "max_tokens"},
       {R"("max_tokens": "10")", "max_tokens"},
       {R"("seed": "abc")", "seed"},
@@ -178,6 +178,36 @@ TEST_F(ServerTest, PromptLongerThanContext) {
                        json{{"messages", {{{"role", "user"}, {"content", words}}}}}.dump(), kKey),
                   400, "messages");
   EXPECT_EQ(c["code"], "context_length_exceeded");
+}
+
+// With context shift (on by default) a generation goes on past a full slot, as in llama.cpp;
+// without it, it ends there.
+TEST(ServerContextShift, GenerationOutrunsTheContext) {
+  for (const bool shift : {true, false}) {
+    std::vector<std::string> args = {"-m", Stories(), "-c", "48", "--parallel", "1", "--keep", "2"};
+    if (!shift) args.push_back("--no-context-shift");
+    ServerProcess srv(args);
+    ASSERT_GT(srv.port(), 0);
+    const std::string body =
+        R"({"prompt": "Once upon a time", "max_tokens": 120, "temperature": 0, "ignore_eos": true})";
+    auto r = Post(srv.port(), "/v1/completions", body);
+    if (!shift) {
+      EXPECT_EQ(r.status, 400) << r.body;  // max_tokens beyond the context
+      continue;
+    }
+    ASSERT_EQ(r.status, 200) << r.body;
+    const auto j = json::parse(r.body);
+    EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
+    EXPECT_EQ(j["usage"]["completion_tokens"], 120) << r.body;
+    const auto metrics = Get(srv.port(), "/metrics");
+    EXPECT_NE(metrics.body.find("edgeshard_context_shifts_total "), std::string::npos);
+    EXPECT_EQ(metrics.body.find("edgeshard_context_shifts_total 0"), std::string::npos)
+        << metrics.body;
+    r = Post(srv.port(), "/v1/completions",
+             R"({"prompt": "Once upon a time", "max_tokens": 120, "temperature": 0,
+                 "ignore_eos": true, "n_keep": -1})");
+    EXPECT_EQ(r.status, 200) << r.body;
+  }
 }
 
 TEST_F(ServerTest, ApiKeyIsRequired) {
@@ -332,9 +362,16 @@ TEST(ServerCli, BadOptionsFail) {
   EXPECT_NE(r.err.find("chat"), std::string::npos) << r.err;
   r = es::test::RunCli("serve -m " + Stories() + " --parallel 0");
   EXPECT_EQ(r.exit_code, 2) << r.err;
-  r = es::test::RunCli("serve -m " + Stories() + " -c 100000 --port 0");
-  EXPECT_EQ(r.exit_code, 1) << r.err;
-  EXPECT_NE(r.err.find("context"), std::string::npos) << r.err;
+}
+
+// A context beyond the training one (stories260K: 2048) starts with a warning, as in llama.cpp.
+TEST(ServerCli, ContextBeyondTrainingWarns) {
+  ServerProcess srv({"-m", Stories(), "-c", "4096", "--parallel", "1"});
+  ASSERT_GT(srv.port(), 0);
+  EXPECT_NE(srv.stderr_text().find("longer than the model was trained on (2048)"),
+            std::string::npos)
+      << srv.stderr_text();
+  EXPECT_EQ(srv.Stop(), 0) << srv.stderr_text();
 }
 
 // 16 clients streaming for 5 s (the minute-long run is bench/bench_server.sh): no errors, every

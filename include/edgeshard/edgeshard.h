@@ -68,7 +68,7 @@ class Model {
 };
 
 struct ContextParams {
-  int n_ctx = 0;        // 0: min(model context, 4096)
+  int n_ctx = 0;        // 0: min(model context, 4096); beyond the training context is allowed
   int n_threads = 0;    // 0: all cores
   int n_batch = 256;    // prompt tokens per forward pass
   bool kv_f32 = false;  // F16 cache by default (half the memory, same as llama.cpp)
@@ -91,6 +91,10 @@ struct GenerateParams {
   SamplingParams sampling;
   std::vector<std::string> stop;  // never printed, also when split across tokens
   bool ignore_eos = false;
+  // When the context fills: keep its first n_keep tokens (plus a leading BOS; -1: the whole
+  // prompt), drop half of the rest and go on (llama.cpp's context shift). Off: stop ("context").
+  bool context_shift = false;
+  int n_keep = 0;
 };
 
 struct GenerateResult {
@@ -100,6 +104,7 @@ struct GenerateResult {
   int n_prompt = 0;
   double prompt_ms = 0, decode_ms = 0;
   int n_decode = 0;  // single-token forward passes timed in decode_ms
+  int n_shifts = 0;  // context shifts made
 };
 
 class Context {

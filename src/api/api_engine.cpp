@@ -123,12 +123,10 @@ Context::Context(std::shared_ptr<Model> model, const ContextParams& p) : model_(
   so.n_threads = p.n_threads;
   so.n_batch = p.n_batch;
   so.kv_type = p.kv_f32 ? TensorType::kF32 : TensorType::kF16;
-  const auto& c = model_->impl().model->config();
   if (p.n_ctx < 0)
     throw Error("context length must be positive (got " + std::to_string(p.n_ctx) + ")");
-  if (p.n_ctx > c.n_ctx_train)
-    throw Error("context length " + std::to_string(p.n_ctx) +
-                " exceeds the model's training context " + std::to_string(c.n_ctx_train));
+  // A context beyond the training one is allowed: the file's RoPE scaling applies, and the CLI
+  // warns (as llama.cpp does).
   impl_ = std::make_unique<Impl>();
   impl_->session = std::make_unique<runtime::Session>(*model_->impl().model, so);
 }
@@ -168,6 +166,16 @@ GenerateResult Context::Generate(const std::vector<int32_t>& prompt, const Gener
   GenerateResult r;
   r.n_prompt = static_cast<int>(prompt.size());
   if (prompt.empty() && s.n_past() == 0) throw Error("the prompt is empty");
+  // llama.cpp keeps a leading BOS on top of n_keep; -1 (or more than the prompt) keeps it all.
+  const int64_t n_prompt_all = s.n_past() + static_cast<int64_t>(prompt.size());
+  const int32_t first = s.n_past() > 0 ? s.tokens()[0] : prompt[0];
+  const bool bos = first == model_->PromptBosToken();
+  const int64_t keep = gp.n_keep < 0 || gp.n_keep > n_prompt_all ? n_prompt_all : gp.n_keep + bos;
+  // A prompt that does not fit after what the context holds makes room first, as llama.cpp's
+  // completion tool does for its user input.
+  while (gp.context_shift && s.n_past() + static_cast<int64_t>(prompt.size()) >= s.n_ctx() &&
+         s.ShiftContext(keep) > 0)
+    ++r.n_shifts;
   if (s.n_past() + static_cast<int64_t>(prompt.size()) >= s.n_ctx())
     throw Error("the prompt needs " + std::to_string(s.n_past() + prompt.size()) +
                 " positions but the context holds " + std::to_string(s.n_ctx()) +
@@ -217,8 +225,11 @@ GenerateResult Context::Generate(const std::vector<int32_t>& prompt, const Gener
     }
     if (static_cast<int64_t>(r.tokens.size()) >= limit) break;
     if (s.n_past() >= s.n_ctx()) {
-      r.stop_reason = "context";
-      break;
+      if (!gp.context_shift || s.ShiftContext(keep) == 0) {
+        r.stop_reason = "context";
+        break;
+      }
+      ++r.n_shifts;
     }
     auto t1 = Clock::now();
     s.Eval({tok});

@@ -29,6 +29,7 @@ int Chat(ChatOptions o) {
         o.gen, o.system, o.chat_template, o.verbose);
   auto model = LoadModel(o.model.model);
   Context ctx(model, MakeContextParams(o.model));
+  WarnBeyondTraining("chat", ctx.n_ctx(), model->Info().n_ctx_train);
   const bool tty = isatty(STDIN_FILENO);
   std::vector<ChatTurn> turns;
   if (!o.system.empty()) turns.push_back({"system", o.system});
@@ -38,6 +39,8 @@ int Chat(ChatOptions o) {
     std::fprintf(stderr,
                  "edgeshard chat: type a message; /reset starts over, /exit or Ctrl-D quits\n");
   std::string line;
+  bool shifted = false;     // a context shift dropped part of the conversation from the cache
+  std::string text_so_far;  // the conversation rendered up to the last reply
   while (true) {
     if (tty) std::fprintf(stderr, "> ");
     if (!std::getline(std::cin, line)) break;
@@ -45,6 +48,7 @@ int Chat(ChatOptions o) {
     if (line == "/reset") {
       turns.resize(o.system.empty() ? 0 : 1);
       ctx.Truncate(0);
+      shifted = false;
       continue;
     }
     if (line.empty()) continue;
@@ -61,8 +65,15 @@ int Chat(ChatOptions o) {
     size_t keep = 0;
     while (keep < cached.size() && keep < tokens.size() && cached[keep] == tokens[keep]) ++keep;
     if (keep == tokens.size()) --keep;  // at least one token to evaluate, to get fresh logits
-    ctx.Truncate(static_cast<int64_t>(keep));
     std::vector<int32_t> fresh(tokens.begin() + static_cast<std::ptrdiff_t>(keep), tokens.end());
+    // After a context shift the cache no longer holds the whole conversation: append only what
+    // this turn adds to the text already rendered (as llama.cpp's chat does).
+    const std::string before = text_so_far;
+    if (shifted && text.compare(0, before.size(), before) == 0) {
+      fresh = model->Tokenize(text.substr(before.size()), false, true);
+      keep = static_cast<size_t>(ctx.n_past());
+    }
+    ctx.Truncate(static_cast<int64_t>(keep));
     auto r = ctx.Generate(fresh, o.gen, [](std::string_view piece) {
       std::fwrite(piece.data(), 1, piece.size(), stdout);
       std::fflush(stdout);
@@ -76,11 +87,13 @@ int Chat(ChatOptions o) {
                    r.decode_ms > 0 ? 1000.0 * r.n_decode / r.decode_ms : 0.0,
                    r.stop_reason.c_str());
     turns.push_back({"assistant", r.text});
+    shifted = shifted || r.n_shifts > 0;
+    text_so_far = model->ApplyChatTemplate(turns, false, o.chat_template);
     if (r.stop_reason == "context") {
-      std::fprintf(
-          stderr,
-          "edgeshard chat: error: the context of %d tokens is full (use a larger -c or /reset)\n",
-          ctx.n_ctx());
+      std::fprintf(stderr,
+                   "edgeshard chat: error: the context of %d tokens is full (use a larger -c, "
+                   "--context-shift or /reset)\n",
+                   ctx.n_ctx());
       return kExitFailure;
     }
   }
@@ -93,6 +106,7 @@ const bool registered = RegisterCommand("chat", [](CLI::App& app) {
   auto* cmd = app.add_subcommand("chat", "interactive chat with the model's chat template");
   AddModelOptions(cmd, o->model);
   AddSamplingOptions(cmd, o->gen);
+  AddContextShiftOptions(cmd, o->gen.context_shift, o->gen.n_keep);
   cmd->add_option("--system", o->system, "system prompt");
   cmd->add_option("--chat-template", o->chat_template,
                   "template name (llama2, llama3, chatml, mistral, zephyr) or template text; "

@@ -21,6 +21,24 @@ void AddModelOptions(CLI::App* app, ModelOptions& o, bool with_ctx) {
   }
 }
 
+void AddContextShiftOptions(CLI::App* app, bool& shift, int& keep) {
+  shift = true;
+  app->add_flag("--context-shift,!--no-context-shift", shift,
+                "when the context is full, drop the older half after --keep tokens and go on "
+                "(default: on)");
+  app->add_option("--keep", keep,
+                  "tokens kept at the start by a context shift, besides a BOS (-1: the prompt)")
+      ->check(CLI::Range(-1, 1 << 24));
+}
+
+void WarnBeyondTraining(const char* command, int n_ctx, int n_ctx_train) {
+  if (n_ctx <= n_ctx_train) return;
+  std::fprintf(stderr,
+               "edgeshard %s: warning: the context of %d tokens is longer than the model was "
+               "trained on (%d); the file's RoPE scaling applies, but quality may degrade\n",
+               command, n_ctx, n_ctx_train);
+}
+
 std::string HumanBytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   int u = 0;

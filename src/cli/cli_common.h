@@ -27,6 +27,12 @@ ContextParams MakeContextParams(const ModelOptions& o);
 // --presence-penalty, --seed, --stop, --ignore-eos.
 void AddSamplingOptions(CLI::App* app, GenerateParams& g);
 
+// --context-shift / --no-context-shift (default: on) and --keep N.
+void AddContextShiftOptions(CLI::App* app, bool& shift, int& keep);
+// A context beyond the model's training context runs (with the file's RoPE scaling), as in
+// llama.cpp, but quality may drop: says so on stderr.
+void WarnBeyondTraining(const char* command, int n_ctx, int n_ctx_train);
+
 std::string HumanBytes(double bytes);
 
 }  // namespace es::cli

@@ -33,11 +33,11 @@ int Eval(EvalOptions o) {
   if (tokens.empty()) throw UsageError("the prompt produced no tokens");
   const int n_vocab = model->Info().n_vocab;
   auto params = MakeContextParams(o.model);
-  if (o.model.ctx == 0)
-    params.n_ctx =
-        std::min<int>(model->Info().n_ctx_train, static_cast<int>(tokens.size()) + o.greedy + 1);
+  // Just what the prompt and the continuation need; eval never shifts the context.
+  if (o.model.ctx == 0) params.n_ctx = static_cast<int>(tokens.size()) + o.greedy + 1;
   params.n_batch = static_cast<int>(tokens.size());  // one batched pass
   Context ctx(model, params);
+  WarnBeyondTraining("eval", ctx.n_ctx(), model->Info().n_ctx_train);
   std::vector<float> logits;
   ctx.Eval(tokens, &logits);
 

@@ -79,6 +79,7 @@ int Perplexity(PplOptions o) {
   cp.n_ctx = n_ctx;
   cp.n_batch = n_ctx;
   Context ctx(model, cp);
+  WarnBeyondTraining("perplexity", n_ctx, model->Info().n_ctx_train);
   const int n_vocab = model->Info().n_vocab;
   const int first = n_ctx / 2;
   const size_t row_bytes = static_cast<size_t>(n_vocab) * sizeof(float);

@@ -38,6 +38,7 @@ int Run(const RunOptions& o) {
   auto model = LoadModel(o.model.model, &load_ms);
   Context ctx(model, MakeContextParams(o.model));
   const auto info = model->Info();
+  WarnBeyondTraining("run", ctx.n_ctx(), info.n_ctx_train);
   const auto tokens = model->Tokenize(prompt, !o.no_bos, true);
   std::fprintf(stderr,
                "edgeshard: %s (%s, %d layers, %s) loaded in %.0f ms; context %d tokens, KV cache "
@@ -60,10 +61,11 @@ int Run(const RunOptions& o) {
                "load: %.0f ms | prompt: %d tokens, %.1f ms, %.2f tokens/s | generation: %zu "
                "tokens, %.2f tokens/s | stop: %s\n",
                load_ms, r.n_prompt, r.prompt_ms, pp, r.tokens.size(), tg, r.stop_reason.c_str());
+  if (r.n_shifts > 0) std::fprintf(stderr, "context shifts: %d\n", r.n_shifts);
   if (r.stop_reason == "context") {
     std::fprintf(stderr,
                  "edgeshard run: error: the context of %d tokens is full; generation stopped (use "
-                 "a larger -c)\n",
+                 "a larger -c, or --context-shift)\n",
                  ctx.n_ctx());
     return kExitFailure;
   }
@@ -75,6 +77,7 @@ const bool registered = RegisterCommand("run", [](CLI::App& app) {
   auto* cmd = app.add_subcommand("run", "generate text from a prompt");
   AddModelOptions(cmd, opts->model);
   AddSamplingOptions(cmd, opts->gen);
+  AddContextShiftOptions(cmd, opts->gen.context_shift, opts->gen.n_keep);
   auto* p = cmd->add_option("-p,--prompt", opts->prompt, "prompt text");
   auto* f = cmd->add_option("-f,--file", opts->prompt_file, "read the prompt from a file")
                 ->check(CLI::ExistingFile);

@@ -53,6 +53,7 @@ int Serve(ServeOptions o) {
   server::HttpServer srv(s);
   const int port = srv.Bind();
   std::fprintf(stderr, "edgeshard serve: %s\n", srv.Describe().c_str());
+  WarnBeyondTraining("serve", srv.n_ctx(), srv.n_ctx_train());
   std::fprintf(stderr, "edgeshard serve: listening on http://%s:%d\n", s.host.c_str(), port);
   std::fflush(stderr);
   std::thread waiter([&] {
@@ -120,6 +121,7 @@ const bool registered = RegisterCommand("serve", [](CLI::App& app) {
         ->check(CLI::Range(0.1, 3600.0))
         ->capture_default_str();
   cmd->add_flag("-v,--verbose", s.log_requests, "log every request on stderr");
+  AddContextShiftOptions(cmd, s.sched.context_shift, s.sched.n_keep);
   // Makes tiny models slow enough for overload and disconnect tests to be deterministic.
   cmd->add_option("--test-step-delay-ms", s.sched.step_delay_ms,
                   "sleep after each batched step (testing aid)")

@@ -101,6 +101,13 @@ class LlamaModel {
   // How layer `layer` rotates queries and keys for a sequence of n_ctx positions (LongRoPE
   // picks its factors by the length); n_rot 0 for a layer without RoPE.
   kernels::RopeParams RopeFor(int layer, int64_t n_ctx) const;
+  // Context shift: turns the `n_rows` cached key rows at `k` (kv_dim values each, of `type`) of
+  // layer `layer` by `delta` positions, with the layer's RoPE for a sequence of n_ctx positions,
+  // as if their tokens had been evaluated `delta` positions later (negative: earlier). F16 keys
+  // go through f32 and are rounded back, as llama.cpp's shift does. No-op for a layer without
+  // RoPE. Body in model_kv_shift.cpp.
+  void ShiftKeys(int layer, int64_t n_ctx, void* k, TensorType type, int64_t n_rows,
+                 int64_t delta) const;
   // Final norm and output head for `n` rows of hidden state; logits [n, n_vocab].
   // Overwrites hidden with its normalised values.
   void Head(float* hidden, int n, float* logits, Workspace& ws, kernels::ThreadPool& pool) const;

@@ -6,9 +6,11 @@
 namespace es::runtime {
 
 size_t KvCache::BytesNeeded(const model::ModelConfig& c, int64_t n_ctx, TensorType type,
-                            int n_layers) {
+                            int n_layers, int max_batch) {
   const size_t elem = type == TensorType::kF16 ? 2 : 4;
-  return 2 * static_cast<size_t>(n_layers) * static_cast<size_t>(n_ctx) * c.kv_dim() * elem;
+  size_t rows = 0;
+  for (int l = 0; l < n_layers; ++l) rows += static_cast<size_t>(RowsKept(c, l, n_ctx, max_batch));
+  return 2 * rows * c.kv_dim() * elem;
 }
 
 int64_t KvCache::RowsKept(const model::ModelConfig& c, int l, int64_t n_ctx, int max_batch) {
@@ -19,7 +21,7 @@ int64_t KvCache::RowsKept(const model::ModelConfig& c, int l, int64_t n_ctx, int
 
 KvCache::KvCache(const model::ModelConfig& c, int64_t n_ctx, TensorType type, int first_layer,
                  int last_layer, int max_batch)
-    : n_ctx_(n_ctx), type_(type), rewind_limit_(n_ctx) {
+    : n_ctx_(n_ctx), type_(type), rewind_limit_(n_ctx), kv_dim_(c.kv_dim()) {
   if (last_layer < 0) last_layer = c.n_layer;
   if (type != TensorType::kF16 && type != TensorType::kF32)
     throw Error("KV cache type must be f16 or f32");
@@ -30,6 +32,8 @@ KvCache::KvCache(const model::ModelConfig& c, int64_t n_ctx, TensorType type, in
   storage_.reset(new uint8_t[bytes_]);
   std::memset(storage_.get(), 0, bytes_);  // commit the pages now, not during generation
   layers_.resize(c.n_layer);
+  window_.resize(c.n_layer);
+  for (int l = 0; l < c.n_layer; ++l) window_[l] = c.Window(l);
   uint8_t* p = storage_.get();
   for (int l = first_layer; l < last_layer; ++l) {
     const int64_t rows = RowsKept(c, l, n_ctx, max_batch);
@@ -39,6 +43,90 @@ KvCache::KvCache(const model::ModelConfig& c, int64_t n_ctx, TensorType type, in
     if (ring) rewind_limit_ = std::min(rewind_limit_, ring - c.Window(l));
     p += 2 * per_tensor;
   }
+}
+
+bool KvCache::CanTruncate(int64_t n, int64_t n_past) const {
+  if (n <= 0) return true;
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const int64_t ring = layers_[l].ring;
+    if (!layers_[l].k || !ring) continue;
+    const int64_t held_from = std::max({ring_floor_, n_past - ring, int64_t{0}});
+    if (std::max<int64_t>(0, n - window_[l] + 1) < held_from) return false;
+  }
+  return true;
+}
+
+bool KvCache::Shift(const model::LlamaModel& m, int64_t keep, int64_t discard, int64_t n_past,
+                    kernels::ThreadPool* pool) {
+  if (keep < 0 || discard <= 0 || keep + discard > n_past || n_past > n_ctx_)
+    throw Error("context shift of " + std::to_string(discard) + " positions after " +
+                std::to_string(keep) + " does not fit the " + std::to_string(n_past) +
+                " positions held");
+  const int64_t n_new = n_past - discard;
+  auto old_pos = [&](int64_t p) { return p < keep ? p : p + discard; };
+  // A ring holds old positions held_from..n_past-1 at rows pos % ring. New position p comes
+  // from old p (kept prefix) or p + discard; a ring keeps the newest run of new positions whose
+  // old keys are still there (at most a ring's worth): lo[l] onwards.
+  std::vector<int64_t> lo(layers_.size(), 0);
+  int64_t floor = 0;
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const int64_t ring = layers_[l].ring;
+    if (!layers_[l].k || !ring) continue;
+    const int64_t held_from = std::max({ring_floor_, n_past - ring, int64_t{0}});
+    int64_t first = n_new;
+    while (first > std::max<int64_t>(0, n_new - ring) && old_pos(first - 1) >= held_from) --first;
+    // The next position sees the window before it: without those keys the cache is unusable.
+    if (first > std::max<int64_t>(0, n_new - window_[l] + 1)) return false;
+    lo[l] = first;
+    floor = std::max(floor, first);
+  }
+  // Layers are independent: one task each (a 7B model's 32 layers at 4k context move and turn
+  // a quarter of a billion values).
+  auto shift_layer = [&](size_t l) {
+    const model::KvLayer& kv = layers_[l];
+    if (!kv.k) return;
+    const size_t row_bytes = static_cast<size_t>(kv_dim_) * (type_ == TensorType::kF16 ? 2 : 4);
+    auto* k = static_cast<uint8_t*>(kv.k);
+    auto* v = static_cast<uint8_t*>(kv.v);
+    const int layer = static_cast<int>(l);
+    if (!kv.ring) {
+      // Rows are positions: slide the tail down over the discarded rows, then turn its keys.
+      const int64_t n_move = n_past - keep - discard;
+      const size_t off = static_cast<size_t>(keep) * row_bytes;
+      const size_t from = static_cast<size_t>(keep + discard) * row_bytes;
+      std::memmove(k + off, k + from, static_cast<size_t>(n_move) * row_bytes);
+      std::memmove(v + off, v + from, static_cast<size_t>(n_move) * row_bytes);
+      m.ShiftKeys(layer, n_ctx_, k + off, type_, n_move, -discard);
+      return;
+    }
+    // Through a copy: new rows may be old rows still to be read.
+    const int64_t ring = kv.ring;
+    std::vector<uint8_t> tk(static_cast<size_t>(n_new - lo[l]) * row_bytes), tv(tk.size());
+    for (int64_t p = lo[l]; p < n_new; ++p) {
+      const size_t src = static_cast<size_t>(old_pos(p) % ring) * row_bytes;
+      const size_t dst = static_cast<size_t>(p - lo[l]) * row_bytes;
+      std::memcpy(tk.data() + dst, k + src, row_bytes);
+      std::memcpy(tv.data() + dst, v + src, row_bytes);
+    }
+    const int64_t moved = std::max(lo[l], keep);  // first new position that moved
+    m.ShiftKeys(layer, n_ctx_, tk.data() + static_cast<size_t>(moved - lo[l]) * row_bytes, type_,
+                n_new - moved, -discard);
+    for (int64_t p = lo[l]; p < n_new; ++p) {
+      const size_t src = static_cast<size_t>(p - lo[l]) * row_bytes;
+      const size_t dst = static_cast<size_t>(p % ring) * row_bytes;
+      std::memcpy(k + dst, tk.data() + src, row_bytes);
+      std::memcpy(v + dst, tv.data() + src, row_bytes);
+    }
+  };
+  if (pool) {
+    pool->ParallelFor(static_cast<int64_t>(layers_.size()), [&](int64_t b, int64_t e, int) {
+      for (int64_t l = b; l < e; ++l) shift_layer(static_cast<size_t>(l));
+    });
+  } else {
+    for (size_t l = 0; l < layers_.size(); ++l) shift_layer(l);
+  }
+  ring_floor_ = floor;
+  return true;
 }
 
 }  // namespace es::runtime

@@ -17,16 +17,30 @@ class KvCache {
   // max_batch > 0: batches never exceed it, so sliding-window layers can use rings.
   KvCache(const model::ModelConfig& c, int64_t n_ctx, TensorType type, int first_layer = 0,
           int last_layer = -1, int max_batch = 0);
-  // Bytes a cache of this shape needs (to report before allocating), every layer holding n_ctx
-  // positions.
+  // Bytes a cache of this shape needs (to report before allocating): layers [0, n_layers), each
+  // holding RowsKept rows (max_batch 0: every layer the whole context).
   static size_t BytesNeeded(const model::ModelConfig& c, int64_t n_ctx, TensorType type,
-                            int n_layers);
+                            int n_layers, int max_batch = 0);
   // Rows layer l keeps: n_ctx, or for a sliding-window layer given max_batch its window plus a
   // batch (when that is fewer).
   static int64_t RowsKept(const model::ModelConfig& c, int l, int64_t n_ctx, int max_batch);
   // Positions a Truncate may drop and still find the window of keys before the cut (the smallest
   // ring's slack); n_ctx when no layer is a ring.
   int64_t rewind_limit() const { return rewind_limit_; }
+  // Whether, holding positions 0..n_past-1, the cache can be cut back to n positions and go on:
+  // every ring still holds the window of keys before n (see rewind_limit; a context shift may
+  // also have left a ring without some kept prefix positions).
+  bool CanTruncate(int64_t n, int64_t n_past) const;
+  // Context shift (llama.cpp's seq_rm + seq_add): of n_past positions, forgets keep ..
+  // keep+discard-1 and moves the later ones `discard` positions earlier, re-rotating their keys
+  // (model.ShiftKeys). Rings copy the positions they still hold to their new rows. Returns false
+  // when a ring lacks a key the next position needs (a kept prefix position it overwrote): the
+  // cache is then untouched but unusable, and the caller evaluates the kept tokens again from
+  // position 0. Layers are spread over `pool` when given.
+  bool Shift(const model::LlamaModel& m, int64_t keep, int64_t discard, int64_t n_past,
+             kernels::ThreadPool* pool = nullptr);
+  // Forget shift history: called when the sequence is evaluated again from position 0.
+  void Reset() { ring_floor_ = 0; }
   size_t bytes() const { return bytes_; }
   int64_t n_ctx() const { return n_ctx_; }
   TensorType type() const { return type_; }
@@ -38,6 +52,10 @@ class KvCache {
   TensorType type_;
   size_t bytes_ = 0;
   int64_t rewind_limit_ = 0;
+  int64_t kv_dim_ = 0;
+  std::vector<int64_t> window_;  // per layer: its sliding window (0: global)
+  // Rings hold no valid key for positions below this (a shift dropped those it had overwritten).
+  int64_t ring_floor_ = 0;
   std::unique_ptr<uint8_t[]> storage_;
   std::vector<model::KvLayer> layers_;
 };

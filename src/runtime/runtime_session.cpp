@@ -38,7 +38,8 @@ void Session::Eval(const std::vector<int32_t>& tokens, std::vector<float>* all_l
   if (n_past_ + n_total > kv_.n_ctx())
     throw Error("context is full: " + std::to_string(n_past_ + n_total) +
                 " tokens needed but the context holds " + std::to_string(kv_.n_ctx()) +
-                " (use a larger -c, up to the model's " + std::to_string(c.n_ctx_train) + ")");
+                " (use a larger -c; the model was trained on " + std::to_string(c.n_ctx_train) +
+                ")");
   if (all_logits) all_logits->resize(static_cast<size_t>(n_total) * c.n_vocab);
   for (int64_t off = 0; off < n_total; off += n_batch_) {
     const int n = static_cast<int>(std::min<int64_t>(n_batch_, n_total - off));
@@ -63,16 +64,47 @@ void Session::Eval(const std::vector<int32_t>& tokens, std::vector<float>* all_l
 
 void Session::Truncate(int64_t n) {
   n = std::clamp<int64_t>(n, 0, n_past_);
-  if (n_past_ - n > kv_.rewind_limit()) {
+  if (!kv_.CanTruncate(n, n_past_)) {
     // Sliding-window rings no longer hold the keys just before the cut: recompute the prefix.
     std::vector<int32_t> keep(tokens_.begin(), tokens_.begin() + n);
     n_past_ = 0;
     tokens_.clear();
+    kv_.Reset();
     Eval(keep);
     return;
   }
   n_past_ = n;
   tokens_.resize(static_cast<size_t>(n_past_));
+}
+
+void Session::Shift(int64_t keep, int64_t discard) {
+  const auto first = tokens_.begin() + keep;
+  if (!kv_.Shift(model_, keep, discard, n_past_, &pool_)) {
+    std::vector<int32_t> kept(tokens_.begin(), first);
+    kept.insert(kept.end(), first + discard, tokens_.end());
+    const std::vector<float> logits = logits_last_;  // the caller still samples from these
+    n_past_ = 0;
+    tokens_.clear();
+    kv_.Reset();
+    Eval(kept);
+    logits_last_ = logits;
+    return;
+  }
+  tokens_.erase(first, first + discard);
+  n_past_ -= discard;
+}
+
+int64_t ContextShiftDiscard(int64_t n_past, int64_t n_ctx, int64_t keep) {
+  keep = std::clamp<int64_t>(keep, 0, std::max<int64_t>(0, n_ctx - 4));
+  const int64_t left = n_past - keep;
+  return std::clamp<int64_t>(left / 2, 0, std::max<int64_t>(0, left - 1));
+}
+
+int64_t Session::ShiftContext(int64_t keep) {
+  keep = std::clamp<int64_t>(keep, 0, std::max<int64_t>(0, n_ctx() - 4));
+  const int64_t discard = ContextShiftDiscard(n_past_, n_ctx(), keep);
+  if (discard > 0) Shift(keep, discard);
+  return discard;
 }
 
 }  // namespace es::runtime

@@ -21,6 +21,10 @@ struct SessionOptions {
   bool window_kv = true;
 };
 
+// Positions a context shift drops from n_past, as llama.cpp's server computes it: keep at most
+// n_ctx - 4, then half of what follows, leaving at least one of those (0: nothing to drop).
+int64_t ContextShiftDiscard(int64_t n_past, int64_t n_ctx, int64_t keep);
+
 class Session {
  public:
   Session(const model::LlamaModel& m, const SessionOptions& opts);
@@ -39,6 +43,15 @@ class Session {
   // Forgets positions >= n (keeps a shared prefix for the next turn). When that drops more
   // positions than the sliding-window rings have spare, the prefix is evaluated again.
   void Truncate(int64_t n);
+  // Context shift: forgets positions keep .. keep+discard-1 and moves the later ones `discard`
+  // positions earlier, re-rotating their cached keys, so generation can go on in a full context
+  // (llama.cpp's seq_rm + seq_add). last_logits() is left as it was. When a sliding-window ring
+  // no longer holds keys the next position needs, the kept tokens are evaluated again.
+  void Shift(int64_t keep, int64_t discard);
+  // The shift llama.cpp makes when the context is full: after the first `keep` positions (at
+  // most n_ctx - 4), half of the rest. Returns the positions discarded (0: nothing to drop).
+  int64_t ShiftContext(int64_t keep);
+  const KvCache& kv() const { return kv_; }
   // The tokens whose keys and values the cache holds, in order.
   const std::vector<int32_t>& tokens() const { return tokens_; }
 

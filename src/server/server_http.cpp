@@ -146,6 +146,13 @@ std::string HttpServer::Describe() const {
   return buf;
 }
 
+int HttpServer::n_ctx() const {
+  return impl_->sched->n_ctx();
+}
+int HttpServer::n_ctx_train() const {
+  return impl_->model->config().n_ctx_train;
+}
+
 void HttpServer::Impl::Routes() {
   using httplib::Request;
   using httplib::Response;
@@ -248,7 +255,9 @@ void HttpServer::Impl::Generate(Endpoint ep, const httplib::Request& req, httpli
                          std::to_string(opts.max_body) + " bytes",
                      "", "request_too_large");
     if (!ok) throw ApiError(400, "the request body could not be read");
-    ParsedRequest p = ParseRequest(ep, ParseBody(body), sched->n_ctx());
+    // With context shift a generation may outrun the context, as in llama.cpp's server.
+    ParsedRequest p =
+        ParseRequest(ep, ParseBody(body), sched->n_ctx(), sched->context_shift() ? 1 << 24 : 0);
     p.gen.prompt = BuildPrompt(p, *tok, chat_template, sched->n_ctx());
     auto job = std::make_shared<Job>(p.gen);
     if (!sched->Submit(job)) {

@@ -42,6 +42,8 @@ class HttpServer {
   void Stop();
   // One line about the model, slots and memory, for the start-up message.
   std::string Describe() const;
+  int n_ctx() const;        // per slot
+  int n_ctx_train() const;  // the model's training context
 
  private:
   struct Impl;

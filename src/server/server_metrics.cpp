@@ -49,6 +49,12 @@ void Metrics::GeneratedTokens(int64_t n) {
   while (!recent_.empty() && recent_.front().first < cutoff) recent_.pop_front();
 }
 
+void Metrics::ContextShift(int64_t discarded) {
+  std::lock_guard lock(mu_);
+  ++shifts_;
+  shifted_out_ += discarded;
+}
+
 void Metrics::TimeToFirstToken(double s) {
   std::lock_guard lock(mu_);
   for (size_t i = 0; i < kTtftBuckets.size(); ++i)
@@ -108,6 +114,13 @@ std::string Metrics::Render() const {
   Sample(o, "edgeshard_prompt_tokens_cached_total", static_cast<double>(prompt_cached_));
   Header(o, "edgeshard_generated_tokens_total", "counter", "Tokens generated.");
   Sample(o, "edgeshard_generated_tokens_total", static_cast<double>(generated_));
+
+  Header(o, "edgeshard_context_shifts_total", "counter",
+         "Context shifts: a full slot dropped the older half of its tokens and went on.");
+  Sample(o, "edgeshard_context_shifts_total", static_cast<double>(shifts_));
+  Header(o, "edgeshard_context_shift_tokens_total", "counter",
+         "Positions dropped by context shifts.");
+  Sample(o, "edgeshard_context_shift_tokens_total", static_cast<double>(shifted_out_));
 
   Header(o, "edgeshard_time_to_first_token_seconds", "histogram",
          "Time from a request's arrival in the queue to its first generated token.");

@@ -22,6 +22,8 @@ class Metrics {
   // Prompt tokens of an admitted request: evaluated now, and reused from a slot's cache.
   void PromptTokens(int64_t evaluated, int64_t cached);
   void GeneratedTokens(int64_t n);
+  // A full slot dropped `discarded` positions to go on generating.
+  void ContextShift(int64_t discarded);
   void TimeToFirstToken(double seconds);
   void SetQueueDepth(int n);
   void SetSlots(int active, int total);
@@ -40,6 +42,7 @@ class Metrics {
   std::map<std::pair<std::string, int>, int64_t> http_;
   std::map<std::string, int64_t> finished_;
   int64_t prompt_tokens_ = 0, prompt_cached_ = 0, generated_ = 0;
+  int64_t shifts_ = 0, shifted_out_ = 0;
   std::array<int64_t, kTtftBuckets.size()> ttft_counts_{};
   int64_t ttft_n_ = 0;
   double ttft_sum_ = 0;

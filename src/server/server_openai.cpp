@@ -203,7 +203,7 @@ json ParseBody(const std::string& body) {
   }
 }
 
-ParsedRequest ParseRequest(Endpoint ep, const json& body, int n_ctx) {
+ParsedRequest ParseRequest(Endpoint ep, const json& body, int n_ctx, int max_tokens_cap) {
   if (!body.is_object())
     throw ApiError(400, "the request body must be a JSON object, got " + Short(body));
   ParsedRequest r;
@@ -230,8 +230,11 @@ ParsedRequest ParseRequest(Endpoint ep, const json& body, int n_ctx) {
   const char* max_key =
       Field(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
   if (Field(body, max_key)) {
-    r.gen.max_tokens = static_cast<int>(Integer(body, max_key, 1, n_ctx, 0));
+    r.gen.max_tokens =
+        static_cast<int>(Integer(body, max_key, 1, max_tokens_cap > 0 ? max_tokens_cap : n_ctx, 0));
   }
+  // llama.cpp's server extension: tokens a context shift keeps (-1: the prompt).
+  r.gen.n_keep = static_cast<int>(Integer(body, "n_keep", -1, n_ctx, GenRequest::kServerKeep));
   r.gen.stop = Stops(body);
   r.gen.ignore_eos = Bool(body, "ignore_eos", false);
   if (Integer(body, "n", 1, INT64_MAX, 1) != 1)

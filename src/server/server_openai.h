@@ -49,7 +49,9 @@ struct ParsedRequest {
 
 // Checks every known field's type and range (unknown fields are ignored, as OpenAI's clients
 // send extras); throws ApiError 400 naming the field. max_tokens must lie in [1, n_ctx].
-ParsedRequest ParseRequest(Endpoint ep, const nlohmann::json& body, int n_ctx);
+// max_tokens may reach max_tokens_cap (0: n_ctx; a server that shifts full contexts allows more).
+ParsedRequest ParseRequest(Endpoint ep, const nlohmann::json& body, int n_ctx,
+                           int max_tokens_cap = 0);
 
 // The prompt's tokens: chat messages through the chat template (`chat_template` is a template
 // name or text; empty when the model has none), completions text with BOS as the vocabulary

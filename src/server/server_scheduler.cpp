@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "edgeshard/error.h"
+#include "runtime/runtime_session.h"
 
 namespace es::server {
 namespace {
@@ -14,11 +15,8 @@ using Clock = std::chrono::steady_clock;
 
 int ResolveCtx(const model::ModelConfig& c, int n_ctx) {
   if (n_ctx < 0) throw Error("context length must be positive (got " + std::to_string(n_ctx) + ")");
-  if (n_ctx == 0) return std::min(c.n_ctx_train, 4096);
-  if (n_ctx > c.n_ctx_train)
-    throw Error("context length " + std::to_string(n_ctx) +
-                " exceeds the model's training context " + std::to_string(c.n_ctx_train));
-  return n_ctx;
+  // Beyond the training context the file's RoPE scaling applies; `serve` warns.
+  return n_ctx == 0 ? std::min(c.n_ctx_train, 4096) : n_ctx;
 }
 
 int ResolveThreads(int n) {
@@ -98,6 +96,8 @@ Scheduler::Scheduler(const model::LlamaModel& m, const tok::Tokenizer& t, const 
       n_batch_(std::max(o.n_batch, o.n_slots)),
       max_queue_(o.max_queue),
       step_delay_ms_(o.step_delay_ms),
+      context_shift_(o.context_shift),
+      n_keep_(o.n_keep),
       pool_(ResolveThreads(o.n_threads)),
       ws_(m.config(), n_batch_, n_ctx_, pool_.size()) {
   const auto& c = m.config();
@@ -106,7 +106,9 @@ Scheduler::Scheduler(const model::LlamaModel& m, const tok::Tokenizer& t, const 
   if (o.max_queue < 0)
     throw Error("the queue length must be >= 0 (got " + std::to_string(o.max_queue) + ")");
   slots_.resize(static_cast<size_t>(o.n_slots));
-  for (auto& s : slots_) s.kv = std::make_unique<runtime::KvCache>(c, n_ctx_, o.kv_type);
+  // A slot gets at most n_batch_ rows a step, so its sliding-window layers keep rings.
+  for (auto& s : slots_)
+    s.kv = std::make_unique<runtime::KvCache>(c, n_ctx_, o.kv_type, 0, -1, n_batch_);
   n_free_ = o.n_slots;
   hidden_.resize(static_cast<size_t>(n_batch_) * c.n_embd);
   head_in_.resize(slots_.size() * c.n_embd);
@@ -221,9 +223,14 @@ void Scheduler::Admit() {
 
 void Scheduler::Assign(Slot& s, std::shared_ptr<Job> job) {
   const GenRequest& r = job->request();
-  size_t keep = CommonPrefix(s.cached, r.prompt);
+  size_t keep = std::min(CommonPrefix(s.cached, r.prompt), s.reusable);
   if (keep >= r.prompt.size()) keep = r.prompt.size() - 1;  // evaluate one token for fresh logits
+  // Sliding-window rings may no longer hold the window before the cut: start over.
+  if (!s.kv->CanTruncate(static_cast<int64_t>(keep), static_cast<int64_t>(s.cached.size())))
+    keep = 0;
+  if (keep == 0) s.kv->Reset();
   s.cached.resize(keep);
+  s.reusable = SIZE_MAX;
   s.pending.assign(r.prompt.begin() + static_cast<std::ptrdiff_t>(keep), r.prompt.end());
   s.pending_pos = 0;
   s.next = -1;
@@ -346,14 +353,44 @@ void Scheduler::HandleToken(Slot& s, int32_t tok, TokenLogprob lp) {
   if (fed.stopped) {
     Finish(s, "stop", "", std::move(ev));
   } else if ((r.max_tokens >= 0 && s.n_generated >= r.max_tokens) ||
-             s.cached.size() >= static_cast<size_t>(n_ctx_)) {
+             (s.cached.size() >= static_cast<size_t>(n_ctx_) && !ShiftContext(s, tok))) {
     // The last token is never evaluated, so a full context still lets it out.
     ev.text += s.stop->Flush();
     Finish(s, "length", "", std::move(ev));
   } else {
-    s.next = tok;
+    // After a shift that must evaluate the kept tokens again, tok is the last of those.
+    if (s.pending_pos == s.pending.size()) s.next = tok;
     if (!ev.text.empty() || !ev.tokens.empty()) s.job->Push(std::move(ev));
   }
+}
+
+bool Scheduler::ShiftContext(Slot& s, int32_t tok) {
+  if (!context_shift_) return false;
+  const auto n_past = static_cast<int64_t>(s.cached.size());
+  const auto n_prompt = static_cast<int64_t>(s.n_prompt);
+  const bool bos = tok_.add_bos() && !s.cached.empty() && s.cached[0] == tok_.bos();
+  const int n_keep =
+      s.job->request().n_keep == GenRequest::kServerKeep ? n_keep_ : s.job->request().n_keep;
+  int64_t keep = n_keep < 0 || n_keep > n_prompt ? n_prompt : n_keep + bos;
+  keep = std::clamp<int64_t>(keep, 0, std::max(0, n_ctx_ - 4));
+  const int64_t discard = runtime::ContextShiftDiscard(n_past, n_ctx_, keep);
+  if (discard == 0) return false;
+  const auto first = s.cached.begin() + keep;
+  if (s.kv->Shift(model_, keep, discard, n_past, &pool_)) {
+    s.cached.erase(first, first + discard);
+  } else {
+    // A ring lost keys the next position needs: evaluate the kept tokens and tok as a prompt
+    // chunk; its last row's logits give the next token.
+    s.pending.assign(s.cached.begin(), first);
+    s.pending.insert(s.pending.end(), first + discard, s.cached.end());
+    s.pending.push_back(tok);
+    s.pending_pos = 0;
+    s.cached.clear();
+    s.kv->Reset();
+  }
+  s.reusable = static_cast<size_t>(keep);
+  metrics_.ContextShift(discard);
+  return true;
 }
 
 void Scheduler::Finish(Slot& s, const std::string& reason, const std::string& error, GenEvent ev) {

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -33,6 +34,8 @@ struct GenRequest {
   std::vector<std::string> stop;
   bool ignore_eos = false;
   int n_logprobs = -1;  // < 0: none; 0: the chosen token's; k: also the k most likely
+  static constexpr int kServerKeep = -2;
+  int n_keep = kServerKeep;  // tokens a context shift keeps (-1: the prompt); kServerKeep: --keep
 };
 
 // One generated token with its log-probability under the model (log-softmax of the raw logits,
@@ -86,6 +89,10 @@ struct SchedulerOptions {
   int n_threads = 0;   // 0: all hardware threads
   int max_queue = 64;  // requests waiting for a slot before new ones are refused
   TensorType kv_type = TensorType::kF16;
+  // When a slot's context fills: keep its first n_keep tokens (plus a leading BOS; -1: the
+  // prompt), drop half of the rest and go on, as llama.cpp's server does; off: finish "length".
+  bool context_shift = true;
+  int n_keep = 0;
   int step_delay_ms = 0;  // testing aid: sleep after each step, to make tiny models slow
 };
 
@@ -103,6 +110,7 @@ class Scheduler {
   void Stop();
 
   int n_ctx() const { return n_ctx_; }
+  bool context_shift() const { return context_shift_; }
   int n_slots() const { return static_cast<int>(slots_.size()); }
   int n_threads() const { return pool_.size(); }
   size_t kv_bytes() const;
@@ -118,6 +126,9 @@ class Scheduler {
     std::unique_ptr<runtime::Sampler> sampler;
     std::unique_ptr<runtime::StopMatcher> stop;
     int n_prompt = 0, n_cached = 0, n_generated = 0;
+    // Cached tokens a later request may reuse: after a context shift only the kept prefix holds
+    // the keys and values a fresh evaluation would give.
+    size_t reusable = SIZE_MAX;
     bool first_token = true;
     uint64_t last_used = 0;
   };
@@ -128,6 +139,8 @@ class Scheduler {
   void Assign(Slot& s, std::shared_ptr<Job> job);
   // After sampling `tok` for s: stop checks, output, and the next decode row or the end.
   void HandleToken(Slot& s, int32_t tok, TokenLogprob lp);
+  // Makes room in a full slot before `tok` is evaluated; false when nothing can be dropped.
+  bool ShiftContext(Slot& s, int32_t tok);
   // Sends the last event and frees the slot (keeping its cached tokens).
   void Finish(Slot& s, const std::string& reason, const std::string& error = "", GenEvent ev = {});
   void UpdateGauges();
@@ -136,6 +149,8 @@ class Scheduler {
   const tok::Tokenizer& tok_;
   Metrics& metrics_;
   int n_ctx_, n_batch_, max_queue_, step_delay_ms_;
+  bool context_shift_;
+  int n_keep_;
   kernels::ThreadPool pool_;
   model::Workspace ws_;
   std::vector<Slot> slots_;

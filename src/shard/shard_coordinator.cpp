@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "runtime/runtime_kv_cache.h"
 #include "shard/shard_coordinator_impl.h"
 
 namespace es::shard {
@@ -26,9 +27,7 @@ Coordinator::Coordinator(const std::string& model_path, const CoordinatorOptions
     throw Error(model_path + ": the vocabulary has " + std::to_string(m.tok->n_vocab()) +
                 " tokens but token_embd.weight has " + std::to_string(c.n_vocab) + " rows");
   if (m.o.n_ctx < 0) throw Error("context length must be positive");
-  if (m.o.n_ctx > c.n_ctx_train)
-    throw Error("context length " + std::to_string(m.o.n_ctx) +
-                " exceeds the model's training context " + std::to_string(c.n_ctx_train));
+  // Beyond the training context the file's RoPE scaling applies (the front end warns).
   m.n_ctx = m.o.n_ctx > 0 ? m.o.n_ctx : std::min(c.n_ctx_train, 4096);
   m.o.n_batch = std::max(1, m.o.n_batch);
   m.pool = std::make_unique<kernels::ThreadPool>(
@@ -157,7 +156,20 @@ void Coordinator::ReleaseSequence(uint64_t sequence) {
 
 void Coordinator::Truncate(uint64_t sequence, int64_t n) {
   Impl::Seq& s = impl_->GetSeq(sequence);
-  n = std::clamp<int64_t>(n, 0, static_cast<int64_t>(s.tokens.size()));
+  const auto n_past = static_cast<int64_t>(s.tokens.size());
+  n = std::clamp<int64_t>(n, 0, n_past);
+  // The stages' rings (KvCache with max_batch n_batch) hold the last RowsKept positions of a
+  // sliding-window layer; a cut before their window starts the sequence over.
+  const auto& c = impl_->model->config();
+  for (int l = 0; l < c.n_layer && n > 0; ++l) {
+    const int64_t rows = runtime::KvCache::RowsKept(c, l, impl_->n_ctx, impl_->o.n_batch);
+    if (rows < impl_->n_ctx && std::max<int64_t>(0, n - c.Window(l) + 1) < n_past - rows) {
+      s.redo.assign(s.tokens.begin(), s.tokens.begin() + n);
+      s.tokens.clear();
+      s.log.clear();
+      return;
+    }
+  }
   s.tokens.resize(static_cast<size_t>(n));
   // Steps wholly past the cut are never needed again; one that straddles it is kept whole, so a
   // replay computes its kept positions exactly as before. The next step rewinds the stages.
@@ -206,14 +218,16 @@ std::vector<GenerateResult> Coordinator::GenerateMany(std::vector<Request> reque
     g->on_text = rq.on_text;
     g->r.n_prompt = static_cast<int>(rq.prompt.size());
     g->r.stop_reason = "length";
-    if (rq.prompt.empty() && s.tokens.empty()) throw Error("the prompt is empty");
-    if (static_cast<int64_t>(s.tokens.size() + rq.prompt.size()) >= m.n_ctx)
-      throw Error("the prompt needs " + std::to_string(s.tokens.size() + rq.prompt.size()) +
-                  " positions but the context holds " + std::to_string(m.n_ctx) +
-                  " (use a larger -c)");
+    if (rq.prompt.empty() && s.tokens.empty() && s.redo.empty()) throw Error("the prompt is empty");
+    const size_t need = s.tokens.size() + s.redo.size() + rq.prompt.size();
+    if (static_cast<int64_t>(need) >= m.n_ctx)
+      throw Error("the prompt needs " + std::to_string(need) + " positions but the context holds " +
+                  std::to_string(m.n_ctx) + " (use a larger -c)");
     g->prompt_accept = rq.prompt;
     g->prompt_logits = rq.prompt_logits;
-    g->pending.assign(rq.prompt.begin(), rq.prompt.end());
+    g->pending.assign(s.redo.begin(), s.redo.end());
+    g->pending.insert(g->pending.end(), rq.prompt.begin(), rq.prompt.end());
+    s.redo.clear();
     if (g->pending.empty()) {
       // Logits of the last position are not kept between requests: compute them again.
       g->pending.push_back(s.tokens.back());

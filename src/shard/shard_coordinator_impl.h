@@ -110,6 +110,9 @@ struct Coordinator::Impl {
   struct Seq {
     std::vector<int32_t> tokens;  // positions issued to the stages
     std::vector<Entry> log;
+    // Kept tokens to evaluate again from position 0 before the next prompt: a Truncate went
+    // further back than the stages' sliding-window rings reach.
+    std::vector<int32_t> redo;
   };
   std::map<uint64_t, Seq> seqs;
   uint64_t next_seq = 1, next_step = 1;

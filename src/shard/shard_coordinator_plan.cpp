@@ -40,7 +40,8 @@ std::string Coordinator::Impl::InfeasibleMessage(const Problem& p) const {
 }
 
 Problem Coordinator::Impl::MakeProblem(int ctx) const {
-  Problem p = BuildProblem(cluster, units, {o.objective, ctx, std::max(1, o.plan_batch)});
+  Problem p =
+      BuildProblem(cluster, units, {o.objective, ctx, std::max(1, o.plan_batch)}, o.n_batch);
   for (int d = 0; d < p.n_devices(); ++d)
     if (!Available(d)) p.budget_bytes[d] = 0;
   return p;

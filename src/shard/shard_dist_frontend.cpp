@@ -93,6 +93,24 @@ int NUnits(const Coordinator& co) {
   return co.model().config().n_layer + 2;
 }
 
+// As the single-device commands: a context beyond the training one runs, with a warning. The
+// workers do not shift the context, so a full one ends the generation.
+void WarnContext(const char* command, const std::string& model, int n_ctx,
+                 const GenerateParams& gen) {
+  const auto f = gguf::File::Open(model);
+  const int train = model::ReadModelConfig(*f).n_ctx_train;
+  if (n_ctx > train)
+    std::fprintf(stderr,
+                 "edgeshard %s: warning: the context of %d tokens is longer than the model was "
+                 "trained on (%d); the file's RoPE scaling applies, but quality may degrade\n",
+                 command, n_ctx, train);
+  if (gen.context_shift && gen.max_tokens < 0)
+    std::fprintf(stderr,
+                 "edgeshard %s: note: --cluster does not shift the context; generation ends when "
+                 "its %d tokens are full\n",
+                 command, n_ctx);
+}
+
 }  // namespace
 
 int ClusterRun(const ClusterCliOptions& c, const ClusterModelArgs& m, const GenerateParams& gen,
@@ -101,6 +119,7 @@ int ClusterRun(const ClusterCliOptions& c, const ClusterModelArgs& m, const Gene
   Coordinator co(m.model, MakeOptions(c, m));
   const double load_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
   const auto tokens = co.tokenizer().Encode(prompt, !no_bos, true);
+  WarnContext("run", m.model, co.n_ctx(), gen);
   const auto devs = co.StageDevices();
   std::string list;
   for (const auto& d : devs) list += (list.empty() ? "" : ", ") + d;
@@ -130,7 +149,8 @@ int ClusterRun(const ClusterCliOptions& c, const ClusterModelArgs& m, const Gene
     for (const auto& e : rep.events) std::fprintf(stderr, "event: %s\n", e.c_str());
   if (r.stop_reason == "context") {
     std::fprintf(stderr,
-                 "edgeshard run: error: the context of %d tokens is full (use a larger -c)\n",
+                 "edgeshard run: error: the context of %d tokens is full (use a larger -c; "
+                 "--cluster does not shift the context)\n",
                  co.n_ctx());
     return 1;
   }
@@ -143,6 +163,7 @@ int ClusterChat(const ClusterCliOptions& c, const ClusterModelArgs& m, const Gen
   cc.verbose = c.verbose || verbose;
   Coordinator co(m.model, MakeOptions(cc, m));
   const auto& t = co.tokenizer();
+  WarnContext("chat", m.model, co.n_ctx(), gen);
   std::string tmpl = chat_template;
   if (tmpl.empty()) {
     auto from_model = t.ChatTemplate();
@@ -205,7 +226,10 @@ int ClusterChat(const ClusterCliOptions& c, const ClusterModelArgs& m, const Gen
     }
     turns.push_back({"assistant", r.text});
     if (r.stop_reason == "context") {
-      std::fprintf(stderr, "edgeshard chat: error: the context of %d tokens is full\n", co.n_ctx());
+      std::fprintf(stderr,
+                   "edgeshard chat: error: the context of %d tokens is full (--cluster does not "
+                   "shift the context)\n",
+                   co.n_ctx());
       return 1;
     }
   }

@@ -98,8 +98,9 @@ StageExecutor::Seq& StageExecutor::Get(uint64_t id) {
   if (it != seqs_.end()) return it->second;
   Seq s;
   if (spec_.last_layer > spec_.first_layer)
+    // A sequence gets at most max_batch rows a step: sliding-window layers keep rings.
     s.kv = std::make_unique<runtime::KvCache>(model_.config(), spec_.n_ctx, spec_.kv_type,
-                                              spec_.first_layer, spec_.last_layer);
+                                              spec_.first_layer, spec_.last_layer, spec_.max_batch);
   return seqs_.emplace(id, std::move(s)).first->second;
 }
 
@@ -127,6 +128,11 @@ StageExecutor::Output StageExecutor::Run(const rpc::Step& step, const std::vecto
     if (seg.pos() < 0 || seg.pos() > past)
       throw Error(who + ": step starts at position " + std::to_string(seg.pos()) +
                   " but the stage holds " + std::to_string(past) + " positions");
+    if (it != seqs_.end() && it->second.kv && !it->second.kv->CanTruncate(seg.pos(), past))
+      throw Error(who + ": step rewinds from position " + std::to_string(past) + " to " +
+                  std::to_string(seg.pos()) +
+                  ", further back than its sliding-window caches hold; start the sequence over "
+                  "from position 0");
     if (seg.pos() + seg.n_tokens() > spec_.n_ctx)
       throw Error(who + ": positions up to " + std::to_string(seg.pos() + seg.n_tokens()) +
                   " do not fit the context of " + std::to_string(spec_.n_ctx));

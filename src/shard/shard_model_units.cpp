@@ -31,7 +31,10 @@ ModelUnits UnitsFromGguf(const gguf::File& f) {
   for (int u = 0; u <= c.n_layer; ++u) m.units[u].out_bytes_per_token = hidden;
   m.units.back().out_bytes_per_token = sizeof(int32_t);
   const uint64_t kv = 2ull * c.kv_dim() * sizeof(f16_t);  // the engine's default F16 cache
-  for (int i = 0; i < c.n_layer; ++i) m.units[i + 1].kv_bytes_per_token = kv;
+  for (int i = 0; i < c.n_layer; ++i) {
+    m.units[i + 1].kv_bytes_per_token = kv;
+    m.units[i + 1].kv_window = static_cast<uint64_t>(c.Window(i));
+  }
 
   std::map<TensorType, uint64_t> bytes_by_type;
   auto add = [&](UnitInfo& u, const gguf::TensorInfo& t) {

@@ -11,11 +11,14 @@
 namespace es::shard {
 
 struct UnitInfo {
-  std::string name;                  // "token_embd", "blk.<i>", "output"
-  uint64_t weight_bytes = 0;         // every tensor the unit reads
-  uint64_t matrix_bytes = 0;         // the part stored in 2-D weight matrices (re-quantizable)
-  uint64_t matrix_elems = 0;         // elements of those matrices
-  uint64_t kv_bytes_per_token = 0;   // K and V cache per sequence position (blocks only)
+  std::string name;                 // "token_embd", "blk.<i>", "output"
+  uint64_t weight_bytes = 0;        // every tensor the unit reads
+  uint64_t matrix_bytes = 0;        // the part stored in 2-D weight matrices (re-quantizable)
+  uint64_t matrix_elems = 0;        // elements of those matrices
+  uint64_t kv_bytes_per_token = 0;  // K and V cache per sequence position (blocks only)
+  // A sliding-window block's window: its cache is a ring of window + a batch of positions
+  // (KvCache::RowsKept), not the whole context. 0: a global block.
+  uint64_t kv_window = 0;
   uint64_t out_bytes_per_token = 0;  // what leaves the unit per token: the hidden state, or a
                                      // sampled token id after the head (sampling runs there)
   // Weight bytes if the matrices were stored as `type` (norms and biases stay as they are).

@@ -108,6 +108,8 @@ struct PlanSettings {
   int batch = 1;  // concurrent sequences: decoded together (latency) or as separate
                   // micro-batches through the pipeline (throughput)
 };
-Problem BuildProblem(const Cluster& c, const ModelUnits& m, const PlanSettings& s);
+// n_batch: rows per step, so a sliding-window block keeps window + n_batch - 1 positions.
+Problem BuildProblem(const Cluster& c, const ModelUnits& m, const PlanSettings& s,
+                     int n_batch = 256);
 
 }  // namespace es::shard

@@ -205,7 +205,7 @@ std::string ExplainInfeasible(const Problem& p) {
          "contiguous range, so no assignment fits";
 }
 
-Problem BuildProblem(const Cluster& c, const ModelUnits& m, const PlanSettings& s) {
+Problem BuildProblem(const Cluster& c, const ModelUnits& m, const PlanSettings& s, int n_batch) {
   if (s.ctx < 1) throw Error("context length must be at least 1");
   if (s.batch < 1) throw Error("batch must be at least 1");
   if (c.profiles.size() != c.devices.size()) throw Error(c.file + ": profiles were not loaded");
@@ -246,7 +246,12 @@ Problem BuildProblem(const Cluster& c, const ModelUnits& m, const PlanSettings& 
       if (measured > 0) ms *= bytes / measured;
       comp.push_back(ms * dev.time_scale);
       wb.push_back(bytes);
-      kv.push_back(double(unit.kv_bytes_per_token) * s.ctx * s.batch);
+      // As the workers' caches: a sliding-window block keeps a ring of its window plus a batch.
+      const double rows =
+          unit.kv_window > 0
+              ? std::min<double>(s.ctx, double(unit.kv_window) + std::max(1, n_batch) - 1)
+              : s.ctx;
+      kv.push_back(double(unit.kv_bytes_per_token) * rows * s.batch);
     }
     p.comp_ms.push_back(comp);
     p.weight_bytes.push_back(wb);

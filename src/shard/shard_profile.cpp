@@ -130,6 +130,7 @@ Profile ParseProfile(const std::string& text, const std::string& what, bool requ
     u.matrix_elems = r.U64("matrix_elems", false);
     if (u.matrix_bytes > u.weight_bytes) r.Fail("exceeds weight_bytes", "matrix_bytes");
     u.kv_bytes_per_token = r.U64("kv_bytes_per_token", false);
+    u.kv_window = r.U64("kv_window", false);
     u.out_bytes_per_token = r.U64("out_bytes_per_token");
     p.model.units.push_back(u);
     const bool timed = r.Has("decode_ms");
@@ -175,6 +176,7 @@ std::string ProfileToJson(const Profile& p) {
                                  {"matrix_elems", u.matrix_elems},
                                  {"kv_bytes_per_token", u.kv_bytes_per_token},
                                  {"out_bytes_per_token", u.out_bytes_per_token}};
+    if (u.kv_window > 0) ju["kv_window"] = u.kv_window;
     if (p.has_timing()) {
       ju["prompt_ms_per_token"] = p.timing[i].prompt_ms_per_token;
       nlohmann::ordered_json dec = nlohmann::ordered_json::array();
