@@ -83,8 +83,8 @@ float GemmaQueryScale(const ModelConfig& c, int layers_27b) {
   return 1.0f / std::sqrt(d);
 }
 
-void ReadSlidingWindow(const gguf::File& f, ModelConfig& c, int default_window,
-                       int default_pattern) {
+void ReadSlidingWindow(const gguf::File& f, ModelConfig& c, int default_window, int default_pattern,
+                       float default_local_base) {
   const std::string p = c.arch + ".";
   const int64_t window = f.Has(p + "attention.sliding_window")
                              ? f.GetInt(p + "attention.sliding_window")
@@ -109,6 +109,9 @@ void ReadSlidingWindow(const gguf::File& f, ModelConfig& c, int default_window,
   } else {
     c.swa_pattern = default_pattern;
   }
+  c.rope_base_local =
+      static_cast<float>(f.GetFloatOr(p + "rope.freq_base_swa").value_or(default_local_base));
+  if (!(c.rope_base_local > 0)) throw Error(f.path() + ": rope.freq_base_swa must be positive");
 }
 
 }  // namespace es::model

@@ -101,9 +101,9 @@ float GemmaQueryScale(const ModelConfig& c, int layers_27b);
 
 // Sliding-window attention for families with local and global layers: attention.sliding_window
 // (else `default_window`; 0 means none) and attention.sliding_window_pattern (else
-// `default_pattern`): layer l is global when l % pattern == pattern - 1. A per-layer array is
-// refused.
-void ReadSlidingWindow(const gguf::File& f, ModelConfig& c, int default_window,
-                       int default_pattern);
+// `default_pattern`): layer l is global when l % pattern == pattern - 1; a per-layer array is
+// refused. Local layers rotate with rope.freq_base_swa (else `default_local_base`).
+void ReadSlidingWindow(const gguf::File& f, ModelConfig& c, int default_window, int default_pattern,
+                       float default_local_base);
 
 }  // namespace es::model

@@ -17,10 +17,7 @@ constexpr int kSwaPattern = 2;
 
 void Configure(const gguf::File& f, ModelConfig& c) {
   const std::string p = c.arch + ".";
-  ReadSlidingWindow(f, c, kWindow, kSwaPattern);
-  c.rope_base_local =
-      static_cast<float>(f.GetFloatOr(p + "rope.freq_base_swa").value_or(c.rope_base));
-  if (!(c.rope_base_local > 0)) throw Error(f.path() + ": rope.freq_base_swa must be positive");
+  ReadSlidingWindow(f, c, kWindow, kSwaPattern, c.rope_base);
   c.rope_freq_scale_local = c.rope_freq_scale;
   c.attn_softcap = static_cast<float>(f.GetFloatOr(p + "attn_logit_softcapping").value_or(0.0));
   c.final_softcap = static_cast<float>(f.GetFloatOr(p + "final_logit_softcapping").value_or(0.0));

@@ -18,10 +18,7 @@ constexpr float kLocalRopeBase = 10000.0f;
 
 void Configure(const gguf::File& f, ModelConfig& c) {
   const std::string p = c.arch + ".";
-  ReadSlidingWindow(f, c, 0, kSwaPattern);
-  c.rope_base_local =
-      static_cast<float>(f.GetFloatOr(p + "rope.freq_base_swa").value_or(kLocalRopeBase));
-  if (!(c.rope_base_local > 0)) throw Error(f.path() + ": rope.freq_base_swa must be positive");
+  ReadSlidingWindow(f, c, 0, kSwaPattern, kLocalRopeBase);
   const double factor = f.GetFloatOr(p + "rope.scaling.factor").value_or(0.0);
   if (factor < 0) throw Error(f.path() + ": rope.scaling.factor must not be negative");
   c.rope_freq_scale = factor == 0 ? 1.0f : 1.0f / static_cast<float>(factor);

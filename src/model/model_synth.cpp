@@ -72,8 +72,9 @@ const std::vector<SynthPreset> kPresets = {
      false, "Gemma 2 2B (GQA 8/4, head 256, soft-capping, window 4096)", 4096, 0,
      SynthExtras{.attn_softcap = 50.0f, .final_softcap = 30.0f}},
     // Small shapes of the newer families for fidelity tests against llama.cpp (references in
-    // tests/fixtures/ref): each turns on what its family adds, at sizes where it shows (windows, the
-    // original context and soft caps far below the real ones), with norm weights that are not 1.
+    // tests/fixtures/ref): each turns on what its family adds, at sizes where it shows (windows,
+    // the original context and soft caps far below the real ones), with norm weights that are
+    // not 1.
     {"tiny-test-llama3", "llama", 256, 2, 4, 2, 0, 512, 131072, 500000.0f, 1e-5f, true, false,
      32000, true, "test: llama with Llama 3 RoPE factors", 0, 0,
      SynthExtras{.n_ctx_orig = 8192, .llama3_factor = 32.0f, .norm_jitter = 0.2f}},
