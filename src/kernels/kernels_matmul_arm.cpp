@@ -87,9 +87,10 @@ void ConvertActRow(TensorType w, uint8_t* row, int64_t n, const ActOffsets& o) {
 
 namespace {
 
-// Everything below runs only where Active() chose it.
+// Everything below runs only where Active() chose it: sdot code for CPUs with FEAT_DotProd (all
+// of them ARMv8.2 or later), the smmla tiles additionally with FEAT_I8MM.
 #pragma GCC push_options
-#pragma GCC target("arch=armv8.2-a+dotprod+i8mm")
+#pragma GCC target("arch=armv8.2-a+dotprod")
 
 struct Args {
   const uint8_t* w;
@@ -359,6 +360,10 @@ struct Q6KDot : KernelBase {
   float Finish(int, int, float32x4_t acc) const { return vaddvq_f32(acc); }
 };
 
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("arch=armv8.2-a+dotprod+i8mm")
+
 // i8mm tiles of 2 weight rows x 2 activation rows: one smmla gives the four outputs' sums over
 // an 8-element group, lanes (r0 c0, r0 c1, r1 c0, r1 c1); every lane keeps its own float chain.
 inline float32x4_t ScaleProducts(float dw0, float dw1, float dx0, float dx1) {
@@ -440,6 +445,10 @@ void Q8_0MmlaTile(const Args& t) {
              float32x4_t{vaddvq_f32(o[0]), vaddvq_f32(o[1]), vaddvq_f32(o[2]), vaddvq_f32(o[3])});
   }
 }
+
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("arch=armv8.2-a+dotprod")
 
 using TileFn = void (*)(const Args&);
 struct TileSet {
