@@ -102,13 +102,20 @@ TEST(F16, RoundsToNearestEven) {
   EXPECT_EQ(es::F32ToF16(std::ldexp(1.0f, -30)), 0x0000);  // underflow to zero
 }
 
-#ifdef __FLT16_MAX__
+// The compiler's own half type: GCC 12 has _Float16 in C++ on x86 only; Arm has __fp16.
+#if defined(__aarch64__)
+#define ES_COMPILER_HALF __fp16
+#elif defined(__FLT16_MAX__)
+#define ES_COMPILER_HALF _Float16
+#endif
+
+#ifdef ES_COMPILER_HALF
 TEST(F16, MatchesCompilerConversionOnRandomBits) {
   std::mt19937 rng(7);
   for (int i = 0; i < 2000000; ++i) {
     const float f = Bits(rng());
     if (std::isnan(f)) continue;
-    const _Float16 h = static_cast<_Float16>(f);
+    const ES_COMPILER_HALF h = static_cast<ES_COMPILER_HALF>(f);
     uint16_t expect;
     std::memcpy(&expect, &h, 2);
     ASSERT_EQ(es::F32ToF16(f), expect) << "f32 bits 0x" << std::hex << BitsOf(f);

@@ -153,5 +153,13 @@ void WeightedSumF32Rows(const float* p, const float* v, int64_t stride, int64_t 
 // for an unknown or unsupported name.
 std::vector<std::string> SupportedTargets();
 void SetTargetForTesting(const std::string& name);
+// The quantized MatMul kernels within the SIMD target: on 64-bit Arm "i8mm" (smmla prompt tiles,
+// sdot otherwise), "dotprod" (sdot) and "neon" (Highway's NEON kernels), those this CPU runs, best
+// first; elsewhere only "highway". Chosen at run time; every variant gives bit-identical results.
+std::vector<std::string> MatMulVariants();
+const char* ActiveMatMulVariant();
+// Limits MatMul to one variant by name ("" restores the CPU's best); throws es::Error for an
+// unknown or unsupported name.
+void SetMatMulVariantForTesting(const std::string& name);
 
 }  // namespace es::kernels

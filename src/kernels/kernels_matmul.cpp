@@ -35,6 +35,7 @@
 
 #include "edgeshard/error.h"
 #include "hwy/highway.h"
+#include "kernels/kernels_arm.h"
 #include "kernels/kernels_internal.h"
 #include "tensor/tensor_quant.h"
 #include "tensor/tensor_types.h"
@@ -55,6 +56,7 @@ struct ActLayout {
   size_t bcorr_off = 0;  // VNNI, Q8_0: int32 -8 * (sum of the block's 32 quants), for Q4_0
   size_t bs16_off = 0;   // VNNI, Q8_K: int16 sums of 16 quants
   size_t bs32_off = 0;   // VNNI, Q8_K: int16 sums of 32 quants
+  size_t arm_off = 0;    // NEON with sdot: what kernels_matmul_arm.cpp reads (0: nothing)
   size_t bytes = 0;
 };
 }  // namespace
@@ -66,12 +68,22 @@ namespace es::kernels::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 using detail::ActLayout;
 using detail::RoundUp64;
+using detail::UnpackScalesQ4_K;
+using detail::WalkTiles;
 
 #undef ES_VNNI
 #if HWY_TARGET == HWY_AVX3_DL
 #define ES_VNNI 1
 #else
 #define ES_VNNI 0
+#endif
+// 64-bit Arm's NEON target hands the quantized types to the sdot/i8mm kernels where the CPU has
+// them (kernels_arm.h).
+#undef ES_ARM_DOT
+#if HWY_TARGET == HWY_NEON && HWY_ARCH_ARM_A64
+#define ES_ARM_DOT 1
+#else
+#define ES_ARM_DOT 0
 #endif
 
 ActLayout LayoutFor(TensorType w, int64_t n) {
@@ -106,6 +118,9 @@ ActLayout LayoutFor(TensorType w, int64_t n) {
       l.bytes = RoundUp64(un * 4);
       break;
   }
+#if ES_ARM_DOT
+  if (const size_t extra = detail::arm::ExtraActBytes(w, n)) l.arm_off = l.bytes, l.bytes += extra;
+#endif
   return l;
 }
 
@@ -317,6 +332,9 @@ void ConvertActsImpl(TensorType w, const float* x, int64_t ldx, int64_t n, int64
     } else {
       ConvertFloatRow(w, xr, n, reinterpret_cast<float*>(row));
     }
+#if ES_ARM_DOT
+    if (l.arm_off) detail::arm::ConvertActRow(w, row, n, {l.d_off, l.sum_off, l.arm_off});
+#endif
   }
 }
 
@@ -758,15 +776,6 @@ struct Q4_0Kernel : QuantKernelBase<BlockQ4_0> {
 // Q4_K: 8 sub-blocks of 32 with 6-bit scale and min. Sub-block j holds nibble plane (j & 1) of
 // qs[32 * (j / 2) ...]. One 256-element block per step; the min terms are summed separately
 // as scalars and subtracted in Finish.
-HWY_INLINE void UnpackScalesQ4_K(const uint8_t* q, int* sc, int* mn) {
-  for (int j = 0; j < 4; ++j) {
-    sc[j] = q[j] & 63;
-    mn[j] = q[j + 4] & 63;
-    sc[j + 4] = (q[j + 8] & 0x0F) | ((q[j] >> 6) << 4);
-    mn[j + 4] = (q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4);
-  }
-}
-
 HWY_INLINE hn::Vec<D16B> NibblesQ4_K(D16B d16, const BlockQ4_K& b, int j, size_t off) {
   const hn::Rebind<uint8_t, D16B> d8;
   const auto v = hn::PromoteTo(d16, hn::LoadU(d8, b.qs + 32 * (j / 2) + off));
@@ -1569,6 +1578,13 @@ TileSet TilesFor(TensorType t) {
 
 void MatMulRowsImpl(const Matrix& w, const detail::Acts& acts, int64_t batch, int64_t r0,
                     int64_t r1, float* y, int64_t ldy) {
+#if ES_ARM_DOT
+  if (const ActLayout l = LayoutFor(acts.type, w.cols); l.arm_off) {
+    detail::arm::MatMulRows(w, acts.base, acts.stride, {l.d_off, l.sum_off, l.arm_off}, batch, r0,
+                            r1, y, ldy);
+    return;
+  }
+#endif
   const TileSet ts = TilesFor(w.type);
   TileArgs t;
   t.wrb = w.row_bytes;
@@ -1576,8 +1592,8 @@ void MatMulRowsImpl(const Matrix& w, const detail::Acts& acts, int64_t batch, in
   t.n = w.cols;
   t.ldy = ldy;
   t.l = LayoutFor(acts.type, w.cols);
-  const auto* wbase = static_cast<const uint8_t*>(w.data);
   if (w.interleave) {
+    const auto* wbase = static_cast<const uint8_t*>(w.data);
     // Row ranges are whole groups of 16 (the caller splits work in units of 16 rows).
     constexpr int64_t kColBlock = 64;
     for (int64_t cb = 0; cb < batch; cb += kColBlock) {
@@ -1596,47 +1612,8 @@ void MatMulRowsImpl(const Matrix& w, const detail::Acts& acts, int64_t batch, in
     }
     return;
   }
-  if (batch == 1) {
-    // Decode: one row at a time. Streaming several rows at once interleaves DRAM streams and
-    // measured 2-4x slower than a single sequential stream per thread.
-    t.a = acts.base;
-    int64_t r = r0;
-    if (ts.decode) {
-      for (; r + ts.D <= r1; r += ts.D) {
-        t.w = wbase + static_cast<size_t>(r) * w.row_bytes;
-        t.y = y + r;
-        ts.decode(t);
-      }
-    }
-    for (; r < r1; ++r) {
-      t.w = wbase + static_cast<size_t>(r) * w.row_bytes;
-      t.y = y + r;
-      ts.one_one(t);
-    }
-    return;
-  }
-  // Column blocks keep a slab of activations in L2 while every weight tile passes over it.
-  constexpr int64_t kColBlock = 64;
-  auto row_tile = [&](int64_t r, int64_t cb, int64_t ce, TileFn cols_fn, TileFn one_fn) {
-    t.w = wbase + static_cast<size_t>(r) * w.row_bytes;
-    int64_t c = cb;
-    for (; c + ts.C <= ce; c += ts.C) {
-      t.a = acts.base + static_cast<size_t>(c) * acts.stride;
-      t.y = y + c * ldy + r;
-      cols_fn(t);
-    }
-    for (; c < ce; ++c) {
-      t.a = acts.base + static_cast<size_t>(c) * acts.stride;
-      t.y = y + c * ldy + r;
-      one_fn(t);
-    }
-  };
-  for (int64_t cb = 0; cb < batch; cb += kColBlock) {
-    const int64_t ce = std::min(batch, cb + kColBlock);
-    int64_t r = r0;
-    for (; r + ts.R <= r1; r += ts.R) row_tile(r, cb, ce, ts.full, ts.rows_one);
-    for (; r < r1; ++r) row_tile(r, cb, ce, ts.one_cols, ts.one_one);
-  }
+  WalkTiles(t, ts, static_cast<const uint8_t*>(w.data), w.row_bytes, acts.base, acts.stride, batch,
+            r0, r1, y, ldy);
 }
 
 bool PrefersInterleavedImpl(TensorType t) {
@@ -1648,6 +1625,7 @@ bool PrefersInterleavedImpl(TensorType t) {
 #pragma GCC pop_options
 #endif
 #undef ES_F16_X16
+#undef ES_ARM_DOT
 
 }  // namespace es::kernels::HWY_NAMESPACE
 HWY_AFTER_NAMESPACE();
