@@ -22,11 +22,13 @@ namespace k = es::kernels;
 // qemu -cpu model (max: i8mm; neoverse-n1: dotprod; cortex-a53: neon). Dispatch reading the same
 // feature bits would prove nothing.
 TEST(MatMulVariants, DispatchPicksTheExpectedVariant) {
-  const char* want = std::getenv("EDGESHARD_EXPECT_MATMUL_VARIANT");
-  if (!want || !*want) GTEST_SKIP() << "EDGESHARD_EXPECT_MATMUL_VARIANT is not set";
-  EXPECT_EQ(std::string(k::ActiveMatMulVariant()), want);
   const auto all = k::MatMulVariants();
   ASSERT_FALSE(all.empty());
+  // Without an expectation (the x86 suite: one variant per Highway target), dispatch must at
+  // least pick the best variant this CPU offers.
+  const char* env = std::getenv("EDGESHARD_EXPECT_MATMUL_VARIANT");
+  const std::string want = env && *env ? env : all.front();
+  EXPECT_EQ(std::string(k::ActiveMatMulVariant()), want);
   EXPECT_EQ(all.front(), want);
   std::string targets;
   for (const auto& t : k::SupportedTargets()) targets += (targets.empty() ? "" : " ") + t;
