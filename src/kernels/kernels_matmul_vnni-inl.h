@@ -1,0 +1,570 @@
+// AVX-512 VNNI kernels (compiled for the AVX3_DL target only). Part of kernels_matmul.cpp's Highway
+// translation unit: included once per target inside es::kernels::HWY_NAMESPACE (hence no include
+// guard), after the definitions it uses.
+
+// ---------------------------------------------------------------------------------------------
+// AVX-512 VNNI kernels. Int32 lane i of a dot product covers bytes 4i..4i+3, so with blocks laid
+// out contiguously, lanes map to fixed element groups and per-lane scale patterns apply.
+
+using D8 = hn::ScalableTag<int8_t>;
+using DU8 = hn::ScalableTag<uint8_t>;
+using DU16 = hn::ScalableTag<uint16_t>;
+using D32 = hn::ScalableTag<int32_t>;
+using V8 = hn::Vec<D8>;
+using VU8 = hn::Vec<DU8>;
+using V32 = hn::Vec<D32>;
+
+// acc[i] += sum_k a[4i + k] * b[4i + k], a unsigned bytes, b signed bytes (vpdpbusd).
+HWY_INLINE V32 DotBytes(V32 acc, VU8 a, V8 b) {
+  return V32{_mm512_dpbusd_epi32(acc.raw, a.raw, b.raw)};
+}
+// acc[i] += lo16(a[i]) * lo16(b[i]) + hi16(a[i]) * hi16(b[i]) (vpdpwssd). Used with b holding
+// a scale in its low half and 0 in its high half, and a an int32 that fits in int16.
+HWY_INLINE V32 DotPairs(V32 acc, V32 a, V32 b) {
+  return V32{_mm512_dpwssd_epi32(acc.raw, a.raw, b.raw)};
+}
+
+// Per-lane shift counts for 16-bit lanes: `lo` in the lower 256 bits, `hi` in the upper.
+HWY_NOINLINE hn::Vec<DU16> HalfShifts(int lo, int hi) {
+  const DU16 d;
+  const hn::Half<DU16> dh;
+  return hn::Combine(d, hn::Set(dh, static_cast<uint16_t>(hi)),
+                     hn::Set(dh, static_cast<uint16_t>(lo)));
+}
+
+// Lane patterns for scales: lane i takes source lane (i / group) + base; group is 4 or 8. Built
+// per kernel object (per weight row in decode), so without divisions or memory round trips.
+HWY_NOINLINE hn::Indices512<int32_t> GroupIndices(int base, int group) {
+  const D32 d;
+  const auto lane = hn::ShiftRightSame(hn::Iota(d, 0), group == 8 ? 3 : 2);
+  return hn::IndicesFromVec(d, hn::Add(lane, hn::Set(d, base)));
+}
+
+struct VnniBase {
+  using Acc = DF;
+  const TileArgs& t;
+  explicit VnniBase(const TileArgs& args) : t(args) {}
+  const uint8_t* XQ(int c) const { return t.a + c * t.as; }
+  float XD(int c, int64_t b) const {
+    return reinterpret_cast<const float*>(t.a + c * t.as + t.l.d_off)[b];
+  }
+  const float* DXL(int c) const {
+    return reinterpret_cast<const float*>(t.a + c * t.as + t.l.dxl_off);
+  }
+};
+
+// Accumulator of eight partial lanes (four adjacent products each), as llama.cpp's x86 kernels.
+using DF8 = hn::Full256<float>;
+
+// Q8_0 weights x (q + 128) activations: two blocks per step. sum(w * x) = sum(w * (x + 128)) -
+// 128 * sum(w); the second term is computed per weight row and seeds the accumulator.
+// Lanes 0-7 of a step hold the partials of its first block, 8-15 those of the second; both
+// blocks go into the same eight lanes, in order.
+struct Q8_0Vnni : VnniBase {
+  using Acc = DF8;
+  static constexpr bool kOrdered = true;
+  using VnniBase::VnniBase;
+  int64_t nb() const { return t.n / 32; }
+  int64_t Steps() const { return nb() / 2; }
+  const BlockQ8_0* W(int r) const { return reinterpret_cast<const BlockQ8_0*>(t.w + r * t.wrb); }
+  template <int R, int C>
+  HWY_INLINE void Step(int64_t s, hn::Vec<DF8> (&acc)[R][C]) const {
+    const D8 d8;
+    const DU8 du8;
+    const D32 d32;
+    const DF df;
+    const hn::Half<D8> d8h;
+    const hn::Half<DF> dfh;
+    V8 w[R];
+    V32 seed[R];
+    VF dw[R];
+    for (int r = 0; r < R; ++r) {
+      const BlockQ8_0* blk = W(r) + 2 * s;
+      w[r] = hn::Combine(d8, hn::LoadU(d8h, blk[1].qs), hn::LoadU(d8h, blk[0].qs));
+      seed[r] = hn::Neg(DotBytes(hn::Zero(d32), hn::Set(du8, 0x80), w[r]));
+      dw[r] = hn::Combine(df, hn::Set(dfh, HalfToFloat(&blk[1].d)),
+                          hn::Set(dfh, HalfToFloat(&blk[0].d)));
+    }
+    for (int c = 0; c < C; ++c) {
+      const VU8 xu = hn::Load(du8, XQ(c) + 64 * s);
+      const VF dx = hn::Load(df, DXL(c) + 16 * s);
+      for (int r = 0; r < R; ++r) {
+        const VF p = hn::ConvertTo(df, DotBytes(seed[r], xu, w[r]));
+        const VF d = hn::Mul(dw[r], dx);
+        acc[r][c] = hn::MulAdd(hn::LowerHalf(DF8(), d), hn::LowerHalf(DF8(), p), acc[r][c]);
+        acc[r][c] = hn::MulAdd(hn::UpperHalf(DF8(), d), hn::UpperHalf(DF8(), p), acc[r][c]);
+      }
+    }
+  }
+  float Finish(int r, int c, hn::Vec<DF8> acc) const {
+    alignas(32) float a[8];
+    hn::Store(acc, DF8(), a);
+    if (nb() % 2) {  // odd block count: the last block in scalar code
+      const int64_t b = nb() - 1;
+      const BlockQ8_0& blk = W(r)[b];
+      const float d = HalfToFloat(&blk.d) * XD(c, b);
+      for (int l = 0; l < 8; ++l) {
+        int p = 0;
+        for (int j = 4 * l; j < 4 * l + 4; ++j)
+          p += blk.qs[j] * (static_cast<int>(XQ(c)[32 * b + j]) - 128);
+        a[l] = std::fma(d, static_cast<float>(p), a[l]);
+      }
+    }
+    return Hsum8(a);
+  }
+};
+
+// Q4_0 weights (unsigned nibbles) x int8 activations, the -8 offset being the precomputed
+// per-lane correction that seeds each dot product. One accumulator per output, in block order:
+// a step takes 16 blocks (eight dot products of two blocks), reduces them to one integer per block
+// and chains acc = fma(float(isum), dw * dx, acc).
+// Full tiles of 16 outputs keep the 16 chains in the lanes of one vector instead: the integer sums
+// of one block for all 16 outputs are reduced together, so each block costs one vector FMA.
+template <int RMax, int CMax>
+struct Q4_0Vnni : VnniBase {
+  using Acc = hn::CappedTag<float, 1>;
+  static constexpr bool kOrdered = true;
+  static constexpr int kG = 16;  // blocks per step
+  static constexpr bool kLanes = RMax * CMax == 16;
+  mutable VF acc16 = hn::Zero(DF());  // kLanes: lane r * CMax + c is output (r, c)
+  hn::Vec<DU16> shifts = HalfShifts(0, 0);
+  explicit Q4_0Vnni(const TileArgs& args) : VnniBase(args) {
+    // Each 128-bit block holds one copy of a block's 16 bytes: low nibbles in copies 0 and 2,
+    // high nibbles in copies 1 and 3.
+    alignas(64) uint16_t sh[32];
+    for (int i = 0; i < 32; ++i) sh[i] = ((i / 8) % 2) ? 4 : 0;
+    shifts = hn::Load(DU16(), sh);
+  }
+  int64_t nb() const { return t.n / 32; }
+  // The last step may hold fewer than 16 blocks: absent pairs are zeros, and an odd last block
+  // pairs with zero weights (its partner's lanes are not used).
+  int64_t Steps() const { return (nb() + kG - 1) / kG; }
+  const BlockQ4_0* W(int r) const { return reinterpret_cast<const BlockQ4_0*>(t.w + r * t.wrb); }
+  const int32_t* Corr(int c) const {
+    return reinterpret_cast<const int32_t*>(t.a + c * t.as + t.l.corr_off);
+  }
+  // Nibbles of blk[0] (and blk[1] when `two`) as unsigned bytes, laid out for DotBytes against
+  // two blocks of activation quants: low nibbles in 128-bit copies 0 and 2, high in 1 and 3.
+  HWY_INLINE VU8 Nibbles(const BlockQ4_0* blk, bool two) const {
+    const DU8 du8;
+    const DU16 du16;
+    const VU8 hi = two ? hn::LoadDup128(du8, blk[1].qs) : hn::Zero(du8);
+    const VU8 v = hn::ConcatUpperLower(du8, hi, hn::LoadDup128(du8, blk[0].qs));
+    return hn::And(hn::BitCast(du8, hn::BitCast(du16, v) >> shifts), hn::Set(du8, 0x0F));
+  }
+  template <int R, int C>
+  HWY_INLINE void Step(int64_t s, hn::Vec<Acc> (&acc)[R][C]) const {
+    const D8 d8;
+    const DU8 du8;
+    const D32 d32;
+    const DF df;
+    const Acc d1;
+    const int64_t b0 = s * kG;
+    const int count = static_cast<int>(std::min<int64_t>(kG, nb() - b0));
+    const int pairs = (count + 1) / 2;
+    // Unpacked once per step, reused for every activation row.
+    alignas(64) uint8_t q[R][kG / 2][64];
+    float dw[R][kG];
+    for (int r = 0; r < R; ++r) {
+      for (int k = 0; k < pairs; ++k) {
+        const BlockQ4_0* blk = W(r) + b0 + 2 * k;
+        const bool two = 2 * k + 1 < count;
+        hn::Store(Nibbles(blk, two), du8, q[r][k]);
+        dw[r][2 * k] = HalfToFloat(&blk[0].d);
+        if (two) dw[r][2 * k + 1] = HalfToFloat(&blk[1].d);
+      }
+    }
+    if constexpr (kLanes && R == RMax && C == CMax) {
+      StepLanes<R, C>(b0, count, pairs, q, dw);
+      return;
+    }
+    alignas(64) float fi[R][C][kG];
+    for (int c = 0; c < C; ++c) {
+      // Reads stay inside the converted row: quants and corrections are padded to 64 bytes.
+      const auto* xq = reinterpret_cast<const int8_t*>(XQ(c)) + 32 * b0;
+      const int32_t* corr = Corr(c) + 8 * b0;
+      for (int r = 0; r < R; ++r) {
+        V32 v[kG / 2];
+        for (int k = 0; k < kG / 2; ++k)
+          v[k] = k < pairs ? DotBytes(hn::Load(d32, corr + 16 * k), hn::Load(du8, q[r][k]),
+                                      hn::Load(d8, xq + 64 * k))
+                           : hn::Zero(d32);
+        hn::Store(hn::ConvertTo(df, ReduceBlocks(d32, v)), df, fi[r][c]);
+      }
+    }
+    // The R x C ordered chains, interleaved.
+    for (int j = 0; j < count; ++j) {
+      for (int c = 0; c < C; ++c) {
+        const float dx = XD(c, b0 + j);
+        for (int r = 0; r < R; ++r)
+          acc[r][c] = hn::MulAdd(hn::Set(d1, fi[r][c][j]), hn::Set(d1, dw[r][j] * dx), acc[r][c]);
+      }
+    }
+  }
+  // Sums of one pair of blocks for the 16 outputs: three halving levels leave, per output, the two
+  // block sums in adjacent lanes; even lanes are the first block, odd lanes the second.
+  template <int R, int C>
+  HWY_INLINE void StepLanes(int64_t b0, int count, int pairs, const uint8_t (&q)[R][kG / 2][64],
+                            const float (&dw)[R][kG]) const {
+    const D8 d8;
+    const DU8 du8;
+    const D32 d32;
+    const DF df;
+    alignas(64) int32_t ir[16], ic[16];
+    for (int i = 0; i < 16; ++i) {
+      ir[i] = i / C;
+      ic[i] = i % C;
+    }
+    const auto idx_r = hn::SetTableIndices(df, ir);
+    const auto idx_c = hn::SetTableIndices(df, ic);
+    alignas(64) float dwt[kG][16] = {}, dxt[kG][16] = {};
+    for (int j = 0; j < count; ++j) {
+      for (int r = 0; r < R; ++r) dwt[j][r] = dw[r][j];
+      for (int c = 0; c < C; ++c) dxt[j][c] = XD(c, b0 + j);
+    }
+    auto dd = [&](int j) HWY_ATTR {
+      return hn::Mul(hn::TableLookupLanes(hn::Load(df, dwt[j]), idx_r),
+                     hn::TableLookupLanes(hn::Load(df, dxt[j]), idx_c));
+    };
+    for (int k = 0; k < pairs; ++k) {
+      V32 v[16];
+      for (int c = 0; c < C; ++c) {
+        const auto* xq = reinterpret_cast<const int8_t*>(XQ(c)) + 32 * (b0 + 2 * k);
+        const V8 x = hn::Load(d8, xq);
+        const V32 corr = hn::Load(d32, Corr(c) + 8 * (b0 + 2 * k));
+        for (int r = 0; r < R; ++r) v[r * C + c] = DotBytes(corr, hn::Load(du8, q[r][k]), x);
+      }
+      for (int m = 16; m > 2; m /= 2)
+        for (int j = 0; j < m / 2; ++j)
+          v[j] = hn::Add(hn::ConcatEven(d32, v[2 * j + 1], v[2 * j]),
+                         hn::ConcatOdd(d32, v[2 * j + 1], v[2 * j]));
+      acc16 = hn::MulAdd(hn::ConvertTo(df, hn::ConcatEven(d32, v[1], v[0])), dd(2 * k), acc16);
+      if (2 * k + 1 < count)
+        acc16 = hn::MulAdd(hn::ConvertTo(df, hn::ConcatOdd(d32, v[1], v[0])), dd(2 * k + 1), acc16);
+    }
+  }
+  float Finish(int r, int c, hn::Vec<Acc> acc) const {
+    if constexpr (kLanes) {
+      alignas(64) float l[16];
+      hn::Store(acc16, DF(), l);
+      return l[r * CMax + c];
+    }
+    return hn::GetLane(acc);
+  }
+};
+
+// Decode of 16 Q4_0 rows. Phase 1 reads each row start to end (one sequential DRAM stream, as a
+// single-row kernel does; interleaving 16 rows' blocks measured 30% slower than one row at a time)
+// and keeps the exact integer sum of every block as a float with its scale product. Phase 2 then
+// advances the 16 ordered chains together, one FMA per block for all rows: the same float
+// operations per row as Q4_0Vnni's 1x1 tile, without its scalar FMA latency chain.
+HWY_NOINLINE void DecodeQ4_0x16(const TileArgs& t) {
+  const Q4_0Vnni<1, 1> k(t);
+  const D8 d8;
+  const D32 d32;
+  const DF df;
+  constexpr int kRows = 16;
+  const int64_t nb = k.nb(), steps = k.Steps(), kG = Q4_0Vnni<1, 1>::kG;
+  // Grows once per thread to the widest matrix; decode then allocates nothing.
+  thread_local std::vector<float> buf;
+  const size_t cells = static_cast<size_t>(steps * kG) * kRows;
+  if (buf.size() < 2 * cells + 16) buf.resize(2 * cells + 16);
+  float* fi = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) &
+                                       ~uintptr_t{63});  // [block][row]: block sums
+  float* dd = fi + cells;  // [block][row]: weight scale x activation scale
+  const auto* xq = reinterpret_cast<const int8_t*>(k.XQ(0));
+  const int32_t* corr = k.Corr(0);
+  for (int r = 0; r < kRows; ++r) {
+    const BlockQ4_0* w = k.W(r);
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t b0 = s * kG;
+      const int count = static_cast<int>(std::min<int64_t>(kG, nb - b0));
+      const int pairs = (count + 1) / 2;
+      V32 v[kG / 2];
+      for (int p = 0; p < kG / 2; ++p) {
+        if (p >= pairs) {
+          v[p] = hn::Zero(d32);
+          continue;
+        }
+        v[p] = DotBytes(hn::Load(d32, corr + 8 * b0 + 16 * p),
+                        k.Nibbles(w + b0 + 2 * p, 2 * p + 1 < count),
+                        hn::Load(d8, xq + 32 * b0 + 64 * p));
+      }
+      alignas(64) float f[kG];
+      hn::Store(hn::ConvertTo(df, ReduceBlocks(d32, v)), df, f);
+      for (int j = 0; j < count; ++j) {
+        fi[(b0 + j) * kRows + r] = f[j];
+        dd[(b0 + j) * kRows + r] = HalfToFloat(&w[b0 + j].d) * k.XD(0, b0 + j);
+      }
+    }
+  }
+  VF acc = hn::Zero(df);
+  for (int64_t j = 0; j < nb; ++j)
+    acc = hn::MulAdd(hn::Load(df, fi + j * kRows), hn::Load(df, dd + j * kRows), acc);
+  hn::StoreU(acc, df, t.y);
+}
+
+// Q4_0 interleaved in groups of 16 rows (Interleave16): per block index, the 16 rows' scales
+// (f16, 32 bytes) then four 64-byte vectors; vector j holds, as its int32 lane r, bytes 4j..4j+3
+// of row r's nibble array. Its low nibbles are elements 4j..4j+3 of every row, its high nibbles
+// elements 16+4j..16+4j+3, so a dot product against one broadcast dword of activations adds
+// four products into each row's own lane: eight of them leave lane r holding row r's exact block
+// sum, with no reduction across lanes. The float steps per row and block are those of Q4_0Vnni
+// (convert, scale product, FMA in block order), so results are bit-identical to the row-major
+// kernels. C activation rows share each unpack.
+template <int C>
+HWY_NOINLINE void Q4_0x16Tile(const TileArgs& t) {
+  const DU8 du8;
+  const DU16 du16;
+  const D32 d32;
+  const DF df;
+  const hn::Rebind<hwy::float16_t, DF> dh;
+  const int64_t nb = t.n / 32;
+  constexpr size_t kGroupBlock = 16 * sizeof(BlockQ4_0);
+  VF acc[C];
+  for (int c = 0; c < C; ++c) acc[c] = hn::Zero(df);
+  const VU8 low = hn::Set(du8, 0x0F);
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* g = t.w + static_cast<size_t>(b) * kGroupBlock;
+    const VF dw = hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(g)));
+    VU8 lo[4], hi[4];
+    for (int v = 0; v < 4; ++v) {
+      const VU8 raw = hn::LoadU(du8, g + 32 + 64 * v);
+      lo[v] = hn::And(raw, low);
+      hi[v] = hn::And(hn::BitCast(du8, hn::ShiftRight<4>(hn::BitCast(du16, raw))), low);
+    }
+    for (int c = 0; c < C; ++c) {
+      const uint8_t* a = t.a + c * t.as;
+      const auto* xq = reinterpret_cast<const int32_t*>(a) + 8 * b;
+      const int32_t bcorr = reinterpret_cast<const int32_t*>(a + t.l.bcorr_off)[b];
+      // Two chains (low and high nibbles) so that consecutive dot products overlap.
+      V32 s0 = hn::Set(d32, bcorr), s1 = hn::Zero(d32);
+      for (int k = 0; k < 4; ++k) {
+        s0 = DotBytes(s0, lo[k], hn::BitCast(D8(), hn::Set(d32, xq[k])));
+        s1 = DotBytes(s1, hi[k], hn::BitCast(D8(), hn::Set(d32, xq[4 + k])));
+      }
+      const VF sum = hn::ConvertTo(df, hn::Add(s0, s1));  // lane r: row r's block sum
+      const float dx = reinterpret_cast<const float*>(a + t.l.d_off)[b];
+      acc[c] = hn::MulAdd(sum, hn::Mul(dw, hn::Set(df, dx)), acc[c]);
+    }
+  }
+  for (int c = 0; c < C; ++c) hn::StoreU(acc[c], df, t.y + c * t.ldy);
+}
+
+// Q8_0 interleaved like Q4_0 above: per block index the 16 rows' scales, then eight 64-byte
+// vectors, vector k holding bytes 4k..4k+3 (partial k) of every row's quants as its int32 lane r,
+// stored with the sign bit flipped (q + 128, the unsigned operand of vpdpbusd). A dot product of
+// vector k with a broadcast dword of activations, seeded with -128 * that dword's sum, is partial k
+// of all 16 rows at once, so llama.cpp's order (per row, eight partial accumulators,
+// acc_k = fma(dw * dx, float(partial_k), acc_k) over blocks, then the hsum8 tree) runs with the
+// eight accumulators as vectors whose lanes are the rows.
+template <int C>
+HWY_NOINLINE void Q8_0x16Tile(const TileArgs& t) {
+  const D8 d8;
+  const DU8 du8;
+  const D32 d32;
+  const DF df;
+  const hn::Rebind<hwy::float16_t, DF> dh;
+  const int64_t nb = t.n / 32;
+  constexpr size_t kGroupBlock = 16 * sizeof(BlockQ8_0);
+  VF acc[C][8];
+  for (int c = 0; c < C; ++c)
+    for (int k = 0; k < 8; ++k) acc[c][k] = hn::Zero(df);
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* g = t.w + static_cast<size_t>(b) * kGroupBlock;
+    const VF dw = hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(g)));
+    VU8 w[8];
+    for (int k = 0; k < 8; ++k) w[k] = hn::LoadU(du8, g + 32 + 64 * k);
+    for (int c = 0; c < C; ++c) {
+      const uint8_t* a = t.a + c * t.as;
+      const auto* xq = reinterpret_cast<const int32_t*>(a) + 8 * b;
+      const auto* corr = reinterpret_cast<const int32_t*>(a + t.l.corr_off) + 8 * b;
+      const float dx = reinterpret_cast<const float*>(a + t.l.d_off)[b];
+      const VF d = hn::Mul(dw, hn::Set(df, dx));
+      for (int k = 0; k < 8; ++k) {
+        // corr holds -8 * sum for Q4_0's nibbles; the q + 128 bytes need -128 * sum.
+        const V32 p =
+            DotBytes(hn::Set(d32, 16 * corr[k]), w[k], hn::BitCast(d8, hn::Set(d32, xq[k])));
+        acc[c][k] = hn::MulAdd(d, hn::ConvertTo(df, p), acc[c][k]);
+      }
+    }
+  }
+  for (int c = 0; c < C; ++c) {
+    const VF* a = acc[c];
+    const VF sum = hn::Add(hn::Add(hn::Add(a[0], a[4]), hn::Add(a[2], a[6])),
+                           hn::Add(hn::Add(a[1], a[5]), hn::Add(a[3], a[7])));
+    hn::StoreU(sum, df, t.y + c * t.ldy);
+  }
+}
+
+struct KVnniBase : VnniBase {
+  using VnniBase::VnniBase;
+  int64_t Steps() const { return t.n / kQK_K; }
+  const int8_t* X(int c, int64_t b) const {
+    return reinterpret_cast<const int8_t*>(t.a + c * t.as) + b * kQK_K;
+  }
+  const int16_t* BS16(int c, int64_t b) const {
+    return reinterpret_cast<const int16_t*>(t.a + c * t.as + t.l.bs16_off) + b * 16;
+  }
+  const int16_t* BS32(int c, int64_t b) const {
+    return reinterpret_cast<const int16_t*>(t.a + c * t.as + t.l.bs32_off) + b * 8;
+  }
+};
+
+// Q4_K: 64 elements per vector (the 32 bytes of nibbles for sub-blocks 2p and 2p + 1, low nibbles
+// in the lower half); int32 lanes 0-7 belong to sub-block 2p, 8-15 to 2p + 1. The six-bit scales
+// multiply the lane sums (which fit int16) with vpdpwssd; the mins meet the precomputed sums of
+// 32 activations.
+template <int RMax, int CMax>
+struct Q4KVnni : KVnniBase {
+  using D32x4 = hn::Full128<int32_t>;
+  using DFx4 = hn::Full128<float>;
+  // Min terms per output, 4 lanes each, reduced in Finish.
+  mutable hn::Vec<DFx4> minacc[RMax][CMax];
+  hn::Vec<DU16> shifts = HalfShifts(0, 4);
+  hn::Indices512<int32_t> pat[4] = {GroupIndices(0, 8), GroupIndices(2, 8), GroupIndices(4, 8),
+                                    GroupIndices(6, 8)};
+  explicit Q4KVnni(const TileArgs& args) : KVnniBase(args) {
+    for (int r = 0; r < RMax; ++r)
+      for (int c = 0; c < CMax; ++c) minacc[r][c] = hn::Zero(DFx4());
+  }
+  const BlockQ4_K* W(int r) const { return reinterpret_cast<const BlockQ4_K*>(t.w + r * t.wrb); }
+  // The 8 six-bit scales and mins as bytes of two 64-bit words (no round trip through memory:
+  // a vector load of freshly stored scalars would stall on store forwarding).
+  static HWY_INLINE void ScaleMinBytes(const uint8_t* q, uint64_t* sc, uint64_t* mn) {
+    uint32_t u0, u1, u2;
+    std::memcpy(&u0, q, 4);
+    std::memcpy(&u1, q + 4, 4);
+    std::memcpy(&u2, q + 8, 4);
+    const uint32_t sc_lo = u0 & 0x3f3f3f3fu, mn_lo = u1 & 0x3f3f3f3fu;
+    const uint32_t sc_hi = (u2 & 0x0f0f0f0fu) | (((u0 >> 6) & 0x03030303u) << 4);
+    const uint32_t mn_hi = ((u2 >> 4) & 0x0f0f0f0fu) | (((u1 >> 6) & 0x03030303u) << 4);
+    *sc = sc_lo | (static_cast<uint64_t>(sc_hi) << 32);
+    *mn = mn_lo | (static_cast<uint64_t>(mn_hi) << 32);
+  }
+  template <int R, int C>
+  HWY_INLINE void Step(int64_t b, VF (&acc)[R][C]) const {
+    const D8 d8;
+    const DU8 du8;
+    const hn::Half<DU8> du8h;
+    const DU16 du16;
+    const D32 d32;
+    const DF df;
+    const hn::Full128<uint64_t> d64x2;
+    const hn::Full128<uint8_t> d8x16;
+    const hn::Full64<uint8_t> d8x8;
+    const hn::Full128<int16_t> d16x8;
+    const D32x4 d32x4;
+    const DFx4 dfx4;
+    VU8 q[R][4];
+    V32 sc[R][4];
+    hn::Vec<decltype(d16x8)> mins[R];
+    float d[R], dmin[R];
+    for (int r = 0; r < R; ++r) {
+      const BlockQ4_K& blk = W(r)[b];
+      uint64_t sc64, mn64;
+      ScaleMinBytes(blk.scales, &sc64, &mn64);
+      const V32 all = hn::PromoteTo(d32, hn::BitCast(d8x16, hn::Set(d64x2, sc64)));
+      const auto mbytes = hn::LowerHalf(d8x8, hn::BitCast(d8x16, hn::Set(d64x2, mn64)));
+      mins[r] = hn::BitCast(d16x8, hn::PromoteTo(hn::Full128<uint16_t>(), mbytes));
+      for (int p = 0; p < 4; ++p) {
+        sc[r][p] = hn::TableLookupLanes(all, pat[p]);
+        const auto half = hn::LoadU(du8h, blk.qs + 32 * p);
+        const VU8 v = hn::Combine(du8, half, half);
+        q[r][p] = hn::And(hn::BitCast(du8, hn::BitCast(du16, v) >> shifts), hn::Set(du8, 0x0F));
+      }
+      d[r] = HalfToFloat(&blk.d);
+      dmin[r] = HalfToFloat(&blk.dmin);
+    }
+    for (int c = 0; c < C; ++c) {
+      const int8_t* xb = X(c, b);
+      V8 x[4];
+      for (int p = 0; p < 4; ++p) x[p] = hn::Load(d8, xb + 64 * p);
+      const auto bs = hn::Load(d16x8, BS32(c, b));
+      const float dx = XD(c, b);
+      for (int r = 0; r < R; ++r) {
+        V32 isum = hn::Zero(d32);
+        for (int p = 0; p < 4; ++p)
+          isum = DotPairs(isum, DotBytes(hn::Zero(d32), q[r][p], x[p]), sc[r][p]);
+        acc[r][c] = hn::MulAdd(hn::ConvertTo(df, isum), hn::Set(df, d[r] * dx), acc[r][c]);
+        auto m1 = hn::Zero(d32x4);
+        const auto m0 = hn::ReorderWidenMulAccumulate(d32x4, mins[r], bs, hn::Zero(d32x4), m1);
+        minacc[r][c] = hn::MulAdd(hn::ConvertTo(dfx4, hn::Add(m0, m1)), hn::Set(dfx4, dmin[r] * dx),
+                                  minacc[r][c]);
+      }
+    }
+  }
+  float Finish(int r, int c, VF acc) const {
+    return Sum(DF(), acc) - hn::GetLane(hn::SumOfLanes(DFx4(), minacc[r][c]));
+  }
+};
+
+// Q6_K: 64 elements per vector, assembled from 64 bytes of ql and 32 bytes of qh (duplicated in
+// both halves and shifted per half); unsigned values 0..63. Lanes of 16 elements share a scale;
+// the -32 offset is subtracted per int32 lane (32 * the sum of its four activations), so that
+// every lane holds sum (q - 32) * x of its four elements. Per block, partial lane l (elements
+// 4l..4l+3 of each 32-element group, scaled) is summed over the eight groups and
+// acc = fma(dw * dx, float(lane), acc), as llama.cpp's x86 kernel.
+struct Q6KVnni : KVnniBase {
+  using Acc = DF8;
+  static constexpr bool kOrdered = true;
+  hn::Vec<DU16> shl_a = HalfShifts(4, 2);
+  hn::Vec<DU16> shr_b = HalfShifts(0, 2);
+  hn::Indices512<int32_t> pat[4] = {GroupIndices(0, 4), GroupIndices(4, 4), GroupIndices(8, 4),
+                                    GroupIndices(12, 4)};
+  using KVnniBase::KVnniBase;
+  const BlockQ6_K* W(int r) const { return reinterpret_cast<const BlockQ6_K*>(t.w + r * t.wrb); }
+  template <int R, int C>
+  HWY_INLINE void Step(int64_t b, hn::Vec<DF8> (&acc)[R][C]) const {
+    const D8 d8;
+    const DU8 du8;
+    const hn::Half<DU8> du8h;
+    const DU16 du16;
+    const D32 d32;
+    const hn::Full256<int32_t> d32x8;
+    const hn::Rebind<int8_t, D32> d8x16;
+    VU8 q[R][4];
+    V32 sc[R][4];
+    float d[R];
+    const VU8 m0f = hn::Set(du8, 0x0F), m30 = hn::Set(du8, 0x30);
+    for (int r = 0; r < R; ++r) {
+      const BlockQ6_K& blk = W(r)[b];
+      const V32 all = hn::PromoteTo(d32, hn::LoadU(d8x16, blk.scales));
+      // Keep only the low 16 bits: DotPairs multiplies the high halves too.
+      for (int j = 0; j < 4; ++j)
+        sc[r][j] = hn::And(hn::TableLookupLanes(all, pat[j]), hn::Set(d32, 0xFFFF));
+      for (int h = 0; h < 2; ++h) {
+        const VU8 ql = hn::LoadU(du8, blk.ql + 64 * h);
+        const auto qh_half = hn::LoadU(du8h, blk.qh + 32 * h);
+        const auto qh = hn::BitCast(du16, hn::Combine(du8, qh_half, qh_half));
+        q[r][2 * h] = hn::OrAnd(hn::And(ql, m0f), hn::BitCast(du8, qh << shl_a), m30);
+        q[r][2 * h + 1] =
+            hn::OrAnd(hn::And(hn::BitCast(du8, hn::ShiftRight<4>(hn::BitCast(du16, ql))), m0f),
+                      hn::BitCast(du8, qh >> shr_b), m30);
+      }
+      d[r] = HalfToFloat(&blk.d);
+    }
+    for (int c = 0; c < C; ++c) {
+      const int8_t* xb = X(c, b);
+      V8 x[4];
+      V32 off[4];
+      for (int j = 0; j < 4; ++j) {
+        x[j] = hn::Load(d8, xb + 64 * j);
+        off[j] = DotBytes(hn::Zero(d32), hn::Set(du8, 32), x[j]);
+      }
+      const float dx = XD(c, b);
+      for (int r = 0; r < R; ++r) {
+        V32 isum = hn::Zero(d32);
+        for (int j = 0; j < 4; ++j)
+          isum = DotPairs(isum, hn::Sub(DotBytes(hn::Zero(d32), q[r][j], x[j]), off[j]), sc[r][j]);
+        const auto lanes = hn::Add(hn::LowerHalf(d32x8, isum), hn::UpperHalf(d32x8, isum));
+        acc[r][c] = hn::MulAdd(hn::Set(DF8(), dx * d[r]), hn::ConvertTo(DF8(), lanes), acc[r][c]);
+      }
+    }
+  }
+  float Finish(int, int, hn::Vec<DF8> acc) const {
+    alignas(32) float a[8];
+    hn::Store(acc, DF8(), a);
+    return Hsum8(a);
+  }
+};
