@@ -342,6 +342,15 @@ TEST(ModelSupport, Gemma3Keys) {
     m.reset();
     std::filesystem::remove(path);
   }
+  // Type "none" ignores a factor, as llama.cpp does.
+  {
+    const std::string path = VariantOf(g, "g3_none", [](Writer& w) {
+      w.SetString("gemma3.rope.scaling.type", "none");
+      w.SetF32("gemma3.rope.scaling.factor", 8.0f);
+    });
+    EXPECT_EQ(es::model::LlamaModel::Load(path, {})->config().rope_freq_scale, 1.0f);
+    std::filesystem::remove(path);
+  }
   // Without a window every layer is global.
   {
     const std::string path = VariantOf(

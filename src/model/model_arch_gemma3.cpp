@@ -17,12 +17,10 @@ constexpr int kSwaPattern = 6;
 constexpr float kLocalRopeBase = 10000.0f;
 
 void Configure(const gguf::File& f, ModelConfig& c) {
-  const std::string p = c.arch + ".";
   ReadSlidingWindow(f, c, 0, kSwaPattern, kLocalRopeBase);
-  const double factor = f.GetFloatOr(p + "rope.scaling.factor").value_or(0.0);
-  if (factor < 0) throw Error(f.path() + ": rope.scaling.factor must not be negative");
-  c.rope_freq_scale = factor == 0 ? 1.0f : 1.0f / static_cast<float>(factor);
-  c.rope_freq_scale_local = 1.0f;      // local layers are not scaled
+  // The global layers' linear scaling was read with the common keys (model_config.cpp: "none"
+  // ignores the factor, as llama.cpp); local layers are not scaled.
+  c.rope_freq_scale_local = 1.0f;
   c.q_scale = GemmaQueryScale(c, 62);  // 27B: 1/sqrt(168) instead of 1/sqrt(128)
 }
 

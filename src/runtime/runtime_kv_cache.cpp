@@ -21,7 +21,7 @@ int64_t KvCache::RowsKept(const model::ModelConfig& c, int l, int64_t n_ctx, int
 
 KvCache::KvCache(const model::ModelConfig& c, int64_t n_ctx, TensorType type, int first_layer,
                  int last_layer, int max_batch)
-    : n_ctx_(n_ctx), type_(type), rewind_limit_(n_ctx), kv_dim_(c.kv_dim()) {
+    : n_ctx_(n_ctx), type_(type), kv_dim_(c.kv_dim()) {
   if (last_layer < 0) last_layer = c.n_layer;
   if (type != TensorType::kF16 && type != TensorType::kF32)
     throw Error("KV cache type must be f16 or f32");
@@ -40,7 +40,6 @@ KvCache::KvCache(const model::ModelConfig& c, int64_t n_ctx, TensorType type, in
     const size_t per_tensor = row_bytes * static_cast<size_t>(rows);
     const int64_t ring = rows < n_ctx ? rows : 0;
     layers_[l] = model::KvLayer{p, p + per_tensor, type, n_ctx, ring};
-    if (ring) rewind_limit_ = std::min(rewind_limit_, ring - c.Window(l));
     p += 2 * per_tensor;
   }
 }

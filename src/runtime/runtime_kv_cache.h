@@ -24,12 +24,9 @@ class KvCache {
   // Rows layer l keeps: n_ctx, or for a sliding-window layer given max_batch its window plus a
   // batch (when that is fewer).
   static int64_t RowsKept(const model::ModelConfig& c, int l, int64_t n_ctx, int max_batch);
-  // Positions a Truncate may drop and still find the window of keys before the cut (the smallest
-  // ring's slack); n_ctx when no layer is a ring.
-  int64_t rewind_limit() const { return rewind_limit_; }
   // Whether, holding positions 0..n_past-1, the cache can be cut back to n positions and go on:
-  // every ring still holds the window of keys before n (see rewind_limit; a context shift may
-  // also have left a ring without some kept prefix positions).
+  // every ring still holds the window of keys before n (a context shift may also have left a
+  // ring without some kept prefix positions).
   bool CanTruncate(int64_t n, int64_t n_past) const;
   // Context shift (llama.cpp's seq_rm + seq_add): of n_past positions, forgets keep ..
   // keep+discard-1 and moves the later ones `discard` positions earlier, re-rotating their keys
@@ -51,7 +48,6 @@ class KvCache {
   int64_t n_ctx_;
   TensorType type_;
   size_t bytes_ = 0;
-  int64_t rewind_limit_ = 0;
   int64_t kv_dim_ = 0;
   std::vector<int64_t> window_;  // per layer: its sliding window (0: global)
   // Rings hold no valid key for positions below this (a shift dropped those it had overwritten).
