@@ -1,7 +1,7 @@
 // Context shift (llama.cpp's seq_rm + seq_add): when the context is full, positions after the
 // first `keep` are dropped and the later ones move back, their cached keys re-rotated. Checked
-// against fresh evaluations, through the API, the CLI and the server's scheduler; and the
-// sliding-window rings of server slots and worker stages.
+// against fresh evaluations, through the API and the CLI (the server's scheduler, worker stages
+// and planner: test_server_context_shift.cpp, distributed builds only).
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -12,26 +12,18 @@
 #include <string>
 #include <vector>
 
+#include "context_shift_util.h"
 #include "edgeshard/edgeshard.h"
 #include "gguf/gguf_file.h"
 #include "model/model_llama.h"
 #include "model/model_quantize.h"
 #include "model/model_synth.h"
 #include "runtime/runtime_session.h"
-#include "server/server_scheduler.h"
-#include "shard/shard_dist_stage.h"
-#include "shard/shard_model_units.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 
 namespace es::test {
 namespace {
-
-std::vector<int32_t> Prompt(int n) {
-  std::vector<int32_t> p = {1};
-  for (int i = 1; i < n; ++i) p.push_back(100 + (i * 37) % 5000);
-  return p;
-}
 
 int32_t Argmax(const std::vector<float>& l) {
   return static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
@@ -146,12 +138,6 @@ TEST(ContextShift, SharedModelsBlockZeroKeysAndRingsAgree) {
   }
 }
 
-std::shared_ptr<Model> LoadApi(const std::string& rel) {
-  LoadParams lp;
-  lp.path = ModelPath(rel);
-  return Model::Load(lp);
-}
-
 TEST(ContextShift, GenerateGoesOnPastAFullContextAndKeeps) {
   auto model = LoadApi("synth-gemma3.f16.gguf");
   const auto prompt = Prompt(70);  // longer than the window of 64
@@ -245,132 +231,5 @@ TEST(ContextShift, ContextBeyondTrainingWarnsAndRuns) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("longer than the model was trained on"), std::string::npos) << r.err;
 }
-
-// The server's scheduler, in process: slots of ring-sized local layers, greedy output equal to a
-// Context's, and generation past a full slot.
-struct Sched {
-  std::unique_ptr<model::LlamaModel> m;
-  std::unique_ptr<gguf::File> f;
-  std::unique_ptr<tok::Tokenizer> t;
-  server::Metrics metrics;
-  std::unique_ptr<server::Scheduler> s;
-  Sched(const std::string& rel, server::SchedulerOptions o) {
-    m = model::LlamaModel::Load(ModelPath(rel));
-    t = tok::Tokenizer::FromGGUF(m->file());
-    s = std::make_unique<server::Scheduler>(*m, *t, o, metrics);
-  }
-  std::pair<std::vector<int32_t>, std::string> Greedy(const std::vector<int32_t>& prompt, int n) {
-    server::GenRequest r;
-    r.prompt = prompt;
-    r.sampling.temperature = 0;
-    r.max_tokens = n;
-    r.ignore_eos = true;
-    r.n_logprobs = 0;
-    auto job = std::make_shared<server::Job>(r);
-    EXPECT_TRUE(s->Submit(job));
-    std::vector<int32_t> out;
-    server::GenEvent e;
-    while (true) {
-      if (!job->Wait(e, std::chrono::milliseconds(60000))) break;
-      for (const auto& tl : e.tokens) out.push_back(tl.id);
-      if (e.done) return {out, e.finish_reason};
-    }
-    return {out, "timeout"};
-  }
-};
-
-// Greedy tokens from a Context on synth-gemma3 (batch 16, context shift on).
-std::vector<int32_t> ContextGreedy(const std::vector<int32_t>& prompt, int n_ctx, int n) {
-  Context ctx(LoadApi("synth-gemma3.f16.gguf"), {.n_ctx = n_ctx, .n_threads = 2, .n_batch = 16});
-  GenerateParams g;
-  g.max_tokens = n;
-  g.sampling.temperature = 0;
-  g.ignore_eos = true;
-  g.context_shift = true;
-  return ctx.Generate(prompt, g, nullptr).tokens;
-}
-
-TEST(ContextShift, ServerSlotsUseRingsAndMatchAContext) {
-  server::SchedulerOptions o;
-  o.n_slots = 2;
-  o.n_ctx = 400;
-  o.n_batch = 16;
-  o.n_threads = 2;
-  Sched sc("synth-gemma3.f16.gguf", o);
-  // Layers 0-2 keep 64 + 16 - 1 positions, layer 3 all 400 (K and V of 128 F16 values).
-  EXPECT_EQ(sc.s->kv_bytes(), 2u * (3 * 79 + 400) * 2 * 128 * 2);
-  const auto prompt = Prompt(150);
-  const auto want = ContextGreedy(prompt, 400, 40);
-  const auto [got, reason] = sc.Greedy(prompt, 40);
-  EXPECT_EQ(reason, "length");
-  EXPECT_EQ(got, want);
-}
-
-TEST(ContextShift, ServerGoesOnPastAFullSlot) {
-  for (const bool shift : {true, false}) {
-    server::SchedulerOptions o;
-    o.n_slots = 1;
-    o.n_ctx = 100;
-    o.n_batch = 16;
-    o.n_threads = 2;
-    o.context_shift = shift;
-    Sched sc("synth-gemma3.f16.gguf", o);
-    const auto prompt = Prompt(70);
-    const auto [got, reason] = sc.Greedy(prompt, 150);
-    EXPECT_EQ(reason, "length");
-    if (!shift) {
-      EXPECT_EQ(got.size(), 31u);  // 100 positions: the last token is never evaluated
-      continue;
-    }
-    ASSERT_EQ(got.size(), 150u);
-    // The same shifts through a Context give the same tokens.
-    EXPECT_EQ(ContextGreedy(prompt, 100, 150), got);
-  }
-}
-
-TEST(ContextShift, WorkerStageCachesUseRings) {
-  auto m = model::LlamaModel::Load(ModelPath("synth-gemma3.f16.gguf"));
-  kernels::ThreadPool pool{1};
-  shard::StageExecutor exec{*m,
-                            {.first_layer = 0,
-                             .last_layer = m->config().n_layer,
-                             .embed = true,
-                             .head = false,
-                             .n_ctx = 400,
-                             .max_batch = 16},
-                            pool};
-  edgeshard::rpc::Step step;
-  auto* seg = step.add_segments();
-  seg->set_sequence(1);
-  seg->set_n_tokens(4);
-  std::vector<float> hidden;
-  exec.Run(step, {1, 2, 3, 4}, hidden);
-  EXPECT_EQ(exec.kv_bytes(), (3u * 79 + 400) * 2 * 128 * 2);
-  // A rewind further back than the rings hold is refused, not computed wrong.
-  for (int64_t pos = 4; pos < 200; pos += 16) {
-    edgeshard::rpc::Step s;
-    auto* sg = s.add_segments();
-    sg->set_sequence(1);
-    sg->set_pos(pos);
-    sg->set_n_tokens(16);
-    std::vector<int32_t> toks(16, 7);
-    exec.Run(s, toks, hidden);
-  }
-  edgeshard::rpc::Step back;
-  auto* sg = back.add_segments();
-  sg->set_sequence(1);
-  sg->set_pos(50);
-  sg->set_n_tokens(1);
-  EXPECT_THROW(exec.Run(back, {7}, hidden), Error);
-}
-
-// The planner's per-block figures mark sliding-window blocks, so their KV counts a ring.
-TEST(ContextShift, PlannerUnitsKnowTheWindow) {
-  const auto f = gguf::File::Open(ModelPath("synth-gemma3.f16.gguf"));
-  const auto units = shard::UnitsFromGguf(*f);
-  ASSERT_EQ(units.units.size(), 6u);
-  for (int b = 0; b < 4; ++b) EXPECT_EQ(units.units[b + 1].kv_window, b < 3 ? 64u : 0u) << b;
-}
-
 }  // namespace
 }  // namespace es::test
