@@ -24,8 +24,14 @@ inline std::shared_ptr<Model> LoadApi(const std::string& rel) {
 }
 
 // Greedy tokens from a Context on synth-gemma3 (batch 16, context shift on).
-inline std::vector<int32_t> ContextGreedy(const std::vector<int32_t>& prompt, int n_ctx, int n) {
-  Context ctx(LoadApi("synth-gemma3.f16.gguf"), {.n_ctx = n_ctx, .n_threads = 2, .n_batch = 16});
+inline std::vector<int32_t> ContextGreedy(const std::vector<int32_t>& prompt, int n_ctx, int n,
+                                          const std::string& cache_type_k = "f16",
+                                          const std::string& cache_type_v = "f16") {
+  Context ctx(LoadApi("synth-gemma3.f16.gguf"), {.n_ctx = n_ctx,
+                                                 .n_threads = 2,
+                                                 .n_batch = 16,
+                                                 .cache_type_k = cache_type_k,
+                                                 .cache_type_v = cache_type_v});
   GenerateParams g;
   g.max_tokens = n;
   g.sampling.temperature = 0;

@@ -187,11 +187,14 @@ struct Reference {
   std::vector<float> logits;  // after the prompt
 };
 inline Reference SingleDevice(const std::string& model, const std::vector<int32_t>& prompt,
-                              int n_ctx, int max_tokens) {
+                              int n_ctx, int max_tokens, const std::string& cache_type_k = "f16",
+                              const std::string& cache_type_v = "f16") {
   auto m = Model::Load({.path = model, .progress = {}});
   ContextParams cp;
   cp.n_ctx = n_ctx;
   cp.n_threads = 1;
+  cp.cache_type_k = cache_type_k;
+  cp.cache_type_v = cache_type_v;
   Context ctx(m, cp);
   Reference r;
   ctx.Eval(prompt);

@@ -172,6 +172,31 @@ TEST_P(Exactness, GreedyMatchesSingleDevice) {
   }
 }
 
+// Quantized KV caches (-ctk/-ctv) reach the workers: through 2 workers on the F32 wire, logits
+// and greedy tokens are those of one device with the same cache types.
+TEST_F(Distributed, QuantizedKvCachesMatchSingleDevice) {
+  const std::string model = ModelPath("synth-llama-spm-256.q8_0.gguf");
+  const int n_ctx = 512;
+  const auto prompts = RefPrompts("synth-llama-spm-256.q8_0.gguf", n_ctx);
+  const std::string cluster = Cluster(model, n_ctx, 2);
+  for (const auto& [k, v] : {std::pair{"q8_0", "q8_0"}, std::pair{"q4_0", "f16"}}) {
+    SCOPED_TRACE(std::string("K ") + k + ", V " + v);
+    auto o = Options(cluster, n_ctx, true);
+    o.kv_type = {*es::ParseTypeName(k), *es::ParseTypeName(v)};
+    Coordinator co(model, o);
+    ASSERT_EQ(co.StageDevices().size(), 3u);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const Reference ref = SingleDevice(model, prompts[i], n_ctx, 32, k, v);
+      const uint64_t s = co.NewSequence();
+      EXPECT_EQ(co.Eval(s, prompts[i]), ref.logits) << "prompt " << i;
+      co.ReleaseSequence(s);
+      const uint64_t g = co.NewSequence();
+      EXPECT_EQ(co.Generate(g, prompts[i], Greedy(32), {}).tokens, ref.tokens) << "prompt " << i;
+      co.ReleaseSequence(g);
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     SharedModels, Exactness,
     ::testing::Values("stories260K.gguf", "llama-2-tiny-random.gguf",

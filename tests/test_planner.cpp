@@ -14,7 +14,10 @@
 #include <thread>
 
 #include "edgeshard/edgeshard.h"
+#include "gguf/gguf_file.h"
+#include "model/model_llama.h"
 #include "shard/shard_cluster.h"
+#include "shard/shard_model_units.h"
 #include "shard/shard_placement.h"
 #include "shard/shard_planner.h"
 #include "shard/shard_profile.h"
@@ -682,3 +685,20 @@ TEST(ProfileCli, MeasuresALinkToAnEchoServer) {
 
 }  // namespace
 }  // namespace es::shard
+
+// The planner prices the KV cache the stages will hold: F16 by default, block types by their
+// bytes per row (profiles store F16 figures; SetKvTypes re-prices them).
+TEST(Planner, KvBytesFollowTheCacheTypes) {
+  const auto f = es::gguf::File::Open(es::test::ModelPath("synth-llama-spm-256.f16.gguf"));
+  const auto f16 = es::shard::UnitsFromGguf(*f);
+  const int64_t kv_dim = static_cast<int64_t>(f16.units[1].kv_bytes_per_token / 4);
+  ASSERT_GT(kv_dim, 0);
+  const es::model::KvTypes mixed{es::TensorType::kQ8_0, es::TensorType::kQ4_0};
+  const auto q = es::shard::UnitsFromGguf(*f, mixed);
+  EXPECT_EQ(q.units[1].kv_bytes_per_token, uint64_t(kv_dim / 32 * (34 + 18)));
+  EXPECT_EQ(q.units[0].kv_bytes_per_token, 0u);
+  auto repriced = f16;
+  es::shard::SetKvTypes(repriced, mixed);
+  for (size_t u = 0; u < q.units.size(); ++u)
+    EXPECT_EQ(repriced.units[u].kv_bytes_per_token, q.units[u].kv_bytes_per_token) << u;
+}

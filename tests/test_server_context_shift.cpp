@@ -6,6 +6,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -67,6 +68,25 @@ TEST(ContextShift, ServerSlotsUseRingsAndMatchAContext) {
   const auto [got, reason] = sc.Greedy(prompt, 40);
   EXPECT_EQ(reason, "length");
   EXPECT_EQ(got, want);
+}
+
+// Slots with quantized caches (serve -ctk/-ctv): their size, and the greedy output of a Context
+// with the same cache types.
+TEST(ContextShift, ServerSlotsTakeQuantizedCaches) {
+  for (const auto& [k, v, row] : {std::tuple{"q8_0", "q8_0", 2 * 136}, {"q4_0", "f16", 72 + 256}}) {
+    server::SchedulerOptions o;
+    o.n_slots = 2;
+    o.n_ctx = 400;
+    o.n_batch = 16;
+    o.n_threads = 2;
+    o.kv_type = {*ParseTypeName(k), *ParseTypeName(v)};
+    Sched sc("synth-gemma3.f16.gguf", o);
+    EXPECT_EQ(sc.s->kv_bytes(), 2u * (3 * 79 + 400) * row) << k << "/" << v;
+    const auto prompt = Prompt(150);
+    const auto [got, reason] = sc.Greedy(prompt, 40);
+    EXPECT_EQ(reason, "length");
+    EXPECT_EQ(got, ContextGreedy(prompt, 400, 40, k, v)) << k << "/" << v;
+  }
 }
 
 TEST(ContextShift, ServerGoesOnPastAFullSlot) {

@@ -68,10 +68,13 @@ class Model {
 };
 
 struct ContextParams {
-  int n_ctx = 0;        // 0: min(model context, 4096); beyond the training context is allowed
-  int n_threads = 0;    // 0: all cores
-  int n_batch = 256;    // prompt tokens per forward pass
-  bool kv_f32 = false;  // F16 cache by default (half the memory, same as llama.cpp)
+  int n_ctx = 0;      // 0: min(model context, 4096); beyond the training context is allowed
+  int n_threads = 0;  // 0: all cores
+  int n_batch = 256;  // prompt tokens per forward pass
+  // KV cache element types (llama.cpp's -ctk/-ctv): "f16" (default, as llama.cpp), "f32",
+  // "q8_0" (about half of f16's memory) or "q4_0" (about a quarter).
+  std::string cache_type_k = "f16";
+  std::string cache_type_v = "f16";
 };
 
 struct SamplingParams {

@@ -122,7 +122,8 @@ Context::Context(std::shared_ptr<Model> model, const ContextParams& p) : model_(
   so.n_ctx = p.n_ctx;
   so.n_threads = p.n_threads;
   so.n_batch = p.n_batch;
-  so.kv_type = p.kv_f32 ? TensorType::kF32 : TensorType::kF16;
+  so.kv_type = {model::ParseKvType(p.cache_type_k, "KV cache type for keys"),
+                model::ParseKvType(p.cache_type_v, "KV cache type for values")};
   if (p.n_ctx < 0)
     throw Error("context length must be positive (got " + std::to_string(p.n_ctx) + ")");
   // A context beyond the training one is allowed: the file's RoPE scaling applies, and the CLI

@@ -29,6 +29,7 @@ struct BenchOptions {
   int batch = 512;
   bool json = false;
   bool membw = false;
+  std::string cache_type_k = "f16", cache_type_v = "f16";
   shard::ClusterCliOptions cluster;  // --cluster: sequential and pipelined over workers
 };
 
@@ -124,6 +125,8 @@ int Bench(const BenchOptions& o) {
     cp.n_threads = t;
     cp.n_ctx = std::min(info.n_ctx_train, std::max(o.n_prompt, o.n_gen) + 1);
     cp.n_batch = o.batch;
+    cp.cache_type_k = o.cache_type_k;
+    cp.cache_type_v = o.cache_type_v;
     Context ctx(model, cp);
     auto run = [&](const char* kind, int n, bool prompt) {
       if (n <= 0) return;
@@ -192,6 +195,7 @@ const bool registered = RegisterCommand("bench", [](CLI::App& app) {
       ->check(CLI::Range(1, 1000));
   cmd->add_option("-b,--batch", o->batch, "prompt tokens per forward pass")
       ->check(CLI::Range(1, 65536));
+  AddCacheTypeOptions(cmd, o->cache_type_k, o->cache_type_v);
   cmd->add_flag("--json", o->json, "print results as JSON");
   shard::AddClusterOptions(cmd, o->cluster, shard::ClusterCommand::kBench);
   return [o]() { return Bench(*o); };

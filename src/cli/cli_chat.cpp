@@ -23,10 +23,10 @@ struct ChatOptions {
 
 int Chat(ChatOptions o) {
   if (!o.cluster.cluster.empty())
-    return shard::ClusterChat(
-        o.cluster,
-        {o.model.model, o.model.threads, o.model.ctx, o.model.batch, o.model.kv_type == "f32"},
-        o.gen, o.system, o.chat_template, o.verbose);
+    return shard::ClusterChat(o.cluster,
+                              {o.model.model, o.model.threads, o.model.ctx, o.model.batch,
+                               o.model.cache_type_k, o.model.cache_type_v},
+                              o.gen, o.system, o.chat_template, o.verbose);
   auto model = LoadModel(o.model.model);
   Context ctx(model, MakeContextParams(o.model));
   WarnBeyondTraining("chat", ctx.n_ctx(), model->Info().n_ctx_train);

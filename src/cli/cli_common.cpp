@@ -5,6 +5,8 @@
 #include <chrono>
 #include <cstdio>
 
+#include "model/model_llama.h"
+
 namespace es::cli {
 
 void AddModelOptions(CLI::App* app, ModelOptions& o, bool with_ctx) {
@@ -16,9 +18,21 @@ void AddModelOptions(CLI::App* app, ModelOptions& o, bool with_ctx) {
         ->check(CLI::Range(1, 1 << 24));
     app->add_option("-b,--batch", o.batch, "prompt tokens per forward pass")
         ->check(CLI::Range(1, 65536));
-    app->add_option("--kv-type", o.kv_type, "KV cache element type")
-        ->check(CLI::IsMember({"f16", "f32"}));
+    AddCacheTypeOptions(app, o.cache_type_k, o.cache_type_v);
   }
+}
+
+void AddCacheTypeOptions(CLI::App* app, std::string& k, std::string& v) {
+  const auto types = CLI::IsMember({"f16", "f32", "q8_0", "q4_0"});
+  // -ctk/-ctv as llama.cpp spells them are rewritten to these by main().
+  app->add_option("--cache-type-k", k, "KV cache type for keys (-ctk): f16, f32, q8_0, q4_0")
+      ->check(types);
+  app->add_option("--cache-type-v", v, "KV cache type for values (-ctv): f16, f32, q8_0, q4_0")
+      ->check(types);
+  app->add_option_function<std::string>(
+         "--kv-type", [&k, &v](const std::string& t) { k = v = t; },
+         "KV cache type for keys and values")
+      ->check(types);
 }
 
 void AddContextShiftOptions(CLI::App* app, bool& shift, int& keep) {
@@ -46,6 +60,12 @@ std::string HumanBytes(double b) {
   char buf[32];
   std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", b, units[u]);
   return buf;
+}
+
+std::string KvCacheText(size_t bytes, const ModelOptions& o) {
+  return HumanBytes(static_cast<double>(bytes)) +
+         model::KvTypesNote({model::ParseKvType(o.cache_type_k, "--cache-type-k"),
+                             model::ParseKvType(o.cache_type_v, "--cache-type-v")});
 }
 
 std::shared_ptr<Model> LoadModel(const std::string& path, double* load_ms) {
@@ -80,7 +100,8 @@ ContextParams MakeContextParams(const ModelOptions& o) {
   p.n_ctx = o.ctx;
   p.n_threads = o.threads;
   p.n_batch = o.batch;
-  p.kv_f32 = o.kv_type == "f32";
+  p.cache_type_k = o.cache_type_k;
+  p.cache_type_v = o.cache_type_v;
   return p;
 }
 

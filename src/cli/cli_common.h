@@ -14,10 +14,10 @@ struct ModelOptions {
   int threads = 0;
   int ctx = 0;
   int batch = 256;
-  std::string kv_type = "f16";
+  std::string cache_type_k = "f16", cache_type_v = "f16";
 };
 
-// -m, -t, -c, -b, --kv-type.
+// -m, -t, -c, -b, -ctk/--cache-type-k, -ctv/--cache-type-v, --kv-type (both).
 void AddModelOptions(CLI::App* app, ModelOptions& o, bool with_ctx = true);
 // Loads with a progress bar on stderr (only if it is a terminal and loading takes > 1 s).
 std::shared_ptr<Model> LoadModel(const std::string& path, double* load_ms = nullptr);
@@ -27,6 +27,8 @@ ContextParams MakeContextParams(const ModelOptions& o);
 // --presence-penalty, --seed, --stop, --ignore-eos.
 void AddSamplingOptions(CLI::App* app, GenerateParams& g);
 
+// -ctk/--cache-type-k, -ctv/--cache-type-v and --kv-type (sets both).
+void AddCacheTypeOptions(CLI::App* app, std::string& k, std::string& v);
 // --context-shift / --no-context-shift (default: on) and --keep N.
 void AddContextShiftOptions(CLI::App* app, bool& shift, int& keep);
 // A context beyond the model's training context runs (with the file's RoPE scaling), as in
@@ -34,5 +36,7 @@ void AddContextShiftOptions(CLI::App* app, bool& shift, int& keep);
 void WarnBeyondTraining(const char* command, int n_ctx, int n_ctx_train);
 
 std::string HumanBytes(double bytes);
+// "4.0 MiB", or with other types than F16 "2.1 MiB (K q8_0, V q8_0)".
+std::string KvCacheText(size_t bytes, const ModelOptions& o);
 
 }  // namespace es::cli

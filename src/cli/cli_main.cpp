@@ -1,6 +1,8 @@
 // The `edgeshard` binary: dispatches to the registered subcommands.
 #include <cstdio>
 #include <map>
+#include <string>
+#include <vector>
 
 #include "cli/cli_command.h"
 #include "edgeshard/error.h"
@@ -30,8 +32,16 @@ int main(int argc, char** argv) {
     auto run = setup(app);
     runners[app.get_subcommands({}).back()] = std::move(run);
   }
+  // llama.cpp's multi-letter short options, which CLI11 cannot declare: spelled out.
+  const std::map<std::string, std::string> aliases = {{"-ctk", "--cache-type-k"},
+                                                      {"-ctv", "--cache-type-v"}};
+  std::vector<std::string> args;
+  for (int i = argc - 1; i > 0; --i) {  // CLI11 takes the arguments in reverse order
+    const auto a = aliases.find(argv[i]);
+    args.push_back(a == aliases.end() ? argv[i] : a->second);
+  }
   try {
-    app.parse(argc, argv);
+    app.parse(std::move(args));
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {

@@ -133,7 +133,8 @@ int Perplexity(PplOptions o) {
   KlStats kl;
   std::vector<float> logits, logp, base_logp(static_cast<size_t>(n_vocab));
   const auto t0 = std::chrono::steady_clock::now();
-  std::fprintf(stderr, "perplexity: %zu tokens, %d chunks of %d\n", tokens.size(), n_chunks, n_ctx);
+  std::fprintf(stderr, "perplexity: %zu tokens, %d chunks of %d, KV cache %s\n", tokens.size(),
+               n_chunks, n_ctx, KvCacheText(ctx.kv_bytes(), o.model).c_str());
   for (int c = 0; c < n_chunks; ++c) {
     std::vector<int32_t> chunk(tokens.begin() + static_cast<long>(c) * n_ctx,
                                tokens.begin() + static_cast<long>(c + 1) * n_ctx);

@@ -6,6 +6,8 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/cli_command.h"
+#include "cli/cli_common.h"
+#include "model/model_llama.h"
 #include "shard/shard_placement.h"
 #include "shard/shard_planner.h"
 #include "shard/shard_profile.h"
@@ -20,6 +22,7 @@ using nlohmann::json;
 struct PlanOptions {
   std::string cluster, model, objective = "latency", svg, placement;
   int ctx = 512, batch = 1;
+  std::string cache_type_k = "f16", cache_type_v = "f16";
   bool json = false;
   SolveOptions solve;
 };
@@ -130,8 +133,10 @@ std::string Headline(Objective obj, int batch, const Evaluation& e) {
 int Plan(const PlanOptions& o) {
   const Objective obj = o.objective == "latency" ? Objective::kLatency : Objective::kThroughput;
   const Cluster cluster = LoadCluster(o.cluster);
-  const ModelUnits units =
+  ModelUnits units =
       o.model.empty() ? cluster.profiles[cluster.source].model : LoadModelUnits(o.model);
+  SetKvTypes(units, {es::model::ParseKvType(o.cache_type_k, "--cache-type-k"),
+                     es::model::ParseKvType(o.cache_type_v, "--cache-type-v")});
   const Problem p = BuildProblem(cluster, units, {obj, o.ctx, o.batch});
   const Solution sol = Solve(p, obj, o.solve);
   if (!sol.feasible) throw Error(ExplainInfeasible(p));
@@ -243,6 +248,7 @@ const bool registered = RegisterCommand("plan", [](CLI::App& app) {
   cmd->add_option("--ctx", o->ctx, "context length the token is generated at (KV cache size)")
       ->check(CLI::Range(1, 1 << 24));
   cmd->add_option("--batch", o->batch, "concurrent sequences")->check(CLI::Range(1, 1 << 16));
+  es::cli::AddCacheTypeOptions(cmd, o->cache_type_k, o->cache_type_v);
   cmd->add_flag("--json", o->json, "print JSON");
   cmd->add_option("--svg", o->svg, "draw the plan into this SVG file");
   cmd->add_option("--placement", o->placement, "rules.yaml: manual placement to compare")

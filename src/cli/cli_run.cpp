@@ -30,10 +30,10 @@ int Run(const RunOptions& o) {
     prompt = ss.str();
   }
   if (!o.cluster.cluster.empty())
-    return shard::ClusterRun(
-        o.cluster,
-        {o.model.model, o.model.threads, o.model.ctx, o.model.batch, o.model.kv_type == "f32"},
-        o.gen, prompt, o.no_bos);
+    return shard::ClusterRun(o.cluster,
+                             {o.model.model, o.model.threads, o.model.ctx, o.model.batch,
+                              o.model.cache_type_k, o.model.cache_type_v},
+                             o.gen, prompt, o.no_bos);
   double load_ms = 0;
   auto model = LoadModel(o.model.model, &load_ms);
   Context ctx(model, MakeContextParams(o.model));
@@ -44,8 +44,7 @@ int Run(const RunOptions& o) {
                "edgeshard: %s (%s, %d layers, %s) loaded in %.0f ms; context %d tokens, KV cache "
                "%s, %d threads\n",
                o.model.model.c_str(), info.arch.c_str(), info.n_layer, info.weight_type.c_str(),
-               load_ms, ctx.n_ctx(), HumanBytes(static_cast<double>(ctx.kv_bytes())).c_str(),
-               ctx.n_threads());
+               load_ms, ctx.n_ctx(), KvCacheText(ctx.kv_bytes(), o.model).c_str(), ctx.n_threads());
   std::fwrite(prompt.data(), 1, prompt.size(), stdout);
   std::fflush(stdout);
   auto r = ctx.Generate(tokens, o.gen, [](std::string_view text) {

@@ -30,7 +30,8 @@ int Serve(ServeOptions o) {
   s.sched.n_ctx = o.model.ctx;
   s.sched.n_threads = o.model.threads;
   s.sched.n_batch = o.model.batch;
-  s.sched.kv_type = o.model.kv_type == "f32" ? TensorType::kF32 : TensorType::kF16;
+  s.sched.kv_type = {model::ParseKvType(o.model.cache_type_k, "--cache-type-k"),
+                     model::ParseKvType(o.model.cache_type_v, "--cache-type-v")};
   auto ms = [](double sec) { return static_cast<int>(sec * 1000 + 0.5); };
   s.conn.head_timeout_ms = ms(o.head_timeout_s);
   s.conn.body_timeout_ms = ms(o.body_timeout_s);

@@ -2,6 +2,7 @@
 // conversion, splitting weight rows across threads). SIMD work lives in kernels_*.cpp.
 #include "kernels/kernels.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <exception>
@@ -225,6 +226,40 @@ void MatMul(const Matrix& w, const float* x, int64_t ldx, int64_t batch, float* 
                        std::min(n, u1 * job.unit), job.y, job.ldy);
   };
   pool.ParallelFor(job.units, rows);
+}
+
+size_t QueryBytes(TensorType k_type, int64_t dim) {
+  return detail::ActRowBytes(k_type, dim);
+}
+
+void ConvertQuery(TensorType k_type, const float* q, int64_t dim, void* out) {
+  detail::ConvertActs(k_type, q, dim, dim, 0, 1, static_cast<uint8_t*>(out),
+                      QueryBytes(k_type, dim));
+}
+
+void DotQuantRows(TensorType k_type, const void* q, const void* k, size_t stride, int64_t n_rows,
+                  int64_t dim, float scale, float* out) {
+  if (n_rows <= 0) return;
+  const Matrix w{k, k_type, n_rows, dim, stride, 0};
+  const detail::Acts acts{static_cast<const uint8_t*>(q), QueryBytes(k_type, dim), k_type};
+  detail::MatMulRows(w, acts, 1, 0, n_rows, out, 1);
+  for (int64_t j = 0; j < n_rows; ++j) out[j] *= scale;
+}
+
+void WeightedSumQuantRows(TensorType v_type, const float* p, const void* v, size_t stride,
+                          int64_t n_rows, int64_t dim, float* out) {
+  // Dequantized a piece of a row at a time: heads up to 256 wide fit one piece.
+  constexpr int64_t kPiece = 256;
+  alignas(64) float row[kPiece];
+  const auto* base = static_cast<const uint8_t*>(v);
+  for (int64_t d0 = 0; d0 < dim; d0 += kPiece) {
+    const int64_t m = std::min(kPiece, dim - d0);
+    const size_t off = RowBytes(v_type, d0);
+    for (int64_t j = 0; j < n_rows; ++j) {
+      DequantizeRow(v_type, base + static_cast<size_t>(j) * stride + off, row, m);
+      AxpyF32(p[j], row, out + d0, m);
+    }
+  }
 }
 
 }  // namespace es::kernels

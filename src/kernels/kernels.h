@@ -148,6 +148,18 @@ void WeightedSumF16Rows(const float* p, const f16_t* v, int64_t stride, int64_t 
 void WeightedSumF32Rows(const float* p, const float* v, int64_t stride, int64_t n_rows, int64_t dim,
                         float* out);
 
+// Attention over a quantized cache (Q8_0 or Q4_0 rows, `stride` bytes apart; dim a multiple of
+// 32). Keys: the query is converted once (QueryBytes, 64-byte aligned) as MatMul converts
+// activations for weights of the keys' type (Q8_0, as llama.cpp), then
+// out[j] = scale * dot(q, k row j) with MatMul's single-row kernels. Values: each row is
+// dequantized to f32 and out[i] += p[j] * v_j[i] (as llama.cpp does for a quantized V cache).
+size_t QueryBytes(TensorType k_type, int64_t dim);
+void ConvertQuery(TensorType k_type, const float* q, int64_t dim, void* out);
+void DotQuantRows(TensorType k_type, const void* q, const void* k, size_t stride, int64_t n_rows,
+                  int64_t dim, float scale, float* out);
+void WeightedSumQuantRows(TensorType v_type, const float* p, const void* v, size_t stride,
+                          int64_t n_rows, int64_t dim, float* out);
+
 // Testing hooks: the SIMD targets compiled in that this CPU supports (best first), and limiting
 // run-time dispatch to one of them by name ("" restores the default choice). Throws es::Error
 // for an unknown or unsupported name.

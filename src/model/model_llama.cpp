@@ -7,8 +7,21 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "tensor/tensor_quant.h"
+
 namespace es::model {
 namespace {
+
+// A new position's key or value row into the cache, in the cache's type (block types quantized
+// as llama.cpp's set_rows does, with the reference rounding).
+void StoreKvRow(const float* x, TensorType type, uint8_t* dst, int64_t n) {
+  if (type == TensorType::kF32)
+    std::memcpy(dst, x, sizeof(float) * static_cast<size_t>(n));
+  else if (type == TensorType::kF16)
+    kernels::ConvertF32ToF16(x, reinterpret_cast<f16_t*>(dst), n);
+  else
+    QuantizeRowRef(type, x, dst, n);
+}
 
 std::string Dims(int64_t a, int64_t b) {
   return "[" + std::to_string(a) + ", " + std::to_string(b) + "]";
@@ -76,6 +89,13 @@ Workspace::Workspace(const ModelConfig& c, int max_batch, int max_ctx, int n_thr
   scores.resize(static_cast<size_t>(n_threads) * max_ctx);
   rows.resize(b);
   max_ctx_ = max_ctx;
+  if (c.head_dim % kQK8_0 == 0) {
+    qconv_stride_ = std::max(kernels::QueryBytes(TensorType::kQ8_0, c.head_dim),
+                             kernels::QueryBytes(TensorType::kQ4_0, c.head_dim));
+    qconv_.resize(static_cast<size_t>(n_threads) * qconv_stride_ + 64);
+    qconv_base_ = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(qconv_.data()) + 63) &
+                                             ~uintptr_t{63});
+  }
 }
 
 std::unique_ptr<LlamaModel> LlamaModel::Load(const std::string& path, const LoadOptions& opts) {
@@ -274,31 +294,45 @@ void LlamaModel::Attention(int layer, int n, const BatchRow* rows, Workspace& ws
       const int64_t n0 = std::min(n_kv, (kv.ring ? kv.ring : kv.n_ctx) - r0);
       float* out = ws.attn_out() + static_cast<size_t>(i) * q_dim + h * hd;
       std::memset(out, 0, sizeof(float) * hd);
-      if (kv.type == TensorType::kF16) {
+      // Keys: row j of the span is r0 + j, of the wrapped span j - n0.
+      const size_t k_head = RowBytes(kv.k_type, static_cast<int64_t>(kvh) * hd);
+      const auto* K = static_cast<const uint8_t*>(kv.k) + k_head;
+      const size_t kb = kv.k_row_bytes;
+      if (kv.k_type == TensorType::kF16) {
+        // One call per head (and span), with the numerics of per-key DotF16 of f16 queries.
         const f16_t* q = ws.q16.data() + static_cast<size_t>(i) * q_dim + h * hd;
-        const f16_t* K = static_cast<const f16_t*>(kv.k) + kvh * hd;
-        // One call per head (and span), with the numerics of per-key DotF16 and AxpyF16 of the
-        // f16-rounded probability.
-        kernels::DotF16Rows(q, K + r0 * kv_dim, kv_dim, n0, hd, scale, s);
-        if (n0 < n_kv) kernels::DotF16Rows(q, K, kv_dim, n_kv - n0, hd, scale, s + n0);
-        if (c.attn_softcap != 0.0f) kernels::SoftCap(s, n_kv, c.attn_softcap);
-        kernels::Softmax(s, n_kv);
-        const f16_t* V = static_cast<const f16_t*>(kv.v) + kvh * hd;
-        kernels::WeightedSumF16Rows(s, V + r0 * kv_dim, kv_dim, n0, hd, out);
-        if (n0 < n_kv) kernels::WeightedSumF16Rows(s + n0, V, kv_dim, n_kv - n0, hd, out);
-      } else {
+        auto rows_at = [&](int64_t r) { return reinterpret_cast<const f16_t*>(K + r * kb); };
+        kernels::DotF16Rows(q, rows_at(r0), kv_dim, n0, hd, scale, s);
+        if (n0 < n_kv) kernels::DotF16Rows(q, rows_at(0), kv_dim, n_kv - n0, hd, scale, s + n0);
+      } else if (kv.k_type == TensorType::kF32) {
         const float* q = ws.q.data() + static_cast<size_t>(i) * q_dim + h * hd;
-        const float* K = static_cast<const float*>(kv.k) + kvh * hd;
-        const float* V = static_cast<const float*>(kv.v) + kvh * hd;
-        // Row of key j: r0 + j in the first span, j - n0 in the wrapped one.
-        for (int64_t j = 0; j < n0; ++j)
-          s[j] = kernels::DotF32(q, K + (r0 + j) * kv_dim, hd) * scale;
-        for (int64_t j = n0; j < n_kv; ++j)
-          s[j] = kernels::DotF32(q, K + (j - n0) * kv_dim, hd) * scale;
-        if (c.attn_softcap != 0.0f) kernels::SoftCap(s, n_kv, c.attn_softcap);
-        kernels::Softmax(s, n_kv);
-        for (int64_t j = 0; j < n0; ++j) kernels::AxpyF32(s[j], V + (r0 + j) * kv_dim, out, hd);
-        for (int64_t j = n0; j < n_kv; ++j) kernels::AxpyF32(s[j], V + (j - n0) * kv_dim, out, hd);
+        auto row = [&](int64_t r) { return reinterpret_cast<const float*>(K + r * kb); };
+        for (int64_t j = 0; j < n0; ++j) s[j] = kernels::DotF32(q, row(r0 + j), hd) * scale;
+        for (int64_t j = n0; j < n_kv; ++j) s[j] = kernels::DotF32(q, row(j - n0), hd) * scale;
+      } else {
+        uint8_t* q = ws.query_buf(th);
+        kernels::ConvertQuery(kv.k_type, ws.q.data() + static_cast<size_t>(i) * q_dim + h * hd, hd,
+                              q);
+        kernels::DotQuantRows(kv.k_type, q, K + r0 * kb, kb, n0, hd, scale, s);
+        if (n0 < n_kv) kernels::DotQuantRows(kv.k_type, q, K, kb, n_kv - n0, hd, scale, s + n0);
+      }
+      if (c.attn_softcap != 0.0f) kernels::SoftCap(s, n_kv, c.attn_softcap);
+      kernels::Softmax(s, n_kv);
+      const size_t v_head = RowBytes(kv.v_type, static_cast<int64_t>(kvh) * hd);
+      const auto* V = static_cast<const uint8_t*>(kv.v) + v_head;
+      const size_t vb = kv.v_row_bytes;
+      if (kv.v_type == TensorType::kF16) {
+        // With the f16-rounded probabilities of per-key AxpyF16.
+        auto rows_at = [&](int64_t r) { return reinterpret_cast<const f16_t*>(V + r * vb); };
+        kernels::WeightedSumF16Rows(s, rows_at(r0), kv_dim, n0, hd, out);
+        if (n0 < n_kv) kernels::WeightedSumF16Rows(s + n0, rows_at(0), kv_dim, n_kv - n0, hd, out);
+      } else if (kv.v_type == TensorType::kF32) {
+        auto row = [&](int64_t r) { return reinterpret_cast<const float*>(V + r * vb); };
+        for (int64_t j = 0; j < n0; ++j) kernels::AxpyF32(s[j], row(r0 + j), out, hd);
+        for (int64_t j = n0; j < n_kv; ++j) kernels::AxpyF32(s[j], row(j - n0), out, hd);
+      } else {
+        kernels::WeightedSumQuantRows(kv.v_type, s, V + r0 * vb, vb, n0, hd, out);
+        if (n0 < n_kv) kernels::WeightedSumQuantRows(kv.v_type, s + n0, V, vb, n_kv - n0, hd, out);
       }
     }
   });
@@ -386,14 +420,9 @@ void LlamaModel::AttentionBlock(int l, float* hidden, int n, const BatchRow* row
     }
     if (c.q_scale != 0.0f)
       for (int j = 0; j < q_dim; ++j) q[j] *= c.q_scale;
-    const int64_t row = cache.Row(pos);
-    if (cache.type == TensorType::kF16) {
-      kernels::ConvertF32ToF16(k, static_cast<f16_t*>(cache.k) + row * kv_dim, kv_dim);
-      kernels::ConvertF32ToF16(v, static_cast<f16_t*>(cache.v) + row * kv_dim, kv_dim);
-    } else {
-      std::memcpy(static_cast<float*>(cache.k) + row * kv_dim, k, sizeof(float) * kv_dim);
-      std::memcpy(static_cast<float*>(cache.v) + row * kv_dim, v, sizeof(float) * kv_dim);
-    }
+    const auto row = static_cast<size_t>(cache.Row(pos));
+    StoreKvRow(k, cache.k_type, static_cast<uint8_t*>(cache.k) + row * cache.k_row_bytes, kv_dim);
+    StoreKvRow(v, cache.v_type, static_cast<uint8_t*>(cache.v) + row * cache.v_row_bytes, kv_dim);
   }
   Attention(l, n, rows, ws, pool);
   kernels::MatMul(L.wo, ws.attn_out(), q_dim, n, ws.xb.data(), d, pool, ws.scratch);

@@ -15,16 +15,39 @@
 
 namespace es::model {
 
+// Element types of a KV cache: F16 by default (as llama.cpp), F32, or the block types llama.cpp
+// offers for `-ctk/-ctv` that we compute, Q8_0 and Q4_0. K and V may differ.
+struct KvTypes {
+  TensorType k = TensorType::kF16;
+  TensorType v = TensorType::kF16;
+  KvTypes() = default;
+  KvTypes(TensorType both) : k(both), v(both) {}  // NOLINT(google-explicit-constructor)
+  KvTypes(TensorType k_type, TensorType v_type) : k(k_type), v(v_type) {}
+  bool operator==(const KvTypes&) const = default;
+};
+// "f32", "f16", "q8_0" or "q4_0" (`what` names the option in the error for anything else).
+TensorType ParseKvType(const std::string& name, const std::string& what);
+// Throws es::Error naming the type when a cache of these types cannot hold this model's heads
+// (block types need head_dim to be a multiple of their 32-element blocks).
+void CheckKvTypes(const ModelConfig& c, KvTypes t);
+// "" for the default F16 cache, else " (K q8_0, V q4_0)": what start-up lines add to the size.
+std::string KvTypesNote(KvTypes t);
+// Bytes of one cached position of one layer: its key row plus its value row.
+size_t KvRowBytes(const ModelConfig& c, KvTypes t);
+
 // One layer's KV storage, owned by the runtime: rows of kv_dim values per position.
 struct KvLayer {
   void* k = nullptr;
   void* v = nullptr;
-  TensorType type = TensorType::kF16;  // F16 (default, as llama.cpp) or F32
+  TensorType k_type = TensorType::kF16;
+  TensorType v_type = TensorType::kF16;
   int64_t n_ctx = 0;
   // 0: n_ctx rows, position p in row p. Otherwise a sliding-window layer's ring of `ring` rows
   // (its window plus a batch), position p in row p % ring: older keys are never read again.
   int64_t ring = 0;
   int64_t Row(int64_t pos) const { return ring ? pos % ring : pos; }
+  size_t k_row_bytes = 0;  // RowBytes(k_type, kv_dim)
+  size_t v_row_bytes = 0;
 };
 
 // One row of a batch: the cache of the sequence it belongs to (indexed by layer) and its
@@ -50,14 +73,21 @@ class Workspace {
   // down projection's output).
   std::vector<float> gate, up;
   float* attn_out() { return gate.data(); }
-  std::vector<f16_t> q16;      // queries rounded to the KV type (F16 caches)
-  std::vector<float> scores;   // per thread: max_ctx attention weights
+  std::vector<f16_t> q16;     // queries rounded to the KV type (F16 caches)
+  std::vector<float> scores;  // per thread: max_ctx attention weights
+  // Per thread: one query head converted for a quantized K cache (kernels::ConvertQuery).
+  uint8_t* query_buf(int thread) {
+    return qconv_base_ + static_cast<size_t>(thread) * qconv_stride_;
+  }
   std::vector<BatchRow> rows;  // max_batch
   kernels::Scratch scratch;
 
  private:
   int max_batch_;
   int64_t max_ctx_ = 0;
+  std::vector<uint8_t> qconv_;
+  uint8_t* qconv_base_ = nullptr;
+  size_t qconv_stride_ = 0;
 };
 
 struct LoadOptions {
@@ -103,9 +133,9 @@ class LlamaModel {
   kernels::RopeParams RopeFor(int layer, int64_t n_ctx) const;
   // Context shift: turns the `n_rows` cached key rows at `k` (kv_dim values each, of `type`) of
   // layer `layer` by `delta` positions, with the layer's RoPE for a sequence of n_ctx positions,
-  // as if their tokens had been evaluated `delta` positions later (negative: earlier). F16 keys
-  // go through f32 and are rounded back, as llama.cpp's shift does. No-op for a layer without
-  // RoPE. Body in model_kv_shift.cpp.
+  // as if their tokens had been evaluated `delta` positions later (negative: earlier). F16 and
+  // quantized keys go through f32 and are rounded back, as llama.cpp's shift does. No-op for a
+  // layer without RoPE. Body in model_kv.cpp.
   void ShiftKeys(int layer, int64_t n_ctx, void* k, TensorType type, int64_t n_rows,
                  int64_t delta) const;
   // Final norm and output head for `n` rows of hidden state; logits [n, n_vocab].

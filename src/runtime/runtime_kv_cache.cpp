@@ -3,14 +3,15 @@
 #include <algorithm>
 #include <cstring>
 
+#include "tensor/tensor_types.h"
+
 namespace es::runtime {
 
-size_t KvCache::BytesNeeded(const model::ModelConfig& c, int64_t n_ctx, TensorType type,
+size_t KvCache::BytesNeeded(const model::ModelConfig& c, int64_t n_ctx, model::KvTypes types,
                             int n_layers, int max_batch) {
-  const size_t elem = type == TensorType::kF16 ? 2 : 4;
   size_t rows = 0;
   for (int l = 0; l < n_layers; ++l) rows += static_cast<size_t>(RowsKept(c, l, n_ctx, max_batch));
-  return 2 * rows * c.kv_dim() * elem;
+  return rows * model::KvRowBytes(c, types);
 }
 
 int64_t KvCache::RowsKept(const model::ModelConfig& c, int l, int64_t n_ctx, int max_batch) {
@@ -19,16 +20,15 @@ int64_t KvCache::RowsKept(const model::ModelConfig& c, int l, int64_t n_ctx, int
   return std::min(n_ctx, window + max_batch - 1);
 }
 
-KvCache::KvCache(const model::ModelConfig& c, int64_t n_ctx, TensorType type, int first_layer,
+KvCache::KvCache(const model::ModelConfig& c, int64_t n_ctx, model::KvTypes types, int first_layer,
                  int last_layer, int max_batch)
-    : n_ctx_(n_ctx), type_(type), kv_dim_(c.kv_dim()) {
+    : n_ctx_(n_ctx), types_(types) {
   if (last_layer < 0) last_layer = c.n_layer;
-  if (type != TensorType::kF16 && type != TensorType::kF32)
-    throw Error("KV cache type must be f16 or f32");
+  model::CheckKvTypes(c, types);
   if (n_ctx <= 0) throw Error("context length must be positive");
-  const size_t row_bytes = static_cast<size_t>(c.kv_dim()) * (type == TensorType::kF16 ? 2 : 4);
+  const size_t k_row = RowBytes(types.k, c.kv_dim()), v_row = RowBytes(types.v, c.kv_dim());
   for (int l = first_layer; l < last_layer; ++l)
-    bytes_ += 2 * row_bytes * static_cast<size_t>(RowsKept(c, l, n_ctx, max_batch));
+    bytes_ += (k_row + v_row) * static_cast<size_t>(RowsKept(c, l, n_ctx, max_batch));
   storage_.reset(new uint8_t[bytes_]);
   std::memset(storage_.get(), 0, bytes_);  // commit the pages now, not during generation
   layers_.resize(c.n_layer);
@@ -37,10 +37,9 @@ KvCache::KvCache(const model::ModelConfig& c, int64_t n_ctx, TensorType type, in
   uint8_t* p = storage_.get();
   for (int l = first_layer; l < last_layer; ++l) {
     const int64_t rows = RowsKept(c, l, n_ctx, max_batch);
-    const size_t per_tensor = row_bytes * static_cast<size_t>(rows);
     const int64_t ring = rows < n_ctx ? rows : 0;
-    layers_[l] = model::KvLayer{p, p + per_tensor, type, n_ctx, ring};
-    p += 2 * per_tensor;
+    layers_[l] = model::KvLayer{p, p + k_row * rows, types.k, types.v, n_ctx, ring, k_row, v_row};
+    p += (k_row + v_row) * static_cast<size_t>(rows);
   }
 }
 
@@ -84,37 +83,35 @@ bool KvCache::Shift(const model::LlamaModel& m, int64_t keep, int64_t discard, i
   auto shift_layer = [&](size_t l) {
     const model::KvLayer& kv = layers_[l];
     if (!kv.k) return;
-    const size_t row_bytes = static_cast<size_t>(kv_dim_) * (type_ == TensorType::kF16 ? 2 : 4);
+    const size_t kb = kv.k_row_bytes, vb = kv.v_row_bytes;
     auto* k = static_cast<uint8_t*>(kv.k);
     auto* v = static_cast<uint8_t*>(kv.v);
     const int layer = static_cast<int>(l);
     if (!kv.ring) {
       // Rows are positions: slide the tail down over the discarded rows, then turn its keys.
-      const int64_t n_move = n_past - keep - discard;
-      const size_t off = static_cast<size_t>(keep) * row_bytes;
-      const size_t from = static_cast<size_t>(keep + discard) * row_bytes;
-      std::memmove(k + off, k + from, static_cast<size_t>(n_move) * row_bytes);
-      std::memmove(v + off, v + from, static_cast<size_t>(n_move) * row_bytes);
-      m.ShiftKeys(layer, n_ctx_, k + off, type_, n_move, -discard);
+      const auto n_move = static_cast<size_t>(n_past - keep - discard);
+      const auto at = static_cast<size_t>(keep), from = static_cast<size_t>(keep + discard);
+      std::memmove(k + at * kb, k + from * kb, n_move * kb);
+      std::memmove(v + at * vb, v + from * vb, n_move * vb);
+      m.ShiftKeys(layer, n_ctx_, k + at * kb, kv.k_type, static_cast<int64_t>(n_move), -discard);
       return;
     }
     // Through a copy: new rows may be old rows still to be read.
     const int64_t ring = kv.ring;
-    std::vector<uint8_t> tk(static_cast<size_t>(n_new - lo[l]) * row_bytes), tv(tk.size());
+    const auto n_tmp = static_cast<size_t>(n_new - lo[l]);
+    std::vector<uint8_t> tk(n_tmp * kb), tv(n_tmp * vb);
     for (int64_t p = lo[l]; p < n_new; ++p) {
-      const size_t src = static_cast<size_t>(old_pos(p) % ring) * row_bytes;
-      const size_t dst = static_cast<size_t>(p - lo[l]) * row_bytes;
-      std::memcpy(tk.data() + dst, k + src, row_bytes);
-      std::memcpy(tv.data() + dst, v + src, row_bytes);
+      const auto src = static_cast<size_t>(old_pos(p) % ring), dst = static_cast<size_t>(p - lo[l]);
+      std::memcpy(tk.data() + dst * kb, k + src * kb, kb);
+      std::memcpy(tv.data() + dst * vb, v + src * vb, vb);
     }
     const int64_t moved = std::max(lo[l], keep);  // first new position that moved
-    m.ShiftKeys(layer, n_ctx_, tk.data() + static_cast<size_t>(moved - lo[l]) * row_bytes, type_,
+    m.ShiftKeys(layer, n_ctx_, tk.data() + static_cast<size_t>(moved - lo[l]) * kb, kv.k_type,
                 n_new - moved, -discard);
     for (int64_t p = lo[l]; p < n_new; ++p) {
-      const size_t src = static_cast<size_t>(p - lo[l]) * row_bytes;
-      const size_t dst = static_cast<size_t>(p % ring) * row_bytes;
-      std::memcpy(k + dst, tk.data() + src, row_bytes);
-      std::memcpy(v + dst, tv.data() + src, row_bytes);
+      const auto src = static_cast<size_t>(p - lo[l]), dst = static_cast<size_t>(p % ring);
+      std::memcpy(k + dst * kb, tk.data() + src * kb, kb);
+      std::memcpy(v + dst * vb, tv.data() + src * vb, vb);
     }
   };
   if (pool) {

@@ -13,13 +13,14 @@ namespace es::runtime {
 
 class KvCache {
  public:
-  // Caches layers [first_layer, last_layer) for n_ctx positions; type F16 or F32.
+  // Caches layers [first_layer, last_layer) for n_ctx positions, keys and values of the given
+  // types (model::KvTypes; a type the model's heads cannot use is an es::Error).
   // max_batch > 0: batches never exceed it, so sliding-window layers can use rings.
-  KvCache(const model::ModelConfig& c, int64_t n_ctx, TensorType type, int first_layer = 0,
+  KvCache(const model::ModelConfig& c, int64_t n_ctx, model::KvTypes types, int first_layer = 0,
           int last_layer = -1, int max_batch = 0);
   // Bytes a cache of this shape needs (to report before allocating): layers [0, n_layers), each
   // holding RowsKept rows (max_batch 0: every layer the whole context).
-  static size_t BytesNeeded(const model::ModelConfig& c, int64_t n_ctx, TensorType type,
+  static size_t BytesNeeded(const model::ModelConfig& c, int64_t n_ctx, model::KvTypes types,
                             int n_layers, int max_batch = 0);
   // Rows layer l keeps: n_ctx, or for a sliding-window layer given max_batch its window plus a
   // batch (when that is fewer).
@@ -40,15 +41,14 @@ class KvCache {
   void Reset() { ring_floor_ = 0; }
   size_t bytes() const { return bytes_; }
   int64_t n_ctx() const { return n_ctx_; }
-  TensorType type() const { return type_; }
+  model::KvTypes types() const { return types_; }
   // Indexed by absolute layer number (entries outside the range are empty).
   const model::KvLayer* layers() const { return layers_.data(); }
 
  private:
   int64_t n_ctx_;
-  TensorType type_;
+  model::KvTypes types_;
   size_t bytes_ = 0;
-  int64_t kv_dim_ = 0;
   std::vector<int64_t> window_;  // per layer: its sliding window (0: global)
   // Rings hold no valid key for positions below this (a shift dropped those it had overwritten).
   int64_t ring_floor_ = 0;

@@ -15,7 +15,7 @@ struct SessionOptions {
   int n_ctx = 0;      // 0: min(model's training context, 4096)
   int n_threads = 0;  // 0: all hardware threads
   int n_batch = 256;  // prompt tokens per forward pass
-  TensorType kv_type = TensorType::kF16;
+  model::KvTypes kv_type{};
   // Sliding-window layers keep only their window plus a batch of keys (off: the whole context,
   // for tests that compare the two).
   bool window_kv = true;

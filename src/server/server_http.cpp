@@ -139,10 +139,11 @@ std::string HttpServer::Describe() const {
   const auto& c = s.model->config();
   char buf[512];
   std::snprintf(buf, sizeof buf,
-                "%s (%s, %d layers), %d slots x %d tokens, KV cache %.1f MiB, %d threads, %s",
+                "%s (%s, %d layers), %d slots x %d tokens, KV cache %.1f MiB%s, %d threads, %s",
                 s.opts.model_id.c_str(), c.arch.c_str(), c.n_layer, s.sched->n_slots(),
                 s.sched->n_ctx(), static_cast<double>(s.sched->kv_bytes()) / (1 << 20),
-                s.sched->n_threads(), s.template_note.c_str());
+                model::KvTypesNote(s.sched->kv_types()).c_str(), s.sched->n_threads(),
+                s.template_note.c_str());
   return buf;
 }
 

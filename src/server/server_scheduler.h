@@ -88,7 +88,7 @@ struct SchedulerOptions {
   int n_batch = 256;   // rows per forward pass (decode rows + prompt chunks)
   int n_threads = 0;   // 0: all hardware threads
   int max_queue = 64;  // requests waiting for a slot before new ones are refused
-  TensorType kv_type = TensorType::kF16;
+  model::KvTypes kv_type{};
   // When a slot's context fills: keep its first n_keep tokens (plus a leading BOS; -1: the
   // prompt), drop half of the rest and go on, as llama.cpp's server does; off: finish "length".
   bool context_shift = true;
@@ -114,6 +114,9 @@ class Scheduler {
   int n_slots() const { return static_cast<int>(slots_.size()); }
   int n_threads() const { return pool_.size(); }
   size_t kv_bytes() const;
+  model::KvTypes kv_types() const {
+    return slots_.empty() ? model::KvTypes{} : slots_[0].kv->types();
+  }
 
  private:
   struct Slot {

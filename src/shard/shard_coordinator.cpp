@@ -38,7 +38,7 @@ Coordinator::Coordinator(const std::string& model_path, const CoordinatorOptions
     m.model_sha = Sha256File(model_path, std::ref(bar));
   }
   m.cluster = LoadCluster(m.o.cluster_path);
-  m.units = UnitsFromGguf(m.model->file());
+  m.units = UnitsFromGguf(m.model->file(), m.o.kv_type);
   for (size_t d = 0; d < m.cluster.devices.size(); ++d) {
     const DeviceSpec& spec = m.cluster.devices[d];
     auto dev = std::make_unique<Impl::Device>();

@@ -28,12 +28,12 @@ struct CoordinatorOptions {
   std::string cluster_path;
   Objective objective = Objective::kLatency;
   Security security;
-  bool wire_f32 = false;  // activations between stages: F16 (default) or F32
-  int n_ctx = 0;          // 0: min(model's context, 4096)
-  int n_batch = 256;      // prompt tokens per step (as the single-device session)
-  int n_threads = 0;      // the source stage's threads (0: all cores)
-  bool kv_f32 = false;
-  int plan_batch = 1;  // sequences the plan is made for (memory for their KV caches)
+  bool wire_f32 = false;   // activations between stages: F16 (default) or F32
+  int n_ctx = 0;           // 0: min(model's context, 4096)
+  int n_batch = 256;       // prompt tokens per step (as the single-device session)
+  int n_threads = 0;       // the source stage's threads (0: all cores)
+  model::KvTypes kv_type;  // the KV caches of every stage
+  int plan_batch = 1;      // sequences the plan is made for (memory for their KV caches)
   // Instead of the solver's plan (both for comparisons; after a fault the solver takes over):
   std::string placement;  // rules.yaml (shard_placement.h)
   std::string baseline;   // a planner baseline by name: Even, Edge-Solo, Memory-proportional, ...

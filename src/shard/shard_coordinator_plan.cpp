@@ -107,7 +107,8 @@ void Coordinator::Impl::LoadPlan() {
     req.set_last_layer(b1);
     req.set_has_head(i + 1 == stages.size());
     req.set_n_ctx(n_ctx);
-    req.set_kv_f32(o.kv_f32);
+    req.set_cache_type_k(TypeName(o.kv_type.k));
+    req.set_cache_type_v(TypeName(o.kv_type.v));
     req.set_max_batch(o.n_batch);
     req.set_wire(o.wire_f32 ? rpc::WIRE_F32 : rpc::WIRE_F16);
     if (i + 1 < stages.size()) {
@@ -137,7 +138,7 @@ void Coordinator::Impl::LoadPlan() {
   spec.embed = true;
   spec.head = stages.size() == 1;
   spec.n_ctx = n_ctx;
-  spec.kv_type = o.kv_f32 ? TensorType::kF32 : TensorType::kF16;
+  spec.kv_type = o.kv_type;
   spec.max_batch = o.n_batch;
   model->PrepareLayers(spec.first_layer, spec.last_layer, spec.head);
   local = std::make_unique<StageExecutor>(*model, spec, *pool);

@@ -35,7 +35,8 @@ CoordinatorOptions MakeOptions(const ClusterCliOptions& c, const ClusterModelArg
   o.n_ctx = m.ctx;
   o.n_batch = m.batch;
   o.n_threads = m.threads;
-  o.kv_f32 = m.kv_f32;
+  o.kv_type = {model::ParseKvType(m.cache_type_k, "--cache-type-k"),
+               model::ParseKvType(m.cache_type_v, "--cache-type-v")};
   o.verbose = c.verbose;
   return o;
 }

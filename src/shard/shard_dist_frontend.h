@@ -23,7 +23,7 @@ struct ClusterCliOptions {
 struct ClusterModelArgs {
   std::string model;
   int threads = 0, ctx = 0, batch = 256;
-  bool kv_f32 = false;
+  std::string cache_type_k = "f16", cache_type_v = "f16";
 };
 
 int ClusterRun(const ClusterCliOptions& c, const ClusterModelArgs& m, const GenerateParams& gen,

@@ -22,7 +22,7 @@ struct StageSpec {
   bool embed = false;                   // rows arrive as token ids (the source stage)
   bool head = false;                    // final norm, output head and sampling (the last stage)
   int n_ctx = 0;                        // KV positions per sequence
-  TensorType kv_type = TensorType::kF16;
+  model::KvTypes kv_type{};
   int max_batch = 1;  // rows per step
 };
 

@@ -1,8 +1,11 @@
 #include "shard/shard_model_units.h"
 
 #include <map>
+#include <string>
 
+#include "edgeshard/error.h"
 #include "model/model_config.h"
+#include "model/model_llama.h"
 
 namespace es::shard {
 
@@ -16,7 +19,7 @@ std::string BlockUnitName(int block) {
   return "blk." + std::to_string(block);
 }
 
-ModelUnits UnitsFromGguf(const gguf::File& f) {
+ModelUnits UnitsFromGguf(const gguf::File& f, model::KvTypes kv_types) {
   const model::ModelConfig c = model::ReadModelConfig(f);
   ModelUnits m;
   m.name = c.name;
@@ -30,7 +33,7 @@ ModelUnits UnitsFromGguf(const gguf::File& f) {
   const uint64_t hidden = uint64_t(c.n_embd) * sizeof(float);
   for (int u = 0; u <= c.n_layer; ++u) m.units[u].out_bytes_per_token = hidden;
   m.units.back().out_bytes_per_token = sizeof(int32_t);
-  const uint64_t kv = 2ull * c.kv_dim() * sizeof(f16_t);  // the engine's default F16 cache
+  const uint64_t kv = model::KvRowBytes(c, kv_types);
   for (int i = 0; i < c.n_layer; ++i) {
     m.units[i + 1].kv_bytes_per_token = kv;
     m.units[i + 1].kv_window = static_cast<uint64_t>(c.Window(i));
@@ -70,6 +73,18 @@ ModelUnits UnitsFromGguf(const gguf::File& f) {
   for (const auto& [type, bytes] : bytes_by_type)
     if (bytes > best) best = bytes, m.weight_type = TypeName(type);
   return m;
+}
+
+void SetKvTypes(ModelUnits& m, model::KvTypes kv) {
+  for (UnitInfo& u : m.units) {
+    const auto kv_dim = static_cast<int64_t>(u.kv_bytes_per_token / (2 * sizeof(f16_t)));
+    if (kv_dim == 0) continue;
+    for (TensorType t : {kv.k, kv.v})
+      if (kv_dim % Traits(t).block_elems != 0)
+        throw Error(std::string("a ") + TypeName(t) + " KV cache needs rows of whole blocks, but " +
+                    u.name + " caches " + std::to_string(kv_dim) + " values per position");
+    u.kv_bytes_per_token = RowBytes(kv.k, kv_dim) + RowBytes(kv.v, kv_dim);
+  }
 }
 
 }  // namespace es::shard

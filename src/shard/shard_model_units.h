@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "gguf/gguf_file.h"
+#include "model/model_llama.h"
 #include "tensor/tensor_types.h"
 
 namespace es::shard {
@@ -32,7 +33,11 @@ struct ModelUnits {
 };
 
 std::string BlockUnitName(int block);
-// Units of a llama-family GGUF: bytes from its tensor table, KV from its head counts (F16 cache).
-ModelUnits UnitsFromGguf(const gguf::File& f);
+// Units of a llama-family GGUF: bytes from its tensor table, KV from its head counts and the
+// cache's types (F16 by default).
+ModelUnits UnitsFromGguf(const gguf::File& f, model::KvTypes kv = {});
+// Re-prices the blocks' KV bytes (given for an F16 cache, as profiles store them) for a cache of
+// other types.
+void SetKvTypes(ModelUnits& m, model::KvTypes kv);
 
 }  // namespace es::shard

@@ -221,7 +221,11 @@ class WorkerService final : public rpc::Worker::Service {
       spec.last_layer = req->last_layer();
       spec.head = req->has_head();
       spec.n_ctx = req->n_ctx();
-      spec.kv_type = req->kv_f32() ? TensorType::kF32 : TensorType::kF16;
+      auto kv_type = [](const std::string& t, const char* what) {
+        return t.empty() ? TensorType::kF16 : model::ParseKvType(t, what);
+      };
+      spec.kv_type = {kv_type(req->cache_type_k(), "cache_type_k"),
+                      kv_type(req->cache_type_v(), "cache_type_v")};
       spec.max_batch = req->max_batch();
       // This shard's Q4_0/Q8_0 layers in the kernels' fast layout (the rest of the file stays
       // unread).
