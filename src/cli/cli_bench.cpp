@@ -107,6 +107,9 @@ int Bench(const BenchOptions& o) {
     return kExitOk;
   }
   if (o.model.empty()) throw UsageError("-m MODEL is required (or --memory-bandwidth)");
+  if (!o.cluster.cluster.empty() && (o.cache_type_k != "f16" || o.cache_type_v != "f16"))
+    throw UsageError("bench --cluster measures with F16 KV caches; -ctk/-ctv are for one device "
+                     "here (run and chat --cluster take them)");
   if (!o.cluster.cluster.empty())
     return shard::ClusterBench(o.cluster, o.model, o.n_prompt, o.n_gen, o.threads[0], o.reps,
                                o.batch, o.json);
