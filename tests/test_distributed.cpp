@@ -121,9 +121,9 @@ std::vector<std::vector<int32_t>> RefPrompts(const std::string& model, int n_ctx
   return out;
 }
 
-// With F32 activations on the wire, logits after the prompt are bit-identical to the
-// single-device run and greedy tokens are identical, through 1, 2 and 3 workers. With the
-// default F16 wire the top-10 logits stay within the README's tolerance for quantized files
+// With F32 activations on the wire (the default), logits after the prompt are bit-identical to
+// the single-device run and greedy tokens are identical, through 1, 2 and 3 workers. With the
+// opt-in F16 wire the top-10 logits stay within the README's tolerance for quantized files
 // (0.1); greedy tokens are identical for the trained model and the F16/F32 files, while on the
 // random quantized files (near-uniform outputs, activations re-quantized to 8 bits inside the
 // kernels) F16 rounding can flip a near-tie, so there identity is only required with F32.

@@ -701,4 +701,10 @@ TEST(Planner, KvBytesFollowTheCacheTypes) {
   es::shard::SetKvTypes(repriced, mixed);
   for (size_t u = 0; u < q.units.size(); ++u)
     EXPECT_EQ(repriced.units[u].kv_bytes_per_token, q.units[u].kv_bytes_per_token) << u;
+  // The wire too: F32 hidden states by default, half with --wire f16; token ids stay 4 bytes.
+  EXPECT_EQ(f16.units[1].out_bytes_per_token, uint64_t(f16.n_embd) * 4);
+  es::shard::SetF16Wire(repriced);
+  EXPECT_EQ(repriced.units[0].out_bytes_per_token, uint64_t(f16.n_embd) * 2);
+  EXPECT_EQ(repriced.units[1].out_bytes_per_token, uint64_t(f16.n_embd) * 2);
+  EXPECT_EQ(repriced.units.back().out_bytes_per_token, 4u);
 }

@@ -39,6 +39,7 @@ Coordinator::Coordinator(const std::string& model_path, const CoordinatorOptions
   }
   m.cluster = LoadCluster(m.o.cluster_path);
   m.units = UnitsFromGguf(m.model->file(), m.o.kv_type);
+  if (!m.o.wire_f32) SetF16Wire(m.units);  // the planner prices the wire that is used
   for (size_t d = 0; d < m.cluster.devices.size(); ++d) {
     const DeviceSpec& spec = m.cluster.devices[d];
     auto dev = std::make_unique<Impl::Device>();

@@ -28,7 +28,9 @@ struct CoordinatorOptions {
   std::string cluster_path;
   Objective objective = Objective::kLatency;
   Security security;
-  bool wire_f32 = false;   // activations between stages: F16 (default) or F32
+  // Activations between stages: F32 (default: exact, identical to one device) or F16 (half the
+  // bytes, lossy: rounded once per hop).
+  bool wire_f32 = true;
   int n_ctx = 0;           // 0: min(model's context, 4096)
   int n_batch = 256;       // prompt tokens per step (as the single-device session)
   int n_threads = 0;       // the source stage's threads (0: all cores)

@@ -26,7 +26,8 @@ inline void AddClusterOptions(CLI::App* app, ClusterCliOptions& o, ClusterComman
       ->check(CLI::ExistingFile)
       ->group(g);
   app->add_option("--tls-key", o.tls_key, "key of --tls-cert")->check(CLI::ExistingFile)->group(g);
-  app->add_option("--wire", o.wire, "activations between stages: f16 or f32 (exact)")
+  app->add_option("--wire", o.wire,
+                  "activations between stages: f32 (default, exact) or f16 (half the bytes, lossy)")
       ->check(CLI::IsMember({"f16", "f32"}))
       ->group(g);
   app->add_option("--placement", o.placement,

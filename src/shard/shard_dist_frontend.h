@@ -13,7 +13,7 @@ struct ClusterCliOptions {
   std::string cluster;
   std::string objective = "latency";
   std::string token_file, tls_ca, tls_cert, tls_key;
-  std::string wire = "f16";
+  std::string wire = "f32";
   std::string placement, baseline;  // instead of the planner's choice (comparisons)
   bool verbose = false;
   int sequences = 0;  // bench pipeline test (0: two per stage)

@@ -87,4 +87,10 @@ void SetKvTypes(ModelUnits& m, model::KvTypes kv) {
   }
 }
 
+void SetF16Wire(ModelUnits& m) {
+  const uint64_t f32 = uint64_t(m.n_embd) * sizeof(float);
+  for (UnitInfo& u : m.units)
+    if (u.out_bytes_per_token == f32) u.out_bytes_per_token = uint64_t(m.n_embd) * sizeof(f16_t);
+}
+
 }  // namespace es::shard

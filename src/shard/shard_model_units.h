@@ -39,5 +39,7 @@ ModelUnits UnitsFromGguf(const gguf::File& f, model::KvTypes kv = {});
 // Re-prices the blocks' KV bytes (given for an F16 cache, as profiles store them) for a cache of
 // other types.
 void SetKvTypes(ModelUnits& m, model::KvTypes kv);
+// Re-prices what leaves each unit for hidden states sent as F16 (UnitsFromGguf counts F32).
+void SetF16Wire(ModelUnits& m);
 
 }  // namespace es::shard
