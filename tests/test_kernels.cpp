@@ -46,8 +46,9 @@ using es::TensorType;
 namespace k = es::kernels;
 
 constexpr TensorType kWeightTypes[] = {TensorType::kF32,  TensorType::kF16,  TensorType::kBF16,
-                                       TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_K,
-                                       TensorType::kQ6_K};
+                                       TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_1,
+                                       TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kIQ4_NL,
+                                       TensorType::kQ4_K, TensorType::kQ6_K};
 
 std::vector<float> Gaussian(size_t n, uint32_t seed, float sigma = 1.0f) {
   std::mt19937 rng(seed);
@@ -457,8 +458,9 @@ TEST(Kernels, MatMulRejectsInconsistentMatrices) {
   EXPECT_THROW(k::MatMul(bad_cols, x.data(), 48, 1, y.data(), 2, pool, scratch), es::Error);
   k::Matrix bad_bytes{w.data(), TensorType::kQ4_0, 2, 64, 17};
   EXPECT_THROW(k::MatMul(bad_bytes, x.data(), 64, 1, y.data(), 2, pool, scratch), es::Error);
-  k::Matrix unsupported{w.data(), TensorType::kQ5_0, 2, 32, 22};
-  EXPECT_THROW(k::MatMul(unsupported, x.data(), 32, 1, y.data(), 2, pool, scratch), es::Error);
+  // Q8_K is an activation type only: no weight kernel.
+  k::Matrix unsupported{w.data(), TensorType::kQ8_K, 2, 256, 292};
+  EXPECT_THROW(k::MatMul(unsupported, x.data(), 256, 1, y.data(), 2, pool, scratch), es::Error);
   k::Matrix ok{w.data(), TensorType::kQ4_0, 2, 64, es::RowBytes(TensorType::kQ4_0, 64)};
   EXPECT_THROW(k::MatMul(ok, x.data(), 10, 2, y.data(), 2, pool, scratch),
                es::Error);                                                      // ldx < cols

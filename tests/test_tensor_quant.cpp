@@ -229,10 +229,10 @@ TEST(Dequantize, RejectsBadLengthsAndTypes) {
   es::BlockQ4_0 b{};
   float out[64];
   EXPECT_THROW(es::DequantizeRowRef(TensorType::kQ4_0, &b, out, 31), es::Error);
-  EXPECT_THROW(es::DequantizeRowRef(TensorType::kQ5_0, &b, out, 32), es::Error);
+  EXPECT_THROW(es::DequantizeRowRef(TensorType::kQ2_K, &b, out, 256), es::Error);
   EXPECT_THROW(es::QuantizeRowRef(TensorType::kQ4_K, out, &b, 64), es::Error);
   EXPECT_THROW(es::VecDotType(TensorType::kQ2_K), es::Error);
-  EXPECT_THROW(es::VecDotRef(TensorType::kQ5_1, &b, &b, 32), es::Error);
+  EXPECT_THROW(es::VecDotRef(TensorType::kQ8_1, &b, &b, 32), es::Error);  // activations only
 }
 
 // ---------------------------------------------------------------------------------------------

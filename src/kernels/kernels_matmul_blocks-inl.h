@@ -69,6 +69,20 @@ HWY_INLINE hn::Vec<D32B> Partials8(const hn::Vec<D32B> (&s)[kNV]) {
     return sum;
   }
 }
+// One 32-element block of int16 weights w and activations x: acc = fma(scale, float(partial l),
+// acc) per partial lane.
+HWY_INLINE hn::Vec<DFB> MulAddBlock(const hn::Vec<D16B> (&w)[kNV], const hn::Vec<D16B> (&x)[kNV],
+                                    float scale, hn::Vec<DFB> acc) {
+  const D32B d32;
+  const DFB df;
+  hn::Vec<D32B> s[kNV];
+  for (size_t v = 0; v < kNV; ++v) {
+    auto s1 = hn::Zero(d32);
+    s[v] = hn::ReorderWidenMulAccumulate(d32, w[v], x[v], hn::Zero(d32), s1);
+    s[v] = hn::Add(s[v], s1);
+  }
+  return hn::MulAdd(hn::Set(df, scale), hn::ConvertTo(df, Partials8(s)), acc);
+}
 // Final reduction of a partial-lane accumulator.
 HWY_INLINE float ReducePartials(hn::Vec<DFB> acc) {
   if constexpr (kExact8) {
@@ -97,8 +111,6 @@ struct Q8_0Kernel : QuantKernelBase<typename Unpack::Block> {
   template <int R, int C>
   HWY_INLINE void Step(int64_t b, hn::Vec<DFB> (&acc)[R][C]) const {
     const D16B d16;
-    const D32B d32;
-    const DFB df;
     const size_t N = hn::Lanes(d16);
     const Unpack unpack;
     float dw[R];
@@ -112,15 +124,7 @@ struct Q8_0Kernel : QuantKernelBase<typename Unpack::Block> {
       hn::Vec<D16B> xv[kNV];
       for (size_t v = 0; v < kNV; ++v) xv[v] = hn::LoadU(d16, XQ(c) + b * 32 + v * N);
       const float dx = XD(c, b);
-      for (int r = 0; r < R; ++r) {
-        hn::Vec<D32B> s[kNV];
-        for (size_t v = 0; v < kNV; ++v) {
-          auto s1 = hn::Zero(d32);
-          s[v] = hn::ReorderWidenMulAccumulate(d32, wv[r][v], xv[v], hn::Zero(d32), s1);
-          s[v] = hn::Add(s[v], s1);
-        }
-        acc[r][c] = hn::MulAdd(hn::Set(df, dw[r] * dx), hn::ConvertTo(df, Partials8(s)), acc[r][c]);
-      }
+      for (int r = 0; r < R; ++r) acc[r][c] = MulAddBlock(wv[r], xv, dw[r] * dx, acc[r][c]);
     }
   }
   float Finish(int, int, hn::Vec<DFB> acc) const { return ReducePartials(acc); }
