@@ -50,13 +50,7 @@ constexpr TensorType kWeightTypes[] = {TensorType::kF32,  TensorType::kF16,  Ten
                                        TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kIQ4_NL,
                                        TensorType::kQ4_K, TensorType::kQ6_K};
 
-std::vector<float> Gaussian(size_t n, uint32_t seed, float sigma = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, sigma);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
+using es::test::Gaussian;
 
 std::vector<uint8_t> Quantize(TensorType t, const float* x, int64_t n) {
   std::vector<uint8_t> out(es::RowBytes(t, n));
@@ -64,18 +58,9 @@ std::vector<uint8_t> Quantize(TensorType t, const float* x, int64_t n) {
   return out;
 }
 
-// Runs `body` once per supported SIMD target, with dispatch pinned to it.
 template <class F>
 void ForEachTarget(F body) {
-  const auto targets = k::SupportedTargets();
-  ASSERT_FALSE(targets.empty());
-  for (const auto& t : targets) {
-    SCOPED_TRACE("target " + t);
-    k::SetTargetForTesting(t);
-    EXPECT_EQ(std::string(k::ActiveTarget()), t);
-    body();
-  }
-  k::SetTargetForTesting("");
+  es::test::ForEachTarget([&](const std::string&) { body(); });
 }
 
 TEST(Kernels, TargetSelection) {

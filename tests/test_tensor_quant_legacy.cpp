@@ -1,9 +1,12 @@
 // Reference codecs of Q4_1, Q5_0, Q5_1, IQ4_NL and Q8_1: dequantization of hand-built blocks,
-// llama.cpp's quantization rules, round trips and reference dot products. (That whole files equal
-// llama-quantize's bytes is test_quantize's QuantizeFile.LegacyTypesEqualLlamaQuantizeBytes.)
+// llama.cpp's quantization rules and round trips. (Their reference dot products are checked with
+// the other types' in test_tensor_quant's VecDotRef.MatchesDequantizedDot; that whole files equal
+// llama-quantize's bytes in test_quantize's QuantizeFile.LegacyTypesEqualLlamaQuantizeBytes.)
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <vector>
 
@@ -187,40 +190,6 @@ TEST(QuantizeLegacy, IQ4_NLSearchBeatsTheMaxScale) {
     }
     EXPECT_LE(e_search, e_max * 1.01 + 1e-6) << "seed " << seed;
   }
-}
-
-TEST(VecDotRefLegacy, MatchesDequantizedDot) {
-  const int64_t n = 1056;  // 33 blocks
-  for (TensorType w : kLegacy) {
-    for (uint32_t seed = 10; seed < 14; ++seed) {
-      const auto wf = Gaussian(n, seed, 0.05f);
-      auto xf = Gaussian(n, seed + 100, 2.0f);
-      if (seed == 13) std::fill(xf.begin(), xf.begin() + 64, 0.0f);
-      const TensorType vt = es::VecDotType(w);
-      const auto wq = Quantize(w, wf);
-      const auto xq = Quantize(vt, xf);
-      const auto wd = Dequantize(w, wq.data(), n);
-      const auto xd = Dequantize(vt, xq.data(), n);
-      double dot = 0, mag = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        dot += static_cast<double>(wd[i]) * xd[i];
-        mag += std::fabs(static_cast<double>(wd[i]) * xd[i]);
-      }
-      // Q4_1/Q5_1 take sum(x) from s = f16(d * sum q), not from the f16 d: allow that rounding.
-      const double tol = (vt == TensorType::kQ8_1 ? 1e-3 : 2e-6) * mag + 1e-6;
-      EXPECT_NEAR(es::VecDotRef(w, wq.data(), xq.data(), n), dot, tol)
-          << es::TypeName(w) << " seed " << seed;
-    }
-  }
-}
-
-TEST(VecDotRefLegacy, TypesFollowLlamaCpp) {
-  EXPECT_EQ(es::VecDotType(TensorType::kQ4_1), TensorType::kQ8_1);
-  EXPECT_EQ(es::VecDotType(TensorType::kQ5_1), TensorType::kQ8_1);
-  EXPECT_EQ(es::VecDotType(TensorType::kQ5_0), TensorType::kQ8_0);
-  EXPECT_EQ(es::VecDotType(TensorType::kIQ4_NL), TensorType::kQ8_0);
-  EXPECT_THROW(es::VecDotType(TensorType::kQ8_1), es::Error);
-  EXPECT_THROW(es::QuantizeRowRef(TensorType::kQ5_0, nullptr, nullptr, 33), es::Error);
 }
 
 }  // namespace

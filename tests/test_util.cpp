@@ -10,6 +10,7 @@
 #include <random>
 #include <sstream>
 
+#include "kernels/kernels.h"
 #include "tensor/tensor_quant.h"
 
 namespace es::test {
@@ -88,6 +89,18 @@ std::vector<float> DequantizeRef(TensorType t, const void* src, int64_t n) {
   std::vector<float> out(static_cast<size_t>(n));
   DequantizeRowRef(t, src, out.data(), n);
   return out;
+}
+
+void ForEachTarget(const std::function<void(const std::string&)>& body) {
+  const auto targets = kernels::SupportedTargets();
+  ASSERT_FALSE(targets.empty());
+  for (const auto& t : targets) {
+    SCOPED_TRACE("target " + t);
+    kernels::SetTargetForTesting(t);
+    EXPECT_EQ(std::string(kernels::ActiveTarget()), t);
+    body(t);
+  }
+  kernels::SetTargetForTesting("");
 }
 
 }  // namespace es::test

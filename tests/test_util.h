@@ -1,6 +1,7 @@
 // Helpers shared by tests: where the shared models are, and running the CLI.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -30,4 +31,7 @@ std::vector<float> Gaussian(size_t n, uint32_t seed, float sigma = 1.0f);
 // x (a whole number of blocks) through QuantizeRowRef; n elements of src through DequantizeRowRef.
 std::vector<uint8_t> QuantizeRef(TensorType t, const std::vector<float>& x);
 std::vector<float> DequantizeRef(TensorType t, const void* src, int64_t n);
+// Runs body(target name) once per SIMD target the CPU supports, with kernel dispatch pinned to it
+// (and traced in failures); dispatch is free again afterwards.
+void ForEachTarget(const std::function<void(const std::string&)>& body);
 }  // namespace es::test
