@@ -24,24 +24,26 @@ struct UnpackQ8_0 {
     return hn::PromoteTo(d16, hn::LoadU(d8, b.qs + off));
   }
 };
-// Q4_0 weights: elements < 16 are the low nibbles, 16..31 the high nibbles, value q - 8.
+// Nibbles of a 16-byte array as int16: elements [off, off + Lanes) of the 32 that the low (< 16)
+// and high (16..31) nibbles hold.
+HWY_INLINE hn::Vec<D16B> Nibbles16(D16B d16, const uint8_t* qs, size_t off) {
+#if HWY_TARGET != HWY_SCALAR
+  if (hn::Lanes(d16) == 32) {
+    const hn::Half<D16B> dh;
+    const hn::Rebind<uint8_t, decltype(dh)> d8;
+    const auto v = hn::PromoteTo(dh, hn::LoadU(d8, qs));
+    return hn::Combine(d16, hn::ShiftRight<4>(v), hn::And(v, hn::Set(dh, 15)));
+  }
+#endif
+  const hn::Rebind<uint8_t, D16B> d8;
+  const auto v = hn::PromoteTo(d16, hn::LoadU(d8, qs + (off & 15)));
+  return off < 16 ? hn::And(v, hn::Set(d16, 15)) : hn::ShiftRight<4>(v);
+}
+// Q4_0 weights: value q - 8.
 struct UnpackQ4_0 {
   using Block = BlockQ4_0;
   HWY_INLINE hn::Vec<D16B> operator()(D16B d16, const Block& b, size_t off) const {
-#if HWY_TARGET != HWY_SCALAR
-    if (hn::Lanes(d16) == 32) {
-      const hn::Half<D16B> dh;
-      const hn::Rebind<uint8_t, decltype(dh)> d8;
-      const auto v = hn::PromoteTo(dh, hn::LoadU(d8, b.qs));
-      const auto lo = hn::And(v, hn::Set(dh, 15));
-      const auto hi = hn::ShiftRight<4>(v);
-      return hn::Sub(hn::Combine(d16, hi, lo), hn::Set(d16, 8));
-    }
-#endif
-    const hn::Rebind<uint8_t, D16B> d8;
-    auto v = hn::PromoteTo(d16, hn::LoadU(d8, b.qs + (off & 15)));
-    v = off < 16 ? hn::And(v, hn::Set(d16, 15)) : hn::ShiftRight<4>(v);
-    return hn::Sub(v, hn::Set(d16, 8));
+    return hn::Sub(Nibbles16(d16, b.qs, off), hn::Set(d16, 8));
   }
 };
 
