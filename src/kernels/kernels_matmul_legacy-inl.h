@@ -49,11 +49,31 @@ struct UnpackQ5_1 {
     return hn::Or(Nibbles16(d16, b.qs, off), HighBits16(d16, b.qh, off));
   }
 };
-// IQ4_NL: the nibble indexes kIQ4NLValues. A compare-select per level: the Highway in use has no
-// 16-bit lane table lookup, and this needs none on any target.
+// IQ4_NL: the nibble indexes kIQ4NLValues. With 16 or 32 lanes, a byte shuffle per 128-bit block
+// (the table repeated in each); narrower targets take a compare-select per level (the Highway in
+// use has no 16-bit lane table lookup).
 struct UnpackIQ4_NL {
   using Block = BlockIQ4_NL;
   HWY_INLINE hn::Vec<D16B> operator()(D16B d16, const Block& b, size_t off) const {
+#if HWY_TARGET != HWY_SCALAR
+    const size_t n = hn::Lanes(d16);
+    if (n == 16 || n == 32) {
+      const hn::Rebind<int8_t, D16B> d8;
+      hn::Vec<decltype(d8)> idx;
+      if (n == 32) {  // the 16 bytes' low nibbles are elements 0..15, high nibbles 16..31
+        const hn::Half<decltype(d8)> dh;
+        const hn::RebindToUnsigned<decltype(dh)> du;
+        const auto q = hn::LoadU(du, b.qs);
+        idx = hn::Combine(d8, hn::BitCast(dh, hn::ShiftRight<4>(q)),
+                          hn::BitCast(dh, hn::And(q, hn::Set(du, 15))));
+      } else {
+        const hn::RebindToUnsigned<decltype(d8)> du;
+        const auto q = hn::LoadU(du, b.qs);
+        idx = hn::BitCast(d8, off < 16 ? hn::And(q, hn::Set(du, 15)) : hn::ShiftRight<4>(q));
+      }
+      return hn::PromoteTo(d16, hn::TableLookupBytes(hn::LoadDup128(d8, kIQ4NLValues), idx));
+    }
+#endif
     const auto idx = Nibbles16(d16, b.qs, off);
     auto v = hn::Zero(d16);
     for (int k = 0; k < 16; ++k)
