@@ -9,8 +9,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <regex>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -111,9 +113,13 @@ std::map<std::string, TensorType> TypesByName(const es::gguf::File& f) {
 
 TEST(QuantizeFormats, NamesAndLlamaFileTypes) {
   // general.file_type carries llama.cpp's LLAMA_FTYPE numbers.
-  const std::map<std::string, uint32_t> expected = {
-      {"f32", 0},  {"f16", 1},   {"bf16", 32},           {"q8_0", 7},    {"q6_k", 18},
-      {"q4_0", 2}, {"q4_k", 14}, {"q4_0-q6k-output", 2}, {"q4_k_m", 15}, {"q4_k-q6k-output", 14}};
+  const std::map<std::string, uint32_t> expected = {{"f32", 0},     {"f16", 1},
+                                                    {"bf16", 32},   {"q8_0", 7},
+                                                    {"q6_k", 18},   {"q4_0", 2},
+                                                    {"q4_k", 14},   {"q4_0-q6k-output", 2},
+                                                    {"q4_k_m", 15}, {"q4_k-q6k-output", 14},
+                                                    {"q4_1", 3},    {"q5_0", 8},
+                                                    {"q5_1", 9},    {"iq4_nl", 25}};
   for (const auto& [name, ftype] : expected) {
     auto f = FindQuantFormat(name);
     ASSERT_TRUE(f.has_value()) << name;
@@ -121,7 +127,7 @@ TEST(QuantizeFormats, NamesAndLlamaFileTypes) {
   }
   ASSERT_TRUE(FindQuantFormat("Q4_K_M").has_value());
   EXPECT_EQ(FindQuantFormat("Q4_K_M")->base, TensorType::kQ4_K);
-  EXPECT_FALSE(FindQuantFormat("q5_0").has_value());
+  EXPECT_FALSE(FindQuantFormat("q3_k").has_value());
   EXPECT_FALSE(FindQuantFormat("").has_value());
 }
 
@@ -169,7 +175,7 @@ TEST(QuantizePlan, Q4KMFollowsLlamaUseMoreBits) {
 
 TEST(QuantizePlan, FallbacksForRowsTheTypeCannotHold) {
   // Qwen2-0.5B's rows of 896 are not a multiple of 256: llama.cpp uses Q5_0 for its Q4_K tensors
-  // and Q8_0 for the tied output; edgeshard has no Q5_0 and uses Q4_0.
+  // and Q8_0 for the tied output, and so does edgeshard.
   std::vector<es::model::TensorDesc> t = {
       {"token_embd.weight", {896, 151936}, TensorType::kBF16},
       {"blk.0.attn_q.weight", {896, 896}, TensorType::kBF16},
@@ -183,7 +189,7 @@ TEST(QuantizePlan, FallbacksForRowsTheTypeCannotHold) {
   std::map<std::string, es::model::TensorPlan> by;
   for (auto& p : plan) by[p.name] = p;
   EXPECT_EQ(by["token_embd.weight"].dst, TensorType::kQ8_0);  // tied output: Q6_K wanted
-  EXPECT_EQ(by["blk.0.attn_q.weight"].dst, TensorType::kQ4_0);
+  EXPECT_EQ(by["blk.0.attn_q.weight"].dst, TensorType::kQ5_0);
   EXPECT_NE(by["blk.0.attn_q.weight"].fallback.find("Q5_0"), std::string::npos);
   EXPECT_EQ(by["blk.0.attn_q.bias"].dst, TensorType::kF32);
   EXPECT_EQ(by["blk.0.attn_v.weight"].dst, TensorType::kQ8_0);    // Q6_K wanted (layer 0)
@@ -357,6 +363,55 @@ TEST(QuantizeFile, ProgressReachesTheTotal) {
   EXPECT_EQ(last, total);
 }
 
+// tests/fixtures/ref/legacy-quant.txt (regenerate-legacy.sh): per 32-element type, FNV-1a 64 of
+// the bytes of its tensors in llama-quantize's file of the f16 model, and llama-perplexity's
+// figure.
+struct LegacyRef {
+  std::string type, fnv;
+  double ppl;
+};
+std::vector<LegacyRef> LegacyRefs() {
+  std::ifstream in(std::filesystem::path(__FILE__).parent_path() / "fixtures/ref/legacy-quant.txt");
+  std::vector<LegacyRef> out;
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream ls(line);
+    LegacyRef r;
+    ls >> r.type >> r.fnv >> r.ppl;
+    out.push_back(r);
+  }
+  EXPECT_EQ(out.size(), 4u) << "legacy-quant.txt";
+  return out;
+}
+
+// Q4_1, Q5_0, Q5_1, IQ4_NL: every tensor of the type is byte for byte what llama-quantize wrote
+// (the Q6_K output tensor is not: edgeshard's Q6_K search differs), and the layout is its file's.
+TEST(QuantizeFile, LegacyTypesEqualLlamaQuantizeBytes) {
+  TempDir tmp;
+  for (const LegacyRef& ref : LegacyRefs()) {
+    SCOPED_TRACE(ref.type);
+    const QuantFormat format = Format(ref.type);
+    const std::string out = tmp.Path(ref.type + ".gguf");
+    es::model::QuantizeFile(ModelPath(kSynth16), out, format, Threads(2));
+    auto f = es::gguf::File::Open(out);
+    uint64_t h = 0xCBF29CE484222325ull;
+    int n = 0;
+    for (const auto& t : f->tensors()) {
+      if (t.type != format.base) {
+        EXPECT_TRUE(t.name == "output.weight" || t.dims.size() == 1) << t.name;
+        continue;
+      }
+      ++n;
+      for (size_t i = 0; i < t.n_bytes; ++i) h = (h ^ t.data[i]) * 0x100000001B3ull;
+    }
+    EXPECT_EQ(n, 29);  // token_embd and 7 matrices in each of 4 layers
+    char hex[17];
+    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+    EXPECT_EQ(std::string(hex), ref.fnv);
+    EXPECT_EQ(f->GetTensor("output.weight").type, TensorType::kQ6_K);
+  }
+}
+
 // The engine's perplexity on our quantizations is within 0.5% of llama.cpp's on its own
 // quantization of the same model (reference figures from llama-perplexity, b4748).
 TEST(QuantizeCli, PerplexityMatchesLlamaCppQuantizations) {
@@ -374,6 +429,17 @@ TEST(QuantizeCli, PerplexityMatchesLlamaCppQuantizations) {
     std::printf("[ %-15s ] PPL %.4f, llama.cpp %.4f (%+.3f%%)\n", ours_type.c_str(), ours, ref,
                 100 * (ours / ref - 1));
     EXPECT_NEAR(ours / ref, 1.0, 0.005);
+  }
+  // The 32-element types against current llama.cpp's figures on its files of these types.
+  for (const LegacyRef& ref : LegacyRefs()) {
+    SCOPED_TRACE(ref.type);
+    const std::string out = tmp.Path(ref.type + ".gguf");
+    const auto r = RunCli("quantize '" + ModelPath(kSynth16) + "' '" + out + "' " + ref.type);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const double ours = EnginePpl(out);
+    std::printf("[ %-15s ] PPL %.4f, llama.cpp %.4f (%+.3f%%)\n", ref.type.c_str(), ours, ref.ppl,
+                100 * (ours / ref.ppl - 1));
+    EXPECT_NEAR(ours / ref.ppl, 1.0, 0.005);
   }
   // Types llama.cpp has no file for here: within 1% of the F16 model's perplexity.
   const double f16 = ReferencePpl("synth-llama-spm-256.f16");
@@ -404,7 +470,7 @@ TEST(QuantizeCli, QuantizedInputIsAnError) {
 
 TEST(QuantizeCli, BadArguments) {
   TempDir tmp;
-  auto r = RunCli("quantize '" + ModelPath(kSynth16) + "' '" + tmp.Path("x.gguf") + "' q5_0");
+  auto r = RunCli("quantize '" + ModelPath(kSynth16) + "' '" + tmp.Path("x.gguf") + "' q3_k");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("q4_k_m"), std::string::npos) << r.err;  // lists the valid types
   r = RunCli("quantize '" + ModelPath(kSynth16) + "' '" + tmp.Path("x.gguf") + "'");

@@ -28,13 +28,7 @@ uint32_t BitsOf(float f) {
   return u;
 }
 
-std::vector<float> Gaussian(size_t n, uint32_t seed, float sigma = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, sigma);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
+using es::test::Gaussian;
 
 std::vector<uint8_t> Quantize(TensorType t, const std::vector<float>& x) {
   std::vector<uint8_t> out(es::RowBytes(t, static_cast<int64_t>(x.size())));
@@ -229,10 +223,10 @@ TEST(Dequantize, RejectsBadLengthsAndTypes) {
   es::BlockQ4_0 b{};
   float out[64];
   EXPECT_THROW(es::DequantizeRowRef(TensorType::kQ4_0, &b, out, 31), es::Error);
-  EXPECT_THROW(es::DequantizeRowRef(TensorType::kQ5_0, &b, out, 32), es::Error);
+  EXPECT_THROW(es::DequantizeRowRef(TensorType::kQ2_K, &b, out, 256), es::Error);
   EXPECT_THROW(es::QuantizeRowRef(TensorType::kQ4_K, out, &b, 64), es::Error);
   EXPECT_THROW(es::VecDotType(TensorType::kQ2_K), es::Error);
-  EXPECT_THROW(es::VecDotRef(TensorType::kQ5_1, &b, &b, 32), es::Error);
+  EXPECT_THROW(es::VecDotRef(TensorType::kQ8_1, &b, &b, 32), es::Error);  // activations only
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -438,7 +432,8 @@ TEST(QuantizeWeights, ReproducesLlamaCppFiles) {
 TEST(VecDotRef, MatchesDequantizedDot) {
   const int64_t n = 1024;
   for (TensorType w : {TensorType::kF32, TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0,
-                       TensorType::kQ4_0, TensorType::kQ4_K, TensorType::kQ6_K}) {
+                       TensorType::kQ4_0, TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1,
+                       TensorType::kIQ4_NL, TensorType::kQ4_K, TensorType::kQ6_K}) {
     for (uint32_t seed = 10; seed < 14; ++seed) {
       const auto wf = Gaussian(n, seed, 0.05f);
       auto xf = Gaussian(n, seed + 100, 2.0f);
@@ -454,7 +449,9 @@ TEST(VecDotRef, MatchesDequantizedDot) {
         mag += std::fabs(static_cast<double>(wd[i]) * xd[i]);
       }
       const float got = es::VecDotRef(w, wq.data(), xq.data(), n);
-      EXPECT_NEAR(got, dot, 2e-6 * mag + 1e-7) << es::TypeName(w) << " seed " << seed;
+      // Q4_1/Q5_1 take sum(x) from Q8_1's s = f16(d * sum q), not from the f16 d: allow that.
+      const double rel = vt == TensorType::kQ8_1 ? 1e-3 : 2e-6;
+      EXPECT_NEAR(got, dot, rel * mag + 1e-7) << es::TypeName(w) << " seed " << seed;
     }
   }
 }
@@ -467,6 +464,11 @@ TEST(VecDotType, FollowsLlamaCpp) {
   EXPECT_EQ(es::VecDotType(TensorType::kQ8_0), TensorType::kQ8_0);
   EXPECT_EQ(es::VecDotType(TensorType::kQ4_K), TensorType::kQ8_K);
   EXPECT_EQ(es::VecDotType(TensorType::kQ6_K), TensorType::kQ8_K);
+  EXPECT_EQ(es::VecDotType(TensorType::kQ5_0), TensorType::kQ8_0);
+  EXPECT_EQ(es::VecDotType(TensorType::kIQ4_NL), TensorType::kQ8_0);
+  EXPECT_EQ(es::VecDotType(TensorType::kQ4_1), TensorType::kQ8_1);
+  EXPECT_EQ(es::VecDotType(TensorType::kQ5_1), TensorType::kQ8_1);
+  EXPECT_THROW(es::VecDotType(TensorType::kQ8_1), es::Error);  // activations only
 }
 
 // Real weights: dequantized quantized tensors stay close to the f16 originals.

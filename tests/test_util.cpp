@@ -7,7 +7,11 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
+
+#include "kernels/kernels.h"
+#include "tensor/tensor_quant.h"
 
 namespace es::test {
 
@@ -64,6 +68,39 @@ RunResult RunCliWithInput(const std::string& args, const std::string& input) {
   std::remove(err_tmpl);
   std::remove(in_tmpl);
   return r;
+}
+
+std::vector<float> Gaussian(size_t n, uint32_t seed, float sigma) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, sigma);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+std::vector<uint8_t> QuantizeRef(TensorType t, const std::vector<float>& x) {
+  const auto n = static_cast<int64_t>(x.size());
+  std::vector<uint8_t> out(RowBytes(t, n));
+  QuantizeRowRef(t, x.data(), out.data(), n);
+  return out;
+}
+
+std::vector<float> DequantizeRef(TensorType t, const void* src, int64_t n) {
+  std::vector<float> out(static_cast<size_t>(n));
+  DequantizeRowRef(t, src, out.data(), n);
+  return out;
+}
+
+void ForEachTarget(const std::function<void(const std::string&)>& body) {
+  const auto targets = kernels::SupportedTargets();
+  ASSERT_FALSE(targets.empty());
+  for (const auto& t : targets) {
+    SCOPED_TRACE("target " + t);
+    kernels::SetTargetForTesting(t);
+    EXPECT_EQ(std::string(kernels::ActiveTarget()), t);
+    body(t);
+  }
+  kernels::SetTargetForTesting("");
 }
 
 }  // namespace es::test

@@ -94,7 +94,7 @@ std::string FormatHelp() {
     s += line;
   }
   s += "1-D tensors (norms, biases) are copied unchanged. A row length a type cannot hold falls\n"
-       "back to Q4_0 (for Q4_K), Q8_0 (for Q6_K) or F16, with a note on stderr.";
+       "back to Q5_0 (for Q4_K), Q8_0 (for Q6_K) or F16, as llama.cpp, with a note on stderr.";
   return s;
 }
 

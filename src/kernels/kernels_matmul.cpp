@@ -4,6 +4,8 @@
 // Activations are converted once per row of x (ConvertActs) into a target-private layout:
 //   F32/F16/BF16 weights: the f32 values as the dot product sees them (rounded through f16/bf16).
 //   Q8_0/Q4_0 weights:    Q8_0 quantization; Q4_K/Q6_K weights: Q8_K quantization.
+//   Q5_0/IQ4_NL weights:  Q8_0, Q4_1/Q5_1 weights: Q8_1 quantization, int16 on every target
+//                         (kernels_matmul_legacy-inl.h).
 // Two integer designs:
 //   * Portable (every target but AVX3_DL): quants widened to int16 once per activation row, so
 //     each target multiplies with a 16x16->32 pairwise multiply-add (pmaddwd on x86).
@@ -50,7 +52,7 @@ constexpr size_t RoundUp64(size_t v) {
 // Byte offsets inside one converted activation row (quants start at offset 0).
 struct ActLayout {
   size_t d_off = 0;      // float scale per block
-  size_t sum_off = 0;    // int16 path, Q8_K: int32 sums of 32 quants
+  size_t sum_off = 0;    // int16 path, Q8_K: int32 sums of 32 quants; Q8_1: f32 s per block
   size_t dxl_off = 0;    // VNNI, Q8_0: float scale per int32 lane (8 per block)
   size_t corr_off = 0;   // VNNI, Q8_0: int32 -8 * (sum of 4 quants) per lane, for Q4_0
   size_t bcorr_off = 0;  // VNNI, Q8_0: int32 -8 * (sum of the block's 32 quants), for Q4_0
@@ -59,6 +61,11 @@ struct ActLayout {
   size_t arm_off = 0;    // NEON with sdot: what kernels_matmul_arm.cpp reads (0: nothing)
   size_t bytes = 0;
 };
+// Weight types whose activations take the int16 layout on every target.
+constexpr bool IsLegacyWeight(TensorType w) {
+  return w == TensorType::kQ4_1 || w == TensorType::kQ5_0 || w == TensorType::kQ5_1 ||
+         w == TensorType::kIQ4_NL;
+}
 }  // namespace
 }  // namespace es::kernels::detail
 #endif
@@ -67,6 +74,7 @@ HWY_BEFORE_NAMESPACE();
 namespace es::kernels::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 using detail::ActLayout;
+using detail::IsLegacyWeight;
 using detail::RoundUp64;
 using detail::UnpackScalesQ4_K;
 using detail::WalkTiles;
@@ -89,6 +97,12 @@ using detail::WalkTiles;
 ActLayout LayoutFor(TensorType w, int64_t n) {
   ActLayout l;
   const size_t un = static_cast<size_t>(n);
+  if (IsLegacyWeight(w)) {  // int16 quants, f32 d and (Q8_1) f32 s per block
+    l.d_off = RoundUp64(un * 2);
+    l.sum_off = RoundUp64(l.d_off + un / kQK32 * 4);
+    l.bytes = RoundUp64(l.sum_off + un / kQK32 * 4);
+    return l;
+  }
   switch (VecDotType(w)) {
     case TensorType::kQ8_0:
 #if ES_VNNI
@@ -349,6 +363,7 @@ default:
 #endif
 
 #include "kernels/kernels_matmul_blocks-inl.h"  // NOLINT(build/include)
+#include "kernels/kernels_matmul_legacy-inl.h"  // NOLINT(build/include)
 
 #if ES_VNNI
 #include "kernels/kernels_matmul_vnni-inl.h"  // NOLINT(build/include)
@@ -413,6 +428,14 @@ default:
       case TensorType::kBF16:
         return kWide ? MakeTiles<6, 4, FloatKernel<LoadBF16>>()
                      : MakeTiles<4, 2, FloatKernel<LoadBF16>>();
+      case TensorType::kQ4_1:
+        return kWide ? MakeTiles<4, 4, Q4_1Kernel>() : MakeTiles<2, 4, Q4_1Kernel>();
+      case TensorType::kQ5_0:
+        return kWide ? MakeTiles<4, 4, Q5_0Kernel>() : MakeTiles<2, 4, Q5_0Kernel>();
+      case TensorType::kQ5_1:
+        return kWide ? MakeTiles<4, 4, Q5_1Kernel>() : MakeTiles<2, 4, Q5_1Kernel>();
+      case TensorType::kIQ4_NL:
+        return kWide ? MakeTiles<4, 4, IQ4_NLKernel>() : MakeTiles<2, 4, IQ4_NLKernel>();
 #if ES_VNNI
       case TensorType::kQ8_0: {
         TileSet ts = MakeTiles<4, 4, Q8_0Vnni>();

@@ -1,7 +1,7 @@
-// Activation rows: conversion to the layout each weight type multiplies with (Q8_0, Q8_K, f16/bf16
-// rounding), and back to blocks. Part of kernels_matmul.cpp's Highway translation unit: included
-// once per target inside es::kernels::HWY_NAMESPACE (hence no include guard), after the definitions
-// it uses.
+// Activation rows: conversion to the layout each weight type multiplies with (Q8_0, Q8_1, Q8_K,
+// f16/bf16 rounding), and back to blocks. Part of kernels_matmul.cpp's Highway translation unit:
+// included once per target inside es::kernels::HWY_NAMESPACE (hence no include guard), after the
+// definitions it uses.
 
 // Scalar f16 -> f32 through the target's conversion (a single instruction with F16C).
 HWY_INLINE float HalfToFloat(const f16_t* p) {
@@ -193,6 +193,61 @@ void ConvertRowQ8_K(const float* x, int64_t n, uint8_t* row, const ActLayout& l)
   }
 }
 
+// Activation row for the legacy types: q = round_even(x * 127/amax) as int16, d = f16(amax/127)
+// per block as f32, and for Q8_1 s = f16(d * sum(q)) as f32 (d before its f16 rounding, as
+// llama.cpp's x86 quantize_row_q8_1).
+void ConvertRowLegacy(TensorType w, const float* x, int64_t n, uint8_t* row, const ActLayout& l) {
+  const hn::CappedTag<float, 16> df;
+  const hn::RebindToSigned<decltype(df)> di;
+  const hn::Rebind<int16_t, decltype(df)> d16;
+  const size_t N = hn::Lanes(df);
+  const bool with_sum = VecDotType(w) == TensorType::kQ8_1;
+  auto* q = reinterpret_cast<int16_t*>(row);
+  auto* dst_d = reinterpret_cast<float*>(row + l.d_off);
+  auto* dst_s = reinterpret_cast<float*>(row + l.sum_off);
+  for (int64_t b = 0; b < n / kQK32; ++b) {
+    const float* xb = x + b * kQK32;
+    auto vmax = hn::Zero(df);
+    for (size_t k = 0; k < kQK32; k += N) vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, xb + k)));
+    const float amax = hn::GetLane(hn::MaxOfLanes(df, vmax));
+    const float d = amax / 127.0f;
+    dst_d[b] = F16ToF32(F32ToF16(d));
+    const auto vid = hn::Set(df, amax != 0.0f ? 127.0f / amax : 0.0f);
+    auto vsum = hn::Zero(di);
+    for (size_t k = 0; k < kQK32; k += N) {
+      const auto qi = hn::NearestInt(hn::Mul(hn::LoadU(df, xb + k), vid));
+      vsum = hn::Add(vsum, qi);
+      hn::StoreU(hn::DemoteTo(d16, qi), d16, q + b * kQK32 + k);
+    }
+    if (with_sum) {
+      const float sum = static_cast<float>(hn::GetLane(hn::SumOfLanes(di, vsum)));
+      dst_s[b] = F16ToF32(F32ToF16(d * sum));
+    }
+  }
+}
+
+// Repacks a converted row into BlockQ8_0 / BlockQ8_1 (tests compare bytes).
+void LegacyActsToBlocks(TensorType w, const uint8_t* row, int64_t n, void* blocks) {
+  const ActLayout l = LayoutFor(w, n);
+  const auto* q = reinterpret_cast<const int16_t*>(row);
+  const auto* d = reinterpret_cast<const float*>(row + l.d_off);
+  const auto* s = reinterpret_cast<const float*>(row + l.sum_off);
+  for (int64_t b = 0; b < n / kQK32; ++b) {
+    int8_t* qs;
+    if (VecDotType(w) == TensorType::kQ8_1) {
+      auto& out = static_cast<BlockQ8_1*>(blocks)[b];
+      out.d = F32ToF16(d[b]);
+      out.s = F32ToF16(s[b]);
+      qs = out.qs;
+    } else {
+      auto& out = static_cast<BlockQ8_0*>(blocks)[b];
+      out.d = F32ToF16(d[b]);
+      qs = out.qs;
+    }
+    for (int j = 0; j < kQK32; ++j) qs[j] = static_cast<int8_t>(q[b * kQK32 + j]);
+  }
+}
+
 size_t ActRowBytesImpl(TensorType w, int64_t n) {
   return LayoutFor(w, n).bytes;
 }
@@ -204,7 +259,9 @@ void ConvertActsImpl(TensorType w, const float* x, int64_t ldx, int64_t n, int64
   for (int64_t b = b0; b < b1; ++b) {
     const float* xr = x + b * ldx;
     uint8_t* row = dst + static_cast<size_t>(b) * stride;
-    if (vt == TensorType::kQ8_0) {
+    if (IsLegacyWeight(w)) {
+      ConvertRowLegacy(w, xr, n, row, l);
+    } else if (vt == TensorType::kQ8_0) {
       ConvertRowQ8_0(w, xr, n, row, l);
     } else if (vt == TensorType::kQ8_K) {
       ConvertRowQ8_K(xr, n, row, l);
@@ -230,6 +287,7 @@ HWY_INLINE int ActQuant(TensorType w, const uint8_t* row, int64_t j) {
 
 // Repacks one converted row into the reference block format (tests compare bytes).
 void ActsToBlocksImpl(TensorType w, const uint8_t* row, int64_t n, void* blocks) {
+  if (IsLegacyWeight(w)) return LegacyActsToBlocks(w, row, n, blocks);
   const ActLayout l = LayoutFor(w, n);
   const auto* d = reinterpret_cast<const float*>(row + l.d_off);
   switch (VecDotType(w)) {

@@ -24,24 +24,26 @@ struct UnpackQ8_0 {
     return hn::PromoteTo(d16, hn::LoadU(d8, b.qs + off));
   }
 };
-// Q4_0 weights: elements < 16 are the low nibbles, 16..31 the high nibbles, value q - 8.
+// Nibbles of a 16-byte array as int16: elements [off, off + Lanes) of the 32 that the low (< 16)
+// and high (16..31) nibbles hold.
+HWY_INLINE hn::Vec<D16B> Nibbles16(D16B d16, const uint8_t* qs, size_t off) {
+#if HWY_TARGET != HWY_SCALAR
+  if (hn::Lanes(d16) == 32) {
+    const hn::Half<D16B> dh;
+    const hn::Rebind<uint8_t, decltype(dh)> d8;
+    const auto v = hn::PromoteTo(dh, hn::LoadU(d8, qs));
+    return hn::Combine(d16, hn::ShiftRight<4>(v), hn::And(v, hn::Set(dh, 15)));
+  }
+#endif
+  const hn::Rebind<uint8_t, D16B> d8;
+  const auto v = hn::PromoteTo(d16, hn::LoadU(d8, qs + (off & 15)));
+  return off < 16 ? hn::And(v, hn::Set(d16, 15)) : hn::ShiftRight<4>(v);
+}
+// Q4_0 weights: value q - 8.
 struct UnpackQ4_0 {
   using Block = BlockQ4_0;
   HWY_INLINE hn::Vec<D16B> operator()(D16B d16, const Block& b, size_t off) const {
-#if HWY_TARGET != HWY_SCALAR
-    if (hn::Lanes(d16) == 32) {
-      const hn::Half<D16B> dh;
-      const hn::Rebind<uint8_t, decltype(dh)> d8;
-      const auto v = hn::PromoteTo(dh, hn::LoadU(d8, b.qs));
-      const auto lo = hn::And(v, hn::Set(dh, 15));
-      const auto hi = hn::ShiftRight<4>(v);
-      return hn::Sub(hn::Combine(d16, hi, lo), hn::Set(d16, 8));
-    }
-#endif
-    const hn::Rebind<uint8_t, D16B> d8;
-    auto v = hn::PromoteTo(d16, hn::LoadU(d8, b.qs + (off & 15)));
-    v = off < 16 ? hn::And(v, hn::Set(d16, 15)) : hn::ShiftRight<4>(v);
-    return hn::Sub(v, hn::Set(d16, 8));
+    return hn::Sub(Nibbles16(d16, b.qs, off), hn::Set(d16, 8));
   }
 };
 
@@ -68,6 +70,20 @@ HWY_INLINE hn::Vec<D32B> Partials8(const hn::Vec<D32B> (&s)[kNV]) {
     for (size_t v = 1; v < kNV; ++v) sum = hn::Add(sum, s[v]);
     return sum;
   }
+}
+// One 32-element block of int16 weights w and activations x: acc = fma(scale, float(partial l),
+// acc) per partial lane.
+HWY_INLINE hn::Vec<DFB> MulAddBlock(const hn::Vec<D16B> (&w)[kNV], const hn::Vec<D16B> (&x)[kNV],
+                                    float scale, hn::Vec<DFB> acc) {
+  const D32B d32;
+  const DFB df;
+  hn::Vec<D32B> s[kNV];
+  for (size_t v = 0; v < kNV; ++v) {
+    auto s1 = hn::Zero(d32);
+    s[v] = hn::ReorderWidenMulAccumulate(d32, w[v], x[v], hn::Zero(d32), s1);
+    s[v] = hn::Add(s[v], s1);
+  }
+  return hn::MulAdd(hn::Set(df, scale), hn::ConvertTo(df, Partials8(s)), acc);
 }
 // Final reduction of a partial-lane accumulator.
 HWY_INLINE float ReducePartials(hn::Vec<DFB> acc) {
@@ -97,8 +113,6 @@ struct Q8_0Kernel : QuantKernelBase<typename Unpack::Block> {
   template <int R, int C>
   HWY_INLINE void Step(int64_t b, hn::Vec<DFB> (&acc)[R][C]) const {
     const D16B d16;
-    const D32B d32;
-    const DFB df;
     const size_t N = hn::Lanes(d16);
     const Unpack unpack;
     float dw[R];
@@ -112,15 +126,7 @@ struct Q8_0Kernel : QuantKernelBase<typename Unpack::Block> {
       hn::Vec<D16B> xv[kNV];
       for (size_t v = 0; v < kNV; ++v) xv[v] = hn::LoadU(d16, XQ(c) + b * 32 + v * N);
       const float dx = XD(c, b);
-      for (int r = 0; r < R; ++r) {
-        hn::Vec<D32B> s[kNV];
-        for (size_t v = 0; v < kNV; ++v) {
-          auto s1 = hn::Zero(d32);
-          s[v] = hn::ReorderWidenMulAccumulate(d32, wv[r][v], xv[v], hn::Zero(d32), s1);
-          s[v] = hn::Add(s[v], s1);
-        }
-        acc[r][c] = hn::MulAdd(hn::Set(df, dw[r] * dx), hn::ConvertTo(df, Partials8(s)), acc[r][c]);
-      }
+      for (int r = 0; r < R; ++r) acc[r][c] = MulAddBlock(wv[r], xv, dw[r] * dx, acc[r][c]);
     }
   }
   float Finish(int, int, hn::Vec<DFB> acc) const { return ReducePartials(acc); }

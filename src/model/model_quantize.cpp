@@ -121,6 +121,11 @@ const std::vector<QuantFormat>& QuantFormats() {
       {"q4_0", TensorType::kQ4_0, Mix::kPure, 2, "all weights Q4_0, output included"},
       {"q4_0-q6k-output", TensorType::kQ4_0, Mix::kQ6KOutput, 2,
        "Q4_0, output in Q6_K (as llama.cpp's Q4_0)"},
+      {"q4_1", TensorType::kQ4_1, Mix::kQ6KOutput, 3, "Q4_1, output in Q6_K (as llama.cpp's Q4_1)"},
+      {"q5_0", TensorType::kQ5_0, Mix::kQ6KOutput, 8, "Q5_0, output in Q6_K (as llama.cpp's Q5_0)"},
+      {"q5_1", TensorType::kQ5_1, Mix::kQ6KOutput, 9, "Q5_1, output in Q6_K (as llama.cpp's Q5_1)"},
+      {"iq4_nl", TensorType::kIQ4_NL, Mix::kQ6KOutput, 25,
+       "IQ4_NL, output in Q6_K (as llama.cpp's IQ4_NL without an importance matrix)"},
       {"q4_k", TensorType::kQ4_K, Mix::kPure, 14, "all weights Q4_K, output included"},
       {"q4_k-q6k-output", TensorType::kQ4_K, Mix::kQ6KOutput, 14, "Q4_K, output in Q6_K"},
       {"q4_k_m", TensorType::kQ4_K, Mix::kQ4KM, 15,
@@ -199,23 +204,17 @@ std::vector<TensorPlan> PlanTensorTypes(const std::vector<TensorDesc>& tensors,
       }
     }
     if (nx % BlockElems(want) != 0) {
-      // llama.cpp falls back Q4_K -> Q5_0 and Q6_K -> Q8_0, and F16 when those do not fit
-      // either; edgeshard has no Q5_0, so Q4_K takes the nearest type it has: Q4_0.
+      // As llama.cpp: Q4_K falls back to Q5_0, Q6_K to Q8_0, and to F16 when those do not fit
+      // either (or for the 32-element types).
       TensorType fb = TensorType::kF16;
-      const char* llama_choice = "";
-      if (want == TensorType::kQ4_K) {
-        fb = TensorType::kQ4_0;
-        llama_choice = " (llama.cpp would use Q5_0, which edgeshard does not support)";
-      } else if (want == TensorType::kQ6_K) {
+      if (want == TensorType::kQ4_K)
+        fb = TensorType::kQ5_0;
+      else if (want == TensorType::kQ6_K)
         fb = TensorType::kQ8_0;
-      }
-      if (nx % BlockElems(fb) != 0) {
-        fb = TensorType::kF16;
-        llama_choice = "";
-      }
+      if (nx % BlockElems(fb) != 0) fb = TensorType::kF16;
       p.fallback = "tensor '" + gguf::Printable(t.name) + "': row length " + std::to_string(nx) +
                    " is not a multiple of " + std::to_string(BlockElems(want)) + " as " +
-                   TypeName(want) + " needs; using " + TypeName(fb) + llama_choice;
+                   TypeName(want) + " needs; using " + TypeName(fb);
       want = fb;
     }
     p.dst = want;

@@ -9,15 +9,13 @@
 #include <vector>
 
 #include "edgeshard/error.h"
+#include "tensor/tensor_quant_internal.h"
 
 namespace es {
 namespace {
 
-// Rounds to the nearest integer, ties to even (the FPU's default mode); this is what ggml's
-// nearest_int() and the AVX round instruction do, so activation bytes match llama.cpp.
-inline int RoundEven(float v) {
-  return static_cast<int>(std::nearbyint(v));
-}
+using quant_detail::Hsum8;
+using quant_detail::RoundEven;
 
 inline float Half(f16_t h) {
   return F16ToF32(h);
@@ -393,12 +391,7 @@ void QuantQ6_K(const float* x, BlockQ6_K* y, int64_t nb) {
 
 // The order of float operations follows llama.cpp's x86 kernels (which produced the reference
 // logits): eight lanes of four adjacent products, acc[l] = fma(d, lane, acc[l]) per block, then
-// ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)).
-float Hsum8(const float* a) {
-  const float h0 = a[0] + a[4], h1 = a[1] + a[5], h2 = a[2] + a[6], h3 = a[3] + a[7];
-  return (h0 + h2) + (h1 + h3);
-}
-
+// Hsum8.
 float DotQ8_0(const BlockQ8_0* w, const BlockQ8_0* x, int64_t nb) {
   float acc[8] = {};
   for (int64_t i = 0; i < nb; ++i) {
@@ -493,7 +486,8 @@ void DequantizeRowRef(TensorType t, const void* src, float* dst, int64_t n) {
     case TensorType::kQ8_K:
       return DequantQ8_K(static_cast<const BlockQ8_K*>(src), dst, n / kQK_K);
     default:
-      Unsupported(t, "DequantizeRowRef");
+      if (!quant_detail::IsLegacy(t)) Unsupported(t, "DequantizeRowRef");
+      return quant_detail::DequantLegacy(t, src, dst, n / kQK32);
   }
 }
 
@@ -524,7 +518,8 @@ void QuantizeRowRef(TensorType t, const float* src, void* dst, int64_t n) {
     case TensorType::kQ6_K:
       return QuantQ6_K(src, static_cast<BlockQ6_K*>(dst), n / kQK_K);
     default:
-      Unsupported(t, "QuantizeRowRef");
+      if (!quant_detail::IsLegacy(t)) Unsupported(t, "QuantizeRowRef");
+      return quant_detail::QuantLegacy(t, src, dst, n / kQK32);
   }
 }
 
@@ -536,7 +531,12 @@ TensorType VecDotType(TensorType w) {
       return w;
     case TensorType::kQ4_0:
     case TensorType::kQ8_0:
+    case TensorType::kQ5_0:
+    case TensorType::kIQ4_NL:
       return TensorType::kQ8_0;
+    case TensorType::kQ4_1:
+    case TensorType::kQ5_1:
+      return TensorType::kQ8_1;
     case TensorType::kQ4_K:
     case TensorType::kQ6_K:
       return TensorType::kQ8_K;
@@ -581,6 +581,11 @@ float VecDotRef(TensorType w, const void* wrow, const void* xrow, int64_t n) {
     case TensorType::kQ6_K:
       return DotQ6_K(static_cast<const BlockQ6_K*>(wrow), static_cast<const BlockQ8_K*>(xrow),
                      n / kQK_K);
+    case TensorType::kQ4_1:
+    case TensorType::kQ5_0:
+    case TensorType::kQ5_1:
+    case TensorType::kIQ4_NL:
+      return quant_detail::DotLegacy(w, wrow, xrow, n / kQK32);
     default:
       Unsupported(w, "VecDotRef");
   }

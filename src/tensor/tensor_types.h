@@ -24,6 +24,7 @@ enum class TensorType : uint32_t {
   kQ5_K = 13,
   kQ6_K = 14,
   kQ8_K = 15,
+  kIQ4_NL = 20,
   kBF16 = 30,
 };
 
@@ -46,6 +47,7 @@ size_t RowBytes(TensorType t, int64_t n);
 std::optional<TensorType> ParseTypeName(const std::string& name);
 
 constexpr int kQK4_0 = 32;
+constexpr int kQK32 = 32;  // block size of Q4_1, Q5_0, Q5_1, Q8_1 and IQ4_NL
 constexpr int kQK8_0 = 32;
 constexpr int kQK_K = 256;
 constexpr int kKScaleBytes = 12;
@@ -61,6 +63,33 @@ struct BlockQ4_0 {
 struct BlockQ8_0 {
   f16_t d;
   int8_t qs[kQK8_0];
+};
+struct BlockQ4_1 {
+  f16_t d;
+  f16_t m;                // value = d * q + m
+  uint8_t qs[kQK32 / 2];  // nibbles as in Q4_0
+};
+struct BlockQ5_0 {
+  f16_t d;
+  uint8_t qh[4];          // bit e (little-endian uint32): fifth bit of element e
+  uint8_t qs[kQK32 / 2];  // low four bits as Q4_0's nibbles; value = d * (q - 16)
+};
+struct BlockQ5_1 {
+  f16_t d;
+  f16_t m;
+  uint8_t qh[4];
+  uint8_t qs[kQK32 / 2];
+};
+// Activation blocks for Q4_1/Q5_1 dot products: s = d * sum(qs), with d before f16 rounding.
+struct BlockQ8_1 {
+  f16_t d;
+  f16_t s;
+  int8_t qs[kQK32];
+};
+// Nibbles as in Q4_0, each an index into kIQ4NLValues; value = d * kIQ4NLValues[q].
+struct BlockIQ4_NL {
+  f16_t d;
+  uint8_t qs[kQK32 / 2];
 };
 struct BlockQ4_K {
   f16_t d;
@@ -83,9 +112,18 @@ struct BlockQ8_K {
 #pragma pack(pop)
 static_assert(sizeof(BlockQ4_0) == 18);
 static_assert(sizeof(BlockQ8_0) == 34);
+static_assert(sizeof(BlockQ4_1) == 20);
+static_assert(sizeof(BlockQ5_0) == 22);
+static_assert(sizeof(BlockQ5_1) == 24);
+static_assert(sizeof(BlockQ8_1) == 36);
+static_assert(sizeof(BlockIQ4_NL) == 18);
 static_assert(sizeof(BlockQ4_K) == 144);
 static_assert(sizeof(BlockQ6_K) == 210);
 static_assert(sizeof(BlockQ8_K) == 292);
+
+// IQ4_NL's 16 non-linear levels (the GGUF format's table).
+inline constexpr int8_t kIQ4NLValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                            1,    13,   25,  38,  53,  69,  89,  113};
 
 // IEEE half <-> float, round-to-nearest-even (matches F16C hardware conversion).
 float F16ToF32(f16_t h);

@@ -1,0 +1,294 @@
+// Scalar reference codecs for the 32-element block types besides Q4_0/Q8_0: Q4_1, Q5_0, Q5_1,
+// IQ4_NL, and the Q8_1 activations that Q4_1/Q5_1 weights multiply with. Rounding rules are
+// llama.cpp's reference quantizers' (so files match its bytes) and dot products follow the order
+// of float operations of its x86 CPU backend (docs/fidelity.md).
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+
+#include "tensor/tensor_quant.h"
+#include "tensor/tensor_quant_internal.h"
+
+namespace es::quant_detail {
+namespace {
+
+inline float Half(f16_t h) {
+  return F16ToF32(h);
+}
+
+inline uint32_t HighBits(const uint8_t (&qh)[4]) {
+  uint32_t v;
+  std::memcpy(&v, qh, 4);  // little-endian, as the file stores it
+  return v;
+}
+
+// Nibble of element e (< 32): low nibbles hold elements 0..15, high nibbles 16..31.
+inline int Nibble(const uint8_t* qs, int e) {
+  return e < 16 ? (qs[e] & 0x0F) : (qs[e - 16] >> 4);
+}
+
+// The integers a block's elements are (value = d * v, plus m for Q4_1/Q5_1), as the dot products
+// multiply them.
+template <class Block>
+void BlockValues(const Block& b, int* v);
+template <>
+void BlockValues(const BlockQ4_1& b, int* v) {
+  for (int e = 0; e < kQK32; ++e) v[e] = Nibble(b.qs, e);
+}
+template <>
+void BlockValues(const BlockQ5_0& b, int* v) {
+  const uint32_t qh = HighBits(b.qh);
+  for (int e = 0; e < kQK32; ++e) v[e] = (Nibble(b.qs, e) | (((qh >> e) & 1) << 4)) - 16;
+}
+template <>
+void BlockValues(const BlockQ5_1& b, int* v) {
+  const uint32_t qh = HighBits(b.qh);
+  for (int e = 0; e < kQK32; ++e) v[e] = Nibble(b.qs, e) | (((qh >> e) & 1) << 4);
+}
+template <>
+void BlockValues(const BlockIQ4_NL& b, int* v) {
+  for (int e = 0; e < kQK32; ++e) v[e] = kIQ4NLValues[Nibble(b.qs, e)];
+}
+
+template <class Block>
+constexpr bool kHasMin = std::is_same_v<Block, BlockQ4_1> || std::is_same_v<Block, BlockQ5_1>;
+
+// ---- dequantization (d * v, then + m: two roundings, as ggml's scalar code) ----
+
+template <class Block>
+void Dequant(const Block* b, float* y, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i, y += kQK32) {
+    int v[kQK32];
+    BlockValues(b[i], v);
+    const float d = Half(b[i].d);
+    for (int e = 0; e < kQK32; ++e) {
+      y[e] = static_cast<float>(v[e]) * d;
+      if constexpr (kHasMin<Block>) y[e] += Half(b[i].m);
+    }
+  }
+}
+
+void DequantQ8_1(const BlockQ8_1* b, float* y, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i, y += kQK32)
+    for (int e = 0; e < kQK32; ++e) y[e] = Half(b[i].d) * b[i].qs[e];
+}
+
+// ---- quantization ----
+
+inline void PackNibbles(const uint8_t* L, uint8_t* qs) {
+  for (int j = 0; j < kQK32 / 2; ++j)
+    qs[j] = static_cast<uint8_t>((L[j] & 0x0F) | (L[j + 16] << 4));
+}
+inline void PackHighBits(const uint8_t* L, uint8_t (&qh)[4]) {
+  uint32_t h = 0;
+  for (int e = 0; e < kQK32; ++e) h |= static_cast<uint32_t>((L[e] >> 4) & 1) << e;
+  std::memcpy(qh, &h, 4);
+}
+
+// Q4_1 / Q5_1: min and max of the block map to 0 and 2^bits - 1; q = (x - min) / d + 0.5 truncated
+// (Q4_1 clamps to 15; Q5_1, like llama.cpp, does not need to).
+template <class Block, int kBits>
+void QuantMinMax(const float* x, Block* y, int64_t nb) {
+  constexpr int kMax = (1 << kBits) - 1;
+  for (int64_t i = 0; i < nb; ++i, x += kQK32) {
+    float lo = FLT_MAX, hi = -FLT_MAX;
+    for (int e = 0; e < kQK32; ++e) {
+      lo = std::min(lo, x[e]);
+      hi = std::max(hi, x[e]);
+    }
+    const float d = (hi - lo) / kMax;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[i].d = F32ToF16(d);
+    y[i].m = F32ToF16(lo);
+    uint8_t L[kQK32];
+    for (int e = 0; e < kQK32; ++e) {
+      const float v = (x[e] - lo) * id + 0.5f;
+      if constexpr (kBits == 4)
+        L[e] = static_cast<uint8_t>(std::min(kMax, static_cast<int>(static_cast<int8_t>(v))));
+      else
+        L[e] = static_cast<uint8_t>(v);
+    }
+    PackNibbles(L, y[i].qs);
+    if constexpr (kBits == 5) PackHighBits(L, y[i].qh);
+  }
+}
+
+// Q5_0: the value of largest magnitude maps to -16; q = trunc(x / d + 16.5) clamped to 31.
+void QuantQ5_0(const float* x, BlockQ5_0* y, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i, x += kQK32) {
+    float amax = 0.0f, max = 0.0f;
+    for (int e = 0; e < kQK32; ++e) {
+      if (amax < std::fabs(x[e])) {
+        amax = std::fabs(x[e]);
+        max = x[e];
+      }
+    }
+    const float d = max / -16.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[i].d = F32ToF16(d);
+    uint8_t L[kQK32];
+    for (int e = 0; e < kQK32; ++e)
+      L[e] = static_cast<uint8_t>(
+          std::min(31, static_cast<int>(static_cast<int8_t>(x[e] * id + 16.5f))));
+    PackNibbles(L, y[i].qs);
+    PackHighBits(L, y[i].qh);
+  }
+}
+
+// Index of the IQ4_NL level nearest to v (the lower one on ties), by bisection as llama.cpp.
+int NearestLevel(float v) {
+  const int8_t* t = kIQ4NLValues;
+  if (v <= t[0]) return 0;
+  if (v >= t[15]) return 15;
+  int lo = 0, hi = 15;
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) / 2;
+    (v < t[mid] ? hi : lo) = mid;
+  }
+  return v - t[hi - 1] < t[hi] - v ? hi - 1 : hi;
+}
+
+// IQ4_NL as llama-quantize writes it without an importance matrix: weights x^2; the scale that
+// maps the value of largest magnitude to -127 is refined by least squares, then 15 trial inverse
+// scales (-127 + k) / max, k = -7..7, each fitted the same way; the fit of largest energy wins and
+// the quants are recomputed with it.
+void QuantIQ4_NL(const float* x, BlockIQ4_NL* y, int64_t nb) {
+  constexpr int kTries = 7;
+  const float v0 = kIQ4NLValues[0];
+  for (int64_t i = 0; i < nb; ++i, x += kQK32) {
+    float amax = 0.0f, max = 0.0f;
+    for (int e = 0; e < kQK32; ++e) {
+      if (std::fabs(x[e]) > amax) {
+        amax = std::fabs(x[e]);
+        max = x[e];
+      }
+    }
+    float d = 0.0f;
+    if (amax >= 1e-15f) {
+      // Least-squares fit of x ~ d * level with weights x^2 for the levels at inverse scale id.
+      auto fit = [&](float id, float* sumqx, float* sumq2) {
+        *sumqx = *sumq2 = 0.0f;
+        for (int e = 0; e < kQK32; ++e) {
+          const float q = kIQ4NLValues[NearestLevel(id * x[e])];
+          const float w = x[e] * x[e];
+          *sumqx += w * q * x[e];
+          *sumq2 += w * q * q;
+        }
+      };
+      float sumqx, sumq2;
+      fit(1.0f / (-max / v0), &sumqx, &sumq2);
+      d = sumq2 > 0 ? sumqx / sumq2 : 0.0f;
+      float best = d * sumqx;
+      for (int k = -kTries; k <= kTries; ++k) {
+        fit(static_cast<float>(k + kIQ4NLValues[0]) / max, &sumqx, &sumq2);
+        if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+          d = sumqx / sumq2;
+          best = d * sumqx;
+        }
+      }
+    }
+    y[i].d = F32ToF16(d);
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    uint8_t L[kQK32];
+    for (int e = 0; e < kQK32; ++e) L[e] = static_cast<uint8_t>(NearestLevel(id * x[e]));
+    PackNibbles(L, y[i].qs);
+  }
+}
+
+// Q8_1 as llama.cpp's x86 backend quantizes activations: Q8_0's rounding (d = amax/127 stored as
+// f16, q = round_even(x * 127/amax)) plus s = f16(d * sum(q)) with d before its f16 rounding.
+void QuantQ8_1(const float* x, BlockQ8_1* y, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i, x += kQK32) {
+    float amax = 0.0f;
+    for (int e = 0; e < kQK32; ++e) amax = std::max(amax, std::fabs(x[e]));
+    const float d = amax / 127.0f;
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    int sum = 0;
+    for (int e = 0; e < kQK32; ++e) {
+      y[i].qs[e] = static_cast<int8_t>(RoundEven(x[e] * id));
+      sum += y[i].qs[e];
+    }
+    y[i].d = F32ToF16(d);
+    y[i].s = F32ToF16(d * static_cast<float>(sum));
+  }
+}
+
+// ---- dot products ----
+
+// llama.cpp's x86 order (vec_dot and its tinyBLAS matmul alike): eight int32 lanes of four
+// adjacent products per block, acc[l] = fma(dw * dx, lane, acc[l]) over blocks, the hsum8 tree;
+// Q4_1/Q5_1 add m * s per block in a scalar fma chain, added last.
+template <class Block, class XBlock>
+float Dot(const Block* w, const XBlock* x, int64_t nb) {
+  float acc[8] = {};
+  float msum = 0.0f;
+  for (int64_t i = 0; i < nb; ++i) {
+    int v[kQK32];
+    BlockValues(w[i], v);
+    const float d = Half(w[i].d) * Half(x[i].d);
+    for (int l = 0; l < 8; ++l) {
+      int p = 0;
+      for (int e = 4 * l; e < 4 * l + 4; ++e) p += v[e] * x[i].qs[e];
+      acc[l] = std::fma(d, static_cast<float>(p), acc[l]);
+    }
+    if constexpr (kHasMin<Block>) msum = std::fma(Half(w[i].m), Half(x[i].s), msum);
+  }
+  if constexpr (kHasMin<Block>) return Hsum8(acc) + msum;
+  return Hsum8(acc);
+}
+
+}  // namespace
+
+bool IsLegacy(TensorType t) {
+  return t == TensorType::kQ4_1 || t == TensorType::kQ5_0 || t == TensorType::kQ5_1 ||
+         t == TensorType::kIQ4_NL || t == TensorType::kQ8_1;
+}
+
+void DequantLegacy(TensorType t, const void* src, float* dst, int64_t nb) {
+  switch (t) {
+    case TensorType::kQ4_1:
+      return Dequant(static_cast<const BlockQ4_1*>(src), dst, nb);
+    case TensorType::kQ5_0:
+      return Dequant(static_cast<const BlockQ5_0*>(src), dst, nb);
+    case TensorType::kQ5_1:
+      return Dequant(static_cast<const BlockQ5_1*>(src), dst, nb);
+    case TensorType::kIQ4_NL:
+      return Dequant(static_cast<const BlockIQ4_NL*>(src), dst, nb);
+    default:
+      return DequantQ8_1(static_cast<const BlockQ8_1*>(src), dst, nb);
+  }
+}
+
+void QuantLegacy(TensorType t, const float* src, void* dst, int64_t nb) {
+  switch (t) {
+    case TensorType::kQ4_1:
+      return QuantMinMax<BlockQ4_1, 4>(src, static_cast<BlockQ4_1*>(dst), nb);
+    case TensorType::kQ5_0:
+      return QuantQ5_0(src, static_cast<BlockQ5_0*>(dst), nb);
+    case TensorType::kQ5_1:
+      return QuantMinMax<BlockQ5_1, 5>(src, static_cast<BlockQ5_1*>(dst), nb);
+    case TensorType::kIQ4_NL:
+      return QuantIQ4_NL(src, static_cast<BlockIQ4_NL*>(dst), nb);
+    default:
+      return QuantQ8_1(src, static_cast<BlockQ8_1*>(dst), nb);
+  }
+}
+
+float DotLegacy(TensorType w, const void* wrow, const void* xrow, int64_t nb) {
+  const auto* x8_0 = static_cast<const BlockQ8_0*>(xrow);
+  const auto* x8_1 = static_cast<const BlockQ8_1*>(xrow);
+  switch (w) {
+    case TensorType::kQ4_1:
+      return Dot(static_cast<const BlockQ4_1*>(wrow), x8_1, nb);
+    case TensorType::kQ5_0:
+      return Dot(static_cast<const BlockQ5_0*>(wrow), x8_0, nb);
+    case TensorType::kQ5_1:
+      return Dot(static_cast<const BlockQ5_1*>(wrow), x8_1, nb);
+    default:
+      return Dot(static_cast<const BlockIQ4_NL*>(wrow), x8_0, nb);
+  }
+}
+
+}  // namespace es::quant_detail
