@@ -178,7 +178,8 @@ TEST(ChatTemplate, TemplateErrorsNameThePlace) {
     EXPECT_NE(std::string(e.what()).find("no_such_filter"), std::string::npos) << e.what();
   }
   try {
-    Render("{% if messages[0].role == 'system' %}{{ raise_exception('No system role!') }}{% endif %}");
+    Render(
+        "{% if messages[0].role == 'system' %}{{ raise_exception('No system role!') }}{% endif %}");
     FAIL() << "expected es::Error";
   } catch (const es::Error& e) {
     EXPECT_NE(std::string(e.what()).find("No system role!"), std::string::npos) << e.what();

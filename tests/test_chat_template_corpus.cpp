@@ -1,7 +1,8 @@
-// The 70 real chat templates in ../shared/templates, rendered for six conversations by our Jinja
+// The 70 real chat templates in ../shared/templates, rendered for seven conversations by our Jinja
 // interpreter and by Python's jinja2 (tests/chat_template_ref.py, run now with python3): the
 // outputs must be byte-identical wherever jinja2 renders, and ours must raise wherever it raises.
-// JINJA_CORPUS_ONLY=<substring> narrows the templates (for debugging one).
+// JINJA_CORPUS_ONLY=<substring> narrows the templates (for debugging one); JINJA_CORPUS_VERBOSE=1
+// prints both renderers' errors where both raise.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -40,10 +41,10 @@ json Cases() {
         "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
       "required": ["location"]}}}])");
   const json call = json::parse(R"({"role": "assistant", "content": "", "tool_calls": [
-      {"id": "call_1", "type": "function", "function": {"name": "get_weather",
+      {"id": "call12345", "type": "function", "function": {"name": "get_weather",
        "arguments": "{\"location\": \"Paris\", \"unit\": \"celsius\"}"}}]})");
   const json result = {{"role", "tool"},
-                       {"tool_call_id", "call_1"},
+                       {"tool_call_id", "call12345"},
                        {"name", "get_weather"},
                        {"content", "{\"temperature\": 18, \"sky\": \"clear\"}"}};
   const auto conv = [](json msgs, bool gen, json tools_or_null = nullptr,
@@ -69,6 +70,7 @@ json Cases() {
       conv({{{"role", "user"},
              {"content", json::array({{{"type", "text"}, {"text", "Describe this."}}})}}},
            true, nullptr, {{"enable_thinking", false}}),
+      conv({user}, true, tools, {{"enable_thinking", true}}),
   });
 }
 
@@ -160,6 +162,9 @@ TEST(ChatTemplateCorpus, EveryTemplateMatchesJinja2) {
                       << want["error"].get<std::string>() << ") but ours rendered";
       } else {
         ++both_raise;
+        if (std::getenv("JINJA_CORPUS_VERBOSE"))
+          std::printf("%s conversation %zu raises\n  jinja2: %s\n  ours:   %s\n", name.c_str(), c,
+                      want["error"].get<std::string>().c_str(), error.c_str());
       }
     }
   }

@@ -34,14 +34,15 @@ TEST(Jinja, WhitespaceControl) {
 
 TEST(Jinja, LoopsAndScopes) {
   const json ctx = {{"xs", {"a", "b", "c"}}};
-  EXPECT_EQ(R("{% for x in xs %}{{ loop.index }}{{ x }}{{ ',' if not loop.last }}{% endfor %}", ctx),
-            "1a,2b,3c");
-  EXPECT_EQ(R("{% for x in xs if x != 'b' %}{{ loop.length }}{{ loop.revindex0 }}{% endfor %}",
-              ctx),
-            "2120");
-  EXPECT_EQ(R("{% for x in xs %}{{ loop.previtem | default('-') }}{{ loop.nextitem }}|{% endfor %}",
-              ctx),
-            "-b|ac|b|");
+  EXPECT_EQ(
+      R("{% for x in xs %}{{ loop.index }}{{ x }}{{ ',' if not loop.last }}{% endfor %}", ctx),
+      "1a,2b,3c");
+  EXPECT_EQ(
+      R("{% for x in xs if x != 'b' %}{{ loop.length }}{{ loop.revindex0 }}{% endfor %}", ctx),
+      "2120");
+  EXPECT_EQ(
+      R("{% for x in xs %}{{ loop.previtem | default('-') }}{{ loop.nextitem }}|{% endfor %}", ctx),
+      "-b|ac|b|");
   EXPECT_EQ(R("{% for x in [] %}no{% else %}empty{% endfor %}"), "empty");
   EXPECT_EQ(R("{% for x in xs %}{% if x == 'b' %}{% continue %}{% endif %}{% if x == 'c' %}"
               "{% break %}{% endif %}{{ x }}{% endfor %}",
@@ -52,7 +53,8 @@ TEST(Jinja, LoopsAndScopes) {
               "{% set ns.n = ns.n + 1 %}{% endfor %}{{ n }} {{ ns.n }}",
               ctx),
             "0 3");
-  EXPECT_EQ(R("{% for k, v in {'a': 1, 'b': 2}.items() %}{{ k }}={{ v }};{% endfor %}"), "a=1;b=2;");
+  EXPECT_EQ(R("{% for k, v in {'a': 1, 'b': 2}.items() %}{{ k }}={{ v }};{% endfor %}"),
+            "a=1;b=2;");
 }
 
 TEST(Jinja, MacrosSetBlocksFilterAndCallBlocks) {
@@ -61,14 +63,16 @@ TEST(Jinja, MacrosSetBlocksFilterAndCallBlocks) {
             "[1BNone][1B3][123]");
   EXPECT_EQ(R("{% set x %}  hi {{ 1 + 1 }}  {% endset %}[{{ x | trim }}]"), "[hi 2]");
   EXPECT_EQ(R("{% filter upper %}abc{% endfilter %}"), "ABC");
-  EXPECT_EQ(R("{% macro w() %}<{{ caller() }}>{% endmacro %}{% call w() %}in{% endcall %}"), "<in>");
+  EXPECT_EQ(R("{% macro w() %}<{{ caller() }}>{% endmacro %}{% call w() %}in{% endcall %}"),
+            "<in>");
 }
 
 TEST(Jinja, PythonValueSemantics) {
   EXPECT_EQ(R("{{ [1, 'a', none, true, 2.5, {'k': \"it's\"}] }}"),
             "[1, 'a', None, True, 2.5, {'k': \"it's\"}]");
-  EXPECT_EQ(R("{{ 7 / 2 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ -7 % 3 }} {{ 2 ** 10 }} {{ 1e20 }} {{ 3.0 }}"),
-            "3.5 3 -4 2 1024 1e+20 3.0");
+  EXPECT_EQ(
+      R("{{ 7 / 2 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ -7 % 3 }} {{ 2 ** 10 }} {{ 1e20 }} {{ 3.0 }}"),
+      "3.5 3 -4 2 1024 1e+20 3.0");
   EXPECT_EQ(R("{{ 'abcdef'[1:5:2] }} {{ 'abc'[::-1] }} {{ [1, 2, 3][-1] }} {{ 'héllo'[1] }}"),
             "bd cba 3 é");
   EXPECT_EQ(R("{{ 'a' in 'cat' }} {{ 2 not in [1, 2] }} {{ 'k' in {'k': 1} }} {{ [1] + [2] }}"),
@@ -77,8 +81,9 @@ TEST(Jinja, PythonValueSemantics) {
             "['x', 'y'] ['a', 'b'] HI");
   EXPECT_EQ(R("{{ '{} and {name}'.format(1, name='n') }} {{ 'ab' * 2 }} {{ 1 ~ none }}"),
             "1 and n abab 1None");
-  EXPECT_EQ(R("{{ x is defined }} {{ (x.y is defined) if x is defined else 'u' }} {{ none is none }}"),
-            "False u True");
+  EXPECT_EQ(
+      R("{{ x is defined }} {{ (x.y is defined) if x is defined else 'u' }} {{ none is none }}"),
+      "False u True");
   EXPECT_EQ(R("{{ 'a' if 0 else 'b' }}{{ 'c' if 1 }}{{ 'd' if 0 }}"), "bc");
 }
 
@@ -102,8 +107,9 @@ TEST(Jinja, Filters) {
             "dflt e 4");
   EXPECT_EQ(R("{{ 'hello world' | title }} {{ 'ABC' | lower | capitalize }} {{ -2.5 | abs }}"),
             "Hello World Abc 2.5");
-  EXPECT_EQ(R("{{ 'aXbX' | replace('X', '-') }} {{ [3, 1, 2] | max }} {{ [1, 2] | reverse | list }}"),
-            "a-b- 3 [2, 1]");
+  EXPECT_EQ(
+      R("{{ 'aXbX' | replace('X', '-') }} {{ [3, 1, 2] | max }} {{ [1, 2] | reverse | list }}"),
+      "a-b- 3 [2, 1]");
 }
 
 TEST(Jinja, ErrorsNamePlaceAndCause) {
@@ -124,11 +130,12 @@ TEST(Jinja, ErrorsNamePlaceAndCause) {
 TEST(Jinja, LimitsStopHostileTemplates) {
   EXPECT_NE(ErrorOf("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}").find("nested"),
             std::string::npos);
-  EXPECT_NE(ErrorOf("{{ " + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}").find("nested"),
-            std::string::npos);
-  EXPECT_NE(ErrorOf("{{ " + std::string(5000, '[') + "1" + std::string(5000, ']') + " }}")
-                .find("nested"),
-            std::string::npos);
+  EXPECT_NE(
+      ErrorOf("{{ " + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}").find("nested"),
+      std::string::npos);
+  EXPECT_NE(
+      ErrorOf("{{ " + std::string(5000, '[') + "1" + std::string(5000, ']') + " }}").find("nested"),
+      std::string::npos);
   EXPECT_NE(ErrorOf("{% for i in range(100000000) %}{% endfor %}").find("range"),
             std::string::npos);
   EXPECT_NE(ErrorOf("{% for i in range(1000000) %}{% for j in range(1000000) %}{% endfor %}"

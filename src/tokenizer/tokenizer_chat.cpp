@@ -28,9 +28,9 @@ std::string MistralForm(const char* lead, const char* trail, bool trim_reply) {
 // The llama2 forms: <<SYS>> support, BOS before later turns, stripped contents. The first
 // [INST] follows the BOS the tokenizer adds; without <<SYS>> the system text leads it.
 std::string Llama2Form(bool sys, bool bos_in_history, bool strip) {
-  return std::string("{% set sys = ") + (sys ? "true" : "false") + " %}{% set bos_hist = " +
-         (bos_in_history ? "true" : "false") + " %}{% set strip = " + (strip ? "true" : "false") +
-         " %}" +
+  return std::string("{% set sys = ") + (sys ? "true" : "false") +
+         " %}{% set bos_hist = " + (bos_in_history ? "true" : "false") +
+         " %}{% set strip = " + (strip ? "true" : "false") + " %}" +
          R"({% set bos = bos_token or '<s>' %}{% set eos = eos_token or '</s>' %})"
          R"({% set ns = namespace(in_turn=true) %}[INST] {% for m in messages %})"
          R"({% set content = m.content | trim if strip else m.content %})"
@@ -146,8 +146,8 @@ nlohmann::ordered_json NormalizeMessages(const nlohmann::ordered_json& messages)
         continue;
       auto& fn = call["function"];
       if (!fn.contains("arguments") || !fn["arguments"].is_string()) continue;
-      auto parsed = nlohmann::ordered_json::parse(fn["arguments"].get<std::string>(), nullptr,
-                                                  false);
+      auto parsed =
+          nlohmann::ordered_json::parse(fn["arguments"].get<std::string>(), nullptr, false);
       if (!parsed.is_discarded()) fn["arguments"] = std::move(parsed);
     }
   }

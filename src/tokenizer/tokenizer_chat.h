@@ -37,7 +37,7 @@ struct ChatInputs {
   bool add_generation_prompt = true;
   std::string bos_token, eos_token;
   nlohmann::ordered_json extra = nlohmann::ordered_json::object();  // e.g. enable_thinking
-  std::time_t now = 0;  // strftime_now's time (0: now)
+  std::time_t now = 0;                                              // strftime_now's time (0: now)
 };
 
 // Renders the inputs with a template text or built-in name. Throws es::Error for syntax errors,

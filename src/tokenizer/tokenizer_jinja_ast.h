@@ -10,8 +10,19 @@
 namespace es::tok::jinja {
 
 struct Token {
-  enum class Type { kText, kBlockBegin, kBlockEnd, kVarBegin, kVarEnd, kName, kString, kInt, kFloat,
-                    kOp, kEof };
+  enum class Type {
+    kText,
+    kBlockBegin,
+    kBlockEnd,
+    kVarBegin,
+    kVarEnd,
+    kName,
+    kString,
+    kInt,
+    kFloat,
+    kOp,
+    kEof
+  };
   Type type;
   std::string text;  // text data, name, string value, operator
   int64_t i = 0;
@@ -58,8 +69,19 @@ using NodePtr = std::unique_ptr<Node>;
 using Body = std::vector<NodePtr>;
 
 struct Node {
-  enum class Kind { kText, kOutput, kIf, kFor, kSet, kSetBlock, kMacro, kCallBlock, kFilterBlock,
-                    kBreak, kContinue };
+  enum class Kind {
+    kText,
+    kOutput,
+    kIf,
+    kFor,
+    kSet,
+    kSetBlock,
+    kMacro,
+    kCallBlock,
+    kFilterBlock,
+    kBreak,
+    kContinue
+  };
   Kind kind;
   int line = 0, col = 0;
   std::string text;                  // text data; macro name

@@ -13,10 +13,10 @@ namespace es::tok::jinja {
 
 namespace {
 
-constexpr int kMaxCallDepth = 100;           // nested macro calls / recursive loops
+constexpr int kMaxCallDepth = 100;        // nested macro calls / recursive loops
 constexpr int64_t kMaxSteps = 2'000'000;  // statements and loop iterations per render
-constexpr size_t kMaxOutput = 64u << 20;     // rendered bytes (and any string built)
-constexpr int64_t kMaxRange = 1'000'000;     // range() length
+constexpr size_t kMaxOutput = 64u << 20;  // rendered bytes (and any string built)
+constexpr int64_t kMaxRange = 1'000'000;  // range() length
 
 struct Frame {
   std::unordered_map<std::string, Value> vars;
@@ -170,8 +170,8 @@ class Interp {
         if (n.target_attr) {
           Value ns = Eval(*n.target_attr);
           if (!ns.IsDict() || !ns.flag)
-            throw Error("cannot assign attribute on non-namespace object '" +
-                        n.target_attr->name + "'");
+            throw Error("cannot assign attribute on non-namespace object '" + n.target_attr->name +
+                        "'");
           ns.dict->Set(n.targets[0], std::move(v));
         } else {
           Bind(*frame_, n.targets, v);
@@ -335,9 +335,7 @@ class Interp {
 
   // Applies the filter chain `e` (whose innermost operand is null) to `input`.
   Value Filter(const Expr& e, const Value& input) {
-    Value v = !e.a                              ? input
-              : e.a->kind == Expr::Kind::kFilter ? Filter(*e.a, input)
-                                                 : Eval(*e.a);
+    Value v = !e.a ? input : e.a->kind == Expr::Kind::kFilter ? Filter(*e.a, input) : Eval(*e.a);
     CallArgs a = EvalArgs(e);
     At(e.line, e.col);
     return ApplyFilter(e.name, v, a);
@@ -359,8 +357,7 @@ class Interp {
         for (const auto& [k, x] : e.items) {
           const Value key = Eval(*k);
           At(k->line, k->col);
-          if (!key.IsString()) throw Error("dict keys must be strings, not " + TypeName(key));
-          d.dict->Set(key.s, Eval(*x));
+          d.dict->Set(DictKey(key), Eval(*x));
         }
         return d;
       }
@@ -444,9 +441,9 @@ class Interp {
         throw Error("'in <string>' requires string as left operand, not " + TypeName(x));
       return c.s.find(x.s) != std::string::npos;
     }
-    if (c.IsDict()) return x.IsString() && c.dict->Find(x.s);
+    if (c.IsDict()) return c.dict->Find(DictKey(x)) != nullptr;
     if (c.IsList()) {
-      for (const auto& y : *c.list)
+      for (const auto& y : Iterate(c))
         if (Equal(x, y)) return true;
       return false;
     }
@@ -459,9 +456,18 @@ class Interp {
     if (b.IsUndefined()) ThrowUndefined(b);
     if (op == "+" && a.IsString() && b.IsString()) {
       if (a.s.size() + b.s.size() > kMaxOutput) throw Error("string too large");
-      return Value::Str(a.s + b.s);
+      // Markup + str escapes the plain side (jinja2's |safe gives Markup even without
+      // autoescaping).
+      if (a.flag == b.flag) {
+        Value r = Value::Str(a.s + b.s);
+        r.flag = a.flag;
+        return r;
+      }
+      Value r = Value::Str((a.flag ? a.s : HtmlEscape(a.s)) + (b.flag ? b.s : HtmlEscape(b.s)));
+      r.flag = true;
+      return r;
     }
-    if (op == "+" && a.IsList() && b.IsList()) {
+    if (op == "+" && a.IsList() && b.IsList() && !a.lazy && !b.lazy) {
       ValueList items = *a.list;
       items.insert(items.end(), b.list->begin(), b.list->end());
       return Value::List(std::move(items), a.flag && b.flag);

@@ -12,19 +12,23 @@ namespace es::tok::jinja {
 namespace {
 
 const char* const kFilters[] = {
-    "tojson",  "length",     "count",  "trim",    "string",   "default",    "d",
-    "join",    "items",      "upper",  "lower",   "safe",     "dictsort",   "list",
-    "select",  "reject",     "selectattr", "rejectattr", "map", "replace", "indent",
-    "int",     "float",      "unique", "sort",    "min",      "max",        "first",
-    "last",    "abs",        "round",  "reverse", "capitalize", "title",    "sum",
-    "attr",    "wordcount",  "center", "batch",   "e",        "escape",     "format",
-    "truncate", "striptags", "pprint", "xmlattr", "urlencode", "filesizeformat", "forceescape",
-    "groupby", "random",     "slice",  "wordwrap", "mark_safe", "mark_unsafe", "urlize"};
+    "tojson",      "length",    "count",      "trim",    "string",     "default",
+    "d",           "join",      "items",      "upper",   "lower",      "safe",
+    "dictsort",    "list",      "select",     "reject",  "selectattr", "rejectattr",
+    "map",         "replace",   "indent",     "int",     "float",      "unique",
+    "sort",        "min",       "max",        "first",   "last",       "abs",
+    "round",       "reverse",   "capitalize", "title",   "sum",        "attr",
+    "wordcount",   "center",    "batch",      "e",       "escape",     "format",
+    "truncate",    "striptags", "pprint",     "xmlattr", "urlencode",  "filesizeformat",
+    "forceescape", "groupby",   "random",     "slice",   "wordwrap",   "mark_safe",
+    "mark_unsafe", "urlize"};
 const char* const kTests[] = {
-    "defined", "undefined", "none", "boolean", "false", "true", "integer", "float", "number",
-    "string", "mapping", "iterable", "sequence", "callable", "sameas", "escaped", "in", "odd",
-    "even", "divisibleby", "eq", "equalto", "==", "ne", "!=", "lt", "<", "lessthan", "le", "<=",
-    "gt", ">", "greaterthan", "ge", ">=", "lower", "upper", "filter", "test"};
+    "defined", "undefined", "none",   "boolean", "false",       "true",        "integer",
+    "float",   "number",    "string", "mapping", "iterable",    "sequence",    "callable",
+    "sameas",  "escaped",   "in",     "odd",     "even",        "divisibleby", "eq",
+    "equalto", "==",        "ne",     "!=",      "lt",          "<",           "lessthan",
+    "le",      "<=",        "gt",     ">",       "greaterthan", "ge",          ">=",
+    "lower",   "upper",     "filter", "test"};
 
 // Attribute paths like "function.name" (jinja2's make_attrgetter), items by integer.
 Value AttrPath(const Value& v, const std::string& path) {
@@ -58,6 +62,7 @@ CallArgs Rest(const CallArgs& a, size_t from) {
 
 ValueList SelectOrReject(const Value& v, const CallArgs& a, bool by_attr, bool select) {
   ValueList out;
+  if (!Truthy(v)) return out;  // jinja2 skips a falsy input (none) without iterating it
   const std::string attr = by_attr ? Str(a.Get(0, nullptr)) : "";
   const size_t test_at = by_attr ? 1 : 0;
   const Value test = test_at < a.pos.size() ? a.pos[test_at] : Value::Undefined();
@@ -164,7 +169,7 @@ Value DictSort(const Value& v, const CallArgs& a) {
   const bool by_value = by.IsString() && by.s == "value";
   const bool reverse = Truthy(a.Get(2, "reverse"));
   ValueList items;
-  for (const auto& [k, x] : v.dict->items) items.push_back(Value::List({Value::Str(k), x}, true));
+  for (const auto& [k, x] : v.dict->items) items.push_back(Value::List({KeyValue(k), x}, true));
   std::stable_sort(items.begin(), items.end(), [&](const Value& x, const Value& y) {
     const Value& kx = (*x.list)[by_value ? 1 : 0];
     const Value& ky = (*y.list)[by_value ? 1 : 0];
@@ -175,6 +180,7 @@ Value DictSort(const Value& v, const CallArgs& a) {
 
 Value MapFilter(const Value& v, const CallArgs& a) {
   ValueList out;
+  if (!Truthy(v)) return Generator(std::move(out));
   const Value attr = a.Get(SIZE_MAX, "attribute");
   const Value def = a.Get(SIZE_MAX, "default");
   for (const auto& item : Iterate(v)) {
@@ -186,7 +192,7 @@ Value MapFilter(const Value& v, const CallArgs& a) {
       out.push_back(ApplyFilter(Str(a.pos[0]), item, Rest(a, 1)));
     }
   }
-  return Value::List(std::move(out));
+  return Generator(std::move(out));
 }
 
 Value Unique(const Value& v, const CallArgs& a) {
@@ -201,7 +207,7 @@ Value Unique(const Value& v, const CallArgs& a) {
     seen.push_back(key);
     out.push_back(item);
   }
-  return Value::List(std::move(out));
+  return Generator(std::move(out));
 }
 
 }  // namespace
@@ -225,8 +231,12 @@ Value ApplyFilter(const std::string& f, const Value& v, const CallArgs& a) {
     }
     return v;
   }
-  if (f == "safe" || f == "mark_safe" || f == "e" || f == "escape" || f == "forceescape")
-    return f == "safe" || f == "mark_safe" ? v : throw Error("filter '" + f + "' is not supported");
+  if (f == "safe" || f == "mark_safe" || f == "e" || f == "escape" || f == "forceescape") {
+    if (v.IsString() && v.flag && f != "forceescape") return v;
+    Value m = Value::Str(f == "safe" || f == "mark_safe" ? Str(v) : HtmlEscape(Str(v)));
+    m.flag = true;  // Markup
+    return m;
+  }
   if (f == "tojson") return ToJsonFilter(v, a);
   if (f == "string") return Value::Str(Str(v));
   if (f == "length" || f == "count") {
@@ -236,6 +246,7 @@ Value ApplyFilter(const std::string& f, const Value& v, const CallArgs& a) {
       case Value::Kind::kString:
         return Value::Int(static_cast<int64_t>(CodePoints(v.s).size()));
       case Value::Kind::kList:
+        if (v.lazy) throw Error("object of type 'generator' has no len()");
         return Value::Int(static_cast<int64_t>(v.list->size()));
       case Value::Kind::kDict:
         return Value::Int(static_cast<int64_t>(v.dict->items.size()));
@@ -270,7 +281,7 @@ Value ApplyFilter(const std::string& f, const Value& v, const CallArgs& a) {
     if (v.IsUndefined()) return Value::List();
     if (!v.IsDict()) throw Error("items: expected a mapping, got " + TypeName(v));
     CallArgs none;
-    return (*Method(v, "items").fn)(none);
+    return Generator(*(*Method(v, "items").fn)(none).list);
   }
   if (f == "list") return Value::List(Iterate(v));
   if (f == "first" || f == "last") {
@@ -287,14 +298,14 @@ Value ApplyFilter(const std::string& f, const Value& v, const CallArgs& a) {
     }
     ValueList items = Iterate(v);
     std::reverse(items.begin(), items.end());
-    return Value::List(std::move(items));
+    return Generator(std::move(items));  // reversed() gives an iterator
   }
   if (f == "select" || f == "reject" || f == "selectattr" || f == "rejectattr")
-    return Value::List(SelectOrReject(v, a, f.size() > 6, f[0] == 's'));
+    return Generator(SelectOrReject(v, a, f.size() > 6, f[0] == 's'));
   if (f == "map") return MapFilter(v, a);
   if (f == "indent")
-    return Value::Str(Indent(Str(v), a.Get(0, "width"), Truthy(a.Get(1, "first")),
-                             Truthy(a.Get(2, "blank"))));
+    return Value::Str(
+        Indent(Str(v), a.Get(0, "width"), Truthy(a.Get(1, "first")), Truthy(a.Get(2, "blank"))));
   if (f == "int") return Value::Int(ToInt(v, ToInt(a.Get(0, "default"), 0)));
   if (f == "float") {
     if (v.IsNumber()) return Value::Float(v.AsDouble());
@@ -315,8 +326,9 @@ Value ApplyFilter(const std::string& f, const Value& v, const CallArgs& a) {
     const std::string method = a.Get(1, "method").IsString() ? a.Get(1, "method").s : "common";
     const double scale = std::pow(10.0, static_cast<double>(prec));
     const double x = v.AsDouble() * scale;
-    const double r = method == "floor" ? std::floor(x) : method == "ceil" ? std::ceil(x)
-                                                                          : std::round(x);
+    const double r = method == "floor"  ? std::floor(x)
+                     : method == "ceil" ? std::ceil(x)
+                                        : std::round(x);
     return Value::Float(r / scale);
   }
   if (f == "unique") return Unique(v, a);
@@ -367,7 +379,7 @@ bool ApplyTest(const std::string& t, const Value& v, const CallArgs& a) {
   if (t == "escaped") return false;
   if (t == "in") {
     if (arg.IsString()) return v.IsString() && arg.s.find(v.s) != std::string::npos;
-    if (arg.IsDict()) return v.IsString() && arg.dict->Find(v.s);
+    if (arg.IsDict()) return arg.dict->Find(DictKey(v)) != nullptr;
     for (const auto& x : Iterate(arg))
       if (Equal(x, v)) return true;
     return false;

@@ -105,8 +105,8 @@ class Lexer {
   bool Comment(size_t tag) {
     const size_t end = src_.find("#}", pos_);
     if (end == std::string::npos) Fail(tag, "missing end of comment tag");
-    const char sign = end > pos_ && (src_[end - 1] == '-' || src_[end - 1] == '+') ? src_[end - 1]
-                                                                                   : 0;
+    const char sign =
+        end > pos_ && (src_[end - 1] == '-' || src_[end - 1] == '+') ? src_[end - 1] : 0;
     pos_ = end + 2;
     return AfterEnd(sign, true);
   }

@@ -40,7 +40,8 @@ int64_t PyIndex(int64_t i, int64_t n) {
 bool PrefixTest(const std::string& s, const Value& arg, bool start) {
   const auto one = [&](const std::string& p) {
     if (p.size() > s.size()) return false;
-    return start ? s.compare(0, p.size(), p) == 0 : s.compare(s.size() - p.size(), p.size(), p) == 0;
+    return start ? s.compare(0, p.size(), p) == 0
+                 : s.compare(s.size() - p.size(), p.size(), p) == 0;
   };
   if (arg.IsList()) {
     for (const auto& p : *arg.list)
@@ -100,7 +101,8 @@ std::string PyFormat(const std::string& f, const CallArgs& a) {
 Value StrMethod(const std::string& s, const std::string& name, const CallArgs& a) {
   if (name == "strip" || name == "lstrip" || name == "rstrip")
     return Value::Str(PyStrip(s, a.Get(0, "chars"), name != "rstrip", name != "lstrip"));
-  if (name == "split") return Value::List(PySplit(s, a.Get(0, "sep"), IntArg(a, 1, "maxsplit", -1)));
+  if (name == "split")
+    return Value::List(PySplit(s, a.Get(0, "sep"), IntArg(a, 1, "maxsplit", -1)));
   if (name == "startswith" || name == "endswith")
     return Value::Bool(PrefixTest(s, a.Get(0, "prefix"), name == "startswith"));
   if (name == "upper") return Value::Str(PyUpper(s));
@@ -112,8 +114,8 @@ Value StrMethod(const std::string& s, const std::string& name, const CallArgs& a
     return Value::Str(out);
   }
   if (name == "replace")
-    return Value::Str(PyReplace(s, StrArg(a, 0, "old"), StrArg(a, 1, "new"),
-                                IntArg(a, 2, "count", -1)));
+    return Value::Str(
+        PyReplace(s, StrArg(a, 0, "old"), StrArg(a, 1, "new"), IntArg(a, 2, "count", -1)));
   if (name == "format") return Value::Str(PyFormat(s, a));
   if (name == "find" || name == "rfind" || name == "index" || name == "rindex" || name == "count") {
     const std::string sub = StrArg(a, 0, "sub");
@@ -126,15 +128,15 @@ Value StrMethod(const std::string& s, const std::string& name, const CallArgs& a
     const size_t p = name[0] == 'r' ? s.rfind(sub) : s.find(sub);
     if (p == std::string::npos && name.find("index") != std::string::npos)
       throw Error("substring not found");
-    return Value::Int(p == std::string::npos
-                          ? -1
-                          : static_cast<int64_t>(CodePoints(s.substr(0, p)).size()));
+    return Value::Int(
+        p == std::string::npos ? -1 : static_cast<int64_t>(CodePoints(s.substr(0, p)).size()));
   }
   if (name == "join") {
     std::string out;
     bool first = true;
     for (const auto& v : Iterate(a.Get(0, "iterable"))) {
-      if (!v.IsString()) throw Error("sequence item: expected str instance, " + TypeName(v) + " found");
+      if (!v.IsString())
+        throw Error("sequence item: expected str instance, " + TypeName(v) + " found");
       out += (first ? "" : s) + v.s;
       first = false;
     }
@@ -155,8 +157,8 @@ Value StrMethod(const std::string& s, const std::string& name, const CallArgs& a
   }
   const auto all = [&](int (*pred)(int)) {
     return Value::Bool(!s.empty() && std::all_of(s.begin(), s.end(), [&](char c) {
-                         return pred(static_cast<unsigned char>(c)) != 0;
-                       }));
+      return pred(static_cast<unsigned char>(c)) != 0;
+    }));
   };
   if (name == "isdigit") return all(::isdigit);
   if (name == "isalpha") return all(::isalpha);
@@ -217,9 +219,9 @@ Value DictMethod(const Value& self, const std::string& name, const CallArgs& a) 
     ValueList out;
     for (const auto& [k, v] : d.items) {
       if (name == "items") {
-        out.push_back(Value::List({Value::Str(k), v}, true));
+        out.push_back(Value::List({KeyValue(k), v}, true));
       } else {
-        out.push_back(name == "keys" ? Value::Str(k) : v);
+        out.push_back(name == "keys" ? KeyValue(k) : v);
       }
     }
     return Value::List(std::move(out));
@@ -227,13 +229,12 @@ Value DictMethod(const Value& self, const std::string& name, const CallArgs& a) 
   if (name == "get" || name == "pop" || name == "setdefault") {
     const Value key = a.Get(0, "key");
     Value def = a.Get(1, "default");
-    const Value* v = key.IsString() ? d.Find(key.s) : nullptr;
+    const Value* v = d.Find(DictKey(key));
     if (name == "get") return v ? *v : def.IsUndefined() ? Value::None() : def;
     if (name == "setdefault") {
       if (v) return *v;
-      if (!key.IsString()) throw Error("dict keys must be strings here");
       if (def.IsUndefined()) def = Value::None();
-      d.Set(key.s, def);
+      d.Set(DictKey(key), def);
       return def;
     }
     if (!v) {
@@ -241,7 +242,7 @@ Value DictMethod(const Value& self, const std::string& name, const CallArgs& a) 
       return def;
     }
     Value out = *v;
-    d.Erase(key.s);
+    d.Erase(DictKey(key));
     return out;
   }
   if (name == "update") {
@@ -260,14 +261,15 @@ Value DictMethod(const Value& self, const std::string& name, const CallArgs& a) 
 }
 
 bool IsMethodName(const Value& obj, const std::string& n) {
-  static const char* const kStr[] = {
-      "strip", "lstrip", "rstrip", "split", "startswith", "endswith", "upper", "lower", "title",
-      "capitalize", "replace", "format", "find", "rfind", "index", "rindex", "count", "join",
-      "splitlines", "isdigit", "isalpha", "isalnum", "isspace", "isupper", "islower"};
-  static const char* const kList[] = {"append", "extend", "insert", "pop", "index",
-                                      "count", "copy", "reverse"};
-  static const char* const kDict[] = {"items", "keys", "values", "get",
-                                      "pop", "setdefault", "update", "copy"};
+  static const char* const kStr[] = {"strip",    "lstrip",  "rstrip",  "split",      "startswith",
+                                     "endswith", "upper",   "lower",   "title",      "capitalize",
+                                     "replace",  "format",  "find",    "rfind",      "index",
+                                     "rindex",   "count",   "join",    "splitlines", "isdigit",
+                                     "isalpha",  "isalnum", "isspace", "isupper",    "islower"};
+  static const char* const kList[] = {"append", "extend", "insert", "pop",
+                                      "index",  "count",  "copy",   "reverse"};
+  static const char* const kDict[] = {"items", "keys",       "values", "get",
+                                      "pop",   "setdefault", "update", "copy"};
   const auto in = [&](const auto& names) {
     return std::any_of(std::begin(names), std::end(names), [&](const char* m) { return n == m; });
   };
@@ -359,10 +361,15 @@ ValueList Iterate(const Value& v) {
     case Value::Kind::kUndefined:
       return {};
     case Value::Kind::kList:
+      if (v.lazy) {  // a generator runs once
+        ValueList out = std::move(*v.list);
+        v.list->clear();
+        return out;
+      }
       return *v.list;
     case Value::Kind::kDict: {
       ValueList keys;
-      for (const auto& kv : v.dict->items) keys.push_back(Value::Str(kv.first));
+      for (const auto& kv : v.dict->items) keys.push_back(KeyValue(kv.first));
       return keys;
     }
     case Value::Kind::kString: {
@@ -397,8 +404,9 @@ Value GetAttr(const Value& obj, const std::string& name) {
 
 Value GetItem(const Value& obj, const Value& key) {
   if (obj.IsUndefined()) ThrowUndefined(obj);
-  if (obj.IsDict() && key.IsString()) {
-    const Value* v = obj.dict->Find(key.s);
+  if (obj.lazy) throw Error("'generator' object is not subscriptable");
+  if (obj.IsDict()) {
+    const Value* v = obj.dict->Find(DictKey(key));
     if (v) return *v;
   }
   if ((obj.IsList() || obj.IsString()) &&

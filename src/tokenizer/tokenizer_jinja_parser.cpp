@@ -19,6 +19,7 @@ class Parser {
 
   Body Run() {
     Body b = ParseBody({}, nullptr);
+    Check(b, false);
     return b;
   }
 
@@ -533,7 +534,6 @@ class Parser {
         auto f = NewExpr(Expr::Kind::kFilter, at);
         f->a = std::move(e);
         f->name = ExpectName();
-        if (!IsKnownFilter(f->name)) FailAt(t_[p_ - 1], "no filter named '" + f->name + "'");
         if (IsOp("(")) ParseCallArgs(*f);
         e = std::move(f);
       } else if (e && IsName("is")) {
@@ -545,14 +545,12 @@ class Parser {
         }
         t->a = std::move(e);
         t->name = ExpectName();
-        if (!IsKnownTest(t->name)) FailAt(t_[p_ - 1], "no test named '" + t->name + "'");
         const Token& c = Cur();
         if (IsOp("(")) {
           ParseCallArgs(*t);
-        } else if ((c.type == T::kName && c.text != "else" && c.text != "or" &&
-                    c.text != "and") ||
-                   c.type == T::kString || c.type == T::kInt || c.type == T::kFloat ||
-                   IsOp("[") || IsOp("{")) {
+        } else if ((c.type == T::kName && c.text != "else" && c.text != "or" && c.text != "and") ||
+                   c.type == T::kString || c.type == T::kInt || c.type == T::kFloat || IsOp("[") ||
+                   IsOp("{")) {
           t->args.push_back(ParsePostfix(ParsePrimary()));
         }
         e = std::move(t);
@@ -562,6 +560,47 @@ class Parser {
         return e;
       }
     }
+  }
+
+  // jinja2 rejects unknown filters and tests when it compiles a template, except inside an if
+  // statement or a conditional expression ("soft" frames, where the error waits until the filter
+  // runs). A for loop's or macro's body is a new frame, not soft.
+  void Check(const Expr& e, bool soft) {
+    soft = soft || e.kind == Expr::Kind::kCond;
+    if (!soft && e.kind == Expr::Kind::kFilter && !IsKnownFilter(e.name))
+      FailAt(e, "no filter named '" + e.name + "'");
+    if (!soft && e.kind == Expr::Kind::kTest && !IsKnownTest(e.name))
+      FailAt(e, "no test named '" + e.name + "'");
+    for (const Expr* x : {e.a.get(), e.b.get(), e.c.get()})
+      if (x) Check(*x, soft);
+    for (const auto& x : e.args)
+      if (x) Check(*x, soft);
+    for (const auto& [k, x] : e.kwargs) Check(*x, soft);
+    for (const auto& [k, x] : e.items) {
+      Check(*k, soft);
+      Check(*x, soft);
+    }
+  }
+  void Check(const Body& body, bool soft) {
+    for (const auto& n : body) {
+      const bool is_if = n->kind == Node::Kind::kIf;
+      const bool inner = !is_if && !n->body.empty();
+      for (const Expr* x : {n->expr.get(), n->target_attr.get()})
+        if (x) Check(*x, soft);
+      if (n->cond) Check(*n->cond, false);
+      for (const auto& [c, b] : n->branches) {
+        Check(*c, true);
+        Check(b, true);
+      }
+      for (const auto& [k, x] : n->params)
+        if (x) Check(*x, false);
+      Check(n->body, inner ? false : soft);
+      Check(n->else_body, is_if);
+    }
+  }
+  [[noreturn]] static void FailAt(const Expr& e, const std::string& what) {
+    throw Error("template line " + std::to_string(e.line) + " column " + std::to_string(e.col) +
+                ": " + what);
   }
 
   const std::vector<Token>& t_;

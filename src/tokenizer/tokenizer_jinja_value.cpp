@@ -72,6 +72,22 @@ void ValueDict::Set(const std::string& key, Value v) {
   items.emplace_back(key, std::move(v));
 }
 
+std::string DictKey(const Value& key) {
+  if (key.IsString()) return key.s;
+  if (key.kind == Value::Kind::kInt || key.kind == Value::Kind::kBool)
+    return "\x01" + std::to_string(key.kind == Value::Kind::kInt ? key.i : key.flag);
+  if (key.kind == Value::Kind::kFloat) return "\x02" + FormatFloat(key.f);
+  if (key.IsNone()) return "\x03";
+  throw Error("unhashable type: '" + TypeName(key) + "'");
+}
+
+Value KeyValue(const std::string& k) {
+  if (k.empty() || k[0] > '\x03') return Value::Str(k);
+  if (k[0] == '\x01') return Value::Int(std::stoll(k.substr(1)));
+  if (k[0] == '\x02') return Value::Float(std::stod(k.substr(1)));
+  return Value::None();
+}
+
 bool ValueDict::Erase(const std::string& key) {
   for (auto it = items.begin(); it != items.end(); ++it) {
     if (it->first == key) {
@@ -102,13 +118,45 @@ bool Truthy(const Value& v) {
     case Value::Kind::kString:
       return !v.s.empty();
     case Value::Kind::kList:
-      return !v.list->empty();
+      return v.lazy || !v.list->empty();
     case Value::Kind::kDict:
       return v.flag || !v.dict->items.empty();  // a namespace object is always true
     case Value::Kind::kFunc:
       return true;
   }
   return false;
+}
+
+std::string HtmlEscape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&#34;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out += c;
+    }
+  }
+  return out;
+}
+
+Value Generator(ValueList items) {
+  Value v = Value::List(std::move(items));
+  v.lazy = true;
+  return v;
 }
 
 std::string FormatFloat(double d) {
@@ -231,6 +279,7 @@ void JsonTo(std::string& out, const Value& v, int indent, int depth, const std::
       out += JsonString(v.s);
       return;
     case Value::Kind::kList: {
+      if (v.lazy) throw Error("tojson: Object of type generator is not JSON serializable");
       if (v.list->empty()) {
         out += "[]";
         return;
@@ -260,7 +309,8 @@ void JsonTo(std::string& out, const Value& v, int indent, int depth, const std::
       for (size_t k = 0; k < items.size(); ++k) {
         if (k) out += item_sep;
         newline(depth + 1);
-        out += JsonString(items[k]->first) + key_sep;
+        const Value key = KeyValue(items[k]->first);
+        out += JsonString(key.IsString() ? key.s : key.IsNone() ? "null" : Repr(key)) + key_sep;
         JsonTo(out, items[k]->second, indent, depth + 1, item_sep, key_sep, sort_keys);
       }
       newline(depth);
@@ -289,7 +339,7 @@ std::string TypeName(const Value& v) {
     case Value::Kind::kString:
       return "str";
     case Value::Kind::kList:
-      return v.flag ? "tuple" : "list";
+      return v.lazy ? "generator" : v.flag ? "tuple" : "list";
     case Value::Kind::kDict:
       return v.flag ? "Namespace" : "dict";
     case Value::Kind::kFunc:
@@ -324,6 +374,7 @@ std::string Repr(const Value& v) {
     case Value::Kind::kString:
       return ReprString(v.s);
     case Value::Kind::kList: {
+      if (v.lazy) return "<generator object>";
       std::string out = v.flag ? "(" : "[";
       for (size_t k = 0; k < v.list->size(); ++k) out += (k ? ", " : "") + Repr((*v.list)[k]);
       if (v.flag && v.list->size() == 1) out += ",";
@@ -333,7 +384,7 @@ std::string Repr(const Value& v) {
       std::string out = "{";
       bool first = true;
       for (const auto& [k, e] : v.dict->items) {
-        out += (first ? "" : ", ") + ReprString(k) + ": " + Repr(e);
+        out += (first ? "" : ", ") + Repr(KeyValue(k)) + ": " + Repr(e);
         first = false;
       }
       out += "}";

@@ -20,9 +20,23 @@ struct CallArgs;
 using Function = std::function<Value(CallArgs&)>;
 
 struct Value {
-  enum class Kind : uint8_t { kUndefined, kNone, kBool, kInt, kFloat, kString, kList, kDict, kFunc };
+  enum class Kind : uint8_t {
+    kUndefined,
+    kNone,
+    kBool,
+    kInt,
+    kFloat,
+    kString,
+    kList,
+    kDict,
+    kFunc
+  };
   Kind kind = Kind::kUndefined;
-  bool flag = false;  // bool: its value; list: a tuple; dict: a namespace()
+  // bool: its value; string: jinja2 Markup (from |safe; `+` then HTML-escapes plain strings);
+  // list: a tuple; dict: a namespace()
+  bool flag = false;
+  // list: a generator (what select/map/... return): one pass, no len(), not JSON serialisable
+  bool lazy = false;
   int64_t i = 0;
   double f = 0;
   std::string s;  // string; undefined: the name that was looked up (for error messages)
@@ -66,7 +80,9 @@ struct Value {
   bool IsString() const { return kind == Kind::kString; }
   bool IsList() const { return kind == Kind::kList; }
   bool IsDict() const { return kind == Kind::kDict; }
-  bool IsNumber() const { return kind == Kind::kInt || kind == Kind::kFloat || kind == Kind::kBool; }
+  bool IsNumber() const {
+    return kind == Kind::kInt || kind == Kind::kFloat || kind == Kind::kBool;
+  }
   double AsDouble() const { return kind == Kind::kFloat ? f : kind == Kind::kBool ? flag : i; }
 
  private:
@@ -77,13 +93,18 @@ struct Value {
   }
 };
 
-// An insertion-ordered dict with string keys (what JSON and keyword arguments give).
+// An insertion-ordered dict. Keys are strings (what JSON and keyword arguments give); other key
+// types (a template's {512: 128}) are stored encoded by DictKey.
 struct ValueDict {
   std::vector<std::pair<std::string, Value>> items;
   const Value* Find(std::string_view key) const;
   void Set(const std::string& key, Value v);
   bool Erase(const std::string& key);
 };
+
+// The stored form of a dict key: strings as they are, other values tagged so they stay distinct.
+std::string DictKey(const Value& key);
+Value KeyValue(const std::string& stored);  // the key as the template sees it
 
 struct CallArgs {
   std::vector<Value> pos;
@@ -104,7 +125,9 @@ std::string TypeName(const Value& v);
 // sort_keys=sort_keys). Undefined and functions are not serialisable (es::Error).
 std::string ToJson(const Value& v, int indent, const std::string& item_sep,
                    const std::string& key_sep, bool sort_keys);
-std::string FormatFloat(double d);  // Python's repr(float)
+std::string FormatFloat(double d);             // Python's repr(float)
+std::string HtmlEscape(const std::string& s);  // markupsafe.escape: & < > " '
+Value Generator(ValueList items);              // a one-pass list, as select()/map() return
 
 // UTF-8 code points, for Python's character indexing and len().
 std::vector<std::string> CodePoints(const std::string& s);
