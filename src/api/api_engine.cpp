@@ -94,7 +94,8 @@ int32_t Model::PromptBosToken() const {
 }
 
 std::string Model::ApplyChatTemplate(const std::vector<ChatTurn>& turns, bool add_assistant_prompt,
-                                     const std::string& template_override) const {
+                                     const std::string& template_override,
+                                     const std::vector<std::string>& template_vars) const {
   const auto& t = *impl_->tokenizer;
   const std::string tmpl =
       tok::ChatTemplateOrDefault(template_override, t.ChatTemplate(), impl_->model->file().path());
@@ -102,7 +103,8 @@ std::string Model::ApplyChatTemplate(const std::vector<ChatTurn>& turns, bool ad
   for (const auto& turn : turns) msgs.push_back({turn.role, turn.content});
   const std::string bos = t.bos() >= 0 ? t.TokenText(t.bos()) : "";
   const std::string eos = t.eos() >= 0 ? t.TokenText(t.eos()) : "";
-  return tok::ApplyChatTemplate(tmpl, msgs, add_assistant_prompt, bos, eos);
+  return tok::ApplyChatTemplate(tmpl, msgs, add_assistant_prompt, bos, eos,
+                                tok::ParseJinjaVars(template_vars));
 }
 
 struct Context::Impl {

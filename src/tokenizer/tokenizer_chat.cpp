@@ -203,13 +203,26 @@ std::string RenderChat(const std::string& tmpl_or_name, const ChatInputs& in) {
 
 std::string ApplyChatTemplate(const std::string& tmpl_or_name, const std::vector<ChatMessage>& msgs,
                               bool add_assistant_prompt, const std::string& bos_text,
-                              const std::string& eos_text) {
+                              const std::string& eos_text, const nlohmann::ordered_json& extra) {
   ChatInputs in;
+  in.extra = extra;
   for (const auto& m : msgs) in.messages.push_back({{"role", m.role}, {"content", m.content}});
   in.add_generation_prompt = add_assistant_prompt;
   in.bos_token = bos_text;
   in.eos_token = eos_text;
   return RenderChat(tmpl_or_name, in);
+}
+
+nlohmann::ordered_json ParseJinjaVars(const std::vector<std::string>& vars) {
+  nlohmann::ordered_json out = nlohmann::ordered_json::object();
+  for (const auto& v : vars) {
+    const size_t eq = v.find('=');
+    if (eq == std::string::npos || eq == 0)
+      throw Error("template variable '" + v + "' is not NAME=VALUE");
+    auto value = nlohmann::ordered_json::parse(v.substr(eq + 1), nullptr, false);
+    out[v.substr(0, eq)] = value.is_discarded() ? nlohmann::ordered_json(v.substr(eq + 1)) : value;
+  }
+  return out;
 }
 
 }  // namespace es::tok

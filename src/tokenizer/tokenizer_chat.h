@@ -47,8 +47,14 @@ std::string RenderChat(const std::string& tmpl_or_name, const ChatInputs& in);
 // Plain role/content messages. add_assistant_prompt is the templates' add_generation_prompt;
 // bos_text / eos_text are the vocabulary's BOS/EOS texts (built-ins use "<s>" / "</s>" when
 // empty).
-std::string ApplyChatTemplate(const std::string& tmpl_or_name, const std::vector<ChatMessage>& msgs,
-                              bool add_assistant_prompt, const std::string& bos_text,
-                              const std::string& eos_text);
+// `extra` holds more template variables (e.g. {"enable_thinking": false}).
+std::string ApplyChatTemplate(
+    const std::string& tmpl_or_name, const std::vector<ChatMessage>& msgs,
+    bool add_assistant_prompt, const std::string& bos_text, const std::string& eos_text,
+    const nlohmann::ordered_json& extra = nlohmann::ordered_json::object());
+
+// Template variables from "NAME=VALUE" texts (--jinja-var): VALUE is read as JSON (false, 3,
+// "x", [1]) and otherwise taken as a plain string. Throws es::Error for a text without '='.
+nlohmann::ordered_json ParseJinjaVars(const std::vector<std::string>& vars);
 
 }  // namespace es::tok

@@ -2,6 +2,7 @@
 // loop's body and a macro get their own scope; if does not), loop variables, macros and call
 // blocks, and limits that keep a hostile template from exhausting the stack, memory or time.
 #include <cmath>
+#include <iterator>
 #include <unordered_map>
 
 #include "edgeshard/error.h"
@@ -233,39 +234,46 @@ class Interp {
       return;
     }
     const int64_t len = static_cast<int64_t>(items.size());
+    // One `loop` object per loop, updated in place each iteration (cheaper than a new one).
+    Value loop = Value::Dict();
+    ValueDict& d = *loop.dict;
+    for (const char* key : {"index", "index0", "revindex", "revindex0", "first", "last", "length",
+                            "depth", "depth0", "previtem", "nextitem", "cycle"})
+      d.items.emplace_back(key, Value());
+    auto pos = std::make_shared<int64_t>(0);
+    d.items[11].second = Value::Func([pos](CallArgs& a) {
+      if (a.pos.empty()) throw Error("no items for cycling given");
+      return a.pos[static_cast<size_t>(*pos) % a.pos.size()];
+    });
+    if (n.recursive) {
+      // loop(children) renders the same loop body one level deeper.
+      loop.fn = std::make_shared<const Function>([this, &n, depth](CallArgs& a) {
+        if (depth + 1 > kMaxCallDepth) throw Error("recursive loop nested too deeply");
+        std::string text;
+        auto saved = frame_;
+        RunFor(n, a.Get(0, nullptr), depth + 1, text);
+        frame_ = saved;
+        return Value::Str(std::move(text));
+      });
+    }
     for (int64_t k = 0; k < len; ++k) {
       Step();
       frame_ = std::make_shared<Frame>();
       frame_->parent = outer;
       Bind(*frame_, n.targets, items[k]);
-      Value loop = Value::Dict();
-      ValueDict& d = *loop.dict;
-      d.Set("index", Value::Int(k + 1));
-      d.Set("index0", Value::Int(k));
-      d.Set("revindex", Value::Int(len - k));
-      d.Set("revindex0", Value::Int(len - k - 1));
-      d.Set("first", Value::Bool(k == 0));
-      d.Set("last", Value::Bool(k == len - 1));
-      d.Set("length", Value::Int(len));
-      d.Set("depth", Value::Int(depth + 1));
-      d.Set("depth0", Value::Int(depth));
-      d.Set("previtem", k > 0 ? items[k - 1] : Value::Undefined("previtem"));
-      d.Set("nextitem", k + 1 < len ? items[k + 1] : Value::Undefined("nextitem"));
-      d.Set("cycle", Value::Func([k](CallArgs& a) {
-              if (a.pos.empty()) throw Error("no items for cycling given");
-              return a.pos[k % a.pos.size()];
-            }));
-      if (n.recursive) {
-        // loop(children) renders the same loop body one level deeper.
-        loop.fn = std::make_shared<const Function>([this, &n, depth](CallArgs& a) {
-          if (depth + 1 > kMaxCallDepth) throw Error("recursive loop nested too deeply");
-          std::string text;
-          auto saved = frame_;
-          RunFor(n, a.Get(0, nullptr), depth + 1, text);
-          frame_ = saved;
-          return Value::Str(std::move(text));
-        });
-      }
+      *pos = k;
+      const Value vals[] = {Value::Int(k + 1),
+                            Value::Int(k),
+                            Value::Int(len - k),
+                            Value::Int(len - k - 1),
+                            Value::Bool(k == 0),
+                            Value::Bool(k == len - 1),
+                            Value::Int(len),
+                            Value::Int(depth + 1),
+                            Value::Int(depth),
+                            k > 0 ? items[k - 1] : Value::Undefined("previtem"),
+                            k + 1 < len ? items[k + 1] : Value::Undefined("nextitem")};
+      for (size_t j = 0; j < std::size(vals); ++j) d.items[j].second = vals[j];
       frame_->vars["loop"] = loop;
       const Flow f = Exec(n.body, out);
       if (f == Flow::kBreak) break;
