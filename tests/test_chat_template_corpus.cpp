@@ -173,4 +173,37 @@ TEST(ChatTemplateCorpus, EveryTemplateMatchesJinja2) {
   EXPECT_EQ(mismatches, 0);
 }
 
+// Broken templates (the real ones cut short or with bytes changed) render or give es::Error:
+// never a crash, a hang or another exception.
+TEST(ChatTemplateCorpus, DamagedTemplatesGiveErrors) {
+  const json cases = Cases();
+  es::tok::ChatInputs in;
+  in.messages = cases[4]["messages"];
+  in.tools = cases[4]["tools"];
+  in.now = kNow;
+  uint32_t seed = 12345;
+  const auto next = [&seed] { return seed = seed * 1664525u + 1013904223u; };
+  int renders = 0, errors = 0;
+  for (const auto& e : std::filesystem::directory_iterator(TemplatesDir())) {
+    if (e.path().extension() != ".jinja") continue;
+    const std::string source = es::test::ReadFile(e.path().string());
+    for (int k = 0; k < 24; ++k) {
+      std::string t = source;
+      if (k % 2 == 0) {
+        t.resize(next() % (t.size() + 1));
+      } else {
+        for (int j = 0; j < 3; ++j) t[next() % t.size()] = "{}%#-()[]'\"\n x|."[next() % 17];
+      }
+      try {
+        es::tok::RenderChat(t, in);
+        ++renders;
+      } catch (const es::Error&) {
+        ++errors;
+      }
+    }
+  }
+  std::printf("damaged templates: %d rendered, %d gave es::Error\n", renders, errors);
+  EXPECT_GT(errors, 0);
+}
+
 }  // namespace

@@ -143,6 +143,18 @@ TEST(Jinja, LimitsStopHostileTemplates) {
                 .find("too long"),
             std::string::npos);
   EXPECT_NE(ErrorOf("{{ 'x' * 1000000000 }}").find("too large"), std::string::npos);
+  EXPECT_NE(ErrorOf("{% set ns = namespace(x=[]) %}{% for i in range(5000) %}"
+                    "{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x }}")
+                .find("nested too deeply"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("{% set ns = namespace(x=[1]) %}{% for i in range(40) %}"
+                    "{% set ns.x = ns.x + ns.x %}{% endfor %}")
+                .find("list too long"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("{% set ns = namespace(s='x' * 1000000) %}{% for i in range(100000) %}"
+                    "{% set ns.t = ns.s ~ i %}{% endfor %}")
+                .find("too long"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -15,7 +15,7 @@ namespace es::tok::jinja {
 namespace {
 
 constexpr int kMaxCallDepth = 100;        // nested macro calls / recursive loops
-constexpr int64_t kMaxSteps = 2'000'000;  // statements and loop iterations per render
+constexpr int64_t kMaxWork = 4'000'000;   // work units per render (see ChargeWork)
 constexpr size_t kMaxOutput = 64u << 20;  // rendered bytes (and any string built)
 constexpr int64_t kMaxRange = 1'000'000;  // range() length
 
@@ -44,12 +44,15 @@ class Interp {
     frame_->parent = globals;
     for (const auto& [k, v] : context.items()) frame_->vars[k] = Value::FromJson(v);
     std::string out;
+    ResetWork(kMaxWork);
     try {
       Exec(body, out);
-    } catch (const Error& e) {
+    } catch (const std::exception& e) {  // es::Error, and std::bad_alloc / out_of_range alike
+      ResetWork(INT64_MAX);
       throw Error("chat template error at line " + std::to_string(line_) + " column " +
                   std::to_string(col_) + ": " + e.what());
     }
+    ResetWork(INT64_MAX);
     return out;
   }
 
@@ -59,9 +62,7 @@ class Interp {
     col_ = col;
   }
 
-  void Step() {
-    if (++steps_ > kMaxSteps) throw Error("template ran too long (step limit reached)");
-  }
+  static void Step() { ChargeWork(1); }
 
   static void Append(std::string& out, const std::string& s) {
     if (out.size() + s.size() > kMaxOutput) throw Error("template output too large");
@@ -90,6 +91,7 @@ class Interp {
         if (static_cast<int64_t>(out.size()) >= kMaxRange) throw Error("range() too long");
         out.push_back(Value::Int(i));
       }
+      ChargeWork(out.size());
       return Value::List(std::move(out));
     });
     const auto make_dict = [](bool ns) {
@@ -430,6 +432,7 @@ class Interp {
     At(e.line, e.col);
     if (op == "~") {
       std::string s = Str(a) + Str(b);
+      ChargeWork(s.size() / 64);
       if (s.size() > kMaxOutput) throw Error("string too large");
       return Value::Str(std::move(s));
     }
@@ -464,6 +467,7 @@ class Interp {
     if (b.IsUndefined()) ThrowUndefined(b);
     if (op == "+" && a.IsString() && b.IsString()) {
       if (a.s.size() + b.s.size() > kMaxOutput) throw Error("string too large");
+      ChargeWork((a.s.size() + b.s.size()) / 64);
       // Markup + str escapes the plain side (jinja2's |safe gives Markup even without
       // autoescaping).
       if (a.flag == b.flag) {
@@ -476,6 +480,8 @@ class Interp {
       return r;
     }
     if (op == "+" && a.IsList() && b.IsList() && !a.lazy && !b.lazy) {
+      CheckListSize(a.list->size() + b.list->size());
+      ChargeWork(a.list->size() + b.list->size());
       ValueList items = *a.list;
       items.insert(items.end(), b.list->begin(), b.list->end());
       return Value::List(std::move(items), a.flag && b.flag);
@@ -521,6 +527,8 @@ class Interp {
     if (n < 0) n = 0;
     const size_t unit = v.IsString() ? v.s.size() : v.list->size();
     if (unit * static_cast<size_t>(n) > kMaxOutput) throw Error("repetition too large");
+    if (v.IsList()) CheckListSize(unit * static_cast<size_t>(n));
+    ChargeWork(v.IsString() ? unit * n / 64 : unit * n);
     if (v.IsString()) {
       std::string s;
       for (int64_t k = 0; k < n; ++k) s += v.s;
@@ -533,7 +541,6 @@ class Interp {
 
   std::time_t now_;
   std::shared_ptr<Frame> frame_;
-  int64_t steps_ = 0;
   int depth_ = 0;
   int line_ = 0, col_ = 0;
 };

@@ -5,6 +5,7 @@
 
 #include "edgeshard/error.h"
 #include "tokenizer/tokenizer_jinja_ast.h"
+#include "tokenizer/tokenizer_unicode.h"
 
 namespace es::tok::jinja {
 
@@ -194,24 +195,6 @@ class Lexer {
     out_.push_back(std::move(t));
   }
 
-  static void AppendUtf8(std::string& out, uint32_t cp) {
-    if (cp < 0x80) {
-      out += static_cast<char>(cp);
-    } else if (cp < 0x800) {
-      out += static_cast<char>(0xC0 | (cp >> 6));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-      out += static_cast<char>(0xE0 | (cp >> 12));
-      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else {
-      out += static_cast<char>(0xF0 | (cp >> 18));
-      out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    }
-  }
-
   // A string literal with Python's escapes (jinja2 decodes them with unicode-escape).
   void String(size_t at) {
     const char q = src_[pos_++];
@@ -234,7 +217,7 @@ class Lexer {
         const size_t n = e == 'x' ? 2 : e == 'u' ? 4 : 8;
         if (pos_ + n > src_.size()) Fail(at, "truncated escape in string literal");
         try {
-          AppendUtf8(s, static_cast<uint32_t>(std::stoul(src_.substr(pos_, n), nullptr, 16)));
+          AppendUtf8(static_cast<uint32_t>(std::stoul(src_.substr(pos_, n), nullptr, 16)), s);
         } catch (const std::exception&) {
           Fail(at, "bad escape in string literal");
         }

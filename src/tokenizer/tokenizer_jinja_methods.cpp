@@ -173,16 +173,21 @@ Value ListMethod(const Value& self, const std::string& name, const CallArgs& a) 
   ValueList& l = *self.list;
   const bool tuple = self.flag;
   if (name == "append" && !tuple) {
+    CheckListSize(l.size() + 1);
     l.push_back(a.Get(0, "object"));
     return Value::None();
   }
   if (name == "extend" && !tuple) {
-    for (auto& v : Iterate(a.Get(0, "iterable"))) l.push_back(v);
+    for (auto& v : Iterate(a.Get(0, "iterable"))) {
+      CheckListSize(l.size() + 1);
+      l.push_back(v);
+    }
     return Value::None();
   }
   if (name == "insert" && !tuple) {
     int64_t i = PyIndex(IntArg(a, 0, "index", 0), static_cast<int64_t>(l.size()));
     i = std::clamp<int64_t>(i, 0, static_cast<int64_t>(l.size()));
+    CheckListSize(l.size() + 1);
     l.insert(l.begin() + i, a.Get(1, "object"));
     return Value::None();
   }
@@ -357,6 +362,9 @@ std::string PyLower(std::string s) {
 }
 
 ValueList Iterate(const Value& v) {
+  if (v.IsList()) ChargeWork(v.list->size());
+  if (v.IsDict()) ChargeWork(v.dict->items.size());
+  if (v.IsString()) ChargeWork(v.s.size() / 64);
   switch (v.kind) {
     case Value::Kind::kUndefined:
       return {};

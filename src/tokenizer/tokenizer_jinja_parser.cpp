@@ -146,12 +146,7 @@ class Parser {
         if (which != "elif") break;
         cond = ParseExpression(true);
       }
-      if (which == "else") {
-        Expect(T::kBlockEnd, "'%}'");
-        n->else_body = ParseBody({"endif"}, &which);
-      }
-      Expect(T::kBlockEnd, "'%}'");
-      return n;
+      return ParseElse(std::move(n), which, "endif");
     }
     if (kw == "for") {
       auto n = NewNode(Node::Kind::kFor, at);
@@ -171,12 +166,7 @@ class Parser {
       }
       Expect(T::kBlockEnd, "'%}'");
       n->body = ParseBody({"else", "endfor"}, &which);
-      if (which == "else") {
-        Expect(T::kBlockEnd, "'%}'");
-        n->else_body = ParseBody({"endfor"}, &which);
-      }
-      Expect(T::kBlockEnd, "'%}'");
-      return n;
+      return ParseElse(std::move(n), which, "endfor");
     }
     if (kw == "set") {
       auto n = NewNode(Node::Kind::kSet, at);
@@ -248,6 +238,16 @@ class Parser {
       return NewNode(kw == "break" ? Node::Kind::kBreak : Node::Kind::kContinue, at);
     }
     FailAt(at, "unknown tag '" + kw + "'");
+  }
+
+  // After an if's or for's body ended at `which`: the optional else body, then the end tag.
+  NodePtr ParseElse(NodePtr n, std::string& which, const char* end) {
+    if (which == "else") {
+      Expect(T::kBlockEnd, "'%}'");
+      n->else_body = ParseBody({end}, &which);
+    }
+    Expect(T::kBlockEnd, "'%}'");
+    return n;
   }
 
   void ParseParams(Node& n) {

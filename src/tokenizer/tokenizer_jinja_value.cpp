@@ -6,8 +6,43 @@
 #include <cstdio>
 
 #include "edgeshard/error.h"
+#include "tokenizer/tokenizer_unicode.h"
 
 namespace es::tok::jinja {
+
+namespace {
+
+thread_local int64_t work_left = INT64_MAX;
+thread_local int nesting = 0;
+
+// Bounds the recursion of repr/==/< over values a template nested (e.g. by `set x = [x]` in a
+// loop), which would otherwise overflow the stack.
+struct NestGuard {
+  NestGuard() {
+    if (++nesting > 256) {
+      --nesting;
+      throw Error("value nested too deeply");
+    }
+  }
+  ~NestGuard() { --nesting; }
+  NestGuard(const NestGuard&) = delete;
+  NestGuard& operator=(const NestGuard&) = delete;
+};
+
+}  // namespace
+
+void ResetWork(int64_t budget) {
+  work_left = budget;
+}
+
+void ChargeWork(size_t units) {
+  work_left -= static_cast<int64_t>(units);
+  if (work_left < 0) throw Error("template ran too long (work limit reached)");
+}
+
+void CheckListSize(size_t n) {
+  if (n > kMaxListSize) throw Error("list too long (" + std::to_string(n) + " elements)");
+}
 
 Value Value::List(ValueList items, bool tuple) {
   Value v = Make(Kind::kList);
@@ -375,12 +410,16 @@ std::string Repr(const Value& v) {
       return ReprString(v.s);
     case Value::Kind::kList: {
       if (v.lazy) return "<generator object>";
+      NestGuard guard;
+      ChargeWork(v.list->size());
       std::string out = v.flag ? "(" : "[";
       for (size_t k = 0; k < v.list->size(); ++k) out += (k ? ", " : "") + Repr((*v.list)[k]);
       if (v.flag && v.list->size() == 1) out += ",";
       return out + (v.flag ? ")" : "]");
     }
     case Value::Kind::kDict: {
+      NestGuard guard;
+      ChargeWork(v.dict->items.size());
       std::string out = "{";
       bool first = true;
       for (const auto& [k, e] : v.dict->items) {
@@ -410,19 +449,25 @@ bool Equal(const Value& a, const Value& b) {
       return true;
     case Value::Kind::kString:
       return a.s == b.s;
-    case Value::Kind::kList:
+    case Value::Kind::kList: {
       if (a.list->size() != b.list->size()) return false;
+      NestGuard guard;
+      ChargeWork(a.list->size());
       for (size_t k = 0; k < a.list->size(); ++k)
         if (!Equal((*a.list)[k], (*b.list)[k])) return false;
       return true;
-    case Value::Kind::kDict:
+    }
+    case Value::Kind::kDict: {
       if (a.flag || b.flag) return a.dict == b.dict;
       if (a.dict->items.size() != b.dict->items.size()) return false;
+      NestGuard guard;
+      ChargeWork(a.dict->items.size());
       for (const auto& [k, e] : a.dict->items) {
         const Value* o = b.dict->Find(k);
         if (!o || !Equal(e, *o)) return false;
       }
       return true;
+    }
     case Value::Kind::kFunc:
       return a.fn == b.fn;
     default:
@@ -439,6 +484,8 @@ int Compare(const Value& a, const Value& b) {
   }
   if (a.IsString() && b.IsString()) return a.s < b.s ? -1 : a.s > b.s ? 1 : 0;
   if (a.IsList() && b.IsList()) {
+    NestGuard guard;
+    ChargeWork(a.list->size());
     for (size_t k = 0; k < a.list->size() && k < b.list->size(); ++k) {
       if (Equal((*a.list)[k], (*b.list)[k])) continue;
       return Compare((*a.list)[k], (*b.list)[k]);
@@ -459,9 +506,7 @@ std::string ToJson(const Value& v, int indent, const std::string& item_sep,
 std::vector<std::string> CodePoints(const std::string& s) {
   std::vector<std::string> out;
   for (size_t k = 0; k < s.size();) {
-    const unsigned char c = static_cast<unsigned char>(s[k]);
-    size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 1;
-    n = std::min(n, s.size() - k);
+    const size_t n = std::min(Utf8SeqLen(s[k]), s.size() - k);
     out.push_back(s.substr(k, n));
     k += n;
   }

@@ -129,6 +129,15 @@ std::string FormatFloat(double d);             // Python's repr(float)
 std::string HtmlEscape(const std::string& s);  // markupsafe.escape: & < > " '
 Value Generator(ValueList items);              // a one-pass list, as select()/map() return
 
+// The work budget of the render running on this thread: statements, loop iterations and copied
+// elements (or 64-byte pieces of text) cost a unit each, so a hostile template ends with an
+// es::Error instead of running for hours. ChargeWork throws once the budget is spent.
+void ResetWork(int64_t budget);
+void ChargeWork(size_t units);
+// The most elements a list may hold (memory bound for hostile templates).
+constexpr size_t kMaxListSize = 1u << 20;
+void CheckListSize(size_t n);
+
 // UTF-8 code points, for Python's character indexing and len().
 std::vector<std::string> CodePoints(const std::string& s);
 
