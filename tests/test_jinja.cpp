@@ -63,6 +63,9 @@ TEST(Jinja, MacrosSetBlocksFilterAndCallBlocks) {
             "[1BNone][1B3][123]");
   EXPECT_EQ(R("{% set x %}  hi {{ 1 + 1 }}  {% endset %}[{{ x | trim }}]"), "[hi 2]");
   EXPECT_EQ(R("{% filter upper %}abc{% endfilter %}"), "ABC");
+  // Hugging Face's {% generation %} renders its body in its own scope.
+  EXPECT_EQ(R("{% set x = 1 %}{% generation %}{% set x = 2 %}{{ x }}{% endgeneration %}{{ x }}"),
+            "21");
   EXPECT_EQ(R("{% macro w() %}<{{ caller() }}>{% endmacro %}{% call w() %}in{% endcall %}"),
             "<in>");
 }

@@ -3,9 +3,7 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <fstream>
 #include <iostream>
-#include <iterator>
 
 #include "cli/cli_command.h"
 #include "cli/cli_common.h"
@@ -18,22 +16,15 @@ struct ChatOptions {
   ModelOptions model;
   GenerateParams gen;
   std::string system;
-  std::string chat_template;
-  std::string chat_template_file;
+  ChatTemplateOptions tmpl;
+  std::string chat_template;            // resolved from tmpl
   std::vector<std::string> jinja_vars;  // NAME=VALUE template variables
   bool verbose = false;
   shard::ClusterCliOptions cluster;  // --cluster: chat on a cluster's workers
 };
 
 int Chat(ChatOptions o) {
-  if (!o.chat_template_file.empty()) {
-    if (!o.chat_template.empty())
-      throw Error("--chat-template and --chat-template-file exclude each other");
-    std::ifstream f(o.chat_template_file, std::ios::binary);
-    if (!f) throw Error(o.chat_template_file + ": cannot read the chat template file");
-    o.chat_template.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-    if (o.chat_template.empty()) throw Error(o.chat_template_file + ": the chat template is empty");
-  }
+  o.chat_template = ChatTemplateText(o.tmpl);
   if (!o.cluster.cluster.empty() && !o.jinja_vars.empty())
     throw Error("--jinja-var is not supported with --cluster");
   if (!o.cluster.cluster.empty())
@@ -122,11 +113,7 @@ const bool registered = RegisterCommand("chat", [](CLI::App& app) {
   AddSamplingOptions(cmd, o->gen);
   AddContextShiftOptions(cmd, o->gen.context_shift, o->gen.n_keep);
   cmd->add_option("--system", o->system, "system prompt");
-  cmd->add_option("--chat-template", o->chat_template,
-                  "template name (llama2, llama3, chatml, mistral, zephyr, ...) or Jinja "
-                  "template text; default: the model's (chatml if it has none)");
-  cmd->add_option("--chat-template-file", o->chat_template_file,
-                  "read the Jinja chat template from this file");
+  AddChatTemplateOptions(cmd, o->tmpl);
   cmd->add_option("--jinja-var", o->jinja_vars,
                   "extra chat template variable NAME=VALUE, VALUE in JSON or a plain string "
                   "(e.g. enable_thinking=false); repeatable")

@@ -35,4 +35,13 @@ void WarnBeyondTraining(const char* command, int n_ctx, int n_ctx_train);
 
 std::string HumanBytes(double bytes);
 
+// --chat-template NAME|TEXT and --chat-template-file FILE (they exclude each other).
+struct ChatTemplateOptions {
+  std::string text;
+  std::string file;
+};
+void AddChatTemplateOptions(CLI::App* app, ChatTemplateOptions& o);
+// The template they give ("" for the model's own); reads the file. Throws es::Error.
+std::string ChatTemplateText(const ChatTemplateOptions& o);
+
 }  // namespace es::cli

@@ -80,7 +80,8 @@ struct Node {
     kCallBlock,
     kFilterBlock,
     kBreak,
-    kContinue
+    kContinue,
+    kScope  // a {% generation %} body: run in its own scope, like jinja2's call block
   };
   Kind kind;
   int line = 0, col = 0;

@@ -206,6 +206,14 @@ class Interp {
         Append(out, Str(Filter(*n.expr, Value::Str(std::move(text)))));
         return Flow::kNormal;
       }
+      case Node::Kind::kScope: {
+        auto outer = frame_;
+        frame_ = std::make_shared<Frame>();
+        frame_->parent = outer;
+        const Flow f = Exec(n.body, out);
+        frame_ = outer;
+        return f;
+      }
       case Node::Kind::kBreak:
         return Flow::kBreak;
       case Node::Kind::kContinue:
@@ -283,9 +291,13 @@ class Interp {
     frame_ = outer;
   }
 
-  Value MakeMacro(const Node& n, std::shared_ptr<Frame> def) {
-    return Value::Func([this, &n, def](CallArgs& a) {
+  // The macro holds its defining scope weakly: that scope holds the macro, and a strong
+  // reference would make a cycle that leaks every render's frames.
+  Value MakeMacro(const Node& n, const std::shared_ptr<Frame>& scope) {
+    return Value::Func([this, &n, weak = std::weak_ptr<Frame>(scope)](CallArgs& a) {
       if (depth_ >= kMaxCallDepth) throw Error("macro calls nested too deeply");
+      auto def = weak.lock();
+      if (!def) throw Error("macro '" + n.text + "' called after its scope ended");
       auto f = std::make_shared<Frame>();
       f->parent = def;
       auto saved = frame_;

@@ -224,11 +224,9 @@ class Parser {
     if (kw == "generation") {
       // Hugging Face's {% generation %} marks assistant text for training masks; it renders its
       // body unchanged.
-      auto n = NewNode(Node::Kind::kIf, at);
+      auto n = NewNode(Node::Kind::kScope, at);
       Expect(T::kBlockEnd, "'%}'");
-      auto yes = NewExpr(Expr::Kind::kLiteral, at);
-      yes->value = Value::Bool(true);
-      n->branches.emplace_back(std::move(yes), ParseBody({"endgeneration"}, &which));
+      n->body = ParseBody({"endgeneration"}, &which);
       Expect(T::kBlockEnd, "'%}'");
       return n;
     }
