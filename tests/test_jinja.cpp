@@ -119,6 +119,10 @@ TEST(Jinja, ErrorsNamePlaceAndCause) {
   EXPECT_NE(ErrorOf("a\n{% if x %}b").find("line 2"), std::string::npos);
   EXPECT_NE(ErrorOf("a\n{% if x %}b").find("endif"), std::string::npos);
   EXPECT_NE(ErrorOf("{% frobnicate %}").find("unknown tag 'frobnicate'"), std::string::npos);
+  EXPECT_NE(ErrorOf("{% break %}").find("'break' outside a loop"), std::string::npos);
+  EXPECT_NE(ErrorOf("{% for x in [1] %}{% macro m() %}{% continue %}{% endmacro %}{% endfor %}")
+                .find("outside a loop"),
+            std::string::npos);
   EXPECT_NE(ErrorOf("{{ x | nope }}").find("no filter named 'nope'"), std::string::npos);
   EXPECT_NE(ErrorOf("{{ x is nope }}").find("no test named 'nope'"), std::string::npos);
   EXPECT_NE(ErrorOf("{{ 'abc }}").find("unterminated string"), std::string::npos);

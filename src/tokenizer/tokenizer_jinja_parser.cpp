@@ -1,6 +1,7 @@
 // Jinja parser: statements and expressions with jinja2's grammar and operator precedence
 // (or < and < not < comparisons < + - < ~ < * / // % < ** < unary minus < filters/tests/postfix).
 #include <algorithm>
+#include <utility>
 
 #include "edgeshard/error.h"
 #include "tokenizer/tokenizer_jinja_ast.h"
@@ -165,7 +166,9 @@ class Parser {
         n->recursive = true;
       }
       Expect(T::kBlockEnd, "'%}'");
+      ++loops_;
       n->body = ParseBody({"else", "endfor"}, &which);
+      --loops_;
       return ParseElse(std::move(n), which, "endfor");
     }
     if (kw == "set") {
@@ -207,7 +210,9 @@ class Parser {
         if (n->expr->kind != Expr::Kind::kCall) FailAt(at, "{% call %} needs a macro call");
       }
       Expect(T::kBlockEnd, "'%}'");
+      const int loops = std::exchange(loops_, 0);  // no break out of a macro into a loop
       n->body = ParseBody({kw == "macro" ? "endmacro" : "endcall"}, &which);
+      loops_ = loops;
       if (Cur().type == T::kName) ++p_;  // {% endmacro name %}
       Expect(T::kBlockEnd, "'%}'");
       return n;
@@ -604,7 +609,7 @@ class Parser {
   const std::vector<Token>& t_;
   size_t p_ = 0;
   int depth_ = 0;
-  int loops_ = 1;  // break/continue outside loops are checked at run time
+  int loops_ = 0;  // for bodies around the current position (a macro body starts at 0)
 };
 
 }  // namespace
