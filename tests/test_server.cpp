@@ -355,6 +355,24 @@ TEST(ServerNoTemplate, ChatFallsBackToChatml) {
             200);
 }
 
+// chat_template_kwargs (as llama-server) reach the template as variables.
+TEST(ServerNoTemplate, ChatTemplateKwargsReachTheTemplate) {
+  ServerProcess srv({"-m", Stories(), "--parallel", "1", "-c", "256", "--chat-template",
+                     "{% if enable_thinking is false %}{{ raise_exception('thinking is off') }}"
+                     "{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}"});
+  ASSERT_GT(srv.port(), 0);
+  const std::string msgs = R"("messages": [{"role": "user", "content": "hi"}], "max_tokens": 2)";
+  EXPECT_EQ(Post(srv.port(), "/v1/chat/completions", "{" + msgs + "}").status, 200);
+  auto e =
+      ExpectError(Post(srv.port(), "/v1/chat/completions",
+                       "{" + msgs + R"(, "chat_template_kwargs": {"enable_thinking": false}})"),
+                  400, "messages");
+  EXPECT_NE(e["message"].get<std::string>().find("thinking is off"), std::string::npos);
+  ExpectError(
+      Post(srv.port(), "/v1/chat/completions", "{" + msgs + R"(, "chat_template_kwargs": 3})"), 400,
+      "chat_template_kwargs");
+}
+
 TEST(ServerCli, BadOptionsFail) {
   auto r =
       es::test::RunCli("serve -m " + Stories() + " --chat-template nonsense-template --port 0");
