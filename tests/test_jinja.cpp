@@ -154,6 +154,32 @@ TEST(Jinja, LimitsStopHostileTemplates) {
                     "{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x }}")
                 .find("nested too deeply"),
             std::string::npos);
+  EXPECT_NE(ErrorOf("{% set ns = namespace(x=[]) %}{% for i in range(1000000) %}"
+                    "{% set ns.x = {'k': ns.x} %}{% endfor %}")
+                .find("nested too deeply"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("{% set l = [] %}{% for i in range(100) %}{% set _ = l.append(l) %}"
+                    "{% endfor %}{{ [l] }}")
+                .find("nested too deeply"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("{{ 1" +
+                    [] {
+                      std::string s;
+                      for (int i = 0; i < 100000; ++i) s += " + 1";
+                      return s;
+                    }() +
+                    " }}")
+                .find("nested too deeply"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("{{ x" +
+                    [] {
+                      std::string s;
+                      for (int i = 0; i < 100000; ++i) s += ".a";
+                      return s;
+                    }() +
+                    " }}")
+                .find("nested too deeply"),
+            std::string::npos);
   EXPECT_NE(ErrorOf("{% set ns = namespace(x=[1]) %}{% for i in range(40) %}"
                     "{% set ns.x = ns.x + ns.x %}{% endfor %}")
                 .find("list too long"),

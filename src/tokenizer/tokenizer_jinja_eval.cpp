@@ -103,6 +103,7 @@ class Interp {
           for (const auto& [k, v] : p.dict->items) d.dict->Set(k, v);
         }
         for (const auto& [k, v] : a.kw) d.dict->Set(k, v);
+        CheckNesting(d);
         return d;
       });
     };
@@ -175,6 +176,7 @@ class Interp {
           if (!ns.IsDict() || !ns.flag)
             throw Error("cannot assign attribute on non-namespace object '" + n.target_attr->name +
                         "'");
+          CheckNesting(v);
           ns.dict->Set(n.targets[0], std::move(v));
         } else {
           Bind(*frame_, n.targets, v);
@@ -372,7 +374,9 @@ class Interp {
       case Expr::Kind::kList: {
         ValueList items;
         for (const auto& x : e.args) items.push_back(Eval(*x));
-        return Value::List(std::move(items), e.value.flag);
+        Value l = Value::List(std::move(items), e.value.flag);
+        CheckNesting(l);
+        return l;
       }
       case Expr::Kind::kDict: {
         Value d = Value::Dict();
@@ -381,6 +385,7 @@ class Interp {
           At(k->line, k->col);
           d.dict->Set(DictKey(key), Eval(*x));
         }
+        CheckNesting(d);
         return d;
       }
       case Expr::Kind::kAttr: {

@@ -12,7 +12,7 @@ namespace es::tok::jinja {
 namespace {
 
 using T = Token::Type;
-constexpr int kMaxDepth = 200;  // nesting limit: a hostile template cannot overflow the stack
+constexpr int kMaxDepth = 400;  // nesting limit: a hostile template cannot overflow the stack
 
 class Parser {
  public:
@@ -69,6 +69,22 @@ class Parser {
     if (Cur().type != T::kName) Fail("expected a name, got " + Describe(Cur()));
     return t_[p_++].text;
   }
+
+  // Counts the nodes a loop wraps around an operand (a + b + c, a.b.c, x | f | g) into the
+  // nesting depth: they nest the tree as deeply as parentheses do, and evaluating or freeing a
+  // tree recurses once per level.
+  struct ChainGuard {
+    explicit ChainGuard(Parser& p) : p(p) {}
+    void Add() {
+      ++n;
+      if (++p.depth_ > kMaxDepth) p.Fail("expression nested too deeply");
+    }
+    ~ChainGuard() { p.depth_ -= n; }
+    ChainGuard(const ChainGuard&) = delete;
+    ChainGuard& operator=(const ChainGuard&) = delete;
+    Parser& p;
+    int n = 0;
+  };
 
   struct DepthGuard {
     explicit DepthGuard(Parser& p) : p(p) {
@@ -288,6 +304,7 @@ class Parser {
   ExprPtr ParseExpression(bool with_cond) {
     DepthGuard g(*this);
     const Token& at = Cur();
+    ChainGuard chain(*this);
     ExprPtr e = ParseBinary(0);
     while (with_cond && IsName("if")) {
       ++p_;
@@ -299,6 +316,7 @@ class Parser {
         c->c = ParseExpression(true);
       }
       e = std::move(c);
+      chain.Add();
     }
     return e;
   }
@@ -318,6 +336,7 @@ class Parser {
       }
       return ParseBinary(3);
     }
+    ChainGuard chain(*this);
     ExprPtr left = ParseBinary(level + 1);
     for (;;) {
       std::string op;
@@ -344,6 +363,7 @@ class Parser {
       b->a = std::move(left);
       b->b = ParseBinary(level + 1);
       left = std::move(b);
+      chain.Add();
     }
   }
 
@@ -361,7 +381,9 @@ class Parser {
     }
     e = ParsePostfix(std::move(e));
     if (with_filter) e = ParseFilters(std::move(e));
+    ChainGuard chain(*this);
     while (IsOp("**")) {
+      chain.Add();
       const Token& op = Cur();
       ++p_;
       auto b = NewExpr(Expr::Kind::kBinary, op);
@@ -465,8 +487,10 @@ class Parser {
   }
 
   ExprPtr ParsePostfix(ExprPtr e) {
+    ChainGuard chain(*this);
     for (;;) {
       const Token& at = Cur();
+      if (IsOp(".") || IsOp("[") || IsOp("(")) chain.Add();
       if (IsOp(".")) {
         ++p_;
         if (Cur().type == T::kInt) {
@@ -529,8 +553,10 @@ class Parser {
   // Filters ("|name(args)") and tests ("is [not] name args") after an operand; `e` null for the
   // filter chain of a {% filter %} / {% set x | f %} block, applied to the block's text.
   ExprPtr ParseFilters(ExprPtr e) {
+    ChainGuard chain(*this);
     for (;;) {
       const Token& at = Cur();
+      chain.Add();
       const bool block_filter = !e && IsName("filter");
       if (IsOp("|") || block_filter) {
         ++p_;

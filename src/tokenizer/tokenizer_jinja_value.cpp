@@ -40,6 +40,28 @@ void ChargeWork(size_t units) {
   if (work_left < 0) throw Error("template ran too long (work limit reached)");
 }
 
+namespace {
+
+bool DeeperThan(const Value& v, int limit) {
+  if (!v.IsList() && !v.IsDict()) return false;
+  if (limit == 0) return true;
+  ChargeWork(1);  // a value holding itself twice has exponentially many paths
+  if (v.IsList()) {
+    for (const auto& x : *v.list)
+      if (DeeperThan(x, limit - 1)) return true;
+  } else {
+    for (const auto& kv : v.dict->items)
+      if (DeeperThan(kv.second, limit - 1)) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+void CheckNesting(const Value& v) {
+  if (DeeperThan(v, 128)) throw Error("value nested too deeply");
+}
+
 void CheckListSize(size_t n) {
   if (n > kMaxListSize) throw Error("list too long (" + std::to_string(n) + " elements)");
 }

@@ -137,6 +137,10 @@ void ChargeWork(size_t units);
 // The most elements a list may hold (memory bound for hostile templates).
 constexpr size_t kMaxListSize = 1u << 20;
 void CheckListSize(size_t n);
+// Throws es::Error when `v` nests lists/dicts more than 128 deep (or holds itself): values a
+// template builds are checked as they are stored, so printing or freeing them cannot overflow
+// the stack.
+void CheckNesting(const Value& v);
 
 // UTF-8 code points, for Python's character indexing and len().
 std::vector<std::string> CodePoints(const std::string& s);
