@@ -176,7 +176,7 @@ class Interp {
           if (!ns.IsDict() || !ns.flag)
             throw Error("cannot assign attribute on non-namespace object '" + n.target_attr->name +
                         "'");
-          CheckNesting(v);
+          CheckNesting(v, &ns);
           ns.dict->Set(n.targets[0], std::move(v));
         } else {
           Bind(*frame_, n.targets, v);

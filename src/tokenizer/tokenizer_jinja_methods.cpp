@@ -174,14 +174,14 @@ Value ListMethod(const Value& self, const std::string& name, const CallArgs& a) 
   const bool tuple = self.flag;
   if (name == "append" && !tuple) {
     CheckListSize(l.size() + 1);
-    CheckNesting(a.Get(0, "object"));
+    CheckNesting(a.Get(0, "object"), &self);
     l.push_back(a.Get(0, "object"));
     return Value::None();
   }
   if (name == "extend" && !tuple) {
     for (auto& v : Iterate(a.Get(0, "iterable"))) {
       CheckListSize(l.size() + 1);
-      CheckNesting(v);
+      CheckNesting(v, &self);
       l.push_back(v);
     }
     return Value::None();
@@ -190,7 +190,7 @@ Value ListMethod(const Value& self, const std::string& name, const CallArgs& a) 
     int64_t i = PyIndex(IntArg(a, 0, "index", 0), static_cast<int64_t>(l.size()));
     i = std::clamp<int64_t>(i, 0, static_cast<int64_t>(l.size()));
     CheckListSize(l.size() + 1);
-    CheckNesting(a.Get(1, "object"));
+    CheckNesting(a.Get(1, "object"), &self);
     l.insert(l.begin() + i, a.Get(1, "object"));
     return Value::None();
   }
@@ -242,7 +242,7 @@ Value DictMethod(const Value& self, const std::string& name, const CallArgs& a) 
     if (name == "setdefault") {
       if (v) return *v;
       if (def.IsUndefined()) def = Value::None();
-      CheckNesting(def);
+      CheckNesting(def, &self);
       d.Set(DictKey(key), def);
       return def;
     }
@@ -257,9 +257,11 @@ Value DictMethod(const Value& self, const std::string& name, const CallArgs& a) 
   if (name == "update") {
     const Value other = a.Get(0, nullptr);
     if (other.IsDict())
+      for (const auto& [k, v] : other.dict->items) CheckNesting(v, &self);
+    for (const auto& [k, v] : a.kw) CheckNesting(v, &self);
+    if (other.IsDict())
       for (const auto& [k, v] : other.dict->items) d.Set(k, v);
     for (const auto& [k, v] : a.kw) d.Set(k, v);
-    CheckNesting(self);
     return Value::None();
   }
   if (name == "copy") {

@@ -42,24 +42,28 @@ void ChargeWork(size_t units) {
 
 namespace {
 
-bool DeeperThan(const Value& v, int limit) {
+bool DeeperThan(const Value& v, int limit, const void* target) {
   if (!v.IsList() && !v.IsDict()) return false;
   if (limit == 0) return true;
-  ChargeWork(1);  // a value holding itself twice has exponentially many paths
+  if (target && (v.list.get() == target || v.dict.get() == target)) return true;
+  ChargeWork(1);  // a value holding another twice at every level has exponentially many paths
   if (v.IsList()) {
     for (const auto& x : *v.list)
-      if (DeeperThan(x, limit - 1)) return true;
+      if (DeeperThan(x, limit - 1, target)) return true;
   } else {
     for (const auto& kv : v.dict->items)
-      if (DeeperThan(kv.second, limit - 1)) return true;
+      if (DeeperThan(kv.second, limit - 1, target)) return true;
   }
   return false;
 }
 
 }  // namespace
 
-void CheckNesting(const Value& v) {
-  if (DeeperThan(v, 128)) throw Error("value nested too deeply");
+void CheckNesting(const Value& v, const Value* into) {
+  const void* target = !into            ? nullptr
+                       : into->IsList() ? static_cast<const void*>(into->list.get())
+                                        : static_cast<const void*>(into->dict.get());
+  if (DeeperThan(v, 128, target)) throw Error("value nested too deeply (or containing itself)");
 }
 
 void CheckListSize(size_t n) {

@@ -137,10 +137,11 @@ void ChargeWork(size_t units);
 // The most elements a list may hold (memory bound for hostile templates).
 constexpr size_t kMaxListSize = 1u << 20;
 void CheckListSize(size_t n);
-// Throws es::Error when `v` nests lists/dicts more than 128 deep (or holds itself): values a
+// Throws es::Error when `v` nests lists/dicts more than 128 deep or reaches `into` (the list or
+// dict it is about to be stored in, which would make a cycle that is never freed): values a
 // template builds are checked as they are stored, so printing or freeing them cannot overflow
 // the stack.
-void CheckNesting(const Value& v);
+void CheckNesting(const Value& v, const Value* into = nullptr);
 
 // UTF-8 code points, for Python's character indexing and len().
 std::vector<std::string> CodePoints(const std::string& s);
