@@ -1,5 +1,6 @@
-// Chat template forms: detection from template text, names, rendering, and the unknown-template
-// error. Expected strings follow llama.cpp's (b4748) llama_chat_apply_template output.
+// Built-in chat templates (small Jinja texts named by --chat-template NAME), family names detected
+// from template text, rendering of Jinja text, and the unknown-name error. The built-ins' expected
+// strings follow llama.cpp's (b4748) llama_chat_apply_template output.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -45,7 +46,8 @@ TEST(ChatTemplate, ChatMl) {
       "'<|im_end|>\\n'}}"
       "{% endfor %}";
   EXPECT_EQ(ChatTemplateName(jinja), "chatml");
-  EXPECT_EQ(Render(jinja), want);
+  // Jinja text renders as written: this one has no generation prompt.
+  EXPECT_EQ(Render(jinja), Render("chatml", false));
 }
 
 TEST(ChatTemplate, Llama2Variants) {
@@ -56,7 +58,7 @@ TEST(ChatTemplate, Llama2Variants) {
   const std::string sys =
       "{% if message['role'] == 'system' %}{{ '<<SYS>>\\n' + content }}{% endif %}[INST]";
   EXPECT_EQ(ChatTemplateName(sys), "llama2-sys");
-  EXPECT_EQ(Render(sys),
+  EXPECT_EQ(Render("llama2-sys"),
             "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST]Hello!</s>[INST] Who are you? "
             "[/INST]  A bot.  "
             "</s>[INST] Bye [/INST]");
@@ -146,18 +148,42 @@ TEST(ChatTemplate, ZephyrPhi3GemmaFalcon3) {
             "<|user|>\nx\n<|assistant|>\n");
 }
 
-TEST(ChatTemplate, UnknownTemplateNamesTheFormsAndTheOverride) {
+TEST(ChatTemplate, JinjaTextRendersAsWritten) {
+  EXPECT_EQ(Render("{% for m in messages %}{{ m.content }}|{% endfor %}"),
+            "Be brief.|Hi|Hello!|Who are you?|  A bot.  |Bye|");
+  EXPECT_EQ(ChatTemplateName("{{ messages[0].content }}"), "jinja");
+}
+
+TEST(ChatTemplate, UnknownNameListsTheBuiltIns) {
+  for (const char* bad : {"llama-7", ""}) {
+    try {
+      Render(bad);
+      FAIL() << "expected es::Error for '" << bad << "'";
+    } catch (const es::Error& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("--chat-template NAME"), std::string::npos) << msg;
+      for (const char* n : {"chatml", "llama2", "llama3", "mistral", "zephyr"})
+        EXPECT_NE(msg.find(n), std::string::npos) << n << " missing from: " << msg;
+    }
+  }
+}
+
+// Errors in a template name the line and column, and the template's own raise_exception text.
+TEST(ChatTemplate, TemplateErrorsNameThePlace) {
   try {
-    Render("{% for m in messages %}{{ m.content }}{% endfor %}");
+    Render("line one\n{% if messages %}{{ messages | no_such_filter }}{% endif %}");
     FAIL() << "expected es::Error";
   } catch (const es::Error& e) {
-    const std::string msg = e.what();
-    EXPECT_NE(msg.find("--chat-template NAME"), std::string::npos) << msg;
-    for (const char* n : {"chatml", "llama2", "llama3", "mistral", "zephyr"})
-      EXPECT_NE(msg.find(n), std::string::npos) << n << " missing from: " << msg;
+    EXPECT_NE(std::string(e.what()).find("line 2 column"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("no_such_filter"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(Render("llama-7"), es::Error);
-  EXPECT_THROW(Render(""), es::Error);
+  try {
+    Render(
+        "{% if messages[0].role == 'system' %}{{ raise_exception('No system role!') }}{% endif %}");
+    FAIL() << "expected es::Error";
+  } catch (const es::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("No system role!"), std::string::npos) << e.what();
+  }
 }
 
 TEST(ChatTemplate, EveryNameRenders) {

@@ -1,6 +1,8 @@
 // End-to-end checks of the `edgeshard` binary: exit codes, messages, generation.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -153,10 +155,35 @@ TEST(Cli, ChatKeepsConversationWithTemplate) {
   EXPECT_GT(cached[1], 5) << r.err;
 }
 
-TEST(Cli, ChatWithoutTemplateNamesTheFix) {
-  auto r = es::test::RunCliWithInput("chat -m " + ModelPath("stories260K.gguf"), "hi\n");
-  EXPECT_EQ(r.exit_code, 1);
+// A model without tokenizer.chat_template chats in chatml and says so (with the override).
+TEST(Cli, ChatWithoutTemplateFallsBackToChatml) {
+  auto r = es::test::RunCliWithInput("chat -m " + ModelPath("stories260K.gguf") + " -n 4 --temp 0",
+                                     "hi\n");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("using chatml"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("--chat-template"), std::string::npos) << r.err;
+}
+
+// --chat-template-file reads a Jinja template; --jinja-var values reach it as JSON values.
+TEST(Cli, ChatTemplateFileAndJinjaVars) {
+  char path[] = "/tmp/es_chat_tmpl_XXXXXX";
+  const int fd = mkstemp(path);
+  const std::string tmpl =
+      "{{ raise_exception('got ' ~ enable_thinking ~ ' ' ~ (enable_thinking is boolean) ~ ' ' ~ "
+      "name) }}";
+  ASSERT_EQ(write(fd, tmpl.data(), tmpl.size()), static_cast<ssize_t>(tmpl.size()));
+  close(fd);
+  auto r = es::test::RunCliWithInput("chat -m " + ModelPath("stories260K.gguf") +
+                                         " --chat-template-file " + path +
+                                         " --jinja-var enable_thinking=false --jinja-var name=Ann",
+                                     "hi\n");
+  std::remove(path);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("got False True Ann"), std::string::npos) << r.err;
+  r = es::test::RunCliWithInput(
+      "chat -m " + ModelPath("stories260K.gguf") + " --chat-template-file /nonexistent.jinja", "");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("/nonexistent.jinja"), std::string::npos) << r.err;
 }
 
 TEST(Cli, BenchJsonReportsMedians) {

@@ -343,16 +343,34 @@ TEST(ServerShutdown, SigtermWhileStreamingExitsCleanly) {
   close(a);
 }
 
-// Chat without a template is refused with a hint, completions still work.
-TEST(ServerNoTemplate, ChatNeedsATemplate) {
+// A model without a chat template chats in chatml (saying so on stderr); completions work too.
+TEST(ServerNoTemplate, ChatFallsBackToChatml) {
   ServerProcess srv({"-m", Stories(), "--parallel", "1", "-c", "256"});
   ASSERT_GT(srv.port(), 0);
-  auto e = ExpectError(Post(srv.port(), "/v1/chat/completions",
-                            R"({"messages": [{"role": "user", "content": "hi"}]})"),
-                       400, "messages");
-  EXPECT_NE(e["message"].get<std::string>().find("--chat-template"), std::string::npos);
+  EXPECT_EQ(Post(srv.port(), "/v1/chat/completions",
+                 R"({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})")
+                .status,
+            200);
   EXPECT_EQ(Post(srv.port(), "/v1/completions", R"({"prompt": "Once", "max_tokens": 2})").status,
             200);
+}
+
+// chat_template_kwargs (as llama-server) reach the template as variables.
+TEST(ServerNoTemplate, ChatTemplateKwargsReachTheTemplate) {
+  ServerProcess srv({"-m", Stories(), "--parallel", "1", "-c", "256", "--chat-template",
+                     "{% if enable_thinking is false %}{{ raise_exception('thinking is off') }}"
+                     "{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}"});
+  ASSERT_GT(srv.port(), 0);
+  const std::string msgs = R"("messages": [{"role": "user", "content": "hi"}], "max_tokens": 2)";
+  EXPECT_EQ(Post(srv.port(), "/v1/chat/completions", "{" + msgs + "}").status, 200);
+  auto e =
+      ExpectError(Post(srv.port(), "/v1/chat/completions",
+                       "{" + msgs + R"(, "chat_template_kwargs": {"enable_thinking": false}})"),
+                  400, "messages");
+  EXPECT_NE(e["message"].get<std::string>().find("thinking is off"), std::string::npos);
+  ExpectError(
+      Post(srv.port(), "/v1/chat/completions", "{" + msgs + R"(, "chat_template_kwargs": 3})"), 400,
+      "chat_template_kwargs");
 }
 
 TEST(ServerCli, BadOptionsFail) {

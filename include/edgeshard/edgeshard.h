@@ -55,9 +55,12 @@ class Model {
   // The beginning-of-sequence token if the vocabulary adds one to prompts, else -1.
   int32_t PromptBosToken() const;
   // Renders a conversation with the model's chat template (or `template_override`, a name
-  // such as "chatml" or a template text), ending with the assistant prompt.
+  // such as "chatml" or a template text; chatml when the model has none), ending with the
+  // assistant prompt. `template_vars` are extra template variables as "NAME=VALUE" (VALUE in
+  // JSON, e.g. "enable_thinking=false", or a plain string).
   std::string ApplyChatTemplate(const std::vector<ChatTurn>& turns, bool add_assistant_prompt,
-                                const std::string& template_override = "") const;
+                                const std::string& template_override = "",
+                                const std::vector<std::string>& template_vars = {}) const;
 
   struct Impl;
   Impl& impl() const { return *impl_; }

@@ -94,23 +94,17 @@ int32_t Model::PromptBosToken() const {
 }
 
 std::string Model::ApplyChatTemplate(const std::vector<ChatTurn>& turns, bool add_assistant_prompt,
-                                     const std::string& template_override) const {
+                                     const std::string& template_override,
+                                     const std::vector<std::string>& template_vars) const {
   const auto& t = *impl_->tokenizer;
-  std::string tmpl = template_override;
-  if (tmpl.empty()) {
-    auto from_model = t.ChatTemplate();
-    if (!from_model)
-      throw Error(
-          impl_->model->file().path() +
-          ": the model has no chat template (tokenizer.chat_template); pass --chat-template NAME "
-          "(llama2, llama3, chatml, mistral, zephyr)");
-    tmpl = *from_model;
-  }
+  const std::string tmpl =
+      tok::ChatTemplateOrDefault(template_override, t.ChatTemplate(), impl_->model->file().path());
   std::vector<tok::ChatMessage> msgs;
   for (const auto& turn : turns) msgs.push_back({turn.role, turn.content});
   const std::string bos = t.bos() >= 0 ? t.TokenText(t.bos()) : "";
   const std::string eos = t.eos() >= 0 ? t.TokenText(t.eos()) : "";
-  return tok::ApplyChatTemplate(tmpl, msgs, add_assistant_prompt, bos, eos);
+  return tok::ApplyChatTemplate(tmpl, msgs, add_assistant_prompt, bos, eos,
+                                tok::ParseJinjaVars(template_vars));
 }
 
 struct Context::Impl {

@@ -16,12 +16,17 @@ struct ChatOptions {
   ModelOptions model;
   GenerateParams gen;
   std::string system;
-  std::string chat_template;
+  ChatTemplateOptions tmpl;
+  std::string chat_template;            // resolved from tmpl
+  std::vector<std::string> jinja_vars;  // NAME=VALUE template variables
   bool verbose = false;
   shard::ClusterCliOptions cluster;  // --cluster: chat on a cluster's workers
 };
 
 int Chat(ChatOptions o) {
+  o.chat_template = ChatTemplateText(o.tmpl);
+  if (!o.cluster.cluster.empty() && !o.jinja_vars.empty())
+    throw Error("--jinja-var is not supported with --cluster");
   if (!o.cluster.cluster.empty())
     return shard::ClusterChat(o.cluster,
                               {o.model.model, o.model.threads, o.model.ctx, o.model.batch,
@@ -34,7 +39,7 @@ int Chat(ChatOptions o) {
   std::vector<ChatTurn> turns;
   if (!o.system.empty()) turns.push_back({"system", o.system});
   // Validate the template before the first prompt, so a bad one fails at once.
-  model->ApplyChatTemplate({{"user", "hi"}}, true, o.chat_template);
+  model->ApplyChatTemplate({{"user", "hi"}}, true, o.chat_template, o.jinja_vars);
   if (tty)
     std::fprintf(stderr,
                  "edgeshard chat: type a message; /reset starts over, /exit or Ctrl-D quits\n");
@@ -53,7 +58,7 @@ int Chat(ChatOptions o) {
     }
     if (line.empty()) continue;
     turns.push_back({"user", line});
-    const std::string text = model->ApplyChatTemplate(turns, true, o.chat_template);
+    const std::string text = model->ApplyChatTemplate(turns, true, o.chat_template, o.jinja_vars);
     // Templates that write the BOS text themselves must not get a second one.
     auto with_bos = model->Tokenize(text, true, true);
     auto without = model->Tokenize(text, false, true);
@@ -88,7 +93,7 @@ int Chat(ChatOptions o) {
                    r.stop_reason.c_str());
     turns.push_back({"assistant", r.text});
     shifted = shifted || r.n_shifts > 0;
-    text_so_far = model->ApplyChatTemplate(turns, false, o.chat_template);
+    text_so_far = model->ApplyChatTemplate(turns, false, o.chat_template, o.jinja_vars);
     if (r.stop_reason == "context") {
       std::fprintf(stderr,
                    "edgeshard chat: error: the context of %d tokens is full (use a larger -c, "
@@ -108,9 +113,11 @@ const bool registered = RegisterCommand("chat", [](CLI::App& app) {
   AddSamplingOptions(cmd, o->gen);
   AddContextShiftOptions(cmd, o->gen.context_shift, o->gen.n_keep);
   cmd->add_option("--system", o->system, "system prompt");
-  cmd->add_option("--chat-template", o->chat_template,
-                  "template name (llama2, llama3, chatml, mistral, zephyr) or template text; "
-                  "default: the model's");
+  AddChatTemplateOptions(cmd, o->tmpl);
+  cmd->add_option("--jinja-var", o->jinja_vars,
+                  "extra chat template variable NAME=VALUE, VALUE in JSON or a plain string "
+                  "(e.g. enable_thinking=false); repeatable")
+      ->allow_extra_args(false);
   cmd->add_flag("-v,--verbose", o->verbose, "print cache use and speed after each reply");
   shard::AddClusterOptions(cmd, o->cluster, shard::ClusterCommand::kChat);
   return [o]() { return Chat(*o); };

@@ -4,6 +4,10 @@
 
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <iterator>
+
+#include "edgeshard/error.h"
 
 #include "model/model_llama.h"
 
@@ -126,6 +130,24 @@ void AddSamplingOptions(CLI::App* app, GenerateParams& g) {
   app->add_option("-s,--seed", s.seed, "random seed (default: random)");
   app->add_option("--stop", g.stop, "stop string (repeatable); never printed");
   app->add_flag("--ignore-eos", g.ignore_eos, "keep generating past end-of-text tokens");
+}
+
+void AddChatTemplateOptions(CLI::App* app, ChatTemplateOptions& o) {
+  auto* text = app->add_option("--chat-template", o.text,
+                               "built-in template name (chatml, llama2, llama3, mistral, zephyr, "
+                               "...) or Jinja template text; default: the model's (chatml if it "
+                               "has none)");
+  app->add_option("--chat-template-file", o.file, "read the Jinja chat template from this file")
+      ->excludes(text);
+}
+
+std::string ChatTemplateText(const ChatTemplateOptions& o) {
+  if (o.file.empty()) return o.text;
+  std::ifstream f(o.file, std::ios::binary);
+  if (!f) throw Error(o.file + ": cannot read the chat template file");
+  std::string text{std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+  if (text.empty()) throw Error(o.file + ": the chat template file is empty");
+  return text;
 }
 
 }  // namespace es::cli

@@ -39,4 +39,13 @@ std::string HumanBytes(double bytes);
 // "4.0 MiB", or with other types than F16 "2.1 MiB (K q8_0, V q8_0)".
 std::string KvCacheText(size_t bytes, const ModelOptions& o);
 
+// --chat-template NAME|TEXT and --chat-template-file FILE (they exclude each other).
+struct ChatTemplateOptions {
+  std::string text;
+  std::string file;
+};
+void AddChatTemplateOptions(CLI::App* app, ChatTemplateOptions& o);
+// The template they give ("" for the model's own); reads the file. Throws es::Error.
+std::string ChatTemplateText(const ChatTemplateOptions& o);
+
 }  // namespace es::cli

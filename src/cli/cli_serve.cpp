@@ -18,6 +18,7 @@ struct ServeOptions {
   ModelOptions model;
   server::ServerOptions server;
   double head_timeout_s = 10, body_timeout_s = 60, idle_timeout_s = 5, write_timeout_s = 10;
+  ChatTemplateOptions tmpl;
 };
 
 bool IsLoopbackHost(const std::string& h) {
@@ -27,6 +28,7 @@ bool IsLoopbackHost(const std::string& h) {
 int Serve(ServeOptions o) {
   auto& s = o.server;
   s.model_path = o.model.model;
+  s.chat_template = ChatTemplateText(o.tmpl);
   s.sched.n_ctx = o.model.ctx;
   s.sched.n_threads = o.model.threads;
   s.sched.n_batch = o.model.batch;
@@ -90,9 +92,7 @@ const bool registered = RegisterCommand("serve", [](CLI::App& app) {
   cmd->add_option("--api-key", s.api_key,
                   "require 'Authorization: Bearer KEY' (also $EDGESHARD_API_KEY)")
       ->envname("EDGESHARD_API_KEY");
-  cmd->add_option(
-      "--chat-template", s.chat_template,
-      "template name (chatml, llama2, llama3, mistral, zephyr, ...) or text; default: the model's");
+  AddChatTemplateOptions(cmd, o->tmpl);
   cmd->add_option("--alias", s.model_id, "model id reported by the API (default: the file name)");
   cmd->add_option("--max-body", s.max_body, "largest request body in bytes")
       ->check(CLI::Range(size_t{1024}, size_t{1} << 30))

@@ -80,21 +80,18 @@ HttpServer::HttpServer(const ServerOptions& o) : impl_(std::make_unique<Impl>())
   if (s.opts.model_id.empty())
     s.opts.model_id = std::filesystem::path(o.model_path).stem().string();
 
-  // Chat template: a bad --chat-template is an error now; a model template this engine does not
-  // know only disables the chat endpoint (completions still work).
-  std::string tmpl = o.chat_template;
-  if (tmpl.empty()) tmpl = s.tok->ChatTemplate().value_or("");
-  if (!tmpl.empty()) {
-    try {
-      tok::ApplyChatTemplate(tmpl, {{"user", "hi"}}, true, "", "");
-      s.chat_template = tmpl;
-      s.template_note = "chat template " + tok::ChatTemplateName(tmpl);
-    } catch (const Error& e) {
-      if (!o.chat_template.empty()) throw;
-      s.template_note = std::string("chat disabled (") + e.what() + ")";
-    }
-  } else {
-    s.template_note = "no chat template (chat disabled; use --chat-template NAME)";
+  // Chat template: a bad --chat-template is an error now; a model template that fails to render
+  // a plain user turn only disables the chat endpoint (completions still work). A model without
+  // one chats in chatml.
+  const std::string tmpl =
+      tok::ChatTemplateOrDefault(o.chat_template, s.tok->ChatTemplate(), o.model_path);
+  try {
+    tok::ApplyChatTemplate(tmpl, {{"user", "hi"}}, true, "", "");
+    s.chat_template = tmpl;
+    s.template_note = "chat template " + tok::ChatTemplateName(tmpl);
+  } catch (const Error& e) {
+    if (!o.chat_template.empty()) throw;
+    s.template_note = std::string("chat disabled (") + e.what() + ")";
   }
 
   s.sched = std::make_unique<Scheduler>(*s.model, *s.tok, o.sched, s.metrics);

@@ -276,6 +276,13 @@ ParsedRequest ParseRequest(Endpoint ep, const json& body, int n_ctx, int max_tok
       throw ApiError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs");
     if (const json* tools = Field(body, "tools"); tools && !(tools->is_array() && tools->empty()))
       throw ApiError(400, "'tools' are not supported by this server", "tools");
+    // Extra chat template variables, as llama-server takes them (e.g. {"enable_thinking": false}).
+    if (const json* kw = Field(body, "chat_template_kwargs")) {
+      if (!kw->is_object())
+        throw ApiError(400, "'chat_template_kwargs' must be an object, got " + Short(*kw),
+                       "chat_template_kwargs");
+      r.template_vars = nlohmann::ordered_json::parse(kw->dump());
+    }
     if (const json* rf = Field(body, "response_format");
         rf && !(rf->is_object() && rf->contains("type") && (*rf)["type"] == "text"))
       throw ApiError(400, "'response_format' other than {\"type\": \"text\"} is not supported",
@@ -338,7 +345,7 @@ std::vector<int32_t> BuildPrompt(const ParsedRequest& r, const tok::Tokenizer& t
     const std::string eos = t.eos() >= 0 ? t.TokenText(t.eos()) : "";
     std::string text;
     try {
-      text = tok::ApplyChatTemplate(chat_template, r.messages, true, bos, eos);
+      text = tok::ApplyChatTemplate(chat_template, r.messages, true, bos, eos, r.template_vars);
     } catch (const Error& e) {
       throw ApiError(400, std::string("cannot apply the chat template: ") + e.what(), "messages");
     }

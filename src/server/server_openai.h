@@ -38,8 +38,9 @@ struct ParsedRequest {
   Endpoint endpoint = Endpoint::kCompletion;
   GenRequest gen;                          // everything but the prompt tokens
   std::vector<tok::ChatMessage> messages;  // chat
-  std::string prompt_text;                 // completions, when given as text
-  std::vector<int32_t> prompt_tokens;      // completions, when given as token ids
+  nlohmann::ordered_json template_vars = nlohmann::ordered_json::object();  // chat_template_kwargs
+  std::string prompt_text;             // completions, when given as text
+  std::vector<int32_t> prompt_tokens;  // completions, when given as token ids
   bool prompt_is_tokens = false;
   std::string model;
   bool stream = false, include_usage = false;

@@ -165,15 +165,7 @@ int ClusterChat(const ClusterCliOptions& c, const ClusterModelArgs& m, const Gen
   Coordinator co(m.model, MakeOptions(cc, m));
   const auto& t = co.tokenizer();
   WarnContext("chat", m.model, co.n_ctx(), gen);
-  std::string tmpl = chat_template;
-  if (tmpl.empty()) {
-    auto from_model = t.ChatTemplate();
-    if (!from_model)
-      throw Error(m.model +
-                  ": the model has no chat template (tokenizer.chat_template); pass "
-                  "--chat-template NAME (llama2, llama3, chatml, mistral, zephyr)");
-    tmpl = *from_model;
-  }
+  const std::string tmpl = tok::ChatTemplateOrDefault(chat_template, t.ChatTemplate(), m.model);
   const std::string bos = t.bos() >= 0 ? t.TokenText(t.bos()) : "";
   const std::string eos = t.eos() >= 0 ? t.TokenText(t.eos()) : "";
   std::vector<tok::ChatMessage> turns;
