@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <sstream>
+#include <utility>
 
 namespace es::tok {
 namespace {
@@ -28,29 +30,18 @@ std::string_view Trim(std::string_view s) {
   return s;
 }
 
-// End (one past) of the JSON object or array starting at s[0], strings and escapes respected;
-// npos when it does not close.
-size_t JsonEnd(std::string_view s) {
-  int depth = 0;
-  bool in_string = false, escaped = false;
-  for (size_t i = 0; i < s.size(); ++i) {
-    const char c = s[i];
-    if (in_string) {
-      if (escaped)
-        escaped = false;
-      else if (c == '\\')
-        escaped = true;
-      else if (c == '"')
-        in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      ++depth;
-    } else if (c == '}' || c == ']') {
-      if (--depth == 0) return i + 1;
-    }
+// The JSON value at the start of `s` and where it ends (one past); nullopt when it does not
+// parse. The stream parser stops after one value, so what follows may be anything.
+std::optional<std::pair<json, size_t>> ParsePrefix(std::string_view s) {
+  std::istringstream is{std::string(s)};
+  json j;
+  try {
+    is >> j;
+  } catch (const json::exception&) {
+    return std::nullopt;
   }
-  return std::string_view::npos;
+  const auto pos = is.tellg();
+  return std::pair{std::move(j), pos < 0 ? s.size() : static_cast<size_t>(pos)};
 }
 
 std::optional<json> ParseJson(std::string_view s) {
@@ -109,14 +100,12 @@ std::optional<std::vector<ToolCall>> ParseCalls(std::string_view s, ToolCallForm
     case ToolCallFormat::kLlama3:
       if (s.substr(0, kPythonTag.size()) == kPythonTag) s = TrimLeft(s.substr(kPythonTag.size()));
       while (!s.empty()) {
-        const size_t end = s.front() == '{' ? JsonEnd(s) : std::string_view::npos;
-        if (end == std::string_view::npos) return std::nullopt;
-        const auto body = ParseJson(s.substr(0, end));
+        const auto body = s.front() == '{' ? ParsePrefix(s) : std::nullopt;
         if (!body) return std::nullopt;
-        auto c = CallFrom(*body, {"parameters", "arguments"}, next_index());
+        auto c = CallFrom(body->first, {"parameters", "arguments"}, next_index());
         if (!c) return std::nullopt;
         calls.push_back(std::move(*c));
-        s = TrimLeft(s.substr(end));
+        s = TrimLeft(s.substr(body->second));
         if (!s.empty() && s.front() == ';') s = TrimLeft(s.substr(1));
       }
       break;
@@ -125,29 +114,26 @@ std::optional<std::vector<ToolCall>> ParseCalls(std::string_view s, ToolCallForm
         if (s.substr(0, kMistralCalls.size()) != kMistralCalls) return std::nullopt;
         s = TrimLeft(s.substr(kMistralCalls.size()));
         if (!s.empty() && s.front() == '[') {  // [{"name", "arguments", "id"}, ...]
-          const size_t end = JsonEnd(s);
-          const auto arr = ParseJson(s.substr(0, end));
-          if (!arr || !arr->is_array() || arr->empty()) return std::nullopt;
-          for (const json& j : *arr) {
+          const auto arr = ParsePrefix(s);
+          if (!arr || !arr->first.is_array() || arr->first.empty()) return std::nullopt;
+          for (const json& j : arr->first) {
             auto c = CallFrom(j, {"arguments", "parameters"}, next_index());
             if (!c) return std::nullopt;
             calls.push_back(std::move(*c));
           }
-          s = end == std::string_view::npos ? std::string_view{} : TrimLeft(s.substr(end));
+          s = TrimLeft(s.substr(arr->second));
         } else {  // name[ARGS]{...}
           const size_t args = s.find(kMistralArgs);
           if (args == std::string_view::npos) return std::nullopt;
           ToolCall c;
           c.name = std::string(Trim(s.substr(0, args)));
           s = TrimLeft(s.substr(args + kMistralArgs.size()));
-          const size_t end = !s.empty() && s.front() == '{' ? JsonEnd(s) : std::string_view::npos;
-          const auto body =
-              end == std::string_view::npos ? std::nullopt : ParseJson(s.substr(0, end));
-          if (c.name.empty() || !body || !body->is_object()) return std::nullopt;
-          c.arguments = body->dump();
+          const auto body = !s.empty() && s.front() == '{' ? ParsePrefix(s) : std::nullopt;
+          if (c.name.empty() || !body || !body->first.is_object()) return std::nullopt;
+          c.arguments = body->first.dump();
           c.id = "call_" + std::to_string(next_index());
           calls.push_back(std::move(c));
-          s = TrimLeft(s.substr(end));
+          s = TrimLeft(s.substr(body->second));
         }
       }
       break;
