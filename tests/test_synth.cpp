@@ -395,7 +395,7 @@ TEST(SynthCli, BadArguments) {
   auto r = RunCli("synth --preset nope --vocab '" + LlamaVocab() + "' -o '" + out + "'");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("stories110m"), std::string::npos) << r.err;
-  r = RunCli("synth --preset tiny-test --type q5_1 --vocab '" + LlamaVocab() + "' -o '" + out +
+  r = RunCli("synth --preset tiny-test --type q7_0 --vocab '" + LlamaVocab() + "' -o '" + out +
              "'");
   EXPECT_EQ(r.exit_code, 2);
   r = RunCli("synth --preset tiny-test -o '" + out + "'");
