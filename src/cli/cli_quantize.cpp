@@ -94,7 +94,8 @@ std::string FormatHelp() {
     s += line;
   }
   s += "1-D tensors (norms, biases) are copied unchanged. A row length a type cannot hold falls\n"
-       "back to Q4_0 (for Q4_K), Q8_0 (for Q6_K) or F16, with a note on stderr.";
+       "back to Q4_0 (for Q4_K, Q2_K, Q3_K, IQ4_XS), Q8_0 (for Q6_K, Q5_K) or F16, with a note on\n"
+       "stderr.";
   return s;
 }
 

@@ -23,7 +23,8 @@ kernels::Matrix GetMatrix(const gguf::File& f, const std::string& name, int64_t 
   if (!Traits(t.type).supported)
     throw Error(f.path() + ": tensor '" + name + "' has type " + TypeName(t.type) +
                 ", which edgeshard cannot compute with (supported: F32, F16, BF16, Q8_0, Q4_0, "
-                "Q4_K, Q6_K; re-quantize the model with `edgeshard quantize`)");
+                "Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS; re-quantize the model with `edgeshard "
+                "quantize`)");
   return kernels::Matrix{t.data, t.type, rows, cols, RowBytes(t.type, cols)};
 }
 

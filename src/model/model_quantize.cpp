@@ -122,6 +122,10 @@ const std::vector<QuantFormat>& QuantFormats() {
       {"q4_0-q6k-output", TensorType::kQ4_0, Mix::kQ6KOutput, 2,
        "Q4_0, output in Q6_K (as llama.cpp's Q4_0)"},
       {"q4_k", TensorType::kQ4_K, Mix::kPure, 14, "all weights Q4_K, output included"},
+      {"q5_k", TensorType::kQ5_K, Mix::kPure, 16, "all weights Q5_K, output included"},
+      {"q3_k", TensorType::kQ3_K, Mix::kPure, 11, "all weights Q3_K, output included"},
+      {"q2_k", TensorType::kQ2_K, Mix::kPure, 10, "all weights Q2_K, output included"},
+      {"iq4_xs", TensorType::kIQ4_XS, Mix::kPure, 30, "all weights IQ4_XS, output included"},
       {"q4_k-q6k-output", TensorType::kQ4_K, Mix::kQ6KOutput, 14, "Q4_K, output in Q6_K"},
       {"q4_k_m", TensorType::kQ4_K, Mix::kQ4KM, 15,
        "Q4_K; Q6_K for output and some attn_v/ffn_down layers (as llama.cpp's Q4_K_M)"},
@@ -208,6 +212,14 @@ std::vector<TensorPlan> PlanTensorTypes(const std::vector<TensorDesc>& tensors,
         llama_choice = " (llama.cpp would use Q5_0, which edgeshard does not support)";
       } else if (want == TensorType::kQ6_K) {
         fb = TensorType::kQ8_0;
+      } else if (want == TensorType::kQ2_K || want == TensorType::kQ3_K) {
+        fb = TensorType::kQ4_0;
+      } else if (want == TensorType::kQ5_K) {
+        fb = TensorType::kQ8_0;
+        llama_choice = " (llama.cpp would use Q5_1, which edgeshard does not support)";
+      } else if (want == TensorType::kIQ4_XS) {
+        fb = TensorType::kQ4_0;
+        llama_choice = " (llama.cpp would use IQ4_NL, which edgeshard does not support)";
       }
       if (nx % BlockElems(fb) != 0) {
         fb = TensorType::kF16;

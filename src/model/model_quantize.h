@@ -2,7 +2,8 @@
 // restricted to the types edgeshard computes with), and streaming conversion of GGUF files.
 //
 // Formats (`edgeshard quantize --help` lists them):
-//   f32, f16, bf16, q8_0, q4_0, q4_k, q6_k  every weight matrix in that type ("pure").
+//   f32, f16, bf16, q8_0, q4_0, q4_k, q6_k,  every weight matrix in that type ("pure").
+//   q5_k, q3_k, q2_k, iq4_xs
 //   q4_k_m            llama.cpp's Q4_K_M: Q6_K for output.weight and for attn_v / ffn_down in
 //                     the layers llama.cpp's use_more_bits rule picks, Q4_K elsewhere.
 //   q4_0-q6k-output,  the base type with output.weight in Q6_K (or token_embd.weight when the
@@ -10,7 +11,8 @@
 //                     "Q4_0" writes.
 // 1-D tensors (norms, biases) and tensors whose names do not end in "weight" are copied as they
 // are. A row length the chosen type cannot hold falls back to the nearest supported type
-// (Q4_K -> Q4_0, Q6_K -> Q8_0, else F16), as llama.cpp falls back (to Q5_0 / Q8_0 / F16).
+// (Q4_K, Q2_K, Q3_K, IQ4_XS -> Q4_0; Q6_K, Q5_K -> Q8_0; else F16), as llama.cpp falls back
+// (to Q5_0, Q4_0, IQ4_NL / Q8_0, Q5_1 / F16).
 #pragma once
 #include <cstdint>
 #include <functional>

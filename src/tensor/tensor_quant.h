@@ -9,15 +9,17 @@
 namespace es {
 
 // Dequantizes `n` elements (a multiple of the type's block size) of type `t` at `src` into `dst`.
-// Supported: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K (and Q8_K).
+// Supported: F32, F16, BF16, Q8_0, Q4_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS (and Q8_K).
 void DequantizeRowRef(TensorType t, const void* src, float* dst, int64_t n);
 
 // Quantizes `n` floats into type `t`, with llama.cpp's reference rounding rules so files and
-// activations match its bytes. Supported: F32, F16, BF16, Q8_0, Q8_K, Q4_0, Q4_K, Q6_K.
+// activations match its bytes. Supported: F32, F16, BF16, Q8_0, Q8_K, Q4_0,
+// Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS (IQ4_XS without an importance matrix).
 void QuantizeRowRef(TensorType t, const float* src, void* dst, int64_t n);
 
 // The type activations are converted to before a dot product with weights of type `w`
-// (as llama.cpp does): F16->F16, BF16->BF16, F32->F32, Q4_0/Q8_0->Q8_0, Q4_K/Q6_K->Q8_K.
+// (as llama.cpp does): F16->F16, BF16->BF16, F32->F32, Q4_0/Q8_0->Q8_0, the
+// 256-element K-quants and IQ4_XS->Q8_K.
 TensorType VecDotType(TensorType w);
 
 // Reference dot product of one weight row (type w) with one activation row already converted
