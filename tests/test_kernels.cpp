@@ -45,9 +45,10 @@ namespace {
 using es::TensorType;
 namespace k = es::kernels;
 
-constexpr TensorType kWeightTypes[] = {TensorType::kF32,  TensorType::kF16,  TensorType::kBF16,
-                                       TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_K,
-                                       TensorType::kQ6_K};
+constexpr TensorType kWeightTypes[] = {TensorType::kF32,  TensorType::kF16,   TensorType::kBF16,
+                                       TensorType::kQ8_0, TensorType::kQ4_0,  TensorType::kQ4_K,
+                                       TensorType::kQ6_K, TensorType::kQ5_K,  TensorType::kQ3_K,
+                                       TensorType::kQ2_K, TensorType::kIQ4_XS};
 
 std::vector<float> Gaussian(size_t n, uint32_t seed, float sigma = 1.0f) {
   std::mt19937 rng(seed);
@@ -130,7 +131,8 @@ TEST(Kernels, DequantizeRowBitExact) {
   ForEachTarget([&] {
     for (TensorType t :
          {TensorType::kF32, TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0,
-          TensorType::kQ4_0, TensorType::kQ4_K, TensorType::kQ6_K, TensorType::kQ8_K}) {
+          TensorType::kQ4_0, TensorType::kQ4_K, TensorType::kQ6_K, TensorType::kQ8_K,
+          TensorType::kQ5_K, TensorType::kQ3_K, TensorType::kQ2_K, TensorType::kIQ4_XS}) {
       const auto q = Quantize(t, x.data(), n);
       std::vector<float> ref(n), got(n);
       es::DequantizeRowRef(t, q.data(), ref.data(), n);

@@ -38,6 +38,7 @@
 #include "kernels/kernels_arm.h"
 #include "kernels/kernels_internal.h"
 #include "tensor/tensor_quant.h"
+#include "tensor/tensor_quant_internal.h"
 #include "tensor/tensor_types.h"
 
 #ifndef ES_KERNELS_MATMUL_ONCE
@@ -348,7 +349,8 @@ default:
 #define ES_F16_X16 0
 #endif
 
-#include "kernels/kernels_matmul_blocks-inl.h"  // NOLINT(build/include)
+#include "kernels/kernels_matmul_blocks-inl.h"   // NOLINT(build/include)
+#include "kernels/kernels_matmul_kquants-inl.h"  // NOLINT(build/include)
 
 #if ES_VNNI
 #include "kernels/kernels_matmul_vnni-inl.h"  // NOLINT(build/include)
@@ -445,6 +447,15 @@ default:
       case TensorType::kQ6_K:
         return MakeTiles<2, 4, Q6KKernel>();
 #endif
+      // No VNNI kernels yet: the int16 design on every target.
+      case TensorType::kQ5_K:
+        return MakeTiles<2, 4, GroupScaleKernel<UnpackQ5_K>>();
+      case TensorType::kQ3_K:
+        return MakeTiles<2, 4, GroupScaleKernel<UnpackQ3_K>>();
+      case TensorType::kQ2_K:
+        return MakeTiles<2, 4, GroupScaleKernel<UnpackQ2_K>>();
+      case TensorType::kIQ4_XS:
+        return MakeTiles<2, 4, GroupScaleKernel<UnpackIQ4_XS>>();
       default:
         return {nullptr, nullptr, nullptr, nullptr, 1, 1};
     }
