@@ -436,6 +436,8 @@ default:
         return MakeTiles<3, 8, Q4KVnni>();
       case TensorType::kQ6_K:
         return MakeTiles<3, 8, Q6KVnni>();
+      case TensorType::kQ5_K:
+        return MakeTiles<3, 8, Q5KVnni>();
 #else
       case TensorType::kQ8_0:
         return kWide ? MakeTiles<4, 4, Q8_0Kernel<UnpackQ8_0>>()
@@ -446,10 +448,10 @@ default:
         return MakeTiles<2, 4, Q4KKernel>();
       case TensorType::kQ6_K:
         return MakeTiles<2, 4, Q6KKernel>();
-#endif
-      // No VNNI kernels yet: the int16 design on every target.
       case TensorType::kQ5_K:
         return MakeTiles<2, 4, GroupScaleKernel<UnpackQ5_K>>();
+#endif
+      // The int16 design on every target (no VNNI kernels for these yet).
       case TensorType::kQ3_K:
         return MakeTiles<2, 4, GroupScaleKernel<UnpackQ3_K>>();
       case TensorType::kQ2_K:
