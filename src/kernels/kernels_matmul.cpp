@@ -354,7 +354,9 @@ default:
 
 #if ES_VNNI
 #include "kernels/kernels_matmul_vnni-inl.h"  // NOLINT(build/include)
-#endif                                        // ES_VNNI
+// After the VNNI helpers it uses:
+#include "kernels/kernels_matmul_kquants_vnni-inl.h"  // NOLINT(build/include)
+#endif                                                // ES_VNNI
 
   // ---------------------------------------------------------------------------------------------
   // Driver: tiles over [r0, r1) x [0, batch).
@@ -438,6 +440,12 @@ default:
         return MakeTiles<3, 8, Q6KVnni>();
       case TensorType::kQ5_K:
         return MakeTiles<3, 8, Q5KVnni>();
+      case TensorType::kQ3_K:
+        return MakeTiles<3, 8, Q3KVnni>();
+      case TensorType::kQ2_K:
+        return MakeTiles<3, 8, Q2KVnni>();
+      case TensorType::kIQ4_XS:
+        return MakeTiles<3, 8, IQ4XSVnni>();
 #else
       case TensorType::kQ8_0:
         return kWide ? MakeTiles<4, 4, Q8_0Kernel<UnpackQ8_0>>()
@@ -450,14 +458,13 @@ default:
         return MakeTiles<2, 4, Q6KKernel>();
       case TensorType::kQ5_K:
         return MakeTiles<2, 4, GroupScaleKernel<UnpackQ5_K>>();
-#endif
-      // The int16 design on every target (no VNNI kernels for these yet).
       case TensorType::kQ3_K:
         return MakeTiles<2, 4, GroupScaleKernel<UnpackQ3_K>>();
       case TensorType::kQ2_K:
         return MakeTiles<2, 4, GroupScaleKernel<UnpackQ2_K>>();
       case TensorType::kIQ4_XS:
         return MakeTiles<2, 4, GroupScaleKernel<UnpackIQ4_XS>>();
+#endif
       default:
         return {nullptr, nullptr, nullptr, nullptr, 1, 1};
     }
