@@ -3,7 +3,7 @@
 //
 // Activations are converted once per row of x (ConvertActs) into a target-private layout:
 //   F32/F16/BF16 weights: the f32 values as the dot product sees them (rounded through f16/bf16).
-//   Q8_0/Q4_0 weights:    Q8_0 quantization; Q4_K/Q6_K weights: Q8_K quantization.
+//   Q8_0/Q4_0 weights:    Q8_0 quantization; K-quant and IQ4_XS weights: Q8_K quantization.
 // Two integer designs:
 //   * Portable (every target but AVX3_DL): quants widened to int16 once per activation row, so
 //     each target multiplies with a 16x16->32 pairwise multiply-add (pmaddwd on x86).
@@ -11,7 +11,9 @@
 //     two 32-element blocks per 512-bit vector; per-lane scale patterns and exact integer
 //     corrections are precomputed with the activations.
 // Integer sums are exact; each block's sum is scaled in f32 and accumulated per lane, as
-// llama.cpp does.
+// llama.cpp does. Q2_K/Q3_K/Q5_K/IQ4_XS kernels live in kernels_matmul_kquants-inl.h (int16,
+// every target; IQ4_XS unpacking in kernels_matmul_iquants-inl.h) and
+// kernels_matmul_kquants_vnni-inl.h (AVX3_DL; Q5_K shares Q4_K's VNNI kernel).
 //
 // Weight rows are processed in tiles of R rows x C activation rows so that each weight block is
 // loaded and unpacked once and applied to C activation rows (prompt processing), and each
