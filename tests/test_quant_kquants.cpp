@@ -16,6 +16,7 @@
 #include "gguf/gguf_file.h"
 #include "model/model_quantize.h"
 #include "tensor/tensor_quant.h"
+#include "tensor/tensor_quant_internal.h"
 #include "tensor/tensor_types.h"
 #include "test_util.h"
 
@@ -32,16 +33,14 @@ std::vector<float> Dequantize(TensorType t, const void* src) {
 // Q5_K: Q4_K's packed 6-bit scales and mins; sub-block j's low 4 bits in nibble plane j & 1 of
 // qs[32 (j / 2) + l], its fifth bit at bit j of qh[l]; value d * sc * q - dmin * mn.
 TEST(DequantizeKQuants, Q5_K) {
-  const int sc[8] = {1, 17, 33, 63, 5, 40, 63, 22};
-  const int mn[8] = {0, 63, 7, 31, 48, 2, 19, 63};
+  // The scale packing is Q4_K's (tested by hand there; written by the quantizer whose bytes equal
+  // llama.cpp's below).
+  const uint8_t sc[8] = {1, 17, 33, 63, 5, 40, 63, 22};
+  const uint8_t mn[8] = {0, 63, 7, 31, 48, 2, 19, 63};
   es::BlockQ5_K b{};
   b.d = es::F32ToF16(0.5f);
   b.dmin = es::F32ToF16(0.125f);
-  for (int j = 0; j < 4; ++j) {
-    b.scales[j] = static_cast<uint8_t>(sc[j] | ((sc[j + 4] >> 4) << 6));
-    b.scales[j + 4] = static_cast<uint8_t>(mn[j] | ((mn[j + 4] >> 4) << 6));
-    b.scales[j + 8] = static_cast<uint8_t>((sc[j + 4] & 15) | ((mn[j + 4] & 15) << 4));
-  }
+  es::quant::PackScaleMinK4(sc, mn, b.scales);
   int q[256];
   for (int e = 0; e < 256; ++e) {
     q[e] = (e * 11 + e / 32) % 32;

@@ -180,14 +180,8 @@ void QuantQ4_K(const float* x, BlockQ4_K* y, int64_t nb) {
 // scales around -nmax / max and keeping the one that maximises the fitted energy. Used for the
 // symmetric Q6_K sub-blocks. Returns the scale (0 for an all-zero group).
 float FitScaleSymmetric(int n, int nmax, const float* x, int8_t* L) {
-  float amax = 0, max = 0;
-  for (int i = 0; i < n; ++i) {
-    const float ax = std::fabs(x[i]);
-    if (ax > amax) {
-      amax = ax;
-      max = x[i];
-    }
-  }
+  float amax;
+  const float max = quant::SignedMax(x, n, &amax);
   if (amax < kGroupMaxEps) {
     std::fill(L, L + n, 0);
     return 0.0f;
@@ -302,21 +296,7 @@ float DotQ4_0(const BlockQ4_0* w, const BlockQ8_0* x, int64_t nb) {
 }
 
 float DotQ4_K(const BlockQ4_K* w, const BlockQ8_K* x, int64_t nb) {
-  float sum = 0.0f;
-  for (int64_t i = 0; i < nb; ++i) {
-    int isum = 0, msum = 0;
-    for (int j = 0; j < 8; ++j) {
-      int sc, m;
-      UnpackScaleMinK4(j, w[i].scales, &sc, &m);
-      int s = 0;
-      for (int l = 0; l < 32; ++l) s += Q4KNibble(w[i], 32 * j + l) * x[i].qs[32 * j + l];
-      isum += sc * s;
-      msum += m * (x[i].bsums[2 * j] + x[i].bsums[2 * j + 1]);
-    }
-    const float d = Half(w[i].d) * x[i].d, dmin = Half(w[i].dmin) * x[i].d;
-    sum += d * static_cast<float>(isum) - dmin * static_cast<float>(msum);
-  }
-  return sum;
+  return quant::DotScaleMinK4(w, x, nb, Q4KNibble);
 }
 
 // Lane l sums scale * (q - 32) * x over elements 4l..4l+3 of each 32-element group; lanes are

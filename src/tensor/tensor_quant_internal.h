@@ -1,7 +1,9 @@
 // Helpers shared by the scalar reference codecs (tensor_quant*.cpp); not a public interface.
 #pragma once
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "tensor/tensor_types.h"
 
@@ -14,6 +16,19 @@ constexpr float kGroupMaxEps = 1e-15f;
 // nearest_int() and the AVX round instruction do, so activation bytes match llama.cpp.
 inline int RoundEven(float v) {
   return static_cast<int>(std::nearbyint(v));
+}
+
+// The first of the n values of largest magnitude (its sign kept); *amax receives the magnitude.
+inline float SignedMax(const float* x, int n, float* amax) {
+  float max = 0;
+  *amax = 0;
+  for (int i = 0; i < n; ++i) {
+    if (std::fabs(x[i]) > *amax) {
+      *amax = std::fabs(x[i]);
+      max = x[i];
+    }
+  }
+  return max;
 }
 
 // Q4_K/Q5_K pack 8 six-bit scales and 8 six-bit mins into 12 bytes: bytes 0..3 hold scales 0..3
@@ -43,6 +58,49 @@ void QuantizeScaleMinK(const float* x, int nmax, float rmin, int nstep, f16_t* d
 
 // The 16 levels of the non-linear 4-bit quants (IQ4_XS; ggml's kvalues_iq4nl), ascending.
 extern const int8_t kIQ4NonLinear[16];
+
+// Dot product with Q8_K activations of a 256-element type with a scale per group of kGroup
+// elements (and a min, unless min is nullptr): per block exact integer sums of
+// scale * sum(q * x) and min * sum(x), scaled in f32 as d * dx and dmin * dx.
+// value(block, e) is element e's quant, scale(block, g) and min(block, g) group g's.
+template <int kGroup, class Block, class Value, class Scale, class Min>
+float DotGroupsQ8K(const Block* w, const BlockQ8_K* x, int64_t nb, Value value, Scale scale,
+                   Min min) {
+  constexpr bool kHasMin = !std::is_same_v<Min, std::nullptr_t>;
+  float sum = 0.0f;
+  for (int64_t i = 0; i < nb; ++i) {
+    int isum = 0, msum = 0;
+    for (int g = 0; g < kQK_K / kGroup; ++g) {
+      int s = 0;
+      for (int l = 0; l < kGroup; ++l) s += value(w[i], kGroup * g + l) * x[i].qs[kGroup * g + l];
+      isum += scale(w[i], g) * s;
+      if constexpr (kHasMin) {
+        int xs = 0;  // Q8_K keeps sums of 16 activations
+        for (int k = 0; k < kGroup / 16; ++k) xs += x[i].bsums[kGroup / 16 * g + k];
+        msum += min(w[i], g) * xs;
+      }
+    }
+    const float d = F16ToF32(w[i].d) * x[i].d;
+    if constexpr (kHasMin)
+      sum += d * static_cast<float>(isum) - F16ToF32(w[i].dmin) * x[i].d * static_cast<float>(msum);
+    else
+      sum += d * static_cast<float>(isum);
+  }
+  return sum;
+}
+
+// DotGroupsQ8K of Q4_K/Q5_K blocks: 8 groups of 32 with the packed 6-bit scales and mins.
+template <class Block, class Value>
+float DotScaleMinK4(const Block* w, const BlockQ8_K* x, int64_t nb, Value value) {
+  auto get = [](const Block& b, int j, bool min) {
+    int sc, m;
+    UnpackScaleMinK4(j, b.scales, &sc, &m);
+    return min ? m : sc;
+  };
+  return DotGroupsQ8K<32>(
+      w, x, nb, value, [&](const Block& b, int j) { return get(b, j, false); },
+      [&](const Block& b, int j) { return get(b, j, true); });
+}
 
 // Entry points for the types in tensor_quant_kquants.cpp (Q2_K, Q3_K, Q5_K) and
 // tensor_quant_iquants.cpp (IQ4_XS); n is a multiple of 256.

@@ -57,14 +57,8 @@ void DequantIQ4_XS(const BlockIQ4_XS* b, float* y, int64_t nb) {
 // the levels picked at -max / -127, then at (t - 127) / max for t in [-7, 7], keeping the fit of
 // largest energy. 0 for a group below kGroupMaxEps.
 float FitGroupIQ4(const float* x) {
-  float amax = 0, max = 0;
-  for (int j = 0; j < 32; ++j) {
-    const float ax = std::fabs(x[j]);
-    if (ax > amax) {
-      amax = ax;
-      max = x[j];
-    }
-  }
+  float amax;
+  const float max = SignedMax(x, 32, &amax);
   if (amax < kGroupMaxEps) return 0.0f;
   auto fit = [&](float id, float* sumqx, float* sumq2) {
     *sumqx = 0;
@@ -94,14 +88,9 @@ float FitGroupIQ4(const float* x) {
 void QuantIQ4_XS(const float* x, BlockIQ4_XS* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, x += kQK_K) {
     float scales[8];
-    float max_scale = 0, amax_scale = 0;
-    for (int ib = 0; ib < 8; ++ib) {
-      scales[ib] = FitGroupIQ4(x + 32 * ib);
-      if (std::fabs(scales[ib]) > amax_scale) {
-        amax_scale = std::fabs(scales[ib]);
-        max_scale = scales[ib];
-      }
-    }
+    for (int ib = 0; ib < 8; ++ib) scales[ib] = FitGroupIQ4(x + 32 * ib);
+    float amax_scale;
+    const float max_scale = SignedMax(scales, 8, &amax_scale);
     BlockIQ4_XS& b = y[i];
     // The group scales are quantized against the unrounded d (llama.cpp does the same).
     const float d = -max_scale / 32;
@@ -126,17 +115,7 @@ void QuantIQ4_XS(const float* x, BlockIQ4_XS* y, int64_t nb) {
 }
 
 float DotIQ4_XS(const BlockIQ4_XS* w, const BlockQ8_K* x, int64_t nb) {
-  float sum = 0.0f;
-  for (int64_t i = 0; i < nb; ++i) {
-    int isum = 0;
-    for (int ib = 0; ib < 8; ++ib) {
-      int s = 0;
-      for (int j = 0; j < 32; ++j) s += IQ4XSValue(w[i], 32 * ib + j) * x[i].qs[32 * ib + j];
-      isum += IQ4XSScale(w[i], ib) * s;
-    }
-    sum += F16ToF32(w[i].d) * x[i].d * static_cast<float>(isum);
-  }
-  return sum;
+  return DotGroupsQ8K<32>(w, x, nb, IQ4XSValue, IQ4XSScale, nullptr);
 }
 
 void CheckIQ4_XS(TensorType t, const char* what) {

@@ -227,14 +227,8 @@ void QuantQ2_K(const float* x, BlockQ2_K* y, int64_t nb) {
 // with rmse). L receives the levels + 4, or all zeros for a group below kGroupMaxEps.
 float FitScaleQ3(const float* x, int8_t* L) {
   constexpr int n = 16, nmax = 4;
-  float amax = 0, max = 0;
-  for (int i = 0; i < n; ++i) {
-    const float ax = std::fabs(x[i]);
-    if (ax > amax) {
-      amax = ax;
-      max = x[i];
-    }
-  }
+  float amax;
+  const float max = quant::SignedMax(x, n, &amax);
   if (amax < kGroupMaxEps) {
     std::fill(L, L + n, 0);
     return 0.0f;
@@ -276,14 +270,9 @@ void QuantQ3_K(const float* x, BlockQ3_K* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, x += kQK_K) {
     int8_t L[kQK_K];
     float scales[16];
-    float max_scale = 0, amax = 0;
-    for (int j = 0; j < 16; ++j) {
-      scales[j] = FitScaleQ3(x + 16 * j, L + 16 * j);
-      if (std::fabs(scales[j]) > amax) {
-        amax = std::fabs(scales[j]);
-        max_scale = scales[j];
-      }
-    }
+    for (int j = 0; j < 16; ++j) scales[j] = FitScaleQ3(x + 16 * j, L + 16 * j);
+    float amax;
+    const float max_scale = SignedMax(scales, 16, &amax);
     BlockQ3_K& b = y[i];
     std::memset(b.scales, 0, sizeof(b.scales));
     b.d = F32ToF16(0.0f);
@@ -329,53 +318,21 @@ void QuantQ5_K(const float* x, BlockQ5_K* y, int64_t nb) {
   }
 }
 
-// Dot products: per block exact integer sums of scale * q * x (and of min * x), scaled in f32.
+// Dot products: the scales (and mins) of each type's groups for DotGroupsQ8K.
 float DotQ2_K(const BlockQ2_K* w, const BlockQ8_K* x, int64_t nb) {
-  float sum = 0.0f;
-  for (int64_t i = 0; i < nb; ++i) {
-    int isum = 0, msum = 0;
-    for (int g = 0; g < 16; ++g) {
-      int s = 0;
-      for (int l = 0; l < 16; ++l) s += TwoBits(w[i].qs, 16 * g + l) * x[i].qs[16 * g + l];
-      isum += (w[i].scales[g] & 0x0F) * s;
-      msum += (w[i].scales[g] >> 4) * x[i].bsums[g];
-    }
-    const float d = F16ToF32(w[i].d) * x[i].d, dmin = F16ToF32(w[i].dmin) * x[i].d;
-    sum += d * static_cast<float>(isum) - dmin * static_cast<float>(msum);
-  }
-  return sum;
+  return DotGroupsQ8K<16>(
+      w, x, nb, [](const BlockQ2_K& b, int e) { return TwoBits(b.qs, e); },
+      [](const BlockQ2_K& b, int g) { return b.scales[g] & 0x0F; },
+      [](const BlockQ2_K& b, int g) { return b.scales[g] >> 4; });
 }
 
 float DotQ3_K(const BlockQ3_K* w, const BlockQ8_K* x, int64_t nb) {
-  float sum = 0.0f;
-  for (int64_t i = 0; i < nb; ++i) {
-    int isum = 0;
-    for (int g = 0; g < 16; ++g) {
-      int s = 0;
-      for (int l = 0; l < 16; ++l) s += Q3KValue(w[i], 16 * g + l) * x[i].qs[16 * g + l];
-      isum += Q3KScale(w[i].scales, g) * s;
-    }
-    sum += F16ToF32(w[i].d) * x[i].d * static_cast<float>(isum);
-  }
-  return sum;
+  return DotGroupsQ8K<16>(
+      w, x, nb, Q3KValue, [](const BlockQ3_K& b, int g) { return Q3KScale(b.scales, g); }, nullptr);
 }
 
 float DotQ5_K(const BlockQ5_K* w, const BlockQ8_K* x, int64_t nb) {
-  float sum = 0.0f;
-  for (int64_t i = 0; i < nb; ++i) {
-    int isum = 0, msum = 0;
-    for (int j = 0; j < 8; ++j) {
-      int sc, m;
-      UnpackScaleMinK4(j, w[i].scales, &sc, &m);
-      int s = 0;
-      for (int l = 0; l < 32; ++l) s += Q5KValue(w[i], 32 * j + l) * x[i].qs[32 * j + l];
-      isum += sc * s;
-      msum += m * (x[i].bsums[2 * j] + x[i].bsums[2 * j + 1]);
-    }
-    const float d = F16ToF32(w[i].d) * x[i].d, dmin = F16ToF32(w[i].dmin) * x[i].d;
-    sum += d * static_cast<float>(isum) - dmin * static_cast<float>(msum);
-  }
-  return sum;
+  return quant::DotScaleMinK4(w, x, nb, Q5KValue);
 }
 
 }  // namespace
