@@ -1,7 +1,8 @@
 // Q5_K, Q3_K, Q2_K and IQ4_XS: dequantization of hand-built blocks (the GGUF layouts), and
 // llama.cpp agreement on a real model: `edgeshard quantize` of synth-llama-spm-256.f16 writes the
-// very tensor bytes `llama-quantize --pure` wrote (hashes in tests/fixtures/ref, made by
-// regenerate.sh), and the engine's perplexity on them is within 0.5% of llama-perplexity's.
+// very tensor bytes `llama-quantize --pure` wrote for the single-type formats, and `llama-quantize`
+// for the mixes Q5_K_M and Q5_K_S (hashes in tests/fixtures/ref, made by regenerate.sh), and the
+// engine's perplexity on them is within 0.5% of llama-perplexity's.
 // (Logit fidelity on the same files: test_fidelity, references synth-llama-spm-256.<type>.)
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -180,7 +181,8 @@ TEST_P(KQuantFiles, PerplexityMatchesLlamaCpp) {
   EXPECT_NEAR(ours / ref, 1.0, 0.005);
 }
 
-INSTANTIATE_TEST_SUITE_P(Pure, KQuantFiles, ::testing::Values("q5_k", "q3_k", "iq4_xs", "q2_k"),
+INSTANTIATE_TEST_SUITE_P(SynthLlama, KQuantFiles,
+                         ::testing::Values("q5_k", "q3_k", "iq4_xs", "q2_k", "q5_k_m", "q5_k_s"),
                          [](const auto& info) { return std::string(info.param); });
 
 }  // namespace

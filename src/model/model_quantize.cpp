@@ -129,6 +129,11 @@ const std::vector<QuantFormat>& QuantFormats() {
       {"q4_k-q6k-output", TensorType::kQ4_K, Mix::kQ6KOutput, 14, "Q4_K, output in Q6_K"},
       {"q4_k_m", TensorType::kQ4_K, Mix::kQ4KM, 15,
        "Q4_K; Q6_K for output and some attn_v/ffn_down layers (as llama.cpp's Q4_K_M)"},
+      // llama.cpp's Q5_K_M and Q5_K_S follow Q4_K_M's and the -q6k-output rules with base Q5_K.
+      {"q5_k_m", TensorType::kQ5_K, Mix::kQ4KM, 17,
+       "Q5_K; Q6_K for output and some attn_v/ffn_down layers (as llama.cpp's Q5_K_M)"},
+      {"q5_k_s", TensorType::kQ5_K, Mix::kQ6KOutput, 16,
+       "Q5_K, output in Q6_K (as llama.cpp's Q5_K_S)"},
   };
   return kFormats;
 }

@@ -4,8 +4,10 @@
 // Formats (`edgeshard quantize --help` lists them):
 //   f32, f16, bf16, q8_0, q4_0, q4_k, q6_k,  every weight matrix in that type ("pure").
 //   q5_k, q3_k, q2_k, iq4_xs
-//   q4_k_m            llama.cpp's Q4_K_M: Q6_K for output.weight and for attn_v / ffn_down in
-//                     the layers llama.cpp's use_more_bits rule picks, Q4_K elsewhere.
+//   q4_k_m, q5_k_m    llama.cpp's Q4_K_M / Q5_K_M: Q6_K for output.weight and for attn_v /
+//                     ffn_down in the layers llama.cpp's use_more_bits rule picks, Q4_K / Q5_K
+//                     elsewhere.
+//   q5_k_s            llama.cpp's Q5_K_S: Q5_K, output.weight in Q6_K.
 //   q4_0-q6k-output,  the base type with output.weight in Q6_K (or token_embd.weight when the
 //   q4_k-q6k-output   model ties its output to it). q4_0-q6k-output is what llama.cpp's own
 //                     "Q4_0" writes.
@@ -31,7 +33,7 @@ struct QuantFormat {
   enum class Mix {
     kPure,       // every quantized tensor in `base`
     kQ6KOutput,  // base, output (or tied embedding) in Q6_K
-    kQ4KM,       // llama.cpp's Q4_K_M
+    kQ4KM,       // llama.cpp's Q4_K_M (and Q5_K_M, whose rules are the same with base Q5_K)
   };
   const char* name;  // as typed on the command line, e.g. "q4_k_m"
   TensorType base;
