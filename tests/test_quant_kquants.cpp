@@ -1,13 +1,14 @@
 // Q5_K, Q3_K, Q2_K and IQ4_XS: dequantization of hand-built blocks (the GGUF layouts), and
 // llama.cpp agreement on a real model: `edgeshard quantize` of synth-llama-spm-256.f16 writes the
 // very tensor bytes `llama-quantize --pure` wrote for the single-type formats, and `llama-quantize`
-// for the mixes Q5_K_M and Q5_K_S (hashes in tests/fixtures/ref, made by regenerate.sh), and the
-// engine's perplexity on them is within 0.5% of llama-perplexity's.
-// (Logit fidelity on the same files: test_fidelity, references synth-llama-spm-256.<type>.)
+// for the mixes (Q5_K_M, Q5_K_S, Q4_K_S, Q3_K_S/M/L) (hashes in tests/fixtures/ref, made by
+// regenerate.sh), and the engine's perplexity on them is within 0.5% of llama-perplexity's. (Logit
+// fidelity on the same files: test_fidelity, references synth-llama-spm-256.<type>.)
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cinttypes>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <regex>
@@ -120,6 +121,52 @@ TEST(DequantizeKQuants, IQ4_XS) {
   for (int e = 0; e < 256; ++e) EXPECT_EQ(y[e], 0.125f * (s[e / 32] - 32) * levels[q[e]]) << e;
 }
 
+// llama.cpp's per-tensor rules for the K-quant mixes on a 32-layer model (llama_tensor_get_type):
+// Q3_K_M: attn_v Q5_K in the first two layers, Q4_K after; ffn_down Q5_K in the first 32/16,
+// Q4_K after; attn_output Q4_K. Q3_K_L: those three Q5_K. Q4_K_S: attn_v and ffn_down Q5_K in the
+// first 4 (32/8) layers. Output Q6_K; everything else the base type.
+TEST(QuantizePlanKQuants, MixesFollowLlamaRules) {
+  std::vector<es::model::TensorDesc> t;
+  t.push_back({"token_embd.weight", {4096, 32000}, TensorType::kF16});
+  t.push_back({"output.weight", {4096, 32000}, TensorType::kF16});
+  for (int l = 0; l < 32; ++l) {
+    const std::string b = "blk." + std::to_string(l) + ".";
+    for (const char* n : {"attn_v", "attn_q", "attn_output", "ffn_down"})
+      t.push_back({b + n + ".weight", {4096, 4096}, TensorType::kF16});
+  }
+  using K = TensorType;
+  struct Case {
+    const char* format;
+    K base;
+    K attn_v_first, attn_v_rest;
+    int attn_v_first_n;
+    K ffn_down_first, ffn_down_rest;
+    int ffn_down_first_n;
+    K attn_output;
+  };
+  for (const Case& c :
+       {Case{"q3_k_m", K::kQ3_K, K::kQ5_K, K::kQ4_K, 2, K::kQ5_K, K::kQ4_K, 2, K::kQ4_K},
+        Case{"q3_k_l", K::kQ3_K, K::kQ5_K, K::kQ5_K, 0, K::kQ5_K, K::kQ5_K, 0, K::kQ5_K},
+        Case{"q3_k_s", K::kQ3_K, K::kQ3_K, K::kQ3_K, 0, K::kQ3_K, K::kQ3_K, 0, K::kQ3_K},
+        Case{"q4_k_s", K::kQ4_K, K::kQ5_K, K::kQ4_K, 4, K::kQ5_K, K::kQ4_K, 4, K::kQ4_K},
+        Case{"q5_k_s", K::kQ5_K, K::kQ5_K, K::kQ5_K, 0, K::kQ5_K, K::kQ5_K, 0, K::kQ5_K}}) {
+    SCOPED_TRACE(c.format);
+    const auto format = es::model::FindQuantFormat(c.format);
+    ASSERT_TRUE(format);
+    for (const auto& p : es::model::PlanTensorTypes(t, *format, 32)) {
+      const int layer = p.name.rfind("blk.", 0) == 0 ? std::atoi(p.name.c_str() + 4) : -1;
+      K want = c.base;
+      if (p.name == "output.weight") want = K::kQ6_K;
+      if (p.name.find("attn_v") != std::string::npos)
+        want = layer < c.attn_v_first_n ? c.attn_v_first : c.attn_v_rest;
+      if (p.name.find("ffn_down") != std::string::npos)
+        want = layer < c.ffn_down_first_n ? c.ffn_down_first : c.ffn_down_rest;
+      if (p.name.find("attn_output") != std::string::npos) want = c.attn_output;
+      EXPECT_EQ(es::TypeName(p.dst), std::string(es::TypeName(want))) << p.name;
+    }
+  }
+}
+
 std::string FixturePath(const std::string& name) {
   return (std::filesystem::path(__FILE__).parent_path() / "fixtures/ref" / name).string();
 }
@@ -182,7 +229,8 @@ TEST_P(KQuantFiles, PerplexityMatchesLlamaCpp) {
 }
 
 INSTANTIATE_TEST_SUITE_P(SynthLlama, KQuantFiles,
-                         ::testing::Values("q5_k", "q3_k", "iq4_xs", "q2_k", "q5_k_m", "q5_k_s"),
+                         ::testing::Values("q5_k", "q3_k", "iq4_xs", "q2_k", "q5_k_m", "q5_k_s",
+                                           "q4_k_s", "q3_k_m", "q3_k_l", "q3_k_s"),
                          [](const auto& info) { return std::string(info.param); });
 
 }  // namespace

@@ -134,6 +134,14 @@ const std::vector<QuantFormat>& QuantFormats() {
        "Q5_K; Q6_K for output and some attn_v/ffn_down layers (as llama.cpp's Q5_K_M)"},
       {"q5_k_s", TensorType::kQ5_K, Mix::kQ6KOutput, 16,
        "Q5_K, output in Q6_K (as llama.cpp's Q5_K_S)"},
+      {"q4_k_s", TensorType::kQ4_K, Mix::kQ4KS, 14,
+       "Q4_K; Q5_K for the first attn_v and ffn_down layers, Q6_K output (as llama.cpp's Q4_K_S)"},
+      {"q3_k_s", TensorType::kQ3_K, Mix::kQ6KOutput, 11,
+       "Q3_K, output in Q6_K (as llama.cpp's Q3_K_S)"},
+      {"q3_k_m", TensorType::kQ3_K, Mix::kQ3KM, 12,
+       "Q3_K; Q4_K/Q5_K for attn_v, ffn_down, attn_output, Q6_K output (as llama.cpp's Q3_K_M)"},
+      {"q3_k_l", TensorType::kQ3_K, Mix::kQ3KL, 13,
+       "Q3_K; Q5_K for attn_v, ffn_down, attn_output, Q6_K output (as llama.cpp's Q3_K_L)"},
   };
   return kFormats;
 }
@@ -169,6 +177,27 @@ bool IsQuantizable(const TensorDesc& t) {
          !Contains(t.name, "ffn_gate_inp.weight");
 }
 
+namespace {
+// llama.cpp's type for the i-th attn_v of n (llama_tensor_get_type; MoE and 70B cases aside).
+TensorType MixAttnV(const QuantFormat& f, int i, int n) {
+  using Mix = QuantFormat::Mix;
+  if (f.mix == Mix::kQ4KM && UseMoreBits(i, n)) return TensorType::kQ6_K;
+  if (f.mix == Mix::kQ4KS && i < 4) return TensorType::kQ5_K;
+  if (f.mix == Mix::kQ3KM) return i < 2 ? TensorType::kQ5_K : TensorType::kQ4_K;
+  if (f.mix == Mix::kQ3KL) return TensorType::kQ5_K;
+  return f.base;
+}
+// The same for ffn_down of layer i of n.
+TensorType MixFfnDown(const QuantFormat& f, int i, int n) {
+  using Mix = QuantFormat::Mix;
+  if (f.mix == Mix::kQ4KM && UseMoreBits(i, n)) return TensorType::kQ6_K;
+  if (f.mix == Mix::kQ4KS && i < n / 8) return TensorType::kQ5_K;
+  if (f.mix == Mix::kQ3KM) return i < n / 16 ? TensorType::kQ5_K : TensorType::kQ4_K;
+  if (f.mix == Mix::kQ3KL) return TensorType::kQ5_K;
+  return f.base;
+}
+}  // namespace
+
 std::vector<TensorPlan> PlanTensorTypes(const std::vector<TensorDesc>& tensors,
                                         const QuantFormat& format, int n_layer) {
   bool has_output = false;
@@ -197,14 +226,15 @@ std::vector<TensorPlan> PlanTensorTypes(const std::vector<TensorDesc>& tensors,
           want = TensorType::kQ8_0;
         else if (format.base != TensorType::kQ8_0)
           want = TensorType::kQ6_K;
-      } else if (format.mix == Mix::kQ4KM) {
-        if (Contains(t.name, "attn_v.weight")) {
-          if (UseMoreBits(i_attn_v, n_attn_v)) want = TensorType::kQ6_K;
-          ++i_attn_v;
-        } else if (Contains(t.name, "ffn_down")) {
-          if (UseMoreBits(i_ffn_down, n_layer)) want = TensorType::kQ6_K;
-          ++i_ffn_down;
-        }
+      } else if (Contains(t.name, "attn_v.weight")) {
+        want = MixAttnV(format, i_attn_v++, n_attn_v);
+      } else if (Contains(t.name, "ffn_down")) {
+        want = MixFfnDown(format, i_ffn_down++, n_layer);
+      } else if (Contains(t.name, "attn_output.weight") || Contains(t.name, "attn_qkv.weight")) {
+        // llama.cpp: Q3_K_M's attn_output and fused QKV in Q4_K; Q3_K_L's attn_output in Q5_K.
+        if (format.mix == Mix::kQ3KM) want = TensorType::kQ4_K;
+        if (format.mix == Mix::kQ3KL)
+          want = Contains(t.name, "attn_qkv") ? TensorType::kQ4_K : TensorType::kQ5_K;
       }
     }
     if (nx % BlockElems(want) != 0) {

@@ -7,7 +7,9 @@
 //   q4_k_m, q5_k_m    llama.cpp's Q4_K_M / Q5_K_M: Q6_K for output.weight and for attn_v /
 //                     ffn_down in the layers llama.cpp's use_more_bits rule picks, Q4_K / Q5_K
 //                     elsewhere.
-//   q5_k_s            llama.cpp's Q5_K_S: Q5_K, output.weight in Q6_K.
+//   q5_k_s, q3_k_s    llama.cpp's Q5_K_S / Q3_K_S: the base type, output.weight in Q6_K.
+//   q4_k_s, q3_k_m,   llama.cpp's Q4_K_S, Q3_K_M, Q3_K_L: output.weight in Q6_K and Q5_K / Q4_K
+//   q3_k_l            for some attn_v, ffn_down, attn_output layers by llama.cpp's rules.
 //   q4_0-q6k-output,  the base type with output.weight in Q6_K (or token_embd.weight when the
 //   q4_k-q6k-output   model ties its output to it). q4_0-q6k-output is what llama.cpp's own
 //                     "Q4_0" writes.
@@ -34,6 +36,9 @@ struct QuantFormat {
     kPure,       // every quantized tensor in `base`
     kQ6KOutput,  // base, output (or tied embedding) in Q6_K
     kQ4KM,       // llama.cpp's Q4_K_M (and Q5_K_M, whose rules are the same with base Q5_K)
+    kQ4KS,       // llama.cpp's Q4_K_S
+    kQ3KM,       // llama.cpp's Q3_K_M
+    kQ3KL,       // llama.cpp's Q3_K_L
   };
   const char* name;  // as typed on the command line, e.g. "q4_k_m"
   TensorType base;
