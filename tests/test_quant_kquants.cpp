@@ -1,9 +1,10 @@
 // Q5_K, Q3_K, Q2_K and IQ4_XS: dequantization of hand-built blocks (the GGUF layouts), and
 // llama.cpp agreement on a real model: `edgeshard quantize` of synth-llama-spm-256.f16 writes the
 // very tensor bytes `llama-quantize --pure` wrote for the single-type formats, and `llama-quantize`
-// for the mixes (Q5_K_M, Q5_K_S, Q4_K_S, Q3_K_S/M/L) (hashes in tests/fixtures/ref, made by
-// regenerate.sh), and the engine's perplexity on them is within 0.5% of llama-perplexity's. (Logit
-// fidelity on the same files: test_fidelity, references synth-llama-spm-256.<type>.)
+// for the mixes (Q5_K_M, Q5_K_S, Q4_K_S, Q3_K_S/M/L, and Q2_K, IQ4_XS as q2_k-mix, iq4_xs-mix)
+// (hashes in tests/fixtures/ref, made by regenerate.sh), and the engine's perplexity on them is
+// within 0.5% of llama-perplexity's. (Logit fidelity on the same files: test_fidelity, references
+// synth-llama-spm-256.<type>.)
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -124,7 +125,8 @@ TEST(DequantizeKQuants, IQ4_XS) {
 // llama.cpp's per-tensor rules for the K-quant mixes on a 32-layer model (llama_tensor_get_type):
 // Q3_K_M: attn_v Q5_K in the first two layers, Q4_K after; ffn_down Q5_K in the first 32/16,
 // Q4_K after; attn_output Q4_K. Q3_K_L: those three Q5_K. Q4_K_S: attn_v and ffn_down Q5_K in the
-// first 4 (32/8) layers. Output Q6_K; everything else the base type.
+// first 4 (32/8) layers. Q2_K (4 query heads per KV head): attn_v Q4_K, ffn_down and attn_output
+// Q3_K. IQ4_XS: attn_v Q5_K, ffn_down Q5_K in the first 4. Output Q6_K; everything else the base.
 TEST(QuantizePlanKQuants, MixesFollowLlamaRules) {
   std::vector<es::model::TensorDesc> t;
   t.push_back({"token_embd.weight", {4096, 32000}, TensorType::kF16});
@@ -133,6 +135,7 @@ TEST(QuantizePlanKQuants, MixesFollowLlamaRules) {
     const std::string b = "blk." + std::to_string(l) + ".";
     for (const char* n : {"attn_v", "attn_q", "attn_output", "ffn_down"})
       t.push_back({b + n + ".weight", {4096, 4096}, TensorType::kF16});
+    t.push_back({b + "attn_k.weight", {4096, 1024}, TensorType::kF16});  // 4 query heads per KV
   }
   using K = TensorType;
   struct Case {
@@ -149,7 +152,10 @@ TEST(QuantizePlanKQuants, MixesFollowLlamaRules) {
         Case{"q3_k_l", K::kQ3_K, K::kQ5_K, K::kQ5_K, 0, K::kQ5_K, K::kQ5_K, 0, K::kQ5_K},
         Case{"q3_k_s", K::kQ3_K, K::kQ3_K, K::kQ3_K, 0, K::kQ3_K, K::kQ3_K, 0, K::kQ3_K},
         Case{"q4_k_s", K::kQ4_K, K::kQ5_K, K::kQ4_K, 4, K::kQ5_K, K::kQ4_K, 4, K::kQ4_K},
-        Case{"q5_k_s", K::kQ5_K, K::kQ5_K, K::kQ5_K, 0, K::kQ5_K, K::kQ5_K, 0, K::kQ5_K}}) {
+        Case{"q5_k_s", K::kQ5_K, K::kQ5_K, K::kQ5_K, 0, K::kQ5_K, K::kQ5_K, 0, K::kQ5_K},
+        Case{"q2_k-mix", K::kQ2_K, K::kQ4_K, K::kQ4_K, 0, K::kQ3_K, K::kQ3_K, 0, K::kQ3_K},
+        Case{"iq4_xs-mix", K::kIQ4_XS, K::kQ5_K, K::kQ5_K, 0, K::kQ5_K, K::kIQ4_XS, 4,
+             K::kIQ4_XS}}) {
     SCOPED_TRACE(c.format);
     const auto format = es::model::FindQuantFormat(c.format);
     ASSERT_TRUE(format);
@@ -230,7 +236,13 @@ TEST_P(KQuantFiles, PerplexityMatchesLlamaCpp) {
 
 INSTANTIATE_TEST_SUITE_P(SynthLlama, KQuantFiles,
                          ::testing::Values("q5_k", "q3_k", "iq4_xs", "q2_k", "q5_k_m", "q5_k_s",
-                                           "q4_k_s", "q3_k_m", "q3_k_l", "q3_k_s"),
-                         [](const auto& info) { return std::string(info.param); });
+                                           "q4_k_s", "q3_k_m", "q3_k_l", "q3_k_s", "q2_k-mix",
+                                           "iq4_xs-mix"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (auto& ch : n)
+                             if (ch == '-') ch = '_';
+                           return n;
+                         });
 
 }  // namespace

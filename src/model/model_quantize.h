@@ -10,6 +10,8 @@
 //   q5_k_s, q3_k_s    llama.cpp's Q5_K_S / Q3_K_S: the base type, output.weight in Q6_K.
 //   q4_k_s, q3_k_m,   llama.cpp's Q4_K_S, Q3_K_M, Q3_K_L: output.weight in Q6_K and Q5_K / Q4_K
 //   q3_k_l            for some attn_v, ffn_down, attn_output layers by llama.cpp's rules.
+//   q2_k-mix,         llama.cpp's Q2_K and IQ4_XS (named apart from the single-type q2_k and
+//   iq4_xs-mix        iq4_xs): Q6_K output and llama.cpp's Q3_K/Q4_K/Q5_K layers.
 //   q4_0-q6k-output,  the base type with output.weight in Q6_K (or token_embd.weight when the
 //   q4_k-q6k-output   model ties its output to it). q4_0-q6k-output is what llama.cpp's own
 //                     "Q4_0" writes.
@@ -39,6 +41,8 @@ struct QuantFormat {
     kQ4KS,       // llama.cpp's Q4_K_S
     kQ3KM,       // llama.cpp's Q3_K_M
     kQ3KL,       // llama.cpp's Q3_K_L
+    kQ2K,        // llama.cpp's Q2_K
+    kIQ4XS,      // llama.cpp's IQ4_XS (without an importance matrix)
   };
   const char* name;  // as typed on the command line, e.g. "q4_k_m"
   TensorType base;
