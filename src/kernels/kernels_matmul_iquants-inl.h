@@ -7,12 +7,7 @@ struct UnpackIQ4_XS {
   using Block = BlockIQ4_XS;
   static constexpr bool kMin = false;
   static void Scales(const Block& b, int* sc, int*) {
-    for (int j = 0; j < 16; ++j) {
-      const int ib = j / 2;
-      sc[j] = (((b.scales_l[ib / 2] >> (4 * (ib % 2))) & 0x0F) |
-               (((b.scales_h >> (2 * ib)) & 3) << 4)) -
-              32;
-    }
+    for (int j = 0; j < 16; ++j) sc[j] = quant::IQ4XSScale(b, j / 2);  // per 16 for the kernel
   }
   static HWY_INLINE hn::Vec<D16B> Values(D16B d16, const Block& b, int g, size_t off) {
     const uint8_t* q = b.qs + 16 * g;

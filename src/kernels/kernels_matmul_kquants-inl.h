@@ -77,13 +77,8 @@ struct UnpackQ2_K {
 struct UnpackQ3_K {
   using Block = BlockQ3_K;
   static constexpr bool kMin = false;
-  // Six-bit scales stored + 32: low nibbles in bytes 0..7, top two bits in bytes 8..11.
   static void Scales(const Block& b, int* sc, int*) {
-    const uint8_t* s = b.scales;
-    for (int j = 0; j < 16; ++j) {
-      const int low = j < 8 ? (s[j] & 0x0F) : (s[j - 8] >> 4);
-      sc[j] = (low | (((s[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32;
-    }
+    for (int j = 0; j < 16; ++j) sc[j] = quant::Q3KScale(b.scales, j);
   }
   // Two low bits plus the high bit (bit g of hmask[l]) at 4, minus 4.
   static HWY_INLINE hn::Vec<D16B> Values(D16B d16, const Block& b, int g, size_t off) {

@@ -45,6 +45,20 @@ inline void UnpackScaleMinK4(int j, const uint8_t* q, int* scale, int* min) {
 }
 void PackScaleMinK4(const uint8_t* scales, const uint8_t* mins, uint8_t* q);
 
+// Q3_K's 16 six-bit scales (stored + 32): low nibbles in bytes 0..7 (groups 0..7 low, 8..15
+// high), the top two bits of group j at bits 2(j / 4) of byte 8 + j % 4.
+inline int Q3KScale(const uint8_t* s, int j) {
+  const int low = j < 8 ? (s[j] & 0x0F) : (s[j - 8] >> 4);
+  return (low | (((s[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32;
+}
+
+// IQ4_XS group ib's scale (stored + 32): low 4 bits in nibble ib % 2 of scales_l[ib / 2], high 2
+// bits at bits 2ib of scales_h.
+inline int IQ4XSScale(const BlockIQ4_XS& b, int ib) {
+  return (((b.scales_l[ib / 2] >> (4 * (ib % 2))) & 0x0F) | (((b.scales_h >> (2 * ib)) & 3) << 4)) -
+         32;
+}
+
 // Fits x ~ scale * L + min with L in [0, nmax] (min <= 0) by weighted least squares, trying a
 // range of candidate inverse scales around nmax / (max - min) and keeping the best (squared or,
 // with use_mad, absolute error). Returns the scale; *neg_min receives -min. n <= 32.

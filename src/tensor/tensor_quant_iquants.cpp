@@ -31,12 +31,6 @@ int NearestLevel(float v) {
   return v - lv[hi - 1] < lv[hi] - v ? hi - 1 : hi;
 }
 
-// Group ib's scale (stored + 32): low 4 bits in nibble ib % 2 of scales_l[ib / 2], high 2 bits
-// at bits 2ib of scales_h.
-inline int IQ4XSScale(const BlockIQ4_XS& b, int ib) {
-  return (((b.scales_l[ib / 2] >> (4 * (ib % 2))) & 0x0F) | (((b.scales_h >> (2 * ib)) & 3) << 4)) -
-         32;
-}
 // Element 32ib + j: low nibble of qs[16ib + j] for j < 16, high nibble of qs[16ib + j - 16] after.
 inline int IQ4XSValue(const BlockIQ4_XS& b, int e) {
   const int ib = e / 32, j = e % 32;

@@ -138,12 +138,6 @@ void PackTwoBits(const uint8_t* L, uint8_t* qs) {
 inline int Q3KValue(const BlockQ3_K& b, int e) {
   return TwoBits(b.qs, e) + 4 * ((b.hmask[e % 32] >> (e / 32)) & 1) - 4;
 }
-// Q3_K's 16 six-bit scales (stored + 32): low nibbles in bytes 0..7 (groups 0..7 low, 8..15
-// high), the top two bits of group j at bits 2(j / 4) of byte 8 + j % 4.
-inline int Q3KScale(const uint8_t* s, int j) {
-  const int low = j < 8 ? (s[j] & 0x0F) : (s[j - 8] >> 4);
-  return (low | (((s[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32;
-}
 
 // Q5_K: sub-block j = e / 32 takes nibble plane j & 1 of qs[32 (j / 2) + l] and bit j of qh[l].
 inline int Q5KValue(const BlockQ5_K& b, int e) {
