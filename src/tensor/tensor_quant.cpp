@@ -72,18 +72,7 @@ void DequantQ4_0(const BlockQ4_0* b, float* y, int64_t nb) {
 }
 
 void DequantQ4_K(const BlockQ4_K* b, float* y, int64_t nb) {
-  for (int64_t i = 0; i < nb; ++i) {
-    const float d = Half(b[i].d), dmin = Half(b[i].dmin);
-    for (int j = 0; j < 8; ++j) {
-      int sc, m;
-      UnpackScaleMinK4(j, b[i].scales, &sc, &m);
-      const float ds = d * sc, dm = dmin * m;
-      for (int l = 0; l < 32; ++l) {
-        const int e = 32 * j + l;
-        y[i * kQK_K + e] = ds * Q4KNibble(b[i], e) - dm;
-      }
-    }
-  }
+  quant::DequantScaleMinK4(b, y, nb, Q4KNibble);
 }
 
 void DequantQ6_K(const BlockQ6_K* b, float* y, int64_t nb) {

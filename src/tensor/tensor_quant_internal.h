@@ -116,6 +116,20 @@ float DotScaleMinK4(const Block* w, const BlockQ8_K* x, int64_t nb, Value value)
       [&](const Block& b, int j) { return get(b, j, true); });
 }
 
+// Dequantization of Q4_K/Q5_K blocks: d * scale * q - dmin * min per group of 32.
+template <class Block, class Value>
+void DequantScaleMinK4(const Block* b, float* y, int64_t nb, Value value) {
+  for (int64_t i = 0; i < nb; ++i) {
+    const float d = F16ToF32(b[i].d), dmin = F16ToF32(b[i].dmin);
+    for (int j = 0; j < 8; ++j) {
+      int sc, m;
+      UnpackScaleMinK4(j, b[i].scales, &sc, &m);
+      const float ds = d * sc, dm = dmin * m;
+      for (int l = 0; l < 32; ++l) y[i * kQK_K + 32 * j + l] = ds * value(b[i], 32 * j + l) - dm;
+    }
+  }
+}
+
 // Entry points for the types in tensor_quant_kquants.cpp (Q2_K, Q3_K, Q5_K) and
 // tensor_quant_iquants.cpp (IQ4_XS); n is a multiple of 256.
 void DequantizeKQuant(TensorType t, const void* src, float* dst, int64_t n);

@@ -165,15 +165,7 @@ void DequantQ3_K(const BlockQ3_K* b, float* y, int64_t nb) {
 }
 
 void DequantQ5_K(const BlockQ5_K* b, float* y, int64_t nb) {
-  for (int64_t i = 0; i < nb; ++i) {
-    const float d = F16ToF32(b[i].d), dmin = F16ToF32(b[i].dmin);
-    for (int j = 0; j < 8; ++j) {
-      int sc, m;
-      UnpackScaleMinK4(j, b[i].scales, &sc, &m);
-      const float ds = d * sc, dm = dmin * m;
-      for (int l = 0; l < 32; ++l) y[i * kQK_K + 32 * j + l] = ds * Q5KValue(b[i], 32 * j + l) - dm;
-    }
-  }
+  DequantScaleMinK4(b, y, nb, Q5KValue);
 }
 
 void QuantQ2_K(const float* x, BlockQ2_K* y, int64_t nb) {
