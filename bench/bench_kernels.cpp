@@ -17,9 +17,10 @@ namespace {
 using es::TensorType;
 namespace k = es::kernels;
 
-constexpr TensorType kTypes[] = {TensorType::kF32,  TensorType::kF16,  TensorType::kBF16,
-                                 TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_K,
-                                 TensorType::kQ6_K};
+constexpr TensorType kTypes[] = {TensorType::kF32,  TensorType::kF16,   TensorType::kBF16,
+                                 TensorType::kQ8_0, TensorType::kQ4_0,  TensorType::kQ4_K,
+                                 TensorType::kQ6_K, TensorType::kQ5_K,  TensorType::kQ3_K,
+                                 TensorType::kQ2_K, TensorType::kIQ4_XS};
 
 // A weight matrix of `rows` x `cols`: 64 distinct quantized rows, repeated (contents do not
 // change the speed, and quantizing hundreds of MB would dominate start-up).

@@ -1,7 +1,8 @@
 // Fidelity against llama.cpp: every ../shared/models/ref/*.ref.json whose model is present, and
 // every tests/fixtures/ref/<preset>.<type>[.ctxN].ref.json, whose model is the synth preset
-// generated here (deterministic in the preset and seed 42, with the Llama-2 SPM vocabulary) and
-// whose reference llama.cpp computed on that very file (with --n-ctx N when named).
+// generated here (deterministic in the preset and seed 42, with the Llama-2 SPM vocabulary) or a
+// shared <preset>.f16.gguf quantized here, and whose reference llama.cpp computed on that very
+// file (with --n-ctx N when named).
 // f32/f16 files: top-10 logits within 1e-3 (relative above |logit| 1) and identical greedy
 // tokens; quantized files: top-1 agreement >= 98% and top-10 logits within 0.1.
 #include <gtest/gtest.h>
@@ -84,20 +85,23 @@ std::vector<RefFile> FindGenerated() {
   return out;
 }
 
-// Writes the generated model of `rf` unless this process already did: a synth preset, or else a
-// shared model's f16 file (<preset>.f16.gguf) quantized by `edgeshard quantize`, whose bytes equal
-// llama-quantize's (test_quantize).
+bool IsSharedF16(const std::string& stem) {
+  return std::filesystem::exists(es::test::ModelsDir() + "/" + stem + ".f16.gguf");
+}
+
+// Writes the generated model of `rf` unless this process already did: the synth preset's, or
+// the shared <stem>.f16.gguf quantized to the type.
 void Generate(const RefFile& rf) {
   if (std::filesystem::exists(rf.model_path)) return;
   const auto format = es::model::FindQuantFormat(rf.type);
   ASSERT_TRUE(format) << "no weight type " << rf.type;
   const auto preset = es::model::FindSynthPreset(rf.preset);
-  if (!preset) {
-    const std::string f16 = es::test::ModelPath(rf.preset + ".f16.gguf");
-    ASSERT_TRUE(std::filesystem::exists(f16)) << "no synth preset or shared f16 file " << rf.preset;
-    es::model::QuantizeFile(f16, rf.model_path, *format);
+  if (!preset && IsSharedF16(rf.preset)) {
+    // A shared f16 model quantized here (test_quant_kquants checks the bytes equal llama.cpp's).
+    es::model::QuantizeFile(es::test::ModelPath(rf.preset + ".f16.gguf"), rf.model_path, *format);
     return;
   }
+  ASSERT_TRUE(preset) << "no synth preset or shared f16 model " << rf.preset;
   es::model::SynthOptions so;
   so.threads = 2;
   so.name = "edgeshard test model";  // as the reference's file was written
@@ -287,6 +291,7 @@ TEST(FidelitySet, EveryFamilyHasAGeneratedReference) {
     covered.insert(
         es::gguf::File::Open(r.model_path)->GetStringOr("general.architecture").value_or(""));
   for (const RefFile& r : FindGenerated()) {
+    if (IsSharedF16(r.preset)) continue;  // covered with the shared models
     const auto p = es::model::FindSynthPreset(r.preset);
     if (!p) continue;  // a shared model's quantization: its family is covered above
     covered.insert(p->arch);

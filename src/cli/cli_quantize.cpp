@@ -94,7 +94,8 @@ std::string FormatHelp() {
     s += line;
   }
   s += "1-D tensors (norms, biases) are copied unchanged. A row length a type cannot hold falls\n"
-       "back to Q5_0 (for Q4_K), Q8_0 (for Q6_K) or F16, as llama.cpp, with a note on stderr.";
+       "back as llama.cpp does - to Q5_0 (for Q4_K), Q5_1 (Q5_K), Q8_0 (Q6_K), IQ4_NL (Q2_K, Q3_K,\n"
+       "IQ4_XS) or F16 - with a note on stderr.";
   return s;
 }
 

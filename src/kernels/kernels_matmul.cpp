@@ -3,7 +3,7 @@
 //
 // Activations are converted once per row of x (ConvertActs) into a target-private layout:
 //   F32/F16/BF16 weights: the f32 values as the dot product sees them (rounded through f16/bf16).
-//   Q8_0/Q4_0 weights:    Q8_0 quantization; Q4_K/Q6_K weights: Q8_K quantization.
+//   Q8_0/Q4_0 weights:    Q8_0 quantization; K-quant and IQ4_XS weights: Q8_K quantization.
 //   Q5_0/IQ4_NL weights:  Q8_0, Q4_1/Q5_1 weights: Q8_1 quantization, int16 on every target
 //                         (kernels_matmul_legacy-inl.h).
 // Two integer designs:
@@ -13,7 +13,9 @@
 //     two 32-element blocks per 512-bit vector; per-lane scale patterns and exact integer
 //     corrections are precomputed with the activations.
 // Integer sums are exact; each block's sum is scaled in f32 and accumulated per lane, as
-// llama.cpp does.
+// llama.cpp does. Q2_K/Q3_K/Q5_K/IQ4_XS kernels live in kernels_matmul_kquants-inl.h (int16,
+// every target; IQ4_XS unpacking in kernels_matmul_iquants-inl.h) and
+// kernels_matmul_kquants_vnni-inl.h (AVX3_DL; Q5_K shares Q4_K's VNNI kernel).
 //
 // Weight rows are processed in tiles of R rows x C activation rows so that each weight block is
 // loaded and unpacked once and applied to C activation rows (prompt processing), and each
@@ -40,6 +42,7 @@
 #include "kernels/kernels_arm.h"
 #include "kernels/kernels_internal.h"
 #include "tensor/tensor_quant.h"
+#include "tensor/tensor_quant_internal.h"
 #include "tensor/tensor_types.h"
 
 #ifndef ES_KERNELS_MATMUL_ONCE
@@ -364,10 +367,13 @@ default:
 
 #include "kernels/kernels_matmul_blocks-inl.h"  // NOLINT(build/include)
 #include "kernels/kernels_matmul_legacy-inl.h"  // NOLINT(build/include)
+#include "kernels/kernels_matmul_kquants-inl.h"  // NOLINT(build/include)
 
 #if ES_VNNI
 #include "kernels/kernels_matmul_vnni-inl.h"  // NOLINT(build/include)
-#endif                                        // ES_VNNI
+// After the VNNI helpers it uses:
+#include "kernels/kernels_matmul_kquants_vnni-inl.h"  // NOLINT(build/include)
+#endif                                                // ES_VNNI
 
   // ---------------------------------------------------------------------------------------------
   // Driver: tiles over [r0, r1) x [0, batch).
@@ -457,6 +463,14 @@ default:
         return MakeTiles<3, 8, Q4KVnni>();
       case TensorType::kQ6_K:
         return MakeTiles<3, 8, Q6KVnni>();
+      case TensorType::kQ5_K:
+        return MakeTiles<3, 8, Q5KVnni>();
+      case TensorType::kQ3_K:
+        return MakeTiles<3, 8, Q3KVnni>();
+      case TensorType::kQ2_K:
+        return MakeTiles<3, 8, Q2KVnni>();
+      case TensorType::kIQ4_XS:
+        return MakeTiles<3, 8, IQ4XSVnni>();
 #else
       case TensorType::kQ8_0:
         return kWide ? MakeTiles<4, 4, Q8_0Kernel<UnpackQ8_0>>()
@@ -467,6 +481,14 @@ default:
         return MakeTiles<2, 4, Q4KKernel>();
       case TensorType::kQ6_K:
         return MakeTiles<2, 4, Q6KKernel>();
+      case TensorType::kQ5_K:
+        return MakeTiles<2, 4, GroupScaleKernel<UnpackQ5_K>>();
+      case TensorType::kQ3_K:
+        return MakeTiles<2, 4, GroupScaleKernel<UnpackQ3_K>>();
+      case TensorType::kQ2_K:
+        return MakeTiles<2, 4, GroupScaleKernel<UnpackQ2_K>>();
+      case TensorType::kIQ4_XS:
+        return MakeTiles<2, 4, GroupScaleKernel<UnpackIQ4_XS>>();
 #endif
       default:
         return {nullptr, nullptr, nullptr, nullptr, 1, 1};

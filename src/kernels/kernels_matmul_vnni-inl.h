@@ -414,9 +414,11 @@ struct KVnniBase : VnniBase {
 // Q4_K: 64 elements per vector (the 32 bytes of nibbles for sub-blocks 2p and 2p + 1, low nibbles
 // in the lower half); int32 lanes 0-7 belong to sub-block 2p, 8-15 to 2p + 1. The six-bit scales
 // multiply the lane sums (which fit int16) with vpdpwssd; the mins meet the precomputed sums of
-// 32 activations.
-template <int RMax, int CMax>
-struct Q4KVnni : KVnniBase {
+// 32 activations. Q5_K (Block BlockQ5_K) adds its fifth bits from qh: bit 2p (lower half) and
+// 2p + 1 (upper half) of the same 32 bytes, moved to bit 4.
+template <int RMax, int CMax, class Block>
+struct KMinVnni : KVnniBase {
+  static constexpr bool kFifthBit = std::is_same_v<Block, BlockQ5_K>;
   using D32x4 = hn::Full128<int32_t>;
   using DFx4 = hn::Full128<float>;
   // Min terms per output, 4 lanes each, reduced in Finish.
@@ -424,11 +426,13 @@ struct Q4KVnni : KVnniBase {
   hn::Vec<DU16> shifts = HalfShifts(0, 4);
   hn::Indices512<int32_t> pat[4] = {GroupIndices(0, 8), GroupIndices(2, 8), GroupIndices(4, 8),
                                     GroupIndices(6, 8)};
-  explicit Q4KVnni(const TileArgs& args) : KVnniBase(args) {
+  hn::Vec<DU16> hshifts[4] = {HalfShifts(0, 1), HalfShifts(2, 3), HalfShifts(4, 5),
+                              HalfShifts(6, 7)};
+  explicit KMinVnni(const TileArgs& args) : KVnniBase(args) {
     for (int r = 0; r < RMax; ++r)
       for (int c = 0; c < CMax; ++c) minacc[r][c] = hn::Zero(DFx4());
   }
-  const BlockQ4_K* W(int r) const { return reinterpret_cast<const BlockQ4_K*>(t.w + r * t.wrb); }
+  const Block* W(int r) const { return reinterpret_cast<const Block*>(t.w + r * t.wrb); }
   // The 8 six-bit scales and mins as bytes of two 64-bit words (no round trip through memory:
   // a vector load of freshly stored scalars would stall on store forwarding).
   static HWY_INLINE void ScaleMinBytes(const uint8_t* q, uint64_t* sc, uint64_t* mn) {
@@ -461,7 +465,7 @@ struct Q4KVnni : KVnniBase {
     hn::Vec<decltype(d16x8)> mins[R];
     float d[R], dmin[R];
     for (int r = 0; r < R; ++r) {
-      const BlockQ4_K& blk = W(r)[b];
+      const Block& blk = W(r)[b];
       uint64_t sc64, mn64;
       ScaleMinBytes(blk.scales, &sc64, &mn64);
       const V32 all = hn::PromoteTo(d32, hn::BitCast(d8x16, hn::Set(d64x2, sc64)));
@@ -472,6 +476,14 @@ struct Q4KVnni : KVnniBase {
         const auto half = hn::LoadU(du8h, blk.qs + 32 * p);
         const VU8 v = hn::Combine(du8, half, half);
         q[r][p] = hn::And(hn::BitCast(du8, hn::BitCast(du16, v) >> shifts), hn::Set(du8, 0x0F));
+        if constexpr (kFifthBit) {
+          const auto qh = hn::LoadU(du8h, blk.qh);
+          const VU8 h = hn::Combine(du8, qh, qh);
+          const auto bit =
+              hn::And(hn::BitCast(du8, hn::BitCast(du16, h) >> hshifts[p]), hn::Set(du8, 1));
+          // Only bit 0 of each byte is set, so the 16-bit shift keeps bytes apart.
+          q[r][p] = hn::Or(q[r][p], hn::BitCast(du8, hn::ShiftLeft<4>(hn::BitCast(du16, bit))));
+        }
       }
       d[r] = HalfToFloat(&blk.d);
       dmin[r] = HalfToFloat(&blk.dmin);
@@ -498,6 +510,11 @@ struct Q4KVnni : KVnniBase {
     return Sum(DF(), acc) - hn::GetLane(hn::SumOfLanes(DFx4(), minacc[r][c]));
   }
 };
+
+template <int R, int C>
+using Q4KVnni = KMinVnni<R, C, BlockQ4_K>;
+template <int R, int C>
+using Q5KVnni = KMinVnni<R, C, BlockQ5_K>;
 
 // Q6_K: 64 elements per vector, assembled from 64 bytes of ql and 32 bytes of qh (duplicated in
 // both halves and shifted per half); unsigned values 0..63. Lanes of 16 elements share a scale;

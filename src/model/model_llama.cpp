@@ -34,10 +34,10 @@ kernels::Matrix GetMatrix(const gguf::File& f, const std::string& name, int64_t 
     throw Error(f.path() + ": tensor '" + name + "' has shape " + t.ShapeString() + ", expected " +
                 Dims(cols, rows) + " for this architecture");
   if (!Traits(t.type).supported)
-    throw Error(
-        f.path() + ": tensor '" + name + "' has type " + TypeName(t.type) +
-        ", which edgeshard cannot compute with (supported: F32, F16, BF16, Q8_0, Q4_0, "
-        "Q4_1, Q5_0, Q5_1, IQ4_NL, Q4_K, Q6_K; re-quantize the model with `edgeshard quantize`)");
+    throw Error(f.path() + ": tensor '" + name + "' has type " + TypeName(t.type) +
+                ", which edgeshard cannot compute with (supported: F32, F16, BF16, Q8_0, Q4_0, "
+                "Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS; re-quantize "
+                "the model with `edgeshard quantize`)");
   return kernels::Matrix{t.data, t.type, rows, cols, RowBytes(t.type, cols)};
 }
 

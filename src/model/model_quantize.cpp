@@ -127,9 +127,32 @@ const std::vector<QuantFormat>& QuantFormats() {
       {"iq4_nl", TensorType::kIQ4_NL, Mix::kQ6KOutput, 25,
        "IQ4_NL, output in Q6_K (as llama.cpp's IQ4_NL without an importance matrix)"},
       {"q4_k", TensorType::kQ4_K, Mix::kPure, 14, "all weights Q4_K, output included"},
+      {"q5_k", TensorType::kQ5_K, Mix::kPure, 16, "all weights Q5_K, output included"},
+      {"q3_k", TensorType::kQ3_K, Mix::kPure, 11, "all weights Q3_K, output included"},
+      {"q2_k", TensorType::kQ2_K, Mix::kPure, 10, "all weights Q2_K, output included"},
+      {"iq4_xs", TensorType::kIQ4_XS, Mix::kPure, 30, "all weights IQ4_XS, output included"},
       {"q4_k-q6k-output", TensorType::kQ4_K, Mix::kQ6KOutput, 14, "Q4_K, output in Q6_K"},
       {"q4_k_m", TensorType::kQ4_K, Mix::kQ4KM, 15,
        "Q4_K; Q6_K for output and some attn_v/ffn_down layers (as llama.cpp's Q4_K_M)"},
+      // llama.cpp's Q5_K_M and Q5_K_S follow Q4_K_M's and the -q6k-output rules with base Q5_K.
+      {"q5_k_m", TensorType::kQ5_K, Mix::kQ4KM, 17,
+       "Q5_K; Q6_K for output and some attn_v/ffn_down layers (as llama.cpp's Q5_K_M)"},
+      {"q5_k_s", TensorType::kQ5_K, Mix::kQ6KOutput, 16,
+       "Q5_K, output in Q6_K (as llama.cpp's Q5_K_S)"},
+      {"q4_k_s", TensorType::kQ4_K, Mix::kQ4KS, 14,
+       "Q4_K; Q5_K for the first attn_v and ffn_down layers, Q6_K output (as llama.cpp's Q4_K_S)"},
+      {"q2_k-mix", TensorType::kQ2_K, Mix::kQ2K, 10,
+       "Q2_K; Q3_K/Q4_K for attn_v, Q3_K for ffn_down, attn_output, Q6_K output (llama.cpp's "
+       "Q2_K)"},
+      {"iq4_xs-mix", TensorType::kIQ4_XS, Mix::kIQ4XS, 30,
+       "IQ4_XS; Q5_K for the first ffn_down layers (and attn_v with 4+ query heads per KV head), "
+       "Q6_K output (llama.cpp's IQ4_XS)"},
+      {"q3_k_s", TensorType::kQ3_K, Mix::kQ6KOutput, 11,
+       "Q3_K, output in Q6_K (as llama.cpp's Q3_K_S)"},
+      {"q3_k_m", TensorType::kQ3_K, Mix::kQ3KM, 12,
+       "Q3_K; Q4_K/Q5_K for attn_v, ffn_down, attn_output, Q6_K output (as llama.cpp's Q3_K_M)"},
+      {"q3_k_l", TensorType::kQ3_K, Mix::kQ3KL, 13,
+       "Q3_K; Q5_K for attn_v, ffn_down, attn_output, Q6_K output (as llama.cpp's Q3_K_L)"},
   };
   return kFormats;
 }
@@ -165,14 +188,44 @@ bool IsQuantizable(const TensorDesc& t) {
          !Contains(t.name, "ffn_gate_inp.weight");
 }
 
+namespace {
+// llama.cpp's type for the i-th attn_v of n (llama_tensor_get_type; MoE and 70B cases aside);
+// n_gqa: query heads per KV head.
+TensorType MixAttnV(const QuantFormat& f, int i, int n, int64_t n_gqa) {
+  using Mix = QuantFormat::Mix;
+  if (f.mix == Mix::kQ2K) return n_gqa >= 4 ? TensorType::kQ4_K : TensorType::kQ3_K;
+  if (f.mix == Mix::kIQ4XS && n_gqa >= 4) return TensorType::kQ5_K;
+  if (f.mix == Mix::kQ4KM && UseMoreBits(i, n)) return TensorType::kQ6_K;
+  if (f.mix == Mix::kQ4KS && i < 4) return TensorType::kQ5_K;
+  if (f.mix == Mix::kQ3KM) return i < 2 ? TensorType::kQ5_K : TensorType::kQ4_K;
+  if (f.mix == Mix::kQ3KL) return TensorType::kQ5_K;
+  return f.base;
+}
+// The same for ffn_down of layer i of n.
+TensorType MixFfnDown(const QuantFormat& f, int i, int n) {
+  using Mix = QuantFormat::Mix;
+  if (f.mix == Mix::kQ4KM && UseMoreBits(i, n)) return TensorType::kQ6_K;
+  if (f.mix == Mix::kQ4KS && i < n / 8) return TensorType::kQ5_K;
+  if (f.mix == Mix::kQ2K) return TensorType::kQ3_K;
+  if (f.mix == Mix::kIQ4XS && i < n / 8) return TensorType::kQ5_K;  // without an imatrix
+  if (f.mix == Mix::kQ3KM) return i < n / 16 ? TensorType::kQ5_K : TensorType::kQ4_K;
+  if (f.mix == Mix::kQ3KL) return TensorType::kQ5_K;
+  return f.base;
+}
+}  // namespace
+
 std::vector<TensorPlan> PlanTensorTypes(const std::vector<TensorDesc>& tensors,
                                         const QuantFormat& format, int n_layer) {
   bool has_output = false;
   int n_attn_v = 0;
+  int64_t q_rows = 0, k_rows = 0;  // of the first layer: n_gqa = n_head / n_head_kv
   for (const auto& t : tensors) {
     if (t.name == "output.weight") has_output = true;
     if (Contains(t.name, "attn_v.weight")) ++n_attn_v;
+    if (t.name == "blk.0.attn_q.weight" && t.dims.size() == 2) q_rows = t.dims[1];
+    if (t.name == "blk.0.attn_k.weight" && t.dims.size() == 2) k_rows = t.dims[1];
   }
+  const int64_t n_gqa = k_rows > 0 ? q_rows / k_rows : 1;
   int i_attn_v = 0, i_ffn_down = 0;
   std::vector<TensorPlan> plan;
   plan.reserve(tensors.size());
@@ -193,24 +246,32 @@ std::vector<TensorPlan> PlanTensorTypes(const std::vector<TensorDesc>& tensors,
           want = TensorType::kQ8_0;
         else if (format.base != TensorType::kQ8_0)
           want = TensorType::kQ6_K;
-      } else if (format.mix == Mix::kQ4KM) {
-        if (Contains(t.name, "attn_v.weight")) {
-          if (UseMoreBits(i_attn_v, n_attn_v)) want = TensorType::kQ6_K;
-          ++i_attn_v;
-        } else if (Contains(t.name, "ffn_down")) {
-          if (UseMoreBits(i_ffn_down, n_layer)) want = TensorType::kQ6_K;
-          ++i_ffn_down;
-        }
+      } else if (Contains(t.name, "attn_v.weight")) {
+        want = MixAttnV(format, i_attn_v++, n_attn_v, n_gqa);
+      } else if (Contains(t.name, "ffn_down")) {
+        want = MixFfnDown(format, i_ffn_down++, n_layer);
+      } else if (Contains(t.name, "attn_output.weight") || Contains(t.name, "attn_qkv.weight")) {
+        // llama.cpp: Q3_K_M's attn_output and fused QKV in Q4_K; Q3_K_L's attn_output in Q5_K;
+        // Q2_K's attn_output in Q3_K.
+        if (format.mix == Mix::kQ2K && Contains(t.name, "attn_output")) want = TensorType::kQ3_K;
+        if (format.mix == Mix::kQ3KM) want = TensorType::kQ4_K;
+        if (format.mix == Mix::kQ3KL)
+          want = Contains(t.name, "attn_qkv") ? TensorType::kQ4_K : TensorType::kQ5_K;
       }
     }
     if (nx % BlockElems(want) != 0) {
-      // As llama.cpp: Q4_K falls back to Q5_0, Q6_K to Q8_0, and to F16 when those do not fit
-      // either (or for the 32-element types).
+      // As llama.cpp: Q4_K falls back to Q5_0, Q5_K to Q5_1, Q6_K to Q8_0, Q2_K/Q3_K/IQ4_XS to
+      // IQ4_NL, and to F16 when those do not fit either (or for the 32-element types).
       TensorType fb = TensorType::kF16;
       if (want == TensorType::kQ4_K)
         fb = TensorType::kQ5_0;
+      else if (want == TensorType::kQ5_K)
+        fb = TensorType::kQ5_1;
       else if (want == TensorType::kQ6_K)
         fb = TensorType::kQ8_0;
+      else if (want == TensorType::kQ2_K || want == TensorType::kQ3_K ||
+               want == TensorType::kIQ4_XS)
+        fb = TensorType::kIQ4_NL;
       if (nx % BlockElems(fb) != 0) fb = TensorType::kF16;
       p.fallback = "tensor '" + gguf::Printable(t.name) + "': row length " + std::to_string(nx) +
                    " is not a multiple of " + std::to_string(BlockElems(want)) + " as " +

@@ -14,8 +14,10 @@
 namespace es {
 namespace {
 
-using quant_detail::Hsum8;
-using quant_detail::RoundEven;
+using quant::Hsum8;
+using quant::RoundEven;
+using quant::kGroupMaxEps;
+using quant::UnpackScaleMinK4;
 
 inline float Half(f16_t h) {
   return F16ToF32(h);
@@ -30,33 +32,6 @@ void CheckMultiple(TensorType t, int64_t n, const char* what) {
 
 [[noreturn]] void Unsupported(TensorType t, const char* what) {
   throw Error(std::string(what) + ": tensor type " + TypeName(t) + " is not supported");
-}
-
-// Q4_K packs 8 six-bit scales and 8 six-bit mins into 12 bytes: bytes 0..3 hold scales 0..3
-// (low 6 bits) and the top 2 bits of scales 4..7; bytes 4..7 likewise for mins; bytes 8..11 hold
-// the low 4 bits of scale (low nibble) and min (high nibble) for sub-blocks 4..7.
-inline void UnpackScaleMinK4(int j, const uint8_t* q, int* scale, int* min) {
-  if (j < 4) {
-    *scale = q[j] & 63;
-    *min = q[j + 4] & 63;
-  } else {
-    *scale = (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4);
-    *min = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
-
-void PackScaleMinK4(const uint8_t* scales, const uint8_t* mins, uint8_t* q) {
-  std::fill(q, q + kKScaleBytes, 0);
-  for (int j = 0; j < 8; ++j) {
-    if (j < 4) {
-      q[j] = scales[j];
-      q[j + 4] = mins[j];
-    } else {
-      q[j + 4] = static_cast<uint8_t>((scales[j] & 0x0F) | ((mins[j] & 0x0F) << 4));
-      q[j - 4] |= static_cast<uint8_t>((scales[j] >> 4) << 6);
-      q[j] |= static_cast<uint8_t>((mins[j] >> 4) << 6);
-    }
-  }
 }
 
 // Element e of a Q4_K block: sub-block j = e / 32 lives in the 32-byte group j / 2, in the low
@@ -98,18 +73,7 @@ void DequantQ4_0(const BlockQ4_0* b, float* y, int64_t nb) {
 }
 
 void DequantQ4_K(const BlockQ4_K* b, float* y, int64_t nb) {
-  for (int64_t i = 0; i < nb; ++i) {
-    const float d = Half(b[i].d), dmin = Half(b[i].dmin);
-    for (int j = 0; j < 8; ++j) {
-      int sc, m;
-      UnpackScaleMinK4(j, b[i].scales, &sc, &m);
-      const float ds = d * sc, dm = dmin * m;
-      for (int l = 0; l < 32; ++l) {
-        const int e = 32 * j + l;
-        y[i * kQK_K + e] = ds * Q4KNibble(b[i], e) - dm;
-      }
-    }
-  }
+  quant::DequantScaleMinK4(b, y, nb, Q4KNibble);
 }
 
 void DequantQ6_K(const BlockQ6_K* b, float* y, int64_t nb) {
@@ -192,107 +156,10 @@ void QuantQ4_0(const float* x, BlockQ4_0* y, int64_t nb) {
   }
 }
 
-constexpr float kGroupMaxEps = 1e-15f;
-
-// Fits x ~ scale * L + min with L in [0, nmax] (min <= 0) by weighted least squares, trying a
-// range of candidate inverse scales around nmax / (max - min) and keeping the best. Returns the
-// scale; *neg_min receives -min. This is the asymmetric search used for Q4_K sub-blocks.
-float FitScaleMin(int n, int nmax, const float* x, const float* w, uint8_t* L, float* neg_min,
-                  float rmin, float rdelta, int nstep) {
-  float lo = x[0], hi = x[0], sum_w = w[0], sum_x = w[0] * x[0];
-  for (int i = 1; i < n; ++i) {
-    lo = std::min(lo, x[i]);
-    hi = std::max(hi, x[i]);
-    sum_w += w[i];
-    sum_x += w[i] * x[i];
-  }
-  if (lo > 0) lo = 0;
-  if (hi == lo) {
-    std::fill(L, L + n, 0);
-    *neg_min = -lo;
-    return 0.0f;
-  }
-  float iscale = nmax / (hi - lo);
-  float scale = 1.0f / iscale;
-  float best_err = 0.0f;
-  for (int i = 0; i < n; ++i) {
-    const int l = std::clamp(RoundEven(iscale * (x[i] - lo)), 0, nmax);
-    L[i] = static_cast<uint8_t>(l);
-    const float diff = scale * l + lo - x[i];
-    best_err += w[i] * (diff * diff);
-  }
-  uint8_t trial[32];
-  for (int step = 0; step <= nstep; ++step) {
-    iscale = (rmin + rdelta * step + nmax) / (hi - lo);
-    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
-    for (int i = 0; i < n; ++i) {
-      const int l = std::clamp(RoundEven(iscale * (x[i] - lo)), 0, nmax);
-      trial[i] = static_cast<uint8_t>(l);
-      sum_l += w[i] * l;
-      sum_l2 += w[i] * l * l;
-      sum_xl += w[i] * l * x[i];
-    }
-    const float det = sum_w * sum_l2 - sum_l * sum_l;
-    if (det <= 0) continue;
-    float s = (sum_w * sum_xl - sum_x * sum_l) / det;
-    float m = (sum_l2 * sum_x - sum_l * sum_xl) / det;
-    if (m > 0) {
-      m = 0;
-      s = sum_xl / sum_l2;
-    }
-    float err = 0;
-    for (int i = 0; i < n; ++i) {
-      const float diff = s * trial[i] + m - x[i];
-      err += w[i] * (diff * diff);
-    }
-    if (err < best_err) {
-      std::copy(trial, trial + n, L);
-      best_err = err;
-      scale = s;
-      lo = m;
-    }
-  }
-  *neg_min = -lo;
-  return scale;
-}
-
 void QuantQ4_K(const float* x, BlockQ4_K* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, x += kQK_K) {
     uint8_t L[kQK_K];
-    float scales[8], mins[8], weights[32];
-    float max_scale = 0, max_min = 0;
-    for (int j = 0; j < 8; ++j) {
-      const float* xs = x + 32 * j;
-      float sum_x2 = 0;
-      for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
-      // Weight larger magnitudes more, relative to the sub-block's RMS.
-      const float av = std::sqrt(sum_x2 / 32);
-      for (int l = 0; l < 32; ++l) weights[l] = av + std::fabs(xs[l]);
-      scales[j] = FitScaleMin(32, 15, xs, weights, L + 32 * j, &mins[j], -1.0f, 0.1f, 20);
-      max_scale = std::max(max_scale, scales[j]);
-      max_min = std::max(max_min, mins[j]);
-    }
-    const float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
-    const float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
-    uint8_t ls[8], lm[8];
-    for (int j = 0; j < 8; ++j) {
-      ls[j] = static_cast<uint8_t>(std::clamp(RoundEven(inv_scale * scales[j]), 0, 63));
-      lm[j] = static_cast<uint8_t>(std::clamp(RoundEven(inv_min * mins[j]), 0, 63));
-    }
-    PackScaleMinK4(ls, lm, y[i].scales);
-    y[i].d = F32ToF16(max_scale / 63.0f);
-    y[i].dmin = F32ToF16(max_min / 63.0f);
-    // Requantize against the scales actually stored (after 6-bit and f16 rounding).
-    for (int j = 0; j < 8; ++j) {
-      int sc, m;
-      UnpackScaleMinK4(j, y[i].scales, &sc, &m);
-      const float d = Half(y[i].d) * sc;
-      if (d == 0.0f) continue;
-      const float dm = Half(y[i].dmin) * m;
-      for (int l = 0; l < 32; ++l)
-        L[32 * j + l] =
-            static_cast<uint8_t>(std::clamp(RoundEven((x[32 * j + l] + dm) / d), 0, 15));
-    }
+    quant::QuantizeScaleMinK(x, 15, -1.0f, 20, &y[i].d, &y[i].dmin, y[i].scales, L);
     for (int c = 0; c < 4; ++c)
       for (int l = 0; l < 32; ++l)
         y[i].qs[32 * c + l] = static_cast<uint8_t>(L[64 * c + l] | (L[64 * c + 32 + l] << 4));
@@ -303,14 +170,8 @@ void QuantQ4_K(const float* x, BlockQ4_K* y, int64_t nb) {
 // scales around -nmax / max and keeping the one that maximises the fitted energy. Used for the
 // symmetric Q6_K sub-blocks. Returns the scale (0 for an all-zero group).
 float FitScaleSymmetric(int n, int nmax, const float* x, int8_t* L) {
-  float amax = 0, max = 0;
-  for (int i = 0; i < n; ++i) {
-    const float ax = std::fabs(x[i]);
-    if (ax > amax) {
-      amax = ax;
-      max = x[i];
-    }
-  }
+  float amax;
+  const float max = quant::SignedMax(x, n, &amax);
   if (amax < kGroupMaxEps) {
     std::fill(L, L + n, 0);
     return 0.0f;
@@ -420,21 +281,7 @@ float DotQ4_0(const BlockQ4_0* w, const BlockQ8_0* x, int64_t nb) {
 }
 
 float DotQ4_K(const BlockQ4_K* w, const BlockQ8_K* x, int64_t nb) {
-  float sum = 0.0f;
-  for (int64_t i = 0; i < nb; ++i) {
-    int isum = 0, msum = 0;
-    for (int j = 0; j < 8; ++j) {
-      int sc, m;
-      UnpackScaleMinK4(j, w[i].scales, &sc, &m);
-      int s = 0;
-      for (int l = 0; l < 32; ++l) s += Q4KNibble(w[i], 32 * j + l) * x[i].qs[32 * j + l];
-      isum += sc * s;
-      msum += m * (x[i].bsums[2 * j] + x[i].bsums[2 * j + 1]);
-    }
-    const float d = Half(w[i].d) * x[i].d, dmin = Half(w[i].dmin) * x[i].d;
-    sum += d * static_cast<float>(isum) - dmin * static_cast<float>(msum);
-  }
-  return sum;
+  return quant::DotScaleMinK4(w, x, nb, Q4KNibble);
 }
 
 // Lane l sums scale * (q - 32) * x over elements 4l..4l+3 of each 32-element group; lanes are
@@ -485,9 +332,15 @@ void DequantizeRowRef(TensorType t, const void* src, float* dst, int64_t n) {
       return DequantQ6_K(static_cast<const BlockQ6_K*>(src), dst, n / kQK_K);
     case TensorType::kQ8_K:
       return DequantQ8_K(static_cast<const BlockQ8_K*>(src), dst, n / kQK_K);
+    case TensorType::kQ2_K:
+    case TensorType::kQ3_K:
+    case TensorType::kQ5_K:
+      return quant::DequantizeKQuant(t, src, dst, n);
+    case TensorType::kIQ4_XS:
+      return quant::DequantizeIQuant(t, src, dst, n);
     default:
-      if (!quant_detail::IsLegacy(t)) Unsupported(t, "DequantizeRowRef");
-      return quant_detail::DequantLegacy(t, src, dst, n / kQK32);
+      if (!quant::IsLegacy(t)) Unsupported(t, "DequantizeRowRef");
+      return quant::DequantLegacy(t, src, dst, n / kQK32);
   }
 }
 
@@ -517,9 +370,15 @@ void QuantizeRowRef(TensorType t, const float* src, void* dst, int64_t n) {
       return QuantQ4_K(src, static_cast<BlockQ4_K*>(dst), n / kQK_K);
     case TensorType::kQ6_K:
       return QuantQ6_K(src, static_cast<BlockQ6_K*>(dst), n / kQK_K);
+    case TensorType::kQ2_K:
+    case TensorType::kQ3_K:
+    case TensorType::kQ5_K:
+      return quant::QuantizeKQuant(t, src, dst, n);
+    case TensorType::kIQ4_XS:
+      return quant::QuantizeIQuant(t, src, dst, n);
     default:
-      if (!quant_detail::IsLegacy(t)) Unsupported(t, "QuantizeRowRef");
-      return quant_detail::QuantLegacy(t, src, dst, n / kQK32);
+      if (!quant::IsLegacy(t)) Unsupported(t, "QuantizeRowRef");
+      return quant::QuantLegacy(t, src, dst, n / kQK32);
   }
 }
 
@@ -539,6 +398,10 @@ TensorType VecDotType(TensorType w) {
       return TensorType::kQ8_1;
     case TensorType::kQ4_K:
     case TensorType::kQ6_K:
+    case TensorType::kQ2_K:
+    case TensorType::kQ3_K:
+    case TensorType::kQ5_K:
+    case TensorType::kIQ4_XS:
       return TensorType::kQ8_K;
     default:
       Unsupported(w, "VecDotType");
@@ -585,7 +448,13 @@ float VecDotRef(TensorType w, const void* wrow, const void* xrow, int64_t n) {
     case TensorType::kQ5_0:
     case TensorType::kQ5_1:
     case TensorType::kIQ4_NL:
-      return quant_detail::DotLegacy(w, wrow, xrow, n / kQK32);
+      return quant::DotLegacy(w, wrow, xrow, n / kQK32);
+    case TensorType::kQ2_K:
+    case TensorType::kQ3_K:
+    case TensorType::kQ5_K:
+      return quant::DotKQuant(w, wrow, xrow, n);
+    case TensorType::kIQ4_XS:
+      return quant::DotIQuant(w, wrow, xrow, n);
     default:
       Unsupported(w, "VecDotRef");
   }

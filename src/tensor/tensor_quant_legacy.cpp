@@ -11,7 +11,7 @@
 #include "tensor/tensor_quant.h"
 #include "tensor/tensor_quant_internal.h"
 
-namespace es::quant_detail {
+namespace es::quant {
 namespace {
 
 inline float Half(f16_t h) {
@@ -291,4 +291,4 @@ float DotLegacy(TensorType w, const void* wrow, const void* xrow, int64_t nb) {
   }
 }
 
-}  // namespace es::quant_detail
+}  // namespace es::quant

@@ -13,7 +13,7 @@ struct Entry {
   TypeTraits traits;
 };
 
-constexpr std::array<Entry, 16> kTypes = {{
+constexpr std::array<Entry, 17> kTypes = {{
     {0, {"F32", 1, 4, true}},
     {1, {"F16", 1, 2, true}},
     {2, {"Q4_0", 32, 18, true}},
@@ -22,13 +22,14 @@ constexpr std::array<Entry, 16> kTypes = {{
     {7, {"Q5_1", 32, 24, true}},
     {8, {"Q8_0", 32, 34, true}},
     {9, {"Q8_1", 32, 36, false}},
-    {10, {"Q2_K", 256, 84, false}},
-    {11, {"Q3_K", 256, 110, false}},
+    {10, {"Q2_K", 256, 84, true}},
+    {11, {"Q3_K", 256, 110, true}},
     {12, {"Q4_K", 256, 144, true}},
-    {13, {"Q5_K", 256, 176, false}},
+    {13, {"Q5_K", 256, 176, true}},
     {14, {"Q6_K", 256, 210, true}},
     {15, {"Q8_K", 256, 292, false}},
     {20, {"IQ4_NL", 32, 18, true}},
+    {23, {"IQ4_XS", 256, 136, true}},
     {30, {"BF16", 1, 2, true}},
 }};
 

@@ -25,6 +25,7 @@ enum class TensorType : uint32_t {
   kQ6_K = 14,
   kQ8_K = 15,
   kIQ4_NL = 20,
+  kIQ4_XS = 23,
   kBF16 = 30,
 };
 
@@ -103,6 +104,35 @@ struct BlockQ6_K {
   int8_t scales[kQK_K / 16];
   f16_t d;
 };
+// Q2_K: 16 groups of 16; value d * (scale & 15) * q - dmin * (scale >> 4), q two bits.
+struct BlockQ2_K {
+  uint8_t scales[kQK_K / 16];  // per group: 4-bit scale (low nibble), 4-bit min (high nibble)
+  uint8_t qs[kQK_K / 4];
+  f16_t d;
+  f16_t dmin;
+};
+// Q3_K: 16 groups of 16; value d * (scale - 32) * (q - 4), q = two low bits | high bit << 2.
+struct BlockQ3_K {
+  uint8_t hmask[kQK_K / 8];
+  uint8_t qs[kQK_K / 4];
+  uint8_t scales[kKScaleBytes];  // 16 six-bit scales, packed
+  f16_t d;
+};
+// Q5_K: Q4_K's scales and mins with a fifth bit per quant in qh.
+struct BlockQ5_K {
+  f16_t d;
+  f16_t dmin;
+  uint8_t scales[kKScaleBytes];
+  uint8_t qh[kQK_K / 8];
+  uint8_t qs[kQK_K / 2];
+};
+// IQ4_XS: 8 groups of 32 with a 6-bit scale; quants index the 16-entry non-linear IQ4_NL table.
+struct BlockIQ4_XS {
+  f16_t d;
+  uint16_t scales_h;             // high 2 bits of group scale ib at bits 2ib..2ib+1
+  uint8_t scales_l[kQK_K / 64];  // low 4 bits, two groups per byte
+  uint8_t qs[kQK_K / 2];
+};
 // Activation blocks for K-quant dot products (never stored in files).
 struct BlockQ8_K {
   float d;
@@ -120,6 +150,10 @@ static_assert(sizeof(BlockIQ4_NL) == 18);
 static_assert(sizeof(BlockQ4_K) == 144);
 static_assert(sizeof(BlockQ6_K) == 210);
 static_assert(sizeof(BlockQ8_K) == 292);
+static_assert(sizeof(BlockQ2_K) == 84);
+static_assert(sizeof(BlockQ3_K) == 110);
+static_assert(sizeof(BlockQ5_K) == 176);
+static_assert(sizeof(BlockIQ4_XS) == 136);
 
 // IQ4_NL's 16 non-linear levels (the GGUF format's table).
 inline constexpr int8_t kIQ4NLValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
