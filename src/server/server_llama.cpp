@@ -12,14 +12,6 @@ void NeedObject(const json& body) {
     throw ApiError(400, "the request body must be a JSON object, got " + Quote(body));
 }
 
-bool Flag(const json& body, const char* key, bool def) {
-  const json* v = Field(body, key);
-  if (!v) return def;
-  if (!v->is_boolean())
-    throw ApiError(400, std::string("'") + key + "' must be true or false, got " + Quote(*v), key);
-  return v->get<bool>();
-}
-
 bool ValidUtf8(const std::string& s) {
   try {
     (void)json(s).dump();
@@ -37,9 +29,9 @@ json Tokenize(const json& body, const tok::Tokenizer& t) {
   if (!c || !c->is_string())
     throw ApiError(400, "'content' must be a string" + (c ? ", got " + Quote(*c) : ""), "content");
   // llama-server's defaults: no BOS, special-token texts become those tokens.
-  const auto ids = t.Encode(c->get_ref<const std::string&>(), Flag(body, "add_special", false),
-                            Flag(body, "parse_special", true));
-  const bool pieces = Flag(body, "with_pieces", false);
+  const auto ids = t.Encode(c->get_ref<const std::string&>(), BoolField(body, "add_special", false),
+                            BoolField(body, "parse_special", true));
+  const bool pieces = BoolField(body, "with_pieces", false);
   json tokens = json::array();
   for (int32_t id : ids) {
     if (!pieces) {

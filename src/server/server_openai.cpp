@@ -81,14 +81,6 @@ int64_t Integer(const json& body, const char* key, int64_t lo, int64_t hi, int64
                  key);
 }
 
-bool Bool(const json& body, const char* key, bool def) {
-  const json* v = Field(body, key);
-  if (!v) return def;
-  if (!v->is_boolean())
-    throw ApiError(400, std::string("'") + key + "' must be true or false, got " + Quote(*v), key);
-  return v->get<bool>();
-}
-
 std::vector<std::string> Stops(const json& body) {
   const json* v = Field(body, "stop");
   if (!v) return {};
@@ -174,6 +166,14 @@ const json* Field(const json& body, const char* key) {
   return it == body.end() || it->is_null() ? nullptr : &*it;
 }
 
+bool BoolField(const json& body, const char* key, bool def) {
+  const json* v = Field(body, key);
+  if (!v) return def;
+  if (!v->is_boolean())
+    throw ApiError(400, std::string("'") + key + "' must be true or false, got " + Quote(*v), key);
+  return v->get<bool>();
+}
+
 json ParseBody(const std::string& body) {
   // Depth is counted on the text, outside strings, before the parser builds anything.
   int depth = 0;
@@ -241,15 +241,15 @@ ParsedRequest ParseRequest(Endpoint ep, const json& body, int n_ctx, int max_tok
   // llama.cpp's server extension: tokens a context shift keeps (-1: the prompt).
   r.gen.n_keep = static_cast<int>(Integer(body, "n_keep", -1, n_ctx, GenRequest::kServerKeep));
   r.gen.stop = Stops(body);
-  r.gen.ignore_eos = Bool(body, "ignore_eos", false);
+  r.gen.ignore_eos = BoolField(body, "ignore_eos", false);
   if (Integer(body, "n", 1, INT64_MAX, 1) != 1)
     throw ApiError(400, "'n' must be 1: one choice per request is supported", "n");
-  r.stream = Bool(body, "stream", false);
+  r.stream = BoolField(body, "stream", false);
   if (const json* so = Field(body, "stream_options")) {
     if (!so->is_object())
       throw ApiError(400, "'stream_options' must be an object, got " + Quote(*so),
                      "stream_options");
-    r.include_usage = Bool(*so, "include_usage", false);
+    r.include_usage = BoolField(*so, "include_usage", false);
   }
 
   if (ep == Endpoint::kChat) {
@@ -275,7 +275,7 @@ ParsedRequest ParseRequest(Endpoint ep, const json& body, int n_ctx, int max_tok
             where + ".role");
       r.messages.push_back({rs, MessageContent(m, i)});
     }
-    r.logprobs = Bool(body, "logprobs", false);
+    r.logprobs = BoolField(body, "logprobs", false);
     r.top_logprobs = static_cast<int>(Integer(body, "top_logprobs", 0, 20, 0));
     if (r.top_logprobs > 0 && !r.logprobs)
       throw ApiError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs");

@@ -27,6 +27,8 @@ std::string Dump(const nlohmann::json& j);
 std::string Quote(const nlohmann::json& v);
 // body[key] when present and not null, else nullptr (clients send null for "default").
 const nlohmann::json* Field(const nlohmann::json& body, const char* key);
+// body[key] as a bool, `def` when absent or null; throws ApiError 400 naming the key otherwise.
+bool BoolField(const nlohmann::json& body, const char* key, bool def);
 
 enum class Endpoint { kChat, kCompletion };
 
