@@ -322,6 +322,33 @@ TEST(Sampler, GreedyAppliesPenalties) {
   EXPECT_EQ(off.Sample(l.data()), 0);
 }
 
+// logit_bias comes first in the chain (llama.cpp's order): -inf bans under greedy decoding and
+// sampling alike, a large bias wins, and it is added before penalties see the logit.
+TEST(Sampler, LogitBiasBansAndForces) {
+  const std::vector<float> l = {3.0f, 2.0f, 1.0f, 0.0f};
+  const float ban = -std::numeric_limits<float>::infinity();
+  for (const float temp : {0.0f, 1.0f}) {
+    SamplerParams p = Plain(temp);
+    p.logit_bias = {{0, ban}};
+    Sampler banned(p, 4);
+    for (int i = 0; i < 200; ++i) EXPECT_NE(banned.Sample(l.data()), 0);
+    p.logit_bias = {{3, 100.0f}};
+    Sampler forced(p, 4);
+    for (int i = 0; i < 200; ++i) EXPECT_EQ(forced.Sample(l.data()), 3);
+  }
+  SamplerParams p = Plain(0.0f);
+  p.logit_bias = {{1, 2.0f}};  // 2 + 2 = 4 > 3
+  p.repeat_penalty = 4.0f;     // then 4 / 4 = 1 < 3 once token 1 was seen
+  Sampler s(p, 4);
+  EXPECT_EQ(s.Sample(l.data()), 1);
+  s.Accept(1);
+  EXPECT_EQ(s.Sample(l.data()), 0);
+  p.logit_bias = {{4, 1.0f}};
+  EXPECT_THROW(Sampler(p, 4), Error);
+  p.logit_bias = {{-1, 1.0f}};
+  EXPECT_THROW(Sampler(p, 4), Error);
+}
+
 TEST(Sampler, RejectsBadInput) {
   EXPECT_THROW(Sampler(Plain(), 0), Error);
   SamplerParams p = Plain();

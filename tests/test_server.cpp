@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -19,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "server/server_fields.h"
 #include "server_harness.h"
 #include "test_util.h"
 
@@ -165,6 +167,205 @@ TEST_F(ServerTest, MalformedBodiesGet400) {
       R"({"prompt": "Once", "max_tokens": 2, "user": "me", "logit_bias": {}, "temperature": null})",
       kKey);
   EXPECT_EQ(ok.status, 200) << ok.body;
+}
+
+// stories260K after "Once upon a time" (ids as llama.cpp tokenized it, models/ref): greedy
+// decoding picks token 432.
+const std::string kOnce = R"("prompt": [1, 403, 407, 261, 378], "temperature": 0)";
+
+std::string Detok(int port, const json& ids) {
+  auto r = Post(port, "/detokenize", json{{"tokens", ids}}.dump(), kKey);
+  EXPECT_EQ(r.status, 200) << r.body;
+  return json::parse(r.body)["content"];
+}
+
+std::string CompletionText(int port, const std::string& fields,
+                           const char* path = "/v1/completions") {
+  auto r = Post(port, path, "{" + fields + "}", kKey);
+  EXPECT_EQ(r.status, 200) << r.body;
+  const json j = json::parse(r.body, nullptr, false);
+  if (r.status != 200) return "";
+  return std::string(path) == "/v1/completions" ? j["choices"][0]["text"]
+                                                : j["choices"][0]["message"]["content"];
+}
+
+TEST_F(ServerTest, LogitBiasBansAndForcesTokens) {
+  const std::string greedy = Detok(port(), {432});
+  ASSERT_FALSE(greedy.empty());
+  EXPECT_EQ(CompletionText(port(), kOnce + R"(, "max_tokens": 1)"), greedy);
+  // -100 bans the token (OpenAI's shape, ids as strings); so does llama-server's [[id, false]].
+  EXPECT_NE(CompletionText(port(), kOnce + R"(, "max_tokens": 1, "logit_bias": {"432": -100})"),
+            greedy);
+  EXPECT_NE(CompletionText(port(), kOnce + R"(, "max_tokens": 1, "logit_bias": [[432, false]])"),
+            greedy);
+  // +100 makes greedy decoding pick the token every time, on both endpoints.
+  const std::string forced = Detok(port(), {300, 300, 300});
+  EXPECT_EQ(CompletionText(port(), kOnce + R"(, "max_tokens": 3, "logit_bias": {"300": 100})"),
+            forced);
+  EXPECT_EQ(CompletionText(port(),
+                           R"("messages": [{"role": "user", "content": "hi"}], "temperature": 0,
+                              "max_tokens": 3, "logit_bias": {"300": 100})",
+                           "/v1/chat/completions"),
+            forced);
+  // And when sampling, not only under greedy decoding.
+  EXPECT_EQ(
+      CompletionText(port(), R"("prompt": "Once", "max_tokens": 3, "logit_bias": {"300": 100})"),
+      forced);
+  // llama-server's token-text keys.
+  EXPECT_EQ(Post(port(), "/v1/completions",
+                 R"({"prompt": "Once", "max_tokens": 2, "logit_bias": {"upon": -100}})", kKey)
+                .status,
+            200);
+  for (const char* bad : {R"({"99999": 1})", R"({"-1": 1})", R"({"5": 101})", R"({"5": "x"})",
+                          R"(3)", R"([[1]])", R"([[1, -200]])", R"({"99999999999999999999": 1})"}) {
+    SCOPED_TRACE(bad);
+    ExpectError(Post(port(), "/v1/completions",
+                     std::string(R"({"prompt": "Once", "logit_bias": )") + bad + "}", kKey),
+                400, "logit_bias");
+    ExpectError(
+        Post(port(), "/v1/chat/completions",
+             std::string(R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": )") +
+                 bad + "}",
+             kKey),
+        400, "logit_bias");
+  }
+}
+
+// llama-server's n_probs: the top-N alternatives per token, in the endpoint's logprobs shape.
+TEST_F(ServerTest, NProbsGivesTopAlternatives) {
+  auto r =
+      Post(port(), "/v1/completions", "{" + kOnce + R"(, "max_tokens": 2, "n_probs": 3})", kKey);
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json lp = json::parse(r.body)["choices"][0]["logprobs"];
+  ASSERT_EQ(lp["tokens"].size(), 2u) << r.body;
+  EXPECT_EQ(lp["top_logprobs"][0].size(), 3u) << r.body;
+  r = Post(port(), "/v1/chat/completions",
+           R"({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "n_probs": 2})",
+           kKey);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(json::parse(r.body)["choices"][0]["logprobs"]["content"][0]["top_logprobs"].size(), 2u)
+      << r.body;
+  ExpectError(
+      Post(port(), "/v1/completions", R"({"prompt": "Once", "logprobs": 2, "n_probs": 3})", kKey),
+      400, "n_probs");
+  ExpectError(Post(port(), "/v1/completions", R"({"prompt": "Once", "n_probs": 21})", kKey), 400,
+              "n_probs");
+  // 0 is llama-server's "off".
+  r = Post(port(), "/v1/completions", R"({"prompt": "Once", "max_tokens": 1, "n_probs": 0})", kKey);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_TRUE(json::parse(r.body)["choices"][0]["logprobs"].is_null()) << r.body;
+}
+
+// Fields that would change the output but are not implemented are refused, naming the field;
+// their "off" values and fields that never change the text are accepted.
+TEST_F(ServerTest, UnimplementedFieldsAreRefused) {
+  const std::vector<std::pair<std::string, std::string>> asks = {
+      {"grammar", R"("root ::= \"a\"")"},
+      {"json_schema", R"({"type": "object"})"},
+      {"response_format", R"({"type": "json_object"})"},
+      {"mirostat", "2"},
+      {"typical_p", "0.5"},
+      {"tfs_z", "0.9"},
+      {"top_n_sigma", "1"},
+      {"dynatemp_range", "0.5"},
+      {"dry_multiplier", "0.8"},
+      {"xtc_probability", "0.5"},
+      {"min_keep", "5"},
+      {"samplers", R"(["top_k"])"},
+      {"penalize_nl", "true"},
+      {"post_sampling_probs", "true"},
+      {"lora", R"([{"id": 0, "scale": 1}])"},
+      {"best_of", "2"},
+      {"echo", "true"},
+      {"suffix", R"("x")"},
+      {"tools", R"([{"type": "function", "function": {"name": "f"}}])"},
+      {"tool_choice", R"("required")"},
+      {"parallel_tool_calls", "true"},
+      {"functions", R"([{"name": "f"}])"},
+      {"function_call", R"({"name": "f"})"},
+      {"audio", R"({"voice": "alloy"})"},
+      {"modalities", R"(["text", "audio"])"},
+      {"reasoning_effort", R"("high")"},
+      {"web_search_options", "{}"},
+  };
+  // Every name on the server's list is covered here.
+  for (const auto& name : es::server::RefusedFieldNames())
+    EXPECT_TRUE(std::any_of(asks.begin(), asks.end(), [&](auto& a) { return a.first == name; }))
+        << name << " is refused but not tested";
+  for (const auto& [field, value] : asks) {
+    SCOPED_TRACE(field);
+    auto e = ExpectError(Post(port(), "/v1/completions",
+                              R"({"prompt": "Once", ")" + field + "\": " + value + "}", kKey),
+                         400, field);
+    EXPECT_NE(e["message"].get<std::string>().find(field), std::string::npos);
+    ExpectError(
+        Post(port(), "/v1/chat/completions",
+             R"({"messages": [{"role": "user", "content": "x"}], ")" + field + "\": " + value + "}",
+             kKey),
+        400, field);
+  }
+  auto ok = Post(port(), "/v1/chat/completions",
+                 R"({"messages": [{"role": "user", "content": "x"}], "max_tokens": 2,
+                     "grammar": "", "mirostat": 0, "mirostat_tau": 5, "typical_p": 1, "tfs_z": 1.0,
+                     "dry_multiplier": 0, "xtc_probability": 0, "xtc_threshold": 0.1, "min_keep": 0,
+                     "best_of": 1, "echo": false, "suffix": "", "tools": [], "tool_choice": "none",
+                     "parallel_tool_calls": false, "modalities": ["text"], "response_format": {"type": "text"},
+                     "user": "me", "metadata": {"a": "b"}, "store": false, "service_tier": "auto",
+                     "stream_options": null, "cache_prompt": true, "n_predict": -1})",
+                 kKey);
+  EXPECT_EQ(ok.status, 200) << ok.body;
+  // n_predict, llama-server's name for max_tokens.
+  ok = Post(port(), "/v1/completions", R"({"prompt": "Once", "n_predict": 3, "ignore_eos": true})",
+            kKey);
+  ASSERT_EQ(ok.status, 200) << ok.body;
+  EXPECT_EQ(json::parse(ok.body)["usage"]["completion_tokens"], 3);
+}
+
+TEST_F(ServerTest, TokenizeDetokenizeTemplateProps) {
+  auto r = Post(port(), "/tokenize", R"({"content": "Once upon a time"})", kKey);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(json::parse(r.body)["tokens"], json({403, 407, 261, 378}));
+  r = Post(port(), "/tokenize", R"({"content": "Once upon a time", "add_special": true})", kKey);
+  EXPECT_EQ(json::parse(r.body)["tokens"], json({1, 403, 407, 261, 378}));
+  r = Post(port(), "/tokenize", R"({"content": "Once upon", "with_pieces": true})", kKey);
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json pieces = json::parse(r.body)["tokens"];
+  ASSERT_EQ(pieces.size(), 2u) << r.body;
+  EXPECT_EQ(pieces[0]["id"], 403);
+  EXPECT_EQ(pieces[0]["piece"].get<std::string>() + pieces[1]["piece"].get<std::string>(),
+            " Once upon");
+  EXPECT_EQ(Detok(port(), {403, 407, 261, 378}), " Once upon a time");
+  r = Post(port(), "/apply-template", R"({"messages": [{"role": "user", "content": "hi"}]})", kKey);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(json::parse(r.body)["prompt"],
+            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+
+  ExpectError(Post(port(), "/tokenize", R"({})", kKey), 400, "content");
+  ExpectError(Post(port(), "/tokenize", R"({"content": 5})", kKey), 400, "content");
+  ExpectError(Post(port(), "/tokenize", R"({"content": "a", "with_pieces": 1})", kKey), 400,
+              "with_pieces");
+  ExpectError(Post(port(), "/tokenize", "not json", kKey), 400);
+  ExpectError(Post(port(), "/detokenize", R"({"tokens": [99999]})", kKey), 400, "tokens");
+  ExpectError(Post(port(), "/detokenize", R"({"tokens": "abc"})", kKey), 400, "tokens");
+  ExpectError(Post(port(), "/detokenize", R"([1, 2])", kKey), 400);
+  ExpectError(Post(port(), "/apply-template", R"({"messages": []})", kKey), 400, "messages");
+  ExpectError(Post(port(), "/apply-template", R"({"prompt": "x"})", kKey), 400, "messages");
+
+  r = Get(port(), "/props", kKey);
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json p = json::parse(r.body);
+  EXPECT_EQ(p["total_slots"], 4);
+  EXPECT_EQ(p["default_generation_settings"]["n_ctx"], 512);
+  EXPECT_EQ(p["default_generation_settings"]["params"]["top_k"], 40);
+  EXPECT_EQ(p["model_alias"], "stories260K");
+  EXPECT_EQ(p["model_path"], Stories());
+  EXPECT_NE(p["chat_template"].get<std::string>().find("<|im_start|>"), std::string::npos);
+  EXPECT_TRUE(p["build_info"].is_string());
+
+  // The API key guards them like the OpenAI endpoints.
+  ExpectError(Get(port(), "/props"), 401);
+  for (const char* path : {"/tokenize", "/detokenize", "/apply-template"})
+    ExpectError(Post(port(), path, R"({"content": "x", "tokens": [1]})"), 401);
 }
 
 TEST_F(ServerTest, PromptLongerThanContext) {

@@ -28,6 +28,10 @@ Sampler::Sampler(const SamplerParams& params, int32_t n_vocab)
   if (params.penalty_last_n < 0)
     throw Error("sampler: penalty_last_n " + std::to_string(params.penalty_last_n) +
                 " is invalid, expected >= 0");
+  for (const auto& [id, bias] : params.logit_bias)
+    if (id < 0 || id >= n_vocab)
+      throw Error("sampler: logit_bias token id " + std::to_string(id) +
+                  " is outside the vocabulary [0, " + std::to_string(n_vocab) + ")");
   cand_.resize(static_cast<size_t>(n_vocab));
   if (params_.penalty_last_n > 0) {
     ring_.resize(static_cast<size_t>(params_.penalty_last_n));
@@ -83,6 +87,15 @@ void Sampler::LoadCandidates(const float* logits) {
     cand_[static_cast<size_t>(i)] = {i, std::isnan(l) ? kNegInf : l, 0.0f};
   }
   n_cand_ = static_cast<size_t>(n_vocab_);
+}
+
+// Candidates are still in id order here.
+void Sampler::ApplyBias() {
+  for (const auto& [id, bias] : params_.logit_bias) {
+    float& l = cand_[static_cast<size_t>(id)].logit;
+    l += bias;
+    if (std::isnan(l)) l = kNegInf;  // +inf bias on a -inf logit
+  }
 }
 
 void Sampler::ApplyPenalties() {
@@ -151,15 +164,17 @@ int32_t Sampler::Draw() {
 }
 
 int32_t Sampler::Sample(const float* logits) {
-  const bool penalties =
-      !ring_.empty() && (params_.repeat_penalty != 1.0f || params_.frequency_penalty != 0.0f ||
-                         params_.presence_penalty != 0.0f);
+  const bool adjust =
+      !params_.logit_bias.empty() ||
+      (!ring_.empty() && (params_.repeat_penalty != 1.0f || params_.frequency_penalty != 0.0f ||
+                          params_.presence_penalty != 0.0f));
   if (!(params_.temperature > 0.0f)) {
     // Greedy: the first maximum in id order, so the lowest id wins ties.
     int32_t best = 0;
     float best_l = kNegInf;
-    if (penalties) {
+    if (adjust) {
       LoadCandidates(logits);
+      ApplyBias();
       ApplyPenalties();
       for (size_t i = 0; i < n_cand_; ++i)
         if (cand_[i].logit > best_l) best_l = cand_[i].logit, best = cand_[i].id;
@@ -173,6 +188,7 @@ int32_t Sampler::Sample(const float* logits) {
   }
 
   LoadCandidates(logits);
+  ApplyBias();
   ApplyPenalties();
   TopK(params_.top_k);  // leaves the candidates sorted even when top-k is off
 

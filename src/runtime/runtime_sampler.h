@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <random>
 #include <span>
+#include <utility>
 #include <vector>
 
 namespace es::runtime {
@@ -18,6 +19,8 @@ struct SamplerParams {
   float presence_penalty = 0.0f;   // subtracted once if the token is in the window
   int penalty_last_n = 64;         // window of accepted tokens the penalties look at; 0: off
   uint64_t seed = 0xFFFFFFFF;      // this value means: pick a random seed
+  // Added to a token's logit before everything else (llama.cpp's chain order); -inf bans it.
+  std::vector<std::pair<int32_t, float>> logit_bias;
 };
 
 // One surviving candidate of the chain: its (penalised, tempered) logit and probability.
@@ -31,7 +34,8 @@ class Sampler {
  public:
   static constexpr uint64_t kRandomSeed = 0xFFFFFFFF;
 
-  // Throws es::Error if n_vocab < 1 or penalty_last_n < 0.
+  // Throws es::Error if n_vocab < 1, penalty_last_n < 0 or a logit_bias id is outside the
+  // vocabulary.
   explicit Sampler(const SamplerParams& params, int32_t n_vocab);
 
   // Picks the next token from `logits` (n_vocab floats). NaN logits count as -inf.
@@ -56,6 +60,7 @@ class Sampler {
   void Reseed();
   void LoadCandidates(const float* logits);
   void ApplyPenalties();
+  void ApplyBias();
   void TopK(int k);
   void Softmax();
   int32_t Draw();

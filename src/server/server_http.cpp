@@ -5,8 +5,11 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 
 #include "edgeshard/error.h"
+#include "server/server_fields.h"
+#include "server/server_llama.h"
 #include "server/server_openai.h"
 #include "tokenizer/tokenizer_chat.h"
 
@@ -33,8 +36,8 @@ bool SameKey(const std::string& a, const std::string& b) {
 }
 
 std::string EndpointLabel(const std::string& path) {
-  for (const char* p :
-       {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"})
+  for (const char* p : {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health",
+                        "/metrics", "/tokenize", "/detokenize", "/apply-template", "/props"})
     if (path == p) return p;
   if (path == "/chat/completions") return "/v1/chat/completions";
   if (path == "/completions") return "/v1/completions";
@@ -63,6 +66,7 @@ struct HttpServer::Impl {
   int port = 0;
 
   void Routes();
+  nlohmann::json Props() const;
   void Generate(Endpoint ep, const httplib::Request& req, httplib::Response& res,
                 const httplib::ContentReader& reader);
 };
@@ -216,6 +220,27 @@ void HttpServer::Impl::Routes() {
   http->Get("/metrics", [this](const Request&, Response& res) {
     res.set_content(metrics.Render(), "text/plain; version=0.0.4");
   });
+  // llama-server's endpoints: a JSON body in, a JSON body out. The pre-routing handler above
+  // asks them for the API key like every other endpoint.
+  auto json_post = [this](const char* path, std::function<json(const json&)> fn) {
+    http->Post(path, [fn](const Request& req, Response& res) {
+      try {
+        res.set_content(Dump(fn(ParseBody(req.body))), "application/json");
+      } catch (const ApiError& e) {
+        SendError(res, e);
+      } catch (const std::exception& e) {
+        SendError(res, ApiError(400, std::string("the request could not be used: ") + e.what()));
+      }
+    });
+  };
+  json_post("/tokenize", [this](const json& b) { return Tokenize(b, *tok); });
+  json_post("/detokenize", [this](const json& b) { return Detokenize(b, *tok); });
+  json_post("/apply-template", [this](const json& b) {
+    return ApplyTemplate(b, *tok, chat_template, sched->n_ctx());
+  });
+  http->Get("/props", [this](const Request&, Response& res) {
+    res.set_content(Dump(Props()), "application/json");
+  });
   for (const char* path : {"/v1/chat/completions", "/chat/completions"})
     http->Post(path,
                [this](const Request& req, Response& res, const httplib::ContentReader& reader) {
@@ -226,6 +251,42 @@ void HttpServer::Impl::Routes() {
                [this](const Request& req, Response& res, const httplib::ContentReader& reader) {
                  Generate(Endpoint::kCompletion, req, res, reader);
                });
+}
+
+// What llama-server's /props reports that this server has: the settings a plain request gets,
+// the slots, the model and the chat template text in use.
+json HttpServer::Impl::Props() const {
+  const ParsedRequest d = ParseRequest(Endpoint::kCompletion, json{{"prompt", ""}}, sched->n_ctx());
+  const auto& s = d.gen.sampling;
+  const json params = {{"temperature", s.temperature},
+                       {"top_k", s.top_k},
+                       {"top_p", s.top_p},
+                       {"min_p", s.min_p},
+                       {"repeat_penalty", s.repeat_penalty},
+                       {"repeat_last_n", s.penalty_last_n},
+                       {"presence_penalty", s.presence_penalty},
+                       {"frequency_penalty", s.frequency_penalty},
+                       {"n_predict", -1},
+                       {"seed", -1},
+                       {"n_keep", opts.sched.n_keep},
+                       {"n_probs", 0},
+                       {"ignore_eos", false},
+                       {"stream", false}};
+  auto text = [this](int32_t id) { return id >= 0 ? tok->TokenText(id) : std::string(); };
+  return json{
+      {"default_generation_settings",
+       {{"n_ctx", sched->n_ctx()}, {"params", params}, {"model", opts.model_path}}},
+      {"total_slots", sched->n_slots()},
+      {"model_path", opts.model_path},
+      {"model_alias", opts.model_id},
+      {"n_ctx_train", model->config().n_ctx_train},
+      {"n_vocab", tok->n_vocab()},
+      {"chat_template", chat_template.empty() ? "" : tok::ChatTemplateText(chat_template)},
+      {"chat_template_name", chat_template.empty() ? "" : tok::ChatTemplateName(chat_template)},
+      {"bos_token", text(tok->bos())},
+      {"eos_token", text(tok->eos())},
+      {"context_shift", sched->context_shift()},
+      {"build_info", "edgeshard 0.1.0"}};
 }
 
 void HttpServer::Impl::Generate(Endpoint ep, const httplib::Request& req, httplib::Response& res,
@@ -257,6 +318,7 @@ void HttpServer::Impl::Generate(Endpoint ep, const httplib::Request& req, httpli
     ParsedRequest p =
         ParseRequest(ep, ParseBody(body), sched->n_ctx(), sched->context_shift() ? 1 << 24 : 0);
     p.gen.prompt = BuildPrompt(p, *tok, chat_template, sched->n_ctx());
+    p.gen.sampling.logit_bias = ResolveLogitBias(p, *tok);
     auto job = std::make_shared<Job>(p.gen);
     if (!sched->Submit(job)) {
       res.set_header("Retry-After", "1");

@@ -1,5 +1,6 @@
 // The OpenAI-compatible HTTP server: POST /v1/chat/completions, POST /v1/completions,
-// GET /v1/models, GET /health, GET /metrics. HTTP threads parse and tokenize requests, hand them
+// GET /v1/models, GET /health, GET /metrics, and llama-server's POST /tokenize, /detokenize,
+// /apply-template and GET /props. HTTP threads parse and tokenize requests, hand them
 // to the scheduler and stream its output back; the scheduler thread alone touches the model.
 // httplib stays inside the .cpp, so front ends need not be built with its definitions.
 #pragma once

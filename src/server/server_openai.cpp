@@ -5,6 +5,7 @@
 #include <random>
 
 #include "edgeshard/error.h"
+#include "server/server_fields.h"
 
 namespace es::server {
 namespace {
@@ -48,25 +49,13 @@ void Preview(const json& v, std::string& out, size_t limit) {
   out += s;
 }
 
-std::string Short(const json& v) {
-  std::string s;
-  Preview(v, s, 60);
-  return s.size() > 60 ? s.substr(0, 57) + "..." : s;
-}
-
-// A field that is present and not null, else nullptr (clients send null for "default").
-const json* Field(const json& body, const char* key) {
-  auto it = body.find(key);
-  return it == body.end() || it->is_null() ? nullptr : &*it;
-}
-
 double Number(const json& body, const char* key, double lo, double hi, double def) {
   const json* v = Field(body, key);
   if (!v) return def;
   if (!v->is_number() || !(v->get<double>() >= lo && v->get<double>() <= hi))
     throw ApiError(400,
                    std::string("'") + key + "' must be a number from " + Num(lo) + " to " +
-                       Num(hi) + ", got " + Short(*v),
+                       Num(hi) + ", got " + Quote(*v),
                    key);
   return v->get<double>();
 }
@@ -88,16 +77,8 @@ int64_t Integer(const json& body, const char* key, int64_t lo, int64_t hi, int64
   }
   throw ApiError(400,
                  std::string("'") + key + "' must be an integer from " + std::to_string(lo) +
-                     " to " + std::to_string(hi) + ", got " + Short(*v),
+                     " to " + std::to_string(hi) + ", got " + Quote(*v),
                  key);
-}
-
-bool Bool(const json& body, const char* key, bool def) {
-  const json* v = Field(body, key);
-  if (!v) return def;
-  if (!v->is_boolean())
-    throw ApiError(400, std::string("'") + key + "' must be true or false, got " + Short(*v), key);
-  return v->get<bool>();
 }
 
 std::vector<std::string> Stops(const json& body) {
@@ -112,7 +93,7 @@ std::vector<std::string> Stops(const json& body) {
     }
     if (out.size() == v->size()) return out;
   }
-  throw ApiError(400, "'stop' must be a string or an array of up to 4 strings, got " + Short(*v),
+  throw ApiError(400, "'stop' must be a string or an array of up to 4 strings, got " + Quote(*v),
                  "stop");
 }
 
@@ -129,13 +110,13 @@ std::string MessageContent(const json& m, size_t i) {
         throw ApiError(
             400,
             where + ": only text parts ({\"type\": \"text\", \"text\": ...}) are supported, got " +
-                Short(part),
+                Quote(part),
             where);
       text += part["text"].get<std::string>();
     }
     return text;
   }
-  throw ApiError(400, where + " must be a string or an array of text parts, got " + Short(*it),
+  throw ApiError(400, where + " must be a string or an array of text parts, got " + Quote(*it),
                  where);
 }
 
@@ -174,6 +155,25 @@ std::string Dump(const json& j) {
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
+std::string Quote(const json& v) {
+  std::string s;
+  Preview(v, s, 60);
+  return s.size() > 60 ? s.substr(0, 57) + "..." : s;
+}
+
+const json* Field(const json& body, const char* key) {
+  auto it = body.find(key);
+  return it == body.end() || it->is_null() ? nullptr : &*it;
+}
+
+bool BoolField(const json& body, const char* key, bool def) {
+  const json* v = Field(body, key);
+  if (!v) return def;
+  if (!v->is_boolean())
+    throw ApiError(400, std::string("'") + key + "' must be true or false, got " + Quote(*v), key);
+  return v->get<bool>();
+}
+
 json ParseBody(const std::string& body) {
   // Depth is counted on the text, outside strings, before the parser builds anything.
   int depth = 0;
@@ -205,11 +205,12 @@ json ParseBody(const std::string& body) {
 
 ParsedRequest ParseRequest(Endpoint ep, const json& body, int n_ctx, int max_tokens_cap) {
   if (!body.is_object())
-    throw ApiError(400, "the request body must be a JSON object, got " + Short(body));
+    throw ApiError(400, "the request body must be a JSON object, got " + Quote(body));
+  CheckRefusedFields(body);
   ParsedRequest r;
   r.endpoint = ep;
   if (const json* m = Field(body, "model")) {
-    if (!m->is_string()) throw ApiError(400, "'model' must be a string, got " + Short(*m), "model");
+    if (!m->is_string()) throw ApiError(400, "'model' must be a string, got " + Quote(*m), "model");
     r.model = m->get<std::string>();
   }
 
@@ -226,37 +227,41 @@ ParsedRequest ParseRequest(Endpoint ep, const json& body, int n_ctx, int max_tok
   s.penalty_last_n = static_cast<int>(Integer(body, "repeat_last_n", 0, n_ctx, 64));
   const int64_t seed = Integer(body, "seed", -1, INT64_MAX, -1);
   s.seed = seed < 0 ? runtime::Sampler::kRandomSeed : static_cast<uint64_t>(seed);
+  ParseLogitBias(body, r);
 
-  const char* max_key =
-      Field(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
-  if (Field(body, max_key)) {
+  // n_predict is llama-server's own name for it; -1 there means "no limit".
+  const char* max_key = Field(body, "max_completion_tokens") ? "max_completion_tokens"
+                        : Field(body, "max_tokens")          ? "max_tokens"
+                                                             : "n_predict";
+  if (const json* v = Field(body, max_key);
+      v && !(max_key == std::string("n_predict") && *v == -1)) {
     r.gen.max_tokens =
         static_cast<int>(Integer(body, max_key, 1, max_tokens_cap > 0 ? max_tokens_cap : n_ctx, 0));
   }
   // llama.cpp's server extension: tokens a context shift keeps (-1: the prompt).
   r.gen.n_keep = static_cast<int>(Integer(body, "n_keep", -1, n_ctx, GenRequest::kServerKeep));
   r.gen.stop = Stops(body);
-  r.gen.ignore_eos = Bool(body, "ignore_eos", false);
+  r.gen.ignore_eos = BoolField(body, "ignore_eos", false);
   if (Integer(body, "n", 1, INT64_MAX, 1) != 1)
     throw ApiError(400, "'n' must be 1: one choice per request is supported", "n");
-  r.stream = Bool(body, "stream", false);
+  r.stream = BoolField(body, "stream", false);
   if (const json* so = Field(body, "stream_options")) {
     if (!so->is_object())
-      throw ApiError(400, "'stream_options' must be an object, got " + Short(*so),
+      throw ApiError(400, "'stream_options' must be an object, got " + Quote(*so),
                      "stream_options");
-    r.include_usage = Bool(*so, "include_usage", false);
+    r.include_usage = BoolField(*so, "include_usage", false);
   }
 
   if (ep == Endpoint::kChat) {
     const json* msgs = Field(body, "messages");
     if (!msgs) throw ApiError(400, "'messages' is required", "messages");
     if (!msgs->is_array() || msgs->empty())
-      throw ApiError(400, "'messages' must be a non-empty array of messages, got " + Short(*msgs),
+      throw ApiError(400, "'messages' must be a non-empty array of messages, got " + Quote(*msgs),
                      "messages");
     for (size_t i = 0; i < msgs->size(); ++i) {
       const json& m = (*msgs)[i];
       const std::string where = "messages[" + std::to_string(i) + "]";
-      if (!m.is_object()) throw ApiError(400, where + " must be an object, got " + Short(m), where);
+      if (!m.is_object()) throw ApiError(400, where + " must be an object, got " + Quote(m), where);
       const json* role = Field(m, "role");
       if (!role || !role->is_string())
         throw ApiError(400, where + ".role must be a string", where + ".role");
@@ -266,27 +271,21 @@ ParsedRequest ParseRequest(Endpoint ep, const json& body, int n_ctx, int max_tok
         throw ApiError(
             400,
             where + ".role must be \"system\", \"developer\", \"user\" or \"assistant\", got " +
-                Short(*role),
+                Quote(*role),
             where + ".role");
       r.messages.push_back({rs, MessageContent(m, i)});
     }
-    r.logprobs = Bool(body, "logprobs", false);
+    r.logprobs = BoolField(body, "logprobs", false);
     r.top_logprobs = static_cast<int>(Integer(body, "top_logprobs", 0, 20, 0));
     if (r.top_logprobs > 0 && !r.logprobs)
       throw ApiError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs");
-    if (const json* tools = Field(body, "tools"); tools && !(tools->is_array() && tools->empty()))
-      throw ApiError(400, "'tools' are not supported by this server", "tools");
     // Extra chat template variables, as llama-server takes them (e.g. {"enable_thinking": false}).
     if (const json* kw = Field(body, "chat_template_kwargs")) {
       if (!kw->is_object())
-        throw ApiError(400, "'chat_template_kwargs' must be an object, got " + Short(*kw),
+        throw ApiError(400, "'chat_template_kwargs' must be an object, got " + Quote(*kw),
                        "chat_template_kwargs");
       r.template_vars = nlohmann::ordered_json::parse(kw->dump());
     }
-    if (const json* rf = Field(body, "response_format");
-        rf && !(rf->is_object() && rf->contains("type") && (*rf)["type"] == "text"))
-      throw ApiError(400, "'response_format' other than {\"type\": \"text\"} is not supported",
-                     "response_format");
   } else {
     const json* p = Field(body, "prompt");
     if (!p) throw ApiError(400, "'prompt' is required", "prompt");
@@ -305,7 +304,7 @@ ParsedRequest ParseRequest(Endpoint ep, const json& body, int n_ctx, int max_tok
       for (const auto& x : a) {
         const int64_t id = x.get<int64_t>();
         if (id < 0 || id > INT32_MAX)
-          throw ApiError(400, "'prompt' holds the invalid token id " + Short(x), "prompt");
+          throw ApiError(400, "'prompt' holds the invalid token id " + Quote(x), "prompt");
         r.prompt_tokens.push_back(static_cast<int32_t>(id));
       }
       r.prompt_is_tokens = true;
@@ -313,21 +312,44 @@ ParsedRequest ParseRequest(Endpoint ep, const json& body, int n_ctx, int max_tok
       throw ApiError(
           400,
           "'prompt' must be a string or an array of token ids (one prompt per request), got " +
-              Short(*p),
+              Quote(*p),
           "prompt");
     }
     const int64_t lp = Integer(body, "logprobs", 0, 20, -1);
     r.logprobs = lp >= 0;
     r.top_logprobs = static_cast<int>(std::max<int64_t>(lp, 0));
-    if (Bool(body, "echo", false)) throw ApiError(400, "'echo' is not supported", "echo");
-    if (Integer(body, "best_of", 1, INT64_MAX, 1) != 1)
-      throw ApiError(400, "'best_of' must be 1", "best_of");
-    if (const json* sfx = Field(body, "suffix");
-        sfx && !(sfx->is_string() && sfx->get<std::string>().empty()))
-      throw ApiError(400, "'suffix' is not supported", "suffix");
+  }
+  // llama-server's n_probs: the top-N alternatives per token, reported in the logprobs shape of
+  // the endpoint (as llama-server's OpenAI-compatible endpoints do); 0 means off.
+  if (const int n_probs = static_cast<int>(Integer(body, "n_probs", 0, 20, 0)); n_probs > 0) {
+    if (r.logprobs && r.top_logprobs != n_probs)
+      throw ApiError(400,
+                     "'n_probs' (" + std::to_string(n_probs) +
+                         ") contradicts the logprobs asked for (" + std::to_string(r.top_logprobs) +
+                         ")",
+                     "n_probs");
+    r.logprobs = true;
+    r.top_logprobs = n_probs;
   }
   r.gen.n_logprobs = r.logprobs ? r.top_logprobs : -1;
   return r;
+}
+
+std::string RenderPrompt(const ParsedRequest& r, const tok::Tokenizer& t,
+                         const std::string& chat_template) {
+  if (chat_template.empty())
+    throw ApiError(400,
+                   "the model has no chat template (tokenizer.chat_template): use "
+                   "/v1/completions, or start the "
+                   "server with --chat-template NAME",
+                   "messages");
+  const std::string bos = t.bos() >= 0 ? t.TokenText(t.bos()) : "";
+  const std::string eos = t.eos() >= 0 ? t.TokenText(t.eos()) : "";
+  try {
+    return tok::ApplyChatTemplate(chat_template, r.messages, true, bos, eos, r.template_vars);
+  } catch (const Error& e) {
+    throw ApiError(400, std::string("cannot apply the chat template: ") + e.what(), "messages");
+  }
 }
 
 std::vector<int32_t> BuildPrompt(const ParsedRequest& r, const tok::Tokenizer& t,
@@ -335,20 +357,7 @@ std::vector<int32_t> BuildPrompt(const ParsedRequest& r, const tok::Tokenizer& t
   std::vector<int32_t> tokens;
   const char* param = r.endpoint == Endpoint::kChat ? "messages" : "prompt";
   if (r.endpoint == Endpoint::kChat) {
-    if (chat_template.empty())
-      throw ApiError(400,
-                     "the model has no chat template (tokenizer.chat_template): use "
-                     "/v1/completions, or start the "
-                     "server with --chat-template NAME",
-                     "messages");
-    const std::string bos = t.bos() >= 0 ? t.TokenText(t.bos()) : "";
-    const std::string eos = t.eos() >= 0 ? t.TokenText(t.eos()) : "";
-    std::string text;
-    try {
-      text = tok::ApplyChatTemplate(chat_template, r.messages, true, bos, eos, r.template_vars);
-    } catch (const Error& e) {
-      throw ApiError(400, std::string("cannot apply the chat template: ") + e.what(), "messages");
-    }
+    const std::string text = RenderPrompt(r, t, chat_template);
     // Templates that write the BOS text themselves must not get a second BOS.
     auto with = t.Encode(text, true, true);
     auto without = t.Encode(text, false, true);

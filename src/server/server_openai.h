@@ -23,6 +23,12 @@ struct ApiError : std::runtime_error {
 nlohmann::json ErrorJson(const ApiError& e);
 // JSON text; invalid UTF-8 (a token can be half a character) is replaced, never thrown on.
 std::string Dump(const nlohmann::json& j);
+// At most 60 bytes of `v` as JSON, for error messages (a bad value may be megabytes).
+std::string Quote(const nlohmann::json& v);
+// body[key] when present and not null, else nullptr (clients send null for "default").
+const nlohmann::json* Field(const nlohmann::json& body, const char* key);
+// body[key] as a bool, `def` when absent or null; throws ApiError 400 naming the key otherwise.
+bool BoolField(const nlohmann::json& body, const char* key, bool def);
 
 enum class Endpoint { kChat, kCompletion };
 
@@ -44,15 +50,25 @@ struct ParsedRequest {
   bool prompt_is_tokens = false;
   std::string model;
   bool stream = false, include_usage = false;
-  bool logprobs = false;  // chat: logprobs; completions: logprobs >= 0
+  bool logprobs = false;  // chat: logprobs; completions: logprobs >= 0 (or n_probs > 0)
   int top_logprobs = 0;
+  // logit_bias as given: token ids (checked once the vocabulary is at hand) and token texts
+  // (llama-server's extension, tokenized then); -inf bans.
+  std::vector<std::pair<int64_t, float>> bias_ids;
+  std::vector<std::pair<std::string, float>> bias_texts;
 };
 
 // Checks every known field's type and range (unknown fields are ignored, as OpenAI's clients
-// send extras); throws ApiError 400 naming the field. max_tokens must lie in [1, n_ctx].
+// send extras; fields that would change the output but are not implemented are refused, see
+// server_fields.h); throws ApiError 400 naming the field. max_tokens must lie in [1, n_ctx].
 // max_tokens may reach max_tokens_cap (0: n_ctx; a server that shifts full contexts allows more).
 ParsedRequest ParseRequest(Endpoint ep, const nlohmann::json& body, int n_ctx,
                            int max_tokens_cap = 0);
+
+// The chat prompt's text: the messages through the chat template (name or text; "" when the
+// model has none, which throws ApiError 400), as chat completions tokenize it.
+std::string RenderPrompt(const ParsedRequest& r, const tok::Tokenizer& t,
+                         const std::string& chat_template);
 
 // The prompt's tokens: chat messages through the chat template (`chat_template` is a template
 // name or text; empty when the model has none), completions text with BOS as the vocabulary

@@ -188,10 +188,14 @@ std::string ChatTemplateOrDefault(const std::string& override_tmpl,
   return "chatml";
 }
 
+std::string ChatTemplateText(const std::string& tmpl_or_name) {
+  auto it = Builtins().find(tmpl_or_name);
+  return it != Builtins().end() ? it->second : tmpl_or_name;
+}
+
 std::string RenderChat(const std::string& tmpl_or_name, const ChatInputs& in) {
   ChatTemplateName(tmpl_or_name);  // rejects unknown names with the list of built-ins
-  auto it = Builtins().find(tmpl_or_name);
-  const std::string& text = it != Builtins().end() ? it->second : tmpl_or_name;
+  const std::string text = ChatTemplateText(tmpl_or_name);
   nlohmann::ordered_json ctx = in.extra.is_object() ? in.extra : nlohmann::ordered_json::object();
   ctx["messages"] = NormalizeMessages(in.messages);
   ctx["tools"] = in.tools;

@@ -21,6 +21,9 @@ const std::vector<std::string>& ChatTemplateNames();
 // es::Error listing the names for an unknown name or an empty string.
 std::string ChatTemplateName(const std::string& tmpl_or_name);
 
+// The Jinja text of a template: a built-in name's text, or `tmpl_or_name` itself.
+std::string ChatTemplateText(const std::string& tmpl_or_name);
+
 // The template a model chats with: `override_tmpl` when set, else the model's own, else chatml
 // (saying so once on stderr, since the model's expected format is unknown).
 std::string ChatTemplateOrDefault(const std::string& override_tmpl,

@@ -164,6 +164,29 @@ test('the next chat turn reuses the cached prefix', async () => {
   assert.ok(cached < second.usage.prompt_tokens);
 });
 
+// logit_bias as the client sends it: token ids as keys. After "Once upon a time" greedy decoding
+// picks token 432 (models/ref); /detokenize (llama-server's endpoint) gives token texts.
+test('logit_bias bans and forces tokens', async () => {
+  const post = async (path, body) => (await fetch(`${base}${path}`, {
+    method: 'POST', headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify(body),
+  })).json();
+  const prompt = 'Once upon a time';
+  const plain = await client.completions.create({ model, prompt, max_tokens: 1, temperature: 0 });
+  assert.equal(plain.choices[0].text, (await post('/detokenize', { tokens: [432] })).content);
+  const banned = await client.completions.create(
+    { model, prompt, max_tokens: 1, temperature: 0, logit_bias: { 432: -100 } });
+  assert.notEqual(banned.choices[0].text, plain.choices[0].text);
+  const forced = await client.chat.completions.create({
+    model, messages: [{ role: 'user', content: 'hi' }], max_tokens: 4, logit_bias: { 300: 100 },
+  });
+  assert.equal(forced.choices[0].message.content, (await post('/detokenize', { tokens: [300, 300, 300, 300] })).content);
+  await assert.rejects(client.completions.create({ model, prompt, logit_bias: { 999999: 5 } }),
+    (e) => e.status === 400 && e.param === 'logit_bias');
+  await assert.rejects(client.completions.create({ model, prompt, best_of: 3 }),
+    (e) => e.status === 400 && e.param === 'best_of');
+});
+
 test('errors come back as OpenAI errors', async () => {
   await assert.rejects(client.chat.completions.create({ model, messages: [] }), (e) => {
     assert.ok(e instanceof OpenAI.BadRequestError);
