@@ -1,7 +1,7 @@
 // Q5_K, Q3_K, Q2_K and IQ4_XS: dequantization of hand-built blocks (the GGUF layouts), and
 // llama.cpp agreement on a real model: `edgeshard quantize` of synth-llama-spm-256.f16 writes the
 // very tensor bytes `llama-quantize --pure` wrote for the single-type formats, and `llama-quantize`
-// for the mixes (Q5_K_M, Q5_K_S, Q4_K_S, Q3_K_S/M/L, and Q2_K, IQ4_XS as q2_k-mix, iq4_xs-mix)
+// for the mixes (Q5_K_M, Q5_K_S, Q4_K_S, Q3_K_S/M/L, and Q2_K, IQ4_XS as q2_k, iq4_xs)
 // (hashes in tests/fixtures/ref, made by regenerate.sh), and the engine's perplexity on them is
 // within 0.5% of llama-perplexity's. (Logit fidelity on the same files: test_fidelity, references
 // synth-llama-spm-256.<type>.)
@@ -153,9 +153,8 @@ TEST(QuantizePlanKQuants, MixesFollowLlamaRules) {
         Case{"q3_k_s", K::kQ3_K, K::kQ3_K, K::kQ3_K, 0, K::kQ3_K, K::kQ3_K, 0, K::kQ3_K},
         Case{"q4_k_s", K::kQ4_K, K::kQ5_K, K::kQ4_K, 4, K::kQ5_K, K::kQ4_K, 4, K::kQ4_K},
         Case{"q5_k_s", K::kQ5_K, K::kQ5_K, K::kQ5_K, 0, K::kQ5_K, K::kQ5_K, 0, K::kQ5_K},
-        Case{"q2_k-mix", K::kQ2_K, K::kQ4_K, K::kQ4_K, 0, K::kQ3_K, K::kQ3_K, 0, K::kQ3_K},
-        Case{"iq4_xs-mix", K::kIQ4_XS, K::kQ5_K, K::kQ5_K, 0, K::kQ5_K, K::kIQ4_XS, 4,
-             K::kIQ4_XS}}) {
+        Case{"q2_k", K::kQ2_K, K::kQ4_K, K::kQ4_K, 0, K::kQ3_K, K::kQ3_K, 0, K::kQ3_K},
+        Case{"iq4_xs", K::kIQ4_XS, K::kQ5_K, K::kQ5_K, 0, K::kQ5_K, K::kIQ4_XS, 4, K::kIQ4_XS}}) {
     SCOPED_TRACE(c.format);
     const auto format = es::model::FindQuantFormat(c.format);
     ASSERT_TRUE(format);
@@ -235,9 +234,9 @@ TEST_P(KQuantFiles, PerplexityMatchesLlamaCpp) {
 }
 
 INSTANTIATE_TEST_SUITE_P(SynthLlama, KQuantFiles,
-                         ::testing::Values("q5_k", "q3_k", "iq4_xs", "q2_k", "q5_k_m", "q5_k_s",
-                                           "q4_k_s", "q3_k_m", "q3_k_l", "q3_k_s", "q2_k-mix",
-                                           "iq4_xs-mix"),
+                         ::testing::Values("q5_k", "q3_k", "iq4_xs-pure", "q2_k-pure", "q5_k_m",
+                                           "q5_k_s", "q4_k_s", "q3_k_m", "q3_k_l", "q3_k_s", "q2_k",
+                                           "iq4_xs"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (auto& ch : n)

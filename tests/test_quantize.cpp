@@ -127,7 +127,7 @@ TEST(QuantizeFormats, NamesAndLlamaFileTypes) {
   }
   ASSERT_TRUE(FindQuantFormat("Q4_K_M").has_value());
   EXPECT_EQ(FindQuantFormat("Q4_K_M")->base, TensorType::kQ4_K);
-  EXPECT_FALSE(FindQuantFormat("q3_k").has_value());
+  EXPECT_FALSE(FindQuantFormat("tq1_0").has_value());
   EXPECT_FALSE(FindQuantFormat("").has_value());
 }
 
@@ -470,7 +470,7 @@ TEST(QuantizeCli, QuantizedInputIsAnError) {
 
 TEST(QuantizeCli, BadArguments) {
   TempDir tmp;
-  auto r = RunCli("quantize '" + ModelPath(kSynth16) + "' '" + tmp.Path("x.gguf") + "' q3_k");
+  auto r = RunCli("quantize '" + ModelPath(kSynth16) + "' '" + tmp.Path("x.gguf") + "' tq1_0");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("q4_k_m"), std::string::npos) << r.err;  // lists the valid types
   r = RunCli("quantize '" + ModelPath(kSynth16) + "' '" + tmp.Path("x.gguf") + "'");

@@ -129,8 +129,8 @@ const std::vector<QuantFormat>& QuantFormats() {
       {"q4_k", TensorType::kQ4_K, Mix::kPure, 14, "all weights Q4_K, output included"},
       {"q5_k", TensorType::kQ5_K, Mix::kPure, 16, "all weights Q5_K, output included"},
       {"q3_k", TensorType::kQ3_K, Mix::kPure, 11, "all weights Q3_K, output included"},
-      {"q2_k", TensorType::kQ2_K, Mix::kPure, 10, "all weights Q2_K, output included"},
-      {"iq4_xs", TensorType::kIQ4_XS, Mix::kPure, 30, "all weights IQ4_XS, output included"},
+      {"q2_k-pure", TensorType::kQ2_K, Mix::kPure, 10, "all weights Q2_K, output included"},
+      {"iq4_xs-pure", TensorType::kIQ4_XS, Mix::kPure, 30, "all weights IQ4_XS, output included"},
       {"q4_k-q6k-output", TensorType::kQ4_K, Mix::kQ6KOutput, 14, "Q4_K, output in Q6_K"},
       {"q4_k_m", TensorType::kQ4_K, Mix::kQ4KM, 15,
        "Q4_K; Q6_K for output and some attn_v/ffn_down layers (as llama.cpp's Q4_K_M)"},
@@ -141,10 +141,10 @@ const std::vector<QuantFormat>& QuantFormats() {
        "Q5_K, output in Q6_K (as llama.cpp's Q5_K_S)"},
       {"q4_k_s", TensorType::kQ4_K, Mix::kQ4KS, 14,
        "Q4_K; Q5_K for the first attn_v and ffn_down layers, Q6_K output (as llama.cpp's Q4_K_S)"},
-      {"q2_k-mix", TensorType::kQ2_K, Mix::kQ2K, 10,
+      {"q2_k", TensorType::kQ2_K, Mix::kQ2K, 10,
        "Q2_K; Q3_K/Q4_K for attn_v, Q3_K for ffn_down, attn_output, Q6_K output (llama.cpp's "
        "Q2_K)"},
-      {"iq4_xs-mix", TensorType::kIQ4_XS, Mix::kIQ4XS, 30,
+      {"iq4_xs", TensorType::kIQ4_XS, Mix::kIQ4XS, 30,
        "IQ4_XS; Q5_K for the first ffn_down layers (and attn_v with 4+ query heads per KV head), "
        "Q6_K output (llama.cpp's IQ4_XS)"},
       {"q3_k_s", TensorType::kQ3_K, Mix::kQ6KOutput, 11,

@@ -3,21 +3,22 @@
 //
 // Formats (`edgeshard quantize --help` lists them):
 //   f32, f16, bf16, q8_0, q4_0, q4_k, q6_k,  every weight matrix in that type ("pure").
-//   q5_k, q3_k, q2_k, iq4_xs
+//   q5_k, q3_k,
+//   q2_k-pure, iq4_xs-pure
 //   q4_k_m, q5_k_m    llama.cpp's Q4_K_M / Q5_K_M: Q6_K for output.weight and for attn_v /
 //                     ffn_down in the layers llama.cpp's use_more_bits rule picks, Q4_K / Q5_K
 //                     elsewhere.
 //   q5_k_s, q3_k_s    llama.cpp's Q5_K_S / Q3_K_S: the base type, output.weight in Q6_K.
 //   q4_k_s, q3_k_m,   llama.cpp's Q4_K_S, Q3_K_M, Q3_K_L: output.weight in Q6_K and Q5_K / Q4_K
 //   q3_k_l            for some attn_v, ffn_down, attn_output layers by llama.cpp's rules.
-//   q2_k-mix,         llama.cpp's Q2_K and IQ4_XS (named apart from the single-type q2_k and
-//   iq4_xs-mix        iq4_xs): Q6_K output and llama.cpp's Q3_K/Q4_K/Q5_K layers.
+//   q2_k, iq4_xs      llama.cpp's Q2_K and IQ4_XS (as llama-quantize names them): Q6_K output
+//                     and llama.cpp's Q3_K/Q4_K/Q5_K layers.
 //   q4_0-q6k-output,  the base type with output.weight in Q6_K (or token_embd.weight when the
 //   q4_k-q6k-output   model ties its output to it). q4_0-q6k-output is what llama.cpp's own
 //                     "Q4_0" writes.
 // 1-D tensors (norms, biases) and tensors whose names do not end in "weight" are copied as they
-// are. A row length the chosen type cannot hold falls back to the nearest supported type
-// (Q4_K, Q2_K, Q3_K, IQ4_XS -> Q4_0; Q6_K, Q5_K -> Q8_0; else F16), as llama.cpp falls back
+// are. A row length the chosen type cannot hold falls back as llama.cpp's does (Q4_K -> Q5_0,
+// Q5_K -> Q5_1, Q6_K -> Q8_0, Q2_K/Q3_K/IQ4_XS -> IQ4_NL; else F16), as llama.cpp falls back
 // (to Q5_0, Q4_0, IQ4_NL / Q8_0, Q5_1 / F16).
 #pragma once
 #include <cstdint>
