@@ -18,8 +18,7 @@
 //                     "Q4_0" writes.
 // 1-D tensors (norms, biases) and tensors whose names do not end in "weight" are copied as they
 // are. A row length the chosen type cannot hold falls back as llama.cpp's does (Q4_K -> Q5_0,
-// Q5_K -> Q5_1, Q6_K -> Q8_0, Q2_K/Q3_K/IQ4_XS -> IQ4_NL; else F16), as llama.cpp falls back
-// (to Q5_0, Q4_0, IQ4_NL / Q8_0, Q5_1 / F16).
+// Q5_K -> Q5_1, Q6_K -> Q8_0, Q2_K/Q3_K/IQ4_XS -> IQ4_NL; F16 when that does not fit either).
 #pragma once
 #include <cstdint>
 #include <functional>
