@@ -466,6 +466,33 @@ TEST(QuantizeCli, QuantizedInputIsAnError) {
   EXPECT_NE(r.err.find("synth-llama-spm-256.q4_0.gguf"), std::string::npos) << r.err;
   EXPECT_FALSE(std::filesystem::exists(out));
   EXPECT_FALSE(std::filesystem::exists(out + ".tmp"));
+  EXPECT_NE(r.err.find("--allow-requantize"), std::string::npos) << r.err;
+}
+
+// --allow-requantize: a Q8_0 file to Q4_K_M warns that quality drops, loads, and its perplexity
+// stays near that of Q4_K_M quantized from the F16 original (the re-quantization error is the
+// Q8_0 rounding on top).
+TEST(QuantizeCli, AllowRequantizeFromAQuantizedFile) {
+  TempDir tmp;
+  const std::string out = tmp.Path("re.gguf"), direct = tmp.Path("direct.gguf");
+  auto r = RunCli("quantize --allow-requantize '" + ModelPath("synth-llama-spm-256.q8_0.gguf") +
+                  "' '" + out + "' q4_k_m -t 2");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("warning: requantizing"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("(Q8_0)"), std::string::npos) << r.err;
+  r = RunCli("quantize '" + ModelPath(kSynth16) + "' '" + direct + "' q4_k_m -t 2");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto ppl = [&](const std::string& m) {
+    const auto p = RunCli("perplexity -m '" + m + "' -f '" + es::test::ModelsDir() +
+                          "/../data/gpl3-head12k.txt' -c 128 --chunks 4 -t 2");
+    EXPECT_EQ(p.exit_code, 0) << p.err;
+    const size_t at = p.out.find("PPL = ");
+    return at == std::string::npos ? 0.0 : std::stod(p.out.substr(at + 6));
+  };
+  const double a = ppl(out), b = ppl(direct);
+  std::printf("  PPL: requantized from Q8_0 %.4f, from F16 %.4f\n", a, b);
+  ASSERT_GT(b, 0.0);
+  EXPECT_NEAR(a / b, 1.0, 0.01);
 }
 
 TEST(QuantizeCli, BadArguments) {

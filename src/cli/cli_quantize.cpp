@@ -16,6 +16,7 @@ namespace {
 struct QuantizeArgs {
   std::string in, out, type;
   int threads = 0;
+  bool allow_requantize = false;
 };
 
 // A progress bar on stderr, drawn only on a terminal and at most ten times a second.
@@ -71,8 +72,11 @@ int Quantize(const QuantizeArgs& a) {
     o.progress = [&](uint64_t done, uint64_t total, const std::string& name) {
       bar.Update(done, total, name);
     };
+    o.allow_requantize = a.allow_requantize;
     o.warn = [](const std::string& msg) {
-      std::fprintf(stderr, "edgeshard quantize: fallback: %s\n", msg.c_str());
+      const bool requant = msg.rfind("requantizing", 0) == 0;
+      std::fprintf(stderr, "edgeshard quantize: %s: %s\n", requant ? "warning" : "fallback",
+                   msg.c_str());
     };
     r = model::QuantizeFile(a.in, a.out, *format, o);
   }
@@ -93,9 +97,10 @@ std::string FormatHelp() {
     std::snprintf(line, sizeof line, "  %-16s %s\n", f.name, f.description);
     s += line;
   }
-  s += "1-D tensors (norms, biases) are copied unchanged. A row length a type cannot hold falls\n"
-       "back as llama.cpp does - to Q5_0 (for Q4_K), Q5_1 (Q5_K), Q8_0 (Q6_K), IQ4_NL (Q2_K, Q3_K,\n"
-       "IQ4_XS) or F16 - with a note on stderr.";
+  s +=
+      "1-D tensors (norms, biases) are copied unchanged. A row length a type cannot hold falls\n"
+      "back as llama.cpp does - to Q5_0 (for Q4_K), Q5_1 (Q5_K), Q8_0 (Q6_K), IQ4_NL (Q2_K, Q3_K,\n"
+      "IQ4_XS) or F16 - with a note on stderr.";
   return s;
 }
 
@@ -103,13 +108,16 @@ const bool registered = RegisterCommand("quantize", [](CLI::App& app) {
   auto a = std::make_shared<QuantizeArgs>();
   auto* cmd =
       app.add_subcommand("quantize", "convert an F32/F16/BF16 model to another weight type");
-  cmd->add_option("input", a->in, "input GGUF model (F32, F16 or BF16 weights)")
+  cmd->add_option("input", a->in,
+                  "input GGUF model (F32, F16 or BF16 weights; quantized with --allow-requantize)")
       ->required()
       ->check(CLI::ExistingFile);
   cmd->add_option("output", a->out, "output GGUF file")->required();
   cmd->add_option("type", a->type, "target type (see below)")->required();
   cmd->add_option("-t,--threads", a->threads, "worker threads (default: all cores)")
       ->check(CLI::Range(1, 1024));
+  cmd->add_flag("--allow-requantize", a->allow_requantize,
+                "accept a quantized input (dequantized and quantized again: quality drops)");
   cmd->footer(FormatHelp());
   return [a]() { return Quantize(*a); };
 });

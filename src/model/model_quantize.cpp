@@ -327,12 +327,26 @@ QuantizeResult QuantizeFile(const std::string& in, const std::string& out,
   auto file = gguf::File::Open(in);
   std::vector<TensorDesc> descs;
   descs.reserve(file->tensors().size());
+  std::string requantized;  // the quantized input types, for the warning
   for (const auto& t : file->tensors()) {
-    if (!IsFloatType(t.type))
-      throw Error(in + ": tensor '" + gguf::Printable(t.name) + "' is already quantized (" +
-                  TypeName(t.type) + "); quantize from an F32, F16 or BF16 model instead");
+    if (!IsFloatType(t.type)) {
+      if (!options.allow_requantize)
+        throw Error(in + ": tensor '" + gguf::Printable(t.name) + "' is already quantized (" +
+                    TypeName(t.type) +
+                    "); quantize from an F32, F16 or BF16 model, or pass --allow-requantize "
+                    "(quality drops)");
+      if (!Traits(t.type).supported)
+        throw Error(in + ": tensor '" + gguf::Printable(t.name) + "' has type " + TypeName(t.type) +
+                    ", which edgeshard cannot read to requantize");
+      if (requantized.find(TypeName(t.type)) == std::string::npos)
+        requantized += (requantized.empty() ? "" : ", ") + std::string(TypeName(t.type));
+    }
     descs.push_back({t.name, t.dims, t.type});
   }
+  if (!requantized.empty() && options.warn)
+    options.warn("requantizing " + in + " (" + requantized +
+                 "): its weights are dequantized and quantized again, which loses more quality "
+                 "than quantizing the F16/F32 original");
   if (descs.empty()) throw Error(in + ": the file has no tensors, nothing to quantize");
   SortTensorsLikeLlama(descs);
 

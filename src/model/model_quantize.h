@@ -102,6 +102,9 @@ struct QuantizeOptions {
   std::function<void(uint64_t, uint64_t, const std::string&)> progress;
   // One call per tensor that fell back to another type.
   std::function<void(const std::string&)> warn;
+  // Take quantized input too (llama-quantize's --allow-requantize): its tensors are dequantized
+  // and quantized again, which loses more than quantizing the F16/F32 original. warn is told once.
+  bool allow_requantize = false;
 };
 
 struct QuantizeResult {
