@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "context_shift_util.h"
 #include "edgeshard/error.h"
 #include "kernels/kernels.h"
 #include "model/model_llama.h"
@@ -30,12 +31,6 @@ std::vector<float> Gaussian(size_t n, uint32_t seed) {
   std::vector<float> v(n);
   for (auto& x : v) x = d(rng);
   return v;
-}
-
-std::vector<int32_t> Prompt(int n) {
-  std::vector<int32_t> p = {1};
-  for (int i = 1; i < n; ++i) p.push_back(100 + (i * 37) % 5000);
-  return p;
 }
 
 runtime::SessionOptions Opts(model::KvTypes t, int n_ctx = 512) {

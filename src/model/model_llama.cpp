@@ -277,7 +277,9 @@ void LlamaModel::Attention(int layer, int n, const BatchRow* rows, Workspace& ws
   const float scale = c.q_scale != 0.0f ? 1.0f : 1.0f / std::sqrt(static_cast<float>(hd));
   const int64_t window = c.Window(layer);
   // llama.cpp multiplies F16 keys with queries rounded to F16, and F16 values with F16 weights.
-  kernels::ConvertF32ToF16(ws.q.data(), ws.q16.data(), static_cast<int64_t>(n) * q_dim);
+  // (Every row of a batch has caches of the same types: one context's options made them.)
+  if (n > 0 && rows[0].kv[layer].k_type == TensorType::kF16)
+    kernels::ConvertF32ToF16(ws.q.data(), ws.q16.data(), static_cast<int64_t>(n) * q_dim);
   const int64_t max_ctx = ws.max_ctx();
   pool.ParallelFor(static_cast<int64_t>(n) * c.n_head, [&](int64_t begin, int64_t end, int th) {
     float* s = ws.scores.data() + static_cast<size_t>(th) * max_ctx;

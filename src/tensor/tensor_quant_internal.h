@@ -84,6 +84,12 @@ float FitScaleMin(int n, int nmax, const float* x, const float* w, uint8_t* L, f
 void QuantizeScaleMinK(const float* x, int nmax, float rmin, int nstep, f16_t* d, f16_t* dmin,
                        uint8_t* scales, uint8_t* L);
 
+// Index of the IQ4_NL level (kIQ4NLValues) nearest v, by bisection as ggml does.
+int NearestLevelIQ4(float v);
+// IQ4_NL/IQ4_XS: the scale of one group of 32 values as llama-quantize picks it without an
+// importance matrix (weights x^2, least squares over 15 trial inverse scales); 0 for a group
+// below kGroupMaxEps.
+float FitGroupIQ4(const float* x);
 
 // Dot product with Q8_K activations of a 256-element type with a scale per group of kGroup
 // elements (and a min, unless min is nullptr): per block exact integer sums of

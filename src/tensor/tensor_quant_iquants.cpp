@@ -10,10 +10,8 @@
 
 namespace es::quant {
 
-namespace {
-
 // Index of the level nearest v (ties to the upper level), by bisection as ggml does.
-int NearestLevel(float v) {
+int NearestLevelIQ4(float v) {
   const int8_t* lv = kIQ4NLValues;
   if (v <= lv[0]) return 0;
   if (v >= lv[15]) return 15;
@@ -28,25 +26,9 @@ int NearestLevel(float v) {
   return v - lv[hi - 1] < lv[hi] - v ? hi - 1 : hi;
 }
 
-// Element 32ib + j: low nibble of qs[16ib + j] for j < 16, high nibble of qs[16ib + j - 16] after.
-inline int IQ4XSValue(const BlockIQ4_XS& b, int e) {
-  const int ib = e / 32, j = e % 32;
-  return kIQ4NLValues[(b.qs[16 * ib + j % 16] >> (4 * (j / 16))) & 0x0F];
-}
-
-void DequantIQ4_XS(const BlockIQ4_XS* b, float* y, int64_t nb) {
-  for (int64_t i = 0; i < nb; ++i) {
-    const float d = F16ToF32(b[i].d);
-    for (int ib = 0; ib < 8; ++ib) {
-      const float dl = d * IQ4XSScale(b[i], ib);
-      for (int j = 0; j < 32; ++j) y[i * kQK_K + 32 * ib + j] = dl * IQ4XSValue(b[i], 32 * ib + j);
-    }
-  }
-}
-
-// Best scale of one group of 32 for the table levels, weights x^2: the least-squares scale for
-// the levels picked at -max / -127, then at (t - 127) / max for t in [-7, 7], keeping the fit of
-// largest energy. 0 for a group below kGroupMaxEps.
+// Best scale of one group of 32 for the table levels (IQ4_NL blocks, IQ4_XS groups), weights x^2:
+// the least-squares scale for the levels picked at -max / -127, then at (t - 127) / max for t in
+// [-7, 7], keeping the fit of largest energy. 0 for a group below kGroupMaxEps.
 float FitGroupIQ4(const float* x) {
   float amax;
   const float max = SignedMax(x, 32, &amax);
@@ -55,7 +37,7 @@ float FitGroupIQ4(const float* x) {
     *sumqx = 0;
     *sumq2 = 0;
     for (int j = 0; j < 32; ++j) {
-      const float q = kIQ4NLValues[NearestLevel(id * x[j])];
+      const float q = kIQ4NLValues[NearestLevelIQ4(id * x[j])];
       const float w = x[j] * x[j];
       *sumqx += w * q * x[j];
       *sumq2 += w * q * q;
@@ -74,6 +56,24 @@ float FitGroupIQ4(const float* x) {
     }
   }
   return d;
+}
+
+namespace {
+
+// Element 32ib + j: low nibble of qs[16ib + j] for j < 16, high nibble of qs[16ib + j - 16] after.
+inline int IQ4XSValue(const BlockIQ4_XS& b, int e) {
+  const int ib = e / 32, j = e % 32;
+  return kIQ4NLValues[(b.qs[16 * ib + j % 16] >> (4 * (j / 16))) & 0x0F];
+}
+
+void DequantIQ4_XS(const BlockIQ4_XS* b, float* y, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i) {
+    const float d = F16ToF32(b[i].d);
+    for (int ib = 0; ib < 8; ++ib) {
+      const float dl = d * IQ4XSScale(b[i], ib);
+      for (int j = 0; j < 32; ++j) y[i * kQK_K + 32 * ib + j] = dl * IQ4XSValue(b[i], 32 * ib + j);
+    }
+  }
 }
 
 void QuantIQ4_XS(const float* x, BlockIQ4_XS* y, int64_t nb) {
@@ -95,7 +95,7 @@ void QuantIQ4_XS(const float* x, BlockIQ4_XS* y, int64_t nb) {
       const float dl = d * l;
       const float idl = dl != 0.0f ? 1 / dl : 0.0f;
       for (int j = 0; j < 32; ++j)
-        L[32 * ib + j] = static_cast<uint8_t>(NearestLevel(idl * x[32 * ib + j]));
+        L[32 * ib + j] = static_cast<uint8_t>(NearestLevelIQ4(idl * x[32 * ib + j]));
       b.scales_l[ib / 2] |= static_cast<uint8_t>(((l + 32) & 0x0F) << (4 * (ib % 2)));
       b.scales_h |= static_cast<uint16_t>(((l + 32) >> 4) << (2 * ib));
     }

@@ -137,62 +137,15 @@ void QuantQ5_0(const float* x, BlockQ5_0* y, int64_t nb) {
   }
 }
 
-// Index of the IQ4_NL level nearest to v (the lower one on ties), by bisection as llama.cpp.
-int NearestLevel(float v) {
-  const int8_t* t = kIQ4NLValues;
-  if (v <= t[0]) return 0;
-  if (v >= t[15]) return 15;
-  int lo = 0, hi = 15;
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) / 2;
-    (v < t[mid] ? hi : lo) = mid;
-  }
-  return v - t[hi - 1] < t[hi] - v ? hi - 1 : hi;
-}
-
-// IQ4_NL as llama-quantize writes it without an importance matrix: weights x^2; the scale that
-// maps the value of largest magnitude to -127 is refined by least squares, then 15 trial inverse
-// scales (-127 + k) / max, k = -7..7, each fitted the same way; the fit of largest energy wins and
-// the quants are recomputed with it.
+// IQ4_NL as llama-quantize writes it without an importance matrix: FitGroupIQ4's scale (the
+// search IQ4_XS runs per group), then each value's nearest level.
 void QuantIQ4_NL(const float* x, BlockIQ4_NL* y, int64_t nb) {
-  constexpr int kTries = 7;
-  const float v0 = kIQ4NLValues[0];
   for (int64_t i = 0; i < nb; ++i, x += kQK32) {
-    float amax = 0.0f, max = 0.0f;
-    for (int e = 0; e < kQK32; ++e) {
-      if (std::fabs(x[e]) > amax) {
-        amax = std::fabs(x[e]);
-        max = x[e];
-      }
-    }
-    float d = 0.0f;
-    if (amax >= 1e-15f) {
-      // Least-squares fit of x ~ d * level with weights x^2 for the levels at inverse scale id.
-      auto fit = [&](float id, float* sumqx, float* sumq2) {
-        *sumqx = *sumq2 = 0.0f;
-        for (int e = 0; e < kQK32; ++e) {
-          const float q = kIQ4NLValues[NearestLevel(id * x[e])];
-          const float w = x[e] * x[e];
-          *sumqx += w * q * x[e];
-          *sumq2 += w * q * q;
-        }
-      };
-      float sumqx, sumq2;
-      fit(1.0f / (-max / v0), &sumqx, &sumq2);
-      d = sumq2 > 0 ? sumqx / sumq2 : 0.0f;
-      float best = d * sumqx;
-      for (int k = -kTries; k <= kTries; ++k) {
-        fit(static_cast<float>(k + kIQ4NLValues[0]) / max, &sumqx, &sumq2);
-        if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
-          d = sumqx / sumq2;
-          best = d * sumqx;
-        }
-      }
-    }
+    const float d = FitGroupIQ4(x);
     y[i].d = F32ToF16(d);
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     uint8_t L[kQK32];
-    for (int e = 0; e < kQK32; ++e) L[e] = static_cast<uint8_t>(NearestLevel(id * x[e]));
+    for (int e = 0; e < kQK32; ++e) L[e] = static_cast<uint8_t>(NearestLevelIQ4(id * x[e]));
     PackNibbles(L, y[i].qs);
   }
 }
