@@ -105,6 +105,7 @@ class WorkerProcess {
     pid_ = -1;
   }
   int port() const { return port_; }
+  pid_t pid() const { return pid_; }
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   const std::string& name() const { return name_; }
   std::string Log() const { return ReadFile(log_); }

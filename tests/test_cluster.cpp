@@ -15,7 +15,7 @@ namespace es::shard {
 namespace {
 
 const std::string kFixtures =
-    std::filesystem::path(__FILE__).parent_path().string() + "/fixtures/planner/";
+    std::filesystem::path(EDGESHARD_SOURCE_DIR "/tests").string() + "/fixtures/planner/";
 
 const char* kGood = R"(# a comment
 source: phone

@@ -88,7 +88,7 @@ bool Generated(const std::string& param) {
 }
 
 std::string FixtureRef(const std::string& preset) {
-  return std::filesystem::path(__FILE__).parent_path().string() + "/fixtures/ref/" + preset +
+  return std::filesystem::path(EDGESHARD_SOURCE_DIR "/tests").string() + "/fixtures/ref/" + preset +
          ".f16.ref.json";
 }
 

@@ -43,7 +43,7 @@ void PrintTo(const RefFile& r, std::ostream* os) {
 }
 
 const std::string kGeneratedDir =
-    std::filesystem::path(__FILE__).parent_path().string() + "/fixtures/ref";
+    std::filesystem::path(EDGESHARD_SOURCE_DIR "/tests").string() + "/fixtures/ref";
 
 std::vector<RefFile> FindGenerated() {
   std::vector<RefFile> out;

@@ -57,7 +57,8 @@ TEST(Perplexity, EverySharedModelWithinHalfPercentOfLlamaCpp) {
 // The generated files of the newer families (tests/fixtures/ref): each preset and type, written
 // as the reference file was, within 0.5% of llama.cpp's figure on that file.
 TEST(Perplexity, GeneratedFamiliesWithinHalfPercentOfLlamaCpp) {
-  const std::string dir = std::filesystem::path(__FILE__).parent_path().string() + "/fixtures/ref";
+  const std::string dir =
+      std::filesystem::path(EDGESHARD_SOURCE_DIR "/tests").string() + "/fixtures/ref";
   std::istringstream in(es::test::ReadFile(dir + "/perplexity-families.txt"));
   std::string line;
   std::smatch m;

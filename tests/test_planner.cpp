@@ -29,7 +29,7 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 const std::string kFixtures =
-    std::filesystem::path(__FILE__).parent_path().string() + "/fixtures/planner/";
+    std::filesystem::path(EDGESHARD_SOURCE_DIR "/tests").string() + "/fixtures/planner/";
 
 // A random instance: costs, memory (tight enough that some instances are infeasible),
 // asymmetric-free links, and sometimes interchangeable twin devices.

@@ -173,7 +173,7 @@ TEST(QuantizePlanKQuants, MixesFollowLlamaRules) {
 }
 
 std::string FixturePath(const std::string& name) {
-  return (std::filesystem::path(__FILE__).parent_path() / "fixtures/ref" / name).string();
+  return (std::filesystem::path(EDGESHARD_SOURCE_DIR "/tests") / "fixtures/ref" / name).string();
 }
 
 // The value after `key` in a fixture file of "key value" lines.

@@ -371,7 +371,8 @@ struct LegacyRef {
   double ppl;
 };
 std::vector<LegacyRef> LegacyRefs() {
-  std::ifstream in(std::filesystem::path(__FILE__).parent_path() / "fixtures/ref/legacy-quant.txt");
+  std::ifstream in(std::filesystem::path(EDGESHARD_SOURCE_DIR "/tests") /
+                   "fixtures/ref/legacy-quant.txt");
   std::vector<LegacyRef> out;
   for (std::string line; std::getline(in, line);) {
     if (line.empty() || line[0] == '#') continue;

@@ -30,7 +30,7 @@ using namespace es::test::srv;
 using json = nlohmann::json;
 namespace fs = std::filesystem;
 
-const fs::path kNodeDir = fs::path(__FILE__).parent_path() / "server";
+const fs::path kNodeDir = fs::path(EDGESHARD_SOURCE_DIR "/tests") / "server";
 
 bool NodeModulesReady() {
   if (fs::exists(kNodeDir / "node_modules" / "openai" / "package.json")) return true;

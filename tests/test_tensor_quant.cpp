@@ -225,7 +225,7 @@ TEST(Dequantize, RejectsBadLengthsAndTypes) {
   EXPECT_THROW(es::DequantizeRowRef(TensorType::kQ4_0, &b, out, 31), es::Error);
   EXPECT_THROW(es::DequantizeRowRef(TensorType::kQ2_K, &b, out, 100), es::Error);
   EXPECT_THROW(es::QuantizeRowRef(TensorType::kQ4_K, out, &b, 64), es::Error);
-  EXPECT_THROW(es::VecDotType(TensorType::kQ8_1), es::Error);              // activations only
+  EXPECT_THROW(es::VecDotType(TensorType::kQ8_1), es::Error);             // activations only
   EXPECT_THROW(es::VecDotRef(TensorType::kQ8_1, &b, &b, 32), es::Error);  // activations only
 }
 

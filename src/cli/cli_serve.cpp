@@ -10,6 +10,8 @@
 #include "cli/cli_command.h"
 #include "cli/cli_common.h"
 #include "server/server_http.h"
+#include "shard/shard_coordinator.h"
+#include "shard/shard_dist_cli.h"
 
 namespace es::cli {
 namespace {
@@ -19,6 +21,14 @@ struct ServeOptions {
   server::ServerOptions server;
   double head_timeout_s = 10, body_timeout_s = 60, idle_timeout_s = 5, write_timeout_s = 10;
   ChatTemplateOptions tmpl;
+  // A server keeps many sequences in flight: plan for throughput unless told otherwise, and
+  // let the slots decide the micro-batch.
+  shard::ClusterCliOptions cluster = [] {
+    shard::ClusterCliOptions c;
+    c.objective = "throughput";
+    c.micro_batch = 0;
+    return c;
+  }();
 };
 
 bool IsLoopbackHost(const std::string& h) {
@@ -39,6 +49,20 @@ int Serve(ServeOptions o) {
   s.conn.body_timeout_ms = ms(o.body_timeout_s);
   s.conn.idle_timeout_ms = ms(o.idle_timeout_s);
   s.conn.write_timeout_ms = ms(o.write_timeout_s);
+  if (!o.cluster.cluster.empty()) {
+    if (s.sched.step_delay_ms > 0)
+      throw Error("--test-step-delay-ms does not apply to --cluster (the workers set the pace)");
+    shard::ClusterModelArgs m{.model = o.model.model,
+                              .threads = o.model.threads,
+                              .ctx = o.model.ctx,
+                              .batch = o.model.batch,
+                              .cache_type_k = o.model.cache_type_k,
+                              .cache_type_v = o.model.cache_type_v};
+    s.cluster = shard::CoordinatorOptionsFor(o.cluster, m);
+    s.cluster->quiet = true;
+    s.cluster_in_flight = o.cluster.in_flight;
+    s.cluster_micro_batch = o.cluster.micro_batch;
+  }
   if (!IsLoopbackHost(s.host) && s.api_key.empty())
     std::fprintf(stderr,
                  "edgeshard serve: warning: listening on %s without --api-key: anyone who can "
@@ -123,6 +147,7 @@ const bool registered = RegisterCommand("serve", [](CLI::App& app) {
         ->capture_default_str();
   cmd->add_flag("-v,--verbose", s.log_requests, "log every request on stderr");
   AddContextShiftOptions(cmd, s.sched.context_shift, s.sched.n_keep);
+  shard::AddClusterOptions(cmd, o->cluster, shard::ClusterCommand::kServe);
   // Makes tiny models slow enough for overload and disconnect tests to be deterministic.
   cmd->add_option("--test-step-delay-ms", s.sched.step_delay_ms,
                   "sleep after each batched step (testing aid)")

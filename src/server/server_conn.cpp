@@ -218,7 +218,19 @@ void GuardedServer::Leave(const std::string& client) {
   if (it != per_client_.end() && --it->second <= 0) per_client_.erase(it);
 }
 
+namespace {
+thread_local socket_t t_request_socket = INVALID_SOCKET;  // the connection this thread serves
+}  // namespace
+
+bool ClientGone() {
+  if (t_request_socket == INVALID_SOCKET) return false;
+  char c;
+  const ssize_t n = ::recv(t_request_socket, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
 bool GuardedServer::process_and_close_socket(socket_t sock) {
+  t_request_socket = sock;
   std::string client;
   int client_port = 0;
   AddressOf(sock, true, client, client_port);
@@ -244,6 +256,7 @@ bool GuardedServer::process_and_close_socket(socket_t sock) {
     }
     Leave(client);
   }
+  t_request_socket = INVALID_SOCKET;
   ::shutdown(sock, SHUT_RDWR);
   ::close(sock);
   return ret;

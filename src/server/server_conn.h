@@ -71,4 +71,8 @@ class GuardedServer : public httplib::Server {
   std::map<std::string, int> per_client_;
 };
 
+// From a request handler: true when its client has closed the connection (a handler that waits
+// for a whole generation before answering checks this to cancel it).
+bool ClientGone();
+
 }  // namespace es::server

@@ -8,6 +8,8 @@
 #include <functional>
 
 #include "edgeshard/error.h"
+#include "server/server_cluster.h"
+#include "server/server_cluster_page.h"
 #include "server/server_fields.h"
 #include "server/server_llama.h"
 #include "server/server_openai.h"
@@ -39,6 +41,7 @@ std::string EndpointLabel(const std::string& path) {
   for (const char* p : {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health",
                         "/metrics", "/tokenize", "/detokenize", "/apply-template", "/props"})
     if (path == p) return p;
+  if (path == "/cluster" || path == "/cluster.json") return path;
   if (path == "/chat/completions") return "/v1/chat/completions";
   if (path == "/completions") return "/v1/completions";
   if (path == "/models") return "/v1/models";
@@ -56,12 +59,15 @@ struct GenStream {
 
 struct HttpServer::Impl {
   ServerOptions opts;
-  std::unique_ptr<model::LlamaModel> model;
-  std::unique_ptr<tok::Tokenizer> tok;
+  std::unique_ptr<model::LlamaModel> own_model;  // alone; with a cluster the coordinator's
+  std::unique_ptr<tok::Tokenizer> own_tok;
+  const model::LlamaModel* model = nullptr;
+  const tok::Tokenizer* tok = nullptr;
   std::string chat_template;  // resolved: override, the model's, or "" (chat disabled)
   std::string template_note;
   Metrics metrics;
-  std::unique_ptr<Scheduler> sched;
+  std::unique_ptr<Backend> sched;
+  ClusterBackend* cluster = nullptr;  // sched, when serving a cluster
   std::unique_ptr<GuardedServer> http;
   int port = 0;
 
@@ -74,9 +80,23 @@ struct HttpServer::Impl {
 HttpServer::HttpServer(const ServerOptions& o) : impl_(std::make_unique<Impl>()) {
   Impl& s = *impl_;
   s.opts = o;
-  model::LoadOptions lo;
-  s.model = model::LlamaModel::Load(o.model_path, lo);
-  s.tok = tok::Tokenizer::FromGGUF(s.model->file());
+  if (o.cluster) {
+    ClusterServeOptions co{.n_slots = o.sched.n_slots,
+                           .max_queue = o.sched.max_queue,
+                           .in_flight = o.cluster_in_flight,
+                           .micro_batch = o.cluster_micro_batch};
+    auto backend = std::make_unique<ClusterBackend>(o.model_path, *o.cluster, co, s.metrics);
+    s.cluster = backend.get();
+    s.model = &backend->model();
+    s.tok = &backend->tokenizer();
+    s.sched = std::move(backend);
+  } else {
+    model::LoadOptions lo;
+    s.own_model = model::LlamaModel::Load(o.model_path, lo);
+    s.own_tok = tok::Tokenizer::FromGGUF(s.own_model->file());
+    s.model = s.own_model.get();
+    s.tok = s.own_tok.get();
+  }
   if (s.tok->n_vocab() != s.model->config().n_vocab)
     throw Error(o.model_path + ": the vocabulary has " + std::to_string(s.tok->n_vocab()) +
                 " tokens but token_embd.weight has " + std::to_string(s.model->config().n_vocab) +
@@ -98,7 +118,7 @@ HttpServer::HttpServer(const ServerOptions& o) : impl_(std::make_unique<Impl>())
     s.template_note = std::string("chat disabled (") + e.what() + ")";
   }
 
-  s.sched = std::make_unique<Scheduler>(*s.model, *s.tok, o.sched, s.metrics);
+  if (!s.sched) s.sched = std::make_unique<Scheduler>(*s.model, *s.tok, o.sched, s.metrics);
   ConnLimits conn = o.conn;
   if (conn.max_connections <= 0)
     conn.max_connections = std::max(256, s.sched->n_slots() + std::max(o.sched.max_queue, 0) + 8);
@@ -138,14 +158,8 @@ void HttpServer::Stop() {
 std::string HttpServer::Describe() const {
   const Impl& s = *impl_;
   const auto& c = s.model->config();
-  char buf[512];
-  std::snprintf(buf, sizeof buf,
-                "%s (%s, %d layers), %d slots x %d tokens, KV cache %.1f MiB%s, %d threads, %s",
-                s.opts.model_id.c_str(), c.arch.c_str(), c.n_layer, s.sched->n_slots(),
-                s.sched->n_ctx(), static_cast<double>(s.sched->kv_bytes()) / (1 << 20),
-                model::KvTypesNote(s.sched->kv_types()).c_str(), s.sched->n_threads(),
-                s.template_note.c_str());
-  return buf;
+  return s.opts.model_id + " (" + c.arch + ", " + std::to_string(c.n_layer) + " layers), " +
+         s.sched->Describe() + ", " + s.template_note;
 }
 
 int HttpServer::n_ctx() const {
@@ -166,6 +180,11 @@ void HttpServer::Impl::Routes() {
     const std::string prefix = "Bearer ";
     if (auth.compare(0, prefix.size(), prefix) == 0 &&
         SameKey(auth.substr(prefix.size()), opts.api_key))
+      return HR::Unhandled;
+    // A browser cannot send the header when it opens the cluster page: the page takes the key
+    // as ?api_key=KEY and passes it on to /cluster.json.
+    if ((req.path == "/cluster" || req.path == "/cluster.json") && req.has_param("api_key") &&
+        SameKey(req.get_param_value("api_key"), opts.api_key))
       return HR::Unhandled;
     SendError(
         res, ApiError(401,
@@ -237,6 +256,21 @@ void HttpServer::Impl::Routes() {
   json_post("/detokenize", [this](const json& b) { return Detokenize(b, *tok); });
   json_post("/apply-template", [this](const json& b) {
     return ApplyTemplate(b, *tok, chat_template, sched->n_ctx());
+  });
+  // The cluster page: devices, links, the plan, live costs and events (serve --cluster only).
+  auto cluster_only = [this](Response& res) {
+    if (cluster) return true;
+    SendError(res, ApiError(404,
+                            "this server runs the model on one device: the cluster page needs "
+                            "`edgeshard serve --cluster`",
+                            "", "not_found"));
+    return false;
+  };
+  http->Get("/cluster", [this, cluster_only](const Request&, Response& res) {
+    if (cluster_only(res)) res.set_content(ClusterPageHtml(), "text/html; charset=utf-8");
+  });
+  http->Get("/cluster.json", [this, cluster_only](const Request&, Response& res) {
+    if (cluster_only(res)) res.set_content(Dump(cluster->Status()), "application/json");
   });
   http->Get("/props", [this](const Request&, Response& res) {
     res.set_content(Dump(Props()), "application/json");
@@ -337,8 +371,32 @@ void HttpServer::Impl::Generate(Endpoint ep, const httplib::Request& req, httpli
     return;
   }
 
+  if (!st->stream) {
+    // The whole answer is waited for here, so that an error (a cluster that lost what it needed)
+    // gets its HTTP status rather than a 200 whose body is an error. A client that leaves
+    // cancels the generation.
+    while (true) {
+      GenEvent ev;
+      if (!st->job->Wait(ev, kPoll)) {
+        if (ClientGone()) {
+          st->job->Cancel();
+          return;
+        }
+        continue;
+      }
+      st->writer.Accumulate(ev);
+      if (!ev.done) continue;
+      if (ev.finish_reason == "error")
+        return SendError(
+            res,
+            ApiError(ev.error.find("shutting down") != std::string::npos ? 503 : 500, ev.error));
+      res.status = 200;
+      res.set_content(st->writer.FinalBody(), "application/json");
+      return;
+    }
+  }
   res.status = 200;
-  if (st->stream) res.set_header("Cache-Control", "no-cache");
+  res.set_header("Cache-Control", "no-cache");
   // Called again and again until done(): waits briefly for output and checks between waits
   // that the client is still there; returning false (or a failed write) cancels the job.
   auto provider = [st](size_t, httplib::DataSink& sink) {
@@ -348,13 +406,7 @@ void HttpServer::Impl::Generate(Endpoint ep, const httplib::Request& req, httpli
     }
     GenEvent ev;
     if (!st->job->Wait(ev, kPoll)) return true;
-    std::string out;
-    if (st->stream) {
-      out = st->writer.StreamEvent(ev);
-    } else {
-      st->writer.Accumulate(ev);
-      if (ev.done) out = st->writer.FinalBody();
-    }
+    const std::string out = st->writer.StreamEvent(ev);
     if (!out.empty() && !sink.write(out.data(), out.size())) {
       st->job->Cancel();
       return false;
@@ -362,10 +414,9 @@ void HttpServer::Impl::Generate(Endpoint ep, const httplib::Request& req, httpli
     if (ev.done) sink.done();
     return true;
   };
-  res.set_chunked_content_provider(st->stream ? "text/event-stream" : "application/json", provider,
-                                   [st](bool success) {
-                                     if (!success) st->job->Cancel();
-                                   });
+  res.set_chunked_content_provider("text/event-stream", provider, [st](bool success) {
+    if (!success) st->job->Cancel();
+  });
 }
 
 }  // namespace es::server

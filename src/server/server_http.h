@@ -1,15 +1,18 @@
 // The OpenAI-compatible HTTP server: POST /v1/chat/completions, POST /v1/completions,
 // GET /v1/models, GET /health, GET /metrics, and llama-server's POST /tokenize, /detokenize,
-// /apply-template and GET /props. HTTP threads parse and tokenize requests, hand them
+// /apply-template and GET /props; with a cluster also GET /cluster (a live page) and
+// /cluster.json. HTTP threads parse and tokenize requests, hand them
 // to the scheduler and stream its output back; the scheduler thread alone touches the model.
 // httplib stays inside the .cpp, so front ends need not be built with its definitions.
 #pragma once
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "server/server_conn.h"
 #include "server/server_scheduler.h"
+#include "shard/shard_coordinator.h"
 
 namespace es::server {
 
@@ -18,9 +21,13 @@ struct ServerOptions {
   std::string model_id;       // reported by /v1/models and in responses; default: file name
   std::string chat_template;  // name or template text; default: the model's own
   std::string host = "127.0.0.1";
-  int port = 8080;      // 0: any free port (Bind returns it)
-  std::string api_key;  // when set, every endpoint but /health needs "Bearer KEY"
-  SchedulerOptions sched;
+  int port = 8080;         // 0: any free port (Bind returns it)
+  std::string api_key;     // when set, every endpoint but /health needs "Bearer KEY"
+  SchedulerOptions sched;  // with a cluster: n_slots and max_queue apply, n_ctx etc. come below
+  // Serve the model split across a cluster's workers (`serve --cluster`) instead of alone.
+  std::optional<shard::CoordinatorOptions> cluster;
+  int cluster_in_flight = 0;    // steps travelling at once (0: one per stage)
+  int cluster_micro_batch = 0;  // sequences per step (0: the slots spread over those steps)
   // Connection limits; conn.max_connections 0: enough for every slot and queued request, and at
   // least 256.
   ConnLimits conn{.max_connections = 0};

@@ -1,5 +1,7 @@
 #include "server/server_scheduler.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -29,63 +31,7 @@ size_t CommonPrefix(const std::vector<int32_t>& a, const std::vector<int32_t>& b
   return n;
 }
 
-// Log-probability of `tok` and the `k` most likely tokens, from the raw logits.
-TokenLogprob Logprobs(const float* logits, int n_vocab, int32_t tok, int k,
-                      std::vector<int32_t>& idx) {
-  auto val = [&](int32_t i) {
-    const float l = logits[i];
-    return std::isnan(l) ? -std::numeric_limits<float>::infinity() : l;
-  };
-  float mx = -std::numeric_limits<float>::infinity();
-  for (int32_t i = 0; i < n_vocab; ++i) mx = std::max(mx, val(i));
-  double sum = 0;
-  for (int32_t i = 0; i < n_vocab; ++i) sum += std::exp(static_cast<double>(val(i) - mx));
-  const float lse = mx + static_cast<float>(std::log(sum));
-  TokenLogprob r;
-  r.id = tok;
-  r.logprob = val(tok) - lse;
-  if (k > 0) {
-    k = std::min(k, n_vocab);
-    idx.resize(static_cast<size_t>(n_vocab));
-    for (int32_t i = 0; i < n_vocab; ++i) idx[static_cast<size_t>(i)] = i;
-    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
-      return val(a) > val(b) || (val(a) == val(b) && a < b);
-    });
-    for (int i = 0; i < k; ++i)
-      r.top.emplace_back(idx[static_cast<size_t>(i)], val(idx[static_cast<size_t>(i)]) - lse);
-  }
-  return r;
-}
-
 }  // namespace
-
-bool Job::Wait(GenEvent& out, std::chrono::milliseconds timeout) {
-  std::unique_lock lock(mu_);
-  if (!cv_.wait_for(lock, timeout, [&] { return has_pending_; })) return false;
-  out = std::move(pending_);
-  pending_ = GenEvent{};
-  has_pending_ = false;
-  return true;
-}
-
-void Job::Push(GenEvent e) {
-  {
-    std::lock_guard lock(mu_);
-    // Merge: a slow reader gets everything since it last looked in one piece.
-    pending_.text += e.text;
-    for (auto& t : e.tokens) pending_.tokens.push_back(std::move(t));
-    if (e.done) {
-      pending_.done = true;
-      pending_.finish_reason = e.finish_reason;
-      pending_.error = e.error;
-      pending_.n_prompt = e.n_prompt;
-      pending_.n_cached = e.n_cached;
-      pending_.n_generated = e.n_generated;
-    }
-    has_pending_ = true;
-  }
-  cv_.notify_all();
-}
 
 Scheduler::Scheduler(const model::LlamaModel& m, const tok::Tokenizer& t, const SchedulerOptions& o,
                      Metrics& metrics)
@@ -125,6 +71,12 @@ size_t Scheduler::kv_bytes() const {
   size_t b = 0;
   for (const auto& s : slots_) b += s.kv->bytes();
   return b;
+}
+
+std::string Scheduler::Describe() const {
+  return fmt::format("{} slots x {} tokens, KV cache {:.1f} MiB{}, {} threads", n_slots(), n_ctx(),
+                     static_cast<double>(kv_bytes()) / (1 << 20), model::KvTypesNote(kv_types()),
+                     n_threads());
 }
 
 bool Scheduler::Submit(std::shared_ptr<Job> job) {
@@ -322,7 +274,7 @@ void Scheduler::Step() {
       const float* logits = logits_.data() + k * c.n_vocab;
       sampled_[k] = s.sampler->Sample(logits);
       const int n_lp = s.job->request().n_logprobs;
-      if (n_lp >= 0) logprobs_[k] = Logprobs(logits, c.n_vocab, sampled_[k], n_lp, idx);
+      if (n_lp >= 0) logprobs_[k] = runtime::Logprobs(logits, c.n_vocab, sampled_[k], n_lp, idx);
     }
   });
   for (size_t k = 0; k < want.size(); ++k)

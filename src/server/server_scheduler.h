@@ -21,66 +21,11 @@
 #include "runtime/runtime_kv_cache.h"
 #include "runtime/runtime_sampler.h"
 #include "runtime/runtime_stop.h"
+#include "server/server_job.h"
 #include "server/server_metrics.h"
 #include "tokenizer/tokenizer.h"
 
 namespace es::server {
-
-// What a request asks the scheduler to do (already validated and tokenized).
-struct GenRequest {
-  std::vector<int32_t> prompt;
-  runtime::SamplerParams sampling;
-  int max_tokens = -1;  // < 0: until end of generation or the context is full
-  std::vector<std::string> stop;
-  bool ignore_eos = false;
-  int n_logprobs = -1;  // < 0: none; 0: the chosen token's; k: also the k most likely
-  static constexpr int kServerKeep = -2;
-  int n_keep = kServerKeep;  // tokens a context shift keeps (-1: the prompt); kServerKeep: --keep
-};
-
-// One generated token with its log-probability under the model (log-softmax of the raw logits,
-// before penalties and temperature, as OpenAI reports them) and the most likely alternatives.
-struct TokenLogprob {
-  int32_t id = 0;
-  float logprob = 0;
-  std::vector<std::pair<int32_t, float>> top;
-};
-
-// Output of a generation, merged since the HTTP side last looked.
-struct GenEvent {
-  std::string text;                  // newly released text (stop strings never appear)
-  std::vector<TokenLogprob> tokens;  // only when logprobs were asked for
-  bool done = false;
-  std::string finish_reason;  // when done: "stop", "length", "cancelled" or "error"
-  std::string error;          // when finish_reason is "error"
-  int n_prompt = 0, n_cached = 0, n_generated = 0;
-};
-
-// The channel between one request's HTTP thread and the scheduler.
-class Job {
- public:
-  explicit Job(GenRequest r) : req_(std::move(r)), enqueued_(std::chrono::steady_clock::now()) {}
-  const GenRequest& request() const { return req_; }
-  std::chrono::steady_clock::time_point enqueued() const { return enqueued_; }
-
-  // HTTP side: the client went away; the scheduler frees the slot before its next step.
-  void Cancel() { cancelled_ = true; }
-  bool cancelled() const { return cancelled_; }
-  // HTTP side: waits up to `timeout` for output; false if none came. Merges what is pending.
-  bool Wait(GenEvent& out, std::chrono::milliseconds timeout);
-
-  // Scheduler side.
-  void Push(GenEvent e);
-
- private:
-  GenRequest req_;
-  std::chrono::steady_clock::time_point enqueued_;
-  std::atomic<bool> cancelled_{false};
-  std::mutex mu_;
-  std::condition_variable cv_;
-  GenEvent pending_;
-  bool has_pending_ = false;
-};
 
 struct SchedulerOptions {
   int n_slots = 4;
@@ -96,22 +41,23 @@ struct SchedulerOptions {
   int step_delay_ms = 0;  // testing aid: sleep after each step, to make tiny models slow
 };
 
-class Scheduler {
+class Scheduler : public Backend {
  public:
   Scheduler(const model::LlamaModel& m, const tok::Tokenizer& t, const SchedulerOptions& o,
             Metrics& metrics);
-  ~Scheduler();  // Stop()
+  ~Scheduler() override;  // Stop()
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
 
   // False when the queue is full (the caller answers 503) or the scheduler is stopping.
-  bool Submit(std::shared_ptr<Job> job);
+  bool Submit(std::shared_ptr<Job> job) override;
   // Ends every request (finish_reason "error") and joins the thread.
-  void Stop();
+  void Stop() override;
 
-  int n_ctx() const { return n_ctx_; }
-  bool context_shift() const { return context_shift_; }
-  int n_slots() const { return static_cast<int>(slots_.size()); }
+  int n_ctx() const override { return n_ctx_; }
+  bool context_shift() const override { return context_shift_; }
+  int n_slots() const override { return static_cast<int>(slots_.size()); }
+  std::string Describe() const override;
   int n_threads() const { return pool_.size(); }
   size_t kv_bytes() const;
   model::KvTypes kv_types() const {

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <random>
+
 #include "runtime/runtime_kv_cache.h"
 #include "shard/shard_coordinator_impl.h"
 
@@ -203,37 +205,39 @@ std::vector<float> Coordinator::Eval(uint64_t sequence, const std::vector<int32_
   return logits;
 }
 
-std::vector<GenerateResult> Coordinator::GenerateMany(std::vector<Request> requests, int in_flight,
-                                                      int micro_batch) {
-  Impl& m = *impl_;
-  m.MaybeRejoin();
-  std::vector<std::unique_ptr<Impl::Gen>> gens;
-  std::map<uint64_t, Impl::Gen*> by_seq;
-  for (auto& rq : requests) {
-    Impl::Seq& s = m.GetSeq(rq.sequence);
-    if (by_seq.count(rq.sequence))
-      throw Error("sequence " + std::to_string(rq.sequence) + " is in two requests at once");
-    auto g = std::make_unique<Impl::Gen>();
-    g->seq = rq.sequence;
-    g->gp = rq.params;
-    g->on_text = rq.on_text;
-    g->r.n_prompt = static_cast<int>(rq.prompt.size());
-    g->r.stop_reason = "length";
-    if (rq.prompt.empty() && s.tokens.empty() && s.redo.empty()) throw Error("the prompt is empty");
-    const size_t need = s.tokens.size() + s.redo.size() + rq.prompt.size();
-    if (static_cast<int64_t>(need) >= m.n_ctx)
-      throw Error("the prompt needs " + std::to_string(need) + " positions but the context holds " +
-                  std::to_string(m.n_ctx) + " (use a larger -c)");
-    g->prompt_accept = rq.prompt;
-    g->prompt_logits = rq.prompt_logits;
-    g->pending.assign(s.redo.begin(), s.redo.end());
-    g->pending.insert(g->pending.end(), rq.prompt.begin(), rq.prompt.end());
-    s.redo.clear();
-    if (g->pending.empty()) {
-      // Logits of the last position are not kept between requests: compute them again.
-      g->pending.push_back(s.tokens.back());
-      Truncate(rq.sequence, static_cast<int64_t>(s.tokens.size()) - 1);
-    }
+namespace {
+
+// A request as the driver's generation state; throws es::Error for a bad one.
+std::unique_ptr<Coordinator::Impl::Gen> MakeGen(Coordinator& co, Coordinator::Impl& m,
+                                                Request& rq) {
+  Coordinator::Impl::Seq& s = m.GetSeq(rq.sequence);
+  auto g = std::make_unique<Coordinator::Impl::Gen>();
+  g->seq = rq.sequence;
+  g->gp = rq.params;
+  g->on_text = rq.on_text;
+  g->n_logprobs = rq.n_logprobs;
+  g->on_logprob = rq.on_logprob;
+  g->r.n_prompt = static_cast<int>(rq.prompt.size());
+  g->r.stop_reason = "length";
+  if (rq.prompt.empty() && s.tokens.empty() && s.redo.empty()) throw Error("the prompt is empty");
+  const size_t need = s.tokens.size() + s.redo.size() + rq.prompt.size();
+  if (static_cast<int64_t>(need) >= m.n_ctx)
+    throw Error("the prompt needs " + std::to_string(need) + " positions but the context holds " +
+                std::to_string(m.n_ctx) + " (use a larger -c)");
+  g->prompt_accept = rq.accept_before;
+  g->prompt_accept.insert(g->prompt_accept.end(), rq.prompt.begin(), rq.prompt.end());
+  g->prompt_logits = rq.prompt_logits;
+  g->pending.assign(s.redo.begin(), s.redo.end());
+  g->pending.insert(g->pending.end(), rq.prompt.begin(), rq.prompt.end());
+  s.redo.clear();
+  if (g->pending.empty()) {
+    // Logits of the last position are not kept between requests: compute them again.
+    g->pending.push_back(s.tokens.back());
+    co.Truncate(rq.sequence, static_cast<int64_t>(s.tokens.size()) - 1);
+  }
+  if (rq.sampler) {
+    g->sp = *rq.sampler;
+  } else {
     const auto& sp = rq.params.sampling;
     g->sp.temperature = sp.temperature;
     g->sp.top_k = sp.top_k;
@@ -243,19 +247,112 @@ std::vector<GenerateResult> Coordinator::GenerateMany(std::vector<Request> reque
     g->sp.frequency_penalty = sp.frequency_penalty;
     g->sp.presence_penalty = sp.presence_penalty;
     g->sp.penalty_last_n = sp.penalty_last_n;
-    // A random seed is drawn here, so a replay after a fault draws the same numbers.
-    g->sp.seed =
-        sp.seed == runtime::Sampler::kRandomSeed ? (std::random_device{}() & 0x7FFFFFFFu) : sp.seed;
-    runtime::Sampler check(g->sp, m.model->config().n_vocab);  // validates the settings
-    g->limit = rq.params.max_tokens < 0 ? INT64_MAX : rq.params.max_tokens;
-    g->stop = std::make_unique<runtime::StopMatcher>(rq.params.stop);
-    g->t_start = Clock::now();
+    g->sp.seed = sp.seed;
+  }
+  // A random seed is drawn here, so a replay after a fault draws the same numbers.
+  if (g->sp.seed == runtime::Sampler::kRandomSeed)
+    g->sp.seed = std::random_device{}() & 0x7FFFFFFFu;
+  runtime::Sampler check(g->sp, m.model->config().n_vocab);  // validates the settings
+  g->limit = rq.params.max_tokens < 0 ? INT64_MAX : rq.params.max_tokens;
+  g->stop = std::make_unique<runtime::StopMatcher>(rq.params.stop);
+  g->t_start = Clock::now();
+  return g;
+}
+
+}  // namespace
+
+std::vector<GenerateResult> Coordinator::GenerateMany(std::vector<Request> requests, int in_flight,
+                                                      int micro_batch) {
+  Impl& m = *impl_;
+  if (!m.live.empty()) throw Error("GenerateMany while continuous generations run");
+  m.MaybeRejoin();
+  std::vector<std::unique_ptr<Impl::Gen>> gens;
+  std::map<uint64_t, Impl::Gen*> by_seq;
+  for (auto& rq : requests) {
+    if (by_seq.count(rq.sequence))
+      throw Error("sequence " + std::to_string(rq.sequence) + " is in two requests at once");
+    auto g = MakeGen(*this, m, rq);
     by_seq[rq.sequence] = g.get();
     gens.push_back(std::move(g));
   }
   m.Run(by_seq, std::max(1, in_flight), std::max(1, micro_batch));
   std::vector<GenerateResult> out;
   for (auto& g : gens) out.push_back(std::move(g->r));
+  return out;
+}
+
+void Coordinator::Begin(Request request) {
+  Impl& m = *impl_;
+  if (m.live.count(request.sequence))
+    throw Error("sequence " + std::to_string(request.sequence) + " is already generating");
+  if (!m.plan_error.empty()) {
+    // The last fault left no plan: try again with the devices there are now (a lost worker may
+    // be back). The caches went with the plan, so every sequence starts over.
+    if (!m.live.empty()) throw Error(m.plan_error);
+    try {
+      m.manual = false;
+      m.Plan();
+      m.LoadPlan();
+    } catch (const Error& e) {
+      m.plan_error = e.what();
+      throw Error(m.plan_error);
+    }
+    for (auto& [id, s] : m.seqs) s = Impl::Seq{};
+    m.in_flight.clear();
+    m.replay.clear();
+    m.plan_error.clear();
+    ++m.replans;
+    m.Event(fmt::format("replanned on {} device(s): {}", m.stages.size(), m.PlanLine()));
+  }
+  auto g = MakeGen(*this, m, request);
+  m.live_index[request.sequence] = g.get();
+  m.live[request.sequence] = std::move(g);
+}
+
+void Coordinator::Cancel(uint64_t sequence) {
+  auto it = impl_->live.find(sequence);
+  if (it == impl_->live.end() || it->second->done) return;
+  it->second->r.stop_reason = "cancelled";
+  it->second->done = true;
+}
+
+int Coordinator::Active() const {
+  return static_cast<int>(impl_->live.size());
+}
+
+std::vector<Finished> Coordinator::Pump(int in_flight, int micro_batch,
+                                        std::chrono::milliseconds wait) {
+  Impl& m = *impl_;
+  std::vector<Finished> out;
+  if (m.live.empty()) return out;
+  try {
+    m.PumpLive(std::max(1, in_flight), std::max(1, micro_batch), Clock::now() + wait);
+  } catch (const Error& e) {
+    // Recovery failed: nothing can be finished on this plan. Every stage's caches are gone.
+    m.plan_error = e.what();
+    m.Event("error: " + m.plan_error);
+    m.Teardown();
+    m.in_flight.clear();
+    m.replay.clear();
+    for (auto& [id, g] : m.live) {
+      Finished f{id, std::move(g->r), m.plan_error};
+      f.result.stop_reason = "error";
+      out.push_back(std::move(f));
+    }
+    m.live.clear();
+    m.live_index.clear();
+    return out;
+  }
+  for (auto it = m.live.begin(); it != m.live.end();) {
+    Impl::Gen& g = *it->second;
+    if (!g.done || g.inflight) {
+      ++it;
+      continue;
+    }
+    out.push_back({it->first, std::move(g.r), ""});
+    m.live_index.erase(it->first);
+    it = m.live.erase(it);
+  }
   return out;
 }
 

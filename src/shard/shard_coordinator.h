@@ -13,11 +13,15 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "edgeshard/edgeshard.h"
 #include "model/model_llama.h"
+#include "runtime/runtime_logprobs.h"
+#include "runtime/runtime_sampler.h"
 #include "shard/shard_auth.h"
 #include "shard/shard_planner.h"
 #include "tokenizer/tokenizer.h"
@@ -82,6 +86,21 @@ struct Request {
   std::function<bool(std::string_view)> on_text;  // may be empty
   // If set, receives the logits after the prompt's last token (as computed by the last stage).
   std::vector<float>* prompt_logits = nullptr;
+  // The server's path: the runtime's full sampler settings (logit_bias, ...) instead of
+  // params.sampling, and per generated token its log-probability with the n_logprobs most
+  // likely alternatives (n_logprobs < 0: none), computed by the last stage.
+  std::optional<runtime::SamplerParams> sampler;
+  // Tokens the sampler's penalty window records before the prompt (a reused cached prefix).
+  std::vector<int32_t> accept_before;
+  int n_logprobs = -1;
+  std::function<void(const runtime::TokenLogprob&)> on_logprob;
+};
+
+// A generation that ended, as Coordinator::Pump returns it.
+struct Finished {
+  uint64_t sequence = 0;
+  GenerateResult result;  // stop_reason "error" when it could not be finished
+  std::string error;      // then: why (a lost device and the missing memory, ...)
 };
 
 class Coordinator {
@@ -120,11 +139,29 @@ class Coordinator {
   std::vector<GenerateResult> GenerateMany(std::vector<Request> requests, int in_flight,
                                            int micro_batch = 1);
 
+  // Continuous generation (`serve --cluster`): generations join and leave between steps while
+  // up to `in_flight` steps travel the stages, each with up to `micro_batch` sequences. One
+  // thread calls Begin, Cancel and Pump. Begin throws es::Error for a bad request, or when the
+  // cluster has no plan (after a fault nothing fit) and still cannot make one.
+  void Begin(Request request);
+  // Ends a generation early (stop_reason "cancelled"); Pump returns it once no step of it is
+  // travelling, and only then may its sequence be used again.
+  void Cancel(uint64_t sequence);
+  int Active() const;  // generations Pump has not returned yet
+  // Sends what is ready, handles results for up to `wait`, recovers from lost workers (replan +
+  // replay: no token lost or repeated) and returns the generations that ended. If recovery
+  // fails (no plan fits the devices left), every active generation ends with that error.
+  std::vector<Finished> Pump(int in_flight, int micro_batch, std::chrono::milliseconds wait);
+
   ClusterReport Report() const;
   void ResetStats();
 
+  struct Impl;  // internal: shard_coordinator_impl.h
+  // Devices (name, address, threads, memory, in the plan or lost), links, the plan's stages and
+  // its SVG picture, measured costs and events: what GET /cluster.json shows.
+  nlohmann::json Status() const;
+
  private:
-  struct Impl;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -98,12 +98,14 @@ struct Coordinator::Impl {
 
   // Sequences and the steps they were built from (replayed after a fault).
   struct Entry {
+    uint64_t uid = 0;  // tells a step's part apart from a later entry at the same index
     int64_t pos = 0;
     std::vector<int32_t> tokens;
     bool sample = false;
     std::vector<int32_t> accept;
     std::optional<runtime::SamplerParams> sampling;
     bool want_logits = false;
+    int n_logprobs = 0;  // as the wire carries it: 0 none, k + 1 for k alternatives
     bool completed = false;
     int32_t sampled = -1;
   };
@@ -115,7 +117,7 @@ struct Coordinator::Impl {
     std::vector<int32_t> redo;
   };
   std::map<uint64_t, Seq> seqs;
-  uint64_t next_seq = 1, next_step = 1;
+  uint64_t next_seq = 1, next_step = 1, next_uid = 1;
 
   // Generation state of one request.
   struct Gen {
@@ -126,16 +128,30 @@ struct Coordinator::Impl {
     std::vector<int32_t> prompt_accept;
     std::deque<int32_t> pending;
     std::vector<float>* prompt_logits = nullptr;  // filled by the prompt's last step
+    int n_logprobs = -1;
+    std::function<void(const runtime::TokenLogprob&)> on_logprob;
     bool sampler_sent = false, inflight = false, done = false, sampled_once = false;
     int64_t limit = 0;
     std::unique_ptr<runtime::StopMatcher> stop;
     GenerateResult r;
     Clock::time_point t_start, t_sent;
   };
+  // One sequence's entry in a step. A Truncate or Release while the step travels (a slot taken
+  // by a new request during a replay) makes it stale: its result is then skipped, using what
+  // the step asked for (sample, logits, log-probabilities), which Send records here.
   struct Part {
-    uint64_t seq;
-    size_t entry;
+    uint64_t seq = 0;
+    size_t entry = 0;
+    uint64_t uid = 0;
+    bool sample = false, want_logits = false, logprobs = false;
   };
+  // The entry a part names, or null when the sequence no longer holds it.
+  Entry* Live(const Part& p) {
+    auto it = seqs.find(p.seq);
+    if (it == seqs.end() || p.entry >= it->second.log.size()) return nullptr;
+    Entry& e = it->second.log[p.entry];
+    return e.uid == p.uid ? &e : nullptr;
+  }
   struct InFlight {
     std::vector<Part> parts;
     Clock::time_point sent;
@@ -152,6 +168,11 @@ struct Coordinator::Impl {
   int64_t st_steps = 0;
   int replans = 0;
   std::vector<std::string> events;
+  // Continuous generation (Begin/Pump): the generations not yet returned, and why the cluster
+  // has no plan when recovery failed ("" while it has one).
+  std::map<uint64_t, std::unique_ptr<Gen>> live;
+  std::map<uint64_t, Gen*> live_index;
+  std::string plan_error;
 
   void Log(const std::string& m) {
     if (o.log)
@@ -203,16 +224,20 @@ struct Coordinator::Impl {
     st.set_wire(o.wire_f32 ? rpc::WIRE_F32 : rpc::WIRE_F16);
     std::vector<int32_t> toks;
     InFlight fl;
-    fl.parts = parts;
     fl.decode = decode;
-    for (const Part& p : parts) {
+    for (Part p : parts) {
       const Entry& e = GetSeq(p.seq).log[p.entry];
+      p.sample = e.sample;
+      p.want_logits = e.want_logits;
+      p.logprobs = e.n_logprobs > 0;
+      fl.parts.push_back(p);
       rpc::Segment* seg = st.add_segments();
       seg->set_sequence(p.seq);
       seg->set_pos(e.pos);
       seg->set_n_tokens(static_cast<int>(e.tokens.size()));
       seg->set_sample(e.sample);
       seg->set_want_logits(e.want_logits);
+      seg->set_n_logprobs(e.n_logprobs);
       for (int32_t a : e.accept) seg->add_accept(a);
       if (e.sampling) *seg->mutable_sampling() = ToProto(*e.sampling);
       toks.insert(toks.end(), e.tokens.begin(), e.tokens.end());
@@ -229,9 +254,7 @@ struct Coordinator::Impl {
     if (stages.size() == 1) {
       rpc::Result r;
       r.set_step(st.id());
-      for (uint64_t s : out.sequences) r.add_sequences(s);
-      for (int32_t t : out.tokens) r.add_tokens(t);
-      r.mutable_logits()->Add(out.logits.begin(), out.logits.end());
+      StageExecutor::Fill(out, r);
       *r.add_timings() = tm;
       std::lock_guard<std::mutex> lock(q_mu);
       q.push_back(std::move(r));
@@ -256,8 +279,10 @@ struct Coordinator::Impl {
     }
   }
 
-  // Waits for the next result; throws Fault when a worker is lost or a stream breaks.
-  rpc::Result Wait(Clock::time_point deadline) {
+  // Waits for the next result until `until`; throws Fault when a worker is lost, a stream
+  // breaks or the step deadline passes.
+  std::optional<rpc::Result> Wait(Clock::time_point deadline,
+                                  Clock::time_point until = Clock::time_point::max()) {
     std::unique_lock<std::mutex> lock(q_mu);
     while (true) {
       if (!q.empty()) {
@@ -270,8 +295,10 @@ struct Coordinator::Impl {
         throw Fault{devs[d]->client->Who() + " stopped answering: " + devs[d]->lost_reason};
       }
       if (!broken.empty()) throw Fault{broken};
-      if (Clock::now() >= deadline) throw Fault{"a step is past its deadline", true};
-      q_cv.wait_for(lock, milliseconds(20));
+      const auto now = Clock::now();
+      if (now >= deadline) throw Fault{"a step is past its deadline", true};
+      if (now >= until) return std::nullopt;
+      q_cv.wait_for(lock, std::min<Clock::duration>(milliseconds(20), until - now));
     }
   }
 
@@ -326,7 +353,7 @@ struct Coordinator::Impl {
     in_flight.clear();
     replay.clear();
     for (auto& [id, s] : seqs)
-      for (size_t i = 0; i < s.log.size(); ++i) replay.push_back({id, i});
+      for (size_t i = 0; i < s.log.size(); ++i) replay.push_back({id, i, s.log[i].uid});
   }
 
   std::string PlanLine() const {
@@ -335,8 +362,9 @@ struct Coordinator::Impl {
     return t;
   }
 
-  // A device that came back is taken into the plan at the start of the next request.
-  void MaybeRejoin() {
+  // A device that came back is taken into the plan at the start of the next request (`drain`:
+  // rebuild the caches now), or between steps while generations run (Pump replays them).
+  void MaybeRejoin(bool drain = true) {
     bool any = false;
     for (auto& d : devs)
       if (d->rejoined.exchange(false)) {
@@ -352,7 +380,7 @@ struct Coordinator::Impl {
     ++replans;
     Event(fmt::format("replanned on {} device(s): {}", stages.size(), PlanLine()));
     QueueReplay();
-    DrainReplay();
+    if (drain) DrainReplay();
   }
 
   // ---- the driver ---------------------------------------------------------------------------
@@ -413,6 +441,7 @@ struct Coordinator::Impl {
     g.pending.erase(g.pending.begin(), g.pending.begin() + static_cast<std::ptrdiff_t>(n));
     e.sample = g.pending.empty() && g.limit > 0;
     e.want_logits = g.pending.empty() && g.prompt_logits && !g.sampler_sent;
+    e.n_logprobs = e.sample && g.n_logprobs >= 0 ? g.n_logprobs + 1 : 0;
     if (e.sample) {
       if (!g.sampler_sent) {
         e.sampling = g.sp;
@@ -423,10 +452,11 @@ struct Coordinator::Impl {
       }
     }
     s.tokens.insert(s.tokens.end(), e.tokens.begin(), e.tokens.end());
+    e.uid = next_uid++;
     s.log.push_back(std::move(e));
     g.inflight = true;
     g.t_sent = Clock::now();
-    return {g.seq, s.log.size() - 1};
+    return {g.seq, s.log.size() - 1, s.log.back().uid};
   }
 
   void HandleResult(const rpc::Result& r, std::map<uint64_t, Gen*>& gens) {
@@ -455,24 +485,32 @@ struct Coordinator::Impl {
       st_pos += fl.pos_sum / std::max<size_t>(1, fl.parts.size());
       ++st_steps;
     }
-    int k = 0;
+    int k = 0, k_lp = 0;
     const size_t V = static_cast<size_t>(model->config().n_vocab);
     size_t logit_off = 0;
     for (const Part& p : fl.parts) {
-      Entry& e = GetSeq(p.seq).log[p.entry];
       const float* logits = nullptr;
-      if (e.want_logits) {
+      if (p.want_logits) {
         if (logit_off + V > static_cast<size_t>(r.logits_size()))
           throw Error("the last stage returned fewer logits than asked for");
         logits = r.logits().data() + logit_off;
         logit_off += V;
       }
       int32_t tok = -1;
-      if (e.sample) {
+      if (p.sample) {
         if (k >= r.tokens_size() || r.sequences(k) != p.seq)
           throw Error("the last stage returned tokens for other sequences than it was sent");
         tok = r.tokens(k++);
       }
+      const rpc::TokenLogprobs* lp = nullptr;
+      if (p.sample && p.logprobs) {
+        if (k_lp >= r.logprobs_size())
+          throw Error("the last stage returned fewer log-probabilities than asked for");
+        lp = &r.logprobs(k_lp++);
+      }
+      Entry* live_entry = Live(p);
+      if (!live_entry) continue;  // truncated or released while the step travelled
+      Entry& e = *live_entry;
       if (e.completed) {  // a replayed step: its token was already delivered
         if (e.sample && tok != e.sampled)
           Event(fmt::format("warning: replay of sequence {} sampled {} where it had {}", p.seq, tok,
@@ -484,7 +522,15 @@ struct Coordinator::Impl {
       auto g = gens.find(p.seq);
       if (g == gens.end()) continue;
       g->second->inflight = false;
+      if (g->second->done) continue;  // cancelled while the step travelled
       if (logits && g->second->prompt_logits) g->second->prompt_logits->assign(logits, logits + V);
+      // The end-of-generation token is not part of the output: no log-probability for it.
+      if (lp && g->second->on_logprob && (g->second->gp.ignore_eos || !this->tok->IsEog(tok))) {
+        runtime::TokenLogprob t{tok, lp->logprob(), {}};
+        for (int i = 0; i < lp->top_tokens_size() && i < lp->top_logprobs_size(); ++i)
+          t.top.emplace_back(lp->top_tokens(i), lp->top_logprobs(i));
+        g->second->on_logprob(t);
+      }
       if (e.sample)
         OnToken(*g->second, tok);
       else if (g->second->pending.empty())
@@ -498,49 +544,66 @@ struct Coordinator::Impl {
     Run(none, 64, 1);
   }
 
-  // The scheduling loop: sends replays first, then new steps of ready requests, keeping up to
-  // `depth` steps in flight; handles faults.
+  // Sends replays first, then new steps of ready requests, keeping up to `depth` steps in flight.
+  void SendReady(std::map<uint64_t, Gen*>& gens, int depth, int micro_batch) {
+    while (!replay.empty() && static_cast<int>(in_flight.size()) < std::max(depth, 16)) {
+      Part p = replay.front();
+      replay.pop_front();
+      if (!Live(p)) continue;  // truncated or released since the replay was queued
+      Send({p}, false);
+    }
+    if (!replay.empty()) return;
+    while (static_cast<int>(in_flight.size()) < depth) {
+      std::vector<Part> parts;
+      int rows = 0;
+      bool decode = true;
+      for (auto& [id, g] : gens) {
+        if (static_cast<int>(parts.size()) >= micro_batch || rows >= o.n_batch) break;
+        if (g->done || g->inflight || g->pending.empty()) continue;
+        parts.push_back(NextEntry(*g, o.n_batch - rows));
+        const auto& e = GetSeq(id).log.back();
+        rows += static_cast<int>(e.tokens.size());
+        decode = decode && e.tokens.size() == 1 && g->sampled_once;
+      }
+      if (parts.empty()) break;
+      Send(parts, decode);
+    }
+  }
+
+  // Nothing in flight and nothing to send: every request still open is complete.
+  void FinishIdle(std::map<uint64_t, Gen*>& gens) {
+    for (auto& [id, g] : gens)
+      if (!g->done && !g->inflight && g->pending.empty()) Finish(*g);
+  }
+
+  // The scheduling loop until every request of `gens` is done; handles faults.
   void Run(std::map<uint64_t, Gen*>& gens, int depth, int micro_batch) {
     while (true) {
       try {
-        while (!replay.empty() && static_cast<int>(in_flight.size()) < std::max(depth, 16)) {
-          Part p = replay.front();
-          replay.pop_front();
-          if (!seqs.count(p.seq)) continue;
-          Send({p}, false);
-        }
-        if (replay.empty()) {
-          while (static_cast<int>(in_flight.size()) < depth) {
-            std::vector<Part> parts;
-            int rows = 0;
-            bool decode = true;
-            for (auto& [id, g] : gens) {
-              if (static_cast<int>(parts.size()) >= micro_batch || rows >= o.n_batch) break;
-              if (g->done || g->inflight || g->pending.empty()) continue;
-              parts.push_back(NextEntry(*g, o.n_batch - rows));
-              const auto& e = GetSeq(id).log.back();
-              rows += static_cast<int>(e.tokens.size());
-              decode = decode && e.tokens.size() == 1 && g->sampled_once;
-            }
-            if (parts.empty()) break;
-            Send(parts, decode);
-          }
-        }
-        bool busy = !in_flight.empty() || !replay.empty();
-        if (!busy) {
-          for (auto& [id, g] : gens)
-            if (!g->done) {
-              // Nothing in flight and nothing to send: the request is complete.
-              if (!g->inflight && g->pending.empty()) Finish(*g);
-            }
-          return;
-        }
+        SendReady(gens, depth, micro_batch);
+        if (in_flight.empty() && replay.empty()) return FinishIdle(gens);
         if (in_flight.empty()) continue;
-        const rpc::Result r = Wait(StepDeadline());
-        HandleResult(r, gens);
+        if (auto r = Wait(StepDeadline())) HandleResult(*r, gens);
       } catch (const Fault& f) {
         Recover(f);
       }
+    }
+  }
+
+  // One round of continuous generation: sends what is ready and handles results until `until`.
+  void PumpLive(int depth, int micro_batch, Clock::time_point until) {
+    try {
+      MaybeRejoin(false);
+      while (true) {
+        SendReady(live_index, depth, micro_batch);
+        if (in_flight.empty() && replay.empty()) return FinishIdle(live_index);
+        if (in_flight.empty()) continue;
+        auto r = Wait(StepDeadline(), until);
+        if (!r) return;
+        HandleResult(*r, live_index);
+      }
+    } catch (const Fault& f) {
+      Recover(f);
     }
   }
 };

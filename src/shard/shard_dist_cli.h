@@ -6,7 +6,7 @@
 
 namespace es::shard {
 
-enum class ClusterCommand { kRun, kChat, kBench };
+enum class ClusterCommand { kRun, kChat, kBench, kServe };
 
 inline void AddClusterOptions(CLI::App* app, ClusterCliOptions& o, ClusterCommand cmd) {
   const char* g = "Distributed (--cluster)";
@@ -40,6 +40,16 @@ inline void AddClusterOptions(CLI::App* app, ClusterCliOptions& o, ClusterComman
       ->group(g);
   if (cmd == ClusterCommand::kRun)
     app->add_flag("-v,--verbose", o.verbose, "print the plan and per-stage costs")->group(g);
+  if (cmd == ClusterCommand::kServe) {
+    app->add_option("--micro-batch", o.micro_batch,
+                    "sequences per pipeline step (0: the slots spread over the steps in flight)")
+        ->check(CLI::Range(0, 4096))
+        ->group(g);
+    app->add_option("--in-flight", o.in_flight,
+                    "pipeline steps travelling at once (0: one per stage)")
+        ->check(CLI::Range(0, 4096))
+        ->group(g);
+  }
   if (cmd == ClusterCommand::kBench) {
     app->add_flag("-v,--verbose", o.verbose, "print the plan and faults")->group(g);
     app->add_option("--sequences", o.sequences,

@@ -19,7 +19,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-CoordinatorOptions MakeOptions(const ClusterCliOptions& c, const ClusterModelArgs& m) {
+}  // namespace
+
+CoordinatorOptions CoordinatorOptionsFor(const ClusterCliOptions& c, const ClusterModelArgs& m) {
   CoordinatorOptions o;
   o.cluster_path = c.cluster;
   o.objective = c.objective == "throughput" ? Objective::kThroughput : Objective::kLatency;
@@ -40,6 +42,8 @@ CoordinatorOptions MakeOptions(const ClusterCliOptions& c, const ClusterModelArg
   o.verbose = c.verbose;
   return o;
 }
+
+namespace {
 
 std::string Units(const StageReport& s, int n_units) {
   std::string t;
@@ -117,7 +121,7 @@ void WarnContext(const char* command, const std::string& model, int n_ctx,
 int ClusterRun(const ClusterCliOptions& c, const ClusterModelArgs& m, const GenerateParams& gen,
                const std::string& prompt, bool no_bos) {
   const auto t0 = Clock::now();
-  Coordinator co(m.model, MakeOptions(c, m));
+  Coordinator co(m.model, CoordinatorOptionsFor(c, m));
   const double load_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
   const auto tokens = co.tokenizer().Encode(prompt, !no_bos, true);
   WarnContext("run", m.model, co.n_ctx(), gen);
@@ -162,7 +166,7 @@ int ClusterChat(const ClusterCliOptions& c, const ClusterModelArgs& m, const Gen
                 const std::string& system, const std::string& chat_template, bool verbose) {
   ClusterCliOptions cc = c;
   cc.verbose = c.verbose || verbose;
-  Coordinator co(m.model, MakeOptions(cc, m));
+  Coordinator co(m.model, CoordinatorOptionsFor(cc, m));
   const auto& t = co.tokenizer();
   WarnContext("chat", m.model, co.n_ctx(), gen);
   const std::string tmpl = tok::ChatTemplateOrDefault(chat_template, t.ChatTemplate(), m.model);
@@ -240,7 +244,7 @@ int ClusterBench(const ClusterCliOptions& c, const std::string& model, int n_pro
     const int train = model::ReadModelConfig(*f).n_ctx_train;
     m.ctx = std::min(train, std::max(n_prompt, n_gen) + 2);
   }
-  CoordinatorOptions o = MakeOptions(c, m);
+  CoordinatorOptions o = CoordinatorOptionsFor(c, m);
   // Latency plans one sequence; throughput plans each pipelined sequence as a micro-batch (the
   // batch then only sizes the KV caches).
   o.plan_batch = o.objective == Objective::kThroughput ? std::max(1, c.sequences) : 1;

@@ -18,6 +18,7 @@ struct ClusterCliOptions {
   bool verbose = false;
   int sequences = 0;  // bench pipeline test (0: two per stage)
   int micro_batch = 1;
+  int in_flight = 0;  // serve: steps travelling at once (0: one per stage)
 };
 
 struct ClusterModelArgs {
@@ -25,6 +26,10 @@ struct ClusterModelArgs {
   int threads = 0, ctx = 0, batch = 256;
   std::string cache_type_k = "f16", cache_type_v = "f16";
 };
+
+struct CoordinatorOptions;
+// The coordinator's options from the command line's (reads the token file and certificates).
+CoordinatorOptions CoordinatorOptionsFor(const ClusterCliOptions& c, const ClusterModelArgs& m);
 
 int ClusterRun(const ClusterCliOptions& c, const ClusterModelArgs& m, const GenerateParams& gen,
                const std::string& prompt, bool no_bos);

@@ -5,6 +5,8 @@
 #include <cstring>
 #include <set>
 
+#include "runtime/runtime_logprobs.h"
+
 namespace es::shard {
 
 namespace rpc = edgeshard::rpc;
@@ -59,6 +61,11 @@ runtime::SamplerParams FromProto(const rpc::SamplingConfig& c) {
   p.presence_penalty = c.presence_penalty();
   p.penalty_last_n = c.penalty_last_n();
   p.seed = c.seed();
+  if (c.bias_tokens_size() != c.bias_values_size())
+    throw Error("logit_bias has " + std::to_string(c.bias_tokens_size()) + " tokens but " +
+                std::to_string(c.bias_values_size()) + " values");
+  for (int i = 0; i < c.bias_tokens_size(); ++i)
+    p.logit_bias.emplace_back(c.bias_tokens(i), c.bias_values(i));
   return p;
 }
 
@@ -73,6 +80,10 @@ rpc::SamplingConfig ToProto(const runtime::SamplerParams& p) {
   c.set_presence_penalty(p.presence_penalty);
   c.set_penalty_last_n(p.penalty_last_n);
   c.set_seed(p.seed);
+  for (const auto& [t, b] : p.logit_bias) {
+    c.add_bias_tokens(t);
+    c.add_bias_values(b);
+  }
   return c;
 }
 
@@ -106,7 +117,15 @@ StageExecutor::Seq& StageExecutor::Get(uint64_t id) {
 
 namespace {
 constexpr int32_t kMaxPenaltyLastN = 1 << 20;
+constexpr int kMaxLogprobs = 20;  // alternatives per token, as the server's fields allow
 }  // namespace
+
+void StageExecutor::Fill(Output& out, rpc::Result& r) {
+  for (uint64_t s : out.sequences) r.add_sequences(s);
+  for (int32_t t : out.tokens) r.add_tokens(t);
+  r.mutable_logits()->Add(out.logits.begin(), out.logits.end());
+  for (auto& lp : out.logprobs) *r.add_logprobs() = std::move(lp);
+}
 
 StageExecutor::Output StageExecutor::Run(const rpc::Step& step, const std::vector<int32_t>& tokens,
                                          std::vector<float>& hidden) {
@@ -192,6 +211,16 @@ StageExecutor::Output StageExecutor::Run(const rpc::Step& step, const std::vecto
     if (!seg.sample()) continue;
     out.sequences.push_back(seg.sequence());
     out.tokens.push_back(s.sampler->Sample(logits_.data()));
+    if (seg.n_logprobs() > 0) {
+      const auto lp = runtime::Logprobs(logits_.data(), c.n_vocab, out.tokens.back(),
+                                        std::min(seg.n_logprobs() - 1, kMaxLogprobs), scratch_);
+      rpc::TokenLogprobs& m = out.logprobs.emplace_back();
+      m.set_logprob(lp.logprob);
+      for (const auto& [id, v] : lp.top) {
+        m.add_top_tokens(id);
+        m.add_top_logprobs(v);
+      }
+    }
   }
   out.compute_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
   return out;

@@ -44,8 +44,11 @@ class StageExecutor {
     std::vector<uint64_t> sequences;  // segments that sampled, in step order
     std::vector<int32_t> tokens;
     std::vector<float> logits;  // n_vocab per segment with want_logits, in step order
+    std::vector<edgeshard::rpc::TokenLogprobs> logprobs;  // per sampled segment with n_logprobs
     double compute_ms = 0;
   };
+  // Moves tokens, logits and log-probabilities into the step's result message.
+  static void Fill(Output& out, edgeshard::rpc::Result& r);
   // Runs `step` through the stage. `hidden` holds rows x n_embd values on entry (embed stages
   // fill it from `tokens`, one id per row) and the stage's output on return. Throws es::Error
   // for an inconsistent step (it names the sequence and what was expected).
@@ -75,6 +78,7 @@ class StageExecutor {
   std::map<uint64_t, Seq> seqs_;
   std::vector<model::BatchRow> rows_;
   std::vector<float> logits_;
+  std::vector<int32_t> scratch_;  // log-probabilities' sort
 };
 
 }  // namespace es::shard

@@ -536,9 +536,7 @@ class WorkerService final : public rpc::Worker::Service {
         rpc::Result* r = res.mutable_result();
         r->set_step(step.id());
         r->set_error(step.error());
-        for (uint64_t s : out.sequences) r->add_sequences(s);
-        for (int32_t t : out.tokens) r->add_tokens(t);
-        r->mutable_logits()->Add(out.logits.begin(), out.logits.end());
+        StageExecutor::Fill(out, *r);
         *r->mutable_timings() = step.timings();
         *r->add_timings() = timing;
         if (!SendResult(epoch, res))
