@@ -81,7 +81,7 @@ json RunStreams(const ServerProcess& cluster, const ServerProcess& single,
   return j;
 }
 
-TEST(ServeCluster, EightStreamsMatchOneDeviceAndSurviveAKilledWorker) {
+TEST(ServeCluster, EightStreamsMatchOneDeviceThroughFaults) {
   if (!NodeModulesReady()) return;
   ServedCluster c;
   ServerProcess single({"-m", c.model, "--parallel", "8", "-c", "256", "-t", "1", "--api-key", kKey,
@@ -130,11 +130,30 @@ TEST(ServeCluster, EightStreamsMatchOneDeviceAndSurviveAKilledWorker) {
   EXPECT_THAT(plan, ::testing::Contains("w4")) << st.dump(2);
   EXPECT_THAT(plan, ::testing::Not(::testing::Contains("w2"))) << st.dump(2);
   EXPECT_THAT(st["events"].dump(), HasSubstr("lost worker 'w2'")) << st.dump(2);
+  // Every run repeats the same prompts: the slots' cached prefixes are reused, also after the
+  // replay rebuilt them on the new plan.
   auto m = Metrics(server.port(), kKey);
+  EXPECT_GT(m["edgeshard_prompt_tokens_cached_total"], 8 * 20) << "prefix reuse";
+
+  // w2 comes back: the next requests bring it into the plan again (it is faster than w4). Then w3
+  // is stopped (SIGSTOP: it hangs rather than dies) mid-stream; w4 takes its blocks.
+  c.Worker("w2").Restart();
+  j = RunStreams(server, single,
+                 "--kill-pid " + std::to_string(c.Worker("w3").pid()) +
+                     " --kill-after 40 --kill-signal SIGSTOP");
+  EXPECT_EQ(j["identical"], true) << j.dump(2);
+  st = json::parse(Get(server.port(), "/cluster.json", kKey).body);
+  plan.clear();
+  for (const auto& s : st["stages"]) plan.push_back(s["device"]);
+  EXPECT_THAT(plan, ::testing::ElementsAre("src", "w1", "w2", "w4")) << st.dump(2);
+  EXPECT_THAT(st["events"].dump(), HasSubstr("w2' (")) << st.dump(2);
+  EXPECT_THAT(st["events"].dump(), HasSubstr("is back")) << st.dump(2);
+  EXPECT_THAT(st["events"].dump(), HasSubstr("lost worker 'w3'")) << st.dump(2);
+
+  m = Metrics(server.port(), kKey);
   EXPECT_EQ(m["edgeshard_requests_total{reason=\"error\"}"], 0);
   EXPECT_EQ(m["edgeshard_slots_active"], 0);
 }
-
 // With two workers gone nothing fits: open requests end with an error that names the lost device
 // and the missing memory; the server itself keeps answering.
 TEST(ServeCluster, NoFeasiblePlanIsAnOpenAIError) {

@@ -1,8 +1,8 @@
 // Drives `edgeshard serve --cluster` with the official OpenAI client (run by
 // tests/test_server_cluster.cpp): 8 concurrent streaming chat requests, greedy, against the
 // cluster, and the same requests against a one-device server; every stream must be identical.
-// With --kill-pid, that process (a worker) gets SIGKILL once --kill-after chunks have arrived,
-// so the streams must survive the replan. Prints a JSON summary; exits 1 on any difference.
+// With --kill-pid, that process (a worker) gets SIGKILL (or --kill-signal SIGSTOP) once
+// --kill-after chunks of the cluster's streams have arrived: the streams must survive the replan. Prints a JSON summary; exits 1 on any difference.
 import OpenAI from 'openai';
 
 const args = {};
@@ -35,7 +35,7 @@ async function stream(c, model, r) {
     }
     if (armed && ++chunks >= Number(args['kill-after'] || 0) && args['kill-pid'] && !killed) {
       killed = true;
-      process.kill(Number(args['kill-pid']), 'SIGKILL');
+      process.kill(Number(args['kill-pid']), args['kill-signal'] || 'SIGKILL');
     }
   }
   return { text, finish, completion_tokens: usage ? usage.completion_tokens : -1 };
