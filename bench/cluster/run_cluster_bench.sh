@@ -33,6 +33,9 @@ REPS=${REPS:-2}
 SEQS=${SEQS:-4}          # sequences in flight in the pipeline test
 CTX=${CTX:-256}          # context the plans are made for
 WIRE=${WIRE:-f32}          # the product default; f16 halves the bytes per hop (lossy)
+BENCH=${BENCH:-1}          # edgeshard bench --cluster (sequential and pipeline modes)
+SERVE=${SERVE:-1}          # serve --cluster under 1..8 concurrent streams (and llama-server RPC)
+SERVE_STREAMS=${SERVE_STREAMS:-1,4,8}
 CPU_SRC=${CPU_SRC:-30}
 CPU_EDGE=${CPU_EDGE:-60}
 CPU_CLOUD=${CPU_CLOUD:-100}
@@ -208,7 +211,9 @@ for obj in latency throughput; do
 done
 
 results=()
+[ "$BENCH" = 1 ] || echo "== bench --cluster skipped (BENCH=0)"
 for obj in latency throughput; do
+  [ "$BENCH" = 1 ] || break
   for plan in optimum Even; do
     out="bench-$obj-$plan.json"
     extra=()
@@ -224,8 +229,93 @@ for obj in latency throughput; do
   done
 done
 
+# ---- the served cluster ------------------------------------------------------------------------
+# serve_up NAME PORT CMD...: start a server in the source's namespace and CPU share, wait for it.
+serve_up() {
+  local name=$1 port=$2; shift 2
+  in_dev src "$@" > "serve-$name.out" 2> "serve-$name.log" &
+  pids+=($!)
+  for i in $(seq 1 1200); do
+    ip netns exec es-src curl -sf "http://127.0.0.1:$port/health" > /dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  echo "   $name did not start: $(tail -2 "serve-$name.log")"
+  return 1
+}
+serve_down() { kill "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true; }
+serve_results=()
+if [ "$SERVE" = 1 ]; then
+  n_par=$(echo "$SERVE_STREAMS" | tr ',' '\n' | sort -n | tail -1)
+  for plan in optimum Even; do
+    extra=()
+    [ "$plan" != optimum ] && extra=(--baseline "$plan")
+    echo "== serve --cluster, plan: $plan, streams $SERVE_STREAMS"
+    serve_up "$plan" 8090 "$BIN" serve -m "$MODEL" --cluster cluster.yaml --token-file token \
+      --objective throughput "${extra[@]}" --wire "$WIRE" --parallel "$n_par" -c "$CTX" -t 1 \
+      --host 127.0.0.1 --port 8090 || continue
+    ip netns exec es-src node "$HERE/serve_load.mjs" --url http://127.0.0.1:8090 \
+      --streams "$SERVE_STREAMS" --tokens "$N_GEN" --reps "$REPS" --label "edgeshard $plan" \
+      > "serve-$plan.json" || echo "   load failed"
+    ip netns exec es-src curl -s http://127.0.0.1:8090/cluster.json > "serve-$plan-cluster.json" || true
+    serve_down
+    serve_results+=("serve-$plan.json")
+  done
+  if [ -n "${LLAMA_RPC_SERVER:-}" ] && [ -n "${LLAMA_SERVER:-}" ]; then
+    echo "== llama-server over llama.cpp's RPC backend (the planner's throughput split)"
+    for d in edge cloud; do
+      in_dev "$d" "$LLAMA_RPC_SERVER" -H 0.0.0.0 -p 50053 > "rpcs-$d.log" 2>&1 &
+      pids+=($!)
+    done
+    declare -A SRPC=([edge]="${ADDR[edge]}:50053" [cloud]="${ADDR[cloud]}:50053")
+    if [ "$NETEM" = 0 ]; then
+      declare -A SPORT=([edge]=7093 [cloud]=7094)
+      for to in edge cloud; do
+        ip netns exec es-src python3 "$HERE/delay_proxy.py" "${SPORT[$to]}" "${DIRECT[src-$to]}" \
+          50053 "$(awk "BEGIN{print ${RTT[src-$to]}/2}")" &
+        pids+=($!)
+        SRPC[$to]="127.0.0.1:${SPORT[$to]}"
+      done
+    fi
+    sleep 1
+    "$BIN" plan --cluster cluster.yaml -m "$MODEL" --ctx "$CTX" --objective throughput \
+      --batch "$n_par" --json > plan-throughput.json
+    if split=$(python3 "$HERE/llamacpp_split.py" plan-throughput.json Optimum src \
+      "edge=${SRPC[edge]} cloud=${SRPC[cloud]}"); then
+      # shellcheck disable=SC2086  # $split is a list of arguments
+      if serve_up llamacpp 8091 "$LLAMA_SERVER" -m "$MODEL" $split -np "$n_par" \
+        -c $((CTX * n_par)) -t 1 --host 127.0.0.1 --port 8091; then
+        ip netns exec es-src node "$HERE/serve_load.mjs" --url http://127.0.0.1:8091 \
+          --streams "$SERVE_STREAMS" --tokens "$N_GEN" --reps "$REPS" \
+          --label "llama.cpp RPC" > serve-llamacpp.json || echo "   load failed"
+        serve_down
+        serve_results+=("serve-llamacpp.json")
+      fi
+    else
+      echo "   no llama.cpp split for the throughput plan"
+    fi
+  fi
+  echo
+  echo "== served cluster: aggregate tokens/s (median of $REPS), $N_GEN tokens per stream"
+  python3 - "${serve_results[@]}" <<'PY'
+import json, sys
+runs = [json.load(open(p)) for p in sys.argv[1:]]
+by = {r["label"]: {x["streams"]: x["tokens_per_s"] for x in r["results"]} for r in runs}
+ref = by.get("edgeshard optimum", {})
+even = by.get("edgeshard Even", {})
+peer = by.get("llama.cpp RPC", {})
+print("| server | streams | tokens/s | vs 1 stream | optimum / this |")
+print("|---|---|---|---|---|")
+for label, res in by.items():
+    one = res.get(1)
+    for n, t in sorted(res.items()):
+        rel = f"{t / one:.2f}x" if one else "-"
+        cmp = f"{ref[n] / t:.2f}x" if n in ref and label != "edgeshard optimum" else "-"
+        print(f"| {label} | {n} | {t:.2f} | {rel} | {cmp} |")
+PY
+fi
+
 rpc_results=()
-if [ -n "${LLAMA_RPC_SERVER:-}" ] && [ -n "${LLAMA_BENCH:-}" ]; then
+if [ -n "${LLAMA_RPC_SERVER:-}" ] && [ -n "${LLAMA_BENCH:-}" ] && [ "$BENCH" = 1 ]; then
   echo "== llama.cpp RPC backend (same namespaces, CPU shares and splits)"
   # rpc-server has no thread option (ggml's CPU default, 4 threads); the CPU quota still applies.
   for d in edge cloud; do
