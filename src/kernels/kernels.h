@@ -94,6 +94,10 @@ void Add(float* x, const float* y, int64_t n);
 void SiluMul(float* gate, const float* up, int64_t n);
 // gate[i] = gelu(gate[i]) * up[i], GELU's tanh form through llama.cpp's f16 lookup table (GeGLU).
 void GeluMul(float* gate, const float* up, int64_t n);
+
+// Sums n words with the widest vector loads (the memory-bandwidth meter's read pass); with
+// prefetch_bytes > 0 it also prefetches that far ahead.
+uint64_t ReadSum(const uint64_t* p, size_t n, size_t prefetch_bytes);
 // x[i] = cap * tanh(x[i] * (1 / cap)): logit soft-capping, in ggml's order of float operations.
 void SoftCap(float* x, int64_t n, float cap);
 // In-place softmax over n values; returns nothing. Max-subtracted, f32 exp, sum in double.
