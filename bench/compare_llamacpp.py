@@ -77,8 +77,9 @@ def main():
     # The commit measured is the one checked out when the run starts.
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 
-    bw = {row["threads"]: row["read_bytes_per_s"] for row in
-          run_json([a.edgeshard, "bench", "--memory-bandwidth", "-t", a.threads, "--json"])}
+    bw_rows = run_json([a.edgeshard, "bench", "--memory-bandwidth", "-t", a.threads, "--json"])
+    bw = {row["threads"]: row["read_bytes_per_s"] for row in bw_rows}
+    bw_best = {row["threads"]: row.get("best", "") for row in bw_rows}
     rows = []
     for preset in a.presets.split(","):
         for typ in a.types.split(","):
@@ -155,7 +156,9 @@ def main():
         f"{' (each test of each repetition its own invocation, the engines alternating and swapping which goes first)' if a.alternate else ''}, medians; "
         "ratio = edgeshard / llama.cpp",
         "- Memory read bandwidth (edgeshard bench --memory-bandwidth): " +
-        ", ".join(f"{t} thread(s) {bw[t] / 1e9:.1f} GB/s" for t in threads),
+        ", ".join(f"{t} thread(s) {bw[t] / 1e9:.1f} GB/s ({bw_best[t]})" for t in threads) +
+        " — the best of several read patterns (vector/scalar loads, slices/interleaved blocks, "
+        "prefetch, 2 MiB/4 KiB pages), each the best of 5 passes over 1 GiB",
         "- Roofline fraction: generation tokens/s x bytes read per token / read bandwidth at that thread count",
         f"- Command: `{shlex.join(['bench/compare_llamacpp.py'] + sys.argv[1:])}`", "",
         "- Spread: the lowest and highest repetition of each engine, edgeshard / llama.cpp", "",
