@@ -45,11 +45,11 @@ namespace {
 using es::TensorType;
 namespace k = es::kernels;
 
-constexpr TensorType kWeightTypes[] = {TensorType::kF32,  TensorType::kF16,  TensorType::kBF16,
-                                       TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_1,
-                                       TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kIQ4_NL,
-                                       TensorType::kQ4_K, TensorType::kQ6_K, TensorType::kQ5_K,
-                                       TensorType::kQ3_K, TensorType::kQ2_K, TensorType::kIQ4_XS};
+constexpr TensorType kWeightTypes[] = {
+    TensorType::kF32,    TensorType::kF16,  TensorType::kBF16,   TensorType::kQ8_0,
+    TensorType::kQ4_0,   TensorType::kQ4_1, TensorType::kQ5_0,   TensorType::kQ5_1,
+    TensorType::kIQ4_NL, TensorType::kQ4_K, TensorType::kQ6_K,   TensorType::kQ5_K,
+    TensorType::kQ3_K,   TensorType::kQ2_K, TensorType::kIQ4_XS, TensorType::kMXFP4};
 
 using es::test::Gaussian;
 

@@ -21,7 +21,7 @@ using es::TensorType;
 namespace k = es::kernels;
 
 constexpr TensorType kLegacy[] = {TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1,
-                                  TensorType::kIQ4_NL};
+                                  TensorType::kIQ4_NL, TensorType::kMXFP4};
 
 using es::test::Gaussian;
 

@@ -236,7 +236,7 @@ TEST_P(KQuantFiles, PerplexityMatchesLlamaCpp) {
 INSTANTIATE_TEST_SUITE_P(SynthLlama, KQuantFiles,
                          ::testing::Values("q5_k", "q3_k", "iq4_xs-pure", "q2_k-pure", "q5_k_m",
                                            "q5_k_s", "q4_k_s", "q3_k_m", "q3_k_l", "q3_k_s", "q2_k",
-                                           "iq4_xs"),
+                                           "iq4_xs", "mxfp4-pure", "mxfp4_moe"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (auto& ch : n)

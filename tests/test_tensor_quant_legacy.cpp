@@ -20,7 +20,7 @@ namespace {
 using es::TensorType;
 
 constexpr TensorType kLegacy[] = {TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1,
-                                  TensorType::kIQ4_NL};
+                                  TensorType::kIQ4_NL, TensorType::kMXFP4};
 
 using es::test::Gaussian;
 std::vector<uint8_t> Quantize(TensorType t, const std::vector<float>& x) {
@@ -97,6 +97,42 @@ TEST(DequantizeLegacy, IQ4_NLUsesTheNonLinearTable) {
   for (int e = 0; e < 32; ++e) EXPECT_EQ(y[e], 0.125f * table[RampNibble(e)]) << e;
 }
 
+TEST(DequantizeLegacy, MXFP4UsesAPowerOfTwoAndTheFp4Levels) {
+  es::BlockMXFP4 b;
+  b.e = 126;  // half of 2^(126 - 127): 0.25
+  RampNibbles(b.qs);
+  const int8_t doubled[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+  const auto y = Dequantize(TensorType::kMXFP4, &b, 32);
+  for (int e = 0; e < 32; ++e) EXPECT_EQ(y[e], 0.25f * doubled[RampNibble(e)]) << e;
+  EXPECT_EQ(es::Traits(TensorType::kMXFP4).block_bytes, 17);
+  EXPECT_EQ(es::ParseTypeName("mxfp4"), TensorType::kMXFP4);
+  EXPECT_EQ(static_cast<uint32_t>(TensorType::kMXFP4), 39u);
+  // E8M0 halves, the subnormal ends included.
+  EXPECT_EQ(es::E8M0Half(0), std::ldexp(1.0f, -128));
+  EXPECT_EQ(es::E8M0Half(1), std::ldexp(1.0f, -127));
+  EXPECT_EQ(es::E8M0Half(128), 1.0f);
+  EXPECT_EQ(es::E8M0Half(254), std::ldexp(1.0f, 126));
+}
+
+// llama.cpp's rule: the scale maps the block's largest magnitude into [4, 8) (doubled levels up
+// to 12) and every value takes its nearest level.
+TEST(QuantizeLegacy, MXFP4ScaleAndNearestLevels) {
+  for (uint32_t seed = 0; seed < 20; ++seed) {
+    const auto x = Gaussian(32, 700 + seed, 3.0f);
+    const auto q = Quantize(TensorType::kMXFP4, x);
+    const auto& b = *reinterpret_cast<const es::BlockMXFP4*>(q.data());
+    float amax = 0;
+    for (float v : x) amax = std::max(amax, std::fabs(v));
+    const float d = es::E8M0Half(b.e);
+    EXPECT_GE(amax / (2 * d), 4.0f) << seed;
+    EXPECT_LT(amax / (2 * d), 8.0f) << seed;
+    const auto y = Dequantize(TensorType::kMXFP4, q.data(), 32);
+    const int8_t doubled[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+    for (int e = 0; e < 32; ++e)
+      for (int8_t l : doubled) ASSERT_LE(std::fabs(y[e] - x[e]), std::fabs(l * d - x[e])) << e;
+  }
+}
+
 TEST(QuantizeQ8_1, SumIsScaleTimesQuantSum) {
   std::vector<float> x(64);
   for (int i = 0; i < 64; ++i) x[i] = 0.37f * static_cast<float>(i % 32) - 3.0f;
@@ -142,7 +178,8 @@ TEST(QuantizeLegacy, RoundTripErrorPerType) {
     double rel_rmse;
   };
   for (const Bound b : {Bound{TensorType::kQ4_1, 0.12}, Bound{TensorType::kQ5_0, 0.06},
-                        Bound{TensorType::kQ5_1, 0.05}, Bound{TensorType::kIQ4_NL, 0.11}}) {
+                        Bound{TensorType::kQ5_1, 0.05}, Bound{TensorType::kIQ4_NL, 0.11},
+                        Bound{TensorType::kMXFP4, 0.2}}) {
     const auto y = Dequantize(b.t, Quantize(b.t, x).data(), n);
     double err = 0, ref = 0;
     for (int64_t i = 0; i < n; ++i) {

@@ -4,7 +4,7 @@
 // Activations are converted once per row of x (ConvertActs) into a target-private layout:
 //   F32/F16/BF16 weights: the f32 values as the dot product sees them (rounded through f16/bf16).
 //   Q8_0/Q4_0 weights:    Q8_0 quantization; K-quant and IQ4_XS weights: Q8_K quantization.
-//   Q5_0/IQ4_NL weights:  Q8_0, Q4_1/Q5_1 weights: Q8_1 quantization, int16 on every target
+//   Q5_0/IQ4_NL/MXFP4:    Q8_0, Q4_1/Q5_1 weights: Q8_1 quantization, int16 on every target
 //                         (kernels_matmul_legacy-inl.h).
 // Two integer designs:
 //   * Portable (every target but AVX3_DL): quants widened to int16 once per activation row, so
@@ -67,7 +67,7 @@ struct ActLayout {
 // Weight types whose activations take the int16 layout on every target.
 constexpr bool IsLegacyWeight(TensorType w) {
   return w == TensorType::kQ4_1 || w == TensorType::kQ5_0 || w == TensorType::kQ5_1 ||
-         w == TensorType::kIQ4_NL;
+         w == TensorType::kIQ4_NL || w == TensorType::kMXFP4;
 }
 }  // namespace
 }  // namespace es::kernels::detail
@@ -365,9 +365,9 @@ default:
 #define ES_F16_X16 0
 #endif
 
-#include "kernels/kernels_matmul_blocks-inl.h"  // NOLINT(build/include)
-#include "kernels/kernels_matmul_legacy-inl.h"  // NOLINT(build/include)
+#include "kernels/kernels_matmul_blocks-inl.h"   // NOLINT(build/include)
 #include "kernels/kernels_matmul_kquants-inl.h"  // NOLINT(build/include)
+#include "kernels/kernels_matmul_legacy-inl.h"   // NOLINT(build/include)
 
 #if ES_VNNI
 #include "kernels/kernels_matmul_vnni-inl.h"  // NOLINT(build/include)
@@ -442,6 +442,8 @@ default:
         return kWide ? MakeTiles<4, 4, Q5_1Kernel>() : MakeTiles<2, 4, Q5_1Kernel>();
       case TensorType::kIQ4_NL:
         return kWide ? MakeTiles<4, 4, IQ4_NLKernel>() : MakeTiles<2, 4, IQ4_NLKernel>();
+      case TensorType::kMXFP4:
+        return kWide ? MakeTiles<4, 4, MXFP4Kernel>() : MakeTiles<2, 4, MXFP4Kernel>();
 #if ES_VNNI
       case TensorType::kQ8_0: {
         TileSet ts = MakeTiles<4, 4, Q8_0Vnni>();

@@ -1,9 +1,9 @@
-// Kernels for the 32-element block types beyond Q4_0/Q8_0: Q4_1, Q5_0, Q5_1 and IQ4_NL. Part of
-// kernels_matmul.cpp's Highway translation unit: included once per target inside
+// Kernels for the 32-element block types beyond Q4_0/Q8_0: Q4_1, Q5_0, Q5_1, IQ4_NL and MXFP4. Part
+// of kernels_matmul.cpp's Highway translation unit: included once per target inside
 // es::kernels::HWY_NAMESPACE (hence no include guard), after the definitions it uses.
 //
 // Every target (AVX3_DL included) converts their activations to the int16 layout (LayoutFor,
-// ConvertRowLegacy): Q8_0 quants for Q5_0/IQ4_NL, Q8_1 for Q4_1/Q5_1 (with s = d * sum(q) per
+// ConvertRowLegacy): Q8_0 quants for Q5_0/IQ4_NL/MXFP4, Q8_1 for Q4_1/Q5_1 (with s = d * sum(q) per
 // block). The weights' values are unpacked to int16 vectors once per block and row, in registers
 // (scalar unpacking through memory measured 10-30x slower, on store forwarding), and multiplied
 // with a 16x16->32 pairwise multiply-add; the float order is llama.cpp's (tensor_quant_legacy.cpp's
@@ -49,11 +49,13 @@ struct UnpackQ5_1 {
     return hn::Or(Nibbles16(d16, b.qs, off), HighBits16(d16, b.qh, off));
   }
 };
-// IQ4_NL: the nibble indexes kIQ4NLValues. With 16 or 32 lanes, a byte shuffle per 128-bit block
-// (the table repeated in each); narrower targets take a compare-select per level (the Highway in
-// use has no 16-bit lane table lookup).
-struct UnpackIQ4_NL {
-  using Block = BlockIQ4_NL;
+// IQ4_NL and MXFP4: the nibble indexes a 16-entry table of int8 levels (kIQ4NLValues,
+// kMXFP4Values). With 16 or 32 lanes, a byte shuffle per 128-bit block (the table repeated in
+// each); narrower targets take a compare-select per level (the Highway in use has no 16-bit lane
+// table lookup).
+template <class B, const int8_t (&kLevels)[16]>
+struct UnpackTable4 {
+  using Block = B;
   HWY_INLINE hn::Vec<D16B> operator()(D16B d16, const Block& b, size_t off) const {
 #if HWY_TARGET != HWY_SCALAR
     const size_t n = hn::Lanes(d16);
@@ -71,17 +73,19 @@ struct UnpackIQ4_NL {
         const auto q = hn::LoadU(du, b.qs);
         idx = hn::BitCast(d8, off < 16 ? hn::And(q, hn::Set(du, 15)) : hn::ShiftRight<4>(q));
       }
-      return hn::PromoteTo(d16, hn::TableLookupBytes(hn::LoadDup128(d8, kIQ4NLValues), idx));
+      return hn::PromoteTo(d16, hn::TableLookupBytes(hn::LoadDup128(d8, kLevels), idx));
     }
 #endif
     const auto idx = Nibbles16(d16, b.qs, off);
     auto v = hn::Zero(d16);
     for (int k = 0; k < 16; ++k)
       v = hn::IfThenElse(hn::Eq(idx, hn::Set(d16, static_cast<int16_t>(k))),
-                         hn::Set(d16, static_cast<int16_t>(kIQ4NLValues[k])), v);
+                         hn::Set(d16, static_cast<int16_t>(kLevels[k])), v);
     return v;
   }
 };
+using UnpackIQ4_NL = UnpackTable4<BlockIQ4_NL, kIQ4NLValues>;
+using UnpackMXFP4 = UnpackTable4<BlockMXFP4, kMXFP4Values>;
 
 // One 32-element block per step. Per partial lane acc = fma(dw * dx, float(partial), acc) over
 // blocks in order (as Q8_0Kernel); Q4_1/Q5_1 also chain msum = fma(m, s, msum) per output, added
@@ -111,7 +115,10 @@ struct LegacyKernel : QuantKernelBase<typename Unpack::Block> {
     hn::Vec<D16B> wv[R][kNV];
     for (int r = 0; r < R; ++r) {
       const Block& blk = W(r)[b];
-      dw[r] = HalfToFloat(&blk.d);
+      if constexpr (std::is_same_v<Block, BlockMXFP4>)
+        dw[r] = E8M0Half(blk.e);
+      else
+        dw[r] = HalfToFloat(&blk.d);
       if constexpr (kMin) m[r] = HalfToFloat(&blk.m);
       for (size_t v = 0; v < kNV; ++v) wv[r][v] = unpack(d16, blk, v * N);
     }
@@ -139,3 +146,5 @@ template <int R, int C>
 using Q5_1Kernel = LegacyKernel<UnpackQ5_1, R, C>;
 template <int R, int C>
 using IQ4_NLKernel = LegacyKernel<UnpackIQ4_NL, R, C>;
+template <int R, int C>
+using MXFP4Kernel = LegacyKernel<UnpackMXFP4, R, C>;

@@ -151,6 +151,10 @@ const std::vector<QuantFormat>& QuantFormats() {
        "Q3_K, output in Q6_K (as llama.cpp's Q3_K_S)"},
       {"q3_k_m", TensorType::kQ3_K, Mix::kQ3KM, 12,
        "Q3_K; Q4_K/Q5_K for attn_v, ffn_down, attn_output, Q6_K output (as llama.cpp's Q3_K_M)"},
+      {"mxfp4_moe", TensorType::kMXFP4, Mix::kMXFP4MoE, 38,
+       "MXFP4 for the experts' matrices, Q8_0 for every other (as llama.cpp's MXFP4_MOE)"},
+      {"mxfp4-pure", TensorType::kMXFP4, Mix::kPure, 38,
+       "all weights MXFP4, output included (llama.cpp's MXFP4_MOE with --pure)"},
       {"q3_k_l", TensorType::kQ3_K, Mix::kQ3KL, 13,
        "Q3_K; Q5_K for attn_v, ffn_down, attn_output, Q6_K output (as llama.cpp's Q3_K_L)"},
   };
@@ -237,7 +241,10 @@ std::vector<TensorPlan> PlanTensorTypes(const std::vector<TensorDesc>& tensors,
     }
     const int64_t nx = t.dims[0];
     TensorType want = format.base;
-    if (format.mix != Mix::kPure) {
+    if (format.mix == Mix::kMXFP4MoE) {
+      // llama.cpp decides by shape alone: a matrix stacked over experts (3-D, more than one).
+      want = t.dims.size() >= 3 && t.dims[2] > 1 ? TensorType::kMXFP4 : TensorType::kQ8_0;
+    } else if (format.mix != Mix::kPure) {
       const bool is_output =
           t.name == "output.weight" || (!has_output && t.name == "token_embd.weight");
       if (is_output) {

@@ -43,6 +43,7 @@ struct QuantFormat {
     kQ3KL,       // llama.cpp's Q3_K_L
     kQ2K,        // llama.cpp's Q2_K
     kIQ4XS,      // llama.cpp's IQ4_XS (without an importance matrix)
+    kMXFP4MoE,   // llama.cpp's MXFP4_MOE: experts' 3-D matrices MXFP4, everything else Q8_0
   };
   const char* name;  // as typed on the command line, e.g. "q4_k_m"
   TensorType base;

@@ -392,6 +392,7 @@ TensorType VecDotType(TensorType w) {
     case TensorType::kQ8_0:
     case TensorType::kQ5_0:
     case TensorType::kIQ4_NL:
+    case TensorType::kMXFP4:
       return TensorType::kQ8_0;
     case TensorType::kQ4_1:
     case TensorType::kQ5_1:
@@ -448,6 +449,7 @@ float VecDotRef(TensorType w, const void* wrow, const void* xrow, int64_t n) {
     case TensorType::kQ5_0:
     case TensorType::kQ5_1:
     case TensorType::kIQ4_NL:
+    case TensorType::kMXFP4:
       return quant::DotLegacy(w, wrow, xrow, n / kQK32);
     case TensorType::kQ2_K:
     case TensorType::kQ3_K:

@@ -1,5 +1,5 @@
 // Scalar reference codecs for the 32-element block types besides Q4_0/Q8_0: Q4_1, Q5_0, Q5_1,
-// IQ4_NL, and the Q8_1 activations that Q4_1/Q5_1 weights multiply with. Rounding rules are
+// IQ4_NL, MXFP4, and the Q8_1 activations that Q4_1/Q5_1 weights multiply with. Rounding rules are
 // llama.cpp's reference quantizers' (so files match its bytes) and dot products follow the order
 // of float operations of its x86 CPU backend (docs/fidelity.md).
 #include <algorithm>
@@ -51,6 +51,19 @@ template <>
 void BlockValues(const BlockIQ4_NL& b, int* v) {
   for (int e = 0; e < kQK32; ++e) v[e] = kIQ4NLValues[Nibble(b.qs, e)];
 }
+template <>
+void BlockValues(const BlockMXFP4& b, int* v) {
+  for (int e = 0; e < kQK32; ++e) v[e] = kMXFP4Values[Nibble(b.qs, e)];
+}
+
+// The factor a block's integers are multiplied by: its f16 d, or MXFP4's power of two.
+template <class Block>
+float Scale(const Block& b) {
+  if constexpr (std::is_same_v<Block, BlockMXFP4>)
+    return E8M0Half(b.e);
+  else
+    return Half(b.d);
+}
 
 template <class Block>
 constexpr bool kHasMin = std::is_same_v<Block, BlockQ4_1> || std::is_same_v<Block, BlockQ5_1>;
@@ -62,7 +75,7 @@ void Dequant(const Block* b, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, y += kQK32) {
     int v[kQK32];
     BlockValues(b[i], v);
-    const float d = Half(b[i].d);
+    const float d = Scale(b[i]);
     for (int e = 0; e < kQK32; ++e) {
       y[e] = static_cast<float>(v[e]) * d;
       if constexpr (kHasMin<Block>) y[e] += Half(b[i].m);
@@ -150,6 +163,33 @@ void QuantIQ4_NL(const float* x, BlockIQ4_NL* y, int64_t nb) {
   }
 }
 
+// MXFP4 as llama.cpp's reference quantizer writes it: the scale puts the block's largest
+// magnitude in [4, 8) x 2^(e - 127) (e = floor(log2(amax)) - 2 + 127, through an int as x86
+// converts it), then each value takes the nearest level, the first of equals.
+void QuantMXFP4(const float* x, BlockMXFP4* y, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i, x += kQK32) {
+    float amax = 0.0f;
+    for (int e = 0; e < kQK32; ++e) amax = std::max(amax, std::fabs(x[e]));
+    const uint8_t e8 =
+        amax > 0.0f
+            ? static_cast<uint8_t>(static_cast<int>(std::floor(std::log2(amax)) - 2.0f + 127.0f))
+            : 0;
+    const float d = E8M0Half(e8);
+    y[i].e = e8;
+    uint8_t L[kQK32];
+    for (int e = 0; e < kQK32; ++e) {
+      int best = 0;
+      float best_err = std::fabs(static_cast<float>(kMXFP4Values[0]) * d - x[e]);
+      for (int k = 1; k < 16; ++k) {
+        const float err = std::fabs(static_cast<float>(kMXFP4Values[k]) * d - x[e]);
+        if (err < best_err) best = k, best_err = err;
+      }
+      L[e] = static_cast<uint8_t>(best);
+    }
+    PackNibbles(L, y[i].qs);
+  }
+}
+
 // Q8_1 as llama.cpp's x86 backend quantizes activations: Q8_0's rounding (d = amax/127 stored as
 // f16, q = round_even(x * 127/amax)) plus s = f16(d * sum(q)) with d before its f16 rounding.
 void QuantQ8_1(const float* x, BlockQ8_1* y, int64_t nb) {
@@ -180,7 +220,8 @@ float Dot(const Block* w, const XBlock* x, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i) {
     int v[kQK32];
     BlockValues(w[i], v);
-    const float d = Half(w[i].d) * Half(x[i].d);
+    // MXFP4: llama.cpp multiplies x's d by w's scale; the product is the same either way.
+    const float d = Scale(w[i]) * Half(x[i].d);
     for (int l = 0; l < 8; ++l) {
       int p = 0;
       for (int e = 4 * l; e < 4 * l + 4; ++e) p += v[e] * x[i].qs[e];
@@ -196,7 +237,7 @@ float Dot(const Block* w, const XBlock* x, int64_t nb) {
 
 bool IsLegacy(TensorType t) {
   return t == TensorType::kQ4_1 || t == TensorType::kQ5_0 || t == TensorType::kQ5_1 ||
-         t == TensorType::kIQ4_NL || t == TensorType::kQ8_1;
+         t == TensorType::kIQ4_NL || t == TensorType::kMXFP4 || t == TensorType::kQ8_1;
 }
 
 void DequantLegacy(TensorType t, const void* src, float* dst, int64_t nb) {
@@ -209,6 +250,8 @@ void DequantLegacy(TensorType t, const void* src, float* dst, int64_t nb) {
       return Dequant(static_cast<const BlockQ5_1*>(src), dst, nb);
     case TensorType::kIQ4_NL:
       return Dequant(static_cast<const BlockIQ4_NL*>(src), dst, nb);
+    case TensorType::kMXFP4:
+      return Dequant(static_cast<const BlockMXFP4*>(src), dst, nb);
     default:
       return DequantQ8_1(static_cast<const BlockQ8_1*>(src), dst, nb);
   }
@@ -224,6 +267,8 @@ void QuantLegacy(TensorType t, const float* src, void* dst, int64_t nb) {
       return QuantMinMax<BlockQ5_1, 5>(src, static_cast<BlockQ5_1*>(dst), nb);
     case TensorType::kIQ4_NL:
       return QuantIQ4_NL(src, static_cast<BlockIQ4_NL*>(dst), nb);
+    case TensorType::kMXFP4:
+      return QuantMXFP4(src, static_cast<BlockMXFP4*>(dst), nb);
     default:
       return QuantQ8_1(src, static_cast<BlockQ8_1*>(dst), nb);
   }
@@ -239,6 +284,8 @@ float DotLegacy(TensorType w, const void* wrow, const void* xrow, int64_t nb) {
       return Dot(static_cast<const BlockQ5_0*>(wrow), x8_0, nb);
     case TensorType::kQ5_1:
       return Dot(static_cast<const BlockQ5_1*>(wrow), x8_1, nb);
+    case TensorType::kMXFP4:
+      return Dot(static_cast<const BlockMXFP4*>(wrow), x8_0, nb);
     default:
       return Dot(static_cast<const BlockIQ4_NL*>(wrow), x8_0, nb);
   }

@@ -13,7 +13,7 @@ struct Entry {
   TypeTraits traits;
 };
 
-constexpr std::array<Entry, 17> kTypes = {{
+constexpr std::array<Entry, 18> kTypes = {{
     {0, {"F32", 1, 4, true}},
     {1, {"F16", 1, 2, true}},
     {2, {"Q4_0", 32, 18, true}},
@@ -31,6 +31,7 @@ constexpr std::array<Entry, 17> kTypes = {{
     {20, {"IQ4_NL", 32, 18, true}},
     {23, {"IQ4_XS", 256, 136, true}},
     {30, {"BF16", 1, 2, true}},
+    {39, {"MXFP4", 32, 17, true}},
 }};
 
 }  // namespace

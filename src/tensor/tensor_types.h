@@ -27,6 +27,7 @@ enum class TensorType : uint32_t {
   kIQ4_NL = 20,
   kIQ4_XS = 23,
   kBF16 = 30,
+  kMXFP4 = 39,
 };
 
 struct TypeTraits {
@@ -48,7 +49,7 @@ size_t RowBytes(TensorType t, int64_t n);
 std::optional<TensorType> ParseTypeName(const std::string& name);
 
 constexpr int kQK4_0 = 32;
-constexpr int kQK32 = 32;  // block size of Q4_1, Q5_0, Q5_1, Q8_1 and IQ4_NL
+constexpr int kQK32 = 32;  // block size of Q4_1, Q5_0, Q5_1, Q8_1, IQ4_NL and MXFP4
 constexpr int kQK8_0 = 32;
 constexpr int kQK_K = 256;
 constexpr int kKScaleBytes = 12;
@@ -90,6 +91,12 @@ struct BlockQ8_1 {
 // Nibbles as in Q4_0, each an index into kIQ4NLValues; value = d * kIQ4NLValues[q].
 struct BlockIQ4_NL {
   f16_t d;
+  uint8_t qs[kQK32 / 2];
+};
+// OCP microscaling FP4: an E8M0 power-of-two scale and 32 E2M1 values as nibbles (laid out as
+// Q4_0's); value = kMXFP4Values[q] * 2^(e - 128) (the table holds twice the E2M1 values).
+struct BlockMXFP4 {
+  uint8_t e;
   uint8_t qs[kQK32 / 2];
 };
 struct BlockQ4_K {
@@ -154,10 +161,24 @@ static_assert(sizeof(BlockQ2_K) == 84);
 static_assert(sizeof(BlockQ3_K) == 110);
 static_assert(sizeof(BlockQ5_K) == 176);
 static_assert(sizeof(BlockIQ4_XS) == 136);
+static_assert(sizeof(BlockMXFP4) == 17);
 
 // IQ4_NL's 16 non-linear levels (the GGUF format's table).
 inline constexpr int8_t kIQ4NLValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
                                             1,    13,   25,  38,  53,  69,  89,  113};
+
+// E2M1's 16 values, doubled to integers (0, 0.5, 1, 1.5, 2, 3, 4, 6 and their negatives).
+inline constexpr int8_t kMXFP4Values[16] = {0, 1,  2,  3,  4,  6,  8,  12,
+                                            0, -1, -2, -3, -4, -6, -8, -12};
+
+// Half of an E8M0 scale, 2^(e - 128), the factor MXFP4's doubled values are multiplied by
+// (e 0 and 1 are the subnormals 2^-128 and 2^-127).
+inline float E8M0Half(uint8_t e) {
+  const uint32_t bits = e < 2 ? uint32_t{0x00200000} << e : uint32_t(e - 1) << 23;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
 
 // IEEE half <-> float, round-to-nearest-even (matches F16C hardware conversion).
 float F16ToF32(f16_t h);
