@@ -73,6 +73,39 @@ TEST(BeaconCodec, RefusesAnotherTokenAForgeryAReplayAndAStaleBeacon) {
       Error);
 }
 
+// The link measurement handlers refuse requests out of bounds before doing anything.
+TEST(LinkMeasurement, RefusesRequestsOutOfBounds) {
+  edgeshard::rpc::EchoRequest echo;
+  echo.set_reply_bytes(1u << 30);
+  edgeshard::rpc::EchoReply echo_reply;
+  const grpc::Status e = shard::ServeEcho(echo, &echo_reply);
+  EXPECT_EQ(e.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(e.error_message(), HasSubstr("reply_bytes"));
+  echo.set_reply_bytes(10);
+  ASSERT_TRUE(shard::ServeEcho(echo, &echo_reply).ok());
+  EXPECT_EQ(echo_reply.payload().size(), 10u);
+
+  const auto security = shard::Security{kToken, "", "", ""};
+  edgeshard::rpc::MeasureLinkRequest req;
+  req.set_address("127.0.0.1:1");
+  req.set_pings(0);
+  req.set_bulk_bytes(1 << 20);
+  edgeshard::rpc::MeasureLinkReply reply;
+  EXPECT_THAT(shard::ServeMeasureLink(req, security, &reply).error_message(), HasSubstr("pings"));
+  req.set_pings(3);
+  req.set_bulk_bytes(1ull << 40);
+  EXPECT_THAT(shard::ServeMeasureLink(req, security, &reply).error_message(),
+              HasSubstr("bulk_bytes"));
+  req.set_bulk_bytes(1 << 20);
+  req.clear_address();
+  EXPECT_EQ(shard::ServeMeasureLink(req, security, &reply).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  // Sound, but nobody listens there: the failure names the peer, not the request.
+  req.set_address("127.0.0.1:1");
+  const grpc::Status down = shard::ServeMeasureLink(req, security, &reply);
+  EXPECT_EQ(down.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+}
+
 // A UDP port nobody else on this machine uses now, so parallel tests do not hear each other.
 int FreeUdpPort() {
   const int fd = socket(AF_INET, SOCK_DGRAM, 0);

@@ -94,12 +94,14 @@ std::string Ip(const sockaddr_in& s) {
   return buf;
 }
 
-// Sends to the group once per interface (IP_MULTICAST_IF picks it); a group that is unicast or
-// broadcast address is sent to once.
+// Sends to the group once per interface (IP_MULTICAST_IF picks it); a unicast or broadcast
+// address instead of a group is sent to once.
 void SendToGroup(int fd, const DiscoveryEndpoint& ep, const std::string& data) {
   const in_addr g = ParseGroup(ep.group);
   const sockaddr_in to = Endpoint(g, ep.port);
   if (!IN_MULTICAST(ntohl(g.s_addr))) {
+    const int one = 1;  // a broadcast address needs it; a unicast one ignores it
+    setsockopt(fd, SOL_SOCKET, SO_BROADCAST, &one, sizeof one);
     sendto(fd, data.data(), data.size(), 0, reinterpret_cast<const sockaddr*>(&to), sizeof to);
     return;
   }
@@ -357,8 +359,8 @@ std::vector<FoundWorker> DiscoverWorkers(const std::string& token, const Discove
           " (start it with --listen on an address this machine can reach)");
       continue;
     }
-    const std::string address = (host.find(':') != std::string::npos ? "[" + host + "]" : host) +
-                                ":" + std::to_string(b->port);
+    const bool bare_v6 = host.find(':') != std::string::npos && host[0] != '[';
+    const std::string address = (bare_v6 ? "[" + host + "]" : host) + ":" + std::to_string(b->port);
     if (std::any_of(found.begin(), found.end(),
                     [&](const FoundWorker& f) { return f.address == address; }))
       continue;

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <future>
 #include <memory>
+#include <optional>
 #include <thread>
 
 #include "shard/shard_coordinator.h"
@@ -16,7 +18,7 @@ namespace es::shard {
 namespace rpc = edgeshard::rpc;
 
 Discovery Discover(const std::string& model_path, const Security& security,
-                   const DiscoveryOptions& o) {
+                   const DiscoveryOptions& o, const std::string& model_sha) {
   auto log = [&](const std::string& m) {
     if (o.log) o.log(m);
   };
@@ -42,32 +44,50 @@ Discovery Discover(const std::string& model_path, const Security& security,
   src.memory_budget_bytes = o.source_memory_bytes ? o.source_memory_bytes : MemAvailable();
   out.devices.push_back(src);
 
-  // Every worker proves the token over gRPC too (the beacon only says where to look).
-  std::vector<std::unique_ptr<WorkerClient>> clients;
-  std::vector<rpc::HealthReply> health;
+  // Every worker proves the token over gRPC too (the beacon only says where to look). Workers
+  // may measure their profiles first, all at once (each on its own device), while the source
+  // hashes and profiles the model.
   rpc::HealthRequest want;
   want.set_want_profile(!model_path.empty());
+  std::vector<std::unique_ptr<WorkerClient>> all;
+  std::vector<std::future<rpc::HealthReply>> answers;
   for (const FoundWorker& f : found) {
     std::string name = f.name;
     if (name == o.source_name) name += "-worker";
-    auto client = std::make_unique<WorkerClient>(name, f.address, security);
+    all.push_back(std::make_unique<WorkerClient>(name, f.address, security));
+    answers.push_back(std::async(std::launch::async, [&client = *all.back(), &o, want] {
+      return client.Health(o.profile_deadline, want);
+    }));
+  }
+  std::string sha = model_sha, how;
+  std::optional<Profile> mine;
+  if (!model_path.empty()) {
+    if (sha.empty()) sha = Sha256File(model_path);
+    mine = CachedProfile(model_path, sha, o.cache_dir.empty() ? DefaultCacheDir() : o.cache_dir,
+                         QuickMeasureOptions(src.threads), &how);
+    out.devices[0].profile_source = how;
+    out.devices[0].model_sha256 = sha;
+  }
+  std::vector<std::unique_ptr<WorkerClient>> clients;
+  std::vector<rpc::HealthReply> health;
+  for (size_t i = 0; i < all.size(); ++i) {
     try {
-      health.push_back(client->Health(o.profile_deadline, want));
+      health.push_back(answers[i].get());
     } catch (const Error& e) {
       log(std::string("leaving out ") + e.what());
       continue;
     }
     const rpc::HealthReply& h = health.back();
     DiscoveredDevice dev;
-    dev.name = name;
-    dev.address = f.address;
+    dev.name = all[i]->name();
+    dev.address = all[i]->address();
     dev.threads = h.threads();
     dev.memory_budget_bytes =
         h.memory_budget_bytes() ? h.memory_budget_bytes() : h.memory_available_bytes();
     dev.profile_source = h.profile_source().empty() ? "none" : h.profile_source();
     dev.model_sha256 = h.local_model_sha256();
     out.devices.push_back(dev);
-    clients.push_back(std::move(client));
+    clients.push_back(std::move(all[i]));
   }
   if (clients.empty())
     throw Error(fmt::format(
@@ -87,16 +107,9 @@ Discovery Discover(const std::string& model_path, const Security& security,
   }
 
   // Profiles for the model: the source's own, and each worker's where it has the same model.
-  if (!model_path.empty()) {
-    const std::string sha = Sha256File(model_path);
-    std::string how;
-    const Profile mine =
-        CachedProfile(model_path, sha, o.cache_dir.empty() ? DefaultCacheDir() : o.cache_dir,
-                      QuickMeasureOptions(src.threads), &how);
-    out.devices[0].profile_source = how;
-    out.devices[0].model_sha256 = sha;
+  if (mine) {
     c.devices[0].profile_path = "the source's profile (" + how + ")";
-    c.profiles.push_back(mine);
+    c.profiles.push_back(*mine);
     for (size_t i = 0; i < health.size(); ++i) {
       DiscoveredDevice& dev = out.devices[i + 1];
       if (dev.model_sha256 == sha && !health[i].profile_json().empty()) {
@@ -116,7 +129,7 @@ Discovery Discover(const std::string& model_path, const Security& security,
       dev.profile_source = "source's (" + std::string(dev.model_sha256.empty() ? "no" : "other") +
                            " model on the worker)";
       c.devices[i + 1].profile_path = "the source's profile";
-      c.profiles.push_back(mine);
+      c.profiles.push_back(*mine);
     }
   }
 

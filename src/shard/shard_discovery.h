@@ -69,13 +69,14 @@ struct Discovery {
 // Finds the workers, gathers their budgets and profiles and measures every link. With
 // `model_path` (the source's model) every device gets a profile for it: a worker that has the
 // same model measures its own; one that has another model or none is given the source's profile
-// (the planner then assumes it is as fast as the source; the log says so). Throws es::Error when
-// no worker is found.
+// (the planner then assumes it is as fast as the source; the log says so). `model_sha`: the
+// model's SHA-256 if the caller has it (else it is computed). Throws es::Error when no worker is
+// found.
 Discovery Discover(const std::string& model_path, const Security& security,
-                   const DiscoveryOptions& o);
+                   const DiscoveryOptions& o, const std::string& model_sha = "");
 inline Cluster DiscoverCluster(const std::string& model_path, const Security& security,
-                               const DiscoveryOptions& o) {
-  return Discover(model_path, security, o).cluster;
+                               const DiscoveryOptions& o, const std::string& model_sha = "") {
+  return Discover(model_path, security, o, model_sha).cluster;
 }
 
 // The discovery options of `--cluster auto` and `cluster status` (the log goes to stderr).
