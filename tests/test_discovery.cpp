@@ -225,9 +225,13 @@ TEST_F(Discovery, FindsTheWorkersThatHoldTheToken) {
   EXPECT_EQ(d2.devices[0].profile_source, "cached");  // the source's own, from the first run
 }
 
-// The wrong token alone: nothing is found, and the error says what to check.
+// The wrong token alone: nothing is found, and the error says what to check. (The worker
+// profiles its model at start here, as --profile-at-start asks, before it says it listens.)
 TEST_F(Discovery, FindsNothingWithAnotherToken) {
-  WorkerProcess w("w1", WorkerArgs(token_file_, dir_.path + "/cache1", 0), dir_.path);
+  auto args = WorkerArgs(token_file_, dir_.path + "/cache1", 0);
+  args.push_back("--profile-at-start");
+  WorkerProcess w("w1", args, dir_.path);
+  EXPECT_THAT(w.Log(), HasSubstr("w1: profile measured"));
   std::vector<std::string> log;
   auto o = Options(&log);
   o.window = std::chrono::milliseconds(1200);

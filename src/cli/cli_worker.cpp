@@ -112,6 +112,9 @@ const bool registered = RegisterCommand("worker", [](CLI::App& app) {
                   "seconds between announcements on the discovery group (0: only answer a "
                   "source's authenticated probes)")
       ->check(CLI::Range(0.0, 3600.0));
+  cmd->add_flag("--profile-at-start", o->w.profile_at_start,
+                "measure the profile of -m now (or read it from the cache) rather than when a "
+                "source's discovery first asks for it");
   cmd->add_flag("--no-announce", o->no_announce,
                 "not discoverable (`--cluster auto`): no beacon at all");
   cmd->add_flag("-q,--quiet", o->w.quiet, "no progress bars");

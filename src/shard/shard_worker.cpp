@@ -86,6 +86,7 @@ class WorkerService final : public rpc::Worker::Service {
       model::LlamaModel::Load(
           opts_.model_path, {.progress = {}, .prefault = false, .interleave = false});  // validates
       LogLine(opts_.name, opts_.model_path + " sha256 " + local_sha_);
+      if (opts_.profile_at_start && profile_source_.empty()) MeasureOnce();
     }
   }
 
@@ -155,7 +156,8 @@ class WorkerService final : public rpc::Worker::Service {
     if (req->want_profile()) MeasureOnce();
     // A health poll does not wait for a measurement that another call started.
     if (std::unique_lock<std::mutex> lock(profile_mu_, std::try_to_lock); lock.owns_lock()) {
-      r->set_profile_json(profile_json_);
+      // A measured profile travels only when asked for: the 250 ms health polls stay small.
+      if (req->want_profile() || profile_source_ == "file") r->set_profile_json(profile_json_);
       r->set_profile_source(profile_source_);
     } else {
       r->set_profile_source("measuring");

@@ -26,6 +26,9 @@ struct WorkerOptions {
   // Discovery: announce this worker on the beacon's group (and answer probes) unless unset.
   std::optional<DiscoveryEndpoint> announce;
   std::chrono::milliseconds announce_interval{5000};
+  // Measure (or read from the cache) the profile of model_path at start rather than when the
+  // first discovery asks for it.
+  bool profile_at_start = false;
   bool quiet = false;  // no progress bars
   // Set (e.g. by a signal) to abandon start-up: the constructor then throws Stopped promptly,
   // also while it hashes a large model.
