@@ -129,7 +129,14 @@ const bool registered = RegisterCommand("worker", [](CLI::App& app) {
         throw UsageError("--memory '" + o->memory + "' is not a size such as '6 GiB' or '512MB'");
       o->w.memory_budget = *m;
     }
-    if (!o->no_announce) o->w.announce = o->discovery;
+    if (!o->no_announce) {
+      try {
+        shard::CheckEndpoint(o->discovery);
+      } catch (const Error& e) {
+        throw UsageError(e.what());
+      }
+      o->w.announce = o->discovery;
+    }
     o->w.announce_interval = std::chrono::milliseconds(int64_t(o->announce_seconds * 1000));
     return Worker(*o);
   };

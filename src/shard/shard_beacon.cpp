@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <map>
 #include <regex>
 #include <set>
@@ -259,6 +261,15 @@ struct BeaconResponder::Impl {
   std::atomic<bool> stop{false};
   std::thread thread;
 
+  // The beacon must never take the worker down: a failure ends discoverability, logged.
+  void RunLogged() {
+    try {
+      Run();
+    } catch (const std::exception& e) {
+      LogLine(name, std::string("discovery beacon stopped: ") + e.what());
+    }
+  }
+
   void Run() {
     BeaconVerifier verifier(key);
     auto next_announce = std::chrono::steady_clock::now();
@@ -306,7 +317,7 @@ BeaconResponder::BeaconResponder(const std::string& token, const DiscoveryEndpoi
   m.interval = interval;
   EncodeBeacon(NewBeacon(Beacon::Kind::kAnnounce, m.name, m.host, m.port), m.key);  // validates
   JoinGroup(m.group_sock.fd, ep);
-  m.thread = std::thread([&m] { m.Run(); });
+  m.thread = std::thread([&m] { m.RunLogged(); });
 }
 
 BeaconResponder::~BeaconResponder() {
