@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <optional>
 #include <set>
 
 #include "distributed_harness.h"
@@ -117,6 +118,65 @@ int FreeUdpPort() {
   getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
   close(fd);
   return ntohs(a.sin_port);
+}
+
+// A live responder on loopback answers a fresh probe with its address, and ignores the same
+// probe sent again (a replay), a probe with another token and a forged one.
+TEST(BeaconResponder, AnswersFreshProbesOnly) {
+  const int port = FreeUdpPort();
+  const shard::DiscoveryEndpoint ep{"239.255.70.70", port};
+  shard::BeaconResponder responder(kToken, ep, "w1", "127.0.0.1", 4242,
+                                   std::chrono::milliseconds(0));
+  const int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  timeval tv{0, 400000};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  const in_addr lo{htonl(INADDR_LOOPBACK)};
+  setsockopt(fd, IPPROTO_IP, IP_MULTICAST_IF, &lo, sizeof lo);
+  sockaddr_in group{};
+  group.sin_family = AF_INET;
+  group.sin_port = htons(uint16_t(port));
+  inet_pton(AF_INET, ep.group.c_str(), &group.sin_addr);
+  auto send = [&](const std::string& d) {
+    sendto(fd, d.data(), d.size(), 0, reinterpret_cast<sockaddr*>(&group), sizeof group);
+  };
+  auto answer = [&]() -> std::optional<shard::Beacon> {
+    char buf[2048];
+    const ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) return std::nullopt;
+    shard::BeaconVerifier v(shard::BeaconKey(kToken));
+    std::string why;
+    return v.Verify(std::string(buf, size_t(n)), shard::UnixMs(), &why);
+  };
+  const std::string key = shard::BeaconKey(kToken);
+  auto fresh = [&] {
+    return shard::EncodeBeacon(shard::NewBeacon(shard::Beacon::Kind::kProbe, "src", "", 0), key);
+  };
+  // The responder joins the group as it starts: wait until it answers at all.
+  bool up = false;
+  for (int i = 0; i < 10 && !up; ++i) {
+    send(fresh());
+    up = answer().has_value();
+  }
+  ASSERT_TRUE(up) << "the responder never answered a probe on 127.0.0.1";
+  while (answer()) {
+  }  // late answers to the warm-up probes
+  const std::string probe = fresh();
+  send(probe);
+  const auto got = answer();
+  ASSERT_TRUE(got);
+  EXPECT_EQ(got->name, "w1");
+  EXPECT_EQ(got->host, "127.0.0.1");
+  EXPECT_EQ(got->port, 4242);
+  EXPECT_EQ(got->kind, shard::Beacon::Kind::kAnnounce);
+  send(probe);  // a replay
+  send(shard::EncodeBeacon(shard::NewBeacon(shard::Beacon::Kind::kProbe, "src", "", 0),
+                           shard::BeaconKey("another-token-of-enough-length")));
+  std::string forged =
+      shard::EncodeBeacon(shard::NewBeacon(shard::Beacon::Kind::kProbe, "src", "", 0), key);
+  forged.replace(forged.find("\nsrc\n"), 5, "\nsrd\n");
+  send(forged);
+  EXPECT_FALSE(answer());
+  close(fd);
 }
 
 class Discovery : public ::testing::Test {
