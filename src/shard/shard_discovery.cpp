@@ -84,7 +84,10 @@ Discovery Discover(const std::string& model_path, const Security& security,
     dev.threads = h.threads();
     dev.memory_budget_bytes =
         h.memory_budget_bytes() ? h.memory_budget_bytes() : h.memory_available_bytes();
-    dev.profile_source = h.profile_source().empty() ? "none" : h.profile_source();
+    // "-": not asked for (no model given); "none": asked for, but the worker has no model.
+    dev.profile_source = !h.profile_source().empty() ? h.profile_source()
+                         : model_path.empty()        ? "-"
+                                                     : "none";
     dev.model_sha256 = h.local_model_sha256();
     out.devices.push_back(dev);
     clients.push_back(std::move(all[i]));
