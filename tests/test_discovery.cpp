@@ -274,6 +274,7 @@ TEST_F(Discovery, FindsTheWorkersThatHoldTheToken) {
   std::vector<std::string> log2;
   auto o2 = Options(&log2);
   o2.expect = 3;
+  o2.window = std::chrono::milliseconds(10000);  // ends as soon as the three answer
   const shard::Discovery d2 = shard::Discover(model_, security, o2);
   bool seen = false;
   for (const auto& dev : d2.devices)
@@ -327,17 +328,17 @@ TEST_F(Discovery, RunClusterAutoMatchesOneDevice) {
   ASSERT_EQ(single.exit_code, 0) << single.err;
   const std::string auto_args =
       "--cluster auto --token-file " + token_file_ + " --discovery-port " + std::to_string(port_) +
-      " --discover-workers 3 --source-memory " + std::to_string(budgets[0]);
+      " --discover-workers 3 --discover-seconds 10 --source-memory " + std::to_string(budgets[0]);
   const auto dist = RunCli("run " + common + auto_args + " -v");
   ASSERT_EQ(dist.exit_code, 0) << dist.err;
   EXPECT_EQ(dist.out, single.out);
   for (const char* w : {"| w1 |", "| w2 |", "| w3 |"}) EXPECT_THAT(dist.err, HasSubstr(w));
   EXPECT_THAT(dist.err, HasSubstr("discovery: found worker 'w3'"));
 
-  const auto status =
-      RunCli("cluster status --token-file " + token_file_ + " --discovery-port " +
-             std::to_string(port_) + " --discover-workers 3 --source-memory " +
-             std::to_string(budgets[0]) + " -t 1 --ctx " + std::to_string(n_ctx) + " -m " + model_);
+  const auto status = RunCli(
+      "cluster status --token-file " + token_file_ + " --discovery-port " + std::to_string(port_) +
+      " --discover-workers 3 --discover-seconds 10 --source-memory " + std::to_string(budgets[0]) +
+      " -t 1 --ctx " + std::to_string(n_ctx) + " -m " + model_);
   ASSERT_EQ(status.exit_code, 0) << status.err;
   EXPECT_THAT(status.out, HasSubstr("Discovered 3 worker(s)"));
   EXPECT_THAT(status.out, HasSubstr("| source - w1 |"));
