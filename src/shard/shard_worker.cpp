@@ -86,7 +86,7 @@ class WorkerService final : public rpc::Worker::Service {
       model::LlamaModel::Load(
           opts_.model_path, {.progress = {}, .prefault = false, .interleave = false});  // validates
       LogLine(opts_.name, opts_.model_path + " sha256 " + local_sha_);
-      if (opts_.profile_at_start && profile_source_.empty()) MeasureOnce();
+      if (opts_.profile_at_start && profile_source_.empty()) MeasureOnce(true);
     }
   }
 
@@ -153,7 +153,7 @@ class WorkerService final : public rpc::Worker::Service {
     r->set_memory_budget_bytes(opts_.memory_budget ? opts_.memory_budget
                                                    : r->memory_available_bytes());
     r->set_local_model_sha256(local_sha_);
-    if (req->want_profile()) MeasureOnce();
+    if (req->want_profile()) MeasureOnce(false);
     // A health poll does not wait for a measurement that another call started.
     if (std::unique_lock<std::mutex> lock(profile_mu_, std::try_to_lock); lock.owns_lock()) {
       // A measured profile travels only when asked for: the 250 ms health polls stay small.
@@ -178,19 +178,26 @@ class WorkerService final : public rpc::Worker::Service {
   // Discovery asks for the profile of the local model: measured on the first request (on demand,
   // so a worker used with a cluster.yaml never pays for it) and cached on disk by model hash and
   // device, so the next start of this worker reads it.
-  void MeasureOnce() {
+  // A signal (at start) or Stop() (serving) ends the measurement after the current layer.
+  void MeasureOnce(bool at_start) {
     std::lock_guard<std::mutex> lock(profile_mu_);
     if (!profile_source_.empty() || local_sha_.empty()) return;
     std::unique_lock<std::mutex> compute(compute_mu_);  // not while a step runs
     try {
       LogLine(opts_.name, "profiling " + opts_.model_path + " for discovery");
       std::string how;
-      Profile p = CachedProfile(opts_.model_path, local_sha_, opts_.cache_dir,
-                                QuickMeasureOptions(int(pool_.size())), &how);
+      MeasureOptions mo = QuickMeasureOptions(int(pool_.size()));
+      mo.progress = [this](const std::string&) {
+        if (hash_stop_ || (opts_.stop && opts_.stop->load()))
+          throw Stopped("stopped while profiling the model");
+      };
+      Profile p = CachedProfile(opts_.model_path, local_sha_, opts_.cache_dir, mo, &how);
       p.device = opts_.name;
       profile_json_ = ProfileToJson(p);
       profile_source_ = how;
       LogLine(opts_.name, "profile " + how);
+    } catch (const Stopped&) {
+      if (at_start) throw;  // the worker exits as a signal during start-up asks
     } catch (const Error& e) {
       LogLine(opts_.name, std::string("cannot profile the model: ") + e.what());
     }
