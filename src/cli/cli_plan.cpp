@@ -1,4 +1,6 @@
 // `edgeshard plan`: choose devices and layer ranges for a cluster (EdgeShard planner).
+#include "cli/cli_plan.h"
+
 #include <fmt/format.h>
 
 #include <cstdio>
@@ -18,14 +20,6 @@ namespace {
 
 using namespace es::shard;
 using nlohmann::json;
-
-struct PlanOptions {
-  std::string cluster, model, objective = "latency", svg, placement;
-  int ctx = 512, batch = 1;
-  std::string cache_type_k = "f16", cache_type_v = "f16";
-  bool json = false;
-  SolveOptions solve;
-};
 
 std::string Gib(double b) {
   return fmt::format("{:.2f} GiB", b / (1024.0 * 1024 * 1024));
@@ -130,9 +124,10 @@ std::string Headline(Objective obj, int batch, const Evaluation& e) {
       1000.0 * std::min(1.0 / e.bottleneck_ms, batch / e.step_ms));
 }
 
-int Plan(const PlanOptions& o) {
+}  // namespace
+
+int Plan(const PlanOptions& o, const Cluster& cluster) {
   const Objective obj = o.objective == "latency" ? Objective::kLatency : Objective::kThroughput;
-  const Cluster cluster = LoadCluster(o.cluster);
   ModelUnits units =
       o.model.empty() ? cluster.profiles[cluster.source].model : LoadModelUnits(o.model);
   SetKvTypes(units, {es::model::ParseKvType(o.cache_type_k, "--cache-type-k"),
@@ -233,6 +228,8 @@ int Plan(const PlanOptions& o) {
   return kExitOk;
 }
 
+namespace {
+
 const bool registered = RegisterCommand("plan", [](CLI::App& app) {
   auto o = std::make_shared<PlanOptions>();
   auto* cmd =
@@ -264,7 +261,7 @@ const bool registered = RegisterCommand("plan", [](CLI::App& app) {
       ->check(CLI::Range(1, 20));
   cmd->add_option("--beam-width", o->solve.beam_width, "states kept per step by the heuristics")
       ->check(CLI::Range(1, 1 << 20));
-  return [o]() { return Plan(*o); };
+  return [o]() { return Plan(*o, LoadCluster(o->cluster)); };
 });
 
 }  // namespace

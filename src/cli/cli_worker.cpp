@@ -10,6 +10,8 @@
 #include <thread>
 
 #include "cli/cli_command.h"
+#include "shard/shard_cluster.h"
+#include "shard/shard_dist_cli.h"
 #include "shard/shard_worker.h"
 
 namespace es::cli {
@@ -17,7 +19,10 @@ namespace {
 
 struct WorkerCliOptions {
   shard::WorkerOptions w;
-  std::string token_file, tls_ca, tls_cert, tls_key;
+  std::string token_file, tls_ca, tls_cert, tls_key, memory;
+  shard::DiscoveryEndpoint discovery;
+  double announce_seconds = 5;
+  bool no_announce = false;
 };
 
 // Set by the signal thread: start-up (hashing a large model) checks it, serving waits for it.
@@ -100,12 +105,39 @@ const bool registered = RegisterCommand("worker", [](CLI::App& app) {
   cmd->add_option("--name", o->w.name, "name in logs (default: the listen address)");
   cmd->add_option("--profile", o->w.profile_path, "profile JSON reported to the coordinator")
       ->check(CLI::ExistingFile);
+  cmd->add_option("--memory", o->memory,
+                  "memory offered to shards, e.g. '6 GiB' (default: MemAvailable when asked)");
+  shard::AddDiscoveryEndpointOptions(cmd, o->discovery.group, o->discovery.port);
+  cmd->add_option("--announce-interval", o->announce_seconds,
+                  "seconds between announcements on the discovery group (0: only answer a "
+                  "source's authenticated probes)")
+      ->check(CLI::Range(0.0, 3600.0));
+  cmd->add_flag("--profile-at-start", o->w.profile_at_start,
+                "measure the profile of -m now (or read it from the cache) rather than when a "
+                "source's discovery first asks for it");
+  cmd->add_flag("--no-announce", o->no_announce,
+                "not discoverable (`--cluster auto`): no beacon at all");
   cmd->add_flag("-q,--quiet", o->w.quiet, "no progress bars");
   return [o]() {
     if (o->tls_cert.empty() != o->tls_key.empty())
       throw UsageError("--tls-cert and --tls-key go together");
     if (!o->tls_ca.empty() && o->tls_cert.empty())
       throw UsageError("--tls-ca needs --tls-cert and --tls-key (the worker's own certificate)");
+    if (!o->memory.empty()) {
+      const auto m = shard::ParseByteSize(o->memory);
+      if (!m || *m == 0)
+        throw UsageError("--memory '" + o->memory + "' is not a size such as '6 GiB' or '512MB'");
+      o->w.memory_budget = *m;
+    }
+    if (!o->no_announce) {
+      try {
+        shard::CheckEndpoint(o->discovery);
+      } catch (const Error& e) {
+        throw UsageError(e.what());
+      }
+      o->w.announce = o->discovery;
+    }
+    o->w.announce_interval = std::chrono::milliseconds(int64_t(o->announce_seconds * 1000));
     return Worker(*o);
   };
 });

@@ -33,6 +33,8 @@ std::string Hex(const unsigned char* p, size_t n) {
   return s;
 }
 
+}  // namespace
+
 std::string Hmac(const std::string& key, const std::string& msg) {
   unsigned char out[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
@@ -49,6 +51,8 @@ bool SameSecret(const std::string& a, const std::string& b) {
   for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
   return diff == 0;
 }
+
+namespace {
 
 std::string ReadText(const std::string& path, const std::string& what) {
   return ReadRegularFile(path, "the " + what);

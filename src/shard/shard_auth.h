@@ -135,6 +135,11 @@ class FrameSeal {
   uint64_t sent_ = 0, received_ = 0;
 };
 
+// Lower-case hex HMAC-SHA256 of `msg` under `key` (proofs, discovery beacons).
+std::string Hmac(const std::string& key, const std::string& msg);
+// Constant-time comparison, so a forged proof learns nothing from timing.
+bool SameSecret(const std::string& a, const std::string& b);
+
 // Prints "[time] name: message" to stderr (workers log refusals and faults this way).
 void LogLine(const std::string& name, const std::string& message);
 

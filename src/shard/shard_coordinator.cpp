@@ -39,7 +39,9 @@ Coordinator::Coordinator(const std::string& model_path, const CoordinatorOptions
     Progress bar("hashing " + model_path, m.o.quiet);
     m.model_sha = Sha256File(model_path, std::ref(bar));
   }
-  m.cluster = LoadCluster(m.o.cluster_path);
+  m.cluster = m.o.cluster_path == "auto"
+                  ? DiscoverCluster(model_path, m.o.security, m.o.discovery, m.model_sha)
+                  : LoadCluster(m.o.cluster_path);
   m.units = UnitsFromGguf(m.model->file(), m.o.kv_type);
   if (!m.o.wire_f32) SetF16Wire(m.units);  // the planner prices the wire that is used
   for (size_t d = 0; d < m.cluster.devices.size(); ++d) {

@@ -23,13 +23,15 @@
 #include "runtime/runtime_logprobs.h"
 #include "runtime/runtime_sampler.h"
 #include "shard/shard_auth.h"
+#include "shard/shard_discovery.h"
 #include "shard/shard_planner.h"
 #include "tokenizer/tokenizer.h"
 
 namespace es::shard {
 
 struct CoordinatorOptions {
-  std::string cluster_path;
+  std::string cluster_path;  // "auto": discover the workers (docs/distributed.md, Discovery)
+  DiscoveryOptions discovery;
   Objective objective = Objective::kLatency;
   Security security;
   // Activations between stages: F32 (default: exact, identical to one device) or F16 (half the

@@ -8,11 +8,42 @@ namespace es::shard {
 
 enum class ClusterCommand { kRun, kChat, kBench, kServe };
 
+// Where discovery beacons travel (workers and sources must agree).
+inline void AddDiscoveryEndpointOptions(CLI::App* app, std::string& group, int& port,
+                                        const std::string& option_group = "") {
+  auto* a = app->add_option("--discovery-addr", group,
+                            "IPv4 multicast group (or broadcast address) of the discovery "
+                            "beacons (default 239.255.70.70)");
+  auto* p = app->add_option("--discovery-port", port, "UDP port of the discovery beacons (7071)")
+                ->check(CLI::Range(1, 65535));
+  if (!option_group.empty()) a->group(option_group), p->group(option_group);
+}
+
+// The source's side of `--cluster auto` (run|chat|bench, cluster status).
+inline void AddDiscoverOptions(CLI::App* app, ClusterCliOptions& o, const std::string& g) {
+  AddDiscoveryEndpointOptions(app, o.discovery_group, o.discovery_port, g);
+  app->add_option("--discover-seconds", o.discover_seconds,
+                  "--cluster auto: how long to look for workers (default 3)")
+      ->check(CLI::Range(0.1, 600.0))
+      ->group(g);
+  app->add_option("--discover-workers", o.discover_workers,
+                  "--cluster auto: stop looking once this many workers are found")
+      ->check(CLI::Range(1, 63))
+      ->group(g);
+  app->add_option("--source-memory", o.source_memory,
+                  "--cluster auto: memory this machine offers, e.g. '4 GiB' (default: "
+                  "MemAvailable)")
+      ->group(g);
+}
+
 inline void AddClusterOptions(CLI::App* app, ClusterCliOptions& o, ClusterCommand cmd) {
   const char* g = "Distributed (--cluster)";
-  app->add_option("--cluster", o.cluster, "cluster.yaml: run across these devices' workers")
-      ->check(CLI::ExistingFile)
+  app->add_option("--cluster", o.cluster,
+                  "cluster.yaml, or 'auto' (discover the workers that hold the token): run "
+                  "across these devices' workers")
+      ->check(CLI::ExistingFile | CLI::IsMember({"auto"}))
       ->group(g);
+  AddDiscoverOptions(app, o, g);
   app->add_option("--objective", o.objective, "plan for latency (sequential) or throughput")
       ->check(CLI::IsMember({"latency", "throughput"}))
       ->group(g);

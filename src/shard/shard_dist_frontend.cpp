@@ -40,6 +40,8 @@ CoordinatorOptions CoordinatorOptionsFor(const ClusterCliOptions& c, const Clust
   o.kv_type = {model::ParseKvType(m.cache_type_k, "--cache-type-k"),
                model::ParseKvType(m.cache_type_v, "--cache-type-v")};
   o.verbose = c.verbose;
+  o.discovery = DiscoveryFromCli(c, m.threads);
+  if (!c.verbose) o.discovery.log = {};
   return o;
 }
 

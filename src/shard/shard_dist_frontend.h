@@ -19,6 +19,12 @@ struct ClusterCliOptions {
   int sequences = 0;  // bench pipeline test (0: two per stage)
   int micro_batch = 1;
   int in_flight = 0;  // serve: steps travelling at once (0: one per stage)
+  // --cluster auto: discovery (docs/distributed.md, "Discovery")
+  std::string discovery_group = "239.255.70.70";
+  int discovery_port = 7071;
+  double discover_seconds = 3;
+  int discover_workers = 0;   // stop listening once this many are found
+  std::string source_memory;  // the source's budget ("" : MemAvailable)
 };
 
 struct ClusterModelArgs {

@@ -227,16 +227,6 @@ ModelUnits LoadModelUnits(const std::string& path) {
 
 namespace {
 
-uint64_t MemAvailable() {
-  std::ifstream f("/proc/meminfo");
-  std::string key;
-  uint64_t kib = 0;
-  std::string unit;
-  while (f >> key >> kib >> unit)
-    if (key == "MemAvailable:") return kib * 1024;
-  return 0;
-}
-
 std::string CpuName() {
   std::ifstream f("/proc/cpuinfo");
   for (std::string line; std::getline(f, line);)
@@ -264,6 +254,16 @@ double MedianMs(int reps, Setup setup, Fn fn) {
 }
 
 }  // namespace
+
+uint64_t MemAvailable() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  uint64_t kib = 0;
+  std::string unit;
+  while (f >> key >> kib >> unit)
+    if (key == "MemAvailable:") return kib * 1024;
+  return 0;
+}
 
 Profile MeasureProfile(const std::string& model_path, const MeasureOptions& o) {
   auto say = [&](const std::string& s) {

@@ -44,6 +44,9 @@ void SaveProfile(const Profile& p, const std::string& path);
 // A model's units from a GGUF file or from a JSON profile / units file.
 ModelUnits LoadModelUnits(const std::string& path);
 
+// MemAvailable of this machine now (bytes; 0 where /proc/meminfo does not say).
+uint64_t MemAvailable();
+
 struct MeasureOptions {
   int threads = 0;                     // 0: all cores
   std::vector<int> ctx = {512, 2048};  // decode context lengths (capped below the model's)

@@ -163,30 +163,43 @@ std::chrono::system_clock::time_point After(std::chrono::milliseconds ms) {
 }
 }  // namespace
 
-rpc::HealthReply WorkerClient::Health(std::chrono::milliseconds deadline) {
+template <typename Reply, typename Req, typename Call>
+Reply WorkerClient::Unary(const std::string& method, const Req& req,
+                          std::chrono::milliseconds deadline, Call call) {
   grpc::ClientContext ctx;
   ctx.set_deadline(After(deadline));
-  CallAuth auth(security_.token, "Health");
-  const rpc::HealthRequest req;
+  CallAuth auth(security_.token, method);
   auth.Attach(ctx, &req);
-  rpc::HealthReply reply;
-  const grpc::Status st = stub_->Health(&ctx, req, &reply);
-  if (!st.ok()) Fail("Health", st);
-  CheckProof("Health", auth, ctx, &reply);
+  Reply reply;
+  const grpc::Status st = call(&ctx, req, &reply);
+  if (!st.ok()) Fail(method, st);
+  CheckProof(method, auth, ctx, &reply);
   return reply;
+}
+
+rpc::HealthReply WorkerClient::Health(std::chrono::milliseconds deadline,
+                                      const rpc::HealthRequest& req) {
+  return Unary<rpc::HealthReply>("Health", req, deadline,
+                                 [&](auto* c, auto& r, auto* o) { return stub_->Health(c, r, o); });
 }
 
 rpc::LoadShardReply WorkerClient::LoadShard(const rpc::LoadShardRequest& req,
                                             std::chrono::milliseconds deadline) {
-  grpc::ClientContext ctx;
-  ctx.set_deadline(After(deadline));
-  CallAuth auth(security_.token, "LoadShard");
-  auth.Attach(ctx, &req);
-  rpc::LoadShardReply reply;
-  const grpc::Status st = stub_->LoadShard(&ctx, req, &reply);
-  if (!st.ok()) Fail("LoadShard", st);
-  CheckProof("LoadShard", auth, ctx, &reply);
-  return reply;
+  return Unary<rpc::LoadShardReply>("LoadShard", req, deadline, [&](auto* c, auto& r, auto* o) {
+    return stub_->LoadShard(c, r, o);
+  });
+}
+
+rpc::EchoReply WorkerClient::Echo(const rpc::EchoRequest& req, std::chrono::milliseconds deadline) {
+  return Unary<rpc::EchoReply>("Echo", req, deadline,
+                               [&](auto* c, auto& r, auto* o) { return stub_->Echo(c, r, o); });
+}
+
+rpc::MeasureLinkReply WorkerClient::MeasureLink(const rpc::MeasureLinkRequest& req,
+                                                std::chrono::milliseconds deadline) {
+  return Unary<rpc::MeasureLinkReply>("MeasureLink", req, deadline, [&](auto* c, auto& r, auto* o) {
+    return stub_->MeasureLink(c, r, o);
+  });
 }
 
 void WorkerClient::PushModel(const std::string& path, const std::string& sha256,

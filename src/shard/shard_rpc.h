@@ -66,7 +66,8 @@ class WorkerClient {
   // "name (address)" for messages.
   std::string Who() const;
 
-  edgeshard::rpc::HealthReply Health(std::chrono::milliseconds deadline);
+  edgeshard::rpc::HealthReply Health(std::chrono::milliseconds deadline,
+                                     const edgeshard::rpc::HealthRequest& req = {});
   edgeshard::rpc::LoadShardReply LoadShard(const edgeshard::rpc::LoadShardRequest& req,
                                            std::chrono::milliseconds deadline);
   // Streams `path` (whose hash is `sha256`) into the worker's cache. `progress(done, total)`.
@@ -75,11 +76,19 @@ class WorkerClient {
                  std::chrono::milliseconds deadline);
   void Release(uint64_t epoch, const std::vector<uint64_t>& sequences,
                std::chrono::milliseconds deadline);
+  edgeshard::rpc::EchoReply Echo(const edgeshard::rpc::EchoRequest& req,
+                                 std::chrono::milliseconds deadline);
+  edgeshard::rpc::MeasureLinkReply MeasureLink(const edgeshard::rpc::MeasureLinkRequest& req,
+                                               std::chrono::milliseconds deadline);
   // Opens a Stream call in `role`, sends the Open frame and checks the worker's token proof.
   std::unique_ptr<StreamCall> OpenStream(edgeshard::rpc::Open::Role role, uint64_t epoch,
                                          std::chrono::milliseconds open_deadline);
 
  private:
+  // A unary call with a proof on both ends; `call` invokes the stub's method.
+  template <typename Reply, typename Req, typename Call>
+  Reply Unary(const std::string& method, const Req& req, std::chrono::milliseconds deadline,
+              Call call);
   [[noreturn]] void Fail(const std::string& method, const grpc::Status& st) const;
   // `reply`: a unary call's reply, whose proof is checked too.
   void CheckProof(const std::string& method, const CallAuth& auth, const grpc::ClientContext& ctx,

@@ -19,6 +19,7 @@
 #include "edgeshard.grpc.pb.h"
 #include "kernels/kernels.h"
 #include "model/model_llama.h"
+#include "shard/shard_discovery.h"
 #include "shard/shard_dist_stage.h"
 #include "shard/shard_profile.h"
 #include "shard/shard_rpc.h"
@@ -72,6 +73,7 @@ class WorkerService final : public rpc::Worker::Service {
       const std::string text = ReadRegularFile(opts_.profile_path, "the profile (--profile)");
       ParseProfile(text, opts_.profile_path, false);  // validates
       profile_json_ = text;
+      profile_source_ = "file";
     }
     if (!opts_.model_path.empty()) {
       // Checked once here, so a load request compares hashes without reading the file again.
@@ -84,6 +86,7 @@ class WorkerService final : public rpc::Worker::Service {
       model::LlamaModel::Load(
           opts_.model_path, {.progress = {}, .prefault = false, .interleave = false});  // validates
       LogLine(opts_.name, opts_.model_path + " sha256 " + local_sha_);
+      if (opts_.profile_at_start && profile_source_.empty()) MeasureOnce(true);
     }
   }
 
@@ -118,6 +121,19 @@ class WorkerService final : public rpc::Worker::Service {
     return Proven(ctx, "PushModel", *reply, DoPushModel(ctx, reader, reply));
   }
 
+  grpc::Status Echo(grpc::ServerContext* ctx, const rpc::EchoRequest* req,
+                    rpc::EchoReply* reply) override {
+    auto st = auth_.Check(ctx, "Echo", req);
+    return Proven(ctx, "Echo", *reply, st.ok() ? ServeEcho(*req, reply) : st);
+  }
+
+  grpc::Status MeasureLink(grpc::ServerContext* ctx, const rpc::MeasureLinkRequest* req,
+                           rpc::MeasureLinkReply* reply) override {
+    auto st = auth_.Check(ctx, "MeasureLink", req);
+    return Proven(ctx, "MeasureLink", *reply,
+                  st.ok() ? ServeMeasureLink(*req, opts_.security, reply) : st);
+  }
+
  private:
   // A successful unary call's reply carries the worker's proof over its content.
   grpc::Status Proven(grpc::ServerContext* ctx, const std::string& method,
@@ -134,8 +150,18 @@ class WorkerService final : public rpc::Worker::Service {
     r->set_threads(pool_.size());
     r->set_memory_total_bytes(MemInfo("MemTotal:"));
     r->set_memory_available_bytes(MemInfo("MemAvailable:"));
-    r->set_profile_json(profile_json_);
+    r->set_memory_budget_bytes(opts_.memory_budget ? opts_.memory_budget
+                                                   : r->memory_available_bytes());
     r->set_local_model_sha256(local_sha_);
+    if (req->want_profile()) MeasureOnce(false);
+    // A health poll does not wait for a measurement that another call started.
+    if (std::unique_lock<std::mutex> lock(profile_mu_, std::try_to_lock); lock.owns_lock()) {
+      // A measured profile travels only when asked for: the 250 ms health polls stay small.
+      if (req->want_profile() || profile_source_ == "file") r->set_profile_json(profile_json_);
+      r->set_profile_source(profile_source_);
+    } else {
+      r->set_profile_source("measuring");
+    }
     std::lock_guard<std::mutex> lock(mu_);
     r->set_epoch(epoch_);
     if (exec_) {
@@ -147,6 +173,34 @@ class WorkerService final : public rpc::Worker::Service {
       r->set_kv_bytes(kv_bytes_);
     }
     return grpc::Status::OK;
+  }
+
+  // Discovery asks for the profile of the local model: measured on the first request (on demand,
+  // so a worker used with a cluster.yaml never pays for it) and cached on disk by model hash and
+  // device, so the next start of this worker reads it.
+  // A signal (at start) or Stop() (serving) ends the measurement after the current layer.
+  void MeasureOnce(bool at_start) {
+    std::lock_guard<std::mutex> lock(profile_mu_);
+    if (!profile_source_.empty() || local_sha_.empty()) return;
+    std::unique_lock<std::mutex> compute(compute_mu_);  // not while a step runs
+    try {
+      LogLine(opts_.name, "profiling " + opts_.model_path + " for discovery");
+      std::string how;
+      MeasureOptions mo = QuickMeasureOptions(int(pool_.size()));
+      mo.progress = [this](const std::string&) {
+        if (hash_stop_ || (opts_.stop && opts_.stop->load()))
+          throw Stopped("stopped while profiling the model");
+      };
+      Profile p = CachedProfile(opts_.model_path, local_sha_, opts_.cache_dir, mo, &how);
+      p.device = opts_.name;
+      profile_json_ = ProfileToJson(p);
+      profile_source_ = how;
+      LogLine(opts_.name, "profile " + how);
+    } catch (const Stopped&) {
+      if (at_start) throw;  // the worker exits as a signal during start-up asks
+    } catch (const Error& e) {
+      LogLine(opts_.name, std::string("cannot profile the model: ") + e.what());
+    }
   }
 
   grpc::Status DoLoadShard(grpc::ServerContext* ctx, const rpc::LoadShardRequest* req,
@@ -565,7 +619,9 @@ class WorkerService final : public rpc::Worker::Service {
   WorkerOptions opts_;
   ServerAuth auth_;
   kernels::ThreadPool pool_;
-  std::string local_sha_, profile_json_;
+  std::string local_sha_;
+  std::mutex profile_mu_;  // guards the profile (measured on demand)
+  std::string profile_json_, profile_source_;
 
   std::atomic<bool> hash_stop_{false};  // set by Stop(): a cached model's check ends early
   std::mutex verified_mu_;
@@ -593,6 +649,7 @@ class WorkerService final : public rpc::Worker::Service {
 struct WorkerServer::Impl {
   std::unique_ptr<WorkerService> service;
   std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<BeaconResponder> beacon;
   int port = 0;
   std::string address;
   bool stopped = false;
@@ -617,6 +674,24 @@ WorkerServer::WorkerServer(const WorkerOptions& options) : impl_(std::make_uniqu
     throw Error("cannot listen on " + o.listen + " (address in use or not local?)");
   const size_t colon = o.listen.rfind(':');
   impl_->address = o.listen.substr(0, colon) + ":" + std::to_string(impl_->port);
+  if (o.announce) StartBeacon(o);
+}
+
+void WorkerServer::StartBeacon(const WorkerOptions& o) {
+  // A wildcard listen address is announced as "" (the source uses the datagram's sender).
+  std::string host = o.listen.substr(0, o.listen.rfind(':'));
+  if (host == "0.0.0.0" || host == "[::]" || host == "::") host.clear();
+  // Beacon names allow [A-Za-z0-9_.-] (the default name is the listen address).
+  std::string name = o.name.substr(0, 64);
+  for (char& c : name)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '.' && c != '-') c = '-';
+  try {
+    impl_->beacon = std::make_unique<BeaconResponder>(o.security.token, *o.announce, name, host,
+                                                      impl_->port, o.announce_interval);
+  } catch (const Error& e) {
+    // Discovery is a convenience: the worker still serves a cluster.yaml without it.
+    LogLine(o.name, std::string("not discoverable: ") + e.what());
+  }
 }
 
 WorkerServer::~WorkerServer() {
@@ -634,6 +709,7 @@ void WorkerServer::Wait() {
 void WorkerServer::Shutdown() {
   if (!impl_->server || impl_->stopped) return;
   impl_->stopped = true;
+  impl_->beacon.reset();
   impl_->service->Stop();
   impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
 }

@@ -4,10 +4,13 @@
 // ids to the coordinator. Protocol in proto/edgeshard.proto, design in docs/distributed.md.
 #pragma once
 #include <atomic>
+#include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "shard/shard_auth.h"
+#include "shard/shard_beacon.h"
 
 namespace es::shard {
 
@@ -19,6 +22,13 @@ struct WorkerOptions {
   std::string name;          // in logs and Health (default: the listen address)
   std::string profile_path;  // reported in Health (a `plan` profile JSON)
   Security security;
+  uint64_t memory_budget = 0;  // offered in Health (0: MemAvailable at the time of asking)
+  // Discovery: announce this worker on the beacon's group (and answer probes) unless unset.
+  std::optional<DiscoveryEndpoint> announce;
+  std::chrono::milliseconds announce_interval{5000};
+  // Measure (or read from the cache) the profile of model_path at start rather than when the
+  // first discovery asks for it.
+  bool profile_at_start = false;
   bool quiet = false;  // no progress bars
   // Set (e.g. by a signal) to abandon start-up: the constructor then throws Stopped promptly,
   // also while it hashes a large model.
@@ -39,6 +49,7 @@ class WorkerServer {
   void Shutdown();
 
  private:
+  void StartBeacon(const WorkerOptions& o);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
