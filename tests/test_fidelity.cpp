@@ -167,6 +167,13 @@ const std::map<std::string, double> kBelowTop1Bar = {
     {"tiny-test-smollm3.q4_k_m", 0.965},
 };
 
+// Mixture-of-experts files: a teacher-forced position whose logits miss the f16 tolerance is
+// excused only where our router had a near-tie there (the last expert chosen and the best one
+// left out within this probability of each other, in some layer): rounding differences of 1e-4
+// in the hidden state then pick another expert, as between any two builds. Such positions are
+// counted and printed, and may be at most 1% of them.
+constexpr float kRouterNearTie = 2e-5f;
+
 void CheckAgainstReference(const RefFile& rf) {
   const std::string arch =
       es::gguf::File::Open(rf.model_path)->GetStringOr("general.architecture").value_or("");
@@ -189,8 +196,9 @@ void CheckAgainstReference(const RefFile& rf) {
   const int n_vocab = model->config().n_vocab;
   ASSERT_EQ(n_vocab, ref["n_vocab"].get<int>());
 
-  int positions = 0, top1_agree = 0;
+  int positions = 0, top1_agree = 0, near_ties = 0;
   double max_err = 0;
+  const bool moe = model->config().moe();
   for (const auto& c : ref["cases"]) {
     const auto tokens = c["tokens"].get<std::vector<int32_t>>();
     es::runtime::SessionOptions so;
@@ -199,7 +207,16 @@ void CheckAgainstReference(const RefFile& rf) {
     so.n_batch = static_cast<int>(tokens.size());
     es::runtime::Session s(*model, so);
     std::vector<float> logits;
+    es::model::ExpertReads reads;
+    model->CountExpertReads(moe ? &reads : nullptr);
     s.Eval(tokens, &logits);
+    model->CountExpertReads(nullptr);
+    // Our smallest router margin at each position over the layers.
+    std::vector<float> margin(tokens.size(), 1.0f);
+    for (const auto& layer : reads.margins) {
+      ASSERT_EQ(layer.size(), tokens.size());
+      for (size_t i = 0; i < tokens.size(); ++i) margin[i] = std::min(margin[i], layer[i]);
+    }
     const auto& top = c["top"];
     const double tol = ExactTolerance(rf.model_path, c["prompt"].get<std::string>());
     // Long prompts' references may keep only the positions from top_first on.
@@ -210,6 +227,17 @@ void CheckAgainstReference(const RefFile& rf) {
       const int ours = static_cast<int>(std::max_element(row, row + n_vocab) - row);
       ++positions;
       if (ours == top[i - first][0][0].get<int>()) ++top1_agree;
+      if (rf.exact && margin[i] < kRouterNearTie) {
+        double err = 0;
+        for (const auto& pair : top[i - first])
+          err = std::max(err, std::fabs(row[pair[0].get<int>()] - pair[1].get<double>()));
+        if (err > tol * std::max(1.0, std::fabs(top[i - first][0][1].get<double>()))) {
+          ++near_ties;
+          std::printf("  %s pos %zu: router near-tie (margin %.2g), max |dlogit| %.4f excused\n",
+                      rf.model_path.c_str(), i, margin[i], err);
+          continue;
+        }
+      }
       for (const auto& pair : top[i - first]) {
         const int id = pair[0].get<int>();
         const double want = pair[1].get<double>();
@@ -256,6 +284,7 @@ void CheckAgainstReference(const RefFile& rf) {
                   want_greedy.size());
     }
   }
+  EXPECT_LE(near_ties, positions / 100) << "too many router near-ties excused";
   const double agree = static_cast<double>(top1_agree) / positions;
   std::printf("  %s: %d positions, top-1 agreement %.2f%%, max |dlogit| %.5f\n",
               rf.model_path.c_str(), positions, 100 * agree, max_err);
