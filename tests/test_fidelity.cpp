@@ -165,14 +165,21 @@ const std::map<std::string, double> kBelowTop1Bar = {
     {"tiny-test-gemma2.q4_k_m", 0.965},
     {"tiny-test-phi3.q4_k_m", 0.96},
     {"tiny-test-smollm3.q4_k_m", 0.965},
+    // Mixture of experts: besides near-uniform outputs, a router choice near a tie can flip with
+    // the activations' Q8_K rounding (largest logit differences all sit at router margins below
+    // 3e-3): 97.74% measured.
+    {"tiny-test-qwen3moe.q4_k_m", 0.97},
 };
 
-// Mixture-of-experts files: a teacher-forced position whose logits miss the f16 tolerance is
-// excused only where our router had a near-tie there (the last expert chosen and the best one
-// left out within this probability of each other, in some layer): rounding differences of 1e-4
-// in the hidden state then pick another expert, as between any two builds. Such positions are
-// counted and printed, and may be at most 1% of them.
+// Mixture-of-experts files: a teacher-forced position whose logits miss the tolerance is excused
+// only where our router had a near-tie there (the last expert chosen and the best one left out
+// within this probability of each other, in some layer): rounding differences in the hidden state
+// then pick another expert, as between any two builds. f16: 1e-4 relative differences, margin
+// 2e-5. Quantized files differ more (an activation's Q8_K rounding can flip): margin 1e-3
+// (measured: tiny-test-mixtral.q4_k_m position 158, margin 5.3e-4, |dlogit| 0.14). Such positions
+// are counted and printed, and may be at most 1% of them.
 constexpr float kRouterNearTie = 2e-5f;
+constexpr float kRouterNearTieQuantized = 1e-3f;
 
 void CheckAgainstReference(const RefFile& rf) {
   const std::string arch =
@@ -227,11 +234,13 @@ void CheckAgainstReference(const RefFile& rf) {
       const int ours = static_cast<int>(std::max_element(row, row + n_vocab) - row);
       ++positions;
       if (ours == top[i - first][0][0].get<int>()) ++top1_agree;
-      if (rf.exact && margin[i] < kRouterNearTie) {
+      if (margin[i] < (rf.exact ? kRouterNearTie : kRouterNearTieQuantized)) {
         double err = 0;
         for (const auto& pair : top[i - first])
           err = std::max(err, std::fabs(row[pair[0].get<int>()] - pair[1].get<double>()));
-        if (err > tol * std::max(1.0, std::fabs(top[i - first][0][1].get<double>()))) {
+        const double bound =
+            rf.exact ? tol * std::max(1.0, std::fabs(top[i - first][0][1].get<double>())) : 0.1;
+        if (err > bound) {
           ++near_ties;
           std::printf("  %s pos %zu: router near-tie (margin %.2g), max |dlogit| %.4f excused\n",
                       rf.model_path.c_str(), i, margin[i], err);
