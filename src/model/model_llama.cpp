@@ -268,6 +268,9 @@ void LlamaModel::Prefault(const gguf::TensorInfo& t) const {
   // An embedding table that is not also the head is a lookup: only the rows of tokens seen are
   // read, and each faults in on first use (a few pages), so the rest need not be resident.
   if (!cfg_.tied_output && t.name == "token_embd.weight") return;
+  // Experts are read only when a token chooses them: a MoE file larger than memory still runs,
+  // paging in the experts in use instead of the whole file at load.
+  if (cfg_.moe() && t.name.find("_exps.") != std::string::npos) return;
   volatile uint8_t sink = 0;
   for (size_t off = 0; off < t.n_bytes; off += kPage) sink = sink + t.data[off];
 }
