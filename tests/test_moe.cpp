@@ -17,6 +17,7 @@
 #include "gguf/gguf_file.h"
 #include "gguf/gguf_writer.h"
 #include "model/model_llama.h"
+#include "model/model_quantize.h"
 #include "model/model_synth.h"
 #include "runtime/runtime_session.h"
 #include "test_util.h"
@@ -252,6 +253,43 @@ TEST(MoeSupport, ExpertsInADenseFamilyAreRefused) {
   const std::string path = TempPath("dense_family");
   w.Write(path);
   ExpectRefused(path, {"qwen3.expert_count", "does not implement for architecture 'qwen3'"});
+}
+
+// llama.cpp's quantization mixes for MoE files: an 8-expert model's attn_k and attn_v in Q8_0 and
+// (Q4_K_M) attn_output in Q5_K; ffn_down tensors (routed and shared) placed by their block.
+TEST(MoeQuantize, MixesFollowLlamaCppExpertRules) {
+  auto plan = [](const char* preset, const char* format) {
+    const auto p = es::model::FindSynthPreset(preset);
+    std::map<std::string, es::TensorType> m;
+    for (const auto& t : es::model::PlanTensorTypes(
+             es::model::SynthTensors(*p, 32000), *es::model::FindQuantFormat(format), p->n_layer))
+      m[t.name] = t.dst;
+    return m;
+  };
+  using T = es::TensorType;
+  for (const char* eight : {"tiny-test-mixtral", "tiny-test-qwen2moe"}) {
+    SCOPED_TRACE(eight);
+    auto m = plan(eight, "q4_k_m");
+    for (const char* b : {"blk.0.", "blk.1."}) {
+      EXPECT_EQ(m[std::string(b) + "attn_k.weight"], T::kQ8_0);
+      EXPECT_EQ(m[std::string(b) + "attn_v.weight"], T::kQ8_0);
+      EXPECT_EQ(m[std::string(b) + "attn_output.weight"], T::kQ5_K);
+      EXPECT_EQ(m[std::string(b) + "ffn_gate_exps.weight"], T::kQ4_K);
+      EXPECT_EQ(m[std::string(b) + "ffn_gate_inp.weight"], T::kF32);  // routers stay F32
+    }
+    // 2 blocks: use_more_bits gives the last (block 1) Q6_K, whatever the tensor order.
+    EXPECT_EQ(m["blk.0.ffn_down_exps.weight"], T::kQ4_K);
+    EXPECT_EQ(m["blk.1.ffn_down_exps.weight"], T::kQ6_K);
+  }
+  auto sh = plan("tiny-test-qwen2moe", "q4_k_m");
+  EXPECT_EQ(sh["blk.0.ffn_down_shexp.weight"], T::kQ4_K);
+  EXPECT_EQ(sh["blk.1.ffn_down_shexp.weight"], T::kQ6_K);
+  // 16 experts: no 8-expert bump.
+  auto q3 = plan("tiny-test-qwen3moe", "q4_k_m");
+  EXPECT_EQ(q3["blk.0.attn_k.weight"], T::kQ4_K);
+  EXPECT_EQ(q3["blk.0.attn_output.weight"], T::kQ4_K);
+  // Q3_K_L's attn_output rule (Q5_K) is not the 8-expert one: llama.cpp leaves it at the base.
+  EXPECT_EQ(plan("tiny-test-mixtral", "q3_k_l")["blk.0.attn_output.weight"], T::kQ3_K);
 }
 
 TEST(MoeSynth, RealShapesHaveThePublishedSizes) {
