@@ -94,6 +94,7 @@ Workspace::Workspace(const ModelConfig& c, int max_batch, int max_ctx, int n_thr
   if (c.moe()) {
     const size_t choices = ffn_rows * c.n_expert_used;
     moe_probs.resize(ffn_rows * c.n_expert);
+    moe_order.resize(static_cast<size_t>(c.n_expert));
     moe_weights.resize(choices);
     moe_choice.resize(choices);
     moe_rows.resize(choices);

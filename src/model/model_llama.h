@@ -84,7 +84,7 @@ class Workspace {
   // Mixture-of-experts blocks, per kFfnRows rows: router probabilities, each row's chosen experts
   // and weights, the rows routed to one expert gathered, and each (row, choice)'s output.
   std::vector<float> moe_probs, moe_weights, moe_x, moe_out;
-  std::vector<int32_t> moe_choice, moe_rows;
+  std::vector<int32_t> moe_choice, moe_rows, moe_order;
 
  private:
   int max_batch_;

@@ -79,7 +79,7 @@ void LlamaModel::ExpertsBlock(int l, float* hidden, const float* x, int m, Works
   // Routing, row by row.
   float* probs = ws.moe_probs.data();
   kernels::MatMul(X.router, x, d, m, probs, ne, pool, ws.scratch);
-  std::vector<int32_t> order(static_cast<size_t>(ne));
+  std::vector<int32_t>& order = ws.moe_order;  // ne entries, sized with the workspace
   for (int i = 0; i < m; ++i) {
     float* p = probs + static_cast<size_t>(i) * ne;
     kernels::Softmax(p, ne);
