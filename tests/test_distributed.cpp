@@ -206,7 +206,8 @@ INSTANTIATE_TEST_SUITE_P(
                       "synth-qwen2-gpt2-256.q8_0.gguf", "synth-qwen2-gpt2-256.q4_0.gguf",
                       "synth-qwen3.f16.gguf", "synth-gemma3.f16.gguf", "gen:tiny-test-llama3",
                       "gen:tiny-test-phi3", "gen:tiny-test-smollm3", "gen:tiny-test-gemma2",
-                      "gen:tiny-test-mistral3"),
+                      "gen:tiny-test-mistral3", "gen:tiny-test-qwen3moe", "gen:tiny-test-qwen2moe",
+                      "gen:tiny-test-mixtral"),
     [](const auto& info) {
       std::string n = info.param;
       for (auto& c : n)

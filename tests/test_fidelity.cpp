@@ -165,7 +165,21 @@ const std::map<std::string, double> kBelowTop1Bar = {
     {"tiny-test-gemma2.q4_k_m", 0.965},
     {"tiny-test-phi3.q4_k_m", 0.96},
     {"tiny-test-smollm3.q4_k_m", 0.965},
+    // Mixture of experts: besides near-uniform outputs, a router choice near a tie can flip with
+    // the activations' Q8_K rounding (largest logit differences all sit at router margins below
+    // 3e-3): 97.74% measured.
+    {"tiny-test-qwen3moe.q4_k_m", 0.97},
 };
+
+// Mixture-of-experts files: a teacher-forced position whose logits miss the tolerance is excused
+// only where our router had a near-tie there (the last expert chosen and the best one left out
+// within this probability of each other, in some layer): rounding differences in the hidden state
+// then pick another expert, as between any two builds. f16: 1e-4 relative differences, margin
+// 2e-5. Quantized files differ more (an activation's Q8_K rounding can flip): margin 1e-3
+// (measured: tiny-test-mixtral.q4_k_m position 158, margin 5.3e-4, |dlogit| 0.14). Such positions
+// are counted and printed, and may be at most 1% of them.
+constexpr float kRouterNearTie = 2e-5f;
+constexpr float kRouterNearTieQuantized = 1e-3f;
 
 void CheckAgainstReference(const RefFile& rf) {
   const std::string arch =
@@ -189,8 +203,9 @@ void CheckAgainstReference(const RefFile& rf) {
   const int n_vocab = model->config().n_vocab;
   ASSERT_EQ(n_vocab, ref["n_vocab"].get<int>());
 
-  int positions = 0, top1_agree = 0;
+  int positions = 0, top1_agree = 0, near_ties = 0;
   double max_err = 0;
+  const bool moe = model->config().moe();
   for (const auto& c : ref["cases"]) {
     const auto tokens = c["tokens"].get<std::vector<int32_t>>();
     es::runtime::SessionOptions so;
@@ -199,7 +214,16 @@ void CheckAgainstReference(const RefFile& rf) {
     so.n_batch = static_cast<int>(tokens.size());
     es::runtime::Session s(*model, so);
     std::vector<float> logits;
+    es::model::ExpertReads reads;
+    model->CountExpertReads(moe ? &reads : nullptr);
     s.Eval(tokens, &logits);
+    model->CountExpertReads(nullptr);
+    // Our smallest router margin at each position over the layers.
+    std::vector<float> margin(tokens.size(), 1.0f);
+    for (const auto& layer : reads.margins) {
+      ASSERT_EQ(layer.size(), tokens.size());
+      for (size_t i = 0; i < tokens.size(); ++i) margin[i] = std::min(margin[i], layer[i]);
+    }
     const auto& top = c["top"];
     const double tol = ExactTolerance(rf.model_path, c["prompt"].get<std::string>());
     // Long prompts' references may keep only the positions from top_first on.
@@ -210,6 +234,19 @@ void CheckAgainstReference(const RefFile& rf) {
       const int ours = static_cast<int>(std::max_element(row, row + n_vocab) - row);
       ++positions;
       if (ours == top[i - first][0][0].get<int>()) ++top1_agree;
+      if (margin[i] < (rf.exact ? kRouterNearTie : kRouterNearTieQuantized)) {
+        double err = 0;
+        for (const auto& pair : top[i - first])
+          err = std::max(err, std::fabs(row[pair[0].get<int>()] - pair[1].get<double>()));
+        const double bound =
+            rf.exact ? tol * std::max(1.0, std::fabs(top[i - first][0][1].get<double>())) : 0.1;
+        if (err > bound) {
+          ++near_ties;
+          std::printf("  %s pos %zu: router near-tie (margin %.2g), max |dlogit| %.4f excused\n",
+                      rf.model_path.c_str(), i, margin[i], err);
+          continue;
+        }
+      }
       for (const auto& pair : top[i - first]) {
         const int id = pair[0].get<int>();
         const double want = pair[1].get<double>();
@@ -256,6 +293,7 @@ void CheckAgainstReference(const RefFile& rf) {
                   want_greedy.size());
     }
   }
+  EXPECT_LE(near_ties, positions / 100) << "too many router near-ties excused";
   const double agree = static_cast<double>(top1_agree) / positions;
   std::printf("  %s: %d positions, top-1 agreement %.2f%%, max |dlogit| %.5f\n",
               rf.model_path.c_str(), positions, 100 * agree, max_err);

@@ -302,7 +302,7 @@ TEST(ModelSupport, TensorsComeFromTheFamily) {
   // An architecture without a family file is refused, listing the ones there are.
   Refused(Variant("arch", [](Writer& w) { w.SetString("general.architecture", "phi2"); }),
           "not supported (supported: llama, qwen2, qwen3, gemma2, gemma3, phi3, smollm3, "
-          "mistral3)");
+          "mistral3, qwen2moe, qwen3moe)");
 }
 
 // gemma3 (model_arch_gemma3.cpp): what llama.cpp computes is loaded, the rest is refused by name.

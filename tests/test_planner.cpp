@@ -16,6 +16,8 @@
 #include "edgeshard/edgeshard.h"
 #include "gguf/gguf_file.h"
 #include "model/model_llama.h"
+#include "model/model_quantize.h"
+#include "model/model_synth.h"
 #include "shard/shard_cluster.h"
 #include "shard/shard_model_units.h"
 #include "shard/shard_placement.h"
@@ -707,4 +709,35 @@ TEST(Planner, KvBytesFollowTheCacheTypes) {
   EXPECT_EQ(repriced.units[0].out_bytes_per_token, uint64_t(f16.n_embd) * 2);
   EXPECT_EQ(repriced.units[1].out_bytes_per_token, uint64_t(f16.n_embd) * 2);
   EXPECT_EQ(repriced.units.back().out_bytes_per_token, 4u);
+}
+
+// A mixture-of-experts block's unit carries its total bytes (what the device must hold) and its
+// active bytes (what a decode step reads: the other tensors plus k of n experts' share); a
+// profile keeps both.
+TEST(Planner, MoeUnitsCarryTotalAndActiveBytes) {
+  const auto preset = es::model::FindSynthPreset("tiny-test-qwen3moe");
+  ASSERT_TRUE(preset);
+  const auto path = std::filesystem::temp_directory_path() / "es_planner_moe.gguf";
+  es::model::SynthOptions so;
+  so.threads = 2;
+  es::model::SynthesizeModel(*preset, es::test::ModelPath("vocab/ggml-vocab-llama-spm.gguf"),
+                             path.string(), *es::model::FindQuantFormat("q8_0"), so);
+  const auto f = es::gguf::File::Open(path.string());
+  const auto m = es::shard::UnitsFromGguf(*f);
+  uint64_t experts = 0;
+  for (const auto& t : f->tensors())
+    if (t.name.rfind("blk.1.", 0) == 0 && t.name.find("_exps.") != std::string::npos)
+      experts += t.n_bytes;
+  ASSERT_GT(experts, 0u);
+  const auto& blk = m.units[2];  // blk.1
+  // 4 of 16 experts: three quarters of the expert bytes are not read per token.
+  EXPECT_EQ(blk.weight_bytes - blk.active_bytes, experts / 16 * 12);
+  EXPECT_EQ(m.units[0].active_bytes, m.units[0].weight_bytes);  // dense units read it all
+  es::shard::Profile p;
+  p.device = "test";
+  p.model = m;
+  const auto back = es::shard::ParseProfile(es::shard::ProfileToJson(p), "moe.json", false);
+  EXPECT_EQ(back.model.units[2].active_bytes, blk.active_bytes);
+  EXPECT_EQ(back.model.units[0].active_bytes, m.units[0].weight_bytes);
+  std::filesystem::remove(path);
 }

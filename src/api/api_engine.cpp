@@ -37,8 +37,12 @@ Model::~Model() = default;
 ModelInfo Model::Info() const {
   const auto& c = impl_->model->config();
   const size_t embd = impl_->model->file().GetTensor("token_embd.weight").n_bytes;
-  const size_t per_token =
-      impl_->model->weight_bytes() - (c.tied_output ? 0 : embd - embd / c.n_vocab);
+  size_t per_token = impl_->model->weight_bytes() - (c.tied_output ? 0 : embd - embd / c.n_vocab);
+  // A mixture of experts reads only its chosen experts' share of the expert tensors.
+  if (c.moe())
+    for (const auto& t : impl_->model->file().tensors())
+      if (t.name.find("_exps.") != std::string::npos)
+        per_token -= t.n_bytes - t.n_bytes / c.n_expert * c.n_expert_used;
   ModelInfo i{c.arch,
               c.name,
               c.n_layer,

@@ -239,10 +239,13 @@ int ProfileDevice(const ProfileOptions& o) {
   shard::SaveProfile(p, o.out);
   double decode = 0;
   for (const auto& t : p.timing) decode += t.decode.front().ms;
+  uint64_t total = 0, active = 0;
+  for (const auto& u : p.model.units) total += u.weight_bytes, active += u.active_bytes;
   std::fprintf(stderr,
-               "profile: %s: %zu units, one decode step %.3f ms at context %d, %d threads -> %s\n",
+               "profile: %s: %zu units, one decode step %.3f ms at context %d, %d threads, "
+               "reading %.1f of %.1f MiB of weights -> %s\n",
                p.device.c_str(), p.model.units.size(), decode, p.timing[0].decode.front().ctx,
-               p.threads, o.out.c_str());
+               p.threads, active / 1048576.0, total / 1048576.0, o.out.c_str());
   return kExitOk;
 }
 

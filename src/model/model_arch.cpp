@@ -15,14 +15,16 @@ const ArchSpec& Gemma3Arch();
 const ArchSpec& Phi3Arch();
 const ArchSpec& SmolLm3Arch();
 const ArchSpec& Mistral3Arch();
+const ArchSpec& Qwen2MoeArch();
+const ArchSpec& Qwen3MoeArch();
 
 // An explicit table, not self-registration: the families live in a static library, and the linker
 // drops an object file nothing refers to, so a self-registering family could silently vanish
 // from a binary. Adding a family adds one line here.
 const std::vector<const ArchSpec*>& Architectures() {
-  static const std::vector<const ArchSpec*> all = {&LlamaArch(),   &Qwen2Arch(),   &Qwen3Arch(),
-                                                   &Gemma2Arch(),  &Gemma3Arch(),  &Phi3Arch(),
-                                                   &SmolLm3Arch(), &Mistral3Arch()};
+  static const std::vector<const ArchSpec*> all = {
+      &LlamaArch(), &Qwen2Arch(),   &Qwen3Arch(),    &Gemma2Arch(),   &Gemma3Arch(),
+      &Phi3Arch(),  &SmolLm3Arch(), &Mistral3Arch(), &Qwen2MoeArch(), &Qwen3MoeArch()};
   return all;
 }
 
@@ -45,6 +47,22 @@ const TensorDecl* ArchSpec::FindBlock(std::string_view name) const {
   for (const TensorDecl& d : block)
     if (d.name == name) return &d;
   return nullptr;
+}
+
+std::vector<TensorDecl> ArchSpec::BlockTensors(bool with_experts) const {
+  if (!with_experts) return block;
+  std::vector<TensorDecl> out;
+  for (const TensorDecl& d : block)
+    if (d.name != "ffn_gate.weight" && d.name != "ffn_up.weight" && d.name != "ffn_down.weight")
+      out.push_back(d);
+  for (std::string_view t : {"ffn_gate_inp.weight", "ffn_gate_exps.weight", "ffn_up_exps.weight",
+                             "ffn_down_exps.weight"})
+    out.push_back({t});
+  if (moe.shared_expert)
+    for (std::string_view t : {"ffn_gate_inp_shexp.weight", "ffn_gate_shexp.weight",
+                               "ffn_up_shexp.weight", "ffn_down_shexp.weight"})
+      out.push_back({t});
+  return out;
 }
 
 ArchSpec LlamaLike(std::string_view name, std::string_view about, RopeStyle rope,

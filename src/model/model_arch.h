@@ -47,6 +47,18 @@ struct KeyRule {
   const char* what;
 };
 
+// How a family's files may replace the dense feed-forward (ffn_gate/up/down) with experts.
+struct MoeSpec {
+  enum Use {
+    kNone,      // never (expert_count is refused)
+    kOptional,  // when <arch>.expert_count > 0 (llama: Mixtral-style files)
+    kRequired,  // always (qwen3moe, qwen2moe)
+  };
+  Use use = kNone;
+  bool norm_weights = true;    // the chosen experts' weights are rescaled to sum 1
+  bool shared_expert = false;  // plus a shared expert with a sigmoid gate (qwen2moe)
+};
+
 struct ArchSpec {
   std::string_view name;  // general.architecture
   std::string_view about;
@@ -69,12 +81,16 @@ struct ArchSpec {
   std::function<void(const gguf::File&, ModelConfig&)> configure;
   std::vector<TensorDecl> globals;  // outside blocks; an absent output.weight ties the head
   std::vector<TensorDecl> block;    // per block
+  MoeSpec moe;
   // Keys this family reads or judges itself; looked up before the common rules (model_support),
   // so a family can accept a key the common rules refuse.
   std::vector<KeyRule> keys;
 
   // Whether the family declares `name` (a global or, without "blk.N.", a block tensor).
   const TensorDecl* FindBlock(std::string_view name) const;
+  // The block tensors of a file with (`moe`) or without experts: with them, the router and the
+  // 3-D expert tensors (and the shared expert's) replace ffn_gate/up/down.
+  std::vector<TensorDecl> BlockTensors(bool moe) const;
 };
 
 // The supported families, in the order the error messages list them.

@@ -72,6 +72,67 @@ void ReadRopeScaling(const gguf::File& f, ModelConfig& c) {
                 "rope_factors_long/short.weight tensors");
 }
 
+// A scalar count under `key`; a per-layer array (llama.cpp reads some MoE counts either way) is
+// refused, since every block here has the same shape.
+int MoeCount(const gguf::File& f, const std::string& key, int64_t max) {
+  const gguf::Value* v = f.Find(key);
+  if (v && v->IsArray())
+    throw Error(f.path() + ": metadata '" + key +
+                "' is a per-layer array; edgeshard implements mixture-of-experts layers of one "
+                "shape in every block");
+  const int64_t n = f.GetInt(key);
+  if (n < 0 || n > max)
+    throw Error(f.path() + ": metadata '" + key + "' is " + std::to_string(n) + ", expected 0.." +
+                std::to_string(max));
+  return static_cast<int>(n);
+}
+
+// Mixture-of-experts hyperparameters (llama.cpp's names and defaults: the expert width falls back
+// to feed_forward_length / expert_used_count for qwen*moe, to feed_forward_length for llama; the
+// shared expert's to feed_forward_length).
+void ReadMoe(const gguf::File& f, ModelConfig& c) {
+  const std::string p = c.arch + ".";
+  const MoeSpec& moe = c.spec->moe;
+  const int n_expert = f.Has(p + "expert_count") ? MoeCount(f, p + "expert_count", 4096) : 0;
+  if (n_expert == 0) {
+    if (moe.use == MoeSpec::kRequired)
+      throw Error(f.path() + ": metadata '" + p + "expert_count' is " +
+                  (f.Has(p + "expert_count") ? "0" : "missing") + "; architecture '" + c.arch +
+                  "' is a mixture of experts and needs it");
+    return;
+  }
+  if (moe.use == MoeSpec::kNone)
+    throw Error(f.path() + ": metadata '" + p + "expert_count' = " + std::to_string(n_expert) +
+                " asks for mixture-of-experts layers, which edgeshard does not implement for "
+                "architecture '" +
+                c.arch + "' (it does for llama, qwen2moe and qwen3moe)");
+  if (!f.FindTensor("blk.0.ffn_gate_inp.weight"))
+    throw Error(f.path() + ": metadata '" + p + "expert_count' = " + std::to_string(n_expert) +
+                " asks for mixture-of-experts layers, but block 0 has no router tensor "
+                "'blk.0.ffn_gate_inp.weight'");
+  if (!f.Has(p + "expert_used_count"))
+    throw Error(f.path() + ": metadata '" + p + "expert_used_count' is missing (how many of the " +
+                std::to_string(n_expert) + " experts each token uses)");
+  const int used = MoeCount(f, p + "expert_used_count", n_expert);
+  if (used < 1)
+    throw Error(f.path() + ": metadata '" + p + "expert_used_count' is 0, expected 1.." +
+                std::to_string(n_expert));
+  c.n_expert = n_expert;
+  c.n_expert_used = used;
+  const std::string exp_ff = p + "expert_feed_forward_length";
+  c.n_ff_exp = f.Has(exp_ff) ? MoeCount(f, exp_ff, 1 << 24) : 0;
+  if (c.n_ff_exp == 0) c.n_ff_exp = moe.use == MoeSpec::kRequired ? c.n_ff / used : c.n_ff;
+  if (c.n_ff_exp < 1)
+    throw Error(f.path() + ": the expert width (" + exp_ff + ", else feed_forward_length / " +
+                "expert_used_count) is 0");
+  c.expert_norm = moe.norm_weights;
+  if (moe.shared_expert) {
+    const std::string sh_ff = p + "expert_shared_feed_forward_length";
+    c.n_ff_shexp = f.Has(sh_ff) ? MoeCount(f, sh_ff, 1 << 24) : 0;
+    if (c.n_ff_shexp == 0) c.n_ff_shexp = c.n_ff;
+  }
+}
+
 }  // namespace
 
 ModelConfig ReadModelConfig(const gguf::File& f) {
@@ -129,6 +190,7 @@ ModelConfig ReadModelConfig(const gguf::File& f) {
   c.tied_output = f.FindTensor("output.weight") == nullptr;
   c.post_norms = c.spec->post_norms;
   if (c.spec->scale_embeddings) c.embd_scale = std::sqrt(static_cast<float>(c.n_embd));
+  ReadMoe(f, c);
   if (c.spec->configure) c.spec->configure(f, c);
   // Soft-capping applies to raw scores; the kernels fold the 1/sqrt(head) scale into them, so
   // a family with a cap scales its queries instead (as gemma2 does).

@@ -62,7 +62,18 @@ struct ModelConfig {
   int sliding_window = 0;
   int swa_pattern = 0;
   float rope_base_local = 10000.0f;  // RoPE base of local layers
+  // Mixture of experts (n_expert > 0): a token's feed-forward is the weighted sum of n_expert_used
+  // of n_expert SwiGLU experts of n_ff_exp rows, picked by a softmax router (ffn_gate_inp) as
+  // llama.cpp's build_moe_ffn does; with expert_norm the chosen weights are rescaled to sum 1.
+  // n_ff_shexp > 0: a shared expert of that width runs for every token, its output scaled by
+  // sigmoid(ffn_gate_inp_shexp . x) (qwen2moe).
+  int n_expert = 0;
+  int n_expert_used = 0;
+  int n_ff_exp = 0;
+  int n_ff_shexp = 0;
+  bool expert_norm = false;
 
+  bool moe() const { return n_expert > 0; }
   int kv_dim() const { return n_head_kv * head_dim; }
   int q_dim() const { return n_head * head_dim; }
   bool IsLocal(int layer) const {

@@ -27,37 +27,12 @@ std::string Dims(int64_t a, int64_t b) {
   return "[" + std::to_string(a) + ", " + std::to_string(b) + "]";
 }
 
-kernels::Matrix GetMatrix(const gguf::File& f, const std::string& name, int64_t cols,
-                          int64_t rows) {
-  const auto& t = f.GetTensor(name);
-  if (t.dims.size() != 2 || t.dims[0] != cols || t.dims[1] != rows)
-    throw Error(f.path() + ": tensor '" + name + "' has shape " + t.ShapeString() + ", expected " +
-                Dims(cols, rows) + " for this architecture");
-  if (!Traits(t.type).supported)
-    throw Error(f.path() + ": tensor '" + name + "' has type " + TypeName(t.type) +
-                ", which edgeshard cannot compute with (supported: F32, F16, BF16, Q8_0, Q4_0, "
-                "Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS; re-quantize "
-                "the model with `edgeshard quantize`)");
-  return kernels::Matrix{t.data, t.type, rows, cols, RowBytes(t.type, cols)};
-}
-
 // Rows [first, first + n) of a matrix, as a matrix of its own (fused projections).
 kernels::Matrix Rows(const kernels::Matrix& m, int64_t first, int64_t n) {
   kernels::Matrix r = m;
   r.data = static_cast<const uint8_t*>(m.data) + static_cast<size_t>(first) * m.row_bytes;
   r.rows = n;
   return r;
-}
-
-const float* GetVector(const gguf::File& f, const std::string& name, int64_t n) {
-  const auto& t = f.GetTensor(name);
-  if (t.dims.size() != 1 || t.dims[0] != n)
-    throw Error(f.path() + ": tensor '" + name + "' has shape " + t.ShapeString() + ", expected [" +
-                std::to_string(n) + "]");
-  if (t.type != TensorType::kF32)
-    throw Error(f.path() + ": tensor '" + name + "' has type " + TypeName(t.type) +
-                ", expected F32");
-  return reinterpret_cast<const float*>(t.data);
 }
 
 // Mapped pages whose data was copied out are dropped from this process (they stay in the page
@@ -76,6 +51,35 @@ void DropPages(uintptr_t lo, uintptr_t hi) {
 
 }  // namespace
 
+void CheckWeightType(const gguf::File& f, const gguf::TensorInfo& t) {
+  if (!Traits(t.type).supported)
+    throw Error(f.path() + ": tensor '" + t.name + "' has type " + TypeName(t.type) +
+                ", which edgeshard cannot compute with (supported: F32, F16, BF16, Q8_0, Q4_0, "
+                "Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS; re-quantize "
+                "the model with `edgeshard quantize`)");
+}
+
+kernels::Matrix GetMatrix(const gguf::File& f, const std::string& name, int64_t cols,
+                          int64_t rows) {
+  const auto& t = f.GetTensor(name);
+  if (t.dims.size() != 2 || t.dims[0] != cols || t.dims[1] != rows)
+    throw Error(f.path() + ": tensor '" + name + "' has shape " + t.ShapeString() + ", expected " +
+                Dims(cols, rows) + " for this architecture");
+  CheckWeightType(f, t);
+  return kernels::Matrix{t.data, t.type, rows, cols, RowBytes(t.type, cols)};
+}
+
+const float* GetVector(const gguf::File& f, const std::string& name, int64_t n) {
+  const auto& t = f.GetTensor(name);
+  if (t.dims.size() != 1 || t.dims[0] != n)
+    throw Error(f.path() + ": tensor '" + name + "' has shape " + t.ShapeString() + ", expected [" +
+                std::to_string(n) + "]");
+  if (t.type != TensorType::kF32)
+    throw Error(f.path() + ": tensor '" + name + "' has type " + TypeName(t.type) +
+                ", expected F32");
+  return reinterpret_cast<const float*>(t.data);
+}
+
 Workspace::Workspace(const ModelConfig& c, int max_batch, int max_ctx, int n_threads)
     : max_batch_(max_batch) {
   const size_t b = static_cast<size_t>(max_batch);
@@ -84,8 +88,19 @@ Workspace::Workspace(const ModelConfig& c, int max_batch, int max_ctx, int n_thr
   k.resize(b * c.kv_dim());
   v.resize(b * c.kv_dim());
   const size_t ffn_rows = std::min<size_t>(b, kFfnRows);
-  gate.resize(std::max(b * c.q_dim(), ffn_rows * c.n_ff));
-  up.resize(ffn_rows * std::max(c.n_ff, c.n_embd));
+  const size_t n_ff = std::max({c.n_ff, c.n_ff_exp, c.n_ff_shexp});
+  gate.resize(std::max(b * c.q_dim(), ffn_rows * n_ff));
+  up.resize(ffn_rows * std::max<size_t>(n_ff, c.n_embd));
+  if (c.moe()) {
+    const size_t choices = ffn_rows * c.n_expert_used;
+    moe_probs.resize(ffn_rows * c.n_expert);
+    moe_order.resize(static_cast<size_t>(c.n_expert));
+    moe_weights.resize(choices);
+    moe_choice.resize(choices);
+    moe_rows.resize(choices);
+    moe_x.resize(ffn_rows * c.n_embd);
+    moe_out.resize(choices * c.n_embd);
+  }
   q16.resize(b * c.q_dim());
   scores.resize(static_cast<size_t>(n_threads) * max_ctx);
   rows.resize(b);
@@ -140,7 +155,9 @@ std::unique_ptr<LlamaModel> LlamaModel::Load(const std::string& path, const Load
           m->KeepVector(GetVector(f, p + "post_attention_norm.weight", c.n_embd), c.n_embd);
       L.ffn_post_norm = m->KeepVector(GetVector(f, p + "post_ffw_norm.weight", c.n_embd), c.n_embd);
     }
-    if (c.fused_gate_up) {
+    if (c.moe()) {
+      m->LoadExperts(l, L);
+    } else if (c.fused_gate_up) {
       const kernels::Matrix gate_up = GetMatrix(f, p + "ffn_up.weight", c.n_embd, 2 * c.n_ff);
       L.w_gate = Rows(gate_up, 0, c.n_ff);
       L.w_up = Rows(gate_up, c.n_ff, c.n_ff);
@@ -148,8 +165,8 @@ std::unique_ptr<LlamaModel> LlamaModel::Load(const std::string& path, const Load
       L.w_gate = GetMatrix(f, p + "ffn_gate.weight", c.n_embd, c.n_ff);
       L.w_up = GetMatrix(f, p + "ffn_up.weight", c.n_embd, c.n_ff);
     }
-    L.w_down = GetMatrix(f, p + "ffn_down.weight", c.n_ff, c.n_embd);
-    m->layers_.push_back(L);
+    if (!c.moe()) L.w_down = GetMatrix(f, p + "ffn_down.weight", c.n_ff, c.n_embd);
+    m->layers_.push_back(std::move(L));
   }
   const int64_t n_factors = c.n_rot / 2;
   if (c.rope_freqs)
@@ -176,8 +193,11 @@ void LlamaModel::PrepareLayers(int first, int last, bool head) {
   std::vector<kernels::Matrix*> todo;
   for (int l = std::max(0, first); l < std::min(last, cfg_.n_layer); ++l) {
     Layer& L = layers_[static_cast<size_t>(l)];
+    // Experts stay mapped: a decode step reads few of them, and pages them in on demand.
     for (kernels::Matrix* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
-      if (kernels::CanInterleave(*w)) todo.push_back(w);
+      if (w->data && kernels::CanInterleave(*w)) todo.push_back(w);
+    for (kernels::Matrix* w : {&L.moe.sh_gate, &L.moe.sh_up, &L.moe.sh_down})
+      if (w->data && kernels::CanInterleave(*w)) todo.push_back(w);
   }
   // A tied head is the embedding table too: both read the one interleaved copy (Embed gathers a
   // token's row back from its group).
@@ -249,6 +269,9 @@ void LlamaModel::Prefault(const gguf::TensorInfo& t) const {
   // An embedding table that is not also the head is a lookup: only the rows of tokens seen are
   // read, and each faults in on first use (a few pages), so the rest need not be resident.
   if (!cfg_.tied_output && t.name == "token_embd.weight") return;
+  // Experts are read only when a token chooses them: a MoE file larger than memory still runs,
+  // paging in the experts in use instead of the whole file at load.
+  if (cfg_.moe() && t.name.find("_exps.") != std::string::npos) return;
   volatile uint8_t sink = 0;
   for (size_t off = 0; off < t.n_bytes; off += kPage) sink = sink + t.data[off];
 }
@@ -450,6 +473,10 @@ void LlamaModel::FeedForwardBlock(int l, float* hidden, int n, Workspace& ws,
   for (int i0 = 0; i0 < n; i0 += Workspace::kFfnRows) {
     const int m = std::min(n - i0, Workspace::kFfnRows);
     const float* x = ws.xb.data() + static_cast<size_t>(i0) * d;
+    if (c.moe()) {
+      ExpertsBlock(l, hidden + static_cast<size_t>(i0) * d, x, m, ws, pool);
+      continue;
+    }
     kernels::MatMul(L.w_gate, x, d, m, ws.gate.data(), c.n_ff, pool, ws.scratch);
     kernels::MatMul(L.w_up, x, d, m, ws.up.data(), c.n_ff, pool, ws.scratch);
     if (c.spec->ffn == FfnKind::kGeGlu)

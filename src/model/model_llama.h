@@ -81,6 +81,10 @@ class Workspace {
   }
   std::vector<BatchRow> rows;  // max_batch
   kernels::Scratch scratch;
+  // Mixture-of-experts blocks, per kFfnRows rows: router probabilities, each row's chosen experts
+  // and weights, the rows routed to one expert gathered, and each (row, choice)'s output.
+  std::vector<float> moe_probs, moe_weights, moe_x, moe_out;
+  std::vector<int32_t> moe_choice, moe_rows, moe_order;
 
  private:
   int max_batch_;
@@ -89,6 +93,24 @@ class Workspace {
   uint8_t* qconv_base_ = nullptr;
   size_t qconv_stride_ = 0;
 };
+
+// What mixture-of-experts blocks read, for tests that count it (LlamaModel::CountExpertReads).
+struct ExpertReads {
+  uint64_t bytes = 0;  // bytes of expert matrices multiplied with (gate, up and down)
+  // (layer, expert) in the order the experts were computed: once per block and batch.
+  std::vector<std::pair<int, int>> experts;
+  // [layer][row]: the probability of the last expert chosen minus that of the best one left out,
+  // rows in the order computed. A tiny margin is a near-tie that rounding can flip, which is
+  // where another implementation may route differently.
+  std::vector<std::vector<float>> margins;
+};
+
+// Loader helpers shared by the model's files: a tensor of the file checked against the shape
+// the architecture expects (es::Error naming it otherwise). GetMatrix takes [cols, rows].
+kernels::Matrix GetMatrix(const gguf::File& f, const std::string& name, int64_t cols, int64_t rows);
+const float* GetVector(const gguf::File& f, const std::string& name, int64_t n);
+// Throws es::Error when the kernels cannot compute with the tensor's type.
+void CheckWeightType(const gguf::File& f, const gguf::TensorInfo& t);
 
 struct LoadOptions {
   // Called with (bytes touched, total bytes) while weights are paged in.
@@ -141,8 +163,22 @@ class LlamaModel {
   // Final norm and output head for `n` rows of hidden state; logits [n, n_vocab].
   // Overwrites hidden with its normalised values.
   void Head(float* hidden, int n, float* logits, Workspace& ws, kernels::ThreadPool& pool) const;
+  // Test hook: while set, mixture-of-experts blocks add what they read to `sink` (nullptr: stop).
+  // Not thread-safe against forward passes on other threads.
+  void CountExpertReads(ExpertReads* sink) const { expert_reads_ = sink; }
+  // Bytes of one expert's three matrices in `layer` (0 for a dense model): a decode step reads
+  // n_expert_used of these per block.
+  uint64_t ExpertBytes(int layer) const;
 
  private:
+  // A mixture-of-experts feed-forward: the router, each expert's slice of the 3-D tensors (a
+  // contiguous [rows, cols] matrix of its own), and a shared expert with its gate (qwen2moe).
+  struct Experts {
+    kernels::Matrix router;
+    std::vector<kernels::Matrix> gate, up, down;
+    kernels::Matrix sh_gate, sh_up, sh_down;
+    const float* sh_router = nullptr;
+  };
   struct Layer {
     const float* attn_norm;
     kernels::Matrix wq, wk, wv, wo;
@@ -151,6 +187,7 @@ class LlamaModel {
     const float* ffn_norm;
     kernels::Matrix w_gate, w_up, w_down;
     const float *attn_post_norm = nullptr, *ffn_post_norm = nullptr;  // sandwich norms
+    Experts moe;  // when config().moe(), instead of w_gate/w_up/w_down
   };
   LlamaModel() = default;
   // The two halves of a block, each adding its result to `hidden`.
@@ -158,6 +195,12 @@ class LlamaModel {
                       kernels::ThreadPool& pool) const;
   void FeedForwardBlock(int layer, float* hidden, int n, Workspace& ws,
                         kernels::ThreadPool& pool) const;
+  // Mixture-of-experts half of a block (model_moe.cpp): adds the experts' output for the `m`
+  // normalised rows at x to hidden.
+  void ExpertsBlock(int layer, float* hidden, const float* x, int m, Workspace& ws,
+                    kernels::ThreadPool& pool) const;
+  // Maps layer `layer`'s expert tensors into L.moe (model_moe.cpp).
+  void LoadExperts(int layer, Layer& L);
   // Softmax attention of the rows' queries over their caches, into ws.attn_out().
   void Attention(int layer, int n, const BatchRow* rows, Workspace& ws,
                  kernels::ThreadPool& pool) const;
@@ -181,6 +224,7 @@ class LlamaModel {
   // would map the page cache's whole (up to 2 MiB) folio around each one.
   std::vector<std::unique_ptr<float[]>> vectors_;
   std::vector<const void*> copied_;  // mapped data replaced by one of the copies above
+  mutable ExpertReads* expert_reads_ = nullptr;
 };
 
 }  // namespace es::model

@@ -230,6 +230,12 @@ std::vector<TensorPlan> PlanTensorTypes(const std::vector<TensorDesc>& tensors,
     if (t.name == "blk.0.attn_k.weight" && t.dims.size() == 2) k_rows = t.dims[1];
   }
   const int64_t n_gqa = k_rows > 0 ? q_rows / k_rows : 1;
+  // Experts per block (the last dimension of a 3-D expert tensor); llama.cpp's mixes treat
+  // 8-expert models (Mixtral) apart and place a MoE file's ffn_down tensors by their block.
+  int64_t n_expert = 0;
+  for (const auto& t : tensors)
+    if (Contains(t.name, "_exps.") && t.dims.size() == 3) n_expert = t.dims[2];
+  const bool eight_experts = n_expert == 8;
   int i_attn_v = 0, i_ffn_down = 0;
   std::vector<TensorPlan> plan;
   plan.reserve(tensors.size());
@@ -255,8 +261,17 @@ std::vector<TensorPlan> PlanTensorTypes(const std::vector<TensorDesc>& tensors,
           want = TensorType::kQ6_K;
       } else if (Contains(t.name, "attn_v.weight")) {
         want = MixAttnV(format, i_attn_v++, n_attn_v, n_gqa);
+        if (eight_experts) want = TensorType::kQ8_0;  // llama.cpp: "trades just ~128MB"
+      } else if (Contains(t.name, "attn_k.weight") && eight_experts) {
+        want = TensorType::kQ8_0;
       } else if (Contains(t.name, "ffn_down")) {
-        want = MixFfnDown(format, i_ffn_down++, n_layer);
+        const int i = i_ffn_down++;
+        want = MixFfnDown(format, n_expert > 1 ? LayerOf(t.name) : i, n_layer);
+      } else if (eight_experts && Contains(t.name, "attn_output.weight")) {
+        // llama.cpp's 8-expert rule for Q2_K, Q3_K_S/M, IQ4_NL, Q4_K_S/M and IQ4_XS.
+        const uint32_t ft = format.file_type;
+        if (ft == 10 || ft == 11 || ft == 12 || ft == 25 || ft == 14 || ft == 15 || ft == 30)
+          want = TensorType::kQ5_K;
       } else if (Contains(t.name, "attn_output.weight") || Contains(t.name, "attn_qkv.weight")) {
         // llama.cpp: Q3_K_M's attn_output and fused QKV in Q4_K; Q3_K_L's attn_output in Q5_K;
         // Q2_K's attn_output in Q3_K.

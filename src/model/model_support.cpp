@@ -127,9 +127,40 @@ const std::vector<KeyRule>& Rules() {
       {"use_parallel_residual", [](const Ctx& x) { return Is(x, {0}); }, "parallel residuals"},
       {"attention.layer_norm_epsilon", [](const Ctx&) { return false; },
        "LayerNorm (mean-centred, with bias) instead of RMSNorm"},
-      {"expert_count", [](const Ctx& x) { return Is(x, {0}); }, "mixture-of-experts layers"},
-      {"expert_used_count", [](const Ctx& x) { return Is(x, {0}); }, "mixture-of-experts layers"},
-      {"expert_*", [](const Ctx&) { return false; }, "mixture-of-experts layers"},
+      // Mixture of experts: the counts and widths are read (model_config.cpp refuses experts
+      // for families without them); the rest must ask for the routing the family computes.
+      {"expert_count", nullptr, ""},
+      {"expert_used_count", [](const Ctx& x) { return x.c.moe() || Is(x, {0}); },
+       "mixture-of-experts layers (without expert_count)"},
+      {"expert_feed_forward_length", [](const Ctx& x) { return x.c.moe() || Is(x, {0}); },
+       "mixture-of-experts layers (without expert_count)"},
+      {"expert_shared_feed_forward_length",
+       [](const Ctx& x) { return x.c.n_ff_shexp > 0 || Is(x, {0}); },
+       "a shared expert (this family has none)"},
+      {"expert_shared_count",
+       [](const Ctx& x) { return Is(x, {0}) || (x.c.n_ff_shexp > 0 && Is(x, {1})); },
+       "this number of shared experts"},
+      {"expert_gating_func",
+       [](const Ctx& x) {
+         return Is(x, {0, 1});
+       },
+       "an expert gating function other than softmax (sigmoid, softmax of the top-k, "
+       "sqrt-softplus)"},
+      {"expert_weights_norm", [](const Ctx& x) { return Is(x, {x.c.expert_norm ? 1.0 : 0.0}); },
+       "expert weights normalised differently from what this family does"},
+      {"expert_weights_scale",
+       [](const Ctx& x) {
+         return Is(x, {0, 1});
+       },
+       "scaled expert weights"},
+      {"expert_group_count",
+       [](const Ctx& x) {
+         return Is(x, {0, 1});
+       },
+       "grouped expert selection"},
+      {"expert_group_used_count", [](const Ctx& x) { return Is(x, {0}); },
+       "grouped expert selection"},
+      {"expert_*", [](const Ctx&) { return false; }, "mixture-of-experts parameters"},
       {"attention.q_lora_rank", [](const Ctx&) { return false; }, "low-rank (MLA) attention"},
       {"attention.kv_lora_rank", [](const Ctx&) { return false; }, "low-rank (MLA) attention"},
       {"ssm.*", [](const Ctx&) { return false; }, "state-space (Mamba) layers"},
@@ -192,7 +223,7 @@ void RefuseUncomputed(const gguf::File& f, const ModelConfig& c) {
     used.insert(std::string(d.name));
     if (d.need == TensorDecl::kRequired) f.GetTensor(d.name);  // throws naming it if absent
   }
-  for (const TensorDecl& d : c.spec->block) {
+  for (const TensorDecl& d : c.spec->BlockTensors(c.moe())) {
     const std::string name(d.name);
     if (d.need == TensorDecl::kOptional && !f.FindTensor("blk.0." + name)) continue;
     for (int l = 0; l < c.n_layer; ++l) {

@@ -91,6 +91,38 @@ const std::vector<SynthPreset> kPresets = {
      false, 32000, true, "test: mistral3, YaRN from 64 positions, attention temperature", 0, 0,
      SynthExtras{
          .n_ctx_orig = 64, .yarn_factor = 16.0f, .attn_temp_scale = 0.1f, .norm_jitter = 0.2f}},
+    // Mixture-of-experts models at their published shapes: Qwen3-30B-A3B (128 experts, 8 used,
+    // 768 wide, untied head), Mixtral 8x7B (8 experts of the dense width, 2 used) and
+    // Qwen1.5-MoE-A2.7B (60 experts of 1408, 4 used, a shared expert of 5632, QKV biases).
+    {"qwen3-30b-a3b", "qwen3moe", 2048, 48, 32, 4, 128, 6144, 40960, 1000000.0f, 1e-6f, false,
+     false, 151936, false, "Qwen3 30B-A3B (MoE 128 experts / 8 used, GQA 32/4, head 128)", 0, 0,
+     SynthExtras{.n_expert = 128, .n_expert_used = 8, .n_ff_exp = 768}},
+    {"mixtral-8x7b", "llama", 4096, 32, 32, 8, 0, 14336, 32768, 1000000.0f, 1e-5f, false, false,
+     32000, false, "Mixtral 8x7B (MoE 8 experts / 2 used, GQA 32/8)", 0, 0,
+     SynthExtras{.n_expert = 8, .n_expert_used = 2}},
+    {"qwen1.5-moe-a2.7b", "qwen2moe", 2048, 24, 16, 16, 0, 5632, 8192, 1000000.0f, 1e-6f, false,
+     true, 151936, false, "Qwen1.5-MoE-A2.7B (60 experts / 4 used + shared expert, QKV biases)", 0,
+     0, SynthExtras{.n_expert = 60, .n_expert_used = 4, .n_ff_exp = 1408, .n_ff_shexp = 5632}},
+    // OLMoE-1B-7B's proportions (64 experts, 8 used, experts 1/8 of the dense width) scaled down
+    // to a qwen3moe that CI runs in seconds: 4 layers of dim 256, 26M parameters besides the
+    // embeddings.
+    {"olmoe-mini", "qwen3moe", 256, 4, 4, 2, 64, 1024, 4096, 10000.0f, 1e-5f, false, false, 50304,
+     false, "OLMoE-like qwen3moe for CI (64 experts / 8 used, dim 256, 4 layers)", 0, 0,
+     SynthExtras{.n_expert = 64, .n_expert_used = 8, .n_ff_exp = 128}},
+    // Small MoE files of each family for fidelity tests against llama.cpp.
+    {"tiny-test-qwen3moe", "qwen3moe", 256, 3, 4, 2, 64, 1024, 40960, 1000000.0f, 1e-6f, false,
+     false, 32000, true, "test: qwen3moe, 16 experts / 4 used of width 256", 0, 0,
+     SynthExtras{.norm_jitter = 0.2f, .n_expert = 16, .n_expert_used = 4, .n_ff_exp = 256}},
+    {"tiny-test-qwen2moe", "qwen2moe", 256, 2, 4, 2, 0, 512, 8192, 1000000.0f, 1e-6f, false, true,
+     32000, true, "test: qwen2moe, 8 experts / 2 used, shared expert, QKV biases", 0, 0,
+     SynthExtras{.norm_jitter = 0.2f,
+                 .n_expert = 8,
+                 .n_expert_used = 2,
+                 .n_ff_exp = 256,
+                 .n_ff_shexp = 512}},
+    {"tiny-test-mixtral", "llama", 256, 2, 4, 2, 0, 256, 32768, 1000000.0f, 1e-5f, false, false,
+     32000, true, "test: llama with 8 experts / 2 used (Mixtral)", 0, 0,
+     SynthExtras{.norm_jitter = 0.2f, .n_expert = 8, .n_expert_used = 2}},
 };
 
 // Llama 3's RoPE frequency divisors (its published scaling rule): 1 for wavelengths below
@@ -217,13 +249,25 @@ std::vector<TensorDesc> SynthTensors(const SynthPreset& p, int n_vocab) {
     add(b + "attn_output.weight", {q, e});
     if (post_norms) add(b + "post_attention_norm.weight", {e});
     add(b + "ffn_norm.weight", {e});
-    if (p.x.fused) {
+    if (p.x.n_expert > 0) {
+      const int64_t ne = p.x.n_expert, fe = p.x.n_ff_exp ? p.x.n_ff_exp : ff, fs = p.x.n_ff_shexp;
+      add(b + "ffn_gate_inp.weight", {e, ne});
+      add(b + "ffn_gate_exps.weight", {e, fe, ne});
+      add(b + "ffn_up_exps.weight", {e, fe, ne});
+      add(b + "ffn_down_exps.weight", {fe, e, ne});
+      if (fs > 0) {
+        add(b + "ffn_gate_inp_shexp.weight", {e});
+        add(b + "ffn_gate_shexp.weight", {e, fs});
+        add(b + "ffn_up_shexp.weight", {e, fs});
+        add(b + "ffn_down_shexp.weight", {fs, e});
+      }
+    } else if (p.x.fused) {
       add(b + "ffn_up.weight", {e, 2 * ff});
     } else {
       add(b + "ffn_gate.weight", {e, ff});
       add(b + "ffn_up.weight", {e, ff});
     }
-    add(b + "ffn_down.weight", {ff, e});
+    if (p.x.n_expert == 0) add(b + "ffn_down.weight", {ff, e});
     if (post_norms) add(b + "post_ffw_norm.weight", {e});
   }
   SortTensorsLikeLlama(t);
@@ -268,7 +312,7 @@ void SynthRow(uint64_t seed, std::string_view tensor, int64_t row, float* out, i
 SynthResult SynthesizeModel(const SynthPreset& p, const std::string& vocab, const std::string& out,
                             const QuantFormat& format, const SynthOptions& options) {
   if ((!p.key_length && p.n_embd % p.n_head != 0) || p.n_head % p.n_head_kv != 0 || p.n_layer < 1 ||
-      p.n_ff < 1)
+      p.n_ff < 1 || p.x.n_expert_used > p.x.n_expert || (p.x.n_expert > 0 && p.x.n_expert_used < 1))
     throw Error(std::string("synth preset '") + p.name + "' has inconsistent dimensions");
   if (!FindArch(p.arch))
     throw Error(std::string("synth preset '") + p.name + "': architecture '" + p.arch +
@@ -337,6 +381,13 @@ SynthResult SynthesizeModel(const SynthPreset& p, const std::string& vocab, cons
   if (x.attn_temp_scale) w.SetF32(a + ".attention.temperature_scale", x.attn_temp_scale);
   if (x.attn_softcap) w.SetF32(a + ".attn_logit_softcapping", x.attn_softcap);
   if (x.final_softcap) w.SetF32(a + ".final_logit_softcapping", x.final_softcap);
+  if (x.n_expert) {
+    w.SetU32(a + ".expert_count", static_cast<uint32_t>(x.n_expert));
+    w.SetU32(a + ".expert_used_count", static_cast<uint32_t>(x.n_expert_used));
+  }
+  if (x.n_ff_exp) w.SetU32(a + ".expert_feed_forward_length", static_cast<uint32_t>(x.n_ff_exp));
+  if (x.n_ff_shexp)
+    w.SetU32(a + ".expert_shared_feed_forward_length", static_cast<uint32_t>(x.n_ff_shexp));
   std::map<std::string, std::vector<float>> fixed;  // tensors with computed values
   if (x.llama3_factor) fixed["rope_freqs.weight"] = Llama3Factors(p);
   if (x.longrope) {
@@ -357,10 +408,16 @@ SynthResult SynthesizeModel(const SynthPreset& p, const std::string& vocab, cons
     const int64_t row_len = t.dims[0];
     const size_t row_bytes = RowBytes(t.dst, row_len);
     const bool is_norm = t.name.find("norm.weight") != std::string::npos;
+    // Router rows spread their logits over about +-2 (standard deviation 2 for a unit-RMS input),
+    // as trained routers' do: with the small deviation of other weights every expert would be
+    // nearly equally likely, and rounding alone would decide many choices.
+    const bool is_router = t.name.find("ffn_gate_inp.weight") != std::string::npos;
+    const float stddev =
+        is_router ? 2.0f / std::sqrt(static_cast<float>(p.n_embd)) : options.stddev;
     const auto it = fixed.find(t.name);
     const float* values = it == fixed.end() ? nullptr : it->second.data();
     w.AddTensor(t.name, t.dims, t.dst,
-                [&, name = t.name, dst = t.dst, rows, row_len, row_bytes, is_norm,
+                [&, name = t.name, dst = t.dst, rows, row_len, row_bytes, is_norm, stddev,
                  values](gguf::TensorSink& sink) {
                   const uint64_t base = done;
                   WriteRows(
@@ -374,7 +431,7 @@ SynthResult SynthesizeModel(const SynthPreset& p, const std::string& vocab, cons
                         } else if (is_norm) {
                           std::fill(y, y + row_len, 1.0f);
                         } else {
-                          SynthRow(options.seed, name, r, y, row_len, options.stddev);
+                          SynthRow(options.seed, name, r, y, row_len, stddev);
                         }
                       },
                       options.threads,

@@ -26,6 +26,12 @@ struct SynthExtras {
   float attn_softcap = 0.0f;     // attn_logit_softcapping
   float final_softcap = 0.0f;    // final_logit_softcapping
   float norm_jitter = 0.0f;      // norm weights 1 + noise of this deviation instead of 1
+  // Mixture of experts (n_expert > 0): expert_count, expert_used_count, the experts' width
+  // (expert_feed_forward_length; 0: not written, n_ff applies) and a shared expert's (qwen2moe).
+  int n_expert = 0;
+  int n_expert_used = 0;
+  int n_ff_exp = 0;
+  int n_ff_shexp = 0;
 };
 
 struct SynthPreset {

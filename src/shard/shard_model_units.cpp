@@ -42,6 +42,8 @@ ModelUnits UnitsFromGguf(const gguf::File& f, model::KvTypes kv_types) {
   std::map<TensorType, uint64_t> bytes_by_type;
   auto add = [&](UnitInfo& u, const gguf::TensorInfo& t) {
     u.weight_bytes += t.n_bytes;
+    const bool expert = c.moe() && t.name.find("_exps.") != std::string::npos;
+    u.active_bytes += expert ? t.n_bytes / c.n_expert * c.n_expert_used : t.n_bytes;
     if (t.dims.size() >= 2 && t.Rows() > 1) {
       u.matrix_bytes += t.n_bytes;
       u.matrix_elems += uint64_t(t.NumElements());

@@ -12,10 +12,13 @@
 namespace es::shard {
 
 struct UnitInfo {
-  std::string name;                 // "token_embd", "blk.<i>", "output"
-  uint64_t weight_bytes = 0;        // every tensor the unit reads
-  uint64_t matrix_bytes = 0;        // the part stored in 2-D weight matrices (re-quantizable)
-  uint64_t matrix_elems = 0;        // elements of those matrices
+  std::string name;           // "token_embd", "blk.<i>", "output"
+  uint64_t weight_bytes = 0;  // every tensor the unit reads
+  uint64_t matrix_bytes = 0;  // the part stored in 2-D weight matrices (re-quantizable)
+  uint64_t matrix_elems = 0;  // elements of those matrices
+  // What a decode step reads: weight_bytes, except that a mixture-of-experts block reads only
+  // its chosen experts' share of the expert tensors (expert_used_count / expert_count).
+  uint64_t active_bytes = 0;
   uint64_t kv_bytes_per_token = 0;  // K and V cache per sequence position (blocks only)
   // A sliding-window block's window: its cache is a ring of window + a batch of positions
   // (KvCache::RowsKept), not the whole context. 0: a global block.

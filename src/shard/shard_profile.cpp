@@ -129,6 +129,9 @@ Profile ParseProfile(const std::string& text, const std::string& what, bool requ
     u.matrix_bytes = r.U64("matrix_bytes", false);
     u.matrix_elems = r.U64("matrix_elems", false);
     if (u.matrix_bytes > u.weight_bytes) r.Fail("exceeds weight_bytes", "matrix_bytes");
+    // Older profiles (and dense models) read every weight per decode step.
+    u.active_bytes = r.Has("active_bytes") ? r.U64("active_bytes") : u.weight_bytes;
+    if (u.active_bytes > u.weight_bytes) r.Fail("exceeds weight_bytes", "active_bytes");
     u.kv_bytes_per_token = r.U64("kv_bytes_per_token", false);
     u.kv_window = r.U64("kv_window", false);
     u.out_bytes_per_token = r.U64("out_bytes_per_token");
@@ -177,6 +180,7 @@ std::string ProfileToJson(const Profile& p) {
                                  {"kv_bytes_per_token", u.kv_bytes_per_token},
                                  {"out_bytes_per_token", u.out_bytes_per_token}};
     if (u.kv_window > 0) ju["kv_window"] = u.kv_window;
+    if (u.active_bytes != u.weight_bytes) ju["active_bytes"] = u.active_bytes;
     if (p.has_timing()) {
       ju["prompt_ms_per_token"] = p.timing[i].prompt_ms_per_token;
       nlohmann::ordered_json dec = nlohmann::ordered_json::array();
