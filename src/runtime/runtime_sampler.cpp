@@ -234,12 +234,27 @@ int32_t Sampler::Sample(const float* logits) {
 }
 
 int32_t Sampler::Chain(const float* logits, const uint64_t* mask) {
+  const bool adjust =
+      !params_.logit_bias.empty() ||
+      (!ring_.empty() && (params_.repeat_penalty != 1.0f || params_.frequency_penalty != 0.0f ||
+                          params_.presence_penalty != 0.0f));
   if (mask) {
-    // Constrained: the allowed tokens only, then the usual chain over them.
-    LoadCandidates(logits);
-    ApplyBias();
-    ApplyPenalties();
-    KeepAllowed(mask);
+    // Constrained: the allowed tokens only, then the usual chain over them. Without biases
+    // and penalties only the allowed ones are loaded (few, where JSON punctuation is due).
+    if (adjust) {
+      LoadCandidates(logits);
+      ApplyBias();
+      ApplyPenalties();
+      KeepAllowed(mask);
+    } else {
+      n_cand_ = 0;
+      for (size_t w = 0; w * 64 < static_cast<size_t>(n_vocab_); ++w)
+        for (uint64_t bits = mask[w]; bits; bits &= bits - 1) {
+          const auto id = static_cast<int32_t>(w * 64 + static_cast<size_t>(__builtin_ctzll(bits)));
+          const float l = logits[id];
+          cand_[n_cand_++] = {id, std::isnan(l) ? kNegInf : l, 0.0f};
+        }
+    }
     if (!(params_.temperature > 0.0f)) {
       size_t best = 0;
       for (size_t i = 1; i < n_cand_; ++i)
@@ -250,10 +265,6 @@ int32_t Sampler::Chain(const float* logits, const uint64_t* mask) {
     }
     return Truncate();
   }
-  const bool adjust =
-      !params_.logit_bias.empty() ||
-      (!ring_.empty() && (params_.repeat_penalty != 1.0f || params_.frequency_penalty != 0.0f ||
-                          params_.presence_penalty != 0.0f));
   if (!(params_.temperature > 0.0f)) {
     // Greedy: the first maximum in id order, so the lowest id wins ties.
     int32_t best = 0;
