@@ -81,8 +81,8 @@ class Sampler {
   int32_t Chain(const float* logits, const uint64_t* mask);
   void LoadCandidates(const float* logits);
   void KeepAllowed(const uint64_t* mask);
-  int32_t Truncate();
-  void Fail(const std::string& why);  // top-k, top-p, min-p, temperature and the draw
+  int32_t Truncate();                 // top-k, top-p, min-p, temperature and the draw
+  void Fail(const std::string& why);  // the grammar cannot go on: why
   void ApplyPenalties();
   void ApplyBias();
   void TopK(int k);
