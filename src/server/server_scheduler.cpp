@@ -33,6 +33,17 @@ size_t CommonPrefix(const std::vector<int32_t>& a, const std::vector<int32_t>& b
 
 }  // namespace
 
+std::shared_ptr<const runtime::TokenTrie> BuildTokenTrie(const tok::Tokenizer& t, int32_t n_vocab) {
+  // Ids past the tokenizer's (a padded output layer) spell nothing.
+  std::vector<std::string> pieces(static_cast<size_t>(std::max(n_vocab, t.n_vocab())));
+  std::vector<bool> eog(pieces.size());
+  for (int32_t i = 0; i < t.n_vocab(); ++i) {
+    pieces[static_cast<size_t>(i)] = t.TokenToPiece(i);
+    eog[static_cast<size_t>(i)] = t.IsEog(i);
+  }
+  return std::make_shared<const runtime::TokenTrie>(pieces, eog);
+}
+
 Scheduler::Scheduler(const model::LlamaModel& m, const tok::Tokenizer& t, const SchedulerOptions& o,
                      Metrics& metrics)
     : model_(m),
@@ -186,7 +197,9 @@ void Scheduler::Assign(Slot& s, std::shared_ptr<Job> job) {
   s.pending.assign(r.prompt.begin() + static_cast<std::ptrdiff_t>(keep), r.prompt.end());
   s.pending_pos = 0;
   s.next = -1;
-  s.sampler = std::make_unique<runtime::Sampler>(r.sampling, model_.config().n_vocab);
+  if (r.sampling.grammar && !trie_) trie_ = BuildTokenTrie(tok_, model_.config().n_vocab);
+  s.sampler = std::make_unique<runtime::Sampler>(r.sampling, model_.config().n_vocab,
+                                                 r.sampling.grammar ? trie_ : nullptr);
   for (int32_t t : r.prompt) s.sampler->Accept(t);  // penalties see the prompt, as in llama.cpp
   s.stop = std::make_unique<runtime::StopMatcher>(r.stop);
   s.n_prompt = static_cast<int>(r.prompt.size());
@@ -291,12 +304,17 @@ void Scheduler::HandleToken(Slot& s, int32_t tok, TokenLogprob lp) {
         std::chrono::duration<double>(Clock::now() - s.job->enqueued()).count());
   }
   GenEvent ev;
+  if (s.sampler->grammar_dead_end()) {
+    ev.text = s.stop->Flush();
+    Finish(s, "error", s.sampler->grammar_error(), std::move(ev));
+    return;
+  }
   if (!r.ignore_eos && tok_.IsEog(tok)) {
     ev.text = s.stop->Flush();
     Finish(s, "stop", "", std::move(ev));
     return;
   }
-  s.sampler->Accept(tok);
+  s.sampler->Accept(tok, true);
   ++s.n_generated;
   metrics_.GeneratedTokens(1);
   if (r.n_logprobs >= 0) ev.tokens.push_back(std::move(lp));

@@ -27,6 +27,10 @@
 
 namespace es::server {
 
+// The vocabulary's pieces (as generated text shows them) and end-of-generation tokens as a trie
+// for grammar-constrained sampling; n_vocab: the model's (its output layer may be padded).
+std::shared_ptr<const runtime::TokenTrie> BuildTokenTrie(const tok::Tokenizer& t, int32_t n_vocab);
+
 struct SchedulerOptions {
   int n_slots = 4;
   int n_ctx = 0;       // per slot; 0: min(model's training context, 4096)
@@ -109,7 +113,9 @@ class Scheduler : public Backend {
   std::vector<int32_t> sampled_;        // per sampled row of a step
   std::vector<TokenLogprob> logprobs_;  // per sampled row, when asked for
   uint64_t clock_ = 0;                  // orders admissions and slot use
-  std::atomic<int> n_free_{0};          // free slots, read by Submit
+  // The vocabulary as a byte trie for grammar masks, built when the first grammar comes.
+  std::shared_ptr<const runtime::TokenTrie> trie_;
+  std::atomic<int> n_free_{0};  // free slots, read by Submit
 
   std::mutex mu_;
   std::condition_variable cv_;
