@@ -1,0 +1,338 @@
+#include "server/server_tools.h"
+
+#include <cctype>
+#include <random>
+#include <set>
+
+#include "server/server_openai.h"
+
+namespace es::server {
+namespace {
+
+using json = nlohmann::json;
+using ojson = nlohmann::ordered_json;
+
+ojson Ordered(const json& j) {
+  return ojson::parse(j.dump());
+}
+
+std::string Text(const json& v, const std::string& where) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_array()) {
+    std::string text;
+    for (const auto& part : v) {
+      if (!part.is_object() || !part.contains("type") || part["type"] != "text" ||
+          !part.contains("text") || !part["text"].is_string())
+        throw ApiError(
+            400,
+            where + ": only text parts ({\"type\": \"text\", \"text\": ...}) are supported, got " +
+                Quote(part),
+            where);
+      text += part["text"].get<std::string>();
+    }
+    return text;
+  }
+  throw ApiError(400, where + " must be a string or an array of text parts, got " + Quote(v),
+                 where);
+}
+
+const json& Need(const json& obj, const char* key, const std::string& where) {
+  const json* v = Field(obj, key);
+  if (!v) throw ApiError(400, where + "." + key + " is required", where + "." + key);
+  return *v;
+}
+
+std::string NeedString(const json& obj, const char* key, const std::string& where) {
+  const json& v = Need(obj, key, where);
+  if (!v.is_string() || v.get_ref<const std::string&>().empty())
+    throw ApiError(400, where + "." + key + " must be a non-empty string, got " + Quote(v),
+                   where + "." + key);
+  return v.get<std::string>();
+}
+
+// OpenAI's rule for function names; the templates and the call grammar quote them as they are.
+bool ValidName(const std::string& s) {
+  if (s.empty() || s.size() > 64) return false;
+  for (char c : s)
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+          c == '-'))
+      return false;
+  return true;
+}
+
+// An assistant turn's earlier calls: [{"id", "type": "function", "function": {"name",
+// "arguments": JSON text}}].
+ojson AssistantCalls(const json& calls, const std::string& where) {
+  if (!calls.is_array())
+    throw ApiError(400, where + " must be an array of tool calls, got " + Quote(calls), where);
+  ojson out = ojson::array();
+  for (size_t i = 0; i < calls.size(); ++i) {
+    const std::string w = where + "[" + std::to_string(i) + "]";
+    const json& c = calls[i];
+    if (!c.is_object()) throw ApiError(400, w + " must be an object, got " + Quote(c), w);
+    if (const json* t = Field(c, "type"); t && *t != "function")
+      throw ApiError(400, w + ".type must be \"function\", got " + Quote(*t), w + ".type");
+    const std::string id = NeedString(c, "id", w);
+    const json& fn = Need(c, "function", w);
+    if (!fn.is_object())
+      throw ApiError(400, w + ".function must be an object, got " + Quote(fn), w + ".function");
+    const std::string name = NeedString(fn, "name", w + ".function");
+    const json& args = Need(fn, "arguments", w + ".function");
+    if (!args.is_string() && !args.is_object())
+      throw ApiError(400, w + ".function.arguments must be a JSON text, got " + Quote(args),
+                     w + ".function.arguments");
+    out.push_back({{"id", id},
+                   {"type", "function"},
+                   {"function", {{"name", name}, {"arguments", Ordered(args)}}}});
+  }
+  return out;
+}
+
+char Alnum(std::mt19937_64& rng) {
+  static constexpr char kChars[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+  return kChars[rng() % (sizeof kChars - 1)];
+}
+
+}  // namespace
+
+ToolRequest ParseToolFields(const json& body) {
+  ToolRequest t;
+  std::set<std::string> names;
+  if (const json* tools = Field(body, "tools")) {
+    if (!tools->is_array())
+      throw ApiError(400, "'tools' must be an array of tools, got " + Quote(*tools), "tools");
+    for (size_t i = 0; i < tools->size(); ++i) {
+      const std::string w = "tools[" + std::to_string(i) + "]";
+      const json& tool = (*tools)[i];
+      if (!tool.is_object()) throw ApiError(400, w + " must be an object, got " + Quote(tool), w);
+      const json& type = Need(tool, "type", w);
+      if (type != "function")
+        throw ApiError(400,
+                       w + ".type must be \"function\" (only function tools are supported), got " +
+                           Quote(type),
+                       w + ".type");
+      const json& fn = Need(tool, "function", w);
+      if (!fn.is_object())
+        throw ApiError(400, w + ".function must be an object, got " + Quote(fn), w + ".function");
+      const std::string name = NeedString(fn, "name", w + ".function");
+      if (!ValidName(name))
+        throw ApiError(400,
+                       w + ".function.name must be 1 to 64 letters, digits, '_' or '-', got " +
+                           Quote(json(name)),
+                       w + ".function.name");
+      if (!names.insert(name).second)
+        throw ApiError(400, w + ".function.name " + Quote(json(name)) + " names a second tool",
+                       w + ".function.name");
+      if (const json* d = Field(fn, "description"); d && !d->is_string())
+        throw ApiError(400, w + ".function.description must be a string, got " + Quote(*d),
+                       w + ".function.description");
+      if (const json* p = Field(fn, "parameters"); p && !p->is_object())
+        throw ApiError(400,
+                       w + ".function.parameters must be a JSON schema object, got " + Quote(*p),
+                       w + ".function.parameters");
+      (void)BoolField(fn, "strict", false);
+      t.tools.push_back(Ordered(tool));
+    }
+  }
+  if (const json* c = Field(body, "tool_choice")) {
+    if (*c == "none") {
+      t.choice = ToolChoice::kNone;
+    } else if (*c == "auto") {
+      t.choice = ToolChoice::kAuto;
+    } else if (*c == "required") {
+      t.choice = ToolChoice::kRequired;
+    } else if (c->is_object() && c->value("type", json()) == "function") {
+      const json& fn = Need(*c, "function", "tool_choice");
+      if (!fn.is_object())
+        throw ApiError(400, "tool_choice.function must be an object, got " + Quote(fn),
+                       "tool_choice");
+      t.named = NeedString(fn, "name", "tool_choice.function");
+      t.choice = ToolChoice::kNamed;
+      if (!names.count(t.named))
+        throw ApiError(
+            400,
+            "tool_choice names the function " + Quote(json(t.named)) + ", which is not in 'tools'",
+            "tool_choice");
+    } else {
+      throw ApiError(400,
+                     "'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\": "
+                     "\"function\", \"function\": {\"name\": ...}}, got " +
+                         Quote(*c),
+                     "tool_choice");
+    }
+    if ((t.choice == ToolChoice::kRequired || t.choice == ToolChoice::kNamed) && t.tools.empty())
+      throw ApiError(400, "'tool_choice' " + Quote(*c) + " needs 'tools' to choose from",
+                     "tool_choice");
+    // A forced call is only sure to be a valid one under a grammar; without grammar-constrained
+    // sampling the model could write anything, so the request is refused rather than answered
+    // with a call that may not parse.
+    if (t.choice == ToolChoice::kRequired || t.choice == ToolChoice::kNamed)
+      throw ApiError(400,
+                     "'tool_choice' " + Quote(*c) +
+                         " needs grammar-constrained sampling, which this server does not have "
+                         "yet: use \"auto\" (the model may then call a tool) or \"none\"",
+                     "tool_choice");
+  }
+  t.parallel = BoolField(body, "parallel_tool_calls", true);
+  if (const json* r = Field(body, "reasoning_format")) {
+    if (*r == "auto") {
+      t.reasoning = ReasoningFormat::kAuto;
+    } else if (*r == "none") {
+      t.reasoning = ReasoningFormat::kNone;
+    } else if (*r == "deepseek") {
+      t.reasoning = ReasoningFormat::kDeepseek;
+    } else {
+      throw ApiError(400,
+                     "'reasoning_format' must be \"auto\", \"deepseek\" or \"none\" "
+                     "(deepseek-legacy is not supported), got " +
+                         Quote(*r),
+                     "reasoning_format");
+    }
+  }
+  return t;
+}
+
+void RefuseToolsOutsideChat(const json& body) {
+  const json* tools = Field(body, "tools");
+  const json* choice = Field(body, "tool_choice");
+  const char* field = tools && !(tools->is_array() && tools->empty())    ? "tools"
+                      : choice && *choice != "none" && *choice != "auto" ? "tool_choice"
+                                                                         : nullptr;
+  if (field)
+    throw ApiError(400,
+                   std::string("'") + field +
+                       "' is only for /v1/chat/completions: completions have no tool calls",
+                   field);
+}
+
+ojson ParseChatMessages(const json& body) {
+  const json* msgs = Field(body, "messages");
+  if (!msgs) throw ApiError(400, "'messages' is required", "messages");
+  if (!msgs->is_array() || msgs->empty())
+    throw ApiError(400, "'messages' must be a non-empty array of messages, got " + Quote(*msgs),
+                   "messages");
+  ojson out = ojson::array();
+  for (size_t i = 0; i < msgs->size(); ++i) {
+    const json& m = (*msgs)[i];
+    const std::string where = "messages[" + std::to_string(i) + "]";
+    if (!m.is_object()) throw ApiError(400, where + " must be an object, got " + Quote(m), where);
+    const json* role = Field(m, "role");
+    if (!role || !role->is_string())
+      throw ApiError(400, where + ".role must be a string", where + ".role");
+    std::string rs = role->get<std::string>();
+    if (rs == "developer") rs = "system";
+    if (rs != "system" && rs != "user" && rs != "assistant" && rs != "tool")
+      throw ApiError(400,
+                     where +
+                         ".role must be \"system\", \"developer\", \"user\", \"assistant\" or "
+                         "\"tool\", got " +
+                         Quote(*role),
+                     where + ".role");
+    // An absent or null content is "" (e.g. an assistant turn that only called tools).
+    const json* content = Field(m, "content");
+    ojson msg = {{"role", rs},
+                 {"content", content ? Text(*content, where + ".content") : std::string()}};
+    if (const json* calls = Field(m, "tool_calls")) {
+      if (rs != "assistant")
+        throw ApiError(400, where + ".tool_calls is only allowed on assistant messages",
+                       where + ".tool_calls");
+      ojson c = AssistantCalls(*calls, where + ".tool_calls");
+      if (!c.empty()) msg["tool_calls"] = std::move(c);
+    }
+    if (rs == "tool") msg["tool_call_id"] = NeedString(m, "tool_call_id", where);
+    if (const json* name = Field(m, "name")) {
+      if (!name->is_string())
+        throw ApiError(400, where + ".name must be a string, got " + Quote(*name), where + ".name");
+      msg["name"] = name->get<std::string>();
+    }
+    // Reasoning a client sends back: templates that keep it (Qwen3) show it.
+    if (const json* rc = Field(m, "reasoning_content"); rc && rs == "assistant")
+      msg["reasoning_content"] = Text(*rc, where + ".reasoning_content");
+    out.push_back(std::move(msg));
+  }
+  return out;
+}
+
+void CheckToolsRendered(const ToolRequest& t, const std::string& template_text,
+                        const std::string& prompt) {
+  if (!t.active()) return;
+  if (tok::ToolCallFormatFor(template_text) == tok::ToolCallFormat::kNone)
+    throw ApiError(400,
+                   "the chat template has no tool-call syntax this server reads (Hermes/Qwen "
+                   "<tool_call>, Llama 3.x JSON, Mistral [TOOL_CALLS]): send no 'tools' (or "
+                   "tool_choice \"none\"), or start the server with a template that supports "
+                   "tools (--chat-template-file)",
+                   "tools");
+  for (const auto& tool : t.tools) {
+    const std::string name = tool["function"]["name"].get<std::string>();
+    if (prompt.find(name) == std::string::npos)
+      throw ApiError(400,
+                     "the chat template did not show the tool " + Quote(json(name)) +
+                         " to the model (it ignores 'tools'): start the server with a template "
+                         "that renders tools (--chat-template-file)",
+                     "tools");
+  }
+}
+
+ChatPlan PlanChatOutput(const ToolRequest& t, const std::string& template_text,
+                        const std::string& prompt_tail) {
+  ChatPlan p;
+  if (t.active()) p.format = tok::ToolCallFormatFor(template_text);
+  p.parallel = t.parallel;
+  if (t.reasoning != ReasoningFormat::kNone) {
+    // A template that never writes <think> has no reasoning to split off.
+    size_t end = prompt_tail.find_last_not_of(" \n\r\t");
+    const std::string tail = end == std::string::npos ? "" : prompt_tail.substr(0, end + 1);
+    p.think_open = tail.size() >= 7 && tail.compare(tail.size() - 7, 7, "<think>") == 0;
+    p.reasoning = p.think_open || template_text.find("<think>") != std::string::npos;
+  }
+  return p;
+}
+
+std::string ToolCallId(tok::ToolCallFormat f, const std::string& given) {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  const bool mistral = f == tok::ToolCallFormat::kMistral;
+  if (mistral && given.size() == 9) {
+    bool ok = true;
+    for (char c : given) ok = ok && std::isalnum(static_cast<unsigned char>(c));
+    if (ok) return given;
+  }
+  std::string id = mistral ? "" : "call_";
+  for (int i = 0; i < (mistral ? 9 : 24); ++i) id += Alnum(rng);
+  return id;
+}
+
+json ToolCallJson(const tok::ToolCall& c) {
+  return json{{"id", c.id},
+              {"type", "function"},
+              {"function", {{"name", c.name}, {"arguments", c.arguments}}}};
+}
+
+ChatReply::ChatReply(const ChatPlan& p) : plan_(p), stream_(p.format, p.reasoning, p.think_open) {}
+
+tok::ChatOutputStream::Delta ChatReply::Feed(const std::string& text, bool final) {
+  tok::ChatOutputStream::Delta d;
+  if (!plan_.active()) {
+    d.content = text;
+  } else {
+    d = stream_.Feed(text);
+    if (final) {
+      auto rest = stream_.Finish();
+      d.reasoning += rest.reasoning;
+      d.content += rest.content;
+      for (auto& c : rest.tool_calls) d.tool_calls.push_back(std::move(c));
+    }
+  }
+  // One call only when parallel calls are off, as OpenAI answers then.
+  if (!plan_.parallel && whole_.tool_calls.size() + d.tool_calls.size() > 1)
+    d.tool_calls.resize(whole_.tool_calls.empty() ? 1 : 0);
+  for (auto& c : d.tool_calls) {
+    c.id = ToolCallId(plan_.format, c.id);
+    whole_.tool_calls.push_back(c);
+  }
+  whole_.reasoning += d.reasoning;
+  whole_.content += d.content;
+  return d;
+}
+
+}  // namespace es::server
