@@ -20,8 +20,9 @@ bool Before(const Candidate& a, const Candidate& b) {
 
 }  // namespace
 
-Sampler::Sampler(const SamplerParams& params, int32_t n_vocab)
-    : params_(params), n_vocab_(n_vocab) {
+Sampler::Sampler(const SamplerParams& params, int32_t n_vocab,
+                 std::shared_ptr<const TokenTrie> trie)
+    : params_(params), n_vocab_(n_vocab), trie_(std::move(trie)) {
   if (n_vocab < 1)
     throw Error("sampler: vocabulary size " + std::to_string(n_vocab) +
                 " is invalid, expected >= 1");
@@ -32,6 +33,12 @@ Sampler::Sampler(const SamplerParams& params, int32_t n_vocab)
     if (id < 0 || id >= n_vocab)
       throw Error("sampler: logit_bias token id " + std::to_string(id) +
                   " is outside the vocabulary [0, " + std::to_string(n_vocab) + ")");
+  if (params_.grammar) {
+    if (!trie_ || trie_->n_vocab() != n_vocab)
+      throw Error("sampler: a grammar needs the vocabulary's token trie (" +
+                  std::to_string(n_vocab) + " tokens)");
+    matcher_ = std::make_unique<GrammarMatcher>(params_.grammar);
+  }
   cand_.resize(static_cast<size_t>(n_vocab));
   if (params_.penalty_last_n > 0) {
     ring_.resize(static_cast<size_t>(params_.penalty_last_n));
@@ -63,13 +70,17 @@ void Sampler::Reset() {
     ring_size_ = 0;
   }
   n_cand_ = 0;
+  if (matcher_) matcher_->Reset();
+  dead_end_ = false;
   Reseed();
 }
 
-void Sampler::Accept(int32_t token) {
+void Sampler::Accept(int32_t token, bool advance_grammar) {
   if (token < 0 || token >= n_vocab_)
     throw Error("sampler: token id " + std::to_string(token) + " is outside the vocabulary [0, " +
                 std::to_string(n_vocab_) + ")");
+  if (advance_grammar && matcher_ && !matcher_->AcceptToken(*trie_, token) && !dead_end_)
+    throw Error("sampler: token " + std::to_string(token) + " does not fit the grammar here");
   if (ring_.empty()) return;
   if (ring_size_ == ring_.size()) {
     --counts_[static_cast<size_t>(ring_[ring_head_])];
@@ -163,7 +174,49 @@ int32_t Sampler::Draw() {
   return cand_[n_cand_ - 1].id;
 }
 
+// Removes the candidates `mask` does not allow; the rest keep their (id) order.
+void Sampler::KeepAllowed(const uint64_t* mask) {
+  size_t k = 0;
+  for (size_t i = 0; i < n_cand_; ++i) {
+    const auto id = static_cast<uint32_t>(cand_[i].id);
+    if ((mask[id / 64] >> (id % 64)) & 1) cand_[k++] = cand_[i];
+  }
+  n_cand_ = k;
+}
+
 int32_t Sampler::Sample(const float* logits) {
+  if (!matcher_) return Chain(logits, nullptr);
+  if (!matcher_->Done()) {
+    const int32_t t = Chain(logits, nullptr);
+    if (matcher_->TokenAllowed(*trie_, t)) return t;
+  }
+  if (matcher_->FillMask(*trie_, mask_) == 0) {
+    // A dead end (the grammar wants a character no token spells): end the generation.
+    dead_end_ = true;
+    for (int32_t id : trie_->eog_ids())
+      mask_[static_cast<size_t>(id) / 64] |= uint64_t{1} << (id % 64);
+    if (trie_->eog_ids().empty()) return Chain(logits, nullptr);
+  }
+  return Chain(logits, mask_.data());
+}
+
+int32_t Sampler::Chain(const float* logits, const uint64_t* mask) {
+  if (mask) {
+    // Constrained: the allowed tokens only, then the usual chain over them.
+    LoadCandidates(logits);
+    ApplyBias();
+    ApplyPenalties();
+    KeepAllowed(mask);
+    if (!(params_.temperature > 0.0f)) {
+      size_t best = 0;
+      for (size_t i = 1; i < n_cand_; ++i)
+        if (cand_[i].logit > cand_[best].logit) best = i;
+      cand_[0] = {cand_[best].id, cand_[best].logit, 1.0f};
+      n_cand_ = 1;
+      return cand_[0].id;
+    }
+    return Truncate();
+  }
   const bool adjust =
       !params_.logit_bias.empty() ||
       (!ring_.empty() && (params_.repeat_penalty != 1.0f || params_.frequency_penalty != 0.0f ||
@@ -190,6 +243,10 @@ int32_t Sampler::Sample(const float* logits) {
   LoadCandidates(logits);
   ApplyBias();
   ApplyPenalties();
+  return Truncate();
+}
+
+int32_t Sampler::Truncate() {
   TopK(params_.top_k);  // leaves the candidates sorted even when top-k is off
 
   if (params_.top_p < 1.0f) {

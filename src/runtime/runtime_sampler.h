@@ -1,11 +1,15 @@
 // Token sampling: the llama.cpp default chain (penalties -> top-k -> top-p -> min-p ->
-// temperature -> seeded random draw), with every buffer allocated once at construction.
+// temperature -> seeded random draw), with every buffer allocated once at construction; an
+// optional grammar constrains the tokens before the chain.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <span>
 #include <utility>
 #include <vector>
+
+#include "runtime/runtime_grammar.h"
 
 namespace es::runtime {
 
@@ -21,6 +25,9 @@ struct SamplerParams {
   uint64_t seed = 0xFFFFFFFF;      // this value means: pick a random seed
   // Added to a token's logit before everything else (llama.cpp's chain order); -inf bans it.
   std::vector<std::pair<int32_t, float>> logit_bias;
+  // Non-null: only tokens the grammar allows are sampled (structured output). A request with a
+  // grammar is one where this is set.
+  std::shared_ptr<const Grammar> grammar;
 };
 
 // One surviving candidate of the chain: its (penalised, tempered) logit and probability.
@@ -34,17 +41,27 @@ class Sampler {
  public:
   static constexpr uint64_t kRandomSeed = 0xFFFFFFFF;
 
-  // Throws es::Error if n_vocab < 1, penalty_last_n < 0 or a logit_bias id is outside the
-  // vocabulary.
-  explicit Sampler(const SamplerParams& params, int32_t n_vocab);
+  // Throws es::Error if n_vocab < 1, penalty_last_n < 0, a logit_bias id is outside the
+  // vocabulary, or params.grammar is set without a token trie of n_vocab tokens.
+  explicit Sampler(const SamplerParams& params, int32_t n_vocab,
+                   std::shared_ptr<const TokenTrie> trie = nullptr);
 
-  // Picks the next token from `logits` (n_vocab floats). NaN logits count as -inf.
+  // Picks the next token from `logits` (n_vocab floats). NaN logits count as -inf. With a
+  // grammar, as llama.cpp's common sampler: the chain's unconstrained pick is kept when the
+  // grammar allows it, else the chain runs again over the allowed tokens only (so greedy picks
+  // what masking first would). Where the grammar allows no token at all, end-of-generation
+  // tokens are offered and grammar_dead_end() turns true.
   int32_t Sample(const float* logits);
-  // Records a token in the penalty window (prompt tokens too, as llama.cpp does).
-  // Throws es::Error for ids outside [0, n_vocab).
-  void Accept(int32_t token);
-  // Forgets the penalty window and restarts the random sequence (a new one if the seed is random).
+  // Records a token in the penalty window (prompt tokens too, as llama.cpp does); a generated
+  // token (advance_grammar) also moves the grammar on. Throws es::Error for ids outside
+  // [0, n_vocab) and for a token the grammar does not allow.
+  void Accept(int32_t token, bool advance_grammar = false);
+  // Forgets the penalty window and the grammar's progress and restarts the random sequence (a new
+  // one if the seed is random).
   void Reset();
+  // The grammar reached a point no token of the vocabulary can continue.
+  bool grammar_dead_end() const { return dead_end_; }
+  const GrammarMatcher* grammar() const { return matcher_.get(); }
 
   // The candidates that survived the chain in the last Sample call, most probable first, with
   // the probabilities the draw used (they sum to 1). Greedy sampling leaves just the chosen token
@@ -58,7 +75,10 @@ class Sampler {
 
  private:
   void Reseed();
+  int32_t Chain(const float* logits, const uint64_t* mask);
   void LoadCandidates(const float* logits);
+  void KeepAllowed(const uint64_t* mask);
+  int32_t Truncate();  // top-k, top-p, min-p, temperature and the draw
   void ApplyPenalties();
   void ApplyBias();
   void TopK(int k);
@@ -78,6 +98,11 @@ class Sampler {
   size_t ring_head_ = 0;  // next slot to write
   size_t ring_size_ = 0;
   std::vector<int32_t> counts_;  // per token id, occurrences in the window
+
+  std::shared_ptr<const TokenTrie> trie_;
+  std::unique_ptr<GrammarMatcher> matcher_;
+  std::vector<uint64_t> mask_;  // allowed tokens, one bit each
+  bool dead_end_ = false;
 };
 
 }  // namespace es::runtime

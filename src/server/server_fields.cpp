@@ -4,6 +4,9 @@
 #include <cmath>
 #include <limits>
 
+#include "edgeshard/error.h"
+#include "runtime/runtime_json_schema.h"
+
 namespace es::server {
 namespace {
 
@@ -26,11 +29,6 @@ struct Refused {
 };
 
 const Refused kRefused[] = {
-    {"grammar", [](const json& v) { return v == ""; }, "grammar-constrained sampling"},
-    {"json_schema", [](const json&) { return false; }, "schema-constrained sampling"},
-    {"response_format",
-     [](const json& v) { return v.is_object() && v.contains("type") && v["type"] == "text"; },
-     "JSON modes (only {\"type\": \"text\"} is supported)"},
     {"mirostat", [](const json& v) { return OneOf(v, {0}); }, "mirostat sampling"},
     {"typical_p", [](const json& v) { return OneOf(v, {1}); }, "locally typical sampling"},
     {"tfs_z", [](const json& v) { return OneOf(v, {1}); }, "tail-free sampling"},
@@ -96,7 +94,76 @@ void AddBias(ParsedRequest& r, const json& token, float bias, const std::string&
     r.bias_texts.emplace_back(s, bias);
 }
 
+// A grammar from GBNF text or a JSON schema; es::Error (what is wrong with it) becomes a 400 that
+// names `param`.
+std::shared_ptr<const runtime::Grammar> Compile(const std::string& param, const json* schema,
+                                                const std::string& gbnf) {
+  try {
+    return schema ? runtime::CompileJsonSchema(*schema) : runtime::Grammar::Parse(gbnf);
+  } catch (const Error& e) {
+    throw ApiError(400, "'" + param + "' is not usable: " + e.what(), param);
+  }
+}
+
 }  // namespace
+
+void ParseStructuredOutput(const json& body, ParsedRequest& r) {
+  std::vector<std::string> given;
+  std::shared_ptr<const runtime::Grammar> g;
+  if (const json* v = Field(body, "grammar"); v && *v != "") {
+    if (!v->is_string())
+      throw ApiError(400, "'grammar' must be a string of GBNF rules, got " + Quote(*v), "grammar");
+    g = Compile("grammar", nullptr, v->get<std::string>());
+    given.push_back("grammar");
+  }
+  if (const json* v = Field(body, "json_schema")) {
+    if (!v->is_object() && !v->is_boolean())
+      throw ApiError(400, "'json_schema' must be a JSON schema (an object), got " + Quote(*v),
+                     "json_schema");
+    g = Compile("json_schema", v, "");
+    given.push_back("json_schema");
+  }
+  if (const json* v = Field(body, "response_format")) {
+    const json* type = v->is_object() ? Field(*v, "type") : nullptr;
+    if (!type || !type->is_string())
+      throw ApiError(400,
+                     "'response_format' must be an object with a 'type' of \"text\", "
+                     "\"json_object\" or \"json_schema\", got " +
+                         Quote(*v),
+                     "response_format");
+    const std::string t = type->get<std::string>();
+    if (t == "json_object") {
+      // llama-server also takes a schema here.
+      if (const json* sc = Field(*v, "schema"))
+        g = Compile("response_format.schema", sc, "");
+      else
+        g = Compile("response_format", nullptr, runtime::JsonObjectGbnf());
+      given.push_back("response_format");
+    } else if (t == "json_schema") {
+      const json* js = Field(*v, "json_schema");
+      const json* sc = js && js->is_object() ? Field(*js, "schema") : Field(*v, "schema");
+      if (!sc)
+        throw ApiError(400,
+                       "'response_format' of type \"json_schema\" needs "
+                       "'json_schema': {\"name\": ..., \"schema\": {...}}",
+                       "response_format");
+      g = Compile("response_format.json_schema.schema", sc, "");
+      given.push_back("response_format");
+    } else if (t != "text") {
+      throw ApiError(400,
+                     "'response_format' type must be \"text\", \"json_object\" or "
+                     "\"json_schema\", got " +
+                         Quote(*type),
+                     "response_format");
+    }
+  }
+  if (given.size() > 1)
+    throw ApiError(400,
+                   "'" + given[0] + "' and '" + given[1] +
+                       "' both constrain the output: give only one of them",
+                   given[1]);
+  r.gen.sampling.grammar = std::move(g);
+}
 
 void CheckRefusedFields(const json& body) {
   for (const auto& f : kRefused) {

@@ -17,6 +17,12 @@ void CheckRefusedFields(const nlohmann::json& body);
 // The names CheckRefusedFields refuses, for tests and docs.
 std::vector<std::string> RefusedFieldNames();
 
+// Structured output into r.gen.sampling.grammar: `grammar` (GBNF text), `json_schema`
+// (llama-server's), `response_format` {"type": "json_object" | "json_schema" | "text"}. Throws
+// ApiError 400 naming the field for a malformed or unsupported grammar or schema, or when more
+// than one of them is given.
+void ParseStructuredOutput(const nlohmann::json& body, ParsedRequest& r);
+
 // logit_bias into r (OpenAI's {"id": bias} object, or llama-server's [[id or text, bias]]
 // array and token-text keys); throws ApiError 400 naming "logit_bias" for a malformed entry.
 void ParseLogitBias(const nlohmann::json& body, ParsedRequest& r);

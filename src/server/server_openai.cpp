@@ -210,6 +210,7 @@ ParsedRequest ParseRequest(Endpoint ep, const json& body, int n_ctx, int max_tok
   const int64_t seed = Integer(body, "seed", -1, INT64_MAX, -1);
   s.seed = seed < 0 ? runtime::Sampler::kRandomSeed : static_cast<uint64_t>(seed);
   ParseLogitBias(body, r);
+  ParseStructuredOutput(body, r);
 
   // n_predict is llama-server's own name for it; -1 there means "no limit".
   const char* max_key = Field(body, "max_completion_tokens") ? "max_completion_tokens"

@@ -59,6 +59,17 @@ TokenLogprob Logprobs(const float* logits, int n_vocab, int32_t tok, int k,
 
 }  // namespace
 
+std::shared_ptr<const runtime::TokenTrie> BuildTokenTrie(const tok::Tokenizer& t, int32_t n_vocab) {
+  // Ids past the tokenizer's (a padded output layer) spell nothing.
+  std::vector<std::string> pieces(static_cast<size_t>(std::max(n_vocab, t.n_vocab())));
+  std::vector<bool> eog(pieces.size());
+  for (int32_t i = 0; i < t.n_vocab(); ++i) {
+    pieces[static_cast<size_t>(i)] = t.TokenToPiece(i);
+    eog[static_cast<size_t>(i)] = t.IsEog(i);
+  }
+  return std::make_shared<const runtime::TokenTrie>(pieces, eog);
+}
+
 bool Job::Wait(GenEvent& out, std::chrono::milliseconds timeout) {
   std::unique_lock lock(mu_);
   if (!cv_.wait_for(lock, timeout, [&] { return has_pending_; })) return false;
@@ -234,7 +245,9 @@ void Scheduler::Assign(Slot& s, std::shared_ptr<Job> job) {
   s.pending.assign(r.prompt.begin() + static_cast<std::ptrdiff_t>(keep), r.prompt.end());
   s.pending_pos = 0;
   s.next = -1;
-  s.sampler = std::make_unique<runtime::Sampler>(r.sampling, model_.config().n_vocab);
+  if (r.sampling.grammar && !trie_) trie_ = BuildTokenTrie(tok_, model_.config().n_vocab);
+  s.sampler = std::make_unique<runtime::Sampler>(r.sampling, model_.config().n_vocab,
+                                                 r.sampling.grammar ? trie_ : nullptr);
   for (int32_t t : r.prompt) s.sampler->Accept(t);  // penalties see the prompt, as in llama.cpp
   s.stop = std::make_unique<runtime::StopMatcher>(r.stop);
   s.n_prompt = static_cast<int>(r.prompt.size());
@@ -339,12 +352,17 @@ void Scheduler::HandleToken(Slot& s, int32_t tok, TokenLogprob lp) {
         std::chrono::duration<double>(Clock::now() - s.job->enqueued()).count());
   }
   GenEvent ev;
+  if (s.sampler->grammar_dead_end()) {
+    ev.text = s.stop->Flush();
+    Finish(s, "error", "the grammar allows no token of this vocabulary here", std::move(ev));
+    return;
+  }
   if (!r.ignore_eos && tok_.IsEog(tok)) {
     ev.text = s.stop->Flush();
     Finish(s, "stop", "", std::move(ev));
     return;
   }
-  s.sampler->Accept(tok);
+  s.sampler->Accept(tok, true);
   ++s.n_generated;
   metrics_.GeneratedTokens(1);
   if (r.n_logprobs >= 0) ev.tokens.push_back(std::move(lp));

@@ -38,6 +38,10 @@ struct GenRequest {
   int n_keep = kServerKeep;  // tokens a context shift keeps (-1: the prompt); kServerKeep: --keep
 };
 
+// The vocabulary's pieces (as generated text shows them) and end-of-generation tokens as a trie
+// for grammar-constrained sampling; n_vocab: the model's (its output layer may be padded).
+std::shared_ptr<const runtime::TokenTrie> BuildTokenTrie(const tok::Tokenizer& t, int32_t n_vocab);
+
 // One generated token with its log-probability under the model (log-softmax of the raw logits,
 // before penalties and temperature, as OpenAI reports them) and the most likely alternatives.
 struct TokenLogprob {
@@ -163,7 +167,9 @@ class Scheduler {
   std::vector<int32_t> sampled_;        // per sampled row of a step
   std::vector<TokenLogprob> logprobs_;  // per sampled row, when asked for
   uint64_t clock_ = 0;                  // orders admissions and slot use
-  std::atomic<int> n_free_{0};          // free slots, read by Submit
+  // The vocabulary as a byte trie for grammar masks, built when the first grammar comes.
+  std::shared_ptr<const runtime::TokenTrie> trie_;
+  std::atomic<int> n_free_{0};  // free slots, read by Submit
 
   std::mutex mu_;
   std::condition_variable cv_;
