@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "gguf/gguf_file.h"
+#include "runtime/runtime_grammar.h"
 #include "server/server_openai.h"
 #include "server/server_tools.h"
 #include "test_util.h"
@@ -161,12 +162,6 @@ TEST(ServerToolFields, MalformedToolsAreRefusedNamingThePart) {
       RefusedParam({{"prompt", "x"}, {"tools", json::array({kWeather})}}, Endpoint::kCompletion),
       "tools");
   EXPECT_EQ(RefusedParam({{"prompt", "x"}, {"tool_choice", "required"}}, Endpoint::kCompletion),
-            "tool_choice");
-
-  // Forced calls need a grammar (not here yet): refused, not answered unconstrained.
-  EXPECT_EQ(RefusedParam(Body({{"tool_choice", "required"}})), "tool_choice");
-  EXPECT_EQ(RefusedParam(Body({{"tool_choice", {{"type", "function"},
-                                                {"function", {{"name", "get_weather"}}}}}})),
             "tool_choice");
 
   const auto r = es::server::ParseRequest(
@@ -362,6 +357,100 @@ TEST(ServerToolReply, ThinkGoesToReasoningContent) {
   EXPECT_EQ(ow["choices"][0]["message"]["content"], "shown");
   EXPECT_EQ(Stream(open, opened).message["reasoning_content"], "hidden");
   EXPECT_FALSE(Prepared(Body(), Template("Qwen-QwQ-32B")).plan.think_open);
+}
+
+// Whether the grammar a forced choice gets accepts `text` whole.
+bool Accepts(const ParsedRequest& r, const std::string& text) {
+  if (!r.gen.sampling.grammar) {
+    ADD_FAILURE() << "no grammar";
+    return false;
+  }
+  es::runtime::GrammarMatcher m(r.gen.sampling.grammar);
+  return m.Accept(text) && m.CanEnd();
+}
+
+const json kTime = json::parse(R"({"type": "function", "function": {"name": "get_time",
+    "parameters": {"type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}},
+                   "required": ["zone"], "additionalProperties": false}}})");
+
+TEST(ServerToolGrammar, RequiredAndNamedAdmitOnlyValidCalls) {
+  const std::string qwen = Template("Qwen-Qwen2.5-7B-Instruct");
+  const json both = json::array({kWeather, kTime});
+  const ParsedRequest req = Prepared(Body({{"tools", both}, {"tool_choice", "required"}}), qwen);
+  const std::string paris =
+      "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": "
+      "\"Paris\"}}\n</tool_call>";
+  const std::string utc =
+      "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"zone\": \"UTC\"}}\n</tool_call>";
+  EXPECT_TRUE(Accepts(req, paris));
+  EXPECT_TRUE(Accepts(req, utc));
+  EXPECT_TRUE(Accepts(req, paris + "\n" + utc));  // parallel calls
+  EXPECT_FALSE(Accepts(req, "Sure! " + paris));   // no text instead of the call
+  EXPECT_FALSE(Accepts(req, ""));
+  EXPECT_FALSE(Accepts(req,
+                       "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"zone\": "
+                       "\"PST\"}}\n</tool_call>"));  // not in the enum
+  EXPECT_FALSE(Accepts(req,
+                       "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {}}\n"
+                       "</tool_call>"));  // city is required
+  EXPECT_FALSE(Accepts(req, "<tool_call>\n{\"name\": \"other\", \"arguments\": {}}\n</tool_call>"));
+  // Named: that tool only. Not parallel: one call.
+  const ParsedRequest named =
+      Prepared(Body({{"tools", both},
+                     {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_time"}}}}},
+                     {"parallel_tool_calls", false}}),
+               qwen);
+  EXPECT_TRUE(Accepts(named, utc));
+  EXPECT_FALSE(Accepts(named, paris));
+  EXPECT_FALSE(Accepts(named, utc + "\n" + utc));
+  // What the grammar lets through parses back into the call.
+  const json w = Whole(req, {paris, ""});
+  EXPECT_EQ(w["choices"][0]["finish_reason"], "tool_calls");
+  EXPECT_EQ(w["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+            R"({"city":"Paris"})");
+
+  // Llama 3 and Mistral write their own syntax.
+  const ParsedRequest l =
+      Prepared(Body({{"tool_choice", "required"}}), Template("meta-llama-Llama-3.1-8B-Instruct"));
+  EXPECT_TRUE(Accepts(l, R"({"name": "get_weather", "parameters": {"city": "Rome"}})"));
+  EXPECT_FALSE(Accepts(l, R"({"name": "get_weather", "arguments": {"city": "Rome"}})"));
+  const ParsedRequest m = Prepared(Body({{"tool_choice", "required"}}),
+                                   Template("mistralai-Mistral-Nemo-Instruct-2407"));
+  EXPECT_TRUE(
+      Accepts(m, R"([TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Bern"}}])"));
+
+  // A thinking model may think first (Qwen3), unless the prompt closed the block already.
+  const std::string qwen3 = Template("Qwen-Qwen3-0.6B");
+  const ParsedRequest think = Prepared(Body({{"tool_choice", "required"}}), qwen3);
+  EXPECT_TRUE(Accepts(think, "<think>\nrain?\n</think>\n\n" + paris));
+  EXPECT_TRUE(Accepts(think, paris));
+  const ParsedRequest no_think = Prepared(
+      Body({{"tool_choice", "required"}, {"chat_template_kwargs", {{"enable_thinking", false}}}}),
+      qwen3);
+  EXPECT_TRUE(no_think.plan.think_closed);
+  EXPECT_FALSE(Accepts(no_think, "<think>\nrain?\n</think>\n\n" + paris));
+  EXPECT_TRUE(Accepts(no_think, paris));
+
+  // auto and none force nothing.
+  EXPECT_FALSE(Prepared(Body(), qwen).gen.sampling.grammar);
+  // A grammar of the request's own cannot be combined with a forced call.
+  try {
+    Prepared(Body({{"tool_choice", "required"}, {"grammar", "root ::= \"x\""}}), qwen);
+    ADD_FAILURE() << "grammar and tool_choice required together were accepted";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 400);
+    EXPECT_EQ(e.param, "tool_choice");
+  }
+  // A parameters schema the grammar builder cannot constrain: 400 naming the tool.
+  json odd = kWeather;
+  odd["function"]["parameters"]["properties"]["city"]["pattern"] = "^[A-Z]";
+  try {
+    Prepared(Body({{"tools", json::array({odd})}, {"tool_choice", "required"}}), qwen);
+    ADD_FAILURE() << "a pattern schema was accepted";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 400);
+    EXPECT_EQ(e.param, "tools[0].function.parameters");
+  }
 }
 
 }  // namespace

@@ -328,11 +328,23 @@ std::string RenderPrompt(const ParsedRequest& r, const tok::Tokenizer& t,
 void PlanReply(ParsedRequest& r, const tok::Tokenizer& t, const std::string& chat_template) {
   if (r.endpoint != Endpoint::kChat || chat_template.empty()) return;
   // The last tokens tell whether the template opened a <think> block for the model.
-  const size_t n = std::min<size_t>(r.gen.prompt.size(), 8);
+  const size_t n = std::min<size_t>(r.gen.prompt.size(), 32);
   std::string tail;
   for (size_t i = r.gen.prompt.size() - n; i < r.gen.prompt.size(); ++i)
     tail += t.TokenToPiece(r.gen.prompt[i], true);
   r.plan = PlanChatOutput(r.tools, tok::ChatTemplateText(chat_template), tail);
+  const std::string gbnf = ToolCallGbnf(r.tools, r.plan);
+  if (gbnf.empty()) return;
+  if (r.gen.sampling.grammar)
+    throw ApiError(400,
+                   "'tool_choice' forces a tool call, which a grammar / json_schema / "
+                   "response_format would contradict: give only one of them",
+                   "tool_choice");
+  try {
+    r.gen.sampling.grammar = runtime::Grammar::Parse(gbnf);
+  } catch (const Error& e) {
+    throw ApiError(500, std::string("the tool-call grammar did not compile: ") + e.what());
+  }
 }
 
 std::vector<int32_t> BuildPrompt(const ParsedRequest& r, const tok::Tokenizer& t,

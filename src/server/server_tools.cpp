@@ -4,6 +4,8 @@
 #include <random>
 #include <set>
 
+#include "edgeshard/error.h"
+#include "runtime/runtime_json_schema.h"
 #include "server/server_openai.h"
 
 namespace es::server {
@@ -163,15 +165,6 @@ ToolRequest ParseToolFields(const json& body) {
     if ((t.choice == ToolChoice::kRequired || t.choice == ToolChoice::kNamed) && t.tools.empty())
       throw ApiError(400, "'tool_choice' " + Quote(*c) + " needs 'tools' to choose from",
                      "tool_choice");
-    // A forced call is only sure to be a valid one under a grammar; without grammar-constrained
-    // sampling the model could write anything, so the request is refused rather than answered
-    // with a call that may not parse.
-    if (t.choice == ToolChoice::kRequired || t.choice == ToolChoice::kNamed)
-      throw ApiError(400,
-                     "'tool_choice' " + Quote(*c) +
-                         " needs grammar-constrained sampling, which this server does not have "
-                         "yet: use \"auto\" (the model may then call a tool) or \"none\"",
-                     "tool_choice");
   }
   t.parallel = BoolField(body, "parallel_tool_calls", true);
   if (const json* r = Field(body, "reasoning_format")) {
@@ -283,10 +276,65 @@ ChatPlan PlanChatOutput(const ToolRequest& t, const std::string& template_text,
     // A template that never writes <think> has no reasoning to split off.
     size_t end = prompt_tail.find_last_not_of(" \n\r\t");
     const std::string tail = end == std::string::npos ? "" : prompt_tail.substr(0, end + 1);
-    p.think_open = tail.size() >= 7 && tail.compare(tail.size() - 7, 7, "<think>") == 0;
+    auto ends = [&](const std::string& s) {
+      return tail.size() >= s.size() && tail.compare(tail.size() - s.size(), s.size(), s) == 0;
+    };
+    p.think_open = ends("<think>");
+    p.think_closed = ends("</think>");
     p.reasoning = p.think_open || template_text.find("<think>") != std::string::npos;
   }
   return p;
+}
+
+std::string ToolCallGbnf(const ToolRequest& t, const ChatPlan& p) {
+  if (t.choice != ToolChoice::kRequired && t.choice != ToolChoice::kNamed) return "";
+  // One alternative per callable tool: the call exactly as the format writes it, its arguments
+  // JSON valid under the tool's parameters (any object when it gives none).
+  std::string rules, calls;
+  for (size_t i = 0; i < t.tools.size(); ++i) {
+    const auto& fn = t.tools[i]["function"];
+    const std::string name = fn["name"].get<std::string>();
+    if (t.choice == ToolChoice::kNamed && name != t.named) continue;
+    const std::string prefix = "tool" + std::to_string(i) + "-";
+    const json schema = fn.contains("parameters") && !fn["parameters"].is_null()
+                            ? json::parse(fn["parameters"].dump())
+                            : json{{"type", "object"}};
+    try {
+      rules += runtime::JsonSchemaToGbnf(schema, prefix) + "\n";
+    } catch (const Error& e) {
+      const std::string where = "tools[" + std::to_string(i) + "].function.parameters";
+      throw ApiError(400, where + " cannot constrain a forced call: " + e.what(), where);
+    }
+    // Names are letters, digits, '_' and '-' (ParseToolFields): nothing to escape.
+    const std::string head = p.format == tok::ToolCallFormat::kLlama3 ? "parameters" : "arguments";
+    calls += std::string(calls.empty() ? "" : " | ") + "\"{\\\"name\\\": \\\"" + name +
+             "\\\", \\\"" + head + "\\\": \" " + prefix + "root \"}\"";
+  }
+  rules += "call-json ::= " + calls + "\n";
+  std::string root;
+  switch (p.format) {
+    case tok::ToolCallFormat::kHermes:
+      rules += "call ::= \"<tool_call>\\n\" call-json \"\\n</tool_call>\"\n";
+      root = p.parallel ? "call (\"\\n\" call)*" : "call";
+      break;
+    case tok::ToolCallFormat::kLlama3:
+      root = p.parallel ? "call-json (\"; \" call-json)*" : "call-json";
+      break;
+    case tok::ToolCallFormat::kMistral:
+      root = std::string("\"[TOOL_CALLS][\" call-json ") +
+             (p.parallel ? "(\", \" call-json)* " : "") + "\"]\"";
+      break;
+    case tok::ToolCallFormat::kNone:
+      return "";
+  }
+  // A reasoning model may think first, unless the prompt already closed (or opened) the block;
+  // an opened block must be closed before the call.
+  if (p.think_open) {
+    root = "[^<]* \"</think>\" [ \\n]* " + root;
+  } else if (p.reasoning && !p.think_closed) {
+    root = "(\"<think>\" [^<]* \"</think>\" [ \\n]*)? " + root;
+  }
+  return "root ::= " + root + "\n" + rules;
 }
 
 std::string ToolCallId(tok::ToolCallFormat f, const std::string& given) {

@@ -43,9 +43,10 @@ nlohmann::ordered_json ParseChatMessages(const nlohmann::json& body);
 // How a chat reply is read, fixed once the prompt is built.
 struct ChatPlan {
   tok::ToolCallFormat format = tok::ToolCallFormat::kNone;  // kNone: no tool calls are parsed
-  bool reasoning = false;   // <think>...</think> goes to reasoning_content
-  bool think_open = false;  // the prompt ends inside an opened <think> block
-  bool parallel = true;     // false: only the first call is kept
+  bool reasoning = false;     // <think>...</think> goes to reasoning_content
+  bool think_open = false;    // the prompt ends inside an opened <think> block
+  bool think_closed = false;  // the prompt ends with </think>: no thinking comes
+  bool parallel = true;       // false: only the first call is kept
   bool active() const { return format != tok::ToolCallFormat::kNone || reasoning; }
 };
 
@@ -58,6 +59,12 @@ void CheckToolsRendered(const ToolRequest& t, const std::string& template_text,
 // enough) with the template text `template_text`.
 ChatPlan PlanChatOutput(const ToolRequest& t, const std::string& template_text,
                         const std::string& prompt_tail);
+
+// tool_choice required / named: GBNF admitting only calls of the tools (the named one) in the
+// plan's format, each with arguments valid under the tool's `parameters` schema, preceded by
+// the thinking block a reasoning model may write; "" for none/auto. Throws ApiError 400 naming
+// the tool's parameters when a schema uses what the grammar builder cannot constrain.
+std::string ToolCallGbnf(const ToolRequest& t, const ChatPlan& p);
 
 // An OpenAI tool call id: Mistral's templates insist on 9 letters or digits; others get
 // "call_" and 24 of them. `given` (the model's own id) is kept when it fits the format.

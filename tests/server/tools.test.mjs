@@ -20,15 +20,19 @@ const weather = {
     description: 'The weather in a city',
     parameters: {
       type: 'object',
-      properties: { city: { type: 'string' }, unit: { type: 'string', enum: ['C', 'F'] } },
-      required: ['city'],
+      properties: {
+        city: { type: 'string', maxLength: 12 },
+        unit: { type: 'string', enum: ['C', 'F'] },
+        days: { type: 'integer', minimum: 1, maximum: 7 },
+      },
+      required: ['city', 'unit'],
       additionalProperties: false,
     },
   },
 };
 const time = {
   type: 'function',
-  function: { name: 'get_time', parameters: { type: 'object', properties: { zone: { type: 'string' } }, required: ['zone'] } },
+  function: { name: 'get_time', parameters: { type: 'object', properties: { zone: { enum: ['UTC', 'CET', 'PST'] } }, required: ['zone'] } },
 };
 const tools = [weather, time];
 const messages = [{ role: 'user', content: 'What is the weather in Paris?' }];
@@ -112,11 +116,95 @@ test('malformed tools and tool_choice are 400 naming the part', async () => {
     await assert.rejects(client.chat.completions.create({ model, messages, max_tokens: 2, ...extra }),
       (e) => e.status === 400 && e.param === param, `${JSON.stringify(extra)} -> ${param}`);
   }
-  // Without a grammar engine a forced call could be invalid: refused, not answered.
-  for (const tool_choice of ['required', { type: 'function', function: { name: 'get_weather' } }]) {
-    await assert.rejects(client.chat.completions.create({ model, messages, tools, tool_choice, max_tokens: 2 }),
-      (e) => e.status === 400 && e.param === 'tool_choice' && /grammar/.test(e.message));
+  // A forced call and a grammar of the request's own would contradict each other.
+  await assert.rejects(client.chat.completions.create({ model, messages, tools, tool_choice: 'required', grammar: 'root ::= "x"' }),
+    (e) => e.status === 400 && e.param === 'tool_choice');
+});
+
+// Qwen3's template without thinking: the reply is the call alone.
+const noThink = { chat_template_kwargs: { enable_thinking: false } };
+
+test('tool_choice required: every reply is valid calls, whole and streamed', async () => {
+  for (let seed = 1; seed <= 12; seed++) {
+    const params = { model, messages, tools, tool_choice: 'required', max_tokens: 400, temperature: 1, seed, ...noThink };
+    const r = await client.chat.completions.create(params);
+    const m = r.choices[0].message;
+    assert.equal(r.choices[0].finish_reason, 'tool_calls', JSON.stringify(m));
+    assert.ok(m.tool_calls.length >= 1);
+    assert.equal(m.content, null);
+    checkCalls(m);
+    if (seed > 4) continue;
+    // The same seed streamed: the client's helper assembles the same calls.
+    const done = await client.chat.completions.stream(params).finalChatCompletion();
+    assert.equal(done.choices[0].finish_reason, 'tool_calls');
+    checkCalls(done.choices[0].message);
+    assert.deepEqual(done.choices[0].message.tool_calls.map((c) => c.function), m.tool_calls.map((c) => c.function));
   }
+});
+
+test('a named tool_choice calls that tool; parallel_tool_calls false gives one call', async () => {
+  for (let seed = 1; seed <= 6; seed++) {
+    const r = await client.chat.completions.create({
+      model, messages, tools, tool_choice: { type: 'function', function: { name: 'get_time' } },
+      parallel_tool_calls: false, max_tokens: 200, temperature: 1, seed, stream: seed % 2 === 0, ...noThink,
+    });
+    let message;
+    if (seed % 2 === 0) {
+      // Raw chunks: the first of a call has index, id, type and name; later ones only arguments.
+      const calls = [];
+      for await (const chunk of r) {
+        for (const tc of chunk.choices[0]?.delta?.tool_calls ?? []) {
+          if (tc.id) {
+            assert.equal(tc.type, 'function');
+            assert.equal(tc.function.arguments, '');
+            calls[tc.index] = { id: tc.id, type: tc.type, function: { name: tc.function.name, arguments: '' } };
+          } else {
+            assert.equal(tc.id, undefined);
+            calls[tc.index].function.arguments += tc.function.arguments;
+          }
+        }
+      }
+      message = { tool_calls: calls };
+    } else {
+      message = r.choices[0].message;
+    }
+    assert.equal(message.tool_calls.length, 1);
+    assert.equal(message.tool_calls[0].function.name, 'get_time');
+    checkCalls(message);
+  }
+});
+
+// A grammar of the request's own makes the random model write the markers: the reply is read
+// into tool_calls and reasoning_content under tool_choice auto.
+test('auto: text with call markers becomes tool_calls, <think> becomes reasoning_content', async () => {
+  const call = '<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET"}}\n</tool_call>';
+  // JSON string literals are GBNF literals too (the same \n and \" escapes).
+  const grammar = `root ::= ${JSON.stringify('<think>\nNeed the time.\n</think>\n\n')} ${JSON.stringify(call)}`;
+  const params = { model, messages, tools, grammar, max_tokens: 200, temperature: 0 };
+  const r = await client.chat.completions.create(params);
+  const m = r.choices[0].message;
+  assert.equal(r.choices[0].finish_reason, 'tool_calls');
+  assert.equal(m.reasoning_content, 'Need the time.');
+  assert.equal(m.content, null);
+  assert.equal(m.tool_calls.length, 1);
+  assert.deepEqual(JSON.parse(m.tool_calls[0].function.arguments), { zone: 'CET' });
+  checkCalls(m);
+  const stream = await client.chat.completions.create({ ...params, stream: true });
+  let reasoning = '';
+  let content = '';
+  const names = [];
+  for await (const chunk of stream) {
+    const d = chunk.choices[0]?.delta ?? {};
+    reasoning += d.reasoning_content ?? '';
+    content += d.content ?? '';
+    for (const tc of d.tool_calls ?? []) if (tc.function?.name) names.push(tc.function.name);
+  }
+  assert.equal(reasoning.trim(), 'Need the time.');
+  assert.equal(content.trim(), '');
+  assert.deepEqual(names, ['get_time']);
+  // reasoning_format none: the same text stays content.
+  const raw = await client.chat.completions.create({ ...params, tools: undefined, reasoning_format: 'none' });
+  assert.ok(raw.choices[0].message.content.startsWith('<think>'), raw.choices[0].message.content);
 });
 
 // A token the greedy reply uses, banned with -100, never appears again: greedy or sampled,
