@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "gguf/gguf_file.h"
+#include "gguf/gguf_writer.h"
 #include "runtime/runtime_grammar.h"
 #include "server/server_openai.h"
 #include "server/server_tools.h"
@@ -451,6 +452,38 @@ TEST(ServerToolGrammar, RequiredAndNamedAdmitOnlyValidCalls) {
     EXPECT_EQ(e.status, 400);
     EXPECT_EQ(e.param, "tools[0].function.parameters");
   }
+}
+
+// Mistral vocabularies have [TOOL_CALLS] as a control token, which output text leaves out: the
+// request asks the scheduler to show it, or the call could not be read.
+TEST(ServerToolPrompt, ControlMarkersAreShown) {
+  es::gguf::Writer w;
+  w.SetString("tokenizer.ggml.model", "gpt2");
+  w.SetString("tokenizer.ggml.pre", "gpt-2");
+  const std::vector<std::string> tokens = {"a", "b", "ab", "[TOOL_CALLS]", "[ARGS]", "<think>"};
+  w.SetStringArray("tokenizer.ggml.tokens", tokens);
+  w.SetStringArray("tokenizer.ggml.merges", {"a b"});
+  const std::vector<int32_t> types = {1, 1, 1, 3, 3, 4};  // normal, control, user-defined
+  w.SetArray("tokenizer.ggml.token_type", std::span<const int32_t>(types));
+  const std::string path =
+      (std::filesystem::temp_directory_path() / "es_tools_markers.gguf").string();
+  w.Write(path);
+  auto t = es::tok::Tokenizer::FromGGUF(*es::gguf::File::Open(path));
+  std::filesystem::remove(path);
+
+  ParsedRequest r = es::server::ParseRequest(Endpoint::kChat, Body(), 512);
+  const std::string tmpl = Template("mistralai-Mistral-Nemo-Instruct-2407");
+  r.gen.prompt = {0, 1};
+  es::server::PlanReply(r, *t, tmpl);
+  EXPECT_EQ(r.plan.format, es::tok::ToolCallFormat::kMistral);
+  // The two control markers; <think> is user-defined (printed anyway) and not Mistral's.
+  EXPECT_EQ(r.gen.shown_tokens, std::vector<int32_t>({3, 4}));
+  // Without tools nothing needs showing.
+  ParsedRequest plain =
+      es::server::ParseRequest(Endpoint::kChat, Body({{"tools", json::array()}}), 512);
+  plain.gen.prompt = {0, 1};
+  es::server::PlanReply(plain, *t, tmpl);
+  EXPECT_TRUE(plain.gen.shown_tokens.empty());
 }
 
 }  // namespace

@@ -333,6 +333,10 @@ void PlanReply(ParsedRequest& r, const tok::Tokenizer& t, const std::string& cha
   for (size_t i = r.gen.prompt.size() - n; i < r.gen.prompt.size(); ++i)
     tail += t.TokenToPiece(r.gen.prompt[i], true);
   r.plan = PlanChatOutput(r.tools, tok::ChatTemplateText(chat_template), tail);
+  for (const std::string& m : MarkerTexts(r.plan))
+    for (int32_t id : t.Encode(m, false, true))
+      if (t.TokenToPiece(id).empty() && t.TokenToPiece(id, true) == m)
+        r.gen.shown_tokens.push_back(id);
   const std::string gbnf = ToolCallGbnf(r.tools, r.plan);
   if (gbnf.empty()) return;
   if (r.gen.sampling.grammar)

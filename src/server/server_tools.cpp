@@ -286,6 +286,25 @@ ChatPlan PlanChatOutput(const ToolRequest& t, const std::string& template_text,
   return p;
 }
 
+std::vector<std::string> MarkerTexts(const ChatPlan& p) {
+  std::vector<std::string> out;
+  switch (p.format) {
+    case tok::ToolCallFormat::kHermes:
+      out = {"<tool_call>", "</tool_call>"};
+      break;
+    case tok::ToolCallFormat::kLlama3:
+      out = {"<|python_tag|>"};
+      break;
+    case tok::ToolCallFormat::kMistral:
+      out = {"[TOOL_CALLS]", "[ARGS]"};
+      break;
+    case tok::ToolCallFormat::kNone:
+      break;
+  }
+  if (p.reasoning) out.insert(out.end(), {"<think>", "</think>"});
+  return out;
+}
+
 std::string ToolCallGbnf(const ToolRequest& t, const ChatPlan& p) {
   if (t.choice != ToolChoice::kRequired && t.choice != ToolChoice::kNamed) return "";
   // One alternative per callable tool: the call exactly as the format writes it, its arguments

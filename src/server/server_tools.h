@@ -60,6 +60,10 @@ void CheckToolsRendered(const ToolRequest& t, const std::string& template_text,
 ChatPlan PlanChatOutput(const ToolRequest& t, const std::string& template_text,
                         const std::string& prompt_tail);
 
+// The marker texts the reply is read by (tool-call and thinking markers): where a vocabulary has
+// them as control tokens, the output must show those tokens' text for the reply to be read.
+std::vector<std::string> MarkerTexts(const ChatPlan& p);
+
 // tool_choice required / named: GBNF admitting only calls of the tools (the named one) in the
 // plan's format, each with arguments valid under the tool's `parameters` schema, preceded by
 // the thinking block a reasoning model may write; "" for none/auto. Throws ApiError 400 naming
