@@ -260,9 +260,6 @@ TEST_F(ServerTest, NProbsGivesTopAlternatives) {
 // their "off" values and fields that never change the text are accepted.
 TEST_F(ServerTest, UnimplementedFieldsAreRefused) {
   const std::vector<std::pair<std::string, std::string>> asks = {
-      {"grammar", R"("root ::= \"a\"")"},
-      {"json_schema", R"({"type": "object"})"},
-      {"response_format", R"({"type": "json_object"})"},
       {"mirostat", "2"},
       {"typical_p", "0.5"},
       {"tfs_z", "0.9"},

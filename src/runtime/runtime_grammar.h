@@ -32,6 +32,8 @@ struct Grammar {
     bool Match(uint32_t cp) const;
     // Whether some code point in [lo, hi] matches (for a partly read UTF-8 sequence).
     bool MatchAny(uint32_t lo, uint32_t hi) const;
+    // Whether every code point in [lo, hi] matches.
+    bool MatchAll(uint32_t lo, uint32_t hi) const;
   };
 
   // Parses and checks GBNF text. Throws es::Error "grammar: line L, column C: ..." saying what
@@ -90,8 +92,12 @@ struct GrammarStacks {
   std::vector<uint32_t> data;
   std::vector<uint32_t> ends;  // stack i is data[ends[i-1] .. ends[i])
   uint32_t cp = 0;             // partial code point bits read so far
-  uint8_t need = 0;            // continuation bytes still to come
+  uint8_t need = 0;            // continuation bytes still to come, | kAnyCp
+  // Every stack takes whatever code point the partial bytes become: cp is not kept.
+  static constexpr uint8_t kAnyCp = 0x80;
   size_t size() const { return ends.size(); }
+  // The whole state as bytes, for finding it again.
+  std::string Key() const;
   void Clear() {
     data.clear();
     ends.clear();
@@ -127,19 +133,32 @@ class GrammarMatcher {
   const Grammar& grammar() const { return *g_; }
 
  private:
-  void Walk(const TokenTrie& trie, uint32_t node, size_t depth, std::vector<uint64_t>& mask,
-            size_t& n) const;
-  std::string StateKey() const;
+  // The mask's walk runs on an automaton built as it goes: each distinct stack set met is a
+  // state with a table of 256 successors, filled when a byte is first tried from it. A state met
+  // again (inside a string, the next array item, a later step) then costs one table lookup per
+  // trie edge instead of advancing its stacks.
+  static constexpr uint32_t kUnknown = UINT32_MAX, kDead = UINT32_MAX - 1, kFull = UINT32_MAX - 2;
+  static constexpr size_t kMaxStates = 8192;  // 8 MiB of tables; then the walk goes on without
+  uint32_t Intern(const GrammarStacks& s);
+  uint32_t Next(uint32_t state, uint8_t byte);
+  void Walk(const TokenTrie& trie, uint32_t node, uint32_t state, size_t depth,
+            std::vector<uint64_t>& mask, size_t& n);
+  void WalkStacks(const TokenTrie& trie, uint32_t node, size_t depth, std::vector<uint64_t>& mask,
+                  size_t& n) const;
 
   std::shared_ptr<const Grammar> g_;
   GrammarStacks cur_;
-  mutable std::vector<GrammarStacks> levels_;  // per trie depth, reused by Walk
+  mutable std::vector<GrammarStacks> levels_;  // per trie depth, reused by CanAccept, WalkStacks
   mutable std::vector<uint32_t> scratch_;
+  std::vector<GrammarStacks> states_;
+  std::vector<uint32_t> next_;  // 256 per state
+  std::unordered_map<std::string, uint32_t> state_ids_;
+  GrammarStacks tmp_;
   struct CachedMask {
     std::vector<uint64_t> bits;
     size_t n;
   };
-  std::unordered_map<std::string, CachedMask> cache_;
+  std::unordered_map<uint32_t, CachedMask> cache_;  // by state
 };
 
 // Moves `in` over one byte into `out` (cleared first); false when no stack survives.

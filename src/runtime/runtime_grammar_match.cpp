@@ -62,6 +62,9 @@ bool AdvanceStacks(const Grammar& g, const GrammarStacks& in, uint8_t byte, Gram
   out.Clear();
   uint32_t cp;
   uint8_t need;
+  // kAnyCp: every stack takes any code point these bytes may still become, so which one it is
+  // does not matter; forgetting it lets partial characters share states in the mask's automaton.
+  bool any = false;
   if (in.need == 0) {
     if (byte < 0x80) {
       cp = byte, need = 0;
@@ -76,28 +79,50 @@ bool AdvanceStacks(const Grammar& g, const GrammarStacks& in, uint8_t byte, Gram
     }
   } else {
     if ((byte & 0xC0) != 0x80) return false;
-    cp = (in.cp << 6) | (byte & 0x3Fu);
-    need = static_cast<uint8_t>(in.need - 1);
+    any = (in.need & GrammarStacks::kAnyCp) != 0;
+    cp = any ? 0 : (in.cp << 6) | (byte & 0x3Fu);
+    need = static_cast<uint8_t>((in.need & ~GrammarStacks::kAnyCp) - 1);
+    // The first continuation byte decides whether the sequence can be valid: no overlong
+    // forms, no surrogates, nothing past U+10FFFF (4-byte: in.need 3; 3-byte: lead bits < 16).
+    if (!any && in.need == 3 && (cp < 0x10 || cp > 0x10F)) return false;
+    if (!any && in.need == 2 && in.cp < 0x10 && (cp < 0x20 || (cp >= 0x360 && cp <= 0x37F)))
+      return false;
   }
   uint32_t begin = 0;
   if (need > 0) {
+    if (any) {
+      out.data = in.data;
+      out.ends = in.ends;
+      out.need = static_cast<uint8_t>(need | GrammarStacks::kAnyCp);
+      return true;
+    }
     // Keep the stacks whose next character could still be what these bytes begin.
-    const uint32_t lo = cp << (6 * need), hi = lo | ((1u << (6 * need)) - 1);
+    uint32_t lo = cp << (6 * need);
+    const uint32_t hi = std::min<uint32_t>(lo | ((1u << (6 * need)) - 1), 0x10FFFF);
+    // After a lead byte: the smallest code point its length may encode (no overlong forms).
+    if (in.need == 0) lo = std::max<uint32_t>(lo, need == 1 ? 0x80 : need == 2 ? 0x800 : 0x10000);
+    bool all = true;
     for (uint32_t end : in.ends) {
-      if (end > begin && g.classes[g.elems[in.data[end - 1]].arg].MatchAny(lo, hi)) {
-        out.data.insert(out.data.end(), in.data.begin() + begin, in.data.begin() + end);
-        out.ends.push_back(static_cast<uint32_t>(out.data.size()));
+      if (end > begin) {
+        const auto& cls = g.classes[g.elems[in.data[end - 1]].arg];
+        if (cls.MatchAny(lo, hi)) {
+          out.data.insert(out.data.end(), in.data.begin() + begin, in.data.begin() + end);
+          out.ends.push_back(static_cast<uint32_t>(out.data.size()));
+          all = all && cls.MatchAll(lo, hi);
+        }
       }
       begin = end;
     }
-    out.cp = cp;
-    out.need = need;
+    // Leads whose next byte is restricted keep their bits until that byte is checked.
+    if (in.need == 0 && (byte == 0xE0 || byte == 0xED || byte == 0xF0 || byte == 0xF4)) all = false;
+    out.cp = all ? 0 : cp;
+    out.need = all ? static_cast<uint8_t>(need | GrammarStacks::kAnyCp) : need;
     return !out.ends.empty();
   }
   for (uint32_t end : in.ends) {
     if (end > begin) {
       const uint32_t top = in.data[end - 1];
-      if (g.classes[g.elems[top].arg].Match(cp)) {
+      if (any || g.classes[g.elems[top].arg].Match(cp)) {
         scratch.assign(in.data.begin() + begin, in.data.begin() + end - 1);
         Expand(g, scratch, top + 1, out);
       }
@@ -132,6 +157,7 @@ uint32_t TokenTrie::Build(const std::vector<int32_t>& order, size_t lo, size_t h
   size_t k = lo;
   const auto first_token = static_cast<uint32_t>(node_tokens_.size());
   while (k < hi && piece(order[k]).size() == depth) node_tokens_.push_back(order[k++]);
+  const auto n_tokens = static_cast<uint32_t>(node_tokens_.size() - first_token);
   std::vector<std::pair<size_t, size_t>> groups;
   while (k < hi) {
     const char b = piece(order[k])[depth];
@@ -146,8 +172,7 @@ uint32_t TokenTrie::Build(const std::vector<int32_t>& order, size_t lo, size_t h
   }
   for (size_t gi = 0; gi < groups.size(); ++gi)
     edge_nodes_[first_edge + gi] = Build(order, groups[gi].first, groups[gi].second, depth + 1);
-  nodes_[idx] = {first_edge, static_cast<uint32_t>(groups.size()), first_token,
-                 static_cast<uint32_t>(node_tokens_.size() - first_token)};
+  nodes_[idx] = {first_edge, static_cast<uint32_t>(groups.size()), first_token, n_tokens};
   return idx;
 }
 
@@ -204,57 +229,6 @@ bool GrammarMatcher::AcceptToken(const TokenTrie& trie, int32_t id) {
   if (trie.eog(id)) return CanEnd();
   const std::string& p = trie.piece(id);
   return !p.empty() && Accept(p);
-}
-
-std::string GrammarMatcher::StateKey() const {
-  std::string k;
-  k.resize(sizeof(uint32_t) * (cur_.data.size() + cur_.ends.size()) + 5);
-  char* o = k.data();
-  std::memcpy(o, cur_.data.data(), sizeof(uint32_t) * cur_.data.size());
-  o += sizeof(uint32_t) * cur_.data.size();
-  std::memcpy(o, cur_.ends.data(), sizeof(uint32_t) * cur_.ends.size());
-  o += sizeof(uint32_t) * cur_.ends.size();
-  std::memcpy(o, &cur_.cp, sizeof(uint32_t));
-  o[4] = static_cast<char>(cur_.need);
-  return k;
-}
-
-void GrammarMatcher::Walk(const TokenTrie& trie, uint32_t node, size_t depth,
-                          std::vector<uint64_t>& mask, size_t& n) const {
-  const TokenTrie::Node& nd = trie.nodes()[node];
-  if (depth > 0) {
-    for (uint32_t t = nd.first_token; t < nd.first_token + nd.n_tokens; ++t) {
-      const auto id = static_cast<uint32_t>(trie.node_tokens()[t]);
-      mask[id / 64] |= uint64_t{1} << (id % 64);
-    }
-    n += nd.n_tokens;
-  }
-  for (uint32_t e = nd.first_edge; e < nd.first_edge + nd.n_edges; ++e)
-    if (AdvanceStacks(*g_, levels_[depth], trie.edge_bytes()[e], levels_[depth + 1], scratch_))
-      Walk(trie, trie.edge_nodes()[e], depth + 1, mask, n);
-}
-
-size_t GrammarMatcher::FillMask(const TokenTrie& trie, std::vector<uint64_t>& mask) {
-  const size_t words = (static_cast<size_t>(trie.n_vocab()) + 63) / 64;
-  std::string key = StateKey();
-  if (auto it = cache_.find(key); it != cache_.end()) {
-    mask = it->second.bits;
-    return it->second.n;
-  }
-  mask.assign(words, 0);
-  size_t n = 0;
-  if (levels_.size() < trie.max_depth() + 2) levels_.resize(trie.max_depth() + 2);
-  levels_[0] = cur_;
-  Walk(trie, 0, 0, mask, n);
-  if (CanEnd())
-    for (int32_t id : trie.eog_ids()) {
-      mask[static_cast<size_t>(id) / 64] |= uint64_t{1} << (id % 64);
-      ++n;
-    }
-  // States repeat (inside a string, between array items): keep a bounded number of masks.
-  if (cache_.size() >= 64) cache_.clear();
-  cache_.emplace(std::move(key), CachedMask{mask, n});
-  return n;
 }
 
 }  // namespace es::runtime

@@ -459,16 +459,27 @@ bool Grammar::CharClass::Match(uint32_t cp) const {
   return negated;
 }
 
+namespace {
+
+// Whether some listed range meets [lo, hi] / one covers all of it (ranges are merged, so a
+// covering range is a single one).
+bool Meets(const std::vector<std::pair<uint32_t, uint32_t>>& ranges, uint32_t lo, uint32_t hi) {
+  return std::any_of(ranges.begin(), ranges.end(),
+                     [&](const auto& r) { return r.first <= hi && r.second >= lo; });
+}
+bool Covers(const std::vector<std::pair<uint32_t, uint32_t>>& ranges, uint32_t lo, uint32_t hi) {
+  return std::any_of(ranges.begin(), ranges.end(),
+                     [&](const auto& r) { return r.first <= lo && r.second >= hi; });
+}
+
+}  // namespace
+
 bool Grammar::CharClass::MatchAny(uint32_t lo, uint32_t hi) const {
-  if (!negated) {
-    for (const auto& r : ranges)
-      if (r.first <= hi && r.second >= lo) return true;
-    return false;
-  }
-  // Ranges are merged, so one covering all of [lo, hi] would be a single range.
-  for (const auto& r : ranges)
-    if (r.first <= lo && r.second >= hi) return false;
-  return true;
+  return negated ? !Covers(ranges, lo, hi) : Meets(ranges, lo, hi);
+}
+
+bool Grammar::CharClass::MatchAll(uint32_t lo, uint32_t hi) const {
+  return negated ? !Meets(ranges, lo, hi) : Covers(ranges, lo, hi);
 }
 
 std::shared_ptr<const Grammar> Grammar::Parse(std::string_view text, std::string_view root) {

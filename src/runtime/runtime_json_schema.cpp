@@ -202,7 +202,7 @@ class Converter {
       body = "\"-\"? (\"0\" | [1-9] [0-9]{0," + d1 + "})";
     } else if (what == "number") {
       body = "\"-\"? (\"0\" | [1-9] [0-9]{0," + d1 + "}) (\".\" [0-9]{1," + d +
-             "})? ([eE] [-+]? [0-9]{1,3})?";
+             "})? ([eE] [-+]? [0-9]{1,2})?";
     } else if (what == "boolean") {
       body = "\"true\" | \"false\"";
     } else if (what == "null") {
