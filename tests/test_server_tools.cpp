@@ -405,8 +405,9 @@ TEST(ServerToolGrammar, RequiredAndNamedAdmitOnlyValidCalls) {
   EXPECT_FALSE(Accepts(named, paris));
   EXPECT_FALSE(Accepts(named, utc + "\n" + utc));
   // What the grammar lets through parses back into the call.
-  const json w = Whole(req, {paris, ""});
+  const json w = Whole(req, {"\n", paris, ""});
   EXPECT_EQ(w["choices"][0]["finish_reason"], "tool_calls");
+  EXPECT_TRUE(w["choices"][0]["message"]["content"].is_null()) << w;  // blank is no content
   EXPECT_EQ(w["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
             R"({"city":"Paris"})");
 

@@ -553,7 +553,7 @@ std::string ResponseWriter::FinalBody() const {
     if (!w.reasoning.empty()) msg["reasoning_content"] = TrimSpace(w.reasoning);
     if (!w.tool_calls.empty()) {
       // OpenAI's content is null when the reply is only calls.
-      if (w.content.empty()) msg["content"] = nullptr;
+      if (msg["content"] == "") msg["content"] = nullptr;
       msg["tool_calls"] = json::array();
       for (const auto& c : w.tool_calls) msg["tool_calls"].push_back(ToolCallJson(c));
     }
