@@ -408,8 +408,9 @@ TEST(ServerToolGrammar, RequiredAndNamedAdmitOnlyValidCalls) {
   const json w = Whole(req, {"\n", paris, ""});
   EXPECT_EQ(w["choices"][0]["finish_reason"], "tool_calls");
   EXPECT_TRUE(w["choices"][0]["message"]["content"].is_null()) << w;  // blank is no content
+  // Forced calls keep the arguments as written (they were streamed so).
   EXPECT_EQ(w["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
-            R"({"city":"Paris"})");
+            R"({"city": "Paris"})");
 
   // Llama 3 and Mistral write their own syntax.
   const ParsedRequest l =
@@ -485,6 +486,44 @@ TEST(ServerToolPrompt, ControlMarkersAreShown) {
   plain.gen.prompt = {0, 1};
   es::server::PlanReply(plain, *t, tmpl);
   EXPECT_TRUE(plain.gen.shown_tokens.empty());
+}
+
+// Under tool_choice required a Hermes call streams its arguments while they are written: the
+// head as soon as the name is read, then the arguments piece by piece.
+TEST(ServerToolReply, ForcedCallsStreamArgumentsAsWritten) {
+  const ParsedRequest r =
+      Prepared(Body({{"tool_choice", "required"}}), Template("Qwen-Qwen2.5-7B-Instruct"));
+  ASSERT_TRUE(r.plan.forced);
+  const std::vector<std::string> pieces = {"<tool_call>\n{\"name\": \"get_we",
+                                           "ather\", \"arguments\": {\"ci",
+                                           "ty\": \"Par",
+                                           "is {x}\"}",
+                                           "}\n</tool_call>",
+                                           ""};
+  const Streamed s = Stream(r, pieces);
+  std::vector<std::string> args;
+  bool head_first = false;
+  for (const auto& c : s.chunks)
+    for (const auto& tc : c["choices"][0]["delta"].value("tool_calls", json::array())) {
+      if (tc.contains("id")) head_first = args.empty();
+      if (!tc.contains("id")) args.push_back(tc["function"]["arguments"]);
+    }
+  EXPECT_TRUE(head_first);
+  // The arguments came in the pieces the model wrote them, not in one piece at the end.
+  EXPECT_EQ(args, std::vector<std::string>({"{\"ci", "ty\": \"Par", "is {x}\"}"})) << s.message;
+  const json whole = Whole(r, pieces);
+  const json& call = whole["choices"][0]["message"]["tool_calls"][0];
+  EXPECT_EQ(call["function"]["arguments"], "{\"city\": \"Paris {x}\"}");
+  EXPECT_EQ(s.message["tool_calls"][0]["function"], call["function"]);
+  EXPECT_EQ(s.finish, "tool_calls");
+  // Cut off inside the arguments: the call begun stays a call, in both forms.
+  const std::vector<std::string> cut = {"<tool_call>\n{\"name\": \"get_weather\", ",
+                                        "\"arguments\": {\"city\": \"Pa", ""};
+  const json cw = Whole(r, cut);
+  EXPECT_TRUE(cw["choices"][0]["message"]["content"].is_null()) << cw;
+  EXPECT_EQ(cw["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+            "{\"city\": \"Pa");
+  EXPECT_EQ(Stream(r, cut).message["tool_calls"][0]["function"]["arguments"], "{\"city\": \"Pa");
 }
 
 }  // namespace

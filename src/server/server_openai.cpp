@@ -339,6 +339,7 @@ void PlanReply(ParsedRequest& r, const tok::Tokenizer& t, const std::string& cha
         r.gen.shown_tokens.push_back(id);
   const std::string gbnf = ToolCallGbnf(r.tools, r.plan);
   if (gbnf.empty()) return;
+  r.plan.forced = true;
   if (r.gen.sampling.grammar)
     throw ApiError(400,
                    "'tool_choice' forces a tool call, which a grammar / json_schema / "
@@ -450,8 +451,7 @@ json ResponseWriter::LogprobsJson(const std::vector<TokenLogprob>& toks, size_t 
               {"text_offset", offsets}};
 }
 
-void ResponseWriter::ChatDeltas(const tok::ChatOutputStream::Delta& d, json logprobs,
-                                std::string& out) const {
+void ResponseWriter::ChatDeltas(const ReplyDelta& d, json logprobs, std::string& out) const {
   auto send = [&](json delta) {
     json choice = {{"index", 0}, {"delta", std::move(delta)}, {"finish_reason", nullptr}};
     choice["logprobs"] = std::move(logprobs);
@@ -467,16 +467,19 @@ void ResponseWriter::ChatDeltas(const tok::ChatOutputStream::Delta& d, json logp
     send(std::move(delta));
   }
   // As OpenAI streams a call: its index, id, type and name with empty arguments first, then
-  // the arguments (here whole, once the call has been read to its end).
-  size_t index = reply_.whole().tool_calls.size() - d.tool_calls.size();
-  for (const auto& call : d.tool_calls) {
-    json head = ToolCallJson(call);
-    head["index"] = index;
-    head["function"]["arguments"] = "";
-    send(json{{"tool_calls", json::array({head})}});
-    send(json{{"tool_calls",
-               json::array({{{"index", index}, {"function", {{"arguments", call.arguments}}}}})}});
-    ++index;
+  // pieces of the arguments.
+  for (const CallPiece& p : d.calls) {
+    json call = {{"index", p.index}};
+    if (p.head) {
+      call["id"] = p.id;
+      call["type"] = "function";
+      call["function"] = {{"name", p.name}, {"arguments", ""}};
+    } else if (!p.arguments.empty()) {
+      call["function"] = {{"arguments", p.arguments}};
+    } else {
+      continue;
+    }
+    send(json{{"tool_calls", json::array({std::move(call)})}});
   }
 }
 

@@ -99,8 +99,7 @@ class ResponseWriter {
   nlohmann::json Usage(const GenEvent& e) const;
   std::string FinishReason(const GenEvent& e) const;
   // Chat chunks for the split of new text (logprobs ride on the first).
-  void ChatDeltas(const tok::ChatOutputStream::Delta& d, nlohmann::json logprobs,
-                  std::string& out) const;
+  void ChatDeltas(const ReplyDelta& d, nlohmann::json logprobs, std::string& out) const;
 
   Endpoint endpoint_;
   bool include_usage_, logprobs_;

@@ -375,9 +375,12 @@ json ToolCallJson(const tok::ToolCall& c) {
               {"function", {{"name", c.name}, {"arguments", c.arguments}}}};
 }
 
-ChatReply::ChatReply(const ChatPlan& p) : plan_(p), stream_(p.format, p.reasoning, p.think_open) {}
+ChatReply::ChatReply(const ChatPlan& p)
+    : plan_(p),
+      stream_(p.format, p.reasoning, p.think_open),
+      progressive_(p.forced && p.format == tok::ToolCallFormat::kHermes) {}
 
-tok::ChatOutputStream::Delta ChatReply::Feed(const std::string& text, bool final) {
+ReplyDelta ChatReply::Feed(const std::string& text, bool final) {
   tok::ChatOutputStream::Delta d;
   if (!plan_.active()) {
     d.content = text;
@@ -390,16 +393,112 @@ tok::ChatOutputStream::Delta ChatReply::Feed(const std::string& text, bool final
       for (auto& c : rest.tool_calls) d.tool_calls.push_back(std::move(c));
     }
   }
+  if (progressive_) raw_ += text;
   // One call only when parallel calls are off, as OpenAI answers then.
   if (!plan_.parallel && whole_.tool_calls.size() + d.tool_calls.size() > 1)
     d.tool_calls.resize(whole_.tool_calls.empty() ? 1 : 0);
-  for (auto& c : d.tool_calls) {
-    c.id = ToolCallId(plan_.format, c.id);
+  ReplyDelta out{d.reasoning, d.content, {}};
+  for (tok::ToolCall& c : d.tool_calls) {
+    if (progressive_ && !partial_.open) OpenPartial(out);
+    if (partial_.open) {
+      // The call as it was streamed: its arguments as written (the grammar made them the JSON
+      // the parse read), so the whole body says what the stream said, however the text came.
+      StreamArguments(out);
+      c.id = partial_.id;
+      if (partial_.closed) c.arguments = partial_.sent;
+      const size_t close = raw_.find("</tool_call>", partial_.args_at + partial_.sent.size());
+      search_from_ = close == std::string::npos ? raw_.size() : close + 12;
+      partial_ = Partial{};
+    } else {
+      c.id = ToolCallId(plan_.format, c.id);
+      const size_t index = whole_.tool_calls.size();
+      out.calls.push_back({index, true, c.id, c.name, ""});
+      out.calls.push_back({index, false, "", "", c.arguments});
+    }
     whole_.tool_calls.push_back(c);
+  }
+  if (progressive_) {
+    if (!partial_.open) OpenPartial(out);
+    if (partial_.open) StreamArguments(out);
+    if (final && partial_.open) {
+      // Cut off inside the call (max_tokens): it stays the call the stream began, with the
+      // arguments written so far, rather than turning into content.
+      const size_t at = d.content.find("<tool_call>");
+      if (at != std::string::npos) {
+        d.content.erase(at);
+        out.content = d.content;
+      }
+      whole_.tool_calls.push_back({partial_.id, partial_.name, partial_.sent});
+      partial_ = Partial{};
+    }
   }
   whole_.reasoning += d.reasoning;
   whole_.content += d.content;
-  return d;
+  return out;
+}
+
+void ChatReply::OpenPartial(ReplyDelta& out) {
+  const size_t at = raw_.find("<tool_call>", search_from_);
+  if (at == std::string::npos) return;
+  size_t i = at + 11;
+  const auto lit = [&](std::string_view s) {
+    while (i < raw_.size() && std::isspace(static_cast<unsigned char>(raw_[i]))) ++i;
+    if (raw_.compare(i, s.size(), s) != 0) return false;
+    i += s.size();
+    return true;
+  };
+  if (!lit("{") || !lit("\"name\"") || !lit(":") || !lit("\"")) return;
+  const size_t end = raw_.find('"', i);
+  if (end == std::string::npos) return;
+  const std::string name = raw_.substr(i, end - i);
+  i = end + 1;
+  if (!lit(",") || !lit("\"arguments\"") || !lit(":") || !lit("{")) return;
+  partial_ = Partial{};
+  partial_.open = true;
+  partial_.index = whole_.tool_calls.size();
+  partial_.id = ToolCallId(plan_.format, "");
+  partial_.name = name;
+  partial_.args_at = i - 1;
+  out.calls.push_back({partial_.index, true, partial_.id, name, ""});
+}
+
+void ChatReply::StreamArguments(ReplyDelta& out) {
+  Partial& p = partial_;
+  const size_t from = p.args_at + p.sent.size();
+  size_t j = from;
+  // Up to the object's closing brace, strings read over (braces inside them do not count).
+  for (; j < raw_.size() && !p.closed; ++j) {
+    const char ch = raw_[j];
+    if (p.in_string) {
+      if (p.escaped)
+        p.escaped = false;
+      else if (ch == '\\')
+        p.escaped = true;
+      else if (ch == '"')
+        p.in_string = false;
+    } else if (ch == '"') {
+      p.in_string = true;
+    } else if (ch == '{' || ch == '[') {
+      ++p.depth;
+    } else if ((ch == '}' || ch == ']') && --p.depth == 0) {
+      p.closed = true;
+    }
+  }
+  // A piece never ends inside a UTF-8 character (JSON text is whole characters); the scan state
+  // above changes on ASCII bytes only, so leaving continuation bytes for later is safe.
+  if (!p.closed) {
+    size_t lead = j;
+    while (lead > from && (static_cast<unsigned char>(raw_[lead - 1]) & 0xC0) == 0x80) --lead;
+    if (lead > from) {
+      const auto c = static_cast<unsigned char>(raw_[lead - 1]);
+      const size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+      if (j - (lead - 1) < len) j = lead - 1;
+    }
+  }
+  if (j <= from) return;
+  std::string piece = raw_.substr(from, j - from);
+  p.sent += piece;
+  out.calls.push_back({p.index, false, "", "", std::move(piece)});
 }
 
 }  // namespace es::server

@@ -47,6 +47,7 @@ struct ChatPlan {
   bool think_open = false;    // the prompt ends inside an opened <think> block
   bool think_closed = false;  // the prompt ends with </think>: no thinking comes
   bool parallel = true;       // false: only the first call is kept
+  bool forced = false;        // a grammar makes the reply calls only (tool_choice required/named)
   bool active() const { return format != tok::ToolCallFormat::kNone || reasoning; }
 };
 
@@ -77,19 +78,48 @@ std::string ToolCallId(tok::ToolCallFormat f, const std::string& given);
 // One tool call as OpenAI's message.tool_calls[] holds it.
 nlohmann::json ToolCallJson(const tok::ToolCall& c);
 
-// The chat reply split while it streams, summed for the non-streamed body; ids assigned.
+// A streamed piece of a tool call: the first names it (head), later ones add argument text.
+struct CallPiece {
+  size_t index = 0;
+  bool head = false;
+  std::string id, name;   // head
+  std::string arguments;  // text to append to the call's arguments
+};
+
+struct ReplyDelta {
+  std::string reasoning, content;
+  std::vector<CallPiece> calls;
+};
+
+// The chat reply split while it streams, summed for the non-streamed body; ids assigned. A
+// Hermes call forced by the grammar streams its arguments as they are written (the grammar
+// guarantees the call completes as begun); other calls come whole once read to their end.
 class ChatReply {
  public:
   explicit ChatReply(const ChatPlan& p);
   // The split of the new text (final: the generation ended, nothing is held back any more).
-  tok::ChatOutputStream::Delta Feed(const std::string& text, bool final);
+  ReplyDelta Feed(const std::string& text, bool final);
   // The whole reply so far.
   const tok::ChatOutput& whole() const { return whole_; }
 
  private:
+  // The call being written: its head once `{"name": "...", "arguments": {` is read.
+  struct Partial {
+    bool open = false, closed = false, in_string = false, escaped = false;
+    int depth = 0;
+    size_t index = 0, args_at = 0;
+    std::string id, name, sent;
+  };
+  void OpenPartial(ReplyDelta& out);
+  void StreamArguments(ReplyDelta& out);
+
   ChatPlan plan_;
   tok::ChatOutputStream stream_;
   tok::ChatOutput whole_;
+  bool progressive_;
+  std::string raw_;         // progressive: the text so far
+  size_t search_from_ = 0;  // progressive: where the next call may begin
+  Partial partial_;
 };
 
 }  // namespace es::server
