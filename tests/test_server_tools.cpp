@@ -444,6 +444,26 @@ TEST(ServerToolGrammar, RequiredAndNamedAdmitOnlyValidCalls) {
     EXPECT_EQ(e.status, 400);
     EXPECT_EQ(e.param, "tool_choice");
   }
+  // Parameters that are not an object cannot be arguments.
+  json scalar = kWeather;
+  scalar["function"]["parameters"] = {{"type", "string"}};
+  try {
+    Prepared(Body({{"tools", json::array({scalar})}, {"tool_choice", "required"}}), qwen);
+    ADD_FAILURE() << "string parameters were accepted";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.param, "tools[0].function.parameters");
+  }
+  // No type given: an object all the same.
+  json untyped = kWeather;
+  untyped["function"]["parameters"] = json::object();
+  const ParsedRequest any =
+      Prepared(Body({{"tools", json::array({untyped})}, {"tool_choice", "required"}}), qwen);
+  EXPECT_TRUE(Accepts(any,
+                      "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"x\": 1}}\n"
+                      "</tool_call>"));
+  EXPECT_FALSE(Accepts(any,
+                       "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": 1}\n"
+                       "</tool_call>"));
   // A parameters schema the grammar builder cannot constrain: 400 naming the tool.
   json odd = kWeather;
   odd["function"]["parameters"]["properties"]["city"]["pattern"] = "^[A-Z]";

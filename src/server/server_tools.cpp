@@ -315,13 +315,23 @@ std::string ToolCallGbnf(const ToolRequest& t, const ChatPlan& p) {
     const std::string name = fn["name"].get<std::string>();
     if (t.choice == ToolChoice::kNamed && name != t.named) continue;
     const std::string prefix = "tool" + std::to_string(i) + "-";
-    const json schema = fn.contains("parameters") && !fn["parameters"].is_null()
-                            ? json::parse(fn["parameters"].dump())
-                            : json{{"type", "object"}};
+    json schema = fn.contains("parameters") && !fn["parameters"].is_null()
+                      ? json::parse(fn["parameters"].dump())
+                      : json{{"type", "object"}};
+    // Arguments are an object: a schema that says nothing of the type gets it, one that names
+    // another type cannot describe arguments.
+    const std::string where = "tools[" + std::to_string(i) + "].function.parameters";
+    if (!schema.contains("type") && !schema.contains("$ref") && !schema.contains("anyOf") &&
+        !schema.contains("oneOf") && !schema.contains("allOf"))
+      schema["type"] = "object";
+    else if (schema.contains("type") && schema["type"] != "object")
+      throw ApiError(
+          400,
+          where + " must describe an object (the arguments), got type " + Quote(schema["type"]),
+          where);
     try {
       rules += runtime::JsonSchemaToGbnf(schema, prefix) + "\n";
     } catch (const Error& e) {
-      const std::string where = "tools[" + std::to_string(i) + "].function.parameters";
       throw ApiError(400, where + " cannot constrain a forced call: " + e.what(), where);
     }
     // Names are letters, digits, '_' and '-' (ParseToolFields): nothing to escape.
