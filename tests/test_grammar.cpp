@@ -65,6 +65,12 @@ TEST(GrammarParse, RefusesWithLineAndColumn) {
             std::string::npos);
   EXPECT_NE(ParseError("root ::= \"a\" )").find("line 1, column 14"), std::string::npos);
   EXPECT_NE(ParseError("root = \"a\"").find("expected '::='"), std::string::npos);
+  EXPECT_NE(ParseError("root ::= " + std::string(300, '(') + "\"a\"" + std::string(300, ')'))
+                .find("nest deeper than 256"),
+            std::string::npos);
+  // Rules that match nothing, nested so that one character would need millions of steps.
+  EXPECT_NE(ParseError("root ::= ((\"a\"?){0,3000}){0,3000} \"b\"").find("simplify it"),
+            std::string::npos);
   EXPECT_NE(ParseError("root ::= [z-a]").find("before its start"), std::string::npos);
 }
 
@@ -291,6 +297,21 @@ TEST(GrammarSampler, DeadEndOffersEndOfGeneration) {
   EXPECT_FALSE(s.grammar_dead_end());
   EXPECT_EQ(s.Sample(logits), 2);
   EXPECT_TRUE(s.grammar_dead_end());
+}
+
+// A grammar that only blows up after its first character: the sampler ends the generation
+// with the reason instead of throwing from a sampling thread.
+TEST(GrammarSampler, PathologicalGrammarEndsWithItsReason) {
+  const auto trie = std::make_shared<TokenTrie>(std::vector<std::string>{"x", "a", "b", ""},
+                                                std::vector<bool>{false, false, false, true});
+  Sampler s(Greedy(Grammar::Parse(R"(root ::= "x" (("a"?){0,3000}){0,3000} "b")")), 4, trie);
+  const float logits[4] = {1, 2, 3, 0};
+  EXPECT_FALSE(s.grammar_dead_end());
+  EXPECT_EQ(s.Sample(logits), 3);  // looking past "x" already needs too much
+  EXPECT_TRUE(s.grammar_dead_end());
+  EXPECT_NE(s.grammar_error().find("simplify it"), std::string::npos) << s.grammar_error();
+  s.Accept(3, true);  // the end-of-generation token is taken without complaint
+  EXPECT_EQ(s.Sample(logits), 3);
 }
 
 }  // namespace

@@ -37,6 +37,19 @@ size_t CodePoints(const std::string& s) {
   return n;
 }
 
+std::wstring Wide(const std::string& s) {
+  std::wstring out;
+  for (size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    const int n = c < 0x80 ? 0 : c < 0xE0 ? 1 : c < 0xF0 ? 2 : 3;
+    uint32_t cp = n == 0 ? c : n == 1 ? (c & 0x1F) : n == 2 ? (c & 0x0F) : (c & 0x07);
+    for (int k = 1; k <= n; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
+    out += static_cast<wchar_t>(cp);
+    i += static_cast<size_t>(n) + 1;
+  }
+  return out;
+}
+
 // A validator for the keywords the converter covers, written independently of it.
 class Validator {
  public:
@@ -113,6 +126,9 @@ class Validator {
       const std::string& str = v.get_ref<const std::string&>();
       const size_t n = CodePoints(str);
       if (n < s.value("minLength", size_t{0}) || n > s.value("maxLength", SIZE_MAX)) return false;
+      // Over code points (wchar_t is 32 bits here), as ECMA-262 with the u flag counts them.
+      if (s.contains("pattern") && !std::regex_search(Wide(str), std::wregex(Wide(s["pattern"]))))
+        return false;
       if (s.contains("format")) {
         static const std::string date = R"(\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01]))";
         static const std::string time =
@@ -191,6 +207,12 @@ const char* kSchemas[] = {
     R"({"type":"object","additionalProperties":{"$ref":"#/definitions/n"},
         "definitions":{"n":{"oneOf":[{"type":"integer","minimum":10},{"type":"boolean"}]}}})",
     R"({"type":"array","items":{"type":"integer","maximum":-7},"minItems":2,"maxItems":5})",
+    // Patterns (pydantic constr, zod .regex): escapes, classes, groups, counts, alternation.
+    R"({"type":"object","additionalProperties":false,"required":["id","code","x","q"],
+        "properties":{"id":{"type":"string","pattern":"^[A-Z]{2}-\\d{3,5}$"},
+        "code":{"type":"string","pattern":"^(?:ab|c[de]?)+_\\w?[^a-z\\s]{0,3}$"},
+        "x":{"type":"string","pattern":"^a\\.b\"q\\\\.{1,2}[\"\\\\x]$"},
+        "q":{"type":"string","pattern":"^(?:\\S\\s?){1,4}$"}}})",
 };
 
 TEST(JsonSchema, RandomDocumentsUnderTheGrammarValidate) {
@@ -210,6 +232,20 @@ TEST(JsonSchema, RandomDocumentsUnderTheGrammarValidate) {
     }
     EXPECT_GE(valid, 50) << text;
   }
+}
+
+TEST(JsonSchema, PatternsMatchWholeStrings) {
+  auto g = CompileJsonSchema(json::parse(R"({"type":"string","pattern":"^[A-Z]{2}-\\d{3}$"})"));
+  EXPECT_TRUE(Accepts(g, R"("AB-123")"));
+  EXPECT_FALSE(Accepts(g, R"("AB-12")"));
+  EXPECT_FALSE(Accepts(g, R"("ab-123")"));
+  g = CompileJsonSchema(json::parse(R"({"type":"string","pattern":"^(?<n>x|yz)*?$"})"));
+  EXPECT_TRUE(Accepts(g, R"("xyzx")"));
+  EXPECT_FALSE(Accepts(g, R"("xy")"));
+  // A quote or backslash the pattern matches is written escaped.
+  g = CompileJsonSchema(json::parse(R"({"type":"string","pattern":"^[\"\\\\]+$"})"));
+  EXPECT_TRUE(Accepts(g, R"("\"\\")"));
+  EXPECT_FALSE(Accepts(g, R"(""")"));
 }
 
 TEST(JsonSchema, KeywordsLetThroughWhatTheyShould) {
@@ -270,7 +306,11 @@ TEST(JsonSchema, IntegerRangesAreExact) {
 }
 
 TEST(JsonSchema, RefusesWhatItDoesNotImplementNamingIt) {
-  EXPECT_NE(Refusal(R"({"type":"string","pattern":"^a+$"})").find("'pattern'"), std::string::npos);
+  EXPECT_NE(Refusal(R"({"type":"string","pattern":"(?=a)b"})").find("lookaround"),
+            std::string::npos);
+  EXPECT_NE(Refusal(R"({"type":"string","pattern":"(a)\\1"})").find("backreferences"),
+            std::string::npos);
+  EXPECT_NE(Refusal(R"({"type":"string","pattern":"\\bx"})").find("'pattern'"), std::string::npos);
   EXPECT_NE(Refusal(R"({"not":{"type":"string"}})").find("'not'"), std::string::npos);
   EXPECT_NE(Refusal(R"({"type":"number","multipleOf":2})").find("'multipleOf'"), std::string::npos);
   EXPECT_NE(Refusal(R"({"type":"string","format":"email"})").find("'email'"), std::string::npos);

@@ -106,7 +106,9 @@ struct GrammarStacks {
   }
 };
 
-// Follows generated text through a grammar. Not thread-safe; one per generation.
+// Follows generated text through a grammar. Not thread-safe; one per generation. Every method
+// that advances may throw es::Error when a pathological grammar needs more work or nesting than
+// allowed for one character.
 class GrammarMatcher {
  public:
   explicit GrammarMatcher(std::shared_ptr<const Grammar> g);

@@ -29,9 +29,25 @@ void Emit(GrammarStacks& out, const std::vector<uint32_t>& base, uint32_t top) {
   out.ends.push_back(static_cast<uint32_t>(out.data.size()));
 }
 
+// Bounds on one expansion, so that a grammar written to blow up (nullable rules nested
+// thousands deep, stacks grown without end) is refused instead of exhausting the stack or time.
+constexpr int kMaxExpandDepth = 2000;
+constexpr size_t kMaxExpandSteps = 500000;
+constexpr size_t kMaxStackDepth = 20000;
+
+struct Budget {
+  size_t steps = 0;
+};
+
 // Puts position `pos` on top of `base` and expands rule references and ends until each stack
 // made waits on a character (or is empty: the sentence is complete). `base` is restored.
-void Expand(const Grammar& g, std::vector<uint32_t>& base, uint32_t pos, GrammarStacks& out) {
+void Expand(const Grammar& g, std::vector<uint32_t>& base, uint32_t pos, GrammarStacks& out,
+            Budget& b, int depth = 0) {
+  if (depth > kMaxExpandDepth || ++b.steps > kMaxExpandSteps || base.size() > kMaxStackDepth)
+    throw Error("grammar: matching needs more than " +
+                std::string(base.size() > kMaxStackDepth ? "20000 nested rules"
+                                                         : "the allowed work for one character") +
+                " (rules that match nothing nested deeply, or nesting without end); simplify it");
   const Grammar::Elem& e = g.elems[pos];
   if (e.op == Op::kChar) {
     Emit(out, base, pos);
@@ -42,7 +58,7 @@ void Expand(const Grammar& g, std::vector<uint32_t>& base, uint32_t pos, Grammar
     }
     const uint32_t ret = base.back();
     base.pop_back();
-    Expand(g, base, ret, out);
+    Expand(g, base, ret, out, b, depth + 1);
     base.push_back(ret);
   } else {
     // A reference last in its alternative returns straight to our caller: no frame for it, so
@@ -50,7 +66,7 @@ void Expand(const Grammar& g, std::vector<uint32_t>& base, uint32_t pos, Grammar
     const uint32_t next = pos + 1;
     const bool tail = g.elems[next].op == Op::kEnd;
     if (!tail) base.push_back(next);
-    for (uint32_t a : g.alts[e.arg]) Expand(g, base, a, out);
+    for (uint32_t a : g.alts[e.arg]) Expand(g, base, a, out, b, depth + 1);
     if (!tail) base.pop_back();
   }
 }
@@ -119,12 +135,13 @@ bool AdvanceStacks(const Grammar& g, const GrammarStacks& in, uint8_t byte, Gram
     out.need = all ? static_cast<uint8_t>(need | GrammarStacks::kAnyCp) : need;
     return !out.ends.empty();
   }
+  Budget budget;
   for (uint32_t end : in.ends) {
     if (end > begin) {
       const uint32_t top = in.data[end - 1];
       if (any || g.classes[g.elems[top].arg].Match(cp)) {
         scratch.assign(in.data.begin() + begin, in.data.begin() + end - 1);
-        Expand(g, scratch, top + 1, out);
+        Expand(g, scratch, top + 1, out, budget);
       }
     }
     begin = end;
@@ -184,7 +201,8 @@ GrammarMatcher::GrammarMatcher(std::shared_ptr<const Grammar> g) : g_(std::move(
 void GrammarMatcher::Reset() {
   cur_.Clear();
   scratch_.clear();
-  for (uint32_t a : g_->alts[g_->root]) Expand(*g_, scratch_, a, cur_);
+  Budget budget;
+  for (uint32_t a : g_->alts[g_->root]) Expand(*g_, scratch_, a, cur_, budget);
 }
 
 bool GrammarMatcher::CanAccept(std::string_view bytes) const {

@@ -63,7 +63,9 @@ class Parser {
       if (!defined_[r])
         Fail(first_use_[r], "the rule '" + names_[r] + "' is used but never defined");
     CheckLeftRecursion();
-    return Flatten(root->second);
+    auto g = Flatten(root->second);
+    GrammarMatcher start(g);  // throws if even the start needs too much expanding
+    return g;
   }
 
  private:
@@ -292,9 +294,11 @@ class Parser {
         last = seq.size();
         seq.push_back({Op::kRef, RuleId(name, at)});
       } else if (c == '(') {
+        if (++nest_ > 256) Fail(at, "groups nest deeper than 256");
         ++i_;
         SkipSpace(true);
         auto body = ParseAlternates(rule, true);
+        --nest_;
         if (i_ >= s_.size() || s_[i_] != ')')
           Fail(i_, "expected ')' to close the group opened at " + Where(at) + ", found " +
                        Printable(s_, i_));
@@ -448,6 +452,7 @@ class Parser {
   std::vector<size_t> first_use_;
   std::vector<Grammar::CharClass> classes_;
   int generated_ = 0;
+  int nest_ = 0;  // open parentheses
 };
 
 }  // namespace

@@ -119,26 +119,13 @@ std::string UIntAtLeast(uint64_t a) {
 }
 
 // Keywords that constrain a value but are not implemented: refused by name.
-const std::set<std::string> kUnsupported = {"not",
-                                            "if",
-                                            "then",
-                                            "else",
-                                            "dependentRequired",
-                                            "dependencies",
-                                            "patternProperties",
-                                            "propertyNames",
-                                            "minProperties",
-                                            "maxProperties",
-                                            "contains",
-                                            "minContains",
-                                            "maxContains",
-                                            "multipleOf",
-                                            "$dynamicRef",
-                                            "$recursiveRef",
-                                            "dependentSchemas",
-                                            "pattern",
-                                            "unevaluatedItems",
-                                            "additionalItems"};
+// clang-format off
+const std::set<std::string> kUnsupported = {
+    "not", "if", "then", "else", "dependentRequired", "dependencies", "dependentSchemas",
+    "patternProperties", "propertyNames", "minProperties", "maxProperties", "contains",
+    "minContains", "maxContains", "multipleOf", "$dynamicRef", "$recursiveRef",
+    "unevaluatedItems", "additionalItems"};
+// clang-format on
 
 class Converter {
  public:
@@ -539,6 +526,19 @@ class Converter {
   }
 
   std::string String(const json& s, const std::string& hint, const std::string& where) {
+    if (const auto it = s.find("pattern"); it != s.end()) {
+      if (!it->is_string()) Fail(where, "'pattern' must be a string");
+      for (const char* k : {"format", "minLength", "maxLength"})
+        if (s.contains(k))
+          Fail(where, std::string("'pattern' together with '") + k + "' is not supported");
+      std::string inside;
+      try {
+        inside = PatternToGbnf(it->get<std::string>());
+      } catch (const Error& e) {
+        Fail(where, e.what());
+      }
+      return Rule(hint, "\"\\\"\" (" + inside + ") \"\\\"\"");
+    }
     if (const auto it = s.find("format"); it != s.end()) {
       const std::string f = it->is_string() ? it->get<std::string>() : it->dump();
       if (f != "date" && f != "time" && f != "date-time" && f != "uuid")

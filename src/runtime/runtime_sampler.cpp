@@ -37,7 +37,11 @@ Sampler::Sampler(const SamplerParams& params, int32_t n_vocab,
     if (!trie_ || trie_->n_vocab() != n_vocab)
       throw Error("sampler: a grammar needs the vocabulary's token trie (" +
                   std::to_string(n_vocab) + " tokens)");
-    matcher_ = std::make_unique<GrammarMatcher>(params_.grammar);
+    try {
+      matcher_ = std::make_unique<GrammarMatcher>(params_.grammar);
+    } catch (const Error& e) {
+      Fail(e.what());
+    }
   }
   cand_.resize(static_cast<size_t>(n_vocab));
   if (params_.penalty_last_n > 0) {
@@ -70,8 +74,18 @@ void Sampler::Reset() {
     ring_size_ = 0;
   }
   n_cand_ = 0;
-  if (matcher_) matcher_->Reset();
   dead_end_ = false;
+  grammar_error_.clear();
+  if (params_.grammar) {
+    try {
+      if (matcher_)
+        matcher_->Reset();
+      else
+        matcher_ = std::make_unique<GrammarMatcher>(params_.grammar);
+    } catch (const Error& e) {
+      Fail(e.what());
+    }
+  }
   Reseed();
 }
 
@@ -79,8 +93,17 @@ void Sampler::Accept(int32_t token, bool advance_grammar) {
   if (token < 0 || token >= n_vocab_)
     throw Error("sampler: token id " + std::to_string(token) + " is outside the vocabulary [0, " +
                 std::to_string(n_vocab_) + ")");
-  if (advance_grammar && matcher_ && !matcher_->AcceptToken(*trie_, token) && !dead_end_)
-    throw Error("sampler: token " + std::to_string(token) + " does not fit the grammar here");
+  if (advance_grammar && matcher_ && !dead_end_) {
+    bool ok = false;
+    try {
+      ok = matcher_->AcceptToken(*trie_, token);
+    } catch (const Error& e) {
+      Fail(e.what());
+      ok = true;
+    }
+    if (!ok)
+      throw Error("sampler: token " + std::to_string(token) + " does not fit the grammar here");
+  }
   if (ring_.empty()) return;
   if (ring_size_ == ring_.size()) {
     --counts_[static_cast<size_t>(ring_[ring_head_])];
@@ -184,29 +207,54 @@ void Sampler::KeepAllowed(const uint64_t* mask) {
   n_cand_ = k;
 }
 
+void Sampler::Fail(const std::string& why) {
+  dead_end_ = true;
+  grammar_error_ = why;
+}
+
 int32_t Sampler::Sample(const float* logits) {
-  if (!matcher_) return Chain(logits, nullptr);
-  if (!matcher_->Done()) {
-    const int32_t t = Chain(logits, nullptr);
-    if (matcher_->TokenAllowed(*trie_, t)) return t;
+  if (!params_.grammar) return Chain(logits, nullptr);
+  if (!dead_end_) {
+    try {
+      if (!matcher_->Done()) {
+        const int32_t t = Chain(logits, nullptr);
+        if (matcher_->TokenAllowed(*trie_, t)) return t;
+      }
+      if (matcher_->FillMask(*trie_, mask_) > 0) return Chain(logits, mask_.data());
+      Fail("the grammar allows no token of this vocabulary here");
+    } catch (const Error& e) {
+      Fail(e.what());
+    }
   }
-  if (matcher_->FillMask(*trie_, mask_) == 0) {
-    // A dead end (the grammar wants a character no token spells): end the generation.
-    dead_end_ = true;
-    for (int32_t id : trie_->eog_ids())
-      mask_[static_cast<size_t>(id) / 64] |= uint64_t{1} << (id % 64);
-    if (trie_->eog_ids().empty()) return Chain(logits, nullptr);
-  }
-  return Chain(logits, mask_.data());
+  // The grammar cannot go on: end the generation.
+  mask_.assign((static_cast<size_t>(n_vocab_) + 63) / 64, 0);
+  for (int32_t id : trie_->eog_ids())
+    mask_[static_cast<size_t>(id) / 64] |= uint64_t{1} << (id % 64);
+  return trie_->eog_ids().empty() ? Chain(logits, nullptr) : Chain(logits, mask_.data());
 }
 
 int32_t Sampler::Chain(const float* logits, const uint64_t* mask) {
+  const bool adjust =
+      !params_.logit_bias.empty() ||
+      (!ring_.empty() && (params_.repeat_penalty != 1.0f || params_.frequency_penalty != 0.0f ||
+                          params_.presence_penalty != 0.0f));
   if (mask) {
-    // Constrained: the allowed tokens only, then the usual chain over them.
-    LoadCandidates(logits);
-    ApplyBias();
-    ApplyPenalties();
-    KeepAllowed(mask);
+    // Constrained: the allowed tokens only, then the usual chain over them. Without biases
+    // and penalties only the allowed ones are loaded (few, where JSON punctuation is due).
+    if (adjust) {
+      LoadCandidates(logits);
+      ApplyBias();
+      ApplyPenalties();
+      KeepAllowed(mask);
+    } else {
+      n_cand_ = 0;
+      for (size_t w = 0; w * 64 < static_cast<size_t>(n_vocab_); ++w)
+        for (uint64_t bits = mask[w]; bits; bits &= bits - 1) {
+          const auto id = static_cast<int32_t>(w * 64 + static_cast<size_t>(__builtin_ctzll(bits)));
+          const float l = logits[id];
+          cand_[n_cand_++] = {id, std::isnan(l) ? kNegInf : l, 0.0f};
+        }
+    }
     if (!(params_.temperature > 0.0f)) {
       size_t best = 0;
       for (size_t i = 1; i < n_cand_; ++i)
@@ -217,10 +265,6 @@ int32_t Sampler::Chain(const float* logits, const uint64_t* mask) {
     }
     return Truncate();
   }
-  const bool adjust =
-      !params_.logit_bias.empty() ||
-      (!ring_.empty() && (params_.repeat_penalty != 1.0f || params_.frequency_penalty != 0.0f ||
-                          params_.presence_penalty != 0.0f));
   if (!(params_.temperature > 0.0f)) {
     // Greedy: the first maximum in id order, so the lowest id wins ties.
     int32_t best = 0;

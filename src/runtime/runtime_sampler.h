@@ -6,6 +6,7 @@
 #include <memory>
 #include <random>
 #include <span>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -59,8 +60,10 @@ class Sampler {
   // Forgets the penalty window and the grammar's progress and restarts the random sequence (a new
   // one if the seed is random).
   void Reset();
-  // The grammar reached a point no token of the vocabulary can continue.
+  // The grammar reached a point no token of the vocabulary can continue, or needed more work
+  // than allowed (a pathological grammar); grammar_error() says which.
   bool grammar_dead_end() const { return dead_end_; }
+  const std::string& grammar_error() const { return grammar_error_; }
   const GrammarMatcher* grammar() const { return matcher_.get(); }
 
   // The candidates that survived the chain in the last Sample call, most probable first, with
@@ -78,7 +81,8 @@ class Sampler {
   int32_t Chain(const float* logits, const uint64_t* mask);
   void LoadCandidates(const float* logits);
   void KeepAllowed(const uint64_t* mask);
-  int32_t Truncate();  // top-k, top-p, min-p, temperature and the draw
+  int32_t Truncate();                 // top-k, top-p, min-p, temperature and the draw
+  void Fail(const std::string& why);  // the grammar cannot go on: why
   void ApplyPenalties();
   void ApplyBias();
   void TopK(int k);
@@ -103,6 +107,7 @@ class Sampler {
   std::unique_ptr<GrammarMatcher> matcher_;
   std::vector<uint64_t> mask_;  // allowed tokens, one bit each
   bool dead_end_ = false;
+  std::string grammar_error_;
 };
 
 }  // namespace es::runtime

@@ -354,7 +354,7 @@ void Scheduler::HandleToken(Slot& s, int32_t tok, TokenLogprob lp) {
   GenEvent ev;
   if (s.sampler->grammar_dead_end()) {
     ev.text = s.stop->Flush();
-    Finish(s, "error", "the grammar allows no token of this vocabulary here", std::move(ev));
+    Finish(s, "error", s.sampler->grammar_error(), std::move(ev));
     return;
   }
   if (!r.ignore_eos && tok_.IsEog(tok)) {
