@@ -275,9 +275,6 @@ TEST_F(ServerTest, UnimplementedFieldsAreRefused) {
       {"best_of", "2"},
       {"echo", "true"},
       {"suffix", R"("x")"},
-      {"tools", R"([{"type": "function", "function": {"name": "f"}}])"},
-      {"tool_choice", R"("required")"},
-      {"parallel_tool_calls", "true"},
       {"functions", R"([{"name": "f"}])"},
       {"function_call", R"({"name": "f"})"},
       {"audio", R"({"voice": "alloy"})"},
@@ -461,6 +458,21 @@ TEST_F(ServerTest, OpenAIClient) {
   if (!NodeModulesReady()) return;
   auto r = Shell("cd '" + kNodeDir.string() + "' && EDGESHARD_URL=" + server_->url() +
                  " EDGESHARD_API_KEY=" + kKey + " timeout 300 node --test openai.test.mjs");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("# fail 0"), std::string::npos) << r.out;
+}
+
+// Tool calls (tests/server/tools.test.mjs): a random-weight model with Qwen3's template, which
+// shows tools and asks for Hermes <tool_call> replies.
+TEST(ServerTools, OpenAIClient) {
+  if (!NodeModulesReady()) return;
+  const std::string tmpl = es::test::ModelsDir() + "/../templates/Qwen-Qwen3-0.6B.jinja";
+  ASSERT_TRUE(fs::exists(tmpl)) << tmpl << " is missing";
+  ServerProcess srv({"-m", es::test::ModelPath("llama-2-tiny-random.gguf"), "--chat-template-file",
+                     tmpl, "--parallel", "2", "-c", "2048", "--api-key", kKey, "-t", "2"});
+  ASSERT_GT(srv.port(), 0);
+  auto r = Shell("cd '" + kNodeDir.string() + "' && EDGESHARD_URL=" + srv.url() +
+                 " EDGESHARD_API_KEY=" + kKey + " timeout 300 node --test tools.test.mjs");
   EXPECT_EQ(r.exit_code, 0) << r.out;
   EXPECT_NE(r.out.find("# fail 0"), std::string::npos) << r.out;
 }

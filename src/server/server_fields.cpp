@@ -49,14 +49,6 @@ const Refused kRefused[] = {
     {"best_of", [](const json& v) { return OneOf(v, {1}); }, "best_of other than 1"},
     {"echo", [](const json& v) { return v == false; }, "echoing the prompt"},
     {"suffix", [](const json& v) { return v == ""; }, "suffix (fill-in-the-middle)"},
-    {"tools", [](const json& v) { return v.is_array() && v.empty(); }, "tool calling"},
-    // "auto" with no tools cannot call one: the same as "none".
-    {"tool_choice",
-     [](const json& v) {
-       return OneOf(v, {"none", "auto"});
-     },
-     "tool calling"},
-    {"parallel_tool_calls", [](const json& v) { return v == false; }, "tool calling"},
     {"functions", [](const json& v) { return v.is_array() && v.empty(); }, "function calling"},
     {"function_call",
      [](const json& v) {

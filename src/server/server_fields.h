@@ -12,7 +12,7 @@
 namespace es::server {
 
 // Throws ApiError 400 naming the first field of `body` that asks for something this server
-// does not do (grammar, mirostat, tools, ...); absent, null and "off" values pass.
+// does not do (grammar, mirostat, ...); absent, null and "off" values pass.
 void CheckRefusedFields(const nlohmann::json& body);
 // The names CheckRefusedFields refuses, for tests and docs.
 std::vector<std::string> RefusedFieldNames();

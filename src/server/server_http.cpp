@@ -352,6 +352,7 @@ void HttpServer::Impl::Generate(Endpoint ep, const httplib::Request& req, httpli
     ParsedRequest p =
         ParseRequest(ep, ParseBody(body), sched->n_ctx(), sched->context_shift() ? 1 << 24 : 0);
     p.gen.prompt = BuildPrompt(p, *tok, chat_template, sched->n_ctx());
+    PlanReply(p, *tok, chat_template);
     p.gen.sampling.logit_bias = ResolveLogitBias(p, *tok);
     auto job = std::make_shared<Job>(p.gen);
     if (!sched->Submit(job)) {

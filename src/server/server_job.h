@@ -23,6 +23,9 @@ struct GenRequest {
   int max_tokens = -1;  // < 0: until end of generation or the context is full
   std::vector<std::string> stop;
   bool ignore_eos = false;
+  // Control tokens whose text the output keeps (a chat format's tool-call or thinking markers,
+  // e.g. Mistral's [TOOL_CALLS]); others print as nothing.
+  std::vector<int32_t> shown_tokens;
   int n_logprobs = -1;  // < 0: none; 0: the chosen token's; k: also the k most likely
   static constexpr int kServerKeep = -2;
   int n_keep = kServerKeep;  // tokens a context shift keeps (-1: the prompt); kServerKeep: --keep

@@ -97,34 +97,16 @@ std::vector<std::string> Stops(const json& body) {
                  "stop");
 }
 
-std::string MessageContent(const json& m, size_t i) {
-  const std::string where = "messages[" + std::to_string(i) + "].content";
-  auto it = m.find("content");
-  if (it == m.end() || it->is_null()) return "";  // e.g. an assistant turn that only called tools
-  if (it->is_string()) return it->get<std::string>();
-  if (it->is_array()) {
-    std::string text;
-    for (const auto& part : *it) {
-      if (!part.is_object() || !part.contains("type") || part["type"] != "text" ||
-          !part.contains("text") || !part["text"].is_string())
-        throw ApiError(
-            400,
-            where + ": only text parts ({\"type\": \"text\", \"text\": ...}) are supported, got " +
-                Quote(part),
-            where);
-      text += part["text"].get<std::string>();
-    }
-    return text;
-  }
-  throw ApiError(400, where + " must be a string or an array of text parts, got " + Quote(*it),
-                 where);
-}
-
 std::string RandomId(const char* prefix) {
   thread_local std::mt19937_64 rng{std::random_device{}()};
   char buf[32];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(rng()));
   return std::string(prefix) + buf;
+}
+
+std::string TrimSpace(const std::string& s) {
+  const size_t b = s.find_first_not_of(" \n\r\t");
+  return b == std::string::npos ? "" : s.substr(b, s.find_last_not_of(" \n\r\t") - b + 1);
 }
 
 json Bytes(const std::string& s) {
@@ -254,28 +236,8 @@ ParsedRequest ParseRequest(Endpoint ep, const json& body, int n_ctx, int max_tok
   }
 
   if (ep == Endpoint::kChat) {
-    const json* msgs = Field(body, "messages");
-    if (!msgs) throw ApiError(400, "'messages' is required", "messages");
-    if (!msgs->is_array() || msgs->empty())
-      throw ApiError(400, "'messages' must be a non-empty array of messages, got " + Quote(*msgs),
-                     "messages");
-    for (size_t i = 0; i < msgs->size(); ++i) {
-      const json& m = (*msgs)[i];
-      const std::string where = "messages[" + std::to_string(i) + "]";
-      if (!m.is_object()) throw ApiError(400, where + " must be an object, got " + Quote(m), where);
-      const json* role = Field(m, "role");
-      if (!role || !role->is_string())
-        throw ApiError(400, where + ".role must be a string", where + ".role");
-      std::string rs = role->get<std::string>();
-      if (rs == "developer") rs = "system";
-      if (rs != "system" && rs != "user" && rs != "assistant")
-        throw ApiError(
-            400,
-            where + ".role must be \"system\", \"developer\", \"user\" or \"assistant\", got " +
-                Quote(*role),
-            where + ".role");
-      r.messages.push_back({rs, MessageContent(m, i)});
-    }
+    r.messages = ParseChatMessages(body);
+    r.tools = ParseToolFields(body);
     r.logprobs = BoolField(body, "logprobs", false);
     r.top_logprobs = static_cast<int>(Integer(body, "top_logprobs", 0, 20, 0));
     if (r.top_logprobs > 0 && !r.logprobs)
@@ -288,6 +250,7 @@ ParsedRequest ParseRequest(Endpoint ep, const json& body, int n_ctx, int max_tok
       r.template_vars = nlohmann::ordered_json::parse(kw->dump());
     }
   } else {
+    RefuseToolsOutsideChat(body);
     const json* p = Field(body, "prompt");
     if (!p) throw ApiError(400, "'prompt' is required", "prompt");
     auto token_array = [](const json& a) {
@@ -346,10 +309,46 @@ std::string RenderPrompt(const ParsedRequest& r, const tok::Tokenizer& t,
                    "messages");
   const std::string bos = t.bos() >= 0 ? t.TokenText(t.bos()) : "";
   const std::string eos = t.eos() >= 0 ? t.TokenText(t.eos()) : "";
+  tok::ChatInputs in;
+  in.messages = r.messages;
+  if (r.tools.active()) in.tools = r.tools.tools;
+  in.bos_token = bos;
+  in.eos_token = eos;
+  in.extra = r.template_vars;
+  std::string text;
   try {
-    return tok::ApplyChatTemplate(chat_template, r.messages, true, bos, eos, r.template_vars);
+    text = tok::RenderChat(chat_template, in);
   } catch (const Error& e) {
     throw ApiError(400, std::string("cannot apply the chat template: ") + e.what(), "messages");
+  }
+  CheckToolsRendered(r.tools, tok::ChatTemplateText(chat_template), text);
+  return text;
+}
+
+void PlanReply(ParsedRequest& r, const tok::Tokenizer& t, const std::string& chat_template) {
+  if (r.endpoint != Endpoint::kChat || chat_template.empty()) return;
+  // The last tokens tell whether the template opened a <think> block for the model.
+  const size_t n = std::min<size_t>(r.gen.prompt.size(), 32);
+  std::string tail;
+  for (size_t i = r.gen.prompt.size() - n; i < r.gen.prompt.size(); ++i)
+    tail += t.TokenToPiece(r.gen.prompt[i], true);
+  r.plan = PlanChatOutput(r.tools, tok::ChatTemplateText(chat_template), tail);
+  for (const std::string& m : MarkerTexts(r.plan))
+    for (int32_t id : t.Encode(m, false, true))
+      if (t.TokenToPiece(id).empty() && t.TokenToPiece(id, true) == m)
+        r.gen.shown_tokens.push_back(id);
+  const std::string gbnf = ToolCallGbnf(r.tools, r.plan);
+  if (gbnf.empty()) return;
+  r.plan.forced = true;
+  if (r.gen.sampling.grammar)
+    throw ApiError(400,
+                   "'tool_choice' forces a tool call, which a grammar / json_schema / "
+                   "response_format would contradict: give only one of them",
+                   "tool_choice");
+  try {
+    r.gen.sampling.grammar = runtime::Grammar::Parse(gbnf);
+  } catch (const Error& e) {
+    throw ApiError(500, std::string("the tool-call grammar did not compile: ") + e.what());
   }
 }
 
@@ -396,14 +395,16 @@ ResponseWriter::ResponseWriter(const ParsedRequest& r, const tok::Tokenizer& t,
       id_(RandomId(r.endpoint == Endpoint::kChat ? "chatcmpl-" : "cmpl-")),
       created_(std::chrono::duration_cast<std::chrono::seconds>(
                    std::chrono::system_clock::now().time_since_epoch())
-                   .count()) {}
+                   .count()),
+      reply_(r.plan) {}
 
 json ResponseWriter::Envelope(const char* object) const {
   return json{{"id", id_}, {"object", object}, {"created", created_}, {"model", model_id_}};
 }
 
-std::string ResponseWriter::FinishReason(const GenEvent& e) {
-  return e.finish_reason == "length" ? "length" : "stop";
+std::string ResponseWriter::FinishReason(const GenEvent& e) const {
+  if (e.finish_reason == "length") return "length";
+  return reply_.whole().tool_calls.empty() ? "stop" : "tool_calls";
 }
 
 json ResponseWriter::Usage(const GenEvent& e) const {
@@ -450,6 +451,38 @@ json ResponseWriter::LogprobsJson(const std::vector<TokenLogprob>& toks, size_t 
               {"text_offset", offsets}};
 }
 
+void ResponseWriter::ChatDeltas(const ReplyDelta& d, json logprobs, std::string& out) const {
+  auto send = [&](json delta) {
+    json choice = {{"index", 0}, {"delta", std::move(delta)}, {"finish_reason", nullptr}};
+    choice["logprobs"] = std::move(logprobs);
+    logprobs = nullptr;
+    json c = Envelope("chat.completion.chunk");
+    c["choices"] = json::array({std::move(choice)});
+    out += "data: " + Dump(c) + "\n\n";
+  };
+  if (!d.reasoning.empty() || !d.content.empty() || (logprobs_ && !logprobs.is_null())) {
+    json delta = json::object();
+    if (!d.reasoning.empty()) delta["reasoning_content"] = d.reasoning;
+    if (!d.content.empty()) delta["content"] = d.content;
+    send(std::move(delta));
+  }
+  // As OpenAI streams a call: its index, id, type and name with empty arguments first, then
+  // pieces of the arguments.
+  for (const CallPiece& p : d.calls) {
+    json call = {{"index", p.index}};
+    if (p.head) {
+      call["id"] = p.id;
+      call["type"] = "function";
+      call["function"] = {{"name", p.name}, {"arguments", ""}};
+    } else if (!p.arguments.empty()) {
+      call["function"] = {{"arguments", p.arguments}};
+    } else {
+      continue;
+    }
+    send(json{{"tool_calls", json::array({std::move(call)})}});
+  }
+}
+
 std::string ResponseWriter::StreamEvent(const GenEvent& e) {
   std::string out;
   auto send = [&](const json& j) { out += "data: " + Dump(j) + "\n\n"; };
@@ -464,21 +497,20 @@ std::string ResponseWriter::StreamEvent(const GenEvent& e) {
                                  {"finish_reason", nullptr}}});
     send(c);
   }
-  if (!e.text.empty() || (logprobs_ && !e.tokens.empty())) {
-    json choice = {{"index", 0}, {"finish_reason", nullptr}};
+  const bool failed = e.done && e.finish_reason == "error";
+  if (chat) {
+    json lp = logprobs_ && !e.tokens.empty() ? LogprobsJson(e.tokens, 0) : json(nullptr);
+    if (!failed) ChatDeltas(reply_.Feed(e.text, e.done), std::move(lp), out);
+  } else if (!e.text.empty() || (logprobs_ && !e.tokens.empty())) {
+    json choice = {{"index", 0}, {"finish_reason", nullptr}, {"text", e.text}};
     choice["logprobs"] = logprobs_ ? LogprobsJson(e.tokens, text_bytes_) : json(nullptr);
     for (const auto& t : e.tokens) text_bytes_ += tok_.TokenToPiece(t.id).size();
-    if (chat) {
-      choice["delta"] = {{"content", e.text}};
-    } else {
-      choice["text"] = e.text;
-    }
     json c = Envelope(object);
     c["choices"] = json::array({choice});
     send(c);
   }
   if (e.done) {
-    if (e.finish_reason == "error") {
+    if (failed) {
       send(ErrorJson(ApiError(500, e.error)));
     } else {
       json choice = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", FinishReason(e)}};
@@ -503,7 +535,10 @@ std::string ResponseWriter::StreamEvent(const GenEvent& e) {
 }
 
 void ResponseWriter::Accumulate(const GenEvent& e) {
-  text_ += e.text;
+  if (endpoint_ == Endpoint::kChat)
+    reply_.Feed(e.text, e.done);
+  else
+    text_ += e.text;
   for (const auto& t : e.tokens) tokens_.push_back(t);
   if (e.done) last_ = e;
 }
@@ -514,7 +549,18 @@ std::string ResponseWriter::FinalBody() const {
   json choice = {{"index", 0}, {"finish_reason", FinishReason(last_)}};
   choice["logprobs"] = logprobs_ ? LogprobsJson(tokens_, 0) : json(nullptr);
   if (chat) {
-    choice["message"] = {{"role", "assistant"}, {"content", text_}};
+    const tok::ChatOutput& w = reply_.whole();
+    // Whole, the layout around thoughts and calls goes (a stream has sent it already).
+    json msg = {{"role", "assistant"},
+                {"content", w.tool_calls.empty() ? w.content : TrimSpace(w.content)}};
+    if (!w.reasoning.empty()) msg["reasoning_content"] = TrimSpace(w.reasoning);
+    if (!w.tool_calls.empty()) {
+      // OpenAI's content is null when the reply is only calls.
+      if (msg["content"] == "") msg["content"] = nullptr;
+      msg["tool_calls"] = json::array();
+      for (const auto& c : w.tool_calls) msg["tool_calls"].push_back(ToolCallJson(c));
+    }
+    choice["message"] = std::move(msg);
   } else {
     choice["text"] = text_;
   }

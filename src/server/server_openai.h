@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "server/server_scheduler.h"
+#include "server/server_tools.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/tokenizer_chat.h"
 
@@ -42,8 +43,10 @@ nlohmann::json ParseBody(const std::string& body);
 
 struct ParsedRequest {
   Endpoint endpoint = Endpoint::kCompletion;
-  GenRequest gen;                          // everything but the prompt tokens
-  std::vector<tok::ChatMessage> messages;  // chat
+  GenRequest gen;                   // everything but the prompt tokens
+  nlohmann::ordered_json messages;  // chat, in the shape templates read (ParseChatMessages)
+  ToolRequest tools;                // chat: tools, tool_choice, reasoning_format
+  ChatPlan plan;  // chat: how the reply is split (PlanChatOutput, after the prompt)
   nlohmann::ordered_json template_vars = nlohmann::ordered_json::object();  // chat_template_kwargs
   std::string prompt_text;             // completions, when given as text
   std::vector<int32_t> prompt_tokens;  // completions, when given as token ids
@@ -65,10 +68,14 @@ struct ParsedRequest {
 ParsedRequest ParseRequest(Endpoint ep, const nlohmann::json& body, int n_ctx,
                            int max_tokens_cap = 0);
 
-// The chat prompt's text: the messages through the chat template (name or text; "" when the
-// model has none, which throws ApiError 400), as chat completions tokenize it.
+// The chat prompt's text: the messages (and the tools, when active) through the chat template
+// (name or text; "" when the model has none, which throws ApiError 400), as chat completions
+// tokenize it. Throws ApiError 400 when tools are asked for and the template cannot show them.
 std::string RenderPrompt(const ParsedRequest& r, const tok::Tokenizer& t,
                          const std::string& chat_template);
+
+// Sets r.plan for a chat request whose prompt (r.gen.prompt) is built.
+void PlanReply(ParsedRequest& r, const tok::Tokenizer& t, const std::string& chat_template);
 
 // The prompt's tokens: chat messages through the chat template (`chat_template` is a template
 // name or text; empty when the model has none), completions text with BOS as the vocabulary
@@ -90,7 +97,9 @@ class ResponseWriter {
   nlohmann::json Envelope(const char* object) const;
   nlohmann::json LogprobsJson(const std::vector<TokenLogprob>& toks, size_t text_offset) const;
   nlohmann::json Usage(const GenEvent& e) const;
-  static std::string FinishReason(const GenEvent& e);
+  std::string FinishReason(const GenEvent& e) const;
+  // Chat chunks for the split of new text (logprobs ride on the first).
+  void ChatDeltas(const ReplyDelta& d, nlohmann::json logprobs, std::string& out) const;
 
   Endpoint endpoint_;
   bool include_usage_, logprobs_;
@@ -98,6 +107,7 @@ class ResponseWriter {
   std::string model_id_, id_;
   int64_t created_;
   bool sent_role_ = false;
+  ChatReply reply_;        // chat: content / reasoning / tool calls
   size_t text_bytes_ = 0;  // completions text_offset
   // Non-streamed.
   std::string text_;

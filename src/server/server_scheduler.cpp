@@ -318,7 +318,9 @@ void Scheduler::HandleToken(Slot& s, int32_t tok, TokenLogprob lp) {
   ++s.n_generated;
   metrics_.GeneratedTokens(1);
   if (r.n_logprobs >= 0) ev.tokens.push_back(std::move(lp));
-  auto fed = s.stop->Feed(tok_.TokenToPiece(tok));
+  const bool shown =
+      std::find(r.shown_tokens.begin(), r.shown_tokens.end(), tok) != r.shown_tokens.end();
+  auto fed = s.stop->Feed(tok_.TokenToPiece(tok, shown));
   ev.text = std::move(fed.text);
   if (fed.stopped) {
     Finish(s, "stop", "", std::move(ev));

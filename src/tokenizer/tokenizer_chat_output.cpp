@@ -261,6 +261,16 @@ ChatOutputStream::Delta ChatOutputStream::Drain(bool final) {
     in_reasoning_ = false;
   }
   const size_t at = FirstMarker(buf_, format_);
+  // Blank text after a call is layout until something else shows: held back, dropped when
+  // another call or the end follows (as the whole parse trims it).
+  const bool blank_after_call =
+      n_calls_ > 0 && TrimLeft(std::string_view(buf_).substr(0, std::min(at, buf_.size()))).empty();
+  if (blank_after_call && (at != std::string::npos || final)) {
+    buf_.erase(0, std::min(at, buf_.size()));
+    if (at == std::string::npos) return d;
+  } else if (blank_after_call) {
+    return d;
+  }
   if (at == std::string::npos) {
     // Content, but Llama 3's calls are only recognised at the very start of the content.
     const std::string_view lead = TrimLeft(buf_);
@@ -278,8 +288,9 @@ ChatOutputStream::Delta ChatOutputStream::Drain(bool final) {
       format_ = ToolCallFormat::kNone;  // plain text started: no call can follow
     return d;
   }
-  d.content += buf_.substr(0, at);
-  buf_.erase(0, at);
+  const size_t lead = blank_after_call ? 0 : at;
+  d.content += buf_.substr(0, lead);
+  buf_.erase(0, lead);
   // A Hermes call is whole at its closing tag; the other formats run to the end of the output.
   size_t end = std::string::npos;
   if (format_ == ToolCallFormat::kHermes) {

@@ -244,3 +244,13 @@ test('aborting a stream cancels its generation and frees the slot', async () => 
   // The generation stopped before its end.
   assert.ok(m.edgeshard_generated_tokens_total - before.edgeshard_generated_tokens_total < nCtx - 16);
 });
+
+// chatml (this server's template) has no tool-call syntax: tools are refused, not dropped.
+test('tools on a template that cannot show them are 400', async () => {
+  const tools = [{ type: 'function', function: { name: 'get_time', parameters: { type: 'object', properties: {} } } }];
+  const messages = [{ role: 'user', content: 'Time?' }];
+  await assert.rejects(client.chat.completions.create({ model, messages, tools }),
+    (e) => e.status === 400 && e.param === 'tools' && /tool-call syntax/.test(e.message));
+  const none = await client.chat.completions.create({ model, messages, tools, tool_choice: 'none', max_tokens: 2 });
+  assert.equal(none.choices[0].message.role, 'assistant');
+});
