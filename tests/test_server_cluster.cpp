@@ -118,6 +118,20 @@ TEST(ServeCluster, EightStreamsMatchOneDeviceThroughFaults) {
     EXPECT_EQ(la["top_logprobs"][i].size(), 3u);
   }
 
+  // Structured output: the last stage samples under the grammar, as one device does.
+  const std::string js_req =
+      R"({"prompt": "Once upon a time", "max_tokens": 64, "temperature": 0, "json_schema":
+          {"type": "object", "properties": {"ok": {"type": "boolean"},
+           "n": {"type": "integer", "minimum": 0, "maximum": 99}},
+           "required": ["ok", "n"], "additionalProperties": false}})";
+  a = json::parse(Post(server.port(), "/v1/completions", js_req, kKey).body);
+  b = json::parse(Post(single.port(), "/v1/completions", js_req, kKey).body);
+  ASSERT_TRUE(a.contains("choices")) << a.dump();
+  EXPECT_EQ(a["choices"][0]["text"], b["choices"][0]["text"]) << a.dump() << b.dump();
+  const json doc = json::parse(a["choices"][0]["text"].get<std::string>(), nullptr, false);
+  EXPECT_TRUE(doc.is_object() && doc["ok"].is_boolean() && doc["n"].is_number_integer())
+      << a.dump();
+
   // Again, with w2 SIGKILLed once 40 chunks have arrived: the coordinator replans onto w4 and
   // replays every sequence; no stream loses or repeats a token.
   j = RunStreams(server, single,

@@ -48,6 +48,9 @@ struct Grammar {
   std::vector<std::string> rule_names;
   std::vector<CharClass> classes;
   uint32_t root = 0;
+  // The text and root rule it was parsed from: what a cluster's last stage, which samples,
+  // receives to build the same grammar.
+  std::string source, root_name;
 };
 
 // The vocabulary's token pieces as a byte trie, built once per tokenizer and shared.

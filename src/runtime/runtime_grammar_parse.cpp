@@ -488,7 +488,11 @@ bool Grammar::CharClass::MatchAll(uint32_t lo, uint32_t hi) const {
 }
 
 std::shared_ptr<const Grammar> Grammar::Parse(std::string_view text, std::string_view root) {
-  return Parser(text).Run(root);
+  auto g = Parser(text).Run(root);
+  auto out = std::make_shared<Grammar>(*g);
+  out->source = std::string(text);
+  out->root_name = std::string(root);
+  return out;
 }
 
 }  // namespace es::runtime

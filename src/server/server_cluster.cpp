@@ -100,6 +100,7 @@ void ClusterBackend::Assign(Slot& s, std::shared_ptr<Job> job) {
   rq.params.ignore_eos = r.ignore_eos;
   rq.sampler = r.sampling;
   rq.n_logprobs = r.n_logprobs;
+  rq.shown_tokens = r.shown_tokens;
   Slot* slot = &s;
   rq.on_logprob = [slot](const runtime::TokenLogprob& lp) { slot->lp.push_back(lp); };
   rq.on_text = [this, slot](std::string_view text) {

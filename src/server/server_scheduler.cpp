@@ -33,17 +33,6 @@ size_t CommonPrefix(const std::vector<int32_t>& a, const std::vector<int32_t>& b
 
 }  // namespace
 
-std::shared_ptr<const runtime::TokenTrie> BuildTokenTrie(const tok::Tokenizer& t, int32_t n_vocab) {
-  // Ids past the tokenizer's (a padded output layer) spell nothing.
-  std::vector<std::string> pieces(static_cast<size_t>(std::max(n_vocab, t.n_vocab())));
-  std::vector<bool> eog(pieces.size());
-  for (int32_t i = 0; i < t.n_vocab(); ++i) {
-    pieces[static_cast<size_t>(i)] = t.TokenToPiece(i);
-    eog[static_cast<size_t>(i)] = t.IsEog(i);
-  }
-  return std::make_shared<const runtime::TokenTrie>(pieces, eog);
-}
-
 Scheduler::Scheduler(const model::LlamaModel& m, const tok::Tokenizer& t, const SchedulerOptions& o,
                      Metrics& metrics)
     : model_(m),
@@ -197,7 +186,7 @@ void Scheduler::Assign(Slot& s, std::shared_ptr<Job> job) {
   s.pending.assign(r.prompt.begin() + static_cast<std::ptrdiff_t>(keep), r.prompt.end());
   s.pending_pos = 0;
   s.next = -1;
-  if (r.sampling.grammar && !trie_) trie_ = BuildTokenTrie(tok_, model_.config().n_vocab);
+  if (r.sampling.grammar && !trie_) trie_ = tok::BuildTokenTrie(tok_, model_.config().n_vocab);
   s.sampler = std::make_unique<runtime::Sampler>(r.sampling, model_.config().n_vocab,
                                                  r.sampling.grammar ? trie_ : nullptr);
   for (int32_t t : r.prompt) s.sampler->Accept(t);  // penalties see the prompt, as in llama.cpp

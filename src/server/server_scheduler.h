@@ -24,12 +24,9 @@
 #include "server/server_job.h"
 #include "server/server_metrics.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer_trie.h"
 
 namespace es::server {
-
-// The vocabulary's pieces (as generated text shows them) and end-of-generation tokens as a trie
-// for grammar-constrained sampling; n_vocab: the model's (its output layer may be padded).
-std::shared_ptr<const runtime::TokenTrie> BuildTokenTrie(const tok::Tokenizer& t, int32_t n_vocab);
 
 struct SchedulerOptions {
   int n_slots = 4;

@@ -219,6 +219,7 @@ std::unique_ptr<Coordinator::Impl::Gen> MakeGen(Coordinator& co, Coordinator::Im
   g->on_text = rq.on_text;
   g->n_logprobs = rq.n_logprobs;
   g->on_logprob = rq.on_logprob;
+  g->shown_tokens = rq.shown_tokens;
   g->r.n_prompt = static_cast<int>(rq.prompt.size());
   g->r.stop_reason = "length";
   if (rq.prompt.empty() && s.tokens.empty() && s.redo.empty()) throw Error("the prompt is empty");
@@ -254,7 +255,10 @@ std::unique_ptr<Coordinator::Impl::Gen> MakeGen(Coordinator& co, Coordinator::Im
   // A random seed is drawn here, so a replay after a fault draws the same numbers.
   if (g->sp.seed == runtime::Sampler::kRandomSeed)
     g->sp.seed = std::random_device{}() & 0x7FFFFFFFu;
-  runtime::Sampler check(g->sp, m.model->config().n_vocab);  // validates the settings
+  // Validates the settings (the grammar is the last stage's, with its vocabulary trie).
+  runtime::SamplerParams check_sp = g->sp;
+  check_sp.grammar = nullptr;
+  runtime::Sampler check(check_sp, m.model->config().n_vocab);
   g->limit = rq.params.max_tokens < 0 ? INT64_MAX : rq.params.max_tokens;
   g->stop = std::make_unique<runtime::StopMatcher>(rq.params.stop);
   g->t_start = Clock::now();

@@ -92,6 +92,8 @@ struct Request {
   // params.sampling, and per generated token its log-probability with the n_logprobs most
   // likely alternatives (n_logprobs < 0: none), computed by the last stage.
   std::optional<runtime::SamplerParams> sampler;
+  // Control tokens whose text the output keeps (a chat format's tool-call markers).
+  std::vector<int32_t> shown_tokens;
   // Tokens the sampler's penalty window records before the prompt (a reused cached prefix).
   std::vector<int32_t> accept_before;
   int n_logprobs = -1;

@@ -130,6 +130,7 @@ struct Coordinator::Impl {
     std::vector<float>* prompt_logits = nullptr;  // filled by the prompt's last step
     int n_logprobs = -1;
     std::function<void(const runtime::TokenLogprob&)> on_logprob;
+    std::vector<int32_t> shown_tokens;
     bool sampler_sent = false, inflight = false, done = false, sampled_once = false;
     int64_t limit = 0;
     std::unique_ptr<runtime::StopMatcher> stop;
@@ -410,7 +411,9 @@ struct Coordinator::Impl {
       return Finish(g);
     }
     g.r.tokens.push_back(id);
-    auto fed = g.stop->Feed(tok->TokenToPiece(id));
+    const bool shown =
+        std::find(g.shown_tokens.begin(), g.shown_tokens.end(), id) != g.shown_tokens.end();
+    auto fed = g.stop->Feed(tok->TokenToPiece(id, shown));
     if (!fed.text.empty()) {
       g.r.text += fed.text;
       if (g.on_text && !g.on_text(fed.text)) {

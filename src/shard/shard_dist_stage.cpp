@@ -6,6 +6,7 @@
 #include <set>
 
 #include "runtime/runtime_logprobs.h"
+#include "tokenizer/tokenizer_trie.h"
 
 namespace es::shard {
 
@@ -66,6 +67,8 @@ runtime::SamplerParams FromProto(const rpc::SamplingConfig& c) {
                 std::to_string(c.bias_values_size()) + " values");
   for (int i = 0; i < c.bias_tokens_size(); ++i)
     p.logit_bias.emplace_back(c.bias_tokens(i), c.bias_values(i));
+  if (!c.grammar().empty())
+    p.grammar = runtime::Grammar::Parse(c.grammar(), c.grammar_root().empty() ? "root" : c.grammar_root());
   return p;
 }
 
@@ -83,6 +86,10 @@ rpc::SamplingConfig ToProto(const runtime::SamplerParams& p) {
   for (const auto& [t, b] : p.logit_bias) {
     c.add_bias_tokens(t);
     c.add_bias_values(b);
+  }
+  if (p.grammar) {
+    c.set_grammar(p.grammar->source);
+    c.set_grammar_root(p.grammar->root_name);
   }
   return c;
 }
@@ -199,12 +206,19 @@ StageExecutor::Output StageExecutor::Run(const rpc::Step& step, const std::vecto
     s.n_past = seg.pos() + seg.n_tokens();
     r += seg.n_tokens();
     if (!spec_.head) continue;
-    if (seg.has_sampling())
-      s.sampler = std::make_unique<runtime::Sampler>(FromProto(seg.sampling()), c.n_vocab);
+    if (seg.has_sampling()) {
+      runtime::SamplerParams sp = FromProto(seg.sampling());
+      // The vocabulary as a trie for grammar masks, built when the first grammar comes.
+      if (sp.grammar && !trie_)
+        trie_ = tok::BuildTokenTrie(*tok::Tokenizer::FromGGUF(model_.file()), c.n_vocab);
+      s.sampler = std::make_unique<runtime::Sampler>(sp, c.n_vocab, sp.grammar ? trie_ : nullptr);
+    }
     if (!s.sampler && (seg.sample() || seg.accept_size() > 0))
       throw Error("sequence " + std::to_string(seg.sequence()) +
                   ": no sampler yet (its first sampling step must carry the sampling settings)");
-    for (int32_t t : seg.accept()) s.sampler->Accept(t);
+    // The segment that brings the sampler accepts the prompt (penalty window only); later ones
+    // accept the token sampled last, which also moves a grammar on.
+    for (int32_t t : seg.accept()) s.sampler->Accept(t, !seg.has_sampling());
     if (!seg.sample() && !seg.want_logits()) continue;
     model_.Head(hidden.data() + static_cast<size_t>(r - 1) * d, 1, logits_.data(), ws_, pool_);
     if (seg.want_logits()) out.logits.insert(out.logits.end(), logits_.begin(), logits_.end());

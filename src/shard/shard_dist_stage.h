@@ -79,6 +79,7 @@ class StageExecutor {
   std::vector<model::BatchRow> rows_;
   std::vector<float> logits_;
   std::vector<int32_t> scratch_;  // log-probabilities' sort
+  std::shared_ptr<const runtime::TokenTrie> trie_;  // for grammars, built on first use
 };
 
 }  // namespace es::shard
