@@ -68,7 +68,8 @@ runtime::SamplerParams FromProto(const rpc::SamplingConfig& c) {
   for (int i = 0; i < c.bias_tokens_size(); ++i)
     p.logit_bias.emplace_back(c.bias_tokens(i), c.bias_values(i));
   if (!c.grammar().empty())
-    p.grammar = runtime::Grammar::Parse(c.grammar(), c.grammar_root().empty() ? "root" : c.grammar_root());
+    p.grammar =
+        runtime::Grammar::Parse(c.grammar(), c.grammar_root().empty() ? "root" : c.grammar_root());
   return p;
 }
 
