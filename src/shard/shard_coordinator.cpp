@@ -333,8 +333,9 @@ std::vector<Finished> Coordinator::Pump(int in_flight, int micro_batch,
   if (m.live.empty()) return out;
   try {
     m.PumpLive(std::max(1, in_flight), std::max(1, micro_batch), Clock::now() + wait);
-  } catch (const Error& e) {
-    // Recovery failed: nothing can be finished on this plan. Every stage's caches are gone.
+  } catch (const std::exception& e) {
+    // Recovery failed (or a stage sent what cannot be used): nothing can be finished on this
+    // plan. Every stage's caches are gone; the next Begin plans again.
     m.plan_error = e.what();
     m.Event("error: " + m.plan_error);
     m.Teardown();
