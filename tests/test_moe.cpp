@@ -219,7 +219,8 @@ TEST(MoeSupport, SettingsWeDoNotComputeAreRefused) {
       Variant(
           "shape",
           [](Writer& w) {
-            std::vector<uint16_t> z(256 * 128 * 16, 0);
+            // The writer keeps the pointer until Write: the data must outlive this lambda.
+            static const std::vector<uint16_t> z(256 * 128 * 16, 0);
             w.AddTensor("blk.0.ffn_up_exps.weight", {256, 128, 16}, es::TensorType::kF16, z.data());
           },
           [](const std::string& n) { return n == "blk.0.ffn_up_exps.weight"; }),

@@ -10,9 +10,10 @@ namespace es::runtime {
 std::string GrammarStacks::Key() const {
   std::string k(sizeof(uint32_t) * (data.size() + ends.size() + 1) + 1, '\0');
   char* o = k.data();
-  std::memcpy(o, data.data(), sizeof(uint32_t) * data.size());
+  // memcpy from an empty vector's null data() is undefined even for 0 bytes.
+  if (!data.empty()) std::memcpy(o, data.data(), sizeof(uint32_t) * data.size());
   o += sizeof(uint32_t) * data.size();
-  std::memcpy(o, ends.data(), sizeof(uint32_t) * ends.size());
+  if (!ends.empty()) std::memcpy(o, ends.data(), sizeof(uint32_t) * ends.size());
   o += sizeof(uint32_t) * ends.size();
   std::memcpy(o, &cp, sizeof(uint32_t));
   o[sizeof(uint32_t)] = static_cast<char>(need);
