@@ -266,7 +266,7 @@ void HttpServer::Impl::Routes() {
                             "", "not_found"));
     return false;
   };
-  http->Get("/cluster", [this, cluster_only](const Request&, Response& res) {
+  http->Get("/cluster", [cluster_only](const Request&, Response& res) {
     if (cluster_only(res)) res.set_content(ClusterPageHtml(), "text/html; charset=utf-8");
   });
   http->Get("/cluster.json", [this, cluster_only](const Request&, Response& res) {
