@@ -229,6 +229,31 @@ for obj in latency throughput; do
   done
 done
 
+# rpc_up PORT: llama.cpp's rpc-server on edge and cloud (in their CPU shares) at PORT. Sets
+# RPC_ARGS ("edge=HOST:PORT cloud=HOST:PORT", for llamacpp_split.py) to where the source's
+# llama.cpp host reaches them: over its direct links, through delay relays when there is no netem.
+# rpc-server has no thread option (ggml's CPU default, 4 threads); the CPU quota still applies.
+rpc_up() {
+  local port=$1 d to relay
+  declare -A at=([edge]="${ADDR[edge]}:$port" [cloud]="${ADDR[cloud]}:$port")
+  for d in edge cloud; do
+    in_dev "$d" "$LLAMA_RPC_SERVER" -H 0.0.0.0 -p "$port" > "rpc-$d-$port.log" 2>&1 &
+    pids+=($!)
+  done
+  if [ "$NETEM" = 0 ]; then
+    relay=$((7091 + 2 * (port - 50052)))
+    for to in edge cloud; do
+      ip netns exec es-src python3 "$HERE/delay_proxy.py" "$relay" "${DIRECT[src-$to]}" \
+        "$port" "$(awk "BEGIN{print ${RTT[src-$to]}/2}")" &
+      pids+=($!)
+      at[$to]="127.0.0.1:$relay"
+      relay=$((relay + 1))
+    done
+  fi
+  sleep 1
+  RPC_ARGS="edge=${at[edge]} cloud=${at[cloud]}"
+}
+
 # ---- the served cluster ------------------------------------------------------------------------
 # serve_up NAME PORT CMD...: start a server in the source's namespace and CPU share, wait for it.
 serve_up() {
@@ -262,25 +287,10 @@ if [ "$SERVE" = 1 ]; then
   done
   if [ -n "${LLAMA_RPC_SERVER:-}" ] && [ -n "${LLAMA_SERVER:-}" ]; then
     echo "== llama-server over llama.cpp's RPC backend (the planner's throughput split)"
-    for d in edge cloud; do
-      in_dev "$d" "$LLAMA_RPC_SERVER" -H 0.0.0.0 -p 50053 > "rpcs-$d.log" 2>&1 &
-      pids+=($!)
-    done
-    declare -A SRPC=([edge]="${ADDR[edge]}:50053" [cloud]="${ADDR[cloud]}:50053")
-    if [ "$NETEM" = 0 ]; then
-      declare -A SPORT=([edge]=7093 [cloud]=7094)
-      for to in edge cloud; do
-        ip netns exec es-src python3 "$HERE/delay_proxy.py" "${SPORT[$to]}" "${DIRECT[src-$to]}" \
-          50053 "$(awk "BEGIN{print ${RTT[src-$to]}/2}")" &
-        pids+=($!)
-        SRPC[$to]="127.0.0.1:${SPORT[$to]}"
-      done
-    fi
-    sleep 1
+    rpc_up 50053
     "$BIN" plan --cluster cluster.yaml -m "$MODEL" --ctx "$CTX" --objective throughput \
       --batch "$n_par" --json > plan-throughput.json
-    if split=$(python3 "$HERE/llamacpp_split.py" plan-throughput.json Optimum src \
-      "edge=${SRPC[edge]} cloud=${SRPC[cloud]}"); then
+    if split=$(python3 "$HERE/llamacpp_split.py" plan-throughput.json Optimum src "$RPC_ARGS"); then
       # shellcheck disable=SC2086  # $split is a list of arguments
       if serve_up llamacpp 8091 "$LLAMA_SERVER" -m "$MODEL" $split -np "$n_par" \
         -c $((CTX * n_par)) -t 1 --host 127.0.0.1 --port 8091; then
@@ -317,29 +327,13 @@ fi
 rpc_results=()
 if [ -n "${LLAMA_RPC_SERVER:-}" ] && [ -n "${LLAMA_BENCH:-}" ] && [ "$BENCH" = 1 ]; then
   echo "== llama.cpp RPC backend (same namespaces, CPU shares and splits)"
-  # rpc-server has no thread option (ggml's CPU default, 4 threads); the CPU quota still applies.
-  for d in edge cloud; do
-    in_dev "$d" "$LLAMA_RPC_SERVER" -H 0.0.0.0 -p 50052 > "rpc-$d.log" 2>&1 &
-    pids+=($!)
-  done
-  declare -A RPC_ADDR=([edge]="${ADDR[edge]}:50052" [cloud]="${ADDR[cloud]}:50052")
-  if [ "$NETEM" = 0 ]; then
-    # llama.cpp's host talks to each server over the source's direct link, delayed like ours.
-    declare -A RPORT=([edge]=7091 [cloud]=7092)
-    for to in edge cloud; do
-      ip netns exec es-src python3 "$HERE/delay_proxy.py" "${RPORT[$to]}" "${DIRECT[src-$to]}" \
-        50052 "$(awk "BEGIN{print ${RTT[src-$to]}/2}")" &
-      pids+=($!)
-      RPC_ADDR[$to]="127.0.0.1:${RPORT[$to]}"
-    done
-  fi
-  sleep 1
+  rpc_up 50052
   # The same splits as edgeshard's runs: the latency objective's plan and the Even baseline.
   "$BIN" plan --cluster cluster.yaml -m "$MODEL" --ctx "$CTX" --objective latency --json \
     > plan-latency.json
   for plan in Optimum Even; do
-    split=$(python3 "$HERE/llamacpp_split.py" plan-latency.json "$plan" src \
-      "edge=${RPC_ADDR[edge]} cloud=${RPC_ADDR[cloud]}") || { echo "   no split for $plan"; continue; }
+    split=$(python3 "$HERE/llamacpp_split.py" plan-latency.json "$plan" src "$RPC_ARGS") ||
+      { echo "   no split for $plan"; continue; }
     out="llamacpp-rpc-$plan.json"
     t0=$SECONDS
     # shellcheck disable=SC2086  # $split is a list of arguments

@@ -11,12 +11,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-size_t CommonPrefix(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
-  size_t n = 0;
-  while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;
-  return n;
-}
-
 // The coordinator's stop reasons in OpenAI's words.
 std::string FinishReason(const std::string& r) {
   if (r == "eos" || r == "stop") return "stop";

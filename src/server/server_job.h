@@ -71,6 +71,13 @@ class Job {
   bool has_pending_ = false;
 };
 
+// Tokens a and b share at their start: what a slot's cache can keep for a new prompt.
+inline size_t CommonPrefix(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
+  size_t n = 0;
+  while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;
+  return n;
+}
+
 // The generation loop behind the HTTP endpoints.
 class Backend {
  public:

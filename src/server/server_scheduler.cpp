@@ -25,12 +25,6 @@ int ResolveThreads(int n) {
   return n > 0 ? n : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 }
 
-size_t CommonPrefix(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
-  size_t n = 0;
-  while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;
-  return n;
-}
-
 }  // namespace
 
 Scheduler::Scheduler(const model::LlamaModel& m, const tok::Tokenizer& t, const SchedulerOptions& o,

@@ -174,6 +174,9 @@ struct Coordinator::Impl {
   std::map<uint64_t, std::unique_ptr<Gen>> live;
   std::map<uint64_t, Gen*> live_index;
   std::string plan_error;
+  // The current plan's picture for Status(), drawn once per plan (epoch), not per poll.
+  mutable std::string svg;
+  mutable uint64_t svg_epoch = 0;
 
   void Log(const std::string& m) {
     if (o.log)

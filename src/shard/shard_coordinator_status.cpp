@@ -53,14 +53,16 @@ nlohmann::json Coordinator::Status() const {
                       {"link_ms", s.link_ms},
                       {"wire_bytes", s.wire_bytes}});
   }
-  std::string svg;
-  if (m.plan_error.empty() && !m.stages.empty()) {
+  if (m.svg_epoch != m.epoch) {
+    m.svg_epoch = m.epoch;
+    m.svg.clear();
     try {
-      svg = PlanSvg(m.MakeProblem(m.n_ctx), m.stages, "plan: " + m.method);
-    } catch (const Error& e) {
-      svg.clear();
+      if (!m.stages.empty()) m.svg = PlanSvg(m.MakeProblem(m.n_ctx), m.stages, "plan: " + m.method);
+    } catch (const Error&) {
+      m.svg.clear();
     }
   }
+  const std::string svg = m.plan_error.empty() ? m.svg : std::string();
   return json{{"model", m.model_path},
               {"objective", rep.objective},
               {"plan_method", m.method},

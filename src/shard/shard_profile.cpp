@@ -259,13 +259,14 @@ double MedianMs(int reps, Setup setup, Fn fn) {
 
 }  // namespace
 
-uint64_t MemAvailable() {
+uint64_t MemInfoBytes(const char* key) {
   std::ifstream f("/proc/meminfo");
-  std::string key;
+  std::string k, rest;
   uint64_t kib = 0;
-  std::string unit;
-  while (f >> key >> kib >> unit)
-    if (key == "MemAvailable:") return kib * 1024;
+  while (f >> k >> kib) {
+    std::getline(f, rest);  // " kB", or nothing for counts such as HugePages_Total
+    if (k == key) return kib * 1024;
+  }
   return 0;
 }
 

@@ -44,8 +44,12 @@ void SaveProfile(const Profile& p, const std::string& path);
 // A model's units from a GGUF file or from a JSON profile / units file.
 ModelUnits LoadModelUnits(const std::string& path);
 
+// A /proc/meminfo figure of this machine now, e.g. "MemTotal:" (bytes; 0 where it does not say).
+uint64_t MemInfoBytes(const char* key);
 // MemAvailable of this machine now (bytes; 0 where /proc/meminfo does not say).
-uint64_t MemAvailable();
+inline uint64_t MemAvailable() {
+  return MemInfoBytes("MemAvailable:");
+}
 
 struct MeasureOptions {
   int threads = 0;                     // 0: all cores

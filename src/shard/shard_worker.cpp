@@ -32,18 +32,6 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-uint64_t MemInfo(const char* key) {
-  std::ifstream f("/proc/meminfo");
-  std::string k;
-  uint64_t v = 0;
-  std::string unit;
-  while (f >> k >> v) {
-    std::getline(f, unit);
-    if (k == key) return v * 1024;
-  }
-  return 0;
-}
-
 double WallMs() {
   return std::chrono::duration<double, std::milli>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -148,8 +136,8 @@ class WorkerService final : public rpc::Worker::Service {
     r->set_version("edgeshard 0.1.0");
     r->set_device(opts_.name);
     r->set_threads(pool_.size());
-    r->set_memory_total_bytes(MemInfo("MemTotal:"));
-    r->set_memory_available_bytes(MemInfo("MemAvailable:"));
+    r->set_memory_total_bytes(MemInfoBytes("MemTotal:"));
+    r->set_memory_available_bytes(MemAvailable());
     r->set_memory_budget_bytes(opts_.memory_budget ? opts_.memory_budget
                                                    : r->memory_available_bytes());
     r->set_local_model_sha256(local_sha_);
