@@ -194,5 +194,30 @@ TEST(DistributedFaults, RestartedWorkerRejoins) {
   EXPECT_EQ(co.StageDevices(), first);
 }
 
+// A server restarted on the same workers plans again with a new coordinator. Its epochs must
+// not repeat the old coordinator's: a worker ends a stream only when the epoch changes, so steps
+// of the old plan still travelling between workers would reach the new plan's caches (seen as
+// "step starts at position 24 but the stage holds 0 positions" when a restarted `serve --cluster`
+// ordered the workers differently).
+TEST(DistributedFaults, ACoordinatorAfterAnotherTakesNewEpochs) {
+  Cluster3 s(2);
+  std::vector<int32_t> tokens;
+  for (int round = 0; round < 2; ++round) {
+    Coordinator co(s.model, s.Options(s.Cluster()));
+    const auto p = co.tokenizer().Encode("Once upon a time", true, true);
+    const auto r = co.Generate(co.NewSequence(), p, Greedy(8), {});
+    if (round == 0) tokens = r.tokens;
+    EXPECT_EQ(r.tokens, tokens);
+  }
+  // "epoch N: blocks [...]" once per load, in the order loaded.
+  std::vector<unsigned long long> epochs;
+  const std::string log = s.Worker("w1").Log();
+  for (size_t at = log.find("epoch "); at != std::string::npos; at = log.find("epoch ", at + 1))
+    if (log.find(": blocks", at) == log.find(':', at))
+      epochs.push_back(std::stoull(log.substr(at + 6)));
+  ASSERT_EQ(epochs.size(), 2u) << log;
+  EXPECT_LT(epochs[0], epochs[1]) << log;
+}
+
 }  // namespace
 }  // namespace es::test

@@ -97,6 +97,7 @@ ip netns exec es-src tc qdisc add dev lo root netem delay 0ms 2>/dev/null &&
 [ "$NETEM" = 1 ] || echo "note: no netem qdisc in this kernel; rate by tbf, delay by delay_proxy.py"
 
 declare -A RTT
+SHAPED=()  # NS:DEV:RATE_MBIT:HALF_RTT_MS of every shaped link end, for reshape
 # link A B RATE_MBIT RTT_MS ADDR_A ADDR_B: veth pair; each direction shaped to the rate and
 # delayed by half the RTT.
 link() {
@@ -112,6 +113,7 @@ link() {
   local half burst
   half=$(awk "BEGIN{print $rtt/2}")
   burst=$(awk "BEGIN{b=$rate/100; print (b<0.032?0.032:b)}")
+  SHAPED+=("$a:$va:$rate:$half" "$b:$vb:$rate:$half")
   for end in "$a:$va" "$b:$vb"; do
     if [ "$NETEM" = 1 ]; then
       ip netns exec "es-${end%%:*}" tc qdisc add dev "${end#*:}" root netem rate "${rate}mbit" \
@@ -119,6 +121,24 @@ link() {
     else
       ip netns exec "es-${end%%:*}" tc qdisc add dev "${end#*:}" root tbf rate "${rate}mbit" \
         burst "${burst}mbit" latency 1000ms
+    fi
+  done
+}
+# reshape fast|shaped: lift the rate limit of every link (and netem's delay) or put it back.
+# llama.cpp's RPC host streams each server its weights at load, which the 10 Mbit link would stretch
+# to many minutes (edgeshard's workers read their own copy of the file); loading runs on fast links
+# and only the measured serving runs on the shaped ones. Relay delays (no netem) stay.
+reshape() {
+  local e ns dev rate half
+  for e in "${SHAPED[@]}"; do
+    IFS=: read -r ns dev rate half <<< "$e"
+    [ "$1" = fast ] && rate=10000 && half=0
+    if [ "$NETEM" = 1 ]; then
+      ip netns exec "es-$ns" tc qdisc replace dev "$dev" root netem rate "${rate}mbit" \
+        delay "${half}ms" limit 100000
+    else
+      ip netns exec "es-$ns" tc qdisc replace dev "$dev" root tbf rate "${rate}mbit" \
+        burst "$(awk "BEGIN{b=$rate/100; print (b<0.032?0.032:b)}")mbit" latency 1000ms
     fi
   done
 }
@@ -232,12 +252,12 @@ done
 # rpc_up PORT: llama.cpp's rpc-server on edge and cloud (in their CPU shares) at PORT. Sets
 # RPC_ARGS ("edge=HOST:PORT cloud=HOST:PORT", for llamacpp_split.py) to where the source's
 # llama.cpp host reaches them: over its direct links, through delay relays when there is no netem.
-# rpc-server has no thread option (ggml's CPU default, 4 threads); the CPU quota still applies.
+# Each rpc-server computes with one thread, as edgeshard's workers do (-t 1), in its CPU quota.
 rpc_up() {
   local port=$1 d to relay
   declare -A at=([edge]="${ADDR[edge]}:$port" [cloud]="${ADDR[cloud]}:$port")
   for d in edge cloud; do
-    in_dev "$d" "$LLAMA_RPC_SERVER" -H 0.0.0.0 -p "$port" > "rpc-$d-$port.log" 2>&1 &
+    in_dev "$d" "$LLAMA_RPC_SERVER" -H 0.0.0.0 -p "$port" -t 1 > "rpc-$d-$port.log" 2>&1 &
     pids+=($!)
   done
   if [ "$NETEM" = 0 ]; then
@@ -292,8 +312,12 @@ if [ "$SERVE" = 1 ]; then
       --batch "$n_par" --json > plan-throughput.json
     if split=$(python3 "$HERE/llamacpp_split.py" plan-throughput.json Optimum src "$RPC_ARGS"); then
       # shellcheck disable=SC2086  # $split is a list of arguments
-      if serve_up llamacpp 8091 "$LLAMA_SERVER" -m "$MODEL" $split -np "$n_par" \
-        -c $((CTX * n_par)) -t 1 --host 127.0.0.1 --port 8091; then
+      reshape fast
+      up=0
+      serve_up llamacpp 8091 "$LLAMA_SERVER" -m "$MODEL" $split -np "$n_par" \
+        -c $((CTX * n_par)) -t 1 --host 127.0.0.1 --port 8091 && up=1
+      reshape shaped
+      if [ "$up" = 1 ]; then
         ip netns exec es-src node "$HERE/serve_load.mjs" --url http://127.0.0.1:8091 \
           --streams "$SERVE_STREAMS" --tokens "$N_GEN" --reps "$REPS" \
           --label "llama.cpp RPC" > serve-llamacpp.json || echo "   load failed"

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
@@ -74,8 +75,13 @@ struct Coordinator::Impl {
   };
   std::vector<std::unique_ptr<Device>> devs;
 
-  // The current plan.
-  uint64_t epoch = 0;
+  // The current plan. Epochs start at the wall clock in microseconds, not at 0: a worker ends
+  // the streams of an older epoch when a plan loads, and a coordinator started after another one
+  // (a restarted server) must not reuse its predecessor's numbers, or steps still travelling
+  // between workers from the old plan would reach the new one's caches.
+  uint64_t epoch = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                             std::chrono::system_clock::now().time_since_epoch())
+                                             .count());
   std::vector<Stage> stages;
   Evaluation planned;
   std::string method;

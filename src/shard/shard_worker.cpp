@@ -278,6 +278,7 @@ class WorkerService final : public rpc::Worker::Service {
       exec_ = std::move(exec);
       shard_ = *req;
       epoch_ = req->epoch();
+      ++loads_;
       n_sequences_ = 0;
       kv_bytes_ = 0;
       cv_.notify_all();  // streams of older epochs end
@@ -416,6 +417,7 @@ class WorkerService final : public rpc::Worker::Service {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "a stream starts with an Open frame");
     const uint64_t epoch = f.open().epoch();
     rpc::LoadShardRequest shard;
+    uint64_t load = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (epoch != epoch_ || !exec_)
@@ -423,9 +425,10 @@ class WorkerService final : public rpc::Worker::Service {
                             "epoch " + std::to_string(epoch) + " is not loaded (current " +
                                 std::to_string(epoch_) + ")");
       shard = shard_;
+      load = loads_;
     }
-    if (f.open().role() == rpc::Open::RESULTS) return ServeResults(ctx, rw, seal, epoch);
-    return ServeUpstream(ctx, rw, seal, epoch, shard);
+    if (f.open().role() == rpc::Open::RESULTS) return ServeResults(ctx, rw, seal, epoch, load);
+    return ServeUpstream(ctx, rw, seal, epoch, load, shard);
   }
 
  private:
@@ -466,8 +469,10 @@ class WorkerService final : public rpc::Worker::Service {
     return bytes;
   }
 
+  // A stream serves the load it was opened under: a later Load ends it even with the same epoch
+  // (another coordinator's numbering), so steps of an old plan never reach the new caches.
   grpc::Status ServeResults(grpc::ServerContext* ctx, SealedStream* rw, FrameSeal& seal,
-                            uint64_t epoch) {
+                            uint64_t epoch, uint64_t load) {
     std::unique_lock<std::mutex> lock(mu_);
     {
       std::lock_guard<std::mutex> w(sink_write_mu_);
@@ -476,7 +481,7 @@ class WorkerService final : public rpc::Worker::Service {
       sink_epoch_ = epoch;
     }
     cv_.notify_all();
-    while (!stopping_ && epoch_ == epoch && !ctx->IsCancelled() && sink_ == rw)
+    while (!stopping_ && epoch_ == epoch && loads_ == load && !ctx->IsCancelled() && sink_ == rw)
       cv_.wait_for(lock, std::chrono::milliseconds(100));
     std::lock_guard<std::mutex> w(sink_write_mu_);
     if (sink_ == rw) sink_ = nullptr, sink_seal_ = nullptr;
@@ -496,7 +501,7 @@ class WorkerService final : public rpc::Worker::Service {
   }
 
   grpc::Status ServeUpstream(grpc::ServerContext* ctx, SealedStream* rw, FrameSeal& seal,
-                             uint64_t epoch, const rpc::LoadShardRequest& shard) {
+                             uint64_t epoch, uint64_t load, const rpc::LoadShardRequest& shard) {
     std::unique_ptr<WorkerClient> next;
     std::unique_ptr<StreamCall> down;
     if (!shard.has_head()) {
@@ -551,7 +556,7 @@ class WorkerService final : public rpc::Worker::Service {
           std::lock_guard<std::mutex> compute(compute_mu_);
           {
             std::lock_guard<std::mutex> lock(mu_);
-            if (epoch_ != epoch || !exec_)
+            if (epoch_ != epoch || loads_ != load || !exec_)
               return grpc::Status(grpc::StatusCode::ABORTED, "a newer plan was loaded");
           }
           int64_t rows = 0;
@@ -623,6 +628,7 @@ class WorkerService final : public rpc::Worker::Service {
   std::condition_variable cv_;
   bool stopping_ = false;
   uint64_t epoch_ = 0;
+  uint64_t loads_ = 0;  // Loads so far: which load a stream serves
   rpc::LoadShardRequest shard_;
   std::unique_ptr<StageExecutor> exec_;
   int n_sequences_ = 0;
