@@ -342,21 +342,28 @@ struct Coordinator::Impl {
     if (manual && (!o.placement.empty() || !o.baseline.empty()))
       Event("the manual plan no longer applies; the planner chooses from here on");
     manual = false;
+    Plan();
+    LoadWithRetry();
+    ++replans;
+    Event(fmt::format("replanned on {} device(s): {}", stages.size(), PlanLine()));
+    QueueReplay();
+  }
+
+  // Loads the plan just made. A worker that cannot load it because it is gone or stalled is
+  // marked lost and the plan is made again without it.
+  void LoadWithRetry() {
     for (int attempt = 0;; ++attempt) {
       try {
-        Plan();
         LoadPlan();
-        break;
+        return;
       } catch (const RpcError& e) {
         if (!e.unreachable() || attempt > int(devs.size())) throw;
         const auto more = FindLost();
         if (more.empty()) throw;
         for (int d : more) Event(fmt::format("lost {} while replanning", devs[d]->client->Who()));
+        Plan();
       }
     }
-    ++replans;
-    Event(fmt::format("replanned on {} device(s): {}", stages.size(), PlanLine()));
-    QueueReplay();
   }
 
   void QueueReplay() {
@@ -386,7 +393,7 @@ struct Coordinator::Impl {
     const auto old = stages;
     Plan();
     if (stages == old) return;
-    LoadPlan();
+    LoadWithRetry();
     ++replans;
     Event(fmt::format("replanned on {} device(s): {}", stages.size(), PlanLine()));
     QueueReplay();

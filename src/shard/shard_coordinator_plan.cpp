@@ -116,6 +116,9 @@ void Coordinator::Impl::LoadPlan() {
       req.set_next_address(next.client->address());
       req.set_next_name(next.client->name());
     }
+    // The load's deadline allows for a slow disk; a worker stalled since the plan was made
+    // (SIGSTOP, a hung host) fails this quick probe instead of holding every request that long.
+    dev.client->Health(o.health_deadline);
     auto reply = dev.client->LoadShard(req, milliseconds(120000));
     if (reply.need_model()) {
       Log(dev.client->Who() + " has no copy of the model; sending " +
