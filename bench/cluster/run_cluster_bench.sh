@@ -163,6 +163,16 @@ if [ "$NETEM" = 0 ]; then
       "$PORT" "$(awk "BEGIN{print ${RTT[$pair]}/2}")" &
     pids+=($!)
   done
+  # Python takes a moment to start under load; nothing may plan over a relay not yet listening
+  # (a device found unreachable is planned without).
+  for pair in src-edge src-cloud edge-cloud cloud-edge; do
+    from=${pair%-*}; to=${pair#*-}
+    for i in $(seq 1 100); do
+      ip netns exec "es-$from" bash -c "exec 3<>/dev/tcp/127.0.0.1/${PPORT[$to]}" 2>/dev/null &&
+        break
+      sleep 0.1
+    done
+  done
   NAME_ADDR=([edge]="127.0.0.1:${PPORT[edge]}" [cloud]="127.0.0.1:${PPORT[cloud]}")
 fi
 
@@ -287,7 +297,19 @@ serve_up() {
   echo "   $name did not start: $(tail -2 "serve-$name.log")"
   return 1
 }
-serve_down() { kill "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true; }
+# serve_down PORT: stop the server listening on PORT. `ip netns exec` runs it as a child, so the
+# wrapper's pid is not enough: a server left running would keep the workers for its own plan.
+serve_down() {
+  local port=$1 i
+  kill "${pids[-1]}" 2>/dev/null || true
+  pkill -TERM -f -- "--port $port\b" || true
+  for i in $(seq 1 100); do
+    pgrep -f -- "--port $port\b" > /dev/null || break
+    sleep 0.2
+  done
+  pkill -KILL -f -- "--port $port\b" || true
+  wait "${pids[-1]}" 2>/dev/null || true
+}
 serve_results=()
 if [ "$SERVE" = 1 ]; then
   n_par=$(echo "$SERVE_STREAMS" | tr ',' '\n' | sort -n | tail -1)
@@ -302,7 +324,7 @@ if [ "$SERVE" = 1 ]; then
       --streams "$SERVE_STREAMS" --tokens "$N_GEN" --reps "$REPS" --label "edgeshard $plan" \
       > "serve-$plan.json" || echo "   load failed"
     ip netns exec es-src curl -s http://127.0.0.1:8090/cluster.json > "serve-$plan-cluster.json" || true
-    serve_down
+    serve_down 8090
     serve_results+=("serve-$plan.json")
   done
   if [ -n "${LLAMA_RPC_SERVER:-}" ] && [ -n "${LLAMA_SERVER:-}" ]; then
@@ -321,7 +343,7 @@ if [ "$SERVE" = 1 ]; then
         ip netns exec es-src node "$HERE/serve_load.mjs" --url http://127.0.0.1:8091 \
           --streams "$SERVE_STREAMS" --tokens "$N_GEN" --reps "$REPS" \
           --label "llama.cpp RPC" > serve-llamacpp.json || echo "   load failed"
-        serve_down
+        serve_down 8091
         serve_results+=("serve-llamacpp.json")
       fi
     else
