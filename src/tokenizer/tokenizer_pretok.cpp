@@ -26,6 +26,10 @@ constexpr const char* kQwen2 =
 constexpr const char* kPoro = R"( ?[^(\s|.,!?…。，、।۔،)]+)";
 constexpr const char* kTekken =
     R"([^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+// o200k (gpt-4o, gpt-oss, Llama 4): tekken's letter runs with English contractions attached, and
+// digits in groups of up to three; in llama.cpp's form, where "upper" is a letter other than a-z.
+constexpr const char* kGpt4o =
+    R"([^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 constexpr const char* kCjk = R"([一-龥ࠀ-一가-퟿]+)";
 
 // The whitespace llama.cpp recognises (Unicode White_Space). Non-ASCII members are replaced by
@@ -98,6 +102,9 @@ PreTokenizerSpec PreTokenizerFor(const std::string& pre) {
     s.clean_spaces = false;
     s.ignore_merges = true;
     s.add_bos = true;
+  } else if (pre == "gpt-4o" || pre == "llama4" || pre == "kanana2" || pre == "talkie") {
+    s.regexes = {kGpt4o};
+    s.clean_spaces = false;
   } else if (pre == "chameleon") {
     s.regexes = {"<sentinel:[0-9]+>",       "(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z",
                  "([\\t\\n]|    |  )",      R"(\p{N})",
@@ -110,7 +117,8 @@ PreTokenizerSpec PreTokenizerFor(const std::string& pre) {
         "' in tokenizer.ggml.pre (supported: default, gpt-2, llama-bpe/llama3, qwen2, "
         "deepseek-llm, deepseek-coder, deepseek-v3, falcon, mpt, starcoder, refact, "
         "command-r, stablelm2, olmo, dbrx, smaug-bpe, poro-chat, chatglm-bpe, viking, jais, "
-        "tekken, smollm, codeshell, bloom, gpt3-finnish, exaone, chameleon, minerva-7b, "
+        "tekken, gpt-4o, llama4, smollm, codeshell, bloom, gpt3-finnish, exaone, chameleon, "
+        "minerva-7b, "
         "megrez, phi-2, jina-*, roberta-bpe, gigachat)");
   }
   return s;
