@@ -207,7 +207,7 @@ INSTANTIATE_TEST_SUITE_P(
                       "synth-qwen3.f16.gguf", "synth-gemma3.f16.gguf", "gen:tiny-test-llama3",
                       "gen:tiny-test-phi3", "gen:tiny-test-smollm3", "gen:tiny-test-gemma2",
                       "gen:tiny-test-mistral3", "gen:tiny-test-qwen3moe", "gen:tiny-test-qwen2moe",
-                      "gen:tiny-test-mixtral"),
+                      "gen:tiny-test-mixtral", "gen:tiny-test-gpt-oss"),
     [](const auto& info) {
       std::string n = info.param;
       for (auto& c : n)

@@ -536,6 +536,24 @@ TEST(Kernels, Softmax) {
   for (float v : masked) EXPECT_EQ(v, 0.0f);
 }
 
+// Attention sinks (gpt-oss): the sink's logit joins the denominator only.
+TEST(Kernels, SoftmaxWithSink) {
+  for (int64_t n : {1, 5, 16, 300})
+    for (float sink : {-3.0f, 0.5f, 50.0f}) {
+      const auto x = Gaussian(n, 41, 2.0f);
+      double mx = sink, sum = 0;
+      for (float v : x) mx = std::max<double>(mx, v);
+      for (float v : x) sum += std::exp(v - mx);
+      sum += std::exp(sink - mx);
+      ForEachTarget([&] {
+        std::vector<float> y = x;
+        k::SoftmaxWithSink(y.data(), n, sink);
+        for (int64_t i = 0; i < n; ++i)
+          ASSERT_NEAR(y[i], std::exp(x[i] - mx) / sum, 4e-6 * std::exp(x[i] - mx) / sum) << i;
+      });
+    }
+}
+
 // ggml's rope: theta_i = pos * base^(-2i/n_rot), built by repeated multiplication in f32.
 void RopeScalar(float* x, int64_t n_rot, int64_t pos, float base, bool neox) {
   const float theta_scale = std::pow(base, -2.0f / static_cast<float>(n_rot));

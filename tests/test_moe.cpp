@@ -1,7 +1,7 @@
 // Mixture-of-experts models: sparse compute counted (a decode step multiplies exactly the chosen
 // experts' bytes; a prompt batch reads each chosen expert once), the refusal of MoE settings
 // edgeshard does not compute, and the synth presets at their published sizes. Fidelity against
-// llama.cpp is in test_fidelity (tiny-test-qwen3moe/qwen2moe/mixtral references).
+// llama.cpp is in test_fidelity (tiny-test-qwen3moe/qwen2moe/mixtral/gpt-oss references).
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -52,7 +52,8 @@ std::string Generated(const std::string& preset) {
 class RemoveFiles : public ::testing::Environment {
  public:
   void TearDown() override {
-    for (const char* p : {"tiny-test-qwen3moe", "tiny-test-qwen2moe", "tiny-test-mixtral"})
+    for (const char* p :
+         {"tiny-test-qwen3moe", "tiny-test-qwen2moe", "tiny-test-mixtral", "tiny-test-gpt-oss"})
       std::filesystem::remove(TempPath(p));
   }
 };
@@ -71,7 +72,8 @@ const std::vector<int32_t> kPrompt = {1,    9038, 2501, 263,   931,  727,  471, 
                                       4257, 365,  2354, 29889, 2296, 5360, 304, 1708, 5377, 29889};
 
 TEST(MoeSparse, DecodeReadsOnlyTheChosenExperts) {
-  for (const char* preset : {"tiny-test-qwen3moe", "tiny-test-qwen2moe", "tiny-test-mixtral"}) {
+  for (const char* preset :
+       {"tiny-test-qwen3moe", "tiny-test-qwen2moe", "tiny-test-mixtral", "tiny-test-gpt-oss"}) {
     SCOPED_TRACE(preset);
     auto model = es::model::LlamaModel::Load(Generated(preset));
     const auto& c = model->config();
@@ -145,10 +147,12 @@ TEST(MoeSparse, BatchMatchesTokenByToken) {
   }
 }
 
-// tiny-test-qwen3moe rewritten with `edit` applied (and the tensors `drop` names left out).
+// `base` (a tiny-test preset) rewritten with `edit` applied (and the tensors `drop` names left
+// out).
 std::string Variant(const std::string& name, const std::function<void(Writer&)>& edit,
-                    const std::function<bool(const std::string&)>& drop = {}) {
-  auto f = File::Open(Generated("tiny-test-qwen3moe"));
+                    const std::function<bool(const std::string&)>& drop = {},
+                    const std::string& base = "tiny-test-qwen3moe") {
+  auto f = File::Open(Generated(base));
   Writer w;
   w.CopyMetadataFrom(*f);
   for (const auto& t : f->tensors())
@@ -240,6 +244,41 @@ TEST(MoeSupport, SettingsWeDoNotComputeAreRefused) {
   std::filesystem::remove(ok);
 }
 
+// gpt-oss: what its files must hold (sinks, biases, the window), and its gating as a key.
+TEST(MoeSupport, GptOssRefusesWhatItDoesNotCompute) {
+  const std::string base = "tiny-test-gpt-oss";
+  auto drop = [](const char* tensor) {
+    return [tensor](const std::string& n) { return n == tensor; };
+  };
+  auto keep = [](Writer&) {};
+  ExpectRefused(
+      Variant(
+          "oss_gating", [](Writer& w) { w.SetU32("gpt-oss.expert_gating_func", 1); }, {}, base),
+      {"gpt-oss.expert_gating_func", "softmax of the top-k"});
+  ExpectRefused(
+      Variant(
+          "oss_window", [](Writer& w) { w.Remove("gpt-oss.attention.sliding_window"); }, {}, base),
+      {"gpt-oss.attention.sliding_window' is missing"});
+  ExpectRefused(Variant("oss_sinks", keep, drop("blk.1.attn_sinks.weight"), base),
+                {"blk.1.attn_sinks.weight"});
+  ExpectRefused(Variant("oss_router_bias", keep, drop("blk.0.ffn_gate_inp.bias"), base),
+                {"blk.0.ffn_gate_inp.bias"});
+  ExpectRefused(Variant("oss_head", keep, drop("output.weight"), base), {"output.weight"});
+  // Sinks in a family without them stay refused by name.
+  ExpectRefused(Variant("sinks_elsewhere",
+                        [](Writer& w) {
+                          static const std::vector<float> z(4, 0.0f);
+                          w.AddTensor("blk.0.attn_sinks.weight", {4}, es::TensorType::kF32,
+                                      z.data());
+                        }),
+                {"blk.0.attn_sinks.weight", "attention sinks"});
+  // The gating llama.cpp computes for gpt-oss, said explicitly, loads.
+  auto ok = Variant(
+      "oss_neutral", [](Writer& w) { w.SetU32("gpt-oss.expert_gating_func", 3); }, {}, base);
+  EXPECT_NO_THROW(es::model::LlamaModel::Load(ok, {}));
+  std::filesystem::remove(ok);
+}
+
 TEST(MoeSupport, ExpertsInADenseFamilyAreRefused) {
   // qwen3 (dense) has no experts: the same file relabelled is refused by its expert_count.
   auto f = File::Open(Generated("tiny-test-qwen3moe"));
@@ -298,7 +337,11 @@ TEST(MoeSynth, RealShapesHaveThePublishedSizes) {
   const struct {
     const char* preset;
     double billions;
-  } cases[] = {{"qwen3-30b-a3b", 30.5}, {"mixtral-8x7b", 46.7}, {"qwen1.5-moe-a2.7b", 14.3}};
+  } cases[] = {{"qwen3-30b-a3b", 30.5},
+               {"mixtral-8x7b", 46.7},
+               {"qwen1.5-moe-a2.7b", 14.3},
+               {"gpt-oss-20b", 20.9},
+               {"gpt-oss-120b", 116.8}};
   for (const auto& c : cases) {
     SCOPED_TRACE(c.preset);
     const auto p = es::model::FindSynthPreset(c.preset);

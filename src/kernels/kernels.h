@@ -102,6 +102,9 @@ uint64_t ReadSum(const uint64_t* p, size_t n, size_t prefetch_bytes);
 void SoftCap(float* x, int64_t n, float cap);
 // In-place softmax over n values; returns nothing. Max-subtracted, f32 exp, sum in double.
 void Softmax(float* x, int64_t n);
+// The same with one more logit, `sink`, in the denominator only (attention sinks, gpt-oss): the
+// weights then sum to less than 1.
+void SoftmaxWithSink(float* x, int64_t n, float sink);
 // How positions become rotation angles, as llama.cpp's rope_ext computes them: pair i of the
 // first n_rot dims turns by theta_i = pos * base^(-2i/n_rot) / factors[i] (factors: Llama 3 /
 // LongRoPE frequency divisors, or none), interpolated by freq_scale (1 / linear or YaRN factor);

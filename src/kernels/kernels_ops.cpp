@@ -319,11 +319,11 @@ void SiluMulImpl(float* gate, const float* up, int64_t n) {
 // Like ggml with its key count padded to a multiple of 16 (masked keys give exp = 0): the vector
 // exp on chunks of 16, each chunk summed by pairwise halving (a[i] + a[i + 8], ...) and added in
 // double; then x *= float(1 / sum).
-void SoftmaxImpl(float* x, int64_t n) {
+void SoftmaxImpl(float* x, int64_t n, float sink) {
   if (n <= 0) return;
   const hn::CappedTag<float, 16> df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  float max = -INFINITY;
+  float max = sink;  // -INFINITY without a sink
   for (int64_t i = 0; i < n; ++i) max = std::max(max, x[i]);
   if (max == -INFINITY) {  // everything masked: no distribution; report all zeros
     std::memset(x, 0, static_cast<size_t>(n) * sizeof(float));
@@ -353,6 +353,8 @@ void SoftmaxImpl(float* x, int64_t n) {
       for (int k = 0; k < w; ++k) e[k] = e[k] + e[k + w];
     sum += static_cast<double>(e[0]);
   }
+  // A sink joins the denominator after the keys' sum, as ggml adds it.
+  if (sink != -INFINITY) sum += static_cast<double>(std::exp(sink - max));
   const float inv = static_cast<float>(1.0 / sum);
   for (int64_t i = 0; i < n; ++i) x[i] *= inv;
 }
@@ -737,7 +739,10 @@ void SiluMul(float* gate, const float* up, int64_t n) {
   HWY_DYNAMIC_DISPATCH(SiluMulImpl)(gate, up, n);
 }
 void Softmax(float* x, int64_t n) {
-  HWY_DYNAMIC_DISPATCH(SoftmaxImpl)(x, n);
+  HWY_DYNAMIC_DISPATCH(SoftmaxImpl)(x, n, -INFINITY);
+}
+void SoftmaxWithSink(float* x, int64_t n, float sink) {
+  HWY_DYNAMIC_DISPATCH(SoftmaxImpl)(x, n, sink);
 }
 void SoftCap(float* x, int64_t n, float cap) {
   const float inv = 1.0f / cap;

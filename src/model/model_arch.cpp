@@ -17,14 +17,15 @@ const ArchSpec& SmolLm3Arch();
 const ArchSpec& Mistral3Arch();
 const ArchSpec& Qwen2MoeArch();
 const ArchSpec& Qwen3MoeArch();
+const ArchSpec& GptOssArch();
 
 // An explicit table, not self-registration: the families live in a static library, and the linker
 // drops an object file nothing refers to, so a self-registering family could silently vanish
 // from a binary. Adding a family adds one line here.
 const std::vector<const ArchSpec*>& Architectures() {
   static const std::vector<const ArchSpec*> all = {
-      &LlamaArch(), &Qwen2Arch(),   &Qwen3Arch(),    &Gemma2Arch(),   &Gemma3Arch(),
-      &Phi3Arch(),  &SmolLm3Arch(), &Mistral3Arch(), &Qwen2MoeArch(), &Qwen3MoeArch()};
+      &LlamaArch(),   &Qwen2Arch(),    &Qwen3Arch(),    &Gemma2Arch(),   &Gemma3Arch(), &Phi3Arch(),
+      &SmolLm3Arch(), &Mistral3Arch(), &Qwen2MoeArch(), &Qwen3MoeArch(), &GptOssArch()};
   return all;
 }
 
@@ -61,6 +62,10 @@ std::vector<TensorDecl> ArchSpec::BlockTensors(bool with_experts) const {
   if (moe.shared_expert)
     for (std::string_view t : {"ffn_gate_inp_shexp.weight", "ffn_gate_shexp.weight",
                                "ffn_up_shexp.weight", "ffn_down_shexp.weight"})
+      out.push_back({t});
+  if (moe.biases)
+    for (std::string_view t :
+         {"ffn_gate_inp.bias", "ffn_gate_exps.bias", "ffn_up_exps.bias", "ffn_down_exps.bias"})
       out.push_back({t});
   return out;
 }

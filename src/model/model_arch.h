@@ -20,6 +20,9 @@ enum class RopeStyle { kNormal, kNeox };  // rotated pairs (i, i+1) or (i, i + n
 enum class FfnKind {
   kSwiGlu,  // down(silu(gate(x)) * up(x))
   kGeGlu,   // down(gelu(gate(x)) * up(x)), GELU's tanh form as llama.cpp computes it
+  // down(g * sigmoid(1.702 g) * (u + 1)), g = min(gate(x), 7), u = clamp(up(x), -7, 7): OpenAI's
+  // clamped SwiGLU (gpt-oss experts).
+  kSwiGluOai,
 };
 
 // A tensor of the file. Names under "blk.N." are given without that prefix.
@@ -57,6 +60,14 @@ struct MoeSpec {
   Use use = kNone;
   bool norm_weights = true;    // the chosen experts' weights are rescaled to sum 1
   bool shared_expert = false;  // plus a shared expert with a sigmoid gate (qwen2moe)
+  enum Gating {
+    kSoftmax,      // weights: softmax over all experts' logits, the top k of them kept
+    kSoftmaxTopK,  // the top k logits chosen first, weights the softmax over those k (gpt-oss)
+  };
+  Gating gating = kSoftmax;
+  // Biases on the router (ffn_gate_inp.bias, per expert) and on each expert's three matrices
+  // (ffn_{gate,up,down}_exps.bias, [rows, n_expert]) (gpt-oss).
+  bool biases = false;
 };
 
 struct ArchSpec {
@@ -76,6 +87,11 @@ struct ArchSpec {
   // The feed-forward's gate and up projections are one ffn_up.weight of 2 * n_ff rows (gate
   // first), with no ffn_gate.weight (phi3).
   bool fused_gate_up = false;
+  // One learned logit per query head (attn_sinks.weight) in every attention softmax's
+  // denominator (gpt-oss).
+  bool attn_sinks = false;
+  // The feed-forward's input norm (gpt-oss stores it as post_attention_norm.weight).
+  std::string_view ffn_norm = "ffn_norm.weight";
   // Family-specific hyperparameters (sliding window, per-layer RoPE, attention scale), read
   // after the common ones; nullptr when the family has none.
   std::function<void(const gguf::File&, ModelConfig&)> configure;

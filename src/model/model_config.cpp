@@ -105,7 +105,7 @@ void ReadMoe(const gguf::File& f, ModelConfig& c) {
     throw Error(f.path() + ": metadata '" + p + "expert_count' = " + std::to_string(n_expert) +
                 " asks for mixture-of-experts layers, which edgeshard does not implement for "
                 "architecture '" +
-                c.arch + "' (it does for llama, qwen2moe and qwen3moe)");
+                c.arch + "' (it does for llama, qwen2moe, qwen3moe and gpt-oss)");
   if (!f.FindTensor("blk.0.ffn_gate_inp.weight"))
     throw Error(f.path() + ": metadata '" + p + "expert_count' = " + std::to_string(n_expert) +
                 " asks for mixture-of-experts layers, but block 0 has no router tensor "
@@ -181,6 +181,10 @@ ModelConfig ReadModelConfig(const gguf::File& f) {
   const TensorDecl* bias = c.spec->FindBlock("attn_q.bias");
   c.qkv_bias =
       bias && (bias->need == TensorDecl::kRequired || f.FindTensor("blk.0.attn_q.bias") != nullptr);
+  const TensorDecl* out_bias = c.spec->FindBlock("attn_output.bias");
+  c.out_bias = out_bias && (out_bias->need == TensorDecl::kRequired ||
+                            f.FindTensor("blk.0.attn_output.bias") != nullptr);
+  c.attn_sinks = c.spec->attn_sinks;
   c.qk_norm = c.spec->qk_norm;
   const auto& embd = f.GetTensor("token_embd.weight");
   if (embd.dims.size() != 2 || embd.dims[0] != c.n_embd || embd.dims[1] > INT32_MAX)

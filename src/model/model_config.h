@@ -26,6 +26,8 @@ struct ModelConfig {
   float rms_eps = 1e-5f;
   bool rope_neox = false;    // rotate (i, i + n_rot/2) pairs (qwen2, qwen3)
   bool qkv_bias = false;     // Q/K/V biases (qwen2; llama files that carry them)
+  bool out_bias = false;     // attention output bias, attn_output.bias (gpt-oss)
+  bool attn_sinks = false;   // a sink logit per head in the attention softmax (gpt-oss)
   bool qk_norm = false;      // per-head RMSNorm of Q and K before RoPE (qwen3)
   bool tied_output = false;  // no output.weight: the head reuses token_embd
   bool post_norms = false;   // RMSNorm of attention/FFN outputs before the residual add (gemma3)

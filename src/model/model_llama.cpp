@@ -149,7 +149,10 @@ std::unique_ptr<LlamaModel> LlamaModel::Load(const std::string& path, const Load
       L.q_norm = m->KeepVector(GetVector(f, p + "attn_q_norm.weight", c.head_dim), c.head_dim);
       L.k_norm = m->KeepVector(GetVector(f, p + "attn_k_norm.weight", c.head_dim), c.head_dim);
     }
-    L.ffn_norm = m->KeepVector(GetVector(f, p + "ffn_norm.weight", c.n_embd), c.n_embd);
+    if (c.out_bias) L.bo = m->KeepVector(GetVector(f, p + "attn_output.bias", c.n_embd), c.n_embd);
+    if (c.attn_sinks)
+      L.sinks = m->KeepVector(GetVector(f, p + "attn_sinks.weight", c.n_head), c.n_head);
+    L.ffn_norm = m->KeepVector(GetVector(f, p + std::string(c.spec->ffn_norm), c.n_embd), c.n_embd);
     if (c.post_norms) {
       L.attn_post_norm =
           m->KeepVector(GetVector(f, p + "post_attention_norm.weight", c.n_embd), c.n_embd);
@@ -299,6 +302,7 @@ void LlamaModel::Attention(int layer, int n, const BatchRow* rows, Workspace& ws
   // Queries already scaled (q_scale) meet the keys unscaled.
   const float scale = c.q_scale != 0.0f ? 1.0f : 1.0f / std::sqrt(static_cast<float>(hd));
   const int64_t window = c.Window(layer);
+  const Layer& L = layers_[static_cast<size_t>(layer)];
   // llama.cpp multiplies F16 keys with queries rounded to F16, and F16 values with F16 weights.
   // (Every row of a batch has caches of the same types: one context's options made them.)
   if (n > 0 && rows[0].kv[layer].k_type == TensorType::kF16)
@@ -343,7 +347,10 @@ void LlamaModel::Attention(int layer, int n, const BatchRow* rows, Workspace& ws
         if (n0 < n_kv) kernels::DotQuantRows(kv.k_type, q, K, kb, n_kv - n0, hd, scale, s + n0);
       }
       if (c.attn_softcap != 0.0f) kernels::SoftCap(s, n_kv, c.attn_softcap);
-      kernels::Softmax(s, n_kv);
+      if (L.sinks)
+        kernels::SoftmaxWithSink(s, n_kv, L.sinks[h]);
+      else
+        kernels::Softmax(s, n_kv);
       const size_t v_head = RowBytes(kv.v_type, static_cast<int64_t>(kvh) * hd);
       const auto* V = static_cast<const uint8_t*>(kv.v) + v_head;
       const size_t vb = kv.v_row_bytes;
@@ -452,6 +459,8 @@ void LlamaModel::AttentionBlock(int l, float* hidden, int n, const BatchRow* row
   }
   Attention(l, n, rows, ws, pool);
   kernels::MatMul(L.wo, ws.attn_out(), q_dim, n, ws.xb.data(), d, pool, ws.scratch);
+  if (L.bo)
+    for (int i = 0; i < n; ++i) kernels::Add(ws.xb.data() + static_cast<size_t>(i) * d, L.bo, d);
   if (L.attn_post_norm)
     for (int i = 0; i < n; ++i) {
       float* x = ws.xb.data() + static_cast<size_t>(i) * d;
@@ -479,10 +488,7 @@ void LlamaModel::FeedForwardBlock(int l, float* hidden, int n, Workspace& ws,
     }
     kernels::MatMul(L.w_gate, x, d, m, ws.gate.data(), c.n_ff, pool, ws.scratch);
     kernels::MatMul(L.w_up, x, d, m, ws.up.data(), c.n_ff, pool, ws.scratch);
-    if (c.spec->ffn == FfnKind::kGeGlu)
-      kernels::GeluMul(ws.gate.data(), ws.up.data(), static_cast<int64_t>(m) * c.n_ff);
-    else
-      kernels::SiluMul(ws.gate.data(), ws.up.data(), static_cast<int64_t>(m) * c.n_ff);
+    GatedActivation(c.spec->ffn, ws.gate.data(), ws.up.data(), static_cast<int64_t>(m) * c.n_ff);
     // Into up (free after the activation): xb still holds the later rows' inputs.
     kernels::MatMul(L.w_down, ws.gate.data(), c.n_ff, m, ws.up.data(), d, pool, ws.scratch);
     if (L.ffn_post_norm)

@@ -109,6 +109,8 @@ struct ExpertReads {
 // the architecture expects (es::Error naming it otherwise). GetMatrix takes [cols, rows].
 kernels::Matrix GetMatrix(const gguf::File& f, const std::string& name, int64_t cols, int64_t rows);
 const float* GetVector(const gguf::File& f, const std::string& name, int64_t n);
+// gate = act(gate) * up elementwise, for the family's gated feed-forward kind.
+void GatedActivation(FfnKind kind, float* gate, const float* up, int64_t n);
 // Throws es::Error when the kernels cannot compute with the tensor's type.
 void CheckWeightType(const gguf::File& f, const gguf::TensorInfo& t);
 
@@ -178,11 +180,15 @@ class LlamaModel {
     std::vector<kernels::Matrix> gate, up, down;
     kernels::Matrix sh_gate, sh_up, sh_down;
     const float* sh_router = nullptr;
+    // Biases (gpt-oss): the router's (n_expert) and each expert's, expert-major ([n_expert][rows]).
+    const float *router_b = nullptr, *gate_b = nullptr, *up_b = nullptr, *down_b = nullptr;
   };
   struct Layer {
     const float* attn_norm;
     kernels::Matrix wq, wk, wv, wo;
     const float *bq = nullptr, *bk = nullptr, *bv = nullptr;
+    const float* bo = nullptr;                         // attention output bias
+    const float* sinks = nullptr;                      // a sink logit per query head
     const float *q_norm = nullptr, *k_norm = nullptr;  // QK-norm weights (head_dim each)
     const float* ffn_norm;
     kernels::Matrix w_gate, w_up, w_down;

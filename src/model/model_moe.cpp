@@ -1,9 +1,11 @@
 // The mixture-of-experts feed-forward block, shared by every family with experts (llama's Mixtral
-// files, qwen2moe, qwen3moe). Routing follows llama.cpp's build_moe_ffn for softmax gating:
-// probabilities = softmax(router . x) over all experts; the expert_used_count largest, in the
-// order ggml's argsort puts them (std::sort of the indices, descending); their probabilities as
+// files, qwen2moe, qwen3moe, gpt-oss). Routing follows llama.cpp's build_moe_ffn for softmax
+// gating: probabilities = softmax(router . x) over all experts; the expert_used_count largest, in
+// the order ggml's argsort puts them (std::sort of the indices, descending); their probabilities as
 // weights, rescaled to sum 1 where the family asks (sum in double, clamped below at 2^-14 as
 // ggml does); the chosen experts' SwiGLU outputs times their weights, added in choice order.
+// gpt-oss's top-k gating ranks the (biased) logits instead and weighs the chosen ones by the
+// softmax over just them; its experts add biases after each matrix and use the clamped SwiGLU.
 //
 // Sparse compute: an expert's matrices are one contiguous slice of each 3-D tensor, multiplied
 // with only the rows routed to it, so a decode step reads expert_used_count experts per block
@@ -38,7 +40,51 @@ kernels::Matrix GetExperts(const gguf::File& f, const std::string& name, int64_t
   return kernels::Matrix{t.data, t.type, rows * n_expert, cols, RowBytes(t.type, cols)};
 }
 
+// Per-expert biases [rows, n_expert] of the file, checked (F32, as llama.cpp's converter writes
+// them).
+const float* GetExpertBiases(const gguf::File& f, const std::string& name, int64_t rows,
+                             int64_t n_expert) {
+  const auto& t = f.GetTensor(name);
+  if (t.dims.size() != 2 || t.dims[0] != rows || t.dims[1] != n_expert)
+    throw Error(f.path() + ": tensor '" + name + "' has shape " + t.ShapeString() + ", expected [" +
+                std::to_string(rows) + ", " + std::to_string(n_expert) + "] (rows, experts)");
+  if (t.type != TensorType::kF32)
+    throw Error(f.path() + ": tensor '" + name + "' has type " + TypeName(t.type) +
+                ", expected F32");
+  return reinterpret_cast<const float*>(t.data);
+}
+
+// OpenAI's clamped SwiGLU with its constants, in ggml's order of float operations.
+void SwiGluOai(float* gate, const float* up, int64_t n) {
+  constexpr float kAlpha = 1.702f, kLimit = 7.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = std::min(gate[i], kLimit);
+    const float u = std::clamp(up[i], -kLimit, kLimit);
+    gate[i] = g / (1.0f + std::exp(kAlpha * (-g))) * (u + 1.0f);
+  }
+}
+
+// Adds row `e` of a [n_expert][n] bias table to each of `rows` rows of n values.
+void AddBias(float* x, int rows, const float* bias, int e, int64_t n) {
+  for (int r = 0; r < rows; ++r)
+    kernels::Add(x + static_cast<size_t>(r) * n, bias + static_cast<size_t>(e) * n, n);
+}
+
 }  // namespace
+
+void GatedActivation(FfnKind kind, float* gate, const float* up, int64_t n) {
+  switch (kind) {
+    case FfnKind::kSwiGlu:
+      kernels::SiluMul(gate, up, n);
+      return;
+    case FfnKind::kGeGlu:
+      kernels::GeluMul(gate, up, n);
+      return;
+    case FfnKind::kSwiGluOai:
+      SwiGluOai(gate, up, n);
+      return;
+  }
+}
 
 void LlamaModel::LoadExperts(int l, Layer& L) {
   const ModelConfig& c = cfg_;
@@ -53,6 +99,12 @@ void LlamaModel::LoadExperts(int l, Layer& L) {
     L.moe.gate.push_back(Slice(gate, ff, e));
     L.moe.up.push_back(Slice(up, ff, e));
     L.moe.down.push_back(Slice(down, d, e));
+  }
+  if (c.spec->moe.biases) {
+    L.moe.router_b = KeepVector(GetVector(f, p + "ffn_gate_inp.bias", ne), ne);
+    L.moe.gate_b = KeepVector(GetExpertBiases(f, p + "ffn_gate_exps.bias", ff, ne), ff * ne);
+    L.moe.up_b = KeepVector(GetExpertBiases(f, p + "ffn_up_exps.bias", ff, ne), ff * ne);
+    L.moe.down_b = KeepVector(GetExpertBiases(f, p + "ffn_down_exps.bias", d, ne), d * ne);
   }
   if (c.n_ff_shexp > 0) {
     const int64_t sf = c.n_ff_shexp;
@@ -79,17 +131,23 @@ void LlamaModel::ExpertsBlock(int l, float* hidden, const float* x, int m, Works
   // Routing, row by row.
   float* probs = ws.moe_probs.data();
   kernels::MatMul(X.router, x, d, m, probs, ne, pool, ws.scratch);
+  const bool top_k_softmax = c.spec->moe.gating == MoeSpec::kSoftmaxTopK;
   std::vector<int32_t>& order = ws.moe_order;  // ne entries, sized with the workspace
   for (int i = 0; i < m; ++i) {
     float* p = probs + static_cast<size_t>(i) * ne;
-    kernels::Softmax(p, ne);
+    if (X.router_b) kernels::Add(p, X.router_b, ne);
+    // Softmax gating ranks probabilities, top-k gating the logits (the same order).
+    if (!top_k_softmax) kernels::Softmax(p, ne);
     std::iota(order.begin(), order.end(), 0);
     std::sort(order.begin(), order.end(), [p](int32_t a, int32_t b) { return p[a] > p[b]; });
     if (expert_reads_ && k < ne) {
+      // The margin in probabilities over all experts either way, so that one bound fits all.
+      std::vector<float> all(p, p + ne);
+      if (top_k_softmax) kernels::Softmax(all.data(), ne);
       auto& margins = expert_reads_->margins;
       if (margins.size() < static_cast<size_t>(c.n_layer)) margins.resize(c.n_layer);
-      margins[static_cast<size_t>(l)].push_back(p[order[static_cast<size_t>(k - 1)]] -
-                                                p[order[static_cast<size_t>(k)]]);
+      margins[static_cast<size_t>(l)].push_back(all[order[static_cast<size_t>(k - 1)]] -
+                                                all[order[static_cast<size_t>(k)]]);
     }
     int32_t* choice = ws.moe_choice.data() + static_cast<size_t>(i) * k;
     float* w = ws.moe_weights.data() + static_cast<size_t>(i) * k;
@@ -99,6 +157,7 @@ void LlamaModel::ExpertsBlock(int l, float* hidden, const float* x, int m, Works
       w[j] = p[choice[j]];
       sum += static_cast<double>(w[j]);
     }
+    if (top_k_softmax) kernels::Softmax(w, k);
     if (c.expert_norm) {
       const float s = std::max(static_cast<float>(sum), 6.103515625e-5f);
       for (int j = 0; j < k; ++j) w[j] /= s;
@@ -121,9 +180,14 @@ void LlamaModel::ExpertsBlock(int l, float* hidden, const float* x, int m, Works
                     pool, ws.scratch);
     kernels::MatMul(X.up[static_cast<size_t>(e)], ws.moe_x.data(), d, cnt, ws.up.data(), ff, pool,
                     ws.scratch);
-    kernels::SiluMul(ws.gate.data(), ws.up.data(), static_cast<int64_t>(cnt) * ff);
+    if (X.gate_b) {
+      AddBias(ws.gate.data(), cnt, X.gate_b, e, ff);
+      AddBias(ws.up.data(), cnt, X.up_b, e, ff);
+    }
+    GatedActivation(c.spec->ffn, ws.gate.data(), ws.up.data(), static_cast<int64_t>(cnt) * ff);
     kernels::MatMul(X.down[static_cast<size_t>(e)], ws.gate.data(), ff, cnt, ws.up.data(), d, pool,
                     ws.scratch);
+    if (X.down_b) AddBias(ws.up.data(), cnt, X.down_b, e, d);
     for (int r = 0; r < cnt; ++r) {
       const int s = ws.moe_rows[static_cast<size_t>(r)];
       const float w = ws.moe_weights[static_cast<size_t>(s)];

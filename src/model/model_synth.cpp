@@ -123,6 +123,38 @@ const std::vector<SynthPreset> kPresets = {
     {"tiny-test-mixtral", "llama", 256, 2, 4, 2, 0, 256, 32768, 1000000.0f, 1e-5f, false, false,
      32000, true, "test: llama with 8 experts / 2 used (Mixtral)", 0, 0,
      SynthExtras{.norm_jitter = 0.2f, .n_expert = 8, .n_expert_used = 2}},
+    // OpenAI gpt-oss-20b and 120b: head 64 (q_dim 4096 > n_embd 2880), attention sinks, biases
+    // on Q/K/V/O, the router and the experts, window 128 on every other layer, YaRN (factor 32
+    // from 4096 positions), untied head of the o200k vocabulary.
+    {"gpt-oss-20b", "gpt-oss", 2880, 24, 64, 8, 64, 2880, 131072, 150000.0f, 1e-5f, false, true,
+     201088, false, "OpenAI gpt-oss-20b (MoE 32 experts / 4 used, GQA 64/8, sinks, window 128)",
+     128, 0,
+     SynthExtras{.n_ctx_orig = 4096,
+                 .yarn_factor = 32.0f,
+                 .n_expert = 32,
+                 .n_expert_used = 4,
+                 .n_ff_exp = 2880,
+                 .yarn_plain = true}},
+    {"gpt-oss-120b", "gpt-oss", 2880, 36, 64, 8, 64, 2880, 131072, 150000.0f, 1e-5f, false, true,
+     201088, false, "OpenAI gpt-oss-120b (MoE 128 experts / 4 used, GQA 64/8, sinks, window 128)",
+     128, 0,
+     SynthExtras{.n_ctx_orig = 4096,
+                 .yarn_factor = 32.0f,
+                 .n_expert = 128,
+                 .n_expert_used = 4,
+                 .n_ff_exp = 2880,
+                 .yarn_plain = true}},
+    // Experts' gate and up weights large enough that the clamped SwiGLU's limits are reached.
+    {"tiny-test-gpt-oss", "gpt-oss", 256, 4, 8, 2, 64, 256, 131072, 150000.0f, 1e-5f, false, true,
+     32000, true, "test: gpt-oss, 16 experts / 4 used, window 16 on layers 0 and 2, YaRN", 16, 0,
+     SynthExtras{.n_ctx_orig = 4096,
+                 .yarn_factor = 32.0f,
+                 .norm_jitter = 0.2f,
+                 .n_expert = 16,
+                 .n_expert_used = 4,
+                 .n_ff_exp = 256,
+                 .yarn_plain = true,
+                 .expert_stddev = 0.15f}},
 };
 
 // Llama 3's RoPE frequency divisors (its published scaling rule): 1 for wavelengths below
@@ -247,14 +279,22 @@ std::vector<TensorDesc> SynthTensors(const SynthPreset& p, int n_vocab) {
       add(b + "attn_k_norm.weight", {hd});
     }
     add(b + "attn_output.weight", {q, e});
+    if (spec && spec->FindBlock("attn_output.bias")) add(b + "attn_output.bias", {e});
+    if (spec && spec->attn_sinks) add(b + "attn_sinks.weight", {p.n_head});
     if (post_norms) add(b + "post_attention_norm.weight", {e});
-    add(b + "ffn_norm.weight", {e});
+    add(b + std::string(spec ? spec->ffn_norm : "ffn_norm.weight"), {e});
     if (p.x.n_expert > 0) {
       const int64_t ne = p.x.n_expert, fe = p.x.n_ff_exp ? p.x.n_ff_exp : ff, fs = p.x.n_ff_shexp;
       add(b + "ffn_gate_inp.weight", {e, ne});
       add(b + "ffn_gate_exps.weight", {e, fe, ne});
       add(b + "ffn_up_exps.weight", {e, fe, ne});
       add(b + "ffn_down_exps.weight", {fe, e, ne});
+      if (spec && spec->moe.biases) {
+        add(b + "ffn_gate_inp.bias", {ne});
+        add(b + "ffn_gate_exps.bias", {fe, ne});
+        add(b + "ffn_up_exps.bias", {fe, ne});
+        add(b + "ffn_down_exps.bias", {e, ne});
+      }
       if (fs > 0) {
         add(b + "ffn_gate_inp_shexp.weight", {e});
         add(b + "ffn_gate_shexp.weight", {e, fs});
@@ -376,7 +416,7 @@ SynthResult SynthesizeModel(const SynthPreset& p, const std::string& vocab, cons
     w.SetF32(a + ".rope.scaling.factor", x.yarn_factor);
     w.SetF32(a + ".rope.scaling.yarn_beta_fast", 32.0f);
     w.SetF32(a + ".rope.scaling.yarn_beta_slow", 1.0f);
-    w.SetF32(a + ".rope.scaling.yarn_log_multiplier", 1.0f);
+    if (!x.yarn_plain) w.SetF32(a + ".rope.scaling.yarn_log_multiplier", 1.0f);
   }
   if (x.attn_temp_scale) w.SetF32(a + ".attention.temperature_scale", x.attn_temp_scale);
   if (x.attn_softcap) w.SetF32(a + ".attn_logit_softcapping", x.attn_softcap);
@@ -412,8 +452,14 @@ SynthResult SynthesizeModel(const SynthPreset& p, const std::string& vocab, cons
     // as trained routers' do: with the small deviation of other weights every expert would be
     // nearly equally likely, and rounding alone would decide many choices.
     const bool is_router = t.name.find("ffn_gate_inp.weight") != std::string::npos;
-    const float stddev =
-        is_router ? 2.0f / std::sqrt(static_cast<float>(p.n_embd)) : options.stddev;
+    // Sink logits of the order of attention scores' spread, so that they visibly take weight.
+    const bool is_sink = t.name.find("attn_sinks.weight") != std::string::npos;
+    const bool is_gate_up_exps = t.name.find("ffn_gate_exps.weight") != std::string::npos ||
+                                 t.name.find("ffn_up_exps.weight") != std::string::npos;
+    const float stddev = is_router ? 2.0f / std::sqrt(static_cast<float>(p.n_embd))
+                         : is_sink ? 1.0f
+                         : is_gate_up_exps && x.expert_stddev > 0 ? x.expert_stddev
+                                                                  : options.stddev;
     const auto it = fixed.find(t.name);
     const float* values = it == fixed.end() ? nullptr : it->second.data();
     w.AddTensor(t.name, t.dims, t.dst,

@@ -32,6 +32,8 @@ struct SynthExtras {
   int n_expert_used = 0;
   int n_ff_exp = 0;
   int n_ff_shexp = 0;
+  bool yarn_plain = false;     // YaRN without yarn_log_multiplier (as gpt-oss's converter writes)
+  float expert_stddev = 0.0f;  // the experts' gate and up weights' deviation; 0: the default
 };
 
 struct SynthPreset {
