@@ -246,8 +246,9 @@ class WorkerService final : public rpc::Worker::Service {
       if (!model_ || model_sha_ != req->model_sha256()) {
         exec_.reset();
         model_.reset();
-        model_ =
-            model::LlamaModel::Load(path, {.progress = {}, .prefault = false, .interleave = false});
+        model_ = model::LlamaModel::Load(
+            path,
+            {.progress = {}, .prefault = false, .interleave = false, .use_mmap = opts_.use_mmap});
         model_sha_ = req->model_sha256();
       }
       const auto& c = model_->config();
@@ -272,7 +273,7 @@ class WorkerService final : public rpc::Worker::Service {
       // This shard's Q4_0/Q8_0 layers in the kernels' fast layout (the rest of the file stays
       // unread).
       model_->PrepareLayers(spec.first_layer, spec.last_layer, spec.head);
-      reply->set_weight_bytes(Prefault(*model_, spec));
+      reply->set_weight_bytes(Prefault(*model_, spec, opts_.mlock));
       auto exec = std::make_unique<StageExecutor>(*model_, spec, pool_);
       std::lock_guard<std::mutex> lock(mu_);
       exec_ = std::move(exec);
@@ -446,7 +447,8 @@ class WorkerService final : public rpc::Worker::Service {
 
   // Reads the shard's weights once, so the first step is not slowed by page faults and memory
   // use shows at load time. Returns the shard's weight bytes.
-  static uint64_t Prefault(const model::LlamaModel& m, const StageSpec& s) {
+  // With `lock` (--mlock) they are locked in memory too.
+  static uint64_t Prefault(const model::LlamaModel& m, const StageSpec& s, bool lock) {
     const auto& c = m.config();
     uint64_t bytes = 0;
     for (const auto& t : m.file().tensors()) {
@@ -462,7 +464,9 @@ class WorkerService final : public rpc::Worker::Service {
       if (!mine) continue;
       bytes += t.n_bytes;
       m.Prefault(t);
+      if (lock) m.Lock(t);
     }
+    if (lock) m.LockCopies();
     return bytes;
   }
 
