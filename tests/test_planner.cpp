@@ -739,5 +739,24 @@ TEST(Planner, MoeUnitsCarryTotalAndActiveBytes) {
   const auto back = es::shard::ParseProfile(es::shard::ProfileToJson(p), "moe.json", false);
   EXPECT_EQ(back.model.units[2].active_bytes, blk.active_bytes);
   EXPECT_EQ(back.model.units[0].active_bytes, m.units[0].weight_bytes);
+  // Planning: a step's measured time scales with the bytes it reads (the active bytes) on a
+  // device that stores the matrices as Q4_0; what the device must hold is every expert.
+  p.timing.assign(m.units.size(), es::shard::UnitTiming{1.0, {{0, 2.0}}});
+  p.memory_budget_bytes = 1ull << 34;
+  es::shard::Cluster c;
+  c.devices.resize(2);
+  c.devices[0].name = "a";
+  c.devices[1].name = "b";
+  c.devices[1].quant = es::TensorType::kQ4_0;
+  c.profiles = {p, p};
+  c.default_link = es::shard::LinkSpec{1000, 1};
+  const auto q = es::shard::BuildProblem(c, m, {es::shard::Objective::kLatency, 64, 1});
+  EXPECT_DOUBLE_EQ(q.comp_ms[0][2], 2.0);  // as measured, with real routing
+  const double q4_all = double(blk.WeightBytesAs(es::TensorType::kQ4_0));
+  const double q4_read = double(blk.ActiveBytesAs(es::TensorType::kQ4_0));
+  EXPECT_DOUBLE_EQ(q.weight_bytes[1][2], q4_all);
+  EXPECT_DOUBLE_EQ(q.comp_ms[1][2], 2.0 * q4_read / double(blk.active_bytes));
+  EXPECT_LT(q4_read, q4_all);
+  EXPECT_NE(q.comp_ms[1][2], 2.0 * q4_all / double(blk.weight_bytes));  // not the total's ratio
   std::filesystem::remove(path);
 }

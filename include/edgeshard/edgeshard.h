@@ -24,6 +24,10 @@ struct LoadParams {
   std::string path;
   // Called while weights are paged in: (bytes done, bytes total).
   std::function<void(size_t, size_t)> progress;
+  // llama.cpp's --no-mmap (false: read the file into memory, experts included) and --mlock
+  // (lock the weights in memory; throws es::Error saying how to allow it when refused).
+  bool use_mmap = true;
+  bool use_mlock = false;
 };
 
 struct ModelInfo {
@@ -33,6 +37,11 @@ struct ModelInfo {
   size_t weight_bytes_per_token;  // weights read to generate one token (one embedding row)
   size_t file_bytes;
   std::string weight_type;  // most common weight type, e.g. "Q4_0"
+  // Mixture of experts (0 for a dense model): bytes of all expert tensors, which stay in the
+  // file mapping and are paged in as tokens choose them, and the part one decode step reads.
+  size_t expert_bytes = 0;
+  size_t expert_bytes_per_token = 0;
+  bool weights_in_memory = false;  // read in (--no-mmap) or locked (--mlock): experts resident
 };
 
 struct ChatTurn {
@@ -118,6 +127,8 @@ class Context {
   Context(std::shared_ptr<Model> model, const ContextParams& params);
   ~Context();
   size_t kv_bytes() const;
+  // Activation and logit buffers (besides weights and KV cache).
+  size_t buffer_bytes() const;
   int n_ctx() const;
   int n_threads() const;
   int64_t n_past() const;

@@ -16,6 +16,7 @@ namespace es {
 struct Model::Impl {
   std::unique_ptr<model::LlamaModel> model;
   std::unique_ptr<tok::Tokenizer> tokenizer;
+  bool in_memory = false;
 };
 
 std::shared_ptr<Model> Model::Load(const LoadParams& p) {
@@ -23,7 +24,10 @@ std::shared_ptr<Model> Model::Load(const LoadParams& p) {
   m->impl_ = std::make_unique<Impl>();
   model::LoadOptions lo;
   lo.progress = p.progress;
+  lo.use_mmap = p.use_mmap;
+  lo.mlock = p.use_mlock;
   m->impl_->model = model::LlamaModel::Load(p.path, lo);
+  m->impl_->in_memory = !p.use_mmap || p.use_mlock;
   m->impl_->tokenizer = tok::Tokenizer::FromGGUF(m->impl_->model->file());
   if (m->impl_->tokenizer->n_vocab() != m->impl_->model->config().n_vocab)
     throw Error(p.path + ": the vocabulary has " + std::to_string(m->impl_->tokenizer->n_vocab()) +
@@ -55,7 +59,10 @@ ModelInfo Model::Info() const {
               impl_->model->weight_bytes(),
               per_token,
               impl_->model->file().file_size(),
-              ""};
+              "",
+              impl_->model->ExpertTensorBytes(),
+              impl_->model->ExpertBytesPerToken(),
+              impl_->in_memory};
   // llama.cpp's file type names, as users know them from file names; else the dominant type.
   static const std::map<int64_t, const char*> kFileTypes = {
       {0, "F32"},     {1, "F16"},     {2, "Q4_0"},    {3, "Q4_1"},    {7, "Q8_0"},
@@ -133,6 +140,10 @@ Context::Context(std::shared_ptr<Model> model, const ContextParams& p) : model_(
 Context::~Context() = default;
 size_t Context::kv_bytes() const {
   return impl_->session->kv_bytes();
+}
+
+size_t Context::buffer_bytes() const {
+  return impl_->session->buffer_bytes();
 }
 int Context::n_ctx() const {
   return static_cast<int>(impl_->session->n_ctx());

@@ -24,6 +24,7 @@ namespace {
 
 struct BenchOptions {
   std::string model;
+  MemoryOptions memory;
   int n_prompt = 512;
   int n_gen = 128;
   std::vector<int> threads = {0};
@@ -160,7 +161,7 @@ int Bench(const BenchOptions& o) {
   if (!o.cluster.cluster.empty())
     return shard::ClusterBench(o.cluster, o.model, o.n_prompt, o.n_gen, o.threads[0], o.reps,
                                o.batch, o.json);
-  auto model = LoadModel(o.model);
+  auto model = LoadModel(o.model, o.memory);
   const auto info = model->Info();
   std::mt19937 rng(42);
   std::uniform_int_distribution<int32_t> tok(0, info.n_vocab - 1);
@@ -178,6 +179,7 @@ int Bench(const BenchOptions& o) {
     cp.cache_type_k = o.cache_type_k;
     cp.cache_type_v = o.cache_type_v;
     Context ctx(model, cp);
+    if (t == o.threads.front()) ReportMemory("bench", *model, ctx);
     auto run = [&](const char* kind, int n, bool prompt) {
       if (n <= 0) return;
       std::vector<double> tps;
@@ -211,6 +213,8 @@ int Bench(const BenchOptions& o) {
                            {"stddev", st.stddev},
                            {"weight_bytes", info.weight_bytes},
                            {"weight_bytes_per_token", info.weight_bytes_per_token},
+                           {"expert_bytes", info.expert_bytes},
+                           {"expert_bytes_per_token", info.expert_bytes_per_token},
                            {"kv_bytes", ctx.kv_bytes()},
                            {"peak_rss_bytes", PeakRssBytes()}});
       } else {
@@ -246,6 +250,7 @@ const bool registered = RegisterCommand("bench", [](CLI::App& app) {
   cmd->add_option("-b,--batch", o->batch, "prompt tokens per forward pass")
       ->check(CLI::Range(1, 65536));
   AddCacheTypeOptions(cmd, o->cache_type_k, o->cache_type_v);
+  AddMemoryOptions(cmd, o->memory);
   cmd->add_flag("--json", o->json, "print results as JSON");
   shard::AddClusterOptions(cmd, o->cluster, shard::ClusterCommand::kBench);
   return [o]() { return Bench(*o); };

@@ -32,8 +32,9 @@ int Chat(ChatOptions o) {
                               {o.model.model, o.model.threads, o.model.ctx, o.model.batch,
                                o.model.cache_type_k, o.model.cache_type_v},
                               o.gen, o.system, o.chat_template, o.verbose);
-  auto model = LoadModel(o.model.model);
+  auto model = LoadModel(o.model.model, o.model.memory);
   Context ctx(model, MakeContextParams(o.model));
+  ReportMemory("chat", *model, ctx);
   WarnBeyondTraining("chat", ctx.n_ctx(), model->Info().n_ctx_train);
   const bool tty = isatty(STDIN_FILENO);
   std::vector<ChatTurn> turns;

@@ -7,8 +7,8 @@
 #include <fstream>
 #include <iterator>
 
+#include "cli/cli_memory.h"
 #include "edgeshard/error.h"
-
 #include "model/model_llama.h"
 
 namespace es::cli {
@@ -24,6 +24,27 @@ void AddModelOptions(CLI::App* app, ModelOptions& o, bool with_ctx) {
         ->check(CLI::Range(1, 65536));
     AddCacheTypeOptions(app, o.cache_type_k, o.cache_type_v);
   }
+  AddMemoryOptions(app, o.memory);
+}
+
+void AddMemoryOptions(CLI::App* app, MemoryOptions& o) {
+  app->add_flag("--no-mmap", o.no_mmap,
+                "read the whole model into memory instead of mapping the file (experts too: a "
+                "file larger than memory then cannot run)");
+  app->add_flag("--mlock", o.mlock,
+                "lock the model's weights in memory so that they are never paged out (needs "
+                "RLIMIT_MEMLOCK of the model's size, e.g. `ulimit -l unlimited`)");
+}
+
+void ReportMemory(const char* command, const Model& model, const Context& ctx) {
+  const auto i = model.Info();
+  ReportMemory(command, ResidentFigures{.file_bytes = i.file_bytes,
+                                        .weight_bytes = i.weight_bytes,
+                                        .expert_bytes = i.expert_bytes,
+                                        .expert_bytes_per_token = i.expert_bytes_per_token,
+                                        .kv_bytes = ctx.kv_bytes(),
+                                        .buffer_bytes = ctx.buffer_bytes(),
+                                        .weights_in_memory = i.weights_in_memory});
 }
 
 void AddCacheTypeOptions(CLI::App* app, std::string& k, std::string& v) {
@@ -72,13 +93,16 @@ std::string KvCacheText(size_t bytes, const ModelOptions& o) {
                              model::ParseKvType(o.cache_type_v, "--cache-type-v")});
 }
 
-std::shared_ptr<Model> LoadModel(const std::string& path, double* load_ms) {
+std::shared_ptr<Model> LoadModel(const std::string& path, const MemoryOptions& mem,
+                                 double* load_ms) {
   using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();
   const bool tty = isatty(STDERR_FILENO);
   bool drew = false;
   LoadParams lp;
   lp.path = path;
+  lp.use_mmap = !mem.no_mmap;
+  lp.use_mlock = mem.mlock;
   lp.progress = [&](size_t done, size_t total) {
     if (!tty || total == 0) return;
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();

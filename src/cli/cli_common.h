@@ -9,18 +9,31 @@
 
 namespace es::cli {
 
+// --no-mmap and --mlock, as llama.cpp's.
+struct MemoryOptions {
+  bool no_mmap = false;
+  bool mlock = false;
+};
+void AddMemoryOptions(CLI::App* app, MemoryOptions& o);
+
 struct ModelOptions {
   std::string model;
+  MemoryOptions memory;
   int threads = 0;
   int ctx = 0;
   int batch = 256;
   std::string cache_type_k = "f16", cache_type_v = "f16";
 };
 
-// -m, -t, -c, -b, -ctk/--cache-type-k, -ctv/--cache-type-v, --kv-type (both).
+// -m, -t, -c, -b, -ctk/--cache-type-k, -ctv/--cache-type-v, --kv-type (both), --no-mmap,
+// --mlock.
 void AddModelOptions(CLI::App* app, ModelOptions& o, bool with_ctx = true);
 // Loads with a progress bar on stderr (only if it is a terminal and loading takes > 1 s).
-std::shared_ptr<Model> LoadModel(const std::string& path, double* load_ms = nullptr);
+std::shared_ptr<Model> LoadModel(const std::string& path, const MemoryOptions& mem,
+                                 double* load_ms = nullptr);
+// "edgeshard COMMAND: memory: ..." on stderr: what the model and context keep resident, with a
+// warning when the file is larger than the memory this process may use (cli_memory.h).
+void ReportMemory(const char* command, const Model& model, const Context& ctx);
 ContextParams MakeContextParams(const ModelOptions& o);
 
 // -n, --temp, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, --frequency-penalty,

@@ -28,7 +28,7 @@ std::string Hex(const std::string& s) {
 }
 
 int Eval(EvalOptions o) {
-  auto model = LoadModel(o.model.model);
+  auto model = LoadModel(o.model.model, o.model.memory);
   const auto tokens = model->Tokenize(o.prompt, !o.no_bos, true);
   if (tokens.empty()) throw UsageError("the prompt produced no tokens");
   const int n_vocab = model->Info().n_vocab;
@@ -37,6 +37,7 @@ int Eval(EvalOptions o) {
   if (o.model.ctx == 0) params.n_ctx = static_cast<int>(tokens.size()) + o.greedy + 1;
   params.n_batch = static_cast<int>(tokens.size());  // one batched pass
   Context ctx(model, params);
+  ReportMemory("eval", *model, ctx);
   WarnBeyondTraining("eval", ctx.n_ctx(), model->Info().n_ctx_train);
   std::vector<float> logits;
   ctx.Eval(tokens, &logits);

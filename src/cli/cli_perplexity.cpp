@@ -67,7 +67,7 @@ int Perplexity(PplOptions o) {
   std::stringstream ss;
   ss << f.rdbuf();
   const int n_ctx = o.model.ctx > 0 ? o.model.ctx : 512;
-  auto model = LoadModel(o.model.model);
+  auto model = LoadModel(o.model.model, o.model.memory);
   auto tokens = model->Tokenize(ss.str(), true, false);
   const int bos = model->PromptBosToken();
   const int max_chunks = static_cast<int>(tokens.size()) / n_ctx;
@@ -79,6 +79,7 @@ int Perplexity(PplOptions o) {
   cp.n_ctx = n_ctx;
   cp.n_batch = n_ctx;
   Context ctx(model, cp);
+  ReportMemory("perplexity", *model, ctx);
   WarnBeyondTraining("perplexity", n_ctx, model->Info().n_ctx_train);
   const int n_vocab = model->Info().n_vocab;
   const int first = n_ctx / 2;

@@ -35,7 +35,7 @@ int Run(const RunOptions& o) {
                               o.model.cache_type_k, o.model.cache_type_v},
                              o.gen, prompt, o.no_bos);
   double load_ms = 0;
-  auto model = LoadModel(o.model.model, &load_ms);
+  auto model = LoadModel(o.model.model, o.model.memory, &load_ms);
   Context ctx(model, MakeContextParams(o.model));
   const auto info = model->Info();
   WarnBeyondTraining("run", ctx.n_ctx(), info.n_ctx_train);
@@ -45,6 +45,7 @@ int Run(const RunOptions& o) {
                "%s, %d threads\n",
                o.model.model.c_str(), info.arch.c_str(), info.n_layer, info.weight_type.c_str(),
                load_ms, ctx.n_ctx(), KvCacheText(ctx.kv_bytes(), o.model).c_str(), ctx.n_threads());
+  ReportMemory("run", *model, ctx);
   std::fwrite(prompt.data(), 1, prompt.size(), stdout);
   std::fflush(stdout);
   auto r = ctx.Generate(tokens, o.gen, [](std::string_view text) {

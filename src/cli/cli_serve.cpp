@@ -9,6 +9,7 @@
 
 #include "cli/cli_command.h"
 #include "cli/cli_common.h"
+#include "cli/cli_memory.h"
 #include "server/server_http.h"
 #include "shard/shard_coordinator.h"
 #include "shard/shard_dist_cli.h"
@@ -42,6 +43,8 @@ int Serve(ServeOptions o) {
   s.sched.n_ctx = o.model.ctx;
   s.sched.n_threads = o.model.threads;
   s.sched.n_batch = o.model.batch;
+  s.use_mmap = !o.model.memory.no_mmap;
+  s.mlock = o.model.memory.mlock;
   s.sched.kv_type = {model::ParseKvType(o.model.cache_type_k, "--cache-type-k"),
                      model::ParseKvType(o.model.cache_type_v, "--cache-type-v")};
   auto ms = [](double sec) { return static_cast<int>(sec * 1000 + 0.5); };
@@ -80,6 +83,14 @@ int Serve(ServeOptions o) {
   server::HttpServer srv(s);
   const int port = srv.Bind();
   std::fprintf(stderr, "edgeshard serve: %s\n", srv.Describe().c_str());
+  if (const model::LlamaModel* m = srv.local_model())
+    ReportMemory("serve", ResidentFigures{.file_bytes = m->file().file_size(),
+                                          .weight_bytes = m->weight_bytes(),
+                                          .expert_bytes = m->ExpertTensorBytes(),
+                                          .expert_bytes_per_token = m->ExpertBytesPerToken(),
+                                          .kv_bytes = srv.local_kv_bytes(),
+                                          .buffer_bytes = srv.local_buffer_bytes(),
+                                          .weights_in_memory = !s.use_mmap || s.mlock});
   WarnBeyondTraining("serve", srv.n_ctx(), srv.n_ctx_train());
   std::fprintf(stderr, "edgeshard serve: listening on http://%s:%d\n", s.host.c_str(), port);
   std::fflush(stderr);

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "cli/cli_command.h"
+#include "cli/cli_common.h"
 #include "shard/shard_cluster.h"
 #include "shard/shard_dist_cli.h"
 #include "shard/shard_worker.h"
@@ -23,6 +24,7 @@ struct WorkerCliOptions {
   shard::DiscoveryEndpoint discovery;
   double announce_seconds = 5;
   bool no_announce = false;
+  MemoryOptions mem;
 };
 
 // Set by the signal thread: start-up (hashing a large model) checks it, serving waits for it.
@@ -118,6 +120,7 @@ const bool registered = RegisterCommand("worker", [](CLI::App& app) {
   cmd->add_flag("--no-announce", o->no_announce,
                 "not discoverable (`--cluster auto`): no beacon at all");
   cmd->add_flag("-q,--quiet", o->w.quiet, "no progress bars");
+  AddMemoryOptions(cmd, o->mem);
   return [o]() {
     if (o->tls_cert.empty() != o->tls_key.empty())
       throw UsageError("--tls-cert and --tls-key go together");
@@ -138,6 +141,8 @@ const bool registered = RegisterCommand("worker", [](CLI::App& app) {
       o->w.announce = o->discovery;
     }
     o->w.announce_interval = std::chrono::milliseconds(int64_t(o->announce_seconds * 1000));
+    o->w.use_mmap = !o->mem.no_mmap;
+    o->w.mlock = o->mem.mlock;
     return Worker(*o);
   };
 });

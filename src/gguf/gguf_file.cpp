@@ -265,7 +265,7 @@ std::string TensorInfo::ShapeString() const {
   return s + "]";
 }
 
-std::unique_ptr<File> File::Open(const std::string& path) {
+std::unique_ptr<File> File::Open(const std::string& path, bool use_mmap) {
   std::unique_ptr<File> f(new File());
   f->path_ = path;
   f->fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -276,9 +276,31 @@ std::unique_ptr<File> File::Open(const std::string& path) {
   f->size_ = static_cast<size_t>(st.st_size);
   if (f->size_ < 8)
     throw Error(path + ": file is too small to be GGUF (" + std::to_string(f->size_) + " bytes)");
-  void* m = mmap(nullptr, f->size_, PROT_READ, MAP_SHARED, f->fd_, 0);
-  if (m == MAP_FAILED) throw Error(path + ": cannot mmap: " + std::strerror(errno));
-  f->base_ = static_cast<const uint8_t*>(m);
+  if (use_mmap) {
+    void* m = mmap(nullptr, f->size_, PROT_READ, MAP_SHARED, f->fd_, 0);
+    if (m == MAP_FAILED) throw Error(path + ": cannot mmap: " + std::strerror(errno));
+    f->base_ = static_cast<const uint8_t*>(m);
+  } else {
+    // Anonymous pages rather than malloc: the destructor unmaps either kind alike, and the
+    // model can still release pages of weights it copied (MADV_DONTNEED).
+    void* m = mmap(nullptr, f->size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+      throw Error(path + ": --no-mmap: cannot allocate " + std::to_string(f->size_) +
+                  " bytes to read the model into (" + std::strerror(errno) +
+                  "); run without --no-mmap to map the file instead");
+    f->base_ = static_cast<const uint8_t*>(m);
+    f->mapped_ = false;
+    auto* dst = static_cast<uint8_t*>(m);
+    for (size_t done = 0; done < f->size_;) {
+      const ssize_t n = pread(f->fd_, dst + done, f->size_ - done, static_cast<off_t>(done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0)
+        throw Error(path + ": cannot read the model file at byte " + std::to_string(done) + ": " +
+                    (n < 0 ? std::strerror(errno) : "unexpected end of file"));
+      done += static_cast<size_t>(n);
+    }
+    mprotect(m, f->size_, PROT_READ);  // as a mapping: a stray write faults
+  }
   f->Parse();
   return f;
 }

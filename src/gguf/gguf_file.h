@@ -102,7 +102,9 @@ struct TensorInfo {
 class File {
  public:
   // Opens and validates `path`. Throws es::Error with the file name and the broken field.
-  static std::unique_ptr<File> Open(const std::string& path);
+  // use_mmap false (--no-mmap) reads the whole file into anonymous memory instead of mapping
+  // it: every byte is then resident, and released pages read back as zeros (see mapped()).
+  static std::unique_ptr<File> Open(const std::string& path, bool use_mmap = true);
   ~File();
   File(const File&) = delete;
   File& operator=(const File&) = delete;
@@ -112,6 +114,9 @@ class File {
   size_t alignment() const { return alignment_; }
   size_t file_size() const { return size_; }
   size_t data_offset() const { return data_offset_; }
+  // True when tensor data is a mapping of the file: pages dropped with madvise(MADV_DONTNEED)
+  // fault back in from the file. False after --no-mmap, where they would read back as zeros.
+  bool mapped() const { return mapped_; }
 
   // Metadata.
   bool Has(std::string_view key) const;
@@ -151,6 +156,7 @@ class File {
   int fd_ = -1;
   const uint8_t* base_ = nullptr;
   size_t size_ = 0;
+  bool mapped_ = true;
   uint32_t version_ = 0;
   size_t alignment_ = 32;
   size_t data_offset_ = 0;

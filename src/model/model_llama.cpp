@@ -1,8 +1,10 @@
 #include "model/model_llama.h"
 
 #include <sys/mman.h>
+#include <sys/resource.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -114,9 +116,16 @@ Workspace::Workspace(const ModelConfig& c, int max_batch, int max_ctx, int n_thr
   }
 }
 
+size_t Workspace::bytes() const {
+  auto n = [](const auto& v) { return v.capacity() * sizeof(v[0]); };
+  return n(xb) + n(q) + n(k) + n(v) + n(gate) + n(up) + n(q16) + n(scores) + n(rows) +
+         n(scratch.buf) + n(moe_probs) + n(moe_weights) + n(moe_x) + n(moe_out) + n(moe_choice) +
+         n(moe_rows) + n(moe_order) + n(qconv_);
+}
+
 std::unique_ptr<LlamaModel> LlamaModel::Load(const std::string& path, const LoadOptions& opts) {
   std::unique_ptr<LlamaModel> m(new LlamaModel());
-  m->file_ = gguf::File::Open(path);
+  m->file_ = gguf::File::Open(path, opts.use_mmap);
   const gguf::File& f = *m->file_;
   m->cfg_ = ReadModelConfig(f);
   const ModelConfig& c = m->cfg_;
@@ -180,7 +189,8 @@ std::unique_ptr<LlamaModel> LlamaModel::Load(const std::string& path, const Load
   }
   for (const auto& t : f.tensors()) m->weight_bytes_ += t.n_bytes;
   if (opts.interleave) m->PrepareLayers(0, c.n_layer, true);
-  if (opts.prefault) {
+  // Read into memory (--no-mmap), every page is already there.
+  if (opts.prefault && f.mapped()) {
     // Touch every page once so generation does not stall on page faults; report progress.
     size_t done = 0;
     for (const auto& t : f.tensors()) {
@@ -188,6 +198,10 @@ std::unique_ptr<LlamaModel> LlamaModel::Load(const std::string& path, const Load
       done += t.n_bytes;
       if (opts.progress) opts.progress(done, m->weight_bytes_);
     }
+  }
+  if (opts.mlock) {
+    for (const auto& t : f.tensors()) m->Lock(t);
+    m->LockCopies();
   }
   return m;
 }
@@ -221,6 +235,7 @@ void LlamaModel::PrepareLayers(int first, int last, bool head) {
     throw Error(file_->path() + ": out of memory copying " + std::to_string(total) +
                 " bytes of weights into the CPU kernels' layout");
   owned_.emplace_back(arena);
+  owned_bytes_.push_back(total);
   madvise(arena, total, MADV_HUGEPAGE);
 
   uint8_t* dst = arena;
@@ -259,8 +274,10 @@ const float* LlamaModel::KeepVector(const float* mapped, int64_t n) {
   vectors_.emplace_back(new float[static_cast<size_t>(n)]);
   const size_t bytes = static_cast<size_t>(n) * sizeof(float);
   std::memcpy(vectors_.back().get(), mapped, bytes);
-  // The whole pages around it: a neighbour's page is only read again if used.
-  DropPages(PageDown(mapped), PageUp(reinterpret_cast<const uint8_t*>(mapped) + bytes));
+  // The whole pages around it: a neighbour's page is only read again if used, and then faults
+  // in from the file. Read into memory (--no-mmap), it would read back as zeros: keep them.
+  if (file_->mapped())
+    DropPages(PageDown(mapped), PageUp(reinterpret_cast<const uint8_t*>(mapped) + bytes));
   copied_.push_back(mapped);
   return vectors_.back().get();
 }
@@ -277,6 +294,38 @@ void LlamaModel::Prefault(const gguf::TensorInfo& t) const {
   if (cfg_.moe() && t.name.find("_exps.") != std::string::npos) return;
   volatile uint8_t sink = 0;
   for (size_t off = 0; off < t.n_bytes; off += kPage) sink = sink + t.data[off];
+}
+
+namespace {
+
+// Locks [p, p + n) in memory, or says why it cannot and what to do.
+void LockRange(const std::string& path, const void* p, size_t n) {
+  if (n == 0 || mlock(reinterpret_cast<void*>(PageDown(p)),
+                      PageUp(static_cast<const uint8_t*>(p) + n) - PageDown(p)) == 0)
+    return;
+  const int err = errno;
+  rlimit rl{};
+  getrlimit(RLIMIT_MEMLOCK, &rl);
+  const std::string limit =
+      rl.rlim_cur == RLIM_INFINITY ? "unlimited" : std::to_string(rl.rlim_cur / 1024) + " KiB";
+  throw Error(path + ": --mlock: cannot lock the model's weights in memory (" + std::strerror(err) +
+              "; the limit on locked memory, RLIMIT_MEMLOCK, is " + limit +
+              "). Raise it (`ulimit -l unlimited` in the shell, LimitMEMLOCK=infinity for a "
+              "systemd service, memlock in /etc/security/limits.conf, --ulimit memlock=-1 for "
+              "docker), or run without --mlock");
+}
+
+}  // namespace
+
+void LlamaModel::Lock(const gguf::TensorInfo& t) const {
+  if (std::find(copied_.begin(), copied_.end(), t.data) != copied_.end()) return;
+  LockRange(file_->path(), t.data, t.n_bytes);
+}
+
+void LlamaModel::LockCopies() const {
+  // Norm vectors (vectors_) are a few KiB each in the heap: not worth a lock each.
+  for (size_t i = 0; i < owned_.size(); ++i)
+    LockRange(file_->path(), owned_[i].get(), owned_bytes_[i]);
 }
 
 void LlamaModel::Embed(const int32_t* tokens, int n, float* hidden) const {

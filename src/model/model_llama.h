@@ -85,6 +85,8 @@ class Workspace {
   // and weights, the rows routed to one expert gathered, and each (row, choice)'s output.
   std::vector<float> moe_probs, moe_weights, moe_x, moe_out;
   std::vector<int32_t> moe_choice, moe_rows, moe_order;
+  // Bytes allocated so far (the scratch grows on first use): start-up lines report it.
+  size_t bytes() const;
 
  private:
   int max_batch_;
@@ -123,6 +125,11 @@ struct LoadOptions {
   // a few layers of a mapped file leave it off (it would read every layer) and call
   // LlamaModel::PrepareLayers for their range.
   bool interleave = true;
+  // false (--no-mmap): read the whole file into memory instead of mapping it, so experts too
+  // are resident.
+  bool use_mmap = true;
+  // --mlock: lock the weights the model reads in memory (LlamaModel::Lock) once loaded.
+  bool mlock = false;
 };
 
 class LlamaModel {
@@ -152,6 +159,11 @@ class LlamaModel {
   // stall on page faults; tensors replaced by a copy above and an untied embedding table (read
   // a row per token) are skipped.
   void Prefault(const gguf::TensorInfo& t) const;
+  // --mlock: locks tensor `t` in memory (experts included), unless a copy replaced it, and with
+  // `copies` the copies of PrepareLayers. Throws es::Error saying how to raise RLIMIT_MEMLOCK
+  // when the system refuses.
+  void Lock(const gguf::TensorInfo& t) const;
+  void LockCopies() const;
   // How layer `layer` rotates queries and keys for a sequence of n_ctx positions (LongRoPE
   // picks its factors by the length); n_rot 0 for a layer without RoPE.
   kernels::RopeParams RopeFor(int layer, int64_t n_ctx) const;
@@ -171,6 +183,10 @@ class LlamaModel {
   // Bytes of one expert's three matrices in `layer` (0 for a dense model): a decode step reads
   // n_expert_used of these per block.
   uint64_t ExpertBytes(int layer) const;
+  // Bytes of all expert tensors (0 for a dense model), and of those a decode step reads: the
+  // part that stays in the file mapping, paged in as tokens choose experts.
+  uint64_t ExpertTensorBytes() const;
+  uint64_t ExpertBytesPerToken() const;
 
  private:
   // A mixture-of-experts feed-forward: the router, each expert's slice of the 3-D tensors (a
@@ -226,6 +242,7 @@ class LlamaModel {
     void operator()(void* p) const { std::free(p); }
   };
   std::vector<std::unique_ptr<uint8_t, FreeDeleter>> owned_;  // interleaved copies of weights
+  std::vector<size_t> owned_bytes_;                           // their sizes
   // Norm weights and biases, copied at load: a few KiB each, but reading them from the mapping
   // would map the page cache's whole (up to 2 MiB) folio around each one.
   std::vector<std::unique_ptr<float[]>> vectors_;

@@ -122,6 +122,20 @@ uint64_t LlamaModel::ExpertBytes(int layer) const {
   return bytes(x.gate[0]) + bytes(x.up[0]) + bytes(x.down[0]);
 }
 
+uint64_t LlamaModel::ExpertTensorBytes() const {
+  uint64_t n = 0;
+  if (cfg_.moe())
+    for (const auto& t : file_->tensors())
+      if (t.name.find("_exps.") != std::string::npos) n += t.n_bytes;
+  return n;
+}
+
+uint64_t LlamaModel::ExpertBytesPerToken() const {
+  uint64_t n = 0;
+  for (int l = 0; l < cfg_.n_layer; ++l) n += ExpertBytes(l) * uint64_t(cfg_.n_expert_used);
+  return n;
+}
+
 void LlamaModel::ExpertsBlock(int l, float* hidden, const float* x, int m, Workspace& ws,
                               kernels::ThreadPool& pool) const {
   const ModelConfig& c = cfg_;

@@ -35,6 +35,11 @@ class Session {
   size_t kv_bytes() const { return kv_.bytes(); }
   int n_threads() const { return pool_.size(); }
   int n_batch() const { return n_batch_; }
+  // Activations and logits: what the session holds besides the model and its KV cache.
+  size_t buffer_bytes() const {
+    return ws_.bytes() +
+           sizeof(float) * (hidden_.capacity() + logits_.capacity() + logits_last_.capacity());
+  }
 
   // Appends tokens to the sequence. Afterwards last_logits() holds the logits after the last
   // token; if all_logits is given it receives [tokens.size(), n_vocab] logits (teacher forcing).

@@ -68,6 +68,7 @@ struct HttpServer::Impl {
   Metrics metrics;
   std::unique_ptr<Backend> sched;
   ClusterBackend* cluster = nullptr;  // sched, when serving a cluster
+  Scheduler* local = nullptr;         // sched, when serving alone
   std::unique_ptr<GuardedServer> http;
   int port = 0;
 
@@ -92,6 +93,8 @@ HttpServer::HttpServer(const ServerOptions& o) : impl_(std::make_unique<Impl>())
     s.sched = std::move(backend);
   } else {
     model::LoadOptions lo;
+    lo.use_mmap = o.use_mmap;
+    lo.mlock = o.mlock;
     s.own_model = model::LlamaModel::Load(o.model_path, lo);
     s.own_tok = tok::Tokenizer::FromGGUF(s.own_model->file());
     s.model = s.own_model.get();
@@ -118,7 +121,11 @@ HttpServer::HttpServer(const ServerOptions& o) : impl_(std::make_unique<Impl>())
     s.template_note = std::string("chat disabled (") + e.what() + ")";
   }
 
-  if (!s.sched) s.sched = std::make_unique<Scheduler>(*s.model, *s.tok, o.sched, s.metrics);
+  if (!s.sched) {
+    auto sched = std::make_unique<Scheduler>(*s.model, *s.tok, o.sched, s.metrics);
+    s.local = sched.get();
+    s.sched = std::move(sched);
+  }
   ConnLimits conn = o.conn;
   if (conn.max_connections <= 0)
     conn.max_connections = std::max(256, s.sched->n_slots() + std::max(o.sched.max_queue, 0) + 8);
@@ -160,6 +167,16 @@ std::string HttpServer::Describe() const {
   const auto& c = s.model->config();
   return s.opts.model_id + " (" + c.arch + ", " + std::to_string(c.n_layer) + " layers), " +
          s.sched->Describe() + ", " + s.template_note;
+}
+
+const model::LlamaModel* HttpServer::local_model() const {
+  return impl_->local ? impl_->model : nullptr;
+}
+size_t HttpServer::local_kv_bytes() const {
+  return impl_->local ? impl_->local->kv_bytes() : 0;
+}
+size_t HttpServer::local_buffer_bytes() const {
+  return impl_->local ? impl_->local->buffer_bytes() : 0;
 }
 
 int HttpServer::n_ctx() const {

@@ -33,6 +33,8 @@ struct ServerOptions {
   ConnLimits conn{.max_connections = 0};
   size_t max_body = 4u << 20;  // larger request bodies get 413
   bool log_requests = false;   // one line per request on stderr
+  bool use_mmap = true;        // false: --no-mmap
+  bool mlock = false;          // --mlock
 };
 
 class HttpServer {
@@ -52,6 +54,11 @@ class HttpServer {
   std::string Describe() const;
   int n_ctx() const;        // per slot
   int n_ctx_train() const;  // the model's training context
+  // The model served alone (nullptr with a cluster), and its slots' KV caches and step buffers:
+  // the start-up line's memory figures.
+  const model::LlamaModel* local_model() const;
+  size_t local_kv_bytes() const;
+  size_t local_buffer_bytes() const;
 
  private:
   struct Impl;

@@ -61,6 +61,11 @@ class Scheduler : public Backend {
   std::string Describe() const override;
   int n_threads() const { return pool_.size(); }
   size_t kv_bytes() const;
+  // Activations and logits of a step, besides the model and the slots' caches.
+  size_t buffer_bytes() const {
+    return ws_.bytes() +
+           sizeof(float) * (hidden_.capacity() + head_in_.capacity() + logits_.capacity());
+  }
   model::KvTypes kv_types() const {
     return slots_.empty() ? model::KvTypes{} : slots_[0].kv->types();
   }

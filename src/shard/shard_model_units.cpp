@@ -15,6 +15,18 @@ uint64_t UnitInfo::WeightBytesAs(TensorType type) const {
   return weight_bytes - matrix_bytes + requant;
 }
 
+uint64_t UnitInfo::ActiveBytesAs(TensorType type) const {
+  // What a decode step leaves unread is experts, all matrix bytes; the matrices it reads hold
+  // elements in proportion to their bytes (exact when the matrices share one type).
+  const uint64_t idle = weight_bytes - active_bytes;
+  if (idle == 0) return WeightBytesAs(type);
+  if (idle >= matrix_bytes) return active_bytes;
+  const uint64_t read = matrix_bytes - idle;
+  const auto& t = Traits(type);
+  const double elems = double(matrix_elems) * double(read) / double(matrix_bytes);
+  return active_bytes - read + uint64_t(elems / double(t.block_elems)) * t.block_bytes;
+}
+
 std::string BlockUnitName(int block) {
   return "blk." + std::to_string(block);
 }

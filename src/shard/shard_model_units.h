@@ -27,6 +27,8 @@ struct UnitInfo {
                                      // sampled token id after the head (sampling runs there)
   // Weight bytes if the matrices were stored as `type` (norms and biases stay as they are).
   uint64_t WeightBytesAs(TensorType type) const;
+  // Active bytes likewise: what a decode step would read with the matrices stored as `type`.
+  uint64_t ActiveBytesAs(TensorType type) const;
 };
 
 struct ModelUnits {

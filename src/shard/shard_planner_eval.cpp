@@ -241,9 +241,18 @@ Problem BuildProblem(const Cluster& c, const ModelUnits& m, const PlanSettings& 
           dev.quant ? double(unit.WeightBytesAs(*dev.quant)) : double(unit.weight_bytes);
       const UnitTiming& tm = prof.timing[u];
       double ms = tm.DecodeMs(s.ctx) + (lat ? (s.batch - 1) * tm.prompt_ms_per_token : 0.0);
-      // A decode step reads every weight once: scale by the bytes this device reads instead.
-      const double measured = double(prof.model.units[u].weight_bytes);
-      if (measured > 0) ms *= bytes / measured;
+      // A decode step reads its active bytes once (all of a dense unit, the chosen experts'
+      // share of a mixture-of-experts block): scale by what this device's step reads instead.
+      // Memory (wb) holds every expert.
+      const UnitInfo& prof_unit = prof.model.units[u];
+      double measured = double(prof_unit.active_bytes);
+      // A profile from before units carried active bytes says all: the model's share of it.
+      if (measured == double(prof_unit.weight_bytes) && unit.active_bytes < unit.weight_bytes &&
+          unit.weight_bytes > 0)
+        measured *= double(unit.active_bytes) / double(unit.weight_bytes);
+      const double active =
+          dev.quant ? double(unit.ActiveBytesAs(*dev.quant)) : double(unit.active_bytes);
+      if (measured > 0) ms *= active / measured;
       comp.push_back(ms * dev.time_scale);
       wb.push_back(bytes);
       // As the workers' caches: a sliding-window block keeps a ring of its window plus a batch.

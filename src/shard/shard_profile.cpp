@@ -259,17 +259,6 @@ double MedianMs(int reps, Setup setup, Fn fn) {
 
 }  // namespace
 
-uint64_t MemInfoBytes(const char* key) {
-  std::ifstream f("/proc/meminfo");
-  std::string k, rest;
-  uint64_t kib = 0;
-  while (f >> k >> kib) {
-    std::getline(f, rest);  // " kB", or nothing for counts such as HugePages_Total
-    if (k == key) return kib * 1024;
-  }
-  return 0;
-}
-
 Profile MeasureProfile(const std::string& model_path, const MeasureOptions& o) {
   auto say = [&](const std::string& s) {
     if (o.progress) o.progress(s);
@@ -334,10 +323,13 @@ Profile MeasureProfile(const std::string& model_path, const MeasureOptions& o) {
                  }) /
         batch;
     // The cache rows below each context length are there (their values do not change the cost).
+    // Each step decodes another token's row: a mixture of experts routes each to the experts
+    // its router picks, as in generation, rather than timing one warm set of experts.
+    int next_row = 0;
     for (int x : ctxs)
       t.decode.push_back({x, MedianMs(reps, reset, [&] {
-                            model->ForwardBlocks(b, b + 1, hidden.data(), 1, x, kv.layers(), ws,
-                                                 pool);
+                            float* h = hidden.data() + size_t(next_row++ % batch) * row;
+                            model->ForwardBlocks(b, b + 1, h, 1, x, kv.layers(), ws, pool);
                           })});
   }
   say("head");

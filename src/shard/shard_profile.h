@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/runtime_memory.h"
 #include "shard/shard_model_units.h"
 
 namespace es::shard {
@@ -44,8 +45,7 @@ void SaveProfile(const Profile& p, const std::string& path);
 // A model's units from a GGUF file or from a JSON profile / units file.
 ModelUnits LoadModelUnits(const std::string& path);
 
-// A /proc/meminfo figure of this machine now, e.g. "MemTotal:" (bytes; 0 where it does not say).
-uint64_t MemInfoBytes(const char* key);
+using runtime::MemInfoBytes;
 // MemAvailable of this machine now (bytes; 0 where /proc/meminfo does not say).
 inline uint64_t MemAvailable() {
   return MemInfoBytes("MemAvailable:");

@@ -195,6 +195,7 @@ class WorkerService final : public rpc::Worker::Service {
                            rpc::LoadShardReply* reply) {
     if (auto st = auth_.Check(ctx, "LoadShard", req); !st.ok()) return st;
     const auto t0 = Clock::now();
+    std::string memory_note;  // for the log line, once loaded
     auto bad = [](const std::string& m) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, m);
     };
@@ -246,8 +247,9 @@ class WorkerService final : public rpc::Worker::Service {
       if (!model_ || model_sha_ != req->model_sha256()) {
         exec_.reset();
         model_.reset();
-        model_ =
-            model::LlamaModel::Load(path, {.progress = {}, .prefault = false, .interleave = false});
+        model_ = model::LlamaModel::Load(
+            path,
+            {.progress = {}, .prefault = false, .interleave = false, .use_mmap = opts_.use_mmap});
         model_sha_ = req->model_sha256();
       }
       const auto& c = model_->config();
@@ -272,7 +274,9 @@ class WorkerService final : public rpc::Worker::Service {
       // This shard's Q4_0/Q8_0 layers in the kernels' fast layout (the rest of the file stays
       // unread).
       model_->PrepareLayers(spec.first_layer, spec.last_layer, spec.head);
-      reply->set_weight_bytes(Prefault(*model_, spec));
+      uint64_t expert_bytes = 0;
+      reply->set_weight_bytes(Prefault(*model_, spec, opts_.mlock, &expert_bytes));
+      memory_note = MemoryNote(*model_, reply->weight_bytes(), expert_bytes);
       auto exec = std::make_unique<StageExecutor>(*model_, spec, pool_);
       std::lock_guard<std::mutex> lock(mu_);
       exec_ = std::move(exec);
@@ -294,7 +298,7 @@ class WorkerService final : public rpc::Worker::Service {
                             std::to_string(req->last_layer()) + ")" +
                             (req->has_head() ? " + head" : "") + ", next " +
                             (req->next_address().empty() ? "coordinator" : req->next_address()) +
-                            ", context " + std::to_string(req->n_ctx()));
+                            ", context " + std::to_string(req->n_ctx()) + memory_note);
     return grpc::Status::OK;
   }
 
@@ -447,9 +451,28 @@ class WorkerService final : public rpc::Worker::Service {
             "; nothing of it was computed (use TLS on links an attacker can reach)");
   }
 
+  // "; weights 1230 MiB (experts 920 MiB stay in the file mapping)", with a warning when the
+  // file is larger than the memory this process may use: what the log line adds about memory.
+  std::string MemoryNote(const model::LlamaModel& m, uint64_t weights, uint64_t experts) const {
+    auto Mib = [](uint64_t b) { return std::to_string((b + (1 << 19)) >> 20) + " MiB"; };
+    std::string s = "; weights " + Mib(weights);
+    if (experts > 0)
+      s += " (experts " + Mib(experts) +
+           (opts_.mlock || !opts_.use_mmap ? " in memory)" : " stay in the file mapping)");
+    const runtime::MemoryLimit limit = runtime::ProcessMemoryLimit();
+    if (limit.bytes > 0 && m.file().file_size() > limit.bytes)
+      s += "; warning: the model file (" + Mib(m.file().file_size()) +
+           ") is larger than the memory this process may use (" + Mib(limit.bytes) + ", " +
+           limit.what + "): weights not in memory are paged in from the file as they are read";
+    return s;
+  }
+
   // Reads the shard's weights once, so the first step is not slowed by page faults and memory
   // use shows at load time. Returns the shard's weight bytes.
-  static uint64_t Prefault(const model::LlamaModel& m, const StageSpec& s) {
+  // With `lock` (--mlock) they are locked in memory too.
+  // `experts`: the shard's expert bytes, which stay in the file mapping unless locked.
+  static uint64_t Prefault(const model::LlamaModel& m, const StageSpec& s, bool lock,
+                           uint64_t* experts) {
     const auto& c = m.config();
     uint64_t bytes = 0;
     for (const auto& t : m.file().tensors()) {
@@ -464,8 +487,11 @@ class WorkerService final : public rpc::Worker::Service {
       }
       if (!mine) continue;
       bytes += t.n_bytes;
+      if (c.moe() && t.name.find("_exps.") != std::string::npos) *experts += t.n_bytes;
       m.Prefault(t);
+      if (lock) m.Lock(t);
     }
+    if (lock) m.LockCopies();
     return bytes;
   }
 

@@ -29,7 +29,9 @@ struct WorkerOptions {
   // Measure (or read from the cache) the profile of model_path at start rather than when the
   // first discovery asks for it.
   bool profile_at_start = false;
-  bool quiet = false;  // no progress bars
+  bool quiet = false;    // no progress bars
+  bool use_mmap = true;  // false (--no-mmap): read the model into memory
+  bool mlock = false;    // --mlock: lock the shard's weights in memory
   // Set (e.g. by a signal) to abandon start-up: the constructor then throws Stopped promptly,
   // also while it hashes a large model.
   const std::atomic<bool>* stop = nullptr;
