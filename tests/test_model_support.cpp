@@ -302,7 +302,7 @@ TEST(ModelSupport, TensorsComeFromTheFamily) {
   // An architecture without a family file is refused, listing the ones there are.
   Refused(Variant("arch", [](Writer& w) { w.SetString("general.architecture", "phi2"); }),
           "not supported (supported: llama, qwen2, qwen3, gemma2, gemma3, phi3, smollm3, "
-          "mistral3, qwen2moe, qwen3moe)");
+          "mistral3, qwen2moe, qwen3moe, gpt-oss)");
 }
 
 // gemma3 (model_arch_gemma3.cpp): what llama.cpp computes is loaded, the rest is refused by name.
@@ -392,7 +392,10 @@ TEST(ModelSupport, FamiliesAreConsistent) {
     std::set<std::string_view> names;
     for (const auto& d : a->block) EXPECT_TRUE(names.insert(d.name).second) << d.name;
     for (const auto& d : a->globals) EXPECT_TRUE(names.insert(d.name).second) << d.name;
-    EXPECT_EQ(a->post_norms, a->FindBlock("post_attention_norm.weight") != nullptr);
+    // gpt-oss stores its feed-forward's input norm under post_attention_norm (llama.cpp's name).
+    const bool post_attn = a->FindBlock("post_attention_norm.weight") != nullptr &&
+                           a->ffn_norm != "post_attention_norm.weight";
+    EXPECT_EQ(a->post_norms, post_attn);
     EXPECT_EQ(a->post_norms, a->FindBlock("post_ffw_norm.weight") != nullptr);
   }
   EXPECT_EQ(es::model::FindArch("phi2"), nullptr);
