@@ -114,10 +114,14 @@ TEST(Memory, MlockLocksOrSaysHowToAllowIt) {
     EXPECT_NE(locked.err.find("RLIMIT_MEMLOCK"), std::string::npos) << locked.err;
   }
   // No locked memory allowed (and, as root, without the capability that overrides the limit):
-  // refused, with what to do.
+  // refused, with what to do. The sanitizers replace mlock with a no-op that succeeds, so only
+  // the plain build can see the refusal (the release suite runs it).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  return;
+#endif
   const bool root = geteuid() == 0;
-  if (root && std::system("setpriv --help >/dev/null 2>&1") != 0)
-    GTEST_SKIP() << "no setpriv to drop CAP_IPC_LOCK";
+  ASSERT_FALSE(root && std::system("setpriv --help >/dev/null 2>&1") != 0)
+      << "setpriv (util-linux) is needed to drop CAP_IPC_LOCK as root";
   const auto refused =
       Sh(std::string("ulimit -l 0;") +
              (root ? " setpriv --inh-caps=-ipc_lock --bounding-set=-ipc_lock" : ""),
