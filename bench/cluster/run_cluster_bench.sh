@@ -98,11 +98,22 @@ ip netns exec es-src tc qdisc add dev lo root netem delay 0ms 2>/dev/null &&
 
 declare -A RTT
 SHAPED=()  # NS:DEV:RATE_MBIT:HALF_RTT_MS of every shaped link end, for reshape
+# shape NS DEV RATE_MBIT HALF_RTT_MS: one link end's qdisc (netem: rate and delay; else tbf: the
+# rate, the relays add the delay).
+shape() {
+  if [ "$NETEM" = 1 ]; then
+    ip netns exec "es-$1" tc qdisc replace dev "$2" root netem rate "${3}mbit" delay "${4}ms" \
+      limit 100000
+  else
+    ip netns exec "es-$1" tc qdisc replace dev "$2" root tbf rate "${3}mbit" \
+      burst "$(awk "BEGIN{b=$3/100; print (b<0.032?0.032:b)}")mbit" latency 1000ms
+  fi
+}
 # link A B RATE_MBIT RTT_MS ADDR_A ADDR_B: veth pair; each direction shaped to the rate and
 # delayed by half the RTT.
 link() {
   local a=$1 b=$2 rate=$3 rtt=$4 ia=$5 ib=$6
-  local va="v-$a-$b" vb="v-$b-$a"
+  local va="v-$a-$b" vb="v-$b-$a" half
   RTT[$a-$b]=$rtt
   RTT[$b-$a]=$rtt
   ip link add "$va" netns "es-$a" type veth peer name "$vb" netns "es-$b"
@@ -110,19 +121,10 @@ link() {
   ip -n "es-$b" addr add "$ib/24" dev "$vb"
   ip -n "es-$a" link set "$va" up
   ip -n "es-$b" link set "$vb" up
-  local half burst
   half=$(awk "BEGIN{print $rtt/2}")
-  burst=$(awk "BEGIN{b=$rate/100; print (b<0.032?0.032:b)}")
   SHAPED+=("$a:$va:$rate:$half" "$b:$vb:$rate:$half")
-  for end in "$a:$va" "$b:$vb"; do
-    if [ "$NETEM" = 1 ]; then
-      ip netns exec "es-${end%%:*}" tc qdisc add dev "${end#*:}" root netem rate "${rate}mbit" \
-        delay "${half}ms" limit 100000
-    else
-      ip netns exec "es-${end%%:*}" tc qdisc add dev "${end#*:}" root tbf rate "${rate}mbit" \
-        burst "${burst}mbit" latency 1000ms
-    fi
-  done
+  shape "$a" "$va" "$rate" "$half"
+  shape "$b" "$vb" "$rate" "$half"
 }
 # reshape fast|shaped: lift the rate limit of every link (and netem's delay) or put it back.
 # llama.cpp's RPC host streams each server its weights at load, which the 10 Mbit link would stretch
@@ -132,14 +134,7 @@ reshape() {
   local e ns dev rate half
   for e in "${SHAPED[@]}"; do
     IFS=: read -r ns dev rate half <<< "$e"
-    [ "$1" = fast ] && rate=10000 && half=0
-    if [ "$NETEM" = 1 ]; then
-      ip netns exec "es-$ns" tc qdisc replace dev "$dev" root netem rate "${rate}mbit" \
-        delay "${half}ms" limit 100000
-    else
-      ip netns exec "es-$ns" tc qdisc replace dev "$dev" root tbf rate "${rate}mbit" \
-        burst "$(awk "BEGIN{b=$rate/100; print (b<0.032?0.032:b)}")mbit" latency 1000ms
-    fi
+    if [ "$1" = fast ]; then shape "$ns" "$dev" 10000 0; else shape "$ns" "$dev" "$rate" "$half"; fi
   done
 }
 read -r r t <<< "$LINK_SRC_EDGE";   link src edge "$r" "$t" 10.77.1.1 10.77.1.2

@@ -431,7 +431,7 @@ class WorkerService final : public rpc::Worker::Service {
       shard = shard_;
       load = loads_;
     }
-    if (f.open().role() == rpc::Open::RESULTS) return ServeResults(ctx, rw, seal, epoch, load);
+    if (f.open().role() == rpc::Open::RESULTS) return ServeResults(ctx, rw, seal, load);
     return ServeUpstream(ctx, rw, seal, epoch, load, shard);
   }
 
@@ -498,16 +498,16 @@ class WorkerService final : public rpc::Worker::Service {
   // A stream serves the load it was opened under: a later Load ends it even with the same epoch
   // (another coordinator's numbering), so steps of an old plan never reach the new caches.
   grpc::Status ServeResults(grpc::ServerContext* ctx, SealedStream* rw, FrameSeal& seal,
-                            uint64_t epoch, uint64_t load) {
+                            uint64_t load) {
     std::unique_lock<std::mutex> lock(mu_);
     {
       std::lock_guard<std::mutex> w(sink_write_mu_);
       sink_ = rw;
       sink_seal_ = &seal;
-      sink_epoch_ = epoch;
+      sink_load_ = load;
     }
     cv_.notify_all();
-    while (!stopping_ && epoch_ == epoch && loads_ == load && !ctx->IsCancelled() && sink_ == rw)
+    while (!stopping_ && loads_ == load && !ctx->IsCancelled() && sink_ == rw)
       cv_.wait_for(lock, std::chrono::milliseconds(100));
     std::lock_guard<std::mutex> w(sink_write_mu_);
     if (sink_ == rw) sink_ = nullptr, sink_seal_ = nullptr;
@@ -515,14 +515,14 @@ class WorkerService final : public rpc::Worker::Service {
   }
 
   // Sends a result to the coordinator's RESULTS stream (waits briefly for it to be opened).
-  bool SendResult(uint64_t epoch, const rpc::Frame& frame) {
+  bool SendResult(uint64_t load, const rpc::Frame& frame) {
     {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait_for(lock, std::chrono::seconds(5),
-                   [&] { return stopping_ || (sink_ && sink_epoch_ == epoch) || epoch_ != epoch; });
+                   [&] { return stopping_ || (sink_ && sink_load_ == load) || loads_ != load; });
     }
     std::lock_guard<std::mutex> w(sink_write_mu_);
-    if (!sink_ || sink_epoch_ != epoch) return false;
+    if (!sink_ || sink_load_ != load) return false;
     return sink_->Write(sink_seal_->Seal(frame));
   }
 
@@ -582,7 +582,7 @@ class WorkerService final : public rpc::Worker::Service {
           std::lock_guard<std::mutex> compute(compute_mu_);
           {
             std::lock_guard<std::mutex> lock(mu_);
-            if (epoch_ != epoch || loads_ != load || !exec_)
+            if (loads_ != load || !exec_)
               return grpc::Status(grpc::StatusCode::ABORTED, "a newer plan was loaded");
           }
           int64_t rows = 0;
@@ -612,7 +612,7 @@ class WorkerService final : public rpc::Worker::Service {
         StageExecutor::Fill(out, *r);
         *r->mutable_timings() = step.timings();
         *r->add_timings() = timing;
-        if (!SendResult(epoch, res))
+        if (!SendResult(load, res))
           return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                               opts_.name + ": the coordinator's results stream is gone");
       } else {
@@ -654,7 +654,7 @@ class WorkerService final : public rpc::Worker::Service {
   std::condition_variable cv_;
   bool stopping_ = false;
   uint64_t epoch_ = 0;
-  uint64_t loads_ = 0;  // Loads so far: which load a stream serves
+  uint64_t loads_ = 0;  // Loads so far: a stream, and the results sink, serve one load
   rpc::LoadShardRequest shard_;
   std::unique_ptr<StageExecutor> exec_;
   int n_sequences_ = 0;
@@ -663,7 +663,7 @@ class WorkerService final : public rpc::Worker::Service {
   std::mutex sink_write_mu_;  // serialises writes to the results stream (and their sealing)
   SealedStream* sink_ = nullptr;
   FrameSeal* sink_seal_ = nullptr;
-  uint64_t sink_epoch_ = 0;
+  uint64_t sink_load_ = 0;
 };
 
 struct WorkerServer::Impl {
