@@ -191,6 +191,72 @@ TEST(ServeCluster, NoFeasiblePlanIsAnOpenAIError) {
   EXPECT_EQ(Get(server.port(), "/health").status, 200);
 }
 
+// `--objective load` (serve's default): with one request the server takes the plan of least
+// latency, with four the pipelined one, switching between steps while streams run; every stream
+// still equals one device's. The profile makes each further row of a step cost a full row (no
+// batching gain), so only a pipeline serves many requests faster; links of 4 ms RTT make every
+// extra stage cost a single request time.
+TEST(ServeCluster, PlanFollowsTheLoad) {
+  if (!NodeModulesReady()) return;
+  TempDir dir;
+  const std::string token = dir.File("token", "serve-cluster-token-0123456789");
+  const std::string model = ModelPath("stories260K.gguf");
+  shard::Profile prof = shard::LoadProfile(WriteProfile(dir, model), true);
+  double total = 0;
+  for (size_t u = 0; u < prof.timing.size(); ++u) {
+    prof.timing[u].row_ms = prof.timing[u].DecodeMs(16);
+    if (u > 0) total += prof.timing[u].DecodeMs(kCtx);
+  }
+  const std::string profile = dir.path + "/rows.json";
+  shard::SaveProfile(prof, profile);
+  std::vector<std::unique_ptr<WorkerProcess>> workers;
+  for (const char* name : {"wa", "wb"})
+    workers.push_back(std::make_unique<WorkerProcess>(
+        name, std::vector<std::string>{"-t", "1", "--token-file", token, "-m", model}, dir.path));
+  // The source holds the embedding only; either worker could hold the rest, 5 ms per token.
+  const int kParallel = 4;
+  uint64_t all = 0;
+  for (const auto& u : prof.model.units) all += UnitBytes(u, kCtx * kParallel);
+  const uint64_t src = UnitBytes(prof.model.units[0], kCtx * kParallel) + 1024;
+  std::string y = "source: src\ndefault_link: {bandwidth_mbps: 1000, rtt_ms: 4}\ndevices:\n";
+  y += "  - {name: src, profile: " + profile + ", memory: " + std::to_string(src) + "}\n";
+  for (auto& w : workers)
+    y += "  - {name: " + w->name() + ", profile: " + profile + ", memory: " + std::to_string(all) +
+         ", time_scale: " + std::to_string(5.0 / total) + ", address: \"" + w->address() + "\"}\n";
+  const std::string cluster = dir.File("cluster.yaml", y);
+  ServerProcess server({"-m", model, "--cluster", cluster, "--token-file", token, "--parallel", "4",
+                        "-c", "256", "-t", "1", "--api-key", kKey, "--chat-template", "chatml",
+                        "--load-hold", "0"});
+  ServerProcess single({"-m", model, "--parallel", "4", "-c", "256", "-t", "1", "--api-key", kKey,
+                        "--chat-template", "chatml"});
+  ASSERT_GT(server.port(), 0);
+  ASSERT_GT(single.port(), 0);
+  auto stages = [&] {
+    const auto st = json::parse(Get(server.port(), "/cluster.json", kKey).body);
+    std::vector<std::string> v;
+    for (const auto& s : st["stages"]) v.push_back(s["device"]);
+    return v;
+  };
+  // Planned for all 4 slots busy: a pipeline through both workers.
+  EXPECT_EQ(stages().size(), 3u);
+  json j = RunStreams(server, single, "--streams 1 --max-tokens 120");
+  EXPECT_EQ(j["identical"], true) << j.dump(2);
+  auto st = json::parse(Get(server.port(), "/cluster.json", kKey).body);
+  EXPECT_THAT(st["events"].dump(), HasSubstr("replanned for 1 stream(s)")) << st.dump(2);
+  EXPECT_EQ(stages().size(), 2u) << st.dump(2);
+  j = RunStreams(server, single, "--streams 4 --max-tokens 120");
+  EXPECT_EQ(j["identical"], true) << j.dump(2);
+  st = json::parse(Get(server.port(), "/cluster.json", kKey).body);
+  bool back = false;
+  for (const auto& e : st["events"])
+    back = back || e.get<std::string>().find("replanned for 3 stream(s)") != std::string::npos ||
+           e.get<std::string>().find("replanned for 4 stream(s)") != std::string::npos;
+  EXPECT_TRUE(back) << st.dump(2);
+  for (const auto& e : st["events"]) std::printf("[ event    ] %s\n", e.get<std::string>().c_str());
+  auto m = Metrics(server.port(), kKey);
+  EXPECT_EQ(m["edgeshard_requests_total{reason=\"error\"}"], 0);
+}
+
 // The page loads in headless Chromium (Debian's `chromium`): its script fetches /cluster.json
 // and draws the devices and the plan; a screenshot is kept under the build directory.
 TEST(ServeCluster, PageRendersInChromium) {

@@ -36,6 +36,7 @@ WIRE=${WIRE:-f32}          # the product default; f16 halves the bytes per hop (
 BENCH=${BENCH:-1}          # edgeshard bench --cluster (sequential and pipeline modes)
 SERVE=${SERVE:-1}          # serve --cluster under 1..8 concurrent streams (and llama-server RPC)
 SERVE_STREAMS=${SERVE_STREAMS:-1,4,8}
+SERVE_OBJECTIVE=${SERVE_OBJECTIVE:-load}  # the planner's plan: follows the load (serve's default)
 CPU_SRC=${CPU_SRC:-30}
 CPU_EDGE=${CPU_EDGE:-60}
 CPU_CLOUD=${CPU_CLOUD:-100}
@@ -313,7 +314,7 @@ if [ "$SERVE" = 1 ]; then
     [ "$plan" != optimum ] && extra=(--baseline "$plan")
     echo "== serve --cluster, plan: $plan, streams $SERVE_STREAMS"
     serve_up "$plan" 8090 "$BIN" serve -m "$MODEL" --cluster cluster.yaml --token-file token \
-      --objective throughput "${extra[@]}" --wire "$WIRE" --parallel "$n_par" -c "$CTX" -t 1 \
+      --objective "$SERVE_OBJECTIVE" "${extra[@]}" --wire "$WIRE" --parallel "$n_par" -c "$CTX" -t 1 \
       --host 127.0.0.1 --port 8090 || continue
     ip netns exec es-src node "$HERE/serve_load.mjs" --url http://127.0.0.1:8090 \
       --streams "$SERVE_STREAMS" --tokens "$N_GEN" --reps "$REPS" --label "edgeshard $plan" \

@@ -22,11 +22,11 @@ struct ServeOptions {
   server::ServerOptions server;
   double head_timeout_s = 10, body_timeout_s = 60, idle_timeout_s = 5, write_timeout_s = 10;
   ChatTemplateOptions tmpl;
-  // A server keeps many sequences in flight: plan for throughput unless told otherwise, and
-  // let the slots decide the micro-batch.
+  // A server's load changes: plan for the requests being served unless told otherwise, and
+  // let their number decide the steps in flight and the micro-batch.
   shard::ClusterCliOptions cluster = [] {
     shard::ClusterCliOptions c;
-    c.objective = "throughput";
+    c.objective = "load";
     c.micro_batch = 0;
     return c;
   }();
@@ -65,6 +65,7 @@ int Serve(ServeOptions o) {
     s.cluster->quiet = true;
     s.cluster_in_flight = o.cluster.in_flight;
     s.cluster_micro_batch = o.cluster.micro_batch;
+    s.cluster_load_hold_ms = static_cast<int>(o.cluster.load_hold_s * 1000 + 0.5);
   }
   if (!IsLoopbackHost(s.host) && s.api_key.empty())
     std::fprintf(stderr,

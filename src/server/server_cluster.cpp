@@ -29,17 +29,25 @@ ClusterBackend::ClusterBackend(const std::string& model_path, shard::Coordinator
   co.n_batch = std::max(co.n_batch, o.n_slots);
   co_ = std::make_unique<shard::Coordinator>(model_path, co);
   const int stages = static_cast<int>(co_->StageDevices().size());
-  in_flight_ = o.in_flight > 0 ? o.in_flight : stages;
-  micro_batch_ = o.micro_batch > 0 ? o.micro_batch : (o.n_slots + in_flight_ - 1) / in_flight_;
+  fixed_in_flight_ = o.in_flight;
+  fixed_micro_batch_ = o.micro_batch;
+  load_hold_ms_ = o.load_hold_ms;
+  const auto pace = co_->PaceFor(o.n_slots);
+  in_flight_ = o.in_flight > 0 ? o.in_flight : pace.in_flight;
+  micro_batch_ = o.micro_batch > 0 ? o.micro_batch : pace.micro_batch;
   slots_.resize(static_cast<size_t>(o.n_slots));
   for (auto& s : slots_) s.seq = co_->NewSequence();
   n_free_ = o.n_slots;
   std::string devs;
   for (const auto& d : co_->StageDevices()) devs += (devs.empty() ? "" : " -> ") + d;
   describe_ = fmt::format(
-      "{} slots x {} tokens over {} stage(s) ({}), {} step(s) in flight x {} sequence(s), "
-      "{} wire",
-      o.n_slots, co_->n_ctx(), stages, devs, in_flight_, micro_batch_, co.wire_f32 ? "f32" : "f16");
+      "{} slots x {} tokens over {} stage(s) ({}), {}, {} wire{}", o.n_slots, co_->n_ctx(), stages,
+      devs,
+      o.in_flight > 0 || o.micro_batch > 0
+          ? fmt::format("{} step(s) in flight x {} sequence(s)", in_flight_, micro_batch_)
+          : fmt::format("steps in flight x sequences per step follow the load ({} x {} for {})",
+                        in_flight_, micro_batch_, o.n_slots),
+      co.wire_f32 ? "f32" : "f16", co.follow_load ? ", the plan follows the load" : "");
   metrics_.SetSlots(0, o.n_slots);
   Refresh(true);
   thread_ = std::thread([this] { Loop(); });
@@ -192,8 +200,12 @@ void ClusterBackend::Loop() {
       if (stopping_) break;
     }
     Admit();
-    for (auto& s : slots_)
+    int busy = 0;
+    for (auto& s : slots_) {
       if (s.job && s.job->cancelled()) co_->Cancel(s.seq);
+      busy += s.job != nullptr;
+    }
+    Pace(busy);
     const auto finished = co_->Pump(in_flight_, micro_batch_, std::chrono::milliseconds(20));
     for (const auto& f : finished)
       for (auto& s : slots_)
@@ -221,6 +233,26 @@ void ClusterBackend::Loop() {
     job->Push(std::move(ev));
   }
   queue_.clear();
+}
+
+// Steps in flight and sequences per step for the requests running now; and, once the number of
+// requests (running and waiting) has held for load_hold_ms, the plan for that many.
+void ClusterBackend::Pace(int busy) {
+  const auto pace = co_->PaceFor(busy);
+  in_flight_ = fixed_in_flight_ > 0 ? fixed_in_flight_ : pace.in_flight;
+  micro_batch_ = fixed_micro_batch_ > 0 ? fixed_micro_batch_ : pace.micro_batch;
+  int load = busy;
+  {
+    std::lock_guard lock(mu_);
+    load += static_cast<int>(queue_.size());
+  }
+  const auto now = Clock::now();
+  if (load != load_seen_) {
+    load_seen_ = load;
+    load_since_ = now;
+  } else if (load > 0 && now - load_since_ >= std::chrono::milliseconds(load_hold_ms_)) {
+    co_->SetLoad(load);
+  }
 }
 
 void ClusterBackend::Refresh(bool force) {

@@ -23,8 +23,11 @@ namespace es::server {
 struct ClusterServeOptions {
   int n_slots = 4;      // sequences generated together
   int max_queue = 64;   // requests waiting for a slot before new ones are refused
-  int in_flight = 0;    // steps travelling at once (0: one per stage)
-  int micro_batch = 0;  // sequences per step (0: slots spread over the steps in flight)
+  int in_flight = 0;    // steps travelling at once (0: chosen per step for the sequences there are)
+  int micro_batch = 0;  // sequences per step (0: likewise)
+  // With CoordinatorOptions::follow_load: how long the number of requests must hold before the
+  // plan is made for it (the tail of a burst is not a new load).
+  int load_hold_ms = 1000;
 };
 
 class ClusterBackend : public Backend {
@@ -63,10 +66,14 @@ class ClusterBackend : public Backend {
   void Assign(Slot& s, std::shared_ptr<Job> job);
   void Finish(Slot& s, const shard::Finished& f);
   void Refresh(bool force);
+  void Pace(int busy);
 
   Metrics& metrics_;
   std::unique_ptr<shard::Coordinator> co_;
   int in_flight_ = 1, micro_batch_ = 1, max_queue_ = 64;
+  int fixed_in_flight_ = 0, fixed_micro_batch_ = 0;  // the options (0: follow the pace)
+  int load_hold_ms_ = 1000, load_seen_ = 0;
+  std::chrono::steady_clock::time_point load_since_{};
   std::string describe_;
   std::vector<Slot> slots_;
   uint64_t clock_ = 0;

@@ -85,7 +85,8 @@ HttpServer::HttpServer(const ServerOptions& o) : impl_(std::make_unique<Impl>())
     ClusterServeOptions co{.n_slots = o.sched.n_slots,
                            .max_queue = o.sched.max_queue,
                            .in_flight = o.cluster_in_flight,
-                           .micro_batch = o.cluster_micro_batch};
+                           .micro_batch = o.cluster_micro_batch,
+                           .load_hold_ms = o.cluster_load_hold_ms};
     auto backend = std::make_unique<ClusterBackend>(o.model_path, *o.cluster, co, s.metrics);
     s.cluster = backend.get();
     s.model = &backend->model();

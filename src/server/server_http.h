@@ -26,8 +26,9 @@ struct ServerOptions {
   SchedulerOptions sched;  // with a cluster: n_slots and max_queue apply, n_ctx etc. come below
   // Serve the model split across a cluster's workers (`serve --cluster`) instead of alone.
   std::optional<shard::CoordinatorOptions> cluster;
-  int cluster_in_flight = 0;    // steps travelling at once (0: one per stage)
-  int cluster_micro_batch = 0;  // sequences per step (0: the slots spread over those steps)
+  int cluster_in_flight = 0;    // steps travelling at once (0: chosen for the load)
+  int cluster_micro_batch = 0;  // sequences per step (0: chosen for the load)
+  int cluster_load_hold_ms = 1000;  // how long a number of requests holds before it is planned for
   // Connection limits; conn.max_connections 0: enough for every slot and queued request, and at
   // least 256.
   ConnLimits conn{.max_connections = 0};

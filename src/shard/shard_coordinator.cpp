@@ -80,6 +80,7 @@ Coordinator::Coordinator(const std::string& model_path, const CoordinatorOptions
       m.Event("warning: " + dev.client->Who() + ": " + dev.lost_reason + "; planning without it");
     }
   }
+  m.planned_streams = m.checked_streams = std::max(1, m.o.plan_batch);
   m.Plan();
   m.LoadPlan();
   m.StartMonitors();
@@ -366,7 +367,9 @@ std::vector<Finished> Coordinator::Pump(int in_flight, int micro_batch,
 ClusterReport Coordinator::Report() const {
   const Impl& m = *impl_;
   ClusterReport r;
-  r.objective = m.o.objective == Objective::kLatency ? "latency" : "throughput";
+  r.objective = m.o.follow_load ? fmt::format("load ({} stream(s))", m.planned_streams)
+                : m.o.objective == Objective::kLatency ? "latency"
+                                                       : "throughput";
   r.plan_method = m.method;
   r.replans = m.replans;
   r.events = m.events;

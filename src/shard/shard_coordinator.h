@@ -42,6 +42,10 @@ struct CoordinatorOptions {
   int n_threads = 0;       // the source stage's threads (0: all cores)
   model::KvTypes kv_type;  // the KV caches of every stage
   int plan_batch = 1;      // sequences the plan is made for (memory for their KV caches)
+  // Serving: plan for the number of sequences actually served (1..plan_batch), as micro-batched
+  // steps, and replan when the load changes enough (FollowLoad). `objective` then only names
+  // the starting point in reports.
+  bool follow_load = false;
   // Instead of the solver's plan (both for comparisons; after a fault the solver takes over):
   std::string placement;  // rules.yaml (shard_placement.h)
   std::string baseline;   // a planner baseline by name: Even, Edge-Solo, Memory-proportional, ...
@@ -156,6 +160,17 @@ class Coordinator {
   // replay: no token lost or repeated) and returns the generations that ended. If recovery
   // fails (no plan fits the devices left), every active generation ends with that error.
   std::vector<Finished> Pump(int in_flight, int micro_batch, std::chrono::milliseconds wait);
+
+  // Serving `active` sequences on the current plan: how many steps to keep in flight and how
+  // many sequences each carries (the pair of least predicted round time, from the profiles).
+  struct Pace {
+    int in_flight = 1, micro_batch = 1;
+  };
+  Pace PaceFor(int active) const;
+  // follow_load: the number of sequences being served now. The next Pump makes the plan for
+  // that many and switches to it (between steps; the caches of idle sequences are dropped, live
+  // ones replayed exactly) when it is predicted to serve them at least 20% faster.
+  void SetLoad(int streams);
 
   ClusterReport Report() const;
   void ResetStats();

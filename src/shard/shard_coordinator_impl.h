@@ -204,6 +204,25 @@ struct Coordinator::Impl {
   std::string InfeasibleMessage(const Problem& p) const;
   Problem MakeProblem(int ctx) const;
   bool manual = true;  // placement/baseline still in force (until a fault)
+
+  // Following the load (shard_coordinator_load.cpp).
+  struct LoadChoice {
+    std::vector<Stage> stages;  // empty: nothing fits
+    int in_flight = 1, micro_batch = 1;
+    double tokens_per_s = 0;
+    std::string method;
+  };
+  int planned_streams = 0;  // the load the current plan was made for (follow_load)
+  int checked_streams = 0;  // the last load FollowLoad looked at
+  int load_streams = 0;     // the load the server reports (SetLoad; 0: none yet)
+  std::map<std::pair<int, uint64_t>, LoadChoice> load_plans;  // (streams, devices available)
+  mutable std::map<int, LoadChoice> paces;                    // current plan: streams -> pace
+  mutable uint64_t paces_epoch = 0;
+  // Costs of one step of k sequences (memory: every slot's caches, as the plan keeps them).
+  Problem StepProblem(int k) const;
+  LoadChoice BestPace(const std::vector<Stage>& st, int n) const;
+  const LoadChoice& PlanForStreams(int n);
+  bool FollowLoad(int n);
   void Plan();
   // Blocks [first, last) of a stage's units: unit 0 is the embedding, the last the head.
   std::pair<int, int> Blocks(const Stage& s) const;
@@ -613,6 +632,7 @@ struct Coordinator::Impl {
   void PumpLive(int depth, int micro_batch, Clock::time_point until) {
     try {
       MaybeRejoin(false);
+      FollowLoad(load_streams);
       while (true) {
         SendReady(live_index, depth, micro_batch);
         if (in_flight.empty() && replay.empty()) return FinishIdle(live_index);

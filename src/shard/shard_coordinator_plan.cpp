@@ -64,6 +64,11 @@ void Coordinator::Impl::Plan() {
     }
     if (method.empty())
       throw Error("no baseline named '" + o.baseline + "' (the planner has: " + names + ")");
+  } else if (o.follow_load) {
+    const LoadChoice& c = PlanForStreams(std::max(1, planned_streams));
+    if (c.stages.empty()) throw Error(InfeasibleMessage(p));
+    stages = c.stages;
+    method = c.method;
   } else {
     const Solution s = Solve(p, o.objective);
     if (!s.feasible) throw Error(InfeasibleMessage(p));

@@ -44,9 +44,16 @@ inline void AddClusterOptions(CLI::App* app, ClusterCliOptions& o, ClusterComman
       ->check(CLI::ExistingFile | CLI::IsMember({"auto"}))
       ->group(g);
   AddDiscoverOptions(app, o, g);
-  app->add_option("--objective", o.objective, "plan for latency (sequential) or throughput")
-      ->check(CLI::IsMember({"latency", "throughput"}))
-      ->group(g);
+  if (cmd == ClusterCommand::kServe)
+    app->add_option("--objective", o.objective,
+                    "load (default: plan for the number of requests being served, replanning as "
+                    "it changes), latency (sequential) or throughput (pipeline at --parallel)")
+        ->check(CLI::IsMember({"load", "latency", "throughput"}))
+        ->group(g);
+  else
+    app->add_option("--objective", o.objective, "plan for latency (sequential) or throughput")
+        ->check(CLI::IsMember({"latency", "throughput"}))
+        ->group(g);
   app->add_option("--token-file", o.token_file, "file with the cluster's shared token")
       ->check(CLI::ExistingFile)
       ->group(g);
@@ -73,11 +80,16 @@ inline void AddClusterOptions(CLI::App* app, ClusterCliOptions& o, ClusterComman
     app->add_flag("-v,--verbose", o.verbose, "print the plan and per-stage costs")->group(g);
   if (cmd == ClusterCommand::kServe) {
     app->add_option("--micro-batch", o.micro_batch,
-                    "sequences per pipeline step (0: the slots spread over the steps in flight)")
+                    "sequences per pipeline step (0: chosen for the requests being served)")
         ->check(CLI::Range(0, 4096))
         ->group(g);
+    app->add_option("--load-hold", o.load_hold_s,
+                    "--objective load: seconds the number of requests must hold before the plan "
+                    "is made for it (default 1)")
+        ->check(CLI::Range(0.0, 3600.0))
+        ->group(g);
     app->add_option("--in-flight", o.in_flight,
-                    "pipeline steps travelling at once (0: one per stage)")
+                    "pipeline steps travelling at once (0: chosen for the requests being served)")
         ->check(CLI::Range(0, 4096))
         ->group(g);
   }

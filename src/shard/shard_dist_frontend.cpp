@@ -24,7 +24,9 @@ using Clock = std::chrono::steady_clock;
 CoordinatorOptions CoordinatorOptionsFor(const ClusterCliOptions& c, const ClusterModelArgs& m) {
   CoordinatorOptions o;
   o.cluster_path = c.cluster;
-  o.objective = c.objective == "throughput" ? Objective::kThroughput : Objective::kLatency;
+  // "load" (serve): starts from the plan for every slot busy, a throughput plan.
+  o.objective = c.objective == "latency" ? Objective::kLatency : Objective::kThroughput;
+  o.follow_load = c.objective == "load";
   std::string token_file = c.token_file;
   if (token_file.empty())
     if (const char* e = std::getenv("EDGESHARD_TOKEN_FILE"); e && *e) token_file = e;

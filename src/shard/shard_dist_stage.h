@@ -78,7 +78,7 @@ class StageExecutor {
   std::map<uint64_t, Seq> seqs_;
   std::vector<model::BatchRow> rows_;
   std::vector<float> logits_;
-  std::vector<int32_t> scratch_;  // log-probabilities' sort
+  std::vector<int32_t> scratch_;                    // log-probabilities' sort
   std::shared_ptr<const runtime::TokenTrie> trie_;  // for grammars, built on first use
 };
 

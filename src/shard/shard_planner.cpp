@@ -361,6 +361,10 @@ Solution LatencySearch(const Problem& p, const SolveOptions& o, double cap) {
 
 namespace planner {
 
+Solution CappedLatency(const Problem& p, const SolveOptions& o, double cap) {
+  return LatencySearch(p, o, cap);
+}
+
 Solution PreferLowLatency(const Problem& p, Solution thr, const SolveOptions& o) {
   if (!thr.feasible) return thr;
   const auto t0 = Clock::now();

@@ -91,6 +91,15 @@ Solution SolveThroughputBeam(const Problem& p, int beam_width, const SolveOption
 Solution SolveThroughput(const Problem& p, const SolveOptions& o = {});
 Solution Solve(const Problem& p, Objective obj, const SolveOptions& o = {});
 
+// Serving n sequences as m micro-batches of k = ceil(n / m) (p's costs are one k-sequence step:
+// BuildProblem with kLatency and batch k): a micro-batch is back after the plan's step_ms, and
+// the slowest stage serves all m of them per round, so a round of n tokens takes CycleMs.
+double CycleMs(const Evaluation& e, int m);
+// Exact (where the capped latency searches it runs are): the plan of least CycleMs for m
+// micro-batches. Minimises max(L(T), m T) over the candidate bottlenecks T, where L(T) is the
+// least latency of plans whose every stage fits T (a monotone step function, so a binary search).
+Solution SolveCycle(const Problem& p, int m, const SolveOptions& o = {});
+
 struct Baseline {
   std::string name;
   std::string note;           // why it does not apply, when stages is empty

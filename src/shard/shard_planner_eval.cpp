@@ -240,7 +240,7 @@ Problem BuildProblem(const Cluster& c, const ModelUnits& m, const PlanSettings& 
       const double bytes =
           dev.quant ? double(unit.WeightBytesAs(*dev.quant)) : double(unit.weight_bytes);
       const UnitTiming& tm = prof.timing[u];
-      double ms = tm.DecodeMs(s.ctx) + (lat ? (s.batch - 1) * tm.prompt_ms_per_token : 0.0);
+      double ms = tm.DecodeMs(s.ctx) + (lat ? (s.batch - 1) * tm.RowMs() : 0.0);
       // A decode step reads its active bytes once (all of a dense unit, the chosen experts'
       // share of a mixture-of-experts block): scale by what this device's step reads instead.
       // Memory (wb) holds every expert.

@@ -93,6 +93,9 @@ inline Solution Finish(const Problem& p, Objective obj, std::vector<Stage> stage
   return s;
 }
 
+// The latency search restricted to plans whose every stage (compute or link) takes at most cap.
+Solution CappedLatency(const Problem& p, const SolveOptions& o, double cap);
+
 // Many plans often share the best period (a slow link caps every stage alike): among those,
 // take the one with the lowest latency.
 Solution PreferLowLatency(const Problem& p, Solution thr, const SolveOptions& o);

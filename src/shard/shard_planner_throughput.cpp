@@ -338,6 +338,63 @@ Solution SolveThroughputBeam(const Problem& p, int beam_width, const SolveOption
       o);
 }
 
+double CycleMs(const Evaluation& e, int m) {
+  return std::max(e.step_ms, std::max(1, m) * e.bottleneck_ms);
+}
+
+Solution SolveCycle(const Problem& p, int m, const SolveOptions& o) {
+  const auto t0 = Clock::now();
+  m = std::max(1, m);
+  const Tables t(p);
+  const std::vector<double> cand = Candidates(t);
+  // L(T) only grows as T shrinks and m T only shrinks: the first T with L(T) <= m T bounds the
+  // optimum from above (m T), and below it every round is latency-bound, best at the T just
+  // under it. So the optimum is one of those two plans.
+  Solution s;
+  s.method =
+      fmt::format("least round time for {} micro-batch(es): bottleneck candidates x capped A*", m);
+  std::vector<Solution> probes(cand.size());
+  std::vector<char> done(cand.size(), 0);
+  auto probe = [&](int i) -> const Solution& {
+    if (!done[i]) {
+      probes[i] = CappedLatency(p, o, cand[i] * (1 + 1e-12));
+      done[i] = 1;
+      s.states += probes[i].states;
+      s.exact = s.exact && probes[i].exact;
+    }
+    return probes[i];
+  };
+  auto latency_bound = [&](int i) { return probe(i).feasible && probe(i).value <= m * cand[i]; };
+  const int n = int(cand.size());
+  int lo = 0, hi = n;  // first index where latency_bound holds (n: none)
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (latency_bound(mid))
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  std::vector<Stage> best;
+  double best_v = kInf;
+  for (int i : {lo - 1, lo, n - 1}) {
+    if (i < 0 || i >= n || !probe(i).feasible) continue;
+    const double v = CycleMs(Evaluate(p, probe(i).stages), m);
+    if (v < best_v) best_v = v, best = probe(i).stages;
+  }
+  if (best.empty()) {
+    s.solve_ms = MsSince(t0);
+    return s;
+  }
+  const bool exact = s.exact;
+  const uint64_t states = s.states;
+  Solution out = Finish(p, Objective::kLatency, best, t0, s.method + (exact ? ", exact" : ""));
+  out.value = best_v;
+  out.lower_bound = best_v;
+  out.exact = exact;
+  out.states = states;
+  return out;
+}
+
 Solution SolveThroughput(const Problem& p, const SolveOptions& o) {
   if (p.n_devices() <= o.exact_max_devices) return SolveThroughputExact(p, o);
   Solution s = SolveThroughputBeam(p, o.beam_width, o);

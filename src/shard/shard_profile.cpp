@@ -146,6 +146,7 @@ Profile ParseProfile(const std::string& text, const std::string& what, bool requ
     }
     UnitTiming t;
     t.prompt_ms_per_token = r.Num("prompt_ms_per_token", 0);
+    t.row_ms = r.Has("row_ms") ? r.Num("row_ms", 0) : 0;
     const json& dec = r.At("decode_ms");
     if (!dec.is_array() || dec.empty())
       r.Fail("expected a non-empty array of {ctx, ms}", "decode_ms");
@@ -183,6 +184,7 @@ std::string ProfileToJson(const Profile& p) {
     if (u.active_bytes != u.weight_bytes) ju["active_bytes"] = u.active_bytes;
     if (p.has_timing()) {
       ju["prompt_ms_per_token"] = p.timing[i].prompt_ms_per_token;
+      if (p.timing[i].row_ms > 0) ju["row_ms"] = p.timing[i].row_ms;
       nlohmann::ordered_json dec = nlohmann::ordered_json::array();
       for (const auto& d : p.timing[i].decode) dec.push_back({{"ctx", d.ctx}, {"ms", d.ms}});
       ju["decode_ms"] = dec;
@@ -331,6 +333,15 @@ Profile MeasureProfile(const std::string& model_path, const MeasureOptions& o) {
                             float* h = hidden.data() + size_t(next_row++ % batch) * row;
                             model->ForwardBlocks(b, b + 1, h, 1, x, kv.layers(), ws, pool);
                           })});
+    // A few rows at once, at the first context length: what a micro-batch adds per sequence.
+    if (batch >= kMicroBatchRows && ctxs[0] + kMicroBatchRows <= max_ctx) {
+      const double few = MedianMs(reps, reset, [&] {
+        const int r0 = (next_row += kMicroBatchRows) % (batch - kMicroBatchRows + 1);
+        float* h = hidden.data() + size_t(r0) * row;
+        model->ForwardBlocks(b, b + 1, h, kMicroBatchRows, ctxs[0], kv.layers(), ws, pool);
+      });
+      t.row_ms = std::max(few - t.decode[0].ms, 0.0) / (kMicroBatchRows - 1);
+    }
   }
   say("head");
   UnitTiming& h = p.timing.back();
@@ -341,6 +352,11 @@ Profile MeasureProfile(const std::string& model_path, const MeasureOptions& o) {
   const double head_decode =
       MedianMs(reps, reset, [&] { model->Head(hidden.data(), 1, logits.data(), ws, pool); });
   for (int x : ctxs) h.decode.push_back({x, head_decode});
+  if (head_rows >= kMicroBatchRows) {
+    const double few = MedianMs(
+        reps, reset, [&] { model->Head(hidden.data(), kMicroBatchRows, logits.data(), ws, pool); });
+    h.row_ms = std::max(few - head_decode, 0.0) / (kMicroBatchRows - 1);
+  }
   return p;
 }
 

@@ -17,7 +17,12 @@ struct DecodePoint {
 };
 
 struct UnitTiming {
-  double prompt_ms_per_token = 0;   // prompt processing at the profile's prompt_batch
+  double prompt_ms_per_token = 0;  // prompt processing at the profile's prompt_batch
+  // What each further row adds to a decode step of a few rows (a micro-batch of sequences):
+  // measured with kMicroBatchRows rows. Far above prompt_ms_per_token on a CPU, where a big
+  // batch amortises what a few rows cannot. 0: not measured (older profiles): the prompt rate.
+  double row_ms = 0;
+  double RowMs() const { return row_ms > 0 ? row_ms : prompt_ms_per_token; }
   std::vector<DecodePoint> decode;  // ascending ctx
   // Decode time at `ctx`: linear between the measured points, linear beyond them (never < 0).
   double DecodeMs(int ctx) const;
@@ -35,6 +40,7 @@ struct Profile {
 };
 
 constexpr const char* kProfileSchema = "edgeshard-profile/1";
+constexpr int kMicroBatchRows = 4;  // rows of the step that row_ms is measured with
 
 // Parses and validates; `what` (a file name) prefixes every error, with the JSON path at fault.
 Profile ParseProfile(const std::string& text, const std::string& what, bool require_timing);
