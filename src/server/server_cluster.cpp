@@ -250,9 +250,8 @@ void ClusterBackend::Pace(int busy) {
   if (load != load_seen_) {
     load_seen_ = load;
     load_since_ = now;
-  } else if (load > 0 && now - load_since_ >= std::chrono::milliseconds(load_hold_ms_)) {
-    co_->SetLoad(load);
   }
+  if (load > 0 && now - load_since_ >= std::chrono::milliseconds(load_hold_ms_)) co_->SetLoad(load);
 }
 
 void ClusterBackend::Refresh(bool force) {

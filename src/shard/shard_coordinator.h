@@ -169,7 +169,7 @@ class Coordinator {
   Pace PaceFor(int active) const;
   // follow_load: the number of sequences being served now. The next Pump makes the plan for
   // that many and switches to it (between steps; the caches of idle sequences are dropped, live
-  // ones replayed exactly) when it is predicted to serve them at least 20% faster.
+  // ones replayed exactly) when it is predicted to serve them at least 10% faster.
   void SetLoad(int streams);
 
   ClusterReport Report() const;

@@ -30,6 +30,8 @@ int MaxSteps(int n, int stages) {
   return std::max(1, std::min(n, 2 * std::max(1, stages)));
 }
 
+constexpr double kSwitchGain = 1.1;  // predicted tokens/s of the new plan over the current one
+
 }  // namespace
 
 Coordinator::Impl::LoadChoice Coordinator::Impl::BestPace(const std::vector<Stage>& st,
@@ -84,8 +86,10 @@ bool Coordinator::Impl::FollowLoad(int n) {
   const LoadChoice& want = PlanForStreams(n);
   if (want.stages.empty() || want.stages == stages) return false;
   const LoadChoice now = BestPace(stages, n);
-  // A switch reloads shards and replays the live sequences: only for a clear gain.
-  if (want.tokens_per_s < 1.2 * now.tokens_per_s) return false;
+  // A switch reloads shards and replays the live sequences once: worth it for a load that holds
+  // (the server waits --load-hold before asking), unless the gain is within the cost model's
+  // error.
+  if (want.tokens_per_s < kSwitchGain * now.tokens_per_s) return false;
   const int from = planned_streams;
   planned_streams = n;
   // Idle sequences (a slot's cached prefix) start over rather than being replayed.
