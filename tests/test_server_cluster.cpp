@@ -257,6 +257,50 @@ TEST(ServeCluster, PlanFollowsTheLoad) {
   EXPECT_EQ(m["edgeshard_requests_total{reason=\"error\"}"], 0);
 }
 
+// A sliding-window model (gemma3 synth: window 64; with -b 16 the stages' rings hold 79 rows): a
+// request that shares only a short prefix with its slot's cached tokens cuts before the rings'
+// reach, so the coordinator evaluates the kept prefix again before the rest. The answers equal
+// one device's (the server once sent that prefix twice).
+TEST(ServeCluster, SlidingWindowPrefixCutMatchesOneDevice) {
+  TempDir dir;
+  const std::string token = dir.File("token", "serve-cluster-token-0123456789");
+  const std::string model = ModelPath("synth-gemma3.f16.gguf");
+  const std::string profile = WriteProfile(dir, model);
+  std::vector<std::unique_ptr<WorkerProcess>> workers;
+  for (const char* name : {"w1", "w2"})
+    workers.push_back(std::make_unique<WorkerProcess>(
+        name, std::vector<std::string>{"-t", "1", "--token-file", token, "-m", model}, dir.path));
+  const auto b = SplitBudgets(shard::LoadProfile(profile, true).model, kCtx, 2);
+  const std::string cluster =
+      dir.File("cluster.yaml", ClusterYaml(profile, {{"src", "", b[0]},
+                                                     {"w1", workers[0]->address(), b[1]},
+                                                     {"w2", workers[1]->address(), b[2]}}));
+  const std::vector<std::string> common = {
+      "-m",        model, "--parallel",      "1",     "-c", "256", "-t", "1", "-b", "16",
+      "--api-key", kKey,  "--chat-template", "chatml"};
+  std::vector<std::string> args = common;
+  for (const char* a : {"--cluster", cluster.c_str(), "--token-file", token.c_str()})
+    args.push_back(a);
+  ServerProcess server(args);
+  ServerProcess single(common);
+  ASSERT_GT(server.port(), 0);
+  ASSERT_GT(single.port(), 0);
+  std::string story;
+  for (int i = 0; i < 8; ++i)
+    story += "The quick brown fox jumps over the lazy dog near the river. ";
+  const std::vector<std::string> prompts = {story, "The quick brown fox sat by the fire and"};
+  for (const auto& p : prompts) {
+    const std::string req =
+        json{{"prompt", p}, {"max_tokens", 40}, {"temperature", 0}, {"ignore_eos", true}}.dump();
+    auto a = json::parse(Post(server.port(), "/v1/completions", req, kKey).body, nullptr, false);
+    auto e = json::parse(Post(single.port(), "/v1/completions", req, kKey).body, nullptr, false);
+    ASSERT_TRUE(a.contains("choices")) << a.dump();
+    ASSERT_TRUE(e.contains("choices")) << e.dump();
+    EXPECT_EQ(a["choices"][0]["text"], e["choices"][0]["text"]) << p;
+    EXPECT_GT(a["usage"]["prompt_tokens"].get<int>(), 5);
+  }
+}
+
 // The page loads in headless Chromium (Debian's `chromium`): its script fetches /cluster.json
 // and draws the devices and the plan; a screenshot is kept under the build directory.
 TEST(ServeCluster, PageRendersInChromium) {

@@ -89,10 +89,12 @@ void ClusterBackend::Stop() {
 
 void ClusterBackend::Assign(Slot& s, std::shared_ptr<Job> job) {
   const GenRequest& r = job->request();
-  const std::vector<int32_t>& cached = co_->Tokens(s.seq);
-  size_t keep = CommonPrefix(cached, r.prompt);
+  const size_t keep = CommonPrefix(co_->Tokens(s.seq), r.prompt);
   co_->Truncate(s.seq, static_cast<int64_t>(keep));
-  keep = co_->Tokens(s.seq).size();  // a cut before a sliding window's reach starts over
+  // The request goes on after `keep` either way: a cut before a sliding window's reach keeps
+  // those tokens for the coordinator to evaluate again first (Coordinator::Truncate), so only
+  // what is still cached counts as reused.
+  const size_t reused = co_->Tokens(s.seq).size();
   shard::Request rq;
   rq.sequence = s.seq;
   rq.prompt.assign(r.prompt.begin() + static_cast<std::ptrdiff_t>(keep), r.prompt.end());
@@ -121,7 +123,7 @@ void ClusterBackend::Assign(Slot& s, std::shared_ptr<Job> job) {
   s.job = std::move(job);
   s.lp.clear();
   s.n_prompt = static_cast<int>(r.prompt.size());
-  s.n_cached = static_cast<int>(std::min(keep, r.prompt.size() - 1));
+  s.n_cached = static_cast<int>(std::min(reused, r.prompt.size() - 1));
   s.first_token = true;
   s.last_used = ++clock_;
   try {
