@@ -32,9 +32,7 @@ ClusterBackend::ClusterBackend(const std::string& model_path, shard::Coordinator
   fixed_in_flight_ = o.in_flight;
   fixed_micro_batch_ = o.micro_batch;
   load_hold_ms_ = o.load_hold_ms;
-  const auto pace = co_->PaceFor(o.n_slots);
-  in_flight_ = o.in_flight > 0 ? o.in_flight : pace.in_flight;
-  micro_batch_ = o.micro_batch > 0 ? o.micro_batch : pace.micro_batch;
+  SetPace(o.n_slots);
   slots_.resize(static_cast<size_t>(o.n_slots));
   for (auto& s : slots_) s.seq = co_->NewSequence();
   n_free_ = o.n_slots;
@@ -237,12 +235,17 @@ void ClusterBackend::Loop() {
   queue_.clear();
 }
 
-// Steps in flight and sequences per step for the requests running now; and, once the number of
-// requests (running and waiting) has held for load_hold_ms, the plan for that many.
-void ClusterBackend::Pace(int busy) {
-  const auto pace = co_->PaceFor(busy);
+// Steps in flight and sequences per step for `active` sequences, where the options leave it open.
+void ClusterBackend::SetPace(int active) {
+  const auto pace = co_->PaceFor(active);
   in_flight_ = fixed_in_flight_ > 0 ? fixed_in_flight_ : pace.in_flight;
   micro_batch_ = fixed_micro_batch_ > 0 ? fixed_micro_batch_ : pace.micro_batch;
+}
+
+// The pace for the requests running now; and, once the number of requests (running and
+// waiting) has held for load_hold_ms, the plan for that many.
+void ClusterBackend::Pace(int busy) {
+  SetPace(busy);
   int load = busy;
   {
     std::lock_guard lock(mu_);

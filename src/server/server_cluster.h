@@ -66,6 +66,7 @@ class ClusterBackend : public Backend {
   void Assign(Slot& s, std::shared_ptr<Job> job);
   void Finish(Slot& s, const shard::Finished& f);
   void Refresh(bool force);
+  void SetPace(int active);
   void Pace(int busy);
 
   Metrics& metrics_;

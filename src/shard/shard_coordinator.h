@@ -43,8 +43,8 @@ struct CoordinatorOptions {
   model::KvTypes kv_type;  // the KV caches of every stage
   int plan_batch = 1;      // sequences the plan is made for (memory for their KV caches)
   // Serving: plan for the number of sequences actually served (1..plan_batch), as micro-batched
-  // steps, and replan when the load changes enough (FollowLoad). `objective` then only names
-  // the starting point in reports.
+  // steps, and replan when the load the server reports (SetLoad) changes enough. `objective`
+  // then only names the starting point.
   bool follow_load = false;
   // Instead of the solver's plan (both for comparisons; after a fault the solver takes over):
   std::string placement;  // rules.yaml (shard_placement.h)
@@ -131,7 +131,9 @@ class Coordinator {
   // A sequence is one conversation: its KV caches live on every stage until released.
   uint64_t NewSequence();
   void ReleaseSequence(uint64_t sequence);
-  // Drops positions >= n (keeps a shared prefix for the next turn).
+  // Drops positions >= n (keeps a shared prefix for the next turn). The next request continues
+  // after position n even when Tokens() then holds fewer: a cut before a sliding window's reach
+  // keeps the n tokens to evaluate again ahead of that request's prompt.
   void Truncate(uint64_t sequence, int64_t n);
   const std::vector<int32_t>& Tokens(uint64_t sequence) const;
 

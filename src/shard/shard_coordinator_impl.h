@@ -218,8 +218,11 @@ struct Coordinator::Impl {
   std::map<std::pair<int, uint64_t>, LoadChoice> load_plans;  // (streams, devices available)
   mutable std::map<int, LoadChoice> paces;                    // current plan: streams -> pace
   mutable uint64_t paces_epoch = 0;
+  mutable std::map<int, Problem> step_problems;  // StepProblem by k, for the devices in step_avail
+  mutable uint64_t step_avail = 0;
+  uint64_t AvailableMask() const;  // bit d: device d is not lost
   // Costs of one step of k sequences (memory: every slot's caches, as the plan keeps them).
-  Problem StepProblem(int k) const;
+  const Problem& StepProblem(int k) const;
   LoadChoice BestPace(const std::vector<Stage>& st, int n) const;
   const LoadChoice& PlanForStreams(int n);
   bool FollowLoad(int n);

@@ -14,20 +14,43 @@
 
 namespace es::shard {
 
-Problem Coordinator::Impl::StepProblem(int k) const {
-  Problem p = BuildProblem(cluster, units, {Objective::kLatency, n_ctx, std::max(1, k)}, o.n_batch);
-  const Problem mem = MakeProblem(n_ctx);
-  p.kv_bytes = mem.kv_bytes;
-  p.budget_bytes = mem.budget_bytes;
-  return p;
+uint64_t Coordinator::Impl::AvailableMask() const {
+  uint64_t avail = 0;
+  for (size_t d = 0; d < devs.size(); ++d)
+    if (Available(int(d))) avail |= 1ull << d;
+  return avail;
+}
+
+const Problem& Coordinator::Impl::StepProblem(int k) const {
+  k = std::max(1, k);
+  // Built once per batch size while the same devices are up (budgets of lost ones are 0).
+  if (const uint64_t avail = AvailableMask(); avail != step_avail) {
+    step_problems.clear();
+    step_avail = avail;
+  }
+  auto [it, fresh] = step_problems.try_emplace(k);
+  if (fresh) {
+    it->second = BuildProblem(cluster, units, {Objective::kLatency, n_ctx, k}, o.n_batch);
+    const Problem mem = MakeProblem(n_ctx);
+    it->second.kv_bytes = mem.kv_bytes;
+    it->second.budget_bytes = mem.budget_bytes;
+  }
+  return it->second;
 }
 
 namespace {
 
-// Micro-batch counts worth trying for n streams: more steps in flight than this only splits
-// the sequences finer than the stages can overlap.
-int MaxSteps(int n, int stages) {
-  return std::max(1, std::min(n, 2 * std::max(1, stages)));
+// The (steps m, sequences per step k) worth trying for n streams: m up to twice the stages
+// (more only splits the sequences finer than the stages can overlap), and of the m giving the
+// same k only the smallest (more steps of the same batch are never better).
+std::vector<std::pair<int, int>> Splits(int n, int stages) {
+  std::vector<std::pair<int, int>> v;
+  const int max_steps = std::max(1, std::min(n, 2 * std::max(1, stages)));
+  for (int m = 1; m <= max_steps; ++m) {
+    const int k = (n + m - 1) / m;
+    if (v.empty() || v.back().second != k) v.emplace_back(m, k);
+  }
+  return v;
 }
 
 constexpr double kSwitchGain = 1.1;  // predicted tokens/s of the new plan over the current one
@@ -38,9 +61,7 @@ Coordinator::Impl::LoadChoice Coordinator::Impl::BestPace(const std::vector<Stag
                                                           int n) const {
   LoadChoice best;
   best.stages = st;
-  for (int m = 1; m <= MaxSteps(n, int(st.size())); ++m) {
-    const int k = (n + m - 1) / m;
-    if (m > 1 && (n + m - 2) / (m - 1) == k) continue;  // same batch, more steps: never better
+  for (const auto& [m, k] : Splits(n, int(st.size()))) {
     const double cycle = CycleMs(Evaluate(StepProblem(k), st), m);
     const double tps = cycle > 0 ? 1000.0 * n / cycle : 0;
     if (tps > best.tokens_per_s) best.tokens_per_s = tps, best.in_flight = m, best.micro_batch = k;
@@ -49,22 +70,15 @@ Coordinator::Impl::LoadChoice Coordinator::Impl::BestPace(const std::vector<Stag
 }
 
 const Coordinator::Impl::LoadChoice& Coordinator::Impl::PlanForStreams(int n) {
-  uint64_t avail = 0;
-  for (size_t d = 0; d < devs.size(); ++d)
-    if (Available(int(d))) avail |= 1ull << d;
-  auto [it, fresh] = load_plans.try_emplace({n, avail});
+  auto [it, fresh] = load_plans.try_emplace({n, AvailableMask()});
   if (!fresh) return it->second;
   LoadChoice& best = it->second;
   // Interactive budgets: these searches run between serving steps.
   SolveOptions so;
   so.time_limit_ms = 50;
   so.max_states = 50000;
-  const int devices = int(devs.size());
-  for (int m = 1; m <= MaxSteps(n, devices); ++m) {
-    const int k = (n + m - 1) / m;
-    if (m > 1 && (n + m - 2) / (m - 1) == k) continue;
-    const Problem p = StepProblem(k);
-    const Solution s = SolveCycle(p, m, so);
+  for (const auto& [m, k] : Splits(n, int(devs.size()))) {
+    const Solution s = SolveCycle(StepProblem(k), m, so);
     if (!s.feasible) continue;
     // The plan's own best pace may use another m than the one it was found for.
     LoadChoice c = BestPace(s.stages, n);

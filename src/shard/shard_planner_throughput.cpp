@@ -376,7 +376,7 @@ Solution SolveCycle(const Problem& p, int m, const SolveOptions& o) {
   }
   std::vector<Stage> best;
   double best_v = kInf;
-  for (int i : {lo - 1, lo, n - 1}) {
+  for (int i : {lo - 1, lo}) {  // lo == n: none is round-bound, lo - 1 is the latency optimum
     if (i < 0 || i >= n || !probe(i).feasible) continue;
     const double v = CycleMs(Evaluate(p, probe(i).stages), m);
     if (v < best_v) best_v = v, best = probe(i).stages;
@@ -385,13 +385,10 @@ Solution SolveCycle(const Problem& p, int m, const SolveOptions& o) {
     s.solve_ms = MsSince(t0);
     return s;
   }
-  const bool exact = s.exact;
-  const uint64_t states = s.states;
-  Solution out = Finish(p, Objective::kLatency, best, t0, s.method + (exact ? ", exact" : ""));
-  out.value = best_v;
-  out.lower_bound = best_v;
-  out.exact = exact;
-  out.states = states;
+  Solution out = Finish(p, Objective::kLatency, best, t0, s.method + (s.exact ? ", exact" : ""));
+  out.value = out.lower_bound = best_v;
+  out.exact = s.exact;
+  out.states = s.states;
   return out;
 }
 
