@@ -160,15 +160,19 @@ const std::vector<std::string> kExpectedRefusals = {};
 // phi3 and smollm3, against 0.1 allowed), but these random models' outputs are near-uniform over
 // 32000 tokens (gemma2's are also soft-capped to 0.5), so the top two often differ by less than
 // that, and 3% of positions flip. llama.cpp itself, built for AVX2 instead of AVX-512, misses the
-// bar on two of them: gemma2 96.61%, smollm3 97.29% (tests/fixtures/ref/cross-build.sh).
+// bar on two of them: gemma2 96.61%, smollm3 97.29% (tests/fixtures/ref/cross-build.sh). So does
+// its default x86 path (weights repacked, as our interleaved Q4_K: exact integer sums per block,
+// then one FMA per block) against these references of its plain kernels (--no-repack): gemma2
+// 96.61%, qwen3moe 97.07%, phi3 95.49%, smollm3 96.61% (dump --extra-bufts); ours measured
+// 95.94%, 96.61%, 96.16%, 97.29%.
 const std::map<std::string, double> kBelowTop1Bar = {
-    {"tiny-test-gemma2.q4_k_m", 0.965},
+    {"tiny-test-gemma2.q4_k_m", 0.955},
     {"tiny-test-phi3.q4_k_m", 0.96},
     {"tiny-test-smollm3.q4_k_m", 0.965},
     // Mixture of experts: besides near-uniform outputs, a router choice near a tie can flip with
     // the activations' Q8_K rounding (largest logit differences all sit at router margins below
-    // 3e-3): 97.74% measured.
-    {"tiny-test-qwen3moe.q4_k_m", 0.97},
+    // 3e-3): 97.74% measured with lane-partial Q4_K sums, 96.61% with exact block sums.
+    {"tiny-test-qwen3moe.q4_k_m", 0.96},
 };
 
 // Mixture-of-experts files: a teacher-forced position whose logits miss the tolerance is excused

@@ -461,8 +461,11 @@ default:
         ts.SetX16({{&Q4_0x16Tile<8>, 8}, {&Q4_0x16Tile<4>, 4}, {&Q4_0x16Tile<1>, 1}});
         return ts;
       }
-      case TensorType::kQ4_K:
-        return MakeTiles<3, 8, Q4KVnni>();
+      case TensorType::kQ4_K: {
+        TileSet ts = MakeTiles<3, 8, Q4KVnni>();
+        ts.SetX16({{&Q4_Kx16Tile<8>, 8}, {&Q4_Kx16Tile<4>, 4}, {&Q4_Kx16Tile<1>, 1}});
+        return ts;
+      }
       case TensorType::kQ6_K:
         return MakeTiles<3, 8, Q6KVnni>();
       case TensorType::kQ5_K:
@@ -538,7 +541,8 @@ default:
   }
 
   bool PrefersInterleavedImpl(TensorType t) {
-    return (ES_VNNI != 0 && (t == TensorType::kQ4_0 || t == TensorType::kQ8_0)) ||
+    return (ES_VNNI != 0 &&
+            (t == TensorType::kQ4_0 || t == TensorType::kQ8_0 || t == TensorType::kQ4_K)) ||
            (ES_F16_X16 != 0 && t == TensorType::kF16);
   }
 
@@ -563,17 +567,15 @@ default:
     return HWY_DYNAMIC_DISPATCH(PrefersInterleavedImpl)(t);
   }
 
-  bool CanInterleave(const Matrix& w) {
-    return PrefersInterleaved(w.type) && w.interleave == 0 && w.rows % 16 == 0 && w.cols % 32 == 0;
-  }
-
   namespace {
   constexpr int kGroup = 16;  // rows per interleaved group
 
-  // One 32-element block index of a 16-row group in Interleave16's layout. Q4_0/Q8_0: row r's f16
-  // scale at byte 2r, its quant dword j at 2 * 16 + 64j + 4r; Q8_0 quants are stored with the sign
-  // bit flipped (q + 128). F16: row r's 64 bytes at 64r.
+  // One block index of a 16-row group in Interleave16's layout. Q4_0/Q8_0: row r's f16 scale at
+  // byte 2r, its quant dword j at 2 * 16 + 64j + 4r; Q8_0 quants are stored with the sign bit
+  // flipped (q + 128). Q4_K: dword j of row r's whole 144-byte block at 64j + 4r. F16: row r's 64
+  // bytes (32 elements) at 64r.
   struct GroupBlock {
+    int64_t elems = 32;      // elements per row and block
     size_t scale_bytes = 0;  // per row and block, leading the row's block
     size_t quant_bytes = 0;  // per row and block; 0: the type has no interleaved layout
     size_t piece = 0;        // bytes of one row kept together (the rows alternate per piece)
@@ -582,6 +584,7 @@ default:
       if (t == TensorType::kQ4_0) scale_bytes = 2, quant_bytes = sizeof(BlockQ4_0::qs), piece = 4;
       if (t == TensorType::kQ8_0)
         scale_bytes = 2, quant_bytes = sizeof(BlockQ8_0::qs), piece = 4, flip = 0x80;
+      if (t == TensorType::kQ4_K) elems = kQK_K, quant_bytes = sizeof(BlockQ4_K), piece = 4;
       if (t == TensorType::kF16) quant_bytes = piece = 32 * sizeof(f16_t);
     }
     size_t row_block_bytes() const { return scale_bytes + quant_bytes; }
@@ -606,15 +609,16 @@ default:
 
   Matrix Interleave16(const Matrix& w, void* out) {
     const GroupBlock gb(w.type);
-    if (gb.quant_bytes == 0 || w.interleave != 0 || w.rows % kGroup != 0 || w.cols % 32 != 0)
+    if (gb.quant_bytes == 0 || w.interleave != 0 || w.rows % kGroup != 0 || w.cols % gb.elems != 0)
       throw Error(
-          "Interleave16: needs a row-major Q4_0, Q8_0 or F16 matrix of 16k rows and 32k columns");
+          "Interleave16: needs a row-major Q4_0, Q8_0, Q4_K or F16 matrix of 16k rows and whole "
+          "blocks");
     const auto* src = static_cast<const uint8_t*>(w.data);
     auto* dst = static_cast<uint8_t*>(out);
     for (int64_t g = 0; g < w.rows / kGroup; ++g) {
       const uint8_t* rows = src + static_cast<size_t>(g) * kGroup * w.row_bytes;
       uint8_t* grp = dst + static_cast<size_t>(g) * kGroup * w.row_bytes;
-      for (int64_t b = 0; b < w.cols / 32; ++b)
+      for (int64_t b = 0; b < w.cols / gb.elems; ++b)
         for (int r = 0; r < kGroup; ++r)
           gb.Copy(r, true, rows + r * w.row_bytes + static_cast<size_t>(b) * gb.row_block_bytes(),
                   grp + static_cast<size_t>(b) * gb.bytes());
@@ -636,11 +640,17 @@ default:
     const GroupBlock gb(w.type);
     const int r = static_cast<int>(row % kGroup);
     const uint8_t* grp = base + static_cast<size_t>(row - r) * w.row_bytes;
-    uint8_t blk[64];
-    for (int64_t b = 0; b < w.cols / 32; ++b) {
+    alignas(4) uint8_t blk[sizeof(BlockQ4_K)];
+    static_assert(sizeof(BlockQ4_K) >= 32 * sizeof(f16_t));
+    for (int64_t b = 0; b < w.cols / gb.elems; ++b) {
       gb.Copy(r, false, grp + static_cast<size_t>(b) * gb.bytes(), blk);
-      DequantizeRow(w.type, blk, dst + 32 * b, 32);
+      DequantizeRow(w.type, blk, dst + gb.elems * b, gb.elems);
     }
+  }
+
+  bool CanInterleave(const Matrix& w) {
+    return PrefersInterleaved(w.type) && w.interleave == 0 && w.rows % kGroup == 0 &&
+           w.cols % GroupBlock(w.type).elems == 0;
   }
 
   namespace detail {

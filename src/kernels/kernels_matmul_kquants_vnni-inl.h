@@ -145,3 +145,91 @@ template <int R, int C>
 using Q2KVnni = GroupVnni<R, C, BytesQ2_K>;
 template <int R, int C>
 using IQ4XSVnni = GroupVnni<R, C, BytesIQ4_XS>;
+
+// Q4_K interleaved in groups of 16 rows (Interleave16): per block index, 36 vectors; vector k holds
+// dword k of every row's 144-byte block as its int32 lane r: k = 0 the f16 pair (d, dmin), 1-3 the
+// packed six-bit scales and mins, 4 + 8p + i the nibble bytes 32p + 4i..+3, whose low nibbles are
+// elements 4i..4i+3 of sub-block 2p and high nibbles those of sub-block 2p + 1. A dot product with
+// one broadcast activation dword adds four products into each row's own lane, so lane r ends a
+// block with row r's exact integer sums, and the float steps per row and block are KMinVnni's:
+// results are bit-identical to the row-major kernel. C activation rows share each unpack.
+template <int C>
+HWY_NOINLINE void Q4_Kx16Tile(const TileArgs& t) {
+  const D8 d8;
+  const DU8 du8;
+  const DU16 du16;
+  const D32 d32;
+  const DF df;
+  const hn::Rebind<uint16_t, DF> du16x16;
+  const hn::Rebind<hwy::float16_t, DF> dh;
+  const hn::RebindToUnsigned<D32> du32;
+  const int64_t nb = t.n / kQK_K;
+  constexpr size_t kGroupBlock = 16 * sizeof(BlockQ4_K);
+  const VU8 low = hn::Set(du8, 0x0F);
+  const V32 byte = hn::Set(d32, 0xFF);
+  const V32 six = hn::Set(d32, 0x3F3F3F3F), four = hn::Set(d32, 0x0F0F0F0F),
+            top = hn::Set(d32, 0x30303030);
+  // 16 f16 values in the low (high) halves of the lanes of v, as floats.
+  auto halves = [&](V32 v) {
+    return hn::PromoteTo(df, hn::BitCast(dh, hn::TruncateTo(du16x16, hn::BitCast(du32, v))));
+  };
+  VF acc[C], mins[C];
+  for (int c = 0; c < C; ++c) acc[c] = mins[c] = hn::Zero(df);
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* g = t.w + static_cast<size_t>(b) * kGroupBlock;
+    const V32 h = hn::LoadU(d32, reinterpret_cast<const int32_t*>(g));
+    const V32 u0 = hn::LoadU(d32, reinterpret_cast<const int32_t*>(g + 64));
+    const V32 u1 = hn::LoadU(d32, reinterpret_cast<const int32_t*>(g + 128));
+    const V32 u2 = hn::LoadU(d32, reinterpret_cast<const int32_t*>(g + 192));
+    const VF dw = halves(h), dmin = halves(hn::ShiftRight<16>(h));
+    // Bytes j of sc[0] and j - 4 of sc[1]: scale j; likewise the mins (as in UnpackScalesQ4_K).
+    const V32 sc[2] = {hn::And(u0, six),
+                       hn::Or(hn::And(u2, four), hn::And(hn::ShiftRight<2>(u0), top))};
+    const V32 mn[2] = {hn::And(u1, six), hn::Or(hn::And(hn::ShiftRight<4>(u2), four),
+                                                hn::And(hn::ShiftRight<2>(u1), top))};
+    V32 isum[C];
+    for (int c = 0; c < C; ++c) isum[c] = hn::Zero(d32);
+    for (int p = 0; p < 4; ++p) {
+      // Scales of sub-blocks 2p and 2p + 1, each alone in its lane's low int16 (DotPairs).
+      const V32 s_lo = hn::And(hn::ShiftRightSame(sc[p / 2], 16 * (p % 2)), byte);
+      const V32 s_hi = hn::And(hn::ShiftRightSame(sc[p / 2], 16 * (p % 2) + 8), byte);
+      VU8 lo[8], hi[8];
+      for (int i = 0; i < 8; ++i) {
+        const VU8 raw = hn::LoadU(du8, g + 64 * (4 + 8 * p + i));
+        lo[i] = hn::And(raw, low);
+        hi[i] = hn::And(hn::BitCast(du8, hn::ShiftRight<4>(hn::BitCast(du16, raw))), low);
+      }
+      for (int c = 0; c < C; ++c) {
+        const auto* xq = reinterpret_cast<const int32_t*>(t.a + c * t.as) + 64 * b + 16 * p;
+        // Four chains of 16 elements each: sums of at most 16 x 15 x 128 fit int16, as DotPairs
+        // needs (the high int16 of a lane is its sign, met by the scale's zero high half).
+        V32 s[4] = {hn::Zero(d32), hn::Zero(d32), hn::Zero(d32), hn::Zero(d32)};
+        for (int i = 0; i < 4; ++i) {
+          s[0] = DotBytes(s[0], lo[i], hn::BitCast(d8, hn::Set(d32, xq[i])));
+          s[1] = DotBytes(s[1], lo[4 + i], hn::BitCast(d8, hn::Set(d32, xq[4 + i])));
+          s[2] = DotBytes(s[2], hi[i], hn::BitCast(d8, hn::Set(d32, xq[8 + i])));
+          s[3] = DotBytes(s[3], hi[4 + i], hn::BitCast(d8, hn::Set(d32, xq[12 + i])));
+        }
+        isum[c] = DotPairs(DotPairs(isum[c], s[0], s_lo), s[1], s_lo);
+        isum[c] = DotPairs(DotPairs(isum[c], s[2], s_hi), s[3], s_hi);
+      }
+    }
+    // Mins of sub-blocks 2k and 2k + 1 as the int16 pair of each lane, against the activations'
+    // sums of 32 (bs32), two per dword.
+    V32 mp[4];
+    for (int k = 0; k < 4; ++k) {
+      const V32 m = hn::ShiftRightSame(mn[k / 2], 16 * (k % 2));
+      mp[k] = hn::Or(hn::And(m, byte), hn::ShiftLeft<8>(hn::And(m, hn::Set(d32, 0xFF00))));
+    }
+    for (int c = 0; c < C; ++c) {
+      const uint8_t* a = t.a + c * t.as;
+      const auto* bs = reinterpret_cast<const int32_t*>(a + t.l.bs32_off) + 4 * b;
+      V32 msum = hn::Zero(d32);
+      for (int k = 0; k < 4; ++k) msum = DotPairs(msum, mp[k], hn::Set(d32, bs[k]));
+      const VF dx = hn::Set(df, reinterpret_cast<const float*>(a + t.l.d_off)[b]);
+      acc[c] = hn::MulAdd(hn::ConvertTo(df, isum[c]), hn::Mul(dw, dx), acc[c]);
+      mins[c] = hn::MulAdd(hn::ConvertTo(df, msum), hn::Mul(dmin, dx), mins[c]);
+    }
+  }
+  for (int c = 0; c < C; ++c) hn::StoreU(hn::Sub(acc[c], mins[c]), df, t.y + c * t.ldy);
+}

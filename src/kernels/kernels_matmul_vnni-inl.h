@@ -416,22 +416,23 @@ struct KVnniBase : VnniBase {
 // multiply the lane sums (which fit int16) with vpdpwssd; the mins meet the precomputed sums of
 // 32 activations. Q5_K (Block BlockQ5_K) adds its fifth bits from qh: bit 2p (lower half) and
 // 2p + 1 (upper half) of the same 32 bytes, moved to bit 4.
+// Per output and block, the scaled sum and the min sum are reduced to exact integers, then two
+// ordered chains acc = fma(float(sum), d * dx, acc) and mins = fma(float(min sum), dmin * dx,
+// mins) give acc - mins: the float steps of Q4_Kx16Tile, which reads Q4_K interleaved, so both
+// layouts give bit-identical results.
 template <int RMax, int CMax, class Block>
 struct KMinVnni : KVnniBase {
   static constexpr bool kFifthBit = std::is_same_v<Block, BlockQ5_K>;
+  static constexpr bool kOrdered = true;
   using D32x4 = hn::Full128<int32_t>;
-  using DFx4 = hn::Full128<float>;
-  // Min terms per output, 4 lanes each, reduced in Finish.
-  mutable hn::Vec<DFx4> minacc[RMax][CMax];
+  // The two chains per output (the tile's vector accumulators are not used).
+  mutable float sums[RMax][CMax] = {}, minsums[RMax][CMax] = {};
   hn::Vec<DU16> shifts = HalfShifts(0, 4);
   hn::Indices512<int32_t> pat[4] = {GroupIndices(0, 8), GroupIndices(2, 8), GroupIndices(4, 8),
                                     GroupIndices(6, 8)};
   hn::Vec<DU16> hshifts[4] = {HalfShifts(0, 1), HalfShifts(2, 3), HalfShifts(4, 5),
                               HalfShifts(6, 7)};
-  explicit KMinVnni(const TileArgs& args) : KVnniBase(args) {
-    for (int r = 0; r < RMax; ++r)
-      for (int c = 0; c < CMax; ++c) minacc[r][c] = hn::Zero(DFx4());
-  }
+  using KVnniBase::KVnniBase;
   const Block* W(int r) const { return reinterpret_cast<const Block*>(t.w + r * t.wrb); }
   // The 8 six-bit scales and mins as bytes of two 64-bit words (no round trip through memory:
   // a vector load of freshly stored scalars would stall on store forwarding).
@@ -447,19 +448,17 @@ struct KMinVnni : KVnniBase {
     *mn = mn_lo | (static_cast<uint64_t>(mn_hi) << 32);
   }
   template <int R, int C>
-  HWY_INLINE void Step(int64_t b, VF (&acc)[R][C]) const {
+  HWY_INLINE void Step(int64_t b, VF (&)[R][C]) const {
     const D8 d8;
     const DU8 du8;
     const hn::Half<DU8> du8h;
     const DU16 du16;
     const D32 d32;
-    const DF df;
     const hn::Full128<uint64_t> d64x2;
     const hn::Full128<uint8_t> d8x16;
     const hn::Full64<uint8_t> d8x8;
     const hn::Full128<int16_t> d16x8;
     const D32x4 d32x4;
-    const DFx4 dfx4;
     VU8 q[R][4];
     V32 sc[R][4];
     hn::Vec<decltype(d16x8)> mins[R];
@@ -498,17 +497,17 @@ struct KMinVnni : KVnniBase {
         V32 isum = hn::Zero(d32);
         for (int p = 0; p < 4; ++p)
           isum = DotPairs(isum, DotBytes(hn::Zero(d32), q[r][p], x[p]), sc[r][p]);
-        acc[r][c] = hn::MulAdd(hn::ConvertTo(df, isum), hn::Set(df, d[r] * dx), acc[r][c]);
+        sums[r][c] = std::fma(static_cast<float>(hn::GetLane(hn::SumOfLanes(d32, isum))), d[r] * dx,
+                              sums[r][c]);
         auto m1 = hn::Zero(d32x4);
         const auto m0 = hn::ReorderWidenMulAccumulate(d32x4, mins[r], bs, hn::Zero(d32x4), m1);
-        minacc[r][c] = hn::MulAdd(hn::ConvertTo(dfx4, hn::Add(m0, m1)), hn::Set(dfx4, dmin[r] * dx),
-                                  minacc[r][c]);
+        minsums[r][c] =
+            std::fma(static_cast<float>(hn::GetLane(hn::SumOfLanes(d32x4, hn::Add(m0, m1)))),
+                     dmin[r] * dx, minsums[r][c]);
       }
     }
   }
-  float Finish(int r, int c, VF acc) const {
-    return Sum(DF(), acc) - hn::GetLane(hn::SumOfLanes(DFx4(), minacc[r][c]));
-  }
+  float Finish(int r, int c, VF) const { return sums[r][c] - minsums[r][c]; }
 };
 
 template <int R, int C>
