@@ -5,9 +5,10 @@ Writes docs/benchmarks.md: machine, commit, memory bandwidth, and for every mode
 thread count the median tokens/s of prompt processing (pp512) and generation (tg128) of both
 engines, their ratio, generation as a fraction of the bandwidth roofline, and peak RSS.
 
-The peer is llama.cpp b4747 (the build that made ../shared/models/ref), built outside the repo
-by bench/peer_llamacpp.sh into ../peer (set LLAMA_CPP_SRC to a local clone or mirror when offline;
-nothing from it enters this repo). LLAMA_BENCH=/path/to/llama-bench uses a binary you built instead.
+The peer is current llama.cpp (the source of 2026-09-28 in npm's node-llama-cpp@3.22.1), built
+outside the repo by bench/peer_llamacpp.sh into ../peer for this CPU (on x86 without AMX, with
+AVX512-FP16 where the CPU has it); nothing from it enters this repo. `bench/peer_llamacpp.sh --ref
+b4747` builds the older peer. LLAMA_BENCH=/path/to/llama-bench uses a binary you built instead.
     bench/compare_llamacpp.py
 Models are synthesised with `edgeshard synth` into --models-dir (default ../bench-models).
 """
@@ -38,8 +39,19 @@ def peer_version(llama_bench):
             if line.startswith("version:") and "unknown" not in line:
                 return line.split(":", 1)[1].strip()
     # A tree exported by bench/peer_llamacpp.sh has no git metadata; its folder names the ref.
-    tree = os.path.basename(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(llama_bench)))))
-    return tree.replace("llama.cpp-", "") if tree.startswith("llama.cpp-") else "unknown version"
+    build = os.path.dirname(os.path.dirname(os.path.abspath(llama_bench)))
+    tree = os.path.basename(os.path.dirname(build))
+    version = tree.replace("llama.cpp-", "") if tree.startswith("llama.cpp-") else "unknown version"
+    # How it was built: GGML_NATIVE and the extra C flags (e.g. AMX off), from its CMake cache.
+    cache = {}
+    try:
+        for line in open(os.path.join(build, "CMakeCache.txt")):
+            key, _, value = line.strip().partition("=")
+            cache[key.split(":")[0]] = value
+    except OSError:
+        return version
+    how = "native" if cache.get("GGML_NATIVE") == "ON" else "not native"
+    return f"{version} ({how}{', ' + cache['CMAKE_C_FLAGS'] if cache.get('CMAKE_C_FLAGS') else ''})"
 
 
 def main():
@@ -51,7 +63,7 @@ def main():
     ap.add_argument("--corpus", default=os.path.join(ROOT, "..", "shared/data/gpl3-head12k.txt"),
                     help="text for the KL-divergence accuracy table")
     ap.add_argument("--presets", default="stories110m,tinyllama-1.1b")
-    ap.add_argument("--types", default="f16,q8_0,q4_0,q4_k_m")
+    ap.add_argument("--types", default="f16,q8_0,q4_0,q4_k_m,q5_k_m,q3_k_m,iq4_xs")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("-r", "--repetitions", type=int, default=5)
     ap.add_argument("--alternate", action="store_true",

@@ -2,16 +2,22 @@
 # Builds llama.cpp, the peer edgeshard is measured against, OUTSIDE this repo and prints the
 # folder holding its binaries (llama-bench, llama-server, llama-perplexity, llama-cli).
 #
-#   bench/peer_llamacpp.sh [--src GIT_URL_OR_PATH] [--ref b4747] [--dir ../peer] [--native|--avx2] [--rpc]
+#   bench/peer_llamacpp.sh [--ref 2026-09|b4747|GIT_REF] [--src GIT_URL_OR_PATH] [--dir ../peer]
+#                          [--native|--avx2] [--rpc]
 #
-# --src defaults to $LLAMA_CPP_SRC, else https://github.com/ggerganov/llama.cpp. A local clone or
-# mirror works offline. b4747 is the build that made ../shared/models/ref. --rpc adds llama.cpp's RPC
-# backend and rpc-server (for bench/cluster) in a separate build folder. Nothing from llama.cpp is
-# copied into the repo: the source and build live under --dir (default: beside the checkout).
+# The default peer is current llama.cpp: the source of 2026-09-28 that npm's node-llama-cpp@3.22.1
+# carries as a git bundle (fetched with `npm install --ignore-scripts` into --dir/npm; the npm
+# registry is the only network it needs). --native builds it for this CPU as llama.cpp would run
+# here, with one exception on x86: no AMX (its kernels fault with SIGILL on some VMs); AVX512-FP16
+# stays on. Older refs (b4747, the build that made ../shared/models/ref) come from --src, which
+# defaults to $LLAMA_CPP_SRC, else https://github.com/ggerganov/llama.cpp (a local clone or mirror
+# works offline). --rpc adds llama.cpp's RPC backend and rpc-server (for bench/cluster) in a
+# separate build folder. Nothing from llama.cpp is copied into the repo: the source and build live
+# under --dir (default: beside the checkout).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 src="${LLAMA_CPP_SRC:-https://github.com/ggerganov/llama.cpp}"
-ref="b4747"
+ref="2026-09"
 dir="$root/../peer"
 arch="native"
 rpc=0
@@ -23,7 +29,7 @@ while [ $# -gt 0 ]; do
     --native) arch="native"; shift ;;
     --avx2) arch="avx2"; shift ;;
     --rpc) rpc=1; shift ;;
-    -h|--help) sed -n "2,11p" "$0"; exit 0 ;;
+    -h|--help) sed -n "2,16p" "$0"; exit 0 ;;
     *) echo "peer_llamacpp.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -32,7 +38,18 @@ case "$(cd "$root" && realpath -m "$dir")/" in
 esac
 mkdir -p "$dir"
 tree="$dir/llama.cpp-$ref"
-if [ ! -f "$tree/CMakeLists.txt" ]; then
+if [ "$ref" = 2026-09 ]; then
+  # node-llama-cpp's bundle of llama.cpp's source; the same tree ../shared/tools/llamacpp-ref.sh
+  # uses (its reference build lives in build/, this script's in build-<arch>).
+  tree="$dir/llama.cpp-2026-09/src"
+  if [ ! -f "$tree/CMakeLists.txt" ]; then
+    npm_dir="$dir/llama.cpp-2026-09/npm"
+    mkdir -p "$npm_dir"
+    (cd "$npm_dir" && npm init -y >/dev/null &&
+      npm install --no-audit --no-fund --ignore-scripts node-llama-cpp@3.22.1 >&2)
+    git clone -q "$npm_dir/node_modules/node-llama-cpp/llama/gitRelease.bundle" "$tree" >&2
+  fi
+elif [ ! -f "$tree/CMakeLists.txt" ]; then
   rm -rf "$tree.tmp"
   if [ -d "$src" ]; then
     # A local clone or mirror: export the tree at $ref. Partial mirrors lack some large blobs
@@ -51,13 +68,19 @@ if [ ! -f "$tree/CMakeLists.txt" ]; then
   mv "$tree.tmp" "$tree"
 fi
 build="$tree/build-$arch"
+[ "$ref" = 2026-09 ] && build="$dir/llama.cpp-2026-09/build-$arch"
 [ "$rpc" = 1 ] && build="$build-rpc"
 flags=(-DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DBUILD_SHARED_LIBS=OFF)
 if [ "$arch" = avx2 ]; then
   flags+=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON)
 else
   flags+=(-DGGML_NATIVE=ON)
+  if [ "$(uname -m)" = x86_64 ]; then
+    noamx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    flags+=("-DCMAKE_C_FLAGS=$noamx" "-DCMAKE_CXX_FLAGS=$noamx")
+  fi
 fi
+[ "$ref" = 2026-09 ] && flags+=(-DLLAMA_OPENSSL=OFF)
 targets=(llama-bench llama-server llama-perplexity llama-cli)
 if [ "$rpc" = 1 ]; then
   flags+=(-DGGML_RPC=ON)
