@@ -92,6 +92,20 @@ struct InterleavedPair {
   }
 };
 
+// MatMul over `w` (rows x cols of type t, made to hold extreme values) and over its interleaved
+// copy: bit-identical for activations of one sign (either) and of both, decode and a prompt.
+void ExpectExtremesMatch(const std::vector<uint8_t>& w, TensorType t, int64_t rows, int64_t cols) {
+  const InterleavedPair q(w, t, rows, cols);
+  for (float sign : {1.0f, -1.0f}) {
+    std::vector<float> x(static_cast<size_t>(3 * cols), sign);
+    for (size_t i = cols; i < x.size(); ++i) x[i] = (i % 7 < 3 ? -1.0f : 1.0f) * (1 + i % 5);
+    for (int64_t batch : {1, 3}) {
+      SCOPED_TRACE(sign);
+      ExpectSameOutputs(q.plain, q.il, x, batch, 1);
+    }
+  }
+}
+
 TEST(Kernels, InterleavedQ8_0IsBitIdenticalToRowMajor) {
   // 48 rows = 3 groups of 16; 800 columns = 25 blocks (an odd count); batch 1 (decode) and odd
   // and even prompt batches.
@@ -188,15 +202,43 @@ TEST(Kernels, InterleavedQ4_KIsBitIdenticalToRowMajor) {
       std::memset(blk->qs, r % 3 ? 0xFF : static_cast<int>(rng() & 0xFF), sizeof(blk->qs));
     }
   }
-  const InterleavedPair q(big, TensorType::kQ4_K, rows, cols);
-  for (float sign : {1.0f, -1.0f}) {
-    std::vector<float> x(static_cast<size_t>(3 * cols), sign);
-    for (size_t i = cols; i < x.size(); ++i) x[i] = (i % 7 < 3 ? -1.0f : 1.0f) * (1 + i % 5);
-    for (int64_t batch : {1, 3}) {
-      SCOPED_TRACE(sign);
-      ExpectSameOutputs(q.plain, q.il, x, batch, 1);
+  ExpectExtremesMatch(big, TensorType::kQ4_K, rows, cols);
+}
+
+TEST(Kernels, InterleavedIQ4_XSIsBitIdenticalToRowMajor) {
+  // As Q4_K: 3 groups of 16 rows, 3 blocks of 256, every tile width.
+  const int64_t rows = 48, cols = 768;
+  const std::vector<uint8_t> w = QuantizedRows(TensorType::kIQ4_XS, rows, cols, 1500);
+  const InterleavedPair p(w, TensorType::kIQ4_XS, rows, cols);
+  const size_t rb = p.rb;
+  const std::vector<uint8_t>& buf = p.buf;
+  // Block 0: vector 0 = (d, scales_h) of rows 0..15, vector 1 their scales_l, vector 2 the first
+  // nibble bytes; block 1 starts after the 16 x 136-byte group block.
+  EXPECT_EQ(std::memcmp(buf.data() + 4, w.data() + rb, 4), 0);
+  EXPECT_EQ(std::memcmp(buf.data() + 64 + 4 * 15, w.data() + 15 * rb + 4, 4), 0);
+  EXPECT_EQ(std::memcmp(buf.data() + 2 * 64 + 4, w.data() + rb + 8, 4), 0);
+  EXPECT_EQ(std::memcmp(buf.data() + 2176 + 3 * 64, w.data() + 136 + 12, 4), 0);
+  ExpectSameAsRowMajor(p.plain, p.il, {1, 2, 3, 4, 5, 8, 9, 13, 70}, 1550);
+
+  if (!k::PrefersInterleaved(TensorType::kIQ4_XS)) return;  // MatMul refuses it (checked above)
+  // The extreme levels (-127 and 113) and scales (-32 and 31) against activations of one sign.
+  std::vector<uint8_t> big(w.size());
+  std::mt19937 rng(1600);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t b = 0; b < cols / 256; ++b) {
+      auto* blk = reinterpret_cast<es::BlockIQ4_XS*>(big.data() + r * rb) + b;
+      blk->d = es::F32ToF16(0.01f);
+      blk->scales_h = (r + b) % 3 ? 0xFFFF : (r % 2 ? 0 : static_cast<uint16_t>(rng()));
+      std::memset(blk->scales_l, (r + b) % 3 ? 0xFF : static_cast<int>(rng() & 0xFF),
+                  sizeof(blk->scales_l));
+      std::memset(blk->qs,
+                  r % 4 == 0   ? 0x00
+                  : r % 4 == 1 ? 0xFF
+                               : static_cast<int>(rng() & 0xFF),
+                  sizeof(blk->qs));
     }
   }
+  ExpectExtremesMatch(big, TensorType::kIQ4_XS, rows, cols);
 }
 
 }  // namespace

@@ -474,8 +474,11 @@ default:
         return MakeTiles<3, 8, Q3KVnni>();
       case TensorType::kQ2_K:
         return MakeTiles<3, 8, Q2KVnni>();
-      case TensorType::kIQ4_XS:
-        return MakeTiles<3, 8, IQ4XSVnni>();
+      case TensorType::kIQ4_XS: {
+        TileSet ts = MakeTiles<3, 8, IQ4XSVnni>();
+        ts.SetX16({{&IQ4_XSx16Tile<8>, 8}, {&IQ4_XSx16Tile<4>, 4}, {&IQ4_XSx16Tile<1>, 1}});
+        return ts;
+      }
 #else
       case TensorType::kQ8_0:
         return kWide ? MakeTiles<4, 4, Q8_0Kernel<UnpackQ8_0>>()
@@ -541,8 +544,8 @@ default:
   }
 
   bool PrefersInterleavedImpl(TensorType t) {
-    return (ES_VNNI != 0 &&
-            (t == TensorType::kQ4_0 || t == TensorType::kQ8_0 || t == TensorType::kQ4_K)) ||
+    return (ES_VNNI != 0 && (t == TensorType::kQ4_0 || t == TensorType::kQ8_0 ||
+                             t == TensorType::kQ4_K || t == TensorType::kIQ4_XS)) ||
            (ES_F16_X16 != 0 && t == TensorType::kF16);
   }
 
@@ -572,7 +575,7 @@ default:
 
   // One block index of a 16-row group in Interleave16's layout. Q4_0/Q8_0: row r's f16 scale at
   // byte 2r, its quant dword j at 2 * 16 + 64j + 4r; Q8_0 quants are stored with the sign bit
-  // flipped (q + 128). Q4_K: dword j of row r's whole 144-byte block at 64j + 4r. F16: row r's 64
+  // flipped (q + 128). Q4_K, IQ4_XS: dword j of row r's whole block at 64j + 4r. F16: row r's 64
   // bytes (32 elements) at 64r.
   struct GroupBlock {
     int64_t elems = 32;      // elements per row and block
@@ -585,6 +588,7 @@ default:
       if (t == TensorType::kQ8_0)
         scale_bytes = 2, quant_bytes = sizeof(BlockQ8_0::qs), piece = 4, flip = 0x80;
       if (t == TensorType::kQ4_K) elems = kQK_K, quant_bytes = sizeof(BlockQ4_K), piece = 4;
+      if (t == TensorType::kIQ4_XS) elems = kQK_K, quant_bytes = sizeof(BlockIQ4_XS), piece = 4;
       if (t == TensorType::kF16) quant_bytes = piece = 32 * sizeof(f16_t);
     }
     size_t row_block_bytes() const { return scale_bytes + quant_bytes; }
@@ -611,7 +615,8 @@ default:
     const GroupBlock gb(w.type);
     if (gb.quant_bytes == 0 || w.interleave != 0 || w.rows % kGroup != 0 || w.cols % gb.elems != 0)
       throw Error(
-          "Interleave16: needs a row-major Q4_0, Q8_0, Q4_K or F16 matrix of 16k rows and whole "
+          "Interleave16: needs a row-major Q4_0, Q8_0, Q4_K, IQ4_XS or F16 matrix of 16k rows and "
+          "whole "
           "blocks");
     const auto* src = static_cast<const uint8_t*>(w.data);
     auto* dst = static_cast<uint8_t*>(out);

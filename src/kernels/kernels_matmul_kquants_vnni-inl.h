@@ -75,13 +75,19 @@ struct BytesIQ4_XS {
   }
 };
 
-template <int RMax, int CMax, class B>
+// kExact (IQ4_XS, which has no mins): each block's sum reduced to an exact integer and one FMA per
+// block into a chain per output, the float steps of IQ4_XSx16Tile (the interleaved layout), so
+// both layouts give bit-identical results.
+template <int RMax, int CMax, class B, bool kExact = false>
 struct GroupVnni : KVnniBase {
   B bytes;
   hn::Indices512<int32_t> pat[4] = {GroupIndices(0, 4), GroupIndices(4, 4), GroupIndices(8, 4),
                                     GroupIndices(12, 4)};
   static constexpr bool kMin = B::Unpack::kMin;
+  static_assert(!(kExact && kMin), "exact block sums are for types without mins");
+  static constexpr bool kOrdered = kExact;
   mutable float minsum[RMax][CMax] = {};
+  mutable float sums[RMax][CMax] = {};  // kExact: the chains
   using KVnniBase::KVnniBase;
   const typename B::Block* W(int r) const {
     return reinterpret_cast<const typename B::Block*>(t.w + r * t.wrb);
@@ -126,7 +132,11 @@ struct GroupVnni : KVnniBase {
           if constexpr (B::kOffset != 0) lanes = hn::Sub(lanes, off[j]);
           isum = hn::Add(isum, hn::Mul(lanes, sc[r][j]));
         }
-        acc[r][c] = hn::MulAdd(hn::ConvertTo(df, isum), hn::Set(df, d[r] * dx), acc[r][c]);
+        if constexpr (kExact)
+          sums[r][c] = std::fma(static_cast<float>(hn::GetLane(hn::SumOfLanes(d32, isum))),
+                                d[r] * dx, sums[r][c]);
+        else
+          acc[r][c] = hn::MulAdd(hn::ConvertTo(df, isum), hn::Set(df, d[r] * dx), acc[r][c]);
         if constexpr (kMin) {
           const int16_t* bs = BS16(c, b);
           int msum = 0;
@@ -136,7 +146,10 @@ struct GroupVnni : KVnniBase {
       }
     }
   }
-  float Finish(int r, int c, VF acc) const { return Sum(DF(), acc) - minsum[r][c]; }
+  float Finish(int r, int c, VF acc) const {
+    if constexpr (kExact) return sums[r][c];
+    return Sum(DF(), acc) - minsum[r][c];
+  }
 };
 
 template <int R, int C>
@@ -144,7 +157,26 @@ using Q3KVnni = GroupVnni<R, C, BytesQ3_K>;
 template <int R, int C>
 using Q2KVnni = GroupVnni<R, C, BytesQ2_K>;
 template <int R, int C>
-using IQ4XSVnni = GroupVnni<R, C, BytesIQ4_XS>;
+using IQ4XSVnni = GroupVnni<R, C, BytesIQ4_XS, true>;
+
+// The 16 f16 values in the low halves of v's int32 lanes (one per row of an interleaved group),
+// as floats.
+HWY_INLINE VF LowHalvesToFloat(V32 v) {
+  const DF df;
+  return hn::PromoteTo(df,
+                       hn::BitCast(hn::Rebind<hwy::float16_t, DF>(),
+                                   hn::TruncateTo(hn::Rebind<uint16_t, DF>(),
+                                                  hn::BitCast(hn::RebindToUnsigned<D32>(), v))));
+}
+
+// Block index b's group of 16 interleaved rows of `Block`s, and its vector k (dword k of each row).
+template <class Block>
+HWY_INLINE const uint8_t* GroupAt(const TileArgs& t, int64_t b) {
+  return t.w + static_cast<size_t>(b) * 16 * sizeof(Block);
+}
+HWY_INLINE V32 GroupVector(const uint8_t* g, int k) {
+  return hn::LoadU(D32(), reinterpret_cast<const int32_t*>(g + 64 * k));
+}
 
 // Q4_K interleaved in groups of 16 rows (Interleave16): per block index, 36 vectors; vector k holds
 // dword k of every row's 144-byte block as its int32 lane r: k = 0 the f16 pair (d, dmin), 1-3 the
@@ -160,28 +192,18 @@ HWY_NOINLINE void Q4_Kx16Tile(const TileArgs& t) {
   const DU16 du16;
   const D32 d32;
   const DF df;
-  const hn::Rebind<uint16_t, DF> du16x16;
-  const hn::Rebind<hwy::float16_t, DF> dh;
-  const hn::RebindToUnsigned<D32> du32;
   const int64_t nb = t.n / kQK_K;
-  constexpr size_t kGroupBlock = 16 * sizeof(BlockQ4_K);
   const VU8 low = hn::Set(du8, 0x0F);
   const V32 byte = hn::Set(d32, 0xFF);
   const V32 six = hn::Set(d32, 0x3F3F3F3F), four = hn::Set(d32, 0x0F0F0F0F),
             top = hn::Set(d32, 0x30303030);
-  // 16 f16 values in the low (high) halves of the lanes of v, as floats.
-  auto halves = [&](V32 v) {
-    return hn::PromoteTo(df, hn::BitCast(dh, hn::TruncateTo(du16x16, hn::BitCast(du32, v))));
-  };
   VF acc[C], mins[C];
   for (int c = 0; c < C; ++c) acc[c] = mins[c] = hn::Zero(df);
   for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* g = t.w + static_cast<size_t>(b) * kGroupBlock;
-    const V32 h = hn::LoadU(d32, reinterpret_cast<const int32_t*>(g));
-    const V32 u0 = hn::LoadU(d32, reinterpret_cast<const int32_t*>(g + 64));
-    const V32 u1 = hn::LoadU(d32, reinterpret_cast<const int32_t*>(g + 128));
-    const V32 u2 = hn::LoadU(d32, reinterpret_cast<const int32_t*>(g + 192));
-    const VF dw = halves(h), dmin = halves(hn::ShiftRight<16>(h));
+    const uint8_t* g = GroupAt<BlockQ4_K>(t, b);
+    const V32 h = GroupVector(g, 0), u0 = GroupVector(g, 1), u1 = GroupVector(g, 2),
+              u2 = GroupVector(g, 3);
+    const VF dw = LowHalvesToFloat(h), dmin = LowHalvesToFloat(hn::ShiftRight<16>(h));
     // Bytes j of sc[0] and j - 4 of sc[1]: scale j; likewise the mins (as in UnpackScalesQ4_K).
     const V32 sc[2] = {hn::And(u0, six),
                        hn::Or(hn::And(u2, four), hn::And(hn::ShiftRight<2>(u0), top))};
@@ -232,4 +254,61 @@ HWY_NOINLINE void Q4_Kx16Tile(const TileArgs& t) {
     }
   }
   for (int c = 0; c < C; ++c) hn::StoreU(hn::Sub(acc[c], mins[c]), df, t.y + c * t.ldy);
+}
+
+// IQ4_XS interleaved in groups of 16 rows (Interleave16), as Q4_K above: vector k holds dword k of
+// every row's 136-byte block; k = 0 is (d, scales_h), 1 scales_l, 2 + 4g + i the nibble bytes
+// 16g + 4i..+3 of sub-block g (low nibbles its elements 4i..4i+3, high nibbles 16 + 4i..). Each
+// nibble looks up its level + 128 (unsigned, for vpdpbusd); 128 times the sub-block's activation
+// sum comes off once per sub-block for all 16 rows. Per row and block: the exact integer sum, one
+// FMA; bit-identical to the row-major kernel (GroupVnni with kExact).
+template <int C>
+HWY_NOINLINE void IQ4_XSx16Tile(const TileArgs& t) {
+  const D8 d8;
+  const DU8 du8;
+  const DU16 du16;
+  const D32 d32;
+  const DF df;
+  const int64_t nb = t.n / kQK_K;
+  const VU8 low = hn::Set(du8, 0x0F);
+  const VU8 levels = BytesIQ4_XS::Levels();
+  VF acc[C];
+  for (int c = 0; c < C; ++c) acc[c] = hn::Zero(df);
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* g = GroupAt<BlockIQ4_XS>(t, b);
+    const V32 h = GroupVector(g, 0), sl = GroupVector(g, 1);
+    const VF dw = LowHalvesToFloat(h);
+    V32 isum[C];
+    for (int c = 0; c < C; ++c) isum[c] = hn::Zero(d32);
+    for (int sb = 0; sb < 8; ++sb) {
+      // Six-bit scale of sub-block sb, minus 32: four bits of scales_l, two of scales_h.
+      const V32 sc = hn::Sub(
+          hn::Or(hn::And(hn::ShiftRightSame(sl, 4 * sb), hn::Set(d32, 0x0F)),
+                 hn::ShiftLeft<4>(hn::And(hn::ShiftRightSame(h, 16 + 2 * sb), hn::Set(d32, 3)))),
+          hn::Set(d32, 32));
+      VU8 lo[4], hi[4];
+      for (int i = 0; i < 4; ++i) {
+        const VU8 raw = hn::LoadU(du8, g + 64 * (2 + 4 * sb + i));
+        lo[i] = hn::TableLookupBytes(levels, hn::And(raw, low));
+        hi[i] = hn::TableLookupBytes(
+            levels, hn::And(hn::BitCast(du8, hn::ShiftRight<4>(hn::BitCast(du16, raw))), low));
+      }
+      for (int c = 0; c < C; ++c) {
+        const uint8_t* a = t.a + c * t.as;
+        const auto* xq = reinterpret_cast<const int32_t*>(a) + 64 * b + 8 * sb;
+        const int16_t bs = reinterpret_cast<const int16_t*>(a + t.l.bs32_off)[8 * b + sb];
+        V32 s0 = hn::Set(d32, -128 * static_cast<int32_t>(bs)), s1 = hn::Zero(d32);
+        for (int i = 0; i < 4; ++i) {
+          s0 = DotBytes(s0, lo[i], hn::BitCast(d8, hn::Set(d32, xq[i])));
+          s1 = DotBytes(s1, hi[i], hn::BitCast(d8, hn::Set(d32, xq[4 + i])));
+        }
+        isum[c] = hn::Add(isum[c], hn::Mul(hn::Add(s0, s1), sc));
+      }
+    }
+    for (int c = 0; c < C; ++c) {
+      const float dx = reinterpret_cast<const float*>(t.a + c * t.as + t.l.d_off)[b];
+      acc[c] = hn::MulAdd(hn::ConvertTo(df, isum[c]), hn::Mul(dw, hn::Set(df, dx)), acc[c]);
+    }
+  }
+  for (int c = 0; c < C; ++c) hn::StoreU(acc[c], df, t.y + c * t.ldy);
 }
