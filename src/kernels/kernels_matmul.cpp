@@ -645,8 +645,11 @@ default:
     const GroupBlock gb(w.type);
     const int r = static_cast<int>(row % kGroup);
     const uint8_t* grp = base + static_cast<size_t>(row - r) * w.row_bytes;
-    alignas(4) uint8_t blk[sizeof(BlockQ4_K)];
-    static_assert(sizeof(BlockQ4_K) >= 32 * sizeof(f16_t));
+    // Room for one row's block of any type GroupBlock lays out.
+    alignas(4) uint8_t blk[std::max({sizeof(BlockQ4_K), sizeof(BlockIQ4_XS), 32 * sizeof(f16_t),
+                                     sizeof(BlockQ8_0), sizeof(BlockQ4_0)})];
+    if (gb.row_block_bytes() > sizeof(blk))
+      throw Error("DequantizeMatrixRow: no room for this type's interleaved block");
     for (int64_t b = 0; b < w.cols / gb.elems; ++b) {
       gb.Copy(r, false, grp + static_cast<size_t>(b) * gb.bytes(), blk);
       DequantizeRow(w.type, blk, dst + gb.elems * b, gb.elems);

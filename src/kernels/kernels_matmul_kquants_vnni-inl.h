@@ -133,8 +133,7 @@ struct GroupVnni : KVnniBase {
           isum = hn::Add(isum, hn::Mul(lanes, sc[r][j]));
         }
         if constexpr (kExact)
-          sums[r][c] = std::fma(static_cast<float>(hn::GetLane(hn::SumOfLanes(d32, isum))),
-                                d[r] * dx, sums[r][c]);
+          sums[r][c] = ChainBlock(isum, d[r] * dx, sums[r][c]);
         else
           acc[r][c] = hn::MulAdd(hn::ConvertTo(df, isum), hn::Set(df, d[r] * dx), acc[r][c]);
         if constexpr (kMin) {
@@ -189,7 +188,6 @@ template <int C>
 HWY_NOINLINE void Q4_Kx16Tile(const TileArgs& t) {
   const D8 d8;
   const DU8 du8;
-  const DU16 du16;
   const D32 d32;
   const DF df;
   const int64_t nb = t.n / kQK_K;
@@ -219,7 +217,7 @@ HWY_NOINLINE void Q4_Kx16Tile(const TileArgs& t) {
       for (int i = 0; i < 8; ++i) {
         const VU8 raw = hn::LoadU(du8, g + 64 * (4 + 8 * p + i));
         lo[i] = hn::And(raw, low);
-        hi[i] = hn::And(hn::BitCast(du8, hn::ShiftRight<4>(hn::BitCast(du16, raw))), low);
+        hi[i] = HighNibbles(raw);
       }
       for (int c = 0; c < C; ++c) {
         const auto* xq = reinterpret_cast<const int32_t*>(t.a + c * t.as) + 64 * b + 16 * p;
@@ -266,7 +264,6 @@ template <int C>
 HWY_NOINLINE void IQ4_XSx16Tile(const TileArgs& t) {
   const D8 d8;
   const DU8 du8;
-  const DU16 du16;
   const D32 d32;
   const DF df;
   const int64_t nb = t.n / kQK_K;
@@ -290,8 +287,7 @@ HWY_NOINLINE void IQ4_XSx16Tile(const TileArgs& t) {
       for (int i = 0; i < 4; ++i) {
         const VU8 raw = hn::LoadU(du8, g + 64 * (2 + 4 * sb + i));
         lo[i] = hn::TableLookupBytes(levels, hn::And(raw, low));
-        hi[i] = hn::TableLookupBytes(
-            levels, hn::And(hn::BitCast(du8, hn::ShiftRight<4>(hn::BitCast(du16, raw))), low));
+        hi[i] = hn::TableLookupBytes(levels, HighNibbles(raw));
       }
       for (int c = 0; c < C; ++c) {
         const uint8_t* a = t.a + c * t.as;

@@ -24,6 +24,17 @@ HWY_INLINE V32 DotPairs(V32 acc, V32 a, V32 b) {
   return V32{_mm512_dpwssd_epi32(acc.raw, a.raw, b.raw)};
 }
 
+// High nibbles of every byte of v, as bytes 0..15.
+HWY_INLINE VU8 HighNibbles(VU8 v) {
+  const DU8 du8;
+  return hn::And(hn::BitCast(du8, hn::ShiftRight<4>(hn::BitCast(DU16(), v))), hn::Set(du8, 0x0F));
+}
+// One block of an ordered per-output chain: acc = fma(float(exact sum of isum's lanes), scale,
+// acc).
+HWY_INLINE float ChainBlock(V32 isum, float scale, float acc) {
+  return std::fma(static_cast<float>(hn::GetLane(hn::SumOfLanes(D32(), isum))), scale, acc);
+}
+
 // Per-lane shift counts for 16-bit lanes: `lo` in the lower 256 bits, `hi` in the upper.
 HWY_NOINLINE hn::Vec<DU16> HalfShifts(int lo, int hi) {
   const DU16 d;
@@ -331,7 +342,7 @@ HWY_NOINLINE void Q4_0x16Tile(const TileArgs& t) {
     for (int v = 0; v < 4; ++v) {
       const VU8 raw = hn::LoadU(du8, g + 32 + 64 * v);
       lo[v] = hn::And(raw, low);
-      hi[v] = hn::And(hn::BitCast(du8, hn::ShiftRight<4>(hn::BitCast(du16, raw))), low);
+      hi[v] = HighNibbles(raw);
     }
     for (int c = 0; c < C; ++c) {
       const uint8_t* a = t.a + c * t.as;
@@ -497,8 +508,7 @@ struct KMinVnni : KVnniBase {
         V32 isum = hn::Zero(d32);
         for (int p = 0; p < 4; ++p)
           isum = DotPairs(isum, DotBytes(hn::Zero(d32), q[r][p], x[p]), sc[r][p]);
-        sums[r][c] = std::fma(static_cast<float>(hn::GetLane(hn::SumOfLanes(d32, isum))), d[r] * dx,
-                              sums[r][c]);
+        sums[r][c] = ChainBlock(isum, d[r] * dx, sums[r][c]);
         auto m1 = hn::Zero(d32x4);
         const auto m0 = hn::ReorderWidenMulAccumulate(d32x4, mins[r], bs, hn::Zero(d32x4), m1);
         minsums[r][c] =
