@@ -15,8 +15,12 @@ struct BytesQ3_K {
   using Block = BlockQ3_K;
   using Unpack = UnpackQ3_K;
   static constexpr int kOffset = 4;
+  // The 16 scales come from SWAR on two words, not 16 scalar unpacks (they dominated decode), and
+  // the offset's share comes off once per block from the activations' sums of 16 (OffsetByScales).
+  static constexpr bool kVectorScales = true;
   hn::Vec<DU16> low[2] = {HalfShifts(0, 2), HalfShifts(4, 6)};
   hn::Vec<DU16> high[4] = {HalfShifts(0, 1), HalfShifts(2, 3), HalfShifts(4, 5), HalfShifts(6, 7)};
+  BytesQ3_K() {}  // written out: see HalfShifts
   static HWY_INLINE VU8 Both(const uint8_t* p) {
     const hn::Half<DU8> dh;
     const auto v = hn::LoadU(dh, p);
@@ -26,6 +30,22 @@ struct BytesQ3_K {
     const DU16 du16;
     const VU8 v = Both(qs + 32 * (j / 2));
     return hn::And(hn::BitCast(DU8(), hn::BitCast(du16, v) >> low[j % 2]), hn::Set(DU8(), 3));
+  }
+  // Scale g - 32 in int32 lane g: the low nibble from byte g % 8 (high nibble for g >= 8), two
+  // bits from byte 8 + g % 4 at 2 * (g / 4), as quant::Q3KScale.
+  static HWY_INLINE V32 Scales(const Block& b) {
+    uint64_t lo;
+    uint32_t h;
+    std::memcpy(&lo, b.scales, 8);
+    std::memcpy(&h, b.scales + 8, 4);
+    const uint64_t m2 = 0x03030303u, m4 = 0x0F0F0F0F0F0F0F0Full;
+    const uint64_t h0 = (h & m2) | (((h >> 2) & m2) << 32);
+    const uint64_t h1 = ((h >> 4) & m2) | (((h >> 6) & m2) << 32);
+    const uint64_t s0 = (lo & m4) | (h0 << 4), s1 = ((lo >> 4) & m4) | (h1 << 4);
+    const hn::Full128<uint64_t> d64;
+    const auto bytes = hn::InterleaveLower(d64, hn::Set(d64, s0), hn::Set(d64, s1));
+    return hn::Sub(hn::PromoteTo(D32(), hn::BitCast(hn::Full128<uint8_t>(), bytes)),
+                   hn::Set(D32(), 32));
   }
   HWY_INLINE VU8 operator()(const Block& b, int j) const {
     const DU8 du8;
@@ -42,6 +62,8 @@ struct BytesQ2_K : BytesQ3_K {
   using Block = BlockQ2_K;
   using Unpack = UnpackQ2_K;
   static constexpr int kOffset = 0;
+  static constexpr bool kVectorScales = false;
+  BytesQ2_K() {}  // written out: see HalfShifts
   HWY_INLINE VU8 operator()(const Block& b, int j) const { return TwoBits(b.qs, j); }
 };
 
@@ -51,8 +73,10 @@ struct BytesIQ4_XS {
   using Block = BlockIQ4_XS;
   using Unpack = UnpackIQ4_XS;
   static constexpr int kOffset = 128;
+  static constexpr bool kVectorScales = false;
   hn::Vec<DU16> shifts = QuarterShifts();
   VU8 levels = Levels();
+  BytesIQ4_XS() {}  // written out: see HalfShifts
   static HWY_NOINLINE hn::Vec<DU16> QuarterShifts() {
     const hn::Half<DU16> dh;
     const hn::Half<decltype(dh)> dq;
@@ -88,7 +112,7 @@ struct GroupVnni : KVnniBase {
   static constexpr bool kOrdered = kExact;
   mutable float minsum[RMax][CMax] = {};
   mutable float sums[RMax][CMax] = {};  // kExact: the chains
-  using KVnniBase::KVnniBase;
+  explicit GroupVnni(const TileArgs& args) : KVnniBase(args) {}
   const typename B::Block* W(int r) const {
     return reinterpret_cast<const typename B::Block*>(t.w + r * t.wrb);
   }
@@ -98,19 +122,32 @@ struct GroupVnni : KVnniBase {
     const DU8 du8;
     const D32 d32;
     const DF df;
+    const hn::Full256<int16_t> d16x16;
+    constexpr bool kVec = B::kVectorScales;
     VU8 q[R][4];
     V32 sc[R][4];
+    V32 nsc[R];  // kVec: -kOffset x the 16 scales as int16, lanes 0-7 (OffsetByScales)
     int mn[R][16];
     float d[R];
     for (int r = 0; r < R; ++r) {
       const auto& blk = W(r)[b];
-      alignas(64) int32_t s16[16];
-      int s[16];
-      B::Unpack::Scales(blk, s, mn[r]);
-      for (int g = 0; g < 16; ++g) s16[g] = s[g];
-      const V32 all = hn::Load(d32, s16);
+      V32 all;
+      if constexpr (kVec) {
+        all = B::Scales(blk);
+        const auto n16 =
+            hn::DemoteTo(hn::Rebind<int16_t, D32>(), hn::Mul(all, hn::Set(d32, -B::kOffset)));
+        nsc[r] = hn::BitCast(d32, hn::ZeroExtendVector(hn::ScalableTag<int16_t>(), n16));
+      } else {
+        alignas(64) int32_t s16[16];
+        int s[16];
+        B::Unpack::Scales(blk, s, mn[r]);
+        for (int g = 0; g < 16; ++g) s16[g] = s[g];
+        all = hn::Load(d32, s16);
+      }
       for (int j = 0; j < 4; ++j) {
         sc[r][j] = hn::TableLookupLanes(all, pat[j]);
+        // DotPairs multiplies the high int16 halves too: keep the scale's low half only.
+        if constexpr (kVec) sc[r][j] = hn::And(sc[r][j], hn::Set(d32, 0xFFFF));
         q[r][j] = bytes(blk, j);
       }
       d[r] = HalfToFloat(&blk.d);
@@ -121,16 +158,27 @@ struct GroupVnni : KVnniBase {
       V32 off[4];
       for (int j = 0; j < 4; ++j) {
         x[j] = hn::Load(d8, xb + 64 * j);
-        if constexpr (B::kOffset != 0)
+        if constexpr (B::kOffset != 0 && !kVec)
           off[j] = DotBytes(hn::Zero(d32), hn::Set(du8, B::kOffset), x[j]);
       }
+      V32 bs16;
+      if constexpr (kVec)
+        bs16 = hn::BitCast(
+            d32, hn::ZeroExtendVector(hn::ScalableTag<int16_t>(), hn::LoadU(d16x16, BS16(c, b))));
       const float dx = XD(c, b);
       for (int r = 0; r < R; ++r) {
         V32 isum = hn::Zero(d32);
-        for (int j = 0; j < 4; ++j) {
-          V32 lanes = DotBytes(hn::Zero(d32), q[r][j], x[j]);
-          if constexpr (B::kOffset != 0) lanes = hn::Sub(lanes, off[j]);
-          isum = hn::Add(isum, hn::Mul(lanes, sc[r][j]));
+        if constexpr (kVec) {
+          // Lane sums of four (q + 4) x fit int16 (|sum| <= 4 x 7 x 128): vpdpwssd takes them.
+          isum = DotPairs(isum, nsc[r], bs16);
+          for (int j = 0; j < 4; ++j)
+            isum = DotPairs(isum, DotBytes(hn::Zero(d32), q[r][j], x[j]), sc[r][j]);
+        } else {
+          for (int j = 0; j < 4; ++j) {
+            V32 lanes = DotBytes(hn::Zero(d32), q[r][j], x[j]);
+            if constexpr (B::kOffset != 0) lanes = hn::Sub(lanes, off[j]);
+            isum = hn::Add(isum, hn::Mul(lanes, sc[r][j]));
+          }
         }
         if constexpr (kExact)
           sums[r][c] = ChainBlock(isum, d[r] * dx, sums[r][c]);

@@ -35,6 +35,11 @@ HWY_INLINE float ChainBlock(V32 isum, float scale, float acc) {
   return std::fma(static_cast<float>(hn::GetLane(hn::SumOfLanes(D32(), isum))), scale, acc);
 }
 
+// Kernel objects whose members hold vectors write their constructors out: GCC compiles an implicit
+// (inherited or defaulted) constructor without the target's attributes, so a member initializer
+// calling a vector-returning function (HalfShifts, GroupIndices) then reads its result by the
+// wrong calling convention: wrong shifts and scale patterns below -O3, where nothing inlines it.
+
 // Per-lane shift counts for 16-bit lanes: `lo` in the lower 256 bits, `hi` in the upper.
 HWY_NOINLINE hn::Vec<DU16> HalfShifts(int lo, int hi) {
   const DU16 d;
@@ -443,7 +448,7 @@ struct KMinVnni : KVnniBase {
                                     GroupIndices(6, 8)};
   hn::Vec<DU16> hshifts[4] = {HalfShifts(0, 1), HalfShifts(2, 3), HalfShifts(4, 5),
                               HalfShifts(6, 7)};
-  using KVnniBase::KVnniBase;
+  explicit KMinVnni(const TileArgs& args) : KVnniBase(args) {}
   const Block* W(int r) const { return reinterpret_cast<const Block*>(t.w + r * t.wrb); }
   // The 8 six-bit scales and mins as bytes of two 64-bit words (no round trip through memory:
   // a vector load of freshly stored scalars would stall on store forwarding).
@@ -538,7 +543,7 @@ struct Q6KVnni : KVnniBase {
   hn::Vec<DU16> shr_b = HalfShifts(0, 2);
   hn::Indices512<int32_t> pat[4] = {GroupIndices(0, 4), GroupIndices(4, 4), GroupIndices(8, 4),
                                     GroupIndices(12, 4)};
-  using KVnniBase::KVnniBase;
+  explicit Q6KVnni(const TileArgs& args) : KVnniBase(args) {}
   const BlockQ6_K* W(int r) const { return reinterpret_cast<const BlockQ6_K*>(t.w + r * t.wrb); }
   template <int R, int C>
   HWY_INLINE void Step(int64_t b, hn::Vec<DF8> (&acc)[R][C]) const {
