@@ -520,7 +520,7 @@ TEST(Kernels, DotsAndAxpy) {
 
 TEST(Kernels, AttentionRows) {
   for (int64_t dim : {8, 64, 100, 128}) {
-    for (int64_t rows : {0, 1, 2, 3, 37}) {
+    for (int64_t rows : {0, 1, 2, 3, 37, 48}) {
       const int64_t stride = dim * 3 + 5;  // keys of several heads interleaved, odd offset
       const auto q = Gaussian(dim, 70), kv = Gaussian(rows * stride + dim, 71),
                  p = Gaussian(rows, 72);
@@ -541,6 +541,9 @@ TEST(Kernels, AttentionRows) {
           }
           ASSERT_NEAR(s16[j], 0.125 * r16, 1e-6 * mag + 1e-7) << dim << " " << j;
           ASSERT_NEAR(s32[j], 0.125 * r32, 1e-6 * mag + 1e-7) << dim << " " << j;
+          // Keys taken 16 at a time keep the per-key float order: bit-identical.
+          const float one = k::DotF16(q16.data(), kv16.data() + j * stride, dim) * 0.125f;
+          ASSERT_EQ(std::memcmp(&s16[j], &one, 4), 0) << dim << " " << j;
         }
         EXPECT_EQ(s16[rows], -7.0f);  // nothing written past n_rows
         std::vector<float> o16 = base, o32 = base;
@@ -557,6 +560,11 @@ TEST(Kernels, AttentionRows) {
           ASSERT_NEAR(o16[i], r16, 1e-6 * mag + 1e-7) << dim << " " << i;
           ASSERT_NEAR(o32[i], r32, 1e-6 * mag + 1e-7) << dim << " " << i;
         }
+        // The f16-rounded weights of per-key AxpyF16, bit for bit.
+        std::vector<float> axpy = base;
+        for (int64_t j = 0; j < rows; ++j)
+          k::AxpyF16(es::F16ToF32(es::F32ToF16(p[j])), kv16.data() + j * stride, axpy.data(), dim);
+        ASSERT_EQ(std::memcmp(axpy.data(), o16.data(), sizeof(float) * dim), 0) << dim;
       });
     }
   }

@@ -324,7 +324,13 @@ void SoftmaxImpl(float* x, int64_t n, float sink) {
   const hn::CappedTag<float, 16> df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   float max = sink;  // -INFINITY without a sink
-  for (int64_t i = 0; i < n; ++i) max = std::max(max, x[i]);
+  int64_t i0 = 0;
+  if (n >= N) {
+    auto vmax = hn::Set(df, max);
+    for (; i0 + N <= n; i0 += N) vmax = hn::Max(vmax, hn::LoadU(df, x + i0));
+    max = hn::GetLane(hn::MaxOfLanes(df, vmax));
+  }
+  for (int64_t i = i0; i < n; ++i) max = std::max(max, x[i]);
   if (max == -INFINITY) {  // everything masked: no distribution; report all zeros
     std::memset(x, 0, static_cast<size_t>(n) * sizeof(float));
     return;
@@ -335,15 +341,18 @@ void SoftmaxImpl(float* x, int64_t n, float sink) {
     alignas(64) float e[16];
     const int64_t len = std::min<int64_t>(16, n - c);
     if (len == 16) {
-      for (int64_t k = 0; k < 16; k += N)
-        hn::Store(ExpLikeGgml(df, hn::Sub(hn::LoadU(df, x + c + k), vm)), df, e + k);
+      for (int64_t k = 0; k < 16; k += N) {
+        const auto ek = ExpLikeGgml(df, hn::Sub(hn::LoadU(df, x + c + k), vm));
+        hn::Store(ek, df, e + k);
+        hn::StoreU(ek, df, x + c + k);
+      }
     } else {
       alignas(64) float in[16];
       for (int k = 0; k < 16; ++k) in[k] = k < len ? x[c + k] - max : -INFINITY;
       for (int64_t k = 0; k < 16; k += N)
         hn::Store(ExpLikeGgml(df, hn::Load(df, in + k)), df, e + k);
+      for (int64_t k = 0; k < len; ++k) x[c + k] = e[k];
     }
-    for (int64_t k = 0; k < len; ++k) x[c + k] = e[k];
 #if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
     // One vector; Highway's lane sum is _mm512_reduce_add_ps, which halves in this order.
     sum += static_cast<double>(hn::GetLane(hn::SumOfLanes(df, hn::Load(df, e))));
@@ -356,7 +365,9 @@ void SoftmaxImpl(float* x, int64_t n, float sink) {
   // A sink joins the denominator after the keys' sum, as ggml adds it.
   if (sink != -INFINITY) sum += static_cast<double>(std::exp(sink - max));
   const float inv = static_cast<float>(1.0 / sum);
-  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+  int64_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(hn::Mul(hn::LoadU(df, x + i), hn::Set(df, inv)), df, x + i);
+  for (; i < n; ++i) x[i] *= inv;
 }
 
 // Per-thread cache of the cos/sin table: every head at one position shares it.
@@ -436,226 +447,6 @@ void RopeImpl(float* x, int64_t head_dim, int64_t pos, const RopeParams& p) {
   }
 }
 
-// F16 dot product in the order of llama.cpp's AVX-512 build: for n % 16 == 0, lane l of 16
-// accumulates elements 16c + l with fma over c in order, then the 16 lanes are halved pairwise
-// (a[i] + a[i + 8], then + 4, + 2, + 1). Short rows of other lengths: float products summed in
-// double. Longer rows of other lengths keep a plain vector order.
-float DotF16Impl(const f16_t* a, const f16_t* b, int64_t n) {
-  const hn::CappedTag<float, 16> df;
-  const hn::Rebind<hwy::float16_t, decltype(df)> dh;
-  const auto* ha = reinterpret_cast<const hwy::float16_t*>(a);
-  const auto* hb = reinterpret_cast<const hwy::float16_t*>(b);
-  if (n % 16 == 0 && 16 % hn::Lanes(df) == 0) {
-    const size_t N = hn::Lanes(df);
-    const size_t K = 16 / N;
-    hn::Vec<decltype(df)> acc[16];
-    for (size_t k = 0; k < K; ++k) acc[k] = hn::Zero(df);
-    for (int64_t i = 0; i < n; i += 16)
-      for (size_t k = 0; k < K; ++k)
-        acc[k] = hn::MulAdd(hn::PromoteTo(df, hn::LoadU(dh, ha + i + k * N)),
-                            hn::PromoteTo(df, hn::LoadU(dh, hb + i + k * N)), acc[k]);
-#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
-    // One vector; Highway's lane sum is _mm512_reduce_add_ps, which halves in this order.
-    return hn::GetLane(hn::SumOfLanes(df, acc[0]));
-#endif
-    float l[16];
-    for (size_t k = 0; k < K; ++k) hn::StoreU(acc[k], df, l + k * N);
-    for (int w = 8; w >= 1; w /= 2)
-      for (int i = 0; i < w; ++i) l[i] = l[i] + l[i + w];
-    return l[0];
-  }
-  if (n < 64) {
-    double s = 0.0;
-    for (int64_t i = 0; i < n; ++i) s += static_cast<double>(F16ToF32(a[i]) * F16ToF32(b[i]));
-    return static_cast<float>(s);
-  }
-  const hn::ScalableTag<float> dv;
-  const hn::Rebind<hwy::float16_t, decltype(dv)> dvh;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(dv));
-  auto acc0 = hn::Zero(dv);
-  int64_t i = 0;
-  for (; i + N <= n; i += N)
-    acc0 = hn::MulAdd(hn::PromoteTo(dv, hn::LoadU(dvh, ha + i)),
-                      hn::PromoteTo(dv, hn::LoadU(dvh, hb + i)), acc0);
-  float s = hn::GetLane(hn::SumOfLanes(dv, acc0));
-  for (; i < n; ++i) s += F16ToF32(a[i]) * F16ToF32(b[i]);
-  return s;
-}
-
-float DotF32Impl(const float* a, const float* b, int64_t n) {
-  const hn::ScalableTag<float> df;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  auto acc0 = hn::Zero(df), acc1 = hn::Zero(df);
-  int64_t i = 0;
-  for (; i + 2 * N <= n; i += 2 * N) {
-    acc0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), acc0);
-    acc1 = hn::MulAdd(hn::LoadU(df, a + i + N), hn::LoadU(df, b + i + N), acc1);
-  }
-  for (; i + N <= n; i += N) acc0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), acc0);
-  float s = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0, acc1)));
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-void AxpyF16Impl(float a, const f16_t* x, float* y, int64_t n) {
-  const hn::ScalableTag<float> df;
-  const hn::Rebind<hwy::float16_t, decltype(df)> dh;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  const auto* hx = reinterpret_cast<const hwy::float16_t*>(x);
-  const auto va = hn::Set(df, a);
-  int64_t i = 0;
-  for (; i + N <= n; i += N)
-    hn::StoreU(hn::MulAdd(va, hn::PromoteTo(df, hn::LoadU(dh, hx + i)), hn::LoadU(df, y + i)), df,
-               y + i);
-  for (; i < n; ++i) y[i] += a * F16ToF32(x[i]);
-}
-
-void AxpyF32Impl(float a, const float* x, float* y, int64_t n) {
-  const hn::ScalableTag<float> df;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  const auto va = hn::Set(df, a);
-  int64_t i = 0;
-  for (; i + N <= n; i += N)
-    hn::StoreU(hn::MulAdd(va, hn::LoadU(df, x + i), hn::LoadU(df, y + i)), df, y + i);
-  for (; i < n; ++i) y[i] += a * x[i];
-}
-
-// ---------------------------------------------------------------------------------------------
-// Attention rows.
-
-template <bool kF16, class T>
-void DotRowsImpl(const T* q, const T* k, int64_t stride, int64_t n_rows, int64_t dim, float scale,
-                 float* out) {
-  const hn::ScalableTag<float> df;
-  const hn::Rebind<hwy::float16_t, decltype(df)> dh;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  const int64_t full = dim / N * N;
-  auto load = [&](const T* p) HWY_ATTR {
-    if constexpr (kF16) {
-      return hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(p)));
-    } else {
-      return hn::LoadU(df, p);
-    }
-  };
-  auto one = [](T v) -> float {
-    if constexpr (kF16) {
-      return F16ToF32(v);
-    } else {
-      return v;
-    }
-  };
-  int64_t j = 0;
-  if constexpr (kF16) {  // the order of DotF16
-    for (; j < n_rows; ++j) out[j] = DotF16Impl(q, k + j * stride, dim) * scale;
-  }
-  // Two keys at a time for independent FMA chains.
-  for (; j + 2 <= n_rows; j += 2) {
-    const T* k0 = k + j * stride;
-    const T* k1 = k0 + stride;
-    auto a0 = hn::Zero(df), a1 = hn::Zero(df);
-    for (int64_t i = 0; i < full; i += N) {
-      const auto qv = load(q + i);
-      a0 = hn::MulAdd(qv, load(k0 + i), a0);
-      a1 = hn::MulAdd(qv, load(k1 + i), a1);
-    }
-    float s0 = hn::GetLane(hn::SumOfLanes(df, a0)), s1 = hn::GetLane(hn::SumOfLanes(df, a1));
-    for (int64_t i = full; i < dim; ++i) {
-      s0 += one(q[i]) * one(k0[i]);
-      s1 += one(q[i]) * one(k1[i]);
-    }
-    out[j] = s0 * scale;
-    out[j + 1] = s1 * scale;
-  }
-  for (; j < n_rows; ++j) {
-    const T* k0 = k + j * stride;
-    auto a0 = hn::Zero(df);
-    for (int64_t i = 0; i < full; i += N) a0 = hn::MulAdd(load(q + i), load(k0 + i), a0);
-    float s0 = hn::GetLane(hn::SumOfLanes(df, a0));
-    for (int64_t i = full; i < dim; ++i) s0 += one(q[i]) * one(k0[i]);
-    out[j] = s0 * scale;
-  }
-}
-
-void DotF16RowsImpl(const f16_t* q, const f16_t* k, int64_t stride, int64_t n_rows, int64_t dim,
-                    float scale, float* out) {
-  DotRowsImpl<true>(q, k, stride, n_rows, dim, scale, out);
-}
-void DotF32RowsImpl(const float* q, const float* k, int64_t stride, int64_t n_rows, int64_t dim,
-                    float scale, float* out) {
-  DotRowsImpl<false>(q, k, stride, n_rows, dim, scale, out);
-}
-
-// out += sum_j p[j] * v_j, four output vectors held in registers while all rows stream by.
-template <bool kF16, class T>
-void WeightedSumImpl(const float* p, const T* v, int64_t stride, int64_t n_rows, int64_t dim,
-                     float* out) {
-  const hn::ScalableTag<float> df;
-  const hn::Rebind<hwy::float16_t, decltype(df)> dh;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  auto load = [&](const T* ptr) HWY_ATTR {
-    if constexpr (kF16) {
-      return hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(ptr)));
-    } else {
-      return hn::LoadU(df, ptr);
-    }
-  };
-  auto weight = [&](int64_t j) -> float {
-    if constexpr (kF16) {
-      return F16ToF32(F32ToF16(p[j]));
-    } else {
-      return p[j];
-    }
-  };
-  auto one = [](T x) -> float {
-    if constexpr (kF16) {
-      return F16ToF32(x);
-    } else {
-      return x;
-    }
-  };
-  // Rounded weights once (the scalar conversion is too slow to repeat per chunk).
-  static thread_local std::vector<float> w;
-  w.resize(static_cast<size_t>(n_rows));
-  for (int64_t j = 0; j < n_rows; ++j) w[j] = weight(j);
-  int64_t i = 0;
-  for (; i + 4 * N <= dim; i += 4 * N) {
-    auto o0 = hn::LoadU(df, out + i), o1 = hn::LoadU(df, out + i + N);
-    auto o2 = hn::LoadU(df, out + i + 2 * N), o3 = hn::LoadU(df, out + i + 3 * N);
-    for (int64_t j = 0; j < n_rows; ++j) {
-      const T* row = v + j * stride + i;
-      const auto pw = hn::Set(df, w[j]);
-      o0 = hn::MulAdd(pw, load(row), o0);
-      o1 = hn::MulAdd(pw, load(row + N), o1);
-      o2 = hn::MulAdd(pw, load(row + 2 * N), o2);
-      o3 = hn::MulAdd(pw, load(row + 3 * N), o3);
-    }
-    hn::StoreU(o0, df, out + i);
-    hn::StoreU(o1, df, out + i + N);
-    hn::StoreU(o2, df, out + i + 2 * N);
-    hn::StoreU(o3, df, out + i + 3 * N);
-  }
-  for (; i + N <= dim; i += N) {
-    auto o0 = hn::LoadU(df, out + i);
-    for (int64_t j = 0; j < n_rows; ++j)
-      o0 = hn::MulAdd(hn::Set(df, w[j]), load(v + j * stride + i), o0);
-    hn::StoreU(o0, df, out + i);
-  }
-  for (; i < dim; ++i) {
-    float o = out[i];
-    for (int64_t j = 0; j < n_rows; ++j) o += w[j] * one(v[j * stride + i]);
-    out[i] = o;
-  }
-}
-
-void WeightedSumF16RowsImpl(const float* p, const f16_t* v, int64_t stride, int64_t n_rows,
-                            int64_t dim, float* out) {
-  WeightedSumImpl<true>(p, v, stride, n_rows, dim, out);
-}
-void WeightedSumF32RowsImpl(const float* p, const float* v, int64_t stride, int64_t n_rows,
-                            int64_t dim, float* out) {
-  WeightedSumImpl<false>(p, v, stride, n_rows, dim, out);
-}
-
 }  // namespace es::kernels::HWY_NAMESPACE
 HWY_AFTER_NAMESPACE();
 
@@ -670,32 +461,6 @@ HWY_EXPORT(AddImpl);
 HWY_EXPORT(SiluMulImpl);
 HWY_EXPORT(SoftmaxImpl);
 HWY_EXPORT(RopeImpl);
-HWY_EXPORT(DotF16Impl);
-HWY_EXPORT(DotF32Impl);
-HWY_EXPORT(AxpyF16Impl);
-HWY_EXPORT(AxpyF32Impl);
-
-HWY_EXPORT(DotF16RowsImpl);
-HWY_EXPORT(DotF32RowsImpl);
-HWY_EXPORT(WeightedSumF16RowsImpl);
-HWY_EXPORT(WeightedSumF32RowsImpl);
-
-void DotF16Rows(const f16_t* q, const f16_t* k, int64_t stride, int64_t n_rows, int64_t dim,
-                float scale, float* out) {
-  HWY_DYNAMIC_DISPATCH(DotF16RowsImpl)(q, k, stride, n_rows, dim, scale, out);
-}
-void DotF32Rows(const float* q, const float* k, int64_t stride, int64_t n_rows, int64_t dim,
-                float scale, float* out) {
-  HWY_DYNAMIC_DISPATCH(DotF32RowsImpl)(q, k, stride, n_rows, dim, scale, out);
-}
-void WeightedSumF16Rows(const float* p, const f16_t* v, int64_t stride, int64_t n_rows, int64_t dim,
-                        float* out) {
-  HWY_DYNAMIC_DISPATCH(WeightedSumF16RowsImpl)(p, v, stride, n_rows, dim, out);
-}
-void WeightedSumF32Rows(const float* p, const float* v, int64_t stride, int64_t n_rows, int64_t dim,
-                        float* out) {
-  HWY_DYNAMIC_DISPATCH(WeightedSumF32RowsImpl)(p, v, stride, n_rows, dim, out);
-}
 
 const char* ActiveTarget() {
   return HWY_DYNAMIC_DISPATCH(TargetNameImpl)();
@@ -773,18 +538,6 @@ void RopeYarnCorrDims(int64_t n_rot, int64_t n_ctx_orig, float base, float beta_
   };
   *lo = std::max(0.0f, std::floor(dim(beta_fast)));
   *hi = std::min(static_cast<float>(n_rot - 1), std::ceil(dim(beta_slow)));
-}
-float DotF16(const f16_t* a, const f16_t* b, int64_t n) {
-  return HWY_DYNAMIC_DISPATCH(DotF16Impl)(a, b, n);
-}
-float DotF32(const float* a, const float* b, int64_t n) {
-  return HWY_DYNAMIC_DISPATCH(DotF32Impl)(a, b, n);
-}
-void AxpyF16(float a, const f16_t* x, float* y, int64_t n) {
-  HWY_DYNAMIC_DISPATCH(AxpyF16Impl)(a, x, y, n);
-}
-void AxpyF32(float a, const float* x, float* y, int64_t n) {
-  HWY_DYNAMIC_DISPATCH(AxpyF32Impl)(a, x, y, n);
 }
 void ConvertF32ToF16(const float* x, f16_t* y, int64_t n) {
   HWY_DYNAMIC_DISPATCH(ConvertF32ToF16Impl)(x, y, n);
