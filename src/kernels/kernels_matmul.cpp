@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "edgeshard/error.h"
+#include "hwy/aligned_allocator.h"
 #include "hwy/highway.h"
 #include "kernels/kernels_arm.h"
 #include "kernels/kernels_internal.h"
@@ -332,11 +333,12 @@ default:
   // results are bit-identical to the row-major tiles. C activation rows per pass over 16 rows
   // (C == 1, decode), 8 (C <= 3) or 4: the accumulators must fit 32 registers, and wider tiles
   // convert each weight vector for more columns.
-  template <int C>
-  HWY_NOINLINE void F16x16Tile(const TileArgs& t) {
+  // The tile over one group, `Elem` the group's element type (f16 as stored, or float from a
+  // panel): weight vector (b, r, half) is row r's elements 32b + 16 half.. of the group.
+  template <int C, class Elem>
+  HWY_INLINE void GroupTile(const TileArgs& t, const Elem* group) {
     const DF df;
     static_assert(hn::MaxLanes(DF()) == 16, "the layout's 32-byte pieces are one 16-lane vector");
-    const hn::Rebind<hwy::float16_t, DF> dh;
     constexpr int kRows = C == 1 ? 16 : C <= 3 ? 8 : 4;
     const int64_t nb = t.n / 32;
     for (int h = 0; h < 16; h += kRows) {
@@ -344,15 +346,19 @@ default:
       for (int r = 0; r < kRows; ++r)
         for (int c = 0; c < C; ++c) acc[r][c] = hn::Zero(df);
       for (int64_t b = 0; b < nb; ++b) {
-        const auto* g =
-            reinterpret_cast<const hwy::float16_t*>(t.w) + static_cast<size_t>(b) * 16 * 32;
+        const Elem* g = group + static_cast<size_t>(b) * 16 * 32;
         for (int half = 0; half < 2; ++half) {
           VF x[C];
           for (int c = 0; c < C; ++c)
             x[c] =
                 hn::LoadU(df, reinterpret_cast<const float*>(t.a + c * t.as) + 32 * b + 16 * half);
           for (int r = 0; r < kRows; ++r) {
-            const VF w = hn::PromoteTo(df, hn::LoadU(dh, g + 32 * (h + r) + 16 * half));
+            VF w;
+            if constexpr (std::is_same_v<Elem, float>)
+              w = hn::Load(df, g + 32 * (h + r) + 16 * half);
+            else
+              w = hn::PromoteTo(
+                  df, hn::LoadU(hn::Rebind<hwy::float16_t, DF>(), g + 32 * (h + r) + 16 * half));
             for (int c = 0; c < C; ++c) acc[r][c] = hn::MulAdd(w, x[c], acc[r][c]);
           }
         }
@@ -360,6 +366,31 @@ default:
       for (int r = 0; r < kRows; ++r)
         for (int c = 0; c < C; ++c) t.y[c * t.ldy + h + r] = Sum(df, acc[r][c]);
     }
+  }
+  template <int C>
+  HWY_NOINLINE void F16x16Tile(const TileArgs& t) {
+    GroupTile<C>(t, reinterpret_cast<const hwy::float16_t*>(t.w));
+  }
+
+  // A prompt's column block meets each group of 16 F16 rows many times: F16x16Tile converts every
+  // weight vector again for each tile of C columns, and the conversions take FMA ports. From
+  // kF16PanelMinCols columns a group is converted once into an F32 panel of the same layout that
+  // the tiles read instead; the products and their order are F16x16Tile's (bit-identical).
+  constexpr int64_t kF16PanelMinCols = 12;
+  const float* F16Panel(const uint8_t* g, int64_t n) {
+    thread_local hwy::AlignedFreeUniquePtr<float[]> panel;
+    thread_local int64_t panel_n = 0;
+    if (panel_n < n) panel = hwy::AllocateAligned<float>(static_cast<size_t>(16 * n)), panel_n = n;
+    const DF df;
+    const hn::Rebind<hwy::float16_t, DF> dh;
+    const auto* h = reinterpret_cast<const hwy::float16_t*>(g);
+    for (int64_t i = 0; i < 16 * n; i += 16)
+      hn::Store(hn::PromoteTo(df, hn::LoadU(dh, h + i)), df, panel.get() + i);
+    return panel.get();
+  }
+  template <int C>
+  HWY_NOINLINE void F16PanelTile(const TileArgs& t, const float* panel) {
+    GroupTile<C>(t, panel);
   }
 #else
 #define ES_F16_X16 0
@@ -528,6 +559,22 @@ default:
         for (int64_t r = r0; r < r1; r += 16) {
           t.w = wbase + static_cast<size_t>(r) * w.row_bytes;
           int64_t c = cb;
+#if ES_F16_X16
+          if (w.type == TensorType::kF16 && ce - cb >= kF16PanelMinCols) {
+            const float* panel = F16Panel(t.w, w.cols);
+            auto run = [&](auto tile, int width) {
+              for (; c + width <= ce; c += width) {
+                t.a = acts.base + static_cast<size_t>(c) * acts.stride;
+                t.y = y + c * ldy + r;
+                tile(t, panel);
+              }
+            };
+            run(&F16PanelTile<6>, 6);
+            run(&F16PanelTile<4>, 4);
+            run(&F16PanelTile<1>, 1);
+            continue;
+          }
+#endif
           for (int i = 0; i < 3 && ts.x16[i]; ++i) {
             for (; c + ts.x16_width[i] <= ce; c += ts.x16_width[i]) {
               t.a = acts.base + static_cast<size_t>(c) * acts.stride;
