@@ -335,6 +335,7 @@ default:
   // convert each weight vector for more columns.
   // The tile over one group, `Elem` the group's element type (f16 as stored, or float from a
   // panel): weight vector (b, r, half) is row r's elements 32b + 16 half.. of the group.
+  constexpr int64_t kDecodeAhead = 8;
   template <int C, class Elem>
   HWY_INLINE void GroupTile(const TileArgs& t, const Elem* group) {
     const DF df;
@@ -347,6 +348,14 @@ default:
         for (int c = 0; c < C; ++c) acc[r][c] = hn::Zero(df);
       for (int64_t b = 0; b < nb; ++b) {
         const Elem* g = group + static_cast<size_t>(b) * 16 * 32;
+        if constexpr (C == 1) {
+          // Decode streams the weights from memory once, and one thread's read rate is bound by
+          // the misses it has in flight: each F16 vector costs a load, a conversion and an FMA,
+          // so the out-of-order window reaches less far ahead than llama.cpp's half-precision
+          // loop. Ask for the group block kDecodeAhead blocks on, line by line.
+          const Elem* ahead = g + kDecodeAhead * 16 * 32;
+          for (int l = 0; l < 16; ++l) __builtin_prefetch(ahead + 32 * l);
+        }
         for (int half = 0; half < 2; ++half) {
           VF x[C];
           for (int c = 0; c < C; ++c)
