@@ -236,6 +236,7 @@ void WeightedSumImpl(const float* p, const T* v, int64_t stride, int64_t n_rows,
   };
   // Rounded weights once, by the vector conversions (bit-exact with F32ToF16 and F16ToF32; the
   // scalar ones per key took a tenth of a prompt's attention).
+  if (n_rows <= 0) return;  // nothing to add (and no null pointers for memcpy)
   static thread_local std::vector<float> w;
   w.resize(static_cast<size_t>(n_rows));
   if constexpr (kF16) {
