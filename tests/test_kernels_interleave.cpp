@@ -94,6 +94,17 @@ struct InterleavedPair {
 
 // MatMul over `w` (rows x cols of type t, made to hold extreme values) and over its interleaved
 // copy: bit-identical for activations of one sign (either) and of both, decode and a prompt.
+// `rows` rows of `cols` / 256 `Block`s, each set by fill(block, row, block index).
+template <class Block, class Fill>
+std::vector<uint8_t> FilledBlocks(int64_t rows, int64_t cols, Fill fill) {
+  const int64_t per_row = cols / 256;
+  std::vector<uint8_t> out(static_cast<size_t>(rows * per_row) * sizeof(Block));
+  auto* blocks = reinterpret_cast<Block*>(out.data());
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t b = 0; b < per_row; ++b) fill(blocks[r * per_row + b], r, b);
+  return out;
+}
+
 void ExpectExtremesMatch(const std::vector<uint8_t>& w, TensorType t, int64_t rows, int64_t cols) {
   const InterleavedPair q(w, t, rows, cols);
   for (float sign : {1.0f, -1.0f}) {
@@ -190,18 +201,16 @@ TEST(Kernels, InterleavedQ4_KIsBitIdenticalToRowMajor) {
   if (!k::PrefersInterleaved(TensorType::kQ4_K)) return;  // MatMul refuses it (checked above)
   // The largest sums the kernel's 16-element int16 partials can meet: nibbles 15 and six-bit
   // scales and mins of 63 in every block, against activations of one sign and of both.
-  std::vector<uint8_t> big(w.size());
   std::mt19937 rng(1400);
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t b = 0; b < cols / 256; ++b) {
-      auto* blk = reinterpret_cast<es::BlockQ4_K*>(big.data() + r * rb) + b;
-      blk->d = es::F32ToF16(0.01f);
-      blk->dmin = es::F32ToF16(0.002f);
-      std::memset(blk->scales, (r + b) % 2 ? 0xFF : static_cast<int>(rng() & 0xFF),
-                  sizeof(blk->scales));
-      std::memset(blk->qs, r % 3 ? 0xFF : static_cast<int>(rng() & 0xFF), sizeof(blk->qs));
-    }
-  }
+  const auto big =
+      FilledBlocks<es::BlockQ4_K>(rows, cols, [&](es::BlockQ4_K& blk, int64_t r, int64_t b) {
+        blk.d = es::F32ToF16(0.01f);
+        blk.dmin = es::F32ToF16(0.002f);
+        std::memset(blk.scales, (r + b) % 2 ? 0xFF : static_cast<int>(rng() & 0xFF),
+                    sizeof(blk.scales));
+        std::memset(blk.qs, r % 3 ? 0xFF : static_cast<int>(rng() & 0xFF), sizeof(blk.qs));
+      });
+  ASSERT_EQ(big.size(), w.size());
   ExpectExtremesMatch(big, TensorType::kQ4_K, rows, cols);
 }
 
@@ -222,22 +231,20 @@ TEST(Kernels, InterleavedIQ4_XSIsBitIdenticalToRowMajor) {
 
   if (!k::PrefersInterleaved(TensorType::kIQ4_XS)) return;  // MatMul refuses it (checked above)
   // The extreme levels (-127 and 113) and scales (-32 and 31) against activations of one sign.
-  std::vector<uint8_t> big(w.size());
   std::mt19937 rng(1600);
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t b = 0; b < cols / 256; ++b) {
-      auto* blk = reinterpret_cast<es::BlockIQ4_XS*>(big.data() + r * rb) + b;
-      blk->d = es::F32ToF16(0.01f);
-      blk->scales_h = (r + b) % 3 ? 0xFFFF : (r % 2 ? 0 : static_cast<uint16_t>(rng()));
-      std::memset(blk->scales_l, (r + b) % 3 ? 0xFF : static_cast<int>(rng() & 0xFF),
-                  sizeof(blk->scales_l));
-      std::memset(blk->qs,
-                  r % 4 == 0   ? 0x00
-                  : r % 4 == 1 ? 0xFF
-                               : static_cast<int>(rng() & 0xFF),
-                  sizeof(blk->qs));
-    }
-  }
+  const auto big =
+      FilledBlocks<es::BlockIQ4_XS>(rows, cols, [&](es::BlockIQ4_XS& blk, int64_t r, int64_t b) {
+        blk.d = es::F32ToF16(0.01f);
+        blk.scales_h = (r + b) % 3 ? 0xFFFF : (r % 2 ? 0 : static_cast<uint16_t>(rng()));
+        std::memset(blk.scales_l, (r + b) % 3 ? 0xFF : static_cast<int>(rng() & 0xFF),
+                    sizeof(blk.scales_l));
+        std::memset(blk.qs,
+                    r % 4 == 0   ? 0x00
+                    : r % 4 == 1 ? 0xFF
+                                 : static_cast<int>(rng() & 0xFF),
+                    sizeof(blk.qs));
+      });
+  ASSERT_EQ(big.size(), w.size());
   ExpectExtremesMatch(big, TensorType::kIQ4_XS, rows, cols);
 }
 

@@ -7,7 +7,6 @@
 #define HWY_TARGET_INCLUDE "kernels/kernels_attention.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 // clang-format on
-#include <cstring>
 #include <vector>
 
 #include "hwy/highway.h"
@@ -234,18 +233,18 @@ void WeightedSumImpl(const float* p, const T* v, int64_t stride, int64_t n_rows,
       return x;
     }
   };
-  // Rounded weights once, by the vector conversions (bit-exact with F32ToF16 and F16ToF32; the
-  // scalar ones per key took a tenth of a prompt's attention).
-  if (n_rows <= 0) return;  // nothing to add (and no null pointers for memcpy)
-  static thread_local std::vector<float> w;
-  w.resize(static_cast<size_t>(n_rows));
+  // F16 caches: the weights rounded to f16 once, by the vector conversions (bit-exact with
+  // F32ToF16 and F16ToF32; the scalar ones per key took a tenth of a prompt's attention).
+  const float* w = p;
   if constexpr (kF16) {
+    if (n_rows <= 0) return;
     static thread_local std::vector<f16_t> w16;
+    static thread_local std::vector<float> rounded;
     w16.resize(static_cast<size_t>(n_rows));
+    rounded.resize(static_cast<size_t>(n_rows));
     ConvertF32ToF16(p, w16.data(), n_rows);
-    ConvertF16ToF32(w16.data(), w.data(), n_rows);
-  } else {
-    std::memcpy(w.data(), p, sizeof(float) * static_cast<size_t>(n_rows));
+    ConvertF16ToF32(w16.data(), rounded.data(), n_rows);
+    w = rounded.data();
   }
   int64_t i = 0;
   for (; i + 4 * N <= dim; i += 4 * N) {

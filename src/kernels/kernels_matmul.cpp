@@ -397,9 +397,10 @@ default:
       hn::Store(hn::PromoteTo(df, hn::LoadU(dh, h + i)), df, panel.get() + i);
     return panel.get();
   }
+  // t.w: the panel.
   template <int C>
-  HWY_NOINLINE void F16PanelTile(const TileArgs& t, const float* panel) {
-    GroupTile<C>(t, panel);
+  HWY_NOINLINE void F16PanelTile(const TileArgs& t) {
+    GroupTile<C>(t, reinterpret_cast<const float*>(t.w));
   }
 #else
 #define ES_F16_X16 0
@@ -568,27 +569,23 @@ default:
         for (int64_t r = r0; r < r1; r += 16) {
           t.w = wbase + static_cast<size_t>(r) * w.row_bytes;
           int64_t c = cb;
+          const TileFn* tiles = ts.x16;
+          const int* widths = ts.x16_width;
 #if ES_F16_X16
+          static constexpr TileFn kPanelTiles[3] = {&F16PanelTile<6>, &F16PanelTile<4>,
+                                                    &F16PanelTile<1>};
+          static constexpr int kPanelWidths[3] = {6, 4, 1};
           if (w.type == TensorType::kF16 && ce - cb >= kF16PanelMinCols) {
-            const float* panel = F16Panel(t.w, w.cols);
-            auto run = [&](auto tile, int width) {
-              for (; c + width <= ce; c += width) {
-                t.a = acts.base + static_cast<size_t>(c) * acts.stride;
-                t.y = y + c * ldy + r;
-                tile(t, panel);
-              }
-            };
-            run(&F16PanelTile<6>, 6);
-            run(&F16PanelTile<4>, 4);
-            run(&F16PanelTile<1>, 1);
-            continue;
+            t.w = reinterpret_cast<const uint8_t*>(F16Panel(t.w, w.cols));
+            tiles = kPanelTiles;
+            widths = kPanelWidths;
           }
 #endif
-          for (int i = 0; i < 3 && ts.x16[i]; ++i) {
-            for (; c + ts.x16_width[i] <= ce; c += ts.x16_width[i]) {
+          for (int i = 0; i < 3 && tiles[i]; ++i) {
+            for (; c + widths[i] <= ce; c += widths[i]) {
               t.a = acts.base + static_cast<size_t>(c) * acts.stride;
               t.y = y + c * ldy + r;
-              ts.x16[i](t);
+              tiles[i](t);
             }
           }
         }
@@ -672,8 +669,7 @@ default:
     if (gb.quant_bytes == 0 || w.interleave != 0 || w.rows % kGroup != 0 || w.cols % gb.elems != 0)
       throw Error(
           "Interleave16: needs a row-major Q4_0, Q8_0, Q4_K, IQ4_XS or F16 matrix of 16k rows and "
-          "whole "
-          "blocks");
+          "whole blocks");
     const auto* src = static_cast<const uint8_t*>(w.data);
     auto* dst = static_cast<uint8_t*>(out);
     for (int64_t g = 0; g < w.rows / kGroup; ++g) {

@@ -16,7 +16,8 @@ struct BytesQ3_K {
   using Unpack = UnpackQ3_K;
   static constexpr int kOffset = 4;
   // The 16 scales come from SWAR on two words, not 16 scalar unpacks (they dominated decode), and
-  // the offset's share comes off once per block from the activations' sums of 16 (OffsetByScales).
+  // the offset's share comes off once per block from the activations' sums of 16 (GroupVnni's
+  // nsc against BS16).
   static constexpr bool kVectorScales = true;
   hn::Vec<DU16> low[2] = {HalfShifts(0, 2), HalfShifts(4, 6)};
   hn::Vec<DU16> high[4] = {HalfShifts(0, 1), HalfShifts(2, 3), HalfShifts(4, 5), HalfShifts(6, 7)};
@@ -126,7 +127,9 @@ struct GroupVnni : KVnniBase {
     constexpr bool kVec = B::kVectorScales;
     VU8 q[R][4];
     V32 sc[R][4];
-    V32 nsc[R];  // kVec: -kOffset x the 16 scales as int16, lanes 0-7 (OffsetByScales)
+    // kVec: -kOffset x the 16 scales as int16 in the low 256 bits; one DotPairs with the 16 sums
+    // of 16 activations (bs16) takes the offset's share off the block.
+    V32 nsc[R];
     int mn[R][16];
     float d[R];
     for (int r = 0; r < R; ++r) {
