@@ -252,6 +252,34 @@ TEST(Kernels, MatMulMatchesVecDotRef) {
   }
 }
 
+TEST(Kernels, DecodeIsBitIdenticalToPromptRows) {
+  // A decode step and a prompt must give one output the same bits: the same token's logits do not
+  // depend on the batch it came in (decode kernels keep 16 rows' chains in vector lanes, prompt
+  // tiles their own). 35 rows: two groups of 16 and a tail; 17 K-quant blocks: one full group of
+  // 16 blocks and a part.
+  const int64_t rows = 35, cols = 17 * 256;
+  for (TensorType t : kWeightTypes) {
+    std::vector<uint8_t> w;
+    for (int64_t r = 0; r < rows; ++r) {
+      const auto wr = Gaussian(cols, 500 + static_cast<uint32_t>(r), 0.03f);
+      const auto q = Quantize(t, wr.data(), cols);
+      w.insert(w.end(), q.begin(), q.end());
+    }
+    const k::Matrix m{w.data(), t, rows, cols, es::RowBytes(t, cols)};
+    const auto x = Gaussian(3 * cols, 600, 1.0f);
+    ForEachTarget([&] {
+      k::ThreadPool pool(2);
+      k::Scratch scratch;
+      std::vector<float> one(rows), three(3 * rows);
+      k::MatMul(m, x.data(), cols, 1, one.data(), rows, pool, scratch);
+      k::MatMul(m, x.data(), cols, 3, three.data(), rows, pool, scratch);
+      for (int64_t i = 0; i < rows; ++i)
+        ASSERT_EQ(std::memcmp(&one[i], &three[i], 4), 0)
+            << es::TypeName(t) << " row " << i << ": " << one[i] << " vs " << three[i];
+    });
+  }
+}
+
 TEST(Kernels, MatMulLargeBatchAndOddShapes) {
   // Batch beyond one column block (64) and tiny / single-row matrices.
   struct Shape {

@@ -1,10 +1,11 @@
-// Interleave16: the layout the AVX-512 VNNI (Q4_0, Q8_0, Q4_K) and AVX-512 (F16) kernels read,
-// byte for byte, and MatMul over it bit-identical to the row-major original.
+// Interleave16: the layout the AVX-512 VNNI (Q4_0, Q8_0, Q4_K, Q5_K, IQ4_XS) and AVX-512 (F16)
+// kernels read, byte for byte, and MatMul over it bit-identical to the row-major original.
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <initializer_list>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "edgeshard/error.h"
@@ -92,8 +93,6 @@ struct InterleavedPair {
   }
 };
 
-// MatMul over `w` (rows x cols of type t, made to hold extreme values) and over its interleaved
-// copy: bit-identical for activations of one sign (either) and of both, decode and a prompt.
 // `rows` rows of `cols` / 256 `Block`s, each set by fill(block, row, block index).
 template <class Block, class Fill>
 std::vector<uint8_t> FilledBlocks(int64_t rows, int64_t cols, Fill fill) {
@@ -105,6 +104,25 @@ std::vector<uint8_t> FilledBlocks(int64_t rows, int64_t cols, Fill fill) {
   return out;
 }
 
+// Q4_K or Q5_K blocks with the largest sums the interleaved kernel's int16 partials can meet
+// (16 products of nibbles, or 8 of five-bit values): quants and six-bit scales and mins at their
+// maximum in most blocks, random in the others; Q5_K rows whose fifth bits alone vary too.
+template <class Block>
+std::vector<uint8_t> KMinExtremes(int64_t rows, int64_t cols, uint32_t seed) {
+  std::mt19937 rng(seed);
+  return FilledBlocks<Block>(rows, cols, [&](Block& blk, int64_t r, int64_t b) {
+    blk.d = es::F32ToF16(0.01f);
+    blk.dmin = es::F32ToF16(0.002f);
+    std::memset(blk.scales, (r + b) % 2 ? 0xFF : static_cast<int>(rng() & 0xFF),
+                sizeof(blk.scales));
+    std::memset(blk.qs, r % 3 ? 0xFF : static_cast<int>(rng() & 0xFF), sizeof(blk.qs));
+    if constexpr (std::is_same_v<Block, es::BlockQ5_K>)
+      for (uint8_t& h : blk.qh) h = r % 2 ? 0xFF : static_cast<uint8_t>(rng());
+  });
+}
+
+// MatMul over `w` (rows x cols of type t, made to hold extreme values) and over its interleaved
+// copy: bit-identical for activations of one sign (either) and of both, decode and a prompt.
 void ExpectExtremesMatch(const std::vector<uint8_t>& w, TensorType t, int64_t rows, int64_t cols) {
   const InterleavedPair q(w, t, rows, cols);
   for (float sign : {1.0f, -1.0f}) {
@@ -199,19 +217,30 @@ TEST(Kernels, InterleavedQ4_KIsBitIdenticalToRowMajor) {
   ExpectSameAsRowMajor(p.plain, p.il, {1, 2, 3, 4, 5, 8, 9, 13, 70}, 1350);
 
   if (!k::PrefersInterleaved(TensorType::kQ4_K)) return;  // MatMul refuses it (checked above)
-  // The largest sums the kernel's 16-element int16 partials can meet: nibbles 15 and six-bit
-  // scales and mins of 63 in every block, against activations of one sign and of both.
-  std::mt19937 rng(1400);
-  const auto big =
-      FilledBlocks<es::BlockQ4_K>(rows, cols, [&](es::BlockQ4_K& blk, int64_t r, int64_t b) {
-        blk.d = es::F32ToF16(0.01f);
-        blk.dmin = es::F32ToF16(0.002f);
-        std::memset(blk.scales, (r + b) % 2 ? 0xFF : static_cast<int>(rng() & 0xFF),
-                    sizeof(blk.scales));
-        std::memset(blk.qs, r % 3 ? 0xFF : static_cast<int>(rng() & 0xFF), sizeof(blk.qs));
-      });
+  const auto big = KMinExtremes<es::BlockQ4_K>(rows, cols, 1400);
   ASSERT_EQ(big.size(), w.size());
   ExpectExtremesMatch(big, TensorType::kQ4_K, rows, cols);
+}
+
+TEST(Kernels, InterleavedQ5_KIsBitIdenticalToRowMajor) {
+  // As Q4_K: 3 groups of 16 rows, 3 blocks of 256, every tile width.
+  const int64_t rows = 48, cols = 768;
+  const std::vector<uint8_t> w = QuantizedRows(TensorType::kQ5_K, rows, cols, 1700);
+  const InterleavedPair p(w, TensorType::kQ5_K, rows, cols);
+  const size_t rb = p.rb;
+  const std::vector<uint8_t>& buf = p.buf;
+  // Block 0: vector 0 = (d, dmin) of rows 0..15, vectors 1-3 their scales, 4-11 their fifth bits,
+  // vector 12 the first nibble bytes; block 1 starts after the 16 x 176-byte group block.
+  EXPECT_EQ(std::memcmp(buf.data() + 4, w.data() + rb, 4), 0);
+  EXPECT_EQ(std::memcmp(buf.data() + 4 * 64 + 4 * 15, w.data() + 15 * rb + 16, 4), 0);
+  EXPECT_EQ(std::memcmp(buf.data() + 12 * 64 + 4, w.data() + rb + 48, 4), 0);
+  EXPECT_EQ(std::memcmp(buf.data() + 2816 + 13 * 64, w.data() + 176 + 52, 4), 0);
+  ExpectSameAsRowMajor(p.plain, p.il, {1, 2, 3, 4, 5, 8, 9, 13, 70}, 1750);
+
+  if (!k::PrefersInterleaved(TensorType::kQ5_K)) return;  // MatMul refuses it (checked above)
+  const auto big = KMinExtremes<es::BlockQ5_K>(rows, cols, 1800);
+  ASSERT_EQ(big.size(), w.size());
+  ExpectExtremesMatch(big, TensorType::kQ5_K, rows, cols);
 }
 
 TEST(Kernels, InterleavedIQ4_XSIsBitIdenticalToRowMajor) {

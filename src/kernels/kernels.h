@@ -37,8 +37,8 @@ class ThreadPool {
 };
 
 // A weight matrix as stored in GGUF: `rows` rows of `cols` elements of `type`, row-major.
-// interleave 16 (Q4_0, Q8_0, Q4_K, IQ4_XS, F16): groups of 16 rows stored block index by block
-// index (layout at Interleave16), so that a 16-row kernel reads one sequential stream.
+// interleave 16 (Q4_0, Q8_0, Q4_K, Q5_K, IQ4_XS, F16): groups of 16 rows stored block index by
+// block index (layout at Interleave16), so that a 16-row kernel reads one sequential stream.
 struct Matrix {
   const void* data = nullptr;
   TensorType type = TensorType::kF32;
@@ -49,18 +49,18 @@ struct Matrix {
 };
 
 // Whether the kernels chosen for this CPU compute weights of type `t` faster from the
-// interleaved layout (Q4_0, Q8_0, Q4_K and IQ4_XS with AVX-512 VNNI, F16 with AVX-512).
+// interleaved layout (Q4_0, Q8_0, Q4_K, Q5_K and IQ4_XS with AVX-512 VNNI, F16 with AVX-512).
 bool PrefersInterleaved(TensorType t);
 // Whether `w` is row-major, of such a type, and of a shape the layout holds (rows a multiple of
 // 16, columns of whole blocks).
 bool CanInterleave(const Matrix& w);
-// Copies a row-major Q4_0, Q8_0, Q4_K, IQ4_XS or F16 matrix (rows a multiple of 16, columns of
-// whole blocks, 32 elements for F16) into `out` (row_bytes * rows bytes) in the interleaved layout
-// and returns the matrix describing it. Per group of 16 rows and block index: Q4_0/Q8_0, the 16 f16
-// scales, then 64-byte vectors, vector j holding bytes 4j..4j+3 of every row's quants (row r at
-// bytes 4r..4r+3); Q4_K and IQ4_XS, 64-byte vectors of every row's whole block the same way (scales
-// included); F16, the 16 rows' 64 bytes one after another. Groups are independent: a range of
-// whole groups can be copied alone. Per-row results stay bit-identical.
+// Copies a row-major Q4_0, Q8_0, Q4_K, Q5_K, IQ4_XS or F16 matrix (rows a multiple of 16, columns
+// of whole blocks, 32 elements for F16) into `out` (row_bytes * rows bytes) in the interleaved
+// layout and returns the matrix describing it. Per group of 16 rows and block index: Q4_0/Q8_0, the
+// 16 f16 scales, then 64-byte vectors, vector j holding bytes 4j..4j+3 of every row's quants (row r
+// at bytes 4r..4r+3); Q4_K, Q5_K and IQ4_XS, 64-byte vectors of every row's whole block the same
+// way (scales included); F16, the 16 rows' 64 bytes one after another. Groups are independent: a
+// range of whole groups can be copied alone. Per-row results stay bit-identical.
 Matrix Interleave16(const Matrix& w, void* out);
 
 // Row `row` of `w` as f32 (w.cols values), from either layout: the embedding lookup of a tied

@@ -504,13 +504,24 @@ default:
       }
       case TensorType::kQ4_K: {
         TileSet ts = MakeTiles<3, 8, Q4KVnni>();
-        ts.SetX16({{&Q4_Kx16Tile<8>, 8}, {&Q4_Kx16Tile<4>, 4}, {&Q4_Kx16Tile<1>, 1}});
+        ts.decode = &DecodeKMinx16<BlockQ4_K>;
+        ts.D = 16;
+        ts.SetX16({{&KMinx16Tile<8, BlockQ4_K>, 8},
+                   {&KMinx16Tile<4, BlockQ4_K>, 4},
+                   {&KMinx16Tile<1, BlockQ4_K>, 1}});
         return ts;
       }
       case TensorType::kQ6_K:
         return MakeTiles<3, 8, Q6KVnni>();
-      case TensorType::kQ5_K:
-        return MakeTiles<3, 8, Q5KVnni>();
+      case TensorType::kQ5_K: {
+        TileSet ts = MakeTiles<3, 8, Q5KVnni>();
+        ts.decode = &DecodeKMinx16<BlockQ5_K>;
+        ts.D = 16;
+        ts.SetX16({{&KMinx16Tile<8, BlockQ5_K>, 8},
+                   {&KMinx16Tile<4, BlockQ5_K>, 4},
+                   {&KMinx16Tile<1, BlockQ5_K>, 1}});
+        return ts;
+      }
       case TensorType::kQ3_K:
         return MakeTiles<3, 8, Q3KVnni>();
       case TensorType::kQ2_K:
@@ -597,8 +608,9 @@ default:
   }
 
   bool PrefersInterleavedImpl(TensorType t) {
-    return (ES_VNNI != 0 && (t == TensorType::kQ4_0 || t == TensorType::kQ8_0 ||
-                             t == TensorType::kQ4_K || t == TensorType::kIQ4_XS)) ||
+    return (ES_VNNI != 0 &&
+            (t == TensorType::kQ4_0 || t == TensorType::kQ8_0 || t == TensorType::kQ4_K ||
+             t == TensorType::kQ5_K || t == TensorType::kIQ4_XS)) ||
            (ES_F16_X16 != 0 && t == TensorType::kF16);
   }
 
@@ -628,8 +640,8 @@ default:
 
   // One block index of a 16-row group in Interleave16's layout. Q4_0/Q8_0: row r's f16 scale at
   // byte 2r, its quant dword j at 2 * 16 + 64j + 4r; Q8_0 quants are stored with the sign bit
-  // flipped (q + 128). Q4_K, IQ4_XS: dword j of row r's whole block at 64j + 4r. F16: row r's 64
-  // bytes (32 elements) at 64r.
+  // flipped (q + 128). Q4_K, Q5_K, IQ4_XS: dword j of row r's whole block at 64j + 4r. F16: row r's
+  // 64 bytes (32 elements) at 64r.
   struct GroupBlock {
     int64_t elems = 32;      // elements per row and block
     size_t scale_bytes = 0;  // per row and block, leading the row's block
@@ -641,6 +653,7 @@ default:
       if (t == TensorType::kQ8_0)
         scale_bytes = 2, quant_bytes = sizeof(BlockQ8_0::qs), piece = 4, flip = 0x80;
       if (t == TensorType::kQ4_K) elems = kQK_K, quant_bytes = sizeof(BlockQ4_K), piece = 4;
+      if (t == TensorType::kQ5_K) elems = kQK_K, quant_bytes = sizeof(BlockQ5_K), piece = 4;
       if (t == TensorType::kIQ4_XS) elems = kQK_K, quant_bytes = sizeof(BlockIQ4_XS), piece = 4;
       if (t == TensorType::kF16) quant_bytes = piece = 32 * sizeof(f16_t);
     }
@@ -668,7 +681,8 @@ default:
     const GroupBlock gb(w.type);
     if (gb.quant_bytes == 0 || w.interleave != 0 || w.rows % kGroup != 0 || w.cols % gb.elems != 0)
       throw Error(
-          "Interleave16: needs a row-major Q4_0, Q8_0, Q4_K, IQ4_XS or F16 matrix of 16k rows and "
+          "Interleave16: needs a row-major Q4_0, Q8_0, Q4_K, Q5_K, IQ4_XS or F16 matrix of 16k "
+          "rows and "
           "whole blocks");
     const auto* src = static_cast<const uint8_t*>(w.data);
     auto* dst = static_cast<uint8_t*>(out);
@@ -698,8 +712,8 @@ default:
     const int r = static_cast<int>(row % kGroup);
     const uint8_t* grp = base + static_cast<size_t>(row - r) * w.row_bytes;
     // Room for one row's block of any type GroupBlock lays out.
-    alignas(4) uint8_t blk[std::max({sizeof(BlockQ4_K), sizeof(BlockIQ4_XS), 32 * sizeof(f16_t),
-                                     sizeof(BlockQ8_0), sizeof(BlockQ4_0)})];
+    alignas(4) uint8_t blk[std::max({sizeof(BlockQ4_K), sizeof(BlockQ5_K), sizeof(BlockIQ4_XS),
+                                     32 * sizeof(f16_t), sizeof(BlockQ8_0), sizeof(BlockQ4_0)})];
     if (gb.row_block_bytes() > sizeof(blk))
       throw Error("DequantizeMatrixRow: no room for this type's interleaved block");
     for (int64_t b = 0; b < w.cols / gb.elems; ++b) {

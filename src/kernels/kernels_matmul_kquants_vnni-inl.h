@@ -110,7 +110,9 @@ struct GroupVnni : KVnniBase {
                                     GroupIndices(12, 4)};
   static constexpr bool kMin = B::Unpack::kMin;
   static_assert(!(kExact && kMin), "exact block sums are for types without mins");
-  static constexpr bool kOrdered = kExact;
+  // One accumulator per output in every tile shape (decode too): a token's outputs do not depend
+  // on whether it came alone or in a prompt.
+  static constexpr bool kOrdered = true;
   mutable float minsum[RMax][CMax] = {};
   mutable float sums[RMax][CMax] = {};  // kExact: the chains
   explicit GroupVnni(const TileArgs& args) : KVnniBase(args) {}
@@ -228,28 +230,36 @@ HWY_INLINE V32 GroupVector(const uint8_t* g, int k) {
   return hn::LoadU(D32(), reinterpret_cast<const int32_t*>(g + 64 * k));
 }
 
-// Q4_K interleaved in groups of 16 rows (Interleave16): per block index, 36 vectors; vector k holds
-// dword k of every row's 144-byte block as its int32 lane r: k = 0 the f16 pair (d, dmin), 1-3 the
-// packed six-bit scales and mins, 4 + 8p + i the nibble bytes 32p + 4i..+3, whose low nibbles are
-// elements 4i..4i+3 of sub-block 2p and high nibbles those of sub-block 2p + 1. A dot product with
+// Q4_K and Q5_K interleaved in groups of 16 rows (Interleave16): per block index, one vector per
+// dword of the row's block (36 for Q4_K, 44 for Q5_K); vector k holds dword k of every row as its
+// int32 lane r: k = 0 the f16 pair (d, dmin), 1-3 the packed six-bit scales and mins, then (Q5_K)
+// 4-11 the fifth bits qh, then the nibble bytes: vector kQs + 8p + i holds bytes 32p + 4i..+3,
+// whose low nibbles are elements 4i..4i+3 of sub-block 2p and high nibbles those of sub-block
+// 2p + 1; Q5_K's qh byte 4i + e holds their fifth bits as bits 2p and 2p + 1. A dot product with
 // one broadcast activation dword adds four products into each row's own lane, so lane r ends a
 // block with row r's exact integer sums, and the float steps per row and block are KMinVnni's:
 // results are bit-identical to the row-major kernel. C activation rows share each unpack.
-template <int C>
-HWY_NOINLINE void Q4_Kx16Tile(const TileArgs& t) {
+template <int C, class Block>
+HWY_NOINLINE void KMinx16Tile(const TileArgs& t) {
+  constexpr bool kFifthBit = std::is_same_v<Block, BlockQ5_K>;
+  constexpr int kQs = kFifthBit ? 12 : 4;  // first vector of nibble bytes
+  // DotPairs needs each partial sum to fit int16: 16 products of nibbles (<= 15 x 128) do, 8 of
+  // five-bit values (<= 31 x 128) do. kRun dot products of 4 per partial, kChains partials per
+  // half of a sub-block pair.
+  constexpr int kRun = kFifthBit ? 2 : 4, kChains = 8 / kRun;
   const D8 d8;
   const DU8 du8;
   const D32 d32;
   const DF df;
   const int64_t nb = t.n / kQK_K;
-  const VU8 low = hn::Set(du8, 0x0F);
+  const VU8 low = hn::Set(du8, 0x0F), bit4 = hn::Set(du8, 0x10);
   const V32 byte = hn::Set(d32, 0xFF);
   const V32 six = hn::Set(d32, 0x3F3F3F3F), four = hn::Set(d32, 0x0F0F0F0F),
             top = hn::Set(d32, 0x30303030);
   VF acc[C], mins[C];
   for (int c = 0; c < C; ++c) acc[c] = mins[c] = hn::Zero(df);
   for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* g = GroupAt<BlockQ4_K>(t, b);
+    const uint8_t* g = GroupAt<Block>(t, b);
     const V32 h = GroupVector(g, 0), u0 = GroupVector(g, 1), u1 = GroupVector(g, 2),
               u2 = GroupVector(g, 3);
     const VF dw = LowHalvesToFloat(h), dmin = LowHalvesToFloat(hn::ShiftRight<16>(h));
@@ -266,23 +276,35 @@ HWY_NOINLINE void Q4_Kx16Tile(const TileArgs& t) {
       const V32 s_hi = hn::And(hn::ShiftRightSame(sc[p / 2], 16 * (p % 2) + 8), byte);
       VU8 lo[8], hi[8];
       for (int i = 0; i < 8; ++i) {
-        const VU8 raw = hn::LoadU(du8, g + 64 * (4 + 8 * p + i));
+        const VU8 raw = hn::LoadU(du8, g + 64 * (kQs + 8 * p + i));
         lo[i] = hn::And(raw, low);
         hi[i] = HighNibbles(raw);
+        if constexpr (kFifthBit) {
+          // Bits 2p and 2p + 1 of each qh byte moved to bit 4 (32-bit shifts: the mask drops
+          // what crosses bytes).
+          const auto qh = hn::BitCast(hn::RebindToUnsigned<D32>(), GroupVector(g, 4 + i));
+          const auto at4 = [&](int bit) {
+            return hn::BitCast(
+                du8, bit <= 4 ? hn::ShiftLeftSame(qh, 4 - bit) : hn::ShiftRightSame(qh, bit - 4));
+          };
+          lo[i] = hn::OrAnd(lo[i], at4(2 * p), bit4);
+          hi[i] = hn::OrAnd(hi[i], at4(2 * p + 1), bit4);
+        }
       }
       for (int c = 0; c < C; ++c) {
         const auto* xq = reinterpret_cast<const int32_t*>(t.a + c * t.as) + 64 * b + 16 * p;
-        // Four chains of 16 elements each: sums of at most 16 x 15 x 128 fit int16, as DotPairs
-        // needs (the high int16 of a lane is its sign, met by the scale's zero high half).
-        V32 s[4] = {hn::Zero(d32), hn::Zero(d32), hn::Zero(d32), hn::Zero(d32)};
-        for (int i = 0; i < 4; ++i) {
-          s[0] = DotBytes(s[0], lo[i], hn::BitCast(d8, hn::Set(d32, xq[i])));
-          s[1] = DotBytes(s[1], lo[4 + i], hn::BitCast(d8, hn::Set(d32, xq[4 + i])));
-          s[2] = DotBytes(s[2], hi[i], hn::BitCast(d8, hn::Set(d32, xq[8 + i])));
-          s[3] = DotBytes(s[3], hi[4 + i], hn::BitCast(d8, hn::Set(d32, xq[12 + i])));
+        // The high int16 of each partial is its sign, met by the scale's zero high half.
+        V32 s[kChains], u[kChains];
+        for (int k = 0; k < kChains; ++k) {
+          s[k] = u[k] = hn::Zero(d32);
+          for (int j = 0; j < kRun; ++j) {
+            const int i = kRun * k + j;
+            s[k] = DotBytes(s[k], lo[i], hn::BitCast(d8, hn::Set(d32, xq[i])));
+            u[k] = DotBytes(u[k], hi[i], hn::BitCast(d8, hn::Set(d32, xq[8 + i])));
+          }
         }
-        isum[c] = DotPairs(DotPairs(isum[c], s[0], s_lo), s[1], s_lo);
-        isum[c] = DotPairs(DotPairs(isum[c], s[2], s_hi), s[3], s_hi);
+        for (int k = 0; k < kChains; ++k) isum[c] = DotPairs(isum[c], s[k], s_lo);
+        for (int k = 0; k < kChains; ++k) isum[c] = DotPairs(isum[c], u[k], s_hi);
       }
     }
     // Mins of sub-blocks 2k and 2k + 1 as the int16 pair of each lane, against the activations'

@@ -434,7 +434,7 @@ struct KVnniBase : VnniBase {
 // 2p + 1 (upper half) of the same 32 bytes, moved to bit 4.
 // Per output and block, the scaled sum and the min sum are reduced to exact integers, then two
 // ordered chains acc = fma(float(sum), d * dx, acc) and mins = fma(float(min sum), dmin * dx,
-// mins) give acc - mins: the float steps of Q4_Kx16Tile, which reads Q4_K interleaved, so both
+// mins) give acc - mins: the float steps of KMinx16Tile, which reads them interleaved, so both
 // layouts give bit-identical results.
 template <int RMax, int CMax, class Block>
 struct KMinVnni : KVnniBase {
@@ -463,13 +463,44 @@ struct KMinVnni : KVnniBase {
     *sc = sc_lo | (static_cast<uint64_t>(sc_hi) << 32);
     *mn = mn_lo | (static_cast<uint64_t>(mn_hi) << 32);
   }
-  template <int R, int C>
-  HWY_INLINE void Step(int64_t b, VF (&)[R][C]) const {
-    const D8 d8;
+  // Block blk's nibbles (with Q5_K's fifth bits) as four vectors of 64 bytes, their scales as
+  // int32 lanes in the low int16 of each lane (DotPairs), and its mins as bytes of *mn64.
+  HWY_INLINE void Unpack(const Block& blk, VU8 (&q)[4], V32 (&sc)[4], uint64_t* mn64) const {
     const DU8 du8;
     const hn::Half<DU8> du8h;
     const DU16 du16;
     const D32 d32;
+    const hn::Full128<uint64_t> d64x2;
+    const hn::Full128<uint8_t> d8x16;
+    uint64_t sc64;
+    ScaleMinBytes(blk.scales, &sc64, mn64);
+    const V32 all = hn::PromoteTo(d32, hn::BitCast(d8x16, hn::Set(d64x2, sc64)));
+    for (int p = 0; p < 4; ++p) {
+      sc[p] = hn::TableLookupLanes(all, pat[p]);
+      const auto half = hn::LoadU(du8h, blk.qs + 32 * p);
+      const VU8 v = hn::Combine(du8, half, half);
+      q[p] = hn::And(hn::BitCast(du8, hn::BitCast(du16, v) >> shifts), hn::Set(du8, 0x0F));
+      if constexpr (kFifthBit) {
+        const auto qh = hn::LoadU(du8h, blk.qh);
+        const VU8 h = hn::Combine(du8, qh, qh);
+        const auto bit =
+            hn::And(hn::BitCast(du8, hn::BitCast(du16, h) >> hshifts[p]), hn::Set(du8, 1));
+        // Only bit 0 of each byte is set, so the 16-bit shift keeps bytes apart.
+        q[p] = hn::Or(q[p], hn::BitCast(du8, hn::ShiftLeft<4>(hn::BitCast(du16, bit))));
+      }
+    }
+  }
+  // The scaled integer sums of one block against activation block xb, per lane (exact).
+  static HWY_INLINE V32 BlockSum(const VU8 (&q)[4], const V32 (&sc)[4], const int8_t* xb) {
+    const D8 d8;
+    const D32 d32;
+    V32 isum = hn::Zero(d32);
+    for (int p = 0; p < 4; ++p)
+      isum = DotPairs(isum, DotBytes(hn::Zero(d32), q[p], hn::Load(d8, xb + 64 * p)), sc[p]);
+    return isum;
+  }
+  template <int R, int C>
+  HWY_INLINE void Step(int64_t b, VF (&)[R][C]) const {
     const hn::Full128<uint64_t> d64x2;
     const hn::Full128<uint8_t> d8x16;
     const hn::Full64<uint8_t> d8x8;
@@ -481,39 +512,19 @@ struct KMinVnni : KVnniBase {
     float d[R], dmin[R];
     for (int r = 0; r < R; ++r) {
       const Block& blk = W(r)[b];
-      uint64_t sc64, mn64;
-      ScaleMinBytes(blk.scales, &sc64, &mn64);
-      const V32 all = hn::PromoteTo(d32, hn::BitCast(d8x16, hn::Set(d64x2, sc64)));
+      uint64_t mn64;
+      Unpack(blk, q[r], sc[r], &mn64);
       const auto mbytes = hn::LowerHalf(d8x8, hn::BitCast(d8x16, hn::Set(d64x2, mn64)));
       mins[r] = hn::BitCast(d16x8, hn::PromoteTo(hn::Full128<uint16_t>(), mbytes));
-      for (int p = 0; p < 4; ++p) {
-        sc[r][p] = hn::TableLookupLanes(all, pat[p]);
-        const auto half = hn::LoadU(du8h, blk.qs + 32 * p);
-        const VU8 v = hn::Combine(du8, half, half);
-        q[r][p] = hn::And(hn::BitCast(du8, hn::BitCast(du16, v) >> shifts), hn::Set(du8, 0x0F));
-        if constexpr (kFifthBit) {
-          const auto qh = hn::LoadU(du8h, blk.qh);
-          const VU8 h = hn::Combine(du8, qh, qh);
-          const auto bit =
-              hn::And(hn::BitCast(du8, hn::BitCast(du16, h) >> hshifts[p]), hn::Set(du8, 1));
-          // Only bit 0 of each byte is set, so the 16-bit shift keeps bytes apart.
-          q[r][p] = hn::Or(q[r][p], hn::BitCast(du8, hn::ShiftLeft<4>(hn::BitCast(du16, bit))));
-        }
-      }
       d[r] = HalfToFloat(&blk.d);
       dmin[r] = HalfToFloat(&blk.dmin);
     }
     for (int c = 0; c < C; ++c) {
       const int8_t* xb = X(c, b);
-      V8 x[4];
-      for (int p = 0; p < 4; ++p) x[p] = hn::Load(d8, xb + 64 * p);
       const auto bs = hn::Load(d16x8, BS32(c, b));
       const float dx = XD(c, b);
       for (int r = 0; r < R; ++r) {
-        V32 isum = hn::Zero(d32);
-        for (int p = 0; p < 4; ++p)
-          isum = DotPairs(isum, DotBytes(hn::Zero(d32), q[r][p], x[p]), sc[r][p]);
-        sums[r][c] = ChainBlock(isum, d[r] * dx, sums[r][c]);
+        sums[r][c] = ChainBlock(BlockSum(q[r], sc[r], xb), d[r] * dx, sums[r][c]);
         auto m1 = hn::Zero(d32x4);
         const auto m0 = hn::ReorderWidenMulAccumulate(d32x4, mins[r], bs, hn::Zero(d32x4), m1);
         minsums[r][c] =
@@ -524,6 +535,81 @@ struct KMinVnni : KVnniBase {
   }
   float Finish(int r, int c, VF) const { return sums[r][c] - minsums[r][c]; }
 };
+
+// Decode (one activation row) of 16 consecutive row-major Q4_K or Q5_K rows, as DecodeQ4_0x16:
+// phase 1 streams one row at a time and reduces 16 blocks' lane sums (and their min sums) at
+// once with ReduceBlocks instead of two horizontal sums per block; phase 2 advances the 16 rows'
+// two ordered chains together, one FMA each per block. The float steps per row are KMinVnni's,
+// so results are bit-identical to its tiles (and to KMinx16Tile on the interleaved layout).
+template <class Block>
+HWY_NOINLINE void DecodeKMinx16(const TileArgs& t) {
+  const KMinVnni<1, 1, Block> k(t);
+  const D32 d32;
+  const DF df;
+  const hn::Full512<int16_t> d16;
+  const hn::Full256<uint8_t> d8x32;
+  constexpr int kRows = 16, kG = 16;
+  const int64_t nb = k.Steps();
+  thread_local std::vector<float> buf;  // grows once per thread to the widest matrix
+  const size_t cells = static_cast<size_t>(nb) * kRows;
+  if (buf.size() < 4 * cells + 16) buf.resize(4 * cells + 16);
+  // [block][row]: block sums, d x dx, min sums, dmin x dx.
+  float* fi =
+      reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t{63});
+  float* dd = fi + cells;
+  float* fm = dd + cells;
+  float* dm = fm + cells;
+  const auto* bs32 = k.BS32(0, 0);
+  for (int r = 0; r < kRows; ++r) {
+    const Block* w = k.W(r);
+    for (int64_t b0 = 0; b0 < nb; b0 += kG) {
+      const int count = static_cast<int>(std::min<int64_t>(kG, nb - b0));
+      V32 v[kG], mv[kG / 4];
+      alignas(32) uint64_t mn[kG] = {};
+      for (int j = 0; j < kG; ++j) {
+        if (j >= count) {
+          v[j] = hn::Zero(d32);
+          continue;
+        }
+        VU8 q[4];
+        V32 sc[4];
+        k.Unpack(w[b0 + j], q, sc, &mn[j]);
+        v[j] = k.BlockSum(q, sc, k.X(0, b0 + j));
+      }
+      // Four blocks' eight mins (int16) against their activation sums of 32 (8 int16 each).
+      for (int g = 0; g < kG / 4; ++g) {
+        const int n = std::min(4, count - 4 * g);
+        if (n <= 0) {
+          mv[g] = hn::Zero(d32);
+          continue;
+        }
+        const auto mins = hn::BitCast(
+            d16, hn::PromoteTo(hn::RebindToUnsigned<decltype(d16)>(),
+                               hn::Load(d8x32, reinterpret_cast<const uint8_t*>(mn + 4 * g))));
+        const auto bs = hn::MaskedLoad(hn::FirstN(d16, static_cast<size_t>(8 * n)), d16,
+                                       bs32 + 8 * (b0 + 4 * g));
+        mv[g] = DotPairs(hn::Zero(d32), hn::BitCast(d32, mins), hn::BitCast(d32, bs));
+      }
+      alignas(64) float f[kG], m[kG];
+      hn::Store(hn::ConvertTo(df, ReduceBlocks(d32, v)), df, f);
+      hn::Store(hn::ConvertTo(df, ReduceBlocks(d32, mv)), df, m);
+      for (int j = 0; j < count; ++j) {
+        const size_t cell = static_cast<size_t>(b0 + j) * kRows + r;
+        const float dx = k.XD(0, b0 + j);
+        fi[cell] = f[j];
+        fm[cell] = m[j];
+        dd[cell] = HalfToFloat(&w[b0 + j].d) * dx;
+        dm[cell] = HalfToFloat(&w[b0 + j].dmin) * dx;
+      }
+    }
+  }
+  VF acc = hn::Zero(df), mins = hn::Zero(df);
+  for (int64_t j = 0; j < nb; ++j) {
+    acc = hn::MulAdd(hn::Load(df, fi + j * kRows), hn::Load(df, dd + j * kRows), acc);
+    mins = hn::MulAdd(hn::Load(df, fm + j * kRows), hn::Load(df, dm + j * kRows), mins);
+  }
+  hn::StoreU(hn::Sub(acc, mins), df, t.y);
+}
 
 template <int R, int C>
 using Q4KVnni = KMinVnni<R, C, BlockQ4_K>;
