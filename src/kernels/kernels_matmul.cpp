@@ -238,6 +238,17 @@ default:
   template <class K>
   struct IsOrdered<K, std::void_t<decltype(K::kOrdered)>> : std::bool_constant<K::kOrdered> {};
 
+  // Decode reads every weight once, and one thread's read rate is bound by the misses it has in
+  // flight, which the out-of-order window (hundreds of instructions per block) keeps few: decode
+  // kernels ask for the bytes about kPrefetchBytes on, line by line, as they reach each block
+  // (tinyllama Q5_K_M decode on Zen 5, 1 thread: 24 -> 50 t/s). Rows follow each other in memory,
+  // so a row-major tile's requests past its row's end fetch the next row's start.
+  constexpr size_t kPrefetchBytes = 6144;
+  HWY_INLINE void PrefetchAhead(const uint8_t* g, size_t group_bytes) {
+    const uint8_t* ahead = g + (kPrefetchBytes / group_bytes + 1) * group_bytes;
+    for (size_t l = 0; l < group_bytes; l += 64) __builtin_prefetch(ahead + l);
+  }
+
   template <int R, int C, class K>
   HWY_NOINLINE void Tile(const TileArgs& t) {
     K k(t);
@@ -248,19 +259,30 @@ default:
     for (int r = 0; r < R; ++r)
       for (int c = 0; c < C; ++c) acc[r][c] = hn::Zero(da);
     const int64_t steps = k.Steps();
+    // Decode (one row, one column): the weight bytes each step reads, to prefetch ahead.
+    const size_t step_bytes = R * C == 1 && steps > 0 ? t.wrb / static_cast<size_t>(steps) : 0;
+    auto ahead = [&](int64_t s) {
+      if constexpr (R * C == 1)
+        PrefetchAhead(t.w + static_cast<size_t>(s) * step_bytes, step_bytes);
+    };
     int64_t s = 0;
     if constexpr (R * C <= 2 && !IsOrdered<K>::value) {
       VA acc2[R][C];
       for (int r = 0; r < R; ++r)
         for (int c = 0; c < C; ++c) acc2[r][c] = hn::Zero(da);
       for (; s + 2 <= steps; s += 2) {
+        ahead(s);
         k.template Step<R, C>(s, acc);
+        ahead(s + 1);
         k.template Step<R, C>(s + 1, acc2);
       }
       for (int r = 0; r < R; ++r)
         for (int c = 0; c < C; ++c) acc[r][c] = hn::Add(acc[r][c], acc2[r][c]);
     }
-    for (; s < steps; ++s) k.template Step<R, C>(s, acc);
+    for (; s < steps; ++s) {
+      ahead(s);
+      k.template Step<R, C>(s, acc);
+    }
     for (int r = 0; r < R; ++r)
       for (int c = 0; c < C; ++c) t.y[c * t.ldy + r] = k.Finish(r, c, acc[r][c]);
   }

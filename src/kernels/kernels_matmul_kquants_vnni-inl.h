@@ -260,6 +260,7 @@ HWY_NOINLINE void KMinx16Tile(const TileArgs& t) {
   for (int c = 0; c < C; ++c) acc[c] = mins[c] = hn::Zero(df);
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* g = GroupAt<Block>(t, b);
+    if constexpr (C == 1) PrefetchAhead(g, 16 * sizeof(Block));
     const V32 h = GroupVector(g, 0), u0 = GroupVector(g, 1), u1 = GroupVector(g, 2),
               u2 = GroupVector(g, 3);
     const VF dw = LowHalvesToFloat(h), dmin = LowHalvesToFloat(hn::ShiftRight<16>(h));
@@ -346,6 +347,7 @@ HWY_NOINLINE void IQ4_XSx16Tile(const TileArgs& t) {
   for (int c = 0; c < C; ++c) acc[c] = hn::Zero(df);
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* g = GroupAt<BlockIQ4_XS>(t, b);
+    if constexpr (C == 1) PrefetchAhead(g, 16 * sizeof(BlockIQ4_XS));
     const V32 h = GroupVector(g, 0), sl = GroupVector(g, 1);
     const VF dw = LowHalvesToFloat(h);
     V32 isum[C];

@@ -296,6 +296,7 @@ HWY_NOINLINE void DecodeQ4_0x16(const TileArgs& t) {
       const int64_t b0 = s * kG;
       const int count = static_cast<int>(std::min<int64_t>(kG, nb - b0));
       const int pairs = (count + 1) / 2;
+      PrefetchAhead(reinterpret_cast<const uint8_t*>(w + b0), kG * sizeof(BlockQ4_0));
       V32 v[kG / 2];
       for (int p = 0; p < kG / 2; ++p) {
         if (p >= pairs) {
@@ -342,6 +343,7 @@ HWY_NOINLINE void Q4_0x16Tile(const TileArgs& t) {
   const VU8 low = hn::Set(du8, 0x0F);
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* g = t.w + static_cast<size_t>(b) * kGroupBlock;
+    if constexpr (C == 1) PrefetchAhead(g, kGroupBlock);
     const VF dw = hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(g)));
     VU8 lo[4], hi[4];
     for (int v = 0; v < 4; ++v) {
@@ -388,6 +390,7 @@ HWY_NOINLINE void Q8_0x16Tile(const TileArgs& t) {
     for (int k = 0; k < 8; ++k) acc[c][k] = hn::Zero(df);
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* g = t.w + static_cast<size_t>(b) * kGroupBlock;
+    if constexpr (C == 1) PrefetchAhead(g, kGroupBlock);
     const VF dw = hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(g)));
     VU8 w[8];
     for (int k = 0; k < 8; ++k) w[k] = hn::LoadU(du8, g + 32 + 64 * k);
@@ -573,6 +576,7 @@ HWY_NOINLINE void DecodeKMinx16(const TileArgs& t) {
         }
         VU8 q[4];
         V32 sc[4];
+        PrefetchAhead(reinterpret_cast<const uint8_t*>(w + b0 + j), sizeof(Block));
         k.Unpack(w[b0 + j], q, sc, &mn[j]);
         v[j] = k.BlockSum(q, sc, k.X(0, b0 + j));
       }
