@@ -191,7 +191,15 @@ TEST(Kernels, InterleavedF16IsBitIdenticalToRowMajor) {
   EXPECT_EQ(std::memcmp(buf.data(), w.data(), 64), 0);
   EXPECT_EQ(std::memcmp(buf.data() + 64, w.data() + rb, 64), 0);
   EXPECT_EQ(std::memcmp(buf.data() + 1024 + 64 * 15, w.data() + 15 * rb + 64, 64), 0);
-  ExpectSameAsRowMajor(p.plain, p.il, {1, 2, 4, 6, 7, 13, 70}, 1150);
+  // Prompt tiles that read the F32 panel and tiles that convert the weights themselves, whichever
+  // this CPU would choose.
+  for (const char* mode : {"panel", "direct"}) {
+    SCOPED_TRACE(mode);
+    k::SetF16PromptForTesting(mode);
+    ExpectSameAsRowMajor(p.plain, p.il, {1, 2, 4, 6, 7, 13, 70}, 1150);
+  }
+  k::SetF16PromptForTesting("");
+  EXPECT_THROW(k::SetF16PromptForTesting("fast"), es::Error);
   // Columns that are not whole 32-element blocks have no interleaved layout.
   const std::vector<uint8_t> odd = QuantizedRows(TensorType::kF16, 16, 48, 1200);
   const k::Matrix odd_plain{odd.data(), TensorType::kF16, 16, 48, RowBytes(TensorType::kF16, 48)};

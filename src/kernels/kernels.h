@@ -181,5 +181,10 @@ const char* ActiveMatMulVariant();
 // Limits MatMul to one variant by name ("" restores the CPU's best); throws es::Error for an
 // unknown or unsupported name.
 void SetMatMulVariantForTesting(const std::string& name);
+// F16 prompt tiles on AVX-512: "panel" converts each group of 16 interleaved rows once per column
+// block into an F32 panel (chosen on Intel, whose conversions take the FMA ports), "direct"
+// converts in the tile (chosen elsewhere); "" restores the CPU's choice. Results are
+// bit-identical; throws es::Error for another name.
+void SetF16PromptForTesting(const std::string& mode);
 
 }  // namespace es::kernels

@@ -30,6 +30,10 @@ size_t ActRowBytes(TensorType w, int64_t n);
 // Converts x rows [b0, b1) (row b at x + b * ldx) for weights of type `w` into dst rows.
 void ConvertActs(TensorType w, const float* x, int64_t ldx, int64_t n, int64_t b0, int64_t b1,
                  uint8_t* dst, size_t stride);
+// Whether F16 prompt tiles on AVX-512 read an F32 panel of each group (converted once per column
+// block) rather than converting the weights in the tile: the CPU's choice, or the forced one
+// (SetF16PromptForTesting). Both give bit-identical results.
+bool UseF16Panel();
 // Test hook: repacks converted row `row` into the reference block format of VecDotType(w)
 // (BlockQ8_0 / BlockQ8_K / f16 / bf16 / f32), to compare with QuantizeRowRef byte for byte.
 void ActsToBlocks(TensorType w, const uint8_t* row, int64_t n, void* blocks);

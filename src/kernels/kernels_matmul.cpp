@@ -20,9 +20,12 @@
 // Weight rows are processed in tiles of R rows x C activation rows so that each weight block is
 // loaded and unpacked once and applied to C activation rows (prompt processing), and each
 // activation block is loaded once for R weight rows. Decode streams one weight row at a time.
-// Q4_0 and Q8_0 on AVX3_DL and F16 on AVX3 are the exception: the model copies them into groups
-// of 16 interleaved rows (Interleave16), which 16-row kernels read as a single stream for decode
-// and prompt alike.
+// Q4_0, Q8_0, Q4_K, Q5_K and IQ4_XS on AVX3_DL and F16 on AVX3 are the exception: the model
+// copies them into groups of 16 interleaved rows (Interleave16), which 16-row kernels read as a
+// single stream for decode and prompt alike.
+// This file is the driver (activation layouts, tiles, dispatch, the interleaved layout); the
+// kernels live in one -inl.h per encoding family: floats, blocks (Q8_0/Q4_0/Q4_K/Q6_K), legacy
+// 32-blocks, k-quants, i-quants, and their AVX-512 VNNI versions.
 #include "kernels/kernels_hwy.h"
 // clang-format off
 #undef HWY_TARGET_INCLUDE
@@ -30,9 +33,11 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 // clang-format on
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -287,148 +292,8 @@ default:
       for (int c = 0; c < C; ++c) t.y[c * t.ldy + r] = k.Finish(r, c, acc[r][c]);
   }
 
-  // Float weights: one vector of N elements per step; the tail past the last full vector is
-  // added in Finish.
-  template <class Loader>
-  struct FloatKernel {
-    using Acc = DF;
-    // One accumulator per output in every tile shape, so that decode and prompt rows give the same
-    // result (with 16 lanes this is also llama.cpp's order for rows of a multiple of 16).
-    static constexpr bool kOrdered = true;
-    const TileArgs& t;
-    int64_t N;
-    explicit FloatKernel(const TileArgs& args)
-        : t(args), N(static_cast<int64_t>(hn::Lanes(DF()))) {}
-    int64_t Steps() const { return t.n / N; }
-    const float* X(int c) const { return reinterpret_cast<const float*>(t.a + c * t.as); }
-    template <int R, int C>
-    HWY_INLINE void Step(int64_t s, VF (&acc)[R][C]) const {
-      const DF df;
-      const Loader load;
-      VF wv[R];
-      for (int r = 0; r < R; ++r) wv[r] = load(df, t.w + r * t.wrb, s * N);
-      for (int c = 0; c < C; ++c) {
-        const VF xv = hn::LoadU(df, X(c) + s * N);
-        for (int r = 0; r < R; ++r) acc[r][c] = hn::MulAdd(wv[r], xv, acc[r][c]);
-      }
-    }
-    float Finish(int r, int c, VF acc) const {
-      float sum = Sum(DF(), acc);
-      for (int64_t i = Steps() * N; i < t.n; ++i) sum += Loader::One(t.w + r * t.wrb, i) * X(c)[i];
-      return sum;
-    }
-  };
-
-  struct LoadF32 {
-    HWY_INLINE VF operator()(DF df, const uint8_t* row, int64_t k) const {
-      return hn::LoadU(df, reinterpret_cast<const float*>(row) + k);
-    }
-    static float One(const uint8_t* row, int64_t k) {
-      return reinterpret_cast<const float*>(row)[k];
-    }
-  };
-  struct LoadF16 {
-    HWY_INLINE VF operator()(DF df, const uint8_t* row, int64_t k) const {
-      const hn::Rebind<hwy::float16_t, DF> dh;
-      return hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(row) + k));
-    }
-    static float One(const uint8_t* row, int64_t k) {
-      return F16ToF32(reinterpret_cast<const f16_t*>(row)[k]);
-    }
-  };
-  struct LoadBF16 {
-    HWY_INLINE VF operator()(DF df, const uint8_t* row, int64_t k) const {
-      const hn::Rebind<hwy::bfloat16_t, DF> dh;
-      return hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::bfloat16_t*>(row) + k));
-    }
-    static float One(const uint8_t* row, int64_t k) {
-      return BF16ToF32(reinterpret_cast<const bf16_t*>(row)[k]);
-    }
-  };
-
-#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
-#define ES_F16_X16 1
-  // F16 interleaved in groups of 16 rows (Interleave16): per 32-element block, the 16 rows' 64-byte
-  // pieces one after another, so that 16 rows stream as one sequential read (several row-major
-  // rows at once measured slower than one, and one row alone is bound by its FMA chain). Each row
-  // keeps FloatKernel's single accumulator over 16-lane vectors in order and its final Sum, so
-  // results are bit-identical to the row-major tiles. C activation rows per pass over 16 rows
-  // (C == 1, decode), 8 (C <= 3) or 4: the accumulators must fit 32 registers, and wider tiles
-  // convert each weight vector for more columns.
-  // The tile over one group, `Elem` the group's element type (f16 as stored, or float from a
-  // panel): weight vector (b, r, half) is row r's elements 32b + 16 half.. of the group.
-  constexpr int64_t kDecodeAhead = 8;
-  template <int C, class Elem>
-  HWY_INLINE void GroupTile(const TileArgs& t, const Elem* group) {
-    const DF df;
-    static_assert(hn::MaxLanes(DF()) == 16, "the layout's 32-byte pieces are one 16-lane vector");
-    constexpr int kRows = C == 1 ? 16 : C <= 3 ? 8 : 4;
-    const int64_t nb = t.n / 32;
-    for (int h = 0; h < 16; h += kRows) {
-      VF acc[kRows][C];
-      for (int r = 0; r < kRows; ++r)
-        for (int c = 0; c < C; ++c) acc[r][c] = hn::Zero(df);
-      for (int64_t b = 0; b < nb; ++b) {
-        const Elem* g = group + static_cast<size_t>(b) * 16 * 32;
-        if constexpr (C == 1) {
-          // Decode streams the weights from memory once, and one thread's read rate is bound by
-          // the misses it has in flight: each F16 vector costs a load, a conversion and an FMA,
-          // so the out-of-order window reaches less far ahead than llama.cpp's half-precision
-          // loop. Ask for the group block kDecodeAhead blocks on, line by line.
-          const Elem* ahead = g + kDecodeAhead * 16 * 32;
-          for (int l = 0; l < 16; ++l) __builtin_prefetch(ahead + 32 * l);
-        }
-        for (int half = 0; half < 2; ++half) {
-          VF x[C];
-          for (int c = 0; c < C; ++c)
-            x[c] =
-                hn::LoadU(df, reinterpret_cast<const float*>(t.a + c * t.as) + 32 * b + 16 * half);
-          for (int r = 0; r < kRows; ++r) {
-            VF w;
-            if constexpr (std::is_same_v<Elem, float>)
-              w = hn::Load(df, g + 32 * (h + r) + 16 * half);
-            else
-              w = hn::PromoteTo(
-                  df, hn::LoadU(hn::Rebind<hwy::float16_t, DF>(), g + 32 * (h + r) + 16 * half));
-            for (int c = 0; c < C; ++c) acc[r][c] = hn::MulAdd(w, x[c], acc[r][c]);
-          }
-        }
-      }
-      for (int r = 0; r < kRows; ++r)
-        for (int c = 0; c < C; ++c) t.y[c * t.ldy + h + r] = Sum(df, acc[r][c]);
-    }
-  }
-  template <int C>
-  HWY_NOINLINE void F16x16Tile(const TileArgs& t) {
-    GroupTile<C>(t, reinterpret_cast<const hwy::float16_t*>(t.w));
-  }
-
-  // A prompt's column block meets each group of 16 F16 rows many times: F16x16Tile converts every
-  // weight vector again for each tile of C columns, and the conversions take FMA ports. From
-  // kF16PanelMinCols columns a group is converted once into an F32 panel of the same layout that
-  // the tiles read instead; the products and their order are F16x16Tile's (bit-identical).
-  constexpr int64_t kF16PanelMinCols = 12;
-  const float* F16Panel(const uint8_t* g, int64_t n) {
-    thread_local hwy::AlignedFreeUniquePtr<float[]> panel;
-    thread_local int64_t panel_n = 0;
-    if (panel_n < n) panel = hwy::AllocateAligned<float>(static_cast<size_t>(16 * n)), panel_n = n;
-    const DF df;
-    const hn::Rebind<hwy::float16_t, DF> dh;
-    const auto* h = reinterpret_cast<const hwy::float16_t*>(g);
-    for (int64_t i = 0; i < 16 * n; i += 16)
-      hn::Store(hn::PromoteTo(df, hn::LoadU(dh, h + i)), df, panel.get() + i);
-    return panel.get();
-  }
-  // t.w: the panel.
-  template <int C>
-  HWY_NOINLINE void F16PanelTile(const TileArgs& t) {
-    GroupTile<C>(t, reinterpret_cast<const float*>(t.w));
-  }
-#else
-#define ES_F16_X16 0
-#endif
-
 #include "kernels/kernels_matmul_blocks-inl.h"   // NOLINT(build/include)
+#include "kernels/kernels_matmul_floats-inl.h"   // NOLINT(build/include)
 #include "kernels/kernels_matmul_kquants-inl.h"  // NOLINT(build/include)
 #include "kernels/kernels_matmul_legacy-inl.h"   // NOLINT(build/include)
 
@@ -608,7 +473,7 @@ default:
           static constexpr TileFn kPanelTiles[3] = {&F16PanelTile<6>, &F16PanelTile<4>,
                                                     &F16PanelTile<1>};
           static constexpr int kPanelWidths[3] = {6, 4, 1};
-          if (w.type == TensorType::kF16 && ce - cb >= kF16PanelMinCols) {
+          if (w.type == TensorType::kF16 && ce - cb >= kF16PanelMinCols && detail::UseF16Panel()) {
             t.w = reinterpret_cast<const uint8_t*>(F16Panel(t.w, w.cols));
             tiles = kPanelTiles;
             widths = kPanelWidths;
@@ -656,6 +521,31 @@ default:
   bool PrefersInterleaved(TensorType t) {
     return HWY_DYNAMIC_DISPATCH(PrefersInterleavedImpl)(t);
   }
+
+  namespace {
+  std::atomic<int> g_f16_panel{-1};  // SetF16PromptForTesting; -1: by the CPU's vendor
+  }                                  // namespace
+  void SetF16PromptForTesting(const std::string& mode) {
+    if (mode != "" && mode != "panel" && mode != "direct")
+      throw Error("SetF16PromptForTesting: unknown mode '" + mode +
+                  "' (use \"panel\", \"direct\" or \"\" for the CPU's choice)");
+    g_f16_panel = mode == "" ? -1 : mode == "panel" ? 1 : 0;
+  }
+  namespace detail {
+  bool UseF16Panel() {
+    if (const int forced = g_f16_panel.load(std::memory_order_relaxed); forced >= 0) return forced;
+#if defined(__x86_64__) || defined(__i386__)
+    // Intel cores run the F16 -> F32 conversion on the FMA ports, so the tile converting its
+    // weights itself loses FMA slots (the panel measured +6% on a Xeon); AMD's Zen 4/5 run it on
+    // other pipes, where the panel's conversion pass and stores cost more than they save
+    // (tinyllama-1.1b F16 pp512, 1 thread, Zen 5: 75 t/s with the panel, 98 without).
+    static const bool intel = __builtin_cpu_is("intel");
+    return intel;
+#else
+    return false;
+#endif
+  }
+  }  // namespace detail
 
   namespace {
   constexpr int kGroup = 16;  // rows per interleaved group
