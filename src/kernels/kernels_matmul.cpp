@@ -249,9 +249,16 @@ default:
   // (tinyllama Q5_K_M decode on Zen 5, 1 thread: 24 -> 50 t/s). Rows follow each other in memory,
   // so a row-major tile's requests past its row's end fetch the next row's start.
   constexpr size_t kPrefetchBytes = 6144;
-  HWY_INLINE void PrefetchAhead(const uint8_t* g, size_t group_bytes) {
-    const uint8_t* ahead = g + (kPrefetchBytes / group_bytes + 1) * group_bytes;
-    for (size_t l = 0; l < group_bytes; l += 64) __builtin_prefetch(ahead + l);
+  // How far ahead a kernel reading `block_bytes` per step asks: whole steps, past kPrefetchBytes.
+  HWY_INLINE size_t PrefetchDistance(size_t block_bytes) {
+    return (kPrefetchBytes / block_bytes + 1) * block_bytes;
+  }
+  HWY_INLINE void PrefetchLines(const uint8_t* p, size_t bytes) {
+    for (size_t l = 0; l < bytes; l += 64) __builtin_prefetch(p + l);
+  }
+  // For kernels whose block size is a constant (the division folds away).
+  HWY_INLINE void PrefetchAhead(const uint8_t* g, size_t block_bytes) {
+    PrefetchLines(g + PrefetchDistance(block_bytes), block_bytes);
   }
 
   template <int R, int C, class K>
@@ -264,11 +271,13 @@ default:
     for (int r = 0; r < R; ++r)
       for (int c = 0; c < C; ++c) acc[r][c] = hn::Zero(da);
     const int64_t steps = k.Steps();
-    // Decode (one row, one column): the weight bytes each step reads, to prefetch ahead.
+    // Decode (one row, one column): the weight bytes each step reads, and how far ahead to ask
+    // for them (computed once here: the step size is known only at run time).
     const size_t step_bytes = R * C == 1 && steps > 0 ? t.wrb / static_cast<size_t>(steps) : 0;
+    const size_t distance = step_bytes > 0 ? PrefetchDistance(step_bytes) : 0;
     auto ahead = [&](int64_t s) {
       if constexpr (R * C == 1)
-        PrefetchAhead(t.w + static_cast<size_t>(s) * step_bytes, step_bytes);
+        PrefetchLines(t.w + static_cast<size_t>(s) * step_bytes + distance, step_bytes);
     };
     int64_t s = 0;
     if constexpr (R * C <= 2 && !IsOrdered<K>::value) {
@@ -339,6 +348,20 @@ default:
     return {&Tile<R, C, K>, &Tile<R, 1, K>, &Tile<1, C, K>, &Tile<1, 1, K>, R, C};
   }
 
+#if ES_VNNI
+  // Q4_K and Q5_K (scales and mins): row-major tiles, the 16-row row-major decoder, and the tiles
+  // of the interleaved layout.
+  template <class Block, template <int, int> class KT>
+  TileSet KMinTiles() {
+    TileSet ts = MakeTiles<3, 8, KT>();
+    ts.decode = &DecodeKMinx16<Block>;
+    ts.D = 16;
+    ts.SetX16(
+        {{&KMinx16Tile<8, Block>, 8}, {&KMinx16Tile<4, Block>, 4}, {&KMinx16Tile<1, Block>, 1}});
+    return ts;
+  }
+#endif
+
   // Tile shapes measured on Zen 5 (AVX3_DL) and its AVX2 fallback, batch 256-512: the accumulators
   // must fit the register file (32 vector registers on AVX-512, 16 on AVX2).
   TileSet TilesFor(TensorType t) {
@@ -389,26 +412,12 @@ default:
         ts.SetX16({{&Q4_0x16Tile<8>, 8}, {&Q4_0x16Tile<4>, 4}, {&Q4_0x16Tile<1>, 1}});
         return ts;
       }
-      case TensorType::kQ4_K: {
-        TileSet ts = MakeTiles<3, 8, Q4KVnni>();
-        ts.decode = &DecodeKMinx16<BlockQ4_K>;
-        ts.D = 16;
-        ts.SetX16({{&KMinx16Tile<8, BlockQ4_K>, 8},
-                   {&KMinx16Tile<4, BlockQ4_K>, 4},
-                   {&KMinx16Tile<1, BlockQ4_K>, 1}});
-        return ts;
-      }
+      case TensorType::kQ4_K:
+        return KMinTiles<BlockQ4_K, Q4KVnni>();
       case TensorType::kQ6_K:
         return MakeTiles<3, 8, Q6KVnni>();
-      case TensorType::kQ5_K: {
-        TileSet ts = MakeTiles<3, 8, Q5KVnni>();
-        ts.decode = &DecodeKMinx16<BlockQ5_K>;
-        ts.D = 16;
-        ts.SetX16({{&KMinx16Tile<8, BlockQ5_K>, 8},
-                   {&KMinx16Tile<4, BlockQ5_K>, 4},
-                   {&KMinx16Tile<1, BlockQ5_K>, 1}});
-        return ts;
-      }
+      case TensorType::kQ5_K:
+        return KMinTiles<BlockQ5_K, Q5KVnni>();
       case TensorType::kQ3_K:
         return MakeTiles<3, 8, Q3KVnni>();
       case TensorType::kQ2_K:
@@ -462,6 +471,9 @@ default:
       const auto* wbase = static_cast<const uint8_t*>(w.data);
       // Row ranges are whole groups of 16 (the caller splits work in units of 16 rows).
       constexpr int64_t kColBlock = 64;
+#if ES_F16_X16
+      const bool panel = w.type == TensorType::kF16 && detail::UseF16Panel();
+#endif
       for (int64_t cb = 0; cb < batch; cb += kColBlock) {
         const int64_t ce = std::min(batch, cb + kColBlock);
         for (int64_t r = r0; r < r1; r += 16) {
@@ -473,7 +485,7 @@ default:
           static constexpr TileFn kPanelTiles[3] = {&F16PanelTile<6>, &F16PanelTile<4>,
                                                     &F16PanelTile<1>};
           static constexpr int kPanelWidths[3] = {6, 4, 1};
-          if (w.type == TensorType::kF16 && ce - cb >= kF16PanelMinCols && detail::UseF16Panel()) {
+          if (panel && ce - cb >= kF16PanelMinCols) {
             t.w = reinterpret_cast<const uint8_t*>(F16Panel(t.w, w.cols));
             tiles = kPanelTiles;
             widths = kPanelWidths;
@@ -535,10 +547,11 @@ default:
   bool UseF16Panel() {
     if (const int forced = g_f16_panel.load(std::memory_order_relaxed); forced >= 0) return forced;
 #if defined(__x86_64__) || defined(__i386__)
-    // Intel cores run the F16 -> F32 conversion on the FMA ports, so the tile converting its
-    // weights itself loses FMA slots (the panel measured +6% on a Xeon); AMD's Zen 4/5 run it on
-    // other pipes, where the panel's conversion pass and stores cost more than they save
-    // (tinyllama-1.1b F16 pp512, 1 thread, Zen 5: 75 t/s with the panel, 98 without).
+    // Intel cores run the F16 -> F32 conversion on the FMA ports, so a tile converting its own
+    // weights loses FMA slots (a Xeon, 2048x768 F16 by 512 rows, 1 thread: 91-93 GFLOP/s
+    // converting in the tile, 97-99 from the panel). Zen 5 runs it on other pipes, where the
+    // panel's conversion pass and stores cost more than they save (tinyllama-1.1b F16 pp512,
+    // 1 thread: 75 t/s with the panel, 98 without).
     static const bool intel = __builtin_cpu_is("intel");
     return intel;
 #else
@@ -594,8 +607,7 @@ default:
     if (gb.quant_bytes == 0 || w.interleave != 0 || w.rows % kGroup != 0 || w.cols % gb.elems != 0)
       throw Error(
           "Interleave16: needs a row-major Q4_0, Q8_0, Q4_K, Q5_K, IQ4_XS or F16 matrix of 16k "
-          "rows and "
-          "whole blocks");
+          "rows and whole blocks");
     const auto* src = static_cast<const uint8_t*>(w.data);
     auto* dst = static_cast<uint8_t*>(out);
     for (int64_t g = 0; g < w.rows / kGroup; ++g) {

@@ -269,6 +269,14 @@ struct Q4_0Vnni : VnniBase {
   }
 };
 
+// The 16-row decoders' [block][row] cells: `floats` floats, 64-byte aligned, per thread. Grows
+// once per thread to the widest matrix; decode then allocates nothing.
+HWY_INLINE float* DecodeCells(size_t floats) {
+  thread_local std::vector<float> buf;
+  if (buf.size() < floats + 16) buf.resize(floats + 16);
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t{63});
+}
+
 // Decode of 16 Q4_0 rows. Phase 1 reads each row start to end (one sequential DRAM stream, as a
 // single-row kernel does; interleaving 16 rows' blocks measured 30% slower than one row at a time)
 // and keeps the exact integer sum of every block as a float with its scale product. Phase 2 then
@@ -281,13 +289,9 @@ HWY_NOINLINE void DecodeQ4_0x16(const TileArgs& t) {
   const DF df;
   constexpr int kRows = 16;
   const int64_t nb = k.nb(), steps = k.Steps(), kG = Q4_0Vnni<1, 1>::kG;
-  // Grows once per thread to the widest matrix; decode then allocates nothing.
-  thread_local std::vector<float> buf;
   const size_t cells = static_cast<size_t>(steps * kG) * kRows;
-  if (buf.size() < 2 * cells + 16) buf.resize(2 * cells + 16);
-  float* fi = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) &
-                                       ~uintptr_t{63});  // [block][row]: block sums
-  float* dd = fi + cells;  // [block][row]: weight scale x activation scale
+  float* fi = DecodeCells(2 * cells);  // [block][row]: block sums
+  float* dd = fi + cells;              // [block][row]: weight scale x activation scale
   const auto* xq = reinterpret_cast<const int8_t*>(k.XQ(0));
   const int32_t* corr = k.Corr(0);
   for (int r = 0; r < kRows; ++r) {
@@ -493,13 +497,15 @@ struct KMinVnni : KVnniBase {
       }
     }
   }
-  // The scaled integer sums of one block against activation block xb, per lane (exact).
-  static HWY_INLINE V32 BlockSum(const VU8 (&q)[4], const V32 (&sc)[4], const int8_t* xb) {
-    const D8 d8;
+  // Activation block xb (Q8_K quants) as four vectors of 64 bytes.
+  static HWY_INLINE void LoadX(const int8_t* xb, V8 (&x)[4]) {
+    for (int p = 0; p < 4; ++p) x[p] = hn::Load(D8(), xb + 64 * p);
+  }
+  // The scaled integer sums of one block against its activations x, per lane (exact).
+  static HWY_INLINE V32 BlockSum(const VU8 (&q)[4], const V32 (&sc)[4], const V8 (&x)[4]) {
     const D32 d32;
     V32 isum = hn::Zero(d32);
-    for (int p = 0; p < 4; ++p)
-      isum = DotPairs(isum, DotBytes(hn::Zero(d32), q[p], hn::Load(d8, xb + 64 * p)), sc[p]);
+    for (int p = 0; p < 4; ++p) isum = DotPairs(isum, DotBytes(hn::Zero(d32), q[p], x[p]), sc[p]);
     return isum;
   }
   template <int R, int C>
@@ -523,11 +529,12 @@ struct KMinVnni : KVnniBase {
       dmin[r] = HalfToFloat(&blk.dmin);
     }
     for (int c = 0; c < C; ++c) {
-      const int8_t* xb = X(c, b);
+      V8 x[4];  // once per column: the rows' sums below share them
+      LoadX(X(c, b), x);
       const auto bs = hn::Load(d16x8, BS32(c, b));
       const float dx = XD(c, b);
       for (int r = 0; r < R; ++r) {
-        sums[r][c] = ChainBlock(BlockSum(q[r], sc[r], xb), d[r] * dx, sums[r][c]);
+        sums[r][c] = ChainBlock(BlockSum(q[r], sc[r], x), d[r] * dx, sums[r][c]);
         auto m1 = hn::Zero(d32x4);
         const auto m0 = hn::ReorderWidenMulAccumulate(d32x4, mins[r], bs, hn::Zero(d32x4), m1);
         minsums[r][c] =
@@ -553,12 +560,9 @@ HWY_NOINLINE void DecodeKMinx16(const TileArgs& t) {
   const hn::Full256<uint8_t> d8x32;
   constexpr int kRows = 16, kG = 16;
   const int64_t nb = k.Steps();
-  thread_local std::vector<float> buf;  // grows once per thread to the widest matrix
   const size_t cells = static_cast<size_t>(nb) * kRows;
-  if (buf.size() < 4 * cells + 16) buf.resize(4 * cells + 16);
   // [block][row]: block sums, d x dx, min sums, dmin x dx.
-  float* fi =
-      reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t{63});
+  float* fi = DecodeCells(4 * cells);
   float* dd = fi + cells;
   float* fm = dd + cells;
   float* dm = fm + cells;
@@ -576,9 +580,11 @@ HWY_NOINLINE void DecodeKMinx16(const TileArgs& t) {
         }
         VU8 q[4];
         V32 sc[4];
+        V8 x[4];
         PrefetchAhead(reinterpret_cast<const uint8_t*>(w + b0 + j), sizeof(Block));
         k.Unpack(w[b0 + j], q, sc, &mn[j]);
-        v[j] = k.BlockSum(q, sc, k.X(0, b0 + j));
+        k.LoadX(k.X(0, b0 + j), x);
+        v[j] = k.BlockSum(q, sc, x);
       }
       // Four blocks' eight mins (int16) against their activation sums of 32 (8 int16 each).
       for (int g = 0; g < kG / 4; ++g) {
