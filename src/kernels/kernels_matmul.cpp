@@ -5,7 +5,7 @@
 //   F32/F16/BF16 weights: the f32 values as the dot product sees them (rounded through f16/bf16).
 //   Q8_0/Q4_0 weights:    Q8_0 quantization; K-quant and IQ4_XS weights: Q8_K quantization.
 //   Q5_0/IQ4_NL/MXFP4:    Q8_0, Q4_1/Q5_1 weights: Q8_1 quantization, int16 on every target
-//                         (kernels_matmul_legacy-inl.h).
+//                         (kernels_matmul_legacy-inl.h) but AVX3_DL's Q5_0, which takes Q4_0's.
 // Two integer designs:
 //   * Portable (every target but AVX3_DL): quants widened to int16 once per activation row, so
 //     each target multiplies with a 16x16->32 pairwise multiply-add (pmaddwd on x86).
@@ -70,7 +70,7 @@ struct ActLayout {
   size_t arm_off = 0;    // NEON with sdot: what kernels_matmul_arm.cpp reads (0: nothing)
   size_t bytes = 0;
 };
-// Weight types whose activations take the int16 layout on every target.
+// Weight types whose activations take the int16 layout (but see the per-target IsLegacyWeight).
 constexpr bool IsLegacyWeight(TensorType w) {
   return w == TensorType::kQ4_1 || w == TensorType::kQ5_0 || w == TensorType::kQ5_1 ||
          w == TensorType::kIQ4_NL || w == TensorType::kMXFP4;
@@ -83,7 +83,6 @@ HWY_BEFORE_NAMESPACE();
 namespace es::kernels::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 using detail::ActLayout;
-using detail::IsLegacyWeight;
 using detail::RoundUp64;
 using detail::UnpackScalesQ4_K;
 using detail::WalkTiles;
@@ -94,6 +93,11 @@ using detail::WalkTiles;
 #else
 #define ES_VNNI 0
 #endif
+// Weight types whose activations take the int16 layout on this target: AVX3_DL's Q5_0 kernels
+// (Nib32Vnni) read Q4_0's int8 layout instead.
+constexpr bool IsLegacyWeight(TensorType w) {
+  return detail::IsLegacyWeight(w) && !(ES_VNNI && w == TensorType::kQ5_0);
+}
 // 64-bit Arm's NEON target hands the quantized types to the sdot/i8mm kernels where the CPU has
 // them (kernels_arm.h).
 #undef ES_ARM_DOT
@@ -387,8 +391,17 @@ default:
                      : MakeTiles<4, 2, FloatKernel<LoadBF16>>();
       case TensorType::kQ4_1:
         return kWide ? MakeTiles<4, 4, Q4_1Kernel>() : MakeTiles<2, 4, Q4_1Kernel>();
+#if ES_VNNI
+      case TensorType::kQ5_0: {
+        TileSet ts = MakeTiles<4, 4, Q5_0Vnni>();
+        ts.decode = &DecodeNib32x16<BlockQ5_0>;
+        ts.D = 16;
+        return ts;
+      }
+#else
       case TensorType::kQ5_0:
         return kWide ? MakeTiles<4, 4, Q5_0Kernel>() : MakeTiles<2, 4, Q5_0Kernel>();
+#endif
       case TensorType::kQ5_1:
         return kWide ? MakeTiles<4, 4, Q5_1Kernel>() : MakeTiles<2, 4, Q5_1Kernel>();
       case TensorType::kIQ4_NL:
@@ -407,7 +420,7 @@ default:
         // in the 16 lanes of one vector, one FMA per block for all of them, instead of 16 scalar
         // latency-bound chains one row after another.
         TileSet ts = MakeTiles<4, 4, Q4_0Vnni>();
-        ts.decode = &DecodeQ4_0x16;
+        ts.decode = &DecodeNib32x16<BlockQ4_0>;
         ts.D = 16;
         ts.SetX16({{&Q4_0x16Tile<8>, 8}, {&Q4_0x16Tile<4>, 4}, {&Q4_0x16Tile<1>, 1}});
         return ts;

@@ -136,15 +136,19 @@ struct Q8_0Vnni : VnniBase {
 // and chains acc = fma(float(isum), dw * dx, acc).
 // Full tiles of 16 outputs keep the 16 chains in the lanes of one vector instead: the integer sums
 // of one block for all 16 outputs are reduced together, so each block costs one vector FMA.
-template <int RMax, int CMax>
-struct Q4_0Vnni : VnniBase {
+// Q5_0 (Block BlockQ5_0) is the same with a fifth bit from qh (unsigned values 0..31) and twice
+// the correction (-16 * sum). Its exact block sums replace llama.cpp's eight float partials, so it
+// differs from VecDotRef in the last bits, as Q4_0 does here.
+template <class Block, int RMax, int CMax>
+struct Nib32Vnni : VnniBase {
   using Acc = hn::CappedTag<float, 1>;
   static constexpr bool kOrdered = true;
   static constexpr int kG = 16;  // blocks per step
   static constexpr bool kLanes = RMax * CMax == 16;
   mutable VF acc16 = hn::Zero(DF());  // kLanes: lane r * CMax + c is output (r, c)
   hn::Vec<DU16> shifts = HalfShifts(0, 0);
-  explicit Q4_0Vnni(const TileArgs& args) : VnniBase(args) {
+  static constexpr bool kQ5 = std::is_same_v<Block, BlockQ5_0>;
+  explicit Nib32Vnni(const TileArgs& args) : VnniBase(args) {
     // Each 128-bit block holds one copy of a block's 16 bytes: low nibbles in copies 0 and 2,
     // high nibbles in copies 1 and 3.
     alignas(64) uint16_t sh[32];
@@ -155,18 +159,32 @@ struct Q4_0Vnni : VnniBase {
   // The last step may hold fewer than 16 blocks: absent pairs are zeros, and an odd last block
   // pairs with zero weights (its partner's lanes are not used).
   int64_t Steps() const { return (nb() + kG - 1) / kG; }
-  const BlockQ4_0* W(int r) const { return reinterpret_cast<const BlockQ4_0*>(t.w + r * t.wrb); }
+  const Block* W(int r) const { return reinterpret_cast<const Block*>(t.w + r * t.wrb); }
   const int32_t* Corr(int c) const {
     return reinterpret_cast<const int32_t*>(t.a + c * t.as + t.l.corr_off);
   }
-  // Nibbles of blk[0] (and blk[1] when `two`) as unsigned bytes, laid out for DotBytes against
-  // two blocks of activation quants: low nibbles in 128-bit copies 0 and 2, high in 1 and 3.
-  HWY_INLINE VU8 Nibbles(const BlockQ4_0* blk, bool two) const {
+  // The seed of a dot product of two blocks: the weights' offset times the activations' sums.
+  HWY_INLINE V32 Seed(const int32_t* corr) const {
+    const V32 c = hn::Load(D32(), corr);
+    return kQ5 ? hn::Add(c, c) : c;
+  }
+  // Values of blk[0] (and blk[1] when `two`) as unsigned bytes, laid out for DotBytes against
+  // two blocks of activation quants: low nibbles in 128-bit copies 0 and 2, high in 1 and 3, so
+  // byte i is element i of the pair (Q5_0's fifth bits are qh's bits in that order).
+  HWY_INLINE VU8 Nibbles(const Block* blk, bool two) const {
     const DU8 du8;
     const DU16 du16;
     const VU8 hi = two ? hn::LoadDup128(du8, blk[1].qs) : hn::Zero(du8);
     const VU8 v = hn::ConcatUpperLower(du8, hi, hn::LoadDup128(du8, blk[0].qs));
-    return hn::And(hn::BitCast(du8, hn::BitCast(du16, v) >> shifts), hn::Set(du8, 0x0F));
+    const VU8 q = hn::And(hn::BitCast(du8, hn::BitCast(du16, v) >> shifts), hn::Set(du8, 0x0F));
+    if constexpr (kQ5) {
+      uint32_t h0, h1 = 0;
+      std::memcpy(&h0, blk[0].qh, 4);
+      if (two) std::memcpy(&h1, blk[1].qh, 4);
+      const __mmask64 bits = static_cast<uint64_t>(h0) | static_cast<uint64_t>(h1) << 32;
+      return VU8{_mm512_or_si512(q.raw, _mm512_maskz_set1_epi8(bits, 16))};
+    }
+    return q;
   }
   template <int R, int C>
   HWY_INLINE void Step(int64_t s, hn::Vec<Acc> (&acc)[R][C]) const {
@@ -183,7 +201,7 @@ struct Q4_0Vnni : VnniBase {
     float dw[R][kG];
     for (int r = 0; r < R; ++r) {
       for (int k = 0; k < pairs; ++k) {
-        const BlockQ4_0* blk = W(r) + b0 + 2 * k;
+        const Block* blk = W(r) + b0 + 2 * k;
         const bool two = 2 * k + 1 < count;
         hn::Store(Nibbles(blk, two), du8, q[r][k]);
         dw[r][2 * k] = HalfToFloat(&blk[0].d);
@@ -202,7 +220,7 @@ struct Q4_0Vnni : VnniBase {
       for (int r = 0; r < R; ++r) {
         V32 v[kG / 2];
         for (int k = 0; k < kG / 2; ++k)
-          v[k] = k < pairs ? DotBytes(hn::Load(d32, corr + 16 * k), hn::Load(du8, q[r][k]),
+          v[k] = k < pairs ? DotBytes(Seed(corr + 16 * k), hn::Load(du8, q[r][k]),
                                       hn::Load(d8, xq + 64 * k))
                            : hn::Zero(d32);
         hn::Store(hn::ConvertTo(df, ReduceBlocks(d32, v)), df, fi[r][c]);
@@ -247,7 +265,7 @@ struct Q4_0Vnni : VnniBase {
       for (int c = 0; c < C; ++c) {
         const auto* xq = reinterpret_cast<const int8_t*>(XQ(c)) + 32 * (b0 + 2 * k);
         const V8 x = hn::Load(d8, xq);
-        const V32 corr = hn::Load(d32, Corr(c) + 8 * (b0 + 2 * k));
+        const V32 corr = Seed(Corr(c) + 8 * (b0 + 2 * k));
         for (int r = 0; r < R; ++r) v[r * C + c] = DotBytes(corr, hn::Load(du8, q[r][k]), x);
       }
       for (int m = 16; m > 2; m /= 2)
@@ -268,6 +286,10 @@ struct Q4_0Vnni : VnniBase {
     return hn::GetLane(acc);
   }
 };
+template <int R, int C>
+using Q4_0Vnni = Nib32Vnni<BlockQ4_0, R, C>;
+template <int R, int C>
+using Q5_0Vnni = Nib32Vnni<BlockQ5_0, R, C>;
 
 // The 16-row decoders' [block][row] cells: `floats` floats, 64-byte aligned, per thread. Grows
 // once per thread to the widest matrix; decode then allocates nothing.
@@ -277,39 +299,41 @@ HWY_INLINE float* DecodeCells(size_t floats) {
   return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t{63});
 }
 
-// Decode of 16 Q4_0 rows. Phase 1 reads each row start to end (one sequential DRAM stream, as a
-// single-row kernel does; interleaving 16 rows' blocks measured 30% slower than one row at a time)
-// and keeps the exact integer sum of every block as a float with its scale product. Phase 2 then
-// advances the 16 ordered chains together, one FMA per block for all rows: the same float
-// operations per row as Q4_0Vnni's 1x1 tile, without its scalar FMA latency chain.
-HWY_NOINLINE void DecodeQ4_0x16(const TileArgs& t) {
-  const Q4_0Vnni<1, 1> k(t);
+// Decode of 16 Q4_0 (or Q5_0) rows. Phase 1 reads each row start to end (one sequential DRAM
+// stream, as a single-row kernel does; interleaving 16 rows' blocks measured 30% slower than one
+// row at a time) and keeps the exact integer sum of every block as a float with its scale product.
+// Phase 2 then advances the 16 ordered chains together, one FMA per block for all rows: the same
+// float operations per row as Q4_0Vnni's 1x1 tile, without its scalar FMA latency chain.
+template <class Block>
+HWY_NOINLINE void DecodeNib32x16(const TileArgs& t) {
+  using K = Nib32Vnni<Block, 1, 1>;
+  const K k(t);
   const D8 d8;
   const D32 d32;
   const DF df;
   constexpr int kRows = 16;
-  const int64_t nb = k.nb(), steps = k.Steps(), kG = Q4_0Vnni<1, 1>::kG;
+  const int64_t nb = k.nb(), steps = k.Steps(), kG = K::kG;
   const size_t cells = static_cast<size_t>(steps * kG) * kRows;
   float* fi = DecodeCells(2 * cells);  // [block][row]: block sums
   float* dd = fi + cells;              // [block][row]: weight scale x activation scale
   const auto* xq = reinterpret_cast<const int8_t*>(k.XQ(0));
   const int32_t* corr = k.Corr(0);
   for (int r = 0; r < kRows; ++r) {
-    const BlockQ4_0* w = k.W(r);
+    const Block* w = k.W(r);
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t b0 = s * kG;
       const int count = static_cast<int>(std::min<int64_t>(kG, nb - b0));
       const int pairs = (count + 1) / 2;
-      PrefetchAhead(reinterpret_cast<const uint8_t*>(w + b0), kG * sizeof(BlockQ4_0));
+      PrefetchAhead(reinterpret_cast<const uint8_t*>(w + b0), kG * sizeof(Block));
       V32 v[kG / 2];
       for (int p = 0; p < kG / 2; ++p) {
         if (p >= pairs) {
           v[p] = hn::Zero(d32);
           continue;
         }
-        v[p] = DotBytes(hn::Load(d32, corr + 8 * b0 + 16 * p),
-                        k.Nibbles(w + b0 + 2 * p, 2 * p + 1 < count),
-                        hn::Load(d8, xq + 32 * b0 + 64 * p));
+        v[p] =
+            DotBytes(k.Seed(corr + 8 * b0 + 16 * p), k.Nibbles(w + b0 + 2 * p, 2 * p + 1 < count),
+                     hn::Load(d8, xq + 32 * b0 + 64 * p));
       }
       alignas(64) float f[kG];
       hn::Store(hn::ConvertTo(df, ReduceBlocks(d32, v)), df, f);
