@@ -78,6 +78,56 @@ void BM_MatVec(benchmark::State& state) {
                                               benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Decode through MoE experts as a qwen1.5-moe-a2.7b token meets them: an expert's matrix is
+// small (1408 x 2048 gate/up rows, 2048 x 1408 down) and each one read is a cold stream
+// somewhere in a pool far larger than the last-level cache. Args: type, threads, interleaved
+// (0: row-major, as experts stay in the file; 1: Interleave16's layout, where the type has one).
+void BM_ExpertMatVec(benchmark::State& state) {
+  constexpr TensorType kExpertTypes[] = {TensorType::kQ4_K, TensorType::kQ5_0, TensorType::kQ8_0,
+                                         TensorType::kQ4_0};
+  const TensorType t = kExpertTypes[state.range(0)];
+  const int threads = static_cast<int>(state.range(1));
+  // llama.cpp's Q4_K_M gives the downs (1408 columns) Q5_0 or Q8_0; Q4_0 for comparison.
+  const bool down = t != TensorType::kQ4_K;
+  const int64_t rows = down ? 2048 : 1408, cols = down ? 1408 : 2048;
+  const int64_t one = static_cast<int64_t>(es::RowBytes(t, cols)) * rows;
+  const int64_t experts = (int64_t{512} << 20) / one;
+  Weights w = MakeWeights(t, rows * experts, cols);
+  std::vector<uint8_t> inter;
+  if (state.range(2)) {
+    if (!k::PrefersInterleaved(t)) {
+      state.SkipWithError("no interleaved layout for this type on this CPU");
+      return;
+    }
+    inter.resize(w.bytes.size());
+    w.m = k::Interleave16(w.m, inter.data());
+  }
+  const auto x = Activations(cols);
+  std::vector<float> y(rows);
+  k::ThreadPool pool(threads);
+  k::Scratch scratch;
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int64_t> pick(0, experts - 1);
+  for (auto _ : state) {
+    k::Matrix e = w.m;
+    e.rows = rows;
+    e.data = static_cast<const uint8_t*>(w.m.data) + pick(rng) * one;
+    k::MatMul(e, x.data(), cols, 1, y.data(), rows, pool, scratch);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetLabel(std::string(es::TypeName(t)) + " " + std::to_string(rows) + "x" +
+                 std::to_string(cols) + (state.range(2) ? " interleaved " : " ") +
+                 k::ActiveTarget());
+  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(one) / 1e9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_ExpertMatVec)
+    ->ArgsProduct({{0, 1, 2, 3}, {1, 2}, {0}})
+    ->Args({0, 1, 1})
+    ->Args({0, 2, 1})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
 // Prompt processing: 512 tokens through a 4096 x 4096 matrix.
 void BM_MatMul512(benchmark::State& state) {
   const TensorType t = kTypes[state.range(0)];

@@ -291,19 +291,65 @@ using Q4_0Vnni = Nib32Vnni<BlockQ4_0, R, C>;
 template <int R, int C>
 using Q5_0Vnni = Nib32Vnni<BlockQ5_0, R, C>;
 
-// The 16-row decoders' [block][row] cells: `floats` floats, 64-byte aligned, per thread. Grows
-// once per thread to the widest matrix; decode then allocates nothing.
-HWY_INLINE float* DecodeCells(size_t floats) {
-  thread_local std::vector<float> buf;
-  if (buf.size() < floats + 16) buf.resize(floats + 16);
-  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t{63});
+// Reductions of 16 rows' int32 lanes into one vector whose lane r is row r's, for the 16-row
+// decoders. Two levels of in-lane unpacks first (cheap), then few cross-lane shuffles; integer
+// sums are exact, so the order is free.
+// v[0..3] -> 128-bit lane L holds (sum of 128-bit lane L of v[0], ... of v[3]).
+HWY_INLINE __m512i Sum4InLanes(const V32* v) {
+  const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(v[0].raw, v[1].raw),
+                                      _mm512_unpackhi_epi32(v[0].raw, v[1].raw));
+  const __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2].raw, v[3].raw),
+                                      _mm512_unpackhi_epi32(v[2].raw, v[3].raw));
+  return _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+}
+// 128-bit lanes [a0 + a1, a2 + a3, b0 + b1, b2 + b3].
+HWY_INLINE __m512i AddLanePairs(__m512i a, __m512i b) {
+  return _mm512_add_epi32(_mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                          _mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+// Lane r = sum of v[r]'s 16 lanes (what ReduceBlocks gives).
+HWY_INLINE V32 SumRows16(const V32 (&v)[16]) {
+  const __m512i p = AddLanePairs(Sum4InLanes(v), Sum4InLanes(v + 4));
+  const __m512i q = AddLanePairs(Sum4InLanes(v + 8), Sum4InLanes(v + 12));
+  return V32{AddLanePairs(p, q)};
+}
+// v[r] holding two blocks (lanes 0-7, 8-15): lane r of *s0 = row r's first block, of *s1 its
+// second.
+HWY_INLINE void SumRowPairs16(const V32 (&v)[16], V32* s0, V32* s1) {
+  const __m512i x = AddLanePairs(Sum4InLanes(v), Sum4InLanes(v + 4));
+  const __m512i y = AddLanePairs(Sum4InLanes(v + 8), Sum4InLanes(v + 12));
+  *s0 = V32{_mm512_shuffle_i32x4(x, y, _MM_SHUFFLE(2, 0, 2, 0))};
+  *s1 = V32{_mm512_shuffle_i32x4(x, y, _MM_SHUFFLE(3, 1, 3, 1))};
+}
+// v[g] holding rows 4g..4g+3 in its 128-bit lanes 0..3: lane 4g + i = sum of that 128-bit lane.
+HWY_INLINE V32 SumRowQuads16(const V32 (&v)[4]) {
+  // Sum4InLanes leaves row 4g + i in lane 4i + g.
+  const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return V32{_mm512_permutexvar_epi32(idx, Sum4InLanes(v))};
 }
 
-// Decode of 16 Q4_0 (or Q5_0) rows. Phase 1 reads each row start to end (one sequential DRAM
-// stream, as a single-row kernel does; interleaving 16 rows' blocks measured 30% slower than one
-// row at a time) and keeps the exact integer sum of every block as a float with its scale product.
-// Phase 2 then advances the 16 ordered chains together, one FMA per block for all rows: the same
-// float operations per row as Q4_0Vnni's 1x1 tile, without its scalar FMA latency chain.
+// Byte offsets of 16 consecutive rows (row r at r * row_bytes), for gathering one 32-bit field
+// of the same block of each.
+HWY_INLINE V32 RowOffsets(size_t row_bytes) {
+  return hn::Mul(hn::Iota(D32(), 0), hn::Set(D32(), static_cast<int32_t>(row_bytes)));
+}
+// The f16 in the low (kHigh: high) half of each int32 lane, as f32.
+template <bool kHigh = false>
+HWY_INLINE VF HalvesToFloat(V32 v) {
+  if constexpr (kHigh) v = hn::ShiftRight<16>(v);
+  return VF{_mm512_cvtph_ps(_mm512_cvtepi32_epi16(v.raw))};
+}
+// The prefetch of decoders that read 16 rows' blocks in turn: the same bytes of the next group
+// of 16 rows, which starts 16 rows on (rows of a few KiB, as MoE experts have, take a whole group
+// to pass one prefetch distance).
+HWY_INLINE void PrefetchNextGroup(const void* block, size_t row_bytes, size_t bytes) {
+  PrefetchLines(static_cast<const uint8_t*>(block) + 16 * row_bytes, bytes);
+}
+
+// Decode of 16 consecutive row-major Q4_0 (or Q5_0) rows, a pair of blocks at a time for all
+// rows: the 16 dot products share the pair's activations, and SumRowPairs16 leaves the 16 rows'
+// sums of each block in the lanes of one vector, so that one FMA per block
+// advances the 16 ordered chains. The float operations per row are Nib32Vnni's 1x1 tile's.
 template <class Block>
 HWY_NOINLINE void DecodeNib32x16(const TileArgs& t) {
   using K = Nib32Vnni<Block, 1, 1>;
@@ -311,41 +357,33 @@ HWY_NOINLINE void DecodeNib32x16(const TileArgs& t) {
   const D8 d8;
   const D32 d32;
   const DF df;
-  constexpr int kRows = 16;
-  const int64_t nb = k.nb(), steps = k.Steps(), kG = K::kG;
-  const size_t cells = static_cast<size_t>(steps * kG) * kRows;
-  float* fi = DecodeCells(2 * cells);  // [block][row]: block sums
-  float* dd = fi + cells;              // [block][row]: weight scale x activation scale
+  const int64_t nb = k.nb();
   const auto* xq = reinterpret_cast<const int8_t*>(k.XQ(0));
   const int32_t* corr = k.Corr(0);
-  for (int r = 0; r < kRows; ++r) {
-    const Block* w = k.W(r);
-    for (int64_t s = 0; s < steps; ++s) {
-      const int64_t b0 = s * kG;
-      const int count = static_cast<int>(std::min<int64_t>(kG, nb - b0));
-      const int pairs = (count + 1) / 2;
-      PrefetchAhead(reinterpret_cast<const uint8_t*>(w + b0), kG * sizeof(Block));
-      V32 v[kG / 2];
-      for (int p = 0; p < kG / 2; ++p) {
-        if (p >= pairs) {
-          v[p] = hn::Zero(d32);
-          continue;
-        }
-        v[p] =
-            DotBytes(k.Seed(corr + 8 * b0 + 16 * p), k.Nibbles(w + b0 + 2 * p, 2 * p + 1 < count),
-                     hn::Load(d8, xq + 32 * b0 + 64 * p));
-      }
-      alignas(64) float f[kG];
-      hn::Store(hn::ConvertTo(df, ReduceBlocks(d32, v)), df, f);
-      for (int j = 0; j < count; ++j) {
-        fi[(b0 + j) * kRows + r] = f[j];
-        dd[(b0 + j) * kRows + r] = HalfToFloat(&w[b0 + j].d) * k.XD(0, b0 + j);
-      }
+  const V32 rows = RowOffsets(t.wrb);
+  VF acc = hn::Zero(df);
+  for (int64_t b = 0; b < nb; b += 2) {
+    const bool two = b + 1 < nb;
+    // Reads stay inside the converted row: quants and corrections are padded to 64 bytes.
+    const V8 x = hn::Load(d8, xq + 32 * b);
+    const V32 seed = k.Seed(corr + 8 * b);
+    V32 v[16];
+    for (int r = 0; r < 16; ++r) {
+      const Block* w = k.W(r) + b;
+      PrefetchNextGroup(w, t.wrb, 2 * sizeof(Block));
+      v[r] = DotBytes(seed, k.Nibbles(w, two), x);
+    }
+    V32 s0, s1;
+    SumRowPairs16(v, &s0, &s1);
+    const auto* w0 = reinterpret_cast<const int32_t*>(k.W(0) + b);
+    const VF dw0 = HalvesToFloat(hn::GatherOffset(d32, w0, rows));
+    acc = hn::MulAdd(hn::ConvertTo(df, s0), hn::Mul(dw0, hn::Set(df, k.XD(0, b))), acc);
+    if (two) {
+      const auto* w1 = reinterpret_cast<const int32_t*>(k.W(0) + b + 1);
+      const VF dw1 = HalvesToFloat(hn::GatherOffset(d32, w1, rows));
+      acc = hn::MulAdd(hn::ConvertTo(df, s1), hn::Mul(dw1, hn::Set(df, k.XD(0, b + 1))), acc);
     }
   }
-  VF acc = hn::Zero(df);
-  for (int64_t j = 0; j < nb; ++j)
-    acc = hn::MulAdd(hn::Load(df, fi + j * kRows), hn::Load(df, dd + j * kRows), acc);
   hn::StoreU(acc, df, t.y);
 }
 
@@ -570,77 +608,53 @@ struct KMinVnni : KVnniBase {
   float Finish(int r, int c, VF) const { return sums[r][c] - minsums[r][c]; }
 };
 
-// Decode (one activation row) of 16 consecutive row-major Q4_K or Q5_K rows, as DecodeQ4_0x16:
-// phase 1 streams one row at a time and reduces 16 blocks' lane sums (and their min sums) at
-// once with ReduceBlocks instead of two horizontal sums per block; phase 2 advances the 16 rows'
-// two ordered chains together, one FMA each per block. The float steps per row are KMinVnni's,
-// so results are bit-identical to its tiles (and to KMinx16Tile on the interleaved layout).
+// Decode (one activation row) of 16 consecutive row-major Q4_K or Q5_K rows, a block at a time
+// for all rows, as DecodeNib32x16: the rows share the block's activations, SumRows16 leaves
+// the 16 rows' scaled sums (and min sums) in the lanes of one vector, and one FMA each per block
+// advances the two ordered chains of all rows. The float steps per row are KMinVnni's, so
+// results are bit-identical to its tiles (and to KMinx16Tile on the interleaved layout).
 template <class Block>
 HWY_NOINLINE void DecodeKMinx16(const TileArgs& t) {
   const KMinVnni<1, 1, Block> k(t);
   const D32 d32;
   const DF df;
   const hn::Full512<int16_t> d16;
-  const hn::Full256<uint8_t> d8x32;
-  constexpr int kRows = 16, kG = 16;
+  const hn::Full256<uint64_t> d64x4;
   const int64_t nb = k.Steps();
-  const size_t cells = static_cast<size_t>(nb) * kRows;
-  // [block][row]: block sums, d x dx, min sums, dmin x dx.
-  float* fi = DecodeCells(4 * cells);
-  float* dd = fi + cells;
-  float* fm = dd + cells;
-  float* dm = fm + cells;
-  const auto* bs32 = k.BS32(0, 0);
-  for (int r = 0; r < kRows; ++r) {
-    const Block* w = k.W(r);
-    for (int64_t b0 = 0; b0 < nb; b0 += kG) {
-      const int count = static_cast<int>(std::min<int64_t>(kG, nb - b0));
-      V32 v[kG], mv[kG / 4];
-      alignas(32) uint64_t mn[kG] = {};
-      for (int j = 0; j < kG; ++j) {
-        if (j >= count) {
-          v[j] = hn::Zero(d32);
-          continue;
-        }
-        VU8 q[4];
-        V32 sc[4];
-        V8 x[4];
-        PrefetchAhead(reinterpret_cast<const uint8_t*>(w + b0 + j), sizeof(Block));
-        k.Unpack(w[b0 + j], q, sc, &mn[j]);
-        k.LoadX(k.X(0, b0 + j), x);
-        v[j] = k.BlockSum(q, sc, x);
-      }
-      // Four blocks' eight mins (int16) against their activation sums of 32 (8 int16 each).
-      for (int g = 0; g < kG / 4; ++g) {
-        const int n = std::min(4, count - 4 * g);
-        if (n <= 0) {
-          mv[g] = hn::Zero(d32);
-          continue;
-        }
-        const auto mins = hn::BitCast(
-            d16, hn::PromoteTo(hn::RebindToUnsigned<decltype(d16)>(),
-                               hn::Load(d8x32, reinterpret_cast<const uint8_t*>(mn + 4 * g))));
-        const auto bs = hn::MaskedLoad(hn::FirstN(d16, static_cast<size_t>(8 * n)), d16,
-                                       bs32 + 8 * (b0 + 4 * g));
-        mv[g] = DotPairs(hn::Zero(d32), hn::BitCast(d32, mins), hn::BitCast(d32, bs));
-      }
-      alignas(64) float f[kG], m[kG];
-      hn::Store(hn::ConvertTo(df, ReduceBlocks(d32, v)), df, f);
-      hn::Store(hn::ConvertTo(df, ReduceBlocks(d32, mv)), df, m);
-      for (int j = 0; j < count; ++j) {
-        const size_t cell = static_cast<size_t>(b0 + j) * kRows + r;
-        const float dx = k.XD(0, b0 + j);
-        fi[cell] = f[j];
-        fm[cell] = m[j];
-        dd[cell] = HalfToFloat(&w[b0 + j].d) * dx;
-        dm[cell] = HalfToFloat(&w[b0 + j].dmin) * dx;
-      }
-    }
-  }
+  const V32 rows = RowOffsets(t.wrb);
   VF acc = hn::Zero(df), mins = hn::Zero(df);
-  for (int64_t j = 0; j < nb; ++j) {
-    acc = hn::MulAdd(hn::Load(df, fi + j * kRows), hn::Load(df, dd + j * kRows), acc);
-    mins = hn::MulAdd(hn::Load(df, fm + j * kRows), hn::Load(df, dm + j * kRows), mins);
+  for (int64_t b = 0; b < nb; ++b) {
+    V8 x[4];
+    k.LoadX(k.X(0, b), x);
+    V32 v[16], mv[4];
+    uint64_t mn[16];
+    for (int r = 0; r < 16; ++r) {
+      const Block& blk = k.W(r)[b];
+      PrefetchNextGroup(&blk, t.wrb, sizeof(Block));
+      VU8 q[4];
+      V32 sc[4];
+      k.Unpack(blk, q, sc, &mn[r]);
+      v[r] = k.BlockSum(q, sc, x);
+    }
+    // Four rows' eight mins (int16) against the block's eight activation sums of 32 each: lanes
+    // 4i..4i+3 of mv[g] are row 4g + i's.
+    // (The mins are assembled in registers: a vector load of just-stored scalars would stall.)
+    const auto bs = hn::BitCast(d32, hn::LoadDup128(d16, k.BS32(0, b)));
+    for (int g = 0; g < 4; ++g) {
+      const auto m8 =
+          hn::BitCast(hn::Full256<uint8_t>(),
+                      hn::Vec<decltype(d64x4)>{_mm256_set_epi64x(
+                          static_cast<int64_t>(mn[4 * g + 3]), static_cast<int64_t>(mn[4 * g + 2]),
+                          static_cast<int64_t>(mn[4 * g + 1]), static_cast<int64_t>(mn[4 * g]))});
+      const auto m16 = hn::PromoteTo(hn::RebindToUnsigned<decltype(d16)>(), m8);
+      mv[g] = DotPairs(hn::Zero(d32), hn::BitCast(d32, m16), bs);
+    }
+    // d and dmin, adjacent f16s at the start of each row's block.
+    const V32 ddm = hn::GatherOffset(d32, reinterpret_cast<const int32_t*>(k.W(0) + b), rows);
+    const VF dx = hn::Set(df, k.XD(0, b));
+    acc = hn::MulAdd(hn::ConvertTo(df, SumRows16(v)), hn::Mul(HalvesToFloat(ddm), dx), acc);
+    mins = hn::MulAdd(hn::ConvertTo(df, SumRowQuads16(mv)), hn::Mul(HalvesToFloat<true>(ddm), dx),
+                      mins);
   }
   hn::StoreU(hn::Sub(acc, mins), df, t.y);
 }
