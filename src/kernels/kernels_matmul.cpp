@@ -5,7 +5,8 @@
 //   F32/F16/BF16 weights: the f32 values as the dot product sees them (rounded through f16/bf16).
 //   Q8_0/Q4_0 weights:    Q8_0 quantization; K-quant and IQ4_XS weights: Q8_K quantization.
 //   Q5_0/IQ4_NL/MXFP4:    Q8_0, Q4_1/Q5_1 weights: Q8_1 quantization, int16 on every target
-//                         (kernels_matmul_legacy-inl.h) but AVX3_DL's Q5_0, which takes Q4_0's.
+//                         (kernels_matmul_legacy-inl.h) but AVX3_DL's Q5_0 and MXFP4, which take
+//                         Q4_0's.
 // Two integer designs:
 //   * Portable (every target but AVX3_DL): quants widened to int16 once per activation row, so
 //     each target multiplies with a 16x16->32 pairwise multiply-add (pmaddwd on x86).
@@ -93,10 +94,11 @@ using detail::WalkTiles;
 #else
 #define ES_VNNI 0
 #endif
-// Weight types whose activations take the int16 layout on this target: AVX3_DL's Q5_0 kernels
-// (Nib32Vnni) read Q4_0's int8 layout instead.
+// Weight types whose activations take the int16 layout on this target: AVX3_DL's Q5_0 and MXFP4
+// kernels (Nib32Vnni) read Q4_0's int8 layout instead.
 constexpr bool IsLegacyWeight(TensorType w) {
-  return detail::IsLegacyWeight(w) && !(ES_VNNI && w == TensorType::kQ5_0);
+  return detail::IsLegacyWeight(w) &&
+         !(ES_VNNI && (w == TensorType::kQ5_0 || w == TensorType::kMXFP4));
 }
 // 64-bit Arm's NEON target hands the quantized types to the sdot/i8mm kernels where the CPU has
 // them (kernels_arm.h).
@@ -406,8 +408,17 @@ default:
         return kWide ? MakeTiles<4, 4, Q5_1Kernel>() : MakeTiles<2, 4, Q5_1Kernel>();
       case TensorType::kIQ4_NL:
         return kWide ? MakeTiles<4, 4, IQ4_NLKernel>() : MakeTiles<2, 4, IQ4_NLKernel>();
+#if ES_VNNI
+      case TensorType::kMXFP4: {
+        TileSet ts = MakeTiles<4, 4, MXFP4Vnni>();
+        ts.decode = &DecodeNib32x16<BlockMXFP4>;
+        ts.D = 16;
+        return ts;
+      }
+#else
       case TensorType::kMXFP4:
         return kWide ? MakeTiles<4, 4, MXFP4Kernel>() : MakeTiles<2, 4, MXFP4Kernel>();
+#endif
 #if ES_VNNI
       case TensorType::kQ8_0: {
         TileSet ts = MakeTiles<4, 4, Q8_0Vnni>();

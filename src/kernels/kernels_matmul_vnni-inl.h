@@ -137,8 +137,9 @@ struct Q8_0Vnni : VnniBase {
 // Full tiles of 16 outputs keep the 16 chains in the lanes of one vector instead: the integer sums
 // of one block for all 16 outputs are reduced together, so each block costs one vector FMA.
 // Q5_0 (Block BlockQ5_0) is the same with a fifth bit from qh (unsigned values 0..31) and twice
-// the correction (-16 * sum). Its exact block sums replace llama.cpp's eight float partials, so it
-// differs from VecDotRef in the last bits, as Q4_0 does here.
+// the correction (-16 * sum); MXFP4 looks its nibbles up in its levels plus 16 (unsigned 4..28,
+// the same correction) and scales by E8M0. Their exact block sums replace llama.cpp's eight float
+// partials, so they differ from VecDotRef in the last bits, as Q4_0 does here.
 template <class Block, int RMax, int CMax>
 struct Nib32Vnni : VnniBase {
   using Acc = hn::CappedTag<float, 1>;
@@ -148,6 +149,27 @@ struct Nib32Vnni : VnniBase {
   mutable VF acc16 = hn::Zero(DF());  // kLanes: lane r * CMax + c is output (r, c)
   hn::Vec<DU16> shifts = HalfShifts(0, 0);
   static constexpr bool kQ5 = std::is_same_v<Block, BlockQ5_0>;
+  static constexpr bool kMX = std::is_same_v<Block, BlockMXFP4>;
+  // kMXFP4Values + 16.
+  alignas(16) static constexpr uint8_t kMXLevels[16] = {16, 17, 18, 19, 20, 22, 24, 28,
+                                                        16, 15, 14, 13, 12, 10, 8,  4};
+  static HWY_INLINE float Scale(const Block& b) {
+    if constexpr (kMX)
+      return E8M0Half(b.e);
+    else
+      return HalfToFloat(&b.d);
+  }
+  // Scale() of 16 blocks, their first four bytes given as the int32 lanes of v.
+  static HWY_INLINE VF Scales(V32 v) {
+    if constexpr (kMX) {
+      const D32 d32;
+      const V32 e = hn::And(v, hn::Set(d32, 0xFF));
+      const V32 normal = hn::ShiftLeft<23>(hn::Sub(e, hn::Set(d32, 1)));
+      const V32 sub = V32{_mm512_sllv_epi32(_mm512_set1_epi32(0x00200000), e.raw)};
+      return hn::BitCast(DF(), hn::IfThenElse(hn::Lt(e, hn::Set(d32, 2)), sub, normal));
+    }
+    return VF{_mm512_cvtph_ps(_mm512_cvtepi32_epi16(v.raw))};
+  }
   explicit Nib32Vnni(const TileArgs& args) : VnniBase(args) {
     // Each 128-bit block holds one copy of a block's 16 bytes: low nibbles in copies 0 and 2,
     // high nibbles in copies 1 and 3.
@@ -166,7 +188,12 @@ struct Nib32Vnni : VnniBase {
   // The seed of a dot product of two blocks: the weights' offset times the activations' sums.
   HWY_INLINE V32 Seed(const int32_t* corr) const {
     const V32 c = hn::Load(D32(), corr);
-    return kQ5 ? hn::Add(c, c) : c;
+    return kQ5 || kMX ? hn::Add(c, c) : c;
+  }
+  // The seed's sum over one block b (its eight lanes), for kernels that add it after reducing.
+  HWY_INLINE int32_t BlockSeed(int64_t b) const {
+    const int32_t c = reinterpret_cast<const int32_t*>(t.a + t.l.bcorr_off)[b];
+    return kQ5 || kMX ? 2 * c : c;
   }
   // Values of blk[0] (and blk[1] when `two`) as unsigned bytes, laid out for DotBytes against
   // two blocks of activation quants: low nibbles in 128-bit copies 0 and 2, high in 1 and 3, so
@@ -177,6 +204,7 @@ struct Nib32Vnni : VnniBase {
     const VU8 hi = two ? hn::LoadDup128(du8, blk[1].qs) : hn::Zero(du8);
     const VU8 v = hn::ConcatUpperLower(du8, hi, hn::LoadDup128(du8, blk[0].qs));
     const VU8 q = hn::And(hn::BitCast(du8, hn::BitCast(du16, v) >> shifts), hn::Set(du8, 0x0F));
+    if constexpr (kMX) return hn::TableLookupBytes(hn::LoadDup128(du8, kMXLevels), q);
     if constexpr (kQ5) {
       uint32_t h0, h1 = 0;
       std::memcpy(&h0, blk[0].qh, 4);
@@ -204,8 +232,8 @@ struct Nib32Vnni : VnniBase {
         const Block* blk = W(r) + b0 + 2 * k;
         const bool two = 2 * k + 1 < count;
         hn::Store(Nibbles(blk, two), du8, q[r][k]);
-        dw[r][2 * k] = HalfToFloat(&blk[0].d);
-        if (two) dw[r][2 * k + 1] = HalfToFloat(&blk[1].d);
+        dw[r][2 * k] = Scale(blk[0]);
+        if (two) dw[r][2 * k + 1] = Scale(blk[1]);
       }
     }
     if constexpr (kLanes && R == RMax && C == CMax) {
@@ -290,34 +318,33 @@ template <int R, int C>
 using Q4_0Vnni = Nib32Vnni<BlockQ4_0, R, C>;
 template <int R, int C>
 using Q5_0Vnni = Nib32Vnni<BlockQ5_0, R, C>;
+template <int R, int C>
+using MXFP4Vnni = Nib32Vnni<BlockMXFP4, R, C>;
 
 // Reductions of 16 rows' int32 lanes into one vector whose lane r is row r's, for the 16-row
-// decoders. Two levels of in-lane unpacks first (cheap), then few cross-lane shuffles; integer
-// sums are exact, so the order is free.
+// decoders: in-lane unpacks per four rows as they come (cheap, and few live registers), then few
+// cross-lane shuffles. Integer sums are exact, so the order is free.
 // v[0..3] -> 128-bit lane L holds (sum of 128-bit lane L of v[0], ... of v[3]).
-HWY_INLINE __m512i Sum4InLanes(const V32* v) {
+HWY_INLINE V32 Sum4InLanes(const V32* v) {
   const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(v[0].raw, v[1].raw),
                                       _mm512_unpackhi_epi32(v[0].raw, v[1].raw));
   const __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2].raw, v[3].raw),
                                       _mm512_unpackhi_epi32(v[2].raw, v[3].raw));
-  return _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+  return V32{_mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd))};
 }
 // 128-bit lanes [a0 + a1, a2 + a3, b0 + b1, b2 + b3].
-HWY_INLINE __m512i AddLanePairs(__m512i a, __m512i b) {
-  return _mm512_add_epi32(_mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
-                          _mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+HWY_INLINE __m512i AddLanePairs(V32 a, V32 b) {
+  return _mm512_add_epi32(_mm512_shuffle_i32x4(a.raw, b.raw, _MM_SHUFFLE(2, 0, 2, 0)),
+                          _mm512_shuffle_i32x4(a.raw, b.raw, _MM_SHUFFLE(3, 1, 3, 1)));
 }
-// Lane r = sum of v[r]'s 16 lanes (what ReduceBlocks gives).
-HWY_INLINE V32 SumRows16(const V32 (&v)[16]) {
-  const __m512i p = AddLanePairs(Sum4InLanes(v), Sum4InLanes(v + 4));
-  const __m512i q = AddLanePairs(Sum4InLanes(v + 8), Sum4InLanes(v + 12));
-  return V32{AddLanePairs(p, q)};
+// w[g] = Sum4InLanes of rows 4g..4g+3 -> lane r = sum of row r's 16 lanes (ReduceBlocks' result).
+HWY_INLINE V32 SumRows16(const V32 (&w)[4]) {
+  return V32{AddLanePairs(V32{AddLanePairs(w[0], w[1])}, V32{AddLanePairs(w[2], w[3])})};
 }
-// v[r] holding two blocks (lanes 0-7, 8-15): lane r of *s0 = row r's first block, of *s1 its
-// second.
-HWY_INLINE void SumRowPairs16(const V32 (&v)[16], V32* s0, V32* s1) {
-  const __m512i x = AddLanePairs(Sum4InLanes(v), Sum4InLanes(v + 4));
-  const __m512i y = AddLanePairs(Sum4InLanes(v + 8), Sum4InLanes(v + 12));
+// The same for rows holding two blocks (lanes 0-7, 8-15): lane r of *s0 = row r's first block,
+// of *s1 its second.
+HWY_INLINE void SumRowPairs16(const V32 (&w)[4], V32* s0, V32* s1) {
+  const __m512i x = AddLanePairs(w[0], w[1]), y = AddLanePairs(w[2], w[3]);
   *s0 = V32{_mm512_shuffle_i32x4(x, y, _MM_SHUFFLE(2, 0, 2, 0))};
   *s1 = V32{_mm512_shuffle_i32x4(x, y, _MM_SHUFFLE(3, 1, 3, 1))};
 }
@@ -325,13 +352,15 @@ HWY_INLINE void SumRowPairs16(const V32 (&v)[16], V32* s0, V32* s1) {
 HWY_INLINE V32 SumRowQuads16(const V32 (&v)[4]) {
   // Sum4InLanes leaves row 4g + i in lane 4i + g.
   const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-  return V32{_mm512_permutexvar_epi32(idx, Sum4InLanes(v))};
+  return V32{_mm512_permutexvar_epi32(idx, Sum4InLanes(v).raw)};
 }
 
-// Byte offsets of 16 consecutive rows (row r at r * row_bytes), for gathering one 32-bit field
-// of the same block of each.
-HWY_INLINE V32 RowOffsets(size_t row_bytes) {
-  return hn::Mul(hn::Iota(D32(), 0), hn::Set(D32(), static_cast<int32_t>(row_bytes)));
+// The first four bytes at byte `off` of each of the 16 rows (a block's scales), for the step to
+// read back as one vector after its dot products. Scalar loads and stores issued early measured
+// faster than a 16-lane gather (Zen 5, MoE experts: Q4_0 decode 24 -> 27 GB/s, 1 thread), and by
+// the time of the vector load the stores have left the store buffer.
+HWY_INLINE void BlockHeads(const TileArgs& t, size_t off, int32_t (&out)[16]) {
+  for (int r = 0; r < 16; ++r) std::memcpy(&out[r], t.w + r * t.wrb + off, 4);
 }
 // The f16 in the low (kHigh: high) half of each int32 lane, as f32.
 template <bool kHigh = false>
@@ -339,14 +368,17 @@ HWY_INLINE VF HalvesToFloat(V32 v) {
   if constexpr (kHigh) v = hn::ShiftRight<16>(v);
   return VF{_mm512_cvtph_ps(_mm512_cvtepi32_epi16(v.raw))};
 }
-// The prefetch of decoders that read 16 rows' blocks in turn: the same bytes of the next group
-// of 16 rows, which starts 16 rows on (rows of a few KiB, as MoE experts have, take a whole group
-// to pass one prefetch distance).
-HWY_INLINE void PrefetchNextGroup(const void* block, size_t row_bytes, size_t bytes) {
-  PrefetchLines(static_cast<const uint8_t*>(block) + 16 * row_bytes, bytes);
+// The prefetch of decoders that read 16 rows' blocks in turn: step s of `steps` asks for its
+// share of the next group of 16 rows (contiguous, 16 * row_bytes from `group`), so each line is
+// asked for once, a group ahead (rows of a few KiB, as MoE experts have, take a whole group to
+// pass one prefetch distance).
+HWY_INLINE void PrefetchNextGroup(const uint8_t* group, size_t row_bytes, int64_t s,
+                                  int64_t steps) {
+  const size_t share = (16 * row_bytes / static_cast<size_t>(steps) + 63) & ~size_t{63};
+  PrefetchLines(group + 16 * row_bytes + static_cast<size_t>(s) * share, share);
 }
 
-// Decode of 16 consecutive row-major Q4_0 (or Q5_0) rows, a pair of blocks at a time for all
+// Decode of 16 consecutive row-major Q4_0 (Q5_0, MXFP4) rows, a pair of blocks at a time for all
 // rows: the 16 dot products share the pair's activations, and SumRowPairs16 leaves the 16 rows'
 // sums of each block in the lanes of one vector, so that one FMA per block
 // advances the 16 ordered chains. The float operations per row are Nib32Vnni's 1x1 tile's.
@@ -359,28 +391,31 @@ HWY_NOINLINE void DecodeNib32x16(const TileArgs& t) {
   const DF df;
   const int64_t nb = k.nb();
   const auto* xq = reinterpret_cast<const int8_t*>(k.XQ(0));
-  const int32_t* corr = k.Corr(0);
-  const V32 rows = RowOffsets(t.wrb);
   VF acc = hn::Zero(df);
   for (int64_t b = 0; b < nb; b += 2) {
     const bool two = b + 1 < nb;
+    PrefetchNextGroup(t.w, t.wrb, b / 2, (nb + 1) / 2);
+    alignas(64) int32_t sc0[16], sc1[16];
+    BlockHeads(t, b * sizeof(Block), sc0);
+    BlockHeads(t, (two ? b + 1 : b) * sizeof(Block), sc1);
     // Reads stay inside the converted row: quants and corrections are padded to 64 bytes.
     const V8 x = hn::Load(d8, xq + 32 * b);
-    const V32 seed = k.Seed(corr + 8 * b);
-    V32 v[16];
-    for (int r = 0; r < 16; ++r) {
-      const Block* w = k.W(r) + b;
-      PrefetchNextGroup(w, t.wrb, 2 * sizeof(Block));
-      v[r] = DotBytes(seed, k.Nibbles(w, two), x);
+    V32 w4[4];
+    for (int g = 0; g < 4; ++g) {
+      V32 v[4];
+      for (int i = 0; i < 4; ++i)
+        v[i] = DotBytes(hn::Zero(d32), k.Nibbles(k.W(4 * g + i) + b, two), x);
+      w4[g] = Sum4InLanes(v);
     }
     V32 s0, s1;
-    SumRowPairs16(v, &s0, &s1);
-    const auto* w0 = reinterpret_cast<const int32_t*>(k.W(0) + b);
-    const VF dw0 = HalvesToFloat(hn::GatherOffset(d32, w0, rows));
+    SumRowPairs16(w4, &s0, &s1);
+    // The weights' offset times the activations' sums: the same for every row.
+    s0 = hn::Add(s0, hn::Set(d32, k.BlockSeed(b)));
+    if (two) s1 = hn::Add(s1, hn::Set(d32, k.BlockSeed(b + 1)));
+    const VF dw0 = K::Scales(hn::Load(d32, sc0));
     acc = hn::MulAdd(hn::ConvertTo(df, s0), hn::Mul(dw0, hn::Set(df, k.XD(0, b))), acc);
     if (two) {
-      const auto* w1 = reinterpret_cast<const int32_t*>(k.W(0) + b + 1);
-      const VF dw1 = HalvesToFloat(hn::GatherOffset(d32, w1, rows));
+      const VF dw1 = K::Scales(hn::Load(d32, sc1));
       acc = hn::MulAdd(hn::ConvertTo(df, s1), hn::Mul(dw1, hn::Set(df, k.XD(0, b + 1))), acc);
     }
   }
@@ -621,20 +656,24 @@ HWY_NOINLINE void DecodeKMinx16(const TileArgs& t) {
   const hn::Full512<int16_t> d16;
   const hn::Full256<uint64_t> d64x4;
   const int64_t nb = k.Steps();
-  const V32 rows = RowOffsets(t.wrb);
   VF acc = hn::Zero(df), mins = hn::Zero(df);
   for (int64_t b = 0; b < nb; ++b) {
+    alignas(64) int32_t heads[16];  // d and dmin, adjacent f16s at the start of a block
+    BlockHeads(t, b * sizeof(Block), heads);
     V8 x[4];
     k.LoadX(k.X(0, b), x);
-    V32 v[16], mv[4];
+    PrefetchNextGroup(t.w, t.wrb, b, nb);
+    V32 w4[4], mv[4];
     uint64_t mn[16];
-    for (int r = 0; r < 16; ++r) {
-      const Block& blk = k.W(r)[b];
-      PrefetchNextGroup(&blk, t.wrb, sizeof(Block));
-      VU8 q[4];
-      V32 sc[4];
-      k.Unpack(blk, q, sc, &mn[r]);
-      v[r] = k.BlockSum(q, sc, x);
+    for (int g = 0; g < 4; ++g) {
+      V32 v[4];
+      for (int i = 0; i < 4; ++i) {
+        VU8 q[4];
+        V32 sc[4];
+        k.Unpack(k.W(4 * g + i)[b], q, sc, &mn[4 * g + i]);
+        v[i] = k.BlockSum(q, sc, x);
+      }
+      w4[g] = Sum4InLanes(v);
     }
     // Four rows' eight mins (int16) against the block's eight activation sums of 32 each: lanes
     // 4i..4i+3 of mv[g] are row 4g + i's.
@@ -649,10 +688,9 @@ HWY_NOINLINE void DecodeKMinx16(const TileArgs& t) {
       const auto m16 = hn::PromoteTo(hn::RebindToUnsigned<decltype(d16)>(), m8);
       mv[g] = DotPairs(hn::Zero(d32), hn::BitCast(d32, m16), bs);
     }
-    // d and dmin, adjacent f16s at the start of each row's block.
-    const V32 ddm = hn::GatherOffset(d32, reinterpret_cast<const int32_t*>(k.W(0) + b), rows);
+    const V32 ddm = hn::Load(d32, heads);
     const VF dx = hn::Set(df, k.XD(0, b));
-    acc = hn::MulAdd(hn::ConvertTo(df, SumRows16(v)), hn::Mul(HalvesToFloat(ddm), dx), acc);
+    acc = hn::MulAdd(hn::ConvertTo(df, SumRows16(w4)), hn::Mul(HalvesToFloat(ddm), dx), acc);
     mins = hn::MulAdd(hn::ConvertTo(df, SumRowQuads16(mv)), hn::Mul(HalvesToFloat<true>(ddm), dx),
                       mins);
   }
