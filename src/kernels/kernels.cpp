@@ -135,7 +135,8 @@ void ThreadPool::Run(const std::function<void(int)>& fn) {
   }
 }
 
-void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) {
+void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,
+                             int chunks_per_thread) {
   if (n <= 0) return;
   // Chunks of about an eighth of a thread's share, taken in order from a shared counter rather
   // than one fixed range per thread: a core slowed by another tenant, a host preemption or a
@@ -145,7 +146,10 @@ void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t, int64_
     int64_t n, chunk;
     std::atomic<int64_t> next;
     const std::function<void(int64_t, int64_t, int)>* fn;
-  } job{n, std::max<int64_t>(1, n / (8 * int64_t{size()})), {size()}, &fn};
+  } job{n,
+        std::max<int64_t>(1, n / (std::max(1, chunks_per_thread) * int64_t{size()})),
+        {size()},
+        &fn};
   Run([&job](int i) {
     // Thread i starts at chunk i, so the counter is only contended once the first round is done.
     for (int64_t c = i;; c = job.next.fetch_add(1, std::memory_order_relaxed)) {
@@ -225,7 +229,11 @@ void MatMul(const Matrix& w, const float* x, int64_t ldx, int64_t batch, float* 
     detail::MatMulRows(*job.w, job.acts, job.batch, std::min(n, u0 * job.unit),
                        std::min(n, u1 * job.unit), job.y, job.ldy);
   };
-  pool.ParallelFor(job.units, rows);
+  // Decode: two chunks per thread. Each chunk starts a new stream whose first group of rows
+  // waits on memory (the kernels prefetch a group ahead within a range), and ranges of an MoE
+  // expert are short: 8 chunks per thread measured 15-30% slower at 2 threads (Zen 5, expert
+  // matrices of 1408 x 2048).
+  pool.ParallelFor(job.units, rows, batch == 1 ? 2 : 8);
 }
 
 size_t QueryBytes(TensorType k_type, int64_t dim) {

@@ -28,8 +28,9 @@ class ThreadPool {
   // Calls fn(thread_index) once on each of the size() threads (thread 0 is the caller).
   void Run(const std::function<void(int thread_index)>& fn);
   // Calls fn(begin, end, thread) over contiguous chunks of [0, n) that the threads take in turn
-  // (several per thread, so fn must not assume one call per thread).
-  void ParallelFor(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn);
+  // (about chunks_per_thread per thread, so fn must not assume one call per thread).
+  void ParallelFor(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,
+                   int chunks_per_thread = 8);
 
  private:
   struct Impl;
