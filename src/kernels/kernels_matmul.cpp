@@ -355,6 +355,14 @@ default:
   }
 
 #if ES_VNNI
+  // Q4_0, Q5_0 and MXFP4: row-major tiles and the 16-row row-major decoder.
+  template <class Block, template <int, int> class KT>
+  TileSet Nib32Tiles() {
+    TileSet ts = MakeTiles<4, 4, KT>();
+    ts.decode = &DecodeNib32x16<Block>;
+    ts.D = 16;
+    return ts;
+  }
   // Q4_K and Q5_K (scales and mins): row-major tiles, the 16-row row-major decoder, and the tiles
   // of the interleaved layout.
   template <class Block, template <int, int> class KT>
@@ -394,12 +402,8 @@ default:
       case TensorType::kQ4_1:
         return kWide ? MakeTiles<4, 4, Q4_1Kernel>() : MakeTiles<2, 4, Q4_1Kernel>();
 #if ES_VNNI
-      case TensorType::kQ5_0: {
-        TileSet ts = MakeTiles<4, 4, Q5_0Vnni>();
-        ts.decode = &DecodeNib32x16<BlockQ5_0>;
-        ts.D = 16;
-        return ts;
-      }
+      case TensorType::kQ5_0:
+        return Nib32Tiles<BlockQ5_0, Q5_0Vnni>();
 #else
       case TensorType::kQ5_0:
         return kWide ? MakeTiles<4, 4, Q5_0Kernel>() : MakeTiles<2, 4, Q5_0Kernel>();
@@ -409,12 +413,8 @@ default:
       case TensorType::kIQ4_NL:
         return kWide ? MakeTiles<4, 4, IQ4_NLKernel>() : MakeTiles<2, 4, IQ4_NLKernel>();
 #if ES_VNNI
-      case TensorType::kMXFP4: {
-        TileSet ts = MakeTiles<4, 4, MXFP4Vnni>();
-        ts.decode = &DecodeNib32x16<BlockMXFP4>;
-        ts.D = 16;
-        return ts;
-      }
+      case TensorType::kMXFP4:
+        return Nib32Tiles<BlockMXFP4, MXFP4Vnni>();
 #else
       case TensorType::kMXFP4:
         return kWide ? MakeTiles<4, 4, MXFP4Kernel>() : MakeTiles<2, 4, MXFP4Kernel>();
@@ -430,9 +430,7 @@ default:
         // Decode: 16 consecutive rows (one contiguous stream) with their ordered per-block chains
         // in the 16 lanes of one vector, one FMA per block for all of them, instead of 16 scalar
         // latency-bound chains one row after another.
-        TileSet ts = MakeTiles<4, 4, Q4_0Vnni>();
-        ts.decode = &DecodeNib32x16<BlockQ4_0>;
-        ts.D = 16;
+        TileSet ts = Nib32Tiles<BlockQ4_0, Q4_0Vnni>();
         ts.SetX16({{&Q4_0x16Tile<8>, 8}, {&Q4_0x16Tile<4>, 4}, {&Q4_0x16Tile<1>, 1}});
         return ts;
       }
