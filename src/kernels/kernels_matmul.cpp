@@ -20,7 +20,8 @@
 //
 // Weight rows are processed in tiles of R rows x C activation rows so that each weight block is
 // loaded and unpacked once and applied to C activation rows (prompt processing), and each
-// activation block is loaded once for R weight rows. Decode streams one weight row at a time.
+// activation block is loaded once for R weight rows. Decode streams one weight row at a time, or
+// (AVX3_DL's row-major Q4_0/Q5_0/MXFP4/Q4_K/Q5_K, as MoE experts are) 16 rows a block at a time.
 // Q4_0, Q8_0, Q4_K, Q5_K and IQ4_XS on AVX3_DL and F16 on AVX3 are the exception: the model
 // copies them into groups of 16 interleaved rows (Interleave16), which 16-row kernels read as a
 // single stream for decode and prompt alike.
