@@ -1,8 +1,8 @@
 // SIMD MatMul of Q4_1, Q5_0, Q5_1 and IQ4_NL weights on every SIMD target this CPU supports:
 // bit-identical to VecDotRef where the existing quantized kernels are (256- and 512-bit x86
-// targets, which keep llama.cpp's eight partial lanes; not Q5_0/MXFP4 on AVX3_DL), within rounding
-// elsewhere. (Their
-// activation conversion is checked with the other types' in test_kernels.)
+// targets, which keep llama.cpp's eight partial lanes; not Q5_0/MXFP4/IQ4_NL on AVX3_DL), within
+// rounding elsewhere. (Their activation conversion is checked with the other types' in
+// test_kernels.)
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -36,13 +36,14 @@ std::vector<uint8_t> QuantizeRows(TensorType t, const std::vector<float>& x, int
 }
 
 // Calls body(exact) per supported target with dispatch pinned to it; exact: the target keeps
-// llama.cpp's eight partial lanes (AVX2 and the AVX-512 targets, but AVX3_DL's Q5_0 and MXFP4,
-// whose VNNI kernel sums each block exactly as its Q4_0 does).
+// llama.cpp's eight partial lanes (AVX2 and the AVX-512 targets, but AVX3_DL's Q5_0, MXFP4 and
+// IQ4_NL, whose VNNI kernel sums each block exactly as its Q4_0 does).
 template <class F>
 void ForEachTarget(TensorType type, F body) {
   es::test::ForEachTarget([&](const std::string& t) {
     body(t.rfind("AVX", 0) == 0 &&
-         !(t == "AVX3_DL" && (type == TensorType::kQ5_0 || type == TensorType::kMXFP4)));
+         !(t == "AVX3_DL" && (type == TensorType::kQ5_0 || type == TensorType::kMXFP4 ||
+                              type == TensorType::kIQ4_NL)));
   });
 }
 

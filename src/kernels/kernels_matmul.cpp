@@ -5,8 +5,8 @@
 //   F32/F16/BF16 weights: the f32 values as the dot product sees them (rounded through f16/bf16).
 //   Q8_0/Q4_0 weights:    Q8_0 quantization; K-quant and IQ4_XS weights: Q8_K quantization.
 //   Q5_0/IQ4_NL/MXFP4:    Q8_0, Q4_1/Q5_1 weights: Q8_1 quantization, int16 on every target
-//                         (kernels_matmul_legacy-inl.h) but AVX3_DL's Q5_0 and MXFP4, which take
-//                         Q4_0's.
+//                         (kernels_matmul_legacy-inl.h) but AVX3_DL's Q5_0, MXFP4 and IQ4_NL, which
+//                         take Q4_0's.
 // Two integer designs:
 //   * Portable (every target but AVX3_DL): quants widened to int16 once per activation row, so
 //     each target multiplies with a 16x16->32 pairwise multiply-add (pmaddwd on x86).
@@ -21,13 +21,13 @@
 // Weight rows are processed in tiles of R rows x C activation rows so that each weight block is
 // loaded and unpacked once and applied to C activation rows (prompt processing), and each
 // activation block is loaded once for R weight rows. Decode streams one weight row at a time, or
-// (AVX3_DL's row-major Q4_0/Q5_0/MXFP4/Q4_K/Q5_K, as MoE experts are) 16 rows a block at a time.
-// Q4_0, Q8_0, Q4_K, Q5_K and IQ4_XS on AVX3_DL and F16 on AVX3 are the exception: the model
-// copies them into groups of 16 interleaved rows (Interleave16), which 16-row kernels read as a
-// single stream for decode and prompt alike.
-// This file is the driver (activation layouts, tiles, dispatch, the interleaved layout); the
-// kernels live in one -inl.h per encoding family: floats, blocks (Q8_0/Q4_0/Q4_K/Q6_K), legacy
-// 32-blocks, k-quants, i-quants, and their AVX-512 VNNI versions.
+// (AVX3_DL's row-major 32-element nibble types and Q4_K/Q5_K, as MoE experts are) 16 rows a block
+// at a time. Q4_0, Q8_0, Q4_K, Q5_K and IQ4_XS on AVX3_DL and F16 on AVX3 are the exception: the
+// model copies them into groups of 16 interleaved rows (Interleave16), which 16-row kernels read as
+// a single stream for decode and prompt alike. This file is the driver (activation layouts, tiles,
+// dispatch, the interleaved layout); the kernels live in one -inl.h per encoding family: floats,
+// blocks (Q8_0/Q4_0/Q4_K/Q6_K), legacy 32-blocks, k-quants, i-quants, and their AVX-512 VNNI
+// versions.
 #include "kernels/kernels_hwy.h"
 // clang-format off
 #undef HWY_TARGET_INCLUDE
@@ -95,11 +95,12 @@ using detail::WalkTiles;
 #else
 #define ES_VNNI 0
 #endif
-// Weight types whose activations take the int16 layout on this target: AVX3_DL's Q5_0 and MXFP4
-// kernels (Nib32Vnni) read Q4_0's int8 layout instead.
+// Weight types whose activations take the int16 layout on this target: AVX3_DL's Q5_0, MXFP4 and
+// IQ4_NL kernels (Nib32Vnni) read Q4_0's int8 layout instead.
 constexpr bool IsLegacyWeight(TensorType w) {
   return detail::IsLegacyWeight(w) &&
-         !(ES_VNNI && (w == TensorType::kQ5_0 || w == TensorType::kMXFP4));
+         !(ES_VNNI &&
+           (w == TensorType::kQ5_0 || w == TensorType::kMXFP4 || w == TensorType::kIQ4_NL));
 }
 // 64-bit Arm's NEON target hands the quantized types to the sdot/i8mm kernels where the CPU has
 // them (kernels_arm.h).
@@ -356,7 +357,7 @@ default:
   }
 
 #if ES_VNNI
-  // Q4_0, Q5_0 and MXFP4: row-major tiles and the 16-row row-major decoder.
+  // Q4_0, Q5_0, MXFP4 and IQ4_NL: row-major tiles and the 16-row row-major decoder.
   template <class Block, template <int, int> class KT>
   TileSet Nib32Tiles() {
     TileSet ts = MakeTiles<4, 4, KT>();
@@ -411,8 +412,13 @@ default:
 #endif
       case TensorType::kQ5_1:
         return kWide ? MakeTiles<4, 4, Q5_1Kernel>() : MakeTiles<2, 4, Q5_1Kernel>();
+#if ES_VNNI
+      case TensorType::kIQ4_NL:
+        return Nib32Tiles<BlockIQ4_NL, IQ4_NLVnni>();
+#else
       case TensorType::kIQ4_NL:
         return kWide ? MakeTiles<4, 4, IQ4_NLKernel>() : MakeTiles<2, 4, IQ4_NLKernel>();
+#endif
 #if ES_VNNI
       case TensorType::kMXFP4:
         return Nib32Tiles<BlockMXFP4, MXFP4Vnni>();

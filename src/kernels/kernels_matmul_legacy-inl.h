@@ -2,12 +2,12 @@
 // of kernels_matmul.cpp's Highway translation unit: included once per target inside
 // es::kernels::HWY_NAMESPACE (hence no include guard), after the definitions it uses.
 //
-// Every target (AVX3_DL included, but for Q5_0 and MXFP4: Nib32Vnni) converts their activations to
-// the int16 layout (LayoutFor, ConvertRowLegacy): Q8_0 quants for Q5_0/IQ4_NL/MXFP4, Q8_1 for
-// Q4_1/Q5_1 (with s = d * sum(q) per block). The weights' values are unpacked to int16 vectors once
-// per block and row, in registers (scalar unpacking through memory measured 10-30x slower, on store
-// forwarding), and multiplied with a 16x16->32 pairwise multiply-add; the float order is
-// llama.cpp's (tensor_quant_legacy.cpp's VecDotRef).
+// Every target (AVX3_DL included, but for Q5_0, MXFP4 and IQ4_NL: Nib32Vnni) converts their
+// activations to the int16 layout (LayoutFor, ConvertRowLegacy): Q8_0 quants for Q5_0/IQ4_NL/MXFP4,
+// Q8_1 for Q4_1/Q5_1 (with s = d * sum(q) per block). The weights' values are unpacked to int16
+// vectors once per block and row, in registers (scalar unpacking through memory measured 10-30x
+// slower, on store forwarding), and multiplied with a 16x16->32 pairwise multiply-add; the float
+// order is llama.cpp's (tensor_quant_legacy.cpp's VecDotRef).
 
 // Fifth bits (Q5_0/Q5_1's qh, bit e for element e) of elements [off, off + Lanes), as 0 or 16.
 HWY_INLINE hn::Vec<D16B> HighBits16(D16B d16, const uint8_t (&qh)[4], size_t off) {

@@ -138,8 +138,9 @@ struct Q8_0Vnni : VnniBase {
 // of one block for all 16 outputs are reduced together, so each block costs one vector FMA.
 // Q5_0 (Block BlockQ5_0) is the same with a fifth bit from qh (unsigned values 0..31) and twice
 // the correction (-16 * sum); MXFP4 looks its nibbles up in its levels plus 16 (unsigned 4..28,
-// the same correction) and scales by E8M0. Their exact block sums replace llama.cpp's eight float
-// partials, so they differ from VecDotRef in the last bits, as Q4_0 does here.
+// the same correction) and scales by E8M0; IQ4_NL looks them up in its levels plus 128 (1..241,
+// -128 * sum). Their exact block sums replace llama.cpp's eight float partials, so they differ
+// from VecDotRef in the last bits, as Q4_0 does here.
 template <class Block, int RMax, int CMax>
 struct Nib32Vnni : VnniBase {
   using Acc = hn::CappedTag<float, 1>;
@@ -150,9 +151,20 @@ struct Nib32Vnni : VnniBase {
   hn::Vec<DU16> shifts = HalfShifts(0, 0);
   static constexpr bool kQ5 = std::is_same_v<Block, BlockQ5_0>;
   static constexpr bool kMX = std::is_same_v<Block, BlockMXFP4>;
-  // kMXFP4Values + 16.
-  alignas(16) static constexpr uint8_t kMXLevels[16] = {16, 17, 18, 19, 20, 22, 24, 28,
-                                                        16, 15, 14, 13, 12, 10, 8,  4};
+  static constexpr bool kNL = std::is_same_v<Block, BlockIQ4_NL>;
+  // The unsigned values' offset, as a multiple of Q4_0's 8 (the activations' corrections).
+  static constexpr int kSeedTimes = kNL ? 16 : kQ5 || kMX ? 2 : 1;
+  // MXFP4's and IQ4_NL's levels plus their offset (16, 128), for a byte lookup.
+  struct Levels {
+    alignas(16) uint8_t v[16];
+  };
+  static constexpr Levels MakeLevels() {
+    Levels l{};
+    for (int i = 0; i < 16; ++i)
+      l.v[i] = static_cast<uint8_t>(kNL ? kIQ4NLValues[i] + 128 : kMXFP4Values[i] + 16);
+    return l;
+  }
+  static constexpr Levels kLevels = MakeLevels();
   static HWY_INLINE float Scale(const Block& b) {
     if constexpr (kMX)
       return E8M0Half(b.e);
@@ -188,12 +200,13 @@ struct Nib32Vnni : VnniBase {
   // The seed of a dot product of two blocks: the weights' offset times the activations' sums.
   HWY_INLINE V32 Seed(const int32_t* corr) const {
     const V32 c = hn::Load(D32(), corr);
-    return kQ5 || kMX ? hn::Add(c, c) : c;
+    if constexpr (kSeedTimes == 1) return c;
+    return hn::Mul(c, hn::Set(D32(), kSeedTimes));
   }
   // The seed's sum over one block b (its eight lanes), for kernels that add it after reducing.
   HWY_INLINE int32_t BlockSeed(int64_t b) const {
     const int32_t c = reinterpret_cast<const int32_t*>(t.a + t.l.bcorr_off)[b];
-    return kQ5 || kMX ? 2 * c : c;
+    return kSeedTimes * c;
   }
   // Values of blk[0] (and blk[1] when `two`) as unsigned bytes, laid out for DotBytes against
   // two blocks of activation quants: low nibbles in 128-bit copies 0 and 2, high in 1 and 3, so
@@ -204,7 +217,7 @@ struct Nib32Vnni : VnniBase {
     const VU8 hi = two ? hn::LoadDup128(du8, blk[1].qs) : hn::Zero(du8);
     const VU8 v = hn::ConcatUpperLower(du8, hi, hn::LoadDup128(du8, blk[0].qs));
     const VU8 q = hn::And(hn::BitCast(du8, hn::BitCast(du16, v) >> shifts), hn::Set(du8, 0x0F));
-    if constexpr (kMX) return hn::TableLookupBytes(hn::LoadDup128(du8, kMXLevels), q);
+    if constexpr (kMX || kNL) return hn::TableLookupBytes(hn::LoadDup128(du8, kLevels.v), q);
     if constexpr (kQ5) {
       uint32_t h0, h1 = 0;
       std::memcpy(&h0, blk[0].qh, 4);
@@ -320,6 +333,8 @@ template <int R, int C>
 using Q5_0Vnni = Nib32Vnni<BlockQ5_0, R, C>;
 template <int R, int C>
 using MXFP4Vnni = Nib32Vnni<BlockMXFP4, R, C>;
+template <int R, int C>
+using IQ4_NLVnni = Nib32Vnni<BlockIQ4_NL, R, C>;
 
 // Reductions of 16 rows' int32 lanes into one vector whose lane r is row r's, for the 16-row
 // decoders: in-lane unpacks per four rows as they come (cheap, and few live registers), then few
@@ -378,10 +393,10 @@ HWY_INLINE void PrefetchNextGroup(const uint8_t* group, size_t row_bytes, int64_
   PrefetchLines(group + 16 * row_bytes + static_cast<size_t>(s) * share, share);
 }
 
-// Decode of 16 consecutive row-major Q4_0 (Q5_0, MXFP4) rows, a pair of blocks at a time for all
-// rows: the 16 dot products share the pair's activations, and SumRowPairs16 leaves the 16 rows'
-// sums of each block in the lanes of one vector, so that one FMA per block
-// advances the 16 ordered chains. The float operations per row are Nib32Vnni's 1x1 tile's.
+// Decode of 16 consecutive row-major Q4_0 (Q5_0, MXFP4, IQ4_NL) rows, a pair of blocks at a time
+// for all rows: the 16 dot products share the pair's activations, and SumRowPairs16 leaves the 16
+// rows' sums of each block in the lanes of one vector, so that one FMA per block advances the 16
+// ordered chains. The float operations per row are Nib32Vnni's 1x1 tile's.
 template <class Block>
 HWY_NOINLINE void DecodeNib32x16(const TileArgs& t) {
   using K = Nib32Vnni<Block, 1, 1>;
