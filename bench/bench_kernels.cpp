@@ -83,12 +83,13 @@ void BM_MatVec(benchmark::State& state) {
 // somewhere in a pool far larger than the last-level cache. Args: type, threads, interleaved
 // (0: row-major, as experts stay in the file; 1: Interleave16's layout, where the type has one).
 void BM_ExpertMatVec(benchmark::State& state) {
-  constexpr TensorType kExpertTypes[] = {TensorType::kQ4_K, TensorType::kQ5_0, TensorType::kQ8_0,
-                                         TensorType::kQ4_0, TensorType::kMXFP4};
+  constexpr TensorType kExpertTypes[] = {TensorType::kQ4_K,  TensorType::kQ5_0,
+                                         TensorType::kQ8_0,  TensorType::kQ4_0,
+                                         TensorType::kMXFP4, TensorType::kIQ4_NL};
   const TensorType t = kExpertTypes[state.range(0)];
   const int threads = static_cast<int>(state.range(1));
-  // llama.cpp's Q4_K_M gives the downs (1408 columns) Q5_0 or Q8_0; Q4_0 for comparison; MXFP4
-  // (every expert matrix in mxfp4_moe files) at the downs' shape.
+  // llama.cpp's Q4_K_M gives the downs (1408 columns) Q5_0 or Q8_0 (IQ4_XS gives them IQ4_NL);
+  // Q4_0 for comparison; MXFP4 (every expert matrix in mxfp4_moe files) at the downs' shape.
   const bool down = t != TensorType::kQ4_K;
   const int64_t rows = down ? 2048 : 1408, cols = down ? 1408 : 2048;
   const int64_t one = static_cast<int64_t>(es::RowBytes(t, cols)) * rows;
@@ -123,7 +124,7 @@ void BM_ExpertMatVec(benchmark::State& state) {
                                               benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_ExpertMatVec)
-    ->ArgsProduct({{0, 1, 2, 3, 4}, {1, 2}, {0}})
+    ->ArgsProduct({{0, 1, 2, 3, 4, 5}, {1, 2}, {0}})
     ->Args({0, 1, 1})
     ->Args({0, 2, 1})
     ->Args({2, 1, 1})
