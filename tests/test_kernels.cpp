@@ -255,33 +255,38 @@ TEST(Kernels, MatMulMatchesVecDotRef) {
 TEST(Kernels, DecodeIsBitIdenticalToPromptRows) {
   // A decode step and a prompt must give one output the same bits: the same token's logits do not
   // depend on the batch it came in (decode kernels keep 16 rows' chains in vector lanes, prompt
-  // tiles their own). 35 rows: two groups of 16 and a tail; 17 K-quant blocks: one full group of
-  // 16 blocks and a part.
-  const int64_t rows = 35, cols = 17 * 256;
+  // tiles their own). 35 rows: two groups of 16 and a tail; 17 K-quant blocks, and for the
+  // 32-element types one more block too: the 16-row decoders of those take blocks in pairs, and
+  // an odd count ends on a single one.
+  const int64_t rows = 35;
   for (TensorType t : kWeightTypes) {
-    std::vector<uint8_t> w;
-    for (int64_t r = 0; r < rows; ++r) {
-      const auto wr = Gaussian(cols, 500 + static_cast<uint32_t>(r), 0.03f);
-      auto q = Quantize(t, wr.data(), cols);
-      // MXFP4 rows whose every scale is the subnormal E8M0 2^-128 or 2^-127, or the least normal
-      // (the decoders convert scales in vector code, the prompt tiles one by one).
-      if (t == TensorType::kMXFP4 && (r == 3 || r == 5 || r == 7))
-        for (size_t b = 0; b < q.size(); b += sizeof(es::BlockMXFP4))
-          q[b] = static_cast<uint8_t>((r - 3) / 2);
-      w.insert(w.end(), q.begin(), q.end());
+    for (const int64_t cols : {int64_t{17 * 256}, int64_t{17 * 256 + 32}}) {
+      if (cols % es::Traits(t).block_elems != 0) continue;
+      std::vector<uint8_t> w;
+      for (int64_t r = 0; r < rows; ++r) {
+        const auto wr = Gaussian(cols, 500 + static_cast<uint32_t>(r), 0.03f);
+        auto q = Quantize(t, wr.data(), cols);
+        // MXFP4 rows whose every scale is the subnormal E8M0 2^-128 or 2^-127, or the least normal
+        // (the decoders convert scales in vector code, the prompt tiles one by one).
+        if (t == TensorType::kMXFP4 && (r == 3 || r == 5 || r == 7))
+          for (size_t b = 0; b < q.size(); b += sizeof(es::BlockMXFP4))
+            q[b] = static_cast<uint8_t>((r - 3) / 2);
+        w.insert(w.end(), q.begin(), q.end());
+      }
+      const k::Matrix m{w.data(), t, rows, cols, es::RowBytes(t, cols)};
+      const auto x = Gaussian(3 * cols, 600, 1.0f);
+      ForEachTarget([&] {
+        k::ThreadPool pool(2);
+        k::Scratch scratch;
+        std::vector<float> one(rows), three(3 * rows);
+        k::MatMul(m, x.data(), cols, 1, one.data(), rows, pool, scratch);
+        k::MatMul(m, x.data(), cols, 3, three.data(), rows, pool, scratch);
+        for (int64_t i = 0; i < rows; ++i)
+          ASSERT_EQ(std::memcmp(&one[i], &three[i], 4), 0)
+              << es::TypeName(t) << " " << cols << " columns, row " << i << ": " << one[i] << " vs "
+              << three[i];
+      });
     }
-    const k::Matrix m{w.data(), t, rows, cols, es::RowBytes(t, cols)};
-    const auto x = Gaussian(3 * cols, 600, 1.0f);
-    ForEachTarget([&] {
-      k::ThreadPool pool(2);
-      k::Scratch scratch;
-      std::vector<float> one(rows), three(3 * rows);
-      k::MatMul(m, x.data(), cols, 1, one.data(), rows, pool, scratch);
-      k::MatMul(m, x.data(), cols, 3, three.data(), rows, pool, scratch);
-      for (int64_t i = 0; i < rows; ++i)
-        ASSERT_EQ(std::memcmp(&one[i], &three[i], 4), 0)
-            << es::TypeName(t) << " row " << i << ": " << one[i] << " vs " << three[i];
-    });
   }
 }
 

@@ -72,11 +72,6 @@ struct ActLayout {
   size_t arm_off = 0;    // NEON with sdot: what kernels_matmul_arm.cpp reads (0: nothing)
   size_t bytes = 0;
 };
-// Weight types whose activations take the int16 layout (but see the per-target IsLegacyWeight).
-constexpr bool IsLegacyWeight(TensorType w) {
-  return w == TensorType::kQ4_1 || w == TensorType::kQ5_0 || w == TensorType::kQ5_1 ||
-         w == TensorType::kIQ4_NL || w == TensorType::kMXFP4;
-}
 }  // namespace
 }  // namespace es::kernels::detail
 #endif
@@ -98,9 +93,8 @@ using detail::WalkTiles;
 // Weight types whose activations take the int16 layout on this target: AVX3_DL's Q5_0, MXFP4 and
 // IQ4_NL kernels (Nib32Vnni) read Q4_0's int8 layout instead.
 constexpr bool IsLegacyWeight(TensorType w) {
-  return detail::IsLegacyWeight(w) &&
-         !(ES_VNNI &&
-           (w == TensorType::kQ5_0 || w == TensorType::kMXFP4 || w == TensorType::kIQ4_NL));
+  const bool nib32 = w == TensorType::kQ5_0 || w == TensorType::kMXFP4 || w == TensorType::kIQ4_NL;
+  return w == TensorType::kQ4_1 || w == TensorType::kQ5_1 || (nib32 && !ES_VNNI);
 }
 // 64-bit Arm's NEON target hands the quantized types to the sdot/i8mm kernels where the CPU has
 // them (kernels_arm.h).

@@ -130,6 +130,13 @@ struct Q8_0Vnni : VnniBase {
   }
 };
 
+// The f16 in the low (kHigh: high) half of each int32 lane, as f32.
+template <bool kHigh = false>
+HWY_INLINE VF HalvesToFloat(V32 v) {
+  if constexpr (kHigh) v = hn::ShiftRight<16>(v);
+  return VF{_mm512_cvtph_ps(_mm512_cvtepi32_epi16(v.raw))};
+}
+
 // Q4_0 weights (unsigned nibbles) x int8 activations, the -8 offset being the precomputed
 // per-lane correction that seeds each dot product. One accumulator per output, in block order:
 // a step takes 16 blocks (eight dot products of two blocks), reduces them to one integer per block
@@ -152,8 +159,8 @@ struct Nib32Vnni : VnniBase {
   static constexpr bool kQ5 = std::is_same_v<Block, BlockQ5_0>;
   static constexpr bool kMX = std::is_same_v<Block, BlockMXFP4>;
   static constexpr bool kNL = std::is_same_v<Block, BlockIQ4_NL>;
-  // The unsigned values' offset, as a multiple of Q4_0's 8 (the activations' corrections).
-  static constexpr int kSeedTimes = kNL ? 16 : kQ5 || kMX ? 2 : 1;
+  // The unsigned values' offset as Q4_0's 8 (the activations' corrections) shifted left by this.
+  static constexpr int kSeedShift = kNL ? 4 : kQ5 || kMX ? 1 : 0;
   // MXFP4's and IQ4_NL's levels plus their offset (16, 128), for a byte lookup.
   struct Levels {
     alignas(16) uint8_t v[16];
@@ -180,7 +187,7 @@ struct Nib32Vnni : VnniBase {
       const V32 sub = V32{_mm512_sllv_epi32(_mm512_set1_epi32(0x00200000), e.raw)};
       return hn::BitCast(DF(), hn::IfThenElse(hn::Lt(e, hn::Set(d32, 2)), sub, normal));
     }
-    return VF{_mm512_cvtph_ps(_mm512_cvtepi32_epi16(v.raw))};
+    return HalvesToFloat(v);
   }
   explicit Nib32Vnni(const TileArgs& args) : VnniBase(args) {
     // Each 128-bit block holds one copy of a block's 16 bytes: low nibbles in copies 0 and 2,
@@ -200,13 +207,12 @@ struct Nib32Vnni : VnniBase {
   // The seed of a dot product of two blocks: the weights' offset times the activations' sums.
   HWY_INLINE V32 Seed(const int32_t* corr) const {
     const V32 c = hn::Load(D32(), corr);
-    if constexpr (kSeedTimes == 1) return c;
-    return hn::Mul(c, hn::Set(D32(), kSeedTimes));
+    return hn::ShiftLeft<kSeedShift>(c);
   }
   // The seed's sum over one block b (its eight lanes), for kernels that add it after reducing.
   HWY_INLINE int32_t BlockSeed(int64_t b) const {
     const int32_t c = reinterpret_cast<const int32_t*>(t.a + t.l.bcorr_off)[b];
-    return kSeedTimes * c;
+    return c * (1 << kSeedShift);
   }
   // Values of blk[0] (and blk[1] when `two`) as unsigned bytes, laid out for DotBytes against
   // two blocks of activation quants: low nibbles in 128-bit copies 0 and 2, high in 1 and 3, so
@@ -377,21 +383,20 @@ HWY_INLINE V32 SumRowQuads16(const V32 (&v)[4]) {
 HWY_INLINE void BlockHeads(const TileArgs& t, size_t off, int32_t (&out)[16]) {
   for (int r = 0; r < 16; ++r) std::memcpy(&out[r], t.w + r * t.wrb + off, 4);
 }
-// The f16 in the low (kHigh: high) half of each int32 lane, as f32.
-template <bool kHigh = false>
-HWY_INLINE VF HalvesToFloat(V32 v) {
-  if constexpr (kHigh) v = hn::ShiftRight<16>(v);
-  return VF{_mm512_cvtph_ps(_mm512_cvtepi32_epi16(v.raw))};
-}
 // The prefetch of decoders that read 16 rows' blocks in turn: step s of `steps` asks for its
-// share of the next group of 16 rows (contiguous, 16 * row_bytes from `group`), so each line is
+// share of the next group of 16 rows (contiguous, 16 * row_bytes from the group), so each line is
 // asked for once, a group ahead (rows of a few KiB, as MoE experts have, take a whole group to
-// pass one prefetch distance).
-HWY_INLINE void PrefetchNextGroup(const uint8_t* group, size_t row_bytes, int64_t s,
-                                  int64_t steps) {
-  const size_t share = (16 * row_bytes / static_cast<size_t>(steps) + 63) & ~size_t{63};
-  PrefetchLines(group + 16 * row_bytes + static_cast<size_t>(s) * share, share);
-}
+// pass one prefetch distance). The share is computed once per group, not per step.
+struct NextGroupPrefetch {
+  const uint8_t* next;
+  size_t share;
+  NextGroupPrefetch(const TileArgs& t, int64_t steps)
+      : next(t.w + 16 * t.wrb),
+        share((16 * t.wrb / static_cast<size_t>(steps) + 63) & ~size_t{63}) {}
+  HWY_INLINE void Step(int64_t s) const {
+    PrefetchLines(next + static_cast<size_t>(s) * share, share);
+  }
+};
 
 // Decode of 16 consecutive row-major Q4_0 (Q5_0, MXFP4, IQ4_NL) rows, a pair of blocks at a time
 // for all rows: the 16 dot products share the pair's activations, and SumRowPairs16 leaves the 16
@@ -406,10 +411,11 @@ HWY_NOINLINE void DecodeNib32x16(const TileArgs& t) {
   const DF df;
   const int64_t nb = k.nb();
   const auto* xq = reinterpret_cast<const int8_t*>(k.XQ(0));
+  const NextGroupPrefetch prefetch(t, (nb + 1) / 2);
   VF acc = hn::Zero(df);
   for (int64_t b = 0; b < nb; b += 2) {
     const bool two = b + 1 < nb;
-    PrefetchNextGroup(t.w, t.wrb, b / 2, (nb + 1) / 2);
+    prefetch.Step(b / 2);
     alignas(64) int32_t sc0[16], sc1[16];
     BlockHeads(t, b * sizeof(Block), sc0);
     BlockHeads(t, (two ? b + 1 : b) * sizeof(Block), sc1);
@@ -671,13 +677,14 @@ HWY_NOINLINE void DecodeKMinx16(const TileArgs& t) {
   const hn::Full512<int16_t> d16;
   const hn::Full256<uint64_t> d64x4;
   const int64_t nb = k.Steps();
+  const NextGroupPrefetch prefetch(t, nb);
   VF acc = hn::Zero(df), mins = hn::Zero(df);
   for (int64_t b = 0; b < nb; ++b) {
     alignas(64) int32_t heads[16];  // d and dmin, adjacent f16s at the start of a block
     BlockHeads(t, b * sizeof(Block), heads);
     V8 x[4];
     k.LoadX(k.X(0, b), x);
-    PrefetchNextGroup(t.w, t.wrb, b, nb);
+    prefetch.Step(b);
     V32 w4[4], mv[4];
     uint64_t mn[16];
     for (int g = 0; g < 4; ++g) {
