@@ -50,8 +50,11 @@ std::string RunArgs(const std::string& model) {
 
 // `prefix` (shell words: environment, ulimit, a wrapper) before the binary.
 RunResult Sh(const std::string& prefix, const std::string& args) {
-  const std::string out = std::filesystem::temp_directory_path() / "es_memory_out";
-  const std::string err = std::filesystem::temp_directory_path() / "es_memory_err";
+  // Per process: ctest runs each test in its own process, two at a time, and shared names let
+  // one test read or remove the other's output (seen: empty stderr, every check on it failing).
+  const std::string tag = std::to_string(getpid());
+  const std::string out = std::filesystem::temp_directory_path() / ("es_memory_out_" + tag);
+  const std::string err = std::filesystem::temp_directory_path() / ("es_memory_err_" + tag);
   const std::string cmd =
       prefix + " " + es::test::BinaryPath() + " " + args + " >" + out + " 2>" + err + " </dev/null";
   const int st = std::system(("sh -c \"" + cmd + "\"").c_str());
