@@ -36,6 +36,18 @@ TEST(MatMulVariants, DispatchPicksTheExpectedVariant) {
               k::ActiveMatMulVariant(), targets.c_str(), k::ActiveTarget());
 }
 
+// The Highway target of the non-matmul kernels (norms, RoPE, softmax, attention), from whoever
+// chose the CPU: scripts/test aarch64 sets it per qemu -cpu model (max: SVE2; a64fx: SVE;
+// neoverse-n1, cortex-a53: NEON). Without one, the best target this build offers must win.
+TEST(MatMulVariants, DispatchPicksTheExpectedHighwayTarget) {
+  const auto targets = k::SupportedTargets();
+  ASSERT_FALSE(targets.empty());
+  const char* env = std::getenv("EDGESHARD_EXPECT_HWY_TARGET");
+  const std::string want = env && *env ? env : targets.front();
+  EXPECT_EQ(std::string(k::ActiveTarget()), want);
+  EXPECT_EQ(targets.front(), want);
+}
+
 TEST(MatMulVariants, ForcingAVariant) {
   const auto all = k::MatMulVariants();
   ASSERT_FALSE(all.empty());

@@ -26,21 +26,28 @@ float DotF16Impl(const f16_t* a, const f16_t* b, int64_t n) {
   const hn::Rebind<hwy::float16_t, decltype(df)> dh;
   const auto* ha = reinterpret_cast<const hwy::float16_t*>(a);
   const auto* hb = reinterpret_cast<const hwy::float16_t*>(b);
-  if (n % 16 == 0 && 16 % hn::Lanes(df) == 0) {
-    const size_t N = hn::Lanes(df);
-    const size_t K = 16 / N;
-    hn::Vec<decltype(df)> acc[16];
-    for (size_t k = 0; k < K; ++k) acc[k] = hn::Zero(df);
-    for (int64_t i = 0; i < n; i += 16)
-      for (size_t k = 0; k < K; ++k)
-        acc[k] = hn::MulAdd(hn::PromoteTo(df, hn::LoadU(dh, ha + i + k * N)),
-                            hn::PromoteTo(df, hn::LoadU(dh, hb + i + k * N)), acc[k]);
+  const size_t L = hn::Lanes(df);
+  if (n % 16 == 0 && 16 % L == 0 && L >= 4) {
+    // K = 16 / L <= 4 vectors, named rather than an array: SVE's vectors cannot form arrays.
+    const size_t K = 16 / L;
+    auto acc0 = hn::Zero(df), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    const auto fma = [&](int64_t i, size_t k, hn::Vec<decltype(df)> acc) {
+      return hn::MulAdd(hn::PromoteTo(df, hn::LoadU(dh, ha + i + k * L)),
+                        hn::PromoteTo(df, hn::LoadU(dh, hb + i + k * L)), acc);
+    };
+    for (int64_t i = 0; i < n; i += 16) {
+      acc0 = fma(i, 0, acc0);
+      if (K > 1) acc1 = fma(i, 1, acc1);
+      if (K > 2) acc2 = fma(i, 2, acc2), acc3 = fma(i, 3, acc3);
+    }
 #if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
     // One vector; Highway's lane sum is _mm512_reduce_add_ps, which halves in this order.
-    return hn::GetLane(hn::SumOfLanes(df, acc[0]));
+    return hn::GetLane(hn::SumOfLanes(df, acc0));
 #endif
     float l[16];
-    for (size_t k = 0; k < K; ++k) hn::StoreU(acc[k], df, l + k * N);
+    hn::StoreU(acc0, df, l);
+    if (K > 1) hn::StoreU(acc1, df, l + L);
+    if (K > 2) hn::StoreU(acc2, df, l + 2 * L), hn::StoreU(acc3, df, l + 3 * L);
     for (int w = 8; w >= 1; w /= 2)
       for (int i = 0; i < w; ++i) l[i] = l[i] + l[i + w];
     return l[0];

@@ -28,6 +28,8 @@
 // dispatch, the interleaved layout); the kernels live in one -inl.h per encoding family: floats,
 // blocks (Q8_0/Q4_0/Q4_K/Q6_K), legacy 32-blocks, k-quants, i-quants, and their AVX-512 VNNI
 // versions.
+// Tiles are arrays of vectors: no SVE target (kernels_hwy.h).
+#define ES_HWY_NEON_ONLY
 #include "kernels/kernels_hwy.h"
 // clang-format off
 #undef HWY_TARGET_INCLUDE
