@@ -18,6 +18,9 @@ using SetupFn = std::function<std::function<int()>(CLI::App& app)>;
 // Registers a subcommand; call from a namespace-scope initializer in the command's file.
 bool RegisterCommand(const std::string& name, SetupFn setup);
 
+// `edgeshard --list-devices` (cli_devices.cpp): prints the CPU and the Vulkan devices.
+int ListDevices();
+
 // Thrown by commands for argument errors found after parsing (prints usage, exit 2).
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;

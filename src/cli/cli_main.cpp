@@ -26,6 +26,10 @@ int main(int argc, char** argv) {
   CLI::App app{"edgeshard: LLM inference on edge devices, alone or sharded across several"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "edgeshard 0.1.0");
+  // Answered before parsing: it needs no subcommand.
+  app.add_flag("--list-devices")
+      ->description("List the devices --device can name (cpu, vulkanN) and exit");
+  if (argc == 2 && std::string(argv[1]) == "--list-devices") return ListDevices();
   std::map<CLI::App*, std::function<int()>> runners;
   for (auto& [name, setup] : Registry()) {
     (void)name;

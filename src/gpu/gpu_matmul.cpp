@@ -1,0 +1,92 @@
+// Matmuls on the device: weight upload and the dispatches of matmul.comp.
+#include "gpu/gpu_matmul.h"
+
+#include <algorithm>
+#include <string>
+
+#include "edgeshard/error.h"
+#include "gpu/gpu_shaders.h"
+
+namespace es::gpu {
+namespace {
+
+// matmul.comp's push constants, in its order.
+struct MatMulParams {
+  uint32_t rows, cols, batch;
+  uint32_t ldx, ldy;
+  uint32_t x_off, y_off;
+  uint32_t row_bytes, w_off;
+  uint32_t rows_per_y;
+};
+constexpr uint32_t kRowsPerY = 32768;  // workgroups along x; maxComputeWorkGroupCount is >= 65535
+constexpr uint32_t kBatchPerGroup = 8;
+
+uint32_t U32(int64_t v, const char* what) {
+  if (v < 0 || v > static_cast<int64_t>(UINT32_MAX))
+    throw Error(std::string("GPU matmul: ") + what + " out of the 32-bit range the shaders take");
+  return static_cast<uint32_t>(v);
+}
+
+}  // namespace
+
+bool CanMatMul(TensorType t, int64_t cols) {
+  Program p;
+  return MatMulProgram(t, &p) && cols % 4 == 0;
+}
+
+GpuMatrix UploadMatrix(Device& dev, const kernels::Matrix& m, size_t max_part_bytes) {
+  if (!CanMatMul(m.type, m.cols))
+    throw Error(std::string("the Vulkan backend has no matmul for ") + TypeName(m.type) +
+                " weights of " + std::to_string(m.cols) + " columns");
+  if (m.interleave != 0)
+    throw Error("GPU upload of an interleaved matrix (it takes row-major ones)");
+  GpuMatrix g;
+  g.type = m.type;
+  g.rows = m.rows;
+  g.cols = m.cols;
+  g.row_bytes = m.row_bytes;
+  // Each part must fit one binding; keep a margin for the buffer's padding.
+  uint64_t range = dev.info().max_buffer_range - 64;
+  if (max_part_bytes) range = std::min<uint64_t>(range, max_part_bytes);
+  if (m.row_bytes > range)
+    throw Error("GPU upload: one weight row exceeds the device's buffer range");
+  const int64_t rows_per_part =
+      std::min<int64_t>(m.rows, static_cast<int64_t>(range / m.row_bytes));
+  for (int64_t r0 = 0; r0 < m.rows; r0 += rows_per_part) {
+    GpuMatrix::Part part;
+    part.row0 = r0;
+    part.rows = std::min(rows_per_part, m.rows - r0);
+    const size_t bytes = m.row_bytes * static_cast<size_t>(part.rows);
+    part.buffer = dev.Alloc(bytes);
+    dev.Upload(*part.buffer, 0, static_cast<const uint8_t*>(m.data) + m.row_bytes * r0, bytes);
+    g.parts.push_back(std::move(part));
+  }
+  return g;
+}
+
+void RecordMatMul(Sequence& seq, const GpuMatrix& w, const Buffer& x, size_t x_off, int64_t ldx,
+                  int64_t batch, const Buffer& y, size_t y_off, int64_t ldy) {
+  if (batch <= 0) return;
+  Program prog;
+  if (!MatMulProgram(w.type, &prog)) throw Error("GPU matmul: unsupported weight type");
+  for (const GpuMatrix::Part& part : w.parts) {
+    MatMulParams p{};
+    p.rows = U32(part.rows, "rows");
+    p.cols = U32(w.cols, "columns");
+    p.batch = U32(batch, "batch");
+    p.ldx = U32(ldx, "x stride");
+    p.ldy = U32(ldy, "y stride");
+    p.x_off = U32(static_cast<int64_t>(x_off), "x offset");
+    p.y_off = U32(static_cast<int64_t>(y_off) + part.row0, "y offset");
+    p.row_bytes = U32(static_cast<int64_t>(w.row_bytes), "row bytes");
+    p.w_off = 0;
+    p.rows_per_y = kRowsPerY;
+    const uint32_t gx = std::min<uint32_t>(p.rows, kRowsPerY);
+    const uint32_t gy = (p.rows + kRowsPerY - 1) / kRowsPerY;
+    const uint32_t gz = (p.batch + kBatchPerGroup - 1) / kBatchPerGroup;
+    seq.Dispatch(prog, {{part.buffer.get(), 0, 0}, {&x, 0, 0}, {&y, 0, 0}}, &p, sizeof(p), gx, gy,
+                 gz);
+  }
+}
+
+}  // namespace es::gpu

@@ -1,0 +1,37 @@
+// The compute programs of the GPU backend: GLSL in gpu/shaders/, compiled by glslc at build time
+// (one SPIR-V module per program and weight type) and embedded in the library by
+// cmake/embed_spirv.cmake.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "tensor/tensor_types.h"
+
+namespace es::gpu {
+
+// Every program takes the same pipeline layout: storage buffers at bindings 0..kMaxBindings-1
+// (those it does not use are bound to a dummy) and up to 128 bytes of push constants.
+constexpr int kMaxBindings = 4;
+
+enum class Program : int {
+  kMatMulF32,
+  kMatMulF16,
+  kMatMulBF16,
+  kMatMulQ8_0,
+  kMatMulQ4_0,
+  kMatMulQ4_K,
+  kMatMulQ6_K,
+  kCount
+};
+
+struct ProgramCode {
+  const char* name;  // the SPIR-V module's file name without .spv, e.g. "matmul_q4_0"
+  const uint32_t* words;
+  size_t count;
+};
+const ProgramCode& CodeOf(Program p);
+
+// The matmul program for weights of type t; false when the backend has none for it.
+bool MatMulProgram(TensorType t, Program* p);
+
+}  // namespace es::gpu
