@@ -1,7 +1,6 @@
 // The embedded SPIR-V modules by program (the table is generated at build time).
 #include "gpu/gpu_shaders.h"
 
-#include <array>
 #include <cstring>
 #include <string>
 
@@ -14,16 +13,46 @@ extern const size_t kEmbeddedProgramCount;
 
 namespace {
 
-// Module file names, in Program order (CMakeLists.txt compiles one per name).
-constexpr std::array<const char*, static_cast<size_t>(Program::kCount)> kNames = {
-    "matmul_f32",  "matmul_f16",  "matmul_bf16", "matmul_q8_0",
-    "matmul_q4_0", "matmul_q4_k", "matmul_q6_k",
-};
+// Module file names (CMakeLists.txt compiles one per name). A switch, so that a program added to
+// the enum without a name fails to compile (-Wswitch).
+const char* NameOf(Program p) {
+  switch (p) {
+    case Program::kMatMulF32:
+      return "matmul_f32";
+    case Program::kMatMulF16:
+      return "matmul_f16";
+    case Program::kMatMulBF16:
+      return "matmul_bf16";
+    case Program::kMatMulQ8_0:
+      return "matmul_q8_0";
+    case Program::kMatMulQ4_0:
+      return "matmul_q4_0";
+    case Program::kMatMulQ4_K:
+      return "matmul_q4_k";
+    case Program::kMatMulQ6_K:
+      return "matmul_q6_k";
+    case Program::kRmsNorm:
+      return "rmsnorm";
+    case Program::kAdd:
+      return "add";
+    case Program::kRope:
+      return "rope";
+    case Program::kKvStore:
+      return "kvstore";
+    case Program::kActivation:
+      return "act";
+    case Program::kAttention:
+      return "attention";
+    case Program::kCount:
+      break;
+  }
+  throw Error("GPU program " + std::to_string(static_cast<int>(p)) + " has no module");
+}
 
 }  // namespace
 
 const ProgramCode& CodeOf(Program p) {
-  const char* name = kNames.at(static_cast<size_t>(p));
+  const char* name = NameOf(p);
   for (size_t i = 0; i < kEmbeddedProgramCount; ++i)
     if (std::strcmp(kEmbeddedPrograms[i].name, name) == 0) return kEmbeddedPrograms[i];
   throw Error(std::string("GPU program ") + name + " is not embedded in this build");

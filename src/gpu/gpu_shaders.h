@@ -11,7 +11,7 @@ namespace es::gpu {
 
 // Every program takes the same pipeline layout: storage buffers at bindings 0..kMaxBindings-1
 // (those it does not use are bound to a dummy) and up to 128 bytes of push constants.
-constexpr int kMaxBindings = 4;
+constexpr int kMaxBindings = 6;
 
 enum class Program : int {
   kMatMulF32,
@@ -21,6 +21,12 @@ enum class Program : int {
   kMatMulQ4_0,
   kMatMulQ4_K,
   kMatMulQ6_K,
+  kRmsNorm,
+  kAdd,
+  kRope,
+  kKvStore,
+  kActivation,
+  kAttention,
   kCount
 };
 

@@ -126,6 +126,10 @@ struct RopeParams {
 // The dims YaRN blends over, for a model trained on n_ctx_orig positions (ggml's corr dims).
 void RopeYarnCorrDims(int64_t n_rot, int64_t n_ctx_orig, float base, float beta_fast,
                       float beta_slow, float* lo, float* hi);
+// The rotation table of position `pos`: cos and sin of each rotated pair's angle (n_rot / 2 each),
+// scaled by the attention factor, in ggml's float operations (Rope uses it; the GPU backend
+// uploads it).
+void RopeTable(int64_t pos, const RopeParams& p, float* cos, float* sin);
 // Rotary embedding on one head of `head_dim` values at position `pos` (dims past n_rot unchanged).
 void Rope(float* x, int64_t head_dim, int64_t pos, const RopeParams& p);
 // Plain or linearly scaled RoPE: theta_i = freq_scale * pos * base^(-2i/n_rot).

@@ -393,23 +393,7 @@ void RopeImpl(float* x, int64_t head_dim, int64_t pos, const RopeParams& p) {
   if (!cache.Matches(pos, p)) {
     cache.cos.resize(static_cast<size_t>(half));
     cache.sin.resize(static_cast<size_t>(half));
-    const float theta_scale = std::pow(p.base, -2.0f / static_cast<float>(n_rot));
-    float mscale = p.attn_factor;
-    if (p.ext_factor != 0.0f) mscale *= 1.0f + 0.1f * std::log(1.0f / p.freq_scale);
-    float theta = static_cast<float>(pos);
-    for (int64_t i = 0; i < half; ++i) {
-      const float extrap = p.factors ? theta / p.factors[i] : theta;
-      float t = p.freq_scale * extrap;  // exact when freq_scale is 1
-      if (p.ext_factor != 0.0f) {
-        const float y =
-            (static_cast<float>(i) - p.corr_lo) / std::max(0.001f, p.corr_hi - p.corr_lo);
-        const float mix = (1 - std::min(1.0f, std::max(0.0f, y))) * p.ext_factor;
-        t = t * (1 - mix) + extrap * mix;
-      }
-      cache.cos[i] = std::cos(t) * mscale;
-      cache.sin[i] = std::sin(t) * mscale;
-      theta *= theta_scale;
-    }
+    RopeTable(pos, p, cache.cos.data(), cache.sin.data());
     cache.pos = pos;
     cache.p = p;
   }
@@ -527,6 +511,25 @@ void Rope(float* x, int64_t head_dim, int64_t n_rot, int64_t pos, float freq_bas
   p.freq_scale = freq_scale;
   p.neox = neox;
   Rope(x, head_dim, pos, p);
+}
+void RopeTable(int64_t pos, const RopeParams& p, float* cos, float* sin) {
+  const int64_t half = p.n_rot / 2;
+  const float theta_scale = std::pow(p.base, -2.0f / static_cast<float>(p.n_rot));
+  float mscale = p.attn_factor;
+  if (p.ext_factor != 0.0f) mscale *= 1.0f + 0.1f * std::log(1.0f / p.freq_scale);
+  float theta = static_cast<float>(pos);
+  for (int64_t i = 0; i < half; ++i) {
+    const float extrap = p.factors ? theta / p.factors[i] : theta;
+    float t = p.freq_scale * extrap;  // exact when freq_scale is 1
+    if (p.ext_factor != 0.0f) {
+      const float y = (static_cast<float>(i) - p.corr_lo) / std::max(0.001f, p.corr_hi - p.corr_lo);
+      const float mix = (1 - std::min(1.0f, std::max(0.0f, y))) * p.ext_factor;
+      t = t * (1 - mix) + extrap * mix;
+    }
+    cos[i] = std::cos(t) * mscale;
+    sin[i] = std::sin(t) * mscale;
+    theta *= theta_scale;
+  }
 }
 void RopeYarnCorrDims(int64_t n_rot, int64_t n_ctx_orig, float base, float beta_fast,
                       float beta_slow, float* lo, float* hi) {

@@ -1,0 +1,130 @@
+// Dispatches of the block programs: push constants in each shader's order, grids sized to the
+// rows.
+#include "gpu/gpu_ops.h"
+
+#include <algorithm>
+#include <string>
+
+#include "edgeshard/error.h"
+#include "gpu/gpu_shaders.h"
+
+namespace es::gpu {
+namespace {
+
+constexpr uint32_t kGroupsX = 32768;  // groups along x before a grid takes a second dimension
+
+uint32_t U32(int64_t v, const char* what) {
+  if (v < 0 || v > static_cast<int64_t>(UINT32_MAX))
+    throw Error(std::string("GPU op: ") + what + " out of the 32-bit range the shaders take");
+  return static_cast<uint32_t>(v);
+}
+uint32_t U32(size_t v, const char* what) {
+  return U32(static_cast<int64_t>(v), what);
+}
+
+uint32_t DivUp(uint64_t a, uint64_t b) {
+  return static_cast<uint32_t>((a + b - 1) / b);
+}
+
+}  // namespace
+
+void RecordRmsNorm(Sequence& seq, Rows x, Rows y, const Buffer& w, int64_t rows, int64_t dim,
+                   float eps) {
+  if (rows <= 0) return;
+  struct {
+    uint32_t rows, dim, x_off, x_stride, y_off, y_stride, rows_per_y;
+    float eps;
+  } p{U32(rows, "rows"),
+      U32(dim, "dim"),
+      U32(x.offset, "offset"),
+      U32(x.stride, "stride"),
+      U32(y.offset, "offset"),
+      U32(y.stride, "stride"),
+      kGroupsX,
+      eps};
+  seq.Dispatch(Program::kRmsNorm, {{x.buffer}, {y.buffer}, {&w}}, &p, sizeof(p),
+               std::min<uint32_t>(p.rows, kGroupsX), DivUp(p.rows, kGroupsX));
+}
+
+void RecordAdd(Sequence& seq, const Buffer& x, size_t x_off, const Buffer& y, size_t y_off,
+               int64_t n, int64_t period) {
+  if (n <= 0) return;
+  const uint32_t groups = DivUp(static_cast<uint64_t>(n), 256);
+  struct {
+    uint32_t n, period, x_off, y_off, groups_x;
+  } p{U32(n, "n"), U32(period, "period"), U32(x_off, "offset"), U32(y_off, "offset"), kGroupsX};
+  seq.Dispatch(Program::kAdd, {{&x}, {&y}}, &p, sizeof(p), std::min(groups, kGroupsX),
+               DivUp(groups, kGroupsX));
+}
+
+void RecordRope(Sequence& seq, Rows x, int64_t rows, int64_t heads, int64_t head_dim, int64_t n_rot,
+                bool neox, const Buffer& table) {
+  if (rows <= 0 || n_rot <= 0) return;
+  if (n_rot % 2 != 0 || n_rot > head_dim)
+    throw Error("GPU RoPE: rotated dims must be even and at most the head size");
+  struct {
+    uint32_t rows, heads, head_dim, n_rot, x_off, x_stride, neox;
+  } p{U32(rows, "rows"),   U32(heads, "heads"),     U32(head_dim, "head_dim"),
+      U32(n_rot, "n_rot"), U32(x.offset, "offset"), U32(x.stride, "stride"),
+      neox ? 1u : 0u};
+  seq.Dispatch(Program::kRope, {{x.buffer}, {&table}}, &p, sizeof(p),
+               DivUp(static_cast<uint64_t>(n_rot / 2), 64), p.heads, p.rows);
+}
+
+void RecordKvStore(Sequence& seq, Rows x, int64_t rows, int64_t kv_dim, const Buffer& cache,
+                   bool f16, int64_t ring, const Buffer& positions) {
+  if (rows <= 0) return;
+  if (f16 && kv_dim % 2 != 0) throw Error("GPU KV store: an f16 cache needs an even row width");
+  struct {
+    uint32_t rows, kv_dim, x_off, x_stride, f16, ring;
+  } p{U32(rows, "rows"),       U32(kv_dim, "kv_dim"), U32(x.offset, "offset"),
+      U32(x.stride, "stride"), f16 ? 1u : 0u,         U32(ring, "ring")};
+  const uint64_t per_row = f16 ? static_cast<uint64_t>(kv_dim / 2) : static_cast<uint64_t>(kv_dim);
+  seq.Dispatch(Program::kKvStore, {{x.buffer}, {&cache}, {&positions}}, &p, sizeof(p),
+               DivUp(per_row, 64), p.rows);
+}
+
+void RecordAttention(Sequence& seq, Rows q, Rows out, int64_t rows, const AttentionParams& a,
+                     const Buffer& k, const Buffer& v, const Buffer& positions) {
+  if (rows <= 0) return;
+  if (a.head_dim > 256 || a.n_head_kv <= 0 || a.n_head % a.n_head_kv != 0)
+    throw Error("GPU attention: head size over 256 or query heads not a multiple of KV heads");
+  struct {
+    uint32_t n_head, n_head_kv, head_dim, q_stride, kv_dim;
+    uint32_t q_off, o_off, o_stride;
+    uint32_t k_f16, v_f16;
+    uint32_t window, ring;
+    float scale, softcap;
+    uint32_t has_sinks;
+  } p{U32(a.n_head, "heads"),
+      U32(a.n_head_kv, "KV heads"),
+      U32(a.head_dim, "head_dim"),
+      U32(q.stride, "stride"),
+      U32(a.kv_dim, "kv_dim"),
+      U32(q.offset, "offset"),
+      U32(out.offset, "offset"),
+      U32(out.stride, "stride"),
+      a.k_f16 ? 1u : 0u,
+      a.v_f16 ? 1u : 0u,
+      U32(a.window, "window"),
+      U32(a.ring, "ring"),
+      a.scale,
+      a.softcap,
+      a.sinks ? 1u : 0u};
+  seq.Dispatch(Program::kAttention, {{q.buffer}, {&k}, {&v}, {out.buffer}, {&positions}, {a.sinks}},
+               &p, sizeof(p), p.n_head, U32(rows, "rows"));
+}
+
+void RecordGatedActivation(Sequence& seq, Activation act, const Buffer& gate, size_t gate_off,
+                           const Buffer& up, size_t up_off, int64_t n) {
+  if (n <= 0) return;
+  const uint32_t groups = DivUp(static_cast<uint64_t>(n), 256);
+  struct {
+    uint32_t n, kind, groups_x, g_off, u_off;
+  } p{U32(n, "n"), static_cast<uint32_t>(act), kGroupsX, U32(gate_off, "offset"),
+      U32(up_off, "offset")};
+  seq.Dispatch(Program::kActivation, {{&gate}, {&up}}, &p, sizeof(p), std::min(groups, kGroupsX),
+               DivUp(groups, kGroupsX));
+}
+
+}  // namespace es::gpu

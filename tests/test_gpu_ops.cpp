@@ -1,0 +1,248 @@
+// The Vulkan backend's block programs against the CPU kernels (or, for attention, a reference in
+// double): norms, additions, RoPE, KV cache writes, attention, gated activations.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "gpu/gpu_device.h"
+#include "gpu/gpu_ops.h"
+#include "kernels/kernels.h"
+#include "tensor/tensor_types.h"
+#include "test_util.h"
+
+namespace {
+
+namespace g = es::gpu;
+namespace k = es::kernels;
+using es::test::Gaussian;
+
+class GpuOps : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    ASSERT_FALSE(g::ListDevices(&why).empty()) << "no Vulkan device: " << why;
+    dev_ = g::Device::Open(0);
+  }
+  std::shared_ptr<g::Buffer> Put(const std::vector<float>& v) {
+    auto b = dev_->Alloc(v.size() * sizeof(float));
+    dev_->Upload(*b, 0, v.data(), v.size() * sizeof(float));
+    return b;
+  }
+  std::shared_ptr<g::Buffer> PutInts(const std::vector<int32_t>& v) {
+    auto b = dev_->Alloc(v.size() * sizeof(int32_t));
+    dev_->Upload(*b, 0, v.data(), v.size() * sizeof(int32_t));
+    return b;
+  }
+  std::vector<float> Get(const g::Buffer& b, size_t n) {
+    std::vector<float> v(n);
+    dev_->Download(b, 0, v.data(), n * sizeof(float));
+    return v;
+  }
+  template <class F>
+  void Run(F record) {
+    auto seq = dev_->Record();
+    record(*seq);
+    seq->Finish();
+    dev_->Run(*seq);
+  }
+  std::unique_ptr<g::Device> dev_;
+};
+
+// Within rel of each value plus rel of 1 (the inputs' scale): GPU math functions and summation
+// orders differ from the CPU's in the last bits, which matters only relative to the inputs.
+void ExpectNear(const std::vector<float>& got, const std::vector<float>& want, float rel,
+                const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  int bad = 0;
+  for (size_t i = 0; i < got.size(); ++i)
+    if (std::fabs(got[i] - want[i]) > rel * (std::fabs(want[i]) + 1.0f) && bad++ < 5)
+      ADD_FAILURE() << what << " [" << i << "]: " << got[i] << " vs " << want[i];
+  EXPECT_EQ(bad, 0) << what;
+}
+
+TEST_F(GpuOps, RmsNormMatchesTheCpuKernel) {
+  const int64_t rows = 7, dim = 300, stride = 310;
+  const auto x = Gaussian(static_cast<size_t>(rows * stride), 1, 2.0f);
+  const auto w = Gaussian(static_cast<size_t>(dim), 2, 1.0f);
+  auto xb = Put(x), wb = Put(w);
+  auto yb = dev_->Alloc(static_cast<size_t>(rows * dim) * sizeof(float));
+  Run([&](g::Sequence& s) {
+    g::RecordRmsNorm(s, {xb.get(), 5, stride}, {yb.get(), 0, static_cast<size_t>(dim)}, *wb, rows,
+                     dim, 1e-5f);
+  });
+  std::vector<float> want(static_cast<size_t>(rows * dim));
+  for (int64_t r = 0; r < rows; ++r)
+    k::RmsNorm(x.data() + 5 + r * stride, w.data(), want.data() + r * dim, dim, 1e-5f);
+  ExpectNear(Get(*yb, want.size()), want, 1e-5f, "rmsnorm");
+  // In place, per head (QK-norm): 7 rows x 3 heads of 100.
+  Run([&](g::Sequence& s) {
+    g::RecordRmsNorm(s, {xb.get(), 0, 100}, {xb.get(), 0, 100}, *wb, 21, 100, 1e-6f);
+  });
+  std::vector<float> want2(x.begin(), x.begin() + 2100);
+  for (int r = 0; r < 21; ++r)
+    k::RmsNorm(want2.data() + r * 100, w.data(), want2.data() + r * 100, 100, 1e-6f);
+  ExpectNear(Get(*xb, 2100), want2, 1e-5f, "rmsnorm per head, in place");
+}
+
+TEST_F(GpuOps, AddsResidualsAndBiases) {
+  auto y = Gaussian(1000, 3), x = Gaussian(1000, 4), bias = Gaussian(100, 5);
+  auto yb = Put(y), xb = Put(x), bb = Put(bias);
+  Run([&](g::Sequence& s) {
+    g::RecordAdd(s, *xb, 0, *yb, 0, 1000, 1000);
+    s.Barrier();
+    g::RecordAdd(s, *bb, 0, *yb, 0, 1000, 100);
+  });
+  for (size_t i = 0; i < y.size(); ++i) y[i] = (y[i] + x[i]) + bias[i % 100];
+  ExpectNear(Get(*yb, 1000), y, 1e-6f, "add");
+}
+
+TEST_F(GpuOps, RopeMatchesTheCpuKernel) {
+  const int64_t rows = 5, heads = 3, hd = 64;
+  std::vector<float> factors(24);
+  for (size_t i = 0; i < factors.size(); ++i) factors[i] = 1.0f + 0.25f * static_cast<float>(i);
+  for (bool neox : {false, true})
+    for (bool yarn : {false, true}) {
+      k::RopeParams p;
+      p.n_rot = 48;  // part of the head
+      p.base = 500000.0f;
+      p.neox = neox;
+      if (yarn) {
+        p.freq_scale = 0.25f;
+        p.ext_factor = 1.0f;
+        p.factors = factors.data();
+        k::RopeYarnCorrDims(p.n_rot, 4096, p.base, 32.0f, 1.0f, &p.corr_lo, &p.corr_hi);
+      }
+      const auto x = Gaussian(static_cast<size_t>(rows * heads * hd), 6);
+      std::vector<float> table;
+      std::vector<float> want = x;
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t pos = 1000 * r + 3;
+        std::vector<float> c(static_cast<size_t>(p.n_rot / 2)), sn(c.size());
+        k::RopeTable(pos, p, c.data(), sn.data());
+        for (size_t i = 0; i < c.size(); ++i) table.push_back(c[i]), table.push_back(sn[i]);
+        for (int64_t h = 0; h < heads; ++h) k::Rope(want.data() + (r * heads + h) * hd, hd, pos, p);
+      }
+      auto xb = Put(x), tb = Put(table);
+      Run([&](g::Sequence& s) {
+        g::RecordRope(s, {xb.get(), 0, static_cast<size_t>(heads * hd)}, rows, heads, hd, p.n_rot,
+                      neox, *tb);
+      });
+      ExpectNear(Get(*xb, x.size()), want, 1e-5f,
+                 std::string(neox ? "neox" : "normal") + (yarn ? " yarn" : ""));
+    }
+}
+
+TEST_F(GpuOps, GatedActivations) {
+  const auto gate = Gaussian(777, 7, 4.0f), up = Gaussian(777, 8);
+  for (auto [act, kind] :
+       {std::pair{g::Activation::kSilu, 0}, std::pair{g::Activation::kGeluTanh, 1}}) {
+    auto gb = Put(gate), ub = Put(up);
+    Run([&](g::Sequence& s) { g::RecordGatedActivation(s, act, *gb, 0, *ub, 0, 777); });
+    std::vector<float> want(777);
+    for (size_t i = 0; i < want.size(); ++i) {
+      const double x = gate[i];
+      const double a = kind == 0
+                           ? x / (1 + std::exp(-x))
+                           : 0.5 * x * (1 + std::tanh(0.7978845608 * x * (1 + 0.044715 * x * x)));
+      want[i] = static_cast<float>(a * up[i]);
+    }
+    ExpectNear(Get(*gb, 777), want, 2e-5f, kind == 0 ? "silu" : "gelu");
+  }
+}
+
+// Keys and values of a sequence written through the KV store, then attention of a batch of rows
+// at its last positions, against softmax attention in double over the same (f16-rounded) cache.
+TEST_F(GpuOps, AttentionOverTheCacheMatchesAReference) {
+  const int64_t n_head = 4, n_head_kv = 2, hd = 80, kv_dim = n_head_kv * hd, q_dim = n_head * hd;
+  const int64_t seq_len = 150;  // three tiles of 64 keys
+  struct Variant {
+    bool f16;
+    int64_t window, ring;
+    float softcap;
+    bool sinks;
+  };
+  for (const Variant vt : {Variant{true, 0, 0, 0.0f, false}, Variant{false, 0, 0, 0.0f, false},
+                           Variant{true, 50, 0, 0.0f, false}, Variant{true, 50, 60, 0.0f, false},
+                           Variant{false, 0, 0, 5.0f, true}}) {
+    const std::string what = std::string(vt.f16 ? "f16" : "f32") + " window " +
+                             std::to_string(vt.window) + " ring " + std::to_string(vt.ring) +
+                             (vt.softcap != 0 ? " softcap" : "") + (vt.sinks ? " sinks" : "");
+    const auto K = Gaussian(static_cast<size_t>(seq_len * kv_dim), 10);
+    const auto V = Gaussian(static_cast<size_t>(seq_len * kv_dim), 11);
+    const int64_t rows = 3;  // the last three positions
+    const auto Q = Gaussian(static_cast<size_t>(rows * q_dim), 12);
+    const auto sinks = Gaussian(static_cast<size_t>(n_head), 13);
+    const int64_t cache_rows = vt.ring ? vt.ring : seq_len;
+    auto kc = dev_->Alloc(static_cast<size_t>(cache_rows * kv_dim) * 4);
+    auto vc = dev_->Alloc(static_cast<size_t>(cache_rows * kv_dim) * 4);
+    auto kb = Put(K), vb = Put(V), qb = Put(Q), sb = Put(sinks);
+    auto ob = dev_->Alloc(static_cast<size_t>(rows * q_dim) * 4);
+    // Store the sequence in chunks of up to 20 rows (a ring keeps only the newest).
+    for (int64_t p0 = 0; p0 < seq_len; p0 += 20) {
+      const int64_t n = std::min<int64_t>(20, seq_len - p0);
+      std::vector<int32_t> pos(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) pos[static_cast<size_t>(i)] = static_cast<int32_t>(p0 + i);
+      auto pb = PutInts(pos);
+      Run([&](g::Sequence& s) {
+        g::RecordKvStore(s,
+                         {kb.get(), static_cast<size_t>(p0 * kv_dim), static_cast<size_t>(kv_dim)},
+                         n, kv_dim, *kc, vt.f16, vt.ring, *pb);
+        g::RecordKvStore(s,
+                         {vb.get(), static_cast<size_t>(p0 * kv_dim), static_cast<size_t>(kv_dim)},
+                         n, kv_dim, *vc, vt.f16, vt.ring, *pb);
+      });
+    }
+    std::vector<int32_t> pos;
+    for (int64_t i = 0; i < rows; ++i) pos.push_back(static_cast<int32_t>(seq_len - rows + i));
+    auto pb = PutInts(pos);
+    g::AttentionParams a;
+    a.n_head = n_head;
+    a.n_head_kv = n_head_kv;
+    a.head_dim = hd;
+    a.kv_dim = kv_dim;
+    a.k_f16 = a.v_f16 = vt.f16;
+    a.window = vt.window;
+    a.ring = vt.ring;
+    a.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    a.softcap = vt.softcap;
+    a.sinks = vt.sinks ? sb.get() : nullptr;
+    Run([&](g::Sequence& s) {
+      g::RecordAttention(s, {qb.get(), 0, static_cast<size_t>(q_dim)},
+                         {ob.get(), 0, static_cast<size_t>(q_dim)}, rows, a, *kc, *vc, *pb);
+    });
+    auto round = [&](float x) { return vt.f16 ? es::F16ToF32(es::F32ToF16(x)) : x; };
+    std::vector<float> want(static_cast<size_t>(rows * q_dim));
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t h = 0; h < n_head; ++h) {
+        const int64_t kvh = h / (n_head / n_head_kv), at = pos[static_cast<size_t>(i)];
+        const int64_t first = vt.window ? std::max<int64_t>(0, at + 1 - vt.window) : 0;
+        std::vector<double> s;
+        double m = -INFINITY;
+        for (int64_t j = first; j <= at; ++j) {
+          double d = 0;
+          for (int64_t e = 0; e < hd; ++e)
+            d += static_cast<double>(Q[static_cast<size_t>(i * q_dim + h * hd + e)]) *
+                 round(K[static_cast<size_t>(j * kv_dim + kvh * hd + e)]);
+          d *= a.scale;
+          if (vt.softcap != 0) d = std::tanh(d / vt.softcap) * vt.softcap;
+          s.push_back(d);
+          m = std::max(m, d);
+        }
+        double l = 0;
+        for (double& x : s) l += (x = std::exp(x - m));
+        if (vt.sinks) l += std::exp(sinks[static_cast<size_t>(h)] - m);
+        for (int64_t e = 0; e < hd; ++e) {
+          double o = 0;
+          for (int64_t j = first; j <= at; ++j)
+            o += s[static_cast<size_t>(j - first)] *
+                 round(V[static_cast<size_t>(j * kv_dim + kvh * hd + e)]);
+          want[static_cast<size_t>(i * q_dim + h * hd + e)] = static_cast<float>(o / l);
+        }
+      }
+    ExpectNear(Get(*ob, want.size()), want, 1e-4f, what);
+  }
+}
+
+}  // namespace
