@@ -185,7 +185,35 @@ const std::map<std::string, double> kBelowTop1Bar = {
 constexpr float kRouterNearTie = 2e-5f;
 constexpr float kRouterNearTieQuantized = 1e-3f;
 
-void CheckAgainstReference(const RefFile& rf) {
+// -ngl all: every block on the Vulkan device (lavapipe in CI), against the same references and
+// tolerances. Files whose blocks the GPU backend does not compute yet (mixtures of experts,
+// gpt-oss's clamped SwiGLU) must be refused by name at load; they run on the CPU above.
+constexpr int kAllLayers = 1 << 20;
+
+// Files the GPU run does not bring to the bar, each held to what it measured (docs/gpu.md). The
+// GPU rounds activations, queries and probabilities as llama.cpp's CPU build does, but its sums
+// run in another order and its exp/sqrt are the driver's: a float that differs in its last bit
+// sometimes lands on the other side of one of those f16 or Q8 roundings, moving that element by
+// a half ulp of f16 (5e-4 relative), which these random models' near-uniform outputs turn into
+// top-1 flips (quantized) or last-row logits just past 2e-3 (f16; the top-10 rule holds).
+struct GpuDeviation {
+  double top1 = 0.98;         // quantized: the top-1 agreement held to
+  double exact_tol = 1e-3;    // f16/f32: the relative tolerance held to (1e-3 is the bar)
+  double chaotic_tol = 3e-3;  // the same on ExactTolerance's chaotic prompt
+};
+const std::map<std::string, GpuDeviation> kGpuDeviations = {
+    // f32. Last row of "Once upon a time": 2.05e-3 against 2e-3. The 849-token GPL prompt is
+    // ExactTolerance's chaotic case (3e-3 on x86, 7.6e-3 measured under qemu's NEON): 9.3e-3
+    // (0.073 on a logit of 7.85) here, top-1 and greedy tokens still identical.
+    {"stories260K", {0.98, 1.1e-3, 1e-2}},
+    {"synth-qwen2-gpt2-256.f16", {0.98, 1.3e-3}},  // last row: 2.39e-3 against 2e-3
+    {"synth-qwen2-gpt2-256.q4_0", {0.97, 1e-3}},   // 97.36%
+    {"tiny-test-gemma2.q4_k_m", {0.945, 1e-3}},    // 95.03% (CPU 95.94%, floor 95.5%)
+    {"tiny-test-gemma2.q8_0", {0.975, 1e-3}},      // 97.97%
+    {"tiny-test-phi3.q4_k_m", {0.955, 1e-3}},      // 95.94% (CPU 96.16%, floor 96%)
+};
+
+void CheckAgainstReference(const RefFile& rf, int gpu_layers = 0) {
   const std::string arch =
       es::gguf::File::Open(rf.model_path)->GetStringOr("general.architecture").value_or("");
   if (std::find(kExpectedRefusals.begin(), kExpectedRefusals.end(), arch) !=
@@ -203,7 +231,29 @@ void CheckAgainstReference(const RefFile& rf) {
     return;
   }
   json ref = json::parse(es::test::ReadFile(rf.ref_path));
-  auto model = es::model::LlamaModel::Load(rf.model_path);
+  es::model::LoadOptions lo;
+  lo.gpu_layers = gpu_layers;
+  std::unique_ptr<es::model::LlamaModel> model;
+  try {
+    model = es::model::LlamaModel::Load(rf.model_path, lo);
+  } catch (const es::Error& e) {
+    const std::string what = e.what();
+    ASSERT_TRUE(gpu_layers > 0 && what.find("GPU offload") != std::string::npos &&
+                what.find("not implemented") != std::string::npos)
+        << what;
+    const auto cfg = es::model::LlamaModel::Load(rf.model_path)->config();
+    EXPECT_TRUE(cfg.moe() || cfg.spec->ffn == es::model::FfnKind::kSwiGluOai) << what;
+    std::printf("  %s: refused on the GPU: %s\n", rf.model_path.c_str(), what.c_str());
+    return;
+  }
+  if (gpu_layers > 0) {
+    ASSERT_EQ(model->gpu_first(), 0);
+  }
+  const std::string stem = rf.preset.empty() ? std::filesystem::path(rf.model_path).stem().string()
+                                             : rf.preset + "." + rf.type;
+  const auto gpu_dev = kGpuDeviations.find(stem);
+  const GpuDeviation* deviation =
+      gpu_layers > 0 && gpu_dev != kGpuDeviations.end() ? &gpu_dev->second : nullptr;
   const int n_vocab = model->config().n_vocab;
   ASSERT_EQ(n_vocab, ref["n_vocab"].get<int>());
 
@@ -229,7 +279,8 @@ void CheckAgainstReference(const RefFile& rf) {
       for (size_t i = 0; i < tokens.size(); ++i) margin[i] = std::min(margin[i], layer[i]);
     }
     const auto& top = c["top"];
-    const double tol = ExactTolerance(rf.model_path, c["prompt"].get<std::string>());
+    double tol = ExactTolerance(rf.model_path, c["prompt"].get<std::string>());
+    if (deviation) tol = std::max(tol, tol > 1e-3 ? deviation->chaotic_tol : deviation->exact_tol);
     // Long prompts' references may keep only the positions from top_first on.
     const size_t first = c.value("top_first", size_t{0});
     ASSERT_EQ(first + top.size(), tokens.size());
@@ -301,10 +352,22 @@ void CheckAgainstReference(const RefFile& rf) {
   const double agree = static_cast<double>(top1_agree) / positions;
   std::printf("  %s: %d positions, top-1 agreement %.2f%%, max |dlogit| %.5f\n",
               rf.model_path.c_str(), positions, 100 * agree, max_err);
+  if (deviation && rf.exact) {
+    std::printf(
+        "  %s: on the GPU held to %.2g relative (%.2g on the chaotic prompt), not the "
+        "1e-3 bar (kGpuDeviations)\n",
+        stem.c_str(), deviation->exact_tol, deviation->chaotic_tol);
+  }
   if (!rf.exact) {
     const std::string name = rf.preset + "." + rf.type;
     const auto below = kBelowTop1Bar.find(name);
-    if (below == kBelowTop1Bar.end()) {
+    if (deviation && deviation->top1 < 0.98) {
+      std::printf("  %s: BELOW the 98%% top-1 bar on the GPU (held to %.1f%%; kGpuDeviations)\n",
+                  stem.c_str(), 100 * deviation->top1);
+      EXPECT_GE(agree, deviation->top1) << rf.model_path;
+      EXPECT_LT(agree, 0.98) << stem << " meets the bar on the GPU now: remove it from "
+                             << "kGpuDeviations";
+    } else if (below == kBelowTop1Bar.end()) {
       EXPECT_GE(agree, 0.98) << rf.model_path;
     } else {
       // Not the bar: held to what it reaches, and said so on every run.
@@ -325,6 +388,18 @@ TEST_P(GeneratedFidelity, MatchesLlamaCpp) {
   Generate(rf);
   CheckAgainstReference(rf);
 }
+
+#ifdef EDGESHARD_HAVE_VULKAN
+TEST_P(Fidelity, MatchesLlamaCppOnTheGpu) {
+  CheckAgainstReference(GetParam(), kAllLayers);
+}
+
+TEST_P(GeneratedFidelity, MatchesLlamaCppOnTheGpu) {
+  const RefFile& rf = GetParam();
+  Generate(rf);
+  CheckAgainstReference(rf, kAllLayers);
+}
+#endif
 
 TEST(FidelitySet, EveryFamilyHasAGeneratedReference) {
   // Each family edgeshard computes has a file llama.cpp checked, shared or generated.

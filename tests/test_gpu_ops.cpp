@@ -134,21 +134,34 @@ TEST_F(GpuOps, RopeMatchesTheCpuKernel) {
     }
 }
 
-TEST_F(GpuOps, GatedActivations) {
-  const auto gate = Gaussian(777, 7, 4.0f), up = Gaussian(777, 8);
-  for (auto [act, kind] :
-       {std::pair{g::Activation::kSilu, 0}, std::pair{g::Activation::kGeluTanh, 1}}) {
+// SiLU against the CPU kernel; GELU against the CPU's f16 table (llama.cpp's rounding of input and
+// result), which the GPU must reproduce: a plain f32 GELU misses it by up to 1e-3.
+TEST_F(GpuOps, GatedActivationsMatchTheCpuKernels) {
+  const auto gate = Gaussian(4096, 7, 4.0f), up = Gaussian(4096, 8);
+  for (auto act : {g::Activation::kSilu, g::Activation::kGeluTanh}) {
     auto gb = Put(gate), ub = Put(up);
-    Run([&](g::Sequence& s) { g::RecordGatedActivation(s, act, *gb, 0, *ub, 0, 777); });
-    std::vector<float> want(777);
-    for (size_t i = 0; i < want.size(); ++i) {
-      const double x = gate[i];
-      const double a = kind == 0
-                           ? x / (1 + std::exp(-x))
-                           : 0.5 * x * (1 + std::tanh(0.7978845608 * x * (1 + 0.044715 * x * x)));
-      want[i] = static_cast<float>(a * up[i]);
+    Run([&](g::Sequence& s) { g::RecordGatedActivation(s, act, *gb, 0, *ub, 0, 4096); });
+    std::vector<float> want = gate;
+    if (act == g::Activation::kSilu)
+      k::SiluMul(want.data(), up.data(), 4096);
+    else
+      k::GeluMul(want.data(), up.data(), 4096);
+    const auto got = Get(*gb, 4096);
+    double worst = 0;
+    int differ = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      worst = std::max(worst, std::fabs(static_cast<double>(got[i]) - want[i]) /
+                                  std::max(1e-30, std::fabs(static_cast<double>(want[i]))));
+      differ += got[i] != want[i];
     }
-    ExpectNear(Get(*gb, 777), want, 2e-5f, kind == 0 ? "silu" : "gelu");
+    std::printf("%s: %d of 4096 differ from the CPU, max relative difference %.2e\n",
+                act == g::Activation::kSilu ? "silu" : "gelu", differ, worst);
+    // GELU: the same f16 value but where tanh's last bit moves an f16 rounding (rare; none in
+    // these 4096 here).
+    EXPECT_LE(worst, act == g::Activation::kSilu ? 1e-6 : 1e-3);
+    if (act == g::Activation::kGeluTanh) {
+      EXPECT_LE(differ, 8);
+    }
   }
 }
 
@@ -222,8 +235,9 @@ TEST_F(GpuOps, AttentionOverTheCacheMatchesAReference) {
         double m = -INFINITY;
         for (int64_t j = first; j <= at; ++j) {
           double d = 0;
+          // F16 keys meet f16-rounded queries, as in llama.cpp's CPU build.
           for (int64_t e = 0; e < hd; ++e)
-            d += static_cast<double>(Q[static_cast<size_t>(i * q_dim + h * hd + e)]) *
+            d += static_cast<double>(round(Q[static_cast<size_t>(i * q_dim + h * hd + e)])) *
                  round(K[static_cast<size_t>(j * kv_dim + kvh * hd + e)]);
           d *= a.scale;
           if (vt.softcap != 0) d = std::tanh(d / vt.softcap) * vt.softcap;
@@ -233,6 +247,9 @@ TEST_F(GpuOps, AttentionOverTheCacheMatchesAReference) {
         double l = 0;
         for (double& x : s) l += (x = std::exp(x - m));
         if (vt.sinks) l += std::exp(sinks[static_cast<size_t>(h)] - m);
+        // Normalised probabilities, f16-rounded for F16 values.
+        for (double& x : s) x = round(static_cast<float>(x / l));
+        l = 1;
         for (int64_t e = 0; e < hd; ++e) {
           double o = 0;
           for (int64_t j = first; j <= at; ++j)

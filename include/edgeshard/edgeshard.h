@@ -28,6 +28,10 @@ struct LoadParams {
   // (lock the weights in memory; throws es::Error saying how to allow it when refused).
   bool use_mmap = true;
   bool use_mlock = false;
+  // llama.cpp's -ngl: the last gpu_layers blocks run on Vulkan device gpu_device (`edgeshard
+  // --list-devices`), with their KV cache; -1 means all. 0: CPU only.
+  int gpu_layers = 0;
+  int gpu_device = 0;
 };
 
 struct ModelInfo {
@@ -42,6 +46,9 @@ struct ModelInfo {
   size_t expert_bytes = 0;
   size_t expert_bytes_per_token = 0;
   bool weights_in_memory = false;  // read in (--no-mmap) or locked (--mlock): experts resident
+  // Blocks gpu_first .. n_layer-1 run on the GPU named gpu_name (gpu_first == n_layer: none).
+  int gpu_first = 0;
+  std::string gpu_name;
 };
 
 struct ChatTurn {

@@ -1,6 +1,7 @@
 // The public API (include/edgeshard/edgeshard.h) over the model, runtime and tokenizer layers.
 #include <algorithm>
 #include <chrono>
+#include <limits>
 #include <map>
 
 #include "edgeshard/edgeshard.h"
@@ -26,6 +27,8 @@ std::shared_ptr<Model> Model::Load(const LoadParams& p) {
   lo.progress = p.progress;
   lo.use_mmap = p.use_mmap;
   lo.mlock = p.use_mlock;
+  lo.gpu_layers = p.gpu_layers < 0 ? std::numeric_limits<int>::max() : p.gpu_layers;
+  lo.gpu_device = p.gpu_device;
   m->impl_->model = model::LlamaModel::Load(p.path, lo);
   m->impl_->in_memory = !p.use_mmap || p.use_mlock;
   m->impl_->tokenizer = tok::Tokenizer::FromGGUF(m->impl_->model->file());
@@ -62,7 +65,9 @@ ModelInfo Model::Info() const {
               "",
               impl_->model->ExpertTensorBytes(),
               impl_->model->ExpertBytesPerToken(),
-              impl_->in_memory};
+              impl_->in_memory,
+              impl_->model->gpu_first(),
+              impl_->model->gpu_first() < c.n_layer ? impl_->model->GpuDeviceName() : ""};
   // llama.cpp's file type names, as users know them from file names; else the dominant type.
   static const std::map<int64_t, const char*> kFileTypes = {
       {0, "F32"},     {1, "F16"},     {2, "Q4_0"},    {3, "Q4_1"},    {7, "Q8_0"},

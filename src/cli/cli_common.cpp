@@ -7,8 +7,10 @@
 #include <fstream>
 #include <iterator>
 
+#include "cli/cli_command.h"
 #include "cli/cli_memory.h"
 #include "edgeshard/error.h"
+#include "gpu/gpu_device.h"
 #include "model/model_llama.h"
 
 namespace es::cli {
@@ -34,6 +36,33 @@ void AddMemoryOptions(CLI::App* app, MemoryOptions& o) {
   app->add_flag("--mlock", o.mlock,
                 "lock the model's weights in memory so that they are never paged out (needs "
                 "RLIMIT_MEMLOCK of the model's size, e.g. `ulimit -l unlimited`)");
+  app->add_option("--gpu-layers", o.gpu_layers,
+                  "(-ngl) run the last N blocks (or all) on the GPU, with their KV cache (Vulkan; "
+                  "`edgeshard --list-devices`)")
+      ->default_str("0");
+  app->add_option("--device", o.device,
+                  "where --gpu-layers go: vulkan0 (the default), vulkan1, ...; cpu ignores them");
+}
+
+int MemoryOptions::GpuLayers() const {
+  if (device == "cpu") return 0;
+  if (gpu_layers == "all") return -1;
+  try {
+    size_t used = 0;
+    const int n = std::stoi(gpu_layers, &used);
+    if (used == gpu_layers.size() && n >= 0) return n;
+  } catch (const std::exception&) {
+  }
+  throw UsageError("--gpu-layers '" + gpu_layers + "': expected a number of blocks or all");
+}
+
+int MemoryOptions::GpuDevice() const {
+  if (device.empty() || device == "cpu") return 0;
+  try {
+    return gpu::ParseDeviceName(device);
+  } catch (const Error& e) {
+    throw UsageError(std::string("--device: ") + e.what());
+  }
 }
 
 void ReportMemory(const char* command, const Model& model, const Context& ctx) {
@@ -103,6 +132,8 @@ std::shared_ptr<Model> LoadModel(const std::string& path, const MemoryOptions& m
   lp.path = path;
   lp.use_mmap = !mem.no_mmap;
   lp.use_mlock = mem.mlock;
+  lp.gpu_layers = mem.GpuLayers();
+  lp.gpu_device = mem.GpuDevice();
   lp.progress = [&](size_t done, size_t total) {
     if (!tty || total == 0) return;
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -120,6 +151,15 @@ std::shared_ptr<Model> LoadModel(const std::string& path, const MemoryOptions& m
   };
   auto m = Model::Load(lp);
   if (load_ms) *load_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  const ModelInfo info = m->Info();
+  if (info.gpu_first < info.n_layer) {
+    // Where each range of blocks runs, the GPU as its driver names it.
+    std::string cpu = info.gpu_first > 0
+                          ? "blocks 0-" + std::to_string(info.gpu_first - 1) + " on the CPU, "
+                          : "";
+    std::fprintf(stderr, "edgeshard: %sblocks %d-%d on %s\n", cpu.c_str(), info.gpu_first,
+                 info.n_layer - 1, info.gpu_name.c_str());
+  }
   return m;
 }
 

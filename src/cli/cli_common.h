@@ -9,10 +9,16 @@
 
 namespace es::cli {
 
-// --no-mmap and --mlock, as llama.cpp's.
+// --no-mmap and --mlock, as llama.cpp's, and where the blocks run: -ngl/--gpu-layers N|all and
+// --device vulkanN|cpu.
 struct MemoryOptions {
   bool no_mmap = false;
   bool mlock = false;
+  std::string gpu_layers = "0";
+  std::string device;
+  // -ngl as a count (-1: all) and the Vulkan device index; throws UsageError for bad values.
+  int GpuLayers() const;
+  int GpuDevice() const;
 };
 void AddMemoryOptions(CLI::App* app, MemoryOptions& o);
 

@@ -37,8 +37,8 @@ int main(int argc, char** argv) {
     runners[app.get_subcommands({}).back()] = std::move(run);
   }
   // llama.cpp's multi-letter short options, which CLI11 cannot declare: spelled out.
-  const std::map<std::string, std::string> aliases = {{"-ctk", "--cache-type-k"},
-                                                      {"-ctv", "--cache-type-v"}};
+  const std::map<std::string, std::string> aliases = {
+      {"-ctk", "--cache-type-k"}, {"-ctv", "--cache-type-v"}, {"-ngl", "--gpu-layers"}};
   std::vector<std::string> args;
   for (int i = argc - 1; i > 0; --i) {  // CLI11 takes the arguments in reverse order
     const auto a = aliases.find(argv[i]);

@@ -141,6 +141,8 @@ const bool registered = RegisterCommand("worker", [](CLI::App& app) {
       o->w.announce = o->discovery;
     }
     o->w.announce_interval = std::chrono::milliseconds(int64_t(o->announce_seconds * 1000));
+    if (o->mem.GpuLayers() != 0)
+      throw UsageError("--gpu-layers: workers run their blocks on the CPU in this version");
     o->w.use_mmap = !o->mem.no_mmap;
     o->w.mlock = o->mem.mlock;
     return Worker(*o);

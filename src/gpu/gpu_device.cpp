@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstring>
 #include <string>
 
@@ -339,6 +340,11 @@ std::shared_ptr<Buffer> Device::Alloc(size_t bytes) {
                 std::to_string(bytes >> 20) + " MiB of device memory; offload fewer layers");
   b->dev_ = this;
   return b;
+}
+
+Buffer::Buffer() {
+  static std::atomic<uint64_t> next{1};
+  serial_ = next.fetch_add(1);
 }
 
 Buffer::~Buffer() {

@@ -38,11 +38,15 @@ class Buffer {
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
   size_t bytes() const { return bytes_; }
+  // Unique in the process: recorded sequences are looked up by the buffers they bind, whose
+  // addresses a later allocation may reuse.
+  uint64_t serial() const { return serial_; }
 
  private:
   friend class Device;
   friend class Sequence;
-  Buffer() = default;
+  Buffer();
+  uint64_t serial_;
   Device* dev_ = nullptr;
   size_t bytes_ = 0;
   uint64_t buffer_ = 0;     // VkBuffer

@@ -89,4 +89,54 @@ void RecordMatMul(Sequence& seq, const GpuMatrix& w, const Buffer& x, size_t x_o
   }
 }
 
+ActRounding ActRoundingFor(TensorType weights) {
+  switch (weights) {
+    case TensorType::kF16:
+      return ActRounding::kF16;
+    case TensorType::kBF16:
+      return ActRounding::kBF16;
+    // Q8_1 (for Q4_1 and Q5_1) rounds the values as Q8_0 does; its extra sum term is a product.
+    case TensorType::kQ8_0:
+    case TensorType::kQ4_0:
+    case TensorType::kQ4_1:
+    case TensorType::kQ5_0:
+    case TensorType::kQ5_1:
+    case TensorType::kIQ4_NL:
+    case TensorType::kMXFP4:
+      return ActRounding::kQ8_0;
+    case TensorType::kQ2_K:
+    case TensorType::kQ3_K:
+    case TensorType::kQ4_K:
+    case TensorType::kQ5_K:
+    case TensorType::kQ6_K:
+    case TensorType::kIQ4_XS:
+      return ActRounding::kQ8_K;
+    default:
+      return ActRounding::kNone;
+  }
+}
+
+void RecordRoundActs(Sequence& seq, ActRounding r, const Buffer& x, size_t x_off, int64_t ldx,
+                     int64_t rows, int64_t cols, const Buffer& y, size_t y_off, int64_t ldy) {
+  if (rows <= 0 || r == ActRounding::kNone) return;
+  const int64_t block = r == ActRounding::kQ8_0 ? 32 : r == ActRounding::kQ8_K ? 256 : 1;
+  if (cols % block != 0)
+    throw Error("GPU activations: " + std::to_string(cols) + " columns are not whole blocks");
+  struct {
+    uint32_t rows, cols, x_off, ldx, y_off, ldy, mode;
+  } p{U32(rows, "rows"),
+      U32(cols, "columns"),
+      U32(static_cast<int64_t>(x_off), "offset"),
+      U32(ldx, "stride"),
+      U32(static_cast<int64_t>(y_off), "offset"),
+      U32(ldy, "stride"),
+      static_cast<uint32_t>(r)};
+  // One invocation per block (Q8_*), or a grid-stride loop over the row (f16, bf16).
+  const uint64_t items =
+      block > 1 ? static_cast<uint64_t>(cols / block) : static_cast<uint64_t>(cols);
+  const auto groups = static_cast<uint32_t>(
+      block > 1 ? (items + 63) / 64 : std::min<uint64_t>((items + 63) / 64, 4096));
+  seq.Dispatch(Program::kQuantize, {{&x, 0, 0}, {&y, 0, 0}}, &p, sizeof(p), groups, p.rows);
+}
+
 }  // namespace es::gpu

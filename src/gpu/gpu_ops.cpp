@@ -46,15 +46,28 @@ void RecordRmsNorm(Sequence& seq, Rows x, Rows y, const Buffer& w, int64_t rows,
                std::min<uint32_t>(p.rows, kGroupsX), DivUp(p.rows, kGroupsX));
 }
 
-void RecordAdd(Sequence& seq, const Buffer& x, size_t x_off, const Buffer& y, size_t y_off,
-               int64_t n, int64_t period) {
+namespace {
+void RecordElementwise(Sequence& seq, const Buffer& x, size_t x_off, const Buffer& y, size_t y_off,
+                       int64_t n, int64_t period, uint32_t mode) {
   if (n <= 0) return;
   const uint32_t groups = DivUp(static_cast<uint64_t>(n), 256);
   struct {
-    uint32_t n, period, x_off, y_off, groups_x;
-  } p{U32(n, "n"), U32(period, "period"), U32(x_off, "offset"), U32(y_off, "offset"), kGroupsX};
+    uint32_t n, period, x_off, y_off, groups_x, mode;
+  } p{U32(n, "n"), U32(period, "period"), U32(x_off, "offset"), U32(y_off, "offset"), kGroupsX,
+      mode};
   seq.Dispatch(Program::kAdd, {{&x}, {&y}}, &p, sizeof(p), std::min(groups, kGroupsX),
                DivUp(groups, kGroupsX));
+}
+}  // namespace
+
+void RecordAdd(Sequence& seq, const Buffer& x, size_t x_off, const Buffer& y, size_t y_off,
+               int64_t n, int64_t period) {
+  RecordElementwise(seq, x, x_off, y, y_off, n, period, 0);
+}
+
+void RecordScale(Sequence& seq, const Buffer& x, size_t x_off, const Buffer& y, size_t y_off,
+                 int64_t n, int64_t period) {
+  RecordElementwise(seq, x, x_off, y, y_off, n, period, 1);
 }
 
 void RecordRope(Sequence& seq, Rows x, int64_t rows, int64_t heads, int64_t head_dim, int64_t n_rot,
@@ -72,20 +85,20 @@ void RecordRope(Sequence& seq, Rows x, int64_t rows, int64_t heads, int64_t head
 }
 
 void RecordKvStore(Sequence& seq, Rows x, int64_t rows, int64_t kv_dim, const Buffer& cache,
-                   bool f16, int64_t ring, const Buffer& positions) {
+                   bool f16, int64_t ring, const Buffer& positions, size_t pos_off) {
   if (rows <= 0) return;
   if (f16 && kv_dim % 2 != 0) throw Error("GPU KV store: an f16 cache needs an even row width");
   struct {
-    uint32_t rows, kv_dim, x_off, x_stride, f16, ring;
-  } p{U32(rows, "rows"),       U32(kv_dim, "kv_dim"), U32(x.offset, "offset"),
-      U32(x.stride, "stride"), f16 ? 1u : 0u,         U32(ring, "ring")};
+    uint32_t rows, kv_dim, x_off, x_stride, f16, ring, pos_off;
+  } p{U32(rows, "rows"), U32(kv_dim, "kv_dim"), U32(x.offset, "offset"), U32(x.stride, "stride"),
+      f16 ? 1u : 0u,     U32(ring, "ring"),     U32(pos_off, "offset")};
   const uint64_t per_row = f16 ? static_cast<uint64_t>(kv_dim / 2) : static_cast<uint64_t>(kv_dim);
   seq.Dispatch(Program::kKvStore, {{x.buffer}, {&cache}, {&positions}}, &p, sizeof(p),
                DivUp(per_row, 64), p.rows);
 }
 
 void RecordAttention(Sequence& seq, Rows q, Rows out, int64_t rows, const AttentionParams& a,
-                     const Buffer& k, const Buffer& v, const Buffer& positions) {
+                     const Buffer& k, const Buffer& v, const Buffer& positions, size_t pos_off) {
   if (rows <= 0) return;
   if (a.head_dim > 256 || a.n_head_kv <= 0 || a.n_head % a.n_head_kv != 0)
     throw Error("GPU attention: head size over 256 or query heads not a multiple of KV heads");
@@ -96,6 +109,7 @@ void RecordAttention(Sequence& seq, Rows q, Rows out, int64_t rows, const Attent
     uint32_t window, ring;
     float scale, softcap;
     uint32_t has_sinks;
+    uint32_t pos_off;
   } p{U32(a.n_head, "heads"),
       U32(a.n_head_kv, "KV heads"),
       U32(a.head_dim, "head_dim"),
@@ -110,7 +124,8 @@ void RecordAttention(Sequence& seq, Rows q, Rows out, int64_t rows, const Attent
       U32(a.ring, "ring"),
       a.scale,
       a.softcap,
-      a.sinks ? 1u : 0u};
+      a.sinks ? 1u : 0u,
+      U32(pos_off, "offset")};
   seq.Dispatch(Program::kAttention, {{q.buffer}, {&k}, {&v}, {out.buffer}, {&positions}, {a.sinks}},
                &p, sizeof(p), p.n_head, U32(rows, "rows"));
 }

@@ -23,13 +23,17 @@ void RecordRmsNorm(Sequence& seq, Rows x, Rows y, const Buffer& w, int64_t rows,
 // y[i] += x[i % period] for i < n (n a multiple of period): residuals (period n) and biases.
 void RecordAdd(Sequence& seq, const Buffer& x, size_t x_off, const Buffer& y, size_t y_off,
                int64_t n, int64_t period);
+// y[i] *= x[i / period] for i < n: a factor per row of `period` values (or one for all, period n).
+void RecordScale(Sequence& seq, const Buffer& x, size_t x_off, const Buffer& y, size_t y_off,
+                 int64_t n, int64_t period);
 // RoPE on `heads` heads of head_dim values per row, from `table`: (cos, sin) pairs, n_rot / 2 per
 // row (kernels::RopeTable).
 void RecordRope(Sequence& seq, Rows x, int64_t rows, int64_t heads, int64_t head_dim, int64_t n_rot,
                 bool neox, const Buffer& table);
-// Cache rows (kv_dim values, f16 or f32) at each row's position (modulo ring, when not 0).
+// Cache rows (kv_dim values, f16 or f32) at each row's position (modulo ring, when not 0): row r's
+// position is positions[pos_off + r].
 void RecordKvStore(Sequence& seq, Rows x, int64_t rows, int64_t kv_dim, const Buffer& cache,
-                   bool f16, int64_t ring, const Buffer& positions);
+                   bool f16, int64_t ring, const Buffer& positions, size_t pos_off = 0);
 
 struct AttentionParams {
   int64_t n_head = 0, n_head_kv = 0, head_dim = 0, kv_dim = 0;
@@ -41,7 +45,7 @@ struct AttentionParams {
 // out[row][h * head_dim ...] = softmax(q . K / scale) V over each row's positions 0..pos (the
 // last `window` only, when set).
 void RecordAttention(Sequence& seq, Rows q, Rows out, int64_t rows, const AttentionParams& a,
-                     const Buffer& k, const Buffer& v, const Buffer& positions);
+                     const Buffer& k, const Buffer& v, const Buffer& positions, size_t pos_off = 0);
 
 enum class Activation { kSilu = 0, kGeluTanh = 1 };
 // gate[i] = act(gate[i]) * up[i] for i < n (both at the start of their buffers' offsets).

@@ -31,6 +31,24 @@ const char* NameOf(Program p) {
       return "matmul_q4_k";
     case Program::kMatMulQ6_K:
       return "matmul_q6_k";
+    case Program::kMatMulQ4_1:
+      return "matmul_q4_1";
+    case Program::kMatMulQ5_0:
+      return "matmul_q5_0";
+    case Program::kMatMulQ5_1:
+      return "matmul_q5_1";
+    case Program::kMatMulIQ4_NL:
+      return "matmul_iq4_nl";
+    case Program::kMatMulIQ4_XS:
+      return "matmul_iq4_xs";
+    case Program::kMatMulMXFP4:
+      return "matmul_mxfp4";
+    case Program::kMatMulQ2_K:
+      return "matmul_q2_k";
+    case Program::kMatMulQ3_K:
+      return "matmul_q3_k";
+    case Program::kMatMulQ5_K:
+      return "matmul_q5_k";
     case Program::kRmsNorm:
       return "rmsnorm";
     case Program::kAdd:
@@ -43,6 +61,8 @@ const char* NameOf(Program p) {
       return "act";
     case Program::kAttention:
       return "attention";
+    case Program::kQuantize:
+      return "quantize";
     case Program::kCount:
       break;
   }
@@ -80,6 +100,33 @@ bool MatMulProgram(TensorType t, Program* p) {
       return true;
     case TensorType::kQ6_K:
       *p = Program::kMatMulQ6_K;
+      return true;
+    case TensorType::kQ4_1:
+      *p = Program::kMatMulQ4_1;
+      return true;
+    case TensorType::kQ5_0:
+      *p = Program::kMatMulQ5_0;
+      return true;
+    case TensorType::kQ5_1:
+      *p = Program::kMatMulQ5_1;
+      return true;
+    case TensorType::kIQ4_NL:
+      *p = Program::kMatMulIQ4_NL;
+      return true;
+    case TensorType::kIQ4_XS:
+      *p = Program::kMatMulIQ4_XS;
+      return true;
+    case TensorType::kMXFP4:
+      *p = Program::kMatMulMXFP4;
+      return true;
+    case TensorType::kQ2_K:
+      *p = Program::kMatMulQ2_K;
+      return true;
+    case TensorType::kQ3_K:
+      *p = Program::kMatMulQ3_K;
+      return true;
+    case TensorType::kQ5_K:
+      *p = Program::kMatMulQ5_K;
       return true;
     default:
       return false;

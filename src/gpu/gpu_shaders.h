@@ -19,7 +19,16 @@ enum class Program : int {
   kMatMulBF16,
   kMatMulQ8_0,
   kMatMulQ4_0,
+  kMatMulQ4_1,
+  kMatMulQ5_0,
+  kMatMulQ5_1,
+  kMatMulIQ4_NL,
+  kMatMulIQ4_XS,
+  kMatMulMXFP4,
+  kMatMulQ2_K,
+  kMatMulQ3_K,
   kMatMulQ4_K,
+  kMatMulQ5_K,
   kMatMulQ6_K,
   kRmsNorm,
   kAdd,
@@ -27,6 +36,7 @@ enum class Program : int {
   kKvStore,
   kActivation,
   kAttention,
+  kQuantize,
   kCount
 };
 

@@ -188,7 +188,9 @@ std::unique_ptr<LlamaModel> LlamaModel::Load(const std::string& path, const Load
     m->rope_long_ = m->KeepVector(GetVector(f, "rope_factors_long.weight", n_factors), n_factors);
   }
   for (const auto& t : f.tensors()) m->weight_bytes_ += t.n_bytes;
-  if (opts.interleave) m->PrepareLayers(0, c.n_layer, true);
+  // GPU blocks are uploaded row-major, before the CPU's copies re-lay the other blocks.
+  if (opts.gpu_layers > 0) m->OffloadToGpu(opts.gpu_device, opts.gpu_layers);
+  if (opts.interleave) m->PrepareLayers(0, m->gpu_first(), true);
   // Read into memory (--no-mmap), every page is already there.
   if (opts.prefault && f.mapped()) {
     // Touch every page once so generation does not stall on page faults; report progress.
@@ -427,6 +429,26 @@ void LlamaModel::ForwardBlocks(int first, int last, float* hidden, int n, int64_
   ForwardBlocks(first, last, hidden, n, ws.rows.data(), ws, pool);
 }
 
+#ifndef EDGESHARD_HAVE_VULKAN
+// Without the GPU backend (its versions are in model_gpu.cpp).
+void LlamaModel::OffloadToGpu(int, int n_layers) {
+  if (n_layers > 0)
+    throw Error("this build has no GPU backend (configured with EDGESHARD_VULKAN=OFF)");
+}
+int LlamaModel::gpu_first() const {
+  return cfg_.n_layer;
+}
+void LlamaModel::ForwardGpu(int, int, float*, int, const BatchRow*) const {
+  throw Error("this build has no GPU backend");
+}
+std::string LlamaModel::GpuDeviceName() const {
+  return "";
+}
+std::shared_ptr<gpu::Buffer> LlamaModel::AllocDeviceKv(int64_t, TensorType) const {
+  throw Error("this build has no GPU backend");
+}
+#endif
+
 void LlamaModel::ForwardBlocks(int first, int last, float* hidden, int n, const BatchRow* rows,
                                Workspace& ws, kernels::ThreadPool& pool) const {
   const ModelConfig& c = cfg_;
@@ -435,7 +457,7 @@ void LlamaModel::ForwardBlocks(int first, int last, float* hidden, int n, const 
   for (int i = 0; i < n; ++i) {
     for (int l = first; l < last; ++l) {
       const KvLayer& cache = rows[i].kv[l];
-      if (!cache.k || rows[i].pos < 0 || rows[i].pos >= cache.n_ctx)
+      if ((!cache.k && !cache.dk) || rows[i].pos < 0 || rows[i].pos >= cache.n_ctx)
         throw Error("context is full: position " + std::to_string(rows[i].pos) +
                     " is past the context of " + std::to_string(cache.n_ctx) +
                     " tokens (start with a larger -c)");
@@ -448,10 +470,13 @@ void LlamaModel::ForwardBlocks(int first, int last, float* hidden, int n, const 
                     "KV cache was sized for");
     }
   }
-  for (int l = first; l < last; ++l) {
+  // CPU blocks, then the GPU's (the last ones) in one go: activations cross once.
+  const int split = std::clamp(gpu_first(), first, last);
+  for (int l = first; l < split; ++l) {
     AttentionBlock(l, hidden, n, rows, ws, pool);
     FeedForwardBlock(l, hidden, n, ws, pool);
   }
+  if (split < last) ForwardGpu(split, last, hidden, n, rows);
 }
 
 // hidden += post_norm(wo(attention(rope(norm_qk(q(x))), rope(norm_qk(k(x))), v(x)))),

@@ -13,7 +13,13 @@
 #include "kernels/kernels.h"
 #include "model/model_config.h"
 
+namespace es::gpu {
+class Buffer;
+}
+
 namespace es::model {
+
+class GpuBlocks;
 
 // Element types of a KV cache: F16 by default (as llama.cpp), F32, or the block types llama.cpp
 // offers for `-ctk/-ctv` that we compute, Q8_0 and Q4_0. K and V may differ.
@@ -48,6 +54,9 @@ struct KvLayer {
   int64_t Row(int64_t pos) const { return ring ? pos % ring : pos; }
   size_t k_row_bytes = 0;  // RowBytes(k_type, kv_dim)
   size_t v_row_bytes = 0;
+  // Layers on a GPU (LlamaModel::OffloadToGpu) keep their keys and values in device memory.
+  gpu::Buffer* dk = nullptr;
+  gpu::Buffer* dv = nullptr;
 };
 
 // One row of a batch: the cache of the sequence it belongs to (indexed by layer) and its
@@ -130,11 +139,29 @@ struct LoadOptions {
   bool use_mmap = true;
   // --mlock: lock the weights the model reads in memory (LlamaModel::Lock) once loaded.
   bool mlock = false;
+  // -ngl: the last gpu_layers blocks (all of them when >= n_layer) go to Vulkan device
+  // gpu_device (OffloadToGpu); 0 keeps every block on the CPU.
+  int gpu_layers = 0;
+  int gpu_device = 0;
 };
 
 class LlamaModel {
  public:
   static std::unique_ptr<LlamaModel> Load(const std::string& path, const LoadOptions& opts = {});
+
+  // Moves the last `n_layers` blocks (all of them when n_layers >= n_layer) to Vulkan device
+  // `device` (model_gpu.h): ForwardBlocks then runs them there, with their KV caches in device
+  // memory (KvLayer::dk/dv, which runtime::KvCache::AttachDevice allocates). Throws es::Error
+  // naming what the GPU backend cannot compute. Not thread-safe against forward passes.
+  void OffloadToGpu(int device, int n_layers);
+  // The first block on the GPU (n_layer when none is), and the offloaded blocks themselves.
+  int gpu_first() const;
+  GpuBlocks* gpu() const { return gpu_.get(); }
+  // Device memory for `rows` cached keys (or values) of type t of one GPU layer.
+  std::shared_ptr<gpu::Buffer> AllocDeviceKv(int64_t rows, TensorType t) const;
+  // "vulkan0 (NVIDIA GeForce RTX 4090)": the GPU the offloaded blocks run on, as its driver names
+  // it ("" when none).
+  std::string GpuDeviceName() const;
 
   const ModelConfig& config() const { return cfg_; }
   const gguf::File& file() const { return *file_; }
@@ -211,6 +238,7 @@ class LlamaModel {
     const float *attn_post_norm = nullptr, *ffn_post_norm = nullptr;  // sandwich norms
     Experts moe;  // when config().moe(), instead of w_gate/w_up/w_down
   };
+  friend class GpuBlocks;
   LlamaModel() = default;
   // The two halves of a block, each adding its result to `hidden`.
   void AttentionBlock(int layer, float* hidden, int n, const BatchRow* rows, Workspace& ws,
@@ -223,6 +251,8 @@ class LlamaModel {
                     kernels::ThreadPool& pool) const;
   // Maps layer `layer`'s expert tensors into L.moe (model_moe.cpp).
   void LoadExperts(int layer, Layer& L);
+  // Blocks [first, last) on the GPU (model_gpu.cpp).
+  void ForwardGpu(int first, int last, float* hidden, int n, const BatchRow* rows) const;
   // Softmax attention of the rows' queries over their caches, into ws.attn_out().
   void Attention(int layer, int n, const BatchRow* rows, Workspace& ws,
                  kernels::ThreadPool& pool) const;
@@ -248,6 +278,9 @@ class LlamaModel {
   std::vector<std::unique_ptr<float[]>> vectors_;
   std::vector<const void*> copied_;  // mapped data replaced by one of the copies above
   mutable ExpertReads* expert_reads_ = nullptr;
+  // shared_ptr: its deleter is bound where it is made, so builds without the GPU backend
+  // (EDGESHARD_VULKAN=OFF, no model_gpu.cpp) need no GpuBlocks destructor.
+  std::shared_ptr<GpuBlocks> gpu_;
 };
 
 }  // namespace es::model

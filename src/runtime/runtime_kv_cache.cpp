@@ -60,6 +60,9 @@ bool KvCache::Shift(const model::LlamaModel& m, int64_t keep, int64_t discard, i
     throw Error("context shift of " + std::to_string(discard) + " positions after " +
                 std::to_string(keep) + " does not fit the " + std::to_string(n_past) +
                 " positions held");
+  // Keys on a GPU are not re-rotated in place yet: the caller evaluates the kept tokens again,
+  // as it does for a ring that lost a needed key.
+  if (!device_.empty()) return false;
   const int64_t n_new = n_past - discard;
   auto old_pos = [&](int64_t p) { return p < keep ? p : p + discard; };
   // A ring holds old positions held_from..n_past-1 at rows pos % ring. New position p comes
@@ -123,6 +126,18 @@ bool KvCache::Shift(const model::LlamaModel& m, int64_t keep, int64_t discard, i
   }
   ring_floor_ = floor;
   return true;
+}
+
+void KvCache::AttachDevice(const model::LlamaModel& m) {
+  for (int l = m.gpu_first(); l < static_cast<int>(layers_.size()); ++l) {
+    model::KvLayer& kv = layers_[static_cast<size_t>(l)];
+    if (!kv.k) continue;  // outside this cache's range
+    const int64_t rows = kv.ring ? kv.ring : kv.n_ctx;
+    device_.push_back(m.AllocDeviceKv(rows, kv.k_type));
+    kv.dk = device_.back().get();
+    device_.push_back(m.AllocDeviceKv(rows, kv.v_type));
+    kv.dv = device_.back().get();
+  }
 }
 
 }  // namespace es::runtime

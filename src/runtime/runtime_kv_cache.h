@@ -34,9 +34,13 @@ class KvCache {
   // (model.ShiftKeys). Rings copy the positions they still hold to their new rows. Returns false
   // when a ring lacks a key the next position needs (a kept prefix position it overwrote): the
   // cache is then untouched but unusable, and the caller evaluates the kept tokens again from
-  // position 0. Layers are spread over `pool` when given.
+  // position 0 (always, for now, when some layers' caches are on a GPU). Layers are spread over
+  // `pool` when given.
   bool Shift(const model::LlamaModel& m, int64_t keep, int64_t discard, int64_t n_past,
              kernels::ThreadPool* pool = nullptr);
+  // Gives the layers `m` runs on a GPU (LlamaModel::OffloadToGpu) their keys and values in device
+  // memory. Called once, after construction, by whoever runs `m` with this cache.
+  void AttachDevice(const model::LlamaModel& m);
   // Forget shift history: called when the sequence is evaluated again from position 0.
   void Reset() { ring_floor_ = 0; }
   size_t bytes() const { return bytes_; }
@@ -54,6 +58,7 @@ class KvCache {
   int64_t ring_floor_ = 0;
   std::unique_ptr<uint8_t[]> storage_;
   std::vector<model::KvLayer> layers_;
+  std::vector<std::shared_ptr<gpu::Buffer>> device_;  // the device caches of GPU layers
 };
 
 }  // namespace es::runtime

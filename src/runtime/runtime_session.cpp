@@ -27,6 +27,7 @@ Session::Session(const model::LlamaModel& m, const SessionOptions& o)
           o.window_kv ? n_batch_ : 0),
       ws_(m.config(), n_batch_, static_cast<int>(kv_.n_ctx()), pool_.size()) {
   const auto& c = m.config();
+  kv_.AttachDevice(m);
   hidden_.resize(static_cast<size_t>(n_batch_) * c.n_embd);
   logits_last_.resize(c.n_vocab);
 }

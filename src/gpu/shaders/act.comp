@@ -1,5 +1,9 @@
 #version 450
-// gate = act(gate) * up elementwise: SiLU (SwiGLU) or GELU's tanh form (GeGLU).
+// gate = act(gate) * up elementwise: SiLU (SwiGLU) or GELU's tanh form (GeGLU), with the
+// roundings of llama.cpp's CPU build.
+#extension GL_GOOGLE_include_directive : enable
+#include "f16.glsl"
+
 layout(local_size_x = 256) in;
 layout(std430, binding = 0) buffer G { float g[]; };
 layout(std430, binding = 1) readonly buffer U { float u[]; };
@@ -8,6 +12,15 @@ layout(push_constant) uniform Params {
   uint g_off, u_off;
 } p;
 
+// tanh to about an ulp where GELU needs it: near +-1, 1 + tanh(u) cancels, so drivers' tanh (a
+// few ulps off there) would move GELU's small negative values.
+float Tanh(float u) {
+  const float a = abs(u);
+  if (a < 0.5) return tanh(u);
+  const float t = 1.0 - 2.0 / (exp(2.0 * a) + 1.0);
+  return u < 0.0 ? -t : t;
+}
+
 void main() {
   const uint i = (gl_WorkGroupID.y * p.groups_x + gl_WorkGroupID.x) * 256u + gl_LocalInvocationID.x;
   if (i >= p.n) return;
@@ -15,9 +28,16 @@ void main() {
   float a;
   if (p.kind == 0u) {
     a = x / (1.0 + exp(-x));
+  } else if (x <= -10.0) {
+    a = 0.0;
+  } else if (x >= 10.0) {
+    a = x;
   } else {
+    // As llama.cpp's CPU build looks GELU up in a table of f16 inputs and outputs: the input and
+    // the result rounded to f16.
     const float k = 0.79788456080286535587989211986876;
-    a = x > 10.0 ? x : x < -10.0 ? 0.0 : 0.5 * x * (1.0 + tanh(k * x * (1.0 + 0.044715 * x * x)));
+    const float xr = F16Round(x);
+    a = F16Round(0.5 * xr * (1.0 + Tanh(k * xr * fma(0.044715 * xr, xr, 1.0))));
   }
   g[p.g_off + i] = a * u[p.u_off + i];
 }

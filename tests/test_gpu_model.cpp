@@ -1,0 +1,83 @@
+// Blocks offloaded to the Vulkan device (lavapipe in CI): whole and partial offload against the
+// all-CPU run of the same file, the device KV cache across a session's steps, and the CLI's
+// options and start-up line. (Against llama.cpp's references: test_fidelity's *OnTheGpu cases.)
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "edgeshard/error.h"
+#include "model/model_llama.h"
+#include "runtime/runtime_session.h"
+#include "test_util.h"
+
+namespace {
+
+struct Outputs {
+  std::vector<float> logits;    // every prompt position
+  std::vector<int32_t> greedy;  // then greedy tokens, one step at a time
+};
+
+Outputs Evaluate(const std::string& path, int gpu_layers, const std::vector<int32_t>& prompt) {
+  es::model::LoadOptions lo;
+  lo.gpu_layers = gpu_layers;
+  auto model = es::model::LlamaModel::Load(path, lo);
+  es::runtime::SessionOptions so;
+  so.n_ctx = 256;
+  so.n_threads = 2;
+  so.n_batch = 16;  // the prompt in several batches
+  es::runtime::Session s(*model, so);
+  Outputs r;
+  s.Eval(prompt, &r.logits);
+  for (int i = 0; i < 24; ++i) {
+    const auto& l = s.last_logits();
+    const auto next = static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+    r.greedy.push_back(next);
+    s.Eval({next});
+  }
+  return r;
+}
+
+// stories260K (f32 weights, 5 blocks): the CPU run against -ngl all and -ngl 2.
+TEST(GpuOffload, MatchesTheCpuRun) {
+  const std::string path = es::test::ModelPath("stories260K.gguf");
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 40; ++i) prompt.push_back(1 + (i * 37) % 500);
+  const Outputs cpu = Evaluate(path, 0, prompt);
+  for (int ngl : {2, 1000}) {
+    const Outputs gpu = Evaluate(path, ngl, prompt);
+    ASSERT_EQ(gpu.logits.size(), cpu.logits.size());
+    double worst = 0;
+    for (size_t i = 0; i < cpu.logits.size(); ++i)
+      worst = std::max(worst, static_cast<double>(std::fabs(gpu.logits[i] - cpu.logits[i])) /
+                                  std::max(1.0f, std::fabs(cpu.logits[i])));
+    std::printf("-ngl %d: max relative logit difference %.2e\n", ngl, worst);
+    EXPECT_LE(worst, 5e-3) << "-ngl " << ngl;
+    EXPECT_EQ(gpu.greedy, cpu.greedy) << "-ngl " << ngl;
+  }
+}
+
+TEST(GpuOffload, CliNamesTheDeviceOfEachRange) {
+  const std::string m = es::test::ModelPath("stories260K.gguf");
+  auto r = es::test::RunCli("run -m " + m + " -p 'Once upon a time' -n 8 --temp 0 -ngl 2");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("blocks 0-2 on the CPU, blocks 3-4 on vulkan0 ("), std::string::npos)
+      << r.err;
+  auto cpu = es::test::RunCli("run -m " + m + " -p 'Once upon a time' -n 8 --temp 0");
+  ASSERT_EQ(cpu.exit_code, 0) << cpu.err;
+  EXPECT_EQ(r.out, cpu.out);
+  for (const char* bad : {"-ngl lots", "--gpu-layers -1", "-ngl 2 --device vulkan99x"}) {
+    auto e = es::test::RunCli("run -m " + m + " -p hi -n 1 " + bad);
+    EXPECT_EQ(e.exit_code, 2) << bad << ": " << e.err;
+  }
+  auto missing = es::test::RunCli("run -m " + m + " -p hi -n 1 -ngl all --device vulkan7");
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.err.find("vulkan7: no such device"), std::string::npos) << missing.err;
+  auto list = es::test::RunCli("--list-devices");
+  EXPECT_EQ(list.exit_code, 0);
+  EXPECT_NE(list.out.find("vulkan0: "), std::string::npos) << list.out;
+}
+
+}  // namespace
