@@ -5,6 +5,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -141,8 +142,9 @@ const bool registered = RegisterCommand("worker", [](CLI::App& app) {
       o->w.announce = o->discovery;
     }
     o->w.announce_interval = std::chrono::milliseconds(int64_t(o->announce_seconds * 1000));
-    if (o->mem.GpuLayers() != 0)
-      throw UsageError("--gpu-layers: workers run their blocks on the CPU in this version");
+    const int ngl = o->mem.GpuLayers();
+    o->w.gpu_layers = ngl < 0 ? std::numeric_limits<int>::max() : ngl;
+    o->w.gpu_device = o->mem.GpuDevice();
     o->w.use_mmap = !o->mem.no_mmap;
     o->w.mlock = o->mem.mlock;
     return Worker(*o);

@@ -25,10 +25,10 @@ gpu::Rows R(const std::shared_ptr<gpu::Buffer>& b, size_t stride, size_t offset 
 
 }  // namespace
 
-GpuBlocks::GpuBlocks(const LlamaModel& m, int device, int first)
-    : m_(m), dev_(gpu::Device::Open(device)), first_(first) {
+GpuBlocks::GpuBlocks(const LlamaModel& m, int device, int first, int last)
+    : m_(m), dev_(gpu::Device::Open(device)), first_(first), last_(last) {
   const ModelConfig& c = m.config();
-  if (first < 0 || first > c.n_layer) throw Error("GPU offload: invalid first layer");
+  if (first < 0 || last > c.n_layer || first > last) throw Error("GPU offload: invalid layers");
   // The math the programs implement; anything else is refused by name rather than run wrong.
   if (c.moe())
     throw Error(
@@ -37,7 +37,7 @@ GpuBlocks::GpuBlocks(const LlamaModel& m, int device, int first)
   if (c.spec->ffn == FfnKind::kSwiGluOai)
     throw Error("GPU offload: the clamped SwiGLU of this family is not implemented yet");
   if (c.head_dim > 256) throw Error("GPU offload: head sizes over 256 are not implemented");
-  for (int l = first; l < c.n_layer; ++l) {
+  for (int l = first; l < last; ++l) {
     const LlamaModel::Layer& L = m.layers_[static_cast<size_t>(l)];
     Layer g;
     auto up = [&](const kernels::Matrix& w, const char* name) {
@@ -122,7 +122,7 @@ void GpuBlocks::EnsureActivations(int n) {
 
 void GpuBlocks::Forward(int first, int last, float* hidden, int n, const BatchRow* rows) {
   const ModelConfig& c = m_.config();
-  if (first < first_ || last > c.n_layer || first > last)
+  if (first < first_ || last > last_ || first > last)
     throw Error("GPU offload: layers outside the offloaded range");
   if (n <= 0 || first == last) return;
   for (int i = 0; i < n; ++i)
@@ -326,13 +326,18 @@ std::unique_ptr<gpu::Sequence> GpuBlocks::RecordForward(int first, int last, int
 }
 
 void LlamaModel::OffloadToGpu(int device, int n_layers) {
-  const int first = std::max(0, cfg_.n_layer - std::max(0, n_layers));
+  OffloadRangeToGpu(device, std::max(0, cfg_.n_layer - std::max(0, n_layers)), cfg_.n_layer);
+}
+void LlamaModel::OffloadRangeToGpu(int device, int first, int last) {
   gpu_.reset();
-  if (first == cfg_.n_layer) return;
-  gpu_ = std::make_shared<GpuBlocks>(*this, device, first);
+  if (first >= last) return;
+  gpu_ = std::make_shared<GpuBlocks>(*this, device, first, last);
 }
 int LlamaModel::gpu_first() const {
   return gpu_ ? gpu_->first() : cfg_.n_layer;
+}
+int LlamaModel::gpu_last() const {
+  return gpu_ ? gpu_->last() : cfg_.n_layer;
 }
 std::shared_ptr<gpu::Buffer> LlamaModel::AllocDeviceKv(int64_t rows, TensorType t) const {
   if (!gpu_) throw Error("no GPU layers to give a device KV cache");

@@ -1,7 +1,8 @@
-// Blocks of a LlamaModel on a GPU (the Vulkan backend, src/gpu): the last layers of the model
-// with their weights in device memory, composed from the GPU programs the way model_llama.cpp
-// composes the CPU kernels. Activations cross to the device once per contiguous range: hidden
-// state up at its start, down at its end; the KV cache of those layers lives on the device.
+// Blocks of a LlamaModel on a GPU (the Vulkan backend, src/gpu): a range of layers (the last
+// ones of the model, or of a worker's shard) with their weights in device memory, composed from the
+// GPU programs the way model_llama.cpp composes the CPU kernels. Activations cross to the device
+// once per contiguous range: hidden state up at its start, down at its end; the KV cache of those
+// layers lives on the device.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -17,12 +18,13 @@ namespace es::model {
 
 class GpuBlocks {
  public:
-  // Uploads blocks [first, n_layer) of `m` to Vulkan device `device`. Throws es::Error naming what
+  // Uploads blocks [first, last) of `m` to Vulkan device `device`. Throws es::Error naming what
   // the backend cannot compute (a weight type, mixture-of-experts blocks, an activation) or
   // cannot hold.
-  GpuBlocks(const LlamaModel& m, int device, int first);
+  GpuBlocks(const LlamaModel& m, int device, int first, int last);
   ~GpuBlocks();
   int first() const { return first_; }
+  int last() const { return last_; }
   const gpu::DeviceInfo& device() const { return dev_->info(); }
   size_t weight_bytes() const { return weight_bytes_; }
 
@@ -53,7 +55,7 @@ class GpuBlocks {
 
   const LlamaModel& m_;
   std::unique_ptr<gpu::Device> dev_;
-  int first_;
+  int first_, last_;
   std::vector<Layer> layers_;  // index layer - first_
   size_t weight_bytes_ = 0;
   // Activations for up to max_rows_ rows.

@@ -435,7 +435,14 @@ void LlamaModel::OffloadToGpu(int, int n_layers) {
   if (n_layers > 0)
     throw Error("this build has no GPU backend (configured with EDGESHARD_VULKAN=OFF)");
 }
+void LlamaModel::OffloadRangeToGpu(int, int first, int last) {
+  if (first < last)
+    throw Error("this build has no GPU backend (configured with EDGESHARD_VULKAN=OFF)");
+}
 int LlamaModel::gpu_first() const {
+  return cfg_.n_layer;
+}
+int LlamaModel::gpu_last() const {
   return cfg_.n_layer;
 }
 void LlamaModel::ForwardGpu(int, int, float*, int, const BatchRow*) const {
@@ -470,13 +477,18 @@ void LlamaModel::ForwardBlocks(int first, int last, float* hidden, int n, const 
                     "KV cache was sized for");
     }
   }
-  // CPU blocks, then the GPU's (the last ones) in one go: activations cross once.
-  const int split = std::clamp(gpu_first(), first, last);
-  for (int l = first; l < split; ++l) {
+  // CPU blocks before the GPU's range, the GPU's in one go (activations cross once each way),
+  // then any CPU blocks after it.
+  const int g0 = std::clamp(gpu_first(), first, last), g1 = std::clamp(gpu_last(), g0, last);
+  for (int l = first; l < last; ++l) {
+    if (l == g0 && g0 < g1) {
+      ForwardGpu(g0, g1, hidden, n, rows);
+      l = g1 - 1;
+      continue;
+    }
     AttentionBlock(l, hidden, n, rows, ws, pool);
     FeedForwardBlock(l, hidden, n, ws, pool);
   }
-  if (split < last) ForwardGpu(split, last, hidden, n, rows);
 }
 
 // hidden += post_norm(wo(attention(rope(norm_qk(q(x))), rope(norm_qk(k(x))), v(x)))),

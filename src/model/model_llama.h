@@ -154,8 +154,12 @@ class LlamaModel {
   // memory (KvLayer::dk/dv, which runtime::KvCache::AttachDevice allocates). Throws es::Error
   // naming what the GPU backend cannot compute. Not thread-safe against forward passes.
   void OffloadToGpu(int device, int n_layers);
-  // The first block on the GPU (n_layer when none is), and the offloaded blocks themselves.
+  // Blocks [first, last) to the GPU (a worker's shard: the last blocks of its range).
+  void OffloadRangeToGpu(int device, int first, int last);
+  // The blocks on the GPU, [gpu_first, gpu_last) (both n_layer when none is), and the offloaded
+  // blocks themselves.
   int gpu_first() const;
+  int gpu_last() const;
   GpuBlocks* gpu() const { return gpu_.get(); }
   // Device memory for `rows` cached keys (or values) of type t of one GPU layer.
   std::shared_ptr<gpu::Buffer> AllocDeviceKv(int64_t rows, TensorType t) const;

@@ -129,7 +129,8 @@ bool KvCache::Shift(const model::LlamaModel& m, int64_t keep, int64_t discard, i
 }
 
 void KvCache::AttachDevice(const model::LlamaModel& m) {
-  for (int l = m.gpu_first(); l < static_cast<int>(layers_.size()); ++l) {
+  const int last = std::min(m.gpu_last(), static_cast<int>(layers_.size()));
+  for (int l = m.gpu_first(); l < last; ++l) {
     model::KvLayer& kv = layers_[static_cast<size_t>(l)];
     if (!kv.k) continue;  // outside this cache's range
     const int64_t rows = kv.ring ? kv.ring : kv.n_ctx;

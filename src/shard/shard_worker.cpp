@@ -196,6 +196,7 @@ class WorkerService final : public rpc::Worker::Service {
     if (auto st = auth_.Check(ctx, "LoadShard", req); !st.ok()) return st;
     const auto t0 = Clock::now();
     std::string memory_note;  // for the log line, once loaded
+    std::string gpu_note;     // where the shard's GPU blocks run, if any
     auto bad = [](const std::string& m) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, m);
     };
@@ -271,12 +272,17 @@ class WorkerService final : public rpc::Worker::Service {
       spec.kv_type = {kv_type(req->cache_type_k(), "cache_type_k"),
                       kv_type(req->cache_type_v(), "cache_type_v")};
       spec.max_batch = req->max_batch();
-      // This shard's Q4_0/Q8_0 layers in the kernels' fast layout (the rest of the file stays
-      // unread).
-      model_->PrepareLayers(spec.first_layer, spec.last_layer, spec.head);
+      // The shard's last --gpu-layers blocks go to the GPU first (uploaded row-major); the rest
+      // of its Q4_0/Q8_0 layers take the kernels' fast layout (the rest of the file stays unread).
+      const int gpu_from = std::max(spec.first_layer, spec.last_layer - opts_.gpu_layers);
+      model_->OffloadRangeToGpu(opts_.gpu_device, gpu_from, spec.last_layer);
+      model_->PrepareLayers(spec.first_layer, gpu_from, spec.head);
       uint64_t expert_bytes = 0;
       reply->set_weight_bytes(Prefault(*model_, spec, opts_.mlock, &expert_bytes));
       memory_note = MemoryNote(*model_, reply->weight_bytes(), expert_bytes);
+      if (model_->gpu_first() < model_->gpu_last())
+        gpu_note = "; blocks [" + std::to_string(model_->gpu_first()) + ", " +
+                   std::to_string(model_->gpu_last()) + ") on " + model_->GpuDeviceName();
       auto exec = std::make_unique<StageExecutor>(*model_, spec, pool_);
       std::lock_guard<std::mutex> lock(mu_);
       exec_ = std::move(exec);
@@ -298,7 +304,7 @@ class WorkerService final : public rpc::Worker::Service {
                             std::to_string(req->last_layer()) + ")" +
                             (req->has_head() ? " + head" : "") + ", next " +
                             (req->next_address().empty() ? "coordinator" : req->next_address()) +
-                            ", context " + std::to_string(req->n_ctx()) + memory_note);
+                            ", context " + std::to_string(req->n_ctx()) + memory_note + gpu_note);
     return grpc::Status::OK;
   }
 

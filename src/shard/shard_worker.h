@@ -32,6 +32,10 @@ struct WorkerOptions {
   bool quiet = false;    // no progress bars
   bool use_mmap = true;  // false (--no-mmap): read the model into memory
   bool mlock = false;    // --mlock: lock the shard's weights in memory
+  // --gpu-layers: the last gpu_layers blocks of each shard (all when >= its size) run on Vulkan
+  // device gpu_device, with their KV caches.
+  int gpu_layers = 0;
+  int gpu_device = 0;
   // Set (e.g. by a signal) to abandon start-up: the constructor then throws Stopped promptly,
   // also while it hashes a large model.
   const std::atomic<bool>* stop = nullptr;
