@@ -29,6 +29,8 @@ int Run(const RunOptions& o) {
     ss << f.rdbuf();
     prompt = ss.str();
   }
+  if (!o.cluster.cluster.empty() && o.model.memory.GpuLayers() != 0)
+    throw UsageError("--gpu-layers with --cluster: give the workers --gpu-layers instead");
   if (!o.cluster.cluster.empty())
     return shard::ClusterRun(o.cluster,
                              {o.model.model, o.model.threads, o.model.ctx, o.model.batch,

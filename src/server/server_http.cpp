@@ -96,6 +96,8 @@ HttpServer::HttpServer(const ServerOptions& o) : impl_(std::make_unique<Impl>())
     model::LoadOptions lo;
     lo.use_mmap = o.use_mmap;
     lo.mlock = o.mlock;
+    lo.gpu_layers = o.gpu_layers;
+    lo.gpu_device = o.gpu_device;
     s.own_model = model::LlamaModel::Load(o.model_path, lo);
     s.own_tok = tok::Tokenizer::FromGGUF(s.own_model->file());
     s.model = s.own_model.get();

@@ -26,8 +26,8 @@ struct ServerOptions {
   SchedulerOptions sched;  // with a cluster: n_slots and max_queue apply, n_ctx etc. come below
   // Serve the model split across a cluster's workers (`serve --cluster`) instead of alone.
   std::optional<shard::CoordinatorOptions> cluster;
-  int cluster_in_flight = 0;    // steps travelling at once (0: chosen for the load)
-  int cluster_micro_batch = 0;  // sequences per step (0: chosen for the load)
+  int cluster_in_flight = 0;        // steps travelling at once (0: chosen for the load)
+  int cluster_micro_batch = 0;      // sequences per step (0: chosen for the load)
   int cluster_load_hold_ms = 1000;  // how long a number of requests holds before it is planned for
   // Connection limits; conn.max_connections 0: enough for every slot and queued request, and at
   // least 256.
@@ -36,6 +36,8 @@ struct ServerOptions {
   bool log_requests = false;   // one line per request on stderr
   bool use_mmap = true;        // false: --no-mmap
   bool mlock = false;          // --mlock
+  int gpu_layers = 0;          // -ngl: the last blocks on Vulkan device gpu_device (> n_layer: all)
+  int gpu_device = 0;
 };
 
 class HttpServer {
