@@ -201,6 +201,7 @@ TEST_F(Distributed, QuantizedKvCachesMatchSingleDevice) {
 // embedding, the worker runs every block on the GPU with its KV cache and the head on its CPU.
 // The GPU is not bit-identical to the CPU: logits after the prompt within the f16 fidelity
 // tolerance of the single-device run, greedy tokens identical.
+#ifdef EDGESHARD_HAVE_VULKAN
 TEST_F(Distributed, WorkerWithAGpuShardMatchesSingleDevice) {
   const std::string model = ModelPath("synth-llama-spm-256.f16.gguf");
   const int n_ctx = 512;
@@ -231,6 +232,7 @@ TEST_F(Distributed, WorkerWithAGpuShardMatchesSingleDevice) {
   }
   EXPECT_THAT(gpu.Log(), HasSubstr("on vulkan0 ("));
 }
+#endif
 
 INSTANTIATE_TEST_SUITE_P(
     SharedModels, Exactness,
