@@ -11,6 +11,7 @@
 #include "edgeshard/error.h"
 #include "gpu/gpu_device.h"
 #include "gpu/gpu_matmul.h"
+#include "gpu_test_util.h"
 #include "tensor/tensor_quant.h"
 #include "tensor/tensor_types.h"
 #include "test_util.h"
@@ -20,18 +21,7 @@ namespace {
 using es::TensorType;
 namespace g = es::gpu;
 
-// The device the tests run on: EDGESHARD_TEST_VULKAN_DEVICE (default vulkan0). No device is a
-// failure, not a skip: CI has lavapipe.
-std::unique_ptr<g::Device> OpenTestDevice() {
-  std::string why;
-  const auto devs = g::ListDevices(&why);
-  if (devs.empty()) {
-    ADD_FAILURE() << "no Vulkan device: " << why << " (scripts/setup installs lavapipe)";
-    return nullptr;
-  }
-  const char* env = std::getenv("EDGESHARD_TEST_VULKAN_DEVICE");
-  return g::Device::Open(g::ParseDeviceName(env && *env ? env : "vulkan0"));
-}
+using es::test::OpenTestDevice;
 
 TEST(GpuDevices, ListsTheDriversDevices) {
   std::string why;

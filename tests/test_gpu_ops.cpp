@@ -8,6 +8,7 @@
 
 #include "gpu/gpu_device.h"
 #include "gpu/gpu_ops.h"
+#include "gpu_test_util.h"
 #include "kernels/kernels.h"
 #include "tensor/tensor_types.h"
 #include "test_util.h"
@@ -21,9 +22,8 @@ using es::test::Gaussian;
 class GpuOps : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::string why;
-    ASSERT_FALSE(g::ListDevices(&why).empty()) << "no Vulkan device: " << why;
-    dev_ = g::Device::Open(0);
+    dev_ = es::test::OpenTestDevice();
+    ASSERT_TRUE(dev_);
   }
   std::shared_ptr<g::Buffer> Put(const std::vector<float>& v) {
     auto b = dev_->Alloc(v.size() * sizeof(float));

@@ -29,7 +29,7 @@ struct LoadParams {
   bool use_mmap = true;
   bool use_mlock = false;
   // llama.cpp's -ngl: the last gpu_layers blocks run on Vulkan device gpu_device (`edgeshard
-  // --list-devices`), with their KV cache; -1 means all. 0: CPU only.
+  // --list-devices`), with their KV cache; -1 (or n_layer and more) means all. 0: CPU only.
   int gpu_layers = 0;
   int gpu_device = 0;
 };

@@ -154,8 +154,7 @@ int Bench(const BenchOptions& o) {
     return kExitOk;
   }
   if (o.model.empty()) throw UsageError("-m MODEL is required (or --memory-bandwidth)");
-  if (!o.cluster.cluster.empty() && o.memory.GpuLayers() != 0)
-    throw UsageError("--gpu-layers with --cluster: give the workers --gpu-layers instead");
+  o.memory.CheckLocal(o.cluster.cluster);
   if (!o.cluster.cluster.empty() && (o.cache_type_k != "f16" || o.cache_type_v != "f16"))
     throw UsageError(
         "bench --cluster measures with F16 KV caches; -ctk/-ctv are for one device "

@@ -27,8 +27,7 @@ int Chat(ChatOptions o) {
   o.chat_template = ChatTemplateText(o.tmpl);
   if (!o.cluster.cluster.empty() && !o.jinja_vars.empty())
     throw Error("--jinja-var is not supported with --cluster");
-  if (!o.cluster.cluster.empty() && o.model.memory.GpuLayers() != 0)
-    throw UsageError("--gpu-layers with --cluster: give the workers --gpu-layers instead");
+  o.model.memory.CheckLocal(o.cluster.cluster);
   if (!o.cluster.cluster.empty())
     return shard::ClusterChat(o.cluster,
                               {o.model.model, o.model.threads, o.model.ctx, o.model.batch,

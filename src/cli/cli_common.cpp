@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iterator>
+#include <limits>
 
 #include "cli/cli_command.h"
 #include "cli/cli_memory.h"
@@ -46,7 +47,7 @@ void AddMemoryOptions(CLI::App* app, MemoryOptions& o) {
 
 int MemoryOptions::GpuLayers() const {
   if (device == "cpu") return 0;
-  if (gpu_layers == "all") return -1;
+  if (gpu_layers == "all") return std::numeric_limits<int>::max();  // >= any n_layer
   try {
     size_t used = 0;
     const int n = std::stoi(gpu_layers, &used);
@@ -54,6 +55,11 @@ int MemoryOptions::GpuLayers() const {
   } catch (const std::exception&) {
   }
   throw UsageError("--gpu-layers '" + gpu_layers + "': expected a number of blocks or all");
+}
+
+void MemoryOptions::CheckLocal(const std::string& cluster) const {
+  if (!cluster.empty() && GpuLayers() != 0)
+    throw UsageError("--gpu-layers with --cluster: give the workers --gpu-layers instead");
 }
 
 int MemoryOptions::GpuDevice() const {

@@ -16,9 +16,11 @@ struct MemoryOptions {
   bool mlock = false;
   std::string gpu_layers = "0";
   std::string device;
-  // -ngl as a count (-1: all) and the Vulkan device index; throws UsageError for bad values.
+  // -ngl as a count (all: INT_MAX) and the Vulkan device index; throws UsageError for bad values.
   int GpuLayers() const;
   int GpuDevice() const;
+  // A UsageError for --gpu-layers with --cluster `cluster` (the workers take --gpu-layers).
+  void CheckLocal(const std::string& cluster) const;
 };
 void AddMemoryOptions(CLI::App* app, MemoryOptions& o);
 

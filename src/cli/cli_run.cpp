@@ -29,8 +29,7 @@ int Run(const RunOptions& o) {
     ss << f.rdbuf();
     prompt = ss.str();
   }
-  if (!o.cluster.cluster.empty() && o.model.memory.GpuLayers() != 0)
-    throw UsageError("--gpu-layers with --cluster: give the workers --gpu-layers instead");
+  o.model.memory.CheckLocal(o.cluster.cluster);
   if (!o.cluster.cluster.empty())
     return shard::ClusterRun(o.cluster,
                              {o.model.model, o.model.threads, o.model.ctx, o.model.batch,

@@ -4,7 +4,6 @@
 
 #include <cstdio>
 #include <iterator>
-#include <limits>
 #include <thread>
 #include <utility>
 
@@ -46,11 +45,9 @@ int Serve(ServeOptions o) {
   s.sched.n_batch = o.model.batch;
   s.use_mmap = !o.model.memory.no_mmap;
   s.mlock = o.model.memory.mlock;
-  const int ngl = o.model.memory.GpuLayers();
-  s.gpu_layers = ngl < 0 ? std::numeric_limits<int>::max() : ngl;
+  o.model.memory.CheckLocal(o.cluster.cluster);
+  s.gpu_layers = o.model.memory.GpuLayers();
   s.gpu_device = o.model.memory.GpuDevice();
-  if (ngl != 0 && !o.cluster.cluster.empty())
-    throw UsageError("--gpu-layers with --cluster: give the workers --gpu-layers instead");
   s.sched.kv_type = {model::ParseKvType(o.model.cache_type_k, "--cache-type-k"),
                      model::ParseKvType(o.model.cache_type_v, "--cache-type-v")};
   auto ms = [](double sec) { return static_cast<int>(sec * 1000 + 0.5); };

@@ -5,7 +5,6 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
-#include <limits>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -142,8 +141,7 @@ const bool registered = RegisterCommand("worker", [](CLI::App& app) {
       o->w.announce = o->discovery;
     }
     o->w.announce_interval = std::chrono::milliseconds(int64_t(o->announce_seconds * 1000));
-    const int ngl = o->mem.GpuLayers();
-    o->w.gpu_layers = ngl < 0 ? std::numeric_limits<int>::max() : ngl;
+    o->w.gpu_layers = o->mem.GpuLayers();
     o->w.gpu_device = o->mem.GpuDevice();
     o->w.use_mmap = !o->mem.no_mmap;
     o->w.mlock = o->mem.mlock;

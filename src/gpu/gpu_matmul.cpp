@@ -18,14 +18,7 @@ struct MatMulParams {
   uint32_t row_bytes, w_off;
   uint32_t rows_per_y;
 };
-constexpr uint32_t kRowsPerY = 32768;  // workgroups along x; maxComputeWorkGroupCount is >= 65535
 constexpr uint32_t kBatchPerGroup = 8;
-
-uint32_t U32(int64_t v, const char* what) {
-  if (v < 0 || v > static_cast<int64_t>(UINT32_MAX))
-    throw Error(std::string("GPU matmul: ") + what + " out of the 32-bit range the shaders take");
-  return static_cast<uint32_t>(v);
-}
 
 }  // namespace
 
@@ -71,19 +64,19 @@ void RecordMatMul(Sequence& seq, const GpuMatrix& w, const Buffer& x, size_t x_o
   if (!MatMulProgram(w.type, &prog)) throw Error("GPU matmul: unsupported weight type");
   for (const GpuMatrix::Part& part : w.parts) {
     MatMulParams p{};
-    p.rows = U32(part.rows, "rows");
-    p.cols = U32(w.cols, "columns");
-    p.batch = U32(batch, "batch");
-    p.ldx = U32(ldx, "x stride");
-    p.ldy = U32(ldy, "y stride");
-    p.x_off = U32(static_cast<int64_t>(x_off), "x offset");
-    p.y_off = U32(static_cast<int64_t>(y_off) + part.row0, "y offset");
-    p.row_bytes = U32(static_cast<int64_t>(w.row_bytes), "row bytes");
+    p.rows = PushU32(part.rows, "rows");
+    p.cols = PushU32(w.cols, "columns");
+    p.batch = PushU32(batch, "batch");
+    p.ldx = PushU32(ldx, "x stride");
+    p.ldy = PushU32(ldy, "y stride");
+    p.x_off = PushU32(static_cast<int64_t>(x_off), "x offset");
+    p.y_off = PushU32(static_cast<int64_t>(y_off) + part.row0, "y offset");
+    p.row_bytes = PushU32(static_cast<int64_t>(w.row_bytes), "row bytes");
     p.w_off = 0;
-    p.rows_per_y = kRowsPerY;
-    const uint32_t gx = std::min<uint32_t>(p.rows, kRowsPerY);
-    const uint32_t gy = (p.rows + kRowsPerY - 1) / kRowsPerY;
-    const uint32_t gz = (p.batch + kBatchPerGroup - 1) / kBatchPerGroup;
+    p.rows_per_y = kGroupsX;
+    const uint32_t gx = std::min<uint32_t>(p.rows, kGroupsX);
+    const uint32_t gy = DivUp(p.rows, kGroupsX);
+    const uint32_t gz = DivUp(p.batch, kBatchPerGroup);
     seq.Dispatch(prog, {{part.buffer.get(), 0, 0}, {&x, 0, 0}, {&y, 0, 0}}, &p, sizeof(p), gx, gy,
                  gz);
   }
@@ -124,18 +117,18 @@ void RecordRoundActs(Sequence& seq, ActRounding r, const Buffer& x, size_t x_off
     throw Error("GPU activations: " + std::to_string(cols) + " columns are not whole blocks");
   struct {
     uint32_t rows, cols, x_off, ldx, y_off, ldy, mode;
-  } p{U32(rows, "rows"),
-      U32(cols, "columns"),
-      U32(static_cast<int64_t>(x_off), "offset"),
-      U32(ldx, "stride"),
-      U32(static_cast<int64_t>(y_off), "offset"),
-      U32(ldy, "stride"),
+  } p{PushU32(rows, "rows"),
+      PushU32(cols, "columns"),
+      PushU32(static_cast<int64_t>(x_off), "offset"),
+      PushU32(ldx, "stride"),
+      PushU32(static_cast<int64_t>(y_off), "offset"),
+      PushU32(ldy, "stride"),
       static_cast<uint32_t>(r)};
   // One invocation per block (Q8_*), or a grid-stride loop over the row (f16, bf16).
   const uint64_t items =
       block > 1 ? static_cast<uint64_t>(cols / block) : static_cast<uint64_t>(cols);
-  const auto groups = static_cast<uint32_t>(
-      block > 1 ? (items + 63) / 64 : std::min<uint64_t>((items + 63) / 64, 4096));
+  const auto groups = static_cast<uint32_t>(block > 1 ? DivUp(items, 64)
+                                                      : std::min<uint64_t>(DivUp(items, 64), 4096));
   seq.Dispatch(Program::kQuantize, {{&x, 0, 0}, {&y, 0, 0}}, &p, sizeof(p), groups, p.rows);
 }
 

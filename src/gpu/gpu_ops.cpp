@@ -9,24 +9,6 @@
 #include "gpu/gpu_shaders.h"
 
 namespace es::gpu {
-namespace {
-
-constexpr uint32_t kGroupsX = 32768;  // groups along x before a grid takes a second dimension
-
-uint32_t U32(int64_t v, const char* what) {
-  if (v < 0 || v > static_cast<int64_t>(UINT32_MAX))
-    throw Error(std::string("GPU op: ") + what + " out of the 32-bit range the shaders take");
-  return static_cast<uint32_t>(v);
-}
-uint32_t U32(size_t v, const char* what) {
-  return U32(static_cast<int64_t>(v), what);
-}
-
-uint32_t DivUp(uint64_t a, uint64_t b) {
-  return static_cast<uint32_t>((a + b - 1) / b);
-}
-
-}  // namespace
 
 void RecordRmsNorm(Sequence& seq, Rows x, Rows y, const Buffer& w, int64_t rows, int64_t dim,
                    float eps) {
@@ -34,12 +16,12 @@ void RecordRmsNorm(Sequence& seq, Rows x, Rows y, const Buffer& w, int64_t rows,
   struct {
     uint32_t rows, dim, x_off, x_stride, y_off, y_stride, rows_per_y;
     float eps;
-  } p{U32(rows, "rows"),
-      U32(dim, "dim"),
-      U32(x.offset, "offset"),
-      U32(x.stride, "stride"),
-      U32(y.offset, "offset"),
-      U32(y.stride, "stride"),
+  } p{PushU32(rows, "rows"),
+      PushU32(dim, "dim"),
+      PushU32(x.offset, "offset"),
+      PushU32(x.stride, "stride"),
+      PushU32(y.offset, "offset"),
+      PushU32(y.stride, "stride"),
       kGroupsX,
       eps};
   seq.Dispatch(Program::kRmsNorm, {{x.buffer}, {y.buffer}, {&w}}, &p, sizeof(p),
@@ -53,7 +35,11 @@ void RecordElementwise(Sequence& seq, const Buffer& x, size_t x_off, const Buffe
   const uint32_t groups = DivUp(static_cast<uint64_t>(n), 256);
   struct {
     uint32_t n, period, x_off, y_off, groups_x, mode;
-  } p{U32(n, "n"), U32(period, "period"), U32(x_off, "offset"), U32(y_off, "offset"), kGroupsX,
+  } p{PushU32(n, "n"),
+      PushU32(period, "period"),
+      PushU32(x_off, "offset"),
+      PushU32(y_off, "offset"),
+      kGroupsX,
       mode};
   seq.Dispatch(Program::kAdd, {{&x}, {&y}}, &p, sizeof(p), std::min(groups, kGroupsX),
                DivUp(groups, kGroupsX));
@@ -77,8 +63,8 @@ void RecordRope(Sequence& seq, Rows x, int64_t rows, int64_t heads, int64_t head
     throw Error("GPU RoPE: rotated dims must be even and at most the head size");
   struct {
     uint32_t rows, heads, head_dim, n_rot, x_off, x_stride, neox;
-  } p{U32(rows, "rows"),   U32(heads, "heads"),     U32(head_dim, "head_dim"),
-      U32(n_rot, "n_rot"), U32(x.offset, "offset"), U32(x.stride, "stride"),
+  } p{PushU32(rows, "rows"),   PushU32(heads, "heads"),     PushU32(head_dim, "head_dim"),
+      PushU32(n_rot, "n_rot"), PushU32(x.offset, "offset"), PushU32(x.stride, "stride"),
       neox ? 1u : 0u};
   seq.Dispatch(Program::kRope, {{x.buffer}, {&table}}, &p, sizeof(p),
                DivUp(static_cast<uint64_t>(n_rot / 2), 64), p.heads, p.rows);
@@ -90,8 +76,13 @@ void RecordKvStore(Sequence& seq, Rows x, int64_t rows, int64_t kv_dim, const Bu
   if (f16 && kv_dim % 2 != 0) throw Error("GPU KV store: an f16 cache needs an even row width");
   struct {
     uint32_t rows, kv_dim, x_off, x_stride, f16, ring, pos_off;
-  } p{U32(rows, "rows"), U32(kv_dim, "kv_dim"), U32(x.offset, "offset"), U32(x.stride, "stride"),
-      f16 ? 1u : 0u,     U32(ring, "ring"),     U32(pos_off, "offset")};
+  } p{PushU32(rows, "rows"),
+      PushU32(kv_dim, "kv_dim"),
+      PushU32(x.offset, "offset"),
+      PushU32(x.stride, "stride"),
+      f16 ? 1u : 0u,
+      PushU32(ring, "ring"),
+      PushU32(pos_off, "offset")};
   const uint64_t per_row = f16 ? static_cast<uint64_t>(kv_dim / 2) : static_cast<uint64_t>(kv_dim);
   seq.Dispatch(Program::kKvStore, {{x.buffer}, {&cache}, {&positions}}, &p, sizeof(p),
                DivUp(per_row, 64), p.rows);
@@ -110,24 +101,24 @@ void RecordAttention(Sequence& seq, Rows q, Rows out, int64_t rows, const Attent
     float scale, softcap;
     uint32_t has_sinks;
     uint32_t pos_off;
-  } p{U32(a.n_head, "heads"),
-      U32(a.n_head_kv, "KV heads"),
-      U32(a.head_dim, "head_dim"),
-      U32(q.stride, "stride"),
-      U32(a.kv_dim, "kv_dim"),
-      U32(q.offset, "offset"),
-      U32(out.offset, "offset"),
-      U32(out.stride, "stride"),
+  } p{PushU32(a.n_head, "heads"),
+      PushU32(a.n_head_kv, "KV heads"),
+      PushU32(a.head_dim, "head_dim"),
+      PushU32(q.stride, "stride"),
+      PushU32(a.kv_dim, "kv_dim"),
+      PushU32(q.offset, "offset"),
+      PushU32(out.offset, "offset"),
+      PushU32(out.stride, "stride"),
       a.k_f16 ? 1u : 0u,
       a.v_f16 ? 1u : 0u,
-      U32(a.window, "window"),
-      U32(a.ring, "ring"),
+      PushU32(a.window, "window"),
+      PushU32(a.ring, "ring"),
       a.scale,
       a.softcap,
       a.sinks ? 1u : 0u,
-      U32(pos_off, "offset")};
+      PushU32(pos_off, "offset")};
   seq.Dispatch(Program::kAttention, {{q.buffer}, {&k}, {&v}, {out.buffer}, {&positions}, {a.sinks}},
-               &p, sizeof(p), p.n_head, U32(rows, "rows"));
+               &p, sizeof(p), p.n_head, PushU32(rows, "rows"));
 }
 
 void RecordGatedActivation(Sequence& seq, Activation act, const Buffer& gate, size_t gate_off,
@@ -136,8 +127,8 @@ void RecordGatedActivation(Sequence& seq, Activation act, const Buffer& gate, si
   const uint32_t groups = DivUp(static_cast<uint64_t>(n), 256);
   struct {
     uint32_t n, kind, groups_x, g_off, u_off;
-  } p{U32(n, "n"), static_cast<uint32_t>(act), kGroupsX, U32(gate_off, "offset"),
-      U32(up_off, "offset")};
+  } p{PushU32(n, "n"), static_cast<uint32_t>(act), kGroupsX, PushU32(gate_off, "offset"),
+      PushU32(up_off, "offset")};
   seq.Dispatch(Program::kActivation, {{&gate}, {&up}}, &p, sizeof(p), std::min(groups, kGroupsX),
                DivUp(groups, kGroupsX));
 }

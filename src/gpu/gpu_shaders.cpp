@@ -78,6 +78,12 @@ const ProgramCode& CodeOf(Program p) {
   throw Error(std::string("GPU program ") + name + " is not embedded in this build");
 }
 
+uint32_t PushU32(int64_t v, const char* what) {
+  if (v < 0 || v > static_cast<int64_t>(UINT32_MAX))
+    throw Error(std::string("GPU dispatch: ") + what + " out of the 32-bit range the shaders take");
+  return static_cast<uint32_t>(v);
+}
+
 bool MatMulProgram(TensorType t, Program* p) {
   switch (t) {
     case TensorType::kF32:

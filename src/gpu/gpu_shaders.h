@@ -47,6 +47,15 @@ struct ProgramCode {
 };
 const ProgramCode& CodeOf(Program p);
 
+// Push constants and grids: a value as the shaders' uint (es::Error naming `what` when it does not
+// fit), the groups along x before a grid takes a second dimension (maxComputeWorkGroupCount is at
+// least 65535), and a rounded-up division for group counts.
+uint32_t PushU32(int64_t v, const char* what);
+constexpr uint32_t kGroupsX = 32768;
+constexpr uint32_t DivUp(uint64_t a, uint64_t b) {
+  return static_cast<uint32_t>((a + b - 1) / b);
+}
+
 // The matmul program for weights of type t; false when the backend has none for it.
 bool MatMulProgram(TensorType t, Program* p);
 

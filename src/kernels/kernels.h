@@ -122,6 +122,7 @@ struct RopeParams {
   float attn_factor = 1.0f;
   float corr_lo = 0.0f, corr_hi = 0.0f;
   bool neox = false;
+  bool operator==(const RopeParams&) const = default;  // factors by address: one table each
 };
 // The dims YaRN blends over, for a model trained on n_ctx_orig positions (ggml's corr dims).
 void RopeYarnCorrDims(int64_t n_rot, int64_t n_ctx_orig, float base, float beta_fast,

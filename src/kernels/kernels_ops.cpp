@@ -375,11 +375,7 @@ struct RopeCache {
   int64_t pos = -1;
   RopeParams p;
   std::vector<float> cos, sin;
-  bool Matches(int64_t at, const RopeParams& q) const {
-    return pos == at && p.n_rot == q.n_rot && p.base == q.base && p.freq_scale == q.freq_scale &&
-           p.factors == q.factors && p.ext_factor == q.ext_factor &&
-           p.attn_factor == q.attn_factor && p.corr_lo == q.corr_lo && p.corr_hi == q.corr_hi;
-  }
+  bool Matches(int64_t at, const RopeParams& q) const { return pos == at && p == q; }
 };
 
 // x0' = fma(x0, cos, -(x1 * sin)), x1' = fma(x0, sin, x1 * cos): the contraction GCC makes of

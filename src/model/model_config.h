@@ -1,6 +1,7 @@
 // Hyperparameters of a model, read from GGUF metadata; what its family computes comes from
 // its ArchSpec (model_arch.h).
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -83,6 +84,14 @@ struct ModelConfig {
   }
   // Keys a position of `layer` attends to at most (0: all before it).
   int64_t Window(int layer) const { return IsLocal(layer) ? sliding_window : 0; }
+  // The query factor of attn_temp_scale at position `pos`, computed as llama.cpp's input does: in
+  // double, rounded to float once.
+  float AttnTemperature(int64_t pos) const {
+    return static_cast<float>(
+        std::log(std::floor(static_cast<float>(pos) / static_cast<float>(n_ctx_orig)) + 1.0) *
+            attn_temp_scale +
+        1.0);
+  }
   bool HasRope(int layer) const { return nope_every == 0 || (layer + 1) % nope_every != 0; }
   // Whether a sequence of n_ctx positions uses LongRoPE's long factors.
   bool LongFactors(int64_t n_ctx) const { return longrope && n_ctx > n_ctx_orig; }

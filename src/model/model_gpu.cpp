@@ -13,12 +13,6 @@
 namespace es::model {
 namespace {
 
-bool SameRope(const kernels::RopeParams& a, const kernels::RopeParams& b) {
-  return a.n_rot == b.n_rot && a.base == b.base && a.freq_scale == b.freq_scale &&
-         a.factors == b.factors && a.ext_factor == b.ext_factor && a.attn_factor == b.attn_factor &&
-         a.corr_lo == b.corr_lo && a.corr_hi == b.corr_hi && a.neox == b.neox;
-}
-
 gpu::Rows R(const std::shared_ptr<gpu::Buffer>& b, size_t stride, size_t offset = 0) {
   return gpu::Rows{b.get(), offset, stride};
 }
@@ -124,11 +118,7 @@ void GpuBlocks::Forward(int first, int last, float* hidden, int n, const BatchRo
   const ModelConfig& c = m_.config();
   if (first < first_ || last > last_ || first > last)
     throw Error("GPU offload: layers outside the offloaded range");
-  if (n <= 0 || first == last) return;
-  for (int i = 0; i < n; ++i)
-    for (int l = first; l < last; ++l)
-      if (!rows[i].kv[l].dk || !rows[i].kv[l].dv)
-        throw Error("GPU offload: layer " + std::to_string(l) + " has no device KV cache");
+  if (n <= 0 || first == last) return;  // (LlamaModel::ForwardBlocks checked the device caches)
   EnsureActivations(n);
   // RoPE: a table per distinct rotation (global and local layers, LongRoPE's length choice).
   rope_group_.assign(static_cast<size_t>(last - first), -1);
@@ -137,7 +127,7 @@ void GpuBlocks::Forward(int first, int last, float* hidden, int n, const BatchRo
     const kernels::RopeParams p = m_.RopeFor(l, rows[0].kv[l].n_ctx);
     if (p.n_rot == 0) continue;
     int g = 0;
-    while (g < static_cast<int>(rope_params_.size()) && !SameRope(rope_params_[g], p)) ++g;
+    while (g < static_cast<int>(rope_params_.size()) && !(rope_params_[g] == p)) ++g;
     if (g == static_cast<int>(rope_params_.size())) rope_params_.push_back(p);
     rope_group_[static_cast<size_t>(l - first)] = g;
   }
@@ -160,29 +150,21 @@ void GpuBlocks::Forward(int first, int last, float* hidden, int n, const BatchRo
   for (int i = 0; i < n; ++i) pos[static_cast<size_t>(i)] = static_cast<int32_t>(rows[i].pos);
   dev_->Upload(*positions_, 0, pos.data(), pos.size() * sizeof(int32_t));
   if (c.attn_temp_scale != 0.0f) {
-    // As the CPU computes it (model_llama.cpp): in double, rounded to float once.
     std::vector<float> t(static_cast<size_t>(n));
-    for (int i = 0; i < n; ++i)
-      t[static_cast<size_t>(i)] = static_cast<float>(
-          std::log(std::floor(static_cast<float>(rows[i].pos) / static_cast<float>(c.n_ctx_orig)) +
-                   1.0) *
-              c.attn_temp_scale +
-          1.0);
+    for (int i = 0; i < n; ++i) t[static_cast<size_t>(i)] = c.AttnTemperature(rows[i].pos);
     dev_->Upload(*temperature_, 0, t.data(), t.size() * sizeof(float));
   }
   const size_t hidden_bytes = static_cast<size_t>(n) * c.n_embd * sizeof(float);
   dev_->Upload(*hidden_, 0, hidden, hidden_bytes);
 
-  // The recorded sequence depends on the shape of the step: layers, rows, each row's caches and
-  // the RoPE table of each layer.
+  // The recorded sequence depends on the shape of the step: layers, rows, each run of rows' caches
+  // and the RoPE table of each layer. A cache is named by its first device buffer's serial: a
+  // KvCache allocates all of its buffers at once, and serials are never reused.
   std::string key = std::to_string(first) + ":" + std::to_string(last) + ":" + std::to_string(n);
   for (int i = 0; i < n; ++i)
-    if (i == 0 || rows[i].kv != rows[i - 1].kv)
-      for (int l = first; l < last; ++l)
-        key += ":" + std::to_string(rows[i].kv[l].dk->serial()) + "/" +
-               std::to_string(rows[i].kv[l].dv->serial());
-    else
-      key += ":";
+    key += ":" + (i > 0 && rows[i].kv == rows[i - 1].kv
+                      ? std::string()
+                      : std::to_string(rows[i].kv[first].dk->serial()));
   for (int g : rope_group_) key += "," + std::to_string(g);
   auto it = recorded_.find(key);
   if (it == recorded_.end()) {
@@ -332,6 +314,13 @@ void LlamaModel::OffloadRangeToGpu(int device, int first, int last) {
   gpu_.reset();
   if (first >= last) return;
   gpu_ = std::make_shared<GpuBlocks>(*this, device, first, last);
+  // The host no longer reads these blocks' matrices: Load's prefault and --mlock would only keep
+  // them resident twice.
+  for (int l = first; l < last; ++l) {
+    const Layer& L = layers_[static_cast<size_t>(l)];
+    for (const kernels::Matrix* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
+      ReleaseMapped(w->data, w->row_bytes * static_cast<size_t>(w->rows));
+  }
 }
 int LlamaModel::gpu_first() const {
   return gpu_ ? gpu_->first() : cfg_.n_layer;

@@ -276,12 +276,16 @@ const float* LlamaModel::KeepVector(const float* mapped, int64_t n) {
   vectors_.emplace_back(new float[static_cast<size_t>(n)]);
   const size_t bytes = static_cast<size_t>(n) * sizeof(float);
   std::memcpy(vectors_.back().get(), mapped, bytes);
+  ReleaseMapped(mapped, bytes);
+  return vectors_.back().get();
+}
+
+void LlamaModel::ReleaseMapped(const void* mapped, size_t bytes) {
   // The whole pages around it: a neighbour's page is only read again if used, and then faults
   // in from the file. Read into memory (--no-mmap), it would read back as zeros: keep them.
   if (file_->mapped())
-    DropPages(PageDown(mapped), PageUp(reinterpret_cast<const uint8_t*>(mapped) + bytes));
+    DropPages(PageDown(mapped), PageUp(static_cast<const uint8_t*>(mapped) + bytes));
   copied_.push_back(mapped);
-  return vectors_.back().get();
 }
 
 void LlamaModel::Prefault(const gguf::TensorInfo& t) const {
@@ -461,10 +465,15 @@ void LlamaModel::ForwardBlocks(int first, int last, float* hidden, int n, const 
   const ModelConfig& c = cfg_;
   if (first < 0 || last > c.n_layer || first > last) throw Error("invalid layer range");
   if (n > ws.max_batch()) throw Error("batch larger than the workspace");
+  // Blocks [g0, g1) run on the GPU, with device caches.
+  const int g0 = std::clamp(gpu_first(), first, last), g1 = std::clamp(gpu_last(), g0, last);
   for (int i = 0; i < n; ++i) {
     for (int l = first; l < last; ++l) {
       const KvLayer& cache = rows[i].kv[l];
-      if ((!cache.k && !cache.dk) || rows[i].pos < 0 || rows[i].pos >= cache.n_ctx)
+      const bool on_gpu = l >= g0 && l < g1;
+      if (on_gpu && (!cache.dk || !cache.dv))
+        throw Error("GPU offload: layer " + std::to_string(l) + " has no device KV cache");
+      if ((!on_gpu && !cache.k) || rows[i].pos < 0 || rows[i].pos >= cache.n_ctx)
         throw Error("context is full: position " + std::to_string(rows[i].pos) +
                     " is past the context of " + std::to_string(cache.n_ctx) +
                     " tokens (start with a larger -c)");
@@ -479,16 +488,15 @@ void LlamaModel::ForwardBlocks(int first, int last, float* hidden, int n, const 
   }
   // CPU blocks before the GPU's range, the GPU's in one go (activations cross once each way),
   // then any CPU blocks after it.
-  const int g0 = std::clamp(gpu_first(), first, last), g1 = std::clamp(gpu_last(), g0, last);
-  for (int l = first; l < last; ++l) {
-    if (l == g0 && g0 < g1) {
-      ForwardGpu(g0, g1, hidden, n, rows);
-      l = g1 - 1;
-      continue;
+  const auto on_cpu = [&](int from, int to) {
+    for (int l = from; l < to; ++l) {
+      AttentionBlock(l, hidden, n, rows, ws, pool);
+      FeedForwardBlock(l, hidden, n, ws, pool);
     }
-    AttentionBlock(l, hidden, n, rows, ws, pool);
-    FeedForwardBlock(l, hidden, n, ws, pool);
-  }
+  };
+  on_cpu(first, g0);
+  if (g0 < g1) ForwardGpu(g0, g1, hidden, n, rows);
+  on_cpu(g1, last);
 }
 
 // hidden += post_norm(wo(attention(rope(norm_qk(q(x))), rope(norm_qk(k(x))), v(x)))),
@@ -530,11 +538,7 @@ void LlamaModel::AttentionBlock(int l, float* hidden, int n, const BatchRow* row
       for (int h = 0; h < c.n_head_kv; ++h) kernels::Rope(k + h * hd, hd, pos, rope);
     }
     if (c.attn_temp_scale != 0.0f) {
-      // Computed as llama.cpp's input does: in double, rounded to float once.
-      const float t = static_cast<float>(
-          std::log(std::floor(static_cast<float>(pos) / static_cast<float>(c.n_ctx_orig)) + 1.0) *
-              c.attn_temp_scale +
-          1.0);
+      const float t = c.AttnTemperature(pos);
       for (int j = 0; j < q_dim; ++j) q[j] *= t;
     }
     if (c.q_scale != 0.0f)

@@ -263,6 +263,9 @@ class LlamaModel {
 
   // A copy of the mapped vector `mapped` of n floats, owned by the model.
   const float* KeepVector(const float* mapped, int64_t n);
+  // `bytes` of mapped weights at `mapped` are computed from a copy now (host or GPU): their pages
+  // are dropped and Prefault/Lock skip them.
+  void ReleaseMapped(const void* mapped, size_t bytes);
 
   std::unique_ptr<gguf::File> file_;
   ModelConfig cfg_;
