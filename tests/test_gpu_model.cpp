@@ -40,13 +40,14 @@ Outputs Evaluate(const std::string& path, int gpu_layers, const std::vector<int3
   return r;
 }
 
-// stories260K (f32 weights, 5 blocks): the CPU run against -ngl all and -ngl 2.
+// stories260K (f32 weights, 5 blocks): the CPU run against -ngl 2, -ngl 5 (every block, the head
+// on the CPU) and -ngl all (the head on the GPU too).
 TEST(GpuOffload, MatchesTheCpuRun) {
   const std::string path = es::test::ModelPath("stories260K.gguf");
   std::vector<int32_t> prompt;
   for (int i = 0; i < 40; ++i) prompt.push_back(1 + (i * 37) % 500);
   const Outputs cpu = Evaluate(path, 0, prompt);
-  for (int ngl : {2, 1000}) {
+  for (int ngl : {2, 5, 1000}) {
     const Outputs gpu = Evaluate(path, ngl, prompt);
     ASSERT_EQ(gpu.logits.size(), cpu.logits.size());
     double worst = 0;
@@ -68,6 +69,12 @@ TEST(GpuOffload, CliNamesTheDeviceOfEachRange) {
   auto cpu = es::test::RunCli("run -m " + m + " -p 'Once upon a time' -n 8 --temp 0");
   ASSERT_EQ(cpu.exit_code, 0) << cpu.err;
   EXPECT_EQ(r.out, cpu.out);
+  auto all = es::test::RunCli("run -m " + m + " -p 'Once upon a time' -n 8 --temp 0 -ngl all");
+  ASSERT_EQ(all.exit_code, 0) << all.err;
+  EXPECT_NE(all.err.find("edgeshard: blocks 0-4 and the output head on vulkan0 ("),
+            std::string::npos)
+      << all.err;
+  EXPECT_EQ(all.out, cpu.out);
   for (const char* bad : {"-ngl lots", "--gpu-layers -1", "-ngl 2 --device vulkan99x"}) {
     auto e = es::test::RunCli("run -m " + m + " -p hi -n 1 " + bad);
     EXPECT_EQ(e.exit_code, 2) << bad << ": " << e.err;

@@ -46,9 +46,11 @@ struct ModelInfo {
   size_t expert_bytes = 0;
   size_t expert_bytes_per_token = 0;
   bool weights_in_memory = false;  // read in (--no-mmap) or locked (--mlock): experts resident
-  // Blocks gpu_first .. n_layer-1 run on the GPU named gpu_name (gpu_first == n_layer: none).
+  // Blocks gpu_first .. n_layer-1 run on the GPU named gpu_name (gpu_first == n_layer: none);
+  // gpu_placement says so in words ("blocks 3-4 and the output head on vulkan0 (...)", "").
   int gpu_first = 0;
   std::string gpu_name;
+  std::string gpu_placement;
 };
 
 struct ChatTurn {

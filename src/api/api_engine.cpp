@@ -67,7 +67,10 @@ ModelInfo Model::Info() const {
               impl_->model->ExpertBytesPerToken(),
               impl_->in_memory,
               impl_->model->gpu_first(),
-              impl_->model->gpu_first() < c.n_layer ? impl_->model->GpuDeviceName() : ""};
+              impl_->model->gpu_first() < c.n_layer || impl_->model->gpu_head()
+                  ? impl_->model->GpuDeviceName()
+                  : "",
+              impl_->model->GpuPlacement()};
   // llama.cpp's file type names, as users know them from file names; else the dominant type.
   static const std::map<int64_t, const char*> kFileTypes = {
       {0, "F32"},     {1, "F16"},     {2, "Q4_0"},    {3, "Q4_1"},    {7, "Q8_0"},

@@ -158,13 +158,12 @@ std::shared_ptr<Model> LoadModel(const std::string& path, const MemoryOptions& m
   auto m = Model::Load(lp);
   if (load_ms) *load_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
   const ModelInfo info = m->Info();
-  if (info.gpu_first < info.n_layer) {
+  if (!info.gpu_placement.empty()) {
     // Where each range of blocks runs, the GPU as its driver names it.
     std::string cpu = info.gpu_first > 0
                           ? "blocks 0-" + std::to_string(info.gpu_first - 1) + " on the CPU, "
                           : "";
-    std::fprintf(stderr, "edgeshard: %sblocks %d-%d on %s\n", cpu.c_str(), info.gpu_first,
-                 info.n_layer - 1, info.gpu_name.c_str());
+    std::fprintf(stderr, "edgeshard: %s%s\n", cpu.c_str(), info.gpu_placement.c_str());
   }
   return m;
 }

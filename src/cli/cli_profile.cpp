@@ -19,6 +19,7 @@
 
 #include "cli/cli_command.h"
 #include "shard/shard_cluster.h"
+#include "gpu/gpu_device.h"
 #include "shard/shard_profile.h"
 
 namespace es::cli {
@@ -27,7 +28,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 struct ProfileOptions {
-  std::string model, out, link, memory, name;
+  std::string model, out, link, memory, name, device = "cpu";
   std::vector<int> ctx = {512, 2048};
   int threads = 0, batch = 512, reps = 7;
   int echo_port = -1, max_connections = 0, timeout_s = 0;
@@ -228,6 +229,13 @@ int ProfileDevice(const ProfileOptions& o) {
   m.prompt_batch = o.batch;
   m.reps = o.reps;
   m.device = o.name;
+  if (o.device != "cpu") {
+    try {
+      m.gpu_device = gpu::ParseDeviceName(o.device);
+    } catch (const Error& e) {
+      throw UsageError(std::string("--device: ") + e.what());
+    }
+  }
   if (!o.memory.empty()) {
     const auto b = shard::ParseByteSize(o.memory);
     if (!b || *b == 0)
@@ -242,10 +250,11 @@ int ProfileDevice(const ProfileOptions& o) {
   uint64_t total = 0, active = 0;
   for (const auto& u : p.model.units) total += u.weight_bytes, active += u.active_bytes;
   std::fprintf(stderr,
-               "profile: %s: %zu units, one decode step %.3f ms at context %d, %d threads, "
+               "profile: %s: %zu units, one decode step %.3f ms at context %d, %s, "
                "reading %.1f of %.1f MiB of weights -> %s\n",
                p.device.c_str(), p.model.units.size(), decode, p.timing[0].decode.front().ctx,
-               p.threads, active / 1048576.0, total / 1048576.0, o.out.c_str());
+               p.gpu.empty() ? (std::to_string(p.threads) + " threads").c_str() : p.gpu.c_str(),
+               active / 1048576.0, total / 1048576.0, o.out.c_str());
   return kExitOk;
 }
 
@@ -267,6 +276,9 @@ const bool registered = RegisterCommand("profile", [](CLI::App& app) {
       ->check(CLI::Range(1, 1000));
   cmd->add_option("--memory", o->memory, "memory budget to record (default: MemAvailable)");
   cmd->add_option("--name", o->name, "device name to record (default: host name)");
+  cmd->add_option("--device", o->device,
+                  "cpu (the default), or a GPU: vulkan0, vulkan1, ... (every block and the head "
+                  "run there; the budget is its memory)");
   auto* link =
       cmd->add_option("--link", o->link, "measure bandwidth and RTT to an echo peer HOST:PORT");
   cmd->add_option("--link-mb", o->link_mb, "MiB to echo when measuring bandwidth")

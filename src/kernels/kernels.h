@@ -47,6 +47,9 @@ struct Matrix {
   int64_t cols = 0;
   size_t row_bytes = 0;  // RowBytes(type, cols)
   int interleave = 0;    // 0: row-major as in GGUF; 16: rows interleaved in groups of 16
+  // An interleaved copy's row-major original in the file mapping (which pages it back in from
+  // the file when read): what a later GPU offload of the same matrix uploads.
+  const void* source = nullptr;
 };
 
 // Whether the kernels chosen for this CPU compute weights of type `t` faster from the

@@ -19,39 +19,46 @@ gpu::Rows R(const std::shared_ptr<gpu::Buffer>& b, size_t stride, size_t offset 
 
 }  // namespace
 
-GpuBlocks::GpuBlocks(const LlamaModel& m, int device, int first, int last)
+GpuBlocks::GpuBlocks(const LlamaModel& m, int device, int first, int last, bool head)
     : m_(m), dev_(gpu::Device::Open(device)), first_(first), last_(last) {
   const ModelConfig& c = m.config();
   if (first < 0 || last > c.n_layer || first > last) throw Error("GPU offload: invalid layers");
   // The math the programs implement; anything else is refused by name rather than run wrong.
-  if (c.moe())
+  if (head && last != c.n_layer) throw Error("GPU offload: the head follows the last block");
+  if (c.moe() && first < last)
     throw Error(
         "GPU offload of mixture-of-experts blocks is not implemented yet; run this model "
         "without --gpu-layers");
   if (c.spec->ffn == FfnKind::kSwiGluOai)
     throw Error("GPU offload: the clamped SwiGLU of this family is not implemented yet");
   if (c.head_dim > 256) throw Error("GPU offload: head sizes over 256 are not implemented");
+  auto up = [&](kernels::Matrix w, const std::string& name) {
+    if (w.interleave != 0) {
+      // Re-laid for the CPU's kernels by an earlier plan: the file still has the original.
+      if (!w.source)
+        throw Error("GPU offload: " + name +
+                    " was re-laid for the CPU (load with interleave off for GPU layers)");
+      w.data = w.source;
+      w.interleave = 0;
+    }
+    if (!gpu::CanMatMul(w.type, w.cols))
+      throw Error(std::string("GPU offload: the Vulkan backend has no matmul for ") +
+                  TypeName(w.type) + " (" + name + ")");
+    gpu::GpuMatrix gm = gpu::UploadMatrix(*dev_, w);
+    weight_bytes_ += gm.bytes();
+    return gm;
+  };
   for (int l = first; l < last; ++l) {
     const LlamaModel::Layer& L = m.layers_[static_cast<size_t>(l)];
     Layer g;
-    auto up = [&](const kernels::Matrix& w, const char* name) {
-      if (w.interleave != 0)
-        throw Error("GPU offload: layer " + std::to_string(l) + " " + name +
-                    " was re-laid for the CPU (load with interleave off for GPU layers)");
-      if (!gpu::CanMatMul(w.type, w.cols))
-        throw Error(std::string("GPU offload: the Vulkan backend has no matmul for ") +
-                    TypeName(w.type) + " (layer " + std::to_string(l) + " " + name + ")");
-      gpu::GpuMatrix gm = gpu::UploadMatrix(*dev_, w);
-      weight_bytes_ += gm.bytes();
-      return gm;
-    };
-    g.wq = up(L.wq, "attn_q");
-    g.wk = up(L.wk, "attn_k");
-    g.wv = up(L.wv, "attn_v");
-    g.wo = up(L.wo, "attn_output");
-    g.w_gate = up(L.w_gate, "ffn_gate");
-    g.w_up = up(L.w_up, "ffn_up");
-    g.w_down = up(L.w_down, "ffn_down");
+    const std::string at = "layer " + std::to_string(l) + " ";
+    g.wq = up(L.wq, at + "attn_q");
+    g.wk = up(L.wk, at + "attn_k");
+    g.wv = up(L.wv, at + "attn_v");
+    g.wo = up(L.wo, at + "attn_output");
+    g.w_gate = up(L.w_gate, at + "ffn_gate");
+    g.w_up = up(L.w_up, at + "ffn_up");
+    g.w_down = up(L.w_down, at + "ffn_down");
     g.attn_norm = Vector(L.attn_norm, c.n_embd);
     g.ffn_norm = Vector(L.ffn_norm, c.n_embd);
     if (L.attn_post_norm) g.attn_post_norm = Vector(L.attn_post_norm, c.n_embd);
@@ -70,6 +77,10 @@ GpuBlocks::GpuBlocks(const LlamaModel& m, int device, int first, int last)
     layers_.push_back(std::move(g));
   }
   if (c.q_scale != 0.0f) q_scale_ = Vector(&c.q_scale, 1);
+  if (head) {
+    output_ = up(m.output_, "output");
+    output_norm_ = Vector(m.output_norm_, c.n_embd);
+  }
 }
 
 GpuBlocks::~GpuBlocks() {
@@ -173,6 +184,35 @@ void GpuBlocks::Forward(int first, int last, float* hidden, int n, const BatchRo
   }
   dev_->Run(*it->second);
   dev_->Download(*hidden_, 0, hidden, hidden_bytes);
+}
+
+void GpuBlocks::Head(const float* hidden, int n, float* logits) {
+  const ModelConfig& c = m_.config();
+  // At most kHeadRows rows at a time: a prompt's logits for a large vocabulary would otherwise
+  // take hundreds of MB of device memory.
+  constexpr int kHeadRows = 32;
+  const auto d = static_cast<size_t>(c.n_embd), vocab = static_cast<size_t>(c.n_vocab);
+  EnsureActivations(std::min(n, kHeadRows));
+  if (!logits_) logits_ = dev_->Alloc(static_cast<size_t>(kHeadRows) * vocab * sizeof(float));
+  for (int i0 = 0; i0 < n; i0 += kHeadRows) {
+    const int rows = std::min(kHeadRows, n - i0);
+    dev_->Upload(*hidden_, 0, hidden + static_cast<size_t>(i0) * d, rows * d * sizeof(float));
+    const std::string key = "head:" + std::to_string(rows);
+    auto it = recorded_.find(key);
+    if (it == recorded_.end()) {
+      if (recorded_.size() >= 64) recorded_.clear();
+      auto seq = dev_->Record();
+      gpu::RecordRmsNorm(*seq, R(hidden_, d), R(xb_, d), *output_norm_, rows, c.n_embd,
+                         c.rms_eps);
+      seq->Barrier();
+      RecordMatMuls(*seq, *xb_, c.n_embd, rows, {{&output_, logits_.get()}});
+      seq->Finish();
+      it = recorded_.emplace(key, std::move(seq)).first;
+    }
+    dev_->Run(*it->second);
+    dev_->Download(*logits_, 0, logits + static_cast<size_t>(i0) * vocab,
+                   rows * vocab * sizeof(float));
+  }
 }
 
 void GpuBlocks::RecordMatMuls(gpu::Sequence& s, const gpu::Buffer& x, int64_t cols, int n,
@@ -308,12 +348,16 @@ std::unique_ptr<gpu::Sequence> GpuBlocks::RecordForward(int first, int last, int
 }
 
 void LlamaModel::OffloadToGpu(int device, int n_layers) {
-  OffloadRangeToGpu(device, std::max(0, cfg_.n_layer - std::max(0, n_layers)), cfg_.n_layer);
+  OffloadRangeToGpu(device, std::max(0, cfg_.n_layer - std::max(0, n_layers)), cfg_.n_layer,
+                    n_layers > cfg_.n_layer);
 }
-void LlamaModel::OffloadRangeToGpu(int device, int first, int last) {
+void LlamaModel::OffloadRangeToGpu(int device, int first, int last, bool head) {
   gpu_.reset();
-  if (first >= last) return;
-  gpu_ = std::make_shared<GpuBlocks>(*this, device, first, last);
+  if (first >= last && !head) return;
+  gpu_ = std::make_shared<GpuBlocks>(*this, device, first, last, head);
+  // A head tied to the embedding table stays mapped: the CPU reads its rows for every token.
+  if (head && output_.data != tok_embd_.data)
+    ReleaseMapped(output_.data, output_.row_bytes * static_cast<size_t>(output_.rows));
   // The host no longer reads these blocks' matrices: Load's prefault and --mlock would only keep
   // them resident twice.
   for (int l = first; l < last; ++l) {
@@ -328,6 +372,12 @@ int LlamaModel::gpu_first() const {
 int LlamaModel::gpu_last() const {
   return gpu_ ? gpu_->last() : cfg_.n_layer;
 }
+bool LlamaModel::gpu_head() const {
+  return gpu_ && gpu_->head();
+}
+void LlamaModel::HeadGpu(const float* hidden, int n, float* logits) const {
+  gpu_->Head(hidden, n, logits);
+}
 std::shared_ptr<gpu::Buffer> LlamaModel::AllocDeviceKv(int64_t rows, TensorType t) const {
   if (!gpu_) throw Error("no GPU layers to give a device KV cache");
   return gpu_->AllocKv(rows, t);
@@ -335,6 +385,14 @@ std::shared_ptr<gpu::Buffer> LlamaModel::AllocDeviceKv(int64_t rows, TensorType 
 std::string LlamaModel::GpuDeviceName() const {
   if (!gpu_) return "";
   return "vulkan" + std::to_string(gpu_->device().index) + " (" + gpu_->device().name + ")";
+}
+std::string LlamaModel::GpuPlacement() const {
+  if (!gpu_) return "";
+  std::string s;
+  if (gpu_first() < gpu_last())
+    s = "blocks " + std::to_string(gpu_first()) + "-" + std::to_string(gpu_last() - 1);
+  if (gpu_head()) s += s.empty() ? "the output head" : " and the output head";
+  return s + " on " + GpuDeviceName();
 }
 void LlamaModel::ForwardGpu(int first, int last, float* hidden, int n, const BatchRow* rows) const {
   gpu_->Forward(first, last, hidden, n, rows);

@@ -18,13 +18,14 @@ namespace es::model {
 
 class GpuBlocks {
  public:
-  // Uploads blocks [first, last) of `m` to Vulkan device `device`. Throws es::Error naming what
-  // the backend cannot compute (a weight type, mixture-of-experts blocks, an activation) or
-  // cannot hold.
-  GpuBlocks(const LlamaModel& m, int device, int first, int last);
+  // Uploads blocks [first, last) of `m` to Vulkan device `device`, and with `head` the final
+  // norm and output head. Throws es::Error naming what the backend cannot compute (a weight
+  // type, mixture-of-experts blocks, an activation) or cannot hold.
+  GpuBlocks(const LlamaModel& m, int device, int first, int last, bool head);
   ~GpuBlocks();
   int first() const { return first_; }
   int last() const { return last_; }
+  bool head() const { return output_.rows > 0; }
   const gpu::DeviceInfo& device() const { return dev_->info(); }
   size_t weight_bytes() const { return weight_bytes_; }
 
@@ -34,6 +35,9 @@ class GpuBlocks {
   // Runs blocks [first, last) (inside this range) on n rows of hidden state in host memory, each
   // row at rows[i].pos of the sequence whose caches are rows[i].kv (device KV in dk/dv).
   void Forward(int first, int last, float* hidden, int n, const BatchRow* rows);
+  // Final norm and output head of n rows of hidden state: logits [n, n_vocab] before any
+  // soft-cap (the caller applies it). `hidden` is left as it is.
+  void Head(const float* hidden, int n, float* logits);
 
  private:
   struct Layer {
@@ -57,6 +61,8 @@ class GpuBlocks {
   std::unique_ptr<gpu::Device> dev_;
   int first_, last_;
   std::vector<Layer> layers_;  // index layer - first_
+  gpu::GpuMatrix output_;      // the head (rows 0 when it stays on the CPU)
+  std::shared_ptr<gpu::Buffer> output_norm_, logits_;
   size_t weight_bytes_ = 0;
   // Activations for up to max_rows_ rows.
   int max_rows_ = 0;

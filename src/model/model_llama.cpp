@@ -190,7 +190,7 @@ std::unique_ptr<LlamaModel> LlamaModel::Load(const std::string& path, const Load
   for (const auto& t : f.tensors()) m->weight_bytes_ += t.n_bytes;
   // GPU blocks are uploaded row-major, before the CPU's copies re-lay the other blocks.
   if (opts.gpu_layers > 0) m->OffloadToGpu(opts.gpu_device, opts.gpu_layers);
-  if (opts.interleave) m->PrepareLayers(0, m->gpu_first(), true);
+  if (opts.interleave) m->PrepareLayers(0, m->gpu_first(), !m->gpu_head());
   // Read into memory (--no-mmap), every page is already there.
   if (opts.prefault && f.mapped()) {
     // Touch every page once so generation does not stall on page faults; report progress.
@@ -262,6 +262,7 @@ void LlamaModel::PrepareLayers(int first, int last, bool head) {
     }
     dropped.emplace_back(first, released);
     copied_.push_back(w->data);
+    if (file_->mapped()) w->source = w->data;
     w->data = dst;
     w->interleave = 16;
     dst += span(*w);
@@ -439,8 +440,8 @@ void LlamaModel::OffloadToGpu(int, int n_layers) {
   if (n_layers > 0)
     throw Error("this build has no GPU backend (configured with EDGESHARD_VULKAN=OFF)");
 }
-void LlamaModel::OffloadRangeToGpu(int, int first, int last) {
-  if (first < last)
+void LlamaModel::OffloadRangeToGpu(int, int first, int last, bool head) {
+  if (first < last || head)
     throw Error("this build has no GPU backend (configured with EDGESHARD_VULKAN=OFF)");
 }
 int LlamaModel::gpu_first() const {
@@ -449,10 +450,19 @@ int LlamaModel::gpu_first() const {
 int LlamaModel::gpu_last() const {
   return cfg_.n_layer;
 }
+bool LlamaModel::gpu_head() const {
+  return false;
+}
 void LlamaModel::ForwardGpu(int, int, float*, int, const BatchRow*) const {
   throw Error("this build has no GPU backend");
 }
+void LlamaModel::HeadGpu(const float*, int, float*) const {
+  throw Error("this build has no GPU backend");
+}
 std::string LlamaModel::GpuDeviceName() const {
+  return "";
+}
+std::string LlamaModel::GpuPlacement() const {
   return "";
 }
 std::shared_ptr<gpu::Buffer> LlamaModel::AllocDeviceKv(int64_t, TensorType) const {
@@ -612,11 +622,16 @@ kernels::RopeParams LlamaModel::RopeFor(int layer, int64_t n_ctx) const {
 void LlamaModel::Head(float* hidden, int n, float* logits, Workspace& ws,
                       kernels::ThreadPool& pool) const {
   const int d = cfg_.n_embd;
-  for (int i = 0; i < n; ++i) {
-    float* h = hidden + static_cast<size_t>(i) * d;
-    kernels::RmsNorm(h, output_norm_, h, d, cfg_.rms_eps);
+  if (gpu_head()) {
+    HeadGpu(hidden, n, logits);
+  } else {
+    for (int i = 0; i < n; ++i) {
+      float* h = hidden + static_cast<size_t>(i) * d;
+      kernels::RmsNorm(h, output_norm_, h, d, cfg_.rms_eps);
+    }
+    kernels::MatMul(output_, hidden, d, n, logits, cfg_.n_vocab, pool, ws.scratch);
   }
-  kernels::MatMul(output_, hidden, d, n, logits, cfg_.n_vocab, pool, ws.scratch);
+  // The soft-cap (gemma2) on the host, with the CPU's kernel, wherever the logits came from.
   if (cfg_.final_softcap != 0.0f)
     kernels::SoftCap(logits, static_cast<int64_t>(n) * cfg_.n_vocab, cfg_.final_softcap);
 }

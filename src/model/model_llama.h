@@ -139,8 +139,9 @@ struct LoadOptions {
   bool use_mmap = true;
   // --mlock: lock the weights the model reads in memory (LlamaModel::Lock) once loaded.
   bool mlock = false;
-  // -ngl: the last gpu_layers blocks (all of them when >= n_layer) go to Vulkan device
-  // gpu_device (OffloadToGpu); 0 keeps every block on the CPU.
+  // -ngl: the last gpu_layers blocks go to Vulkan device gpu_device (OffloadToGpu); more than
+  // n_layer puts the output head there too, as llama.cpp's -ngl does; 0 keeps everything on the
+  // CPU.
   int gpu_layers = 0;
   int gpu_device = 0;
 };
@@ -151,21 +152,26 @@ class LlamaModel {
 
   // Moves the last `n_layers` blocks (all of them when n_layers >= n_layer) to Vulkan device
   // `device` (model_gpu.h): ForwardBlocks then runs them there, with their KV caches in device
-  // memory (KvLayer::dk/dv, which runtime::KvCache::AttachDevice allocates). Throws es::Error
-  // naming what the GPU backend cannot compute. Not thread-safe against forward passes.
+  // memory (KvLayer::dk/dv, which runtime::KvCache::AttachDevice allocates). n_layers > n_layer
+  // moves the final norm and output head too (Head then runs there). Throws es::Error naming
+  // what the GPU backend cannot compute. Not thread-safe against forward passes.
   void OffloadToGpu(int device, int n_layers);
-  // Blocks [first, last) to the GPU (a worker's shard: the last blocks of its range).
-  void OffloadRangeToGpu(int device, int first, int last);
-  // The blocks on the GPU, [gpu_first, gpu_last) (both n_layer when none is), and the offloaded
-  // blocks themselves.
+  // Blocks [first, last) to the GPU, and the head with `head` (then last must be n_layer): a
+  // worker's or a plan's GPU range. An empty range without the head gives the GPU back.
+  void OffloadRangeToGpu(int device, int first, int last, bool head = false);
+  // The blocks on the GPU, [gpu_first, gpu_last) (both n_layer when none is), whether the head is
+  // there, and the offloaded blocks themselves.
   int gpu_first() const;
   int gpu_last() const;
+  bool gpu_head() const;
   GpuBlocks* gpu() const { return gpu_.get(); }
   // Device memory for `rows` cached keys (or values) of type t of one GPU layer.
   std::shared_ptr<gpu::Buffer> AllocDeviceKv(int64_t rows, TensorType t) const;
   // "vulkan0 (NVIDIA GeForce RTX 4090)": the GPU the offloaded blocks run on, as its driver names
   // it ("" when none).
   std::string GpuDeviceName() const;
+  // "blocks 3-4 and the output head on vulkan0 (...)": what runs on the GPU ("" when nothing).
+  std::string GpuPlacement() const;
 
   const ModelConfig& config() const { return cfg_; }
   const gguf::File& file() const { return *file_; }
@@ -205,8 +211,8 @@ class LlamaModel {
   // layer without RoPE. Body in model_kv.cpp.
   void ShiftKeys(int layer, int64_t n_ctx, void* k, TensorType type, int64_t n_rows,
                  int64_t delta) const;
-  // Final norm and output head for `n` rows of hidden state; logits [n, n_vocab].
-  // Overwrites hidden with its normalised values.
+  // Final norm and output head for `n` rows of hidden state; logits [n, n_vocab]. May overwrite
+  // hidden with its normalised values (the CPU's head does; the GPU's leaves it).
   void Head(float* hidden, int n, float* logits, Workspace& ws, kernels::ThreadPool& pool) const;
   // Test hook: while set, mixture-of-experts blocks add what they read to `sink` (nullptr: stop).
   // Not thread-safe against forward passes on other threads.
@@ -255,8 +261,9 @@ class LlamaModel {
                     kernels::ThreadPool& pool) const;
   // Maps layer `layer`'s expert tensors into L.moe (model_moe.cpp).
   void LoadExperts(int layer, Layer& L);
-  // Blocks [first, last) on the GPU (model_gpu.cpp).
+  // Blocks [first, last) on the GPU, and the head there (model_gpu.cpp).
   void ForwardGpu(int first, int last, float* hidden, int n, const BatchRow* rows) const;
+  void HeadGpu(const float* hidden, int n, float* logits) const;
   // Softmax attention of the rows' queries over their caches, into ws.attn_out().
   void Attention(int layer, int n, const BatchRow* rows, Workspace& ws,
                  kernels::ThreadPool& pool) const;

@@ -72,9 +72,7 @@ size_t Scheduler::kv_bytes() const {
 std::string Scheduler::Describe() const {
   // Where the blocks run when some are on a GPU (-ngl), the GPU as its driver names it.
   std::string gpu;
-  if (model_.gpu_first() < model_.gpu_last())
-    gpu = fmt::format(", blocks {}-{} on {}", model_.gpu_first(), model_.gpu_last() - 1,
-                      model_.GpuDeviceName());
+  if (const std::string g = model_.GpuPlacement(); !g.empty()) gpu = ", " + g;
   return fmt::format("{} slots x {} tokens, KV cache {:.1f} MiB{}, {} threads{}", n_slots(),
                      n_ctx(), static_cast<double>(kv_bytes()) / (1 << 20),
                      model::KvTypesNote(kv_types()), n_threads(), gpu);

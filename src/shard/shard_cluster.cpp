@@ -9,6 +9,8 @@
 #include <set>
 #include <sstream>
 
+#include "gpu/gpu_device.h"
+
 namespace es::shard {
 namespace {
 
@@ -93,6 +95,17 @@ int Cluster::Find(const std::string& name) const {
 }
 
 LinkSpec Cluster::Link(int a, int b) const {
+  const int ha = Host(a), hb = Host(b);
+  if (ha == hb && a != b) {
+    const DeviceSpec& g = devices[devices[a].gpu_of >= 0 ? a : b];
+    if (g.host_link) return *g.host_link;
+    const size_t gi = size_t(&g - devices.data());
+    const bool unified = gi < profiles.size() && profiles[gi].unified_memory;
+    LinkSpec l = unified ? kUnifiedLink : kPcieLink;
+    if (gi < profiles.size()) l.rtt_ms = std::max(l.rtt_ms, profiles[gi].crossing_ms);
+    return l;
+  }
+  a = ha, b = hb;
   auto it = links.find({std::min(a, b), std::max(a, b)});
   if (it != links.end()) return it->second;
   if (!default_link)
@@ -130,11 +143,14 @@ Cluster ParseCluster(const std::string& text, const std::string& file) {
                       std::to_string(kMaxDevices) + " are supported");
   const std::filesystem::path base = std::filesystem::path(file).parent_path();
   static const std::regex name_re("[A-Za-z0-9_.-]+");
-  std::vector<std::pair<int, YAML::Node>> likes;  // resolved once all names are known
+  std::vector<std::pair<int, YAML::Node>> likes;   // resolved once all names are known
+  std::vector<std::pair<int, YAML::Node>> gpu_of;  // likewise
   for (const auto& d : devs) {
     DeviceSpec s;
     s.line = d.Mark().line + 1;
-    cx.CheckKeys(d, {"name", "address", "profile", "like", "time_scale", "memory", "quant"},
+    cx.CheckKeys(d,
+                 {"name", "address", "profile", "like", "time_scale", "memory", "quant", "gpu_of",
+                  "gpu", "host_link"},
                  "device");
     if (!d["name"]) cx.Fail(d, "device: missing 'name'");
     s.name = cx.Str(d["name"], "device name");
@@ -169,7 +185,48 @@ Cluster ParseCluster(const std::string& text, const std::string& file) {
         cx.Fail(d["quant"], where + ": quant '" + q +
                                 "' is not a supported tensor type (e.g. f16, q8_0, q4_0)");
     }
+    if (d["gpu"] || d["host_link"]) {
+      if (!d["gpu_of"])
+        cx.Fail(d, where + ": 'gpu' and 'host_link' describe a GPU; name its host with 'gpu_of'");
+    }
+    if (d["gpu"]) {
+      try {
+        s.gpu = gpu::ParseDeviceName(cx.Str(d["gpu"], where + ": gpu"));
+      } catch (const Error& e) {
+        cx.Fail(d["gpu"], where + ": gpu: " + e.what());
+      }
+    }
+    if (const YAML::Node hl = d["host_link"]) {
+      if (hl.IsScalar() && (hl.Scalar() == "pcie" || hl.Scalar() == "unified")) {
+        s.host_link = hl.Scalar() == "pcie" ? kPcieLink : kUnifiedLink;
+        s.host_link_kind = hl.Scalar();
+      } else if (hl.IsMap()) {
+        s.host_link = cx.Link(hl, where + ": host_link", std::nullopt);
+        s.host_link_kind = "given";
+      } else {
+        cx.Fail(hl, where + ": host_link: expected pcie, unified or {bandwidth_mbps, rtt_ms}");
+      }
+    }
     c.devices.push_back(s);
+    if (d["gpu_of"]) gpu_of.push_back({int(c.devices.size()) - 1, d["gpu_of"]});
+  }
+  for (const auto& [idx, node] : gpu_of) {
+    DeviceSpec& g = c.devices[idx];
+    const std::string host = cx.Str(node, "device '" + g.name + "': gpu_of");
+    const int h = c.Find(host);
+    if (h < 0) cx.Fail(node, "device '" + g.name + "': gpu_of: no device named '" + host + "'");
+    if (h == idx) cx.Fail(node, "device '" + g.name + "': gpu_of: a device is not its own GPU");
+    if (c.devices[h].gpu_of >= 0 || !node.IsScalar())
+      cx.Fail(node, "device '" + g.name + "': gpu_of: '" + host + "' is itself a GPU");
+    for (const auto& [other, n2] : gpu_of)
+      if (other < idx && c.devices[other].gpu_of == h)
+        cx.Fail(node, "device '" + g.name + "': '" + host + "' already has a GPU ('" +
+                          c.devices[other].name +
+                          "'); a worker runs one GPU: start a second worker for another");
+    if (!g.address.empty())
+      cx.Fail(node, "device '" + g.name + "': a GPU has no address of its own (its host's " +
+                        "worker runs it); remove 'address'");
+    g.gpu_of = h;
   }
   for (const auto& [idx, node] : likes) {
     const std::string other = cx.Str(node, "like");
@@ -187,6 +244,9 @@ Cluster ParseCluster(const std::string& text, const std::string& file) {
   const std::string src = cx.Str(root["source"], "source");
   c.source = c.Find(src);
   if (c.source < 0) cx.Fail(root["source"], "source: no device named '" + src + "'");
+  if (c.devices[c.source].gpu_of >= 0)
+    cx.Fail(root["source"], "source: '" + src + "' is a GPU; the source is its host '" +
+                                c.devices[c.devices[c.source].gpu_of].name + "'");
 
   std::map<std::pair<int, int>, int> link_lines;
   if (const YAML::Node links = root["links"]) {
@@ -203,6 +263,11 @@ Cluster ParseCluster(const std::string& text, const std::string& file) {
         if (ends[k] < 0) cx.Fail(between[k], "link: no device named '" + n + "'");
       }
       if (ends[0] == ends[1]) cx.Fail(between, "link: a device needs no link to itself");
+      for (int k = 0; k < 2; ++k)
+        if (c.devices[ends[k]].gpu_of >= 0)
+          cx.Fail(between[k], "link: '" + c.devices[ends[k]].name +
+                                  "' is a GPU: it reaches other devices through its host's "
+                                  "links, and its host through 'host_link'");
       const auto key = std::make_pair(std::min(ends[0], ends[1]), std::max(ends[0], ends[1]));
       const int line = l.Mark().line + 1;
       if (link_lines.count(key))
@@ -216,7 +281,7 @@ Cluster ParseCluster(const std::string& text, const std::string& file) {
   if (!c.default_link) {
     for (int a = 0; a < int(c.devices.size()); ++a)
       for (int b = a + 1; b < int(c.devices.size()); ++b)
-        if (!c.links.count({a, b}))
+        if (c.devices[a].gpu_of < 0 && c.devices[b].gpu_of < 0 && !c.links.count({a, b}))
           throw Error(file + ":1: no link between '" + c.devices[a].name + "' and '" +
                       c.devices[b].name + "': add it under 'links' or give a 'default_link'");
   }
@@ -240,6 +305,18 @@ Cluster LoadCluster(const std::string& path) {
       }
     }
     c.profiles.push_back(it->second);
+  }
+  for (size_t d = 0; d < c.devices.size(); ++d) {
+    const std::string where = path + ":" + std::to_string(c.devices[d].line) + ": device '" +
+                              c.devices[d].name + "': ";
+    const bool is_gpu = c.devices[d].gpu_of >= 0, gpu_profile = !c.profiles[d].gpu.empty();
+    if (is_gpu && !gpu_profile)
+      throw Error(where + "its profile " + c.devices[d].profile_path +
+                  " was measured on a CPU; measure the GPU with `edgeshard profile --device "
+                  "vulkan" + std::to_string(c.devices[d].gpu) + "`");
+    if (!is_gpu && gpu_profile)
+      throw Error(where + "its profile " + c.devices[d].profile_path + " was measured on " +
+                  c.profiles[d].gpu + "; declare the GPU as a device with 'gpu_of: HOST'");
   }
   for (size_t d = 0; d < c.devices.size(); ++d)
     if (c.MemoryBudget(int(d)) == 0)

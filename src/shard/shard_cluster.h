@@ -27,7 +27,22 @@ struct DeviceSpec {
   uint64_t memory_bytes = 0;        // 0: the profile's memory_budget_bytes
   std::optional<TensorType> quant;  // run this device's shard with matrices in this type
   int line = 0;                     // where the device is declared
+  // A host's GPU (`gpu_of: HOST`): a device of its own to the planner, run by its host's worker
+  // (or by the source) on Vulkan device vulkan<gpu>; its stage and its host's are consecutive.
+  int gpu_of = -1;  // index of the host device; -1: not a GPU
+  int gpu = 0;
+  // The GPU's link to its host (`host_link: pcie | unified | {bandwidth_mbps, rtt_ms}`); unset:
+  // from the profile (unified memory or PCIe, and its measured crossing time).
+  std::optional<LinkSpec> host_link;
+  std::string host_link_kind;  // "pcie", "unified", "given"
 };
+
+// Default prices of a GPU's link to its host when the cluster file does not give them: PCIe 3.0
+// x16 as edge boxes and desktop cards have it (~8 GB/s in practice), and unified memory, where
+// the hidden state is not copied at all (only the device's synchronisation is paid, which the
+// profile's crossing time measures).
+inline constexpr LinkSpec kPcieLink{64000, 0.02};
+inline constexpr LinkSpec kUnifiedLink{1e6, 0.01};
 
 struct Cluster {
   std::string file;
@@ -38,6 +53,10 @@ struct Cluster {
   std::vector<Profile> profiles;                  // per device, filled by LoadCluster
 
   int Find(const std::string& name) const;  // -1 if absent
+  // The device whose worker runs d: a GPU's host, else d itself.
+  int Host(int d) const { return devices[d].gpu_of >= 0 ? devices[d].gpu_of : d; }
+  // Between a GPU and its host: the host link. Otherwise the link between their hosts (a GPU
+  // reaches the network through its host).
   LinkSpec Link(int a, int b) const;
   // Budget: the device's memory setting, else its profile's.
   uint64_t MemoryBudget(int d) const;

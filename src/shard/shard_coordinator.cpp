@@ -51,7 +51,7 @@ Coordinator::Coordinator(const std::string& model_path, const CoordinatorOptions
       throw Error(m.o.cluster_path + ":" + std::to_string(spec.line) + ": device '" + spec.name +
                   "': 'quant' is not supported by distributed inference yet (workers run the "
                   "model's own encoding)");
-    if (int(d) != m.cluster.source) {
+    if (int(d) != m.cluster.source && spec.gpu_of < 0) {  // a GPU: its host's worker runs it
       if (spec.address.empty())
         throw Error(m.o.cluster_path + ":" + std::to_string(spec.line) + ": device '" + spec.name +
                     "' has no 'address' (host:port of its `edgeshard worker`)");
@@ -97,8 +97,8 @@ Coordinator::~Coordinator() {
   for (auto& t : m.monitors) t.join();
   m.Teardown();
   // Free the workers' caches now rather than when the next plan arrives.
-  for (size_t i = 1; i < m.stages.size(); ++i) {
-    auto& dev = *m.devs[m.stages[i].device];
+  for (size_t i = 1; i < m.hops.size(); ++i) {
+    auto& dev = *m.devs[m.hops[i].device];
     if (dev.lost) continue;
     try {
       dev.client->Release(m.epoch, {}, milliseconds(1000));
@@ -130,12 +130,14 @@ std::string Coordinator::PlanSummary() const {
       "slowest stage {:.2f} ms\n",
       m.o.objective == Objective::kLatency ? "latency" : "throughput", m.method, m.stages.size(),
       m.planned.step_ms, m.planned.bottleneck_ms);
-  for (size_t i = 0; i < m.stages.size(); ++i)
+  for (size_t i = 0; i < m.stages.size(); ++i) {
+    const int host = m.cluster.Host(m.stages[i].device);
     t += fmt::format("  stage {}: {}{} (compute {:.2f} ms, send {:.2f} ms, weights {}, KV {})\n", i,
                      m.StageText(i),
-                     i == 0 ? "" : " @ " + m.devs[m.stages[i].device]->client->address(),
+                     host == m.cluster.source ? "" : " @ " + m.devs[host]->client->address(),
                      m.planned.comp_ms[i], m.planned.link_ms[i],
                      FormatBytes(m.planned.weight_bytes[i]), FormatBytes(m.planned.kv_bytes[i]));
+  }
   return t;
 }
 
@@ -149,8 +151,8 @@ void Coordinator::ReleaseSequence(uint64_t sequence) {
   Impl& m = *impl_;
   if (!m.seqs.erase(sequence)) return;
   m.local->Release(sequence);
-  for (size_t i = 1; i < m.stages.size(); ++i) {
-    auto& dev = *m.devs[m.stages[i].device];
+  for (size_t i = 1; i < m.hops.size(); ++i) {
+    auto& dev = *m.devs[m.hops[i].device];
     if (dev.lost) continue;
     try {
       dev.client->Release(m.epoch, {sequence}, milliseconds(2000));
@@ -392,10 +394,19 @@ ClusterReport Coordinator::Report() const {
     s.last_unit = m.stages[i].last;
     s.planned_compute_ms = ev.comp_ms[i];
     s.planned_link_ms = ev.link_ms[i];
-    if (i < m.st_compute.size()) {
-      s.compute_ms = m.st_compute[i] / n;
-      s.link_ms = m.st_link[i] / n;
-      s.wire_bytes = m.st_bytes[i] / n;
+    // Measured per hop (a worker's step): a host's and its GPU's stages share theirs, split by
+    // their planned compute; the link after the hop is the last stage's.
+    const size_t h = i < m.stage_hop.size() ? size_t(m.stage_hop[i]) : m.st_compute.size();
+    if (h < m.st_compute.size()) {
+      double hop_planned = 0;
+      for (size_t j = 0; j < m.stages.size(); ++j)
+        if (m.stage_hop[j] == int(h)) hop_planned += ev.comp_ms[j];
+      const double share = hop_planned > 0 ? ev.comp_ms[i] / hop_planned : 1.0;
+      s.compute_ms = m.st_compute[h] * share / n;
+      if (i + 1 == m.stages.size() || m.stage_hop[i + 1] != int(h)) {
+        s.link_ms = m.st_link[h] / n;
+        s.wire_bytes = m.st_bytes[h] / n;
+      }
     }
     s.steps = m.st_steps;
     r.stages.push_back(s);

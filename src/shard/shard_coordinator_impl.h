@@ -83,6 +83,17 @@ struct Coordinator::Impl {
                                              std::chrono::system_clock::now().time_since_epoch())
                                              .count());
   std::vector<Stage> stages;
+  // How the plan runs: one hop per worker, the source's first. A host's stage and its GPU's are
+  // one hop: its worker (or the source) runs both ranges, the GPU's on its Vulkan device.
+  struct Hop {
+    int device = 0;            // the host: a worker's device, or the source
+    int first = 0, last = 0;   // units
+    int gpu = -1;              // the GPU device among the hop's stages, -1: none
+    int gpu_first = 0, gpu_last = 0;  // its units
+  };
+  std::vector<Hop> hops;
+  std::vector<int> stage_hop;  // [stage]: its hop
+  void MakeHops();
   Evaluation planned;
   std::string method;
   std::unique_ptr<StageExecutor> local;
@@ -197,7 +208,8 @@ struct Coordinator::Impl {
 
   // ---- devices and plans -------------------------------------------------------------------
 
-  bool Available(int d) const { return !devs[d]->lost.load(); }
+  // A GPU is as available as its host's worker.
+  bool Available(int d) const { return !devs[cluster.Host(d)]->lost.load(); }
 
   // Errors start with the worker's name; messages about it name it once.
   static std::string StripWho(const Device& dev, const std::string& err);
@@ -280,10 +292,10 @@ struct Coordinator::Impl {
     std::vector<float> hidden;
     StageExecutor::Output out = local->Run(st, toks, hidden);
     rpc::Timing tm;
-    tm.set_stage(cluster.devices[stages[0].device].name);
+    tm.set_stage(cluster.devices[hops[0].device].name);
     tm.set_compute_ms(out.compute_ms);
     in_flight[st.id()] = std::move(fl);
-    if (stages.size() == 1) {
+    if (hops.size() == 1) {
       rpc::Result r;
       r.set_step(st.id());
       StageExecutor::Fill(out, r);
@@ -307,7 +319,7 @@ struct Coordinator::Impl {
     if (!ok) {
       std::lock_guard<std::mutex> lock(q_mu);
       if (broken.empty())
-        broken = "sending to " + devs[stages[1].device]->client->Who() + " failed";
+        broken = "sending to " + devs[hops[1].device]->client->Who() + " failed";
     }
   }
 
@@ -506,19 +518,19 @@ struct Coordinator::Impl {
     if (it == in_flight.end()) return;  // from before a replan
     InFlight fl = std::move(it->second);
     in_flight.erase(it);
-    if (fl.decode && static_cast<size_t>(r.timings_size()) == stages.size()) {
+    if (fl.decode && static_cast<size_t>(r.timings_size()) == hops.size()) {
       const double wall = MsSince(fl.sent);
       double inner = 0;
-      for (size_t i = 0; i < stages.size(); ++i) {
+      for (size_t i = 0; i < hops.size(); ++i) {
         st_compute[i] += r.timings(i).compute_ms();
         inner += r.timings(i).compute_ms();
-        if (i + 1 < stages.size()) {
+        if (i + 1 < hops.size()) {
           st_link[i] += r.timings(i + 1).link_ms();
           st_bytes[i] += double(r.timings(i + 1).wire_bytes());
           inner += r.timings(i + 1).link_ms();
         }
       }
-      if (stages.size() > 1) {
+      if (hops.size() > 1) {
         st_link.back() += std::max(0.0, wall - inner);  // token ids back to the source
         st_bytes.back() += 4.0 * r.tokens_size();
       }

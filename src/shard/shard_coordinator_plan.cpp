@@ -24,7 +24,7 @@ std::string Coordinator::Impl::InfeasibleMessage(const Problem& p) const {
     }
   std::string lost;
   for (int d = 0; d < p.n_devices(); ++d)
-    if (!Available(d)) {
+    if (devs[d]->lost) {
       std::lock_guard<std::mutex> lock(mon_mu);
       lost += (lost.empty() ? "" : "; ") + devs[d]->client->Who() + ": " + devs[d]->lost_reason;
     }
@@ -91,33 +91,68 @@ std::string Coordinator::Impl::StageText(size_t i) const {
   const Stage& s = stages[i];
   auto [b0, b1] = Blocks(s);
   std::string t = cluster.devices[s.device].name + ": ";
+  if (cluster.devices[s.device].gpu_of >= 0)
+    t = fmt::format("{} (vulkan{} of {}): ", cluster.devices[s.device].name,
+                    cluster.devices[s.device].gpu,
+                    cluster.devices[cluster.devices[s.device].gpu_of].name);
   if (s.first == 0) t += "embedding, ";
   t += b1 > b0 ? fmt::format("blocks {}..{}", b0, b1 - 1) : "no blocks";
   if (s.last == int(units.units.size())) t += ", head + sampling";
   return t;
 }
 
+void Coordinator::Impl::MakeHops() {
+  hops.clear();
+  stage_hop.clear();
+  for (const Stage& st : stages) {
+    const int host = cluster.Host(st.device);
+    if (hops.empty() || hops.back().device != host) hops.push_back({host, st.first, st.first});
+    Hop& h = hops.back();
+    h.last = st.last;
+    if (st.device != host) h.gpu = st.device, h.gpu_first = st.first, h.gpu_last = st.last;
+    stage_hop.push_back(int(hops.size()) - 1);
+  }
+}
+
 void Coordinator::Impl::LoadPlan() {
   Teardown();
   ++epoch;
+  MakeHops();
   for (auto& d : devs) d->in_plan = false;
-  for (size_t i = 1; i < stages.size(); ++i) {
-    Device& dev = *devs[stages[i].device];
-    auto [b0, b1] = Blocks(stages[i]);
+  const int n_units = int(units.units.size());
+  for (size_t i = 1; i < hops.size(); ++i) {
+    const Hop& hop = hops[i];
+    Device& dev = *devs[hop.device];
+    auto [b0, b1] = Blocks({hop.device, hop.first, hop.last});
     rpc::LoadShardRequest req;
     req.set_epoch(epoch);
     req.set_model_sha256(model_sha);
     req.set_model_bytes(model_bytes);
     req.set_first_layer(b0);
     req.set_last_layer(b1);
-    req.set_has_head(i + 1 == stages.size());
+    req.set_has_head(i + 1 == hops.size());
     req.set_n_ctx(n_ctx);
     req.set_cache_type_k(TypeName(o.kv_type.k));
     req.set_cache_type_v(TypeName(o.kv_type.v));
     req.set_max_batch(o.n_batch);
     req.set_wire(o.wire_f32 ? rpc::WIRE_F32 : rpc::WIRE_F16);
-    if (i + 1 < stages.size()) {
-      const Device& next = *devs[stages[i + 1].device];
+    // A host whose GPU the cluster declares runs on it what the plan says (nothing, when the
+    // GPU has no stage); otherwise the worker's own --gpu-layers apply.
+    bool declared = false;
+    for (const DeviceSpec& d : cluster.devices) declared = declared || d.gpu_of == hop.device;
+    req.set_use_gpu(declared);
+    if (hop.gpu >= 0) {
+      auto [g0, g1] = Blocks({hop.gpu, hop.gpu_first, hop.gpu_last});
+      req.set_gpu_device(cluster.devices[hop.gpu].gpu);
+      req.set_gpu_first_layer(g0);
+      req.set_gpu_last_layer(g1);
+      req.set_gpu_head(hop.gpu_last == n_units);
+    } else {
+      req.set_gpu_first_layer(b1);
+      req.set_gpu_last_layer(b1);
+    }
+    if (i + 1 < hops.size()) {
+      const Device& next = *devs[hops[i + 1].device];
       req.set_next_address(next.client->address());
       req.set_next_name(next.client->name());
     }
@@ -138,31 +173,44 @@ void Coordinator::Impl::LoadPlan() {
     }
     dev.in_plan = true;
     if (o.verbose)
-      Log(fmt::format("loaded {} in {:.0f} ms ({})", StageText(i), reply.load_ms(),
-                      FormatBytes(double(reply.weight_bytes()))));
+      for (size_t s = 0; s < stages.size(); ++s)
+        if (stage_hop[s] == int(i))
+          Log(fmt::format("loaded {} in {:.0f} ms ({})", StageText(s), reply.load_ms(),
+                          FormatBytes(double(reply.weight_bytes()))));
   }
   StageSpec spec;
-  std::tie(spec.first_layer, spec.last_layer) = Blocks(stages[0]);
+  const Hop& mine = hops[0];
+  std::tie(spec.first_layer, spec.last_layer) = Blocks({mine.device, mine.first, mine.last});
   spec.embed = true;
-  spec.head = stages.size() == 1;
+  spec.head = hops.size() == 1;
   spec.n_ctx = n_ctx;
   spec.kv_type = o.kv_type;
   spec.max_batch = o.n_batch;
-  model->PrepareLayers(spec.first_layer, spec.last_layer, spec.head);
+  // The source's own GPU, when the plan gives it a range; its other blocks take the CPU layout.
+  local.reset();
+  int g0 = spec.last_layer, g1 = spec.last_layer;
+  bool gpu_head = false;
+  if (mine.gpu >= 0) {
+    std::tie(g0, g1) = Blocks({mine.gpu, mine.gpu_first, mine.gpu_last});
+    gpu_head = mine.gpu_last == n_units;
+  }
+  model->OffloadRangeToGpu(mine.gpu >= 0 ? cluster.devices[mine.gpu].gpu : 0, g0, g1, gpu_head);
+  model->PrepareLayers(spec.first_layer, g0, spec.head && !gpu_head);
+  model->PrepareLayers(g1, spec.last_layer, false);
   local = std::make_unique<StageExecutor>(*model, spec, *pool);
   mon_cv.notify_all();
   OpenStreams();
-  st_compute.assign(stages.size(), 0);
-  st_link.assign(stages.size(), 0);
-  st_bytes.assign(stages.size(), 0);
+  st_compute.assign(hops.size(), 0);
+  st_link.assign(hops.size(), 0);
+  st_bytes.assign(hops.size(), 0);
   st_step_ms = st_pos = 0;
   st_steps = 0;
 }
 
 void Coordinator::Impl::OpenStreams() {
-  if (stages.size() < 2) return;
-  Device& last = *devs[stages.back().device];
-  Device& first = *devs[stages[1].device];
+  if (hops.size() < 2) return;
+  Device& last = *devs[hops.back().device];
+  Device& first = *devs[hops[1].device];
   auto res = last.client->OpenStream(rpc::Open::RESULTS, epoch, milliseconds(5000));
   auto up = first.client->OpenStream(rpc::Open::UPSTREAM, epoch, milliseconds(5000));
   {
@@ -270,8 +318,8 @@ void Coordinator::Impl::Monitor(size_t d) {
 // answer, or answer with another epoch (restarted), are marked lost. Returns their names.
 std::vector<int> Coordinator::Impl::FindLost() {
   std::vector<int> lost;
-  for (size_t i = 1; i < stages.size(); ++i) {
-    const int d = stages[i].device;
+  for (size_t i = 1; i < hops.size(); ++i) {
+    const int d = hops[i].device;
     Device& dev = *devs[d];
     if (dev.lost) {
       lost.push_back(d);
@@ -298,8 +346,8 @@ std::vector<int> Coordinator::Impl::FindLost() {
 
 std::vector<int> Coordinator::Impl::LostInPlan() const {
   std::vector<int> r;
-  for (size_t i = 1; i < stages.size(); ++i)
-    if (devs[stages[i].device]->lost) r.push_back(stages[i].device);
+  for (size_t i = 1; i < hops.size(); ++i)
+    if (devs[hops[i].device]->lost) r.push_back(hops[i].device);
   return r;
 }
 

@@ -11,7 +11,7 @@ nlohmann::json Coordinator::Status() const {
   json devices = json::array();
   for (size_t d = 0; d < m.cluster.devices.size(); ++d) {
     const DeviceSpec& spec = m.cluster.devices[d];
-    const auto& dev = *m.devs[d];
+    const auto& dev = *m.devs[m.cluster.Host(int(d))];  // a GPU is lost with its host
     bool in_plan = false;
     for (const Stage& s : m.stages) in_plan = in_plan || s.device == int(d);
     std::string lost_reason;
@@ -21,7 +21,11 @@ nlohmann::json Coordinator::Status() const {
     }
     devices.push_back(
         {{"name", spec.name},
-         {"address", int(d) == m.cluster.source ? "(source)" : spec.address},
+         {"address", int(d) == m.cluster.source ? "(source)"
+                     : spec.gpu_of >= 0
+                         ? "(vulkan" + std::to_string(spec.gpu) + " of " +
+                               m.cluster.devices[spec.gpu_of].name + ")"
+                         : spec.address},
          {"source", int(d) == m.cluster.source},
          {"threads", d < m.cluster.profiles.size() ? m.cluster.profiles[d].threads : 0},
          {"cpu", d < m.cluster.profiles.size() ? m.cluster.profiles[d].cpu : ""},

@@ -219,7 +219,7 @@ void Expand(const Tables& t, const Bounds& b, const LatNode& n, Emit emit) {
     const double tail = b.memory.Tail(e, n.used);
     if (tail == kInf) continue;
     for (int d2 = 0; d2 < t.D; ++d2) {
-      if (!t.MayAdd(n.used, d2) || b.plain.H[e][d2] == kInf) continue;
+      if (!t.MayAdd(n.used, n.d, d2) || b.plain.H[e][d2] == kInf) continue;
       const double g2 = ge + t.Hop(e - 1, n.d, d2);
       if (g2 == kInf) continue;
       const double charge = b.charge.empty() ? 0 : b.charge[d2];

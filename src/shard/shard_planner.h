@@ -23,6 +23,10 @@ struct Problem {
   std::vector<double> out_bytes;  // [unit]: bytes sent after it per step; the last unit's go
                                   // back to the source (sampled token ids)
   std::vector<std::vector<double>> bw_mbps, rtt_ms;  // [a][b]
+  // [device]: the device whose worker runs it (a GPU's host, else itself; empty: each its own).
+  // One worker runs one contiguous range, so the stages of a host and its GPU are consecutive.
+  std::vector<int> host;
+  int Host(int d) const { return host.empty() ? d : host[size_t(d)]; }
 
   int n_units() const { return int(units.size()); }
   int n_devices() const { return int(devices.size()); }
@@ -51,7 +55,8 @@ struct Evaluation {
 };
 
 // Throws es::Error unless the stages cover all units contiguously, start on the source with
-// unit 0, and use each device at most once.
+// unit 0, use each device at most once, and keep the stages of one host (its CPU and its GPU)
+// consecutive.
 void CheckStages(const Problem& p, const std::vector<Stage>& stages);
 Evaluation Evaluate(const Problem& p, const std::vector<Stage>& stages);
 double ObjectiveValue(Objective o, const Evaluation& e);

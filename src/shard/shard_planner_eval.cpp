@@ -52,6 +52,12 @@ void Problem::Validate() const {
       if (a != b && !(bw_mbps[a][b] > 0))
         fail("bandwidth between '" + devices[a] + "' and '" + devices[b] + "' is 0");
   if (budget_bytes.size() != D || out_bytes.size() != U) fail("budget_bytes / out_bytes size");
+  if (!host.empty()) {
+    if (host.size() != D) fail("host: expected one entry per device");
+    for (size_t d = 0; d < D; ++d)
+      if (host[d] < 0 || size_t(host[d]) >= D || host[size_t(host[d])] != host[d])
+        fail("host: device '" + devices[d] + "' names a host that is not its own host");
+  }
 }
 
 void CheckStages(const Problem& p, const std::vector<Stage>& st) {
@@ -70,6 +76,14 @@ void CheckStages(const Problem& p, const std::vector<Stage>& st) {
                   ": each stage must start where the previous ends");
     if (Has(used, s.device))
       throw Error("device " + dev + " holds two ranges; each device holds one contiguous range");
+    // One worker runs a host's CPU and GPU stages as one range.
+    const int h = p.Host(s.device);
+    if (i > 0 && h != p.Host(st[i - 1].device))
+      for (size_t j = 0; j + 1 < i; ++j)
+        if (p.Host(st[j].device) == h)
+          throw Error("device " + dev + " and '" + p.devices[st[j].device] +
+                      "' share a host but their stages are apart; a host's CPU and GPU hold "
+                      "consecutive ranges");
     used |= 1ull << s.device;
   }
   if (st.back().last != p.n_units())
@@ -143,9 +157,16 @@ std::vector<Baseline> Baselines(const Problem& p, Objective obj) {
   const int U = p.n_units(), D = p.n_devices(), src = p.source;
   std::vector<Baseline> out;
   out.push_back({"Edge-Solo", "", {{src, 0, U}}});
-  std::vector<int> all = {src};
+  // Every device, the source first, each host followed by its GPU (one worker runs both).
+  std::vector<int> all;
+  auto add_host = [&](int h) {
+    all.push_back(h);
+    for (int g = 0; g < D; ++g)
+      if (g != h && p.Host(g) == h) all.push_back(g);
+  };
+  add_host(src);
   for (int d = 0; d < D; ++d)
-    if (d != src) all.push_back(d);
+    if (d != src && p.Host(d) == d) add_host(d);
   out.push_back({"Even", "", Proportional(p, all, std::vector<double>(D, 1.0))});
   // The "cloud": the device that runs every unit fastest, other than the source.
   int fast = -1;
@@ -213,6 +234,7 @@ Problem BuildProblem(const Cluster& c, const ModelUnits& m, const PlanSettings& 
   const bool lat = s.objective == Objective::kLatency;
   Problem p;
   p.source = c.source;
+  for (int d = 0; d < int(c.devices.size()); ++d) p.host.push_back(c.Host(d));
   for (const auto& u : m.units) {
     p.units.push_back(u.name);
     // Latency: all sequences step together; throughput: each is its own micro-batch.

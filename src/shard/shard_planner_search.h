@@ -29,6 +29,7 @@ struct Tables {
   std::vector<std::vector<int>>
       emax;                    // [d][c]: largest e with units [c, e) in d's memory (c: none)
   std::vector<int> prev_same;  // previous device interchangeable with this one, -1 if none
+  std::vector<uint64_t> host_set;  // [d]: the devices of d's host (d alone for most)
   double cap;                  // no stage (compute or link) may take longer than this
 
   explicit Tables(const Problem& pr, double stage_cap = kInf)
@@ -50,11 +51,16 @@ struct Tables {
         emax[d][c] = e;
       }
     }
-    // Interchangeable devices (same costs, memory and links) are used in index order only.
+    host_set.assign(D, 0);
+    for (int d = 0; d < D; ++d) host_set[p.Host(d)] |= 1ull << d;
+    for (int d = 0; d < D; ++d) host_set[d] = host_set[p.Host(d)];
+    // Interchangeable devices (same costs, memory and links) are used in index order only; not
+    // devices that share a host with another (swapping one would split its host's stages).
     prev_same.assign(D, -1);
     for (int b = 0; b < D; ++b) {
-      for (int a = b - 1; a >= 0 && b != p.source; --a) {
-        if (a == p.source) continue;
+      for (int a = b - 1; a >= 0 && b != p.source && __builtin_popcountll(host_set[b]) == 1;
+           --a) {
+        if (a == p.source || __builtin_popcountll(host_set[a]) != 1) continue;
         bool same = p.comp_ms[a] == p.comp_ms[b] && p.weight_bytes[a] == p.weight_bytes[b] &&
                     p.kv_bytes[a] == p.kv_bytes[b] && p.budget_bytes[a] == p.budget_bytes[b];
         for (int x = 0; same && x < D; ++x)
@@ -75,9 +81,11 @@ struct Tables {
     return h <= cap ? h : kInf;
   }
   double Ret(int d) const { return d == p.source ? 0 : Hop(U - 1, d, p.source); }
-  // May d be the next device after the devices in `used`? (one range each; source only first)
-  bool MayAdd(uint64_t used, int d) const {
-    return d != p.source && !Has(used, d) && (prev_same[d] < 0 || Has(used, prev_same[d]));
+  // May d follow `last` after the devices in `used`? (one range each; source only first; a
+  // host's devices one after another)
+  bool MayAdd(uint64_t used, int last, int d) const {
+    return d != p.source && !Has(used, d) && (prev_same[d] < 0 || Has(used, prev_same[d])) &&
+           ((used & host_set[d]) == 0 || Has(host_set[d], last));
   }
 };
 

@@ -253,7 +253,7 @@ Solution SolveThroughputExact(const Problem& p, const SolveOptions& o) {
         b.Ends(at(used, d), d, ends.data());
         if (b.Done(ends.data(), d)) return b.Unwind(used, d, at);
         for (int d2 = 0; d2 < D; ++d2) {
-          if (!t.MayAdd(used, d2)) continue;
+          if (!t.MayAdd(used, d, d2)) continue;
           const uint64_t* l = b.Link(d, d2);
           uint64_t* r2 = at(used | (1ull << d2), d2);
           for (int w = 0; w < W; ++w) r2[w] |= ends[w] & l[w];
@@ -299,7 +299,7 @@ Solution SolveThroughputBeam(const Problem& p, int beam_width, const SolveOption
         b.Ends(s.r.data(), s.d, ends.data());
         if (b.Done(ends.data(), s.d)) return b.Unwind(s.used, s.d, lookup);
         for (int d2 = 0; d2 < D; ++d2) {
-          if (!t.MayAdd(s.used, d2)) continue;
+          if (!t.MayAdd(s.used, s.d, d2)) continue;
           const uint64_t* l = b.Link(s.d, d2);
           std::vector<uint64_t> r(W);
           for (int w = 0; w < W; ++w) r[w] = ends[w] & l[w];

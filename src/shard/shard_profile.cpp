@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <limits>
 #include <chrono>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -10,6 +11,7 @@
 #include <sstream>
 #include <thread>
 
+#include "gpu/gpu_device.h"
 #include "model/model_llama.h"
 #include "runtime/runtime_kv_cache.h"
 
@@ -102,6 +104,12 @@ Profile ParseProfile(const std::string& text, const std::string& what, bool requ
     p.cpu = d.Str("cpu", false);
     p.threads = d.Int("threads", 0, false);
     p.memory_budget_bytes = d.U64("memory_budget_bytes", false);
+    p.gpu = d.Str("gpu", false);
+    if (d.Has("unified_memory")) {
+      if (!d.At("unified_memory").is_boolean()) d.Fail("expected true or false", "unified_memory");
+      p.unified_memory = d.At("unified_memory").get<bool>();
+    }
+    p.crossing_ms = d.Num("crossing_ms", 0, false);
   } else if (require_timing) {
     top.Fail("missing", "device");
   }
@@ -203,6 +211,11 @@ std::string ProfileToJson(const Profile& p) {
                    {"cpu", p.cpu},
                    {"threads", p.threads},
                    {"memory_budget_bytes", p.memory_budget_bytes}};
+    if (!p.gpu.empty()) {
+      j["device"]["gpu"] = p.gpu;
+      j["device"]["unified_memory"] = p.unified_memory;
+      j["device"]["crossing_ms"] = p.crossing_ms;
+    }
     j["prompt_batch"] = p.prompt_batch;
   }
   // One unit per line, so a profile reads as a table.
@@ -266,7 +279,12 @@ Profile MeasureProfile(const std::string& model_path, const MeasureOptions& o) {
     if (o.progress) o.progress(s);
   };
   say("loading " + model_path);
-  const auto model = model::LlamaModel::Load(model_path);
+  model::LoadOptions lo;
+  if (o.gpu_device >= 0) {
+    lo.gpu_device = o.gpu_device;
+    lo.gpu_layers = std::numeric_limits<int>::max();  // every block and the head
+  }
+  const auto model = model::LlamaModel::Load(model_path, lo);
   const model::ModelConfig& c = model->config();
   Profile p;
   p.model = UnitsFromGguf(model->file());
@@ -275,6 +293,13 @@ Profile MeasureProfile(const std::string& model_path, const MeasureOptions& o) {
   p.device = o.device.empty() ? host : o.device;
   p.cpu = CpuName();
   p.memory_budget_bytes = o.memory_budget_bytes ? o.memory_budget_bytes : MemAvailable();
+  if (o.gpu_device >= 0) {
+    const gpu::DeviceInfo g = gpu::ListDevices().at(size_t(o.gpu_device));
+    p.gpu = model->GpuDeviceName();
+    p.unified_memory = g.unified_memory;
+    if (!o.memory_budget_bytes) p.memory_budget_bytes = g.memory_bytes;
+    say("on " + p.gpu);
+  }
   const int reps = std::max(1, o.reps);
 
   // Context lengths must leave room for the token being decoded.
@@ -293,6 +318,7 @@ Profile MeasureProfile(const std::string& model_path, const MeasureOptions& o) {
   p.threads = threads;
   kernels::ThreadPool pool(threads);
   runtime::KvCache kv(c, max_ctx, TensorType::kF16);
+  if (o.gpu_device >= 0) kv.AttachDevice(*model);
   model::Workspace ws(c, batch, int(max_ctx), pool.size());
   std::mt19937 rng(1);
   std::vector<int32_t> tokens(batch);
@@ -342,6 +368,20 @@ Profile MeasureProfile(const std::string& model_path, const MeasureOptions& o) {
       });
       t.row_ms = std::max(few - t.decode[0].ms, 0.0) / (kMicroBatchRows - 1);
     }
+  }
+  if (o.gpu_device >= 0 && c.n_layer > 1) {
+    // Each block alone crossed to the GPU and back once; a range of them crosses once. The
+    // difference between the blocks alone and all of them in one pass is the crossings saved.
+    int next_row = 0;
+    const double all = MedianMs(reps, reset, [&] {
+      float* h = hidden.data() + size_t(next_row++ % batch) * row;
+      model->ForwardBlocks(0, c.n_layer, h, 1, ctxs[0], kv.layers(), ws, pool);
+    });
+    double alone = 0;
+    for (int b = 0; b < c.n_layer; ++b) alone += p.timing[b + 1].decode[0].ms;
+    p.crossing_ms = std::max(0.0, (alone - all) / (c.n_layer - 1));
+    for (int b = 0; b < c.n_layer; ++b)
+      for (DecodePoint& d : p.timing[b + 1].decode) d.ms = std::max(0.0, d.ms - p.crossing_ms);
   }
   say("head");
   UnitTiming& h = p.timing.back();

@@ -33,6 +33,13 @@ struct Profile {
   std::string cpu;
   int threads = 0;
   uint64_t memory_budget_bytes = 0;  // 0: unknown (the cluster must give one)
+  // A GPU's profile (`edgeshard profile --device vulkanN`): the GPU as its driver names it,
+  // whether its memory is the host's (an iGPU, a Jetson), and what one crossing of the hidden
+  // state to the GPU and back costs (taken out of the blocks' decode times: a range of blocks
+  // crosses once, and the planner prices it as the link to the host). "": a CPU's profile.
+  std::string gpu;
+  bool unified_memory = false;
+  double crossing_ms = 0;
   int prompt_batch = 0;
   ModelUnits model;
   std::vector<UnitTiming> timing;  // one per unit; empty in a units-only file
@@ -64,6 +71,8 @@ struct MeasureOptions {
   int reps = 7;                        // samples per figure; the median is kept
   uint64_t memory_budget_bytes = 0;    // 0: MemAvailable of this machine
   std::string device;                  // name; default: the host name
+  int gpu_device = -1;                 // >= 0: measure on Vulkan device vulkanN (every block and
+                                       // the head there), budget its memory
   std::function<void(const std::string&)> progress;  // one line per measured phase
 };
 

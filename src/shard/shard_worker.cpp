@@ -274,15 +274,32 @@ class WorkerService final : public rpc::Worker::Service {
       spec.max_batch = req->max_batch();
       // The shard's last --gpu-layers blocks go to the GPU first (uploaded row-major); the rest
       // of its Q4_0/Q8_0 layers take the kernels' fast layout (the rest of the file stays unread).
-      const int gpu_from = std::max(spec.first_layer, spec.last_layer - opts_.gpu_layers);
-      model_->OffloadRangeToGpu(opts_.gpu_device, gpu_from, spec.last_layer);
-      model_->PrepareLayers(spec.first_layer, gpu_from, spec.head);
+      // The plan's GPU range if it gives one; else --gpu-layers: the shard's last blocks (more
+      // than it has takes its head too, as -ngl does).
+      int gpu_from = std::max(spec.first_layer, spec.last_layer - opts_.gpu_layers);
+      int gpu_to = spec.last_layer, gpu_device = opts_.gpu_device;
+      bool gpu_head = spec.head && opts_.gpu_layers > spec.last_layer - spec.first_layer;
+      if (req->use_gpu()) {
+        gpu_from = req->gpu_first_layer(), gpu_to = req->gpu_last_layer();
+        gpu_head = req->gpu_head(), gpu_device = req->gpu_device();
+        if (gpu_from < spec.first_layer || gpu_to > spec.last_layer || gpu_from > gpu_to ||
+            (gpu_head && (!spec.head || gpu_to != spec.last_layer)) || gpu_device < 0)
+          return bad("the GPU range [" + std::to_string(gpu_from) + ", " +
+                     std::to_string(gpu_to) + ") is not a part of the shard that ends it");
+      }
+      {
+        // The old shard's device caches go before the device they were allocated on.
+        std::lock_guard<std::mutex> lock(mu_);
+        exec_.reset();
+      }
+      model_->OffloadRangeToGpu(gpu_device, gpu_from, gpu_to, gpu_head);
+      // The CPU's blocks (before and after the GPU's) take the kernels' fast layout.
+      model_->PrepareLayers(spec.first_layer, gpu_from, spec.head && !gpu_head);
+      model_->PrepareLayers(gpu_to, spec.last_layer, false);
       uint64_t expert_bytes = 0;
       reply->set_weight_bytes(Prefault(*model_, spec, opts_.mlock, &expert_bytes));
       memory_note = MemoryNote(*model_, reply->weight_bytes(), expert_bytes);
-      if (model_->gpu_first() < model_->gpu_last())
-        gpu_note = "; blocks [" + std::to_string(model_->gpu_first()) + ", " +
-                   std::to_string(model_->gpu_last()) + ") on " + model_->GpuDeviceName();
+      if (const std::string g = model_->GpuPlacement(); !g.empty()) gpu_note = "; " + g;
       auto exec = std::make_unique<StageExecutor>(*model_, spec, pool_);
       std::lock_guard<std::mutex> lock(mu_);
       exec_ = std::move(exec);
