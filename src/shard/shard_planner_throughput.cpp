@@ -96,7 +96,7 @@ struct Bottleneck {
       int prev = -1;
       for (int d0 = 0; d0 < t.D && prev < 0; ++d0) {
         const uint64_t* r0 = Has(prev_used, d0) ? lookup(prev_used, d0) : nullptr;
-        if (!r0 || !Bits::Test(Link(d0, d), start)) continue;
+        if (!r0 || !t.MayAdd(prev_used, d0, d) || !Bits::Test(Link(d0, d), start)) continue;
         Ends(r0, d0, ends.data());
         if (Bits::Test(ends.data(), start)) prev = d0;
       }
