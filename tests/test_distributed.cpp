@@ -232,6 +232,73 @@ TEST_F(Distributed, WorkerWithAGpuShardMatchesSingleDevice) {
   }
   EXPECT_THAT(gpu.Log(), HasSubstr("on vulkan0 ("));
 }
+
+// GPUs declared in the cluster file (`gpu_of`), each a device of the planner run by its host:
+// placement rules give the source's GPU and a worker's GPU ranges of their own, and the planner
+// by itself splits one node between its CPU and a faster GPU. Output as on one device.
+TEST_F(Distributed, GpusOfTheirHostsRunThePlansRanges) {
+  const std::string model = ModelPath("stories260K.gguf");  // 5 blocks
+  const int n_ctx = 256;
+  const std::string profile = WriteProfile(*dir_, model);
+  shard::Profile g = shard::LoadProfile(profile, true);
+  g.gpu = "vulkan0 (test)";
+  for (auto& t : g.timing)
+    for (auto& d : t.decode) d.ms /= 10;  // a GPU ten times faster than the CPUs
+  const std::string gpu_profile = dir_->path + "/gpu-profile.json";
+  shard::SaveProfile(g, gpu_profile);
+  WorkerProcess& w = *workers_[0];
+  const std::string cluster = dir_->File(
+      "gpus.yaml", "source: src\ndefault_link: {bandwidth_mbps: 1000, rtt_ms: 0.2}\ndevices:\n"
+                   "  - {name: src, profile: " + profile + ", memory: 1 GiB}\n"
+                   "  - {name: src-gpu, gpu_of: src, profile: " + gpu_profile + ", memory: 1 GiB}\n"
+                   "  - {name: " + w.name() + ", profile: " + profile + ", memory: 1 GiB, address: \"" +
+                   w.address() + "\"}\n"
+                   "  - {name: w-gpu, gpu_of: " + w.name() + ", profile: " + gpu_profile +
+                   ", memory: 1 GiB}\n");
+  const std::string rules = dir_->File(
+      "gpu-rules.yaml", "rules:\n  - {match: \"^token_embd$|^blk\\\\.0$\", device: src}\n"
+                        "  - {match: \"^blk\\\\.1$\", device: src-gpu}\n"
+                        "  - {match: \"^blk\\\\.[23]$\", device: " + w.name() + "}\n"
+                        "  - {match: \".\", device: w-gpu}\n");
+  auto m = Model::Load({.path = model, .progress = {}});
+  const auto prompt = m->Tokenize("Once upon a time", true);
+  const Reference ref = SingleDevice(model, prompt, n_ctx, 24);
+  auto check = [&](Coordinator& co) {
+    const uint64_t s = co.NewSequence();
+    const auto logits = co.Eval(s, prompt);
+    co.ReleaseSequence(s);
+    ASSERT_EQ(logits.size(), ref.logits.size());
+    for (size_t v = 0; v < logits.size(); ++v)
+      ASSERT_LE(std::fabs(logits[v] - ref.logits[v]),
+                2e-3 * std::max(1.0f, std::fabs(ref.logits[v])))
+          << "token " << v;
+    const uint64_t q = co.NewSequence();
+    EXPECT_EQ(co.Generate(q, prompt, Greedy(24), {}).tokens, ref.tokens);
+    co.ReleaseSequence(q);
+  };
+  {
+    auto o = Options(cluster, n_ctx, true);
+    o.placement = rules;
+    Coordinator co(model, o);
+    EXPECT_EQ(co.StageDevices(), (std::vector<std::string>{"src", "src-gpu", w.name(), "w-gpu"}));
+    check(co);
+    EXPECT_THAT(co.model().GpuPlacement(), HasSubstr("blocks 1-1 on vulkan0 ("));
+    EXPECT_THAT(w.Log(), HasSubstr("blocks [2, 5) + head"));
+    EXPECT_THAT(w.Log(), HasSubstr("blocks 4-4 and the output head on vulkan0 ("));
+    EXPECT_THAT(co.PlanSummary(), HasSubstr("w-gpu (vulkan0 of " + w.name() + ")"));
+    const auto rep = co.Report();
+    ASSERT_EQ(rep.stages.size(), 4u);
+    for (const auto& st : rep.stages) EXPECT_GT(st.compute_ms, 0) << st.device;
+  }
+  {
+    // The planner's own choice: the source's GPU takes every block and the head (ten times
+    // faster, a PCIe hop away); the worker stays out.
+    Coordinator co(model, Options(cluster, n_ctx, true));
+    EXPECT_EQ(co.StageDevices(), (std::vector<std::string>{"src", "src-gpu"}));
+    check(co);
+    EXPECT_THAT(co.model().GpuPlacement(), HasSubstr("blocks 0-4 and the output head on vulkan0"));
+  }
+}
 #endif
 
 INSTANTIATE_TEST_SUITE_P(

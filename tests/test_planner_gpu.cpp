@@ -15,6 +15,7 @@
 #include "shard/shard_placement.h"
 #include "shard/shard_planner.h"
 #include "shard/shard_profile.h"
+#include "test_util.h"
 
 namespace es::shard {
 namespace {
@@ -270,6 +271,43 @@ TEST(PlannerGpu, SplitsOneNodeBetweenItsCpuAndGpu) {
   ASSERT_EQ(st.size(), 2u);
   EXPECT_EQ(st[1], (Stage{1, 5, U}));
 }
+
+#ifdef EDGESHARD_HAVE_VULKAN
+// `profile --device vulkan0` (lavapipe in CI): every unit measured on the GPU, the budget its
+// memory, its name and crossing time recorded; a cluster file declares it with gpu_of and `plan`
+// plans with it.
+TEST(ProfileCli, MeasuresAGpuThePlannerReads) {
+  const std::string dir = std::filesystem::temp_directory_path() / "es_profile_gpu";
+  std::filesystem::create_directories(dir);
+  const std::string model = test::ModelPath("stories260K.gguf");
+  const std::string common = " --ctx 32,128 --batch 32 --reps 3 -t 1 -m " + model;
+  auto r = test::RunCli("profile --name box -o " + dir + "/box.json" + common);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = test::RunCli("profile --device vulkan0 --name box-gpu -o " + dir + "/gpu.json" + common);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("on vulkan0 ("), std::string::npos) << r.err;
+  const Profile g = LoadProfile(dir + "/gpu.json", true);
+  EXPECT_EQ(g.gpu.rfind("vulkan0 (", 0), 0u) << g.gpu;
+  EXPECT_GT(g.memory_budget_bytes, 0u);
+  EXPECT_GE(g.crossing_ms, 0);
+  ASSERT_EQ(g.timing.size(), g.model.units.size());
+  for (size_t u = 1; u < g.timing.size(); ++u) {
+    ASSERT_EQ(g.timing[u].decode.size(), 2u);
+    EXPECT_GT(g.timing[u].prompt_ms_per_token, 0) << u;
+  }
+  std::ofstream(dir + "/c.yaml")
+      << "source: box\ndefault_link: {bandwidth_mbps: 100, rtt_ms: 1}\ndevices:\n"
+         "  - {name: box, profile: box.json}\n  - {name: box-gpu, gpu_of: box, profile: gpu.json}\n";
+  const auto plan = test::RunCli("plan --cluster " + dir + "/c.yaml --json");
+  ASSERT_EQ(plan.exit_code, 0) << plan.err;
+  EXPECT_NE(plan.out.find("box-gpu"), std::string::npos) << plan.out;
+  const auto missing = test::RunCli("profile --device vulkan9 -o " + dir + "/x.json" + common);
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.err.find("vulkan9: no such device"), std::string::npos) << missing.err;
+  EXPECT_EQ(test::RunCli("profile --device cuda0 -o " + dir + "/x.json" + common).exit_code, 2);
+  std::filesystem::remove_all(dir);
+}
+#endif
 
 }  // namespace
 }  // namespace es::shard

@@ -35,11 +35,12 @@ void main() {
       }
     }
   }
-  for (uint b = 0u; b < kBatch; ++b) partial[b * 64u + tid] = acc[b];
+  // Only the nb batch rows this workgroup has (a decode step: one) are reduced.
+  for (uint b = 0u; b < nb; ++b) partial[b * 64u + tid] = acc[b];
   barrier();
   for (uint s = 32u; s > 0u; s >>= 1) {
     if (tid < s)
-      for (uint b = 0u; b < kBatch; ++b) partial[b * 64u + tid] += partial[b * 64u + tid + s];
+      for (uint b = 0u; b < nb; ++b) partial[b * 64u + tid] += partial[b * 64u + tid + s];
     barrier();
   }
   if (row < p.rows && tid < nb) y[p.y_off + (b0 + tid) * p.ldy + row] = partial[tid * 64u];
