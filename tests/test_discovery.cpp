@@ -15,6 +15,7 @@
 #include "distributed_harness.h"
 #include "shard/shard_beacon.h"
 #include "shard/shard_discovery.h"
+#include "shard/shard_planner.h"
 
 namespace es::test {
 namespace {
@@ -285,6 +286,49 @@ TEST_F(Discovery, FindsTheWorkersThatHoldTheToken) {
   EXPECT_TRUE(seen);
   EXPECT_EQ(d2.devices[0].profile_source, "cached");  // the source's own, from the first run
 }
+
+#ifdef EDGESHARD_HAVE_VULKAN
+// A worker started with `--gpu vulkan0` (lavapipe in CI) offers its GPU as a device of its own,
+// and the source its own with --source-gpu: measured on the GPU, budgeted with the GPU's memory,
+// their links to their hosts priced as unified memory (lavapipe's is the host's), and planned
+// with.
+TEST_F(Discovery, WorkersOfferTheirGpus) {
+  const auto security = shard::Security::Load(token_file_, "", "", "");
+  auto args = WorkerArgs(token_file_, dir_.path + "/cache-g", 0);
+  args.insert(args.end(), {"--gpu", "vulkan0"});
+  WorkerProcess w("wg", args, dir_.path);
+  ASSERT_GT(w.port(), 0);
+  std::vector<std::string> log;
+  auto o = Options(&log);
+  o.expect = 1;
+  o.window = std::chrono::milliseconds(10000);
+  o.source_gpu = 0;
+  const shard::Discovery d = shard::Discover(model_, security, o);
+  ASSERT_EQ(d.devices.size(), 4u);  // source, wg, then the GPUs
+  EXPECT_EQ(d.devices[2].name, "source-gpu");
+  EXPECT_EQ(d.devices[3].name, "wg-gpu");
+  EXPECT_EQ(d.devices[3].gpu_of, "wg");
+  ASSERT_EQ(d.cluster.devices.size(), 4u);
+  ASSERT_EQ(d.cluster.profiles.size(), 4u);
+  EXPECT_EQ(d.cluster.devices[2].gpu_of, 0);
+  EXPECT_EQ(d.cluster.devices[3].gpu_of, 1);
+  EXPECT_EQ(d.cluster.devices[3].gpu, 0);
+  for (int g : {2, 3}) {
+    EXPECT_EQ(d.cluster.profiles[g].gpu.rfind("vulkan0 (", 0), 0u) << d.cluster.profiles[g].gpu;
+    EXPECT_GT(d.cluster.MemoryBudget(g), 0u);
+  }
+  EXPECT_TRUE(d.cluster.profiles[1].gpu.empty());
+  EXPECT_EQ(d.cluster.Link(1, 3).bandwidth_mbps, shard::kUnifiedLink.bandwidth_mbps);
+  EXPECT_EQ(d.cluster.Link(0, 3).rtt_ms, d.cluster.Link(0, 1).rtt_ms);  // through its host
+  EXPECT_THAT(shard::DiscoveryTable(d), HasSubstr("| wg-gpu | vulkan0 ("));
+  EXPECT_THAT(w.Log(), HasSubstr("profile of vulkan0 ("));
+  const shard::Problem p = shard::BuildProblem(d.cluster, d.cluster.profiles[0].model, {});
+  EXPECT_EQ(p.Host(3), 1);
+  const shard::Solution s = shard::Solve(p, shard::Objective::kLatency);
+  ASSERT_TRUE(s.feasible);
+  EXPECT_NO_THROW(shard::CheckStages(p, s.stages));
+}
+#endif
 
 // The wrong token alone: nothing is found, and the error says what to check. (The worker
 // profiles its model at start here, as --profile-at-start asks, before it says it listens.)

@@ -11,6 +11,7 @@
 
 #include "cli/cli_command.h"
 #include "cli/cli_common.h"
+#include "gpu/gpu_device.h"
 #include "shard/shard_cluster.h"
 #include "shard/shard_dist_cli.h"
 #include "shard/shard_worker.h"
@@ -20,7 +21,7 @@ namespace {
 
 struct WorkerCliOptions {
   shard::WorkerOptions w;
-  std::string token_file, tls_ca, tls_cert, tls_key, memory;
+  std::string token_file, tls_ca, tls_cert, tls_key, memory, gpu;
   shard::DiscoveryEndpoint discovery;
   double announce_seconds = 5;
   bool no_announce = false;
@@ -121,6 +122,9 @@ const bool registered = RegisterCommand("worker", [](CLI::App& app) {
                 "not discoverable (`--cluster auto`): no beacon at all");
   cmd->add_flag("-q,--quiet", o->w.quiet, "no progress bars");
   AddMemoryOptions(cmd, o->mem);
+  cmd->add_option("--gpu", o->gpu,
+                  "offer this GPU (vulkan0, ...) to discovery as a device of its own: the planner "
+                  "gives it a range of its own, measured on it");
   return [o]() {
     if (o->tls_cert.empty() != o->tls_key.empty())
       throw UsageError("--tls-cert and --tls-key go together");
@@ -143,6 +147,16 @@ const bool registered = RegisterCommand("worker", [](CLI::App& app) {
     o->w.announce_interval = std::chrono::milliseconds(int64_t(o->announce_seconds * 1000));
     o->w.gpu_layers = o->mem.GpuLayers();
     o->w.gpu_device = o->mem.GpuDevice();
+    if (!o->gpu.empty()) {
+      try {
+        o->w.offer_gpu = gpu::ParseDeviceName(o->gpu);
+      } catch (const Error& e) {
+        throw UsageError(std::string("--gpu: ") + e.what());
+      }
+      std::string why;
+      if (size_t(o->w.offer_gpu) >= gpu::ListDevices(&why).size())
+        throw Error("--gpu " + o->gpu + ": no such device" + (why.empty() ? "" : " (" + why + ")"));
+    }
     o->w.use_mmap = !o->mem.no_mmap;
     o->w.mlock = o->mem.mlock;
     return Worker(*o);

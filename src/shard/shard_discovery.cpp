@@ -9,6 +9,7 @@
 #include <optional>
 #include <thread>
 
+#include "gpu/gpu_device.h"
 #include "shard/shard_coordinator.h"
 #include "shard/shard_rpc.h"
 #include "shard/shard_worker.h"
@@ -136,6 +137,82 @@ Discovery Discover(const std::string& model_path, const Security& security,
     }
   }
 
+  // The source's own GPU (--source-gpu), measured here like the source's CPU.
+  if (o.source_gpu >= 0) {
+    const auto gpus = gpu::ListDevices();
+    if (size_t(o.source_gpu) >= gpus.size())
+      throw Error("--source-gpu vulkan" + std::to_string(o.source_gpu) + ": no such device");
+    const gpu::DeviceInfo& g = gpus[size_t(o.source_gpu)];
+    DiscoveredDevice dev;
+    dev.name = o.source_name + "-gpu";
+    dev.gpu_of = o.source_name;
+    dev.gpu = "vulkan" + std::to_string(g.index) + " (" + g.name + ")";
+    dev.memory_budget_bytes = g.memory_bytes;
+    DeviceSpec s;
+    s.name = dev.name;
+    s.gpu_of = 0;
+    s.gpu = o.source_gpu;
+    s.memory_bytes = g.memory_bytes;
+    if (mine) {
+      MeasureOptions mo = QuickMeasureOptions(src.threads);
+      mo.gpu_device = o.source_gpu;
+      std::string gpu_how;
+      c.profiles.push_back(CachedProfile(
+          model_path, sha, o.cache_dir.empty() ? DefaultCacheDir() : o.cache_dir, mo, &gpu_how));
+      dev.profile_source = gpu_how;
+      s.profile_path = "the source's GPU profile (" + gpu_how + ")";
+    }
+    out.devices.push_back(dev);
+    c.devices.push_back(s);
+  }
+
+  // GPUs the workers offer (`worker --gpu`): devices of their own after the hosts, with the
+  // profile each worker measured on its GPU (none: the worker lacks the model, or its GPU cannot
+  // run it; then the GPU stays out).
+  for (size_t i = 0; i < health.size(); ++i) {
+    const rpc::HealthReply& h = health[i];
+    if (h.gpu_name().empty()) continue;
+    const std::string host = out.devices[i + 1].name;
+    std::optional<Profile> gp;
+    if (mine && out.devices[i + 1].model_sha256 == sha && !h.gpu_profile_json().empty()) {
+      try {
+        gp = ParseProfile(h.gpu_profile_json(), host + "'s GPU profile", true);
+      } catch (const Error& e) {
+        log(std::string("ignoring ") + e.what());
+      }
+    }
+    if (mine && !gp) {
+      log("worker '" + host + "' offers " + h.gpu_name() +
+          " but has no profile of this model on it: leaving the GPU out");
+      continue;
+    }
+    if (int(out.devices.size()) >= kMaxDevices) {
+      log("leaving out " + host + "'s GPU: at most " + std::to_string(kMaxDevices) + " devices");
+      continue;
+    }
+    DiscoveredDevice dev;
+    dev.name = host + "-gpu";
+    dev.gpu_of = host;
+    dev.gpu = h.gpu_name();
+    dev.memory_budget_bytes = h.gpu_memory_bytes();
+    dev.profile_source = gp ? out.devices[i + 1].profile_source : "-";
+    dev.model_sha256 = out.devices[i + 1].model_sha256;
+    DeviceSpec s;
+    s.name = dev.name;
+    s.gpu_of = int(i) + 1;
+    s.gpu = h.gpu_index();
+    s.memory_bytes = dev.memory_budget_bytes;
+    if (gp) {
+      s.profile_path = host + "'s GPU profile";
+      c.profiles.push_back(*gp);
+    }
+    out.devices.push_back(dev);
+    c.devices.push_back(s);
+    log(fmt::format("{} offers {} ({} of memory{})", host, h.gpu_name(),
+                    FormatBytes(double(h.gpu_memory_bytes())),
+                    h.gpu_unified_memory() ? ", shared with its CPU" : ""));
+  }
+
   // Links: the source to every worker, and every pair of workers (measured by the first).
   for (size_t a = 0; a < clients.size(); ++a) {
     try {
@@ -165,6 +242,7 @@ DiscoveryOptions DiscoveryFromCli(const ClusterCliOptions& c, int threads) {
   d.window = std::chrono::milliseconds(int64_t(c.discover_seconds * 1000));
   d.expect = c.discover_workers;
   d.source_threads = threads;
+  if (!c.source_gpu.empty()) d.source_gpu = gpu::ParseDeviceName(c.source_gpu);
   if (!c.source_memory.empty()) {
     const auto b = ParseByteSize(c.source_memory);
     if (!b || *b == 0)
@@ -181,7 +259,10 @@ std::string DiscoveryTable(const Discovery& d) {
       "| device | address | threads | memory budget | profile |\n|---|---|---|---|---|\n";
   for (const DiscoveredDevice& dev : d.devices)
     t += fmt::format("| {} | {} | {} | {} | {} |\n", dev.name,
-                     dev.address.empty() ? "(this machine, source)" : dev.address, dev.threads,
+                     !dev.gpu_of.empty()   ? dev.gpu + " of " + dev.gpu_of
+                     : dev.address.empty() ? "(this machine, source)"
+                                           : dev.address,
+                     dev.threads,
                      FormatBytes(double(dev.memory_budget_bytes)),
                      dev.profile_source.empty() ? "-" : dev.profile_source);
   t += "\n| link | bandwidth Mbit/s | RTT ms |\n|---|---|---|\n";

@@ -44,6 +44,7 @@ struct DiscoveryOptions {
   int expect = 0;                          // --discover-workers: stop waiting once found
   std::string source_name = "source";
   uint64_t source_memory_bytes = 0;  // the source's budget (0: MemAvailable)
+  int source_gpu = -1;               // the source's GPU as a device of its own (-1: none)
   int source_threads = 0;            // threads the source's profile is measured with (0: all)
   std::string cache_dir;             // the source's profile cache (default: DefaultCacheDir())
   int pings = 5;                     // per link
@@ -59,6 +60,7 @@ struct DiscoveredDevice {
   uint64_t memory_budget_bytes = 0;
   std::string profile_source;  // measured, cached, file, source's (...), none
   std::string model_sha256;    // of the worker's own --model ("" if none)
+  std::string gpu_of, gpu;     // a GPU a worker offers: its host's name, the driver's name
 };
 
 struct Discovery {

@@ -53,7 +53,8 @@ Profile CachedProfile(const std::string& model_path, const std::string& model_sh
       o.threads > 0 ? o.threads : int(std::max(1u, std::thread::hardware_concurrency()));
   // The same model measured on another machine, CPU or thread count is another profile.
   Sha256 key;
-  const std::string device = std::string(host) + "|" + CpuModel() + "|" + std::to_string(threads);
+  std::string device = std::string(host) + "|" + CpuModel() + "|" + std::to_string(threads);
+  if (o.gpu_device >= 0) device += "|vulkan" + std::to_string(o.gpu_device);
   key.Update(device.data(), device.size());
   const std::string dir = cache_dir + "/profiles";
   const std::string path = dir + "/" + model_sha + "-" + key.HexDigest().substr(0, 16) + ".json";

@@ -34,6 +34,10 @@ inline void AddDiscoverOptions(CLI::App* app, ClusterCliOptions& o, const std::s
                   "--cluster auto: memory this machine offers, e.g. '4 GiB' (default: "
                   "MemAvailable)")
       ->group(g);
+  app->add_option("--source-gpu", o.source_gpu,
+                  "--cluster auto: offer this machine's GPU (vulkan0, ...) to the planner as a "
+                  "device of its own")
+      ->group(g);
 }
 
 inline void AddClusterOptions(CLI::App* app, ClusterCliOptions& o, ClusterCommand cmd) {

@@ -26,6 +26,7 @@ struct ClusterCliOptions {
   double discover_seconds = 3;
   int discover_workers = 0;   // stop listening once this many are found
   std::string source_memory;  // the source's budget ("" : MemAvailable)
+  std::string source_gpu;     // a GPU of the source offered as a device of its own ("": none)
 };
 
 struct ClusterModelArgs {

@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "edgeshard.grpc.pb.h"
+#include "gpu/gpu_device.h"
 #include "kernels/kernels.h"
 #include "model/model_llama.h"
 #include "shard/shard_discovery.h"
@@ -141,11 +142,22 @@ class WorkerService final : public rpc::Worker::Service {
     r->set_memory_budget_bytes(opts_.memory_budget ? opts_.memory_budget
                                                    : r->memory_available_bytes());
     r->set_local_model_sha256(local_sha_);
+    if (opts_.offer_gpu >= 0) {
+      const auto gpus = gpu::ListDevices();
+      if (size_t(opts_.offer_gpu) < gpus.size()) {
+        const gpu::DeviceInfo& g = gpus[size_t(opts_.offer_gpu)];
+        r->set_gpu_name("vulkan" + std::to_string(g.index) + " (" + g.name + ")");
+        r->set_gpu_index(g.index);
+        r->set_gpu_memory_bytes(g.memory_bytes);
+        r->set_gpu_unified_memory(g.unified_memory);
+      }
+    }
     if (req->want_profile()) MeasureOnce(false);
     // A health poll does not wait for a measurement that another call started.
     if (std::unique_lock<std::mutex> lock(profile_mu_, std::try_to_lock); lock.owns_lock()) {
       // A measured profile travels only when asked for: the 250 ms health polls stay small.
       if (req->want_profile() || profile_source_ == "file") r->set_profile_json(profile_json_);
+      if (req->want_profile()) r->set_gpu_profile_json(gpu_profile_json_);
       r->set_profile_source(profile_source_);
     } else {
       r->set_profile_source("measuring");
@@ -184,6 +196,19 @@ class WorkerService final : public rpc::Worker::Service {
       profile_json_ = ProfileToJson(p);
       profile_source_ = how;
       LogLine(opts_.name, "profile " + how);
+      if (opts_.offer_gpu >= 0) {
+        // The offered GPU's own profile (a model it cannot run, e.g. mixture-of-experts blocks,
+        // leaves it out of discovery with the reason logged).
+        mo.gpu_device = opts_.offer_gpu;
+        try {
+          Profile g = CachedProfile(opts_.model_path, local_sha_, opts_.cache_dir, mo, &how);
+          g.device = opts_.name + "-gpu";
+          gpu_profile_json_ = ProfileToJson(g);
+          LogLine(opts_.name, "profile of " + g.gpu + " " + how);
+        } catch (const Error& e) {
+          LogLine(opts_.name, std::string("cannot profile the model on the GPU: ") + e.what());
+        }
+      }
     } catch (const Stopped&) {
       if (at_start) throw;  // the worker exits as a signal during start-up asks
     } catch (const Error& e) {
@@ -663,7 +688,7 @@ class WorkerService final : public rpc::Worker::Service {
   kernels::ThreadPool pool_;
   std::string local_sha_;
   std::mutex profile_mu_;  // guards the profile (measured on demand)
-  std::string profile_json_, profile_source_;
+  std::string profile_json_, profile_source_, gpu_profile_json_;
 
   std::atomic<bool> hash_stop_{false};  // set by Stop(): a cached model's check ends early
   std::mutex verified_mu_;

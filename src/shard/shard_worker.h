@@ -36,6 +36,9 @@ struct WorkerOptions {
   // device gpu_device, with their KV caches.
   int gpu_layers = 0;
   int gpu_device = 0;
+  // --gpu vulkanN: offered to discovery as a device of its own (measured with its own profile);
+  // a plan that gives it a range runs that range there. -1: none.
+  int offer_gpu = -1;
   // Set (e.g. by a signal) to abandon start-up: the constructor then throws Stopped promptly,
   // also while it hashes a large model.
   const std::atomic<bool>* stop = nullptr;
