@@ -90,7 +90,8 @@ inline Brute BruteForce(const Problem& p) {
         // A host's devices (its CPU and GPU) hold consecutive stages.
         bool apart = false;
         for (int x = 0; x < D; ++x)
-          apart = apart || (((used >> x) & 1) && p.Host(x) == p.Host(d2) && p.Host(d) != p.Host(d2));
+          apart =
+              apart || (((used >> x) & 1) && p.Host(x) == p.Host(d2) && p.Host(d) != p.Host(d2));
         if (apart) continue;
         const double hop = p.out_bytes[e - 1] * 8 / (p.bw_mbps[d][d2] * 1e3) + p.rtt_ms[d][d2] / 2;
         rec(e, d2, used | (1ull << d2), sum + comp + hop, std::max({worst, comp, hop}));

@@ -248,18 +248,27 @@ TEST_F(Distributed, GpusOfTheirHostsRunThePlansRanges) {
   shard::SaveProfile(g, gpu_profile);
   WorkerProcess& w = *workers_[0];
   const std::string cluster = dir_->File(
-      "gpus.yaml", "source: src\ndefault_link: {bandwidth_mbps: 1000, rtt_ms: 0.2}\ndevices:\n"
-                   "  - {name: src, profile: " + profile + ", memory: 1 GiB}\n"
-                   "  - {name: src-gpu, gpu_of: src, profile: " + gpu_profile + ", memory: 1 GiB}\n"
-                   "  - {name: " + w.name() + ", profile: " + profile + ", memory: 1 GiB, address: \"" +
-                   w.address() + "\"}\n"
-                   "  - {name: w-gpu, gpu_of: " + w.name() + ", profile: " + gpu_profile +
-                   ", memory: 1 GiB}\n");
-  const std::string rules = dir_->File(
-      "gpu-rules.yaml", "rules:\n  - {match: \"^token_embd$|^blk\\\\.0$\", device: src}\n"
-                        "  - {match: \"^blk\\\\.1$\", device: src-gpu}\n"
-                        "  - {match: \"^blk\\\\.[23]$\", device: " + w.name() + "}\n"
-                        "  - {match: \".\", device: w-gpu}\n");
+      "gpus.yaml",
+      "source: src\ndefault_link: {bandwidth_mbps: 1000, rtt_ms: 0.2}\ndevices:\n"
+      "  - {name: src, profile: " +
+          profile +
+          ", memory: 1 GiB}\n"
+          "  - {name: src-gpu, gpu_of: src, profile: " +
+          gpu_profile +
+          ", memory: 1 GiB}\n"
+          "  - {name: " +
+          w.name() + ", profile: " + profile + ", memory: 1 GiB, address: \"" + w.address() +
+          "\"}\n"
+          "  - {name: w-gpu, gpu_of: " +
+          w.name() + ", profile: " + gpu_profile + ", memory: 1 GiB}\n");
+  const std::string rules =
+      dir_->File("gpu-rules.yaml",
+                 "rules:\n  - {match: \"^token_embd$|^blk\\\\.0$\", device: src}\n"
+                 "  - {match: \"^blk\\\\.1$\", device: src-gpu}\n"
+                 "  - {match: \"^blk\\\\.[23]$\", device: " +
+                     w.name() +
+                     "}\n"
+                     "  - {match: \".\", device: w-gpu}\n");
   auto m = Model::Load({.path = model, .progress = {}});
   const auto prompt = m->Tokenize("Once upon a time", true);
   const Reference ref = SingleDevice(model, prompt, n_ctx, 24);

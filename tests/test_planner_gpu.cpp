@@ -2,7 +2,6 @@
 // unified memory), GPU profiles, and the rule that a host's CPU and GPU stages are consecutive
 // (one worker runs both), checked against brute-force enumeration.
 #include <gtest/gtest.h>
-
 #include <stdlib.h>
 
 #include <filesystem>
@@ -297,7 +296,8 @@ TEST(ProfileCli, MeasuresAGpuThePlannerReads) {
   }
   std::ofstream(dir + "/c.yaml")
       << "source: box\ndefault_link: {bandwidth_mbps: 100, rtt_ms: 1}\ndevices:\n"
-         "  - {name: box, profile: box.json}\n  - {name: box-gpu, gpu_of: box, profile: gpu.json}\n";
+         "  - {name: box, profile: box.json}\n  - {name: box-gpu, gpu_of: box, profile: "
+         "gpu.json}\n";
   const auto plan = test::RunCli("plan --cluster " + dir + "/c.yaml --json");
   ASSERT_EQ(plan.exit_code, 0) << plan.err;
   EXPECT_NE(plan.out.find("box-gpu"), std::string::npos) << plan.out;

@@ -30,7 +30,8 @@ TEST(ServerGpu, SlotsRunOnTheGpuAndAnswerAsTheCpu) {
   }
   ServerProcess gpu({"-m", model, "-ngl", "all", "--parallel", "2"});
   ASSERT_NE(gpu.port(), 0);
-  EXPECT_NE(gpu.stderr_text().find("blocks 0-4 and the output head on vulkan0 ("), std::string::npos)
+  EXPECT_NE(gpu.stderr_text().find("blocks 0-4 and the output head on vulkan0 ("),
+            std::string::npos)
       << gpu.stderr_text();
   EXPECT_EQ(Complete(gpu.port()), cpu_text);
   EXPECT_EQ(Complete(gpu.port()), cpu_text);  // a slot's cached prefix, reused

@@ -18,8 +18,8 @@
 #include <vector>
 
 #include "cli/cli_command.h"
-#include "shard/shard_cluster.h"
 #include "gpu/gpu_device.h"
+#include "shard/shard_cluster.h"
 #include "shard/shard_profile.h"
 
 namespace es::cli {

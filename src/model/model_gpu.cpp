@@ -202,8 +202,7 @@ void GpuBlocks::Head(const float* hidden, int n, float* logits) {
     if (it == recorded_.end()) {
       if (recorded_.size() >= 64) recorded_.clear();
       auto seq = dev_->Record();
-      gpu::RecordRmsNorm(*seq, R(hidden_, d), R(xb_, d), *output_norm_, rows, c.n_embd,
-                         c.rms_eps);
+      gpu::RecordRmsNorm(*seq, R(hidden_, d), R(xb_, d), *output_norm_, rows, c.n_embd, c.rms_eps);
       seq->Barrier();
       RecordMatMuls(*seq, *xb_, c.n_embd, rows, {{&output_, logits_.get()}});
       seq->Finish();

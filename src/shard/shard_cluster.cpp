@@ -307,13 +307,14 @@ Cluster LoadCluster(const std::string& path) {
     c.profiles.push_back(it->second);
   }
   for (size_t d = 0; d < c.devices.size(); ++d) {
-    const std::string where = path + ":" + std::to_string(c.devices[d].line) + ": device '" +
-                              c.devices[d].name + "': ";
+    const std::string where =
+        path + ":" + std::to_string(c.devices[d].line) + ": device '" + c.devices[d].name + "': ";
     const bool is_gpu = c.devices[d].gpu_of >= 0, gpu_profile = !c.profiles[d].gpu.empty();
     if (is_gpu && !gpu_profile)
-      throw Error(where + "its profile " + c.devices[d].profile_path +
-                  " was measured on a CPU; measure the GPU with `edgeshard profile --device "
-                  "vulkan" + std::to_string(c.devices[d].gpu) + "`");
+      throw Error(
+          where + "its profile " + c.devices[d].profile_path +
+          " was measured on a CPU; measure the GPU with `edgeshard profile --device vulkan" +
+          std::to_string(c.devices[d].gpu) + "`");
     if (!is_gpu && gpu_profile)
       throw Error(where + "its profile " + c.devices[d].profile_path + " was measured on " +
                   c.profiles[d].gpu + "; declare the GPU as a device with 'gpu_of: HOST'");

@@ -86,9 +86,9 @@ struct Coordinator::Impl {
   // How the plan runs: one hop per worker, the source's first. A host's stage and its GPU's are
   // one hop: its worker (or the source) runs both ranges, the GPU's on its Vulkan device.
   struct Hop {
-    int device = 0;            // the host: a worker's device, or the source
-    int first = 0, last = 0;   // units
-    int gpu = -1;              // the GPU device among the hop's stages, -1: none
+    int device = 0;                   // the host: a worker's device, or the source
+    int first = 0, last = 0;          // units
+    int gpu = -1;                     // the GPU device among the hop's stages, -1: none
     int gpu_first = 0, gpu_last = 0;  // its units
   };
   std::vector<Hop> hops;
@@ -318,8 +318,7 @@ struct Coordinator::Impl {
     }
     if (!ok) {
       std::lock_guard<std::mutex> lock(q_mu);
-      if (broken.empty())
-        broken = "sending to " + devs[hops[1].device]->client->Who() + " failed";
+      if (broken.empty()) broken = "sending to " + devs[hops[1].device]->client->Who() + " failed";
     }
   }
 

@@ -22,10 +22,9 @@ nlohmann::json Coordinator::Status() const {
     devices.push_back(
         {{"name", spec.name},
          {"address", int(d) == m.cluster.source ? "(source)"
-                     : spec.gpu_of >= 0
-                         ? "(vulkan" + std::to_string(spec.gpu) + " of " +
-                               m.cluster.devices[spec.gpu_of].name + ")"
-                         : spec.address},
+                     : spec.gpu_of >= 0         ? "(vulkan" + std::to_string(spec.gpu) + " of " +
+                                              m.cluster.devices[spec.gpu_of].name + ")"
+                                        : spec.address},
          {"source", int(d) == m.cluster.source},
          {"threads", d < m.cluster.profiles.size() ? m.cluster.profiles[d].threads : 0},
          {"cpu", d < m.cluster.profiles.size() ? m.cluster.profiles[d].cpu : ""},

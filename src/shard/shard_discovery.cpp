@@ -262,8 +262,7 @@ std::string DiscoveryTable(const Discovery& d) {
                      !dev.gpu_of.empty()   ? dev.gpu + " of " + dev.gpu_of
                      : dev.address.empty() ? "(this machine, source)"
                                            : dev.address,
-                     dev.threads,
-                     FormatBytes(double(dev.memory_budget_bytes)),
+                     dev.threads, FormatBytes(double(dev.memory_budget_bytes)),
                      dev.profile_source.empty() ? "-" : dev.profile_source);
   t += "\n| link | bandwidth Mbit/s | RTT ms |\n|---|---|---|\n";
   for (const auto& [k, l] : d.cluster.links)

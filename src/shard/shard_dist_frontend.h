@@ -18,7 +18,7 @@ struct ClusterCliOptions {
   bool verbose = false;
   int sequences = 0;  // bench pipeline test (0: two per stage)
   int micro_batch = 1;
-  int in_flight = 0;  // serve: steps travelling at once (0: chosen for the load)
+  int in_flight = 0;       // serve: steps travelling at once (0: chosen for the load)
   double load_hold_s = 1;  // serve --objective load: how long a load must hold to be planned for
   // --cluster auto: discovery (docs/distributed.md, "Discovery")
   std::string discovery_group = "239.255.70.70";

@@ -27,10 +27,10 @@ struct Tables {
   int U, D;
   std::vector<std::vector<double>> comp, mem;  // prefix sums [d][u + 1] (mem: weights + KV)
   std::vector<std::vector<int>>
-      emax;                    // [d][c]: largest e with units [c, e) in d's memory (c: none)
-  std::vector<int> prev_same;  // previous device interchangeable with this one, -1 if none
+      emax;                        // [d][c]: largest e with units [c, e) in d's memory (c: none)
+  std::vector<int> prev_same;      // previous device interchangeable with this one, -1 if none
   std::vector<uint64_t> host_set;  // [d]: the devices of d's host (d alone for most)
-  double cap;                  // no stage (compute or link) may take longer than this
+  double cap;                      // no stage (compute or link) may take longer than this
 
   explicit Tables(const Problem& pr, double stage_cap = kInf)
       : p(pr), U(pr.n_units()), D(pr.n_devices()), cap(stage_cap) {
@@ -58,8 +58,7 @@ struct Tables {
     // devices that share a host with another (swapping one would split its host's stages).
     prev_same.assign(D, -1);
     for (int b = 0; b < D; ++b) {
-      for (int a = b - 1; a >= 0 && b != p.source && __builtin_popcountll(host_set[b]) == 1;
-           --a) {
+      for (int a = b - 1; a >= 0 && b != p.source && __builtin_popcountll(host_set[b]) == 1; --a) {
         if (a == p.source || __builtin_popcountll(host_set[a]) != 1) continue;
         bool same = p.comp_ms[a] == p.comp_ms[b] && p.weight_bytes[a] == p.weight_bytes[b] &&
                     p.kv_bytes[a] == p.kv_bytes[b] && p.budget_bytes[a] == p.budget_bytes[b];

@@ -309,8 +309,8 @@ class WorkerService final : public rpc::Worker::Service {
         gpu_head = req->gpu_head(), gpu_device = req->gpu_device();
         if (gpu_from < spec.first_layer || gpu_to > spec.last_layer || gpu_from > gpu_to ||
             (gpu_head && (!spec.head || gpu_to != spec.last_layer)) || gpu_device < 0)
-          return bad("the GPU range [" + std::to_string(gpu_from) + ", " +
-                     std::to_string(gpu_to) + ") is not a part of the shard that ends it");
+          return bad("the GPU range [" + std::to_string(gpu_from) + ", " + std::to_string(gpu_to) +
+                     ") is not a part of the shard that ends it");
       }
       {
         // The old shard's device caches go before the device they were allocated on.
