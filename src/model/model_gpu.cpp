@@ -25,11 +25,8 @@ GpuBlocks::GpuBlocks(const LlamaModel& m, int device, int first, int last, bool 
   if (first < 0 || last > c.n_layer || first > last) throw Error("GPU offload: invalid layers");
   // The math the programs implement; anything else is refused by name rather than run wrong.
   if (head && last != c.n_layer) throw Error("GPU offload: the head follows the last block");
-  if (c.moe() && first < last)
-    throw Error(
-        "GPU offload of mixture-of-experts blocks is not implemented yet; run this model "
-        "without --gpu-layers");
-  if (c.spec->ffn == FfnKind::kSwiGluOai)
+  // Mixture-of-experts feed-forward halves run on the CPU (Forward); a dense one must be ours.
+  if (!c.moe() && c.spec->ffn == FfnKind::kSwiGluOai)
     throw Error("GPU offload: the clamped SwiGLU of this family is not implemented yet");
   if (c.head_dim > 256) throw Error("GPU offload: head sizes over 256 are not implemented");
   auto up = [&](kernels::Matrix w, const std::string& name) {
@@ -56,9 +53,11 @@ GpuBlocks::GpuBlocks(const LlamaModel& m, int device, int first, int last, bool 
     g.wk = up(L.wk, at + "attn_k");
     g.wv = up(L.wv, at + "attn_v");
     g.wo = up(L.wo, at + "attn_output");
-    g.w_gate = up(L.w_gate, at + "ffn_gate");
-    g.w_up = up(L.w_up, at + "ffn_up");
-    g.w_down = up(L.w_down, at + "ffn_down");
+    if (!c.moe()) {
+      g.w_gate = up(L.w_gate, at + "ffn_gate");
+      g.w_up = up(L.w_up, at + "ffn_up");
+      g.w_down = up(L.w_down, at + "ffn_down");
+    }
     g.attn_norm = Vector(L.attn_norm, c.n_embd);
     g.ffn_norm = Vector(L.ffn_norm, c.n_embd);
     if (L.attn_post_norm) g.attn_post_norm = Vector(L.attn_post_norm, c.n_embd);
@@ -115,8 +114,8 @@ void GpuBlocks::EnsureActivations(int n) {
   k_ = alloc(c.kv_dim());
   v_ = alloc(c.kv_dim());
   attn_ = alloc(c.q_dim());
-  gate_ = alloc(c.n_ff);
-  up_ = alloc(c.n_ff);
+  gate_ = alloc(std::max(1, c.n_ff));  // (unused by mixture-of-experts blocks)
+  up_ = alloc(std::max(1, c.n_ff));
   positions_ = alloc(1);
   temperature_ = alloc(1);
   act_slot_ = rows * static_cast<size_t>(std::max({c.n_embd, c.q_dim(), c.n_ff}));
@@ -125,14 +124,15 @@ void GpuBlocks::EnsureActivations(int n) {
   max_rows_ = n;
 }
 
-void GpuBlocks::Forward(int first, int last, float* hidden, int n, const BatchRow* rows) {
+void GpuBlocks::Forward(int first, int last, float* hidden, int n, const BatchRow* rows,
+                        Workspace& ws, kernels::ThreadPool& pool) {
   const ModelConfig& c = m_.config();
   if (first < first_ || last > last_ || first > last)
     throw Error("GPU offload: layers outside the offloaded range");
   if (n <= 0 || first == last) return;  // (LlamaModel::ForwardBlocks checked the device caches)
   EnsureActivations(n);
   // RoPE: a table per distinct rotation (global and local layers, LongRoPE's length choice).
-  rope_group_.assign(static_cast<size_t>(last - first), -1);
+  rope_group_.assign(static_cast<size_t>(last_ - first_), -1);
   rope_params_.clear();
   for (int l = first; l < last; ++l) {
     const kernels::RopeParams p = m_.RopeFor(l, rows[0].kv[l].n_ctx);
@@ -140,7 +140,7 @@ void GpuBlocks::Forward(int first, int last, float* hidden, int n, const BatchRo
     int g = 0;
     while (g < static_cast<int>(rope_params_.size()) && !(rope_params_[g] == p)) ++g;
     if (g == static_cast<int>(rope_params_.size())) rope_params_.push_back(p);
-    rope_group_[static_cast<size_t>(l - first)] = g;
+    rope_group_[static_cast<size_t>(l - first_)] = g;
   }
   const int64_t half = c.n_rot / 2;
   while (rope_tables_.size() < rope_params_.size())
@@ -168,22 +168,36 @@ void GpuBlocks::Forward(int first, int last, float* hidden, int n, const BatchRo
   const size_t hidden_bytes = static_cast<size_t>(n) * c.n_embd * sizeof(float);
   dev_->Upload(*hidden_, 0, hidden, hidden_bytes);
 
-  // The recorded sequence depends on the shape of the step: layers, rows, each run of rows' caches
-  // and the RoPE table of each layer. A cache is named by its first device buffer's serial: a
-  // KvCache allocates all of its buffers at once, and serials are never reused.
-  std::string key = std::to_string(first) + ":" + std::to_string(last) + ":" + std::to_string(n);
+  // The recorded sequences depend on the shape of the step: layers, rows, each run of rows'
+  // caches and the RoPE table of each layer. A cache is named by its first device buffer's serial:
+  // a KvCache allocates all of its buffers at once, and serials are never reused.
+  std::string key = std::to_string(n);
   for (int i = 0; i < n; ++i)
     key += ":" + (i > 0 && rows[i].kv == rows[i - 1].kv
                       ? std::string()
                       : std::to_string(rows[i].kv[first].dk->serial()));
-  for (int g : rope_group_) key += "," + std::to_string(g);
-  auto it = recorded_.find(key);
-  if (it == recorded_.end()) {
-    if (recorded_.size() >= 64) recorded_.clear();  // bound the descriptor memory
-    it = recorded_.emplace(key, RecordForward(first, last, n, rows)).first;
+  for (int l = first; l < last; ++l) key += "," + std::to_string(rope_group_[size_t(l - first_)]);
+  // One sequence up to each mixture-of-experts block's attention half (all of [first, last) for a
+  // dense model); that block's feed-forward half then runs on the CPU, on the hidden state brought
+  // back, before the next part.
+  const bool moe = c.moe();
+  for (int l = first; l < last;) {
+    const int end = moe ? l + 1 : last;
+    const std::string part = std::to_string(l) + "-" + std::to_string(end) + ":" + key;
+    auto it = recorded_.find(part);
+    if (it == recorded_.end()) {
+      if (recorded_.size() >= 64) recorded_.clear();  // bound the descriptor memory
+      it = recorded_.emplace(part, RecordForward(l, end, n, rows, moe)).first;
+    }
+    dev_->Run(*it->second);
+    if (moe) {
+      dev_->Download(*hidden_, 0, hidden, hidden_bytes);
+      m_.FeedForwardBlock(l, hidden, n, ws, pool);
+      if (end < last) dev_->Upload(*hidden_, 0, hidden, hidden_bytes);
+    }
+    l = end;
   }
-  dev_->Run(*it->second);
-  dev_->Download(*hidden_, 0, hidden, hidden_bytes);
+  if (!moe) dev_->Download(*hidden_, 0, hidden, hidden_bytes);
 }
 
 void GpuBlocks::Head(const float* hidden, int n, float* logits) {
@@ -239,7 +253,8 @@ void GpuBlocks::RecordMatMuls(gpu::Sequence& s, const gpu::Buffer& x, int64_t co
 }
 
 std::unique_ptr<gpu::Sequence> GpuBlocks::RecordForward(int first, int last, int n,
-                                                        const BatchRow* rows) {
+                                                        const BatchRow* rows,
+                                                        bool attention_only_last) {
   const ModelConfig& c = m_.config();
   const auto d = static_cast<size_t>(c.n_embd), q_dim = static_cast<size_t>(c.q_dim()),
              kv_dim = static_cast<size_t>(c.kv_dim());
@@ -266,7 +281,7 @@ std::unique_ptr<gpu::Sequence> GpuBlocks::RecordForward(int first, int last, int
                          c.rms_eps);
       s.Barrier();
     }
-    const int g = rope_group_[static_cast<size_t>(l - first)];
+    const int g = rope_group_[static_cast<size_t>(l - first_)];
     if (g >= 0) {
       const auto& tab = *rope_tables_[static_cast<size_t>(g)];
       const bool neox = rope_params_[static_cast<size_t>(g)].neox;
@@ -326,6 +341,7 @@ std::unique_ptr<gpu::Sequence> GpuBlocks::RecordForward(int first, int last, int
     }
     gpu::RecordAdd(s, *xb_, 0, *hidden_, 0, rows_n * c.n_embd, rows_n * c.n_embd);
     s.Barrier();
+    if (attention_only_last && l + 1 == last) break;
     // Feed-forward half: hidden += post_norm(down(act(gate(x)) * up(x))).
     gpu::RecordRmsNorm(s, R(hidden_, d), R(xb_, d), *L.ffn_norm, rows_n, c.n_embd, c.rms_eps);
     s.Barrier();
@@ -361,8 +377,9 @@ void LlamaModel::OffloadRangeToGpu(int device, int first, int last, bool head) {
   // them resident twice.
   for (int l = first; l < last; ++l) {
     const Layer& L = layers_[static_cast<size_t>(l)];
+    // (A mixture-of-experts block's feed-forward stays on the CPU: its matrices are null here.)
     for (const kernels::Matrix* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
-      ReleaseMapped(w->data, w->row_bytes * static_cast<size_t>(w->rows));
+      if (w->data) ReleaseMapped(w->data, w->row_bytes * static_cast<size_t>(w->rows));
   }
 }
 int LlamaModel::gpu_first() const {
@@ -393,8 +410,9 @@ std::string LlamaModel::GpuPlacement() const {
   if (gpu_head()) s += s.empty() ? "the output head" : " and the output head";
   return s + " on " + GpuDeviceName();
 }
-void LlamaModel::ForwardGpu(int first, int last, float* hidden, int n, const BatchRow* rows) const {
-  gpu_->Forward(first, last, hidden, n, rows);
+void LlamaModel::ForwardGpu(int first, int last, float* hidden, int n, const BatchRow* rows,
+                            Workspace& ws, kernels::ThreadPool& pool) const {
+  gpu_->Forward(first, last, hidden, n, rows, ws, pool);
 }
 
 }  // namespace es::model

@@ -33,8 +33,11 @@ class GpuBlocks {
   // (F16 or F32; a quantized cache type is refused).
   std::shared_ptr<gpu::Buffer> AllocKv(int64_t rows, TensorType type) const;
   // Runs blocks [first, last) (inside this range) on n rows of hidden state in host memory, each
-  // row at rows[i].pos of the sequence whose caches are rows[i].kv (device KV in dk/dv).
-  void Forward(int first, int last, float* hidden, int n, const BatchRow* rows);
+  // row at rows[i].pos of the sequence whose caches are rows[i].kv (device KV in dk/dv). The
+  // feed-forward halves of mixture-of-experts blocks run on the CPU (ws, pool) between the GPU's
+  // parts: the experts stay in host memory, as KTransformers splits such models.
+  void Forward(int first, int last, float* hidden, int n, const BatchRow* rows, Workspace& ws,
+               kernels::ThreadPool& pool);
   // Final norm and output head of n rows of hidden state: logits [n, n_vocab] before any
   // soft-cap (the caller applies it). `hidden` is left as it is.
   void Head(const float* hidden, int n, float* logits);
@@ -47,7 +50,9 @@ class GpuBlocks {
   };
   std::shared_ptr<gpu::Buffer> Vector(const float* v, int64_t n);
   void EnsureActivations(int n);
-  std::unique_ptr<gpu::Sequence> RecordForward(int first, int last, int n, const BatchRow* rows);
+  // Blocks [first, last), without the last one's feed-forward half when `attention_only_last`.
+  std::unique_ptr<gpu::Sequence> RecordForward(int first, int last, int n, const BatchRow* rows,
+                                               bool attention_only_last);
   // Records y_i = W_i x for matmuls that share their input x (rows n, cols wide), each output at
   // the start of its buffer with rows its matrix's rows apart, x rounded per weight type first.
   struct MatMulOut {
@@ -76,7 +81,7 @@ class GpuBlocks {
   size_t act_slot_ = 0;  // floats per slot
   // RoPE tables, one per distinct rotation among the layers (rope_group_ maps layer -> table).
   std::vector<std::shared_ptr<gpu::Buffer>> rope_tables_;
-  std::vector<int> rope_group_;
+  std::vector<int> rope_group_;  // index layer - first_
   std::vector<kernels::RopeParams> rope_params_;
   // Recorded sequences by step shape: layer range, row count and each row's caches.
   std::map<std::string, std::unique_ptr<gpu::Sequence>> recorded_;

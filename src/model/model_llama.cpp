@@ -453,7 +453,8 @@ int LlamaModel::gpu_last() const {
 bool LlamaModel::gpu_head() const {
   return false;
 }
-void LlamaModel::ForwardGpu(int, int, float*, int, const BatchRow*) const {
+void LlamaModel::ForwardGpu(int, int, float*, int, const BatchRow*, Workspace&,
+                            kernels::ThreadPool&) const {
   throw Error("this build has no GPU backend");
 }
 void LlamaModel::HeadGpu(const float*, int, float*) const {
@@ -505,7 +506,7 @@ void LlamaModel::ForwardBlocks(int first, int last, float* hidden, int n, const 
     }
   };
   on_cpu(first, g0);
-  if (g0 < g1) ForwardGpu(g0, g1, hidden, n, rows);
+  if (g0 < g1) ForwardGpu(g0, g1, hidden, n, rows, ws, pool);
   on_cpu(g1, last);
 }
 

@@ -261,8 +261,10 @@ class LlamaModel {
                     kernels::ThreadPool& pool) const;
   // Maps layer `layer`'s expert tensors into L.moe (model_moe.cpp).
   void LoadExperts(int layer, Layer& L);
-  // Blocks [first, last) on the GPU, and the head there (model_gpu.cpp).
-  void ForwardGpu(int first, int last, float* hidden, int n, const BatchRow* rows) const;
+  // Blocks [first, last) on the GPU (mixture-of-experts halves on the CPU with ws and pool),
+  // and the head there (model_gpu.cpp).
+  void ForwardGpu(int first, int last, float* hidden, int n, const BatchRow* rows, Workspace& ws,
+                  kernels::ThreadPool& pool) const;
   void HeadGpu(const float* hidden, int n, float* logits) const;
   // Softmax attention of the rows' queries over their caches, into ws.attn_out().
   void Attention(int layer, int n, const BatchRow* rows, Workspace& ws,

@@ -71,7 +71,9 @@ void main() {
   const int first = p.window > 0u ? max(0, at + 1 - int(p.window)) : 0;
   const uint n_kv = uint(at + 1 - first);
   // Pass 1: the scores' maximum and the softmax denominator, 64 keys at a time.
-  float m = -1.0 / 0.0, l = 0.0;
+  // The maximum starts at the sink logit, as the CPU's softmax takes it (same values, and the
+  // probabilities then round to f16 as there).
+  float m = p.has_sinks != 0u ? sinks[h] : -1.0 / 0.0, l = 0.0;
   for (uint t0 = 0u; t0 < n_kv; t0 += 64u) {
     const uint j = t0 + tid;
     float s = -1.0 / 0.0;
