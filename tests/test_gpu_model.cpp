@@ -10,6 +10,7 @@
 
 #include "edgeshard/error.h"
 #include "model/model_llama.h"
+#include "runtime/runtime_kv_cache.h"
 #include "runtime/runtime_session.h"
 #include "test_util.h"
 
@@ -57,6 +58,24 @@ TEST(GpuOffload, MatchesTheCpuRun) {
     std::printf("-ngl %d: max relative logit difference %.2e\n", ngl, worst);
     EXPECT_LE(worst, 5e-3) << "-ngl " << ngl;
     EXPECT_EQ(gpu.greedy, cpu.greedy) << "-ngl " << ngl;
+  }
+}
+
+// The GPU layers' keys and values live on the device only: the host cache keeps the CPU layers'.
+TEST(GpuOffload, HostKvCacheHoldsOnlyTheCpuLayers) {
+  const std::string path = es::test::ModelPath("stories260K.gguf");  // 5 blocks, all global
+  es::model::LoadOptions lo;
+  lo.gpu_layers = 2;
+  auto model = es::model::LlamaModel::Load(path, lo);
+  es::runtime::KvCache all(model->config(), 256, es::TensorType::kF16);
+  const size_t host = all.bytes();
+  es::runtime::KvCache kv(model->config(), 256, es::TensorType::kF16);
+  kv.AttachDevice(*model);
+  EXPECT_EQ(kv.bytes(), host / 5 * 3);
+  for (int l = 0; l < 5; ++l) {
+    const auto& layer = kv.layers()[l];
+    EXPECT_EQ(layer.k != nullptr, l < 3) << l;
+    EXPECT_EQ(layer.dk != nullptr, l >= 3) << l;
   }
 }
 

@@ -47,7 +47,7 @@ bool KvCache::CanTruncate(int64_t n, int64_t n_past) const {
   if (n <= 0) return true;
   for (size_t l = 0; l < layers_.size(); ++l) {
     const int64_t ring = layers_[l].ring;
-    if (!layers_[l].k || !ring) continue;
+    if ((!layers_[l].k && !layers_[l].dk) || !ring) continue;  // outside the range, or global
     const int64_t held_from = std::max({ring_floor_, n_past - ring, int64_t{0}});
     if (std::max<int64_t>(0, n - window_[l] + 1) < held_from) return false;
   }
@@ -130,6 +130,7 @@ bool KvCache::Shift(const model::LlamaModel& m, int64_t keep, int64_t discard, i
 
 void KvCache::AttachDevice(const model::LlamaModel& m) {
   const int last = std::min(m.gpu_last(), static_cast<int>(layers_.size()));
+  bool any = false;
   for (int l = m.gpu_first(); l < last; ++l) {
     model::KvLayer& kv = layers_[static_cast<size_t>(l)];
     if (!kv.k) continue;  // outside this cache's range
@@ -138,7 +139,32 @@ void KvCache::AttachDevice(const model::LlamaModel& m) {
     kv.dk = device_.back().get();
     device_.push_back(m.AllocDeviceKv(rows, kv.v_type));
     kv.dv = device_.back().get();
+    any = true;
   }
+  if (!any) return;
+  // The GPU layers' host rows would never be read: lay the host layers out again without them
+  // (before any row is written, as the callers attach right after construction).
+  size_t bytes = 0;
+  for (const model::KvLayer& kv : layers_)
+    if (kv.k && !kv.dk)
+      bytes +=
+          (kv.k_row_bytes + kv.v_row_bytes) * static_cast<size_t>(kv.ring ? kv.ring : kv.n_ctx);
+  std::unique_ptr<uint8_t[]> storage(new uint8_t[std::max<size_t>(bytes, 1)]);
+  std::memset(storage.get(), 0, bytes);
+  uint8_t* p = storage.get();
+  for (model::KvLayer& kv : layers_) {
+    if (!kv.k) continue;
+    if (kv.dk) {
+      kv.k = kv.v = nullptr;
+      continue;
+    }
+    const auto rows = static_cast<size_t>(kv.ring ? kv.ring : kv.n_ctx);
+    kv.k = p;
+    kv.v = p + kv.k_row_bytes * rows;
+    p += (kv.k_row_bytes + kv.v_row_bytes) * rows;
+  }
+  storage_ = std::move(storage);
+  bytes_ = bytes;
 }
 
 }  // namespace es::runtime

@@ -39,11 +39,12 @@ class KvCache {
   bool Shift(const model::LlamaModel& m, int64_t keep, int64_t discard, int64_t n_past,
              kernels::ThreadPool* pool = nullptr);
   // Gives the layers `m` runs on a GPU (LlamaModel::OffloadToGpu) their keys and values in device
-  // memory. Called once, after construction, by whoever runs `m` with this cache.
+  // memory, and frees their host rows (their k and v become null; dk and dv mark them). Called
+  // once, after construction and before any row is written, by whoever runs `m` with this cache.
   void AttachDevice(const model::LlamaModel& m);
   // Forget shift history: called when the sequence is evaluated again from position 0.
   void Reset() { ring_floor_ = 0; }
-  size_t bytes() const { return bytes_; }
+  size_t bytes() const { return bytes_; }  // host memory (device caches not counted)
   int64_t n_ctx() const { return n_ctx_; }
   model::KvTypes types() const { return types_; }
   // Indexed by absolute layer number (entries outside the range are empty).
