@@ -150,7 +150,7 @@ uint64_t Coordinator::NewSequence() {
 void Coordinator::ReleaseSequence(uint64_t sequence) {
   Impl& m = *impl_;
   if (!m.seqs.erase(sequence)) return;
-  m.local->Release(sequence);
+  if (m.local) m.local->Release(sequence);  // (none while a failed load is retried)
   for (size_t i = 1; i < m.hops.size(); ++i) {
     auto& dev = *m.devs[m.hops[i].device];
     if (dev.lost) continue;
