@@ -408,7 +408,9 @@ std::string LlamaModel::GpuPlacement() const {
   if (gpu_first() < gpu_last())
     s = "blocks " + std::to_string(gpu_first()) + "-" + std::to_string(gpu_last() - 1);
   if (gpu_head()) s += s.empty() ? "the output head" : " and the output head";
-  return s + " on " + GpuDeviceName();
+  s += " on " + GpuDeviceName();
+  if (cfg_.moe() && gpu_first() < gpu_last()) s += " (their experts on the CPU)";
+  return s;
 }
 void LlamaModel::ForwardGpu(int first, int last, float* hidden, int n, const BatchRow* rows,
                             Workspace& ws, kernels::ThreadPool& pool) const {
