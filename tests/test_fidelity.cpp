@@ -185,9 +185,9 @@ const std::map<std::string, double> kBelowTop1Bar = {
 constexpr float kRouterNearTie = 2e-5f;
 constexpr float kRouterNearTieQuantized = 1e-3f;
 
-// -ngl all: every block on the Vulkan device (lavapipe in CI), against the same references and
-// tolerances. Files whose blocks the GPU backend does not compute yet (mixtures of experts,
-// gpt-oss's clamped SwiGLU) must be refused by name at load; they run on the CPU above.
+// Every block on the Vulkan device (lavapipe in CI), against the same references and
+// tolerances; mixture-of-experts blocks run their experts on the CPU (model_gpu.h). A file whose
+// blocks the GPU backend cannot compute must be refused by name at load.
 constexpr int kAllLayers = 1 << 20;
 
 // Files the GPU run does not bring to the bar, each held to what it measured (docs/gpu.md). The
