@@ -1,5 +1,7 @@
-// cluster.yaml parsing and validation (errors name the line), profile JSON, model units.
+// cluster.yaml parsing and validation (errors name the line), GPUs of hosts in it, profile JSON,
+// model units.
 #include <gtest/gtest.h>
+#include <stdlib.h>
 
 #include <filesystem>
 #include <fstream>
@@ -61,9 +63,10 @@ TEST(Cluster, ParsesEveryField) {
   EXPECT_DOUBLE_EQ(c.Link(0, 1).bandwidth_mbps, 100);
 }
 
-// Replaces the first occurrence of `from` in the good file and expects `needle` in the error.
-void ExpectError(const std::string& from, const std::string& to, const std::string& needle) {
-  std::string text = kGood;
+// Replaces the first occurrence of `from` in `base` and expects `needle` in the error.
+void ExpectErrorIn(const std::string& base, const std::string& from, const std::string& to,
+                   const std::string& needle) {
+  std::string text = base;
   const size_t at = text.find(from);
   ASSERT_NE(at, std::string::npos) << from;
   text.replace(at, from.size(), to);
@@ -73,6 +76,9 @@ void ExpectError(const std::string& from, const std::string& to, const std::stri
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
   }
+}
+void ExpectError(const std::string& from, const std::string& to, const std::string& needle) {
+  ExpectErrorIn(kGood, from, to, needle);
 }
 
 TEST(Cluster, ErrorsNameTheLine) {
@@ -161,6 +167,153 @@ TEST(Cluster, LoadsProfilesAndNamesTheDeviceOnProfileErrors) {
     EXPECT_NE(m.find("bad.json"), std::string::npos) << m;
   }
   std::filesystem::remove_all(dir);
+}
+
+// ---- GPUs of hosts (gpu_of) ----
+
+const char* kGpus = R"(source: box
+default_link: {bandwidth_mbps: 1000, rtt_ms: 1}
+devices:
+  - name: box
+    profile: cpu.json
+  - name: box-gpu
+    gpu_of: box
+    profile: gpu.json
+    memory: 8 GiB
+  - name: jetson
+    address: 10.0.0.3:7070
+    profile: cpu.json
+  - name: jetson-gpu
+    gpu_of: jetson
+    gpu: vulkan1
+    host_link: unified
+    profile: gpu.json
+  - name: far
+    address: 10.0.0.4:7070
+    profile: cpu.json
+links:
+  - {between: [jetson, far], bandwidth_mbps: 50, rtt_ms: 9}
+)";
+
+TEST(ClusterGpu, ParsesGpusAndPricesTheirLinks) {
+  Cluster c = ParseCluster(kGpus, "/cfg/c.yaml");
+  ASSERT_EQ(c.devices.size(), 5u);
+  EXPECT_EQ(c.devices[1].gpu_of, 0);
+  EXPECT_EQ(c.devices[1].gpu, 0);
+  EXPECT_EQ(c.devices[3].gpu_of, 2);
+  EXPECT_EQ(c.devices[3].gpu, 1);
+  EXPECT_EQ(c.Host(1), 0);
+  EXPECT_EQ(c.Host(3), 2);
+  EXPECT_EQ(c.Host(4), 4);
+  // box-gpu: no host_link, profile not loaded (ParseCluster only): PCIe.
+  EXPECT_DOUBLE_EQ(c.Link(0, 1).bandwidth_mbps, kPcieLink.bandwidth_mbps);
+  EXPECT_DOUBLE_EQ(c.Link(1, 0).rtt_ms, kPcieLink.rtt_ms);
+  EXPECT_DOUBLE_EQ(c.Link(2, 3).bandwidth_mbps, kUnifiedLink.bandwidth_mbps);
+  // A GPU reaches the network through its host: jetson-gpu -> far is jetson -> far.
+  EXPECT_DOUBLE_EQ(c.Link(3, 4).bandwidth_mbps, 50);
+  EXPECT_DOUBLE_EQ(c.Link(4, 3).rtt_ms, 9);
+  EXPECT_DOUBLE_EQ(c.Link(1, 3).bandwidth_mbps, 1000);  // box -> jetson, the default
+  // With profiles: a unified-memory GPU's profile, its measured crossing as the RTT.
+  Profile gpu;
+  gpu.gpu = "vulkan0 (test)";
+  gpu.unified_memory = true;
+  gpu.crossing_ms = 0.25;
+  c.profiles = {Profile{}, gpu, Profile{}, gpu, Profile{}};
+  EXPECT_DOUBLE_EQ(c.Link(0, 1).bandwidth_mbps, kUnifiedLink.bandwidth_mbps);
+  EXPECT_DOUBLE_EQ(c.Link(0, 1).rtt_ms, 0.25);
+  EXPECT_DOUBLE_EQ(c.Link(2, 3).rtt_ms, kUnifiedLink.rtt_ms);  // host_link given: kept
+}
+
+void ExpectGpuError(const std::string& from, const std::string& to, const std::string& needle) {
+  ExpectErrorIn(kGpus, from, to, needle);
+}
+
+TEST(ClusterGpu, ErrorsNameTheLine) {
+  ExpectGpuError("    gpu_of: box\n", "    gpu_of: boxx\n",
+                 "c.yaml:7: device 'box-gpu': gpu_of: no device named 'boxx'");
+  ExpectGpuError("    gpu_of: jetson\n", "    gpu_of: box\n",
+                 "'box' already has a GPU ('box-gpu'); a worker runs one GPU");
+  ExpectGpuError("    gpu_of: jetson\n", "    gpu_of: box-gpu\n", "'box-gpu' is itself a GPU");
+  ExpectGpuError("    gpu: vulkan1\n", "    gpu: cuda0\n", "c.yaml:15: device 'jetson-gpu': gpu:");
+  ExpectGpuError("    host_link: unified\n", "    host_link: usb\n",
+                 "c.yaml:16: device 'jetson-gpu': host_link: expected pcie, unified");
+  ExpectGpuError("    host_link: unified\n", "    host_link: {bandwidth_mbps: 100}\n",
+                 "host_link: missing 'rtt_ms'");
+  ExpectGpuError("    gpu_of: box\n", "    gpu_of: box\n    address: 1.2.3.4:5\n",
+                 "a GPU has no address of its own");
+  ExpectGpuError("    gpu_of: box\n", "    gpu: vulkan0\n", "name its host with 'gpu_of'");
+  ExpectGpuError("source: box", "source: box-gpu", "c.yaml:1: source: 'box-gpu' is a GPU");
+  ExpectGpuError("between: [jetson, far]", "between: [jetson-gpu, far]",
+                 "link: 'jetson-gpu' is a GPU: it reaches other devices through its host");
+}
+
+std::string WriteProfileFile(const std::string& dir, const std::string& name, bool gpu) {
+  Profile p;
+  p.device = name;
+  p.threads = 1;
+  p.prompt_batch = 8;
+  p.memory_budget_bytes = 1 << 30;
+  if (gpu) p.gpu = "vulkan0 (test)", p.crossing_ms = 0.05;
+  p.model.name = "m";
+  p.model.n_layer = 1;
+  for (const char* u : {"token_embd", "blk.0", "output"}) {
+    UnitInfo info;
+    info.name = u;
+    info.weight_bytes = info.active_bytes = 100;
+    info.out_bytes_per_token = 16;
+    p.model.units.push_back(info);
+    UnitTiming t;
+    t.prompt_ms_per_token = 0.1;
+    t.decode = {{0, gpu ? 0.1 : 1.0}};
+    p.timing.push_back(t);
+  }
+  const std::string path = dir + "/" + name + ".json";
+  SaveProfile(p, path);
+  return path;
+}
+
+TEST(ClusterGpu, ProfilesMustMatchTheKindOfDevice) {
+  char tmpl[] = "/tmp/es_cluster_gpu_XXXXXX";
+  struct Dir {
+    std::string path;
+    ~Dir() { std::filesystem::remove_all(path); }
+  } dir{mkdtemp(tmpl)};
+  WriteProfileFile(dir.path, "cpu", false);
+  WriteProfileFile(dir.path, "gpu", true);
+  // A GPU profile round-trips its fields.
+  const Profile g = LoadProfile(dir.path + "/gpu.json", true);
+  EXPECT_EQ(g.gpu, "vulkan0 (test)");
+  EXPECT_DOUBLE_EQ(g.crossing_ms, 0.05);
+  EXPECT_FALSE(g.unified_memory);
+  auto load = [&](const std::string& text) {
+    std::ofstream(dir.path + "/c.yaml") << text;
+    return LoadCluster(dir.path + "/c.yaml");
+  };
+  auto load_error = [&](const std::string& text) {
+    try {
+      load(text);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    ADD_FAILURE() << "accepted:\n" << text;
+    return std::string();
+  };
+  const Cluster ok = load(
+      "source: a\ndefault_link: {bandwidth_mbps: 100, rtt_ms: 1}\ndevices:\n"
+      "  - {name: a, profile: cpu.json}\n  - {name: g, gpu_of: a, profile: gpu.json}\n");
+  // PCIe, with the profile's measured crossing (0.05 ms) as its round trip.
+  EXPECT_DOUBLE_EQ(ok.Link(0, 1).bandwidth_mbps, kPcieLink.bandwidth_mbps);
+  EXPECT_DOUBLE_EQ(ok.Link(0, 1).rtt_ms, 0.05);
+  const std::string cpu_on_gpu = load_error(
+      "source: a\ndefault_link: {bandwidth_mbps: 100, rtt_ms: 1}\ndevices:\n"
+      "  - {name: a, profile: cpu.json}\n  - {name: g, gpu_of: a, profile: cpu.json}\n");
+  EXPECT_NE(cpu_on_gpu.find("c.yaml:5: device 'g': its profile"), std::string::npos) << cpu_on_gpu;
+  EXPECT_NE(cpu_on_gpu.find("edgeshard profile --device vulkan0"), std::string::npos) << cpu_on_gpu;
+  const std::string gpu_on_cpu = load_error(
+      "source: a\ndefault_link: {bandwidth_mbps: 100, rtt_ms: 1}\ndevices:\n"
+      "  - {name: a, profile: gpu.json}\n");
+  EXPECT_NE(gpu_on_cpu.find("declare the GPU as a device with 'gpu_of: HOST'"), std::string::npos)
+      << gpu_on_cpu;
 }
 
 // ---- profiles ----

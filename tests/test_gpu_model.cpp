@@ -69,8 +69,7 @@ TEST(GpuOffload, HostKvCacheHoldsOnlyTheCpuLayers) {
   auto model = es::model::LlamaModel::Load(path, lo);
   es::runtime::KvCache all(model->config(), 256, es::TensorType::kF16);
   const size_t host = all.bytes();
-  es::runtime::KvCache kv(model->config(), 256, es::TensorType::kF16);
-  kv.AttachDevice(*model);
+  es::runtime::KvCache kv(model->config(), 256, es::TensorType::kF16, 0, -1, 0, model.get());
   EXPECT_EQ(kv.bytes(), host / 5 * 3);
   for (int l = 0; l < 5; ++l) {
     const auto& layer = kv.layers()[l];

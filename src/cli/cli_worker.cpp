@@ -153,9 +153,7 @@ const bool registered = RegisterCommand("worker", [](CLI::App& app) {
       } catch (const Error& e) {
         throw UsageError(std::string("--gpu: ") + e.what());
       }
-      std::string why;
-      if (size_t(o->w.offer_gpu) >= gpu::ListDevices(&why).size())
-        throw Error("--gpu " + o->gpu + ": no such device" + (why.empty() ? "" : " (" + why + ")"));
+      gpu::FindDevice(o->w.offer_gpu);  // refused now rather than at the first discovery
     }
     o->w.use_mmap = !o->mem.no_mmap;
     o->w.mlock = o->mem.mlock;

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "edgeshard/error.h"
+
 namespace es::gpu {
 
 struct DeviceInfo {
@@ -24,6 +26,16 @@ struct DeviceInfo {
 // The devices the Vulkan driver offers, in driver order. Empty when there is no loader, driver
 // or device; `why` then says which and what to install.
 std::vector<DeviceInfo> ListDevices(std::string* why = nullptr);
+// Device vulkan<index>; throws es::Error saying there is no such device and why.
+inline DeviceInfo FindDevice(int index) {
+  std::string why;
+  const auto devs = ListDevices(&why);
+  if (index < 0 || static_cast<size_t>(index) >= devs.size())
+    throw Error("vulkan" + std::to_string(index) + ": no such device (" +
+                (why.empty() ? "this system has " + std::to_string(devs.size()) : why) +
+                "; see `edgeshard --list-devices`)");
+  return devs[static_cast<size_t>(index)];
+}
 // Parses "vulkan0", "vulkan1", ... (the --device syntax) into an index; throws es::Error naming
 // the accepted forms otherwise.
 int ParseDeviceName(const std::string& name);

@@ -152,7 +152,7 @@ class LlamaModel {
 
   // Moves the last `n_layers` blocks (all of them when n_layers >= n_layer) to Vulkan device
   // `device` (model_gpu.h): ForwardBlocks then runs them there, with their KV caches in device
-  // memory (KvLayer::dk/dv, which runtime::KvCache::AttachDevice allocates). n_layers > n_layer
+  // memory (KvLayer::dk/dv, which a runtime::KvCache given the model allocates). n_layers > n_layer
   // moves the final norm and output head too (Head then runs there). Throws es::Error naming
   // what the GPU backend cannot compute. Not thread-safe against forward passes.
   void OffloadToGpu(int device, int n_layers);

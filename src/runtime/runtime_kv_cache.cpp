@@ -21,15 +21,20 @@ int64_t KvCache::RowsKept(const model::ModelConfig& c, int l, int64_t n_ctx, int
 }
 
 KvCache::KvCache(const model::ModelConfig& c, int64_t n_ctx, model::KvTypes types, int first_layer,
-                 int last_layer, int max_batch)
+                 int last_layer, int max_batch, const model::LlamaModel* device_model)
     : n_ctx_(n_ctx), types_(types) {
   if (last_layer < 0) last_layer = c.n_layer;
   model::CheckKvTypes(c, types);
   if (n_ctx <= 0) throw Error("context length must be positive");
+  // Layers the model runs on a GPU keep their rows in its memory only.
+  const int g0 = device_model ? device_model->gpu_first() : c.n_layer;
+  const int g1 = device_model ? device_model->gpu_last() : c.n_layer;
+  auto on_device = [&](int l) { return l >= g0 && l < g1; };
   const size_t k_row = RowBytes(types.k, c.kv_dim()), v_row = RowBytes(types.v, c.kv_dim());
   for (int l = first_layer; l < last_layer; ++l)
-    bytes_ += (k_row + v_row) * static_cast<size_t>(RowsKept(c, l, n_ctx, max_batch));
-  storage_.reset(new uint8_t[bytes_]);
+    if (!on_device(l))
+      bytes_ += (k_row + v_row) * static_cast<size_t>(RowsKept(c, l, n_ctx, max_batch));
+  storage_.reset(new uint8_t[std::max<size_t>(bytes_, 1)]);
   std::memset(storage_.get(), 0, bytes_);  // commit the pages now, not during generation
   layers_.resize(c.n_layer);
   window_.resize(c.n_layer);
@@ -38,7 +43,17 @@ KvCache::KvCache(const model::ModelConfig& c, int64_t n_ctx, model::KvTypes type
   for (int l = first_layer; l < last_layer; ++l) {
     const int64_t rows = RowsKept(c, l, n_ctx, max_batch);
     const int64_t ring = rows < n_ctx ? rows : 0;
-    layers_[l] = model::KvLayer{p, p + k_row * rows, types.k, types.v, n_ctx, ring, k_row, v_row};
+    model::KvLayer& kv = layers_[l];
+    kv = model::KvLayer{nullptr, nullptr, types.k, types.v, n_ctx, ring, k_row, v_row};
+    if (on_device(l)) {
+      device_.push_back(device_model->AllocDeviceKv(rows, types.k));
+      kv.dk = device_.back().get();
+      device_.push_back(device_model->AllocDeviceKv(rows, types.v));
+      kv.dv = device_.back().get();
+      continue;
+    }
+    kv.k = p;
+    kv.v = p + k_row * static_cast<size_t>(rows);
     p += (k_row + v_row) * static_cast<size_t>(rows);
   }
 }
@@ -126,45 +141,6 @@ bool KvCache::Shift(const model::LlamaModel& m, int64_t keep, int64_t discard, i
   }
   ring_floor_ = floor;
   return true;
-}
-
-void KvCache::AttachDevice(const model::LlamaModel& m) {
-  const int last = std::min(m.gpu_last(), static_cast<int>(layers_.size()));
-  bool any = false;
-  for (int l = m.gpu_first(); l < last; ++l) {
-    model::KvLayer& kv = layers_[static_cast<size_t>(l)];
-    if (!kv.k) continue;  // outside this cache's range
-    const int64_t rows = kv.ring ? kv.ring : kv.n_ctx;
-    device_.push_back(m.AllocDeviceKv(rows, kv.k_type));
-    kv.dk = device_.back().get();
-    device_.push_back(m.AllocDeviceKv(rows, kv.v_type));
-    kv.dv = device_.back().get();
-    any = true;
-  }
-  if (!any) return;
-  // The GPU layers' host rows would never be read: lay the host layers out again without them
-  // (before any row is written, as the callers attach right after construction).
-  size_t bytes = 0;
-  for (const model::KvLayer& kv : layers_)
-    if (kv.k && !kv.dk)
-      bytes +=
-          (kv.k_row_bytes + kv.v_row_bytes) * static_cast<size_t>(kv.ring ? kv.ring : kv.n_ctx);
-  std::unique_ptr<uint8_t[]> storage(new uint8_t[std::max<size_t>(bytes, 1)]);
-  std::memset(storage.get(), 0, bytes);
-  uint8_t* p = storage.get();
-  for (model::KvLayer& kv : layers_) {
-    if (!kv.k) continue;
-    if (kv.dk) {
-      kv.k = kv.v = nullptr;
-      continue;
-    }
-    const auto rows = static_cast<size_t>(kv.ring ? kv.ring : kv.n_ctx);
-    kv.k = p;
-    kv.v = p + kv.k_row_bytes * rows;
-    p += (kv.k_row_bytes + kv.v_row_bytes) * rows;
-  }
-  storage_ = std::move(storage);
-  bytes_ = bytes;
 }
 
 }  // namespace es::runtime

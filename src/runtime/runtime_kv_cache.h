@@ -15,9 +15,11 @@ class KvCache {
  public:
   // Caches layers [first_layer, last_layer) for n_ctx positions, keys and values of the given
   // types (model::KvTypes; a type the model's heads cannot use is an es::Error).
-  // max_batch > 0: batches never exceed it, so sliding-window layers can use rings.
+  // max_batch > 0: batches never exceed it, so sliding-window layers can use rings. The layers
+  // `device_model` runs on a GPU (LlamaModel::OffloadToGpu) keep their keys and values in its
+  // device memory only (their k and v are null; dk and dv hold them).
   KvCache(const model::ModelConfig& c, int64_t n_ctx, model::KvTypes types, int first_layer = 0,
-          int last_layer = -1, int max_batch = 0);
+          int last_layer = -1, int max_batch = 0, const model::LlamaModel* device_model = nullptr);
   // Bytes a cache of this shape needs (to report before allocating): layers [0, n_layers), each
   // holding RowsKept rows (max_batch 0: every layer the whole context).
   static size_t BytesNeeded(const model::ModelConfig& c, int64_t n_ctx, model::KvTypes types,
@@ -38,10 +40,6 @@ class KvCache {
   // `pool` when given.
   bool Shift(const model::LlamaModel& m, int64_t keep, int64_t discard, int64_t n_past,
              kernels::ThreadPool* pool = nullptr);
-  // Gives the layers `m` runs on a GPU (LlamaModel::OffloadToGpu) their keys and values in device
-  // memory, and frees their host rows (their k and v become null; dk and dv mark them). Called
-  // once, after construction and before any row is written, by whoever runs `m` with this cache.
-  void AttachDevice(const model::LlamaModel& m);
   // Forget shift history: called when the sequence is evaluated again from position 0.
   void Reset() { ring_floor_ = 0; }
   size_t bytes() const { return bytes_; }  // host memory (device caches not counted)

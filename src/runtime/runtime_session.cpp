@@ -23,11 +23,10 @@ Session::Session(const model::LlamaModel& m, const SessionOptions& o)
     : model_(m),
       n_batch_(std::max(1, o.n_batch)),
       pool_(DefaultThreads(o.n_threads)),
-      kv_(m.config(), DefaultCtx(m.config(), o.n_ctx), o.kv_type, 0, -1,
-          o.window_kv ? n_batch_ : 0),
+      kv_(m.config(), DefaultCtx(m.config(), o.n_ctx), o.kv_type, 0, -1, o.window_kv ? n_batch_ : 0,
+          &m),
       ws_(m.config(), n_batch_, static_cast<int>(kv_.n_ctx()), pool_.size()) {
   const auto& c = m.config();
-  kv_.AttachDevice(m);
   hidden_.resize(static_cast<size_t>(n_batch_) * c.n_embd);
   logits_last_.resize(c.n_vocab);
 }

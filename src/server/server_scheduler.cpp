@@ -48,8 +48,7 @@ Scheduler::Scheduler(const model::LlamaModel& m, const tok::Tokenizer& t, const 
   slots_.resize(static_cast<size_t>(o.n_slots));
   // A slot gets at most n_batch_ rows a step, so its sliding-window layers keep rings.
   for (auto& s : slots_) {
-    s.kv = std::make_unique<runtime::KvCache>(c, n_ctx_, o.kv_type, 0, -1, n_batch_);
-    s.kv->AttachDevice(model_);
+    s.kv = std::make_unique<runtime::KvCache>(c, n_ctx_, o.kv_type, 0, -1, n_batch_, &model_);
   }
   n_free_ = o.n_slots;
   hidden_.resize(static_cast<size_t>(n_batch_) * c.n_embd);

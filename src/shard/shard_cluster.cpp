@@ -96,13 +96,12 @@ int Cluster::Find(const std::string& name) const {
 
 LinkSpec Cluster::Link(int a, int b) const {
   const int ha = Host(a), hb = Host(b);
-  if (ha == hb && a != b) {
-    const DeviceSpec& g = devices[devices[a].gpu_of >= 0 ? a : b];
-    if (g.host_link) return *g.host_link;
-    const size_t gi = size_t(&g - devices.data());
-    const bool unified = gi < profiles.size() && profiles[gi].unified_memory;
-    LinkSpec l = unified ? kUnifiedLink : kPcieLink;
-    if (gi < profiles.size()) l.rtt_ms = std::max(l.rtt_ms, profiles[gi].crossing_ms);
+  if (ha == hb && a != b) {  // a GPU and its host
+    const size_t g = size_t(devices[a].gpu_of >= 0 ? a : b);
+    if (devices[g].host_link) return *devices[g].host_link;
+    if (g >= profiles.size()) return kPcieLink;  // profiles not loaded (ParseCluster alone)
+    LinkSpec l = profiles[g].unified_memory ? kUnifiedLink : kPcieLink;
+    l.rtt_ms = std::max(l.rtt_ms, profiles[g].crossing_ms);
     return l;
   }
   a = ha, b = hb;

@@ -137,80 +137,75 @@ Discovery Discover(const std::string& model_path, const Security& security,
     }
   }
 
-  // The source's own GPU (--source-gpu), measured here like the source's CPU.
-  if (o.source_gpu >= 0) {
-    const auto gpus = gpu::ListDevices();
-    if (size_t(o.source_gpu) >= gpus.size())
-      throw Error("--source-gpu vulkan" + std::to_string(o.source_gpu) + ": no such device");
-    const gpu::DeviceInfo& g = gpus[size_t(o.source_gpu)];
+  // A GPU of device `h` as a device of its own, `<host>-gpu`, after the hosts (without `prof`
+  // when no model was given).
+  auto add_gpu = [&](int h, int index, const std::string& gpu_name, uint64_t memory,
+                     const std::optional<Profile>& prof, std::string profile_source,
+                     std::string profile_path) {
+    if (int(out.devices.size()) >= kMaxDevices) {
+      log("leaving out " + out.devices[h].name + "'s GPU: at most " + std::to_string(kMaxDevices) +
+          " devices");
+      return;
+    }
     DiscoveredDevice dev;
-    dev.name = o.source_name + "-gpu";
-    dev.gpu_of = o.source_name;
-    dev.gpu = "vulkan" + std::to_string(g.index) + " (" + g.name + ")";
-    dev.memory_budget_bytes = g.memory_bytes;
+    dev.name = out.devices[h].name + "-gpu";
+    dev.gpu_of = out.devices[h].name;
+    dev.gpu = gpu_name;
+    dev.memory_budget_bytes = memory;
+    dev.profile_source = prof ? std::move(profile_source) : "-";
+    dev.model_sha256 = out.devices[h].model_sha256;
     DeviceSpec s;
     s.name = dev.name;
-    s.gpu_of = 0;
-    s.gpu = o.source_gpu;
-    s.memory_bytes = g.memory_bytes;
-    if (mine) {
-      MeasureOptions mo = QuickMeasureOptions(src.threads);
-      mo.gpu_device = o.source_gpu;
-      std::string gpu_how;
-      c.profiles.push_back(CachedProfile(
-          model_path, sha, o.cache_dir.empty() ? DefaultCacheDir() : o.cache_dir, mo, &gpu_how));
-      dev.profile_source = gpu_how;
-      s.profile_path = "the source's GPU profile (" + gpu_how + ")";
+    s.gpu_of = h;
+    s.gpu = index;
+    s.memory_bytes = memory;
+    if (prof) {
+      s.profile_path = std::move(profile_path);
+      c.profiles.push_back(*prof);
     }
     out.devices.push_back(dev);
     c.devices.push_back(s);
+  };
+
+  // The source's own GPU (--source-gpu), measured here like the source's CPU.
+  if (o.source_gpu >= 0) {
+    const gpu::DeviceInfo g = gpu::FindDevice(o.source_gpu);
+    std::optional<Profile> gp;
+    std::string gpu_how;
+    if (mine) {
+      MeasureOptions mo = QuickMeasureOptions(src.threads);
+      mo.gpu_device = o.source_gpu;
+      gp = CachedProfile(model_path, sha, o.cache_dir.empty() ? DefaultCacheDir() : o.cache_dir, mo,
+                         &gpu_how);
+    }
+    add_gpu(0, o.source_gpu, "vulkan" + std::to_string(g.index) + " (" + g.name + ")",
+            g.memory_bytes, gp, gpu_how, "the source's GPU profile (" + gpu_how + ")");
   }
 
-  // GPUs the workers offer (`worker --gpu`): devices of their own after the hosts, with the
-  // profile each worker measured on its GPU (none: the worker lacks the model, or its GPU cannot
-  // run it; then the GPU stays out).
+  // GPUs the workers offer (`worker --gpu`), with the profile each worker measured on its GPU
+  // (none: the worker lacks the model, or its GPU cannot run it; then the GPU stays out).
   for (size_t i = 0; i < health.size(); ++i) {
     const rpc::HealthReply& h = health[i];
     if (h.gpu_name().empty()) continue;
-    const std::string host = out.devices[i + 1].name;
+    const DiscoveredDevice& host = out.devices[i + 1];
     std::optional<Profile> gp;
-    if (mine && out.devices[i + 1].model_sha256 == sha && !h.gpu_profile_json().empty()) {
+    if (mine && host.model_sha256 == sha && !h.gpu_profile_json().empty()) {
       try {
-        gp = ParseProfile(h.gpu_profile_json(), host + "'s GPU profile", true);
+        gp = ParseProfile(h.gpu_profile_json(), host.name + "'s GPU profile", true);
       } catch (const Error& e) {
         log(std::string("ignoring ") + e.what());
       }
     }
     if (mine && !gp) {
-      log("worker '" + host + "' offers " + h.gpu_name() +
+      log("worker '" + host.name + "' offers " + h.gpu_name() +
           " but has no profile of this model on it: leaving the GPU out");
       continue;
     }
-    if (int(out.devices.size()) >= kMaxDevices) {
-      log("leaving out " + host + "'s GPU: at most " + std::to_string(kMaxDevices) + " devices");
-      continue;
-    }
-    DiscoveredDevice dev;
-    dev.name = host + "-gpu";
-    dev.gpu_of = host;
-    dev.gpu = h.gpu_name();
-    dev.memory_budget_bytes = h.gpu_memory_bytes();
-    dev.profile_source = gp ? out.devices[i + 1].profile_source : "-";
-    dev.model_sha256 = out.devices[i + 1].model_sha256;
-    DeviceSpec s;
-    s.name = dev.name;
-    s.gpu_of = int(i) + 1;
-    s.gpu = h.gpu_index();
-    s.memory_bytes = dev.memory_budget_bytes;
-    if (gp) {
-      s.profile_path = host + "'s GPU profile";
-      c.profiles.push_back(*gp);
-    }
-    out.devices.push_back(dev);
-    c.devices.push_back(s);
-    log(fmt::format("{} offers {} ({} of memory{})", host, h.gpu_name(),
+    log(fmt::format("{} offers {} ({} of memory{})", host.name, h.gpu_name(),
                     FormatBytes(double(h.gpu_memory_bytes())),
                     h.gpu_unified_memory() ? ", shared with its CPU" : ""));
+    add_gpu(int(i) + 1, h.gpu_index(), h.gpu_name(), h.gpu_memory_bytes(), gp, host.profile_source,
+            host.name + "'s GPU profile");
   }
 
   // Links: the source to every worker, and every pair of workers (measured by the first).

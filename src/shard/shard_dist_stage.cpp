@@ -118,9 +118,10 @@ StageExecutor::Seq& StageExecutor::Get(uint64_t id) {
   Seq s;
   if (spec_.last_layer > spec_.first_layer) {
     // A sequence gets at most max_batch rows a step: sliding-window layers keep rings.
+    // The shard's GPU blocks keep their caches on the device.
     s.kv = std::make_unique<runtime::KvCache>(model_.config(), spec_.n_ctx, spec_.kv_type,
-                                              spec_.first_layer, spec_.last_layer, spec_.max_batch);
-    s.kv->AttachDevice(model_);  // the shard's GPU blocks keep their caches on the device
+                                              spec_.first_layer, spec_.last_layer, spec_.max_batch,
+                                              &model_);
   }
   return seqs_.emplace(id, std::move(s)).first->second;
 }

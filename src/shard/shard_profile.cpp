@@ -294,7 +294,7 @@ Profile MeasureProfile(const std::string& model_path, const MeasureOptions& o) {
   p.cpu = CpuName();
   p.memory_budget_bytes = o.memory_budget_bytes ? o.memory_budget_bytes : MemAvailable();
   if (o.gpu_device >= 0) {
-    const gpu::DeviceInfo g = gpu::ListDevices().at(size_t(o.gpu_device));
+    const gpu::DeviceInfo g = gpu::FindDevice(o.gpu_device);
     p.gpu = model->GpuDeviceName();
     p.unified_memory = g.unified_memory;
     if (!o.memory_budget_bytes) p.memory_budget_bytes = g.memory_bytes;
@@ -317,8 +317,7 @@ Profile MeasureProfile(const std::string& model_path, const MeasureOptions& o) {
       o.threads > 0 ? o.threads : int(std::max(1u, std::thread::hardware_concurrency()));
   p.threads = threads;
   kernels::ThreadPool pool(threads);
-  runtime::KvCache kv(c, max_ctx, TensorType::kF16);
-  if (o.gpu_device >= 0) kv.AttachDevice(*model);
+  runtime::KvCache kv(c, max_ctx, TensorType::kF16, 0, -1, 0, model.get());
   model::Workspace ws(c, batch, int(max_ctx), pool.size());
   std::mt19937 rng(1);
   std::vector<int32_t> tokens(batch);

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -58,6 +59,8 @@ class WorkerService final : public rpc::Worker::Service {
  public:
   explicit WorkerService(const WorkerOptions& o)
       : opts_(o), auth_(o.security.token, o.name), pool_(Threads(o.threads)) {
+    // Once: describing devices takes driver calls, not for every health poll.
+    if (opts_.offer_gpu >= 0) offered_gpu_ = gpu::FindDevice(opts_.offer_gpu);
     if (!opts_.profile_path.empty()) {
       const std::string text = ReadRegularFile(opts_.profile_path, "the profile (--profile)");
       ParseProfile(text, opts_.profile_path, false);  // validates
@@ -142,15 +145,12 @@ class WorkerService final : public rpc::Worker::Service {
     r->set_memory_budget_bytes(opts_.memory_budget ? opts_.memory_budget
                                                    : r->memory_available_bytes());
     r->set_local_model_sha256(local_sha_);
-    if (opts_.offer_gpu >= 0) {
-      const auto gpus = gpu::ListDevices();
-      if (size_t(opts_.offer_gpu) < gpus.size()) {
-        const gpu::DeviceInfo& g = gpus[size_t(opts_.offer_gpu)];
-        r->set_gpu_name("vulkan" + std::to_string(g.index) + " (" + g.name + ")");
-        r->set_gpu_index(g.index);
-        r->set_gpu_memory_bytes(g.memory_bytes);
-        r->set_gpu_unified_memory(g.unified_memory);
-      }
+    if (offered_gpu_) {
+      const gpu::DeviceInfo& g = *offered_gpu_;
+      r->set_gpu_name("vulkan" + std::to_string(g.index) + " (" + g.name + ")");
+      r->set_gpu_index(g.index);
+      r->set_gpu_memory_bytes(g.memory_bytes);
+      r->set_gpu_unified_memory(g.unified_memory);
     }
     if (req->want_profile()) MeasureOnce(false);
     // A health poll does not wait for a measurement that another call started.
@@ -689,6 +689,7 @@ class WorkerService final : public rpc::Worker::Service {
   std::string local_sha_;
   std::mutex profile_mu_;  // guards the profile (measured on demand)
   std::string profile_json_, profile_source_, gpu_profile_json_;
+  std::optional<gpu::DeviceInfo> offered_gpu_;  // --gpu: what Health reports of it
 
   std::atomic<bool> hash_stop_{false};  // set by Stop(): a cached model's check ends early
   std::mutex verified_mu_;
