@@ -60,6 +60,12 @@ DeviceInfo Describe(const vk::Instance& in, VkPhysicalDevice pd, int index) {
   d.index = index;
   d.name = props.deviceName;
   d.kind = KindName(props.deviceType);
+  VkPhysicalDeviceFeatures features{};
+  in.fn.vkGetPhysicalDeviceFeatures(pd, &features);
+  // Vulkan lets fma round twice and division and sqrt miss the nearest float; a software driver
+  // (lavapipe) does, where GPUs fuse fma in hardware. There the shaders take those three in
+  // doubles, which CPUs run at full speed, and round once as the CPU build does.
+  d.exact_f64 = props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU && features.shaderFloat64;
   for (uint32_t h = 0; h < mem.memoryHeapCount; ++h)
     if (mem.memoryHeaps[h].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT)
       d.memory_bytes = std::max<uint64_t>(d.memory_bytes, mem.memoryHeaps[h].size);
@@ -134,6 +140,7 @@ struct Device::Impl {
   int device_type = -1;           // memory type of buffers
   int host_type = -1;             // memory type of staging buffers
   bool mapped = false;            // buffers are host-visible (unified memory)
+  bool exact_f64 = false;         // DeviceInfo::exact_f64: the programs' _f64 builds
   std::shared_ptr<Buffer> dummy;  // bound to bindings a program does not use
 
   // A primary command buffer of the pool, begun.
@@ -191,7 +198,7 @@ struct Device::Impl {
   VkPipeline PipelineFor(Program p) {
     VkPipeline& pl = pipelines[static_cast<size_t>(p)];
     if (pl != VK_NULL_HANDLE) return pl;
-    const ProgramCode& code = CodeOf(p);
+    const ProgramCode& code = CodeOf(p, exact_f64);
     VkShaderModuleCreateInfo sm{};
     sm.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO;
     sm.codeSize = code.count * sizeof(uint32_t);
@@ -249,8 +256,12 @@ std::unique_ptr<Device> Device::Open(int index) {
   qci.queueFamilyIndex = m.queue_family;
   qci.queueCount = 1;
   qci.pQueuePriorities = &priority;
+  VkPhysicalDeviceFeatures want{};
+  want.shaderFloat64 = d->info_.exact_f64 ? VK_TRUE : VK_FALSE;
+  m.exact_f64 = d->info_.exact_f64;
   VkDeviceCreateInfo dci{};
   dci.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO;
+  dci.pEnabledFeatures = &want;
   dci.queueCreateInfoCount = 1;
   dci.pQueueCreateInfos = &qci;
   Check(m.fn->vkCreateDevice(m.pd, &dci, nullptr, &m.dev), "vkCreateDevice");

@@ -21,6 +21,7 @@ struct DeviceInfo {
   uint64_t memory_bytes = 0;      // the largest device-local heap
   bool unified_memory = false;    // device-local memory the CPU can map (iGPUs, software drivers)
   uint64_t max_buffer_range = 0;  // the largest range one dispatch can bind
+  bool exact_f64 = false;         // the shaders' fma, division and sqrt go through doubles (gpu.md)
 };
 
 // The devices the Vulkan driver offers, in driver order. Empty when there is no loader, driver

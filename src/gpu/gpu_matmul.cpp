@@ -16,9 +16,10 @@ struct MatMulParams {
   uint32_t ldx, ldy;
   uint32_t x_off, y_off;
   uint32_t row_bytes, w_off;
-  uint32_t rows_per_y;
+  uint32_t groups_x;
 };
-constexpr uint32_t kBatchPerGroup = 8;
+constexpr uint32_t kRowsPerGroup = 64;
+constexpr uint32_t kMaxGroupsZ = 65535;  // the least maxComputeWorkGroupCount[2] Vulkan allows
 
 }  // namespace
 
@@ -73,12 +74,17 @@ void RecordMatMul(Sequence& seq, const GpuMatrix& w, const Buffer& x, size_t x_o
     p.y_off = PushU32(static_cast<int64_t>(y_off) + part.row0, "y offset");
     p.row_bytes = PushU32(static_cast<int64_t>(w.row_bytes), "row bytes");
     p.w_off = 0;
-    p.rows_per_y = kGroupsX;
-    const uint32_t gx = std::min<uint32_t>(p.rows, kGroupsX);
-    const uint32_t gy = DivUp(p.rows, kGroupsX);
-    const uint32_t gz = DivUp(p.batch, kBatchPerGroup);
-    seq.Dispatch(prog, {{part.buffer.get(), 0, 0}, {&x, 0, 0}, {&y, 0, 0}}, &p, sizeof(p), gx, gy,
-                 gz);
+    const uint32_t groups = DivUp(p.rows, kRowsPerGroup);
+    p.groups_x = std::min<uint32_t>(groups, kGroupsX);
+    // One activation row per z: a longer batch is dispatched in pieces.
+    for (uint32_t b0 = 0; b0 < p.batch; b0 += kMaxGroupsZ) {
+      MatMulParams q = p;
+      q.batch = std::min(p.batch - b0, kMaxGroupsZ);
+      q.x_off = PushU32(static_cast<int64_t>(x_off) + static_cast<int64_t>(b0) * ldx, "x offset");
+      q.y_off = PushU32(static_cast<int64_t>(p.y_off) + static_cast<int64_t>(b0) * ldy, "y offset");
+      seq.Dispatch(prog, {{part.buffer.get(), 0, 0}, {&x, 0, 0}, {&y, 0, 0}}, &q, sizeof(q),
+                   p.groups_x, DivUp(groups, p.groups_x), q.batch);
+    }
   }
 }
 
@@ -88,12 +94,12 @@ ActRounding ActRoundingFor(TensorType weights) {
       return ActRounding::kF16;
     case TensorType::kBF16:
       return ActRounding::kBF16;
-    // Q8_1 (for Q4_1 and Q5_1) rounds the values as Q8_0 does; its extra sum term is a product.
+    case TensorType::kQ4_1:
+    case TensorType::kQ5_1:
+      return ActRounding::kQ8_1;
     case TensorType::kQ8_0:
     case TensorType::kQ4_0:
-    case TensorType::kQ4_1:
     case TensorType::kQ5_0:
-    case TensorType::kQ5_1:
     case TensorType::kIQ4_NL:
     case TensorType::kMXFP4:
       return ActRounding::kQ8_0;
@@ -112,7 +118,9 @@ ActRounding ActRoundingFor(TensorType weights) {
 void RecordRoundActs(Sequence& seq, ActRounding r, const Buffer& x, size_t x_off, int64_t ldx,
                      int64_t rows, int64_t cols, const Buffer& y, size_t y_off, int64_t ldy) {
   if (rows <= 0 || r == ActRounding::kNone) return;
-  const int64_t block = r == ActRounding::kQ8_0 ? 32 : r == ActRounding::kQ8_K ? 256 : 1;
+  const int64_t block = r == ActRounding::kQ8_K                              ? 256
+                        : r == ActRounding::kQ8_0 || r == ActRounding::kQ8_1 ? 32
+                                                                             : 1;
   if (cols % block != 0)
     throw Error("GPU activations: " + std::to_string(cols) + " columns are not whole blocks");
   struct {

@@ -31,15 +31,25 @@ bool CanMatMul(TensorType t, int64_t cols);
 // it.
 GpuMatrix UploadMatrix(Device& dev, const kernels::Matrix& m, size_t max_part_bytes = 0);
 // What llama.cpp's CPU matmul does to the activations before it multiplies them with weights of
-// a type: nothing (F32), rounding to f16 or bf16, or quantizing to Q8_0 (Q8_0, Q4_0) or Q8_K
-// (Q4_K, Q6_K). RecordRoundActs applies it, so that the GPU multiplies the same numbers.
-enum class ActRounding : uint32_t { kNone = 0, kF16 = 1, kBF16 = 2, kQ8_0 = 3, kQ8_K = 4 };
+// a type: nothing (F32), rounding to f16 or bf16, or quantizing to Q8_0 (Q8_0, Q4_0, Q5_0,
+// IQ4_NL, MXFP4), Q8_1 (Q4_1, Q5_1) or Q8_K (the 256-element types). RecordRoundActs applies it,
+// so that the GPU multiplies the same numbers.
+enum class ActRounding : uint32_t {
+  kNone = 0,
+  kF16 = 1,
+  kBF16 = 2,
+  kQ8_0 = 3,
+  kQ8_K = 4,
+  kQ8_1 = 5
+};
 ActRounding ActRoundingFor(TensorType weights);
-// y rows = x rows (rows of `cols` floats) after `r`; y and x may not overlap.
+// y rows = x rows (rows of `cols` floats) after `r`; y and x may not overlap. Rounded values stay
+// floats; quantized rows are packed as matmul.comp reads them (at most `cols` words a row).
 void RecordRoundActs(Sequence& seq, ActRounding r, const Buffer& x, size_t x_off, int64_t ldx,
                      int64_t rows, int64_t cols, const Buffer& y, size_t y_off, int64_t ldy);
-// Records y[b * ldy + r] = sum_k W[r][k] x[b * ldx + k] for b < batch, r < rows: x and y are f32
-// buffers, offsets and strides in floats.
+// Records y[b * ldy + r] = sum_k W[r][k] x[b * ldx + k] for b < batch, r < rows, in the CPU
+// build's float order: x holds floats or RecordRoundActs' rows for w's type, y floats; offsets and
+// strides in 32-bit words.
 void RecordMatMul(Sequence& seq, const GpuMatrix& w, const Buffer& x, size_t x_off, int64_t ldx,
                   int64_t batch, const Buffer& y, size_t y_off, int64_t ldy);
 

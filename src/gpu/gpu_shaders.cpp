@@ -71,11 +71,11 @@ const char* NameOf(Program p) {
 
 }  // namespace
 
-const ProgramCode& CodeOf(Program p) {
-  const char* name = NameOf(p);
+const ProgramCode& CodeOf(Program p, bool exact_f64) {
+  const std::string name = std::string(NameOf(p)) + (exact_f64 ? "_f64" : "");
   for (size_t i = 0; i < kEmbeddedProgramCount; ++i)
-    if (std::strcmp(kEmbeddedPrograms[i].name, name) == 0) return kEmbeddedPrograms[i];
-  throw Error(std::string("GPU program ") + name + " is not embedded in this build");
+    if (name == kEmbeddedPrograms[i].name) return kEmbeddedPrograms[i];
+  throw Error("GPU program " + name + " is not embedded in this build");
 }
 
 uint32_t PushU32(int64_t v, const char* what) {

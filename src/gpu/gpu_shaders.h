@@ -45,7 +45,9 @@ struct ProgramCode {
   const uint32_t* words;
   size_t count;
 };
-const ProgramCode& CodeOf(Program p);
+// exact_f64: the build of the program whose fma, division and sqrt round once through doubles
+// (shaders/exact.glsl), for devices whose own do not (DeviceInfo::exact_f64).
+const ProgramCode& CodeOf(Program p, bool exact_f64);
 
 // Push constants and grids: a value as the shaders' uint (es::Error naming `what` when it does not
 // fit), the groups along x before a grid takes a second dimension (maxComputeWorkGroupCount is at

@@ -15,6 +15,7 @@ namespace es::gpu::vk {
   X(vkDestroyInstance)                   \
   X(vkEnumeratePhysicalDevices)          \
   X(vkGetPhysicalDeviceProperties)       \
+  X(vkGetPhysicalDeviceFeatures)         \
   X(vkGetPhysicalDeviceMemoryProperties) \
   X(vkGetPhysicalDeviceQueueFamilyProperties)
 #define ES_VK_DEVICE_FUNCTIONS(X)  \
