@@ -141,6 +141,7 @@ struct Device::Impl {
   int host_type = -1;             // memory type of staging buffers
   bool mapped = false;            // buffers are host-visible (unified memory)
   bool exact_f64 = false;         // DeviceInfo::exact_f64: the programs' _f64 builds
+  uint32_t shared_bytes = 16384;  // maxComputeSharedMemorySize
   std::shared_ptr<Buffer> dummy;  // bound to bindings a program does not use
 
   // A primary command buffer of the pool, begun.
@@ -211,6 +212,13 @@ struct Device::Impl {
     ci.stage.stage = VK_SHADER_STAGE_COMPUTE_BIT;
     ci.stage.module = module;
     ci.stage.pName = "main";
+    // attention.comp keeps up to constant 0 scores in shared memory: what the device holds beside
+    // its other 2 KiB (from 3584 keys on 16 KiB devices), at most 8192.
+    const uint32_t cached =
+        std::min<uint32_t>(8192, (std::max<uint32_t>(shared_bytes, 16384) - 2048) / 4);
+    const VkSpecializationMapEntry entry{0, 0, sizeof(uint32_t)};
+    const VkSpecializationInfo spec{1, &entry, sizeof(cached), &cached};
+    if (p == Program::kAttention) ci.stage.pSpecializationInfo = &spec;
     ci.layout = layout;
     const VkResult r = fn->vkCreateComputePipelines(dev, VK_NULL_HANDLE, 1, &ci, nullptr, &pl);
     fn->vkDestroyShaderModule(dev, module, nullptr);
@@ -238,6 +246,7 @@ std::unique_ptr<Device> Device::Open(int index) {
   VkPhysicalDeviceProperties props{};
   in->fn.vkGetPhysicalDeviceProperties(m.pd, &props);
   d->align_ = std::max<size_t>(16, props.limits.minStorageBufferOffsetAlignment);
+  m.shared_bytes = props.limits.maxComputeSharedMemorySize;
   in->fn.vkGetPhysicalDeviceMemoryProperties(m.pd, &m.mem);
 
   uint32_t nq = 0;

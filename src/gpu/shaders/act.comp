@@ -1,7 +1,8 @@
 #version 450
 // gate = act(gate) * up elementwise: SiLU (SwiGLU) or GELU's tanh form (GeGLU), with the
-// roundings of llama.cpp's CPU build.
+// roundings of llama.cpp's CPU build (SiLU: x / (1 + exp(-x)) with ggml's vector exp).
 #extension GL_GOOGLE_include_directive : enable
+#include "exact.glsl"
 #include "f16.glsl"
 
 layout(local_size_x = 256) in;
@@ -12,22 +13,13 @@ layout(push_constant) uniform Params {
   uint g_off, u_off;
 } p;
 
-// tanh to about an ulp where GELU needs it: near +-1, 1 + tanh(u) cancels, so drivers' tanh (a
-// few ulps off there) would move GELU's small negative values.
-float Tanh(float u) {
-  const float a = abs(u);
-  if (a < 0.5) return tanh(u);
-  const float t = 1.0 - 2.0 / (exp(2.0 * a) + 1.0);
-  return u < 0.0 ? -t : t;
-}
-
 void main() {
   const uint i = (gl_WorkGroupID.y * p.groups_x + gl_WorkGroupID.x) * 256u + gl_LocalInvocationID.x;
   if (i >= p.n) return;
   const float x = g[p.g_off + i];
   float a;
   if (p.kind == 0u) {
-    a = x / (1.0 + exp(-x));
+    a = Div(x, 1.0 + ExpGgml(-x));
   } else if (x <= -10.0) {
     a = 0.0;
   } else if (x >= 10.0) {
@@ -37,7 +29,7 @@ void main() {
     // the result rounded to f16.
     const float k = 0.79788456080286535587989211986876;
     const float xr = F16Round(x);
-    a = F16Round(0.5 * xr * (1.0 + Tanh(k * xr * fma(0.044715 * xr, xr, 1.0))));
+    a = F16Round(0.5 * xr * (1.0 + TanhF(k * xr * Fma(0.044715 * xr, xr, 1.0))));
   }
   g[p.g_off + i] = a * u[p.u_off + i];
 }

@@ -1,11 +1,19 @@
 #version 450
 // Causal softmax attention of each row's query heads over its sequence's KV cache: one workgroup
-// per (head, row). Keys are taken 64 at a time (one per invocation) in two passes: the maximum
-// and denominator (online), then the normalised probabilities times the values, so any context
-// length fits and the probabilities are the CPU build's (f16-rounded for F16 values). GQA/MQA
-// (n_head / n_head_kv query heads per KV head), sliding window, logit soft-cap and per-head sink
-// logits.
+// per (head, row), keys taken 64 at a time (one per invocation), in the CPU build's float order
+// (kernels_attention.cpp, kernels_ops.cpp's softmax):
+// - scores: the query (rounded to f16 for F16 keys) dotted with each key as the CPU's DotF16 /
+//   DotF32 do, times the scale, then soft-capped as tanh(s * (1 / cap)) * cap;
+// - softmax: the maximum over the keys (and the sink), e = ggml's exp(s - max), the keys' e summed
+//   per chunk of 16 as one AVX-512 vector and the chunks added in double (WIDE), the sink's exp
+//   after them; p = e * float(1 / sum), rounded to f16 for F16 values;
+// - out[d] = fma(p, v[d], out[d]) key by key in order.
+// Up to kCached keys (as many as the shared memory of the device holds) keep their scores (then
+// exps) in shared memory between the passes; longer
+// spans compute them again in each pass (the same numbers each time), so any context fits. GQA/MQA (n_head / n_head_kv query heads per KV head), sliding window,
+// logit soft-cap and per-head sink logits.
 #extension GL_GOOGLE_include_directive : enable
+#include "exact.glsl"
 #include "f16.glsl"
 
 layout(local_size_x = 64) in;
@@ -27,34 +35,61 @@ layout(push_constant) uniform Params {
 
 shared float qs[256];
 shared float ps[64];
-shared float stat[2];  // the running maximum and denominator
+shared float chunk[4];
+shared float stat[2];  // the maximum, then 1 / the denominator
+layout(constant_id = 0) const uint kCached = 2048u;  // the device's share (gpu_device.cpp)
+shared float cached[kCached];
 
-float KeyAt(uint r, uint d) {
-  const uint i = r * p.kv_dim + d;
-  return p.k_f16 != 0u ? F16PairToF32(kc[i >> 1])[i & 1u] : uintBitsToFloat(kc[i]);
+float KeyAt(uint i) {  // element i of the key cache
+  return p.k_f16 != 0u ? F16BitsToF32((kc[i >> 1] >> (16u * (i & 1u))) & 0xFFFFu)
+                       : uintBitsToFloat(kc[i]);
 }
-float ValueAt(uint r, uint d) {
-  const uint i = r * p.kv_dim + d;
-  return p.v_f16 != 0u ? F16PairToF32(vc[i >> 1])[i & 1u] : uintBitsToFloat(vc[i]);
+float ValueAt(uint i) {
+  return p.v_f16 != 0u ? F16BitsToF32((vc[i >> 1] >> (16u * (i & 1u))) & 0xFFFFu)
+                       : uintBitsToFloat(vc[i]);
+}
+float Sum16(float a[16]) {  // _mm512_reduce_add_ps's order: lanes i + 8, + 4, + 2, + 1
+  for (uint w = 8u; w >= 1u; w >>= 1)
+    for (uint i = 0u; i < w; ++i) a[i] = a[i] + a[i + w];
+  return a[0];
 }
 
-// The scaled (and soft-capped) score of key position pj against the query in qs.
+// The CPU's dot products of the query in qs with the key at `base`: 16 lanes of fmas reduced as
+// one vector, then any elements past the last 16 chained (F16 rows of a multiple of 16 and rows
+// of 64 or more; F32 keys take two such accumulators over 32-element steps, added lane-wise
+// first); F16 rows shorter than 64 and of other lengths sum float products in double.
+float Dot(uint base) {
+  const uint hd = p.head_dim;
+  if (p.k_f16 != 0u && hd % 16u != 0u && hd < 64u) {
+    WIDE s = WIDE(0);
+    for (uint d = 0u; d < hd; ++d) s += WIDE(qs[d] * KeyAt(base + d));
+    return float(s);
+  }
+  // Lane by lane: each lane's chain is its own, so the order within it is all that matters.
+  float a0[16];
+  const uint full = hd & ~15u;
+  const uint pairs = p.k_f16 == 0u ? hd / 32u * 32u : 0u;  // F32: the two-accumulator steps
+  for (uint l = 0u; l < 16u; ++l) {
+    float x0 = 0.0, x1 = 0.0;
+    uint d = l;
+    for (; d < pairs; d += 32u) {
+      x0 = Fma(qs[d], KeyAt(base + d), x0);
+      x1 = Fma(qs[d + 16u], KeyAt(base + d + 16u), x1);
+    }
+    for (; d < full; d += 16u) x0 = Fma(qs[d], KeyAt(base + d), x0);
+    a0[l] = p.k_f16 == 0u ? x0 + x1 : x0;
+  }
+  uint d = full;
+  float s = Sum16(a0);
+  for (; d < hd; ++d) s = Fma(qs[d], KeyAt(base + d), s);
+  return s;
+}
+
+// The scaled (and soft-capped) score of key position pj.
 float Score(uint pj, uint kvh) {
   const uint r = p.ring != 0u ? pj % p.ring : pj;
-  float dotv = 0.0;
-  const uint base = r * p.kv_dim + kvh * p.head_dim;
-  if (p.k_f16 != 0u && (base & 1u) == 0u && (p.head_dim & 1u) == 0u) {
-    // Two dimensions per word of f16 keys, decoded once: the same sums in the same order.
-    for (uint d = 0u; d < p.head_dim; d += 2u) {
-      const vec2 k2 = F16PairToF32(kc[(base + d) >> 1]);
-      dotv += qs[d] * k2.x;
-      dotv += qs[d + 1u] * k2.y;
-    }
-  } else {
-    for (uint d = 0u; d < p.head_dim; ++d) dotv += qs[d] * KeyAt(r, kvh * p.head_dim + d);
-  }
-  float s = dotv * p.scale;
-  if (p.softcap != 0.0) s = tanh(s / p.softcap) * p.softcap;
+  float s = Dot(r * p.kv_dim + kvh * p.head_dim) * p.scale;
+  if (p.softcap != 0.0) s = TanhF(s * Div(1.0, p.softcap)) * p.softcap;
   return s;
 }
 
@@ -68,84 +103,81 @@ void main() {
   for (uint d = tid; d < hd; d += 64u) qs[d] = p.k_f16 != 0u ? F16Round(q[qo + d]) : q[qo + d];
   barrier();
   const int at = pos[p.pos_off + row];
-  const int first = p.window > 0u ? max(0, at + 1 - int(p.window)) : 0;
-  const uint n_kv = uint(at + 1 - first);
-  // Pass 1: the scores' maximum and the softmax denominator, 64 keys at a time.
-  // The maximum starts at the sink logit, as the CPU's softmax takes it (same values, and the
-  // probabilities then round to f16 as there).
-  float m = p.has_sinks != 0u ? sinks[h] : -1.0 / 0.0, l = 0.0;
+  const uint first = uint(p.window > 0u ? max(0, at + 1 - int(p.window)) : 0);
+  const uint n_kv = uint(at + 1) - first;
+  const bool cache = n_kv <= kCached;
+  // Pass 1: the maximum, from the sink logit (or -inf) over every score.
+  float m = p.has_sinks != 0u ? sinks[h] : -1.0 / 0.0;
+  for (uint j = tid; j < n_kv; j += 64u) {
+    const float s = Score(first + j, kvh);
+    if (cache) cached[j] = s;
+    m = max(m, s);
+  }
+  ps[tid] = m;
+  barrier();
+  if (tid == 0u) {
+    for (uint k = 1u; k < 64u; ++k) m = max(m, ps[k]);
+    stat[0] = m;
+  }
+  barrier();
+  m = stat[0];
+  // Pass 2: the denominator, chunk by chunk of 16 keys (a partial last chunk padded with zeros).
+  WIDE sum = WIDE(0);
   for (uint t0 = 0u; t0 < n_kv; t0 += 64u) {
     const uint j = t0 + tid;
-    float s = -1.0 / 0.0;
-    if (j < n_kv) s = Score(uint(first) + j, kvh);
-    ps[tid] = s;
+    float e = 0.0;
+    if (j < n_kv) {
+      e = ExpGgml((cache ? cached[j] : Score(first + j, kvh)) - m);
+      if (cache) cached[j] = e;
+    }
+    ps[tid] = e;
     barrier();
-    // One invocation folds the tile in (every one would compute the same numbers in the same
-    // order; a software driver runs all 64), the others read the result.
-    if (tid == 0u) {
-      const uint cnt = min(64u, n_kv - t0);
-      float tmax = m;
-      for (uint k = 0u; k < cnt; ++k) tmax = max(tmax, ps[k]);
-      float tsum = 0.0;
-      for (uint k = 0u; k < cnt; ++k) tsum += exp(ps[k] - tmax);
-      stat[0] = tmax;
-      stat[1] = l * exp(m - tmax) + tsum;  // exp(-inf) = 0 on the first tile
+    if (tid < 4u) {
+      float e[16];
+      for (uint k = 0u; k < 16u; ++k) e[k] = ps[16u * tid + k];
+      chunk[tid] = Sum16(e);
     }
     barrier();
-    m = stat[0];
-    l = stat[1];
+    if (tid == 0u)
+      for (uint c = 0u; c < 4u && t0 + 16u * c < n_kv; ++c) sum += WIDE(chunk[c]);
+    barrier();
   }
-  if (p.has_sinks != 0u) l += exp(sinks[h] - m);
-  const float inv = 1.0 / l;
-  // Pass 2: normalised probabilities (rounded to f16 for F16 values, as llama.cpp's CPU build
-  // weights them) times the values.
-  // Dims tid, tid + 64, ... (head_dim <= 256); with f16 values two neighbours per invocation
-  // (2 tid, 2 tid + 1, then + 128), each word decoded once: the same sums in the same order.
-  const bool pairs = p.v_f16 != 0u && (hd & 1u) == 0u && (p.kv_dim & 1u) == 0u;
+  if (tid == 0u) {
+    // A sink joins the denominator after the keys, with libm's exp (as the CPU's softmax).
+    if (p.has_sinks != 0u) sum += WIDE(ExpF(sinks[h] - m));
+    stat[1] = float(WIDE(1) / sum);
+  }
+  barrier();
+  const float inv = stat[1];
+  // Pass 3: out[d] = fma(p_j, v_j[d], out[d]) over the keys in order; dims tid, tid + 64, ...
+  // (head_dim <= 256).
   float acc[4] = float[4](0, 0, 0, 0);
   for (uint t0 = 0u; t0 < n_kv; t0 += 64u) {
     const uint j = t0 + tid;
     float pj = 0.0;
     if (j < n_kv) {
-      pj = exp(Score(uint(first) + j, kvh) - m) * inv;
+      pj = (cache ? cached[j] : ExpGgml(Score(first + j, kvh) - m)) * inv;
       if (p.v_f16 != 0u) pj = F16Round(pj);
     }
     ps[tid] = pj;
     barrier();
     const uint cnt = min(64u, n_kv - t0);
-    if (pairs) {
-      for (uint c = 0u; c < 2u; ++c) {
-        const uint d = 2u * tid + 128u * c;
-        if (d >= hd) break;
-        float a0 = acc[2u * c], a1 = acc[2u * c + 1u];
-        for (uint k = 0u; k < cnt; ++k) {
-          const uint pk = uint(first) + t0 + k;
-          const uint r = p.ring != 0u ? pk % p.ring : pk;
-          const vec2 v2 = F16PairToF32(vc[(r * p.kv_dim + kvh * hd + d) >> 1]);
-          a0 += ps[k] * v2.x;
-          a1 += ps[k] * v2.y;
-        }
-        acc[2u * c] = a0;
-        acc[2u * c + 1u] = a1;
+    for (uint c = 0u; c < 4u; ++c) {
+      const uint d = tid + 64u * c;
+      if (d >= hd) break;
+      float a = acc[c];
+      for (uint k = 0u; k < cnt; ++k) {
+        const uint pk = first + t0 + k;
+        const uint r = p.ring != 0u ? pk % p.ring : pk;
+        a = Fma(ps[k], ValueAt(r * p.kv_dim + kvh * hd + d), a);
       }
-    } else {
-      for (uint c = 0u; c < 4u; ++c) {
-        const uint d = tid + 64u * c;
-        if (d >= hd) break;
-        float a = acc[c];
-        for (uint k = 0u; k < cnt; ++k) {
-          const uint pk = uint(first) + t0 + k;
-          const uint r = p.ring != 0u ? pk % p.ring : pk;
-          a += ps[k] * ValueAt(r, kvh * hd + d);
-        }
-        acc[c] = a;
-      }
+      acc[c] = a;
     }
     barrier();
   }
   const uint oo = p.o_off + row * p.o_stride + h * hd;
   for (uint c = 0u; c < 4u; ++c) {
-    const uint d = pairs ? 2u * tid + 128u * (c >> 1) + (c & 1u) : tid + 64u * c;
+    const uint d = tid + 64u * c;
     if (d < hd) o[oo + d] = acc[c];
   }
 }

@@ -7,6 +7,7 @@
 #define ES_EXACT_GLSL
 
 #ifdef ES_F64
+#define WIDE double  // sums the CPU build takes in double
 float Fma(float a, float b, float c) {
   return float(double(a) * double(b) + double(c));
 }
@@ -16,7 +17,35 @@ float Div(float a, float b) {
 float Sqrt(float a) {
   return float(sqrt(double(a)));
 }
+// exp and tanh as libm's (glibc's expf is correctly rounded; tanhf within an ulp): a double
+// exp to about 1e-16 (2^n e^r, |r| <= ln2 / 2, Taylor to degree 13), rounded once to float.
+double ExpD(double x) {
+  const double n = roundEven(x * 1.4426950408889634);
+  const double r = (x - n * 0.6931471805599453) - n * 2.3190468138462996e-17;
+  double t = 1.0;
+  for (int k = 13; k >= 1; --k) t = 1.0 + t * r / double(k);
+  return ldexp(t, int(n));
+}
+float ExpF(float x) {
+  if (x < -104.0) return 0.0;
+  if (x > 89.0) return 1.0 / 0.0;
+  return float(ExpD(double(x)));
+}
+float TanhF(float x) {
+  const double a = abs(double(x));
+  double t;
+  if (a < 1e-4) {
+    t = a * (1.0 - a * a / 3.0);
+  } else if (a > 10.0) {
+    t = 1.0;
+  } else {
+    const double e = ExpD(2.0 * a);
+    t = (e - 1.0) / (e + 1.0);
+  }
+  return x < 0.0 ? float(-t) : float(t);
+}
 #else
+#define WIDE float
 float Fma(float a, float b, float c) {
   return fma(a, b, c);
 }
@@ -26,6 +55,32 @@ float Div(float a, float b) {
 float Sqrt(float a) {
   return sqrt(a);
 }
+float ExpF(float x) {
+  return exp(x);
+}
+float TanhF(float x) {
+  return tanh(x);
+}
 #endif
+
+// exp as ggml's vectorised expf computes it (the reference build uses it for SiLU and softmax):
+// n = round(x / ln2) by adding 1.5 * 2^23, b = x - n ln2 in two fused steps, a degree-5
+// polynomial in b by fused multiply-adds, the result j 2^n scaled in two exact steps; |n| > 192
+// gives 0 or inf.
+float ExpGgml(float x) {
+  const float r = 12582912.0;  // 0x1.8p23
+  const float z = Fma(x, uintBitsToFloat(0x3fb8aa3bu), r);
+  const float n = z - r;
+  const float b =
+      Fma(-n, uintBitsToFloat(0x35bfbe8eu), Fma(-n, uintBitsToFloat(0x3f317200u), x));
+  const float u = b * b;
+  const float j = Fma(Fma(Fma(uintBitsToFloat(0x3c072010u), b, uintBitsToFloat(0x3d2b9f17u)), u,
+                          Fma(uintBitsToFloat(0x3e2aaf33u), b, uintBitsToFloat(0x3efffedbu))),
+                      u, Fma(uintBitsToFloat(0x3f7ffff6u), b, 1.0));
+  if (abs(n) > 192.0) return n > 0.0 ? 1.0 / 0.0 : 0.0;
+  const int ni = int(n);
+  const int n1 = ni >> 1, n2 = ni - n1;
+  return (j * intBitsToFloat((n1 + 127) << 23)) * intBitsToFloat((n2 + 127) << 23);
+}
 
 #endif
