@@ -209,10 +209,7 @@ void CheckAgainstReference(const RefFile& rf, int gpu_layers = 0) {
   }
   json ref = json::parse(es::test::ReadFile(rf.ref_path));
   es::model::LoadOptions lo;
-  // -ngl all: every block and the output head on the GPU; but the head of a long-prompt reference
-  // (4591 rows of a 128k vocabulary: 50 s more on lavapipe) stays on the CPU.
-  bool long_prompt = false;
-  for (const auto& c : ref["cases"]) long_prompt |= c.contains("top_first");
+  // -ngl all: every block and the output head on the GPU.
   lo.interleave = gpu_layers == 0;
   std::unique_ptr<es::model::LlamaModel> model;
   try {

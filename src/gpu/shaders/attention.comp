@@ -48,6 +48,10 @@ float ValueAt(uint i) {
   return p.v_f16 != 0u ? F16BitsToF32((vc[i >> 1] >> (16u * (i & 1u))) & 0xFFFFu)
                        : uintBitsToFloat(vc[i]);
 }
+// p (f16-rounded) v and q k of f16 caches are exact in float: a plain add rounds as a fused one.
+float MulAdd(bool f16, float a, float b, float c) {
+  return f16 ? c + a * b : Fma(a, b, c);
+}
 float Sum16(float a[16]) {  // _mm512_reduce_add_ps's order: lanes i + 8, + 4, + 2, + 1
   for (uint w = 8u; w >= 1u; w >>= 1)
     for (uint i = 0u; i < w; ++i) a[i] = a[i] + a[i + w];
@@ -76,12 +80,12 @@ float Dot(uint base) {
       x0 = Fma(qs[d], KeyAt(base + d), x0);
       x1 = Fma(qs[d + 16u], KeyAt(base + d + 16u), x1);
     }
-    for (; d < full; d += 16u) x0 = Fma(qs[d], KeyAt(base + d), x0);
+    for (; d < full; d += 16u) x0 = MulAdd(p.k_f16 != 0u, qs[d], KeyAt(base + d), x0);
     a0[l] = p.k_f16 == 0u ? x0 + x1 : x0;
   }
   uint d = full;
   float s = Sum16(a0);
-  for (; d < hd; ++d) s = Fma(qs[d], KeyAt(base + d), s);
+  for (; d < hd; ++d) s = MulAdd(p.k_f16 != 0u, qs[d], KeyAt(base + d), s);
   return s;
 }
 
@@ -169,7 +173,7 @@ void main() {
       for (uint k = 0u; k < cnt; ++k) {
         const uint pk = first + t0 + k;
         const uint r = p.ring != 0u ? pk % p.ring : pk;
-        a = Fma(ps[k], ValueAt(r * p.kv_dim + kvh * hd + d), a);
+        a = MulAdd(p.v_f16 != 0u, ps[k], ValueAt(r * p.kv_dim + kvh * hd + d), a);
       }
       acc[c] = a;
     }

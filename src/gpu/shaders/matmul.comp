@@ -59,15 +59,28 @@ float WAt(uint rb, uint i) {
 #endif
 #endif
 }
+// w x + c rounded once. F16 and BF16 products (of activations rounded alike) are exact in
+// float, so a plain add rounds as a fused one does, and costs less than Fma on devices that
+// emulate it.
+float MulAdd(float w, float x, float c) {
+#if defined(TYPE_F32)
+  return Fma(w, x, c);
+#else
+  return c + w * x;
+#endif
+}
 // Float weights: lane l of 16 takes elements 16c + l in order (fma), the lanes reduce as one
 // AVX-512 vector, and the elements past the last 16 follow one by one.
 float DotRow(uint rb, uint xo) {
-  float acc[16] = float[16](0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+  float acc[16];
   const uint full = p.cols & ~15u;
-  for (uint k = 0u; k < full; k += 16u)
-    for (uint l = 0u; l < 16u; ++l) acc[l] = Fma(WAt(rb, k + l), XF(xo + k + l), acc[l]);
+  for (uint l = 0u; l < 16u; ++l) {  // lane by lane: each chain is its own
+    float a = 0.0;
+    for (uint k = l; k < full; k += 16u) a = MulAdd(WAt(rb, k), XF(xo + k), a);
+    acc[l] = a;
+  }
   float s = Sum16(acc);
-  for (uint k = full; k < p.cols; ++k) s = Fma(WAt(rb, k), XF(xo + k), s);
+  for (uint k = full; k < p.cols; ++k) s = MulAdd(WAt(rb, k), XF(xo + k), s);
   return s;
 }
 
@@ -113,20 +126,27 @@ const uint kBlock = 22u, kQs = 6u, kXBlock = 9u;
 const uint kBlock = 24u, kQs = 8u, kXBlock = 10u;
 #elif defined(TYPE_IQ4_NL)
 const uint kBlock = 18u, kQs = 2u, kXBlock = 9u;
-const int kLevels[16] = int[16](-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113);
+const uvec4 kLevels = uvec4(0xbfad9881u, 0xf6eaddcfu, 0x26190d01u, 0x71594535u);
 #else
 const uint kBlock = 17u, kQs = 1u, kXBlock = 9u;
-const int kLevels[16] = int[16](0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+const uvec4 kLevels = uvec4(0x03020100u, 0x0c080604u, 0xfdfeff00u, 0xf4f8fafcu);
 #endif
 const uint kX = kXBlock - 8u;  // words before the quants in an activation block
+#if defined(TYPE_IQ4_NL) || defined(TYPE_MXFP4)
+// Level q of the table, as int8 bytes packed four to a word (a vector's component is picked
+// without the per-invocation array a table of 16 would take).
+int Level(uint q) {
+  return bitfieldExtract(int(kLevels[q >> 2]), int(8u * (q & 3u)), 8);
+}
+#endif
 // Values of elements 4l..4l+3 of the block at base: low nibbles of bytes 4l.. for l < 4, high
 // nibbles of bytes 4(l - 4).. after.
 ivec4 Values(uint base, uint l) {
   const uint q = U32At(base + kQs + 4u * (l & 3u));
   const uint nib = (l < 4u ? q : q >> 4) & 0x0F0F0F0Fu;
 #if defined(TYPE_IQ4_NL) || defined(TYPE_MXFP4)
-  return ivec4(kLevels[nib & 15u], kLevels[(nib >> 8) & 15u], kLevels[(nib >> 16) & 15u],
-               kLevels[nib >> 24]);
+  return ivec4(Level(nib & 15u), Level((nib >> 8) & 15u), Level((nib >> 16) & 15u),
+               Level(nib >> 24));
 #elif defined(TYPE_Q4_1)
   return UBytes(nib);
 #else
@@ -297,10 +317,13 @@ float DotRow(uint rb, uint xo) {
 #elif defined(TYPE_IQ4_XS)
 // Per block the exact sum over its eight groups of (scale - 32) * level * x, one chain
 // acc = fma(isum, d * dx, acc).
-const int kLevels[16] = int[16](-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113);
+const uvec4 kLevels = uvec4(0xbfad9881u, 0xf6eaddcfu, 0x26190d01u, 0x71594535u);
+int Level(uint q) {  // as the 32-element types' Level
+  return bitfieldExtract(int(kLevels[q >> 2]), int(8u * (q & 3u)), 8);
+}
 ivec4 Levels(uint nib) {
-  return ivec4(kLevels[nib & 15u], kLevels[(nib >> 8) & 15u], kLevels[(nib >> 16) & 15u],
-               kLevels[(nib >> 24) & 15u]);
+  return ivec4(Level(nib & 15u), Level((nib >> 8) & 15u), Level((nib >> 16) & 15u),
+               Level((nib >> 24) & 15u));
 }
 float DotRow(uint rb, uint xo) {
   float acc = 0.0;
