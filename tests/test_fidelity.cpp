@@ -214,9 +214,7 @@ void CheckAgainstReference(const RefFile& rf, int gpu_layers = 0) {
   std::unique_ptr<es::model::LlamaModel> model;
   try {
     model = es::model::LlamaModel::Load(rf.model_path, lo);
-    if (gpu_layers > 0)
-      model->OffloadToGpu(0,
-                          long_prompt ? std::min(gpu_layers, model->config().n_layer) : gpu_layers);
+    if (gpu_layers > 0) model->OffloadToGpu(0, gpu_layers);
   } catch (const es::Error& e) {
     const std::string what = e.what();
     ASSERT_TRUE(gpu_layers > 0 && what.find("GPU offload") != std::string::npos &&
