@@ -222,15 +222,19 @@ TEST(GpuMatMul, BitIdenticalToTheCpuKernels) {
   k::ThreadPool pool(2);
   k::Scratch scratch;
   for (TensorType t : kAllTypes) {
-    for (int64_t cols : {int64_t{512}, int64_t{1024}}) {
+    const bool flt = t == TensorType::kF32 || t == TensorType::kF16 || t == TensorType::kBF16;
+    for (int64_t cols : {int64_t{512}, int64_t{1024}, int64_t{172}, int64_t{64}}) {
+      if (cols % 256 != 0 && !flt) continue;  // rows of float weights of any length
       const int64_t rows = 45, batch = 5;
       const Case c = MakeWeights(t, rows, cols, 70u + static_cast<uint32_t>(t));
       const auto x = es::test::Gaussian(static_cast<size_t>(batch * cols), 9u, 1.0f);
       const auto y = RunMatMul(*dev, g::UploadMatrix(*dev, c.m), x, batch, cols, rows);
       std::vector<float> want(static_cast<size_t>(batch * rows));
       k::MatMul(c.m, x.data(), cols, batch, want.data(), rows, pool, scratch);
-      const bool exact =
-          vnni && t != TensorType::kQ5_0 && t != TensorType::kMXFP4 && t != TensorType::kIQ4_NL;
+      // F32 rows whose length is no multiple of 16: the CPU's scalar tail matches the shader's
+      // fma chain on most rows but not all (docs/gpu.md); within rounding there.
+      const bool exact = vnni && t != TensorType::kQ5_0 && t != TensorType::kMXFP4 &&
+                         t != TensorType::kIQ4_NL && !(t == TensorType::kF32 && cols % 16 != 0);
       int differ = 0;
       for (size_t i = 0; i < y.size(); ++i) {
         if (exact ? y[i] != want[i] : std::fabs(y[i] - want[i]) > 1e-4f * (std::fabs(want[i]) + 1))
