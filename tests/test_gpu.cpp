@@ -231,10 +231,8 @@ TEST(GpuMatMul, BitIdenticalToTheCpuKernels) {
       const auto y = RunMatMul(*dev, g::UploadMatrix(*dev, c.m), x, batch, cols, rows);
       std::vector<float> want(static_cast<size_t>(batch * rows));
       k::MatMul(c.m, x.data(), cols, batch, want.data(), rows, pool, scratch);
-      // F32 rows whose length is no multiple of 16: the CPU's scalar tail matches the shader's
-      // fma chain on most rows but not all (docs/gpu.md); within rounding there.
-      const bool exact = vnni && t != TensorType::kQ5_0 && t != TensorType::kMXFP4 &&
-                         t != TensorType::kIQ4_NL && !(t == TensorType::kF32 && cols % 16 != 0);
+      const bool exact =
+          vnni && t != TensorType::kQ5_0 && t != TensorType::kMXFP4 && t != TensorType::kIQ4_NL;
       int differ = 0;
       for (size_t i = 0; i < y.size(); ++i) {
         if (exact ? y[i] != want[i] : std::fabs(y[i] - want[i]) > 1e-4f * (std::fabs(want[i]) + 1))

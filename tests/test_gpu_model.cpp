@@ -43,10 +43,22 @@ Outputs Evaluate(const std::string& path, int gpu_layers, const std::vector<int3
   return r;
 }
 
-// stories260K (f32 weights, 5 blocks): the CPU run against -ngl 2, -ngl 5 (every block, the head
-// on the CPU) and -ngl all (the head on the GPU too).
+// The shaders take the AVX-512 kernels' order: where the CPU runs those (AVX3_DL) and the device
+// rounds fma once (exact_f64: lavapipe), the GPU's logits are the CPU's bit for bit; elsewhere
+// the two builds' orders differ within rounding.
+bool SameOrder() {
+  const bool same =
+      std::string(es::kernels::ActiveTarget()) == "AVX3_DL" && es::gpu::FindDevice(0).exact_f64;
+  std::printf("CPU target %s: %s\n", es::kernels::ActiveTarget(),
+              same ? "bit for bit" : "within rounding");
+  return same;
+}
+
+// stories260K (f32 weights, 5 blocks, rows of 64 and 172): the CPU run against -ngl 2, -ngl 5
+// (every block, the head on the CPU) and -ngl all (the head on the GPU too).
 TEST(GpuOffload, MatchesTheCpuRun) {
   const std::string path = es::test::ModelPath("stories260K.gguf");
+  const bool same_order = SameOrder();
   std::vector<int32_t> prompt;
   for (int i = 0; i < 40; ++i) prompt.push_back(1 + (i * 37) % 500);
   const Outputs cpu = Evaluate(path, 0, prompt);
@@ -58,7 +70,7 @@ TEST(GpuOffload, MatchesTheCpuRun) {
       worst = std::max(worst, static_cast<double>(std::fabs(gpu.logits[i] - cpu.logits[i])) /
                                   std::max(1.0f, std::fabs(cpu.logits[i])));
     std::printf("-ngl %d: max relative logit difference %.2e\n", ngl, worst);
-    EXPECT_LE(worst, 5e-3) << "-ngl " << ngl;
+    EXPECT_LE(worst, same_order ? 0.0 : 5e-3) << "-ngl " << ngl;
     EXPECT_EQ(gpu.greedy, cpu.greedy) << "-ngl " << ngl;
   }
 }

@@ -81,7 +81,7 @@ float DotF32Impl(const float* a, const float* b, int64_t n) {
   }
   for (; i + N <= n; i += N) acc0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), acc0);
   float s = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0, acc1)));
-  for (; i < n; ++i) s += a[i] * b[i];
+  for (; i < n; ++i) s = std::fma(a[i], b[i], s);  // fused, as the vector part and the GPU
   return s;
 }
 
@@ -105,7 +105,7 @@ void AxpyF32Impl(float a, const float* x, float* y, int64_t n) {
   int64_t i = 0;
   for (; i + N <= n; i += N)
     hn::StoreU(hn::MulAdd(va, hn::LoadU(df, x + i), hn::LoadU(df, y + i)), df, y + i);
-  for (; i < n; ++i) y[i] += a * x[i];
+  for (; i < n; ++i) y[i] = std::fma(a, x[i], y[i]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -194,8 +194,8 @@ void DotRowsImpl(const T* q, const T* k, int64_t stride, int64_t n_rows, int64_t
     }
     float s0 = hn::GetLane(hn::SumOfLanes(df, a0)), s1 = hn::GetLane(hn::SumOfLanes(df, a1));
     for (int64_t i = full; i < dim; ++i) {
-      s0 += one(q[i]) * one(k0[i]);
-      s1 += one(q[i]) * one(k1[i]);
+      s0 = std::fma(one(q[i]), one(k0[i]), s0);
+      s1 = std::fma(one(q[i]), one(k1[i]), s1);
     }
     out[j] = s0 * scale;
     out[j + 1] = s1 * scale;
@@ -205,7 +205,7 @@ void DotRowsImpl(const T* q, const T* k, int64_t stride, int64_t n_rows, int64_t
     auto a0 = hn::Zero(df);
     for (int64_t i = 0; i < full; i += N) a0 = hn::MulAdd(load(q + i), load(k0 + i), a0);
     float s0 = hn::GetLane(hn::SumOfLanes(df, a0));
-    for (int64_t i = full; i < dim; ++i) s0 += one(q[i]) * one(k0[i]);
+    for (int64_t i = full; i < dim; ++i) s0 = std::fma(one(q[i]), one(k0[i]), s0);
     out[j] = s0 * scale;
   }
 }
@@ -278,7 +278,7 @@ void WeightedSumImpl(const float* p, const T* v, int64_t stride, int64_t n_rows,
   }
   for (; i < dim; ++i) {
     float o = out[i];
-    for (int64_t j = 0; j < n_rows; ++j) o += w[j] * one(v[j * stride + i]);
+    for (int64_t j = 0; j < n_rows; ++j) o = std::fma(w[j], one(v[j * stride + i]), o);
     out[i] = o;
   }
 }

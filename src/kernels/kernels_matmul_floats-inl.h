@@ -29,7 +29,10 @@ struct FloatKernel {
   }
   float Finish(int r, int c, VF acc) const {
     float sum = Sum(DF(), acc);
-    for (int64_t i = Steps() * N; i < t.n; ++i) sum += Loader::One(t.w + r * t.wrb, i) * X(c)[i];
+    // A fused chain, written out: left to the compiler, contraction varied between builds
+    // (sanitizers) and rows, and the GPU's shader takes this order.
+    for (int64_t i = Steps() * N; i < t.n; ++i)
+      sum = std::fma(Loader::One(t.w + r * t.wrb, i), X(c)[i], sum);
     return sum;
   }
 };

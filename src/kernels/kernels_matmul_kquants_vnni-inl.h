@@ -193,7 +193,9 @@ struct GroupVnni : KVnniBase {
           const int16_t* bs = BS16(c, b);
           int msum = 0;
           for (int g = 0; g < 16; ++g) msum += mn[r][g] * bs[g];
-          minsum[r][c] += HalfToFloat(&W(r)[b].dmin) * dx * static_cast<float>(msum);
+          // Fused, written out (what optimized builds contracted it to; sanitizer builds did not).
+          minsum[r][c] =
+              std::fma(HalfToFloat(&W(r)[b].dmin) * dx, static_cast<float>(msum), minsum[r][c]);
         }
       }
     }
