@@ -294,7 +294,7 @@ struct Q4KDot : KernelBase {
         const int32_t* xs = XS(c) + b * 8;
         int msum = 0;
         for (int j = 0; j < 8; ++j) msum += mn[r][j] * xs[j];
-        minsum[r][c] += dmin * dx * static_cast<float>(msum);
+        minsum[r][c] = std::fma(dmin * dx, static_cast<float>(msum), minsum[r][c]);  // as x86
       }
     }
   }
