@@ -185,9 +185,9 @@ const std::map<std::string, double> kBelowTop1Bar = {
 constexpr float kRouterNearTie = 2e-5f;
 constexpr float kRouterNearTieQuantized = 1e-3f;
 
-// Every block on the Vulkan device (lavapipe in CI), against the same references and
-// tolerances; mixture-of-experts blocks run their experts on the CPU (model_gpu.h). A file whose
-// blocks the GPU backend cannot compute must be refused by name at load.
+// Every block and the head on the Vulkan device (lavapipe in CI), against the same references
+// and tolerances; mixture-of-experts blocks run their experts on the CPU (model_gpu.h). A file
+// whose blocks the GPU backend cannot compute must be refused by name at load.
 constexpr int kAllLayers = 1 << 20;
 
 void CheckAgainstReference(const RefFile& rf, int gpu_layers = 0) {

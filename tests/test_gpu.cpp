@@ -111,17 +111,6 @@ bool HasScalarOrder(TensorType t) {
   return t != TensorType::kQ2_K && t != TensorType::kQ3_K && t != TensorType::kQ4_K &&
          t != TensorType::kQ5_K && t != TensorType::kIQ4_XS;
 }
-float ScalarOrder(const Case& c, int64_t r, const float* x) {
-  const TensorType t = c.m.type;
-  const int64_t cols = c.m.cols;
-  const auto act = ActRow(t, x, cols);
-  if (t == TensorType::kF32 || t == TensorType::kF16 || t == TensorType::kBF16) {
-    std::vector<float> xf(static_cast<size_t>(cols));
-    es::DequantizeRowRef(t, act.data(), xf.data(), cols);
-    return Order16(c.wf.data() + r * cols, xf.data(), cols);
-  }
-  return es::VecDotRef(t, c.w.data() + c.m.row_bytes * static_cast<size_t>(r), act.data(), cols);
-}
 
 // GPU y = W x for `batch` rows of x (stride ldx) as a block runs it: the activations rounded or
 // quantized for the weights' type (RecordRoundActs), then the matmul; y rows of stride ldy.
@@ -149,7 +138,8 @@ std::vector<float> RunMatMul(g::Device& dev, const g::GpuMatrix& gw, const std::
 }
 
 // y against VecDotRef within f32 rounding of the sum of |w x| terms, and bit for bit against the
-// scalar statement of the order where there is one.
+// scalar statement of the order where there is one (VecDotRef itself, or Order16 over the
+// activations as rounded for float weights).
 void ExpectMatMul(const Case& c, const std::vector<float>& x, int64_t batch, int64_t ldx,
                   const std::vector<float>& y, int64_t ldy, const std::string& what) {
   const int64_t rows = c.m.rows, cols = c.m.cols;
@@ -158,6 +148,9 @@ void ExpectMatMul(const Case& c, const std::vector<float>& x, int64_t batch, int
   for (int64_t b = 0; b < batch; ++b) {
     const float* xr = x.data() + b * ldx;
     const auto act = ActRow(t, xr, cols);
+    const bool flt = t == TensorType::kF32 || t == TensorType::kF16 || t == TensorType::kBF16;
+    std::vector<float> xf(flt ? static_cast<size_t>(cols) : 0);
+    if (flt) es::DequantizeRowRef(t, act.data(), xf.data(), cols);
     for (int64_t r = 0; r < rows; ++r) {
       double mag = 0;
       for (int64_t k = 0; k < cols; ++k)
@@ -168,9 +161,10 @@ void ExpectMatMul(const Case& c, const std::vector<float>& x, int64_t batch, int
       if (std::fabs(got - ref) > 2e-6 * mag + 1e-7 && bad++ < 5)
         ADD_FAILURE() << what << ": batch row " << b << ", row " << r << ": " << got << " vs "
                       << ref;
-      if (HasScalarOrder(t) && got != ScalarOrder(c, r, xr) && bad++ < 5)
+      const float order = flt ? Order16(c.wf.data() + r * cols, xf.data(), cols) : ref;
+      if (HasScalarOrder(t) && got != order && bad++ < 5)
         ADD_FAILURE() << what << ": batch row " << b << ", row " << r << ": " << got
-                      << " is not the CPU order's " << ScalarOrder(c, r, xr);
+                      << " is not the CPU order's " << order;
     }
   }
   EXPECT_EQ(bad, 0) << what;

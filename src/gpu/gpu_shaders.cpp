@@ -1,7 +1,6 @@
 // The embedded SPIR-V modules by program (the table is generated at build time).
 #include "gpu/gpu_shaders.h"
 
-#include <cstring>
 #include <string>
 
 #include "edgeshard/error.h"

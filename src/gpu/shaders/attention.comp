@@ -52,11 +52,6 @@ float ValueAt(uint i) {
 float MulAdd(bool f16, float a, float b, float c) {
   return f16 ? c + a * b : Fma(a, b, c);
 }
-float Sum16(float a[16]) {  // _mm512_reduce_add_ps's order: lanes i + 8, + 4, + 2, + 1
-  for (uint w = 8u; w >= 1u; w >>= 1)
-    for (uint i = 0u; i < w; ++i) a[i] = a[i] + a[i + w];
-  return a[0];
-}
 
 // The CPU's dot products of the query in qs with the key at `base`: 16 lanes of fmas reduced as
 // one vector, then any elements past the last 16 chained (F16 rows of a multiple of 16 and rows

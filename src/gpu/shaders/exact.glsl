@@ -2,7 +2,7 @@
 // division and sqrt miss the nearest float; GPUs fuse fma in hardware, but a software driver
 // (lavapipe) splits it. Built with ES_F64 (the _f64 programs, for devices that are CPUs), the
 // three go through doubles: the product of two floats is exact there, and the one double rounding
-// before the float one changes a result only at a float tie (about 2^-29 of cases).
+// before the float one changes a result only where it lands on a float rounding tie (rare).
 #ifndef ES_EXACT_GLSL
 #define ES_EXACT_GLSL
 
@@ -62,6 +62,14 @@ float TanhF(float x) {
   return tanh(x);
 }
 #endif
+
+// A 512-bit vector's lane sum as the CPU build's _mm512_reduce_add_ps takes it: lanes i + 8,
+// then + 4, + 2, + 1.
+float Sum16(float a[16]) {
+  for (uint w = 8u; w >= 1u; w >>= 1)
+    for (uint i = 0u; i < w; ++i) a[i] = a[i] + a[i + w];
+  return a[0];
+}
 
 // exp as ggml's vectorised expf computes it (the reference build uses it for SiLU and softmax):
 // n = round(x / ln2) by adding 1.5 * 2^23, b = x - n ln2 in two fused steps, a degree-5

@@ -39,12 +39,24 @@ float Hsum8(float a[8]) {
   const float h0 = a[0] + a[4], h1 = a[1] + a[5], h2 = a[2] + a[6], h3 = a[3] + a[7];
   return (h0 + h2) + (h1 + h3);
 }
-// A 512-bit vector's lane sum as _mm512_reduce_add_ps takes it: lanes i + 8, then + 4, + 2, + 1.
-float Sum16(float a[16]) {
-  for (uint w = 8u; w >= 1u; w >>= 1)
-    for (uint i = 0u; i < w; ++i) a[i] = a[i] + a[i + w];
-  return a[0];
+
+#if defined(TYPE_IQ4_NL) || defined(TYPE_IQ4_XS) || defined(TYPE_MXFP4)
+// The 16 levels a nibble indexes (IQ4_NL's and IQ4_XS's non-linear ones, MXFP4's E2M1 values
+// doubled) as int8 bytes packed four to a word: a vector's component is picked without the
+// per-invocation array a table of 16 would take (6x slower on lavapipe).
+#if defined(TYPE_MXFP4)
+const uvec4 kLevels = uvec4(0x03020100u, 0x0c080604u, 0xfdfeff00u, 0xf4f8fafcu);
+#else
+const uvec4 kLevels = uvec4(0xbfad9881u, 0xf6eaddcfu, 0x26190d01u, 0x71594535u);
+#endif
+int Level(uint q) {
+  return bitfieldExtract(int(kLevels[q >> 2]), int(8u * (q & 3u)), 8);
 }
+ivec4 Levels(uint nib) {  // the levels of the low nibbles of a word's four bytes
+  return ivec4(Level(nib & 15u), Level((nib >> 8) & 15u), Level((nib >> 16) & 15u),
+               Level((nib >> 24) & 15u));
+}
+#endif
 
 #if defined(TYPE_F32) || defined(TYPE_F16) || defined(TYPE_BF16)
 float WAt(uint rb, uint i) {
@@ -126,27 +138,17 @@ const uint kBlock = 22u, kQs = 6u, kXBlock = 9u;
 const uint kBlock = 24u, kQs = 8u, kXBlock = 10u;
 #elif defined(TYPE_IQ4_NL)
 const uint kBlock = 18u, kQs = 2u, kXBlock = 9u;
-const uvec4 kLevels = uvec4(0xbfad9881u, 0xf6eaddcfu, 0x26190d01u, 0x71594535u);
 #else
 const uint kBlock = 17u, kQs = 1u, kXBlock = 9u;
-const uvec4 kLevels = uvec4(0x03020100u, 0x0c080604u, 0xfdfeff00u, 0xf4f8fafcu);
 #endif
 const uint kX = kXBlock - 8u;  // words before the quants in an activation block
-#if defined(TYPE_IQ4_NL) || defined(TYPE_MXFP4)
-// Level q of the table, as int8 bytes packed four to a word (a vector's component is picked
-// without the per-invocation array a table of 16 would take).
-int Level(uint q) {
-  return bitfieldExtract(int(kLevels[q >> 2]), int(8u * (q & 3u)), 8);
-}
-#endif
 // Values of elements 4l..4l+3 of the block at base: low nibbles of bytes 4l.. for l < 4, high
 // nibbles of bytes 4(l - 4).. after.
 ivec4 Values(uint base, uint l) {
   const uint q = U32At(base + kQs + 4u * (l & 3u));
   const uint nib = (l < 4u ? q : q >> 4) & 0x0F0F0F0Fu;
 #if defined(TYPE_IQ4_NL) || defined(TYPE_MXFP4)
-  return ivec4(Level(nib & 15u), Level((nib >> 8) & 15u), Level((nib >> 16) & 15u),
-               Level(nib >> 24));
+  return Levels(nib);
 #elif defined(TYPE_Q4_1)
   return UBytes(nib);
 #else
@@ -317,14 +319,6 @@ float DotRow(uint rb, uint xo) {
 #elif defined(TYPE_IQ4_XS)
 // Per block the exact sum over its eight groups of (scale - 32) * level * x, one chain
 // acc = fma(isum, d * dx, acc).
-const uvec4 kLevels = uvec4(0xbfad9881u, 0xf6eaddcfu, 0x26190d01u, 0x71594535u);
-int Level(uint q) {  // as the 32-element types' Level
-  return bitfieldExtract(int(kLevels[q >> 2]), int(8u * (q & 3u)), 8);
-}
-ivec4 Levels(uint nib) {
-  return ivec4(Level(nib & 15u), Level((nib >> 8) & 15u), Level((nib >> 16) & 15u),
-               Level((nib >> 24) & 15u));
-}
 float DotRow(uint rb, uint xo) {
   float acc = 0.0;
   for (uint b = 0u; b < p.cols / 256u; ++b) {
