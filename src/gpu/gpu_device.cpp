@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -66,6 +67,13 @@ DeviceInfo Describe(const vk::Instance& in, VkPhysicalDevice pd, int index) {
   // (lavapipe) does, where GPUs fuse fma in hardware. There the shaders take those three in
   // doubles, which CPUs run at full speed, and round once as the CPU build does.
   d.exact_f64 = props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU && features.shaderFloat64;
+  d.matmul_row_each = props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
+  if (const char* e = std::getenv("EDGESHARD_VULKAN_MATMUL"); e && *e) {
+    const std::string v = e;
+    if (v != "rows" && v != "chains")
+      throw Error("EDGESHARD_VULKAN_MATMUL=" + v + ": say rows or chains (or unset it)");
+    d.matmul_row_each = v == "rows";
+  }
   for (uint32_t h = 0; h < mem.memoryHeapCount; ++h)
     if (mem.memoryHeaps[h].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT)
       d.memory_bytes = std::max<uint64_t>(d.memory_bytes, mem.memoryHeaps[h].size);
@@ -141,6 +149,7 @@ struct Device::Impl {
   int host_type = -1;             // memory type of staging buffers
   bool mapped = false;            // buffers are host-visible (unified memory)
   bool exact_f64 = false;         // DeviceInfo::exact_f64: the programs' _f64 builds
+  bool matmul_row_each = false;   // DeviceInfo::matmul_row_each: matmul.comp's constant 0
   uint32_t shared_bytes = 16384;  // maxComputeSharedMemorySize
   std::shared_ptr<Buffer> dummy;  // bound to bindings a program does not use
 
@@ -219,6 +228,9 @@ struct Device::Impl {
     const VkSpecializationMapEntry entry{0, 0, sizeof(uint32_t)};
     const VkSpecializationInfo spec{1, &entry, sizeof(cached), &cached};
     if (p == Program::kAttention) ci.stage.pSpecializationInfo = &spec;
+    const VkBool32 row_each = matmul_row_each ? VK_TRUE : VK_FALSE;
+    const VkSpecializationInfo matmul_spec{1, &entry, sizeof(row_each), &row_each};
+    if (IsMatMul(p)) ci.stage.pSpecializationInfo = &matmul_spec;
     ci.layout = layout;
     const VkResult r = fn->vkCreateComputePipelines(dev, VK_NULL_HANDLE, 1, &ci, nullptr, &pl);
     fn->vkDestroyShaderModule(dev, module, nullptr);
@@ -268,6 +280,7 @@ std::unique_ptr<Device> Device::Open(int index) {
   VkPhysicalDeviceFeatures want{};
   want.shaderFloat64 = d->info_.exact_f64 ? VK_TRUE : VK_FALSE;
   m.exact_f64 = d->info_.exact_f64;
+  m.matmul_row_each = d->info_.matmul_row_each;
   VkDeviceCreateInfo dci{};
   dci.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO;
   dci.pEnabledFeatures = &want;
@@ -567,6 +580,10 @@ void Sequence::Finish() {
                   VK_ACCESS_HOST_READ_BIT | VK_ACCESS_TRANSFER_READ_BIT);
   Check(m.fn->vkEndCommandBuffer(Handle<VkCommandBuffer>(cmd_)), "vkEndCommandBuffer");
   finished_ = true;
+}
+
+const DeviceInfo& Sequence::info() const {
+  return dev_->info();
 }
 
 }  // namespace es::gpu

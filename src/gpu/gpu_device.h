@@ -22,6 +22,9 @@ struct DeviceInfo {
   bool unified_memory = false;    // device-local memory the CPU can map (iGPUs, software drivers)
   uint64_t max_buffer_range = 0;  // the largest range one dispatch can bind
   bool exact_f64 = false;         // the shaders' fma, division and sqrt go through doubles (gpu.md)
+  // matmul.comp's layout: one invocation per weight row (devices that are CPUs), or one per float
+  // chain of a row (GPUs). EDGESHARD_VULKAN_MATMUL=rows|chains overrides it (gpu.md).
+  bool matmul_row_each = false;
 };
 
 // The devices the Vulkan driver offers, in driver order. Empty when there is no loader, driver
@@ -92,6 +95,7 @@ class Sequence {
   void Barrier();
   // Ends recording; Device::Run needs a finished sequence.
   void Finish();
+  const DeviceInfo& info() const;
 
  private:
   friend class Device;

@@ -18,8 +18,33 @@ struct MatMulParams {
   uint32_t row_bytes, w_off;
   uint32_t groups_x;
 };
-constexpr uint32_t kRowsPerGroup = 64;
 constexpr uint32_t kMaxGroupsZ = 65535;  // the least maxComputeWorkGroupCount[2] Vulkan allows
+
+// matmul.comp's kChains: the float chains the CPU's order keeps per weight row (vector lanes, and
+// a chain of minimums for some types). A workgroup of 64 runs the chains of 64 / kChains rows.
+uint32_t RowsPerGroup(TensorType t) {
+  switch (t) {
+    case TensorType::kQ4_0:
+    case TensorType::kIQ4_XS:
+      return 64;
+    case TensorType::kQ4_K:
+    case TensorType::kQ5_K:
+      return 32;
+    case TensorType::kQ8_0:
+    case TensorType::kQ5_0:
+    case TensorType::kIQ4_NL:
+    case TensorType::kMXFP4:
+    case TensorType::kQ6_K:
+      return 8;
+    case TensorType::kQ4_1:
+    case TensorType::kQ5_1:
+      return 64 / 9;
+    case TensorType::kQ2_K:
+      return 64 / 17;
+    default:  // F32, F16, BF16, Q3_K: 16 lanes
+      return 4;
+  }
+}
 
 }  // namespace
 
@@ -74,7 +99,7 @@ void RecordMatMul(Sequence& seq, const GpuMatrix& w, const Buffer& x, size_t x_o
     p.y_off = PushU32(static_cast<int64_t>(y_off) + part.row0, "y offset");
     p.row_bytes = PushU32(static_cast<int64_t>(w.row_bytes), "row bytes");
     p.w_off = 0;
-    const uint32_t groups = DivUp(p.rows, kRowsPerGroup);
+    const uint32_t groups = DivUp(p.rows, seq.info().matmul_row_each ? 64 : RowsPerGroup(w.type));
     p.groups_x = std::min<uint32_t>(groups, kGroupsX);
     // One activation row per z: a longer batch is dispatched in pieces.
     for (uint32_t b0 = 0; b0 < p.batch; b0 += kMaxGroupsZ) {

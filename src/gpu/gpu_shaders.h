@@ -58,6 +58,10 @@ constexpr uint32_t DivUp(uint64_t a, uint64_t b) {
   return static_cast<uint32_t>((a + b - 1) / b);
 }
 
+// Whether p is one of the matmul programs (the enum's first).
+constexpr bool IsMatMul(Program p) {
+  return static_cast<int>(p) <= static_cast<int>(Program::kMatMulQ6_K);
+}
 // The matmul program for weights of type t; false when the backend has none for it.
 bool MatMulProgram(TensorType t, Program* p);
 
