@@ -11,14 +11,26 @@
 
 namespace es::test {
 
-inline std::unique_ptr<gpu::Device> OpenTestDevice() {
+inline std::unique_ptr<gpu::Device> OpenTestDevice(const gpu::DeviceOptions& options = {}) {
   std::string why;
   if (gpu::ListDevices(&why).empty()) {
     ADD_FAILURE() << "no Vulkan device: " << why << " (scripts/setup installs lavapipe)";
     return nullptr;
   }
   const char* env = std::getenv("EDGESHARD_TEST_VULKAN_DEVICE");
-  return gpu::Device::Open(gpu::ParseDeviceName(env && *env ? env : "vulkan0"));
+  return gpu::Device::Open(gpu::ParseDeviceName(env && *env ? env : "vulkan0"), options);
+}
+
+// matmul.comp's two layouts, each tested on the device: bit for bit in both.
+inline gpu::DeviceOptions WithLayout(gpu::DeviceOptions::MatMul layout) {
+  gpu::DeviceOptions o;
+  o.matmul = layout;
+  return o;
+}
+constexpr gpu::DeviceOptions::MatMul kLayouts[] = {gpu::DeviceOptions::MatMul::kRowEach,
+                                                   gpu::DeviceOptions::MatMul::kChains};
+inline const char* LayoutName(gpu::DeviceOptions::MatMul layout) {
+  return layout == gpu::DeviceOptions::MatMul::kRowEach ? "rows" : "chains";
 }
 
 }  // namespace es::test

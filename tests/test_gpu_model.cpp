@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -79,6 +80,7 @@ TEST(GpuOffload, MatchesTheCpuRun) {
 // rounds fma once (exact_f64: lavapipe), -ngl all gives the CPU's logits bit for bit, for a
 // quantized file (Q8_0 and Q6_K matmuls, Q8_0 activations) and an f16 one. (stories260K above is
 // the exception the docs name: its F32 rows of 172 take a tail the shader matches within an ulp.)
+// Both layouts of matmul.comp (EDGESHARD_VULKAN_MATMUL, read when the model opens its device).
 TEST(GpuOffload, TheCpusLogitsBitForBit) {
   const bool same_order =
       std::string(es::kernels::ActiveTarget()) == "AVX3_DL" && es::gpu::FindDevice(0).exact_f64;
@@ -86,23 +88,76 @@ TEST(GpuOffload, TheCpusLogitsBitForBit) {
               same_order ? "bit for bit" : "within rounding");
   std::vector<int32_t> prompt;
   for (int i = 0; i < 40; ++i) prompt.push_back(1 + (i * 37) % 500);
-  for (const char* file : {"synth-llama-spm-256.q8_0.gguf", "synth-llama-spm-256.f16.gguf"}) {
+  for (const char* layout : {"rows", "chains"})
+    for (const char* file : {"synth-llama-spm-256.q8_0.gguf", "synth-llama-spm-256.f16.gguf"}) {
+      const std::string path = es::test::ModelPath(file);
+      const Outputs cpu = Evaluate(path, 0, prompt);
+      setenv("EDGESHARD_VULKAN_MATMUL", layout, 1);
+      const Outputs gpu = Evaluate(path, 1000, prompt);
+      unsetenv("EDGESHARD_VULKAN_MATMUL");
+      ASSERT_EQ(gpu.logits.size(), cpu.logits.size());
+      size_t differ = 0;
+      double worst = 0;
+      for (size_t i = 0; i < cpu.logits.size(); ++i) {
+        differ += gpu.logits[i] != cpu.logits[i];
+        worst = std::max(worst, static_cast<double>(std::fabs(gpu.logits[i] - cpu.logits[i])));
+      }
+      std::printf("%s, %s: %zu of %zu logits differ, max %.2e\n", file, layout, differ,
+                  cpu.logits.size(), worst);
+      if (same_order) {
+        EXPECT_EQ(differ, 0u) << file;
+      } else {
+        EXPECT_LE(worst, 5e-2) << file;
+      }
+      EXPECT_EQ(gpu.greedy, cpu.greedy) << file;
+    }
+}
+
+// What a GPU runs (its own fma, division and sqrt; matmul chains spread over invocations), run on
+// the software driver, every block and the head on the device, against the CPU run: quantized
+// files by test_fidelity's bar (the same top token at >= 98% of the prompt's positions,
+// |dlogit| <= 0.1), float files within 1e-2 (relative) with the same greedy tokens. Bit for bit
+// is not to be had here: lavapipe splits fma (so every F32 product and every exp step rounds
+// twice, which a GPU's fused fma does not), and the native builds sum RMSNorm's squares and the
+// softmax's chunks in float where the CPU takes doubles; stories260K amplifies such differences
+// (test_fidelity's ExactTolerance), to 5e-3 here at 128 positions.
+TEST(GpuOffload, TheGpusConfigurationMatchesTheCpuRun) {
+  std::vector<int32_t> prompt;  // 128 positions: the top-1 rate in steps of 0.8%
+  for (int i = 0; i < 128; ++i) prompt.push_back(1 + (i * 37) % 500);
+  for (const char* file :
+       {"stories260K.gguf", "synth-llama-spm-256.f16.gguf", "synth-llama-spm-256.q8_0.gguf",
+        "synth-llama-spm-256.q4_0.gguf", "synth-llama-spm-256.q4_k_m.gguf"}) {
     const std::string path = es::test::ModelPath(file);
-    const Outputs cpu = Evaluate(path, 0, prompt), gpu = Evaluate(path, 1000, prompt);
+    const bool quantized = std::string(file).find(".q") != std::string::npos;
+    const Outputs cpu = Evaluate(path, 0, prompt);
+    setenv("EDGESHARD_VULKAN_MATH", "native", 1);
+    setenv("EDGESHARD_VULKAN_MATMUL", "chains", 1);
+    const Outputs gpu = Evaluate(path, 1000, prompt);
+    unsetenv("EDGESHARD_VULKAN_MATH");
+    unsetenv("EDGESHARD_VULKAN_MATMUL");
     ASSERT_EQ(gpu.logits.size(), cpu.logits.size());
-    size_t differ = 0;
-    double worst = 0;
-    for (size_t i = 0; i < cpu.logits.size(); ++i) {
-      differ += gpu.logits[i] != cpu.logits[i];
-      worst = std::max(worst, static_cast<double>(std::fabs(gpu.logits[i] - cpu.logits[i])));
+    const size_t vocab = cpu.logits.size() / prompt.size();
+    double worst = 0, worst_abs = 0;
+    size_t same_top = 0;
+    for (size_t pos = 0; pos < prompt.size(); ++pos) {
+      const float* c = cpu.logits.data() + pos * vocab;
+      const float* g = gpu.logits.data() + pos * vocab;
+      same_top += std::max_element(c, c + vocab) - c == std::max_element(g, g + vocab) - g;
+      for (size_t i = 0; i < vocab; ++i) {
+        worst_abs = std::max(worst_abs, static_cast<double>(std::fabs(g[i] - c[i])));
+        worst = std::max(worst, std::fabs(g[i] - c[i]) / std::max(1.0, std::fabs(c[i]) * 1.0));
+      }
     }
-    std::printf("%s: %zu of %zu logits differ, max %.2e\n", file, differ, cpu.logits.size(), worst);
-    if (same_order) {
-      EXPECT_EQ(differ, 0u) << file;
+    const double top1 = static_cast<double>(same_top) / static_cast<double>(prompt.size());
+    std::printf("%s: top-1 %.1f%%, max |dlogit| %.2e, max relative %.2e, greedy %s\n", file,
+                100 * top1, worst_abs, worst, gpu.greedy == cpu.greedy ? "same" : "differs");
+    if (quantized) {
+      EXPECT_GE(top1, 0.98) << file;
+      EXPECT_LE(worst_abs, 0.1) << file;
     } else {
-      EXPECT_LE(worst, 5e-2) << file;
+      EXPECT_LE(worst, 1e-2) << file;
+      EXPECT_EQ(gpu.greedy, cpu.greedy) << file;
     }
-    EXPECT_EQ(gpu.greedy, cpu.greedy) << file;
   }
 }
 

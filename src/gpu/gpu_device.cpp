@@ -52,6 +52,41 @@ std::vector<VkPhysicalDevice> PhysicalDevices(const vk::Instance& in) {
   return devs;
 }
 
+// One of `names` (the enum's values but the default, in order) from environment variable `var`.
+template <typename E>
+E FromEnv(const char* var, std::initializer_list<const char*> names) {
+  const char* e = std::getenv(var);
+  if (!e || !*e) return E::kDefault;
+  int i = 1;
+  std::string all;
+  for (const char* n : names) {
+    if (std::string(e) == n) return static_cast<E>(i);
+    all += (all.empty() ? "" : " or ") + std::string(n);
+    ++i;
+  }
+  throw Error(std::string(var) + "=" + e + ": say " + all + " (or unset it)");
+}
+
+// How the programs run: options, else the environment, else by the device's kind. Vulkan lets fma
+// round twice and division and sqrt miss the nearest float; a software driver (lavapipe) does,
+// where GPUs fuse fma in hardware. There the shaders take those three in doubles, which CPUs run
+// at full speed, and round once as the CPU build does. CPUs also run matmul.comp faster with a
+// row per invocation; GPUs need its chains spread over invocations.
+void Configure(DeviceInfo& d, bool is_cpu, const DeviceOptions& o) {
+  using Math = DeviceOptions::Math;
+  using MatMul = DeviceOptions::MatMul;
+  Math math = o.math;
+  if (math == Math::kDefault) math = FromEnv<Math>("EDGESHARD_VULKAN_MATH", {"native", "f64"});
+  if (math == Math::kF64 && !d.shader_f64)
+    throw Error("vulkan" + std::to_string(d.index) + " (" + d.name +
+                ") has no doubles in shaders: it cannot take the f64 builds");
+  d.exact_f64 = math == Math::kDefault ? is_cpu && d.shader_f64 : math == Math::kF64;
+  MatMul mm = o.matmul;
+  if (mm == MatMul::kDefault)
+    mm = FromEnv<MatMul>("EDGESHARD_VULKAN_MATMUL", {"rows", "chains"});
+  d.matmul_row_each = mm == MatMul::kDefault ? is_cpu : mm == MatMul::kRowEach;
+}
+
 DeviceInfo Describe(const vk::Instance& in, VkPhysicalDevice pd, int index) {
   VkPhysicalDeviceProperties props{};
   in.fn.vkGetPhysicalDeviceProperties(pd, &props);
@@ -66,14 +101,8 @@ DeviceInfo Describe(const vk::Instance& in, VkPhysicalDevice pd, int index) {
   // Vulkan lets fma round twice and division and sqrt miss the nearest float; a software driver
   // (lavapipe) does, where GPUs fuse fma in hardware. There the shaders take those three in
   // doubles, which CPUs run at full speed, and round once as the CPU build does.
-  d.exact_f64 = props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU && features.shaderFloat64;
-  d.matmul_row_each = props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
-  if (const char* e = std::getenv("EDGESHARD_VULKAN_MATMUL"); e && *e) {
-    const std::string v = e;
-    if (v != "rows" && v != "chains")
-      throw Error("EDGESHARD_VULKAN_MATMUL=" + v + ": say rows or chains (or unset it)");
-    d.matmul_row_each = v == "rows";
-  }
+  d.shader_f64 = features.shaderFloat64 == VK_TRUE;
+  Configure(d, props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU, {});
   for (uint32_t h = 0; h < mem.memoryHeapCount; ++h)
     if (mem.memoryHeaps[h].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT)
       d.memory_bytes = std::max<uint64_t>(d.memory_bytes, mem.memoryHeaps[h].size);
@@ -241,7 +270,7 @@ struct Device::Impl {
 
 Device::Device() : impl_(std::make_unique<Impl>()) {}
 
-std::unique_ptr<Device> Device::Open(int index) {
+std::unique_ptr<Device> Device::Open(int index, const DeviceOptions& options) {
   std::string why;
   const vk::Instance* in = vk::GetInstance(&why);
   if (!in) throw Error("vulkan" + std::to_string(index) + ": " + why);
@@ -257,6 +286,7 @@ std::unique_ptr<Device> Device::Open(int index) {
   d->info_ = Describe(*in, m.pd, index);
   VkPhysicalDeviceProperties props{};
   in->fn.vkGetPhysicalDeviceProperties(m.pd, &props);
+  Configure(d->info_, props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU, options);
   d->align_ = std::max<size_t>(16, props.limits.minStorageBufferOffsetAlignment);
   m.shared_bytes = props.limits.maxComputeSharedMemorySize;
   in->fn.vkGetPhysicalDeviceMemoryProperties(m.pd, &m.mem);

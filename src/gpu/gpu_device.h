@@ -21,10 +21,19 @@ struct DeviceInfo {
   uint64_t memory_bytes = 0;      // the largest device-local heap
   bool unified_memory = false;    // device-local memory the CPU can map (iGPUs, software drivers)
   uint64_t max_buffer_range = 0;  // the largest range one dispatch can bind
+  bool shader_f64 = false;        // the device offers doubles in shaders (shaderFloat64)
+  // How the programs run (DeviceOptions; by default from the device's kind):
   bool exact_f64 = false;         // the shaders' fma, division and sqrt go through doubles (gpu.md)
-  // matmul.comp's layout: one invocation per weight row (devices that are CPUs), or one per float
-  // chain of a row (GPUs). EDGESHARD_VULKAN_MATMUL=rows|chains overrides it (gpu.md).
-  bool matmul_row_each = false;
+  bool matmul_row_each = false;   // matmul.comp: one invocation per weight row, not per chain
+};
+
+// How a device's programs are run. By default devices that are CPUs (lavapipe) take the exact
+// double builds and one invocation per matmul row, GPUs their own fma and one invocation per
+// float chain; EDGESHARD_VULKAN_MATH=native|f64 and EDGESHARD_VULKAN_MATMUL=rows|chains override
+// that (to run a software driver as a GPU is run, for instance), and these options override both.
+struct DeviceOptions {
+  enum class Math { kDefault, kNative, kF64 } math = Math::kDefault;
+  enum class MatMul { kDefault, kRowEach, kChains } matmul = MatMul::kDefault;
 };
 
 // The devices the Vulkan driver offers, in driver order. Empty when there is no loader, driver
@@ -113,7 +122,7 @@ class Device {
  public:
   // Opens device `index` of ListDevices(). Throws es::Error when there is none or it cannot
   // compute.
-  static std::unique_ptr<Device> Open(int index);
+  static std::unique_ptr<Device> Open(int index, const DeviceOptions& options = {});
   ~Device();
   Device(const Device&) = delete;
   Device& operator=(const Device&) = delete;

@@ -59,7 +59,8 @@ float ExpF(float x) {
   return exp(x);
 }
 float TanhF(float x) {
-  return tanh(x);
+  // Past 10 tanh is 1 in float; drivers that take it as (e^2x - 1) / (e^2x + 1) overflow there.
+  return tanh(clamp(x, -10.0, 10.0));
 }
 #endif
 
@@ -76,10 +77,12 @@ float Sum16(float a[16]) {
 // polynomial in b by fused multiply-adds, the result j 2^n scaled in two exact steps; |n| > 192
 // gives 0 or inf.
 float ExpGgml(float x) {
+  // precise: (x c + r) - r rounds x c to an integer only if the compiler keeps both steps (Mesa
+  // folds it to x c otherwise, as an "inexact" expression).
   const float r = 12582912.0;  // 0x1.8p23
-  const float z = Fma(x, uintBitsToFloat(0x3fb8aa3bu), r);
-  const float n = z - r;
-  const float b =
+  precise const float z = Fma(x, uintBitsToFloat(0x3fb8aa3bu), r);
+  precise const float n = z - r;
+  precise const float b =
       Fma(-n, uintBitsToFloat(0x35bfbe8eu), Fma(-n, uintBitsToFloat(0x3f317200u), x));
   const float u = b * b;
   const float j = Fma(Fma(Fma(uintBitsToFloat(0x3c072010u), b, uintBitsToFloat(0x3d2b9f17u)), u,
