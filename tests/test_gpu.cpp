@@ -215,16 +215,43 @@ TEST(GpuMatMul, EveryTypeInTheCpuBuildsOrder) {
   }
 }
 
-// GPUs run the native builds (the device's own fma, division, sqrt) and the chains layout; on a
-// software driver those round differently (lavapipe splits fma), so here the results are checked
-// within rounding: what a GPU runs, run where CI can.
-TEST(GpuMatMul, TheGpusConfigurationWithinRounding) {
-  g::DeviceOptions o = es::test::WithLayout(g::DeviceOptions::MatMul::kChains);
+// GPUs run the chains layout with the native builds (the device's own fma, division, sqrt) or the
+// mixed ones (doubles but the device's fma): what a GPU runs, run where CI can. Bit for bit where
+// the build rounds as the CPU (mixed on a device that fuses fma); on lavapipe, which splits fma,
+// within rounding.
+TEST(GpuMatMul, TheGpusConfigurations) {
+  for (auto math : {g::DeviceOptions::Math::kNative, g::DeviceOptions::Math::kMixed}) {
+    g::DeviceOptions o = es::test::WithLayout(g::DeviceOptions::MatMul::kChains);
+    o.math = math;
+    auto dev = OpenTestDevice(o);
+    ASSERT_TRUE(dev);
+    EXPECT_EQ(dev->info().exact_f64,
+              math == g::DeviceOptions::Math::kMixed && dev->info().fused_fma);
+    EveryType(*dev, dev->info().exact_f64,
+              math == g::DeviceOptions::Math::kNative ? "native chains" : "mixed chains");
+  }
+}
+
+// The probe's verdict on fma (DeviceInfo::fused_fma, which picks the mixed builds for GPUs) agrees
+// with what the native F32 matmul, a chain of fmas, computes: the CPU's order bit for bit exactly
+// when fma rounds once.
+TEST(GpuDevices, TheFmaProbeAgreesWithTheMatMul) {
+  g::DeviceOptions o;
   o.math = g::DeviceOptions::Math::kNative;
   auto dev = OpenTestDevice(o);
   ASSERT_TRUE(dev);
-  ASSERT_FALSE(dev->info().exact_f64);
-  EveryType(*dev, false, "native chains");
+  std::printf("%s: fma %s\n", dev->info().name.c_str(),
+              dev->info().fused_fma ? "fused" : "rounded twice");
+  const Case c = MakeWeights(TensorType::kF32, 37, 768, 5u);
+  const auto x = es::test::Gaussian(3 * 768, 6u, 1.0f);
+  const auto y = RunMatMul(*dev, g::UploadMatrix(*dev, c.m), x, 3, 768, 37);
+  int differ = 0;
+  for (int64_t b = 0; b < 3; ++b)
+    for (int64_t r = 0; r < 37; ++r)
+      differ += y[static_cast<size_t>(b * 37 + r)] !=
+                Order16(c.wf.data() + r * 768, x.data() + b * 768, 768);
+  std::printf("%d of %d rows differ from the CPU's order\n", differ, 3 * 37);
+  EXPECT_EQ(differ == 0, dev->info().fused_fma);
 }
 
 // Where this CPU runs the AVX-512 VNNI kernels (AVX3_DL), the GPU's results equal the CPU

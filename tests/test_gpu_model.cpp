@@ -113,7 +113,8 @@ TEST(GpuOffload, TheCpusLogitsBitForBit) {
     }
 }
 
-// What a GPU runs (its own fma, division and sqrt; matmul chains spread over invocations), run on
+// What GPUs run (the native builds: their own fma, division and sqrt; the mixed builds: their own
+// fma, doubles for the rest; matmul chains spread over invocations), run on
 // the software driver, every block and the head on the device, against the CPU run: quantized
 // files by test_fidelity's bar (the same top token at >= 98% of the prompt's positions,
 // |dlogit| <= 0.1), float files within 1e-2 (relative) with the same greedy tokens. Bit for bit
@@ -130,33 +131,36 @@ TEST(GpuOffload, TheGpusConfigurationMatchesTheCpuRun) {
     const std::string path = es::test::ModelPath(file);
     const bool quantized = std::string(file).find(".q") != std::string::npos;
     const Outputs cpu = Evaluate(path, 0, prompt);
-    setenv("EDGESHARD_VULKAN_MATH", "native", 1);
-    setenv("EDGESHARD_VULKAN_MATMUL", "chains", 1);
-    const Outputs gpu = Evaluate(path, 1000, prompt);
-    unsetenv("EDGESHARD_VULKAN_MATH");
-    unsetenv("EDGESHARD_VULKAN_MATMUL");
-    ASSERT_EQ(gpu.logits.size(), cpu.logits.size());
-    const size_t vocab = cpu.logits.size() / prompt.size();
-    double worst = 0, worst_abs = 0;
-    size_t same_top = 0;
-    for (size_t pos = 0; pos < prompt.size(); ++pos) {
-      const float* c = cpu.logits.data() + pos * vocab;
-      const float* g = gpu.logits.data() + pos * vocab;
-      same_top += std::max_element(c, c + vocab) - c == std::max_element(g, g + vocab) - g;
-      for (size_t i = 0; i < vocab; ++i) {
-        worst_abs = std::max(worst_abs, static_cast<double>(std::fabs(g[i] - c[i])));
-        worst = std::max(worst, std::fabs(g[i] - c[i]) / std::max(1.0, std::fabs(c[i]) * 1.0));
+    for (const char* math : {"native", "mixed"}) {
+      setenv("EDGESHARD_VULKAN_MATH", math, 1);
+      setenv("EDGESHARD_VULKAN_MATMUL", "chains", 1);
+      const Outputs gpu = Evaluate(path, 1000, prompt);
+      unsetenv("EDGESHARD_VULKAN_MATH");
+      unsetenv("EDGESHARD_VULKAN_MATMUL");
+      ASSERT_EQ(gpu.logits.size(), cpu.logits.size());
+      const size_t vocab = cpu.logits.size() / prompt.size();
+      double worst = 0, worst_abs = 0;
+      size_t same_top = 0;
+      for (size_t pos = 0; pos < prompt.size(); ++pos) {
+        const float* c = cpu.logits.data() + pos * vocab;
+        const float* g = gpu.logits.data() + pos * vocab;
+        same_top += std::max_element(c, c + vocab) - c == std::max_element(g, g + vocab) - g;
+        for (size_t i = 0; i < vocab; ++i) {
+          worst_abs = std::max(worst_abs, static_cast<double>(std::fabs(g[i] - c[i])));
+          worst = std::max(worst, std::fabs(g[i] - c[i]) / std::max(1.0, std::fabs(c[i]) * 1.0));
+        }
       }
-    }
-    const double top1 = static_cast<double>(same_top) / static_cast<double>(prompt.size());
-    std::printf("%s: top-1 %.1f%%, max |dlogit| %.2e, max relative %.2e, greedy %s\n", file,
-                100 * top1, worst_abs, worst, gpu.greedy == cpu.greedy ? "same" : "differs");
-    if (quantized) {
-      EXPECT_GE(top1, 0.98) << file;
-      EXPECT_LE(worst_abs, 0.1) << file;
-    } else {
-      EXPECT_LE(worst, 1e-2) << file;
-      EXPECT_EQ(gpu.greedy, cpu.greedy) << file;
+      const double top1 = static_cast<double>(same_top) / static_cast<double>(prompt.size());
+      std::printf("%s, %s: top-1 %.1f%%, max |dlogit| %.2e, max relative %.2e, greedy %s\n", file,
+                  math, 100 * top1, worst_abs, worst,
+                  gpu.greedy == cpu.greedy ? "same" : "differs");
+      if (quantized) {
+        EXPECT_GE(top1, 0.98) << file << " " << math;
+        EXPECT_LE(worst_abs, 0.1) << file << " " << math;
+      } else {
+        EXPECT_LE(worst, 1e-2) << file << " " << math;
+        EXPECT_EQ(gpu.greedy, cpu.greedy) << file << " " << math;
+      }
     }
   }
 }

@@ -19,8 +19,8 @@ namespace g = es::gpu;
 namespace k = es::kernels;
 using es::test::Gaussian;
 
-// Each test twice: with the device's own math (on lavapipe the exact f64 builds) and with the
-// native builds a GPU runs (within rounding there: lavapipe splits fma).
+// Each test three times: with the device's default build (on lavapipe the exact f64 builds) and
+// with the native and mixed builds GPUs run (within rounding on lavapipe: it splits fma).
 class GpuOps : public ::testing::TestWithParam<g::DeviceOptions::Math> {
  protected:
   void SetUp() override {
@@ -327,10 +327,12 @@ TEST_P(GpuOps, AttentionOverTheCacheMatchesAReference) {
 
 INSTANTIATE_TEST_SUITE_P(Math, GpuOps,
                          ::testing::Values(g::DeviceOptions::Math::kDefault,
-                                           g::DeviceOptions::Math::kNative),
+                                           g::DeviceOptions::Math::kNative,
+                                           g::DeviceOptions::Math::kMixed),
                          [](const auto& info) {
-                           return info.param == g::DeviceOptions::Math::kNative ? "Native"
-                                                                                : "DevicesOwn";
+                           return info.param == g::DeviceOptions::Math::kNative  ? "Native"
+                                  : info.param == g::DeviceOptions::Math::kMixed ? "Mixed"
+                                                                                 : "DevicesOwn";
                          });
 
 }  // namespace

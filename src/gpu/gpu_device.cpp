@@ -67,23 +67,24 @@ E FromEnv(const char* var, std::initializer_list<const char*> names) {
   throw Error(std::string(var) + "=" + e + ": say " + all + " (or unset it)");
 }
 
-// How the programs run: options, else the environment, else by the device's kind. Vulkan lets fma
-// round twice and division and sqrt miss the nearest float; a software driver (lavapipe) does,
-// where GPUs fuse fma in hardware. There the shaders take those three in doubles, which CPUs run
-// at full speed, and round once as the CPU build does. CPUs also run matmul.comp faster with a
-// row per invocation; GPUs need its chains spread over invocations.
+// How the programs run: options, else the environment, else by the device (DeviceOptions).
+// Doubles are cheap on CPUs and on GPUs are kept to the few operations per row that need them;
+// CPUs also run matmul.comp faster with a row per invocation, GPUs need its chains spread.
 void Configure(DeviceInfo& d, bool is_cpu, const DeviceOptions& o) {
   using Math = DeviceOptions::Math;
   using MatMul = DeviceOptions::MatMul;
   Math math = o.math;
-  if (math == Math::kDefault) math = FromEnv<Math>("EDGESHARD_VULKAN_MATH", {"native", "f64"});
-  if (math == Math::kF64 && !d.shader_f64)
+  if (math == Math::kDefault)
+    math = FromEnv<Math>("EDGESHARD_VULKAN_MATH", {"native", "f64", "mixed"});
+  if (math != Math::kDefault && math != Math::kNative && !d.shader_f64)
     throw Error("vulkan" + std::to_string(d.index) + " (" + d.name +
-                ") has no doubles in shaders: it cannot take the f64 builds");
-  d.exact_f64 = math == Math::kDefault ? is_cpu && d.shader_f64 : math == Math::kF64;
+                ") has no doubles in shaders: it can only run the native builds");
+  if (math == Math::kDefault)
+    math = !d.shader_f64 ? Math::kNative : is_cpu || !d.fused_fma ? Math::kF64 : Math::kMixed;
+  d.math = math;
+  d.exact_f64 = math == Math::kF64 || (math == Math::kMixed && d.fused_fma);
   MatMul mm = o.matmul;
-  if (mm == MatMul::kDefault)
-    mm = FromEnv<MatMul>("EDGESHARD_VULKAN_MATMUL", {"rows", "chains"});
+  if (mm == MatMul::kDefault) mm = FromEnv<MatMul>("EDGESHARD_VULKAN_MATMUL", {"rows", "chains"});
   d.matmul_row_each = mm == MatMul::kDefault ? is_cpu : mm == MatMul::kRowEach;
 }
 
@@ -174,10 +175,10 @@ struct Device::Impl {
   VkDescriptorSetLayout set_layout = VK_NULL_HANDLE;
   VkPipelineLayout layout = VK_NULL_HANDLE;
   std::array<VkPipeline, static_cast<size_t>(Program::kCount)> pipelines{};
-  int device_type = -1;           // memory type of buffers
-  int host_type = -1;             // memory type of staging buffers
-  bool mapped = false;            // buffers are host-visible (unified memory)
-  bool exact_f64 = false;         // DeviceInfo::exact_f64: the programs' _f64 builds
+  int device_type = -1;  // memory type of buffers
+  int host_type = -1;    // memory type of staging buffers
+  bool mapped = false;   // buffers are host-visible (unified memory)
+  DeviceOptions::Math math = DeviceOptions::Math::kNative;  // DeviceInfo::math: which build
   bool matmul_row_each = false;   // DeviceInfo::matmul_row_each: matmul.comp's constant 0
   uint32_t shared_bytes = 16384;  // maxComputeSharedMemorySize
   std::shared_ptr<Buffer> dummy;  // bound to bindings a program does not use
@@ -237,7 +238,8 @@ struct Device::Impl {
   VkPipeline PipelineFor(Program p) {
     VkPipeline& pl = pipelines[static_cast<size_t>(p)];
     if (pl != VK_NULL_HANDLE) return pl;
-    const ProgramCode& code = CodeOf(p, exact_f64);
+    // The probe asks about the device's own fma.
+    const ProgramCode& code = CodeOf(p, p == Program::kProbe ? DeviceOptions::Math::kNative : math);
     VkShaderModuleCreateInfo sm{};
     sm.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO;
     sm.codeSize = code.count * sizeof(uint32_t);
@@ -308,9 +310,7 @@ std::unique_ptr<Device> Device::Open(int index, const DeviceOptions& options) {
   qci.queueCount = 1;
   qci.pQueuePriorities = &priority;
   VkPhysicalDeviceFeatures want{};
-  want.shaderFloat64 = d->info_.exact_f64 ? VK_TRUE : VK_FALSE;
-  m.exact_f64 = d->info_.exact_f64;
-  m.matmul_row_each = d->info_.matmul_row_each;
+  want.shaderFloat64 = d->info_.shader_f64 ? VK_TRUE : VK_FALSE;
   VkDeviceCreateInfo dci{};
   dci.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO;
   dci.pEnabledFeatures = &want;
@@ -377,6 +377,21 @@ std::unique_ptr<Device> Device::Open(int index, const DeviceOptions& options) {
     throw Error("vulkan" + std::to_string(index) + " (" + d->info_.name +
                 ") offers no memory type for storage buffers");
   m.dummy = d->Alloc(16);
+  // Whether fma() rounds once: (1 + 2^-12)^2 - (1 + 2^-11) is 2^-24 fused and 0 rounded twice.
+  {
+    auto out = d->Alloc(sizeof(float));
+    const float a = 1.0f + 0x1p-12f, push[3] = {a, a, -(1.0f + 0x1p-11f)};
+    auto seq = d->Record();
+    seq->Dispatch(Program::kProbe, {{out.get(), 0, 0}}, push, sizeof(push), 1);
+    seq->Finish();
+    d->Run(*seq);
+    float r = 0;
+    d->Download(*out, 0, &r, sizeof(r));
+    d->info_.fused_fma = r == 0x1p-24f;
+  }
+  Configure(d->info_, props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU, options);
+  m.math = d->info_.math;
+  m.matmul_row_each = d->info_.matmul_row_each;
   return d;
 }
 

@@ -14,6 +14,17 @@
 
 namespace es::gpu {
 
+// How a device's programs are run (shaders/exact.glsl): by default devices that are CPUs
+// (lavapipe) take the f64 builds and one invocation per matmul row; GPUs with doubles the mixed
+// builds (the f64 ones but the hardware's fma, where a probe finds it fused; else f64), GPUs
+// without the native ones, and one invocation per float chain. EDGESHARD_VULKAN_MATH=
+// native|f64|mixed and EDGESHARD_VULKAN_MATMUL=rows|chains override that (to run a software driver
+// as a GPU is run, for instance), and these options override both.
+struct DeviceOptions {
+  enum class Math { kDefault, kNative, kF64, kMixed } math = Math::kDefault;
+  enum class MatMul { kDefault, kRowEach, kChains } matmul = MatMul::kDefault;
+};
+
 struct DeviceInfo {
   int index = 0;                  // what --device vulkanN names
   std::string name;               // as the driver reports it
@@ -22,18 +33,13 @@ struct DeviceInfo {
   bool unified_memory = false;    // device-local memory the CPU can map (iGPUs, software drivers)
   uint64_t max_buffer_range = 0;  // the largest range one dispatch can bind
   bool shader_f64 = false;        // the device offers doubles in shaders (shaderFloat64)
-  // How the programs run (DeviceOptions; by default from the device's kind):
-  bool exact_f64 = false;         // the shaders' fma, division and sqrt go through doubles (gpu.md)
-  bool matmul_row_each = false;   // matmul.comp: one invocation per weight row, not per chain
-};
-
-// How a device's programs are run. By default devices that are CPUs (lavapipe) take the exact
-// double builds and one invocation per matmul row, GPUs their own fma and one invocation per
-// float chain; EDGESHARD_VULKAN_MATH=native|f64 and EDGESHARD_VULKAN_MATMUL=rows|chains override
-// that (to run a software driver as a GPU is run, for instance), and these options override both.
-struct DeviceOptions {
-  enum class Math { kDefault, kNative, kF64 } math = Math::kDefault;
-  enum class MatMul { kDefault, kRowEach, kChains } matmul = MatMul::kDefault;
+  bool fused_fma = false;         // its fma() rounds once (probed when it is opened)
+  // How the programs run (DeviceOptions): which build, and whether that build rounds fma,
+  // division, sqrt and the CPU's double sums as the CPU does (the f64 builds; the mixed ones
+  // where fma is fused), so that results equal the CPU's bit for bit.
+  DeviceOptions::Math math = DeviceOptions::Math::kNative;
+  bool exact_f64 = false;
+  bool matmul_row_each = false;  // matmul.comp: one invocation per weight row, not per chain
 };
 
 // The devices the Vulkan driver offers, in driver order. Empty when there is no loader, driver

@@ -62,6 +62,8 @@ const char* NameOf(Program p) {
       return "attention";
     case Program::kQuantize:
       return "quantize";
+    case Program::kProbe:
+      return "probe";
     case Program::kCount:
       break;
   }
@@ -70,8 +72,11 @@ const char* NameOf(Program p) {
 
 }  // namespace
 
-const ProgramCode& CodeOf(Program p, bool exact_f64) {
-  const std::string name = std::string(NameOf(p)) + (exact_f64 ? "_f64" : "");
+const ProgramCode& CodeOf(Program p, DeviceOptions::Math build) {
+  const char* suffix = build == DeviceOptions::Math::kF64     ? "_f64"
+                       : build == DeviceOptions::Math::kMixed ? "_mixed"
+                                                              : "";
+  const std::string name = std::string(NameOf(p)) + suffix;
   for (size_t i = 0; i < kEmbeddedProgramCount; ++i)
     if (name == kEmbeddedPrograms[i].name) return kEmbeddedPrograms[i];
   throw Error("GPU program " + name + " is not embedded in this build");

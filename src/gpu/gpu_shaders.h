@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "gpu/gpu_device.h"
 #include "tensor/tensor_types.h"
 
 namespace es::gpu {
@@ -37,6 +38,7 @@ enum class Program : int {
   kActivation,
   kAttention,
   kQuantize,
+  kProbe,
   kCount
 };
 
@@ -45,9 +47,8 @@ struct ProgramCode {
   const uint32_t* words;
   size_t count;
 };
-// exact_f64: the build of the program whose fma, division and sqrt round once through doubles
-// (shaders/exact.glsl), for devices whose own do not (DeviceInfo::exact_f64).
-const ProgramCode& CodeOf(Program p, bool exact_f64);
+// The build of a program (shaders/exact.glsl): native, f64 or mixed (DeviceInfo::math).
+const ProgramCode& CodeOf(Program p, DeviceOptions::Math build);
 
 // Push constants and grids: a value as the shaders' uint (es::Error naming `what` when it does not
 // fit), the groups along x before a grid takes a second dimension (maxComputeWorkGroupCount is at

@@ -1,16 +1,27 @@
 // Float operations rounded once, as the CPU build rounds them. Vulkan lets fma() round twice and
 // division and sqrt miss the nearest float; GPUs fuse fma in hardware, but a software driver
-// (lavapipe) splits it. Built with ES_F64 (the _f64 programs, for devices that are CPUs), the
-// three go through doubles: the product of two floats is exact there, and the one double rounding
-// before the float one changes a result only where it lands on a float rounding tie (rare).
+// (lavapipe) splits it. Three builds of every program:
+// - ES_F64 (the _f64 programs, for devices that are CPUs): fma, division, sqrt, exp, tanh and the
+//   sums the CPU takes in double go through doubles: the product of two floats is exact there,
+//   and the one double rounding before the float one changes a result only where it lands on a
+//   float rounding tie (rare).
+// - ES_F64 and ES_HW_FMA (_mixed, for GPUs with doubles whose fma a probe found fused): the
+//   same but fma, which stays the hardware's (doubles are slow on GPUs; fma is in every chain).
+// - neither (the native programs, for GPUs without doubles): the device's own operations.
 #ifndef ES_EXACT_GLSL
 #define ES_EXACT_GLSL
 
 #ifdef ES_F64
 #define WIDE double  // sums the CPU build takes in double
+#ifdef ES_HW_FMA
+float Fma(float a, float b, float c) {
+  return fma(a, b, c);
+}
+#else
 float Fma(float a, float b, float c) {
   return float(double(a) * double(b) + double(c));
 }
+#endif
 float Div(float a, float b) {
   return float(double(a) / double(b));
 }
