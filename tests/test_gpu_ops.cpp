@@ -3,11 +3,15 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "gpu/gpu_device.h"
 #include "gpu/gpu_ops.h"
+#include "gpu/gpu_shaders.h"
 #include "gpu_test_util.h"
 #include "kernels/kernels.h"
 #include "tensor/tensor_types.h"
@@ -58,9 +62,9 @@ class GpuOps : public ::testing::TestWithParam<g::DeviceOptions::Math> {
 // software driver, as in CI): the shaders follow the CPU kernels' order. Elsewhere within rel of
 // each value plus rel of 1 (the inputs' scale): a GPU's division and sqrt may miss by an ulp.
 void ExpectSame(const g::Device& dev, const std::vector<float>& got, const std::vector<float>& want,
-                float rel, const std::string& what) {
+                float rel, const std::string& what, bool always_exact = false) {
   ASSERT_EQ(got.size(), want.size()) << what;
-  const bool exact = dev.info().exact_f64;
+  const bool exact = always_exact || dev.info().exact_f64;
   int bad = 0;
   for (size_t i = 0; i < got.size(); ++i)
     if ((exact ? got[i] != want[i]
@@ -83,7 +87,9 @@ TEST_P(GpuOps, RmsNormMatchesTheCpuKernel) {
   std::vector<float> want(static_cast<size_t>(rows * dim));
   for (int64_t r = 0; r < rows; ++r)
     k::RmsNorm(x.data() + 5 + r * stride, w.data(), want.data() + r * dim, dim, 1e-5f);
-  ExpectSame(*dev_, Get(*yb, want.size()), want, 1e-5f, "rmsnorm");
+  // RMSNorm takes no fma: every build rounds it as the CPU (the native ones through
+  // softfloat.glsl's doubles, division and sqrt).
+  ExpectSame(*dev_, Get(*yb, want.size()), want, 1e-5f, "rmsnorm", true);
   // In place, per head (QK-norm): 7 rows x 3 heads of 100.
   Run([&](g::Sequence& s) {
     g::RecordRmsNorm(s, {xb.get(), 0, 100}, {xb.get(), 0, 100}, *wb, 21, 100, 1e-6f);
@@ -91,7 +97,32 @@ TEST_P(GpuOps, RmsNormMatchesTheCpuKernel) {
   std::vector<float> want2(x.begin(), x.begin() + 2100);
   for (int r = 0; r < 21; ++r)
     k::RmsNorm(want2.data() + r * 100, w.data(), want2.data() + r * 100, 100, 1e-6f);
-  ExpectSame(*dev_, Get(*xb, 2100), want2, 1e-5f, "rmsnorm per head, in place");
+  ExpectSame(*dev_, Get(*xb, 2100), want2, 1e-5f, "rmsnorm per head, in place", true);
+  // Rows whose elements span 2^-40..2^40, so that the double sums round (long rows, some rows of
+  // tiny values only), and a row of zeros.
+  const int64_t wide_rows = 24, wide_dim = 4100;
+  std::vector<float> xw(static_cast<size_t>(wide_rows * wide_dim));
+  uint32_t state = 12345u;
+  for (size_t i = 0; i < xw.size(); ++i) {
+    state = state * 1664525u + 1013904223u;
+    const int r = static_cast<int>(i / wide_dim);
+    const int span = r % 3 == 0 ? 80 : 10;
+    const int e = static_cast<int>(state >> 24) % span - span / 2 - (r % 4 == 1 ? 60 : 0);
+    xw[i] = (r == 5 ? 0.0f : std::ldexp(1.0f + static_cast<float>(state & 0xFFFF) / 65536.0f, e)) *
+            ((state >> 17) & 1 ? -1.0f : 1.0f);
+  }
+  const auto ww = Gaussian(static_cast<size_t>(wide_dim), 9, 1.0f);
+  auto xwb = Put(xw), wwb = Put(ww);
+  auto ywb = dev_->Alloc(xw.size() * sizeof(float));
+  Run([&](g::Sequence& s) {
+    g::RecordRmsNorm(s, {xwb.get(), 0, static_cast<size_t>(wide_dim)},
+                     {ywb.get(), 0, static_cast<size_t>(wide_dim)}, *wwb, wide_rows, wide_dim,
+                     1e-6f);
+  });
+  std::vector<float> want3(xw.size());
+  for (int64_t r = 0; r < wide_rows; ++r)
+    k::RmsNorm(xw.data() + r * wide_dim, ww.data(), want3.data() + r * wide_dim, wide_dim, 1e-6f);
+  ExpectSame(*dev_, Get(*ywb, want3.size()), want3, 1e-5f, "rmsnorm of wide ranges", true);
 }
 
 TEST_P(GpuOps, AddsResidualsAndBiases) {
@@ -323,6 +354,111 @@ TEST_P(GpuOps, AttentionOverTheCacheMatchesAReference) {
         ASSERT_NEAR(got[i], cpu[i], 1e-5f * (std::fabs(cpu[i]) + 1.0f)) << what << " [" << i << "]";
     }
   }
+}
+
+// softfloat.glsl, which the native builds (GPUs without doubles) divide, take roots and sum in
+// double with, against the CPU's float and double operations bit for bit: random operands of
+// every exponent and sign, exponent gaps of 0-70 for additions (cancellations and sticky bits
+// included), and operand pairs whose quotient or sum lands on or beside a rounding tie.
+TEST(GpuSoftFloat, RoundsAsTheCpu) {
+  auto dev = es::test::OpenTestDevice();
+  ASSERT_TRUE(dev);
+  std::mt19937_64 rng(7);
+  const auto run = [&](uint32_t op, const std::vector<uint32_t>& in, size_t n, size_t out_words) {
+    auto ib = dev->Alloc(in.size() * 4), ob = dev->Alloc(n * out_words * 4);
+    dev->Upload(*ib, 0, in.data(), in.size() * 4);
+    const uint32_t push[2] = {static_cast<uint32_t>(n), op};
+    auto seq = dev->Record();
+    seq->Dispatch(g::Program::kArith, {{ib.get(), 0, 0}, {ob.get(), 0, 0}}, push, sizeof(push),
+                  g::DivUp(n, 64));
+    seq->Finish();
+    dev->Run(*seq);
+    std::vector<uint32_t> out(n * out_words);
+    dev->Download(*ob, 0, out.data(), out.size() * 4);
+    return out;
+  };
+  const auto bits = [](auto v) {
+    uint64_t b = 0;
+    std::memcpy(&b, &v, sizeof(v));
+    return b;
+  };
+  // A normal float of exponent in [lo, hi] (unbiased) and random sign and mantissa.
+  const auto rand_float = [&](int lo, int hi) {
+    const uint64_t r = rng();
+    const int e = lo + static_cast<int>(r % static_cast<uint64_t>(hi - lo + 1));
+    const float f = std::ldexp(1.0f + static_cast<float>((r >> 8) & 0x7FFFFF) / 8388608.0f, e);
+    return (r >> 40) & 1 ? -f : f;
+  };
+  const auto rand_double = [&](int lo, int hi) {
+    const uint64_t r = rng();
+    const int e = lo + static_cast<int>(r % static_cast<uint64_t>(hi - lo + 1));
+    double m = 1.0 + static_cast<double>(rng() >> 12) / 4503599627370496.0;
+    if ((r >> 20) % 4 == 0) m = 1.0 + std::ldexp(static_cast<double>((r >> 24) % 8), -52);
+    const double d = std::ldexp(m, e);
+    return (r >> 40) & 1 ? -d : d;
+  };
+  const size_t n = size_t{1} << 18;
+  int bad = 0;
+  {  // float division: random, and quotients near ties (a = q * b with q of 25 bits)
+    std::vector<uint32_t> in(2 * n);
+    std::vector<float> a(n), b(n);
+    for (size_t i = 0; i < n; ++i) {
+      b[i] = rand_float(-60, 60);
+      if (i % 2) {
+        a[i] = rand_float(-60, 60);
+      } else {  // a rounded product of b and a 25-bit q: a / b lands next to a tie
+        const float q = rand_float(-20, 20);
+        a[i] = static_cast<float>(static_cast<double>(q) * (1.0 + 0x1p-24) * b[i]);
+      }
+      in[2 * i] = static_cast<uint32_t>(bits(a[i]));
+      in[2 * i + 1] = static_cast<uint32_t>(bits(b[i]));
+    }
+    const auto out = run(0, in, n, 1);
+    for (size_t i = 0; i < n; ++i)
+      if (out[i] != static_cast<uint32_t>(bits(a[i] / b[i])) && bad++ < 5)
+        ADD_FAILURE() << "div " << a[i] << " / " << b[i];
+  }
+  {  // float sqrt over every exponent
+    std::vector<uint32_t> in(n);
+    std::vector<float> a(n);
+    for (size_t i = 0; i < n; ++i) {
+      a[i] = std::fabs(rand_float(-126, 127));
+      in[i] = static_cast<uint32_t>(bits(a[i]));
+    }
+    const auto out = run(1, in, n, 1);
+    for (size_t i = 0; i < n; ++i)
+      if (out[i] != static_cast<uint32_t>(bits(std::sqrt(a[i]))) && bad++ < 5)
+        ADD_FAILURE() << "sqrt " << a[i];
+  }
+  {  // double addition, exponent gaps 0-70, both signs; double division rounded to float
+    std::vector<uint32_t> in(4 * n);
+    std::vector<double> a(n), b(n);
+    for (size_t i = 0; i < n; ++i) {
+      a[i] = rand_double(-30, 30);
+      const int gap = static_cast<int>(rng() % 71);
+      const int ea = std::ilogb(a[i]);
+      b[i] = rand_double(ea - gap, ea - gap);
+      if (i % 5 == 0) b[i] = -a[i] * (1.0 + std::ldexp(static_cast<double>(rng() % 16), -52));
+      if (i % 2) std::swap(a[i], b[i]);
+      const uint64_t ba = bits(a[i]), bb = bits(b[i]);
+      in[4 * i] = static_cast<uint32_t>(ba);
+      in[4 * i + 1] = static_cast<uint32_t>(ba >> 32);
+      in[4 * i + 2] = static_cast<uint32_t>(bb);
+      in[4 * i + 3] = static_cast<uint32_t>(bb >> 32);
+    }
+    const auto sum = run(2, in, n, 2);
+    for (size_t i = 0; i < n; ++i) {
+      const uint64_t got = sum[2 * i] | (static_cast<uint64_t>(sum[2 * i + 1]) << 32);
+      const double want = a[i] + b[i];
+      if (got != bits(want) && !(want == 0.0 && (got << 1) == 0) && bad++ < 5)
+        ADD_FAILURE() << "add " << a[i] << " + " << b[i];
+    }
+    const auto quo = run(3, in, n, 1);
+    for (size_t i = 0; i < n; ++i)
+      if (quo[i] != static_cast<uint32_t>(bits(static_cast<float>(a[i] / b[i]))) && bad++ < 5)
+        ADD_FAILURE() << "div to float " << a[i] << " / " << b[i];
+  }
+  EXPECT_EQ(bad, 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Math, GpuOps,

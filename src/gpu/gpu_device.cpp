@@ -238,8 +238,9 @@ struct Device::Impl {
   VkPipeline PipelineFor(Program p) {
     VkPipeline& pl = pipelines[static_cast<size_t>(p)];
     if (pl != VK_NULL_HANDLE) return pl;
-    // The probe asks about the device's own fma.
-    const ProgramCode& code = CodeOf(p, p == Program::kProbe ? DeviceOptions::Math::kNative : math);
+    // The probe asks about the device's own fma; arith is integer arithmetic in every build.
+    const bool native = p == Program::kProbe || p == Program::kArith;
+    const ProgramCode& code = CodeOf(p, native ? DeviceOptions::Math::kNative : math);
     VkShaderModuleCreateInfo sm{};
     sm.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO;
     sm.codeSize = code.count * sizeof(uint32_t);

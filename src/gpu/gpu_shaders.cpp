@@ -64,6 +64,8 @@ const char* NameOf(Program p) {
       return "quantize";
     case Program::kProbe:
       return "probe";
+    case Program::kArith:
+      return "arith";
     case Program::kCount:
       break;
   }

@@ -39,6 +39,7 @@ enum class Program : int {
   kAttention,
   kQuantize,
   kProbe,
+  kArith,  // softfloat.glsl's operations, for tests
   kCount
 };
 

@@ -60,9 +60,9 @@ float MulAdd(bool f16, float a, float b, float c) {
 float Dot(uint base) {
   const uint hd = p.head_dim;
   if (p.k_f16 != 0u && hd % 16u != 0u && hd < 64u) {
-    WIDE s = WIDE(0);
-    for (uint d = 0u; d < hd; ++d) s += WIDE(qs[d] * KeyAt(base + d));
-    return float(s);
+    WIDE s = WideOf(0.0);
+    for (uint d = 0u; d < hd; ++d) s = WideAdd(s, WideOf(qs[d] * KeyAt(base + d)));
+    return WideToFloat(s);
   }
   // Lane by lane: each lane's chain is its own, so the order within it is all that matters.
   float a0[16];
@@ -121,7 +121,7 @@ void main() {
   barrier();
   m = stat[0];
   // Pass 2: the denominator, chunk by chunk of 16 keys (a partial last chunk padded with zeros).
-  WIDE sum = WIDE(0);
+  WIDE sum = WideOf(0.0);
   for (uint t0 = 0u; t0 < n_kv; t0 += 64u) {
     const uint j = t0 + tid;
     float e = 0.0;
@@ -138,13 +138,13 @@ void main() {
     }
     barrier();
     if (tid == 0u)
-      for (uint c = 0u; c < 4u && t0 + 16u * c < n_kv; ++c) sum += WIDE(chunk[c]);
+      for (uint c = 0u; c < 4u && t0 + 16u * c < n_kv; ++c) sum = WideAdd(sum, WideOf(chunk[c]));
     barrier();
   }
   if (tid == 0u) {
     // A sink joins the denominator after the keys, with libm's exp (as the CPU's softmax).
-    if (p.has_sinks != 0u) sum += WIDE(ExpF(sinks[h] - m));
-    stat[1] = float(WIDE(1) / sum);
+    if (p.has_sinks != 0u) sum = WideAdd(sum, WideOf(ExpF(sinks[h] - m)));
+    stat[1] = WideDivToFloat(WideOf(1.0), sum);
   }
   barrier();
   const float inv = stat[1];

@@ -7,12 +7,30 @@
 //   float rounding tie (rare).
 // - ES_F64 and ES_HW_FMA (_mixed, for GPUs with doubles whose fma a probe found fused): the
 //   same but fma, which stays the hardware's (doubles are slow on GPUs; fma is in every chain).
-// - neither (the native programs, for GPUs without doubles): the device's own operations.
+// - neither (the native programs, for GPUs without doubles): the hardware's fma, exp and tanh;
+//   division, sqrt and the double sums from integer arithmetic (softfloat.glsl), rounded as the
+//   CPU's.
 #ifndef ES_EXACT_GLSL
 #define ES_EXACT_GLSL
 
 #ifdef ES_F64
-#define WIDE double  // sums the CPU build takes in double
+// Sums the CPU build takes in double (WIDE; softfloat.glsl's in the native builds).
+#define WIDE double
+WIDE WideOf(float x) {
+  return double(x);
+}
+WIDE WideOfUint(uint n) {
+  return double(n);
+}
+WIDE WideAdd(WIDE a, WIDE b) {
+  return a + b;
+}
+float WideToFloat(WIDE a) {
+  return float(a);
+}
+float WideDivToFloat(WIDE a, WIDE b) {
+  return float(a / b);
+}
 #ifdef ES_HW_FMA
 float Fma(float a, float b, float c) {
   return fma(a, b, c);
@@ -56,15 +74,17 @@ float TanhF(float x) {
   return x < 0.0 ? float(-t) : float(t);
 }
 #else
-#define WIDE float
+#extension GL_GOOGLE_include_directive : enable
+#include "softfloat.glsl"
+#define WIDE Wide
 float Fma(float a, float b, float c) {
   return fma(a, b, c);
 }
 float Div(float a, float b) {
-  return a / b;
+  return DivExact(a, b);
 }
 float Sqrt(float a) {
-  return sqrt(a);
+  return SqrtExact(a);
 }
 float ExpF(float x) {
   return exp(x);

@@ -446,8 +446,11 @@ void main() {
   for (uint k0 = 0u; k0 < blocks; k0 += kChunk) {
     const uint n = min(kChunk, blocks - k0);
     // Items (row, block, chain), chain fastest, then block: neighbours read neighbouring bytes.
-    for (uint i = t; i < rows * n * kChains; i += 64u) {
-      const uint c = i % kChains, k = (i / kChains) % n, r = i / (kChains * n);
+    // Constant divisors (a division by a variable costs tens of instructions); the last chunk's
+    // missing blocks and the missing rows are skipped.
+    for (uint i = t; i < rows * kChunk * kChains; i += 64u) {
+      const uint c = i % kChains, k = (i / kChains) % kChunk, r = i / (kChains * kChunk);
+      if (k >= n) continue;
       float v, d;
       Item(p.w_off + (row0 + r) * p.row_bytes + kBlock * (k0 + k), xo + kXBlock * (k0 + k), c, v,
            d);

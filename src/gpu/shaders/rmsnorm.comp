@@ -28,25 +28,25 @@ void main() {
   const uint xo = p.x_off + row * p.x_stride, yo = p.y_off + row * p.y_stride;
   const uint full = p.dim & ~15u;
   if (tid < 16u) {
-    WIDE a = WIDE(0);
+    WIDE a = WideOf(0.0);
     for (uint k = tid; k < full; k += 16u) {
       const float v = x[xo + k];
-      a += WIDE(v * v);
+      a = WideAdd(a, WideOf(v * v));
     }
     lanes[tid] = a;
   }
   barrier();
   if (tid == 0u) {
     WIDE t[8];
-    for (uint l = 0u; l < 8u; ++l) t[l] = lanes[l] + lanes[l + 8u];
+    for (uint l = 0u; l < 8u; ++l) t[l] = WideAdd(lanes[l], lanes[l + 8u]);
     for (uint h = 4u; h >= 1u; h >>= 1)
-      for (uint i = 0u; i < h; ++i) t[i] = t[i] + t[i + h];
+      for (uint i = 0u; i < h; ++i) t[i] = WideAdd(t[i], t[i + h]);
     WIDE s = t[0];
     for (uint k = full; k < p.dim; ++k) {
       const float v = x[xo + k];
-      s += WIDE(v * v);
+      s = WideAdd(s, WideOf(v * v));
     }
-    const float mean = float(s / WIDE(p.dim));
+    const float mean = WideDivToFloat(s, WideOfUint(p.dim));
     scale_s = Div(1.0, Sqrt(mean + p.eps));
   }
   barrier();
