@@ -74,6 +74,13 @@ def main():
     ap.add_argument("-p", type=int, default=512)
     ap.add_argument("-n", type=int, default=128)
     ap.add_argument("-o", "--output", default=os.path.join(ROOT, "docs/benchmarks.md"))
+    ap.add_argument("--gpu-layers", default="",
+                    help="GPU runs: edgeshard --gpu-layers VALUE (e.g. all) on --device, llama-bench -ngl "
+                         "(99 for all); the peer must be a GPU build (bench/peer_llamacpp.sh --vulkan)")
+    ap.add_argument("--device", default="vulkan0", help="edgeshard's --device for --gpu-layers")
+    ap.add_argument("--bandwidth-gbps", type=float, default=0.0,
+                    help="the roofline's read bandwidth in GB/s instead of host memory's (a GPU's, for "
+                         "--gpu-layers: say in the output where the figure comes from)")
     a = ap.parse_args()
     if not a.llama_bench:
         print("building the llama.cpp peer with bench/peer_llamacpp.sh", file=sys.stderr)
@@ -92,6 +99,10 @@ def main():
     bw_rows = run_json([a.edgeshard, "bench", "--memory-bandwidth", "-t", a.threads, "--json"])
     bw = {row["threads"]: row["read_bytes_per_s"] for row in bw_rows}
     bw_best = {row["threads"]: row.get("best", "") for row in bw_rows}
+    if a.bandwidth_gbps > 0:
+        bw = {t: a.bandwidth_gbps * 1e9 for t in bw}
+    es_gpu = ["--gpu-layers", a.gpu_layers, "--device", a.device] if a.gpu_layers else []
+    lc_gpu = ["-ngl", "99" if a.gpu_layers == "all" else a.gpu_layers] if a.gpu_layers else []
     rows = []
     for preset in a.presets.split(","):
         for typ in a.types.split(","):
@@ -105,11 +116,11 @@ def main():
 
                 def es_cmd(p, n, reps):
                     return [a.edgeshard, "bench", "-m", path, "-p", str(p), "-n", str(n), "-t", str(t),
-                            "-r", str(reps), "--json"]
+                            "-r", str(reps), "--json"] + es_gpu
 
                 def lc_cmd(p, n, reps):
                     return [a.llama_bench, "-m", path, "-p", str(p), "-n", str(n), "-t", str(t),
-                            "-r", str(reps), "-o", "json"]
+                            "-r", str(reps), "-o", "json"] + lc_gpu
 
                 if a.alternate:
                     for i in range(a.repetitions):
@@ -167,10 +178,14 @@ def main():
         f"- Date: {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC; {a.repetitions} repetitions"
         f"{' (each test of each repetition its own invocation, the engines alternating and swapping which goes first)' if a.alternate else ''}, medians; "
         "ratio = edgeshard / llama.cpp",
-        "- Memory read bandwidth (edgeshard bench --memory-bandwidth): " +
-        ", ".join(f"{t} thread(s) {bw[t] / 1e9:.1f} GB/s ({bw_best[t]})" for t in threads) +
-        " — the best of several read patterns (vector/scalar loads, slices/interleaved blocks, "
-        "prefetch, 2 MiB/4 KiB pages), each the best of 5 passes over 1 GiB",
+        (f"- GPU: --gpu-layers {a.gpu_layers} on {a.device} (llama-bench {' '.join(lc_gpu)}); roofline "
+         + (f"bandwidth {a.bandwidth_gbps:.0f} GB/s as given (--bandwidth-gbps)" if a.bandwidth_gbps > 0
+            else "against host memory's bandwidth (no --bandwidth-gbps: not the GPU's)")
+         if a.gpu_layers else
+         "- Memory read bandwidth (edgeshard bench --memory-bandwidth): " +
+         ", ".join(f"{t} thread(s) {bw[t] / 1e9:.1f} GB/s ({bw_best[t]})" for t in threads) +
+         " — the best of several read patterns (vector/scalar loads, slices/interleaved blocks, "
+         "prefetch, 2 MiB/4 KiB pages), each the best of 5 passes over 1 GiB"),
         "- Roofline fraction: generation tokens/s x bytes read per token / read bandwidth at that thread count",
         f"- Command: `{shlex.join(['bench/compare_llamacpp.py'] + sys.argv[1:])}`", "",
         "- Spread: the lowest and highest repetition of each engine, edgeshard / llama.cpp", "",

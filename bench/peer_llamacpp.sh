@@ -3,7 +3,7 @@
 # folder holding its binaries (llama-bench, llama-server, llama-perplexity, llama-cli).
 #
 #   bench/peer_llamacpp.sh [--ref 2026-09|b4747|GIT_REF] [--src GIT_URL_OR_PATH] [--dir ../peer]
-#                          [--native|--avx2] [--rpc]
+#                          [--native|--avx2] [--rpc] [--vulkan]
 #
 # The default peer is current llama.cpp: the source of 2026-09-28 that npm's node-llama-cpp@3.22.1
 # carries as a git bundle (fetched with `npm install --ignore-scripts` into --dir/npm; the npm
@@ -12,8 +12,9 @@
 # stays on. Older refs (b4747, the build that made ../shared/models/ref) come from --src, which
 # defaults to $LLAMA_CPP_SRC, else https://github.com/ggerganov/llama.cpp (a local clone or mirror
 # works offline). --rpc adds llama.cpp's RPC backend and rpc-server (for bench/cluster) in a
-# separate build folder. Nothing from llama.cpp is copied into the repo: the source and build live
-# under --dir (default: beside the checkout).
+# separate build folder; --vulkan its Vulkan backend (for GPU comparisons: bench/gpu_bundle.sh),
+# likewise. Nothing from llama.cpp is copied into the repo: the source and build live under --dir
+# (default: beside the checkout).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 src="${LLAMA_CPP_SRC:-https://github.com/ggerganov/llama.cpp}"
@@ -21,6 +22,7 @@ ref="2026-09"
 dir="$root/../peer"
 arch="native"
 rpc=0
+vulkan=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --src) src="$2"; shift 2 ;;
@@ -29,7 +31,8 @@ while [ $# -gt 0 ]; do
     --native) arch="native"; shift ;;
     --avx2) arch="avx2"; shift ;;
     --rpc) rpc=1; shift ;;
-    -h|--help) sed -n "2,16p" "$0"; exit 0 ;;
+    --vulkan) vulkan=1; shift ;;
+    -h|--help) sed -n "2,17p" "$0"; exit 0 ;;
     *) echo "peer_llamacpp.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -70,6 +73,7 @@ fi
 build="$tree/build-$arch"
 [ "$ref" = 2026-09 ] && build="$dir/llama.cpp-2026-09/build-$arch"
 [ "$rpc" = 1 ] && build="$build-rpc"
+[ "$vulkan" = 1 ] && build="$build-vulkan"
 flags=(-DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DBUILD_SHARED_LIBS=OFF)
 if [ "$arch" = avx2 ]; then
   flags+=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON)
@@ -85,6 +89,32 @@ targets=(llama-bench llama-server llama-perplexity llama-cli)
 if [ "$rpc" = 1 ]; then
   flags+=(-DGGML_RPC=ON)
   targets+=(rpc-server)
+fi
+if [ "$vulkan" = 1 ]; then
+  flags+=(-DGGML_VULKAN=ON)
+  # Its shaders need a glslc that knows cooperative matrices and its code Vulkan headers that
+  # declare them; Debian 12's (shaderc 2023.2, headers 1.3.239) do not. Debian 13's are fetched
+  # from the package archive into --dir, glslc run with its own C and C++ runtimes (nothing is
+  # installed).
+  if ! printf '#version 450\n#extension GL_KHR_cooperative_matrix : require\nvoid main() {}\n' |
+      glslc -fshader-stage=compute --target-env=vulkan1.3 - -o /dev/null 2>/dev/null; then
+    g="$dir/glslc-trixie"
+    if [ ! -x "$g/glslc" ]; then
+      rm -rf "$g" && mkdir -p "$g/apt/lists/partial" "$g/apt/cache/partial" "$g/debs" "$g/root"
+      echo "deb http://deb.debian.org/debian trixie main" > "$g/apt/sources.list"
+      o=(-o "Dir::Etc::sourcelist=$g/apt/sources.list" -o Dir::Etc::sourceparts=-
+         -o "Dir::State::Lists=$g/apt/lists" -o "Dir::Cache=$g/apt/cache")
+      apt-get "${o[@]}" update -q >&2
+      (cd "$g/debs" &&
+        apt-get "${o[@]}" download glslc libshaderc1 libc6 libstdc++6 libgcc-s1 libvulkan-dev >&2)
+      for f in "$g"/debs/*.deb; do dpkg -x "$f" "$g/root"; done
+      l="$g/root/usr/lib/x86_64-linux-gnu"
+      printf '#!/bin/sh\nexec %s --library-path %s %s "$@"\n' "$l/ld-linux-x86-64.so.2" "$l" \
+        "$g/root/usr/bin/glslc" > "$g/glslc"
+      chmod +x "$g/glslc"
+    fi
+    flags+=("-DVulkan_GLSLC_EXECUTABLE=$g/glslc" "-DVulkan_INCLUDE_DIR=$g/root/usr/include")
+  fi
 fi
 cmake -S "$tree" -B "$build" -G Ninja "${flags[@]}" >&2
 cmake --build "$build" --target "${targets[@]}" -j"$(nproc)" >&2
