@@ -22,6 +22,11 @@ icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 [ -f "$icd" ] && export VK_DRIVER_FILES="$icd"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true; } | tee "$out/gpu.txt"
 "$g/edgeshard" --list-devices 2>&1 | tee "$out/devices.txt"
+# The peer skips devices that are CPUs (lavapipe): without a GPU it would run on the CPU, and the
+# comparison would not be one.
+"$g/llama-bench" --list-devices 2>&1 | tee "$out/peer-devices.txt"
+peer_gpu=1
+grep -q "Vulkan0" "$out/peer-devices.txt" || peer_gpu=0
 export EDGESHARD_TEST_MODELS="$g/models"
 for t in test_gpu test_gpu_ops; do
   timeout 120 "$g/test" "$t" 2>&1 | tee "$out/$t.txt" | grep -E "^\[  (PASSED|FAILED) |fma |differ"
@@ -40,6 +45,10 @@ print(f"{20 * x.numel() * 4 / (time.perf_counter() - t) / 1e9:.0f}")
 PY
 )
 echo "GPU read bandwidth (torch sum over 4 GiB): ${bw:-unmeasured} GB/s" | tee "$out/bandwidth.txt"
+if [ "$peer_gpu" = 0 ]; then
+  echo "gpu_check.sh: llama-bench sees no Vulkan GPU: no comparison" | tee "$out/compare.txt"
+  exit 1
+fi
 PYTHONUNBUFFERED=1 timeout 360 python3 bench/compare_llamacpp.py --edgeshard "$g/edgeshard" \
   --llama-bench "$g/llama-bench" --models-dir /tmp/gpu-check-models \
   --vocab "$g/models/vocab/ggml-vocab-llama-spm.gguf" --presets "${GPU_CHECK_PRESETS:-tinyllama-1.1b}" \
