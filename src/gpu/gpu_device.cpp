@@ -99,9 +99,8 @@ DeviceInfo Describe(const vk::Instance& in, VkPhysicalDevice pd, int index) {
   d.kind = KindName(props.deviceType);
   VkPhysicalDeviceFeatures features{};
   in.fn.vkGetPhysicalDeviceFeatures(pd, &features);
-  // Vulkan lets fma round twice and division and sqrt miss the nearest float; a software driver
-  // (lavapipe) does, where GPUs fuse fma in hardware. There the shaders take those three in
-  // doubles, which CPUs run at full speed, and round once as the CPU build does.
+  // Which build of the programs the device runs depends on doubles (and, once it is open, on
+  // whether its fma is fused: Device::Open probes it).
   d.shader_f64 = features.shaderFloat64 == VK_TRUE;
   Configure(d, props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU, {});
   for (uint32_t h = 0; h < mem.memoryHeapCount; ++h)
