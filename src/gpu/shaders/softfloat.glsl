@@ -1,7 +1,8 @@
 // Doubles and correctly rounded division and sqrt from 32-bit integer arithmetic, for the native
 // builds (GPUs without shaderFloat64): the CPU build sums some floats in double and divides and
 // takes roots of floats rounded once, and these give the same bits. Used a few times per row
-// (norms, softmax denominators, activation scales), where their cost does not show.
+// (norms, softmax denominators, activation scales) or once per element (SiLU's division): few
+// operations next to the matmuls'.
 #ifndef ES_SOFTFLOAT_GLSL
 #define ES_SOFTFLOAT_GLSL
 
