@@ -211,7 +211,7 @@ TEST(GpuMatMul, EveryTypeInTheCpuBuildsOrder) {
   for (auto layout : es::test::kLayouts) {
     auto dev = OpenTestDevice(es::test::WithLayout(layout));
     ASSERT_TRUE(dev);
-    EveryType(*dev, dev->info().exact_f64, es::test::LayoutName(layout));
+    EveryType(*dev, dev->info().rounds_as_cpu(), es::test::LayoutName(layout));
   }
 }
 
@@ -225,9 +225,7 @@ TEST(GpuMatMul, TheGpusConfigurations) {
     o.math = math;
     auto dev = OpenTestDevice(o);
     ASSERT_TRUE(dev);
-    EXPECT_EQ(dev->info().exact_f64,
-              math == g::DeviceOptions::Math::kMixed && dev->info().fused_fma);
-    EveryType(*dev, dev->info().exact_f64,
+    EveryType(*dev, dev->info().rounds_as_cpu(),
               math == g::DeviceOptions::Math::kNative ? "native chains" : "mixed chains");
   }
 }
@@ -270,7 +268,7 @@ TEST(GpuMatMul, BitIdenticalToTheCpuKernels) {
   for (auto layout : es::test::kLayouts) {
     auto dev = OpenTestDevice(es::test::WithLayout(layout));
     ASSERT_TRUE(dev);
-    const bool exact_device = dev->info().exact_f64;
+    const bool exact_device = dev->info().rounds_as_cpu();
     for (TensorType t : kAllTypes) {
       const bool flt = t == TensorType::kF32 || t == TensorType::kF16 || t == TensorType::kBF16;
       for (int64_t cols : {int64_t{512}, int64_t{1024}, int64_t{172}, int64_t{64}}) {

@@ -45,11 +45,11 @@ Outputs Evaluate(const std::string& path, int gpu_layers, const std::vector<int3
 }
 
 // The shaders take the AVX-512 kernels' order: where the CPU runs those (AVX3_DL) and the device
-// rounds fma once (exact_f64: lavapipe), the GPU's logits are the CPU's bit for bit; elsewhere
+// rounds fma once (rounds_as_cpu: lavapipe), the GPU's logits are the CPU's bit for bit; elsewhere
 // the two builds' orders differ within rounding.
 bool SameOrder() {
-  const bool same =
-      std::string(es::kernels::ActiveTarget()) == "AVX3_DL" && es::gpu::FindDevice(0).exact_f64;
+  const bool same = std::string(es::kernels::ActiveTarget()) == "AVX3_DL" &&
+                    es::gpu::FindDevice(0).rounds_as_cpu();
   std::printf("CPU target %s: %s\n", es::kernels::ActiveTarget(),
               same ? "bit for bit" : "within rounding");
   return same;
@@ -77,21 +77,21 @@ TEST(GpuOffload, MatchesTheCpuRun) {
 }
 
 // The shaders take the AVX-512 kernels' order: where the CPU runs those (AVX3_DL) and the device
-// rounds fma once (exact_f64: lavapipe), -ngl all gives the CPU's logits bit for bit, for a
+// rounds fma once (rounds_as_cpu: lavapipe), -ngl all gives the CPU's logits bit for bit, for a
 // quantized file (Q8_0 and Q6_K matmuls, Q8_0 activations) and an f16 one. (stories260K above is
 // the exception the docs name: its F32 rows of 172 take a tail the shader matches within an ulp.)
 // Both layouts of matmul.comp (EDGESHARD_VULKAN_MATMUL, read when the model opens its device).
 TEST(GpuOffload, TheCpusLogitsBitForBit) {
-  const bool same_order =
-      std::string(es::kernels::ActiveTarget()) == "AVX3_DL" && es::gpu::FindDevice(0).exact_f64;
+  const bool same_order = std::string(es::kernels::ActiveTarget()) == "AVX3_DL" &&
+                          es::gpu::FindDevice(0).rounds_as_cpu();
   std::printf("CPU target %s: %s\n", es::kernels::ActiveTarget(),
               same_order ? "bit for bit" : "within rounding");
   std::vector<int32_t> prompt;
   for (int i = 0; i < 40; ++i) prompt.push_back(1 + (i * 37) % 500);
-  for (const char* layout : {"rows", "chains"})
-    for (const char* file : {"synth-llama-spm-256.q8_0.gguf", "synth-llama-spm-256.f16.gguf"}) {
-      const std::string path = es::test::ModelPath(file);
-      const Outputs cpu = Evaluate(path, 0, prompt);
+  for (const char* file : {"synth-llama-spm-256.q8_0.gguf", "synth-llama-spm-256.f16.gguf"}) {
+    const std::string path = es::test::ModelPath(file);
+    const Outputs cpu = Evaluate(path, 0, prompt);  // once for both layouts
+    for (const char* layout : {"rows", "chains"}) {
       setenv("EDGESHARD_VULKAN_MATMUL", layout, 1);
       const Outputs gpu = Evaluate(path, 1000, prompt);
       unsetenv("EDGESHARD_VULKAN_MATMUL");
@@ -111,6 +111,7 @@ TEST(GpuOffload, TheCpusLogitsBitForBit) {
       }
       EXPECT_EQ(gpu.greedy, cpu.greedy) << file;
     }
+  }
 }
 
 // What GPUs run (the native builds: their own fma, exp and tanh; the mixed builds: their own fma,
@@ -145,7 +146,7 @@ TEST(GpuOffload, TheGpusConfigurationMatchesTheCpuRun) {
         same_top += std::max_element(c, c + vocab) - c == std::max_element(g, g + vocab) - g;
         for (size_t i = 0; i < vocab; ++i) {
           worst_abs = std::max(worst_abs, static_cast<double>(std::fabs(g[i] - c[i])));
-          worst = std::max(worst, std::fabs(g[i] - c[i]) / std::max(1.0, std::fabs(c[i]) * 1.0));
+          worst = std::max(worst, std::fabs(g[i] - c[i]) / std::max(1.0, std::fabs(double{c[i]})));
         }
       }
       const double top1 = static_cast<double>(same_top) / static_cast<double>(prompt.size());

@@ -82,7 +82,6 @@ void Configure(DeviceInfo& d, bool is_cpu, const DeviceOptions& o) {
   if (math == Math::kDefault)
     math = !d.shader_f64 ? Math::kNative : is_cpu || !d.fused_fma ? Math::kF64 : Math::kMixed;
   d.math = math;
-  d.exact_f64 = math == Math::kF64 || (math == Math::kMixed && d.fused_fma);
   MatMul mm = o.matmul;
   if (mm == MatMul::kDefault) mm = FromEnv<MatMul>("EDGESHARD_VULKAN_MATMUL", {"rows", "chains"});
   d.matmul_row_each = mm == MatMul::kDefault ? is_cpu : mm == MatMul::kRowEach;
@@ -174,13 +173,12 @@ struct Device::Impl {
   VkDescriptorSetLayout set_layout = VK_NULL_HANDLE;
   VkPipelineLayout layout = VK_NULL_HANDLE;
   std::array<VkPipeline, static_cast<size_t>(Program::kCount)> pipelines{};
-  int device_type = -1;  // memory type of buffers
-  int host_type = -1;    // memory type of staging buffers
-  bool mapped = false;   // buffers are host-visible (unified memory)
-  DeviceOptions::Math math = DeviceOptions::Math::kNative;  // DeviceInfo::math: which build
-  bool matmul_row_each = false;   // DeviceInfo::matmul_row_each: matmul.comp's constant 0
-  uint32_t shared_bytes = 16384;  // maxComputeSharedMemorySize
-  std::shared_ptr<Buffer> dummy;  // bound to bindings a program does not use
+  int device_type = -1;              // memory type of buffers
+  int host_type = -1;                // memory type of staging buffers
+  bool mapped = false;               // buffers are host-visible (unified memory)
+  const DeviceInfo* info = nullptr;  // the device's: which build and matmul layout to make
+  uint32_t shared_bytes = 16384;     // maxComputeSharedMemorySize
+  std::shared_ptr<Buffer> dummy;     // bound to bindings a program does not use
 
   // A primary command buffer of the pool, begun.
   VkCommandBuffer BeginCommands(VkCommandBufferUsageFlags flags) {
@@ -239,7 +237,7 @@ struct Device::Impl {
     if (pl != VK_NULL_HANDLE) return pl;
     // The probe asks about the device's own fma; arith is integer arithmetic in every build.
     const bool native = p == Program::kProbe || p == Program::kArith;
-    const ProgramCode& code = CodeOf(p, native ? DeviceOptions::Math::kNative : math);
+    const ProgramCode& code = CodeOf(p, native ? DeviceOptions::Math::kNative : info->math);
     VkShaderModuleCreateInfo sm{};
     sm.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO;
     sm.codeSize = code.count * sizeof(uint32_t);
@@ -259,7 +257,7 @@ struct Device::Impl {
     const VkSpecializationMapEntry entry{0, 0, sizeof(uint32_t)};
     const VkSpecializationInfo spec{1, &entry, sizeof(cached), &cached};
     if (p == Program::kAttention) ci.stage.pSpecializationInfo = &spec;
-    const VkBool32 row_each = matmul_row_each ? VK_TRUE : VK_FALSE;
+    const VkBool32 row_each = info->matmul_row_each ? VK_TRUE : VK_FALSE;
     const VkSpecializationInfo matmul_spec{1, &entry, sizeof(row_each), &row_each};
     if (IsMatMul(p)) ci.stage.pSpecializationInfo = &matmul_spec;
     ci.layout = layout;
@@ -283,12 +281,12 @@ std::unique_ptr<Device> Device::Open(int index, const DeviceOptions& options) {
   std::unique_ptr<Device> d(new Device());
   Impl& m = *d->impl_;
   m.in = in;
+  m.info = &d->info_;
   m.fn = &in->fn;
   m.pd = devs[static_cast<size_t>(index)];
   d->info_ = Describe(*in, m.pd, index);
   VkPhysicalDeviceProperties props{};
   in->fn.vkGetPhysicalDeviceProperties(m.pd, &props);
-  Configure(d->info_, props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU, options);
   d->align_ = std::max<size_t>(16, props.limits.minStorageBufferOffsetAlignment);
   m.shared_bytes = props.limits.maxComputeSharedMemorySize;
   in->fn.vkGetPhysicalDeviceMemoryProperties(m.pd, &m.mem);
@@ -389,9 +387,8 @@ std::unique_ptr<Device> Device::Open(int index, const DeviceOptions& options) {
     d->Download(*out, 0, &r, sizeof(r));
     d->info_.fused_fma = r == 0x1p-24f;
   }
+  // The options (and the probe) decide the build and the layout; pipelines are made after this.
   Configure(d->info_, props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU, options);
-  m.math = d->info_.math;
-  m.matmul_row_each = d->info_.matmul_row_each;
   return d;
 }
 

@@ -34,12 +34,15 @@ struct DeviceInfo {
   uint64_t max_buffer_range = 0;  // the largest range one dispatch can bind
   bool shader_f64 = false;        // the device offers doubles in shaders (shaderFloat64)
   bool fused_fma = false;         // its fma() rounds once (probed when it is opened)
-  // How the programs run (DeviceOptions): which build, and whether that build rounds fma,
-  // division, sqrt and the CPU's double sums as the CPU does (the f64 builds; the mixed ones
-  // where fma is fused), so that results equal the CPU's bit for bit.
+  // How the programs run (DeviceOptions): which build, and matmul.comp's layout (one invocation
+  // per weight row, or per chain).
   DeviceOptions::Math math = DeviceOptions::Math::kNative;
-  bool exact_f64 = false;
-  bool matmul_row_each = false;  // matmul.comp: one invocation per weight row, not per chain
+  bool matmul_row_each = false;
+  // Whether the build rounds fma, division, sqrt and the CPU's double sums as the CPU does (the
+  // f64 builds; the mixed ones where fma is fused), so that results equal the CPU's bit for bit.
+  bool rounds_as_cpu() const {
+    return math == DeviceOptions::Math::kF64 || (math == DeviceOptions::Math::kMixed && fused_fma);
+  }
 };
 
 // The devices the Vulkan driver offers, in driver order. Empty when there is no loader, driver

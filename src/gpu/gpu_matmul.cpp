@@ -20,16 +20,17 @@ struct MatMulParams {
 };
 constexpr uint32_t kMaxGroupsZ = 65535;  // the least maxComputeWorkGroupCount[2] Vulkan allows
 
-// matmul.comp's kChains: the float chains the CPU's order keeps per weight row (vector lanes, and
-// a chain of minimums for some types). A workgroup of 64 runs the chains of 64 / kChains rows.
-uint32_t RowsPerGroup(TensorType t) {
+// matmul.comp's kChains, type by type: the float chains the CPU's order keeps per weight row
+// (vector lanes, and a chain of minimums for some types). A workgroup of 64 runs the chains of
+// 64 / kChains rows.
+uint32_t ChainsPerRow(TensorType t) {
   switch (t) {
     case TensorType::kQ4_0:
     case TensorType::kIQ4_XS:
-      return 64;
+      return 1;
     case TensorType::kQ4_K:
     case TensorType::kQ5_K:
-      return 32;
+      return 2;
     case TensorType::kQ8_0:
     case TensorType::kQ5_0:
     case TensorType::kIQ4_NL:
@@ -38,11 +39,11 @@ uint32_t RowsPerGroup(TensorType t) {
       return 8;
     case TensorType::kQ4_1:
     case TensorType::kQ5_1:
-      return 64 / 9;
+      return 9;
     case TensorType::kQ2_K:
-      return 64 / 17;
+      return 17;
     default:  // F32, F16, BF16, Q3_K: 16 lanes
-      return 4;
+      return 16;
   }
 }
 
@@ -99,7 +100,8 @@ void RecordMatMul(Sequence& seq, const GpuMatrix& w, const Buffer& x, size_t x_o
     p.y_off = PushU32(static_cast<int64_t>(y_off) + part.row0, "y offset");
     p.row_bytes = PushU32(static_cast<int64_t>(w.row_bytes), "row bytes");
     p.w_off = 0;
-    const uint32_t groups = DivUp(p.rows, seq.info().matmul_row_each ? 64 : RowsPerGroup(w.type));
+    const uint32_t groups =
+        DivUp(p.rows, seq.info().matmul_row_each ? 64 : 64 / ChainsPerRow(w.type));
     p.groups_x = std::min<uint32_t>(groups, kGroupsX);
     // One activation row per z: a longer batch is dispatched in pieces.
     for (uint32_t b0 = 0; b0 < p.batch; b0 += kMaxGroupsZ) {

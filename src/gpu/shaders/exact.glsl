@@ -31,11 +31,7 @@ float WideToFloat(WIDE a) {
 float WideDivToFloat(WIDE a, WIDE b) {
   return float(a / b);
 }
-#ifdef ES_HW_FMA
-float Fma(float a, float b, float c) {
-  return fma(a, b, c);
-}
-#else
+#ifndef ES_HW_FMA
 float Fma(float a, float b, float c) {
   return float(double(a) * double(b) + double(c));
 }
@@ -77,9 +73,7 @@ float TanhF(float x) {
 #extension GL_GOOGLE_include_directive : enable
 #include "softfloat.glsl"
 #define WIDE Wide
-float Fma(float a, float b, float c) {
-  return fma(a, b, c);
-}
+#define ES_HW_FMA  // the hardware's fma, as the mixed builds
 float Div(float a, float b) {
   return DivExact(a, b);
 }
@@ -89,9 +83,20 @@ float Sqrt(float a) {
 float ExpF(float x) {
   return exp(x);
 }
+// tanh to about an ulp where it matters: near +-1, 1 + tanh(u) cancels (GELU's small negative
+// values), and drivers' tanh is a few ulps off there, so past 0.5 it is 1 - 2 / (e^2a + 1), one
+// rounding from the nearest float; past 10 it is 1 in float (and e^2a would overflow).
 float TanhF(float x) {
-  // Past 10 tanh is 1 in float; drivers that take it as (e^2x - 1) / (e^2x + 1) overflow there.
-  return tanh(clamp(x, -10.0, 10.0));
+  const float a = abs(x);
+  if (a < 0.5) return tanh(x);
+  const float t = 1.0 - Div(2.0, exp(2.0 * min(a, 10.0)) + 1.0);
+  return x < 0.0 ? -t : t;
+}
+#endif
+
+#ifdef ES_HW_FMA
+float Fma(float a, float b, float c) {
+  return fma(a, b, c);
 }
 #endif
 
